@@ -1,0 +1,118 @@
+"""`llamita chat`: an interactive conversation that keeps its history."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, stderr
+from llamita.errors import LlamitaError
+
+HELP = """commands:
+  /reset            forget the conversation (the system prompt stays)
+  /system TEXT      set the system prompt (and reset); '/system' alone shows it
+  /params           show sampling parameters; '/params temperature=0.2 top_k=20' changes them
+  /exit or /bye     leave (also Ctrl-D)"""
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+@friendly_errors
+def chat(
+    model: Optional[Path] = ModelOption,
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt for the conversation."),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per answer."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 = greedy."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
+    dtype: str = DtypeOption,
+) -> None:
+    """Talk with the model. Type /help for commands. Old turns are dropped when the history no
+    longer fits in the context window (the system prompt is kept)."""
+    from llamita.engine.conversation import fit_messages
+    from llamita.engine.llm import LLM
+    from llamita.sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    with stderr.status("loading model…"):
+        llm = LLM(model, dtype=dtype)
+    out = Console(highlight=False)
+    stderr.print(f"[dim]{llm.loaded.path.name} · context {llm.config.context_length} tokens · "
+                 "/help for commands, Ctrl-D to leave[/]")
+    history: list[dict[str, str]] = []
+
+    while True:
+        try:
+            line = input(">>> ") if sys.stdin.isatty() else sys.stdin.readline()
+        except EOFError:
+            line = ""
+        if line == "" and not sys.stdin.isatty():
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/bye", "/quit"):
+            break
+        if line == "/help":
+            out.print(HELP)
+            continue
+        if line == "/reset":
+            history = []
+            out.print("[dim]conversation reset[/]")
+            continue
+        if line.startswith("/system"):
+            text = line[len("/system"):].strip()
+            if text:
+                system, history = text, []
+                out.print("[dim]system prompt set; conversation reset[/]")
+            else:
+                out.print(f"system: {system if system is not None else '(model default)'}")
+            continue
+        if line.startswith("/params"):
+            changes = {}
+            for item in line.split()[1:]:
+                key, _, value = item.partition("=")
+                changes[key] = _parse_value(value)
+            try:
+                params = dataclasses.replace(params, **changes)
+            except (TypeError, LlamitaError) as e:
+                out.print(f"[red]{e}[/]")
+            out.print(", ".join(f"{f.name}={getattr(params, f.name)!r}" for f in dataclasses.fields(params)))
+            continue
+        if line.startswith("/"):
+            out.print(f"[red]unknown command {line.split()[0]}[/]; /help lists them")
+            continue
+
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        messages.append({"role": "user", "content": line})
+        # Keep room for the answer: max_tokens, or a quarter of the window without a limit.
+        reserve = params.max_tokens or llm.config.context_length // 4
+        budget = llm.config.context_length - min(reserve, llm.config.context_length // 2)
+        try:
+            messages, dropped = fit_messages(messages, lambda m: len(llm.encode_chat(m)), budget)
+        except LlamitaError as e:
+            out.print(f"[red]{e}[/]")
+            continue
+        if dropped:
+            stderr.print(f"[yellow]the conversation outgrew the context window: dropped the "
+                         f"{dropped} oldest message(s)[/]")
+        answer = ""
+        for chunk in llm.chat_stream(messages, params):
+            answer += chunk.text
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history = [m for m in messages if m["role"] != "system"] + [{"role": "assistant", "content": answer}]
+        s = llm.last_stats
+        stderr.print(f"[dim]{s.generated_tokens} tokens, {s.decode_tokens_per_second:.1f} tokens/s[/]")

@@ -1,0 +1,53 @@
+"""Pieces every command shares: turning errors into one-line messages, sampling options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from llamita.errors import LlamitaError
+
+F = TypeVar("F", bound=Callable[..., Any])
+stderr = Console(stderr=True, highlight=False)
+
+MODEL_HELP = "Path to a .gguf model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
+DTYPE_HELP = ("Compute dtype of weights and activations: auto (bfloat16 on CPUs with AVX-512 BF16/AMX "
+              "and on CUDA, else float32), float32 or bfloat16.")
+ModelOption = typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
+DtypeOption = typer.Option("auto", "--dtype", help=DTYPE_HELP)
+
+
+def fail(message: str, code: int = 1) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly_errors(fn: F) -> F:
+    """Show our typed errors as one line and a non-zero exit, never a deep traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LlamitaError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            stderr.print("\ninterrupted")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def sampling_params(**kw: Any) -> Any:
+    """SamplingParams from CLI options, dropping the ones left unset (None)."""
+    from llamita.sampling_params import SamplingParams
+
+    return SamplingParams(**{k: v for k, v in kw.items() if v is not None})

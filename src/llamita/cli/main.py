@@ -1,0 +1,22 @@
+"""The `llamita` command: run | chat | info."""
+
+from __future__ import annotations
+
+import typer
+
+from llamita.cli import chat, info, run
+
+app = typer.Typer(
+    name="llamita",
+    help="Run, chat with and inspect Llama-architecture GGUF models on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run.run)
+app.command("chat")(chat.chat)
+app.command("info")(info.info)
+
+
+if __name__ == "__main__":
+    app()

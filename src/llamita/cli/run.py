@@ -1,0 +1,66 @@
+"""`llamita run`: one answer to one prompt, streamed to stdout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, sampling_params, stderr
+
+
+@friendly_errors
+def run(
+    prompt: str = typer.Argument(..., help="The prompt (a question, or text to continue with --raw)."),
+    model: Optional[Path] = ModelOption,
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt (chat mode only)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t",
+                                      help="Sampling temperature; 0 = greedy, deterministic."),
+    top_k: int = typer.Option(40, "--top-k", help="Sample from the K most likely tokens (0 = off)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling: smallest set with this total probability (1 = off)."),
+    min_p: float = typer.Option(0.05, "--min-p", help="Drop tokens below min_p x the top token's probability (0 = off)."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Divide logits of recent tokens by this (1 = off)."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtract from logits of tokens seen recently, -2..2."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtract count x this from recent tokens' logits, -2..2."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Window of recent tokens the penalties look at (-1 = all, 0 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when this text appears (repeatable); it is not printed."),
+    dtype: str = DtypeOption,
+    raw: bool = typer.Option(False, "--raw", help="Complete PROMPT as plain text, without the chat template."),
+) -> None:
+    """Answer PROMPT once. Text goes to stdout as it is generated; progress and speed to stderr.
+
+    Example: llamita run "What is the capital of France?" --temperature 0
+    """
+    params = sampling_params(
+        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repeat_penalty, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, penalty_last_n=repeat_last_n, seed=seed,
+        stop=tuple(stop or ()))
+    from llamita.engine.llm import LLM
+
+    with stderr.status("loading model…"):
+        llm = LLM(model, dtype=dtype)
+    stderr.print(f"[dim]{llm.loaded.path.name} · {llm.loaded.dtype} · loaded in "
+                 f"{llm.loaded.load_seconds:.1f} s[/]")
+    if raw:
+        if system is not None:
+            stderr.print("[yellow]warning:[/] --system is ignored with --raw")
+        chunks = llm.generate_stream(prompt, params)
+    else:
+        messages = ([{"role": "system", "content": system}] if system is not None else [])
+        chunks = llm.chat_stream(messages + [{"role": "user", "content": prompt}], params)
+    finish = None
+    for chunk in chunks:
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        finish = chunk.finish_reason or finish
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    s = llm.last_stats
+    stderr.print(f"[dim]prompt: {s.prompt_tokens} tokens, {s.prefill_tokens_per_second:.1f} tokens/s · "
+                 f"generation: {s.generated_tokens} tokens, {s.decode_tokens_per_second:.1f} tokens/s · "
+                 f"finish: {finish}[/]")

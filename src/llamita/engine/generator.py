@@ -1,0 +1,170 @@
+"""The generation loop: prefill each prompt, then decode all live sequences one token a step.
+
+Sequences of different lengths share one static KV cache (a row each) and advance together;
+each has its own sampler, detokenizer and stop-string matcher, so a batch gives the same
+greedy tokens as running its prompts one at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from llamita.engine.sampler import Sampler
+from llamita.engine.stop import StopStringMatcher
+from llamita.errors import ContextOverflowError, InvalidParameterError
+from llamita.model.kv_cache import KVCache
+from llamita.model.transformer import Transformer
+from llamita.sampling_params import SamplingParams
+from llamita.tokenizer import IncrementalDetokenizer, Tokenizer
+
+# Prompts are prefilled in chunks of this many tokens: attention scores of one chunk are
+# (n_heads, chunk, context) floats, which bounds memory for long prompts.
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class GenerationStats:
+    """Token counts and wall-clock seconds, for tokens/s reports."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    decode_tokens: int = 0  # tokens sampled in decode steps (the first token comes from prefill)
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+@dataclass
+class StepOutput:
+    """What one sequence produced in one step: the new token (None when the step only closes
+    the sequence), the text that became safe to show, and why it finished (None = running)."""
+
+    index: int
+    token_id: int | None
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Sequence:
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    sampler: Sampler
+    detok: IncrementalDetokenizer
+    stops: StopStringMatcher
+    stop_ids: frozenset[int]
+    max_new: int
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def history(self) -> list[int]:
+        return self.prompt_ids + self.generated
+
+
+class Generator:
+    """Runs batches of token-id prompts through a model and yields tokens as they come."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.embed_tokens.weight.device
+        self.context_length = model.config.context_length
+        self.last_stats = GenerationStats()
+
+    def _prepare(self, index: int, prompt_ids: list[int], params: SamplingParams) -> _Sequence:
+        if not prompt_ids:
+            raise InvalidParameterError("prompt", "the prompt is empty (no tokens)")
+        bad = [t for t in prompt_ids if not 0 <= t < self.model.config.vocab_size]
+        if bad:
+            raise InvalidParameterError("prompt", f"token id {bad[0]} is outside the vocabulary")
+        n = len(prompt_ids)
+        if n >= self.context_length:
+            raise ContextOverflowError(
+                f"the prompt has {n} tokens but the context window holds {self.context_length} "
+                "(prompt plus at least one generated token)")
+        room = self.context_length - n
+        max_new = room if params.max_tokens is None else min(params.max_tokens, room)
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else self.tokenizer.stop_ids)
+        return _Sequence(index, list(prompt_ids), params, Sampler(params, device="cpu"),
+                         IncrementalDetokenizer(self.tokenizer, skip_special=True),
+                         StopStringMatcher(params.stop), stop_ids, max_new)
+
+    def stream(self, prompts: list[list[int]], params: list[SamplingParams]) -> Iterator[StepOutput]:
+        """Yield StepOutputs for every sequence until all have finished.
+
+        Stats of the run are in `self.last_stats` when the iterator is exhausted.
+        """
+        if len(prompts) != len(params):
+            raise ValueError("one SamplingParams per prompt is required")
+        seqs = [self._prepare(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+        stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs))
+        self.last_stats = stats
+        max_len = max(len(s.prompt_ids) + s.max_new for s in seqs)
+        cache = KVCache(self.model.config, len(seqs), max_len, dtype=self.model.dtype,
+                        device=self.device)
+
+        with torch.inference_mode():
+            for seq in seqs:
+                t0 = time.perf_counter()
+                token = self._sample(seq, self._prefill(seq, cache))
+                stats.prefill_seconds += time.perf_counter() - t0
+                yield self._advance(seq, token, stats)
+
+            while live := [s for s in seqs if s.finish_reason is None]:
+                t0 = time.perf_counter()
+                tokens = torch.tensor([[s.generated[-1]] for s in live], device=self.device)
+                positions = torch.tensor([[len(s.history) - 1] for s in live], device=self.device)
+                rows = None if len(live) == len(seqs) else torch.tensor(
+                    [s.index for s in live], device=self.device)
+                logits = self.model(tokens, positions, cache, rows, last_only=True)[:, -1]
+                sampled = [self._sample(seq, row) for seq, row in zip(live, logits)]
+                stats.decode_seconds += time.perf_counter() - t0
+                stats.decode_tokens += len(live)
+                for seq, token in zip(live, sampled):
+                    yield self._advance(seq, token, stats)
+
+    def _prefill(self, seq: _Sequence, cache: KVCache) -> torch.Tensor:
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        rows = torch.tensor([seq.index], device=self.device)
+        logits = None
+        for start in range(0, ids.shape[1], PREFILL_CHUNK):
+            chunk = ids[:, start:start + PREFILL_CHUNK]
+            positions = torch.arange(start, start + chunk.shape[1], device=self.device)[None]
+            logits = self.model(chunk, positions, cache, rows, last_only=True)
+        assert logits is not None
+        return logits[0, -1]
+
+    @staticmethod
+    def _sample(seq: _Sequence, logits: torch.Tensor) -> int:
+        return seq.sampler.sample(logits.float().cpu(), seq.history)
+
+    @staticmethod
+    def _advance(seq: _Sequence, token: int, stats: GenerationStats) -> StepOutput:
+        """Append a sampled token to `seq`, decide whether it ends, return what to show."""
+        if token in seq.stop_ids:
+            seq.finish_reason = "stop"
+            return StepOutput(seq.index, None, seq.stops.feed(seq.detok.flush()) + seq.stops.flush(),
+                              "stop")
+        seq.generated.append(token)
+        stats.generated_tokens += 1
+        text = seq.stops.feed(seq.detok.add(token))
+        if seq.stops.stopped:
+            seq.finish_reason = "stop"
+        elif len(seq.generated) >= seq.max_new:
+            seq.finish_reason = "length"
+            text += seq.stops.feed(seq.detok.flush()) + seq.stops.flush()
+        return StepOutput(seq.index, token, text, seq.finish_reason)

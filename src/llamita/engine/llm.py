@@ -1,0 +1,148 @@
+"""`LLM`: the Python API. Load a model once, then generate from text prompts or chats."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llamita.engine.conversation import Message, validate_messages
+from llamita.engine.generator import GenerationStats, Generator
+from llamita.engine.loader import LoadedModel, load_model
+from llamita.errors import InvalidParameterError
+from llamita.sampling_params import SamplingParams
+
+
+@dataclass
+class GenerationOutput:
+    """One finished completion."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS / end of turn / stop string) or "length"
+    prompt_token_ids: list[int]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+@dataclass
+class StreamChunk:
+    """A piece of a completion as it is generated; `finish_reason` is set on the last one."""
+
+    text: str
+    token_id: int | None
+    finish_reason: str | None = None
+
+
+class LLM:
+    """A loaded model with its tokenizer and chat template.
+
+    >>> llm = LLM()                                   # the embedded SmolLM2-135M-Instruct
+    >>> llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+    ...          SamplingParams(temperature=0)).text
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
+                 device: str | torch.device = "auto") -> None:
+        self.loaded: LoadedModel = load_model(model, dtype=dtype, device=device)
+        self.tokenizer = self.loaded.tokenizer
+        self.config = self.loaded.config
+        self._generator = Generator(self.loaded.model, self.tokenizer)
+
+    @property
+    def last_stats(self) -> GenerationStats:
+        """Token counts and timings of the most recent generation."""
+        return self._generator.last_stats
+
+    # -- prompts -> token ids -------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Plain-text prompt -> ids: BOS if the model wants one; control-token strings in the
+        text stay plain text."""
+        if not isinstance(prompt, str):
+            raise InvalidParameterError("prompt", f"must be a string, got {type(prompt).__name__}")
+        return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos)
+
+    def encode_chat(self, messages: Sequence[Message], **template_kwargs: Any) -> list[int]:
+        """Chat messages -> ids through the model's chat template, ready for the assistant."""
+        return self.tokenizer.encode_chat(validate_messages(messages), add_generation_prompt=True,
+                                          **template_kwargs)
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, prompts: str | Sequence[str] | None = None,
+                 params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 prompt_token_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+                 ) -> GenerationOutput | list[GenerationOutput]:
+        """Complete one prompt (returns one output) or a list of prompts (returns a list, in
+        order, generated together as a batch). Prompts are plain text; pass token ids instead
+        with `prompt_token_ids`."""
+        single, id_lists = self._prompt_ids(prompts, prompt_token_ids)
+        outputs = self._run(id_lists, params)
+        return outputs[0] if single else outputs
+
+    def generate_stream(self, prompt: str | None = None, params: SamplingParams | None = None, *,
+                        prompt_token_ids: Sequence[int] | None = None) -> Iterator[StreamChunk]:
+        """Like `generate` for one prompt, yielding text as soon as it is safe to show."""
+        single, id_lists = self._prompt_ids(prompt, prompt_token_ids)
+        if not single:
+            raise InvalidParameterError("prompt", "generate_stream takes one prompt")
+        yield from self._stream(id_lists[0], params)
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
+             **template_kwargs: Any) -> GenerationOutput:
+        """Answer OpenAI-style messages ([{"role": "user", "content": "..."}, ...])."""
+        return self._run([self.encode_chat(messages, **template_kwargs)], params)[0]
+
+    def chat_stream(self, messages: Sequence[Message], params: SamplingParams | None = None,
+                    **template_kwargs: Any) -> Iterator[StreamChunk]:
+        """Streaming form of `chat`."""
+        yield from self._stream(self.encode_chat(messages, **template_kwargs), params)
+
+    # -- internals ------------------------------------------------------------------------
+    def _prompt_ids(self, prompts: Any, prompt_token_ids: Any) -> tuple[bool, list[list[int]]]:
+        if (prompts is None) == (prompt_token_ids is None):
+            raise InvalidParameterError("prompts", "give either text prompts or prompt_token_ids")
+        if prompts is not None:
+            if isinstance(prompts, str):
+                return True, [self.encode_prompt(prompts)]
+            prompts = list(prompts)
+            if not prompts:
+                raise InvalidParameterError("prompts", "the list of prompts is empty")
+            return False, [self.encode_prompt(p) for p in prompts]
+        ids = list(prompt_token_ids)
+        if ids and all(isinstance(t, int) for t in ids):
+            return True, [ids]
+        if not ids or not all(isinstance(p, Sequence) and all(isinstance(t, int) for t in p) for p in ids):
+            raise InvalidParameterError("prompt_token_ids", "must be a list of ints or a list of lists of ints")
+        return False, [list(p) for p in ids]
+
+    @staticmethod
+    def _params_for(n: int, params: SamplingParams | Sequence[SamplingParams] | None) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams()] * n
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        params = list(params)
+        if len(params) != n:
+            raise InvalidParameterError("params", f"got {len(params)} SamplingParams for {n} prompts")
+        return params
+
+    def _run(self, id_lists: list[list[int]], params: Any) -> list[GenerationOutput]:
+        plist = self._params_for(len(id_lists), params)
+        texts = [""] * len(id_lists)
+        tokens: list[list[int]] = [[] for _ in id_lists]
+        reasons = ["length"] * len(id_lists)
+        for step in self._generator.stream(id_lists, plist):
+            texts[step.index] += step.text
+            if step.token_id is not None:
+                tokens[step.index].append(step.token_id)
+            if step.finish_reason is not None:
+                reasons[step.index] = step.finish_reason
+        stats = self._generator.last_stats
+        return [GenerationOutput(t, ids, r, p, stats)
+                for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
+
+    def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
+        for step in self._generator.stream([ids], self._params_for(1, params)):
+            yield StreamChunk(step.text, step.token_id, step.finish_reason)

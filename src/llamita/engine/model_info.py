@@ -1,0 +1,70 @@
+"""A description of a model file for `llamita info`, read from metadata only (no weights)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from llamita.engine.loader import default_model_path
+from llamita.weights.gguf import open_gguf
+
+# general.file_type -> llama.cpp's name for the mix (LLAMA_SPEC §5.1).
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+}
+
+
+def model_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Architecture, sizes, quantization, tokenizer and chat template of a GGUF file."""
+    resolved = Path(path).expanduser() if path is not None else default_model_path()
+    gguf, cfg = open_gguf(resolved)
+    try:
+        meta = gguf.metadata
+        types = Counter(info.type_name for info in gguf.tensors.values())
+        tokens = meta.get("tokenizer.ggml.tokens") or []
+        file_type = meta.get("general.file_type")
+        return {
+            "path": str(resolved),
+            "file_size_bytes": gguf.file_size,
+            "gguf_version": gguf.version,
+            "name": meta.get("general.name", ""),
+            "architecture": cfg.architecture,
+            "parameters": cfg.n_params(),
+            "size_label": meta.get("general.size_label", ""),
+            "quantization": FILE_TYPES.get(file_type, f"file_type {file_type}") if file_type is not None else "unknown",
+            "tensor_types": dict(types.most_common()),
+            "context_length": cfg.context_length,
+            "n_layers": cfg.n_layers,
+            "dim": cfg.dim,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads,
+            "head_dim": cfg.head_dim,
+            "ffn_dim": cfg.ffn_dim,
+            "vocab_size": cfg.vocab_size,
+            "rope_theta": cfg.rope_theta,
+            "rope_scaling": "llama3 (rope_freqs)" if "rope_freqs.weight" in gguf.tensors else
+                            (cfg.rope_scaling.kind if cfg.rope_scaling else "none"),
+            "norm_eps": cfg.norm_eps,
+            "tied_embeddings": cfg.tie_word_embeddings,
+            "tokenizer": {
+                "model": meta.get("tokenizer.ggml.model", ""),
+                "pre": meta.get("tokenizer.ggml.pre", ""),
+                "tokens": len(tokens),
+                "bos": _token(tokens, meta.get("tokenizer.ggml.bos_token_id")),
+                "eos": _token(tokens, meta.get("tokenizer.ggml.eos_token_id")),
+                "add_bos": meta.get("tokenizer.ggml.add_bos_token"),
+            },
+            "chat_template": meta.get("tokenizer.chat_template"),
+        }
+    finally:
+        gguf.close()
+
+
+def _token(tokens: list[str], idx: Any) -> str | None:
+    if isinstance(idx, int) and 0 <= idx < len(tokens):
+        return f"{tokens[idx]} ({idx})"
+    return None

@@ -1,0 +1,143 @@
+"""Turn one row of logits into the next token id, following llama.cpp's default sampler chain.
+
+The chain is: penalties -> top_k -> top_p -> min_p -> temperature -> draw. As in llama.cpp,
+temperature comes *last*: top_k, top_p and min_p see the distribution at temperature 1, so
+a high temperature flattens the surviving tokens but never lets more tokens survive. (vLLM
+and Hugging Face divide by the temperature first; the same top_p then keeps a different set.)
+
+Everything here works on a single row of V logits; the functions are pure and the only state
+is the `Sampler`'s random generator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+from llamita.sampling_params import SamplingParams
+
+
+def penalty_window(
+    history: list[int] | Tensor, penalty_last_n: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """The tokens the penalties look at: the last `penalty_last_n` of `history`.
+
+    `history` holds every token id so far, prompt included. 0 gives an empty window, -1 the
+    whole history. Returns an int64 tensor of shape (n,) on `device`.
+    """
+    if penalty_last_n == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    window = history if penalty_last_n < 0 else history[-penalty_last_n:]
+    return torch.as_tensor(window, dtype=torch.int64, device=device).reshape(-1)
+
+
+def apply_penalties(logits: Tensor, recent_tokens: Tensor, params: SamplingParams) -> Tensor:
+    """Penalize the tokens of the penalty window, with llama.cpp's formula.
+
+    For each distinct token t that occurs c > 0 times in `recent_tokens`:
+        logit[t] = logit[t] / repetition_penalty   if logit[t] > 0
+                   logit[t] * repetition_penalty   otherwise
+        logit[t] -= c * frequency_penalty + presence_penalty
+
+    logits: (V,) float32. recent_tokens: (n,) int64 ids in [0, V). Returns a new (V,) tensor,
+    or `logits` itself when no penalty is active; never modifies `logits` in place.
+    """
+    rp, fp, pp = params.repetition_penalty, params.frequency_penalty, params.presence_penalty
+    if recent_tokens.numel() == 0 or (rp == 1.0 and fp == 0.0 and pp == 0.0):
+        return logits
+    vocab_size = logits.shape[-1]
+    if bool(recent_tokens.min() < 0) or bool(recent_tokens.max() >= vocab_size):
+        raise ValueError(f"penalty window holds token ids outside the vocabulary [0, {vocab_size})")
+    counts = torch.bincount(recent_tokens, minlength=vocab_size).to(logits.dtype)  # (V,)
+    seen = counts > 0
+    penalized = torch.where(logits > 0, logits / rp, logits * rp)
+    penalized = penalized - (counts * fp + seen.to(logits.dtype) * pp)
+    return torch.where(seen, penalized, logits)
+
+
+def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
+    """Apply top_k, then top_p, then min_p, all at temperature 1 (llama.cpp's order).
+
+    logits: (V,) float32. Returns a new (V,) tensor where the dropped tokens are -inf; the most
+    likely token always survives.
+    """
+    vocab_size = logits.shape[-1]
+    top_k = params.top_k if 0 < params.top_k < vocab_size else 0
+    if top_k == 0 and params.top_p >= 1.0:
+        # Nothing needs sorting: min_p only compares each token with the most likely one.
+        return _min_p(logits, params.min_p)
+    # (n,) candidates in descending order of logit; n = top_k, or V when top_k is off.
+    values, ids = torch.topk(logits, top_k) if top_k else torch.sort(logits, descending=True)
+    if params.top_p < 1.0:
+        values = _top_p(values, params.top_p)
+    pass
+    return torch.full_like(logits, -math.inf).scatter_(0, ids, values)
+
+
+def _top_p(sorted_logits: Tensor, top_p: float) -> Tensor:
+    # Keep the smallest prefix whose probability reaches top_p: token i stays while the mass
+    # of the tokens before it is still < top_p. The first token always stays (top_p > 0).
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)  # (n,)
+    drop = torch.zeros_like(cumulative, dtype=torch.bool)
+    drop[1:] = cumulative[:-1] >= top_p
+    return sorted_logits.masked_fill(drop, -math.inf)
+
+
+def _min_p(logits: Tensor, min_p: float) -> Tensor:
+    # p_i < min_p * p_max  <=>  logit_i < logit_max + log(min_p); no softmax needed.
+    if min_p <= 0.0:
+        return logits
+    threshold = logits.max() + math.log(min_p)
+    return logits.masked_fill(logits < threshold, -math.inf)
+
+
+def top_logprobs(logits: Tensor, k: int) -> list[tuple[int, float]]:
+    """The k most likely tokens and their log-probabilities, most likely first.
+
+    Computed from the raw logits (log_softmax at temperature 1, before any penalty or filter),
+    as OpenAI's `top_logprobs` reports them. logits: (V,) of any float dtype.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    logprobs = torch.log_softmax(logits.float().reshape(-1), dim=-1)
+    values, ids = torch.topk(logprobs, min(k, logprobs.numel()))
+    return list(zip(ids.tolist(), values.tolist()))
+
+
+class Sampler:
+    """Picks the next token of one request; owns that request's random generator.
+
+    With `params.seed` set, the same logits and history give the same tokens on every run
+    (on the same device and torch version); without it, the generator is seeded from the OS.
+    """
+
+    def __init__(self, params: SamplingParams, device: torch.device | str = "cpu") -> None:
+        self.params = params
+        self.device = torch.device(device)
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def sample(self, logits: Tensor, history: list[int] | Tensor) -> int:
+        """The next token id.
+
+        logits: (V,) of any float dtype, for the position being generated (upcast to float32).
+        history: every token id so far, prompt and generated; the penalties look at its last
+        `penalty_last_n` entries.
+        """
+        if logits.dim() != 1:
+            shape = tuple(logits.shape)
+            raise ValueError(f"sample() takes one row of logits of shape (V,), got {shape}")
+        params = self.params
+        logits = logits.to(device=self.device, dtype=torch.float32)
+        window = penalty_window(history, params.penalty_last_n, self.device)
+        logits = apply_penalties(logits, window, params)
+        if params.is_greedy:
+            return int(torch.argmax(logits))
+        logits = filter_logits(logits, params)
+        # Subtract the max before dividing so a tiny temperature cannot overflow to inf.
+        probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)  # (V,)
+        return int(torch.multinomial(probs, 1, generator=self.generator))

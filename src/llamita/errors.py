@@ -1,0 +1,39 @@
+"""Typed errors raised by every layer of llamita.
+
+Each carries a one-line message a user can act on; the CLI prints it and exits non-zero
+instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class LlamitaError(Exception):
+    """Base class of every error llamita raises on purpose."""
+
+
+class ModelFileError(LlamitaError):
+    """A model file is missing, unreadable, not in the expected format, truncated or corrupt."""
+
+
+class UnsupportedModelError(LlamitaError):
+    """A well-formed model file that uses an architecture or tensor type we cannot run."""
+
+
+class InvalidParameterError(LlamitaError, ValueError):
+    """A generation or configuration parameter is out of range; the message names it."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"invalid parameter '{name}': {message}")
+        self.name = name
+
+
+class ContextOverflowError(LlamitaError):
+    """A prompt (plus the tokens requested) does not fit in the model's context window."""
+
+
+class TemplateError(LlamitaError):
+    """A chat template failed to render, or tried something the sandbox forbids."""
+
+
+class TokenizerError(LlamitaError):
+    """The tokenizer described by a model file cannot be built."""

@@ -1,0 +1,138 @@
+"""The Llama transformer (LLAMA_SPEC §2): RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Parameter names are the canonical ones every weight reader produces (Hugging Face names without
+the `model.` prefix), so `load_state_dict` takes a reader's output directly. The KV cache and the
+positions come in as arguments; the model holds no generation state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llamita.config import ModelConfig
+from llamita.model.kv_cache import KVCache
+from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in float32, cast back, then scale: the order Meta and HF both use.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, rows: torch.Tensor | None, length: int) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.q_proj(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            keys, values = cache.update(self.layer, rows, positions, k, v, length)
+        else:
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, S, hd)
+        # mask None means plain causal attention over exactly these S tokens.
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=mask, is_causal=mask is None and seqlen > 1,
+            enable_gqa=self.n_kv_heads != self.n_heads)  # (B, n_heads, S, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)  # the pre-FFN norm
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, *attn_args: object) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), *attn_args)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    @classmethod
+    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+        """Build the model around already-loaded tensors (no second copy is allocated)."""
+        state = dict(state)
+        divisors = state.pop("rope_freqs", None)
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.inv_freq = rope_inv_freq(cfg, divisors)
+        return model.eval().requires_grad_(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, rows: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (float32) for `tokens` (B, S) at absolute `positions` (B, S).
+
+        With a cache, keys/values are written at `positions` of cache `rows` (None: all rows in
+        order) and each query attends to cache positions 0..its own position. Without one the
+        S tokens attend causally to each other only. `last_only` keeps just the last position's
+        logits: (B, 1, vocab) instead of (B, S, vocab).
+        """
+        bsz, seqlen = tokens.shape
+        if positions is None:
+            positions = torch.arange(seqlen, device=tokens.device).expand(bsz, seqlen)
+        x = self.embed_tokens(tokens)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        mask, length = None, seqlen
+        if cache is not None:
+            length = int(positions.max()) + 1
+            # Key j is visible to a query at position p iff j <= p: (B, 1, S, length), True = attend.
+            mask = (torch.arange(length, device=tokens.device) <= positions[:, :, None])[:, None]
+        for layer in self.layers:
+            x = layer(x, cos, sin, positions, mask, cache, rows, length)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, head).float()

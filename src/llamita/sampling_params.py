@@ -1,0 +1,169 @@
+"""Per-request sampling parameters, validated once when they are built.
+
+Imports no torch and nothing from llamita but `errors`, so the HTTP layer and the CLI can
+build and check them without loading the tensor stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from llamita.errors import InvalidParameterError
+
+# Largest seed a torch.Generator accepts (manual_seed takes an unsigned 64-bit value).
+MAX_SEED = 2**64 - 1
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """How to pick each next token of one request.
+
+    Defaults follow llama.cpp and Ollama (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
+    repeat_last_n 64, repeat_penalty 1.0), so the same model answers here as it does there.
+    The sampler applies them in llama.cpp's default chain order: penalties -> top_k -> top_p
+    -> min_p -> temperature -> draw.
+
+    Attributes:
+        max_tokens: most tokens to generate (>= 1); None generates until the context is full.
+            Default 256.
+        temperature: divides the logits before the draw (>= 0); 0 means greedy (argmax).
+            Default 0.8.
+        top_k: keep only the k most likely tokens (>= 0); 0 disables. Default 40.
+        top_p: nucleus sampling: keep the smallest set of most likely tokens whose probability
+            adds up to at least top_p (0 < top_p <= 1); 1 disables. Default 0.95.
+        min_p: drop tokens whose probability is below min_p times that of the most likely
+            token (0 <= min_p <= 1); 0 disables. Default 0.05.
+        repetition_penalty: llama.cpp's repeat_penalty (> 0); a token seen in the penalty
+            window has a positive logit divided by it, a negative one multiplied; 1 disables.
+            Default 1.0.
+        presence_penalty: subtracted once from the logit of every token seen in the window
+            (-2 <= x <= 2, OpenAI's range). Default 0.0.
+        frequency_penalty: subtracted from a token's logit once per time it appears in the
+            window (-2 <= x <= 2, OpenAI's range). Default 0.0.
+        penalty_last_n: how many of the most recent tokens, prompt included, the three
+            penalties look at (llama.cpp's repeat_last_n); 0 disables them, -1 means the whole
+            sequence. Default 64.
+        seed: seeds this request's random generator so its draws repeat (0 <= seed < 2**64);
+            None draws a fresh seed from the OS. Default None.
+        stop: strings that end generation when they appear in the output. A single string or
+            a list is accepted and stored as a tuple; empty strings are rejected. Default ().
+        stop_token_ids: token ids that end generation, besides the model's end-of-sequence
+            tokens. Default ().
+        ignore_eos: keep generating past end-of-sequence tokens. Default False.
+        logprobs: how many top log-probabilities to return with each token (0..20); None
+            returns none. Default None.
+    """
+
+    max_tokens: int | None = 256
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        # Each check also normalizes: ints given for floats become floats, lists become tuples.
+        if self.max_tokens is not None:
+            self._int("max_tokens", ">= 1, or None to stop only when the context is full", 1)
+        self._float("temperature", ">= 0 (0 = greedy)", 0.0)
+        self._int("top_k", ">= 0 (0 = disabled)", 0)
+        self._float("top_p", "in (0, 1] (1 = disabled)", 0.0, 1.0, lo_open=True)
+        self._float("min_p", "in [0, 1] (0 = disabled)", 0.0, 1.0)
+        self._float("repetition_penalty", "> 0 (1 = disabled)", 0.0, lo_open=True)
+        self._float("presence_penalty", "in [-2, 2] (0 = disabled)", -2.0, 2.0)
+        self._float("frequency_penalty", "in [-2, 2] (0 = disabled)", -2.0, 2.0)
+        self._int("penalty_last_n", ">= -1 (0 = disabled, -1 = whole sequence)", -1)
+        if self.seed is not None:
+            self._int("seed", "in [0, 2**64 - 1], or None for a random seed", 0, MAX_SEED)
+        object.__setattr__(self, "stop", _stop_strings(self.stop))
+        object.__setattr__(self, "stop_token_ids", _token_ids(self.stop_token_ids))
+        if not isinstance(self.ignore_eos, bool):
+            got = f"{type(self.ignore_eos).__name__} {self.ignore_eos!r}"
+            raise InvalidParameterError("ignore_eos", f"must be true or false, got {got}")
+        if self.logprobs is not None:
+            self._int("logprobs", f"in [0, {MAX_LOGPROBS}], or None", 0, MAX_LOGPROBS)
+
+    def _int(self, name: str, allowed: str, lo: int, hi: int | None = None) -> None:
+        value = _check_int(name, getattr(self, name), allowed, lo, hi)
+        object.__setattr__(self, name, value)  # the dataclass is frozen
+
+    def _float(
+        self, name: str, allowed: str, lo: float, hi: float | None = None, *, lo_open: bool = False
+    ) -> None:
+        value = getattr(self, name)
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            got = f"{type(value).__name__} {value!r}"
+            raise InvalidParameterError(name, f"must be a number {allowed}, got {got}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise InvalidParameterError(name, f"must be a finite number {allowed}, got {value}")
+        if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+            raise InvalidParameterError(name, f"must be {allowed}, got {value}")
+        object.__setattr__(self, name, value)
+
+    @classmethod
+    def greedy(cls, **kw: Any) -> SamplingParams:
+        """Parameters that always pick the most likely token (temperature 0).
+
+        Penalties still apply; the other fields take their defaults unless given in `kw`.
+        """
+        if kw.get("temperature", 0) != 0:
+            message = "greedy() fixes it at 0; build SamplingParams(...) for another value"
+            raise InvalidParameterError("temperature", message)
+        return cls(**{**kw, "temperature": 0.0})
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        """A copy with some fields changed, validated like a new instance."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when the choice is deterministic: temperature 0 or top_k 1."""
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+def _check_int(name: str, value: object, allowed: str, lo: int, hi: int | None = None) -> int:
+    # bool is an int subclass, but True as top_k is almost surely a mistake.
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        got = f"{type(value).__name__} {value!r}"
+        raise InvalidParameterError(name, f"must be an integer {allowed}, got {got}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        raise InvalidParameterError(name, f"must be {allowed}, got {value}")
+    return value
+
+
+def _stop_strings(stop: object) -> tuple[str, ...]:
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)):
+        got = type(stop).__name__
+        raise InvalidParameterError("stop", f"must be a string or a list of strings, got {got}")
+    for s in stop:
+        if not isinstance(s, str):
+            got = f"{type(s).__name__} {s!r}"
+            raise InvalidParameterError("stop", f"must contain only strings, got {got}")
+        if not s:
+            message = "must not contain empty strings (they would match at once)"
+            raise InvalidParameterError("stop", message)
+    return tuple(stop)
+
+
+def _token_ids(ids: object) -> tuple[int, ...]:
+    if not isinstance(ids, (list, tuple)):
+        got = type(ids).__name__
+        raise InvalidParameterError("stop_token_ids", f"must be a list of token ids, got {got}")
+    return tuple(_check_int("stop_token_ids", i, "(a token id, >= 0)", 0) for i in ids)

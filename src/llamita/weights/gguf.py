@@ -1,0 +1,215 @@
+"""GGUF checkpoints of architecture `llama`: configuration and weights in canonical form.
+
+Canonical form (shared with every other reader) is the Hugging Face layout with the `model.`
+prefix dropped: `embed_tokens.weight`, `layers.N.self_attn.q_proj.weight`, ..., `norm.weight`,
+`lm_head.weight`. GGUF stores Q/K rows in Meta's interleaved RoPE order; they are moved back to
+the rotate-half order here, once, so the model has a single RoPE (LLAMA_SPEC §2.4).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from llamita.config import ModelConfig, RopeScaling
+from llamita.errors import ModelFileError, UnsupportedModelError
+from llamita.weights.gguf_reader import GGUFFile
+from llamita.weights.quants import dequantize
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+# GGUF per-layer tensor name -> canonical name (LLAMA_SPEC §5.3).
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "embed_tokens.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+    "rope_freqs.weight": "rope_freqs",
+}
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+
+
+def canonical_name(gguf_name: str) -> str | None:
+    """Canonical name of a GGUF tensor, or None for tensors the model does not use."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _LAYER_RE.match(gguf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+    return None
+
+
+def _require(meta: dict[str, Any], key: str, path: object) -> Any:
+    if key not in meta:
+        raise ModelFileError(f"{path}: GGUF metadata lacks '{key}'")
+    return meta[key]
+
+
+def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
+    """Build the ModelConfig from GGUF metadata (nothing hard-coded: every size is read)."""
+    meta = gguf.metadata
+    arch = meta.get("general.architecture")
+    if arch is None:
+        raise ModelFileError(f"{gguf.path}: GGUF metadata lacks 'general.architecture'")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{gguf.path}: architecture '{arch}' is not supported (llamita runs: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)})")
+
+    def get(key: str, default: Any = None) -> Any:
+        full = f"{arch}.{key}"
+        return meta.get(full, default) if default is not None else _require(meta, full, gguf.path)
+
+    dim = int(get("embedding_length"))
+    n_heads = int(get("attention.head_count"))
+    n_kv_heads = get("attention.head_count_kv", n_heads)
+    if isinstance(n_kv_heads, list):
+        raise UnsupportedModelError(f"{gguf.path}: per-layer KV head counts are not supported")
+    head_dim = int(get("attention.key_length", dim // n_heads))
+    rope_dim = int(get("rope.dimension_count", head_dim))
+    if rope_dim != head_dim:
+        raise UnsupportedModelError(
+            f"{gguf.path}: partial rotary embeddings (rope dim {rope_dim} != head dim {head_dim}) "
+            "are not supported")
+    if int(get("attention.value_length", head_dim)) != head_dim:
+        raise UnsupportedModelError(f"{gguf.path}: value head size differs from key head size")
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    embd = gguf.tensors.get("token_embd.weight")
+    if embd is None:
+        raise ModelFileError(f"{gguf.path}: GGUF file has no 'token_embd.weight' tensor")
+    vocab_size = int(meta.get(f"{arch}.vocab_size", len(tokens) if tokens else embd.shape[0]))
+
+    scaling = None
+    scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
+    factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0))
+    if scaling_type == "linear" and factor != 1.0:
+        scaling = RopeScaling("linear", factor)
+    elif scaling_type not in ("none", "linear"):
+        raise UnsupportedModelError(f"{gguf.path}: RoPE scaling '{scaling_type}' is not supported")
+    # llama3-type scaling arrives as the `rope_freqs` tensor of divisors, not as metadata.
+
+    try:
+        return ModelConfig(
+            n_layers=int(get("block_count")),
+            dim=dim,
+            n_heads=n_heads,
+            n_kv_heads=int(n_kv_heads),
+            ffn_dim=int(get("feed_forward_length")),
+            vocab_size=vocab_size,
+            head_dim=head_dim,
+            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(get("rope.freq_base", 10000.0)),
+            rope_scaling=scaling,
+            context_length=int(get("context_length", 4096)),
+            tie_word_embeddings="output.weight" not in gguf.tensors,
+            architecture=arch,
+            name=str(meta.get("general.name", "")),
+        )
+    except ValueError as e:
+        raise ModelFileError(f"{gguf.path}: inconsistent model metadata: {e}") from e
+
+
+def _unpermute_rows(raw: np.ndarray, n_rows: int, n_heads: int) -> np.ndarray:
+    """Interleaved (GGUF/Meta) Q/K rows -> rotate-half (HF) rows, on raw bytes.
+
+    Within each head, row 2i+c moves to row c*(hd/2)+i. Rows are whole (quantized) blocks, so
+    this works for every GGML type without dequantizing.
+    """
+    row_bytes = raw.size // n_rows
+    head_dim = n_rows // n_heads
+    x = raw.reshape(n_heads, head_dim // 2, 2, row_bytes)
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def _as_tensor(raw: np.ndarray) -> torch.Tensor:
+    """Zero-copy uint8 tensor over (possibly read-only) mapped bytes.
+
+    torch warns that it cannot protect read-only memory; the bytes are only ever read.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(raw)
+
+
+def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    hd = cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed_tokens.weight": (cfg.vocab_size, cfg.dim),
+        "norm.weight": (cfg.dim,),
+    }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, cfg.dim)
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (cfg.dim,),
+            p + "self_attn.q_proj.weight": (cfg.n_heads * hd, cfg.dim),
+            p + "self_attn.k_proj.weight": (cfg.n_kv_heads * hd, cfg.dim),
+            p + "self_attn.v_proj.weight": (cfg.n_kv_heads * hd, cfg.dim),
+            p + "self_attn.o_proj.weight": (cfg.dim, cfg.n_heads * hd),
+            p + "post_attention_layernorm.weight": (cfg.dim,),
+            p + "mlp.gate_proj.weight": (cfg.ffn_dim, cfg.dim),
+            p + "mlp.up_proj.weight": (cfg.ffn_dim, cfg.dim),
+            p + "mlp.down_proj.weight": (cfg.dim, cfg.ffn_dim),
+        })
+    return shapes
+
+
+def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig,
+                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Dequantize every model tensor into canonical names, checking names and shapes.
+
+    `rope_freqs` (llama3 RoPE divisors), when present, is returned in float32.
+    """
+    expected = _expected_shapes(cfg)
+    state: dict[str, torch.Tensor] = {}
+    for gname, info in gguf.tensors.items():
+        name = canonical_name(gname)
+        if name is None:
+            continue
+        raw = gguf.tensor_bytes(gname)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = cfg.n_heads if name.endswith("q_proj.weight") else cfg.n_kv_heads
+            if info.shape[0] != heads * cfg.head_dim:
+                raise ModelFileError(f"{gguf.path}: tensor '{gname}' has shape {info.shape}, "
+                                     f"expected {heads * cfg.head_dim} rows")
+            raw = _unpermute_rows(raw, info.shape[0], heads)
+        want = torch.float32 if name == "rope_freqs" else dtype
+        state[name] = dequantize(_as_tensor(raw), info.ggml_type, info.shape, dtype=want)
+
+    for name, shape in expected.items():
+        if name not in state:
+            raise ModelFileError(f"{gguf.path}: GGUF file lacks the tensor for '{name}'")
+        if tuple(state[name].shape) != shape:
+            raise ModelFileError(f"{gguf.path}: tensor '{name}' has shape "
+                                 f"{tuple(state[name].shape)}, expected {shape}")
+    if "rope_freqs" in state and tuple(state["rope_freqs"].shape) != (cfg.head_dim // 2,):
+        raise ModelFileError(f"{gguf.path}: rope_freqs has shape {tuple(state['rope_freqs'].shape)}, "
+                             f"expected ({cfg.head_dim // 2},)")
+    return state
+
+
+def open_gguf(path: str | os.PathLike[str]) -> tuple[GGUFFile, ModelConfig]:
+    """Open a GGUF model file and read its configuration (weights stay on disk)."""
+    gguf = GGUFFile(path)
+    try:
+        return gguf, config_from_gguf(gguf)
+    except BaseException:
+        gguf.close()
+        raise

@@ -1,0 +1,454 @@
+"""GGML tensor types: block sizes, and vectorized torch (de)quantizers for GGUF weights.
+
+Bit layouts follow LLAMA_SPEC §6 (ggml `ggml-common.h` / `ggml-quants.c`). Every dequantizer
+computes in float32 in the same order as gguf-py's numpy reference (`gguf.quants`), so results
+are bit-identical to `gguf.quants.dequantize`; e.g. Q4_0 is `d * (q - 8)`, not `d*q - 8*d`, and
+the K-quants form the sub-block scale `d * sc` first, then `(d*sc) * q - dmin*m`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+
+import torch
+
+from llamita.errors import ModelFileError, UnsupportedModelError
+
+QK_K = 256  # weights per K-quant super-block
+
+# Weights per dequantization chunk: bounds the float32/uint8 temporaries of a large tensor to a
+# few times this size (about 4 MiB of output each) while keeping per-chunk Python overhead small.
+_CHUNK_WEIGHTS = 1 << 20
+
+
+class GGMLType(enum.IntEnum):
+    """ggml tensor type ids as stored in GGUF tensor infos (gguf-py `GGMLQuantizationType`)."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q8_1 = 9
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    IQ1_M = 29
+    BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
+    MXFP4 = 39
+    NVFP4 = 40
+    Q1_0 = 41
+
+
+# (weights per block, bytes per block), as gguf-py's GGML_QUANT_SIZES.
+BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
+    GGMLType.F32: (1, 4),
+    GGMLType.F16: (1, 2),
+    GGMLType.Q4_0: (32, 18),
+    GGMLType.Q4_1: (32, 20),
+    GGMLType.Q5_0: (32, 22),
+    GGMLType.Q5_1: (32, 24),
+    GGMLType.Q8_0: (32, 34),
+    GGMLType.Q8_1: (32, 40),
+    GGMLType.Q2_K: (256, 84),
+    GGMLType.Q3_K: (256, 110),
+    GGMLType.Q4_K: (256, 144),
+    GGMLType.Q5_K: (256, 176),
+    GGMLType.Q6_K: (256, 210),
+    GGMLType.Q8_K: (256, 292),
+    GGMLType.IQ2_XXS: (256, 66),
+    GGMLType.IQ2_XS: (256, 74),
+    GGMLType.IQ3_XXS: (256, 98),
+    GGMLType.IQ1_S: (256, 50),
+    GGMLType.IQ4_NL: (32, 18),
+    GGMLType.IQ3_S: (256, 110),
+    GGMLType.IQ2_S: (256, 82),
+    GGMLType.IQ4_XS: (256, 136),
+    GGMLType.I8: (1, 1),
+    GGMLType.I16: (1, 2),
+    GGMLType.I32: (1, 4),
+    GGMLType.I64: (1, 8),
+    GGMLType.F64: (1, 8),
+    GGMLType.IQ1_M: (256, 56),
+    GGMLType.BF16: (1, 2),
+    GGMLType.TQ1_0: (256, 54),
+    GGMLType.TQ2_0: (256, 66),
+    GGMLType.MXFP4: (32, 17),
+    GGMLType.NVFP4: (64, 36),
+    GGMLType.Q1_0: (128, 18),
+}
+
+_FLOAT_TYPES: dict[GGMLType, torch.dtype] = {
+    GGMLType.F32: torch.float32,
+    GGMLType.F16: torch.float16,
+    GGMLType.BF16: torch.bfloat16,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_type(ggml_type: GGMLType | int) -> GGMLType:
+    try:
+        return GGMLType(int(ggml_type))
+    except ValueError:
+        raise UnsupportedModelError(f"unknown ggml tensor type id {int(ggml_type)}") from None
+
+
+def _reinterpret(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """View uint8 bytes (..., k*itemsize) as `dtype` (..., k), copying only if misaligned."""
+    t = t.contiguous()
+    if t.storage_offset() % dtype.itemsize:
+        t = t.clone()
+    return t.view(dtype)
+
+
+def _f16(b: torch.Tensor) -> torch.Tensor:
+    """(n, 2) uint8 holding little-endian fp16 -> (n, 1) float32 (exact)."""
+    return _reinterpret(b, torch.float16).float()
+
+
+def _bits(x: torch.Tensor, shifts: range | tuple[int, ...], mask: int) -> torch.Tensor:
+    """(..., k) uint8 -> (..., len(shifts), k): `(x >> s) & mask` for each shift s."""
+    s = torch.tensor(tuple(shifts), dtype=torch.uint8, device=x.device).view(-1, 1)
+    return (x.unsqueeze(-2) >> s).bitwise_and_(mask)
+
+
+def _nibbles(x: torch.Tensor) -> torch.Tensor:
+    """(..., k) uint8 -> (..., 2, k): low nibbles, then high nibbles."""
+    return _bits(x, (0, 4), 0x0F)
+
+
+# --------------------------------------------------------------------------- dequantizers
+# Each maps blocks (n, bytes per block) uint8 -> (n, weights per block) float32.
+
+
+def _dequant_q8_0(blocks: torch.Tensor) -> torch.Tensor:
+    d = _f16(blocks[:, :2])
+    qs = blocks[:, 2:].view(torch.int8).float()
+    return qs.mul_(d)
+
+
+def _dequant_q4_0(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    d = _f16(blocks[:, :2])
+    q = _nibbles(blocks[:, 2:]).reshape(n, 32).float().sub_(8)
+    return q.mul_(d)
+
+
+def _dequant_q4_1(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    q = _nibbles(blocks[:, 4:]).reshape(n, 32).float()
+    return q.mul_(d).add_(m)
+
+
+def _q5_values(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+    """qh (n, 4) = u32 LE high bits, qs (n, 16) nibbles -> q (n, 32) uint8 in 0..31."""
+    n = qs.shape[0]
+    hi = _bits(qh.unsqueeze(-1), range(8), 1).reshape(n, 32)  # bit j of the u32 -> weight j
+    return _nibbles(qs).reshape(n, 32).bitwise_or_(hi << 4)
+
+
+def _dequant_q5_0(blocks: torch.Tensor) -> torch.Tensor:
+    d = _f16(blocks[:, :2])
+    q = _q5_values(blocks[:, 2:6], blocks[:, 6:]).float().sub_(16)
+    return q.mul_(d)
+
+
+def _dequant_q5_1(blocks: torch.Tensor) -> torch.Tensor:
+    d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    q = _q5_values(blocks[:, 4:8], blocks[:, 8:]).float()
+    return q.mul_(d).add_(m)
+
+
+def _dequant_q2_k(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    scales = blocks[:, :16]
+    d, dmin = _f16(blocks[:, 80:82]), _f16(blocks[:, 82:84])
+    dl = (d * (scales & 0x0F).float()).unsqueeze(-1)  # (n, 16, 1)
+    ml = (dmin * (scales >> 4).float()).unsqueeze(-1)
+    # Two halves of 32 bytes; shifts 0,2,4,6 each yield 32 weights = two 16-weight sub-blocks.
+    q = _bits(blocks[:, 16:80].reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16).float()
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
+
+
+def _dequant_q3_k(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    hmask, qs, s = blocks[:, :32], blocks[:, 32:96], blocks[:, 96:108]
+    d = _f16(blocks[:, 108:110])
+    # 6-bit scales: low 4 bits from s[0:8] (low then high nibbles), high 2 bits from s[8:12].
+    low = _nibbles(s[:, :8]).reshape(n, 16)
+    high = _bits(s[:, 8:12], (0, 2, 4, 6), 3).reshape(n, 16)
+    sc = low.bitwise_or_(high << 4).float().sub_(32)
+    dl = (d * sc).unsqueeze(-1)  # (n, 16, 1)
+    ql = _bits(qs.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16)
+    # hmask bit b (b = 4*half + shift step) set means "no -4 offset".
+    qh = _bits(hmask, range(8), 1).reshape(n, 16, 16)
+    q = ql.float().sub_(qh.bitwise_xor_(1).float().mul_(4))
+    return q.mul_(dl).reshape(n, QK_K)
+
+
+def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K packed scales (n, 12) -> 6-bit scales (n, 8) and mins (n, 8), uint8."""
+    d, m, md = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
+    mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=-1)
+    return sc, mn
+
+
+def _k4_scales(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K header -> per-sub-block d*sc and dmin*m, each (n, 8, 1) float32."""
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    sc, mn = _scale_min_k4(blocks[:, 4:16])
+    return (d * sc.float()).unsqueeze(-1), (dmin * mn.float()).unsqueeze(-1)
+
+
+def _dequant_q4_k(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    dl, ml = _k4_scales(blocks)
+    # 4 chunks of 32 bytes; chunk c: low nibbles = sub-block 2c, high nibbles = 2c+1.
+    q = _nibbles(blocks[:, 16:].reshape(n, 4, 32)).reshape(n, 8, 32).float()
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
+
+
+def _dequant_q5_k(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    dl, ml = _k4_scales(blocks)
+    qh = _bits(blocks[:, 16:48], range(8), 1)  # (n, 8, 32): bit j of qh[l] -> sub-block j
+    q = _nibbles(blocks[:, 48:].reshape(n, 4, 32)).reshape(n, 8, 32)
+    q = q.bitwise_or_(qh << 4).float()
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
+
+
+def _dequant_q6_k(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    ql, qh, sc = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
+    d = _f16(blocks[:, 208:210])
+    dl = (d * sc.view(torch.int8).float()).unsqueeze(-1)  # (n, 16, 1)
+    # Per 128-weight half: low nibbles of ql[0:64] are weights 0..63, high nibbles 64..127;
+    # qh[l] bit pairs (0,2,4,6) are the top 2 bits of weights l, l+32, l+64, l+96.
+    lo = _nibbles(ql.reshape(n, 2, 64)).reshape(n, 2, 128)
+    hi = _bits(qh.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 2, 128)
+    q = lo.bitwise_or_(hi << 4).reshape(n, 16, 16).float().sub_(32)
+    return q.mul_(dl).reshape(n, QK_K)
+
+
+_DEQUANTIZERS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
+    GGMLType.Q8_0: _dequant_q8_0,
+    GGMLType.Q4_0: _dequant_q4_0,
+    GGMLType.Q4_1: _dequant_q4_1,
+    GGMLType.Q5_0: _dequant_q5_0,
+    GGMLType.Q5_1: _dequant_q5_1,
+    GGMLType.Q2_K: _dequant_q2_k,
+    GGMLType.Q3_K: _dequant_q3_k,
+    GGMLType.Q4_K: _dequant_q4_k,
+    GGMLType.Q5_K: _dequant_q5_k,
+    GGMLType.Q6_K: _dequant_q6_k,
+}
+
+SUPPORTED: frozenset[GGMLType] = frozenset(_FLOAT_TYPES) | frozenset(_DEQUANTIZERS)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def tensor_nbytes(ggml_type: GGMLType | int, n_elements: int) -> int:
+    """Bytes a tensor of `n_elements` weights of `ggml_type` occupies in a GGUF file.
+
+    Works for every known type, supported or not (so a loader can skip over tensors). Raises
+    ModelFileError if `n_elements` is not a whole number of blocks.
+    """
+    t = _as_type(ggml_type)
+    block, nbytes = BLOCK_SIZES[t]
+    if n_elements < 0 or n_elements % block:
+        raise ModelFileError(
+            f"{n_elements} elements is not a whole number of {t.name} blocks of {block} weights"
+        )
+    return n_elements // block * nbytes
+
+
+def _check(raw: torch.Tensor, t: GGMLType, shape: tuple[int, ...]) -> None:
+    if raw.dtype != torch.uint8 or raw.dim() != 1:
+        raise TypeError(f"raw must be a 1-D uint8 tensor, got {raw.dtype} of shape {tuple(raw.shape)}")
+    block = BLOCK_SIZES[t][0]
+    row = shape[-1] if shape else 1
+    if any(s < 0 for s in shape) or row % block:
+        raise ModelFileError(
+            f"{t.name} tensor of shape {shape}: the last dimension must be a multiple of the "
+            f"block size {block}"
+        )
+    expected = tensor_nbytes(t, math.prod(shape))
+    if raw.numel() != expected:
+        raise ModelFileError(
+            f"{t.name} tensor of shape {shape} needs {expected} bytes but {raw.numel()} were given "
+            "(truncated or corrupt file?)"
+        )
+
+
+def dequantize(
+    raw: torch.Tensor,
+    ggml_type: GGMLType | int,
+    shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Decode a GGUF tensor's bytes into a new tensor of `shape` and `dtype`.
+
+    raw: 1-D uint8 tensor holding exactly the tensor's bytes; only read, never written (it may
+    view a read-only memmap). shape: torch order (GGUF `ne` reversed), last dim contiguous.
+    Values are computed in float32 bit-exactly as gguf-py does, then rounded once to `dtype`.
+    The result lives on raw's device. Large tensors are decoded in chunks to bound temporaries.
+    """
+    t = _as_type(ggml_type)
+    if t not in SUPPORTED:
+        names = ", ".join(s.name for s in sorted(SUPPORTED))
+        raise UnsupportedModelError(
+            f"tensor type {t.name} (ggml type {int(t)}) is not supported; supported types: {names}"
+        )
+    shape = tuple(int(s) for s in shape)
+    _check(raw, t, shape)
+
+    if t in _FLOAT_TYPES:
+        return _reinterpret(raw, _FLOAT_TYPES[t]).to(dtype, copy=True).reshape(shape)
+
+    block, nbytes = BLOCK_SIZES[t]
+    kernel = _DEQUANTIZERS[t]
+    n_blocks = raw.numel() // nbytes
+    blocks = raw.view(n_blocks, nbytes)
+    out = torch.empty((n_blocks, block), dtype=dtype, device=raw.device)
+    step = max(1, _CHUNK_WEIGHTS // block)
+    for start in range(0, n_blocks, step):
+        out[start : start + step] = kernel(blocks[start : start + step])
+    return out.view(shape)
+
+
+# --------------------------------------------------------------------------- quantizers
+# Byte-exact ports of gguf-py's numpy quantizers (ggml's reference quantize_row_*_ref).
+# Each maps blocks (n, weights per block) float32 -> (n, bytes per block) uint8.
+
+
+def _half_bytes(x: torch.Tensor) -> torch.Tensor:
+    """(n, 1) float32 -> (n, 2) uint8: little-endian fp16 (round to nearest even)."""
+    return x.to(torch.float16).view(torch.uint8)
+
+
+def _safe_recip(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(d == 0, 0.0, 1.0 / d)
+
+
+def _absmax_signed(b: torch.Tensor) -> torch.Tensor:
+    """Per-row value of largest magnitude, keeping its sign (first one on ties), (n, 1)."""
+    return torch.gather(b, 1, b.abs().argmax(dim=1, keepdim=True))
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """q (n, 32) uint8 in 0..15 -> (n, 16): weight j in the low nibble, j+16 in the high."""
+    return q[:, :16] | (q[:, 16:] << 4)
+
+
+def _pack_high_bits(q: torch.Tensor) -> torch.Tensor:
+    """q (n, 32) uint8 in 0..31 -> (n, 4) bytes of the u32 LE whose bit j is bit 4 of q[j]."""
+    n = q.shape[0]
+    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=q.device)
+    return ((q >> 4).reshape(n, 4, 8) * weights).sum(dim=-1, dtype=torch.uint8)
+
+
+def _quant_q8_0(b: torch.Tensor) -> torch.Tensor:
+    d = b.abs().amax(dim=1, keepdim=True) / 127
+    v = b * _safe_recip(d)
+    # Round half away from zero exactly as gguf's np_roundf (not torch.round's half-to-even).
+    a = v.abs()
+    fl = a.floor()
+    qs = v.sign() * (fl + (2 * (a - fl)).floor())
+    return torch.cat([_half_bytes(d), qs.to(torch.int8).view(torch.uint8)], dim=1)
+
+
+def _quant_q4_0(b: torch.Tensor) -> torch.Tensor:
+    d = _absmax_signed(b) / -8
+    q = (b * _safe_recip(d) + 8.5).trunc().clamp_(0, 15).to(torch.uint8)
+    return torch.cat([_half_bytes(d), _pack_nibbles(q)], dim=1)
+
+
+def _quant_q4_1(b: torch.Tensor) -> torch.Tensor:
+    mx, mn = b.amax(dim=1, keepdim=True), b.amin(dim=1, keepdim=True)
+    d = (mx - mn) / 15
+    q = ((b - mn) * _safe_recip(d) + 0.5).trunc().clamp_(0, 15).to(torch.uint8)
+    return torch.cat([_half_bytes(d), _half_bytes(mn), _pack_nibbles(q)], dim=1)
+
+
+def _quant_q5_0(b: torch.Tensor) -> torch.Tensor:
+    d = _absmax_signed(b) / -16
+    q = (b * _safe_recip(d) + 16.5).trunc().clamp_(0, 31).to(torch.uint8)
+    return torch.cat([_half_bytes(d), _pack_high_bits(q), _pack_nibbles(q & 0x0F)], dim=1)
+
+
+def _quant_q5_1(b: torch.Tensor) -> torch.Tensor:
+    mx, mn = b.amax(dim=1, keepdim=True), b.amin(dim=1, keepdim=True)
+    d = (mx - mn) / 31
+    q = ((b - mn) * _safe_recip(d) + 0.5).trunc().clamp_(0, 31).to(torch.uint8)
+    return torch.cat(
+        [_half_bytes(d), _half_bytes(mn), _pack_high_bits(q), _pack_nibbles(q & 0x0F)], dim=1
+    )
+
+
+def _quant_bf16(b: torch.Tensor) -> torch.Tensor:
+    # ggml_compute_fp32_to_bf16: quiet NaNs, then round to nearest even on the top 16 bits.
+    n = b.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    n = torch.where((n & 0x7FFFFFFF) > 0x7F800000, (n & 0xFFFF0000) | (64 << 16), n)
+    n = (n + (0x7FFF + ((n >> 16) & 1))) >> 16
+    return n.to(torch.int32).to(torch.int16).view(torch.uint8)
+
+
+_QUANTIZERS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
+    GGMLType.F32: lambda b: b.clone().view(torch.uint8),
+    GGMLType.F16: lambda b: b.to(torch.float16).view(torch.uint8),
+    GGMLType.BF16: _quant_bf16,
+    GGMLType.Q8_0: _quant_q8_0,
+    GGMLType.Q4_0: _quant_q4_0,
+    GGMLType.Q4_1: _quant_q4_1,
+    GGMLType.Q5_0: _quant_q5_0,
+    GGMLType.Q5_1: _quant_q5_1,
+}
+
+QUANTIZABLE: frozenset[GGMLType] = frozenset(_QUANTIZERS)
+
+
+def quantize(x: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
+    """Encode `x` (any shape, last dim a multiple of the block size) as GGUF bytes.
+
+    Returns a new 1-D uint8 tensor, the layout `dequantize` reads, byte-identical to
+    `gguf.quants.quantize(x.float().numpy(), ggml_type)`. `x` is first converted to float32.
+    Only F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 can be produced.
+    """
+    t = _as_type(ggml_type)
+    if t not in QUANTIZABLE:
+        names = ", ".join(s.name for s in sorted(QUANTIZABLE))
+        raise UnsupportedModelError(f"cannot quantize to {t.name}; supported: {names}")
+    block = BLOCK_SIZES[t][0]
+    row = x.shape[-1] if x.dim() else 1
+    if row % block:
+        raise ValueError(f"last dimension {row} is not a multiple of the {t.name} block size {block}")
+    b = x.detach().to(torch.float32).contiguous().reshape(-1, block)
+    return _QUANTIZERS[t](b).reshape(-1)

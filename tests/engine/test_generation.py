@@ -1,0 +1,133 @@
+"""The generation loop on the default model: cache, batching, stopping, streaming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamita import SamplingParams
+from llamita.errors import ContextOverflowError, InvalidParameterError
+from llamita.model.kv_cache import KVCache
+
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+def test_cached_decode_equals_full_recompute(llm_f32):
+    model = llm_f32.loaded.model
+    ids = llm_f32.encode_prompt("Madrid is the capital of Spain. Its most famous museum is")
+    ids = ids + llm_f32.generate(prompt_token_ids=ids, params=GREEDY).token_ids[:12]
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        full = model(x)[0]
+        cache = KVCache(model.config, 1, len(ids))
+        split = 7  # a prefill of 7 tokens, then one token per step
+        pieces = [model(x[:, :split], torch.arange(split)[None], cache)[0]]
+        for p in range(split, len(ids)):
+            pieces.append(model(x[:, p:p + 1], torch.tensor([[p]]), cache)[0])
+    cached = torch.cat(pieces)
+    assert cached.shape == full.shape
+    assert float((cached - full).abs().max() / full.abs().max()) <= 1e-5
+
+
+def test_batch_equals_one_at_a_time(llm_f32):
+    prompts = [
+        "Once upon a time",
+        "The three primary colors are red,",
+        "Python is a programming language that",
+        "¿Por qué el cielo es azul? Porque la luz del sol se dispersa en la atmósfera y",
+    ]
+    lengths = {len(llm_f32.encode_prompt(p)) for p in prompts}
+    assert len(lengths) == len(prompts), "the prompts must differ in length"
+    batched = llm_f32.generate(prompts, GREEDY)
+    single = [llm_f32.generate(p, GREEDY) for p in prompts]
+    assert [b.token_ids for b in batched] == [s.token_ids for s in single]
+    assert [b.text for b in batched] == [s.text for s in single]
+    assert all(len(b.token_ids) == 24 for b in batched)
+
+
+def test_batch_with_early_finishers_keeps_others_right(llm_f32):
+    # Different max_tokens: rows drop out of the batch at different steps.
+    prompts = ["One, two, three,", "The sky is", "Water boils at"]
+    params = [GREEDY.replace(max_tokens=n) for n in (3, 20, 9)]
+    batched = llm_f32.generate(prompts, params)
+    for p, sp, b in zip(prompts, params, batched):
+        assert b.token_ids == llm_f32.generate(p, sp).token_ids
+        assert len(b.token_ids) == sp.max_tokens and b.finish_reason == "length"
+
+
+def test_chat_answers_capital_of_france(llm_f32):
+    out = llm_f32.chat([{"role": "user", "content": "What is the capital of France?"}],
+                       SamplingParams(temperature=0, max_tokens=40))
+    assert "Paris" in out.text
+    assert out.finish_reason == "stop"  # ended on <|im_end|>, not on the token limit
+    assert "<|im_end|>" not in out.text
+
+
+def test_stop_string_ends_text_and_is_not_included(llm_f32):
+    base = llm_f32.generate("Count: 1, 2, 3, 4, 5,", GREEDY)
+    assert " 8" in base.text, base.text
+    cut = base.text.index(" 8")
+    stopped = llm_f32.generate("Count: 1, 2, 3, 4, 5,", GREEDY.replace(stop=[" 8"]))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == base.text[:cut]
+
+
+def test_streaming_concatenates_to_the_full_text(llm_f32):
+    params = SamplingParams(temperature=0, max_tokens=30, stop=["\n\n"])
+    full = llm_f32.generate("Write a haiku about the sea:", params)
+    chunks = list(llm_f32.generate_stream("Write a haiku about the sea:", params))
+    assert "".join(c.text for c in chunks) == full.text
+    assert chunks[-1].finish_reason == full.finish_reason
+    assert [c.token_id for c in chunks if c.token_id is not None] == full.token_ids
+    assert len(chunks) > 5  # text arrived piece by piece
+
+
+def test_max_tokens_gives_length(llm_f32):
+    out = llm_f32.generate("Tell me a long story.", SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    assert len(out.token_ids) == 5 and out.finish_reason == "length"
+
+
+def test_seed_repeats_and_differs(llm_f32):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=16, seed=7, ignore_eos=True)
+    a = llm_f32.generate("My favourite food is", params)
+    b = llm_f32.generate("My favourite food is", params)
+    c = llm_f32.generate("My favourite food is", params.replace(seed=8))
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+def test_top_k_one_equals_greedy(llm_f32):
+    greedy = llm_f32.generate("The best thing about Mondays is", GREEDY)
+    topk1 = llm_f32.generate("The best thing about Mondays is",
+                             GREEDY.replace(temperature=1.5, top_k=1, seed=3))
+    assert topk1.token_ids == greedy.token_ids
+
+
+def test_repetition_penalty_changes_output(llm_f32):
+    prompt = "apple apple apple apple apple apple apple"
+    plain = llm_f32.generate(prompt, GREEDY.replace(max_tokens=8))
+    penalized = llm_f32.generate(prompt, GREEDY.replace(max_tokens=8, repetition_penalty=1.8))
+    apple = llm_f32.tokenizer.encode(" apple")
+    assert plain.token_ids[:len(apple)] == apple  # unpenalized, the model keeps repeating
+    assert penalized.token_ids[:len(apple)] != apple
+
+
+def test_prompt_over_context_is_a_clear_error(llm_f32):
+    ids = [1] * llm_f32.config.context_length
+    with pytest.raises(ContextOverflowError, match="context window"):
+        llm_f32.generate(prompt_token_ids=ids, params=GREEDY)
+
+
+def test_generation_stops_at_context_end(llm_f32):
+    n = llm_f32.config.context_length - 3
+    out = llm_f32.generate(prompt_token_ids=[504] * n, params=GREEDY.replace(max_tokens=100))
+    assert len(out.token_ids) == 3 and out.finish_reason == "length"
+
+
+def test_bad_prompt_inputs(llm_f32):
+    with pytest.raises(InvalidParameterError):
+        llm_f32.generate(prompt_token_ids=[10**9], params=GREEDY)
+    with pytest.raises(InvalidParameterError):
+        llm_f32.generate([], GREEDY)
+    with pytest.raises(InvalidParameterError):
+        llm_f32.chat([{"role": "wizard", "content": "hi"}])

@@ -1,0 +1,84 @@
+"""Small random Llama-3.1-shaped models written as GGUF, run by llamita and by transformers.
+
+Covers what the default model does not: llama3 RoPE scaling through `rope_freqs`, GQA 4:1, an
+untied output head, F16/Q8_0/Q4_1 weights, positions beyond the original context.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from llamita.config import ModelConfig, RopeScaling
+from llamita.engine.loader import load_model
+from llamita.model.rope import rope_inv_freq
+from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
+
+transformers = pytest.importorskip("transformers")
+Q = gguf.GGMLQuantizationType
+
+
+def hf_model(cfg: dict, sd: dict[str, torch.Tensor]):
+    cfg = dict(cfg)
+    rope = dict(cfg.pop("rope_scaling") or {"rope_type": "default"}, rope_theta=cfg.pop("rope_theta"))
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, rope_parameters=rope))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    return model.float().eval()
+
+
+def roundtrip(sd: dict[str, torch.Tensor], qtype: Q) -> dict[str, torch.Tensor]:
+    """The weights as a reader of a `qtype` file must see them, dequantized by the gguf package."""
+    if qtype == Q.F32:
+        return sd
+    out = {}
+    for k, v in sd.items():
+        if v.ndim == 2:
+            q = gguf.quants.quantize(v.numpy(), qtype)
+            v = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(q, qtype))).reshape(v.shape)
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_1, Q.BF16])
+@pytest.mark.parametrize("tied", [False, True])
+def test_logits_match_transformers(tmp_path, qtype, tied):
+    cfg = tiny_hf_config(tie_word_embeddings=tied)
+    sd = random_hf_weights(cfg, seed=1)
+    path = write_gguf(tmp_path / "tiny.gguf", cfg, sd, qtype)
+    ours = load_model(path, dtype="float32", device="cpu")
+    assert ours.config.tie_word_embeddings == tied
+    ref = hf_model(cfg, roundtrip(sd, qtype))
+    tokens = torch.randint(0, cfg["vocab_size"], (2, 120), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = ours.model(tokens)
+        b = ref(tokens).logits
+    assert float((a - b).abs().max() / b.abs().max()) <= 1e-5
+
+
+def test_llama3_inv_freq_matches_transformers():
+    cfg = tiny_hf_config()
+    s = cfg["rope_scaling"]
+    ours = rope_inv_freq(ModelConfig(
+        n_layers=1, dim=64, n_heads=4, n_kv_heads=1, ffn_dim=96, vocab_size=300, head_dim=16,
+        rope_theta=cfg["rope_theta"],
+        rope_scaling=RopeScaling("llama3", s["factor"], s["low_freq_factor"], s["high_freq_factor"],
+                                 s["original_max_position_embeddings"])))
+    ref = hf_model(cfg, random_hf_weights(cfg)).model.rotary_emb.inv_freq
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=0)
+    base = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, 16, 2).float() / 16))
+    assert (ours < base).sum() == 7  # scaling really acted: all but the highest frequency
+
+
+def test_llama31_8b_divisors_from_spec():
+    """LLAMA_SPEC §2.5: for hd=128, theta=5e5, factor 8 the smooth band has these divisors."""
+    cfg = ModelConfig(n_layers=1, dim=4096, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256,
+                      rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192))
+    base = 1.0 / (500000.0 ** (torch.arange(0, 128, 2).double() / 128))
+    divisors = (base / rope_inv_freq(cfg).double()).tolist()
+    assert all(abs(d - 1) < 1e-5 for d in divisors[:29])
+    assert all(abs(d - 8) < 1e-4 for d in divisors[35:])
+    expected = [1.2075, 1.5534, 2.0263, 2.6945, 3.6843, 5.2573]
+    assert [round(d, 4) for d in divisors[29:35]] == expected
