@@ -183,9 +183,10 @@ def test_top_p_works_after_top_k() -> None:
         (1.0, {0}),
     ],
 )
-def test_min_p_drops_tokens_below_the_ratio(min_p: float, kept: set[int]) -> None:
+@pytest.mark.parametrize("top_p", [1.0, 0.99])  # 0.99 keeps all four but takes the sorted path
+def test_min_p_drops_tokens_below_the_ratio(min_p: float, kept: set[int], top_p: float) -> None:
     # thresholds are min_p * 0.5; the probabilities are 0.5, 0.3, 0.15, 0.05
-    filtered = filter_logits(LOGITS, PLAIN.replace(min_p=min_p))
+    filtered = filter_logits(LOGITS, PLAIN.replace(min_p=min_p, top_p=top_p))
     assert set(torch.isfinite(filtered).nonzero().flatten().tolist()) == kept
     # surviving logits are left untouched
     assert torch.equal(filtered[sorted(kept)], LOGITS[sorted(kept)])

@@ -73,7 +73,7 @@ def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     values, ids = torch.topk(logits, top_k) if top_k else torch.sort(logits, descending=True)
     if params.top_p < 1.0:
         values = _top_p(values, params.top_p)
-    pass
+    values = _min_p(values, params.min_p)
     return torch.full_like(logits, -math.inf).scatter_(0, ids, values)
 
 
