@@ -99,6 +99,17 @@ def test_random_bytes_match_gguf(t: GGMLType) -> None:
         _assert_bits_equal(ours, _reference(raw, t, shape))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("t", sorted(SUPPORTED), ids=lambda t: t.name)
+def test_cuda_matches_gguf(t: GGMLType) -> None:
+    block = BLOCK_SIZES[t][0]
+    shape = (3, 4 * block)
+    raw = _random_bytes(t, 12 * block, np.random.default_rng(50 + int(t)))
+    ours = dequantize(torch.from_numpy(raw).cuda(), t, shape)
+    assert ours.device.type == "cuda"
+    _assert_bits_equal(ours.cpu(), _reference(raw, t, shape))
+
+
 @pytest.mark.parametrize("t", LEGACY + [GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
 def test_gguf_quantized_weights_match_gguf(t: GGMLType) -> None:
     rng = np.random.default_rng(100 + int(t))
@@ -197,10 +208,22 @@ def test_quantize_matches_gguf(t: GGMLType) -> None:
     x[1, 40:42] = [-3.0, 3.0]  # equal magnitudes, opposite signs: the first one wins
     x[1, 72:74] = [3.0, -3.0]
     x[2] = np.round(x[2] * 8) / 8  # values landing exactly on rounding boundaries
+    x[3, :32] = np.arange(32) - 15.5  # Q8_0 (d = 1): halves must round away from zero
+    x[3, 0] = -127.0
+    x[3, 1] = np.nextafter(np.float32(0.5), np.float32(0))  # floor(v + 0.5) would give 1
     ref = np.ascontiguousarray(gguf.quants.quantize(x, GGMLQuantizationType(int(t)))).view(np.uint8)
     ours = quantize(torch.from_numpy(x), t)
     assert ours.dtype == torch.uint8 and ours.shape == (ref.size,)
     assert torch.equal(ours, torch.from_numpy(ref.reshape(-1)))
+
+
+def test_quantize_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quants, "_CHUNK_WEIGHTS", 3 * 32)
+    x = np.random.default_rng(11).standard_normal((5, 64)).astype(np.float32)
+    for t in (GGMLType.Q5_1, GGMLType.F16):
+        ref = np.ascontiguousarray(gguf.quants.quantize(x, GGMLQuantizationType(int(t))))
+        ours = quantize(torch.from_numpy(x), t)
+        assert torch.equal(ours, torch.from_numpy(ref.view(np.uint8).reshape(-1))), t.name
 
 
 @pytest.mark.parametrize("t", [GGMLType.F32, GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)

@@ -130,85 +130,96 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
     return _reinterpret(b, torch.float16).float()
 
 
-def _bits(x: torch.Tensor, shifts: range | tuple[int, ...], mask: int) -> torch.Tensor:
-    """(..., k) uint8 -> (..., len(shifts), k): `(x >> s) & mask` for each shift s."""
-    s = torch.tensor(tuple(shifts), dtype=torch.uint8, device=x.device).view(-1, 1)
-    return (x.unsqueeze(-2) >> s).bitwise_and_(mask)
+def _bits(
+    x: torch.Tensor, shifts: range | tuple[int, ...], width: int, dim: int = -2
+) -> torch.Tensor:
+    """uint8 x -> the `width`-bit fields `(x >> s) & mask` for each shift s, stacked on `dim`.
+
+    Scalar shifts on each field beat one broadcast tensor shift several times on CPU.
+    """
+    mask = (1 << width) - 1
+    fields = []
+    for s in shifts:
+        f = x >> s if s else x
+        fields.append(f if s + width == 8 else f & mask)
+    return torch.stack(fields, dim=dim)
 
 
 def _nibbles(x: torch.Tensor) -> torch.Tensor:
     """(..., k) uint8 -> (..., 2, k): low nibbles, then high nibbles."""
-    return _bits(x, (0, 4), 0x0F)
+    return _bits(x, (0, 4), 4)
 
 
 # --------------------------------------------------------------------------- dequantizers
-# Each maps blocks (n, bytes per block) uint8 -> (n, weights per block) float32.
+# Each decodes blocks (n, bytes per block) uint8 into out (n, weights per block) float32.
+# Integer quants are finished in the uint8/int8 domain (exact) and converted by copying into
+# `out`; the float32 scale arithmetic then runs in place, in gguf-py's order.
 
 
-def _dequant_q8_0(blocks: torch.Tensor) -> torch.Tensor:
-    d = _f16(blocks[:, :2])
-    qs = blocks[:, 2:].view(torch.int8).float()
-    return qs.mul_(d)
+def _dequant_q8_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    out.copy_(blocks[:, 2:].view(torch.int8))
+    out.mul_(_f16(blocks[:, :2]))
 
 
-def _dequant_q4_0(blocks: torch.Tensor) -> torch.Tensor:
+def _dequant_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     n = blocks.shape[0]
-    d = _f16(blocks[:, :2])
-    q = _nibbles(blocks[:, 2:]).reshape(n, 32).float().sub_(8)
-    return q.mul_(d)
+    q = _nibbles(blocks[:, 2:]).view(n, 32).view(torch.int8).sub_(8)
+    out.copy_(q)
+    out.mul_(_f16(blocks[:, :2]))
 
 
-def _dequant_q4_1(blocks: torch.Tensor) -> torch.Tensor:
+def _dequant_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     n = blocks.shape[0]
-    d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
-    q = _nibbles(blocks[:, 4:]).reshape(n, 32).float()
-    return q.mul_(d).add_(m)
+    out.copy_(_nibbles(blocks[:, 4:]).view(n, 32))
+    out.mul_(_f16(blocks[:, 0:2])).add_(_f16(blocks[:, 2:4]))
 
 
 def _q5_values(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     """qh (n, 4) = u32 LE high bits, qs (n, 16) nibbles -> q (n, 32) uint8 in 0..31."""
     n = qs.shape[0]
-    hi = _bits(qh.unsqueeze(-1), range(8), 1).reshape(n, 32)  # bit j of the u32 -> weight j
-    return _nibbles(qs).reshape(n, 32).bitwise_or_(hi << 4)
+    hi = _bits(qh, range(8), 1, dim=-1).view(n, 32)  # bit j of the u32 -> weight j
+    return _nibbles(qs).view(n, 32).bitwise_or_(hi << 4)
 
 
-def _dequant_q5_0(blocks: torch.Tensor) -> torch.Tensor:
-    d = _f16(blocks[:, :2])
-    q = _q5_values(blocks[:, 2:6], blocks[:, 6:]).float().sub_(16)
-    return q.mul_(d)
+def _dequant_q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    out.copy_(_q5_values(blocks[:, 2:6], blocks[:, 6:]).view(torch.int8).sub_(16))
+    out.mul_(_f16(blocks[:, :2]))
 
 
-def _dequant_q5_1(blocks: torch.Tensor) -> torch.Tensor:
-    d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
-    q = _q5_values(blocks[:, 4:8], blocks[:, 8:]).float()
-    return q.mul_(d).add_(m)
+def _dequant_q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    out.copy_(_q5_values(blocks[:, 4:8], blocks[:, 8:]))
+    out.mul_(_f16(blocks[:, 0:2])).add_(_f16(blocks[:, 2:4]))
 
 
-def _dequant_q2_k(blocks: torch.Tensor) -> torch.Tensor:
+def _dequant_q2_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     n = blocks.shape[0]
     scales = blocks[:, :16]
     d, dmin = _f16(blocks[:, 80:82]), _f16(blocks[:, 82:84])
     dl = (d * (scales & 0x0F).float()).unsqueeze(-1)  # (n, 16, 1)
     ml = (dmin * (scales >> 4).float()).unsqueeze(-1)
     # Two halves of 32 bytes; shifts 0,2,4,6 each yield 32 weights = two 16-weight sub-blocks.
-    q = _bits(blocks[:, 16:80].reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16).float()
-    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
+    q = _bits(blocks[:, 16:80].reshape(n, 2, 32), (0, 2, 4, 6), 2)  # (n, 2, 4, 32)
+    o = out.view(n, 16, 16)
+    o.copy_(q.view(n, 16, 16))
+    o.mul_(dl).sub_(ml)
 
 
-def _dequant_q3_k(blocks: torch.Tensor) -> torch.Tensor:
+def _dequant_q3_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     n = blocks.shape[0]
     hmask, qs, s = blocks[:, :32], blocks[:, 32:96], blocks[:, 96:108]
     d = _f16(blocks[:, 108:110])
     # 6-bit scales: low 4 bits from s[0:8] (low then high nibbles), high 2 bits from s[8:12].
-    low = _nibbles(s[:, :8]).reshape(n, 16)
-    high = _bits(s[:, 8:12], (0, 2, 4, 6), 3).reshape(n, 16)
-    sc = low.bitwise_or_(high << 4).float().sub_(32)
-    dl = (d * sc).unsqueeze(-1)  # (n, 16, 1)
-    ql = _bits(qs.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16)
-    # hmask bit b (b = 4*half + shift step) set means "no -4 offset".
-    qh = _bits(hmask, range(8), 1).reshape(n, 16, 16)
-    q = ql.float().sub_(qh.bitwise_xor_(1).float().mul_(4))
-    return q.mul_(dl).reshape(n, QK_K)
+    low = _nibbles(s[:, :8]).view(n, 16)
+    high = _bits(s[:, 8:12], (0, 2, 4, 6), 2).view(n, 16)
+    sc = low.bitwise_or_(high << 4).view(torch.int8).sub_(32)
+    dl = (d * sc.float()).unsqueeze(-1)  # (n, 16, 1)
+    # 2-bit values, plus 4 where hmask bit b (b = 4*half + shift step) is set, minus 4.
+    ql = _bits(qs.reshape(n, 2, 32), (0, 2, 4, 6), 2).view(n, 8, 32)
+    qh = _bits(hmask, range(8), 1)  # (n, 8, 32)
+    q = ql.bitwise_or_(qh << 2).view(torch.int8).sub_(4)
+    o = out.view(n, 16, 16)
+    o.copy_(q.view(n, 16, 16))
+    o.mul_(dl)
 
 
 def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,44 +230,46 @@ def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, mn
 
 
-def _k4_scales(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K header -> per-sub-block d*sc and dmin*m, each (n, 8, 1) float32."""
+def _k4_finish(blocks: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> None:
+    """out = (d*sc) * q - dmin*m per 32-weight sub-block; q (n, 8, 32) uint8."""
+    n = blocks.shape[0]
     d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
     sc, mn = _scale_min_k4(blocks[:, 4:16])
-    return (d * sc.float()).unsqueeze(-1), (dmin * mn.float()).unsqueeze(-1)
+    o = out.view(n, 8, 32)
+    o.copy_(q)
+    o.mul_((d * sc.float()).unsqueeze(-1)).sub_((dmin * mn.float()).unsqueeze(-1))
 
 
-def _dequant_q4_k(blocks: torch.Tensor) -> torch.Tensor:
+def _dequant_q4_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     n = blocks.shape[0]
-    dl, ml = _k4_scales(blocks)
     # 4 chunks of 32 bytes; chunk c: low nibbles = sub-block 2c, high nibbles = 2c+1.
-    q = _nibbles(blocks[:, 16:].reshape(n, 4, 32)).reshape(n, 8, 32).float()
-    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
+    q = _nibbles(blocks[:, 16:].reshape(n, 4, 32)).view(n, 8, 32)
+    _k4_finish(blocks, q, out)
 
 
-def _dequant_q5_k(blocks: torch.Tensor) -> torch.Tensor:
+def _dequant_q5_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     n = blocks.shape[0]
-    dl, ml = _k4_scales(blocks)
     qh = _bits(blocks[:, 16:48], range(8), 1)  # (n, 8, 32): bit j of qh[l] -> sub-block j
-    q = _nibbles(blocks[:, 48:].reshape(n, 4, 32)).reshape(n, 8, 32)
-    q = q.bitwise_or_(qh << 4).float()
-    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
+    q = _nibbles(blocks[:, 48:].reshape(n, 4, 32)).view(n, 8, 32)
+    _k4_finish(blocks, q.bitwise_or_(qh << 4), out)
 
 
-def _dequant_q6_k(blocks: torch.Tensor) -> torch.Tensor:
+def _dequant_q6_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     n = blocks.shape[0]
     ql, qh, sc = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
     d = _f16(blocks[:, 208:210])
     dl = (d * sc.view(torch.int8).float()).unsqueeze(-1)  # (n, 16, 1)
     # Per 128-weight half: low nibbles of ql[0:64] are weights 0..63, high nibbles 64..127;
     # qh[l] bit pairs (0,2,4,6) are the top 2 bits of weights l, l+32, l+64, l+96.
-    lo = _nibbles(ql.reshape(n, 2, 64)).reshape(n, 2, 128)
-    hi = _bits(qh.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 2, 128)
-    q = lo.bitwise_or_(hi << 4).reshape(n, 16, 16).float().sub_(32)
-    return q.mul_(dl).reshape(n, QK_K)
+    lo = _nibbles(ql.reshape(n, 2, 64)).view(n, 2, 128)
+    hi = _bits(qh.reshape(n, 2, 32), (0, 2, 4, 6), 2).view(n, 2, 128)
+    q = lo.bitwise_or_(hi << 4).view(torch.int8).sub_(32)
+    o = out.view(n, 16, 16)
+    o.copy_(q.view(n, 16, 16))
+    o.mul_(dl)
 
 
-_DEQUANTIZERS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
+_DEQUANTIZERS: dict[GGMLType, Callable[[torch.Tensor, torch.Tensor], None]] = {
     GGMLType.Q8_0: _dequant_q8_0,
     GGMLType.Q4_0: _dequant_q4_0,
     GGMLType.Q4_1: _dequant_q4_1,
@@ -292,7 +305,9 @@ def tensor_nbytes(ggml_type: GGMLType | int, n_elements: int) -> int:
 
 def _check(raw: torch.Tensor, t: GGMLType, shape: tuple[int, ...]) -> None:
     if raw.dtype != torch.uint8 or raw.dim() != 1:
-        raise TypeError(f"raw must be a 1-D uint8 tensor, got {raw.dtype} of shape {tuple(raw.shape)}")
+        raise TypeError(
+            f"raw must be a 1-D uint8 tensor, got {raw.dtype} of shape {tuple(raw.shape)}"
+        )
     block = BLOCK_SIZES[t][0]
     row = shape[-1] if shape else 1
     if any(s < 0 for s in shape) or row % block:
@@ -319,7 +334,8 @@ def dequantize(
     raw: 1-D uint8 tensor holding exactly the tensor's bytes; only read, never written (it may
     view a read-only memmap). shape: torch order (GGUF `ne` reversed), last dim contiguous.
     Values are computed in float32 bit-exactly as gguf-py does, then rounded once to `dtype`.
-    The result lives on raw's device. Large tensors are decoded in chunks to bound temporaries.
+    The result lives on raw's device. Quantized tensors are decoded a chunk of blocks at a time,
+    so temporaries stay a few times the chunk size (none full-size beyond the output itself).
     """
     t = _as_type(ggml_type)
     if t not in SUPPORTED:
@@ -339,8 +355,18 @@ def dequantize(
     blocks = raw.view(n_blocks, nbytes)
     out = torch.empty((n_blocks, block), dtype=dtype, device=raw.device)
     step = max(1, _CHUNK_WEIGHTS // block)
+    # float32 output is written in place; other dtypes go through one reused float32 buffer.
+    scratch = None
+    if dtype != torch.float32:
+        scratch = torch.empty((min(step, n_blocks), block), device=raw.device)
     for start in range(0, n_blocks, step):
-        out[start : start + step] = kernel(blocks[start : start + step])
+        chunk = blocks[start : start + step]
+        if scratch is None:
+            kernel(chunk, out[start : start + step])
+        else:
+            buf = scratch[: chunk.shape[0]]
+            kernel(chunk, buf)
+            out[start : start + step] = buf
     return out.view(shape)
 
 
@@ -422,7 +448,7 @@ def _quant_bf16(b: torch.Tensor) -> torch.Tensor:
 
 
 _QUANTIZERS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
-    GGMLType.F32: lambda b: b.clone().view(torch.uint8),
+    GGMLType.F32: lambda b: b.view(torch.uint8),
     GGMLType.F16: lambda b: b.to(torch.float16).view(torch.uint8),
     GGMLType.BF16: _quant_bf16,
     GGMLType.Q8_0: _quant_q8_0,
@@ -449,6 +475,14 @@ def quantize(x: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
     block = BLOCK_SIZES[t][0]
     row = x.shape[-1] if x.dim() else 1
     if row % block:
-        raise ValueError(f"last dimension {row} is not a multiple of the {t.name} block size {block}")
-    b = x.detach().to(torch.float32).contiguous().reshape(-1, block)
-    return _QUANTIZERS[t](b).reshape(-1)
+        raise ValueError(
+            f"last dimension {row} is not a multiple of the {t.name} block size {block}"
+        )
+    blocks = x.detach().reshape(-1, block)
+    encode = _QUANTIZERS[t]
+    out = torch.empty((blocks.shape[0], BLOCK_SIZES[t][1]), dtype=torch.uint8, device=x.device)
+    step = max(1, _CHUNK_WEIGHTS // block)
+    for start in range(0, blocks.shape[0], step):
+        chunk = blocks[start : start + step].to(torch.float32).contiguous()
+        out[start : start + step] = encode(chunk)
+    return out.view(-1)
