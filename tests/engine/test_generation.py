@@ -72,14 +72,18 @@ def test_stop_string_ends_text_and_is_not_included(llm_f32):
     assert stopped.text == base.text[:cut]
 
 
-def test_streaming_concatenates_to_the_full_text(llm_f32):
-    params = SamplingParams(temperature=0, max_tokens=30, stop=["\n\n"])
-    full = llm_f32.generate("Write a haiku about the sea:", params)
-    chunks = list(llm_f32.generate_stream("Write a haiku about the sea:", params))
+@pytest.mark.parametrize("stop", [(), ("sea",)])
+def test_streaming_concatenates_to_the_full_text(llm_f32, stop):
+    params = SamplingParams(temperature=0, max_tokens=30, stop=stop)
+    messages = [{"role": "user", "content": "Write a haiku about the sea."}]
+    full = llm_f32.chat(messages, params)
+    chunks = list(llm_f32.chat_stream(messages, params))
     assert "".join(c.text for c in chunks) == full.text
     assert chunks[-1].finish_reason == full.finish_reason
     assert [c.token_id for c in chunks if c.token_id is not None] == full.token_ids
-    assert len(chunks) > 5  # text arrived piece by piece
+    assert sum(bool(c.text) for c in chunks) > 3  # text arrived piece by piece
+    if stop:
+        assert full.finish_reason == "stop" and "sea" not in full.text
 
 
 def test_max_tokens_gives_length(llm_f32):
@@ -103,25 +107,57 @@ def test_top_k_one_equals_greedy(llm_f32):
     assert topk1.token_ids == greedy.token_ids
 
 
-def test_repetition_penalty_changes_output(llm_f32):
-    prompt = "apple apple apple apple apple apple apple"
-    plain = llm_f32.generate(prompt, GREEDY.replace(max_tokens=8))
-    penalized = llm_f32.generate(prompt, GREEDY.replace(max_tokens=8, repetition_penalty=1.8))
-    apple = llm_f32.tokenizer.encode(" apple")
-    assert plain.token_ids[:len(apple)] == apple  # unpenalized, the model keeps repeating
-    assert penalized.token_ids[:len(apple)] != apple
+def _repeats(prompt_ids: list[int], generated: list[int]) -> int:
+    """How many generated tokens were already in the sequence when they were produced."""
+    seen, n = set(prompt_ids), 0
+    for t in generated:
+        n += t in seen
+        seen.add(t)
+    return n
 
 
-def test_prompt_over_context_is_a_clear_error(llm_f32):
-    ids = [1] * llm_f32.config.context_length
-    with pytest.raises(ContextOverflowError, match="context window"):
-        llm_f32.generate(prompt_token_ids=ids, params=GREEDY)
+# presence_penalty's exact effect is checked in test_sampler.py; its range (<= 2) is too
+# small to break this loop, whose top logit leads by more than 2.
+@pytest.mark.parametrize("penalty", [{"repetition_penalty": 1.3}, {"frequency_penalty": 2.0}])
+def test_penalties_reduce_repetition(llm_f32, penalty):
+    prompt = "The cat sat on the mat. The cat sat on the mat. The cat sat on the mat. The cat"
+    ids = llm_f32.encode_prompt(prompt)
+    params = GREEDY.replace(max_tokens=8, penalty_last_n=-1)
+    plain = llm_f32.generate(prompt, params)
+    penalized = llm_f32.generate(prompt, params.replace(**penalty))
+    assert _repeats(ids, plain.token_ids) >= 5  # left alone, the model loops: " sat on the mat."
+    assert _repeats(ids, penalized.token_ids) <= 2
 
 
-def test_generation_stops_at_context_end(llm_f32):
-    n = llm_f32.config.context_length - 3
-    out = llm_f32.generate(prompt_token_ids=[504] * n, params=GREEDY.replace(max_tokens=100))
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    """A random model with a 48-token context window, to run into its limits quickly."""
+    from llamita import LLM
+    from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
+
+    cfg = tiny_hf_config()
+    path = write_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", cfg, random_hf_weights(cfg),
+                      context_length=48)
+    return LLM(path, dtype="float32", device="cpu")
+
+
+def test_generation_stops_at_context_end(tiny_llm):
+    assert tiny_llm.config.context_length == 48
+    out = tiny_llm.generate(prompt_token_ids=[40] * 45, params=GREEDY.replace(max_tokens=100))
     assert len(out.token_ids) == 3 and out.finish_reason == "length"
+    with pytest.raises(ContextOverflowError, match="context window"):
+        tiny_llm.generate(prompt_token_ids=[40] * 48, params=GREEDY)
+
+
+def test_long_prompt_prefills_in_chunks(tiny_llm, monkeypatch):
+    """A prompt longer than one prefill chunk gives the same tokens as one chunk."""
+    import llamita.engine.generator as generator
+
+    ids = list(range(5, 45))
+    whole = tiny_llm.generate(prompt_token_ids=ids, params=GREEDY.replace(max_tokens=6))
+    monkeypatch.setattr(generator, "PREFILL_CHUNK", 7)
+    chunked = tiny_llm.generate(prompt_token_ids=ids, params=GREEDY.replace(max_tokens=6))
+    assert chunked.token_ids == whole.token_ids
 
 
 def test_bad_prompt_inputs(llm_f32):

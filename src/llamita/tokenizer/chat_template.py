@@ -1,0 +1,137 @@
+"""Render a model's Jinja chat template the way Hugging Face `apply_chat_template` does.
+
+Templates come from model files, so they are untrusted code: they run in Jinja's immutable
+sandbox, and any attempt to reach an unsafe attribute (`''.__class__`, `cycler.__init__`, a
+list's `append`) fails at once instead of rendering as an empty string.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, NoReturn
+
+import jinja2
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError
+from jinja2.ext import Extension
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llamita.errors import TemplateError
+
+# Used by Tokenizer.encode_chat when the model file has no `tokenizer.chat_template`: ChatML
+# (`<|im_start|>role\ncontent<|im_end|>\n`), the most common format among small chat models.
+# For a vocabulary without the ChatML tokens the markers are tokenized as plain text.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}\n"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}\n"
+    "{%- elif message['content'] is mapping -%}{{- message['content'] | tojson -}}\n"
+    "{%- elif message['content'] is iterable -%}\n"
+    "{%- for part in message['content'] if part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- endfor -%}\n"
+    "{%- endif -%}\n"
+    "{{- '<|im_end|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, but unsafe access raises instead of yielding an Undefined."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
+        )
+
+
+class _GenerationBlock(Extension):
+    """Accept HF's `{% generation %}...{% endgeneration %}` markers; render the body as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> list[nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _tojson(
+    value: Any,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+    ensure_ascii: bool = False,
+) -> str:
+    # HF's tojson: plain json.dumps, no HTML escaping (Jinja's own filter escapes < > & ').
+    return json.dumps(
+        value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii
+    )
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise TemplateError(f"the chat template rejected the conversation: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ChatTemplate:
+    """A compiled chat template.
+
+    bos_token / eos_token are the texts templates see as `bos_token` / `eos_token`.
+    Raises TemplateError if the source does not compile.
+    """
+
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        env = _Sandbox(
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=["jinja2.ext.loopcontrols", _GenerationBlock],
+        )
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"chat template syntax error at line {exc.lineno}: {exc.message}"
+            ) from exc
+
+    def render(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any
+    ) -> str:
+        """The prompt text for `messages` (OpenAI-style dicts: role, content, tool_calls...).
+
+        extra: more template variables (tools, documents, date_string, builtin_tools...).
+        As in HF, `tools` and `documents` are defined (None) unless given.
+        Raises TemplateError if the template fails, calls raise_exception or touches something
+        unsafe.
+        """
+        context: dict[str, Any] = {
+            "messages": messages,
+            "tools": None,
+            "documents": None,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        }
+        context.update(extra)
+        try:
+            return self._template.render(**context)
+        except TemplateError:
+            raise
+        except SecurityError as exc:
+            raise TemplateError(f"chat template tried something unsafe: {_one_line(exc)}") from exc
+        except Exception as exc:  # any failure inside template code is the template's error
+            raise TemplateError(f"chat template failed to render: {_one_line(exc)}") from exc
