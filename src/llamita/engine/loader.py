@@ -88,8 +88,6 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     """Load a GGUF model file (None: the default model) ready to run."""
     start = time.perf_counter()
     resolved = Path(path).expanduser() if path is not None else default_model_path()
-    if resolved.is_dir():
-        raise ModelFileError(f"{resolved} is a folder; llamita currently loads .gguf files")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     gguf, config = open_gguf(resolved)

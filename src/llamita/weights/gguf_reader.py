@@ -132,8 +132,10 @@ class GGUFFile:
         self.path = Path(path)
         if not self.path.exists():
             raise ModelFileError(f"model file not found: {self.path}")
+        if self.path.is_dir():
+            raise ModelFileError(f"{self.path} is a folder; llamita currently loads .gguf files")
         if not self.path.is_file():
-            raise ModelFileError(f"not a file: {self.path}")
+            raise ModelFileError(f"not a regular file: {self.path}")
         self.file_size = self.path.stat().st_size
         if self.file_size < 24:
             raise ModelFileError(f"{self.path}: not a GGUF file (only {self.file_size} bytes)")

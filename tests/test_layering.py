@@ -1,0 +1,51 @@
+"""Imports flow one way: cli -> serving -> engine -> {model, tokenizer, weights} -> kernels."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
+# For each package, the llamita packages it may import.
+ALLOWED = {
+    "cli": {"cli", "serving", "engine", "config", "errors", "sampling_params"},
+    "serving": {"serving", "engine", "config", "errors", "sampling_params", "tokenizer"},
+    "engine": {"engine", "model", "tokenizer", "weights", "kernels", "config", "errors", "sampling_params"},
+    "model": {"model", "kernels", "config", "errors"},
+    "tokenizer": {"tokenizer", "errors"},
+    "weights": {"weights", "kernels", "config", "errors"},
+    "kernels": {"kernels", "weights", "errors"},
+    "config": set(),
+    "errors": set(),
+    "sampling_params": {"errors"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llamita."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("llamita."))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_flow_one_way(path):
+    rel = path.relative_to(SRC)
+    package = rel.parts[0].removesuffix(".py")
+    if package == "__init__":
+        return
+    bad = imported_packages(path) - ALLOWED[package]
+    assert not bad, f"{rel} imports {sorted(bad)}"
+
+
+def test_tokenizer_and_sampling_params_never_import_torch():
+    for path in list((SRC / "tokenizer").rglob("*.py")) + [SRC / "sampling_params.py", SRC / "config.py"]:
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(n == "torch" or n.startswith("torch.") for n in names), path
