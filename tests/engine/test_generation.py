@@ -167,3 +167,20 @@ def test_bad_prompt_inputs(llm_f32):
         llm_f32.generate([], GREEDY)
     with pytest.raises(InvalidParameterError):
         llm_f32.chat([{"role": "wizard", "content": "hi"}])
+
+
+def test_bfloat16_tracks_float32(llm_f32, default_model_path):
+    """The `auto` dtype on this kind of CPU is bfloat16: its logits stay close to float32's."""
+    from llamita import LLM
+
+    llm_bf16 = LLM(default_model_path, dtype="bfloat16", device="cpu")
+    ids = torch.tensor([llm_f32.encode_prompt("The quick brown fox jumps over the lazy dog because")])
+    with torch.inference_mode():
+        ref = llm_f32.loaded.model(ids)[0]
+        got = llm_bf16.loaded.model(ids)[0]
+    assert got.dtype == torch.float32  # logits always come back in float32
+    assert float((got - ref).abs().max() / ref.abs().max()) < 0.05
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.8
+    out = llm_bf16.chat([{"role": "user", "content": "What is the capital of France?"}],
+                        SamplingParams(temperature=0, max_tokens=20))
+    assert "Paris" in out.text

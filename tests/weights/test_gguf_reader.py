@@ -22,12 +22,12 @@ def tiny_file(tmp_path_factory) -> Path:
                       gguf.GGMLQuantizationType.Q8_0)
 
 
-def _same_as_reference(path: Path) -> None:
+def _same_as_reference(path: Path, skip: frozenset[str] = frozenset()) -> None:
     ref = gguf.GGUFReader(str(path))
     ours = GGUFFile(path)
     keys = [k for k in ref.fields if not k.startswith("GGUF.")]
     assert list(ours.metadata) == keys
-    for k in keys:
+    for k in set(keys) - skip:
         want = ref.fields[k].contents()
         got = ours.metadata[k]
         if isinstance(want, float):
@@ -119,3 +119,50 @@ def test_unsupported_architecture(tmp_path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(UnsupportedModelError, match="architecture 'gemma'"):
         open_gguf(tmp_path / "g.gguf")
+
+
+def test_every_metadata_value_type(tmp_path):
+    """u8 … f64, bool, string and (nested) arrays read exactly as the gguf package reads them."""
+    p = tmp_path / "types.gguf"
+    w = gguf.GGUFWriter(str(p), "llama")
+    T = gguf.GGUFValueType
+    w.add_uint8("t.u8", 200); w.add_int8("t.i8", -100); w.add_uint16("t.u16", 60000)
+    w.add_int16("t.i16", -30000); w.add_uint32("t.u32", 4_000_000_000); w.add_int32("t.i32", -2_000_000_000)
+    w.add_float32("t.f32", 0.1); w.add_bool("t.bool", True); w.add_string("t.str", "¿Qué tal? 🦙")
+    w.add_uint64("t.u64", 2**63 + 5); w.add_int64("t.i64", -(2**62)); w.add_float64("t.f64", 0.1)
+    w.add_array("t.arr_i32", [1, -2, 3]); w.add_array("t.arr_str", ["a", "ñ", ""])
+    w.add_array("t.arr_bool", [True, False]); w.add_array("t.arr_f32", [0.5, -1.25])
+    w.add_key_value("t.nested", [[1, 2], [3]], T.ARRAY)
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    ours = GGUFFile(p).metadata
+    assert ours["t.u8"] == 200 and ours["t.i8"] == -100 and ours["t.u16"] == 60000
+    assert ours["t.i16"] == -30000 and ours["t.u32"] == 4_000_000_000 and ours["t.i32"] == -2_000_000_000
+    assert np.float32(ours["t.f32"]) == np.float32(0.1) and ours["t.f64"] == 0.1
+    assert ours["t.bool"] is True and ours["t.str"] == "¿Qué tal? 🦙"
+    assert ours["t.u64"] == 2**63 + 5 and ours["t.i64"] == -(2**62)
+    assert ours["t.arr_i32"] == [1, -2, 3] and ours["t.arr_str"] == ["a", "ñ", ""]
+    assert ours["t.arr_bool"] == [True, False] and ours["t.arr_f32"] == [0.5, -1.25]
+    assert ours["t.nested"] == [[1, 2], [3]]
+    _same_as_reference(p, skip=frozenset({"t.nested"}))  # gguf's contents() flattens nested arrays
+
+
+def test_unsupported_tensor_type_is_named(tmp_path):
+    from llamita.engine.loader import load_model
+    from tiny_models import write_gguf as write
+
+    cfg = tiny_hf_config()
+    p = write(tmp_path / "q4.gguf", cfg, random_hf_weights(cfg), gguf.GGMLQuantizationType.Q4_0)
+    data = bytearray(p.read_bytes())
+    # Relabel one Q4_0 tensor as IQ4_NL: same 32-weight/18-byte blocks, so the file stays
+    # consistent and only the loader can refuse it, by name.
+    name = b"blk.0.attn_q.weight"
+    at = bytes(data).index(name) + len(name)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    type_at = at + 4 + 8 * n_dims
+    assert struct.unpack_from("<I", data, type_at)[0] == 2
+    struct.pack_into("<I", data, type_at, 20)
+    bad = tmp_path / "iq4.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedModelError, match="blk.0.attn_q.weight.*IQ4_NL"):
+        load_model(bad, dtype="float32", device="cpu")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from llamita.errors import ModelFileError, UnsupportedModelError
-from llamita.weights.quants import BLOCK_SIZES, GGMLType
+from llamita.weights.quants import BLOCK_SIZES, SUPPORTED, GGMLType
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -217,9 +217,10 @@ class GGUFFile:
     def tensor_bytes(self, name: str) -> np.ndarray:
         """The raw bytes of one tensor as a read-only uint8 array (zero-copy view of the map)."""
         info = self.tensors[name]
-        if info.ggml_type not in {t.value for t in BLOCK_SIZES}:
+        if info.ggml_type not in SUPPORTED:
             raise UnsupportedModelError(
-                f"{self.path}: tensor '{name}' has GGML type {info.type_name}, which llamita cannot read")
+                f"{self.path}: tensor '{name}' has type {info.type_name}, which llamita cannot read "
+                f"yet (supported: {', '.join(sorted(t.name for t in SUPPORTED))})")
         return np.frombuffer(self._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
     def close(self) -> None:
