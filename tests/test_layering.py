@@ -16,7 +16,7 @@ ALLOWED = {
     "model": {"model", "kernels", "config", "errors"},
     "tokenizer": {"tokenizer", "errors"},
     "weights": {"weights", "kernels", "config", "errors"},
-    "kernels": {"kernels", "weights", "errors"},
+    "kernels": {"kernels", "errors"},
     "config": set(),
     "errors": set(),
     "sampling_params": {"errors"},

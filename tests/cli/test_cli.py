@@ -27,7 +27,8 @@ def tiny_path(tmp_path_factory):
 
 def test_run_answers_with_paris_from_the_installed_command():
     # The real entry point, in a fresh process, as the README's quick start runs it.
-    proc = subprocess.run(["llamita", "run", "What is the capital of France?", "--temperature", "0"],
+    proc = subprocess.run(["llamita", "run", "What is the capital of France? Answer in one sentence.",
+                           "--temperature", "0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
@@ -92,7 +93,7 @@ def test_info_json(tiny_path):
 def test_chat_keeps_history_and_commands():
     script = "\n".join([
         "/params temperature=0 max_tokens=30",
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one sentence.",
         "/system You are a pirate.",
         "/params top_k=-5",
         "/reset",

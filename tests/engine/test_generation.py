@@ -170,10 +170,15 @@ def test_bad_prompt_inputs(llm_f32):
 
 
 def test_bfloat16_tracks_float32(llm_f32, default_model_path):
-    """The `auto` dtype on this kind of CPU is bfloat16: its logits stay close to float32's."""
+    """`auto` on this kind of CPU is bfloat16 with the Q4_1 weights kept 4-bit (int4 kernel):
+    its logits stay close to float32's and the weights are not expanded."""
     from llamita import LLM
+    from llamita.kernels.int4 import int4_supported
+    from llamita.model.linear import Int4Linear
 
     llm_bf16 = LLM(default_model_path, dtype="bfloat16", device="cpu")
+    linears = [m for m in llm_bf16.loaded.model.modules() if isinstance(m, Int4Linear)]
+    assert len(linears) == (7 * 30 if int4_supported() else 0)
     ids = torch.tensor([llm_f32.encode_prompt("The quick brown fox jumps over the lazy dog because")])
     with torch.inference_mode():
         ref = llm_f32.loaded.model(ids)[0]
@@ -181,6 +186,6 @@ def test_bfloat16_tracks_float32(llm_f32, default_model_path):
     assert got.dtype == torch.float32  # logits always come back in float32
     assert float((got - ref).abs().max() / ref.abs().max()) < 0.05
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.8
-    out = llm_bf16.chat([{"role": "user", "content": "What is the capital of France?"}],
+    out = llm_bf16.chat([{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
                         SamplingParams(temperature=0, max_tokens=20))
     assert "Paris" in out.text

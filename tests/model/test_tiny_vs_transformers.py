@@ -82,3 +82,32 @@ def test_llama31_8b_divisors_from_spec():
     assert all(abs(d - 8) < 1e-4 for d in divisors[35:])
     expected = [1.2075, 1.5534, 2.0263, 2.6945, 3.6843, 5.2573]
     assert [round(d, 4) for d in divisors[29:35]] == expected
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
+def test_int4_kernel_path_matches_transformers(tmp_path, qtype):
+    """bfloat16 on CPU keeps 4-bit weights packed for torch's int4 kernel; prefill (many rows)
+    and decode (one row) both stay within bfloat16 rounding of the float32 reference."""
+    from llamita.kernels.int4 import int4_supported
+    from llamita.model.kv_cache import KVCache
+    from llamita.model.linear import DENSE_MIN_ROWS, Int4Linear
+
+    if not int4_supported():
+        pytest.skip("torch's int4 CPU kernel is not available here")
+    cfg = tiny_hf_config()
+    sd = random_hf_weights(cfg, seed=2)
+    ours = load_model(write_gguf(tmp_path / "q4.gguf", cfg, sd, qtype), dtype="bfloat16", device="cpu")
+    # lm_head (264 rows: not a multiple of 16) stays dense; every other linear is packed.
+    assert sum(isinstance(m, Int4Linear) for m in ours.model.modules()) == 2 * 7
+    ref = hf_model(cfg, roundtrip(sd, qtype))
+    n = DENSE_MIN_ROWS + 20  # the prompt takes the dense path, the steps after it the int4 kernel
+    tokens = torch.randint(0, cfg["vocab_size"], (1, n), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = ref(tokens).logits[0]
+        cache = KVCache(ours.config, 1, n, dtype=torch.bfloat16)
+        split = n - 8
+        got = [ours.model(tokens[:, :split], torch.arange(split)[None], cache)[0]]
+        for p in range(split, n):
+            got.append(ours.model(tokens[:, p:p + 1], torch.tensor([[p]]), cache)[0])
+    got = torch.cat(got)
+    assert float((got - want).abs().max() / want.abs().max()) < 0.03

@@ -138,6 +138,10 @@ class Sampler:
         if params.is_greedy:
             return int(torch.argmax(logits))
         logits = filter_logits(logits, params)
+        # Draw among the survivors only: after top-k/top-p/min-p that is usually tens of
+        # tokens, and multinomial over the whole vocabulary costs ~2 ms a token on a CPU.
+        kept = torch.isfinite(logits).nonzero().squeeze(-1)  # (n,)
+        kept_logits = logits[kept]
         # Subtract the max before dividing so a tiny temperature cannot overflow to inf.
-        probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)  # (V,)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        probs = torch.softmax((kept_logits - kept_logits.max()) / params.temperature, dim=-1)
+        return int(kept[torch.multinomial(probs, 1, generator=self.generator)])

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamita.config import ModelConfig
+from llamita.kernels.int4 import Int4Weight
 from llamita.model.kv_cache import KVCache
+from llamita.model.linear import Int4Linear
 from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
@@ -95,12 +97,21 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     @classmethod
-    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
-        """Build the model around already-loaded tensors (no second copy is allocated)."""
+    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor | Int4Weight]) -> Transformer:
+        """Build the model around already-loaded tensors (no second copy is allocated).
+
+        A linear weight given as an `Int4Weight` gets an `Int4Linear` in place of nn.Linear.
+        """
         state = dict(state)
         divisors = state.pop("rope_freqs", None)
         with torch.device("meta"):
             model = cls(cfg)
+        for name in [n for n, w in state.items() if isinstance(w, Int4Weight)]:
+            parent, _, child = name.removesuffix(".weight").rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            module = Int4Linear(state.pop(name))
+            setattr(owner, child, module)
+            state.update({f"{parent}.{child}.{k}".lstrip("."): v for k, v in module.state_dict().items()})
         model.load_state_dict(state, strict=True, assign=True)
         model.inv_freq = rope_inv_freq(cfg, divisors)
         return model.eval().requires_grad_(False)
@@ -134,5 +145,6 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, head).float()
+        if self.lm_head is None:
+            return F.linear(x, self.embed_tokens.weight).float()
+        return self.lm_head(x).float()

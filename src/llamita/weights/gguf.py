@@ -19,6 +19,8 @@ import torch
 from llamita.config import ModelConfig, RopeScaling
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.weights.gguf_reader import GGUFFile
+from llamita.kernels.int4 import Int4Weight
+from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
 from llamita.weights.quants import dequantize
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -171,34 +173,41 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig,
-                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Dequantize every model tensor into canonical names, checking names and shapes.
+def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32,
+                    int4: bool = False) -> dict[str, torch.Tensor | Int4Weight]:
+    """Every model tensor under its canonical name, checking names and shapes.
 
+    Tensors are dequantized to `dtype`, except, with `int4`, the Q4_0/Q4_1/Q4_K linear weights
+    that fit torch's packed int4 kernel: those come as `Int4Weight` (bfloat16 activations).
     `rope_freqs` (llama3 RoPE divisors), when present, is returned in float32.
     """
     expected = _expected_shapes(cfg)
-    state: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor | Int4Weight] = {}
     for gname, info in gguf.tensors.items():
         name = canonical_name(gname)
         if name is None:
             continue
+        if name in expected and tuple(info.shape) != expected[name]:
+            raise ModelFileError(f"{gguf.path}: tensor '{gname}' has shape {info.shape}, "
+                                 f"expected {expected[name]}")
         raw = gguf.tensor_bytes(gname)
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = cfg.n_heads if name.endswith("q_proj.weight") else cfg.n_kv_heads
-            if info.shape[0] != heads * cfg.head_dim:
-                raise ModelFileError(f"{gguf.path}: tensor '{gname}' has shape {info.shape}, "
-                                     f"expected {heads * cfg.head_dim} rows")
             raw = _unpermute_rows(raw, info.shape[0], heads)
+        tensor = _as_tensor(raw)
+        is_linear = name.endswith("proj.weight") or name == "lm_head.weight"
+        if int4 and is_linear and info.ggml_type in AFFINE_Q4_TYPES:
+            try:
+                state[name] = pack_q4(tensor, info.ggml_type, info.shape)
+                continue
+            except ValueError:
+                pass  # a shape the kernel does not take: this one stays dense
         want = torch.float32 if name == "rope_freqs" else dtype
-        state[name] = dequantize(_as_tensor(raw), info.ggml_type, info.shape, dtype=want)
+        state[name] = dequantize(tensor, info.ggml_type, info.shape, dtype=want)
 
-    for name, shape in expected.items():
+    for name in expected:
         if name not in state:
             raise ModelFileError(f"{gguf.path}: GGUF file lacks the tensor for '{name}'")
-        if tuple(state[name].shape) != shape:
-            raise ModelFileError(f"{gguf.path}: tensor '{name}' has shape "
-                                 f"{tuple(state[name].shape)}, expected {shape}")
     if "rope_freqs" in state and tuple(state["rope_freqs"].shape) != (cfg.head_dim // 2,):
         raise ModelFileError(f"{gguf.path}: rope_freqs has shape {tuple(state['rope_freqs'].shape)}, "
                              f"expected ({cfg.head_dim // 2},)")

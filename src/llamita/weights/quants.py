@@ -486,3 +486,70 @@ def quantize(x: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
         chunk = blocks[start : start + step].to(torch.float32).contiguous()
         out[start : start + step] = encode(chunk)
     return out.view(-1)
+
+
+# --------------------------------------------------------------------------- 4-bit as affine
+# Q4_0, Q4_1 and Q4_K are affine per 32 weights in the same 4-bit code q: W = (q - 8) * scale +
+# zero. This is the form torch's packed int4 kernel takes (kernels/int4.py), so those weights
+# need never be expanded. Each decoder maps blocks (nb, bytes per block) to codes (nb, weights
+# per block) uint8 in weight order and float32 scale, zero (nb, weights per block // 32).
+
+
+def _affine_q4_0(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # W = d * (q - 8): scale d, zero 0.
+    qs = blocks[:, 2:]
+    codes = torch.cat([qs & 0x0F, qs >> 4], dim=1)  # weights 0..15 low nibbles, 16..31 high
+    d = _f16(blocks[:, 0:2])
+    return codes, d, torch.zeros_like(d)
+
+
+def _affine_q4_1(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # W = d * q + m = d * (q - 8) + (m + 8d): scale d, zero m + 8d.
+    qs = blocks[:, 4:]
+    codes = torch.cat([qs & 0x0F, qs >> 4], dim=1)
+    d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    return codes, d, m + 8 * d
+
+
+def _affine_q4_k(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Sub-block j: W = (d*sc_j) * q - dmin*mn_j = (d*sc_j) * (q - 8) + (8*d*sc_j - dmin*mn_j).
+    nb = blocks.shape[0]
+    qs = blocks[:, 16:].reshape(nb, 4, 32)  # chunk c: low nibbles sub-block 2c, high 2c+1
+    codes = torch.stack([qs & 0x0F, qs >> 4], dim=2).reshape(nb, 256)
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    sc, mn = _scale_min_k4(blocks[:, 4:16])
+    scale = d * sc.float()  # exact in float32: 11-bit times 6-bit significands
+    return codes, scale, 8 * scale - dmin * mn.float()
+
+
+_AFFINE_Q4 = {GGMLType.Q4_0: _affine_q4_0, GGMLType.Q4_1: _affine_q4_1, GGMLType.Q4_K: _affine_q4_k}
+AFFINE_Q4_TYPES: frozenset[GGMLType] = frozenset(_AFFINE_Q4)
+
+
+def q4_affine_rows(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...]):
+    """For a Q4_0 / Q4_1 / Q4_K weight of `shape` (out, in), a function (r0, r1) -> codes uint8
+    (r1-r0, in) in 0..15 and float32 scale, zero (r1-r0, in // 32) with W = (q - 8)*scale + zero.
+
+    raw: the tensor's bytes, 1-D uint8 (only read). Raises ValueError for other types.
+    """
+    t = GGMLType(int(ggml_type))
+    if t not in _AFFINE_Q4:
+        raise ValueError(f"{t.name} weights are not affine 4-bit (only Q4_0, Q4_1, Q4_K)")
+    if len(shape) != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {tuple(shape)}")
+    n, k = (int(x) for x in shape)
+    block, block_bytes = BLOCK_SIZES[t]
+    if k % block:
+        raise ValueError(f"{t.name} row length {k} is not a multiple of {block}")
+    if raw.dtype != torch.uint8 or raw.dim() != 1 or raw.numel() != tensor_nbytes(t, n * k):
+        raise ModelFileError(f"{t.name} tensor of shape ({n}, {k}) needs {tensor_nbytes(t, n * k)} "
+                             f"bytes, got {raw.numel()} (truncated or corrupt file?)")
+    blocks = raw.view(-1, block_bytes)
+    per_row = k // block
+    decode = _AFFINE_Q4[t]
+
+    def rows(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        codes, scale, zero = decode(blocks[r0 * per_row:r1 * per_row])
+        return codes.reshape(r1 - r0, k), scale.reshape(r1 - r0, -1), zero.reshape(r1 - r0, -1)
+
+    return rows

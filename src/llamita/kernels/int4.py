@@ -1,0 +1,233 @@
+"""Affine 4-bit weights (GGML's Q4_0, Q4_1, Q4_K) on torch's packed int4 CPU matmul.
+
+torch's weight-only kernel `aten._weight_int4pack_mm_for_cpu(x, packed, group, scales_and_zeros)`
+computes `x @ Wᵀ` with `W[n, k] = (q[n, k] - 8) * scale[g, n] + zero[g, n]`, g = k // group,
+q ∈ 0..15, in float32 from bfloat16 x, scale and zero, rounding the output to bfloat16. Every
+GGML 4-bit format is affine per 32 weights in the same q, so with group 32 it maps term by term
+(derivations in `_DECODERS`); the only loss is rounding each group's scale and zero to bfloat16.
+
+The packed layout is private to the kernel and differs with the CPU capability torch dispatches
+to (AVX512 packs 64 rows per block, AVX2 32, others pairs of rows). It is discovered once per
+process by `_probe_layout`, which also checks the kernel's arithmetic; `int4_supported()` is
+False unless both checks pass, and callers then keep dense weights. Packed weights are therefore
+only valid in the process (and CPU) that packed them: never save them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+GROUP_SIZE = 32  # every GGML 4-bit format has one affine scale/offset per 32 weights
+ROW_MULTIPLE = 16  # the kernel's requirement on out_features (N)
+_INNER_K_TILES = 1  # ignored by the CPU kernel (it only matters to the CUDA layout)
+# Rows packed per step: a multiple of every known block height (16, 32, 64), so chunks land on
+# packed-block boundaries, and about this many weights, bounding the int32 codes to ~4 MiB.
+_CHUNK_ROWS_ALIGN = 64
+_CHUNK_WEIGHTS = 1 << 20
+
+
+@dataclass(frozen=True, eq=False)
+class Int4Weight:
+    """A linear weight (out_features, in_features) in torch's packed int4 CPU format.
+
+    packed: uint8 (out_features, in_features // 2), opaque kernel layout (see module docstring).
+    scales_and_zeros: bfloat16 (in_features // group_size, out_features, 2), [..., 0] = scale,
+    [..., 1] = zero, so that W = (q - 8) * scale + zero per group.
+    """
+
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    out_features: int
+    in_features: int
+    group_size: int = GROUP_SIZE
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the packed codes and the scales (what one matmul reads)."""
+        return self.packed.nbytes + self.scales_and_zeros.nbytes
+
+
+# --------------------------------------------------------------------------- kernel probe
+
+
+@dataclass(frozen=True)
+class _PackLayout:
+    """How `_convert_weight_to_int4pack_for_cpu` arranges codes; the bytes are always
+    (N // block_n) blocks of (K, block_n // 2), then a tail block of (K, rest // 2).
+
+    halves: in full blocks, byte j holds row j (low nibble) and row j + block_n // 2 (high);
+    otherwise, and always in the tail block, byte j holds rows 2j (low) and 2j + 1 (high).
+    """
+
+    block_n: int
+    halves: bool
+
+
+_CANDIDATE_LAYOUTS = tuple(_PackLayout(b, h) for b in (64, 32, 16) for h in (True, False))
+
+
+def _write_blocks(
+    packed: torch.Tensor, sz: torch.Tensor, block_n: int, halves: bool, out: torch.Tensor
+) -> None:
+    """Dequantize whole blocks: packed (r, k/2) uint8, sz (k/32, r, 2) float32 -> out (r, k)
+    contiguous float32, r a multiple of block_n."""
+    r, k = out.shape
+    nb = r // block_n
+    # Per block the bytes run (k, block_n/2); transposed, byte row i holds two weight rows.
+    byte_rows = packed.reshape(nb, k, block_n // 2).transpose(1, 2).contiguous()
+    if halves:  # low nibbles: the block's first half of rows, high nibbles: the second half
+        o = out.view(nb, 2, block_n // 2, k)
+        lo_rows, hi_rows = o[:, 0], o[:, 1]
+    else:  # low nibbles: even rows, high nibbles: odd rows
+        o = out.view(nb, block_n // 2, 2, k)
+        lo_rows, hi_rows = o[:, :, 0], o[:, :, 1]
+    lo_rows.copy_((byte_rows & 0x0F).view(torch.int8).sub_(8))  # q - 8, exact
+    hi_rows.copy_((byte_rows >> 4).view(torch.int8).sub_(8))
+    # (q - 8) * scale is exact in float32 (4-bit times 8-bit significands), so the add is the
+    # only rounding, as in the kernel's fused multiply-add. (torch.addcmul would fuse the two
+    # passes but is ~4x slower with broadcast operands.)
+    w = out.view(r, k // GROUP_SIZE, GROUP_SIZE)
+    w.mul_(sz[:, :, 0].T.unsqueeze(-1)).add_(sz[:, :, 1].T.unsqueeze(-1))  # (r, k/32, 1) each
+
+
+def _write_rows(
+    packed: torch.Tensor, sz: torch.Tensor, layout: _PackLayout, out: torch.Tensor
+) -> None:
+    """out (r, k) = the weights of packed rows (r, k/2) starting on a block boundary."""
+    full = packed.shape[0] // layout.block_n * layout.block_n
+    if full:
+        _write_blocks(packed[:full], sz[:, :full], layout.block_n, layout.halves, out[:full])
+    if packed.shape[0] > full:  # the last, shorter block always pairs rows
+        tail = packed.shape[0] - full
+        _write_blocks(packed[full:], sz[:, full:], tail, False, out[full:])
+
+
+@functools.cache
+def _probe_layout() -> _PackLayout | None:
+    """Find the packed layout of this build/CPU and check the kernel computes (q-8)*s+z.
+
+    Returns None when the ops are missing, fail, or behave otherwise (callers stay dense).
+    """
+    n, k = 2 * 64 + 48, 2 * GROUP_SIZE  # a tail block for every candidate block height
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.int32)
+    sz = torch.randn((k // GROUP_SIZE, n, 2), generator=gen).to(torch.bfloat16)
+    scale, zero = sz.float().unbind(-1)  # (k/32, n) each
+    groups = (codes.float() - 8).view(n, k // GROUP_SIZE, GROUP_SIZE)
+    expected = (groups * scale.T.unsqueeze(-1) + zero.T.unsqueeze(-1)).view(n, k)
+    try:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INNER_K_TILES)
+        # Identity activations read the effective weights back out: y = Wᵀ rounded to bf16.
+        eye = torch.eye(k, dtype=torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, GROUP_SIZE, sz)
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if packed.dtype != torch.uint8 or tuple(packed.shape) != (n, k // 2):
+        return None
+    if not torch.equal(y.T, expected.to(torch.bfloat16)):
+        return None
+    for layout in _CANDIDATE_LAYOUTS:
+        w = torch.empty((n, k))
+        _write_rows(packed, sz.float(), layout, w)
+        if torch.equal(w, expected):
+            return layout
+    return None
+
+
+def int4_supported() -> bool:
+    """True if torch's packed int4 CPU matmul exists here and behaves as this module expects.
+
+    Probed once per process (a few milliseconds).
+    """
+    return _probe_layout() is not None
+
+
+# --------------------------------------------------------------------------- packing
+
+# Produces rows [r0, r1) of an affine 4-bit weight: codes uint8 (r1-r0, k) in 0..15, and
+# float32 scale, zero (r1-r0, k // 32) with W = (q - 8) * scale + zero.
+AffineRows = Callable[[int, int], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
+
+
+def _chunk_rows(k: int) -> int:
+    return max(_CHUNK_ROWS_ALIGN, _CHUNK_WEIGHTS // k // _CHUNK_ROWS_ALIGN * _CHUNK_ROWS_ALIGN)
+
+
+def pack_int4(out_features: int, in_features: int, rows: AffineRows) -> Int4Weight:
+    """Pack an affine 4-bit weight (group 32) into torch's int4 CPU format.
+
+    `rows(r0, r1)` supplies the codes, scales and zeros of a range of rows (the GGML formats
+    provide it: `weights.quants.q4_affine_rows`); packing asks for one chunk of rows at a
+    time, so temporaries stay near 4 MiB beyond the packed result.
+    Raises ValueError when the shape does not fit the kernel (out_features not a multiple of
+    16, in_features not a multiple of 32) or the kernel is unavailable: callers keep the weight
+    dense then.
+    """
+    n, k = int(out_features), int(in_features)
+    if n <= 0 or n % ROW_MULTIPLE or k <= 0 or k % GROUP_SIZE:
+        raise ValueError(
+            f"a weight of shape ({n}, {k}) does not fit the int4 kernel: it needs out_features a "
+            f"positive multiple of {ROW_MULTIPLE} and in_features a multiple of {GROUP_SIZE}")
+    if not int4_supported():
+        raise ValueError("torch's packed int4 CPU matmul is unavailable on this build or CPU")
+    packed = torch.empty((n, k // 2), dtype=torch.uint8)
+    sz = torch.empty((k // GROUP_SIZE, n, 2), dtype=torch.bfloat16)
+    step = _chunk_rows(k)
+    # Packing is per block of rows, so packing chunks that start on block boundaries writes
+    # exactly the bytes one call over the whole weight would.
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        codes, scale, zero = rows(r0, r1)
+        codes = codes.reshape(r1 - r0, k).to(torch.int32)
+        packed[r0:r1] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INNER_K_TILES)
+        sz[:, r0:r1, 0] = scale.reshape(r1 - r0, k // GROUP_SIZE).T  # rounds to bfloat16
+        sz[:, r0:r1, 1] = zero.reshape(r1 - r0, k // GROUP_SIZE).T
+    return Int4Weight(packed, sz, n, k)
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def int4_linear(x: torch.Tensor, w: Int4Weight) -> torch.Tensor:
+    """x (..., in_features) -> x @ Wᵀ (..., out_features), on CPU.
+
+    The kernel takes bfloat16 activations: x is rounded to bfloat16 if needed, and the result,
+    accumulated in float32 and rounded to bfloat16, is returned in x's dtype.
+    """
+    if x.shape[-1] != w.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight expects {w.in_features}")
+    x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x2, w.packed, w.group_size, w.scales_and_zeros
+    )  # (M, out) bfloat16
+    return y.view(*x.shape[:-1], w.out_features).to(x.dtype)
+
+
+def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Rebuild the dense weight (out_features, in_features) from the packed form.
+
+    In float32 this is exactly the weight the kernel multiplies by (in bfloat16, that weight
+    rounded once), so `F.linear(x, dequantize_int4(w))` is the dense twin of `int4_linear`.
+    It differs from GGUF's own dequantization only by the bfloat16 scale and zero.
+    """
+    layout = _probe_layout()
+    if layout is None:  # only reachable with an Int4Weight built in another process
+        raise ValueError("torch's packed int4 CPU matmul is unavailable on this build or CPU")
+    n, k = w.out_features, w.in_features
+    out = torch.empty((n, k), dtype=dtype)
+    step = _chunk_rows(k)
+    # Computed in float32 (written straight into a float32 result, else through one reused
+    # chunk-sized buffer) and rounded once to dtype.
+    scratch = None if dtype == torch.float32 else torch.empty((min(step, n), k))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        dst = out[r0:r1] if scratch is None else scratch[: r1 - r0]
+        _write_rows(w.packed[r0:r1], w.scales_and_zeros[:, r0:r1].float(), layout, dst)
+        if scratch is not None:
+            out[r0:r1] = dst
+    return out

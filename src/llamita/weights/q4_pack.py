@@ -1,0 +1,26 @@
+"""GGUF 4-bit weights (Q4_0, Q4_1, Q4_K) straight into torch's packed int4 CPU format.
+
+The bridge between a file format (`quants.q4_affine_rows`) and a kernel layout
+(`kernels.int4.pack_int4`): the codes move over unchanged, only each group's scale and zero
+are rounded to bfloat16. No dense copy of the weight is ever made.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llamita.kernels.int4 import Int4Weight, pack_int4
+from llamita.weights.quants import AFFINE_Q4_TYPES, GGMLType, q4_affine_rows
+
+
+def pack_q4(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...]) -> Int4Weight:
+    """Pack a Q4_0 / Q4_1 / Q4_K weight of `shape` (out, in) from its raw GGUF bytes.
+
+    Raises ValueError when the weight cannot take the int4 path (another type, a shape the
+    kernel does not take, no kernel on this CPU): the caller keeps it dense instead.
+    """
+    rows = q4_affine_rows(raw, ggml_type, shape)
+    return pack_int4(int(shape[0]), int(shape[1]), rows)
+
+
+__all__ = ["AFFINE_Q4_TYPES", "pack_q4"]
