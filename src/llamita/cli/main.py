@@ -1,10 +1,10 @@
-"""The `llamita` command: run | chat | info."""
+"""The `llamita` command: run | chat | info | quantize."""
 
 from __future__ import annotations
 
 import typer
 
-from llamita.cli import chat, info, run
+from llamita.cli import chat, info, quantize, run
 
 app = typer.Typer(
     name="llamita",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("run")(run.run)
 app.command("chat")(chat.chat)
 app.command("info")(info.info)
+app.command("quantize")(quantize.quantize)
 
 
 if __name__ == "__main__":

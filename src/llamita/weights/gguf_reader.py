@@ -166,10 +166,18 @@ class GGUFFile:
             raise ModelFileError(f"{self.path}: GGUF header declares {n_kv} metadata entries and "
                                  f"{n_tensors} tensors, more than the file can hold")
         self.metadata: dict[str, Any] = {}
+        # key -> (GGUF value type, element type for arrays else None): what a writer needs to
+        # copy the metadata unchanged (`llamita quantize`).
+        self.metadata_types: dict[str, tuple[int, int | None]] = {}
         for _ in range(n_kv):
             key = cur.string("metadata key")
             vtype = cur.u32(f"type of '{key}'")
+            element = None
+            if vtype == _ARRAY:
+                cur.need(4, key)
+                element = struct.unpack_from("<I", cur.buf, cur.pos)[0]
             self.metadata[key] = _read_value(cur, vtype, key)
+            self.metadata_types[key] = (vtype, element)
 
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment % 8:
