@@ -29,6 +29,19 @@ def hf_model(cfg: dict, sd: dict[str, torch.Tensor]):
     return model.float().eval()
 
 
+def prefill_then_decode(model, config, tokens: torch.Tensor, split: int) -> torch.Tensor:
+    """Logits for `tokens` (1, n): the first `split` in one prefill, the rest one step each."""
+    from llamita.model.kv_cache import KVCache
+
+    n = tokens.shape[1]
+    with torch.inference_mode():
+        cache = KVCache(config, 1, n, dtype=torch.bfloat16)
+        got = [model(tokens[:, :split], torch.arange(split)[None], cache)[0]]
+        for p in range(split, n):
+            got.append(model(tokens[:, p:p + 1], torch.tensor([[p]]), cache)[0])
+    return torch.cat(got)
+
+
 def roundtrip(sd: dict[str, torch.Tensor], qtype: Q) -> dict[str, torch.Tensor]:
     """The weights as a reader of a `qtype` file must see them, dequantized by the gguf package."""
     if qtype == Q.F32:
@@ -89,7 +102,6 @@ def test_int4_kernel_path_matches_transformers(tmp_path, qtype):
     """bfloat16 on CPU keeps 4-bit weights packed for torch's int4 kernel; prefill (many rows)
     and decode (one row) both stay within bfloat16 rounding of the float32 reference."""
     from llamita.kernels.int4 import int4_supported
-    from llamita.model.kv_cache import KVCache
     from llamita.model.linear import DENSE_MIN_ROWS, Int4Linear
 
     if not int4_supported():
@@ -104,10 +116,42 @@ def test_int4_kernel_path_matches_transformers(tmp_path, qtype):
     tokens = torch.randint(0, cfg["vocab_size"], (1, n), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         want = ref(tokens).logits[0]
-        cache = KVCache(ours.config, 1, n, dtype=torch.bfloat16)
-        split = n - 8
-        got = [ours.model(tokens[:, :split], torch.arange(split)[None], cache)[0]]
-        for p in range(split, n):
-            got.append(ours.model(tokens[:, p:p + 1], torch.tensor([[p]]), cache)[0])
-    got = torch.cat(got)
+    got = prefill_then_decode(ours.model, ours.config, tokens, n - 8)
+    assert float((got - want).abs().max() / want.abs().max()) < 0.03
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_1, Q.Q4_0])
+@pytest.mark.parametrize("tied", [False, True])
+def test_compact_weights_match_transformers(tmp_path, qtype, tied):
+    """bfloat16 on CPU keeps every quantized weight compact: non-4-bit linears as per-row int8,
+    a quantized embedding as its file bytes (or, tied, the head's int8 table). Prefill and
+    decode both stay close to the float32 reference on the file's exact weights."""
+    from llamita.kernels.int4 import int4_supported
+    from llamita.kernels.int8 import int8_supported
+    from llamita.model.embedding import EncodedEmbedding, Int8Embedding
+    from llamita.model.linear import DENSE_MIN_ROWS, Int4Linear, Int8Linear
+
+    if not (int8_supported() and int4_supported()):
+        pytest.skip("torch's int4/int8 CPU kernels are not available here")
+    cfg = tiny_hf_config(tie_word_embeddings=tied)
+    sd = random_hf_weights(cfg, seed=3)
+    ours = load_model(write_gguf(tmp_path / "q.gguf", cfg, sd, qtype), dtype="bfloat16", device="cpu")
+    kinds = [type(m) for m in ours.model.modules()]
+    n_linear = 2 * 7
+    if qtype == Q.Q4_0:
+        assert kinds.count(Int4Linear) == n_linear
+        assert kinds.count(Int8Linear) == 1  # the head: 264 rows is no multiple of 16 for int4
+    else:
+        assert kinds.count(Int8Linear) == n_linear + 1 and Int4Linear not in kinds
+    if tied:  # (for Q4_0 too: 264 rows cannot take the int4 head, so the table is int8)
+        assert isinstance(ours.model.embed_tokens, Int8Embedding)
+        assert ours.model.embed_tokens.qweight is ours.model.lm_head.qweight  # one table
+    else:
+        assert isinstance(ours.model.embed_tokens, EncodedEmbedding)
+    ref = hf_model(cfg, roundtrip(sd, qtype))
+    n = DENSE_MIN_ROWS + 12
+    tokens = torch.randint(0, cfg["vocab_size"], (1, n), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = ref(tokens).logits[0]
+    got = prefill_then_decode(ours.model, ours.config, tokens, n - 6)
     assert float((got - want).abs().max() / want.abs().max()) < 0.03

@@ -1,10 +1,10 @@
-"""The `llamita` command: run | chat | info | quantize."""
+"""The `llamita` command: run | chat | info | quantize | perplexity."""
 
 from __future__ import annotations
 
 import typer
 
-from llamita.cli import chat, info, quantize, run
+from llamita.cli import chat, info, perplexity, quantize, run
 
 app = typer.Typer(
     name="llamita",
@@ -17,6 +17,7 @@ app.command("run")(run.run)
 app.command("chat")(chat.chat)
 app.command("info")(info.info)
 app.command("quantize")(quantize.quantize)
+app.command("perplexity")(perplexity.perplexity)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ class Generator:
     def __init__(self, model: Transformer, tokenizer: Tokenizer) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.device = model.embed_tokens.weight.device
+        self.device = model.device
         self.context_length = model.config.context_length
         self.last_stats = GenerationStats()
 

@@ -13,7 +13,6 @@ import torch
 
 from llamita.config import ModelConfig
 from llamita.errors import InvalidParameterError, ModelFileError
-from llamita.kernels.int4 import int4_supported
 from llamita.model.transformer import Transformer
 from llamita.tokenizer import Tokenizer
 from llamita.weights.gguf import gguf_state_dict, open_gguf
@@ -94,10 +93,10 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     gguf, config = open_gguf(resolved)
     try:
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
-        # 4-bit GGUF weights stay 4-bit where torch's int4 CPU kernel can run them (it takes
-        # bfloat16 activations); float32 runs keep exact dequantized weights for reference work.
-        int4 = dt == torch.bfloat16 and dev.type == "cpu" and int4_supported()
-        state = gguf_state_dict(gguf, config, dtype=dt, int4=int4)
+        # Quantized weights stay compact where torch's int4/int8 CPU kernels can run them (they
+        # take bfloat16 activations); float32 runs keep exact dequantized weights for reference.
+        compact = dt == torch.bfloat16 and dev.type == "cpu"
+        state = gguf_state_dict(gguf, config, dtype=dt, compact=compact)
         metadata = {k: v for k, v in gguf.metadata.items() if not k.startswith("tokenizer.ggml.")}
     finally:
         gguf.close()

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamita.kernels.int4 import Int4Weight, dequantize_int4, int4_linear
+from llamita.kernels.int8 import Int8Weight, dequantize_int8, int8_linear
 
 # From this many input rows on (prompt prefill), expanding the weight to bfloat16 and using a
-# dense matmul beats the int4 kernel, whose cost grows with every row (benchmarks/int4_matmul.py:
+# dense matmul beats the int4 (and int8) kernel, whose cost grows with every row (benchmarks/int4_matmul.py:
 # the crossover was 128 rows for every shape measured, 576x576 to 14336x4096).
 DENSE_MIN_ROWS = 128
 
@@ -41,3 +42,29 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
+
+
+class Int8Linear(nn.Module):
+    """y = x Wᵀ with W as int8 codes and one scale per output row (GGML Q5/Q6/Q8/Q2/Q3 weights).
+
+    Like Int4Linear, many-row inputs (prefill) expand the weight and use a dense matmul.
+    """
+
+    def __init__(self, weight: Int8Weight) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.in_features, weight.out_features
+        self.register_buffer("qweight", weight.qweight)
+        self.register_buffer("scales", weight.scales)
+
+    @property
+    def weight_int8(self) -> Int8Weight:
+        return Int8Weight(self.qweight, self.scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows >= DENSE_MIN_ROWS:
+            return F.linear(x, dequantize_int8(self.weight_int8, x.dtype))
+        return int8_linear(x, self.weight_int8)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"

@@ -12,9 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamita.config import ModelConfig
+from llamita.kernels.encoded_rows import EncodedRows
 from llamita.kernels.int4 import Int4Weight
+from llamita.kernels.int8 import Int8Weight
+from llamita.model.embedding import EncodedEmbedding, Int8Embedding
 from llamita.model.kv_cache import KVCache
-from llamita.model.linear import Int4Linear
+from llamita.model.linear import Int4Linear, Int8Linear
 from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
@@ -97,28 +100,52 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     @classmethod
-    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor | Int4Weight]) -> Transformer:
+    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, object]) -> Transformer:
         """Build the model around already-loaded tensors (no second copy is allocated).
 
-        A linear weight given as an `Int4Weight` gets an `Int4Linear` in place of nn.Linear.
+        Compact weights get their own modules: a linear weight given as `Int4Weight` or
+        `Int8Weight` becomes an Int4Linear / Int8Linear; `embed_tokens.weight` given as
+        `EncodedRows` becomes an EncodedEmbedding, and as `Int8Weight` (tied models) an
+        Int8Embedding that shares its table with the output projection.
         """
         state = dict(state)
         divisors = state.pop("rope_freqs", None)
         with torch.device("meta"):
             model = cls(cfg)
-        for name in [n for n, w in state.items() if isinstance(w, Int4Weight)]:
+        dtype = state["norm.weight"].dtype  # type: ignore[union-attr]
+        embed = state.get("embed_tokens.weight")
+        if isinstance(embed, EncodedRows):
+            model.embed_tokens = EncodedEmbedding(state.pop("embed_tokens.weight"), dtype)  # type: ignore[arg-type]
+        elif isinstance(embed, Int8Weight):
+            model.embed_tokens = Int8Embedding(state.pop("embed_tokens.weight"))  # type: ignore[arg-type]
+            if cfg.tie_word_embeddings and "lm_head.weight" not in state:
+                state["lm_head.weight"] = embed
+        compact = [n for n, w in state.items() if isinstance(w, (Int4Weight, Int8Weight))]
+        for name in compact:
             parent, _, child = name.removesuffix(".weight").rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            module = Int4Linear(state.pop(name))
+            w = state.pop(name)
+            module = Int4Linear(w) if isinstance(w, Int4Weight) else Int8Linear(w)  # type: ignore[arg-type]
             setattr(owner, child, module)
-            state.update({f"{parent}.{child}.{k}".lstrip("."): v for k, v in module.state_dict().items()})
-        model.load_state_dict(state, strict=True, assign=True)
+        # Compact modules were built with their tensors; only the dense ones remain to assign.
+        dense_names = {n for n, _ in model.named_parameters()} | {
+            n for n, b in model.named_buffers() if b.is_meta and n != "inv_freq"}
+        missing = dense_names - set(state)
+        unexpected = set(state) - dense_names
+        if missing or unexpected:
+            raise KeyError(f"state dict mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        model.load_state_dict(state, strict=False, assign=True)
         model.inv_freq = rope_inv_freq(cfg, divisors)
         return model.eval().requires_grad_(False)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
+        """The compute dtype (norm weights are always dense in it)."""
+        return self.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, rows: torch.Tensor | None = None,

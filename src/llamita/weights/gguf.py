@@ -19,9 +19,11 @@ import torch
 from llamita.config import ModelConfig, RopeScaling
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.weights.gguf_reader import GGUFFile
-from llamita.kernels.int4 import Int4Weight
+from llamita.kernels.encoded_rows import EncodedRows, RowDecoder
+from llamita.kernels.int4 import int4_supported
+from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
 from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
-from llamita.weights.quants import dequantize
+from llamita.weights.quants import GGMLType, dequantize
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -173,16 +175,38 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+_FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+
+
+def _row_decoder(ggml_type: int, dim: int) -> RowDecoder:
+    def decode(rows: torch.Tensor) -> torch.Tensor:
+        return dequantize(rows.reshape(-1), ggml_type, (rows.shape[0], dim))
+    return decode
+
+
+def _int8(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...], dtype: torch.dtype) -> Int8Weight:
+    """Re-quantize a GGML weight to int8 per row, decoding a slice of rows at a time."""
+    n, k = shape
+    rows = tensor.view(n, -1)
+    return quantize_int8(n, k, lambda r0, r1: dequantize(rows[r0:r1].reshape(-1), ggml_type, (r1 - r0, k)),
+                         dtype)
+
+
 def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32,
-                    int4: bool = False) -> dict[str, torch.Tensor | Int4Weight]:
+                    compact: bool = False) -> dict[str, object]:
     """Every model tensor under its canonical name, checking names and shapes.
 
-    Tensors are dequantized to `dtype`, except, with `int4`, the Q4_0/Q4_1/Q4_K linear weights
-    that fit torch's packed int4 kernel: those come as `Int4Weight` (bfloat16 activations).
+    Tensors are dequantized to `dtype` unless `compact` (bfloat16 on CPU): then quantized
+    weights stay small. Q4_0/Q4_1/Q4_K linear weights come as `Int4Weight` (exact but for
+    bfloat16 scales), other quantized linear weights as per-row `Int8Weight`, and a quantized
+    token embedding as `EncodedRows` (its file bytes, decoded per lookup) — or, for tied
+    embeddings, as the `Int8Weight` the output projection needs anyway.
     `rope_freqs` (llama3 RoPE divisors), when present, is returned in float32.
     """
     expected = _expected_shapes(cfg)
-    state: dict[str, torch.Tensor | Int4Weight] = {}
+    use_int4 = compact and int4_supported()
+    use_int8 = compact and int8_supported()
+    state: dict[str, object] = {}
     for gname, info in gguf.tensors.items():
         name = canonical_name(gname)
         if name is None:
@@ -195,21 +219,37 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
             heads = cfg.n_heads if name.endswith("q_proj.weight") else cfg.n_kv_heads
             raw = _unpermute_rows(raw, info.shape[0], heads)
         tensor = _as_tensor(raw)
+        quantized = info.ggml_type not in _FLOAT_TYPES
         is_linear = name.endswith("proj.weight") or name == "lm_head.weight"
-        if int4 and is_linear and info.ggml_type in AFFINE_Q4_TYPES:
-            try:
-                state[name] = pack_q4(tensor, info.ggml_type, info.shape)
+        is_embedding = name == "embed_tokens.weight"
+        tied_head = is_embedding and cfg.tie_word_embeddings
+        if compact and quantized and (is_linear or is_embedding):
+            if (is_linear or tied_head) and use_int4 and info.ggml_type in AFFINE_Q4_TYPES:
+                try:
+                    state["lm_head.weight" if tied_head else name] = pack_q4(tensor, info.ggml_type, info.shape)
+                    if is_linear:
+                        continue
+                except ValueError:
+                    pass  # a shape the kernel does not take
+            if tied_head and "lm_head.weight" not in state and use_int8 and int8_shape_ok(*info.shape):
+                state[name] = _int8(tensor, info.ggml_type, info.shape, dtype)
                 continue
-            except ValueError:
-                pass  # a shape the kernel does not take: this one stays dense
+            if is_embedding:
+                # Own copy of the bytes: the model must not depend on the file staying unchanged.
+                rows = tensor.reshape(info.shape[0], -1).clone()
+                state[name] = EncodedRows(rows, info.shape[1], _row_decoder(info.ggml_type, info.shape[1]))
+                continue
+            if use_int8 and int8_shape_ok(*info.shape):
+                state[name] = _int8(tensor, info.ggml_type, info.shape, dtype)
+                continue
         want = torch.float32 if name == "rope_freqs" else dtype
         state[name] = dequantize(tensor, info.ggml_type, info.shape, dtype=want)
 
     for name in expected:
         if name not in state:
             raise ModelFileError(f"{gguf.path}: GGUF file lacks the tensor for '{name}'")
-    if "rope_freqs" in state and tuple(state["rope_freqs"].shape) != (cfg.head_dim // 2,):
-        raise ModelFileError(f"{gguf.path}: rope_freqs has shape {tuple(state['rope_freqs'].shape)}, "
+    if "rope_freqs" in state and tuple(state["rope_freqs"].shape) != (cfg.head_dim // 2,):  # type: ignore[union-attr]
+        raise ModelFileError(f"{gguf.path}: rope_freqs has shape {tuple(state['rope_freqs'].shape)}, "  # type: ignore[union-attr]
                              f"expected ({cfg.head_dim // 2},)")
     return state
 

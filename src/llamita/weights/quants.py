@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 
 from llamita.errors import ModelFileError, UnsupportedModelError
-
-QK_K = 256  # weights per K-quant super-block
+from llamita.weights import kquants
+from llamita.weights.kquants import QK_K  # noqa: F401  (weights per K-quant super-block)
 
 # Weights per dequantization chunk: bounds the float32/uint8 temporaries of a large tensor to a
 # few times this size (about 4 MiB of output each) while keeping per-chunk Python overhead small.
@@ -456,6 +456,12 @@ _QUANTIZERS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
     GGMLType.Q4_1: _quant_q4_1,
     GGMLType.Q5_0: _quant_q5_0,
     GGMLType.Q5_1: _quant_q5_1,
+    # K-quants: llama.cpp's quantize_row_q*_K_ref (no importance matrix), see kquants.py.
+    GGMLType.Q2_K: kquants.quantize_q2_k,
+    GGMLType.Q3_K: kquants.quantize_q3_k,
+    GGMLType.Q4_K: kquants.quantize_q4_k,
+    GGMLType.Q5_K: kquants.quantize_q5_k,
+    GGMLType.Q6_K: kquants.quantize_q6_k,
 }
 
 QUANTIZABLE: frozenset[GGMLType] = frozenset(_QUANTIZERS)
@@ -464,9 +470,11 @@ QUANTIZABLE: frozenset[GGMLType] = frozenset(_QUANTIZERS)
 def quantize(x: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
     """Encode `x` (any shape, last dim a multiple of the block size) as GGUF bytes.
 
-    Returns a new 1-D uint8 tensor, the layout `dequantize` reads, byte-identical to
-    `gguf.quants.quantize(x.float().numpy(), ggml_type)`. `x` is first converted to float32.
-    Only F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 can be produced.
+    Returns a new 1-D uint8 tensor, the layout `dequantize` reads. `x` is first converted to
+    float32. F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 are byte-identical to
+    `gguf.quants.quantize(x.float().numpy(), ggml_type)`; Q2_K, Q3_K, Q4_K, Q5_K and Q6_K to
+    llama.cpp's `quantize_row_q*_K_ref`, i.e. `llama-quantize` without an importance matrix
+    (finite inputs; see kquants.py). Other types cannot be produced.
     """
     t = _as_type(ggml_type)
     if t not in QUANTIZABLE:

@@ -1,0 +1,87 @@
+"""`llamita perplexity`: how well a model predicts a text, comparable with llama.cpp's numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, stderr
+from llamita.errors import InvalidParameterError
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text, minus one trailing newline (llama.cpp drops it too)."""
+    if not path.exists():
+        raise InvalidParameterError("file", f"text file not found: {path}")
+    if path.is_dir():
+        raise InvalidParameterError("file", f"{path} is a folder, not a text file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidParameterError("file", f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+@friendly_errors
+def perplexity(
+    file: Path = typer.Argument(..., help="UTF-8 text file to score.", show_default=False),
+    model: Optional[Path] = ModelOption,
+    ctx: int = typer.Option(512, "--ctx", "-c",
+                            help="Window size in tokens (even, at most the model's context). "
+                                 "Each window is scored on its second half."),
+    chunks: Optional[int] = typer.Option(None, "--chunks",
+                                         help="Score at most this many windows. Default: all that fit.",
+                                         show_default=False),
+    dtype: str = DtypeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of text."),
+) -> None:
+    """Perplexity of FILE: exp of the mean negative log-likelihood (nats per token) of its tokens.
+
+    Measured as llama.cpp's llama-perplexity does: the text is cut into windows of --ctx tokens,
+    each evaluated from an empty context, and only the tokens in the second half of each window
+    are scored (--ctx/2 - 1 per window). The ± is one standard error. Lower is better; numbers
+    compare only between runs with the same tokenizer, text and --ctx.
+
+    Example: llamita perplexity book.txt --ctx 512 --chunks 20
+    """
+    from llamita.engine.loader import load_model
+    from llamita.engine.perplexity import ChunkProgress, check_settings
+    from llamita.engine.perplexity import perplexity as measure
+
+    check_settings(ctx, chunks)  # fail before the slow part; the model's context is checked later
+    text = read_text(file)
+    with stderr.status("loading model…"):
+        loaded = load_model(model, dtype=dtype)
+    stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · loaded in "
+                 f"{loaded.load_seconds:.1f} s[/]")
+
+    progress = Progress(TextColumn("[bold]perplexity"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("chunks · {task.fields[estimate]}"), TimeRemainingColumn(),
+                        console=stderr, transient=True)
+    task = progress.add_task("", total=None, estimate="…")
+
+    def on_chunk(p: ChunkProgress) -> None:
+        progress.update(task, completed=p.index + 1, total=p.n_chunks,
+                        estimate=f"{p.perplexity:.4f} ± {p.perplexity_stderr:.4f}")
+
+    with progress:
+        result = measure(loaded.model, loaded.tokenizer, text, n_ctx=ctx, chunks=chunks,
+                         on_chunk=on_chunk)
+
+    if as_json:
+        # A standard error needs two scored tokens; JSON has no NaN, so it becomes null.
+        fields = {k: None if isinstance(v, float) and math.isnan(v) else v
+                  for k, v in result.to_dict().items()}
+        print(json.dumps({"file": str(file), "model": str(loaded.path),
+                          "dtype": str(loaded.dtype).removeprefix("torch."), **fields}))
+        return
+    stderr.print(f"[dim]{result.text_tokens} tokens in the text · {result.seconds:.1f} s · "
+                 f"{result.n_chunks * result.n_ctx / result.seconds:.0f} tokens/s evaluated[/]")
+    print(f"perplexity: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f} "
+          f"({result.n_chunks} chunks of {result.n_ctx} tokens, {result.tokens_scored} tokens scored)")

@@ -1,0 +1,105 @@
+"""Per-output-channel int8 weights on torch's weight-only int8 matmul.
+
+`aten._weight_int8pack_mm(x, w_int8, scales)` computes `x @ (w_int8 * scales[:, None])ᵀ` with
+one scale per output row. GGML formats other than the 4-bit ones (Q8_0, Q5_*, Q6_K, Q2_K, Q3_K)
+have one scale per 16 or 32 weights, which this kernel cannot take, so their dequantized values
+are re-quantized symmetrically per row: half the memory of bfloat16 at a small extra error whose
+perplexity cost `docs/quantization.md` measures.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+_CHUNK_WEIGHTS = 1 << 22  # rows converted per step: bounds the float32 temporaries to ~16 MiB
+
+
+@dataclass(frozen=True, eq=False)
+class Int8Weight:
+    """A linear weight (out_features, in_features): `W[n, k] = qweight[n, k] * scales[n]`.
+
+    qweight: int8 (out_features, in_features); scales: (out_features,) in the compute dtype.
+    """
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.qweight.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight.nbytes + self.scales.nbytes
+
+
+def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
+                  dtype: torch.dtype = torch.bfloat16) -> Int8Weight:
+    """Symmetric per-row int8 of a weight produced a slice of rows at a time.
+
+    rows_fn(start, stop) returns rows start..stop of the float weight (float32, (stop-start, k)),
+    so a large weight is never expanded whole. Scale = max |w| / 127 per row, codes rounded to
+    nearest (ties to even) and clamped to ±127; an all-zero row gets scale 0 and codes 0.
+    """
+    qweight = torch.empty((n, k), dtype=torch.int8)
+    scales = torch.empty(n, dtype=torch.float32)
+    step = max(1, _CHUNK_WEIGHTS // max(1, k))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        w = rows_fn(start, stop).float()
+        amax = w.abs().amax(dim=1)
+        scale = amax / 127
+        inv = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
+        qweight[start:stop] = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+        scales[start:stop] = scale
+    return Int8Weight(qweight, scales.to(dtype))
+
+
+def int8_linear(x: torch.Tensor, w: Int8Weight) -> torch.Tensor:
+    """x (..., in_features) @ Wᵀ -> (..., out_features) in x's dtype."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w.in_features)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    scales = w.scales if w.scales.dtype == x.dtype else w.scales.to(x.dtype)
+    out = torch.ops.aten._weight_int8pack_mm(x2, w.qweight, scales)
+    return out.reshape(*lead, w.out_features)
+
+
+def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight (or only `rows` of it, e.g. embedding lookups) as dense `dtype`."""
+    q, s = (w.qweight, w.scales) if rows is None else (w.qweight[rows], w.scales[rows])
+    return (q.to(dtype) * s.to(dtype).unsqueeze(-1))
+
+
+# The kernel reads the reduction dimension in vector-sized steps: with K = 4 or 40 it returned
+# NaN/inf and with K = 4 it crashed the process, while every multiple of 32 tried (32 to 14336,
+# 1 to 49152 rows) was right. Weights whose rows are not a multiple of this stay dense.
+K_MULTIPLE = 32
+
+
+def int8_shape_ok(out_features: int, in_features: int) -> bool:
+    return in_features % K_MULTIPLE == 0 and out_features > 0
+
+
+@functools.lru_cache(maxsize=1)
+def int8_supported() -> bool:
+    """True if torch's int8 weight-only CPU matmul runs here and computes what we expect."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        w = torch.randint(-127, 128, (16, 64), generator=g, dtype=torch.int8)
+        s = torch.rand(16, generator=g).to(torch.bfloat16)
+        x = torch.randn(3, 64, generator=g).to(torch.bfloat16)
+        got = torch.ops.aten._weight_int8pack_mm(x, w, s).float()
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return False
+    want = x.float() @ (w.float() * s.float()[:, None]).T
+    return bool(((got - want).abs().max() <= 1e-2 * want.abs().max()).item())

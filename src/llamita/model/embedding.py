@@ -1,0 +1,49 @@
+"""Token embeddings over compact tables: decode only the rows a step looks up."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llamita.kernels.encoded_rows import EncodedRows
+from llamita.kernels.int8 import Int8Weight, dequantize_int8
+
+
+class EncodedEmbedding(nn.Module):
+    """An embedding whose table stays in its GGUF encoding (e.g. Q4_K), decoded per lookup.
+
+    The values are exactly those of dequantizing the whole table, rounded to `dtype`.
+    """
+
+    def __init__(self, table: EncodedRows, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = table.n_rows, table.dim
+        self.dtype = dtype
+        self._decode = table.decode
+        self.register_buffer("data", table.data)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return EncodedRows(self.data, self.embedding_dim, self._decode).rows(ids, self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, encoded {self.data.nbytes / 2**20:.1f} MiB"
+
+
+class Int8Embedding(nn.Module):
+    """Embedding rows read from an int8 per-row table (the tied output projection's weight).
+
+    With tied embeddings the output matmul needs the table in int8 anyway; looking tokens up in
+    that same copy keeps one table in memory instead of two.
+    """
+
+    def __init__(self, weight: Int8Weight) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
+        self.register_buffer("qweight", weight.qweight)
+        self.register_buffer("scales", weight.scales)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return dequantize_int8(Int8Weight(self.qweight, self.scales), self.scales.dtype, ids)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per row"

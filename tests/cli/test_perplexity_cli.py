@@ -1,0 +1,95 @@
+"""`llamita perplexity` as a user runs it: the final line, --json, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llamita.cli.main import app
+from llamita.engine.loader import load_model
+from llamita.engine.perplexity import perplexity
+from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
+
+runner = CliRunner()
+TEXT = ("Rivers carry sand from the mountains to the sea, and over thousands of years the sand "
+        "builds deltas where towns grow, fields are planted and birds stop on their long way "
+        "south. Engineers who straighten a river often find that the delta starts to shrink. ") * 3
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    cfg = tiny_hf_config()
+    return write_gguf(tmp_path_factory.mktemp("ppl_cli") / "tiny.gguf", cfg,
+                      random_hf_weights(cfg, seed=5), context_length=128)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "river.txt"
+    path.write_text(TEXT + "\n")  # the trailing newline is dropped, as llama.cpp drops it
+    return path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["perplexity", *args])
+
+
+def test_json_agrees_with_the_engine(tiny_path, text_file):
+    result = invoke(str(text_file), "--model", str(tiny_path), "--ctx", "64", "--chunks", "3",
+                    "--dtype", "float32", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    loaded = load_model(tiny_path, dtype="float32", device="cpu")
+    ref = perplexity(loaded.model, loaded.tokenizer, TEXT, n_ctx=64, chunks=3)
+    assert data["perplexity"] == pytest.approx(ref.perplexity, rel=1e-6)
+    assert data["perplexity_stderr"] == pytest.approx(ref.perplexity_stderr, rel=1e-6)
+    assert (data["n_chunks"], data["n_ctx"], data["tokens_scored"]) == (3, 64, 93)
+    assert data["text_tokens"] == ref.text_tokens == len(loaded.tokenizer.encode(TEXT))
+    assert data["dtype"] == "float32"
+
+
+def test_text_output_has_the_final_line(tiny_path, text_file):
+    result = invoke(str(text_file), "-m", str(tiny_path), "-c", "64", "--chunks", "2", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("perplexity: ") and " ± " in line
+    assert line.endswith("(2 chunks of 64 tokens, 62 tokens scored)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ctx", "63"], "invalid parameter 'n_ctx': must be an even number"),
+    (["--ctx", "1"], "invalid parameter 'n_ctx'"),
+    (["--ctx", "256"], "more than the model's context window of 128"),
+    (["--chunks", "0"], "invalid parameter 'chunks'"),
+])
+def test_bad_settings_are_one_line_errors(tiny_path, text_file, args, message):
+    result = invoke(str(text_file), "--model", str(tiny_path), *args)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_short_and_binary_files(tiny_path, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\xff\xfe\x00 not utf-8" * 10)
+    cases = [(tmp_path / "missing.txt", "text file not found"),
+             (tmp_path, "is a folder"),
+             (binary, "is not UTF-8 text"),
+             (short, "it has 15 tokens but one window of n_ctx=64 needs at least 64")]
+    for path, message in cases:
+        result = invoke(str(path), "--model", str(tiny_path), "--ctx", "64")
+        assert result.exit_code == 1, path
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.output
+        assert len(result.stderr.strip().splitlines()) <= 4  # model line, error (rich may wrap)
+
+
+def test_help_explains_units_and_defaults():
+    result = runner.invoke(app, ["perplexity", "--help"])
+    assert result.exit_code == 0
+    for text in ("--ctx", "--chunks", "--json", "nats per token", "second half", "512", "default"):
+        assert text in result.stdout, text
