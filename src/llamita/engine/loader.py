@@ -84,8 +84,13 @@ class LoadedModel:
 
 
 def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype | None = "auto",
-               device: str | torch.device | None = "auto") -> LoadedModel:
-    """Load a GGUF model file (None: the default model) ready to run."""
+               device: str | torch.device | None = "auto", compact: bool | None = None) -> LoadedModel:
+    """Load a GGUF model file (None: the default model) ready to run.
+
+    compact: keep quantized weights small (int4 / per-row int8 / encoded embedding). None: on
+    for bfloat16 on the CPU, where torch's kernels for them run; False expands every weight to
+    `dtype` (the reference against which the compact forms are measured).
+    """
     start = time.perf_counter()
     resolved = Path(path).expanduser() if path is not None else default_model_path()
     dev = resolve_device(device)
@@ -95,7 +100,10 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
         # Quantized weights stay compact where torch's int4/int8 CPU kernels can run them (they
         # take bfloat16 activations); float32 runs keep exact dequantized weights for reference.
-        compact = dt == torch.bfloat16 and dev.type == "cpu"
+        if compact is None:
+            compact = dt == torch.bfloat16 and dev.type == "cpu"
+        elif compact and not (dt == torch.bfloat16 and dev.type == "cpu"):
+            raise InvalidParameterError("compact", "compact weights need dtype bfloat16 on the CPU")
         state = gguf_state_dict(gguf, config, dtype=dt, compact=compact)
         metadata = {k: v for k, v in gguf.metadata.items() if not k.startswith("tokenizer.ggml.")}
     finally:

@@ -1,0 +1,112 @@
+"""How much disk and RAM a Llama model needs at each quantization and context length.
+
+Computed from shapes, not measured: the file size is the sum over tensors of the bytes of the
+type the quantization mix gives each (the same rules `llamita quantize` writes), and the RAM is
+what llamita keeps resident for each tensor on the CPU in bfloat16 (see `weights/gguf.py`):
+
+* Q4_0 / Q4_1 / Q4_K linear weights: torch's packed int4, 4 bits + a bfloat16 scale and zero
+  per 32 weights (5 bits a weight);
+* other quantized linear weights: int8 per row, 8 bits + one bfloat16 scale per row;
+* a quantized token embedding: its file bytes (decoded per lookup); tied, the int8 table the
+  output projection needs;
+* F32 / F16 / BF16 weights: bfloat16 (2 bytes); norms and rope_freqs as stored;
+* the KV cache: 2 (K and V) x layers x KV heads x head_dim x context x 2 bytes (bfloat16).
+`benchmarks/memory.py` measures the real resident size against this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llamita.config import ModelConfig, RopeScaling
+from llamita.weights.quant_mix import FileType, ModelShape, file_type, tensor_type
+from llamita.weights.quants import GGMLType, tensor_nbytes
+
+_LLAMA3_ROPE = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
+# Llama 3.1 shapes (LLAMA_SPEC §1; Meta's params.json), for estimates without a file at hand.
+LLAMA_3_1: dict[str, ModelConfig] = {
+    "8B": ModelConfig(n_layers=32, dim=4096, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+                      vocab_size=128256, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
+                      context_length=131072, name="Llama 3.1 8B"),
+    "70B": ModelConfig(n_layers=80, dim=8192, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+                       vocab_size=128256, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
+                       context_length=131072, name="Llama 3.1 70B"),
+    "405B": ModelConfig(n_layers=126, dim=16384, n_heads=128, n_kv_heads=8, ffn_dim=53248,
+                        vocab_size=128256, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
+                        context_length=131072, name="Llama 3.1 405B"),
+}
+_Q4 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
+_FLOAT = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+
+
+def gguf_tensors(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(GGUF name, torch-order shape) of every tensor a llama GGUF file of `cfg` holds."""
+    d, hd = cfg.dim, cfg.head_dim
+    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (cfg.vocab_size, d))]
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (d,)), (p + "attn_q.weight", (cfg.n_heads * hd, d)),
+                (p + "attn_k.weight", (cfg.n_kv_heads * hd, d)),
+                (p + "attn_v.weight", (cfg.n_kv_heads * hd, d)),
+                (p + "attn_output.weight", (d, cfg.n_heads * hd)), (p + "ffn_norm.weight", (d,)),
+                (p + "ffn_gate.weight", (cfg.ffn_dim, d)), (p + "ffn_up.weight", (cfg.ffn_dim, d)),
+                (p + "ffn_down.weight", (d, cfg.ffn_dim))]
+    out.append(("output_norm.weight", (d,)))
+    if not cfg.tie_word_embeddings:
+        out.append(("output.weight", (cfg.vocab_size, d)))
+    if cfg.rope_scaling is not None and cfg.rope_scaling.kind == "llama3":
+        out.append(("rope_freqs.weight", (hd // 2,)))
+    return out
+
+
+def _resident_bytes(name: str, shape: tuple[int, ...], t: GGMLType, tied: bool) -> int:
+    n = math.prod(shape)
+    if len(shape) < 2:
+        return tensor_nbytes(t, n)
+    if t in _FLOAT:
+        return 2 * n
+    rows, cols = shape
+    int8 = n + 2 * rows
+    if name == "token_embd.weight":
+        if tied:  # one int8 table serves the lookup and the output projection
+            return int8 if t not in _Q4 else tensor_nbytes(t, n) + n // 2 + n // 32 * 4
+        return tensor_nbytes(t, n)
+    if t in _Q4:
+        return n // 2 + n // 32 * 4
+    return int8
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    file_type: str
+    n_params: int
+    file_bytes: int  # the GGUF tensors (metadata adds a few MB: the vocabulary)
+    weight_bytes: int  # resident weights in llamita on the CPU (bfloat16 compute)
+    kv_bytes_per_token: int  # bfloat16 K and V of every layer
+
+    def kv_cache_bytes(self, context: int) -> int:
+        return self.kv_bytes_per_token * context
+
+    def total_bytes(self, context: int) -> int:
+        """Weights plus a KV cache for `context` tokens (activations are small beside them)."""
+        return self.weight_bytes + self.kv_cache_bytes(context)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.file_bytes / self.n_params
+
+
+def estimate(cfg: ModelConfig, type_name: str | FileType) -> MemoryEstimate:
+    """File size and llamita's resident memory for `cfg` quantized as `type_name`."""
+    ft = type_name if isinstance(type_name, FileType) else file_type(type_name)
+    shape = ModelShape(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.tie_word_embeddings)
+    file_b = resident = params = 0
+    for name, dims in gguf_tensors(cfg):
+        t = tensor_type(name, dims, ft, shape, GGMLType.F32)
+        n = math.prod(dims)
+        params += n
+        file_b += tensor_nbytes(t, n)
+        resident += _resident_bytes(name, dims, t, cfg.tie_word_embeddings)
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2
+    return MemoryEstimate(ft.name, params, file_b, resident, kv)
