@@ -34,7 +34,7 @@ from corpus import corpus_path  # noqa: E402
 
 from llamita.engine.loader import default_model_path, load_model  # noqa: E402
 from llamita.engine.memory import LLAMA_3_1, estimate  # noqa: E402
-from llamita.engine.perplexity import perplexity  # noqa: E402
+from llamita.engine.perplexity import perplexity, read_text_file  # noqa: E402
 from llamita.engine.quantize import FILE_TYPES, quantize_model  # noqa: E402
 from llamita.model.linear import Int8Linear  # noqa: E402
 from llamita.engine.generator import Generator  # noqa: E402
@@ -150,7 +150,7 @@ def main() -> int:
     ap.add_argument("--write-docs", action="store_true", help="rewrite docs/quantization.md's tables")
     args = ap.parse_args()
 
-    texts = {lang: corpus_path(lang).read_text(encoding="utf-8-sig") for lang in ("en", "es")}
+    texts = {lang: read_text_file(corpus_path(lang)) for lang in ("en", "es")}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="llamita-quant-"))
     work.mkdir(parents=True, exist_ok=True)
     source = work / "default-F32.gguf"

@@ -11,21 +11,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, stderr
-from llamita.errors import InvalidParameterError
-
-
-def read_text(path: Path) -> str:
-    """The file as UTF-8 text, minus one trailing newline (llama.cpp drops it too)."""
-    if not path.exists():
-        raise InvalidParameterError("file", f"text file not found: {path}")
-    if path.is_dir():
-        raise InvalidParameterError("file", f"{path} is a folder, not a text file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidParameterError("file", f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
-    return text[:-1] if text.endswith("\n") else text
 
 
 @friendly_errors
@@ -51,11 +36,11 @@ def perplexity(
     Example: llamita perplexity book.txt --ctx 512 --chunks 20
     """
     from llamita.engine.loader import load_model
-    from llamita.engine.perplexity import ChunkProgress, check_settings
+    from llamita.engine.perplexity import ChunkProgress, check_settings, read_text_file
     from llamita.engine.perplexity import perplexity as measure
 
     check_settings(ctx, chunks)  # fail before the slow part; the model's context is checked later
-    text = read_text(file)
+    text = read_text_file(file)
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype)
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · loaded in "

@@ -16,9 +16,11 @@ The method (so numbers compare with llama.cpp's, not with other tools'):
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -148,3 +150,19 @@ def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, *, n_ctx: in
     ppl, ppl_se, mean, se = stats.estimate()
     return PerplexityResult(ppl, ppl_se, mean, se, n_ctx, len(windows), stats.count, len(tokens),
                             time.perf_counter() - start)
+
+
+def read_text_file(path: str | os.PathLike[str]) -> str:
+    """The file as UTF-8 text exactly as llama-perplexity reads it: bytes decoded as they are
+    (CRLF line ends kept), minus one trailing newline."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidParameterError("file", f"text file not found: {path}")
+    if path.is_dir():
+        raise InvalidParameterError("file", f"{path} is a folder, not a text file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidParameterError("file", f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    return text[:-1] if text.endswith("\n") else text
