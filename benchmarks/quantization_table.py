@@ -109,12 +109,13 @@ def markdown(result: dict) -> str:
              f"windows ({result['tokens_scored']} tokens scored per text); lower is better. "
              f"Generation: {result['tokens']} tokens greedy, median of {result['repetitions']}.", "",
              "| type | file MiB | bits/weight | size vs F16 | ppl English | ppl Spanish | "
-             "generation tokens/s | ppl English, weights in bf16 |",
+             "generation tokens/s | weights in bf16 instead of int8: ppl English, tokens/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     f16 = next((r["file_bytes"] for r in result["types"] if r["type"] == "F16"), None)
     for r in result["types"]:
         rel = f"{r['file_bytes'] / f16:.2f}×" if f16 else "-"
-        dense = f"{r['ppl_en_dense_bf16']:.3f}" if "ppl_en_dense_bf16" in r else "-"
+        dense = (f"{r['ppl_en_dense_bf16']:.3f}, {r['tg_tokens_per_second_dense_bf16']:.1f}"
+                 if "ppl_en_dense_bf16" in r else "-")
         lines.append(f"| {r['type']} | {r['file_bytes'] / 2**20:,.1f} | {r['bits_per_weight']:.2f} | "
                      f"{rel} | {r['ppl_en']:.3f} ± {r['ppl_en_stderr']:.3f} | "
                      f"{r['ppl_es']:.3f} ± {r['ppl_es_stderr']:.3f} | {r['tg_tokens_per_second']:.1f} | "
@@ -139,6 +140,26 @@ def write_docs(text: str) -> None:
     doc.write_text(body[:start] + text + body[end:])
 
 
+def speed_only(args: argparse.Namespace) -> int:
+    result = json.loads(args.speed_only.read_text())
+    work = args.workdir or args.speed_only.parent
+    for row in result["types"]:
+        path = work / f"default-{row['type']}.gguf"
+        loaded = load_model(path)
+        row["tg_tokens_per_second"] = round(tokens_per_second(loaded, args.tokens, args.repetitions), 2)
+        if "tg_tokens_per_second_dense_bf16" in row:
+            dense = load_model(path, compact=False)
+            row["tg_tokens_per_second_dense_bf16"] = round(
+                tokens_per_second(dense, args.tokens, args.repetitions), 2)
+        print(json.dumps({"type": row["type"], "tg": row["tg_tokens_per_second"]}), file=sys.stderr)
+    result.update(date=time.strftime("%Y-%m-%d"), tokens=args.tokens, repetitions=args.repetitions,
+                  threads=torch.get_num_threads())
+    print(json.dumps(result, indent=1))
+    if args.write_docs:
+        write_docs(markdown(result))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", nargs="*", default=ORDER, help="types to measure (default: all)")
@@ -148,7 +169,12 @@ def main() -> int:
     ap.add_argument("--repetitions", type=int, default=3, help="speed runs, median taken (default 3)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the model files go (default: temp)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite docs/quantization.md's tables")
+    ap.add_argument("--speed-only", type=Path, default=None, metavar="JSON",
+                    help="re-measure only generation speed for the types in an earlier run's JSON "
+                         "output (files in --workdir), keeping its perplexities: for a quiet machine")
     args = ap.parse_args()
+    if args.speed_only:
+        return speed_only(args)
 
     texts = {lang: read_text_file(corpus_path(lang)) for lang in ("en", "es")}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="llamita-quant-"))
