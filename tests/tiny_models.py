@@ -162,3 +162,187 @@ def write_gguf(path: Path, cfg: dict, sd: dict[str, torch.Tensor],
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# ---------------------------------------------------------------- Llama 3.1 / 3.2 in miniature
+# Real shape ratios (GQA 4:1, head_dim 32, FFN from Meta's rule, rope_theta 5e5, llama3 scaling
+# with the real original context 8192) at dim 256, and a Llama-3-style vocabulary in miniature:
+# 256 byte ranks + 5 merges, then Llama 3.1's 256 special tokens (517 tokens).
+
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+MINI_MERGES = [(b" ", b"t"), (b"h", b"e"), (b" t", b"he"), (b"i", b"n"), (b" ", b"a")]
+
+
+def llama3_special_tokens() -> list[str]:
+    return ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+            "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
+            "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+            "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"] + [
+        f"<|reserved_special_token_{i}|>" for i in range(3, 248)]
+
+
+def mini_ranks() -> list[bytes]:
+    """BPE tokens in rank order: every byte, then the merged tokens."""
+    return [bytes([b]) for b in range(256)] + [a + b for a, b in MINI_MERGES]
+
+
+MINI_VOCAB = len(mini_ranks()) + 256  # 517
+
+
+def llama31_mini_config(tied: bool = False, factor: float | None = None) -> dict:
+    """HF config of a 2-layer Llama 3.1 (untied, factor 8) or 3.2 (tied, factor 32) miniature."""
+    return dict(vocab_size=MINI_VOCAB, hidden_size=256, intermediate_size=1024 if tied else 896,
+                num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+                rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
+                tie_word_embeddings=tied, bos_token_id=MINI_VOCAB - 256,
+                eos_token_id=[MINI_VOCAB - 255, MINI_VOCAB - 248, MINI_VOCAB - 247],
+                rope_scaling={"rope_type": "llama3", "factor": factor or (32.0 if tied else 8.0),
+                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192})
+
+
+def meta_params(cfg: dict) -> dict:
+    """Meta's params.json for an HF config from llama31_mini_config (FFN size derived)."""
+    tied = cfg["tie_word_embeddings"]
+    return {"dim": cfg["hidden_size"], "n_layers": cfg["num_hidden_layers"],
+            "n_heads": cfg["num_attention_heads"], "n_kv_heads": cfg["num_key_value_heads"],
+            "vocab_size": cfg["vocab_size"], "ffn_dim_multiplier": 1.5 if tied else 1.3,
+            "multiple_of": 256 if tied else 128, "norm_eps": cfg["rms_norm_eps"],
+            "rope_theta": cfg["rope_theta"], "use_scaled_rope": True}
+
+
+def hf_llama(cfg: dict, sd: dict[str, torch.Tensor]):
+    """transformers' LlamaForCausalLM holding `sd` (HF names), float32, eval mode."""
+    import transformers
+
+    cfg = dict(cfg)
+    rope = dict(cfg.pop("rope_scaling") or {"rope_type": "default"}, rope_theta=cfg.pop("rope_theta"))
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, rope_parameters=rope))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    return model.float().eval()
+
+
+def _byte_spelling(b: bytes) -> str:
+    tokens = byte_vocab()[0]
+    return "".join(tokens[3 + x] for x in b)
+
+
+def write_mini_tokenizer_json(folder: Path, chat_template: str | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json shaped like Llama 3.1's, for the mini vocabulary."""
+    import json
+
+    ranks = mini_ranks()
+    specials = llama3_special_tokens()
+    bos = specials[0]
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": len(ranks) + i, "content": t, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}
+                         for i, t in enumerate(specials)],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": {"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                      {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+             "special_tokens": {bos: {"id": bos, "ids": [len(ranks)], "tokens": [bos]}}}]},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": True,
+                  "vocab": {_byte_spelling(t): i for i, t in enumerate(ranks)},
+                  "merges": [f"{_byte_spelling(a)} {_byte_spelling(b)}" for a, b in MINI_MERGES]},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    tok_cfg = {"bos_token": bos, "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>",
+               "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}
+    if chat_template is not None:
+        tok_cfg["chat_template"] = chat_template
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+
+
+def write_mini_tiktoken(folder: Path) -> None:
+    """Meta's tokenizer.model (base64 token, rank) for the mini vocabulary."""
+    import base64
+
+    lines = [f"{base64.b64encode(t).decode()} {i}" for i, t in enumerate(mini_ranks())]
+    (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
+
+
+def write_hf_folder(folder: Path, cfg: dict, model, *, max_shard_size: str | None = None,
+                    classic_config: bool = False, dtype: torch.dtype | None = None) -> Path:
+    """save_pretrained (safetensors) + tokenizer + generation_config.json, as on the Hub.
+
+    classic_config: rewrite config.json in the transformers 4 form real Llama 3.1 downloads
+    have (`rope_theta` + `rope_scaling`) instead of transformers 5's `rope_parameters`.
+    """
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    if classic_config:
+        path = folder / "config.json"
+        c = json.loads(path.read_text())
+        rope = dict(c.pop("rope_parameters"))
+        c["rope_theta"] = rope.pop("rope_theta")
+        c["rope_scaling"] = rope
+        path.write_text(json.dumps(c, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
+        "do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+    write_mini_tokenizer_json(folder)
+    return folder
+
+
+_META_SPLIT = {"attention.wq": 0, "attention.wk": 0, "attention.wv": 0, "attention.wo": 1,
+               "feed_forward.w1": 0, "feed_forward.w2": 1, "feed_forward.w3": 0}
+_META_OF_HF = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+               "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+               "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+               "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
+               "post_attention_layernorm": "ffn_norm"}
+
+
+def write_meta_folder(folder: Path, cfg: dict, sd: dict[str, torch.Tensor], *, n_shards: int = 1,
+                      embedding_split: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """params.json + consolidated.NN.pth + tokenizer.model, the way Meta ships Llama 3: Q/K rows
+    interleaved, model-parallel shards split per LLAMA_SPEC §7.2 (embedding on `embedding_split`,
+    0 for Llama 3, 1 for Llama 2), norms replicated. A tied model still carries `output.weight`
+    (a copy of the embedding), as Meta's Transformer saves it."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    full: dict[str, tuple[torch.Tensor, int | None]] = {
+        "tok_embeddings.weight": (sd["model.embed_tokens.weight"], embedding_split),
+        "norm.weight": (sd["model.norm.weight"], None),
+        "output.weight": (sd.get("lm_head.weight", sd["model.embed_tokens.weight"]), 0)}
+    for name, t in sd.items():
+        if not name.startswith("model.layers."):
+            continue
+        i, rest = name[len("model.layers."):].split(".", 1)
+        meta = _META_OF_HF[rest.removesuffix(".weight")]
+        if meta == "attention.wq":
+            t = torch.from_numpy(_permute(t.numpy(), cfg["num_attention_heads"]))
+        elif meta == "attention.wk":
+            t = torch.from_numpy(_permute(t.numpy(), cfg["num_key_value_heads"]))
+        full[f"layers.{i}.{meta}.weight"] = (t, _META_SPLIT.get(meta))
+    for s in range(n_shards):
+        shard = {}
+        for name, (t, split) in full.items():
+            part = t if split is None else t.chunk(n_shards, dim=split)[s]
+            shard[name] = part.to(dtype).contiguous().clone()
+        torch.save(shard, folder / f"consolidated.{s:02d}.pth")
+    (folder / "params.json").write_text(json.dumps(meta_params(cfg)))
+    write_mini_tiktoken(folder)
+    return folder

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "SamplingParams", "__version__"]
+__all__ = ["LLM", "SamplingParams", "__version__", "run_agent"]
 
 if TYPE_CHECKING:
+    from llamita.engine.agent import run_agent
     from llamita.engine.llm import LLM
     from llamita.sampling_params import SamplingParams
 
@@ -25,4 +26,7 @@ def __getattr__(name: str) -> Any:
     if name == "SamplingParams":
         from llamita.sampling_params import SamplingParams
         return SamplingParams
+    if name == "run_agent":
+        from llamita.engine.agent import run_agent
+        return run_agent
     raise AttributeError(f"module 'llamita' has no attribute {name!r}")

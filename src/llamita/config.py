@@ -1,8 +1,8 @@
 """Frozen configuration objects shared by every layer.
 
 `ModelConfig` describes one Llama-architecture network; readers in `llamita.weights` build it
-from a file's metadata (GGUF keys, HF config.json, Meta params.json). Nothing here imports the
-rest of the package.
+from a file's metadata (GGUF keys, HF config.json, Meta params.json). `PRESETS` holds the
+published Llama 3.1 / 3.2 shapes. Nothing here imports the rest of the package.
 """
 
 from __future__ import annotations
@@ -67,3 +67,51 @@ class ModelConfig:
         per_layer = attn + ffn + 2 * self.dim
         embed = self.vocab_size * self.dim * (1 if self.tie_word_embeddings else 2)
         return self.n_layers * per_layer + embed + self.dim
+
+
+def llama_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:
+    """SwiGLU hidden size from Meta's params.json fields (LLAMA_SPEC §1).
+
+    int(2/3 of 4*dim), times the multiplier (truncated), rounded up to `multiple_of`:
+    4096, 1024, 1.3 -> 14336 (Llama 3.1 8B).
+    """
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Sampling defaults a checkpoint ships (Hugging Face `generation_config.json`).
+
+    None where the file does not say. `eos_token_ids` are every id that ends a reply (instruct
+    Llama 3.1: 128001, 128008, 128009).
+    """
+
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+
+
+def _llama3_preset(name: str, n_layers: int, dim: int, n_heads: int, ffn_dim: int,
+                   rope_factor: float, tied: bool) -> ModelConfig:
+    return ModelConfig(n_layers=n_layers, dim=dim, n_heads=n_heads, n_kv_heads=8, ffn_dim=ffn_dim,
+                       vocab_size=128256, norm_eps=1e-5, rope_theta=500000.0,
+                       rope_scaling=RopeScaling("llama3", rope_factor, 1.0, 4.0, 8192),
+                       context_length=131072, tie_word_embeddings=tied, name=name)
+
+
+# The published shapes (LLAMA_SPEC §1; Meta's params.json and the HF config.json of each model).
+# head_dim = dim / n_heads in all five (64 for 3.2 1B). Llama 3.2 ties the output projection to
+# the embedding and scales RoPE by 32, Llama 3.1 by 8.
+PRESETS: dict[str, ModelConfig] = {
+    "llama-3.1-8b": _llama3_preset("Llama 3.1 8B", 32, 4096, 32, 14336, 8.0, False),
+    "llama-3.1-70b": _llama3_preset("Llama 3.1 70B", 80, 8192, 64, 28672, 8.0, False),
+    "llama-3.1-405b": _llama3_preset("Llama 3.1 405B", 126, 16384, 128, 53248, 8.0, False),
+    "llama-3.2-1b": _llama3_preset("Llama 3.2 1B", 16, 2048, 32, 8192, 32.0, True),
+    "llama-3.2-3b": _llama3_preset("Llama 3.2 3B", 28, 3072, 24, 8192, 32.0, True),
+}

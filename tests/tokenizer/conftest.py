@@ -140,3 +140,21 @@ def llama3_meta(llama3_tokenizer_json: Path) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def llama3_tok(llama3_meta: dict[str, Any]) -> Tokenizer:
     return Tokenizer.from_gguf_metadata(llama3_meta)
+
+
+@pytest.fixture(scope="session")
+def llama3_folder_tok(llama3_tokenizer_json: Path) -> Tokenizer:
+    """tokenizer_from_folder on the package's folder: the Hugging Face path (tokenizer.json)."""
+    from llamita.tokenizer import tokenizer_from_folder
+
+    return tokenizer_from_folder(llama3_tokenizer_json.parent)
+
+
+@pytest.fixture(scope="session")
+def llama3_meta_tok(llama3_tokenizer_json: Path, tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    """tokenizer_from_folder on a Meta-style folder holding only the package's tokenizer.model."""
+    from llamita.tokenizer import tokenizer_from_folder
+
+    folder = tmp_path_factory.mktemp("meta")
+    (folder / "tokenizer.model").symlink_to(llama3_tokenizer_json.parent / "tokenizer.model")
+    return tokenizer_from_folder(folder)

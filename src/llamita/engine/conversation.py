@@ -12,7 +12,11 @@ ROLES = ("system", "user", "assistant", "tool", "ipython")
 
 
 def validate_messages(messages: Sequence[Message]) -> list[Message]:
-    """Check OpenAI-style messages: a non-empty list of {"role", "content"} dicts."""
+    """Check OpenAI-style messages: a non-empty list of {"role", "content"} dicts.
+
+    Content is a string; an assistant turn with `tool_calls` may have none, and a tool result
+    (role "tool" or "ipython") may be any JSON value (templates render it as JSON).
+    """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidParameterError("messages", "must be a non-empty list of {'role', 'content'} objects")
     out = []
@@ -23,12 +27,42 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
         if role not in ROLES:
             raise InvalidParameterError("messages", f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
         content = m.get("content")
-        if content is None and role == "assistant" and m.get("tool_calls"):
-            content = ""
-        if not isinstance(content, str):
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if role != "assistant" or not isinstance(calls, list) or not all(
+                    isinstance(c, dict) and isinstance(c.get("function"), dict)
+                    and isinstance(c["function"].get("name"), str) for c in calls):
+                raise InvalidParameterError("messages", f"message {i}: tool_calls must be an assistant's list of "
+                                            "{'function': {'name', 'arguments'}} objects")
+            if content is None:
+                content = ""
+        if role in ("tool", "ipython") and isinstance(content, (dict, list, int, float, bool)):
+            pass
+        elif not isinstance(content, str):
             raise InvalidParameterError("messages", f"message {i} content must be a string")
         out.append({**m, "content": content})
     return out
+
+
+def validate_tools(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """OpenAI tool definitions ({"type": "function", "function": {"name", "description",
+    "parameters"}}); a bare {"name", ...} function is wrapped. None or [] -> None."""
+    if tools is None:
+        return None
+    if isinstance(tools, (str, bytes, dict)) or not isinstance(tools, Sequence):
+        raise InvalidParameterError("tools", "must be a list of {'type': 'function', 'function': {...}} objects")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise InvalidParameterError("tools", f"tool {i} is not an object")
+        if "function" not in tool and "name" in tool:
+            tool = {"type": "function", "function": tool}
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, dict) \
+                or not isinstance(function.get("name"), str) or not function["name"]:
+            raise InvalidParameterError("tools", f"tool {i} must be {{'type': 'function', 'function': {{'name': ...}}}}")
+        out.append({"type": "function", **tool})
+    return out or None
 
 
 def fit_messages(messages: Sequence[Message], count_tokens: Callable[[list[Message]], int],

@@ -9,22 +9,29 @@ from typing import Any
 
 import torch
 
-from llamita.engine.conversation import Message, validate_messages
+from llamita.engine.conversation import Message, validate_messages, validate_tools
 from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import SamplingParams
+from llamita.tokenizer.tool_calls import PYTHON_TAG, parse_tool_calls
 
 
 @dataclass
 class GenerationOutput:
-    """One finished completion."""
+    """One finished completion.
+
+    With tools offered to `LLM.chat`, calls the model wrote are in `tool_calls` (OpenAI form:
+    {"id", "type": "function", "function": {"name", "arguments": JSON string}}), `text` is what
+    it wrote around them, and `finish_reason` is "tool_calls".
+    """
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS / end of turn / stop string) or "length"
+    finish_reason: str  # "stop" (EOS / end of turn / stop string), "length" or "tool_calls"
     prompt_token_ids: list[int]
     stats: GenerationStats = field(default_factory=GenerationStats)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -64,8 +71,15 @@ class LLM:
             raise InvalidParameterError("prompt", f"must be a string, got {type(prompt).__name__}")
         return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos)
 
-    def encode_chat(self, messages: Sequence[Message], **template_kwargs: Any) -> list[int]:
-        """Chat messages -> ids through the model's chat template, ready for the assistant."""
+    def encode_chat(self, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> list[int]:
+        """Chat messages -> ids through the model's chat template, ready for the assistant.
+
+        tools: OpenAI JSON-schema tool definitions, given to the template as `tools`.
+        template_kwargs: more template variables (builtin_tools, date_string, ...)."""
+        tools = validate_tools(tools)
+        if tools is not None:
+            template_kwargs["tools"] = tools
         return self.tokenizer.encode_chat(validate_messages(messages), add_generation_prompt=True,
                                           **template_kwargs)
 
@@ -89,17 +103,39 @@ class LLM:
             raise InvalidParameterError("prompt", "generate_stream takes one prompt")
         yield from self._stream(id_lists[0], params)
 
-    def chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
-             **template_kwargs: Any) -> GenerationOutput:
-        """Answer OpenAI-style messages ([{"role": "user", "content": "..."}, ...])."""
-        return self._run([self.encode_chat(messages, **template_kwargs)], params)[0]
+    def chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
+             tools: Sequence[dict[str, Any]] | None = None, **template_kwargs: Any) -> GenerationOutput:
+        """Answer OpenAI-style messages ([{"role": "user", "content": "..."}, ...]).
 
-    def chat_stream(self, messages: Sequence[Message], params: SamplingParams | None = None,
+        tools: functions the model may call (OpenAI JSON-schema form); its calls come back
+        parsed in `tool_calls`. Feed results back as {"role": "tool", "content": ...} messages
+        (engine/agent.py's `run_agent` does the whole loop). Llama 3.1's built-in tools are
+        offered with `builtin_tools=["brave_search", "wolfram_alpha", "code_interpreter"]`.
+        """
+        out = self._run([self.encode_chat(messages, tools=tools, **template_kwargs)], params)[0]
+        if tools or template_kwargs.get("builtin_tools") is not None:
+            self._find_tool_calls(out)
+        return out
+
+    def chat_stream(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
+                    tools: Sequence[dict[str, Any]] | None = None,
                     **template_kwargs: Any) -> Iterator[StreamChunk]:
-        """Streaming form of `chat`."""
-        yield from self._stream(self.encode_chat(messages, **template_kwargs), params)
+        """Streaming form of `chat`. The text is streamed as written: tool calls are not parsed
+        (use `parse_tool_calls` on the joined text, or `chat`)."""
+        yield from self._stream(self.encode_chat(messages, tools=tools, **template_kwargs), params)
 
     # -- internals ------------------------------------------------------------------------
+    def _find_tool_calls(self, out: GenerationOutput) -> None:
+        """Move tool calls written in `out.text` into `out.tool_calls`."""
+        text = out.text
+        tag = self.tokenizer.token_to_id(PYTHON_TAG)
+        if tag is not None and tag in out.token_ids:
+            # The streamed text drops special tokens; Llama's `<|python_tag|>` marks a call.
+            text = self.tokenizer.decode(out.token_ids)
+        content, calls = parse_tool_calls(text)
+        if calls:
+            out.text, out.tool_calls, out.finish_reason = content, calls, "tool_calls"
+
     def _prompt_ids(self, prompts: Any, prompt_token_ids: Any) -> tuple[bool, list[list[int]]]:
         if (prompts is None) == (prompt_token_ids is None):
             raise InvalidParameterError("prompts", "give either text prompts or prompt_token_ids")

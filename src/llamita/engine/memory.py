@@ -19,23 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from llamita.config import ModelConfig, RopeScaling
+from llamita.config import PRESETS, ModelConfig
 from llamita.weights.quant_mix import FileType, ModelShape, file_type, tensor_type
 from llamita.weights.quants import GGMLType, tensor_nbytes
 
-_LLAMA3_ROPE = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
-# Llama 3.1 shapes (LLAMA_SPEC §1; Meta's params.json), for estimates without a file at hand.
-LLAMA_3_1: dict[str, ModelConfig] = {
-    "8B": ModelConfig(n_layers=32, dim=4096, n_heads=32, n_kv_heads=8, ffn_dim=14336,
-                      vocab_size=128256, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
-                      context_length=131072, name="Llama 3.1 8B"),
-    "70B": ModelConfig(n_layers=80, dim=8192, n_heads=64, n_kv_heads=8, ffn_dim=28672,
-                       vocab_size=128256, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
-                       context_length=131072, name="Llama 3.1 70B"),
-    "405B": ModelConfig(n_layers=126, dim=16384, n_heads=128, n_kv_heads=8, ffn_dim=53248,
-                        vocab_size=128256, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
-                        context_length=131072, name="Llama 3.1 405B"),
-}
+# Llama 3.1 shapes (the presets of LLAMA_SPEC §1), for estimates without a file at hand.
+LLAMA_3_1: dict[str, ModelConfig] = {size: PRESETS[f"llama-3.1-{size.lower()}"]
+                                     for size in ("8B", "70B", "405B")}
 _Q4 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
 _FLOAT = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 

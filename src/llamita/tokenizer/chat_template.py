@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -103,10 +103,15 @@ class ChatTemplate:
         env.globals["strftime_now"] = _strftime_now
         try:
             self._template = env.from_string(source)
+            self._variables = frozenset(meta.find_undeclared_variables(env.parse(source)))
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(
                 f"chat template syntax error at line {exc.lineno}: {exc.message}"
             ) from exc
+
+    def uses(self, name: str) -> bool:
+        """Whether the template reads the variable `name` (e.g. "tools") from its context."""
+        return name in self._variables
 
     def render(
         self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import Any
+
+from tokenizers import Tokenizer as RustTokenizer
 
 from llamita.errors import InvalidParameterError, TokenizerError
 from llamita.tokenizer.bpe import build_bpe, byte_level_to_bytes
 from llamita.tokenizer.chat_template import CHATML_TEMPLATE, ChatTemplate
+from llamita.tokenizer.llama3_format import SPECIAL_TOKENS as LLAMA3_SPECIALS
+from llamita.tokenizer.llama3_format import Part, llama3_chat_parts
 from llamita.tokenizer.pretokenizer import pre_tokenizer_spec
 from llamita.tokenizer.shield import SpecialShield
+from llamita.tokenizer.tool_calls import with_dict_arguments
+from llamita.tokenizer.tool_prompt import tools_as_text
 
 # GGUF tokenizer.ggml.token_type values.
 TOKEN_NORMAL = 1
@@ -43,7 +49,11 @@ class Tokenizer:
     merges: "left right" BPE merges, highest priority first.
     pre: the `tokenizer.ggml.pre` name that selects the pre-tokenizer (see pretokenizer.py).
     add_bos: whether prompts start with BOS; None = llama.cpp's default for `pre`.
-    chat_template: Jinja source of the chat template, if the model has one.
+    chat_template: Jinja source of the chat template, if the model has one. Without one a
+        Llama 3 vocabulary uses the built-in Llama 3.1 format, any other ChatML.
+    encoder: a ready plain-text encoder (a `tokenizers.Tokenizer` without added tokens, e.g. from
+        a tokenizer.json) used instead of building one from `merges` and `pre`.
+    stop_ids: more ids that end generation (e.g. generation_config.json's eos_token_id list).
     """
 
     def __init__(
@@ -59,6 +69,8 @@ class Tokenizer:
         eom_id: int | None = None,
         add_bos: bool | None = None,
         chat_template: str | None = None,
+        encoder: RustTokenizer | None = None,
+        stop_ids: Iterable[int] = (),
     ) -> None:
         self._tokens = [str(t) for t in tokens]
         n = len(self._tokens)
@@ -107,8 +119,11 @@ class Tokenizer:
         )
         # Longest first, so at each position the longest special wins (leftmost-longest).
         self._special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
-        self._bpe = build_bpe(self._tokens, [str(m) for m in merges], spec)
+        self._bpe = encoder or build_bpe(self._tokens, [str(m) for m in merges], spec)
         self._chat_template_source = chat_template
+        self._extra_stop_ids = frozenset(
+            i for i in (_checked_id("stop", t, n) for t in stop_ids) if i is not None
+        )
 
     @classmethod
     def from_gguf_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
@@ -152,8 +167,10 @@ class Tokenizer:
 
     @cached_property
     def stop_ids(self) -> frozenset[int]:
-        """Ids that end generation: EOS, EOT, EOM, and the usual end-of-turn tokens in vocab."""
+        """Ids that end generation: EOS, EOT, EOM, the usual end-of-turn tokens in the vocabulary,
+        and any the model's files list."""
         ids = {i for i in (self.eos_id, self.eot_id, self.eom_id) if i is not None}
+        ids.update(self._extra_stop_ids)
         ids.update(self._ids[text] for text in _STOP_TEXTS if text in self._ids)
         return frozenset(ids)
 
@@ -207,16 +224,34 @@ class Tokenizer:
             return None
         return self._make_template(self._chat_template_source)
 
+    @cached_property
+    def uses_llama3_format(self) -> bool:
+        """True when chats use the built-in Llama 3.1 format: a Llama 3 vocabulary, no template."""
+        return not self._chat_template_source and all(
+            self._ids.get(t) in self._special_ids for t in LLAMA3_SPECIALS
+        )
+
     def encode_chat(
         self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any
     ) -> list[int]:
-        """Token ids of a chat prompt rendered with the model's template (ChatML if it has none).
+        """Token ids of a chat prompt rendered with the model's template.
 
+        Without a template: the built-in Llama 3.1 format for a Llama 3 vocabulary, else ChatML.
+        `tools` (OpenAI JSON-schema definitions) reach the template; a template that does not
+        read `tools` gets them, and past tool calls and results, written into the messages as
+        text (tool_prompt.py). Tool-call arguments given as JSON strings reach templates as dicts.
         Only the template's own text can produce special tokens: special-token strings inside
         messages or `extra` (tools, documents...) are tokenized as plain text.
         BOS is prepended when `add_bos` is set and the rendered text does not start with it.
         """
+        messages = with_dict_arguments(messages)
+        if self.uses_llama3_format:
+            return self.encode_parts(
+                llama3_chat_parts(messages, add_generation_prompt=add_generation_prompt, **extra)
+            )
         template = self.chat_template or self._make_template(CHATML_TEMPLATE)
+        if not template.uses("tools"):
+            messages = tools_as_text(messages, extra.pop("tools", None))
         if self._special_re is None:
             rendered = template.render(
                 messages, add_generation_prompt=add_generation_prompt, **extra
@@ -234,6 +269,23 @@ class Tokenizer:
         if self.add_bos and not (bos_text and rendered.startswith(bos_text)):
             ids = self._bos_prefix() + ids
         return ids
+
+    def encode_parts(self, parts: Sequence[Part]) -> list[int]:
+        """Ids of (text, is_special) parts: a special part is the token it names, the text
+        between two specials is encoded as one plain run."""
+        ids: list[int] = []
+        run: list[str] = []
+        for text, special in parts:
+            if not special:
+                run.append(text)
+                continue
+            token_id = self._ids.get(text)
+            if token_id is None or token_id not in self._special_ids:
+                raise TokenizerError(f"the vocabulary has no special token {text!r}")
+            ids += self._encode_plain("".join(run))
+            ids.append(token_id)
+            run = []
+        return ids + self._encode_plain("".join(run))
 
     # ----------------------------------------------------------------- internals
 

@@ -1,0 +1,311 @@
+"""Hugging Face Llama folders: config.json, safetensors weights (one file or sharded), and the
+GGUF tokenizer keys that tokenizer.json maps to (LLAMA_SPEC §7.1, §5.2).
+
+Weights stay on disk until asked for: `tensor(name)` memory-maps the tensor's file with
+`safe_open`, copies that one tensor into memory the caller owns and drops the mapping, so a loader
+that converts one tensor at a time peaks at the final model plus one tensor (measured: a 1.2 GB
+bf16 folder loads in bfloat16 with peak RSS = final RSS, i.e. the file's pages never pile up).
+Names are returned in canonical form (HF names without the `model.` prefix); HF already stores
+Q/K rows in the rotate-half order the model uses, so nothing is permuted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamita.config import GenerationDefaults, ModelConfig, RopeScaling
+from llamita.errors import ModelFileError, UnsupportedModelError
+
+CONFIG_FILE = "config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+GENERATION_FILE = "generation_config.json"
+
+# Llama 3's pre-tokenizer regex as tokenizer.json spells it (LLAMA_SPEC §3.3).
+_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file's content, or ModelFileError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _rope_scaling(cfg: dict[str, Any], path: Path) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling) from either transformers 4's `rope_theta` + `rope_scaling` or
+    transformers 5's `rope_parameters` (which holds rope_theta too)."""
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    try:
+        factor = float(params["factor"])
+        if kind == "linear":
+            return theta, RopeScaling("linear", factor)
+        if kind == "llama3":
+            original = params.get("original_max_position_embeddings", 8192)
+            return theta, RopeScaling("llama3", factor, float(params.get("low_freq_factor", 1.0)),
+                                      float(params.get("high_freq_factor", 4.0)), int(original))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: incomplete rope scaling {params!r} ({e})") from None
+    raise UnsupportedModelError(f"{path}: RoPE scaling '{kind}' is not supported "
+                                "(llamita runs llama3 and linear scaling)")
+
+
+def config_from_hf(folder: Path) -> ModelConfig:
+    """ModelConfig from a Hugging Face `config.json` of a LlamaForCausalLM."""
+    path = folder / CONFIG_FILE
+    cfg = read_json(path)
+    model_type = cfg.get("model_type")
+    archs = cfg.get("architectures") or []
+    if model_type != "llama" or (archs and "LlamaForCausalLM" not in archs):
+        raise UnsupportedModelError(
+            f"{path}: model_type {model_type!r} / architectures {archs} is not a Llama causal LM "
+            "(llamita runs model_type 'llama', LlamaForCausalLM)")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise UnsupportedModelError(f"{path}: {flag} is set; Llama layers have no biases")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise UnsupportedModelError(f"{path}: hidden_act {cfg['hidden_act']!r} is not silu")
+
+    def need(key: str) -> int:
+        if key not in cfg:
+            raise ModelFileError(f"{path}: lacks '{key}'")
+        return int(cfg[key])
+
+    dim, n_heads = need("hidden_size"), need("num_attention_heads")
+    theta, scaling = _rope_scaling(cfg, path)
+    try:
+        return ModelConfig(
+            n_layers=need("num_hidden_layers"), dim=dim, n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            ffn_dim=need("intermediate_size"), vocab_size=need("vocab_size"),
+            head_dim=int(cfg.get("head_dim") or dim // n_heads),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
+            context_length=int(cfg.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            name=folder.resolve().name)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: inconsistent model config: {e}") from None
+
+
+def generation_defaults(folder: Path) -> GenerationDefaults | None:
+    """What `generation_config.json` says (None without one); EOS ids fall back to config.json."""
+    path = folder / GENERATION_FILE
+    if not path.exists():
+        return None
+    gen = read_json(path)
+    eos = gen.get("eos_token_id")
+    if eos is None:
+        eos = read_json(folder / CONFIG_FILE).get("eos_token_id")
+    eos_ids = tuple(int(i) for i in (eos if isinstance(eos, list) else [] if eos is None else [eos]))
+
+    def opt(key: str, kind: type) -> Any:
+        value = gen.get(key)
+        return None if value is None else kind(value)
+
+    return GenerationDefaults(eos_token_ids=eos_ids, bos_token_id=opt("bos_token_id", int),
+                              do_sample=opt("do_sample", bool), temperature=opt("temperature", float),
+                              top_p=opt("top_p", float), top_k=opt("top_k", int))
+
+
+def _safe_open(file: Path) -> Any:
+    try:
+        from safetensors import safe_open  # only needed for HF folders
+    except ImportError:
+        raise UnsupportedModelError("reading Hugging Face folders needs the safetensors "
+                                    "package: pip install safetensors") from None
+    return safe_open(str(file), framework="pt")
+
+
+def _canonical(hf_name: str) -> str:
+    return hf_name.removeprefix("model.")
+
+
+class HFCheckpoint:
+    """A Hugging Face Llama folder, its weights memory-mapped and read one tensor at a time."""
+
+    format = "hf"
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.path = Path(folder)
+        self.config = config_from_hf(self.path)
+        self.generation = generation_defaults(self.path)
+        files = self._weight_files()
+        self.file_size = sum(f.stat().st_size for f in files)
+        self._where: dict[str, tuple[Path, str]] = {}  # canonical name -> (file, HF name)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        for file in files:  # headers only: no tensor data is read here
+            try:
+                handle = _safe_open(file)
+            except UnsupportedModelError:
+                raise
+            except Exception as e:  # safetensors raises its own error types for bad headers
+                raise ModelFileError(f"{file}: not a readable safetensors file ({e})") from None
+            with handle:
+                for hf_name in handle.keys():
+                    part = handle.get_slice(hf_name)
+                    if part.get_dtype() not in _TORCH_DTYPES:
+                        raise UnsupportedModelError(
+                            f"{file}: tensor '{hf_name}' has dtype {part.get_dtype()}; llamita "
+                            "reads BF16, F16 and F32 safetensors")
+                    name = _canonical(hf_name)
+                    self._where[name] = (file, hf_name)
+                    self.shapes[name] = tuple(part.get_shape())
+                    self.dtypes[name] = _TORCH_DTYPES[part.get_dtype()]
+
+    def _weight_files(self) -> list[Path]:
+        index = self.path / INDEX_FILE
+        if index.exists():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ModelFileError(f"{index}: lacks a 'weight_map'")
+            files = [self.path / name for name in dict.fromkeys(weight_map.values())]
+        elif (self.path / SINGLE_FILE).exists():
+            files = [self.path / SINGLE_FILE]
+        else:
+            others = sorted(p.name for p in self.path.glob("*.bin")) + sorted(
+                p.name for p in self.path.glob("*.safetensors"))
+            hint = f" (found {', '.join(others[:3])}: only safetensors are read)" if others else ""
+            raise ModelFileError(f"{self.path}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
+        for file in files:
+            if not file.is_file():
+                raise ModelFileError(f"{file}: weight shard listed in {INDEX_FILE} is missing")
+        return files
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Tensor `name` (canonical) as stored, in memory of its own (not the file's mapping)."""
+        file, hf_name = self._where[name]
+        try:
+            # A fresh mapping per tensor: get_tensor returns a view of the mapped file, and the
+            # pages it touched leave the process once the view and the handle are dropped.
+            with _safe_open(file) as handle:
+                return handle.get_tensor(hf_name).clone()
+        except UnsupportedModelError:
+            raise
+        except Exception as e:
+            raise ModelFileError(f"{file}: cannot read tensor '{hf_name}' ({e})") from None
+
+    def tokenizer_metadata(self) -> dict[str, Any]:
+        """The GGUF tokenizer keys for this folder's tokenizer.json (for `llamita quantize`)."""
+        return gguf_tokenizer_from_hf(self.path, self.config.vocab_size)
+
+    def close(self) -> None:
+        pass  # every read opens and releases its own mapping
+
+    def __enter__(self) -> HFCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+# GGUF token types (tokenizer.ggml.token_type).
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
+
+
+def _pre_tokenizer_name(pre: dict[str, Any] | None, path: Path) -> str:
+    """llama.cpp's `tokenizer.ggml.pre` name for a tokenizer.json pre-tokenizer we recognise."""
+    steps = (pre.get("pretokenizers") if pre and pre.get("type") == "Sequence" else [pre]) or []
+    kinds = [s.get("type") for s in steps if s]
+    if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_REGEX:
+        return "llama-bpe"
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+        return "smollm"
+    raise UnsupportedModelError(f"{path}: pre-tokenizer {kinds} is not one llamita recognises "
+                                "(Llama 3, GPT-2 or SmolLM byte-level BPE)")
+
+
+def _template_adds(post: dict[str, Any] | None, special: str) -> bool:
+    """Whether tokenizer.json's post-processor puts `special` first in a single sequence."""
+    for step in (post or {}).get("processors", [post or {}]):
+        if step.get("type") == "TemplateProcessing":
+            first = (step.get("single") or [{}])[0]
+            return first.get("SpecialToken", {}).get("id") == special
+    return False
+
+
+def _chat_template(folder: Path, tok_cfg: dict[str, Any]) -> str | None:
+    template = tok_cfg.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None and (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return template
+
+
+def gguf_tokenizer_from_hf(folder: Path, vocab_size: int) -> dict[str, Any]:
+    """`tokenizer.ggml.*` / `tokenizer.chat_template` values for a folder's tokenizer.json, as
+    llama.cpp's convert_hf_to_gguf.py writes them: byte-level tokens padded to the embedding's
+    rows with `[PAD<id>]`, added special tokens as control tokens, merges as "left right"."""
+    path = folder / "tokenizer.json"
+    if not path.exists():
+        raise ModelFileError(f"{path}: file not found (needed to write the GGUF vocabulary)")
+    tok = read_json(path)
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise UnsupportedModelError(f"{path}: tokenizer model {model.get('type')!r} is not "
+                                    "byte-level BPE")
+    by_id: dict[int, tuple[str, int]] = {i: (t, TOKEN_NORMAL) for t, i in model["vocab"].items()}
+    for added in tok.get("added_tokens") or []:
+        kind = TOKEN_CONTROL if added.get("special") else TOKEN_USER_DEFINED
+        by_id[int(added["id"])] = (added["content"], kind)
+    n = max(vocab_size, max(by_id) + 1)
+    tokens = [by_id.get(i, (f"[PAD{i}]", TOKEN_UNUSED)) for i in range(n)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+
+    tok_cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = read_json(tok_cfg_path) if tok_cfg_path.exists() else {}
+    ids = {text: i for i, (text, _) in enumerate(tokens)}
+
+    def token_id(key: str) -> int | None:
+        value = tok_cfg.get(key)
+        if isinstance(value, dict):  # {"content": "<|eot_id|>", ...} in older files
+            value = value.get("content")
+        return ids.get(value) if isinstance(value, str) else None
+
+    out: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": _pre_tokenizer_name(tok.get("pre_tokenizer"), path),
+        "tokenizer.ggml.tokens": [t for t, _ in tokens],
+        "tokenizer.ggml.token_type": [k for _, k in tokens],
+        "tokenizer.ggml.merges": merges,
+    }
+    model_cfg = read_json(folder / CONFIG_FILE)
+    for key, gguf_key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                          ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")):
+        i = token_id(key)
+        if i is None and key in ("bos_token", "eos_token"):  # else config.json's (first) id
+            value = model_cfg.get(f"{key}_id")
+            i = value[0] if isinstance(value, list) and value else value
+        if isinstance(i, int):
+            out[f"tokenizer.ggml.{gguf_key}"] = i
+    bos = out.get("tokenizer.ggml.bos_token_id")
+    if "add_bos_token" in tok_cfg:
+        out["tokenizer.ggml.add_bos_token"] = bool(tok_cfg["add_bos_token"])
+    elif bos is not None:  # Llama 3 says it through the post-processor's template instead
+        out["tokenizer.ggml.add_bos_token"] = _template_adds(tok.get("post_processor"), tokens[bos][0])
+    if (template := _chat_template(folder, tok_cfg)) is not None:
+        out["tokenizer.chat_template"] = template
+    return out
