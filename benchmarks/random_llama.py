@@ -23,6 +23,7 @@ Prints JSON: path, type, file_bytes, params, seconds, tensor type counts, sample
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -35,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llamita.config import PRESETS, RopeScaling
 from llamita.engine.loader import default_model_path
+from llamita.weights.checkpoint import llama3_rope_divisors
 from llamita.weights.gguf_reader import GGUFFile
 from llamita.weights.gguf_writer import QUANTIZATION_VERSION
 from llamita.weights.quant_mix import FILE_TYPES, ModelShape, file_type, tensor_type
@@ -91,21 +94,11 @@ class LlamaShape:
 
     def rope_freqs(self) -> np.ndarray:
         """llama3 per-pair RoPE divisors, as convert_hf_to_gguf.py writes `rope_freqs` (float32)."""
-        freqs = 1.0 / (self.rope_theta ** (np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim))
-        low_wavelen = self.rope_original_context / self.rope_low_freq_factor
-        high_wavelen = self.rope_original_context / self.rope_high_freq_factor
-        out = []
-        for f in freqs:
-            wavelen = 2 * math.pi / f
-            if wavelen < high_wavelen:
-                out.append(1.0)
-            elif wavelen > low_wavelen:
-                out.append(self.rope_factor)
-            else:
-                smooth = ((self.rope_original_context / wavelen - self.rope_low_freq_factor)
-                          / (self.rope_high_freq_factor - self.rope_low_freq_factor))
-                out.append(1 / ((1 - smooth) / self.rope_factor + smooth))
-        return np.asarray(out, dtype=np.float32)
+        cfg = dataclasses.replace(
+            PRESETS["llama-3.1-8b"], head_dim=self.head_dim, rope_theta=self.rope_theta,
+            rope_scaling=RopeScaling("llama3", self.rope_factor, self.rope_low_freq_factor,
+                                     self.rope_high_freq_factor, self.rope_original_context))
+        return llama3_rope_divisors(cfg)
 
 
 @dataclass(frozen=True)

@@ -14,19 +14,10 @@ import torch
 from llamita.config import ModelConfig, RopeScaling
 from llamita.engine.loader import load_model
 from llamita.model.rope import rope_inv_freq
-from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
+from tiny_models import hf_llama, random_hf_weights, tiny_hf_config, write_gguf
 
 transformers = pytest.importorskip("transformers")
 Q = gguf.GGMLQuantizationType
-
-
-def hf_model(cfg: dict, sd: dict[str, torch.Tensor]):
-    cfg = dict(cfg)
-    rope = dict(cfg.pop("rope_scaling") or {"rope_type": "default"}, rope_theta=cfg.pop("rope_theta"))
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, rope_parameters=rope))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}
-    return model.float().eval()
 
 
 def prefill_then_decode(model, config, tokens: torch.Tensor, split: int) -> torch.Tensor:
@@ -63,7 +54,7 @@ def test_logits_match_transformers(tmp_path, qtype, tied):
     path = write_gguf(tmp_path / "tiny.gguf", cfg, sd, qtype)
     ours = load_model(path, dtype="float32", device="cpu")
     assert ours.config.tie_word_embeddings == tied
-    ref = hf_model(cfg, roundtrip(sd, qtype))
+    ref = hf_llama(cfg, roundtrip(sd, qtype))
     tokens = torch.randint(0, cfg["vocab_size"], (2, 120), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         a = ours.model(tokens)
@@ -79,7 +70,7 @@ def test_llama3_inv_freq_matches_transformers():
         rope_theta=cfg["rope_theta"],
         rope_scaling=RopeScaling("llama3", s["factor"], s["low_freq_factor"], s["high_freq_factor"],
                                  s["original_max_position_embeddings"])))
-    ref = hf_model(cfg, random_hf_weights(cfg)).model.rotary_emb.inv_freq
+    ref = hf_llama(cfg, random_hf_weights(cfg)).model.rotary_emb.inv_freq
     torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=0)
     base = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, 16, 2).float() / 16))
     assert (ours < base).sum() == 7  # scaling really acted: all but the highest frequency
@@ -111,7 +102,7 @@ def test_int4_kernel_path_matches_transformers(tmp_path, qtype):
     ours = load_model(write_gguf(tmp_path / "q4.gguf", cfg, sd, qtype), dtype="bfloat16", device="cpu")
     # lm_head (264 rows: not a multiple of 16) stays dense; every other linear is packed.
     assert sum(isinstance(m, Int4Linear) for m in ours.model.modules()) == 2 * 7
-    ref = hf_model(cfg, roundtrip(sd, qtype))
+    ref = hf_llama(cfg, roundtrip(sd, qtype))
     n = DENSE_MIN_ROWS + 20  # the prompt takes the dense path, the steps after it the int4 kernel
     tokens = torch.randint(0, cfg["vocab_size"], (1, n), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -148,7 +139,7 @@ def test_compact_weights_match_transformers(tmp_path, qtype, tied):
         assert ours.model.embed_tokens.qweight is ours.model.lm_head.qweight  # one table
     else:
         assert isinstance(ours.model.embed_tokens, EncodedEmbedding)
-    ref = hf_model(cfg, roundtrip(sd, qtype))
+    ref = hf_llama(cfg, roundtrip(sd, qtype))
     n = DENSE_MIN_ROWS + 12
     tokens = torch.randint(0, cfg["vocab_size"], (1, n), generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
