@@ -189,3 +189,25 @@ def test_bfloat16_tracks_float32(llm_f32, default_model_path):
     out = llm_bf16.chat([{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
                         SamplingParams(temperature=0, max_tokens=20))
     assert "Paris" in out.text
+
+
+def test_padded_embedding_rows_are_never_sampled(tmp_path):
+    """A model whose embedding/output tables have more rows than its tokenizer has tokens (padded
+    vocabularies, the random 8B benchmark model) only ever yields tokens the tokenizer knows, even
+    when the padding rows carry the largest logits."""
+    from llamita import LLM
+    from tiny_models import byte_vocab, random_hf_weights, tiny_hf_config, write_gguf
+
+    n_tokens, pad = len(byte_vocab()[0]), 64
+    cfg = tiny_hf_config(vocab_size=n_tokens + pad)
+    sd = random_hf_weights(cfg)
+    sd["lm_head.weight"][n_tokens:] *= 50  # the padding rows would win every draw
+    llm = LLM(write_gguf(tmp_path / "padded.gguf", cfg, sd), dtype="float32", device="cpu")
+    assert llm.config.vocab_size == n_tokens + pad and llm.tokenizer.vocab_size == n_tokens
+    for params in (GREEDY.replace(max_tokens=12),
+                   SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=3,
+                                  max_tokens=12, ignore_eos=True)):
+        out = llm.generate(prompt_token_ids=[40, 41, 42], params=params)
+        assert len(out.token_ids) == 12 and max(out.token_ids) < n_tokens
+    with pytest.raises(InvalidParameterError, match="outside the vocabulary"):
+        llm.generate(prompt_token_ids=[n_tokens + 1], params=GREEDY)

@@ -82,12 +82,15 @@ class Generator:
         self.tokenizer = tokenizer
         self.device = model.device
         self.context_length = model.config.context_length
+        # A model may have more embedding rows than its tokenizer has tokens (padded vocab
+        # tables); ids past the tokenizer mean nothing, so they are never candidates.
+        self.n_tokens = min(model.config.vocab_size, tokenizer.vocab_size)
         self.last_stats = GenerationStats()
 
     def _prepare(self, index: int, prompt_ids: list[int], params: SamplingParams) -> _Sequence:
         if not prompt_ids:
             raise InvalidParameterError("prompt", "the prompt is empty (no tokens)")
-        bad = [t for t in prompt_ids if not 0 <= t < self.model.config.vocab_size]
+        bad = [t for t in prompt_ids if not 0 <= t < self.n_tokens]
         if bad:
             raise InvalidParameterError("prompt", f"token id {bad[0]} is outside the vocabulary")
         n = len(prompt_ids)
@@ -148,9 +151,8 @@ class Generator:
         assert logits is not None
         return logits[0, -1]
 
-    @staticmethod
-    def _sample(seq: _Sequence, logits: torch.Tensor) -> int:
-        return seq.sampler.sample(logits.float().cpu(), seq.history)
+    def _sample(self, seq: _Sequence, logits: torch.Tensor) -> int:
+        return seq.sampler.sample(logits[: self.n_tokens].float().cpu(), seq.history)
 
     @staticmethod
     def _advance(seq: _Sequence, token: int, stats: GenerationStats) -> StepOutput:
