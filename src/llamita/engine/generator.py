@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from llamita.engine.sampler import Sampler
-from llamita.engine.stop import StopStringMatcher
-from llamita.errors import ContextOverflowError, InvalidParameterError
+from llamita.engine.sequence import SequenceState, StepOutput
 from llamita.model.kv_cache import KVCache
 from llamita.model.transformer import Transformer
 from llamita.sampling_params import SamplingParams
-from llamita.tokenizer import IncrementalDetokenizer, Tokenizer
+from llamita.tokenizer import Tokenizer
 
 # Prompts are prefilled in chunks of this many tokens: attention scores of one chunk are
 # (n_heads, chunk, context) floats, which bounds memory for long prompts.
@@ -45,35 +43,6 @@ class GenerationStats:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
 
 
-@dataclass
-class StepOutput:
-    """What one sequence produced in one step: the new token (None when the step only closes
-    the sequence), the text that became safe to show, and why it finished (None = running)."""
-
-    index: int
-    token_id: int | None
-    text: str
-    finish_reason: str | None = None
-
-
-@dataclass
-class _Sequence:
-    index: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    sampler: Sampler
-    detok: IncrementalDetokenizer
-    stops: StopStringMatcher
-    stop_ids: frozenset[int]
-    max_new: int
-    generated: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-
-    @property
-    def history(self) -> list[int]:
-        return self.prompt_ids + self.generated
-
-
 class Generator:
     """Runs batches of token-id prompts through a model and yields tokens as they come."""
 
@@ -87,24 +56,9 @@ class Generator:
         self.n_tokens = min(model.config.vocab_size, tokenizer.vocab_size)
         self.last_stats = GenerationStats()
 
-    def _prepare(self, index: int, prompt_ids: list[int], params: SamplingParams) -> _Sequence:
-        if not prompt_ids:
-            raise InvalidParameterError("prompt", "the prompt is empty (no tokens)")
-        bad = [t for t in prompt_ids if not 0 <= t < self.n_tokens]
-        if bad:
-            raise InvalidParameterError("prompt", f"token id {bad[0]} is outside the vocabulary")
-        n = len(prompt_ids)
-        if n >= self.context_length:
-            raise ContextOverflowError(
-                f"the prompt has {n} tokens but the context window holds {self.context_length} "
-                "(prompt plus at least one generated token)")
-        room = self.context_length - n
-        max_new = room if params.max_tokens is None else min(params.max_tokens, room)
-        stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else self.tokenizer.stop_ids)
-        return _Sequence(index, list(prompt_ids), params, Sampler(params, device="cpu"),
-                         IncrementalDetokenizer(self.tokenizer, skip_special=True),
-                         StopStringMatcher(params.stop), stop_ids, max_new)
+    def _prepare(self, index: int, prompt_ids: list[int], params: SamplingParams) -> SequenceState:
+        return SequenceState.create(index, prompt_ids, params, self.tokenizer, self.n_tokens,
+                                    self.context_length)
 
     def stream(self, prompts: list[list[int]], params: list[SamplingParams]) -> Iterator[StepOutput]:
         """Yield StepOutputs for every sequence until all have finished.
@@ -140,7 +94,7 @@ class Generator:
                 for seq, token in zip(live, sampled):
                     yield self._advance(seq, token, stats)
 
-    def _prefill(self, seq: _Sequence, cache: KVCache) -> torch.Tensor:
+    def _prefill(self, seq: SequenceState, cache: KVCache) -> torch.Tensor:
         ids = torch.tensor([seq.prompt_ids], device=self.device)
         rows = torch.tensor([seq.index], device=self.device)
         logits = None
@@ -151,22 +105,12 @@ class Generator:
         assert logits is not None
         return logits[0, -1]
 
-    def _sample(self, seq: _Sequence, logits: torch.Tensor) -> int:
+    def _sample(self, seq: SequenceState, logits: torch.Tensor) -> int:
         return seq.sampler.sample(logits[: self.n_tokens].float().cpu(), seq.history)
 
     @staticmethod
-    def _advance(seq: _Sequence, token: int, stats: GenerationStats) -> StepOutput:
-        """Append a sampled token to `seq`, decide whether it ends, return what to show."""
-        if token in seq.stop_ids:
-            seq.finish_reason = "stop"
-            return StepOutput(seq.index, None, seq.stops.feed(seq.detok.flush()) + seq.stops.flush(),
-                              "stop")
-        seq.generated.append(token)
-        stats.generated_tokens += 1
-        text = seq.stops.feed(seq.detok.add(token))
-        if seq.stops.stopped:
-            seq.finish_reason = "stop"
-        elif len(seq.generated) >= seq.max_new:
-            seq.finish_reason = "length"
-            text += seq.stops.feed(seq.detok.flush()) + seq.stops.flush()
-        return StepOutput(seq.index, token, text, seq.finish_reason)
+    def _advance(seq: SequenceState, token: int, stats: GenerationStats) -> StepOutput:
+        out = seq.advance(token)
+        if out.token_id is not None:
+            stats.generated_tokens += 1
+        return out

@@ -1,0 +1,214 @@
+"""LLMEngine: many requests at once over one model, one step at a time (continuous batching).
+
+    engine = LLMEngine(load_model(path))
+    engine.add_request("a", prompt_ids, SamplingParams(temperature=0))
+    while engine.has_unfinished():
+        for out in engine.step():
+            print(out.request_id, out.text, out.finish_reason)
+
+Each step the Scheduler picks the work (one token for every running request whose prompt is
+computed, and prompt chunks within a token budget); decode tokens of all requests run in one
+batched forward pass, prompt chunks one pass each, all over a paged KV cache whose blocks are
+shared between requests with a common prefix. Each request has its own sampling parameters,
+sampler (random state), detokenizer and stop rules, so a request's output does not depend on
+what else is in the batch.
+
+The engine is not thread-safe: one thread owns it (serving/engine_loop.py) and the others talk
+to it through queues.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from llamita.engine.block_manager import BlockManager
+from llamita.engine.loader import LoadedModel
+from llamita.engine.sampler import top_logprobs
+from llamita.engine.scheduler import Request, Scheduler, Work
+from llamita.engine.sequence import SequenceState
+from llamita.errors import InvalidParameterError
+from llamita.model.paged_kv_cache import PagedKVCache, kv_bytes_per_token
+from llamita.sampling_params import SamplingParams
+
+DEFAULT_BLOCK_SIZE = 16
+DEFAULT_KV_MEMORY = 1 << 30  # bytes of KV cache when neither a size nor a token count is given
+
+
+@dataclass
+class TokenLogprob:
+    """The chosen token's log-probability and the most likely alternatives (raw model
+    distribution: log_softmax of the logits at temperature 1, before penalties and filters)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class RequestOutput:
+    """What one request produced in one step. `text` and `token_ids` are the new part only."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None  # None while running; "stop" or "length" at the end
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens that came from the prefix cache
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class EngineStats:
+    """Counters since start, for metrics."""
+
+    prompt_tokens: int = 0  # prompt tokens run through the model (prefix-cache hits excluded)
+    generation_tokens: int = 0
+    requests_finished: int = 0
+    requests_aborted: int = 0
+    steps: int = 0
+    step_seconds: float = 0.0
+
+
+class LLMEngine:
+    def __init__(self, loaded: LoadedModel, *, kv_cache_tokens: int | None = None,
+                 kv_memory_bytes: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                 max_running: int = 16, max_prefill_tokens: int = 512,
+                 prefix_caching: bool = True) -> None:
+        """kv_cache_tokens (or kv_memory_bytes) sizes the shared KV cache: the total number of
+        token positions all running requests can hold together. Default: 1 GiB of cache, at
+        most the context length times `max_running`."""
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.config
+        self.device = self.model.device
+        per_token = kv_bytes_per_token(self.config, self.model.dtype)
+        if kv_cache_tokens is None:
+            budget = DEFAULT_KV_MEMORY if kv_memory_bytes is None else kv_memory_bytes
+            kv_cache_tokens = budget // per_token
+            if kv_memory_bytes is None:
+                kv_cache_tokens = min(kv_cache_tokens, self.config.context_length * max_running)
+        n_blocks = kv_cache_tokens // block_size
+        if n_blocks < 2:
+            raise InvalidParameterError(
+                "kv_cache", f"{kv_cache_tokens} tokens of KV cache is too small "
+                f"(at least {2 * block_size} needed; one token takes {per_token} bytes)")
+        self.cache = PagedKVCache(self.config, n_blocks, block_size, dtype=self.model.dtype,
+                                  device=self.device)
+        self.blocks = BlockManager(n_blocks, block_size, prefix_caching)
+        self.scheduler = Scheduler(self.blocks, max_running, max_prefill_tokens)
+        # A request never holds more positions than the model's window or the whole cache.
+        self.context_length = min(self.config.context_length, n_blocks * block_size)
+        self.n_tokens = min(self.config.vocab_size, self.tokenizer.vocab_size)
+        self.requests: dict[str, Request] = {}
+        self.stats = EngineStats()
+        self._arrivals = 0
+        # Called with (request_id, position_logits (V,)) for each sampled token, for tests and
+        # glass-box views; None costs nothing.
+        self.on_logits: Callable[[str, torch.Tensor], None] | None = None
+
+    # -- requests --------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. Raises InvalidParameterError / ContextOverflowError (nothing is
+        queued then)."""
+        if request_id in self.requests:
+            raise InvalidParameterError("request_id", f"{request_id!r} is already running")
+        seq = SequenceState.create(0, prompt_ids, params, self.tokenizer, self.n_tokens,
+                                   self.context_length)
+        request = Request(request_id, self._arrivals, seq)
+        self._arrivals += 1
+        self.requests[request_id] = request
+        self.scheduler.add(request)
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request (a client went away) and free its KV blocks now. False if unknown."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return False
+        self.scheduler.remove(request)
+        self.stats.requests_aborted += 1
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # -- one step --------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return an output for every request that produced a token or ended."""
+        t0 = time.perf_counter()
+        schedule = self.scheduler.schedule()
+        outputs: list[RequestOutput] = []
+        with torch.inference_mode():
+            if schedule.decode:
+                logits = self._forward(schedule.decode)  # (B, V)
+                for work, row in zip(schedule.decode, logits):
+                    outputs += self._finish_work(work, row)
+            for work in schedule.prefill:
+                self.stats.prompt_tokens += work.end - work.start
+                logits = self._forward([work])
+                outputs += self._finish_work(work, logits[0])
+        self.stats.steps += 1
+        self.stats.step_seconds += time.perf_counter() - t0
+        return outputs
+
+    def _forward(self, works: list[Work]) -> torch.Tensor:
+        """Feed each work's tokens (all the same count) and return the last position's logits
+        of each: (len(works), vocab)."""
+        tokens = torch.tensor([w.request.tokens[w.start:w.end] for w in works], device=self.device)
+        positions = torch.tensor([list(range(w.start, w.end)) for w in works], device=self.device)
+        tables = [self.blocks.table(w.request.request_id) for w in works]
+        width = max(len(t) for t in tables)
+        self.cache.bind(torch.tensor([t + [0] * (width - len(t)) for t in tables],
+                                     dtype=torch.int64, device=self.device))
+        return self.model(tokens, positions, self.cache, None, last_only=True)[:, -1]
+
+    def _finish_work(self, work: Work, logits: torch.Tensor) -> list[RequestOutput]:
+        request = work.request
+        request.n_computed = work.end
+        self.blocks.register(request.request_id, request.tokens[:work.end])
+        if not work.completes:
+            return []
+        seq = request.seq
+        logits = logits[: self.n_tokens].float().cpu()
+        if self.on_logits is not None:
+            self.on_logits(request.request_id, logits)
+        token = seq.sampler.sample(logits, seq.history)
+        step = seq.advance(token)
+        logprobs = []
+        if seq.params.logprobs is not None:
+            lp = torch.log_softmax(logits, dim=-1)
+            logprobs.append(TokenLogprob(token, _finite(float(lp[token])),
+                                         top_logprobs(logits, seq.params.logprobs)))
+        if step.token_id is not None:
+            self.stats.generation_tokens += 1
+        if step.finish_reason is not None:
+            self.scheduler.remove(request)
+            self.requests.pop(request.request_id, None)
+            self.stats.requests_finished += 1
+        return [RequestOutput(request.request_id, [] if step.token_id is None else [token],
+                              step.text, step.finish_reason, len(seq.prompt_ids),
+                              len(seq.generated), request.cached_tokens, logprobs)]
+
+
+def _finite(x: float) -> float:
+    """-inf log-probabilities (a token with zero probability) become the most negative float,
+    so they survive JSON."""
+    return x if math.isfinite(x) else -3.4e38
