@@ -1,0 +1,162 @@
+"""The continuous-batching engine against independent paths: the static-cache Generator (one
+prompt at a time), an uncached full forward pass, and itself without prefix caching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamita import SamplingParams
+from llamita.engine.llm_engine import LLMEngine
+from llamita.errors import ContextOverflowError, InvalidParameterError
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+PROMPTS = ["The capital of France is", "Once upon a time, in a land far away,", "def fib(n):",
+           "El perro que persiguió al gato cruzó la calle y", "1, 2, 3, 4,"]
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(llm_f32) -> list[list[int]]:
+    return [llm_f32.encode_prompt(p) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def alone(llm_f32, prompt_ids) -> list[list[int]]:
+    """Each prompt's greedy tokens, generated alone by the static-cache Generator."""
+    return [llm_f32.generate(prompt_token_ids=ids, params=GREEDY).token_ids for ids in prompt_ids]
+
+
+def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]],
+        add_at: dict[str, int] | None = None, max_steps: int = 2000) -> dict[str, list[int]]:
+    """Drive the engine until every request is done; `add_at[id]` = step at which to add it."""
+    add_at = add_at or {}
+    got: dict[str, list[int]] = {rid: [] for rid in requests}
+    finished: set[str] = set()
+    for step in range(max_steps):
+        for rid, (ids, params) in requests.items():
+            if add_at.get(rid, 0) == step:
+                engine.add_request(rid, ids, params)
+        if len(finished) == len(requests):
+            break
+        for out in engine.step():
+            got[out.request_id] += out.token_ids
+            if out.finished:
+                finished.add(out.request_id)
+    assert len(finished) == len(requests), "requests did not finish"
+    return got
+
+
+def test_concurrent_equals_one_at_a_time(llm_f32, prompt_ids, alone):
+    engine = LLMEngine(llm_f32.loaded)
+    got = run(engine, {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids)})
+    assert [got[str(i)] for i in range(len(PROMPTS))] == alone
+    assert engine.blocks.n_free == engine.blocks.n_blocks  # everything released
+
+
+def test_requests_joining_mid_stream(llm_f32, prompt_ids, alone):
+    """New requests enter a running batch between steps (continuous batching)."""
+    engine = LLMEngine(llm_f32.loaded)
+    got = run(engine, {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids)},
+              add_at={str(i): 3 * i for i in range(len(PROMPTS))})
+    assert [got[str(i)] for i in range(len(PROMPTS))] == alone
+
+
+def test_chunked_prefill_equals_whole(llm_f32, prompt_ids, alone):
+    engine = LLMEngine(llm_f32.loaded, max_prefill_tokens=3)
+    got = run(engine, {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids)})
+    assert [got[str(i)] for i in range(len(PROMPTS))] == alone
+
+
+def test_preempted_requests_resume_exactly(llm_f32, prompt_ids, alone):
+    """A KV cache too small for all of them at once forces preemptions; outputs are unchanged."""
+    engine = LLMEngine(llm_f32.loaded, kv_cache_tokens=64, block_size=4)
+    got = run(engine, {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids)})
+    assert engine.scheduler.preemptions > 0
+    assert [got[str(i)] for i in range(len(PROMPTS))] == alone
+
+
+def test_preempted_seeded_sampling_resumes_exactly(llm_f32, prompt_ids):
+    """A sampled (seeded) request gives the same tokens alone, in a batch, and preempted."""
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=11, max_tokens=16,
+                            ignore_eos=True)
+    reference = llm_f32.generate(prompt_token_ids=prompt_ids[1], params=params).token_ids
+    others = {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids) if i != 1}
+    for kw in ({}, {"kv_cache_tokens": 48, "block_size": 4}):
+        engine = LLMEngine(llm_f32.loaded, **kw)
+        got = run(engine, {"sampled": (prompt_ids[1], params), **others})
+        assert got["sampled"] == reference, kw
+
+
+def test_prefix_cache_hits_give_the_same_logits(llm_f32):
+    """A second request sharing a long system prompt reuses its blocks, and its logits equal
+    those of an engine without prefix caching."""
+    system = llm_f32.encode_prompt("You are a helpful assistant who answers briefly. " * 6)
+    a, b = system + llm_f32.encode_prompt(" Question one:"), system + llm_f32.encode_prompt(" Tell me more:")
+    params = GREEDY.replace(max_tokens=4)
+    logits: dict[tuple[bool, str], list[torch.Tensor]] = {}
+    for caching in (True, False):
+        engine = LLMEngine(llm_f32.loaded, prefix_caching=caching, block_size=8)
+        engine.on_logits = lambda rid, row, c=caching: logits.setdefault((c, rid), []).append(row.clone())
+        run(engine, {"a": (a, params)})
+        run(engine, {"b": (b, params)})
+        if caching:
+            assert engine.blocks.stats.hit_tokens >= len(system) - 8
+        else:
+            assert engine.blocks.stats.hit_tokens == 0
+    for rid in ("a", "b"):
+        for cached, plain in zip(logits[(True, rid)], logits[(False, rid)], strict=True):
+            torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-4)
+
+
+def test_logprobs_match_an_uncached_forward(llm_f32, prompt_ids):
+    ids = prompt_ids[0]
+    engine = LLMEngine(llm_f32.loaded)
+    engine.add_request("x", ids, GREEDY.replace(max_tokens=3, logprobs=5))
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    tokens = [o.token_ids[0] for o in outs]
+    with torch.inference_mode():
+        full = llm_f32.loaded.model(torch.tensor([ids + tokens]))[0]  # no cache at all
+    for i, out in enumerate(outs):
+        ref = torch.log_softmax(full[len(ids) - 1 + i, :llm_f32.tokenizer.vocab_size], dim=-1)
+        (lp,) = out.logprobs
+        assert lp.token_id == int(ref.argmax())  # greedy picked the top token
+        assert abs(lp.logprob - float(ref[lp.token_id])) < 1e-4
+        assert [t for t, _ in lp.top] == ref.topk(5).indices.tolist()
+        assert all(abs(v - float(ref[t])) < 1e-4 for t, v in lp.top)
+
+
+def test_abort_frees_blocks_and_others_continue(llm_f32, prompt_ids, alone):
+    engine = LLMEngine(llm_f32.loaded)
+    engine.add_request("gone", prompt_ids[0], GREEDY.replace(max_tokens=200))
+    engine.add_request("kept", prompt_ids[1], GREEDY)
+    got: list[int] = []
+    for _ in range(3):
+        got += [t for out in engine.step() if out.request_id == "kept" for t in out.token_ids]
+    assert engine.abort("gone") and not engine.abort("gone")
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.request_id == "kept"
+            got += out.token_ids
+    assert got == alone[1]
+    assert engine.blocks.n_free == engine.blocks.n_blocks
+
+
+def test_bad_requests_are_refused_and_queue_nothing(llm_f32):
+    engine = LLMEngine(llm_f32.loaded, kv_cache_tokens=64, block_size=4)
+    assert engine.context_length == 64  # the window is the smaller of model and cache
+    with pytest.raises(ContextOverflowError, match="too many"):
+        engine.add_request("long", [1] * 64, GREEDY)
+    with pytest.raises(InvalidParameterError):
+        engine.add_request("bad", [10**7], GREEDY)
+    engine.add_request("ok", [1, 2, 3], GREEDY.replace(max_tokens=100))
+    with pytest.raises(InvalidParameterError, match="already"):
+        engine.add_request("ok", [1, 2, 3], GREEDY)
+    assert engine.num_waiting == 1
+    n = 0
+    while engine.has_unfinished():
+        n += sum(len(o.token_ids) for o in engine.step())
+    assert n == 64 - 3  # max_tokens is cut to what the window holds
+    with pytest.raises(InvalidParameterError, match="too small"):
+        LLMEngine(llm_f32.loaded, kv_cache_tokens=8, block_size=16)
