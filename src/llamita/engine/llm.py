@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
-from llamita.engine.conversation import Message, validate_messages, validate_tools
+from llamita.engine.conversation import Message
 from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
+from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import SamplingParams
-from llamita.tokenizer.tool_calls import PYTHON_TAG, parse_tool_calls
+from llamita.tokenizer.tool_calls import find_tool_calls
 
 
 @dataclass
@@ -67,9 +68,7 @@ class LLM:
     def encode_prompt(self, prompt: str) -> list[int]:
         """Plain-text prompt -> ids: BOS if the model wants one; control-token strings in the
         text stay plain text."""
-        if not isinstance(prompt, str):
-            raise InvalidParameterError("prompt", f"must be a string, got {type(prompt).__name__}")
-        return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos)
+        return encode_prompt(self.tokenizer, prompt)
 
     def encode_chat(self, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] | None = None,
                     **template_kwargs: Any) -> list[int]:
@@ -77,11 +76,7 @@ class LLM:
 
         tools: OpenAI JSON-schema tool definitions, given to the template as `tools`.
         template_kwargs: more template variables (builtin_tools, date_string, ...)."""
-        tools = validate_tools(tools)
-        if tools is not None:
-            template_kwargs["tools"] = tools
-        return self.tokenizer.encode_chat(validate_messages(messages), add_generation_prompt=True,
-                                          **template_kwargs)
+        return encode_chat(self.tokenizer, messages, tools=tools, **template_kwargs)
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str] | None = None,
@@ -127,12 +122,7 @@ class LLM:
     # -- internals ------------------------------------------------------------------------
     def _find_tool_calls(self, out: GenerationOutput) -> None:
         """Move tool calls written in `out.text` into `out.tool_calls`."""
-        text = out.text
-        tag = self.tokenizer.token_to_id(PYTHON_TAG)
-        if tag is not None and tag in out.token_ids:
-            # The streamed text drops special tokens; Llama's `<|python_tag|>` marks a call.
-            text = self.tokenizer.decode(out.token_ids)
-        content, calls = parse_tool_calls(text)
+        content, calls = find_tool_calls(self.tokenizer, out.text, out.token_ids)
         if calls:
             out.text, out.tool_calls, out.finish_reason = content, calls, "tool_calls"
 

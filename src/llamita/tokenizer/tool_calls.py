@@ -23,7 +23,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 PYTHON_TAG = "<|python_tag|>"
 # Llama 3 end markers a caller may leave at the end of decoded text.
@@ -68,6 +68,23 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     if found:
         return "", found
     return text, []
+
+
+class _TokenText(Protocol):
+    def token_to_id(self, text: str) -> int | None: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def find_tool_calls(tokenizer: _TokenText, text: str, token_ids: Sequence[int]) -> tuple[str, list[ToolCall]]:
+    """(content, tool calls) of a finished completion, from its streamed `text` and its ids.
+
+    The streamed text drops special tokens, but Llama's `<|python_tag|>` marks a call: when it
+    is among the ids, the ids are decoded again with it kept."""
+    tag = tokenizer.token_to_id(PYTHON_TAG)
+    if tag is not None and tag in token_ids:
+        text = tokenizer.decode(token_ids)
+    return parse_tool_calls(text)
 
 
 def make_tool_call(name: str, arguments: dict[str, Any]) -> ToolCall:
