@@ -195,7 +195,7 @@ class LLMEngine:
         logprobs = []
         if seq.params.logprobs is not None:
             lp = torch.log_softmax(logits, dim=-1)
-            logprobs.append(TokenLogprob(token, _finite(float(lp[token])),
+            logprobs.append(TokenLogprob(token, finite_logprob(float(lp[token])),
                                          top_logprobs(logits, seq.params.logprobs)))
         if step.token_id is not None:
             self.stats.generation_tokens += 1
@@ -208,7 +208,7 @@ class LLMEngine:
                               len(seq.generated), request.cached_tokens, logprobs)]
 
 
-def _finite(x: float) -> float:
+def finite_logprob(x: float) -> float:
     """-inf log-probabilities (a token with zero probability) become the most negative float,
     so they survive JSON."""
     return x if math.isfinite(x) else -3.4e38

@@ -157,6 +157,15 @@ class Transformer(nn.Module):
         S tokens attend causally to each other only. `last_only` keeps just the last position's
         logits: (B, 1, vocab) instead of (B, S, vocab).
         """
+        x = self.hidden_states(tokens, positions, cache, rows, last_only=last_only)
+        return self.logits(x)
+
+    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                      cache: KVCache | None = None, rows: torch.Tensor | None = None,
+                      last_only: bool = False) -> torch.Tensor:
+        """The final hidden states, after the last RMSNorm (what the output projection reads,
+        and what transformers calls `last_hidden_state`): (B, S, dim), or (B, 1, dim) with
+        `last_only`. Arguments as in `forward`."""
         bsz, seqlen = tokens.shape
         if positions is None:
             positions = torch.arange(seqlen, device=tokens.device).expand(bsz, seqlen)
@@ -171,7 +180,10 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, positions, mask, cache, rows, length)
         if last_only:
             x = x[:, -1:]
-        x = self.norm(x)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Output projection of final hidden states, float32."""
         if self.lm_head is None:
-            return F.linear(x, self.embed_tokens.weight).float()
-        return self.lm_head(x).float()
+            return F.linear(hidden, self.embed_tokens.weight).float()
+        return self.lm_head(hidden).float()
