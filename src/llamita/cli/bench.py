@@ -1,0 +1,80 @@
+"""`llamita bench`: prompt-processing and generation speed, reported like llama-bench."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llamita.cli.common import DtypeOption, ModelOption, fail, friendly_errors, stderr
+
+
+@friendly_errors
+def bench(
+    model: Optional[Path] = ModelOption,
+    n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens for the pp test (0 = skip)."),
+    n_gen: int = typer.Option(128, "--n-gen", "-n", help="Generated tokens for the tg test (0 = skip)."),
+    batch: int = typer.Option(0, "--batch", "-b",
+                              help="Also generate --n-gen tokens in this many sequences at once "
+                                   "(continuous batching; aggregate tokens/s). 0 = skip."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t",
+                                          help="CPU threads. Default: torch's (one per core).",
+                                          show_default=False),
+    repetitions: int = typer.Option(5, "--repetitions", "-r",
+                                    help="Timed runs of each test, after one warm-up run; the "
+                                         "median is reported."),
+    dtype: str = DtypeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
+    and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
+
+    Example: llamita bench -p 512 -n 128 -t 2 -r 5 --json
+    """
+    import torch
+
+    from llamita.engine.bench import (bench_batched_generation, bench_generation, bench_prompt,
+                                      peak_rss_bytes)
+    from llamita.engine.loader import load_model
+
+    if repetitions < 1 or n_prompt < 0 or n_gen < 0 or batch < 0:
+        fail("--repetitions must be >= 1, and -p, -n, -b >= 0")
+    if threads is not None:
+        if threads < 1:
+            fail("--threads must be >= 1")
+        torch.set_num_threads(threads)
+    with stderr.status("loading model…"):
+        loaded = load_model(model, dtype=dtype)
+    stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "
+                 f"{torch.get_num_threads()} threads · loaded in {loaded.load_seconds:.1f} s[/]")
+    results = []
+    with stderr.status("measuring…") as status:
+        if n_prompt:
+            status.update(f"pp{n_prompt}…")
+            results.append(bench_prompt(loaded, n_prompt, repetitions))
+        if n_gen:
+            status.update(f"tg{n_gen}…")
+            results.append(bench_generation(loaded, n_gen, repetitions))
+        if n_gen and batch:
+            status.update(f"tg{n_gen}x{batch}…")
+            results.append(bench_batched_generation(loaded, n_gen, batch, repetitions))
+    report = {
+        "model": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": str(loaded.device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),
+        "results": [r.to_dict() for r in results],
+    }
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("test", "tokens/s", "± stddev", "runs")
+    for r in results:
+        table.add_row(r.test, f"{r.tokens_per_second:.2f}", f"{r.stddev:.2f}", str(len(r.samples)))
+    Console().print(table)
+    stderr.print(f"[dim]peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB[/]")

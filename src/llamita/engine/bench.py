@@ -1,0 +1,105 @@
+"""Speed of a loaded model, measured as llama-bench measures it, so the numbers compare.
+
+* pp N (prompt processing): N prompt tokens evaluated from an empty context, in the prefill
+  chunks generation uses; tokens/s = N / seconds.
+* tg N (text generation): N tokens generated one at a time from an empty context (a single
+  BOS-or-first token fed first, as llama-bench does), greedy; tokens/s = N / seconds.
+* tg N x B (batched generation, llamita only): B sequences of N tokens each, stepped together
+  by the continuous-batching engine; tokens/s counts the tokens of all sequences.
+
+Prompt tokens are random ids (fixed seed) like llama-bench's; every test is run `repetitions`
+times after one warm-up run, and the median and the standard deviation are reported.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from llamita.engine.generator import Generator
+from llamita.engine.llm_engine import LLMEngine
+from llamita.engine.loader import LoadedModel
+from llamita.sampling_params import SamplingParams
+
+
+@dataclass
+class BenchResult:
+    test: str  # "pp512", "tg128", "tg128x8"
+    n_tokens: int  # tokens per repetition (all sequences together)
+    tokens_per_second: float  # median over repetitions
+    stddev: float
+    samples: list[float] = field(default_factory=list)  # tokens/s of each repetition
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _random_ids(loaded: LoadedModel, n: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    n_tokens = min(loaded.config.vocab_size, loaded.tokenizer.vocab_size)
+    return torch.randint(0, n_tokens, (n,), generator=g).tolist()
+
+
+def _timed(run: Callable[[], float], n_tokens: int, repetitions: int, test: str) -> BenchResult:
+    run()  # warm-up: first-call allocations, kernel selection, page faults on the weights
+    samples = [n_tokens / run() for _ in range(repetitions)]
+    stddev = statistics.stdev(samples) if len(samples) > 1 else 0.0
+    return BenchResult(test, n_tokens, statistics.median(samples), stddev, samples)
+
+
+def bench_prompt(loaded: LoadedModel, n_prompt: int, repetitions: int = 5) -> BenchResult:
+    generator = Generator(loaded.model, loaded.tokenizer)
+    ids = _random_ids(loaded, n_prompt)
+    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+
+    def run() -> float:
+        for _ in generator.stream([ids], [params]):
+            pass
+        return generator.last_stats.prefill_seconds
+
+    return _timed(run, n_prompt, repetitions, f"pp{n_prompt}")
+
+
+def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5) -> BenchResult:
+    generator = Generator(loaded.model, loaded.tokenizer)
+    first = loaded.tokenizer.bos_id if loaded.tokenizer.bos_id is not None else _random_ids(loaded, 1)[0]
+    params = SamplingParams(temperature=0, max_tokens=n_gen, ignore_eos=True)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for _ in generator.stream([[first]], [params]):
+            pass
+        return time.perf_counter() - t0
+
+    return _timed(run, n_gen, repetitions, f"tg{n_gen}")
+
+
+def bench_batched_generation(loaded: LoadedModel, n_gen: int, batch: int, repetitions: int = 5
+                             ) -> BenchResult:
+    engine = LLMEngine(loaded, kv_cache_tokens=max(batch * (n_gen + 16), 64), max_running=batch)
+    # Different first tokens, so the prefix cache cannot merge the sequences.
+    firsts = _random_ids(loaded, batch, seed=1)
+    params = SamplingParams(temperature=0, max_tokens=n_gen, ignore_eos=True)
+    runs = 0
+
+    def run() -> float:
+        nonlocal runs
+        runs += 1
+        for i, first in enumerate(firsts):
+            engine.add_request(f"{runs}-{i}", [first], params)
+        t0 = time.perf_counter()
+        while engine.has_unfinished():
+            engine.step()
+        return time.perf_counter() - t0
+
+    return _timed(run, n_gen * batch, repetitions, f"tg{n_gen}x{batch}")
