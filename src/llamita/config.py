@@ -115,3 +115,24 @@ PRESETS: dict[str, ModelConfig] = {
     "llama-3.2-1b": _llama3_preset("Llama 3.2 1B", 16, 2048, 32, 8192, 32.0, True),
     "llama-3.2-3b": _llama3_preset("Llama 3.2 3B", 28, 3072, 24, 8192, 32.0, True),
 }
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How `llamita serve` runs (cli/serve.py builds it, serving/server.py uses it).
+
+    kv_cache_tokens: token positions of KV cache shared by all running requests; None: the
+    engine's default (1 GiB, at most context_length x max_running).
+    max_queue: most requests waiting for a place in the batch; more are refused with 503.
+    """
+
+    model: str | None = None  # a path; None: the embedded default model
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8080
+    api_key: str | None = None
+    max_queue: int = 64
+    kv_cache_tokens: int | None = None
+    max_running: int = 16
+    dtype: str = "auto"
+    device: str = "auto"
+    model_name: str | None = None  # the name clients use; None: the model file's name

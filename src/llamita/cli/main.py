@@ -1,10 +1,10 @@
-"""The `llamita` command: run | chat | info | quantize | perplexity."""
+"""The `llamita` command: run | chat | serve | info | quantize | perplexity."""
 
 from __future__ import annotations
 
 import typer
 
-from llamita.cli import chat, info, perplexity, quantize, run
+from llamita.cli import chat, info, perplexity, quantize, run, serve
 
 app = typer.Typer(
     name="llamita",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.command("run")(run.run)
 app.command("chat")(chat.chat)
+app.command("serve")(serve.serve)
 app.command("info")(info.info)
 app.command("quantize")(quantize.quantize)
 app.command("perplexity")(perplexity.perplexity)

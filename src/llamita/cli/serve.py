@@ -1,0 +1,49 @@
+"""`llamita serve`: an OpenAI- and Ollama-compatible HTTP server for one model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llamita.cli.common import DtypeOption, ModelOption, friendly_errors
+from llamita.config import ServerConfig
+
+
+@friendly_errors
+def serve(
+    model: Optional[Path] = ModelOption,
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to listen on. The default accepts only this machine; "
+                                  "0.0.0.0 opens the server to the network (set --api-key then)."),
+    port: int = typer.Option(8080, "--port", "-p", help="TCP port to listen on."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMITA_API_KEY", show_envvar=True,
+                                          help="Require 'Authorization: Bearer KEY' on every route but "
+                                               "/health. Default: no key."),
+    max_queue: int = typer.Option(64, "--max-queue", min=0,
+                                  help="Most requests waiting for a place in the batch (requests); "
+                                       "more get HTTP 503 with Retry-After."),
+    kv_cache_tokens: Optional[int] = typer.Option(None, "--kv-cache-tokens", min=32,
+                                                  help="KV cache size, in token positions shared by all "
+                                                       "running requests. Default: 1 GiB of cache, at most "
+                                                       "context length x --max-running.", show_default=False),
+    max_running: int = typer.Option(16, "--max-running", min=1,
+                                    help="Most requests generating at once (sequences in the batch)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name",
+                                             help="Name clients pass as 'model'. Default: the file name "
+                                                  "without .gguf.", show_default=False),
+    dtype: str = DtypeOption,
+) -> None:
+    """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and
+    Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize.
+
+    Example: llamita serve --port 8080, then
+    curl http://127.0.0.1:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hola"}]}'
+    """
+    from llamita.serving.server import serve as run_server
+
+    run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
+                            api_key=api_key or None, max_queue=max_queue, kv_cache_tokens=kv_cache_tokens,
+                            max_running=max_running, dtype=dtype, model_name=model_name))

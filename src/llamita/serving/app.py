@@ -1,0 +1,127 @@
+"""create_app: the FastAPI application over one EngineLoop. Shared routes live here (health,
+models, tokenize, metrics); the OpenAI and Ollama APIs in their own routers."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llamita import __version__
+from llamita.serving import ollama_routes, openai_routes
+from llamita.serving.engine_loop import EngineLoop
+from llamita.serving.errors import APIError, install_error_handlers
+from llamita.serving.metrics import CONTENT_TYPE, ServerMetrics
+from llamita.serving.request_body import field, read_json_object
+from llamita.serving.state import ServerState, server_state
+
+# Routes anyone may call even when an API key is set (load balancers probe them).
+OPEN_PATHS = frozenset({"/health", "/"})
+
+
+def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The server's app. The engine loop must be started by the caller (and stopped by it).
+
+    api_key: when set, every route but /health needs `Authorization: Bearer <api_key>`."""
+    app = FastAPI(title="llamita", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = ServerMetrics()
+    metrics.watch(engine_loop)
+    app.state.llamita = ServerState(engine_loop, model_name, metrics)
+    install_error_handlers(app)
+
+    app.include_router(openai_routes.router)
+    app.include_router(ollama_routes.router)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/tokenize", tokenize, methods=["POST"])
+    app.add_api_route("/detokenize", detokenize, methods=["POST"])
+    app.add_api_route("/metrics", metrics_page, methods=["GET"])
+    # Pure ASGI, not @app.middleware: that one wraps streams and hides client disconnects.
+    app.add_middleware(AuthAndCount, api_key=api_key, metrics=metrics)
+    return app
+
+
+class AuthAndCount:
+    """Refuses requests without the API key (when one is set) and counts every answer by route
+    and status."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # if the app fails before it answers
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key and scope["path"] not in OPEN_PATHS and not _has_key(Headers(scope=scope), self.api_key):
+                error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                 code="invalid_api_key")
+                await error.response()(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
+
+
+def _has_key(headers: Headers, api_key: str) -> bool:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    # Constant-time comparison: the key must not leak through response timing.
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+async def health(request: Request) -> JSONResponse:
+    loop = server_state(request).loop
+    if not loop.alive:
+        return APIError(503, "the engine thread has stopped", code="engine_stopped").response()
+    return JSONResponse({"status": "ok"})
+
+
+async def list_models(request: Request) -> JSONResponse:
+    state = server_state(request)
+    return JSONResponse({"object": "list", "data": [_model_card(state)]})
+
+
+def _model_card(state: ServerState) -> dict[str, Any]:
+    return {"id": state.model_name, "object": "model", "created": int(state.started_at), "owned_by": "llamita",
+            "max_model_len": state.context_length}
+
+
+async def tokenize(request: Request) -> JSONResponse:
+    """{"content" (or "prompt"): text, "add_special": bool} -> {"tokens": [ids]}. add_special
+    adds the BOS token when the model wants one (default true)."""
+    state = server_state(request)
+    body = await read_json_object(request)
+    name = "content" if "content" in body else "prompt"
+    text = field(body, name, str, required=True)
+    add_special = field(body, "add_special", bool, True)
+    tokenizer = state.tokenizer
+    return JSONResponse({"tokens": tokenizer.encode(text, add_bos=add_special and tokenizer.add_bos)})
+
+
+async def detokenize(request: Request) -> JSONResponse:
+    state = server_state(request)
+    body = await read_json_object(request)
+    tokens = field(body, "tokens", list, required=True)
+    n = state.tokenizer.vocab_size
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n for t in tokens):
+        raise APIError(400, f"'tokens' must be a list of token ids in [0, {n})", param="tokens")
+    return JSONResponse({"content": state.tokenizer.decode(tokens)})
+
+
+async def metrics_page(request: Request) -> Response:
+    return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE)

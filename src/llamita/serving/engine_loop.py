@@ -1,0 +1,280 @@
+"""EngineLoop: the one thread that owns the LLMEngine; HTTP handlers talk to it through queues.
+
+    loop = EngineLoop(engine, max_queue=64); loop.start()
+    stream = await loop.submit(prompt_ids, params)   # raises what add_request raises, or QueueFull
+    async for out in stream: ...                      # RequestOutputs of this request only
+    stream.close()                                    # aborts it if it has not finished
+
+Handlers run on the asyncio event loop; the engine thread blocks on its inbox while there is no
+work and steps the continuous batch while there is. Between two steps it applies every new
+request and abort it was sent, so a client that goes away stops costing KV blocks before the
+next step. Outputs reach each request's own asyncio.Queue through `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llamita.engine.llm_engine import LLMEngine, RequestOutput
+from llamita.errors import LlamitaError
+from llamita.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(LlamitaError):
+    """Too many requests are waiting for the engine; the client should retry later."""
+
+
+class EngineFailure(LlamitaError):
+    """The engine failed while running a request (a bug or an out-of-memory); the request ended."""
+
+
+class LatencyObserver(Protocol):
+    """Receives per-token timings (seconds) measured by the engine thread."""
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def token_gap(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSnapshot:
+    """Engine state published by the engine thread after each step, for metrics and /api/ps.
+    Reading it from another thread is safe: it is replaced whole, never changed."""
+
+    waiting: int = 0
+    running: int = 0
+    kv_cache_usage: float = 0.0  # fraction of KV blocks in use (0..1)
+    prefix_cache_hit_rate: float = 0.0  # fraction of looked-up prompt tokens found cached
+    prompt_tokens: int = 0  # run through the model since start (prefix-cache hits excluded)
+    generation_tokens: int = 0
+    requests_finished: int = 0
+    requests_aborted: int = 0
+    engine_errors: int = 0
+
+
+# What the engine thread sends to a request's queue besides RequestOutputs.
+_ACCEPTED = object()
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: _Sink
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+_STOP = object()
+
+
+@dataclass
+class _Sink:
+    """The asyncio side of one request: its queue and the event loop that reads it."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    last_token_at: float | None = None
+
+    def put(self, item: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed (server shutting down): nobody reads
+            pass
+
+
+class RequestStream:
+    """The outputs of one request, as an async iterator. Ends after the finishing output;
+    raises EngineFailure if the engine failed on it."""
+
+    def __init__(self, owner: EngineLoop, request_id: str, sink: _Sink) -> None:
+        self.request_id = request_id
+        self._owner = owner
+        self._sink = sink
+        self.finished = False
+
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self._outputs()
+
+    async def _outputs(self) -> AsyncIterator[RequestOutput]:
+        while not self.finished:
+            item = await self._sink.queue.get()
+            if isinstance(item, BaseException):
+                self.finished = True
+                raise item
+            assert isinstance(item, RequestOutput)
+            self.finished = item.finished
+            yield item
+
+    def close(self) -> None:
+        """Abort the request unless it already ended (a client disconnected, a handler failed).
+        Not a coroutine: it runs in `finally` blocks of cancelled tasks, where awaiting fails."""
+        if not self.finished:
+            self.finished = True
+            self._owner.abort(self.request_id)
+
+
+class EngineLoop:
+    def __init__(self, engine: LLMEngine, *, max_queue: int = 64,
+                 observer: LatencyObserver | None = None) -> None:
+        """max_queue: most requests that may wait for a place in the running batch; one more
+        is refused with QueueFullError (HTTP 503)."""
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        self.engine = engine
+        self.max_queue = max_queue
+        self.observer = observer
+        self.snapshot = LoopSnapshot()
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._sinks: dict[str, _Sink] = {}  # owned by the engine thread
+        self._pending = 0  # submitted, not yet taken by the engine thread (any thread)
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count()
+        self._errors = 0
+        self._max_running = engine.scheduler.max_running
+        self._thread = threading.Thread(target=self._run, name="llamita-engine", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Ask the thread to end after its current step and wait for it."""
+        if self._thread.is_alive():
+            self._inbox.put(_STOP)
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests not yet running: still in the inbox, or in the engine's waiting queue."""
+        return self._pending + self.snapshot.waiting
+
+    def _would_wait(self) -> int:
+        """How many requests would be waiting if one more arrived now (a free place in the
+        running batch takes a new request at once)."""
+        free = max(0, self._max_running - self.snapshot.running)
+        return max(0, self.num_waiting + 1 - free)
+
+    # -- called from the event loop -------------------------------------------------------------
+    async def submit(self, prompt_ids: list[int], params: SamplingParams,
+                     request_id: str | None = None) -> RequestStream:
+        """Queue a request and wait until the engine accepted it. Raises QueueFullError, or the
+        engine's InvalidParameterError / ContextOverflowError (nothing is left queued then)."""
+        if not self.alive:
+            raise EngineFailure("the engine thread is not running")
+        if self._would_wait() > self.max_queue:
+            raise QueueFullError(f"{self.num_waiting} requests are already waiting for the engine "
+                                 f"(--max-queue {self.max_queue}); retry shortly")
+        request_id = request_id or f"req-{next(self._ids)}"
+        sink = _Sink(asyncio.get_running_loop())
+        with self._pending_lock:
+            self._pending += 1
+        self._inbox.put(_Add(request_id, list(prompt_ids), params, sink))
+        first = await sink.queue.get()
+        if isinstance(first, BaseException):
+            raise first
+        assert first is _ACCEPTED
+        return RequestStream(self, request_id, sink)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    # -- the engine thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            # Block while idle; drain without blocking while there is work to step.
+            idle = not self.engine.has_unfinished()
+            try:
+                item = self._inbox.get(block=idle)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _STOP:
+                    self._fail_all(EngineFailure("the server is shutting down"))
+                    return
+                self._apply(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            self._publish()  # new requests count as waiting while the step runs
+            if self.engine.has_unfinished():
+                self._step()
+                self._publish()
+
+    def _apply(self, item: object) -> None:
+        if isinstance(item, _Abort):
+            if self._sinks.pop(item.request_id, None) is not None:
+                self.engine.abort(item.request_id)
+            return
+        assert isinstance(item, _Add)
+        with self._pending_lock:
+            self._pending -= 1
+        try:
+            self.engine.add_request(item.request_id, item.prompt_ids, item.params)
+        except Exception as e:  # typed errors go back to the client as 400s, others as 500s
+            item.sink.put(e)
+            return
+        self._sinks[item.request_id] = item.sink
+        item.sink.put(_ACCEPTED)
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as e:
+            # The batch's state is unknown after a failed step: end every request the engine
+            # holds, free their blocks, and keep the thread alive for the next requests.
+            log.exception("engine step failed")
+            self._errors += 1
+            self._fail_all(EngineFailure(f"the engine failed: {type(e).__name__}: {e}"))
+            return
+        now = time.perf_counter()
+        for out in outputs:
+            sink = self._sinks.get(out.request_id)
+            if sink is None:
+                continue
+            if out.token_ids and self.observer is not None:
+                if sink.last_token_at is None:
+                    self.observer.first_token(now - sink.submitted_at)
+                else:
+                    self.observer.token_gap(now - sink.last_token_at)
+            if out.token_ids:
+                sink.last_token_at = now
+            if out.finished:
+                del self._sinks[out.request_id]
+            sink.put(out)
+
+    def _fail_all(self, error: Exception) -> None:
+        for request_id, sink in list(self._sinks.items()):
+            try:
+                self.engine.abort(request_id)
+            except Exception:  # the engine is already broken; the request ends regardless
+                log.exception("abort of %s failed", request_id)
+            sink.put(error)
+        self._sinks.clear()
+
+    def _publish(self) -> None:
+        engine, stats = self.engine, self.engine.stats
+        self.snapshot = LoopSnapshot(
+            engine.num_waiting, engine.num_running, engine.blocks.usage,
+            engine.blocks.stats.hit_rate, stats.prompt_tokens, stats.generation_tokens,
+            stats.requests_finished, stats.requests_aborted, self._errors)

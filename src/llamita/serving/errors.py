@@ -1,0 +1,92 @@
+"""Every error the server answers, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+Typed llamita errors map to a status here, in one place, so a route only raises."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from llamita.errors import ContextOverflowError, InvalidParameterError, LlamitaError, TemplateError
+from llamita.serving.engine_loop import EngineFailure, QueueFullError
+
+log = logging.getLogger(__name__)
+
+# Seconds a client is told to wait when the queue is full.
+RETRY_AFTER_SECONDS = 1
+
+_TYPE_OF_STATUS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                   405: "invalid_request_error", 413: "invalid_request_error", 503: "server_error"}
+
+
+class APIError(Exception):
+    """An HTTP error a route raises; its fields are OpenAI's."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPE_OF_STATUS.get(status, "server_error")
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def not_supported(param: str, what: str) -> APIError:
+    """A 400 for an OpenAI/Ollama feature llamita does not have yet (never silently ignored)."""
+    return APIError(400, f"'{param}': {what} is not supported yet", param=param, code="not_supported")
+
+
+def api_error(e: Exception) -> APIError:
+    """The HTTP form of any exception a route let through."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, InvalidParameterError):
+        return APIError(400, str(e), param=e.name)
+    if isinstance(e, ContextOverflowError):
+        return APIError(400, str(e), code="context_length_exceeded")
+    if isinstance(e, TemplateError):
+        return APIError(400, f"the chat template failed: {e}", param="messages")
+    if isinstance(e, QueueFullError):
+        return APIError(503, str(e), code="queue_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(e, EngineFailure):
+        return APIError(500, str(e), code="engine_error")
+    if isinstance(e, LlamitaError):
+        return APIError(400, str(e))
+    if isinstance(e, ClientDisconnect):  # nobody reads it; 499 as nginx logs it
+        return APIError(499, "the client disconnected", code="client_disconnected")
+    log.exception("unexpected error in a request", exc_info=e)
+    return APIError(500, f"internal error: {type(e).__name__}", code="internal_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_error(request: Request, e: Exception) -> JSONResponse:
+        return api_error(e).response()
+
+    async def on_http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = "not found: " + request.url.path if e.status_code == 404 else str(e.detail)
+        return APIError(e.status_code, message, headers=getattr(e, "headers", None)).response()
+
+    async def on_validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = e.errors()[0] if e.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return APIError(400, f"invalid request: {first.get('msg', 'bad body')}", param=param).response()
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    # Our own errors through Starlette's ExceptionMiddleware (answered, not re-raised); anything
+    # else through the catch-all, which also logs it.
+    app.add_exception_handler(APIError, on_error)
+    app.add_exception_handler(LlamitaError, on_error)
+    app.add_exception_handler(Exception, on_error)

@@ -1,0 +1,210 @@
+"""POST /v1/chat/completions and POST /v1/completions, whole or streamed as server-sent events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from llamita.engine.llm_engine import RequestOutput
+from llamita.engine.prompts import encode_chat, encode_prompt
+from llamita.serving import openai_format as fmt
+from llamita.serving.errors import APIError, api_error, not_supported
+from llamita.serving.generation import Completion, Generation
+from llamita.serving.params import choice_count, openai_sampling_params, per_choice
+from llamita.serving.request_body import field
+from llamita.serving.state import ServerState, model_request
+from llamita.tokenizer.tool_calls import find_tool_calls
+
+router = APIRouter()
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _refuse_unsupported(body: dict[str, Any], *, chat: bool) -> None:
+    fmt_type = (body.get("response_format") or {}).get("type") if isinstance(body.get("response_format"), dict) \
+        else body.get("response_format")
+    if fmt_type not in (None, "text"):
+        raise not_supported("response_format", f"response_format {fmt_type!r} (grammar-constrained output)")
+    if not chat:
+        if body.get("echo"):
+            raise not_supported("echo", "echoing the prompt")
+        if body.get("suffix"):
+            raise not_supported("suffix", "insertion (a suffix after the completion)")
+        if field(body, "best_of", int, 1) != 1:
+            raise not_supported("best_of", "best_of > 1")
+
+
+def _stream_options(body: dict[str, Any]) -> bool:
+    """include_usage of stream_options (only meaningful with stream: true)."""
+    options = field(body, "stream_options", dict, {})
+    return bool(field(options, "include_usage", bool, False, where="stream_options."))
+
+
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools to offer the model, after tool_choice."""
+    tools = field(body, "tools", list)
+    choice = body.get("tool_choice")
+    if choice in (None, "auto"):
+        return tools or None
+    if choice == "none":  # the caller forbids calls: do not even show the tools to the model
+        return None
+    # "required" and a named function need decoding constrained to a call's grammar.
+    if choice == "required" or isinstance(choice, dict):
+        raise not_supported("tool_choice", "tool_choice 'required' or a named function")
+    raise APIError(400, f"'tool_choice' must be 'none', 'auto', 'required' or a function, got {choice!r}",
+                   param="tool_choice")
+
+
+async def _start(state: ServerState, prompts: list[list[int]], body: dict[str, Any], *,
+                 chat: bool) -> Generation:
+    """n choices of each prompt, in the order prompt 0 choice 0, prompt 0 choice 1, ..."""
+    params = openai_sampling_params(body, chat=chat)
+    n = choice_count(body)
+    prompt_list = [p for p in prompts for _ in range(n)]
+    return await Generation.start(state.loop, prompt_list, per_choice(params, n) * len(prompts))
+
+
+def _event_stream(events: AsyncIterator[str], generation: Generation) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        except Exception as e:  # headers are sent: the error goes as an event, then the end
+            yield fmt.sse(api_error(e).response().body.decode())
+        finally:  # also on a client disconnect (the task is cancelled): abort at once
+            generation.close()
+        yield fmt.sse("[DONE]")
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+# ------------------------------------------------------------------------------- chat
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Any:
+    state, body = await model_request(request)
+    _refuse_unsupported(body, chat=True)
+    tools = _tools(body)
+    messages = field(body, "messages", list, required=True)
+    prompt = encode_chat(state.tokenizer, messages, tools=tools)
+    stream = field(body, "stream", bool, False)
+    include_usage = _stream_options(body)
+    generation = await _start(state, [prompt], body, chat=True)
+    if stream:
+        return _event_stream(_chat_events(state, generation, bool(tools), include_usage), generation)
+    async with generation:
+        completions = await generation.run_to_end(request)
+    choices = []
+    for c in completions:
+        text, calls = find_tool_calls(state.tokenizer, c.text, c.token_ids) if tools else (c.text, [])
+        choices.append({"index": c.index, "message": fmt.chat_message(text, calls),
+                        "logprobs": _chat_logprobs(state, body, c),
+                        "finish_reason": "tool_calls" if calls else c.finish_reason})
+    return JSONResponse(fmt.response("chat.completion", fmt.new_id("chatcmpl"), state.model_name, choices,
+                                     fmt.usage(completions)))
+
+
+def _chat_logprobs(state: ServerState, body: dict[str, Any], c: Completion) -> dict[str, Any] | None:
+    return fmt.chat_logprobs(state.tokenizer, c.logprobs) if body.get("logprobs") else None
+
+
+async def _chat_events(state: ServerState, generation: Generation, tools: bool,
+                       include_usage: bool) -> AsyncIterator[str]:
+    response_id, created, model = fmt.new_id("chatcmpl"), int(time.time()), state.model_name
+
+    def event(index: int, delta: dict[str, Any], finish: str | None = None,
+              logprobs: dict[str, Any] | None = None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return fmt.sse(fmt.chunk("chat.completion.chunk", response_id, model, created, [choice], include_usage))
+
+    for i in range(len(generation.streams)):
+        yield event(i, {"role": "assistant", "content": ""})
+    async for i, out in generation.outputs():
+        c = generation.completions[i]
+        if tools:  # a call is only known whole: hold the text back until the end
+            if out.finished:
+                text, calls = find_tool_calls(state.tokenizer, c.text, c.token_ids)
+                if text:
+                    yield event(i, {"content": text})
+                if calls:
+                    yield event(i, {"tool_calls": fmt.stream_tool_calls(calls)})
+                yield event(i, {}, "tool_calls" if calls else c.finish_reason)
+            continue
+        logprobs = _new_logprobs(state, c, out)
+        if out.text or logprobs:
+            yield event(i, {"content": out.text}, logprobs=logprobs)
+        if out.finished:
+            yield event(i, {}, out.finish_reason)
+    if include_usage:
+        yield fmt.sse({**fmt.chunk("chat.completion.chunk", response_id, model, created, [], False),
+                       "usage": fmt.usage(generation.completions)})
+
+
+def _new_logprobs(state: ServerState, c: Completion, out: RequestOutput) -> dict[str, Any] | None:
+    if not out.logprobs or not out.token_ids:
+        return None
+    return fmt.chat_logprobs(state.tokenizer, c.logprobs[-len(out.token_ids):])
+
+
+# ------------------------------------------------------------------------------- completions
+
+def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
+    def is_ids(x: Any) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+    if isinstance(prompt, str):
+        return [encode_prompt(state.tokenizer, prompt)]
+    if is_ids(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return [encode_prompt(state.tokenizer, p) for p in prompt]
+    if isinstance(prompt, list) and prompt and all(is_ids(p) for p in prompt):
+        return list(prompt)
+    raise APIError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list "
+                   "of lists of token ids", param="prompt")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Any:
+    state, body = await model_request(request)
+    _refuse_unsupported(body, chat=False)
+    if body.get("prompt") is None:
+        raise APIError(400, "'prompt' is required", param="prompt")
+    prompts = _completion_prompts(state, body["prompt"])
+    stream = field(body, "stream", bool, False)
+    include_usage = _stream_options(body)
+    generation = await _start(state, prompts, body, chat=False)
+    wants_logprobs = body.get("logprobs") is not None
+    if stream:
+        return _event_stream(_completion_events(state, generation, len(prompts), wants_logprobs,
+                                                include_usage), generation)
+    async with generation:
+        done = await generation.run_to_end(request)
+    choices = [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
+                "logprobs": fmt.completion_logprobs(state.tokenizer, c.logprobs) if wants_logprobs else None}
+               for c in done]
+    return JSONResponse(fmt.response("text_completion", fmt.new_id("cmpl"), state.model_name, choices,
+                                     fmt.usage(done, len(prompts))))
+
+
+async def _completion_events(state: ServerState, generation: Generation, n_prompts: int,
+                             wants_logprobs: bool, include_usage: bool) -> AsyncIterator[str]:
+    response_id, created, model = fmt.new_id("cmpl"), int(time.time()), state.model_name
+    offsets = [0] * len(generation.streams)  # characters of each choice's text sent so far
+    async for i, out in generation.outputs():
+        c = generation.completions[i]
+        logprobs = None
+        if wants_logprobs and out.token_ids:
+            logprobs = fmt.completion_logprobs(state.tokenizer, c.logprobs[-len(out.token_ids):], offsets[i])
+            offsets[i] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        if out.text or logprobs or out.finished:
+            choice = {"index": i, "text": out.text, "logprobs": logprobs, "finish_reason": out.finish_reason}
+            yield fmt.sse(fmt.chunk("text_completion", response_id, model, created, [choice], include_usage))
+    if include_usage:
+        yield fmt.sse({**fmt.chunk("text_completion", response_id, model, created, [], False),
+                       "usage": fmt.usage(generation.completions, n_prompts)})

@@ -1,0 +1,117 @@
+"""OpenAI and Ollama request fields -> SamplingParams, each in one function.
+
+Defaults are SamplingParams' (llama.cpp's and Ollama's: temperature 0.8, top_k 40, top_p 0.95,
+min_p 0.05), not OpenAI's, so a model answers here as it does under llama.cpp's server. Range
+checks are SamplingParams' own; a field we do not implement yet is refused with a 400, never
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llamita.errors import InvalidParameterError
+from llamita.sampling_params import MAX_LOGPROBS, SamplingParams
+from llamita.serving.errors import APIError, not_supported
+from llamita.serving.request_body import field
+
+MAX_N = 16  # most choices one request may ask for
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy /v1/completions default
+
+# OpenAI name -> SamplingParams name, for the fields that pass straight through.
+_OPENAI_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                  "repetition_penalty": "repetition_penalty", "seed": "seed", "stop": "stop",
+                  "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos"}
+
+# Ollama option name -> SamplingParams name.
+_OLLAMA_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                   "repeat_penalty": "repetition_penalty", "repeat_last_n": "penalty_last_n",
+                   "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                   "seed": "seed", "stop": "stop"}
+# Ollama options about how the runner uses the hardware; they do not change the answer.
+_OLLAMA_HARDWARE_OPTIONS = {"num_thread", "num_gpu", "main_gpu", "num_batch", "use_mmap", "use_mlock",
+                            "numa", "low_vram", "vocab_only", "num_keep", "f16_kv", "logits_all"}
+# Ollama sampling options accepted at their "off" value only.
+_OLLAMA_OFF_VALUES = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0, "penalize_newline": None}
+
+
+def openai_sampling_params(body: dict[str, Any], *, chat: bool) -> SamplingParams:
+    """SamplingParams of a /v1/chat/completions (chat=True) or /v1/completions body."""
+    if body.get("logit_bias"):
+        raise not_supported("logit_bias", "biasing token logits")
+    kw: dict[str, Any] = {ours: body[theirs] for theirs, ours in _OPENAI_FIELDS.items()
+                          if body.get(theirs) is not None}
+    if "penalty_last_n" in body or "repeat_last_n" in body:
+        kw["penalty_last_n"] = body.get("penalty_last_n", body.get("repeat_last_n"))
+    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
+    given = [body[n] for n in names if body.get(n) is not None]
+    # Chat completions run to the end of the context unless told; legacy completions stop at 16.
+    kw["max_tokens"] = given[0] if given else (None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS)
+    kw["logprobs"] = _openai_logprobs(body, chat=chat)
+    return _build(kw)
+
+
+def _openai_logprobs(body: dict[str, Any], *, chat: bool) -> int | None:
+    if chat:
+        wanted = field(body, "logprobs", bool, False)
+        top = field(body, "top_logprobs", int)
+        if top is not None and not wanted:
+            raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        if top is not None and not 0 <= top <= MAX_LOGPROBS:
+            raise APIError(400, f"'top_logprobs' must be in [0, {MAX_LOGPROBS}], got {top}", param="top_logprobs")
+        return (top or 0) if wanted else None
+    # Legacy completions: `logprobs` is the number of alternatives per token.
+    top = field(body, "logprobs", int)
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise APIError(400, f"'logprobs' must be in [0, {MAX_LOGPROBS}], got {top}", param="logprobs")
+    return top
+
+
+def choice_count(body: dict[str, Any]) -> int:
+    n = field(body, "n", int, 1)
+    if not 1 <= n <= MAX_N:
+        raise APIError(400, f"'n' must be in [1, {MAX_N}], got {n}", param="n")
+    return n
+
+
+def per_choice(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """Parameters of each of n choices: with a seed, choice i draws with seed + i, so the
+    choices differ but the whole answer repeats."""
+    if params.seed is None:
+        return [params] * n
+    return [params.replace(seed=(params.seed + i) % 2**64) for i in range(n)]
+
+
+def ollama_sampling_params(options: dict[str, Any]) -> SamplingParams:
+    """SamplingParams of an Ollama `options` object (num_ctx is the route's business)."""
+    kw: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None or name in _OLLAMA_HARDWARE_OPTIONS or name == "num_ctx":
+            continue
+        if name in _OLLAMA_OPTIONS:
+            kw[_OLLAMA_OPTIONS[name]] = value
+        elif name == "num_predict":
+            kw["max_tokens"] = _num_predict(value)
+        elif name in _OLLAMA_OFF_VALUES:
+            off = _OLLAMA_OFF_VALUES[name]
+            if off is not None and value != off:
+                raise not_supported(f"options.{name}", f"{name}={value}")
+        else:
+            raise not_supported(f"options.{name}", "this option")
+    kw.setdefault("max_tokens", None)  # Ollama generates until the end of the turn by default
+    return _build(kw)
+
+
+def _num_predict(value: Any) -> int | None:
+    # -1: no limit; -2: fill the context. Both end at the context window here.
+    if isinstance(value, int) and not isinstance(value, bool) and value in (-1, -2):
+        return None
+    return value
+
+
+def _build(kw: dict[str, Any]) -> SamplingParams:
+    try:
+        return SamplingParams(**kw)
+    except InvalidParameterError as e:
+        raise APIError(400, str(e), param=e.name) from None

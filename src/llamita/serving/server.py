@@ -1,0 +1,37 @@
+"""Run `llamita serve`: load the model, start the engine thread, serve HTTP until interrupted."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llamita.config import ServerConfig
+from llamita.engine.llm_engine import LLMEngine
+from llamita.engine.loader import load_model
+from llamita.serving.app import create_app
+from llamita.serving.engine_loop import EngineLoop
+
+log = logging.getLogger(__name__)
+
+
+def served_name(path: Path) -> str:
+    """The name clients give as `model`: the file name without .gguf (a folder: its name)."""
+    return path.name.removesuffix(".gguf")
+
+
+def serve(config: ServerConfig) -> None:
+    """Blocks until the server is stopped (Ctrl-C); the engine thread ends with it."""
+    import uvicorn
+
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
+    loop = EngineLoop(engine, max_queue=config.max_queue)
+    name = config.model_name or served_name(loaded.path)
+    app = create_app(loop, name, api_key=config.api_key)
+    loop.start()
+    print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, context {engine.context_length} "
+          f"tokens) on http://{config.host}:{config.port}", flush=True)
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level="info", lifespan="off")
+    finally:
+        loop.stop()

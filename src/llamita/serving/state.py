@@ -1,0 +1,60 @@
+"""What every route needs: the engine loop, the served model's name, metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from llamita.engine.loader import LoadedModel
+from llamita.serving.engine_loop import EngineLoop
+from llamita.serving.errors import APIError
+from llamita.serving.metrics import ServerMetrics
+from llamita.serving.request_body import read_json_object
+from llamita.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass
+class ServerState:
+    loop: EngineLoop
+    model_name: str
+    metrics: ServerMetrics
+    started_at: float = field(default_factory=time.time)  # Unix seconds
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.loop.engine.loaded
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.loop.engine.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        """Positions one request may use: the model's window, or less when the KV cache is smaller."""
+        return self.loop.engine.context_length
+
+    def check_model(self, name: object) -> None:
+        """404 unless `name` is the served model (Ollama's ':latest' tag allowed); no name
+        means the served model."""
+        if name is None or name == "":
+            return
+        if not isinstance(name, str):
+            raise APIError(400, "'model' must be a string", param="model")
+        if name not in (self.model_name, f"{self.model_name}:latest"):
+            raise APIError(404, f"the model '{name}' does not exist; this server serves "
+                           f"'{self.model_name}'", param="model", code="model_not_found")
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.llamita
+
+
+async def model_request(request: Request) -> tuple[ServerState, dict[str, Any]]:
+    """The server state and the JSON body of a request that names a model (404 for another)."""
+    state = server_state(request)
+    body = await read_json_object(request)
+    state.check_model(body.get("model"))
+    return state, body
