@@ -19,14 +19,16 @@ class RunningServer:
 
 
 def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
-                 kv_cache_tokens: int = 4096, max_running: int = 16) -> tuple[RunningServer, Callable[[], None]]:
+                 kv_cache_tokens: int = 4096, max_running: int = 16, engine: object | None = None) -> tuple[RunningServer, Callable[[], None]]:
     import uvicorn
 
     from llamita.engine.llm_engine import LLMEngine
     from llamita.serving.app import create_app
     from llamita.serving.engine_loop import EngineLoop
 
-    engine = LLMEngine(loaded, kv_cache_tokens=kv_cache_tokens, max_running=max_running)
+    """A server over `engine` (default: a new LLMEngine over `loaded`); returns it and its stop."""
+    if engine is None:
+        engine = LLMEngine(loaded, kv_cache_tokens=kv_cache_tokens, max_running=max_running)
     loop = EngineLoop(engine, max_queue=max_queue)
     loop.start()
     app = create_app(loop, MODEL_NAME, api_key=api_key)
