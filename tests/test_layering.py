@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> serving -> engine -> {model, tokenizer, weights} -> kernels."""
+"""Imports flow one way: cli -> {serving, glass} -> engine -> {model, tokenizer, weights} -> kernels."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 # For each package, the llamita packages it may import.
 ALLOWED = {
-    "cli": {"cli", "serving", "engine", "config", "errors", "sampling_params"},
+    "cli": {"cli", "serving", "glass", "engine", "config", "errors", "sampling_params"},
     "serving": {"serving", "engine", "config", "errors", "sampling_params", "tokenizer"},
+    # Glass sits beside serving (the web panel will call it): above the engine, below the CLI.
+    "glass": {"glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     "engine": {"engine", "model", "tokenizer", "weights", "kernels", "config", "errors", "sampling_params"},
     "model": {"model", "kernels", "config", "errors"},
     "tokenizer": {"tokenizer", "errors"},

@@ -44,14 +44,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, rows: torch.Tensor | None, length: int) -> torch.Tensor:
+    def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, S, n_heads, hd) and keys, values (B, S, n_kv_heads, hd), RoPE applied to
+        q and k: what attention scores are computed from (glass/attention.py reads them too)."""
         bsz, seqlen, _ = x.shape
         q = self.q_proj(x).view(bsz, seqlen, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, rows: torch.Tensor | None, length: int) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q, k, v = self.project_qkv(x, cos, sin)
         if cache is not None:
             keys, values = cache.update(self.layer, rows, positions, k, v, length)
         else:

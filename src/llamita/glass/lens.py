@@ -1,0 +1,63 @@
+"""Logit lens (nostalgebraist, 2020): read each layer's residual stream at the last position
+through the final RMSNorm and the output projection, as if the model stopped there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llamita.engine.llm import LLM
+from llamita.glass.common import piece, prompt_ids
+
+
+def layer_residuals(llm: LLM, ids: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The residual stream (dim,) at the last position after the embedding (index 0) and after
+    each block (index i = block i-1's output), and the model's own final logits (V,).
+
+    Forward hooks record the blocks' outputs during the model's real forward pass."""
+    model = llm.loaded.model
+    seen: list[torch.Tensor] = []
+
+    def keep(_module: object, _args: object, output: torch.Tensor) -> None:
+        seen.append(output[0, -1].detach().clone())
+
+    modules = [model.embed_tokens, *model.layers]
+    handles = [m.register_forward_hook(keep) for m in modules]
+    try:
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids], device=model.device))[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, logits
+
+
+def logit_lens(llm: LLM, prompt: str, *, raw: bool = False, top: int = 1) -> dict[str, Any]:
+    """The top token(s) and probabilities predicted from each layer.
+
+    layers: one dict per stage: layer 0 is the token embedding, layer i the output of block i
+    (1..n_layers); top lists the `top` most likely tokens with their probability;
+    final_token_prob / final_token_rank follow the model's real prediction (the last layer's
+    top token) through the layers. prediction: the model's own next token from its logits.
+    """
+    model, tok = llm.loaded.model, llm.tokenizer
+    ids = prompt_ids(llm, prompt, raw)
+    residuals, final_logits = layer_residuals(llm, ids)
+    vocab = tok.vocab_size
+    final_id = int(final_logits[:vocab].argmax())
+    layers = []
+    with torch.inference_mode():
+        # All stages through the norm and the output projection at once: (1, n_layers + 1, V).
+        stages = model.logits(model.norm(torch.stack(residuals)[None]))[0, :, :vocab]
+        for i, probs in enumerate(torch.softmax(stages, dim=-1).cpu()):
+            values, idx = torch.topk(probs, top)
+            layers.append({
+                "layer": i,
+                "top": [{"id": int(t), "piece": piece(tok, int(t)), "prob": float(p)}
+                        for p, t in zip(values, idx)],
+                "final_token_prob": float(probs[final_id]),
+                "final_token_rank": int((probs > probs[final_id]).sum()) + 1,
+            })
+    return {"prompt": prompt, "raw": raw, "prompt_tokens": len(ids), "n_layers": len(model.layers),
+            "prediction": {"id": final_id, "piece": piece(tok, final_id)}, "layers": layers}
