@@ -291,10 +291,12 @@ def analogy(
         if e["rank"] is None:
             console.print(f"{expect!r} is one of A, B, C: it cannot be the answer.")
         else:
-            helped = ("the arithmetic helped" if e["rank"] < e["rank_from_c_alone"] else
-                      "the arithmetic did not help")
-            console.print(f"{expect!r} ranks #{e['rank']} of {e['out_of']:,} tokens "
-                          f"(#{e['rank_from_c_alone']} by similarity to {c!r} alone: {helped}).")
+            what = repr(expect) if not e["multi_token"] else \
+                f"{expect!r} ({len(e['ids'])} tokens; its first, {shown(e['pieces'][0])!r},)"
+            verdict = "it worked" if e["rank"] <= top else "it did not work"
+            helped = "better" if e["rank"] < e["rank_from_c_alone"] else "no better"
+            console.print(f"{what} ranks #{e['rank']:,} of {e['out_of']:,} tokens: {verdict} "
+                          f"(#{e['rank_from_c_alone']:,} by similarity to {c!r} alone: A − B made it {helped}).")
 
 
 @friendly_errors
