@@ -31,7 +31,7 @@ class ScriptedEngine:
         self.requests: dict[str, tuple[int, int]] = {}  # id -> (prompt tokens, tokens emitted)
         self.stats = EngineStats()
         self.blocks = SimpleNamespace(usage=0.0, stats=SimpleNamespace(hit_rate=0.0))
-        self.scheduler = SimpleNamespace(max_running=4)
+        self.max_running = 4
         self.num_waiting = 0
 
     @property

@@ -143,6 +143,10 @@ class LLMEngine:
         return bool(self.requests)
 
     @property
+    def max_running(self) -> int:
+        return self.scheduler.max_running
+
+    @property
     def num_running(self) -> int:
         return len(self.scheduler.running)
 
@@ -193,7 +197,8 @@ class LLMEngine:
         token = seq.sampler.sample(logits, seq.history)
         step = seq.advance(token)
         logprobs = []
-        if seq.params.logprobs is not None:
+        # A stop token is not part of the output: no token, no log-probability for it.
+        if seq.params.logprobs is not None and step.token_id is not None:
             lp = torch.log_softmax(logits, dim=-1)
             logprobs.append(TokenLogprob(token, finite_logprob(float(lp[token])),
                                          top_logprobs(logits, seq.params.logprobs)))

@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
-from llamita.serving import ollama_routes, openai_routes
+from llamita.serving import embedding_routes, ollama_routes, openai_routes
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
 from llamita.serving.metrics import CONTENT_TYPE, ServerMetrics
@@ -35,6 +35,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
 
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(embedding_routes.router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/tokenize", tokenize, methods=["POST"])

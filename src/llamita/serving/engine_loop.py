@@ -19,15 +19,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from llamita.engine.llm_engine import LLMEngine, RequestOutput
 from llamita.errors import LlamitaError
 from llamita.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class QueueFullError(LlamitaError):
@@ -77,6 +78,14 @@ class _Add:
 @dataclass
 class _Abort:
     request_id: str
+
+
+@dataclass
+class _Job:
+    """Work on the model outside the batch (embeddings, prompt scoring), run between steps."""
+
+    fn: Callable[[LLMEngine], Any]
+    sink: _Sink
 
 
 _STOP = object()
@@ -146,7 +155,7 @@ class EngineLoop:
         self._pending_lock = threading.Lock()
         self._ids = itertools.count()
         self._errors = 0
-        self._max_running = engine.scheduler.max_running
+        self._max_running = engine.max_running
         self._thread = threading.Thread(target=self._run, name="llamita-engine", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -198,6 +207,18 @@ class EngineLoop:
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
 
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run fn(engine) on the engine thread between two steps and return its result (or
+        raise its exception): the model is only ever used by that thread."""
+        if not self.alive:
+            raise EngineFailure("the engine thread is not running")
+        sink = _Sink(asyncio.get_running_loop())
+        self._inbox.put(_Job(fn, sink))
+        result = await sink.queue.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[return-value]
+
     # -- the engine thread ------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -222,6 +243,12 @@ class EngineLoop:
                 self._publish()
 
     def _apply(self, item: object) -> None:
+        if isinstance(item, _Job):
+            try:
+                item.sink.put(item.fn(self.engine))
+            except Exception as e:  # typed errors become 400s, like a refused request
+                item.sink.put(e)
+            return
         if isinstance(item, _Abort):
             if self._sinks.pop(item.request_id, None) is not None:
                 self.engine.abort(item.request_id)

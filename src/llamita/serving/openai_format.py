@@ -54,14 +54,23 @@ def completion_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob], offs
     """The legacy completions shape: parallel lists tokens, token_logprobs, top_logprobs (a
     {token: logprob} dict per position) and text_offset (characters from the start of the
     completion text, counted on the tokens' own text)."""
+    return echo_logprobs(tokenizer, [lp.token_id for lp in logprobs], logprobs, offset)
+
+
+def echo_logprobs(tokenizer: Tokenizer, token_ids: list[int], scored: list[TokenLogprob | None],
+                  offset: int = 0) -> dict[str, Any]:
+    """The legacy shape for any tokens, the prompt's own included: an entry of None (the first
+    prompt token has no context) gives null token_logprob and top_logprobs, as OpenAI did."""
     tokens, offsets = [], []
-    for lp in logprobs:
-        piece = tokenizer.token_piece(lp.token_id)
+    for token_id in token_ids:
+        piece = tokenizer.token_piece(token_id)
         tokens.append(piece)
         offsets.append(offset)
         offset += len(piece)
-    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [{tokenizer.token_piece(t): p for t, p in lp.top} for lp in logprobs],
+    return {"tokens": tokens,
+            "token_logprobs": [None if lp is None else lp.logprob for lp in scored],
+            "top_logprobs": [None if lp is None else {tokenizer.token_piece(t): p for t, p in lp.top}
+                             for lp in scored],
             "text_offset": offsets}
 
 

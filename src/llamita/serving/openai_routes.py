@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from llamita.engine.llm_engine import RequestOutput
 from llamita.engine.prompts import encode_chat, encode_prompt
+from llamita.engine.scoring import prompt_logprobs
+from llamita.sampling_params import MAX_LOGPROBS
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.generation import Completion, Generation
@@ -30,8 +32,8 @@ def _refuse_unsupported(body: dict[str, Any], *, chat: bool) -> None:
     if fmt_type not in (None, "text"):
         raise not_supported("response_format", f"response_format {fmt_type!r} (grammar-constrained output)")
     if not chat:
-        if body.get("echo"):
-            raise not_supported("echo", "echoing the prompt")
+        if body.get("echo") and body.get("stream"):
+            raise not_supported("echo", "echo with stream: true")
         if body.get("suffix"):
             raise not_supported("suffix", "insertion (a suffix after the completion)")
         if field(body, "best_of", int, 1) != 1:
@@ -152,21 +154,22 @@ def _new_logprobs(state: ServerState, c: Completion, out: RequestOutput) -> dict
 
 # ------------------------------------------------------------------------------- completions
 
-def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
-    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
+def prompt_id_lists(state: ServerState, value: Any, param: str = "prompt") -> list[list[int]]:
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids (the
+    shapes OpenAI takes for completion prompts and embedding inputs) -> token id lists."""
     def is_ids(x: Any) -> bool:
         return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
-    if isinstance(prompt, str):
-        return [encode_prompt(state.tokenizer, prompt)]
-    if is_ids(prompt):
-        return [prompt]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return [encode_prompt(state.tokenizer, p) for p in prompt]
-    if isinstance(prompt, list) and prompt and all(is_ids(p) for p in prompt):
-        return list(prompt)
-    raise APIError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list "
-                   "of lists of token ids", param="prompt")
+    if isinstance(value, str):
+        return [encode_prompt(state.tokenizer, value)]
+    if is_ids(value):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        return [encode_prompt(state.tokenizer, p) for p in value]
+    if isinstance(value, list) and value and all(is_ids(p) for p in value):
+        return list(value)
+    raise APIError(400, f"'{param}' must be a string, a list of strings, a list of token ids or a "
+                   "list of lists of token ids", param=param)
 
 
 @router.post("/v1/completions")
@@ -175,11 +178,13 @@ async def completions(request: Request) -> Any:
     _refuse_unsupported(body, chat=False)
     if body.get("prompt") is None:
         raise APIError(400, "'prompt' is required", param="prompt")
-    prompts = _completion_prompts(state, body["prompt"])
+    prompts = prompt_id_lists(state, body["prompt"])
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    generation = await _start(state, prompts, body, chat=False)
     wants_logprobs = body.get("logprobs") is not None
+    if field(body, "echo", bool, False):
+        return await _echo_completions(request, state, prompts, body, wants_logprobs)
+    generation = await _start(state, prompts, body, chat=False)
     if stream:
         return _event_stream(_completion_events(state, generation, len(prompts), wants_logprobs,
                                                 include_usage), generation)
@@ -188,6 +193,41 @@ async def completions(request: Request) -> Any:
     choices = [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
                 "logprobs": fmt.completion_logprobs(state.tokenizer, c.logprobs) if wants_logprobs else None}
                for c in done]
+    return JSONResponse(fmt.response("text_completion", fmt.new_id("cmpl"), state.model_name, choices,
+                                     fmt.usage(done, len(prompts))))
+
+
+async def _echo_completions(request: Request, state: ServerState, prompts: list[list[int]],
+                            body: dict[str, Any], wants_logprobs: bool) -> JSONResponse:
+    """echo: true — each choice's text starts with its prompt, and with logprobs the prompt
+    tokens are scored too (the first has no context: null), as evaluation harnesses need.
+    max_tokens 0 scores the prompt without generating."""
+    top = field(body, "logprobs", int, 0) if wants_logprobs else 0
+    if not 0 <= top <= MAX_LOGPROBS:
+        raise APIError(400, f"'logprobs' must be between 0 and {MAX_LOGPROBS}", param="logprobs")
+    n = choice_count(body)
+    scored = await state.loop.call(
+        lambda engine: [prompt_logprobs(engine.model, ids, engine.n_tokens, top) for ids in prompts]
+        if wants_logprobs else [])
+    if field(body, "max_tokens", int) == 0:
+        done = [Completion(index=i, finish_reason="length", prompt_tokens=len(prompts[i // n]))
+                for i in range(n * len(prompts))]
+    else:
+        generation = await _start(state, prompts, body, chat=False)
+        async with generation:
+            done = await generation.run_to_end(request)
+    choices = []
+    for c in done:
+        ids = prompts[c.index // n]
+        prompt_text = state.tokenizer.decode(ids)
+        logprobs = None
+        if wants_logprobs:
+            logprobs = fmt.echo_logprobs(state.tokenizer, ids, scored[c.index // n])
+            tail = fmt.completion_logprobs(state.tokenizer, c.logprobs, len(prompt_text))
+            for key in logprobs:
+                logprobs[key] += tail[key]
+        choices.append({"index": c.index, "text": prompt_text + c.text,
+                        "finish_reason": c.finish_reason, "logprobs": logprobs})
     return JSONResponse(fmt.response("text_completion", fmt.new_id("cmpl"), state.model_name, choices,
                                      fmt.usage(done, len(prompts))))
 
