@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llamita.cli import bench, chat, glass, info, perplexity, quantize, run, serve
+from llamita.cli import bench, chat, glass, info, memory, perplexity, quantize, run, serve
 
 app = typer.Typer(
     name="llamita",
@@ -20,6 +20,7 @@ app.command("info")(info.info)
 app.command("quantize")(quantize.quantize)
 app.command("perplexity")(perplexity.perplexity)
 app.command("bench")(bench.bench)
+app.command("memory")(memory.memory)
 app.command("tokenize")(glass.tokenize)
 app.command("next")(glass.next_token)
 app.command("lens")(glass.lens)

@@ -10,13 +10,19 @@ what llamita keeps resident for each tensor on the CPU in bfloat16 (see `weights
 * a quantized token embedding: its file bytes (decoded per lookup); tied, the int8 table the
   output projection needs;
 * F32 / F16 / BF16 weights: bfloat16 (2 bytes); norms and rope_freqs as stored;
-* the KV cache: 2 (K and V) x layers x KV heads x head_dim x context x 2 bytes (bfloat16).
+* the KV cache: 2 (K and V) x layers x KV heads x head_dim x context x 2 bytes (bfloat16);
+* activations of one prefill chunk (the peak of a step: attention scores, the FFN's hidden
+  layer, one weight expanded to bfloat16 for the dense prefill matmul);
+* fixed overhead: the runtime (Python, torch and their kernels: RUNTIME_BYTES, measured) and
+  the tokenizer (TOKENIZER_BYTES_PER_TOKEN per vocabulary entry, measured).
 `benchmarks/memory.py` measures the real resident size against this.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
 from dataclasses import dataclass
 
 from llamita.config import PRESETS, ModelConfig
@@ -100,3 +106,65 @@ def estimate(cfg: ModelConfig, type_name: str | FileType) -> MemoryEstimate:
         resident += _resident_bytes(name, dims, t, cfg.tie_word_embeddings)
     kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2
     return MemoryEstimate(ft.name, params, file_b, resident, kv)
+
+
+def estimate_file(path: str | os.PathLike[str]) -> tuple[ModelConfig, MemoryEstimate]:
+    """The same estimate for a real GGUF file, from the types its tensors actually have."""
+    from llamita.weights.gguf import open_gguf
+
+    gguf, cfg = open_gguf(path)
+    try:
+        file_b = resident = params = 0
+        types = Counter()
+        for info in gguf.tensors.values():
+            t = GGMLType(info.ggml_type)
+            params += math.prod(info.shape)
+            file_b += info.nbytes
+            resident += _resident_bytes(info.name, info.shape, t, cfg.tie_word_embeddings)
+            types[t.name] += info.nbytes
+        label = types.most_common(1)[0][0] if types else "?"  # the type holding most bytes
+    finally:
+        gguf.close()
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2
+    return cfg, MemoryEstimate(label, params, file_b, resident, kv)
+
+
+# Measured with benchmarks/memory.py on x86-64 Linux, torch 2.13 CPU: resident memory of a
+# process that imported torch and llamita and ran each kernel once (before any model).
+RUNTIME_BYTES = 340 * 10**6
+# The tokenizer (Hugging Face `tokenizers` BPE with its merges): 23 MB for SmolLM2's 49,152
+# tokens, measured.
+TOKENIZER_BYTES_PER_TOKEN = 470
+PREFILL_CHUNK = 512  # engine/generator.py's chunk
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes a generating process holds, by part."""
+
+    weights: int
+    kv_cache: int
+    activations: int
+    tokenizer: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations + self.tokenizer + self.runtime
+
+
+def breakdown(cfg: ModelConfig, est: MemoryEstimate, context: int, batch: int = 1,
+              kv_bytes_per_element: float = 2.0) -> MemoryBreakdown:
+    """What llamita holds while generating `batch` sequences of up to `context` tokens each.
+    kv_bytes_per_element: 2 for llamita's bfloat16 cache (4 with --dtype float32); 34/32 gives
+    llama.cpp's q8_0 cache, for comparison."""
+    kv = int(est.kv_bytes_per_token / 2 * kv_bytes_per_element) * context * batch
+    chunk = min(PREFILL_CHUNK, context)
+    scores = cfg.n_heads * chunk * context * 4  # float32 attention scores of one chunk
+    hidden = chunk * (cfg.dim * 4 + cfg.ffn_dim * 3) * 2  # residual, q/k/v/o, gate/up/act (bf16)
+    # One FFN weight expanded to bfloat16 for a dense prefill matmul (the output projection
+    # only ever sees the last position, so it stays compact).
+    expanded = cfg.ffn_dim * cfg.dim * 2
+    logits = batch * cfg.vocab_size * 4
+    return MemoryBreakdown(est.weight_bytes, kv, scores + hidden + expanded + logits,
+                           cfg.vocab_size * TOKENIZER_BYTES_PER_TOKEN, RUNTIME_BYTES)
