@@ -136,3 +136,4 @@ class ServerConfig:
     dtype: str = "auto"
     device: str = "auto"
     model_name: str | None = None  # the name clients use; None: the model file's name
+    data_dir: str | None = None  # the web chat's llamita.db; None: the per-user data folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -19,19 +20,22 @@ class RunningServer:
 
 
 def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
-                 kv_cache_tokens: int = 4096, max_running: int = 16, engine: object | None = None) -> tuple[RunningServer, Callable[[], None]]:
+                 kv_cache_tokens: int = 4096, max_running: int = 16, engine: object | None = None,
+                 data_dir: str | None = None) -> tuple[RunningServer, Callable[[], None]]:
     import uvicorn
 
     from llamita.engine.llm_engine import LLMEngine
     from llamita.serving.app import create_app
     from llamita.serving.engine_loop import EngineLoop
 
-    """A server over `engine` (default: a new LLMEngine over `loaded`); returns it and its stop."""
+    """A server over `engine` (default: a new LLMEngine over `loaded`); returns it and its stop.
+    data_dir: the web chat's store; default a fresh temporary folder (never the user's own)."""
     if engine is None:
         engine = LLMEngine(loaded, kv_cache_tokens=kv_cache_tokens, max_running=max_running)
     loop = EngineLoop(engine, max_queue=max_queue)
     loop.start()
-    app = create_app(loop, MODEL_NAME, api_key=api_key)
+    scratch = None if data_dir is not None else tempfile.TemporaryDirectory(prefix="llamita-test-")
+    app = create_app(loop, MODEL_NAME, api_key=api_key, data_dir=data_dir or scratch.name)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -49,6 +53,8 @@ def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
         thread.join(10)
         loop.stop()
         sock.close()
+        if scratch is not None:
+            scratch.cleanup()
 
     return RunningServer(f"http://127.0.0.1:{port}", loop, app), stop
 

@@ -17,17 +17,19 @@ from llamita.cli.main import app
 
 def test_help_names_defaults_and_units():
     out = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
-    for text in ("127.0.0.1", "8080", "--api-key", "--max-queue", "--kv-cache-tokens", "--max-running", "--dtype"):
+    for text in ("127.0.0.1", "8080", "--api-key", "--max-queue", "--kv-cache-tokens", "--max-running", "--dtype",
+                 "--data-dir"):
         assert text in out
 
 
-def test_serve_process_answers(default_model_path):
+def test_serve_process_answers(default_model_path, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "LLAMITA_API_KEY": "k"}
     proc = subprocess.Popen([sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port),
-                             "--kv-cache-tokens", "1024", "--dtype", "float32", "--model-name", "smol"],
+                             "--kv-cache-tokens", "1024", "--dtype", "float32", "--model-name", "smol",
+                             "--data-dir", str(tmp_path)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

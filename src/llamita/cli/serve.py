@@ -34,10 +34,15 @@ def serve(
     model_name: Optional[str] = typer.Option(None, "--model-name",
                                              help="Name clients pass as 'model'. Default: the file name "
                                                   "without .gguf.", show_default=False),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="Folder for the web chat's conversations and feedback "
+                                                 "(llamita.db, SQLite). Default: $XDG_DATA_HOME/llamita "
+                                                 "or ~/.local/share/llamita.", show_default=False),
     dtype: str = DtypeOption,
 ) -> None:
     """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and
-    Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize.
+    Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize,
+    and a web chat page at /.
 
     Example: llamita serve --port 8080, then
     curl http://127.0.0.1:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hola"}]}'
@@ -46,4 +51,5 @@ def serve(
 
     run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
                             api_key=api_key or None, max_queue=max_queue, kv_cache_tokens=kv_cache_tokens,
-                            max_running=max_running, dtype=dtype, model_name=model_name))
+                            max_running=max_running, dtype=dtype, model_name=model_name,
+                            data_dir=os.fspath(data_dir) if data_dir else None))

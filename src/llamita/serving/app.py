@@ -4,38 +4,49 @@ models, tokenize, metrics); the OpenAI and Ollama APIs in their own routers."""
 from __future__ import annotations
 
 import hmac
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
-from llamita.serving import embedding_routes, ollama_routes, openai_routes
+from llamita.serving import embedding_routes, ollama_routes, openai_routes, ui_routes
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
 from llamita.serving.metrics import CONTENT_TYPE, ServerMetrics
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.state import ServerState, server_state
+from llamita.serving.store import ChatStore, default_data_dir
 
-# Routes anyone may call even when an API key is set (load balancers probe them).
+# Routes anyone may call even when an API key is set: load balancers probe /health; the chat
+# page and its static files hold no data (the page asks for the key before calling /ui/...).
 OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIXES = ("/static/",)
 
 
-def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = None) -> FastAPI:
+def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = None,
+               data_dir: str | os.PathLike[str] | None = None) -> FastAPI:
     """The server's app. The engine loop must be started by the caller (and stopped by it).
 
-    api_key: when set, every route but /health needs `Authorization: Bearer <api_key>`."""
+    api_key: when set, every route but /health and the chat page's files needs
+    `Authorization: Bearer <api_key>`.
+    data_dir: where the web chat keeps llamita.db; None: default_data_dir()."""
     app = FastAPI(title="llamita", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = ServerMetrics()
     metrics.watch(engine_loop)
     app.state.llamita = ServerState(engine_loop, model_name, metrics)
+    app.state.chat_store = ChatStore(default_data_dir() if data_dir is None else data_dir)
     install_error_handlers(app)
 
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
     app.include_router(embedding_routes.router)
+    app.include_router(ui_routes.router)
+    app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/tokenize", tokenize, methods=["POST"])
@@ -68,7 +79,7 @@ class AuthAndCount:
             await send(message)
 
         try:
-            if self.api_key and scope["path"] not in OPEN_PATHS and not _has_key(Headers(scope=scope), self.api_key):
+            if self.api_key and not _is_open(scope["path"]) and not _has_key(Headers(scope=scope), self.api_key):
                 error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                  code="invalid_api_key")
                 await error.response()(scope, receive, send_and_note)
@@ -77,6 +88,10 @@ class AuthAndCount:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status)).inc()
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _has_key(headers: Headers, api_key: str) -> bool:

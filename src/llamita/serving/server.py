@@ -27,10 +27,12 @@ def serve(config: ServerConfig) -> None:
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue)
     name = config.model_name or served_name(loaded.path)
-    app = create_app(loop, name, api_key=config.api_key)
+    app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir)
     loop.start()
     print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, context {engine.context_length} "
           f"tokens) on http://{config.host}:{config.port}", flush=True)
+    print(f"llamita: web chat at http://{config.host}:{config.port}/ (data in "
+          f"{app.state.chat_store.path})", flush=True)
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="info", lifespan="off")
     finally:

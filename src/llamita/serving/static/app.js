@@ -1,0 +1,359 @@
+// The llamita web chat: conversations kept by /ui/..., answers streamed from /v1/chat/completions.
+"use strict";
+
+const PRESETS = {
+  preciso: { temperature: 0.1, top_p: 0.95, top_k: 40 },
+  equilibrado: { temperature: 0.7, top_p: 0.9, top_k: 40 },
+  creativo: { temperature: 0.8, top_p: 0.95, top_k: 50 },
+};
+const DEFAULT_MAX_TOKENS = 512;
+const PARAM_FIELDS = ["temperature", "top_p", "top_k", "max_tokens"];
+
+const TEXT = {
+  en: {
+    new: "New conversation", export: "Export feedback (JSONL)", forgetKey: "Forget API key",
+    system: "System prompt", systemPlaceholder: "You are a helpful assistant.", preset: "Preset",
+    preciso: "precise", equilibrado: "balanced", creativo: "creative", custom: "custom",
+    messagePlaceholder: "Write a message… (Enter sends, Shift+Enter for a new line)", send: "Send", stop: "Stop",
+    rename: "Rename", delete: "Delete", renamePrompt: "New title:", deleteConfirm: "Delete this conversation?",
+    untitled: "Untitled", good: "Good answer", bad: "Bad answer", stopped: "stopped",
+    keyPrompt: "This server needs an API key:", tokensPerSecond: "tokens/s",
+  },
+  es: {
+    new: "Nueva conversación", export: "Exportar valoraciones (JSONL)", forgetKey: "Olvidar la clave de API",
+    system: "Prompt de sistema", systemPlaceholder: "Eres un asistente útil.", preset: "Ajuste",
+    preciso: "preciso", equilibrado: "equilibrado", creativo: "creativo", custom: "a medida",
+    messagePlaceholder: "Escribe un mensaje… (Intro envía, Mayús+Intro nueva línea)", send: "Enviar",
+    stop: "Detener", rename: "Renombrar", delete: "Borrar", renamePrompt: "Nuevo título:",
+    deleteConfirm: "¿Borrar esta conversación?", untitled: "Sin título", good: "Buena respuesta",
+    bad: "Mala respuesta", stopped: "detenida", keyPrompt: "Este servidor pide una clave de API:",
+    tokensPerSecond: "tokens/s",
+  },
+};
+
+const $ = (id) => document.getElementById(id);
+const state = { lang: "en", conversations: [], current: null, abort: null };
+
+function t(key) { return TEXT[state.lang][key] || TEXT.en[key] || key; }
+
+function applyLanguage() {
+  document.documentElement.lang = state.lang;
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of document.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  $("lang").textContent = state.lang === "es" ? "EN" : "ES";
+  renderConversationList();
+  renderMessages();
+}
+
+// HTTP: the API key (when the server wants one) is asked once and kept in localStorage.
+function authHeaders() {
+  const key = localStorage.getItem("llamita.apiKey");
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function request(path, options = {}, retried = false) {
+  const headers = { ...authHeaders(), ...(options.body ? { "Content-Type": "application/json" } : {}), ...options.headers };
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401 && !retried) {
+    const key = window.prompt(t("keyPrompt"));
+    if (key) {
+      localStorage.setItem("llamita.apiKey", key.trim());
+      $("forget-key").hidden = false;
+      return request(path, options, true);
+    }
+  }
+  if (!response.ok) {
+    let message = `HTTP ${response.status}`;
+    try { message = (await response.json()).error.message || message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+async function api(path, method = "GET", body = undefined) {
+  const response = await request(path, { method, body: body === undefined ? undefined : JSON.stringify(body) });
+  return response.status === 204 ? null : response.json();
+}
+
+function showError(error) {
+  $("error").textContent = error ? String(error.message || error) : "";
+  $("error").hidden = !error;
+}
+
+// Parameters
+function readParams() {
+  const params = {};
+  for (const name of PARAM_FIELDS) {
+    const value = $(name).value;
+    if (value !== "") params[name] = name === "top_k" || name === "max_tokens" ? parseInt(value, 10) : parseFloat(value);
+  }
+  return params;
+}
+
+function writeParams(params) {
+  for (const name of PARAM_FIELDS) $(name).value = params[name] ?? "";
+  const preset = Object.entries(PRESETS).find(([, p]) => Object.keys(p).every((k) => p[k] === params[k]));
+  $("preset").value = preset ? preset[0] : "custom";
+}
+
+function choosePreset() {
+  const preset = PRESETS[$("preset").value];
+  if (preset) writeParams({ ...readParams(), ...preset });
+}
+
+// Conversations
+async function loadConversations() {
+  state.conversations = (await api("/ui/conversations")).data;
+  renderConversationList();
+}
+
+function renderConversationList() {
+  const list = $("conversation-list");
+  list.replaceChildren();
+  for (const c of state.conversations) {
+    const item = document.createElement("li");
+    item.dataset.id = c.id;
+    if (state.current && state.current.id === c.id) item.classList.add("active");
+    const title = document.createElement("span");
+    title.className = "title";
+    title.textContent = c.title || t("untitled");
+    item.append(title, iconButton("✎", t("rename"), "rename", () => renameConversation(c)),
+      iconButton("🗑", t("delete"), "delete", () => deleteConversation(c)));
+    item.addEventListener("click", () => openConversation(c.id).catch(showError));
+    list.append(item);
+  }
+}
+
+function iconButton(symbol, label, className, action) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  button.textContent = symbol;
+  button.title = label;
+  button.setAttribute("aria-label", label);
+  button.addEventListener("click", (event) => { event.stopPropagation(); Promise.resolve(action()).catch(showError); });
+  return button;
+}
+
+async function openConversation(id) {
+  state.current = await api(`/ui/conversations/${encodeURIComponent(id)}`);
+  $("system-prompt").value = state.current.system_prompt;
+  writeParams({ ...PRESETS.equilibrado, max_tokens: DEFAULT_MAX_TOKENS, ...state.current.params });
+  localStorage.setItem("llamita.conversation", id);
+  renderConversationList();
+  renderMessages();
+}
+
+function newConversation() {
+  state.current = null;
+  localStorage.removeItem("llamita.conversation");
+  $("system-prompt").value = "";
+  renderConversationList();
+  renderMessages();
+  $("message-input").focus();
+}
+
+async function renameConversation(c) {
+  const title = window.prompt(t("renamePrompt"), c.title);
+  if (title === null) return;
+  await api(`/ui/conversations/${encodeURIComponent(c.id)}`, "PATCH", { title });
+  if (state.current && state.current.id === c.id) state.current.title = title;
+  await loadConversations();
+}
+
+async function deleteConversation(c) {
+  if (!window.confirm(t("deleteConfirm"))) return;
+  await api(`/ui/conversations/${encodeURIComponent(c.id)}`, "DELETE");
+  if (state.current && state.current.id === c.id) newConversation();
+  await loadConversations();
+}
+
+// Messages
+function renderMessages() {
+  const box = $("messages");
+  box.replaceChildren();
+  for (const m of state.current ? state.current.messages : []) box.append(messageElement(m));
+  box.scrollTop = box.scrollHeight;
+}
+
+function messageElement(m) {
+  const el = document.createElement("div");
+  el.className = `message ${m.role}`;
+  const body = document.createElement("div");
+  body.className = "body";
+  el.append(body);
+  if (m.role === "assistant") {
+    body.innerHTML = renderMarkdown(m.content); // renderMarkdown escapes the text first
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    el.append(meta);
+    fillMeta(el, m);
+  } else {
+    body.textContent = m.content;
+  }
+  return el;
+}
+
+function fillMeta(el, m) {
+  const meta = el.querySelector(".meta");
+  meta.replaceChildren();
+  if (m.tokens_per_second != null) {
+    const speed = document.createElement("span");
+    speed.className = "speed";
+    speed.textContent = `${m.tokens_per_second.toFixed(1)} ${t("tokensPerSecond")}`;
+    meta.append(speed);
+  }
+  if (m.stopped) meta.append(Object.assign(document.createElement("span"), { textContent: t("stopped") }));
+  if (m.id == null) return;
+  const rating = m.feedback ? m.feedback.rating : 0;
+  for (const [value, symbol, label, cls] of [[1, "👍", t("good"), "thumb-up"], [-1, "👎", t("bad"), "thumb-down"]]) {
+    const button = iconButton(symbol, label, cls, async () => {
+      await api(`/ui/messages/${m.id}/feedback`, "PUT", { rating: value });
+      m.feedback = { rating: value, comment: "" };
+      fillMeta(el, m);
+    });
+    if (rating === value) button.classList.add("chosen");
+    meta.append(button);
+  }
+}
+
+// Sending: save the user's message, stream the answer, then save the answer with its speed.
+async function send(text) {
+  showError(null);
+  const system_prompt = $("system-prompt").value;
+  const params = readParams();
+  if (!state.current) {
+    const created = await api("/ui/conversations", "POST", { title: text.slice(0, 60), system_prompt, params });
+    state.current = { ...created, messages: [] };
+    localStorage.setItem("llamita.conversation", created.id);
+  } else if (state.current.system_prompt !== system_prompt || JSON.stringify(state.current.params) !== JSON.stringify(params)) {
+    await api(`/ui/conversations/${encodeURIComponent(state.current.id)}`, "PATCH", { system_prompt, params });
+    Object.assign(state.current, { system_prompt, params });
+  }
+  const conversationPath = `/ui/conversations/${encodeURIComponent(state.current.id)}/messages`;
+  const user = await api(conversationPath, "POST", { role: "user", content: text });
+  state.current.messages.push(user);
+  $("messages").append(messageElement(user));
+  loadConversations().catch(showError);
+
+  const answer = { role: "assistant", content: "", tokens_per_second: null, feedback: null };
+  const el = messageElement(answer);
+  el.classList.add("streaming");
+  $("messages").append(el);
+  const history = state.current.messages.map(({ role, content }) => ({ role, content }));
+  const messages = system_prompt ? [{ role: "system", content: system_prompt }, ...history] : history;
+  await streamAnswer(messages, params, answer, el);
+  el.classList.remove("streaming");
+  if (answer.content) {
+    const saved = await api(conversationPath, "POST",
+      { role: "assistant", content: answer.content, tokens_per_second: answer.tokens_per_second });
+    Object.assign(answer, saved);
+    state.current.messages.push(answer);
+  }
+  fillMeta(el, answer);
+}
+
+async function streamAnswer(messages, params, answer, el) {
+  const body = el.querySelector(".body");
+  state.abort = new AbortController();
+  setBusy(true);
+  let firstTokenAt = null;
+  let chunks = 0;
+  let completionTokens = null;
+  try {
+    const response = await request("/v1/chat/completions", {
+      method: "POST", signal: state.abort.signal,
+      body: JSON.stringify({ messages, stream: true, stream_options: { include_usage: true }, ...params }),
+    });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        for (const line of event.split("\n")) {
+          if (!line.startsWith("data:")) continue;
+          const data = line.slice(5).trim();
+          if (data === "[DONE]") continue;
+          const chunk = JSON.parse(data);
+          if (chunk.error) throw new Error(chunk.error.message);
+          if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
+          const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+          if (delta && delta.content) {
+            firstTokenAt = firstTokenAt ?? performance.now();
+            chunks++;
+            answer.content += delta.content;
+            body.innerHTML = renderMarkdown(answer.content); // escaped inside renderMarkdown
+            $("messages").scrollTop = $("messages").scrollHeight;
+          }
+        }
+      }
+    }
+  } catch (error) {
+    if (error.name === "AbortError") answer.stopped = true;
+    else showError(error);
+  } finally {
+    state.abort = null;
+    setBusy(false);
+  }
+  // Decode speed: tokens after the first over the time since the first arrived (prefill excluded).
+  const tokens = completionTokens ?? chunks;
+  const seconds = firstTokenAt === null ? 0 : (performance.now() - firstTokenAt) / 1000;
+  if (tokens > 1 && seconds > 0) answer.tokens_per_second = (tokens - 1) / seconds;
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+}
+
+function init() {
+  const saved = localStorage.getItem("llamita.lang");
+  state.lang = saved || ((navigator.language || "en").toLowerCase().startsWith("es") ? "es" : "en");
+  $("forget-key").hidden = !localStorage.getItem("llamita.apiKey");
+  writeParams({ ...PRESETS.equilibrado, max_tokens: DEFAULT_MAX_TOKENS });
+  applyLanguage();
+
+  $("lang").addEventListener("click", () => {
+    state.lang = state.lang === "es" ? "en" : "es";
+    localStorage.setItem("llamita.lang", state.lang);
+    applyLanguage();
+  });
+  $("preset").addEventListener("change", choosePreset);
+  for (const name of PARAM_FIELDS) $(name).addEventListener("input", () => writeParams(readParams()));
+  $("new-conversation").addEventListener("click", newConversation);
+  $("stop").addEventListener("click", () => state.abort && state.abort.abort());
+  $("forget-key").addEventListener("click", () => { localStorage.removeItem("llamita.apiKey"); $("forget-key").hidden = true; });
+  $("export").addEventListener("click", async (event) => {
+    // A plain link cannot send the API key: fetch, then save the text.
+    event.preventDefault();
+    try {
+      const text = await (await request("/ui/feedback.jsonl")).text();
+      const link = Object.assign(document.createElement("a"),
+        { href: URL.createObjectURL(new Blob([text], { type: "application/jsonl" })), download: "feedback.jsonl" });
+      link.click();
+      URL.revokeObjectURL(link.href);
+    } catch (error) { showError(error); }
+  });
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("message-input").value.trim();
+    if (!text || state.abort) return;
+    $("message-input").value = "";
+    send(text).catch((error) => { showError(error); setBusy(false); });
+  });
+  $("message-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("composer").requestSubmit(); }
+  });
+
+  loadConversations().then(() => {
+    const last = localStorage.getItem("llamita.conversation");
+    if (last && state.conversations.some((c) => c.id === last)) return openConversation(last);
+  }).catch(showError);
+}
+
+document.addEventListener("DOMContentLoaded", init);

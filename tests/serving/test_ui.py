@@ -1,0 +1,217 @@
+"""The web chat's store (SQLite) and its /ui/ routes over a live server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import httpx
+import pytest
+
+from llamita.serving.store import DB_NAME, SCHEMA_VERSION, ChatStore, default_data_dir
+
+from serving_helpers import start_server
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def store(tmp_path) -> ChatStore:
+    return ChatStore(tmp_path)
+
+
+def _conversation_with_answer(store: ChatStore) -> tuple[str, int]:
+    c = store.create_conversation("Capitals", "Answer briefly.", {"temperature": 0.1, "top_k": 40})
+    store.add_message(c["id"], "user", "Capital of France?")
+    answer = store.add_message(c["id"], "assistant", "Paris.", tokens_per_second=31.5)
+    return c["id"], answer["id"]
+
+
+def test_store_round_trip(store):
+    cid, answer_id = _conversation_with_answer(store)
+    got = store.get_conversation(cid)
+    assert got["title"] == "Capitals" and got["system_prompt"] == "Answer briefly."
+    assert got["params"] == {"temperature": 0.1, "top_k": 40}
+    assert [(m["role"], m["content"]) for m in got["messages"]] == [("user", "Capital of France?"),
+                                                                     ("assistant", "Paris.")]
+    assert got["messages"][1]["tokens_per_second"] == 31.5 and got["messages"][1]["id"] == answer_id
+    assert got["messages"][0]["tokens_per_second"] is None and got["messages"][0]["feedback"] is None
+    assert store.update_conversation(cid, title="Europe")
+    assert store.get_conversation(cid)["title"] == "Europe"
+    assert [c["id"] for c in store.list_conversations()] == [cid]
+    assert store.get_conversation("nope") is None and not store.update_conversation("nope", title="x")
+    assert store.add_message("nope", "user", "hi") is None
+    with pytest.raises(ValueError):
+        store.add_message(cid, "robot", "hi")
+    # A new store over the same folder reads the same data (the schema is not made twice).
+    assert ChatStore(store.data_dir).get_conversation(cid)["title"] == "Europe"
+
+
+def test_list_most_recently_changed_first(store):
+    first = store.create_conversation("first")["id"]
+    second = store.create_conversation("second")["id"]
+    store.add_message(first, "user", "again")
+    assert [c["id"] for c in store.list_conversations()] == [first, second]
+
+
+def test_delete_cascades_to_messages_and_feedback(store):
+    cid, answer_id = _conversation_with_answer(store)
+    store.set_feedback(answer_id, 1)
+    assert store.delete_conversation(cid) and not store.delete_conversation(cid)
+    db = sqlite3.connect(store.path)
+    assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 0
+
+
+def test_new_feedback_replaces_the_old(store):
+    cid, answer_id = _conversation_with_answer(store)
+    assert store.set_feedback(answer_id, 1, "good")
+    assert store.set_feedback(answer_id, -1, "wrong after all")
+    assert store.get_conversation(cid)["messages"][1]["feedback"] == {"rating": -1, "comment": "wrong after all"}
+    assert sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 1
+    assert not store.set_feedback(999, 1)
+    with pytest.raises(ValueError):
+        store.set_feedback(answer_id, 2)
+
+
+def test_export_is_openai_fine_tuning_jsonl(store):
+    cid, first_answer = _conversation_with_answer(store)
+    store.add_message(cid, "user", "And of Spain?")
+    second_answer = store.add_message(cid, "assistant", "Madrid.")["id"]
+    store.add_message(cid, "user", "Thanks")  # after the rated answers: never exported
+    store.set_feedback(first_answer, 1, "")
+    store.set_feedback(second_answer, -1, "too short")
+    lines = list(store.export_feedback())
+    assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
+    rows = [json.loads(line) for line in lines]
+    assert rows[0] == {"messages": [{"role": "system", "content": "Answer briefly."},
+                                    {"role": "user", "content": "Capital of France?"},
+                                    {"role": "assistant", "content": "Paris."}], "rating": 1, "comment": ""}
+    assert rows[1]["messages"][-1] == {"role": "assistant", "content": "Madrid."}
+    assert len(rows[1]["messages"]) == 5 and rows[1]["rating"] == -1 and rows[1]["comment"] == "too short"
+
+
+def test_wal_mode_schema_version_and_a_second_connection(store):
+    cid, _ = _conversation_with_answer(store)
+    other = sqlite3.connect(store.path)  # another reader, as another thread or process would be
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert other.execute("SELECT title FROM conversations WHERE id = ?", (cid,)).fetchone()[0] == "Capitals"
+    assert other.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2
+    store.add_message(cid, "user", "more")  # committed at once: the open reader sees it
+    assert other.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        ChatStore(tmp_path)
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_data_dir() == tmp_path / "llamita"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_data_dir() == tmp_path / ".local" / "share" / "llamita"
+
+
+# The routes, over the live test server.
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        yield client
+
+
+def test_page_and_static_files(http):
+    page = http.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/static/app.js" in page.text
+    for name, kind in (("app.js", "javascript"), ("markdown.js", "javascript"), ("style.css", "text/css")):
+        r = http.get(f"/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"], name
+    assert http.get("/static/nothing.js").status_code == 404
+
+
+def test_conversation_routes(http):
+    r = http.post("/ui/conversations", json={"title": "Hola", "system_prompt": "Sé breve.",
+                                             "params": {"temperature": 0.7, "top_p": 0.9, "top_k": 40}})
+    assert r.status_code == 201
+    cid = r.json()["id"]
+    assert cid in [c["id"] for c in http.get("/ui/conversations").json()["data"]]
+    user = http.post(f"/ui/conversations/{cid}/messages", json={"role": "user", "content": "¿Qué tal?"})
+    answer = http.post(f"/ui/conversations/{cid}/messages",
+                       json={"role": "assistant", "content": "Bien.", "tokens_per_second": 42})
+    assert user.status_code == answer.status_code == 201
+    answer_id = answer.json()["id"]
+    r = http.put(f"/ui/messages/{answer_id}/feedback", json={"rating": 1, "comment": "ok"})
+    assert r.status_code == 200 and r.json() == {"message_id": answer_id, "rating": 1, "comment": "ok"}
+    r = http.patch(f"/ui/conversations/{cid}", json={"title": "Saludo"})
+    assert r.status_code == 200 and r.json()["title"] == "Saludo" and r.json()["system_prompt"] == "Sé breve."
+    got = http.get(f"/ui/conversations/{cid}").json()
+    assert [m["content"] for m in got["messages"]] == ["¿Qué tal?", "Bien."]
+    assert got["messages"][1]["feedback"] == {"rating": 1, "comment": "ok"}
+    assert got["messages"][1]["tokens_per_second"] == 42
+
+    export = http.get("/ui/feedback.jsonl")
+    assert export.status_code == 200 and "attachment" in export.headers["content-disposition"]
+    rows = [json.loads(line) for line in export.text.splitlines()]
+    mine = [row for row in rows if row["messages"][-1]["content"] == "Bien."]
+    assert mine and mine[-1]["messages"][0] == {"role": "system", "content": "Sé breve."}
+
+    assert http.delete(f"/ui/conversations/{cid}").status_code == 204
+    assert http.get(f"/ui/conversations/{cid}").status_code == 404
+
+
+def _error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+def test_route_errors(http):
+    cid = http.post("/ui/conversations", json={}).json()["id"]
+    user_id = http.post(f"/ui/conversations/{cid}/messages", json={"role": "user", "content": "x"}).json()["id"]
+    answer_id = http.post(f"/ui/conversations/{cid}/messages", json={"role": "assistant", "content": "y"}).json()["id"]
+
+    assert _error(http.get("/ui/conversations/nope"), 404)["code"] == "conversation_not_found"
+    _error(http.patch("/ui/conversations/nope", json={"title": "x"}), 404)
+    _error(http.delete("/ui/conversations/nope"), 404)
+    _error(http.post("/ui/conversations/nope/messages", json={"role": "user", "content": "x"}), 404)
+    _error(http.put("/ui/messages/999999/feedback", json={"rating": 1}), 404)
+
+    assert _error(http.put(f"/ui/messages/{answer_id}/feedback", json={"rating": 5}), 400)["param"] == "rating"
+    _error(http.put(f"/ui/messages/{answer_id}/feedback", json={"rating": True}), 400)
+    _error(http.put(f"/ui/messages/{answer_id}/feedback", json={}), 400)
+    _error(http.put(f"/ui/messages/{user_id}/feedback", json={"rating": 1}), 400)  # not an answer
+    _error(http.put("/ui/messages/abc/feedback", json={"rating": 1}), 400)
+    assert "not valid JSON" in _error(http.post("/ui/conversations", content=b"{nope"), 400)["message"]
+    _error(http.post("/ui/conversations", json=["a list"]), 400)
+    _error(http.post(f"/ui/conversations/{cid}/messages", content=b"{"), 400)
+    assert _error(http.post(f"/ui/conversations/{cid}/messages", json={"role": "robot", "content": "x"}),
+                  400)["param"] == "role"
+    _error(http.post(f"/ui/conversations/{cid}/messages", json={"role": "user"}), 400)
+    _error(http.post(f"/ui/conversations/{cid}/messages",
+                     json={"role": "assistant", "content": "x", "tokens_per_second": "fast"}), 400)
+    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"temprature": 1}}),
+                  400)["param"] == "params"
+    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"top_k": 0.5}}),
+                  400)["param"] == "params.top_k"
+
+
+def test_ui_routes_need_the_api_key_but_the_page_does_not(loaded, tmp_path):
+    running, stop = start_server(loaded, api_key="sesame", kv_cache_tokens=256, data_dir=str(tmp_path))
+    try:
+        assert httpx.get(running.url + "/", timeout=TIMEOUT).status_code == 200
+        assert httpx.get(running.url + "/static/app.js", timeout=TIMEOUT).status_code == 200
+        _error(httpx.get(running.url + "/ui/conversations", timeout=TIMEOUT), 401)
+        _error(httpx.get(running.url + "/ui/feedback.jsonl", timeout=TIMEOUT), 401)
+        r = httpx.get(running.url + "/ui/conversations", headers={"Authorization": "Bearer sesame"}, timeout=TIMEOUT)
+        assert r.status_code == 200 and r.json() == {"data": []}
+        assert (tmp_path / DB_NAME).exists()
+    finally:
+        stop()

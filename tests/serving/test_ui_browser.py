@@ -1,0 +1,82 @@
+"""The web chat in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+Send a message, watch the answer stream in, give it a thumbs up, reload, find it all again."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no chromium on PATH (Debian: apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+from serving_helpers import start_server  # noqa: E402
+
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def chat_server(loaded, tmp_path_factory):
+    running, stop = start_server(loaded, kv_cache_tokens=1024, data_dir=str(tmp_path_factory.mktemp("chat")))
+    yield running
+    stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+def test_chat_stream_feedback_and_reload(browser, chat_server):
+    page = browser.new_page(locale="es-ES")
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(chat_server.url + "/")
+    assert page.locator("#send").inner_text() == "Enviar"  # Spanish, from navigator.language
+
+    page.select_option("#preset", "preciso")
+    assert page.input_value("#temperature") == "0.1" and page.input_value("#top_k") == "40"
+    page.fill("#max_tokens", "24")
+    page.fill("#system-prompt", "Answer in one short sentence.")
+    page.fill("#message-input", "What is the capital of France?")
+    page.click("#send")
+
+    answer = page.locator(".message.assistant").first
+    page.wait_for_selector(".message.assistant .body:not(:empty)")  # text arrives while streaming
+    page.wait_for_selector(".message.assistant:not(.streaming) .thumb-up")  # saved, with its id
+    text = answer.locator(".body").inner_text()
+    assert text.strip()
+    assert "tokens/s" in answer.locator(".speed").inner_text()
+    answer.locator(".thumb-up").click()
+    page.wait_for_selector(".message.assistant .thumb-up.chosen")
+
+    page.reload()
+    page.wait_for_selector("#conversation-list li.active")
+    assert "capital of France" in page.locator("#conversation-list li").first.inner_text()
+    page.wait_for_selector(".message.assistant .thumb-up.chosen")
+    assert page.locator(".message.user").inner_text() == "What is the capital of France?"
+    assert page.locator(".message.assistant .body").inner_text() == text
+    assert page.input_value("#system-prompt") == "Answer in one short sentence."
+    assert page.input_value("#preset") == "preciso" and page.input_value("#max_tokens") == "24"
+
+    page.click("#lang")  # and back to English
+    assert page.locator("#send").inner_text() == "Send"
+    assert errors == []
+
+
+def test_markdown_renders_without_injecting_markup(browser, chat_server):
+    page = browser.new_page()
+    page.goto(chat_server.url + "/")
+    html = page.evaluate("""renderMarkdown('**b** *i* `<x>`\\n\\n- a\\n- b\\n\\n```js\\nlet s = "q";\\n```\\n'
+                                           + '<img src=x onerror=alert(1)> [l](https://e.org) [j](javascript:alert(1))')""")
+    assert "<strong>b</strong>" in html and "<em>i</em>" in html and "<code>&lt;x&gt;</code>" in html
+    assert "<ul><li>a</li><li>b</li></ul>" in html and 'class="language-js"' in html
+    assert "<img" not in html and "&lt;img" in html
+    assert '<a href="https://e.org"' in html and "javascript:" not in html.split("<a ")[-1].split(">")[0]
