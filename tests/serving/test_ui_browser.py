@@ -66,6 +66,17 @@ def test_chat_stream_feedback_and_reload(browser, chat_server):
     assert page.input_value("#system-prompt") == "Answer in one short sentence."
     assert page.input_value("#preset") == "preciso" and page.input_value("#max_tokens") == "24"
 
+    # Stop a long answer early: what came so far stays, marked as stopped, and is saved.
+    page.fill("#max_tokens", "400")
+    page.fill("#message-input", "Tell me a long story about a llama.")
+    page.click("#send")
+    page.wait_for_function("document.querySelectorAll('.message.assistant .body')[1]?.textContent.length > 10")
+    page.click("#stop")
+    stopped = page.locator(".message.assistant").nth(1)
+    page.wait_for_selector(".message.assistant >> nth=1 >> .thumb-up")
+    assert "detenida" in stopped.locator(".meta").inner_text()
+    assert page.is_enabled("#send") and not page.is_enabled("#stop")
+
     page.click("#lang")  # and back to English
     assert page.locator("#send").inner_text() == "Send"
     assert errors == []

@@ -118,7 +118,7 @@ function renderConversationList() {
     title.className = "title";
     title.textContent = c.title || t("untitled");
     item.append(title, iconButton("✎", t("rename"), "rename", () => renameConversation(c)),
-      iconButton("🗑", t("delete"), "delete", () => deleteConversation(c)));
+      iconButton("✕", t("delete"), "delete", () => deleteConversation(c)));
     item.addEventListener("click", () => openConversation(c.id).catch(showError));
     list.append(item);
   }
