@@ -206,7 +206,8 @@ function fillMeta(el, m) {
   if (m.stopped) meta.append(Object.assign(document.createElement("span"), { textContent: t("stopped") }));
   if (m.id == null) return;
   const rating = m.feedback ? m.feedback.rating : 0;
-  for (const [value, symbol, label, cls] of [[1, "👍", t("good"), "thumb-up"], [-1, "👎", t("bad"), "thumb-down"]]) {
+  // Geometric glyphs, not emoji: every system font has them (emoji show as boxes without an emoji font).
+  for (const [value, symbol, label, cls] of [[1, "▲", t("good"), "thumb-up"], [-1, "▼", t("bad"), "thumb-down"]]) {
     const button = iconButton(symbol, label, cls, async () => {
       await api(`/ui/messages/${m.id}/feedback`, "PUT", { rating: value });
       m.feedback = { rating: value, comment: "" };
