@@ -1,0 +1,156 @@
+"""Serving throughput and latency: C concurrent clients streaming chat requests for a fixed time.
+
+Each client sends `/v1/chat/completions` requests with `stream: true` one after another, with
+prompts of mixed length (short questions and a long pasted text), and measures time to first
+token (TTFT) and the gaps between streamed chunks (inter-token latency, ITL). Works against any
+OpenAI-compatible server: `llamita serve`, or llama.cpp's `llama-server --parallel C` on the
+same GGUF for a side-by-side (build it in a scratch folder; never commit it).
+
+    python benchmarks/bench_serving.py --start-llamita --concurrency 1 4 16 --seconds 30
+    python benchmarks/bench_serving.py --url http://127.0.0.1:8081 --concurrency 4   # llama-server
+
+Only loopback URLs are accepted. Prints JSON: one row per concurrency with requests/s,
+aggregate generated tokens/s, TTFT and ITL p50/p99 (seconds), errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlparse
+
+import httpx
+
+QUESTIONS = ["What is the capital of France?", "Explica qué es un token en una frase.",
+             "Write a haiku about the sea.", "Name three primary colors.",
+             "¿Cuántos días tiene un año bisiesto?", "Give me a tip for learning Python."]
+LONG = ("Summarize the following text in two sentences.\n\n"
+        + "Large language models predict the next token from the ones before it. " * 40)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _client(url: str, deadline: float, max_tokens: int, seed: int, out: dict) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(timeout=120) as http:
+        while time.perf_counter() < deadline:
+            prompt = LONG if rng.random() < 0.25 else rng.choice(QUESTIONS)
+            body = {"messages": [{"role": "user", "content": prompt}], "stream": True,
+                    "max_tokens": max_tokens, "temperature": 0.7, "seed": rng.randrange(1 << 30),
+                    "stream_options": {"include_usage": True}}
+            start = last = time.perf_counter()
+            first = None
+            try:
+                with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                    if r.status_code != 200:
+                        out["errors"] += 1
+                        continue
+                    for line in r.iter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        chunk = json.loads(line[6:])
+                        if chunk.get("usage"):
+                            out["tokens"] += chunk["usage"]["completion_tokens"]
+                        choices = chunk.get("choices") or []
+                        if choices and choices[0].get("delta", {}).get("content"):
+                            now = time.perf_counter()
+                            if first is None:
+                                first = now
+                                out["ttft"].append(now - start)
+                            else:
+                                out["itl"].append(now - last)
+                            last = now
+                out["requests"] += 1
+            except httpx.HTTPError:
+                out["errors"] += 1
+
+
+def run_level(url: str, concurrency: int, seconds: float, max_tokens: int) -> dict:
+    results = [{"requests": 0, "tokens": 0, "errors": 0, "ttft": [], "itl": []} for _ in range(concurrency)]
+    start = time.perf_counter()
+    deadline = start + seconds
+    threads = [threading.Thread(target=_client, args=(url, deadline, max_tokens, i, results[i]))
+               for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    ttft = [x for r in results for x in r["ttft"]]
+    itl = [x for r in results for x in r["itl"]]
+    return {"concurrency": concurrency, "seconds": round(elapsed, 2),
+            "requests": sum(r["requests"] for r in results),
+            "requests_per_second": round(sum(r["requests"] for r in results) / elapsed, 3),
+            "generated_tokens_per_second": round(sum(r["tokens"] for r in results) / elapsed, 2),
+            "ttft_p50": _percentile(ttft, 0.5), "ttft_p99": _percentile(ttft, 0.99),
+            "itl_p50": _percentile(itl, 0.5), "itl_p99": _percentile(itl, 0.99),
+            "itl_mean": statistics.fmean(itl) if itl else None,
+            "errors": sum(r["errors"] for r in results)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_llamita(model: str | None, max_running: int) -> tuple[str, subprocess.Popen]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port),
+           "--max-running", str(max_running), "--max-queue", "256"]
+    if model:
+        cmd += ["--model", model]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("llamita serve did not start within 120 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="an OpenAI-compatible server on loopback")
+    parser.add_argument("--start-llamita", action="store_true", help="start `llamita serve` for the run")
+    parser.add_argument("--model", help="model for --start-llamita (default: the embedded one)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=30.0, help="duration of each level")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+    if bool(args.url) == args.start_llamita:
+        parser.error("give --url or --start-llamita")
+    proc = None
+    if args.start_llamita:
+        args.url, proc = start_llamita(args.model, max(args.concurrency))
+    host = urlparse(args.url).hostname or ""
+    if not (host == "localhost" or host.startswith("127.") or host == "::1"):
+        parser.error("only loopback servers are benchmarked here")
+    try:
+        rows = [run_level(args.url, c, args.seconds, args.max_tokens) for c in args.concurrency]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+    print(json.dumps({"url": args.url, "max_tokens": args.max_tokens, "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
