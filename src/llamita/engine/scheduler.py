@@ -59,6 +59,20 @@ class Schedule:
     def empty(self) -> bool:
         return not self.decode and not self.prefill
 
+    def add(self, work: Work) -> int:
+        """Schedule `work`; return the prefill tokens it takes from the step's budget (a decode
+        token takes none: running streams always advance)."""
+        if work.end - work.start == 1 and work.completes:
+            self.decode.append(work)
+            return 0
+        self.prefill.append(work)
+        return work.end - work.start
+
+    def drop(self, request: Request) -> None:
+        """Take back the work of a request preempted after it was scheduled."""
+        self.decode = [w for w in self.decode if w.request is not request]
+        self.prefill = [w for w in self.prefill if w.request is not request]
+
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, max_running: int = 16,
@@ -84,7 +98,6 @@ class Scheduler:
     def schedule(self) -> Schedule:
         out = Schedule()
         budget = self.max_prefill_tokens
-        scheduled: list[Request] = []
         for request in list(self.running):
             if request not in self.running:  # preempted while making room for an older one
                 continue
@@ -92,15 +105,9 @@ class Scheduler:
             n = 1 if remaining == 1 else min(remaining, budget)
             if n == 0:
                 continue
-            if not self._make_room(request, request.n_computed + n, scheduled, out):
+            if not self._make_room(request, request.n_computed + n, out):
                 continue  # it was the newest and got preempted itself
-            work = Work(request, request.n_computed, request.n_computed + n)
-            if n == 1 and work.completes:
-                out.decode.append(work)
-            else:
-                out.prefill.append(work)
-                budget -= n
-            scheduled.append(request)
+            budget -= out.add(Work(request, request.n_computed, request.n_computed + n))
 
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             request = self.waiting[0]
@@ -115,27 +122,16 @@ class Scheduler:
             if not request.admitted_once:
                 request.cached_tokens, request.admitted_once = hit, True
             bisect.insort(self.running, request, key=lambda r: r.arrival)
-            n = min(len(tokens) - hit, budget)
-            work = Work(request, hit, hit + n)
-            if n == 1 and work.completes:
-                out.decode.append(work)
-            else:
-                out.prefill.append(work)
-                budget -= n
-            scheduled.append(request)
+            budget -= out.add(Work(request, hit, hit + min(len(tokens) - hit, budget)))
         return out
 
-    def _make_room(self, request: Request, n_tokens: int, scheduled: list[Request],
-                   out: Schedule) -> bool:
-        """Grow `request` to n_tokens, preempting newer requests as needed; False if the
-        request itself had to be preempted."""
+    def _make_room(self, request: Request, n_tokens: int, out: Schedule) -> bool:
+        """Grow `request` to n_tokens, preempting newer requests as needed (and taking back
+        any work already scheduled for them); False if the request itself was preempted."""
         while not self.blocks.grow(request.request_id, n_tokens):
             victim = self.running[-1]
             self._preempt(victim)
-            if victim in scheduled:
-                scheduled.remove(victim)
-                out.decode = [w for w in out.decode if w.request is not victim]
-                out.prefill = [w for w in out.prefill if w.request is not victim]
+            out.drop(victim)
             if victim is request:
                 return False
         return True
