@@ -120,13 +120,15 @@ class BlockManager:
             seq.table.append(self._take(self._oldest_free()))
         return True
 
-    def register(self, seq_id: str, tokens: list[int]) -> None:
-        """`tokens` of `seq_id` now have their keys and values computed: register the full
-        blocks among them so later sequences can share them."""
+    def register(self, seq_id: str, tokens: list[int], n_computed: int | None = None) -> None:
+        """The first `n_computed` of `tokens` (default: all) of `seq_id` now have their keys
+        and values computed: register the full blocks among them so later sequences can share
+        them."""
         if not self.prefix_caching:
             return
         seq, bs = self._seqs[seq_id], self.block_size
-        while (seq.n_registered + 1) * bs <= len(tokens):
+        n = len(tokens) if n_computed is None else n_computed
+        while (seq.n_registered + 1) * bs <= n:
             i = seq.n_registered
             key = (seq.last_content, tuple(tokens[i * bs:(i + 1) * bs]))
             owner = self._block_of.get(key)

@@ -187,7 +187,7 @@ class LLMEngine:
     def _finish_work(self, work: Work, logits: torch.Tensor) -> list[RequestOutput]:
         request = work.request
         request.n_computed = work.end
-        self.blocks.register(request.request_id, request.tokens[:work.end])
+        self.blocks.register(request.request_id, request.tokens, work.end)
         if not work.completes:
             return []
         seq = request.seq

@@ -38,6 +38,12 @@ class SequenceState:
     max_new: int
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    # Prompt then generated ids, kept as one list: every step reads it (penalties, the next
+    # input, the KV bookkeeping), so it is appended to, never rebuilt.
+    history: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.history = self.prompt_ids + self.generated
 
     @classmethod
     def create(cls, index: int, prompt_ids: list[int], params: SamplingParams,
@@ -62,10 +68,6 @@ class SequenceState:
                    IncrementalDetokenizer(tokenizer, skip_special=True),
                    StopStringMatcher(params.stop), stop_ids, max_new)
 
-    @property
-    def history(self) -> list[int]:
-        return self.prompt_ids + self.generated
-
     def advance(self, token: int) -> StepOutput:
         """Append a sampled token, decide whether the sequence ends, return what to show."""
         if token in self.stop_ids:
@@ -73,6 +75,7 @@ class SequenceState:
             return StepOutput(self.index, None,
                               self.stops.feed(self.detok.flush()) + self.stops.flush(), "stop")
         self.generated.append(token)
+        self.history.append(token)
         text = self.stops.feed(self.detok.add(token))
         if self.stops.stopped:
             self.finish_reason = "stop"
