@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -40,7 +39,7 @@ from llamita.config import PRESETS, RopeScaling
 from llamita.engine.loader import default_model_path
 from llamita.weights.checkpoint import llama3_rope_divisors
 from llamita.weights.gguf_reader import GGUFFile
-from llamita.weights.gguf_writer import QUANTIZATION_VERSION
+from llamita.weights.gguf_writer import QUANTIZATION_VERSION, atomic_gguf_writer
 from llamita.weights.quant_mix import FILE_TYPES, ModelShape, file_type, tensor_type
 from llamita.weights.quants import BLOCK_SIZES, GGMLType, dequantize, tensor_nbytes
 
@@ -255,10 +254,8 @@ def write_model(output: Path, ft_name: str, llama: LlamaShape, tokenizer_from: P
 
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    writer = gguf.GGUFWriter(tmp, "llama")
     ratios: dict[str, list[float]] = {}
-    try:
+    with atomic_gguf_writer(output, "llama") as writer:
         writer.add_name(f"random Llama-3.1-8B shape, {llama.n_layers} layers, {ft.name}")
         writer.add_uint32("general.file_type", ft.file_type)
         writer.add_uint32("general.quantization_version", QUANTIZATION_VERSION)
@@ -292,12 +289,6 @@ def write_model(output: Path, ft_name: str, llama: LlamaShape, tokenizer_from: P
                 ratios.setdefault(t.name, []).append(ratio)
             writer.write_tensor_data(data)
             del data
-        writer.close()
-        os.replace(tmp, output)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     seconds = time.perf_counter() - start
 
     counts = Counter(t.name for _, _, t in plans)

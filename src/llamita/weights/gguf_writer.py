@@ -13,6 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -181,6 +182,26 @@ def _encode(source: TensorSource, p: TensorPlan) -> np.ndarray:
     return quantize(x, p.target_type).numpy()
 
 
+@contextmanager
+def atomic_gguf_writer(output: str | os.PathLike[str], architecture: str) -> Iterator[Any]:
+    """A `gguf.GGUFWriter` on a hidden temporary file beside `output`, renamed to `output` only
+    when the block ends normally: an interrupted or failed write never leaves a half file
+    under the real name (and never replaces a good one)."""
+    import gguf as gguf_pkg  # the writer is only needed here; loading a model never imports it
+
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.partial")
+    writer = gguf_pkg.GGUFWriter(tmp, architecture)
+    try:
+        yield writer
+        writer.close()
+        os.replace(tmp, output)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: FileType, *,
                     allow_requantize: bool = False,
                     on_tensor: Callable[[TensorPlan, int, int], None] | None = None) -> QuantizeReport:
@@ -210,9 +231,7 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
     report = QuantizeReport(Path(source.path), output, ft, plans, source.file_size,
                             requantized=lossy)
     start = time.perf_counter()
-    tmp = output.with_name(f".{output.name}.partial")
-    writer = gguf_pkg.GGUFWriter(tmp, source.architecture)
-    try:
+    with atomic_gguf_writer(output, source.architecture) as writer:
         for key, value, vtype, element in source.metadata_items():
             if key in _OWN_KEYS:
                 continue
@@ -233,12 +252,6 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
             writer.write_tensor_data(data)
             if on_tensor is not None:
                 on_tensor(p, i, len(plans))
-        writer.close()
-        os.replace(tmp, output)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     report.output_bytes = output.stat().st_size
     report.seconds = time.perf_counter() - start
     return report
