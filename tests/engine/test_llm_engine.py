@@ -160,3 +160,18 @@ def test_bad_requests_are_refused_and_queue_nothing(llm_f32):
     assert n == 64 - 3  # max_tokens is cut to what the window holds
     with pytest.raises(InvalidParameterError, match="too small"):
         LLMEngine(llm_f32.loaded, kv_cache_tokens=8, block_size=16)
+
+
+def test_a_stop_token_has_no_logprob_entry(llm_f32, prompt_ids, alone):
+    """Outputs carry one log-probability per new token: the step that samples a stop token
+    adds neither."""
+    stop = alone[0][2]
+    engine = LLMEngine(llm_f32.loaded)
+    engine.add_request("x", prompt_ids[0], SamplingParams(temperature=0, max_tokens=12, logprobs=1,
+                                                          stop_token_ids=(stop,)))
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    assert outs[-1].finish_reason == "stop" and outs[-1].token_ids == []
+    assert all(len(o.logprobs) == len(o.token_ids) for o in outs)
+    assert [t for o in outs for t in o.token_ids] == alone[0][:2]

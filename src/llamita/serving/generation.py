@@ -39,8 +39,7 @@ class Completion:
             self.first_output_at = now
         self.text += out.text
         self.token_ids += out.token_ids
-        # A step that sampled an end-of-sequence token has its logprob but no token to show.
-        self.logprobs += out.logprobs[: len(out.token_ids)]
+        self.logprobs += out.logprobs  # one entry per new token (none for a stop token)
         self.prompt_tokens, self.completion_tokens = out.prompt_tokens, out.completion_tokens
         self.cached_tokens = out.cached_tokens
         if out.finished:
