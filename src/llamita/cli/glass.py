@@ -56,9 +56,10 @@ def tokenize(
 
     Example: llamita tokenize "El perro cruzó la calle" --compare "The dog crossed the street"
     """
+    from llamita.engine.loader import load_tokenizer
     from llamita.glass.tokens import compare_view
 
-    data = compare_view(load(model, "auto").tokenizer, [text, *(compare or [])])
+    data = compare_view(load_tokenizer(model), [text, *(compare or [])])  # no weights needed
     if as_json:
         print_json(data)
         return

