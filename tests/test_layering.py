@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> {serving, glass} -> engine -> {model, tokenizer, weights} -> kernels."""
+"""Imports flow one way: cli -> serving -> glass -> engine -> {model, tokenizer, weights} -> kernels."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 # For each package, the llamita packages it may import.
 ALLOWED = {
     "cli": {"cli", "serving", "glass", "engine", "config", "errors", "sampling_params"},
-    "serving": {"serving", "engine", "config", "errors", "sampling_params", "tokenizer"},
-    # Glass sits beside serving (the web panel will call it): above the engine, below the CLI.
+    # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
+    "serving": {"serving", "glass", "engine", "config", "errors", "sampling_params", "tokenizer"},
+    # Glass sits beside serving: above the engine, below the CLI and the server.
     "glass": {"glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     "engine": {"engine", "model", "tokenizer", "weights", "kernels", "config", "errors", "sampling_params"},
     "model": {"model", "kernels", "config", "errors"},

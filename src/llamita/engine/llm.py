@@ -54,10 +54,20 @@ class LLM:
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
                  device: str | torch.device = "auto") -> None:
-        self.loaded: LoadedModel = load_model(model, dtype=dtype, device=device)
-        self.tokenizer = self.loaded.tokenizer
-        self.config = self.loaded.config
-        self._generator = Generator(self.loaded.model, self.tokenizer)
+        self._attach(load_model(model, dtype=dtype, device=device))
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel) -> LLM:
+        """An LLM over a model already loaded (the server's, for the glass views); shares it."""
+        llm = cls.__new__(cls)
+        llm._attach(loaded)
+        return llm
+
+    def _attach(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.config
+        self._generator = Generator(loaded.model, loaded.tokenizer)
 
     @property
     def last_stats(self) -> GenerationStats:

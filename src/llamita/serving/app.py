@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
-from llamita.serving import embedding_routes, ollama_routes, openai_routes, ui_routes
+from llamita.serving import embedding_routes, glass_routes, ollama_routes, openai_routes, ui_routes
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
 from llamita.serving.metrics import CONTENT_TYPE, ServerMetrics
@@ -46,6 +46,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.include_router(ollama_routes.router)
     app.include_router(embedding_routes.router)
     app.include_router(ui_routes.router)
+    app.include_router(glass_routes.router)
     app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])

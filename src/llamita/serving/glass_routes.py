@@ -1,0 +1,148 @@
+"""The glass box over HTTP: POST /glass/tokens, /glass/attention, /glass/next and /glass/lens
+answer with the plain-data views of `llamita.glass` for the served model (the web page's
+"Inside the model" panel draws them). Views that run the model do it on the engine thread,
+between two batch steps, so they never race the requests being generated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from llamita.engine.llm import LLM
+from llamita.engine.llm_engine import LLMEngine
+from llamita.glass.attention import attention_view
+from llamita.glass.common import prompt_ids
+from llamita.glass.lens import logit_lens
+from llamita.glass.next_token import next_token_view
+from llamita.glass.tokens import tokenize_view
+from llamita.serving.errors import APIError
+from llamita.serving.request_body import field
+from llamita.serving.state import ServerState, model_request
+
+# Attention keeps (n_layers, n_heads, S, S) float32 weights: 256 tokens are 70 MB on the
+# default model; the square grows fast past that.
+MAX_ATTENTION_TOKENS = 256
+MAX_TEXT_CHARS = 100_000  # /glass/tokens runs on the event loop: keep one request short
+MAX_TEMPERATURES = 64
+MAX_TOP = 100
+
+router = APIRouter()
+
+
+@router.post("/glass/tokens")
+async def tokens(request: Request) -> JSONResponse:
+    """{"text"} -> its tokens as plain text (no BOS, no template): ids, pieces, byte lengths,
+    tokens per word (llamita.glass.tokens.tokenize_view)."""
+    state, body = await model_request(request)
+    text = _text(body, "text", MAX_TEXT_CHARS)
+    return JSONResponse(tokenize_view(state.tokenizer, text))
+
+
+@router.post("/glass/attention")
+async def attention(request: Request) -> JSONResponse:
+    """{"text", "raw", "layer", "head", "token", "top"} -> the tokens the model read and the
+    (S, S) attention matrix of one layer / head (absent: the average), row i over tokens 0..i;
+    attends_to: what `token` (default the last) draws from most."""
+    state, body = await model_request(request)
+    text = _text(body, "text")
+    raw = field(body, "raw", bool, False)
+    cfg = state.loaded.config
+    layer = _index(body, "layer", cfg.n_layers)
+    head = _index(body, "head", cfg.n_heads)
+    token = field(body, "token", (int, str), -1)
+    top = _top(body, 5)
+    _check_length(state, "text", text, raw, MAX_ATTENTION_TOKENS)
+
+    def job(engine: LLMEngine) -> dict[str, Any]:
+        view = attention_view(LLM.from_loaded(engine.loaded), text, raw=raw, layer=layer, head=head,
+                              token=token, top=top)
+        view.pop("weights")  # every layer and head: the client asks for the one it shows
+        return view
+
+    return JSONResponse(await state.loop.call(job))
+
+
+@router.post("/glass/next")
+async def next_token(request: Request) -> JSONResponse:
+    """{"prompt", "raw", "temperature" or "temperatures", "top", "top_k", "top_p", "min_p"} ->
+    the `top` most likely next tokens and their probabilities at each temperature (and after
+    the filters, when one is set). One forward pass serves every temperature."""
+    state, body = await model_request(request)
+    prompt = _text(body, "prompt")
+    raw = field(body, "raw", bool, False)
+    temperatures = _temperatures(body)
+    top = _top(body, 10)
+    top_k = field(body, "top_k", int)
+    top_p = field(body, "top_p", float)
+    min_p = field(body, "min_p", float)
+    _check_length(state, "prompt", prompt, raw, state.context_length)
+
+    def job(engine: LLMEngine) -> dict[str, Any]:
+        return next_token_view(LLM.from_loaded(engine.loaded), prompt, raw=raw, temperatures=temperatures,
+                               top=top, top_k=top_k, top_p=top_p, min_p=min_p)
+
+    return JSONResponse(await state.loop.call(job))
+
+
+@router.post("/glass/lens")
+async def lens(request: Request) -> JSONResponse:
+    """{"prompt", "raw", "top"} -> the logit lens: the top tokens read from every layer."""
+    state, body = await model_request(request)
+    prompt = _text(body, "prompt")
+    raw = field(body, "raw", bool, False)
+    top = _top(body, 1)
+    _check_length(state, "prompt", prompt, raw, state.context_length)
+
+    def job(engine: LLMEngine) -> dict[str, Any]:
+        return logit_lens(LLM.from_loaded(engine.loaded), prompt, raw=raw, top=top)
+
+    return JSONResponse(await state.loop.call(job))
+
+
+def _text(body: dict[str, Any], name: str, max_chars: int | None = None) -> str:
+    text = field(body, name, str, required=True)
+    if not text:
+        raise APIError(400, f"'{name}' is empty: give the text to look at", param=name)
+    if max_chars is not None and len(text) > max_chars:
+        raise APIError(400, f"'{name}' has {len(text)} characters; at most {max_chars}", param=name)
+    return text
+
+
+def _index(body: dict[str, Any], name: str, n: int) -> int | None:
+    """A 0-based layer or head; None (absent) means the average over all of them."""
+    value = field(body, name, int)
+    if value is not None and not 0 <= value < n:
+        raise APIError(400, f"'{name}' must be in 0..{n - 1} (or absent for the average), got {value}",
+                       param=name)
+    return value
+
+
+def _top(body: dict[str, Any], default: int) -> int:
+    top = field(body, "top", int, default)
+    if not 1 <= top <= MAX_TOP:
+        raise APIError(400, f"'top' must be in 1..{MAX_TOP}, got {top}", param="top")
+    return top
+
+
+def _temperatures(body: dict[str, Any]) -> list[float]:
+    if body.get("temperature") is not None and body.get("temperatures") is not None:
+        raise APIError(400, "give 'temperature' or 'temperatures', not both", param="temperatures")
+    one = field(body, "temperature", float)
+    values = [one] if one is not None else field(body, "temperatures", list, [1.0])
+    if not 1 <= len(values) <= MAX_TEMPERATURES:
+        raise APIError(400, f"'temperatures' takes 1..{MAX_TEMPERATURES} values, got {len(values)}",
+                       param="temperatures")
+    for t in values:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
+            raise APIError(400, f"each temperature must be a number >= 0, got {t!r}", param="temperatures")
+    return [float(t) for t in values]
+
+
+def _check_length(state: ServerState, name: str, text: str, raw: bool, limit: int) -> None:
+    """400 before the model runs when the text is longer than `limit` tokens."""
+    n = len(prompt_ids(LLM.from_loaded(state.loaded), text, raw))
+    if n > limit:
+        raise APIError(400, f"'{name}' is {n} tokens (with the chat template unless 'raw'); this view "
+                       f"takes at most {limit}", param=name, code="context_length_exceeded")
