@@ -25,8 +25,11 @@ def model_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     try:
         meta = gguf.metadata
         types = Counter(info.type_name for info in gguf.tensors.values())
-        tokens = meta.get("tokenizer.ggml.tokens") or []
+        tokens = meta.get("tokenizer.ggml.tokens")
+        tokens = tokens if isinstance(tokens, list) else []  # any value type can sit under a key
         file_type = meta.get("general.file_type")
+        if not isinstance(file_type, int):
+            file_type = None
         return {
             "path": str(resolved),
             "file_size_bytes": gguf.file_size,

@@ -145,18 +145,24 @@ class Tokenizer:
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
             if key not in meta:
                 raise TokenizerError(f"the model file has no {key}")
-        add_bos = meta.get("tokenizer.ggml.add_bos_token")
+        # A file from a stranger can hold any value type under any key: check each before use.
+        tokens = _typed(meta, "tokenizer.ggml.tokens", list, str)
+        token_types = _typed(meta, "tokenizer.ggml.token_type", list, int)
+        merges = _typed(meta, "tokenizer.ggml.merges", list, str)
+        ids = {name: _typed(meta, f"tokenizer.ggml.{name}_token_id", int)
+               for name in ("bos", "eos", "eot", "eom")}
+        add_bos = _typed(meta, "tokenizer.ggml.add_bos_token", bool)
         return cls(
-            meta["tokenizer.ggml.tokens"],
-            meta.get("tokenizer.ggml.token_type"),
-            meta["tokenizer.ggml.merges"],
-            pre=meta.get("tokenizer.ggml.pre"),
-            bos_id=meta.get("tokenizer.ggml.bos_token_id"),
-            eos_id=meta.get("tokenizer.ggml.eos_token_id"),
-            eot_id=meta.get("tokenizer.ggml.eot_token_id"),
-            eom_id=meta.get("tokenizer.ggml.eom_token_id"),
-            add_bos=None if add_bos is None else bool(add_bos),
-            chat_template=meta.get("tokenizer.chat_template"),
+            tokens,
+            token_types,
+            merges,
+            pre=_typed(meta, "tokenizer.ggml.pre", str),
+            bos_id=ids["bos"],
+            eos_id=ids["eos"],
+            eot_id=ids["eot"],
+            eom_id=ids["eom"],
+            add_bos=add_bos,
+            chat_template=_typed(meta, "tokenizer.chat_template", str),
         )
 
     # ----------------------------------------------------------------- vocabulary
@@ -328,6 +334,21 @@ class Tokenizer:
                 "token_id", f"{token_id} is outside the vocabulary (0..{len(self._tokens) - 1})"
             )
         return token_id
+
+
+def _typed(meta: Mapping[str, Any], key: str, kind: type, element: type | None = None) -> Any:
+    """meta[key] (None when absent) if it is a `kind` (of `element`s), else TokenizerError."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python; a GGUF bool is never a valid id, count or token type.
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if ok and element is not None:
+        ok = all(isinstance(v, element) and not (element is int and isinstance(v, bool)) for v in value)
+    if not ok:
+        what = f"a list of {element.__name__}" if element else kind.__name__
+        raise TokenizerError(f"the model file's {key} must be {what}, got {value!r:.60}")
+    return value
 
 
 def _checked_id(name: str, token_id: Any, n_tokens: int) -> int | None:

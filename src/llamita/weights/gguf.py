@@ -8,6 +8,7 @@ the rotate-half order here, once, so the model has a single RoPE (LLAMA_SPEC §2
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -64,6 +65,21 @@ def _require(meta: dict[str, Any], key: str, path: object) -> Any:
     return meta[key]
 
 
+def _number(meta: dict[str, Any], key: str, path: object, kind: type[int] | type[float],
+            default: float | None = None) -> Any:
+    """Metadata `key` as an int (kind=int) or a finite float (kind=float).
+
+    A file from a stranger can hold a string, an array or NaN where a size belongs: refuse it
+    here, naming the key, instead of letting `int()` fail somewhere deeper."""
+    value = meta.get(key, default) if default is not None else _require(meta, key, path)
+    allowed = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed) or (
+            kind is float and not math.isfinite(value)):
+        what = "an integer" if kind is int else "a finite number"
+        raise ModelFileError(f"{path}: GGUF metadata '{key}' must be {what}, got {value!r:.60}")
+    return kind(value)
+
+
 def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
     """Build the ModelConfig from GGUF metadata (nothing hard-coded: every size is read)."""
     meta = gguf.metadata
@@ -72,61 +88,70 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
         raise ModelFileError(f"{gguf.path}: GGUF metadata lacks 'general.architecture'")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
-            f"{gguf.path}: architecture '{arch}' is not supported (llamita runs: "
+            f"{gguf.path}: architecture '{arch!s:.60}' is not supported (llamita runs: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)})")
 
-    def get(key: str, default: Any = None) -> Any:
-        full = f"{arch}.{key}"
-        return meta.get(full, default) if default is not None else _require(meta, full, gguf.path)
+    def get(key: str, kind: type[int] | type[float] = int, default: float | None = None) -> Any:
+        return _number(meta, f"{arch}.{key}", gguf.path, kind, default)
 
-    dim = int(get("embedding_length"))
-    n_heads = int(get("attention.head_count"))
-    n_kv_heads = get("attention.head_count_kv", n_heads)
-    if isinstance(n_kv_heads, list):
+    dim = get("embedding_length")
+    n_heads = get("attention.head_count")
+    if isinstance(meta.get(f"{arch}.attention.head_count_kv"), list):
         raise UnsupportedModelError(f"{gguf.path}: per-layer KV head counts are not supported")
-    head_dim = int(get("attention.key_length", dim // n_heads))
-    rope_dim = int(get("rope.dimension_count", head_dim))
+    n_kv_heads = get("attention.head_count_kv", default=n_heads)
+    if n_heads <= 0:
+        raise ModelFileError(f"{gguf.path}: GGUF metadata '{arch}.attention.head_count' must be "
+                             f"positive, got {n_heads}")
+    head_dim = get("attention.key_length", default=dim // n_heads)
+    rope_dim = get("rope.dimension_count", default=head_dim)
     if rope_dim != head_dim:
         raise UnsupportedModelError(
             f"{gguf.path}: partial rotary embeddings (rope dim {rope_dim} != head dim {head_dim}) "
             "are not supported")
-    if int(get("attention.value_length", head_dim)) != head_dim:
+    if get("attention.value_length", default=head_dim) != head_dim:
         raise UnsupportedModelError(f"{gguf.path}: value head size differs from key head size")
 
     tokens = meta.get("tokenizer.ggml.tokens")
     embd = gguf.tensors.get("token_embd.weight")
     if embd is None:
         raise ModelFileError(f"{gguf.path}: GGUF file has no 'token_embd.weight' tensor")
-    vocab_size = int(meta.get(f"{arch}.vocab_size", len(tokens) if tokens else embd.shape[0]))
+    vocab_size = get("vocab_size", default=len(tokens) if isinstance(tokens, list) and tokens
+                     else embd.shape[0])
 
     scaling = None
     scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
-    factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0))
+    factor = get("rope.scaling.factor", float, 1.0)
     if scaling_type == "linear" and factor != 1.0:
         scaling = RopeScaling("linear", factor)
     elif scaling_type not in ("none", "linear"):
-        raise UnsupportedModelError(f"{gguf.path}: RoPE scaling '{scaling_type}' is not supported")
+        raise UnsupportedModelError(f"{gguf.path}: RoPE scaling '{scaling_type!s:.60}' is not supported")
     # llama3-type scaling arrives as the `rope_freqs` tensor of divisors, not as metadata.
 
     try:
-        return ModelConfig(
-            n_layers=int(get("block_count")),
+        cfg = ModelConfig(
+            n_layers=get("block_count"),
             dim=dim,
             n_heads=n_heads,
-            n_kv_heads=int(n_kv_heads),
-            ffn_dim=int(get("feed_forward_length")),
+            n_kv_heads=n_kv_heads,
+            ffn_dim=get("feed_forward_length"),
             vocab_size=vocab_size,
             head_dim=head_dim,
-            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(get("rope.freq_base", 10000.0)),
+            norm_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
+            rope_theta=get("rope.freq_base", float, 10000.0),
             rope_scaling=scaling,
-            context_length=int(get("context_length", 4096)),
+            context_length=get("context_length", default=4096),
             tie_word_embeddings="output.weight" not in gguf.tensors,
             architecture=arch,
             name=str(meta.get("general.name", "")),
         )
     except ValueError as e:
         raise ModelFileError(f"{gguf.path}: inconsistent model metadata: {e}") from e
+    # Every layer needs its tensors: a huge block_count is corruption, refused before anything
+    # loops (or allocates) per layer.
+    if cfg.n_layers * len(_LAYER_NAMES) > len(gguf.tensors):
+        raise ModelFileError(f"{gguf.path}: GGUF metadata declares {cfg.n_layers} layers but the file "
+                             f"holds only {len(gguf.tensors)} tensors ({len(_LAYER_NAMES)} per layer)")
+    return cfg
 
 
 def _unpermute_rows(raw: np.ndarray, n_rows: int, n_heads: int) -> np.ndarray:
