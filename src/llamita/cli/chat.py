@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, stderr
+from llamita.cli.common import DtypeOption, LoraOption, ModelOption, friendly_errors, stderr
 from llamita.errors import LlamitaError
 
 HELP = """commands:
@@ -37,6 +37,7 @@ def chat(
     temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 = greedy."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     dtype: str = DtypeOption,
+    lora: Optional[list[str]] = LoraOption,
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
     longer fits in the context window (the system prompt is kept)."""
@@ -46,9 +47,10 @@ def chat(
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
     with stderr.status("loading model…"):
-        llm = LLM(model, dtype=dtype)
+        llm = LLM(model, dtype=dtype, lora=lora)
     out = Console(highlight=False)
-    stderr.print(f"[dim]{llm.loaded.path.name} · context {llm.config.context_length} tokens · "
+    adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
+    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · context {llm.config.context_length} tokens · "
                  "/help for commands, Ctrl-D to leave[/]")
     history: list[dict[str, str]] = []
 

@@ -19,6 +19,10 @@ MODEL_HELP = "Path to a .gguf model file. Default: the embedded SmolLM2-135M-Ins
 DTYPE_HELP = ("Compute dtype of weights and activations: auto (bfloat16 on CPUs with AVX-512 BF16/AMX "
               "and on CUDA, else float32), float32 or bfloat16.")
 ModelOption = typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
+LORA_HELP = ("LoRA adapter applied without merging: a PEFT folder (adapter_config.json + "
+             "adapter_model.safetensors) or a llama.cpp GGUF LoRA file, as PATH[:SCALE]; SCALE "
+             "multiplies the adapter's own alpha/r (default 1, 0 = off). Repeatable: the updates add up.")
+LoraOption = typer.Option(None, "--lora", help=LORA_HELP, show_default=False)
 DtypeOption = typer.Option("auto", "--dtype", help=DTYPE_HELP)
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, sampling_params, stderr
+from llamita.cli.common import DtypeOption, LoraOption, ModelOption, friendly_errors, sampling_params, stderr
 
 
 @friendly_errors
@@ -30,6 +30,7 @@ def run(
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when this text appears (repeatable); it is not printed."),
     dtype: str = DtypeOption,
     raw: bool = typer.Option(False, "--raw", help="Complete PROMPT as plain text, without the chat template."),
+    lora: Optional[list[str]] = LoraOption,
 ) -> None:
     """Answer PROMPT once. Text goes to stdout as it is generated; progress and speed to stderr.
 
@@ -43,8 +44,9 @@ def run(
     from llamita.engine.llm import LLM
 
     with stderr.status("loading model…"):
-        llm = LLM(model, dtype=dtype)
-    stderr.print(f"[dim]{llm.loaded.path.name} · {llm.loaded.dtype} · loaded in "
+        llm = LLM(model, dtype=dtype, lora=lora)
+    adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
+    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · loaded in "
                  f"{llm.loaded.load_seconds:.1f} s[/]")
     if raw:
         if system is not None:

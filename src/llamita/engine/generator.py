@@ -46,9 +46,11 @@ class GenerationStats:
 class Generator:
     """Runs batches of token-id prompts through a model and yields tokens as they come."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer) -> None:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, adapter: int | None = None) -> None:
+        """adapter: the LoRA adapter slot every sequence runs with (model.lora), None for none."""
         self.model = model
         self.tokenizer = tokenizer
+        self.adapter = adapter
         self.device = model.device
         self.context_length = model.config.context_length
         # A model may have more embedding rows than its tokenizer has tokens (padded vocab
@@ -87,7 +89,8 @@ class Generator:
                 positions = torch.tensor([[len(s.history) - 1] for s in live], device=self.device)
                 rows = None if len(live) == len(seqs) else torch.tensor(
                     [s.index for s in live], device=self.device)
-                logits = self.model(tokens, positions, cache, rows, last_only=True)[:, -1]
+                logits = self.model(tokens, positions, cache, rows, last_only=True,
+                                    adapters=self._adapters(len(live)))[:, -1]
                 sampled = [self._sample(seq, row) for seq, row in zip(live, logits)]
                 stats.decode_seconds += time.perf_counter() - t0
                 stats.decode_tokens += len(live)
@@ -101,9 +104,14 @@ class Generator:
         for start in range(0, ids.shape[1], PREFILL_CHUNK):
             chunk = ids[:, start:start + PREFILL_CHUNK]
             positions = torch.arange(start, start + chunk.shape[1], device=self.device)[None]
-            logits = self.model(chunk, positions, cache, rows, last_only=True)
+            logits = self.model(chunk, positions, cache, rows, last_only=True, adapters=self._adapters(1))
         assert logits is not None
         return logits[0, -1]
+
+    def _adapters(self, batch: int) -> torch.Tensor | None:
+        if self.adapter is None:
+            return None
+        return torch.full((batch,), self.adapter, dtype=torch.int64, device=self.device)
 
     def _sample(self, seq: SequenceState, logits: torch.Tensor) -> int:
         return seq.sampler.sample(logits[: self.n_tokens].float().cpu(), seq.history)

@@ -12,6 +12,7 @@ import torch
 from llamita.engine.conversation import Message
 from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
+from llamita.engine.lora import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import SamplingParams
@@ -53,8 +54,14 @@ class LLM:
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
-                 device: str | torch.device = "auto") -> None:
-        self._attach(load_model(model, dtype=dtype, device=device))
+                 device: str | torch.device = "auto",
+                 lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None) -> None:
+        """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
+        together to every generation without merging them into the weights."""
+        loaded = load_model(model, dtype=dtype, device=device)
+        specs = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
+        names = attach_loras(loaded.model, loaded.config, specs, combine=True)
+        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> LLM:
@@ -63,11 +70,13 @@ class LLM:
         llm._attach(loaded)
         return llm
 
-    def _attach(self, loaded: LoadedModel) -> None:
+    def _attach(self, loaded: LoadedModel, adapter: int | None = None) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
-        self._generator = Generator(loaded.model, loaded.tokenizer)
+        self._generator = Generator(loaded.model, loaded.tokenizer, adapter)
+        # The LoRA adapter every generation runs with (its slot name), or None.
+        self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 
     @property
     def last_stats(self) -> GenerationStats:

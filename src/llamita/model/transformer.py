@@ -18,6 +18,7 @@ from llamita.kernels.int8 import Int8Weight
 from llamita.model.embedding import EncodedEmbedding, Int8Embedding
 from llamita.model.kv_cache import KVCache
 from llamita.model.linear import Int4Linear, Int8Linear
+from llamita.model.lora import LoraSlots
 from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
@@ -105,6 +106,8 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        # LoRA adapters held (model/lora.py) and which one each batch row uses in a forward.
+        self.lora = LoraSlots()
 
     @classmethod
     def from_state_dict(cls, cfg: ModelConfig, state: dict[str, object]) -> Transformer:
@@ -156,20 +159,21 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, rows: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, adapters: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (float32) for `tokens` (B, S) at absolute `positions` (B, S).
 
         With a cache, keys/values are written at `positions` of cache `rows` (None: all rows in
         order) and each query attends to cache positions 0..its own position. Without one the
         S tokens attend causally to each other only. `last_only` keeps just the last position's
-        logits: (B, 1, vocab) instead of (B, S, vocab).
+        logits: (B, 1, vocab) instead of (B, S, vocab). `adapters` (B,) picks each row's LoRA
+        adapter slot (-1: none; None: the base model on every row).
         """
-        x = self.hidden_states(tokens, positions, cache, rows, last_only=last_only)
+        x = self.hidden_states(tokens, positions, cache, rows, last_only=last_only, adapters=adapters)
         return self.logits(x)
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                       cache: KVCache | None = None, rows: torch.Tensor | None = None,
-                      last_only: bool = False) -> torch.Tensor:
+                      last_only: bool = False, adapters: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, after the last RMSNorm (what the output projection reads,
         and what transformers calls `last_hidden_state`): (B, S, dim), or (B, 1, dim) with
         `last_only`. Arguments as in `forward`."""
@@ -183,8 +187,9 @@ class Transformer(nn.Module):
             length = int(positions.max()) + 1
             # Key j is visible to a query at position p iff j <= p: (B, 1, S, length), True = attend.
             mask = (torch.arange(length, device=tokens.device) <= positions[:, :, None])[:, None]
-        for layer in self.layers:
-            x = layer(x, cos, sin, positions, mask, cache, rows, length)
+        with self.lora.select(adapters, bsz):
+            for layer in self.layers:
+                x = layer(x, cos, sin, positions, mask, cache, rows, length)
         if last_only:
             x = x[:, -1:]
         return self.norm(x)

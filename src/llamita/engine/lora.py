@@ -1,0 +1,91 @@
+"""LoRA adapters on a loaded model: `--lora [NAME=]PATH[:SCALE]` specs, reading them against the
+base model, and installing them into adapter slots (model/lora.py) without merging."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llamita.config import ModelConfig
+from llamita.errors import InvalidParameterError
+from llamita.model.lora import install_adapter
+from llamita.model.transformer import Transformer
+from llamita.weights.lora import LoraAdapter, adapter_name, read_lora
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One adapter to load: its file or folder, a multiplier on its own scale (1 = as trained)
+    and the name requests use to pick it (default: the file or folder name)."""
+
+    path: Path
+    scale: float = 1.0
+    name: str | None = None
+
+    @property
+    def resolved_name(self) -> str:
+        return self.name or adapter_name(self.path)
+
+
+def parse_lora_spec(text: str | os.PathLike[str] | LoraSpec) -> LoraSpec:
+    """`[NAME=]PATH[:SCALE]` -> LoraSpec. A trailing `:x` counts as the scale only when x is a
+    number, so paths with colons still work."""
+    if isinstance(text, LoraSpec):
+        return text
+    text = os.fspath(text)
+    name = None
+    head, eq, rest = text.partition("=")
+    if eq and head and "/" not in head and os.sep not in head:
+        name, text = head, rest
+    path, colon, tail = text.rpartition(":")
+    scale = 1.0
+    if colon and path:
+        try:
+            scale = float(tail)
+            text = path
+        except ValueError:
+            pass
+    if not text:
+        raise InvalidParameterError("lora", f"no adapter path in {text!r}; use [NAME=]PATH[:SCALE]")
+    return LoraSpec(Path(text).expanduser(), scale, name)
+
+
+def combined_weights(adapters: Sequence[LoraAdapter], scales: Sequence[float]
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Several adapters as one: per layer, A stacked over ranks and B side by side with each
+    adapter's scale folded in, so (x Aᵀ) Bᵀ is exactly the sum of their updates."""
+    out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for adapter, user_scale in zip(adapters, scales):
+        for module, layer in adapter.layers.items():
+            a_parts, b_parts = out.setdefault(module, ([], []))
+            a_parts.append(layer.a)
+            b_parts.append(layer.b * (layer.scale * user_scale))
+    return {m: (torch.cat(a), torch.cat(b, dim=1), 1.0) for m, (a, b) in out.items()}
+
+
+def attach_loras(model: Transformer, config: ModelConfig,
+                 specs: Sequence[str | os.PathLike[str] | LoraSpec], *, combine: bool) -> list[str]:
+    """Read every adapter in `specs` and install it in `model`; return the slot names.
+
+    combine: all of them in one slot named after them joined by '+', applied together to every
+    row (`llamita run/chat`, `LLM(lora=...)`, like llama.cpp's repeated --lora); otherwise one
+    slot each, picked per request (`llamita serve`).
+    """
+    parsed = [parse_lora_spec(s) for s in specs]
+    names = [s.resolved_name for s in parsed]
+    if len(set(names)) != len(names):
+        raise InvalidParameterError("lora", f"two adapters are named alike ({', '.join(names)}); "
+                                    "name them with NAME=PATH")
+    adapters = [read_lora(s.path, config, n) for s, n in zip(parsed, names)]
+    if combine:
+        if not adapters:
+            return []
+        return [model.lora.names[install_adapter(
+            model, "+".join(names), combined_weights(adapters, [s.scale for s in parsed]))]]
+    for adapter, spec in zip(adapters, parsed):
+        install_adapter(model, adapter.name, combined_weights([adapter], [spec.scale]))
+    return list(model.lora.names)
