@@ -92,7 +92,8 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         self.device = self.model.device
-        per_token = kv_bytes_per_token(self.config, self.model.dtype)
+        # The model's own config sizes its cache: under tensor parallelism, this rank's KV heads.
+        per_token = kv_bytes_per_token(self.model.config, self.model.dtype)
         if kv_cache_tokens is None:
             budget = DEFAULT_KV_MEMORY if kv_memory_bytes is None else kv_memory_bytes
             kv_cache_tokens = budget // per_token
@@ -103,7 +104,7 @@ class LLMEngine:
             raise InvalidParameterError(
                 "kv_cache", f"{kv_cache_tokens} tokens of KV cache is too small "
                 f"(at least {2 * block_size} needed; one token takes {per_token} bytes)")
-        self.cache = PagedKVCache(self.config, n_blocks, block_size, dtype=self.model.dtype,
+        self.cache = PagedKVCache(self.model.config, n_blocks, block_size, dtype=self.model.dtype,
                                   device=self.device)
         self.blocks = BlockManager(n_blocks, block_size, prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_running, max_prefill_tokens)

@@ -14,6 +14,7 @@ import torch
 
 from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import InvalidParameterError, ModelFileError
+from llamita.model.tensor_parallel import parallelize
 from llamita.model.transformer import Transformer
 from llamita.tokenizer import Tokenizer
 from llamita.weights.checkpoint import checkpoint_format, read_checkpoint
@@ -89,7 +90,8 @@ class LoadedModel:
 
 def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype | None = "auto",
                device: str | torch.device | None = "auto", compact: bool | None = None,
-               rope_scaling_factor: float | None = None) -> LoadedModel:
+               rope_scaling_factor: float | None = None,
+               tensor_parallel: tuple[int, int] | None = None) -> LoadedModel:
     """Load a model ready to run: a GGUF file, a Hugging Face folder (config.json + safetensors)
     or a Meta folder (params.json + consolidated.NN.pth), told apart automatically; None: the
     default model.
@@ -100,6 +102,8 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     GGUF tensors, HF and Meta folders) always load dense in `dtype`.
     rope_scaling_factor: Meta folders only, the llama3 RoPE factor params.json does not state
     (default: 32 for tied-embedding models, i.e. Llama 3.2 1B/3B, else 8).
+    tensor_parallel: (rank, world size): read only that rank's shard of the weights and build a
+    model whose forward all-reduces with the other ranks (engine/tensor_parallel.py runs it).
     """
     start = time.perf_counter()
     resolved = _model_path(path)
@@ -115,8 +119,9 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     tokenizer = None
     if fmt != "gguf":  # read first: a missing tokenizer should not cost a full weight load
         tokenizer = load_tokenizer(resolved)
+    rank, world = tensor_parallel or (0, 1)
     ckpt = read_checkpoint(resolved, dtype=dt, compact=compact,
-                           rope_scaling_factor=rope_scaling_factor)
+                           rope_scaling_factor=rope_scaling_factor, tp_rank=rank, tp_size=world)
     if tokenizer is None:
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
     config = ckpt.config
@@ -124,7 +129,11 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
         raise ModelFileError(f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
                              f"embedding only {config.vocab_size} rows")
     metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
-    model = Transformer.from_state_dict(config, ckpt.state).to(dev)
+    if ckpt.shard is None:
+        model = Transformer.from_state_dict(config, ckpt.state).to(dev)
+    else:
+        model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.state).to(dev)
+        parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
                        time.perf_counter() - start, fmt, ckpt.generation)
 

@@ -26,6 +26,7 @@ from llamita.weights.gguf import gguf_state_dict, open_gguf
 from llamita.weights.hf import CONFIG_FILE, HFCheckpoint
 from llamita.weights.meta import PARAMS_FILE, MetaCheckpoint, rotate_half_to_interleaved
 from llamita.weights.quants import GGMLType
+from llamita.weights.shard import TensorShard
 
 FORMATS = ("gguf", "hf", "meta")
 
@@ -43,6 +44,11 @@ class FloatCheckpoint(Protocol):
 
     def tensor(self, name: str) -> torch.Tensor:
         """The tensor as stored (rotate-half Q/K), in memory the caller owns."""
+        ...
+
+    def tensor_part(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) [start, stop) of `tensor(name)`, reading only what
+        they need (a tensor-parallel rank's slice)."""
         ...
 
     def tokenizer_metadata(self) -> dict[str, Any]:
@@ -76,10 +82,12 @@ def open_float_checkpoint(path: Path, *, rope_scaling_factor: float | None = Non
     raise ModelFileError(f"{path}: expected a Hugging Face or Meta model folder")
 
 
-def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype) -> dict[str, object]:
+def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype,
+                     shard: TensorShard | None = None) -> dict[str, object]:
     """Every tensor the model needs, converted to `dtype` one at a time (peak memory: the
     result plus one tensor). Extra tensors in the files (e.g. old `rotary_emb.inv_freq`) are
-    ignored; a missing or misshapen one is a ModelFileError."""
+    ignored; a missing or misshapen one is a ModelFileError. With `shard`, only that
+    tensor-parallel rank's slice of each tensor is read."""
     expected = _expected_shapes(ckpt.config)
     for name, shape in expected.items():
         if name not in ckpt.shapes:
@@ -87,7 +95,11 @@ def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype) -> dict[str, obj
         if ckpt.shapes[name] != shape:
             raise ModelFileError(f"{ckpt.path}: '{name}' has shape {ckpt.shapes[name]}, "
                                  f"expected {shape} from the model's configuration")
-    return {name: ckpt.tensor(name).to(dtype) for name in expected}
+    def read(name: str) -> torch.Tensor:
+        split = shard.split(name) if shard is not None else None
+        return ckpt.tensor(name) if split is None else ckpt.tensor_part(name, *split)
+
+    return {name: read(name).to(dtype) for name in expected}
 
 
 @dataclass
@@ -100,29 +112,35 @@ class Checkpoint:
     state: dict[str, object]
     metadata: dict[str, Any]
     generation: GenerationDefaults | None = None
+    shard: TensorShard | None = None  # tensor parallel: the slice `state` holds
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
-                    compact: bool = False, rope_scaling_factor: float | None = None) -> Checkpoint:
+                    compact: bool = False, rope_scaling_factor: float | None = None,
+                    tp_rank: int = 0, tp_size: int = 1) -> Checkpoint:
     """Config, weights (canonical names, `dtype`) and metadata of the model at `path`.
 
     `compact` keeps quantized GGUF weights small (see `gguf_state_dict`); float checkpoints
-    always load dense. `rope_scaling_factor` applies to Meta folders only.
+    always load dense. `rope_scaling_factor` applies to Meta folders only. With `tp_size` > 1
+    only rank `tp_rank`'s slice of each weight is read (`weights/shard.py`); `config` stays the
+    whole model's.
     """
     path = Path(path)
     fmt = checkpoint_format(path)
     if fmt == "gguf":
         gguf, config = open_gguf(path)
         try:
-            state = gguf_state_dict(gguf, config, dtype=dtype, compact=compact)
-            return Checkpoint(fmt, config, state, dict(gguf.metadata))
+            shard = TensorShard(tp_rank, tp_size, config) if tp_size > 1 else None
+            state = gguf_state_dict(gguf, config, dtype=dtype, compact=compact, shard=shard)
+            return Checkpoint(fmt, config, state, dict(gguf.metadata), shard=shard)
         finally:
             gguf.close()
     ckpt = open_float_checkpoint(path, rope_scaling_factor=rope_scaling_factor)
     try:
-        state = float_state_dict(ckpt, dtype)
+        shard = TensorShard(tp_rank, tp_size, ckpt.config) if tp_size > 1 else None
+        state = float_state_dict(ckpt, dtype, shard)
         meta = {k: v for k, v, _, _ in config_metadata(ckpt.config)}
-        return Checkpoint(fmt, ckpt.config, state, meta, ckpt.generation)
+        return Checkpoint(fmt, ckpt.config, state, meta, ckpt.generation, shard)
     finally:
         ckpt.close()
 

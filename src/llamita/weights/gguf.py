@@ -25,6 +25,7 @@ from llamita.kernels.int4 import int4_supported
 from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
 from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
 from llamita.weights.quants import GGMLType, dequantize
+from llamita.weights.shard import ShardAlignmentError, TensorShard, dequantize_columns, slice_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -218,7 +219,7 @@ def _int8(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...], dtype: t
 
 
 def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32,
-                    compact: bool = False) -> dict[str, object]:
+                    compact: bool = False, shard: TensorShard | None = None) -> dict[str, object]:
     """Every model tensor under its canonical name, checking names and shapes.
 
     Tensors are dequantized to `dtype` unless `compact` (bfloat16 on CPU): then quantized
@@ -227,6 +228,8 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
     token embedding as `EncodedRows` (its file bytes, decoded per lookup) — or, for tied
     embeddings, as the `Int8Weight` the output projection needs anyway.
     `rope_freqs` (llama3 RoPE divisors), when present, is returned in float32.
+    With `shard`, only that tensor-parallel rank's slice of each weight is read and converted;
+    a quantized column slice that cuts through blocks is decoded to `dtype` instead.
     """
     expected = _expected_shapes(cfg)
     use_int4 = compact and int4_supported()
@@ -240,9 +243,17 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
             raise ModelFileError(f"{gguf.path}: tensor '{gname}' has shape {info.shape}, "
                                  f"expected {expected[name]}")
         raw = gguf.tensor_bytes(gname)
+        shape = tuple(info.shape)
+        split = shard.split(name) if shard is not None else None
+        if split is not None:
+            try:
+                raw, shape = slice_gguf(raw, info.ggml_type, shape, split)
+            except ShardAlignmentError:
+                state[name] = dequantize_columns(_as_tensor(raw), info.ggml_type, shape, split[1],
+                                                 split[2], dtype)
+                continue
         if name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = cfg.n_heads if name.endswith("q_proj.weight") else cfg.n_kv_heads
-            raw = _unpermute_rows(raw, info.shape[0], heads)
+            raw = _unpermute_rows(raw, shape[0], shape[0] // cfg.head_dim)
         tensor = _as_tensor(raw)
         quantized = info.ggml_type not in _FLOAT_TYPES
         is_linear = name.endswith("proj.weight") or name == "lm_head.weight"
@@ -251,24 +262,24 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
         if compact and quantized and (is_linear or is_embedding):
             if (is_linear or tied_head) and use_int4 and info.ggml_type in AFFINE_Q4_TYPES:
                 try:
-                    state["lm_head.weight" if tied_head else name] = pack_q4(tensor, info.ggml_type, info.shape)
+                    state["lm_head.weight" if tied_head else name] = pack_q4(tensor, info.ggml_type, shape)
                     if is_linear:
                         continue
                 except ValueError:
                     pass  # a shape the kernel does not take
-            if tied_head and "lm_head.weight" not in state and use_int8 and int8_shape_ok(*info.shape):
-                state[name] = _int8(tensor, info.ggml_type, info.shape, dtype)
+            if tied_head and "lm_head.weight" not in state and use_int8 and int8_shape_ok(*shape):
+                state[name] = _int8(tensor, info.ggml_type, shape, dtype)
                 continue
             if is_embedding:
                 # Own copy of the bytes: the model must not depend on the file staying unchanged.
-                rows = tensor.reshape(info.shape[0], -1).clone()
-                state[name] = EncodedRows(rows, info.shape[1], _row_decoder(info.ggml_type, info.shape[1]))
+                rows = tensor.reshape(shape[0], -1).clone()
+                state[name] = EncodedRows(rows, shape[1], _row_decoder(info.ggml_type, shape[1]))
                 continue
-            if use_int8 and int8_shape_ok(*info.shape):
-                state[name] = _int8(tensor, info.ggml_type, info.shape, dtype)
+            if use_int8 and int8_shape_ok(*shape):
+                state[name] = _int8(tensor, info.ggml_type, shape, dtype)
                 continue
         want = torch.float32 if name == "rope_freqs" else dtype
-        state[name] = dequantize(tensor, info.ggml_type, info.shape, dtype=want)
+        state[name] = dequantize(tensor, info.ggml_type, shape, dtype=want)
 
     for name in expected:
         if name not in state:

@@ -202,6 +202,19 @@ class HFCheckpoint:
         except Exception as e:
             raise ModelFileError(f"{file}: cannot read tensor '{hf_name}' ({e})") from None
 
+    def tensor_part(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) [start, stop) of tensor `name`, reading only those
+        from the file (a tensor-parallel rank's slice), in memory of its own."""
+        file, hf_name = self._where[name]
+        try:
+            with _safe_open(file) as handle:
+                part = handle.get_slice(hf_name)
+                return (part[start:stop] if dim == 0 else part[:, start:stop]).clone()
+        except UnsupportedModelError:
+            raise
+        except Exception as e:
+            raise ModelFileError(f"{file}: cannot read tensor '{hf_name}' ({e})") from None
+
     def tokenizer_metadata(self) -> dict[str, Any]:
         """The GGUF tokenizer keys for this folder's tokenizer.json (for `llamita quantize`)."""
         return gguf_tokenizer_from_hf(self.path, self.config.vocab_size)

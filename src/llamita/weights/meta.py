@@ -251,6 +251,34 @@ class MetaCheckpoint:
         except RuntimeError as e:  # a truncated shard surfaces on first touch
             raise ModelFileError(f"{self.path}: cannot read '{name}' ({e})") from None
 
+    def tensor_part(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) [start, stop) of tensor `name` (canonical,
+        rotate-half Q/K), touching only the shards that hold them. When the folder has one
+        shard per tensor-parallel rank, a rank's slice is exactly its own shard's tensor.
+        Q/K slices must hold whole heads (the RoPE row order is fixed per head)."""
+        meta_name, split = self._where[name]
+        if name == "embed_tokens.weight":
+            split = self._embed_split
+        try:
+            parts = [s[meta_name] for s in self._shards_for(name)]
+            if split is None or len(parts) == 1:
+                pieces, along = [parts[0].narrow(dim, start, stop - start)], dim
+            elif split == dim:  # the shards that overlap [start, stop), each trimmed to it
+                pieces, along, offset = [], dim, 0
+                for part in parts:
+                    a, b = max(start, offset), min(stop, offset + part.shape[dim])
+                    if a < b:
+                        pieces.append(part.narrow(dim, a - offset, b - a))
+                    offset += part.shape[dim]
+            else:  # split the other way: cut each shard, then join them as the merge would
+                pieces, along = [part.narrow(dim, start, stop - start) for part in parts], split
+            t = torch.cat(pieces, dim=along)  # always a copy: never a view of the mapped file
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                t = interleaved_to_rotate_half(t, t.shape[0] // self.config.head_dim)
+            return t
+        except RuntimeError as e:  # a truncated shard surfaces on first touch
+            raise ModelFileError(f"{self.path}: cannot read '{name}' ({e})") from None
+
     def tokenizer_metadata(self) -> dict[str, Any]:
         """The GGUF tokenizer keys for this folder's tokenizer.model (for `llamita quantize`)."""
         return gguf_tokenizer_from_tiktoken(self.path / TOKENIZER_FILE, self.config.vocab_size)
