@@ -3,16 +3,9 @@ Send a message, watch the answer stream in, give it a thumbs up, reload, find it
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    pytest.skip("no chromium on PATH (Debian: apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-
-from serving_helpers import start_server  # noqa: E402
+from serving_helpers import start_server
 
 TIMEOUT_MS = 20_000
 
@@ -22,15 +15,6 @@ def chat_server(loaded, tmp_path_factory):
     running, stop = start_server(loaded, kv_cache_tokens=1024, data_dir=str(tmp_path_factory.mktemp("chat")))
     yield running
     stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        yield browser
-        browser.close()
 
 
 def test_chat_stream_feedback_and_reload(browser, chat_server):
