@@ -72,6 +72,13 @@ BAD_VALUES = [
     ("logprobs", 21, "[0, 20]"),
     ("logprobs", 5.0, "integer"),
     ("logprobs", True, "integer"),
+    ("logit_bias", {-1: 1.0}, ">= 0"),
+    ("logit_bias", {1: 101}, "[-100, 100]"),
+    ("logit_bias", {1: float("inf")}, "[-100, 100]"),
+    ("logit_bias", {1: True}, "[-100, 100]"),
+    ("logit_bias", {"1": 1.0}, "integer"),
+    ("logit_bias", "x", "map token ids"),
+    ("grammar", "json", "Grammar"),
 ]
 
 

@@ -7,16 +7,60 @@ build and check them without loading the tensor stack.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from llamita.errors import InvalidParameterError
 
 # Largest seed a torch.Generator accepts (manual_seed takes an unsigned 64-bit value).
 MAX_SEED = 2**64 - 1
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
+
+GrammarKind = Literal["json_schema", "regex", "lark", "gbnf"]
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A constraint on the generated text: only tokens that keep the text inside the grammar
+    can be drawn (engine/constraint.py compiles it with llguidance).
+
+    kind: "json_schema" (`source` is a JSON Schema, as a JSON string), "regex", "lark"
+    (llguidance's Lark dialect) or "gbnf" (llama.cpp's grammar format). Build JSON ones with
+    `Grammar.json_object()` / `Grammar.json_schema(schema)`.
+    """
+
+    kind: GrammarKind
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("json_schema", "regex", "lark", "gbnf"):
+            message = f"kind must be json_schema, regex, lark or gbnf, got {self.kind!r}"
+            raise InvalidParameterError("grammar", message)
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise InvalidParameterError("grammar", "the grammar source is empty")
+
+    @classmethod
+    def json_object(cls) -> Grammar:
+        """Any JSON object (OpenAI's response_format json_object, Ollama's format "json")."""
+        return cls("json_schema", '{"type": "object"}')
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, Any] | str) -> Grammar:
+        """JSON text valid under `schema` (a dict, or its JSON text)."""
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise InvalidParameterError("json_schema", f"is not valid JSON: {e}") from None
+        if not isinstance(schema, Mapping):
+            got = type(schema).__name__
+            raise InvalidParameterError("json_schema", f"must be a JSON object (a schema), got {got}")
+        return cls("json_schema", json.dumps(schema))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +101,11 @@ class SamplingParams:
         ignore_eos: keep generating past end-of-sequence tokens. Default False.
         logprobs: how many top log-probabilities to return with each token (0..20); None
             returns none. Default None.
+        logit_bias: token id -> value added to that token's logit before anything else
+            (-100..100, OpenAI's range; -100 in practice bans a token, 100 forces it). A dict
+            is accepted and stored as sorted (id, bias) pairs. Default none.
+        grammar: a `Grammar` the generated text must follow (JSON, a JSON Schema, a regex or a
+            grammar); generation ends when the grammar is complete. Default None.
     """
 
     max_tokens: int | None = 256
@@ -73,6 +122,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         # Each check also normalizes: ints given for floats become floats, lists become tuples.
@@ -95,6 +146,10 @@ class SamplingParams:
             raise InvalidParameterError("ignore_eos", f"must be true or false, got {got}")
         if self.logprobs is not None:
             self._int("logprobs", f"in [0, {MAX_LOGPROBS}], or None", 0, MAX_LOGPROBS)
+        object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            got = type(self.grammar).__name__
+            raise InvalidParameterError("grammar", f"must be a Grammar or None, got {got}")
 
     def _int(self, name: str, allowed: str, lo: int, hi: int | None = None) -> None:
         value = _check_int(name, getattr(self, name), allowed, lo, hi)
@@ -167,3 +222,22 @@ def _token_ids(ids: object) -> tuple[int, ...]:
         got = type(ids).__name__
         raise InvalidParameterError("stop_token_ids", f"must be a list of token ids, got {got}")
     return tuple(_check_int("stop_token_ids", i, "(a token id, >= 0)", 0) for i in ids)
+
+
+def _logit_bias(bias: object) -> tuple[tuple[int, float], ...]:
+    items = bias.items() if isinstance(bias, Mapping) else bias
+    if not isinstance(items, (list, tuple, type({}.items()))):
+        got = type(bias).__name__
+        raise InvalidParameterError("logit_bias", f"must map token ids to numbers, got {got}")
+    pairs: dict[int, float] = {}
+    for item in items:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            raise InvalidParameterError("logit_bias", f"must map token ids to numbers, got {item!r}")
+        token = _check_int("logit_bias", item[0], ">= 0 (keys are token ids)", 0)
+        value = item[1]
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
+                or abs(value) > MAX_LOGIT_BIAS:
+            raise InvalidParameterError(
+                "logit_bias", f"values must be numbers in [-100, 100], got {value!r} for token {token}")
+        pairs[token] = float(value)
+    return tuple(sorted(pairs.items()))

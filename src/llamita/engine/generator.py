@@ -114,7 +114,7 @@ class Generator:
         return torch.full((batch,), self.adapter, dtype=torch.int64, device=self.device)
 
     def _sample(self, seq: SequenceState, logits: torch.Tensor) -> int:
-        return seq.sampler.sample(logits[: self.n_tokens].float().cpu(), seq.history)
+        return seq.next_token(logits[: self.n_tokens].float().cpu())
 
     @staticmethod
     def _advance(seq: SequenceState, token: int, stats: GenerationStats) -> StepOutput:

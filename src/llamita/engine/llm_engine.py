@@ -195,7 +195,7 @@ class LLMEngine:
         logits = logits[: self.n_tokens].float().cpu()
         if self.on_logits is not None:
             self.on_logits(request.request_id, logits)
-        token = seq.sampler.sample(logits, seq.history)
+        token = seq.next_token(logits)
         step = seq.advance(token)
         logprobs = []
         # A stop token is not part of the output: no token, no log-probability for it.

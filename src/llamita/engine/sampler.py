@@ -1,6 +1,6 @@
 """Turn one row of logits into the next token id, following llama.cpp's default sampler chain.
 
-The chain is: penalties -> top_k -> top_p -> min_p -> temperature -> draw. As in llama.cpp,
+The chain is: logit_bias -> penalties -> top_k -> top_p -> min_p -> temperature -> draw. As in llama.cpp,
 temperature comes *last*: top_k, top_p and min_p see the distribution at temperature 1, so
 a high temperature flattens the surviving tokens but never lets more tokens survive. (vLLM
 and Hugging Face divide by the temperature first; the same top_p then keeps a different set.)
@@ -120,6 +120,9 @@ class Sampler:
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        ids, values = zip(*params.logit_bias) if params.logit_bias else ((), ())
+        self.bias_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
+        self.bias_values = torch.tensor(values, dtype=torch.float32, device=self.device)
 
     def sample(self, logits: Tensor, history: list[int] | Tensor) -> int:
         """The next token id.
@@ -133,6 +136,8 @@ class Sampler:
             raise ValueError(f"sample() takes one row of logits of shape (V,), got {shape}")
         params = self.params
         logits = logits.to(device=self.device, dtype=torch.float32)
+        if self.bias_ids.numel():  # first in the chain, as OpenAI and llama.cpp apply it
+            logits = logits.index_add(0, self.bias_ids, self.bias_values)
         window = penalty_window(history, params.penalty_last_n, self.device)
         logits = apply_penalties(logits, window, params)
         if params.is_greedy:

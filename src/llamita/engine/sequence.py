@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from llamita.engine.constraint import TokenConstraint
 from llamita.engine.sampler import Sampler
 from llamita.engine.stop import StopStringMatcher
 from llamita.errors import ContextOverflowError, InvalidParameterError
@@ -36,6 +39,7 @@ class SequenceState:
     stops: StopStringMatcher
     stop_ids: frozenset[int]
     max_new: int
+    constraint: TokenConstraint | None = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     # Prompt then generated ids, kept as one list: every step reads it (penalties, the next
@@ -60,13 +64,26 @@ class SequenceState:
             raise ContextOverflowError(
                 f"the prompt has {n} tokens but the context window holds {context_length} "
                 f"(prompt plus at least one generated token): {n + 1 - context_length} too many")
+        bias_ids = [t for t, _ in params.logit_bias if t >= n_tokens]
+        if bias_ids:
+            raise InvalidParameterError(
+                "logit_bias", f"token id {bias_ids[0]} is outside the vocabulary ({n_tokens} tokens)")
         room = context_length - n
         max_new = room if params.max_tokens is None else min(params.max_tokens, room)
         stop_ids = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else tokenizer.stop_ids)
+        constraint = None if params.grammar is None else TokenConstraint(params.grammar, tokenizer,
+                                                                         n_tokens)
         return cls(index, list(prompt_ids), params, Sampler(params, device="cpu"),
                    IncrementalDetokenizer(tokenizer, skip_special=True),
-                   StopStringMatcher(params.stop), stop_ids, max_new)
+                   StopStringMatcher(params.stop), stop_ids, max_new, constraint)
+
+    def next_token(self, logits: torch.Tensor) -> int:
+        """Draw the next token from one row of logits (n_tokens,), float32 on the CPU:
+        grammar mask first (a forbidden token can never come back), then the sampler chain."""
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits)
+        return self.sampler.sample(logits, self.history)
 
     def advance(self, token: int) -> StepOutput:
         """Append a sampled token, decide whether the sequence ends, return what to show."""
@@ -77,8 +94,14 @@ class SequenceState:
         self.generated.append(token)
         self.history.append(token)
         text = self.stops.feed(self.detok.add(token))
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if self.stops.stopped:
             self.finish_reason = "stop"
+        elif self.constraint is not None and self.constraint.done:
+            # The grammar is complete (the JSON closed): the model could only end its turn.
+            self.finish_reason = "stop"
+            text += self.stops.feed(self.detok.flush()) + self.stops.flush()
         elif len(self.generated) >= self.max_new:
             self.finish_reason = "length"
             text += self.stops.feed(self.detok.flush()) + self.stops.flush()
