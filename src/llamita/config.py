@@ -137,3 +137,4 @@ class ServerConfig:
     device: str = "auto"
     model_name: str | None = None  # the name clients use; None: the model file's name
     data_dir: str | None = None  # the web chat's llamita.db; None: the per-user data folder
+    lora: tuple[str, ...] = ()  # LoRA adapters, `[NAME=]PATH[:SCALE]`; requests pick one by name

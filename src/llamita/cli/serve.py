@@ -39,6 +39,12 @@ def serve(
                                                  "(llamita.db, SQLite). Default: $XDG_DATA_HOME/llamita "
                                                  "or ~/.local/share/llamita.", show_default=False),
     dtype: str = DtypeOption,
+    lora: Optional[list[str]] = typer.Option(
+        None, "--lora", show_default=False,
+        help="LoRA adapter a request may pick, as [NAME=]PATH[:SCALE]: a PEFT folder or a GGUF LoRA "
+             "file; NAME defaults to the folder or file name, SCALE (default 1) multiplies its "
+             "alpha/r. Repeatable. A request picks one with \"model\": \"BASE+NAME\" or \"lora\": "
+             "\"NAME\"; requests with different adapters share the batch, the base is never changed."),
 ) -> None:
     """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and
     Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize,
@@ -52,4 +58,4 @@ def serve(
     run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
                             api_key=api_key or None, max_queue=max_queue, kv_cache_tokens=kv_cache_tokens,
                             max_running=max_running, dtype=dtype, model_name=model_name,
-                            data_dir=os.fspath(data_dir) if data_dir else None))
+                            data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ())))

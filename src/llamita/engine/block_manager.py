@@ -68,11 +68,11 @@ class BlockManager:
     def has(self, seq_id: str) -> bool:
         return seq_id in self._seqs
 
-    def _hits(self, tokens: list[int]) -> list[int]:
+    def _hits(self, tokens: list[int], namespace: int = 0) -> list[int]:
         """Blocks already holding the leading full blocks of `tokens`, in order."""
         if not self.prefix_caching:
             return []
-        found, parent, bs = [], -1, self.block_size
+        found, parent, bs = [], _root(namespace), self.block_size
         # The last token is always computed (its logits are needed), so a prompt never hits
         # completely: only blocks that end before it count.
         for start in range(0, len(tokens) - 1 - bs + 1, bs):
@@ -83,20 +83,23 @@ class BlockManager:
             parent = self._content_of[block]
         return found
 
-    def can_allocate(self, tokens: list[int], reserve: int = 0) -> bool:
+    def can_allocate(self, tokens: list[int], reserve: int = 0, namespace: int = 0) -> bool:
         """Whether `allocate(tokens)` would succeed leaving `reserve` blocks free."""
-        hits = self._hits(tokens)
+        hits = self._hits(tokens, namespace)
         revived = sum(1 for b in hits if self._refs[b] == 0)  # hits sitting in the free list
         return self.n_free - revived - (self.blocks_for(len(tokens)) - len(hits)) >= reserve
 
     # -- changes ---------------------------------------------------------------------------
-    def allocate(self, seq_id: str, tokens: list[int]) -> int:
+    def allocate(self, seq_id: str, tokens: list[int], namespace: int = 0) -> int:
         """Give `seq_id` blocks for all of `tokens`; return how many leading tokens are already
-        computed (prefix-cache hits, whole blocks). Check `can_allocate` first."""
+        computed (prefix-cache hits, whole blocks). Check `can_allocate` first.
+
+        namespace: blocks computed in one namespace never match in another (keys and values
+        under different LoRA adapters differ for the same tokens)."""
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} already has blocks")
-        hits = self._hits(tokens)
-        seq = _SeqBlocks()
+        hits = self._hits(tokens, namespace)
+        seq = _SeqBlocks(last_content=_root(namespace))
         for b in hits:
             self._take(b, keep_content=True)
             seq.table.append(b)
@@ -171,3 +174,8 @@ class BlockManager:
                 del self._content_of[b]
         self._refs[b] += 1
         return b
+
+
+def _root(namespace: int) -> int:
+    """The parent content id of a namespace's first block: negative, so never a real block's."""
+    return -1 - namespace

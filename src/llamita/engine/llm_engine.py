@@ -119,14 +119,19 @@ class LLMEngine:
         self.on_logits: Callable[[str, torch.Tensor], None] | None = None
 
     # -- requests --------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. Raises InvalidParameterError / ContextOverflowError (nothing is
-        queued then)."""
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    adapter: str | None = None) -> None:
+        """Queue a request, run with the model's LoRA adapter named `adapter` (None: the base
+        model). Raises InvalidParameterError / ContextOverflowError (nothing is queued then)."""
         if request_id in self.requests:
             raise InvalidParameterError("request_id", f"{request_id!r} is already running")
+        if adapter is not None and adapter not in self.model.lora.names:
+            raise InvalidParameterError("lora", f"no LoRA adapter named {adapter!r} is loaded "
+                                        f"(loaded: {', '.join(self.model.lora.names) or 'none'})")
         seq = SequenceState.create(0, prompt_ids, params, self.tokenizer, self.n_tokens,
                                    self.context_length)
-        request = Request(request_id, self._arrivals, seq)
+        request = Request(request_id, self._arrivals, seq,
+                          adapter=-1 if adapter is None else self.model.lora.slot(adapter))
         self._arrivals += 1
         self.requests[request_id] = request
         self.scheduler.add(request)
@@ -183,7 +188,9 @@ class LLMEngine:
         width = max(len(t) for t in tables)
         self.cache.bind(torch.tensor([t + [0] * (width - len(t)) for t in tables],
                                      dtype=torch.int64, device=self.device))
-        return self.model(tokens, positions, self.cache, None, last_only=True)[:, -1]
+        adapters = torch.tensor([w.request.adapter for w in works], device=self.device) \
+            if self.model.lora.names else None
+        return self.model(tokens, positions, self.cache, None, last_only=True, adapters=adapters)[:, -1]
 
     def _finish_work(self, work: Work, logits: torch.Tensor) -> list[RequestOutput]:
         request = work.request

@@ -30,6 +30,7 @@ class Request:
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
     preemptions: int = 0
     admitted_once: bool = False
+    adapter: int = -1  # the model's LoRA adapter slot this request runs with; -1: none
 
     @property
     def tokens(self) -> list[int]:
@@ -114,10 +115,12 @@ class Scheduler:
             tokens = request.tokens
             # Keep a block spare per running request so they can grow next step; alone, a
             # request always fits (requests are sized to the pool when they are added).
-            if not self.blocks.can_allocate(tokens, reserve=len(self.running)):
+            # Each adapter's keys and values are its own: its prefix cache is apart (+1: none is 0).
+            namespace = request.adapter + 1
+            if not self.blocks.can_allocate(tokens, reserve=len(self.running), namespace=namespace):
                 break
             self.waiting.pop(0)
-            hit = self.blocks.allocate(request.request_id, tokens)
+            hit = self.blocks.allocate(request.request_id, tokens, namespace)
             request.n_computed = hit
             if not request.admitted_once:
                 request.cached_tokens, request.admitted_once = hit, True

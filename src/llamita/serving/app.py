@@ -110,12 +110,16 @@ async def health(request: Request) -> JSONResponse:
 
 async def list_models(request: Request) -> JSONResponse:
     state = server_state(request)
-    return JSONResponse({"object": "list", "data": [_model_card(state)]})
+    return JSONResponse({"object": "list", "data": [_model_card(state, name) for name in state.model_names()]})
 
 
-def _model_card(state: ServerState) -> dict[str, Any]:
-    return {"id": state.model_name, "object": "model", "created": int(state.started_at), "owned_by": "llamita",
+def _model_card(state: ServerState, name: str) -> dict[str, Any]:
+    """One entry of /v1/models; a LoRA adapter is listed as base+adapter with its base as `parent`."""
+    card = {"id": name, "object": "model", "created": int(state.started_at), "owned_by": "llamita",
             "max_model_len": state.context_length}
+    if name != state.model_name:
+        card["parent"] = state.model_name
+    return card
 
 
 async def tokenize(request: Request) -> JSONResponse:

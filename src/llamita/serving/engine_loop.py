@@ -73,6 +73,7 @@ class _Add:
     prompt_ids: list[int]
     params: SamplingParams
     sink: _Sink
+    adapter: str | None = None  # LoRA adapter name; None: the base model
 
 
 @dataclass
@@ -185,7 +186,7 @@ class EngineLoop:
 
     # -- called from the event loop -------------------------------------------------------------
     async def submit(self, prompt_ids: list[int], params: SamplingParams,
-                     request_id: str | None = None) -> RequestStream:
+                     request_id: str | None = None, adapter: str | None = None) -> RequestStream:
         """Queue a request and wait until the engine accepted it. Raises QueueFullError, or the
         engine's InvalidParameterError / ContextOverflowError (nothing is left queued then)."""
         if not self.alive:
@@ -197,7 +198,7 @@ class EngineLoop:
         sink = _Sink(asyncio.get_running_loop())
         with self._pending_lock:
             self._pending += 1
-        self._inbox.put(_Add(request_id, list(prompt_ids), params, sink))
+        self._inbox.put(_Add(request_id, list(prompt_ids), params, sink, adapter))
         first = await sink.queue.get()
         if isinstance(first, BaseException):
             raise first
@@ -257,7 +258,7 @@ class EngineLoop:
         with self._pending_lock:
             self._pending -= 1
         try:
-            self.engine.add_request(item.request_id, item.prompt_ids, item.params)
+            self.engine.add_request(item.request_id, item.prompt_ids, item.params, item.adapter)
         except Exception as e:  # typed errors go back to the client as 400s, others as 500s
             item.sink.put(e)
             return

@@ -57,12 +57,13 @@ class Generation:
 
     @classmethod
     async def start(cls, loop: EngineLoop, prompts: list[list[int]],
-                    params: list[SamplingParams]) -> Generation:
-        """Submit one request per (prompt, params); if one is refused, abort those already in."""
+                    params: list[SamplingParams], adapter: str | None = None) -> Generation:
+        """Submit one request per (prompt, params), all with LoRA `adapter` (None: none); if
+        one is refused, abort those already in."""
         streams: list[RequestStream] = []
         try:
             for ids, p in zip(prompts, params):
-                streams.append(await loop.submit(ids, p))
+                streams.append(await loop.submit(ids, p, adapter=adapter))
         except BaseException:
             for s in streams:
                 s.close()

@@ -72,7 +72,7 @@ def _fit(state: ServerState, prompt: list[int], params: SamplingParams,
 async def _start(state: ServerState, body: dict[str, Any], prompt: list[int]) -> Generation:
     options = field(body, "options", dict, {})
     params = _fit(state, prompt, ollama_sampling_params(options), options)
-    return await Generation.start(state.loop, [prompt], [params])
+    return await Generation.start(state.loop, [prompt], [params], state.adapter_of(body))
 
 
 def _final(state: ServerState, c: Completion, done_reason: str | None) -> dict[str, Any]:

@@ -67,7 +67,8 @@ async def _start(state: ServerState, prompts: list[list[int]], body: dict[str, A
     params = openai_sampling_params(body, chat=chat)
     n = choice_count(body)
     prompt_list = [p for p in prompts for _ in range(n)]
-    return await Generation.start(state.loop, prompt_list, per_choice(params, n) * len(prompts))
+    return await Generation.start(state.loop, prompt_list, per_choice(params, n) * len(prompts),
+                                  state.adapter_of(body))
 
 
 def _event_stream(events: AsyncIterator[str], generation: Generation) -> StreamingResponse:

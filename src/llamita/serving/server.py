@@ -8,6 +8,7 @@ from pathlib import Path
 from llamita.config import ServerConfig
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
+from llamita.engine.lora import attach_loras
 from llamita.serving.app import create_app
 from llamita.serving.engine_loop import EngineLoop
 
@@ -24,6 +25,7 @@ def serve(config: ServerConfig) -> None:
     import uvicorn
 
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    adapters = attach_loras(loaded.model, loaded.config, config.lora, combine=False)
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue)
     name = config.model_name or served_name(loaded.path)
@@ -31,6 +33,9 @@ def serve(config: ServerConfig) -> None:
     loop.start()
     print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, context {engine.context_length} "
           f"tokens) on http://{config.host}:{config.port}", flush=True)
+    if adapters:
+        print(f"llamita: LoRA adapters (request them as model '{name}+NAME' or \"lora\": NAME): "
+              f"{', '.join(adapters)}", flush=True)
     print(f"llamita: web chat at http://{config.host}:{config.port}/ (data in "
           f"{app.state.chat_store.path})", flush=True)
     try:

@@ -36,14 +36,38 @@ class ServerState:
         """Positions one request may use: the model's window, or less when the KV cache is smaller."""
         return self.loop.engine.context_length
 
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters a request may pick (`llamita serve --lora`)."""
+        return list(self.loop.engine.model.lora.names)
+
+    def model_names(self) -> list[str]:
+        """Every `model` a request may name: the base, and base+adapter for each adapter."""
+        return [self.model_name] + [f"{self.model_name}+{a}" for a in self.adapters]
+
+    def adapter_of(self, body: dict[str, Any]) -> str | None:
+        """The LoRA adapter a request asks for, by `"model": "base+NAME"` or `"lora": "NAME"`
+        (None: the base model). 404 for an adapter the server does not hold."""
+        model, lora = body.get("model"), body.get("lora")
+        named = model.removesuffix(":latest").partition("+")[2] if isinstance(model, str) else ""
+        if lora is not None and not isinstance(lora, str):
+            raise APIError(400, "'lora' must be the name of an adapter", param="lora")
+        if lora and named and lora != named:
+            raise APIError(400, f"'model' asks for adapter '{named}' and 'lora' for '{lora}'", param="lora")
+        name = lora or named or None
+        if name is not None and name not in self.adapters:
+            raise APIError(404, f"no LoRA adapter '{name}'; this server has "
+                           f"{', '.join(self.adapters) or 'none'}", param="lora", code="model_not_found")
+        return name
+
     def check_model(self, name: object) -> None:
-        """404 unless `name` is the served model (Ollama's ':latest' tag allowed); no name
-        means the served model."""
+        """404 unless `name` is the served model or base+adapter (Ollama's ':latest' tag
+        allowed); no name means the served model."""
         if name is None or name == "":
             return
         if not isinstance(name, str):
             raise APIError(400, "'model' must be a string", param="model")
-        if name not in (self.model_name, f"{self.model_name}:latest"):
+        if name.removesuffix(":latest") not in self.model_names():
             raise APIError(404, f"the model '{name}' does not exist; this server serves "
                            f"'{self.model_name}'", param="model", code="model_not_found")
 

@@ -1,0 +1,117 @@
+"""Per-request LoRA adapters in the engine and the server: requests with different adapters (or
+none) share the batch and each equals its own run alone with `LLM(lora=...)` (itself checked
+against peft + transformers in tests/engine/test_lora_generation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from serving_helpers import MODEL_NAME, start_server
+
+from llamita import LLM
+from llamita.engine.llm_engine import LLMEngine
+from llamita.engine.loader import load_model
+from llamita.engine.lora import attach_loras
+from llamita.sampling_params import SamplingParams
+from lora_models import make_peft_adapter
+from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
+
+pytest.importorskip("peft")
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+PROMPT = list(range(40, 75))  # 35 tokens: two full KV blocks of 16, shareable by the prefix cache
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve_lora")
+    cfg = tiny_hf_config()
+    sd = random_hf_weights(cfg, seed=11)
+    path = write_gguf(tmp / "tiny.gguf", cfg, sd)
+    a = make_peft_adapter(tmp / "style-a", cfg, sd, seed=21)
+    b = make_peft_adapter(tmp / "style-b", cfg, sd, seed=22, r=2, alpha=4.0)
+    singles = {None: LLM(path, dtype="float32", device="cpu")}
+    for folder in (a, b):
+        singles[folder.name] = LLM(path, dtype="float32", device="cpu", lora=folder)
+    loaded = load_model(path, dtype="float32", device="cpu")
+    assert attach_loras(loaded.model, loaded.config, [a, b], combine=False) == ["style-a", "style-b"]
+    return loaded, singles
+
+
+def alone(singles, adapter, prompt=PROMPT, params=GREEDY):
+    return singles[adapter].generate(prompt_token_ids=prompt, params=params)
+
+
+def run_all(engine: LLMEngine, out: dict[str, list[int]]) -> dict[str, list[int]]:
+    while engine.has_unfinished():
+        for o in engine.step():
+            out.setdefault(o.request_id, []).extend(o.token_ids)
+    return out
+
+
+def test_engine_batch_of_adapters_equals_single_runs(tiny):
+    loaded, singles = tiny
+    engine = LLMEngine(loaded, kv_cache_tokens=1024)
+    # The base request goes first: its prompt blocks are in the prefix cache when the adapter
+    # requests arrive with the same prompt, and they must not be reused (other keys and values).
+    engine.add_request("base", PROMPT, GREEDY)
+    outs = {o.request_id: list(o.token_ids) for o in engine.step()}
+    engine.add_request("a", PROMPT, GREEDY, adapter="style-a")
+    for o in engine.step():
+        outs.setdefault(o.request_id, []).extend(o.token_ids)
+    engine.add_request("b", PROMPT[:20], GREEDY, adapter="style-b")
+    engine.add_request("a2", PROMPT, GREEDY, adapter="style-a")
+    run_all(engine, outs)
+    assert outs["base"] == alone(singles, None).token_ids
+    assert outs["a"] == outs["a2"] == alone(singles, "style-a").token_ids
+    assert outs["b"] == alone(singles, "style-b", PROMPT[:20]).token_ids
+    assert len({tuple(outs[k]) for k in ("base", "a", "b")}) == 3
+    # a2 shared a's two prompt blocks (same adapter); a never took the base's.
+    assert engine.requests == {} and engine.blocks.stats.hit_tokens == 32
+    with pytest.raises(Exception, match="no LoRA adapter named 'nope'"):
+        engine.add_request("x", PROMPT, GREEDY, adapter="nope")
+
+
+def test_server_concurrent_requests_with_different_adapters(tiny):
+    loaded, singles = tiny
+    running, stop = start_server(loaded, kv_cache_tokens=1024)
+    try:
+        models = httpx.get(running.url + "/v1/models").json()["data"]
+        assert [m["id"] for m in models] == [MODEL_NAME, f"{MODEL_NAME}+style-a", f"{MODEL_NAME}+style-b"]
+        assert models[1]["parent"] == MODEL_NAME
+
+        bodies = [{"model": f"{MODEL_NAME}+style-a", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+                  {"model": MODEL_NAME, "lora": "style-b", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+                  {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}]
+
+        async def all_at_once() -> list[dict]:
+            async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+                replies = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+            return [r.json() for r in replies]
+
+        got = [r["choices"][0]["text"] for r in asyncio.run(all_at_once())]
+        params = SamplingParams(temperature=0, max_tokens=8)
+        assert got == [alone(singles, "style-a", params=params).text, alone(singles, "style-b", params=params).text,
+                       alone(singles, None, params=params).text]
+        assert len(set(got)) == 3
+
+        chat = httpx.post(running.url + "/v1/chat/completions", timeout=60, json={
+            "model": f"{MODEL_NAME}+style-b", "max_tokens": 5, "temperature": 0,
+            "messages": [{"role": "user", "content": "hola"}]})
+        want = singles["style-b"].chat([{"role": "user", "content": "hola"}],
+                                       SamplingParams(temperature=0, max_tokens=5)).text
+        assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == want
+
+        missing = httpx.post(running.url + "/v1/completions", json={"model": f"{MODEL_NAME}+nope", "prompt": "x"})
+        assert missing.status_code == 404
+        clash = httpx.post(running.url + "/v1/completions",
+                           json={"model": f"{MODEL_NAME}+style-a", "lora": "style-b", "prompt": "x"})
+        assert clash.status_code == 400
+        ollama = httpx.post(running.url + "/api/generate", timeout=60, json={
+            "model": f"{MODEL_NAME}+style-a", "prompt": "the cat", "raw": True, "stream": False,
+            "options": {"temperature": 0, "num_predict": 6}})
+        want = singles["style-a"].generate("the cat", SamplingParams(temperature=0, max_tokens=6)).text
+        assert ollama.status_code == 200 and ollama.json()["response"] == want
+    finally:
+        stop()
