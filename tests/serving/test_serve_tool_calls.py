@@ -1,6 +1,7 @@
 """Tool calls come back parsed (OpenAI message.tool_calls, Ollama message.tool_calls), whole or
-streamed as one delta at the end. The model here is scripted: an engine that writes a fixed
-tool call with the real tokenizer, so the test does not depend on what SmolLM2 decides."""
+streamed as OpenAI deltas (id and name first, then the arguments piece by piece). The model
+here is scripted: an engine that writes a fixed tool call with the real tokenizer, so the test
+does not depend on what SmolLM2 decides."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class ScriptedEngine:
 
     def __init__(self, loaded, script: str) -> None:
         self.loaded, self.tokenizer, self.config = loaded, loaded.tokenizer, loaded.config
+        self.model = loaded.model
         self.context_length = 4096
         self.script = self.tokenizer.encode(script)
         self.requests: dict[str, tuple[int, int]] = {}  # id -> (prompt tokens, tokens emitted)
@@ -38,7 +40,7 @@ class ScriptedEngine:
     def num_running(self) -> int:
         return len(self.requests)
 
-    def add_request(self, request_id, prompt_ids, params) -> None:
+    def add_request(self, request_id, prompt_ids, params, adapter=None) -> None:
         self.requests[request_id] = (len(prompt_ids), 0)
 
     def abort(self, request_id) -> bool:
@@ -79,9 +81,13 @@ def test_openai_tool_calls(scripted):
 
     chunks = list(client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, stream=True))
     deltas = [c.choices[0].delta for c in chunks]
-    calls = [d.tool_calls for d in deltas if d.tool_calls]
-    assert len(calls) == 1 and calls[0][0].function.name == "get_weather" and calls[0][0].index == 0
-    assert "".join(d.content or "" for d in deltas) == "Let me check."
+    pieces = [d.tool_calls[0] for d in deltas if d.tool_calls]
+    assert len(pieces) > 3  # the arguments arrive as they are written, not in one piece
+    first = pieces[0]
+    assert first.index == 0 and first.id.startswith("call_") and first.function.name == "get_weather"
+    assert all(p.index == 0 and p.id is None for p in pieces[1:])
+    assert json.loads("".join(p.function.arguments for p in pieces)) == {"city": "Madrid"}
+    assert "".join(d.content or "" for d in deltas).strip() == "Let me check."
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
     # tool_choice "none": the tools are not offered, and the text is not parsed.

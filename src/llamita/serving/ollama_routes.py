@@ -23,7 +23,7 @@ from llamita.errors import ContextOverflowError
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.generation import Completion, Generation
-from llamita.serving.params import ollama_sampling_params
+from llamita.serving.params import ollama_grammar, ollama_sampling_params
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.state import ServerState, model_request, server_state
 from llamita.tokenizer.tool_calls import arguments_as_dict, find_tool_calls
@@ -42,8 +42,6 @@ def _ns(seconds: float) -> int:
 # ------------------------------------------------------------------------------- requests
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
-    if body.get("format"):
-        raise not_supported("format", "structured output (format)")
     for name in ("images", "suffix", "template", "context"):
         if body.get(name):
             raise not_supported(name, f"'{name}'")
@@ -72,6 +70,7 @@ def _fit(state: ServerState, prompt: list[int], params: SamplingParams,
 async def _start(state: ServerState, body: dict[str, Any], prompt: list[int]) -> Generation:
     options = field(body, "options", dict, {})
     params = _fit(state, prompt, ollama_sampling_params(options), options)
+    params = params.replace(grammar=ollama_grammar(body.get("format")))
     return await Generation.start(state.loop, [prompt], [params], state.adapter_of(body))
 
 

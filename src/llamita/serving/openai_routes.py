@@ -12,14 +12,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from llamita.engine.llm_engine import RequestOutput
 from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.engine.scoring import prompt_logprobs
-from llamita.sampling_params import MAX_LOGPROBS
+from llamita.engine.tool_grammar import tool_call_grammar
+from llamita.errors import InvalidParameterError
+from llamita.sampling_params import MAX_LOGPROBS, Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.generation import Completion, Generation
-from llamita.serving.params import choice_count, openai_sampling_params, per_choice
+from llamita.serving.params import choice_count, openai_grammar, openai_sampling_params, per_choice
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
-from llamita.tokenizer.tool_calls import find_tool_calls
+from llamita.tokenizer.tool_call_stream import ToolCallDelta, ToolCallStream
+from llamita.tokenizer.tool_calls import PYTHON_TAG, find_tool_calls
 
 router = APIRouter()
 
@@ -27,10 +30,6 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _refuse_unsupported(body: dict[str, Any], *, chat: bool) -> None:
-    fmt_type = (body.get("response_format") or {}).get("type") if isinstance(body.get("response_format"), dict) \
-        else body.get("response_format")
-    if fmt_type not in (None, "text"):
-        raise not_supported("response_format", f"response_format {fmt_type!r} (grammar-constrained output)")
     if not chat:
         if body.get("echo") and body.get("stream"):
             raise not_supported("echo", "echo with stream: true")
@@ -46,25 +45,40 @@ def _stream_options(body: dict[str, Any]) -> bool:
     return bool(field(options, "include_usage", bool, False, where="stream_options."))
 
 
-def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The tools to offer the model, after tool_choice."""
+def _tools(state: ServerState, body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Grammar | None]:
+    """The tools to offer the model, after tool_choice, and the grammar that forces a call
+    ("required", or a named function {"type": "function", "function": {"name": ...}})."""
     tools = field(body, "tools", list)
     choice = body.get("tool_choice")
     if choice in (None, "auto"):
-        return tools or None
+        return tools or None, None
     if choice == "none":  # the caller forbids calls: do not even show the tools to the model
-        return None
-    # "required" and a named function need decoding constrained to a call's grammar.
+        return None, None
     if choice == "required" or isinstance(choice, dict):
-        raise not_supported("tool_choice", "tool_choice 'required' or a named function")
+        name = None
+        if isinstance(choice, dict):
+            name = field(field(choice, "function", dict, required=True, where="tool_choice."), "name", str,
+                         required=True, where="tool_choice.function.")
+        if not tools:
+            raise APIError(400, "'tool_choice' asks for a tool call but no 'tools' are given", param="tool_choice")
+        if openai_grammar(body) is not None:
+            raise APIError(400, "'tool_choice' forcing a call cannot be combined with 'response_format' "
+                           "or 'grammar'", param="tool_choice")
+        try:
+            return tools, tool_call_grammar(state.tokenizer, tools, name)
+        except InvalidParameterError as e:
+            raise APIError(400, str(e), param="tool_choice") from None
     raise APIError(400, f"'tool_choice' must be 'none', 'auto', 'required' or a function, got {choice!r}",
                    param="tool_choice")
 
 
 async def _start(state: ServerState, prompts: list[list[int]], body: dict[str, Any], *,
-                 chat: bool) -> Generation:
-    """n choices of each prompt, in the order prompt 0 choice 0, prompt 0 choice 1, ..."""
+                 chat: bool, grammar: Grammar | None = None) -> Generation:
+    """n choices of each prompt, in the order prompt 0 choice 0, prompt 0 choice 1, ...
+    `grammar` (a forced tool call) replaces the body's own."""
     params = openai_sampling_params(body, chat=chat)
+    if grammar is not None:
+        params = params.replace(grammar=grammar)
     n = choice_count(body)
     prompt_list = [p for p in prompts for _ in range(n)]
     return await Generation.start(state.loop, prompt_list, per_choice(params, n) * len(prompts),
@@ -91,12 +105,12 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
 async def chat_completions(request: Request) -> Any:
     state, body = await model_request(request)
     _refuse_unsupported(body, chat=True)
-    tools = _tools(body)
+    tools, call_grammar = _tools(state, body)
     messages = field(body, "messages", list, required=True)
     prompt = encode_chat(state.tokenizer, messages, tools=tools)
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    generation = await _start(state, [prompt], body, chat=True)
+    generation = await _start(state, [prompt], body, chat=True, grammar=call_grammar)
     if stream:
         return _event_stream(_chat_events(state, generation, bool(tools), include_usage), generation)
     async with generation:
@@ -126,22 +140,26 @@ async def _chat_events(state: ServerState, generation: Generation, tools: bool,
 
     for i in range(len(generation.streams)):
         yield event(i, {"role": "assistant", "content": ""})
+    # With tools, text that may be a call is held back until it is known not to be one, and
+    # calls go out as OpenAI's deltas: id and name first, then pieces of the arguments.
+    calls = [ToolCallStream() for _ in generation.streams] if tools else []
+    python_tag = state.tokenizer.token_to_id(PYTHON_TAG)
     async for i, out in generation.outputs():
         c = generation.completions[i]
-        if tools:  # a call is only known whole: hold the text back until the end
-            if out.finished:
-                text, calls = find_tool_calls(state.tokenizer, c.text, c.token_ids)
-                if text:
-                    yield event(i, {"content": text})
-                if calls:
-                    yield event(i, {"tool_calls": fmt.stream_tool_calls(calls)})
-                yield event(i, {}, "tool_calls" if calls else c.finish_reason)
-            continue
         logprobs = _new_logprobs(state, c, out)
-        if out.text or logprobs:
-            yield event(i, {"content": out.text}, logprobs=logprobs)
+        text = out.text
+        deltas: list[ToolCallDelta] = []
+        if tools:
+            text, deltas = calls[i].feed(out.text, python_tag=python_tag in out.token_ids)
+            if out.finished:
+                rest, more = calls[i].finish(*find_tool_calls(state.tokenizer, c.text, c.token_ids))
+                text, deltas = text + rest, deltas + more
+        if text or logprobs:
+            yield event(i, {"content": text}, logprobs=logprobs)
+        if deltas:
+            yield event(i, {"tool_calls": [d.as_openai() for d in deltas]})
         if out.finished:
-            yield event(i, {}, out.finish_reason)
+            yield event(i, {}, "tool_calls" if tools and calls[i].calls else out.finish_reason)
     if include_usage:
         yield fmt.sse({**fmt.chunk("chat.completion.chunk", response_id, model, created, [], False),
                        "usage": fmt.usage(generation.completions)})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from llamita.errors import InvalidParameterError
-from llamita.sampling_params import MAX_LOGPROBS, SamplingParams
+from llamita.sampling_params import MAX_LOGPROBS, Grammar, SamplingParams
 from llamita.serving.errors import APIError, not_supported
 from llamita.serving.request_body import field
 
@@ -38,10 +38,11 @@ _OLLAMA_OFF_VALUES = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0, "penalize_n
 
 def openai_sampling_params(body: dict[str, Any], *, chat: bool) -> SamplingParams:
     """SamplingParams of a /v1/chat/completions (chat=True) or /v1/completions body."""
-    if body.get("logit_bias"):
-        raise not_supported("logit_bias", "biasing token logits")
     kw: dict[str, Any] = {ours: body[theirs] for theirs, ours in _OPENAI_FIELDS.items()
                           if body.get(theirs) is not None}
+    if body.get("logit_bias") is not None:
+        kw["logit_bias"] = _logit_bias(body["logit_bias"])
+    kw["grammar"] = openai_grammar(body)
     if "penalty_last_n" in body or "repeat_last_n" in body:
         kw["penalty_last_n"] = body.get("penalty_last_n", body.get("repeat_last_n"))
     names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
@@ -50,6 +51,66 @@ def openai_sampling_params(body: dict[str, Any], *, chat: bool) -> SamplingParam
     kw["max_tokens"] = given[0] if given else (None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS)
     kw["logprobs"] = _openai_logprobs(body, chat=chat)
     return _build(kw)
+
+
+def _logit_bias(value: Any) -> dict[int, Any]:
+    """OpenAI's logit_bias: a JSON object whose keys are token ids written as strings."""
+    if not isinstance(value, dict):
+        raise APIError(400, "'logit_bias' must be an object mapping token ids to numbers", param="logit_bias")
+    out = {}
+    for key, bias in value.items():
+        try:
+            out[int(key)] = bias
+        except (TypeError, ValueError):
+            raise APIError(400, f"'logit_bias' keys must be token ids, got {key!r}", param="logit_bias") from None
+    return out
+
+
+def openai_grammar(body: dict[str, Any]) -> Grammar | None:
+    """The grammar an OpenAI body asks for: `response_format` json_object or json_schema, or
+    llama.cpp's server extension `grammar` (GBNF text)."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, str):  # some clients send the bare type
+        response_format = {"type": response_format}
+    if response_format is not None and not isinstance(response_format, dict):
+        raise APIError(400, "'response_format' must be an object", param="response_format")
+    kind = "text" if response_format is None else \
+        field(response_format, "type", str, "text", where="response_format.")
+    grammar = field(body, "grammar", str)
+    if grammar is not None and kind != "text":
+        raise APIError(400, "give either 'response_format' or 'grammar', not both", param="grammar")
+    try:
+        if grammar is not None:
+            return Grammar("gbnf", grammar)
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return Grammar.json_object()
+        if kind == "json_schema":
+            spec = field(response_format, "json_schema", dict, required=True, where="response_format.")
+            schema = spec.get("schema")
+            if not isinstance(schema, dict):
+                raise APIError(400, "'response_format.json_schema.schema' must be a JSON Schema object",
+                               param="response_format.json_schema.schema")
+            return Grammar.json_schema(schema)
+    except InvalidParameterError as e:
+        raise APIError(400, str(e), param="response_format") from None
+    raise APIError(400, f"'response_format.type' must be 'text', 'json_object' or 'json_schema', got {kind!r}",
+                   param="response_format.type")
+
+
+def ollama_grammar(value: Any) -> Grammar | None:
+    """Ollama's `format`: "json" or a JSON Schema object."""
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return Grammar.json_object()
+    if isinstance(value, dict):
+        try:
+            return Grammar.json_schema(value)
+        except InvalidParameterError as e:
+            raise APIError(400, str(e), param="format") from None
+    raise APIError(400, f"'format' must be \"json\" or a JSON Schema object, got {value!r}", param="format")
 
 
 def _openai_logprobs(body: dict[str, Any], *, chat: bool) -> int | None:
