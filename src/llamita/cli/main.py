@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llamita.cli import bench, chat, glass, info, memory, perplexity, quantize, run, serve
+from llamita.cli import bench, chat, glass, info, lora, memory, perplexity, quantize, run, serve
 
 app = typer.Typer(
     name="llamita",
@@ -28,6 +28,7 @@ app.command("attention")(glass.attention)
 app.command("embed")(glass.embed)
 app.command("analogy")(glass.analogy)
 app.command("sample")(glass.sample)
+app.add_typer(lora.app, name="lora")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class QuantizeReport:
 
     input_path: Path
     output_path: Path
-    file_type: FileType
+    file_type: FileType | None  # None: every tensor kept its source type
     tensors: list[TensorPlan]
     input_bytes: int
     output_bytes: int = 0
@@ -202,14 +202,15 @@ def atomic_gguf_writer(output: str | os.PathLike[str], architecture: str) -> Ite
         raise
 
 
-def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: FileType, *,
+def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: FileType | None, *,
                     allow_requantize: bool = False,
                     on_tensor: Callable[[TensorPlan, int, int], None] | None = None) -> QuantizeReport:
     """Write `source` to `output` as file type `ft`; returns what was written.
 
     Re-encoding tensors that are already quantized loses quality twice: it is refused with
     InvalidParameterError unless `allow_requantize`. `on_tensor(plan, index, count)` is called
-    after each tensor is written (for progress bars).
+    after each tensor is written (for progress bars). `ft` None keeps every tensor's type and
+    the source's general.file_type (`llamita lora merge` onto a quantized base).
     """
     import gguf as gguf_pkg  # the writer is only needed here; loading a model never imports it
 
@@ -219,7 +220,8 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
                                     "overwritten while it is read)")
     if output.is_dir():
         raise InvalidParameterError("output", f"{output} is a folder; give a file name")
-    plans = plan(source, ft)
+    plans = plan(source, ft) if ft is not None else [
+        TensorPlan(name, dims, stype, stype) for name, dims, stype in source.tensor_infos()]
     lossy = requantized_tensors(plans)
     if lossy and not allow_requantize:
         kinds = sorted({p.source_type.name for p in plans if p.name in lossy})
@@ -233,11 +235,12 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
     start = time.perf_counter()
     with atomic_gguf_writer(output, source.architecture) as writer:
         for key, value, vtype, element in source.metadata_items():
-            if key in _OWN_KEYS:
+            if key in _OWN_KEYS and not (ft is None and key == "general.file_type"):
                 continue
             sub = gguf_pkg.GGUFValueType(element) if element is not None else None
             writer.add_key_value(key, value, gguf_pkg.GGUFValueType(vtype), sub_type=sub)
-        writer.add_uint32("general.file_type", ft.file_type)
+        if ft is not None:
+            writer.add_uint32("general.file_type", ft.file_type)
         writer.add_uint32("general.quantization_version", QUANTIZATION_VERSION)
         for p in plans:
             writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes,
