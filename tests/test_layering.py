@@ -23,6 +23,7 @@ ALLOWED = {
     "config": set(),
     "errors": set(),
     "sampling_params": {"errors"},
+    "__main__": {"cli"},
 }
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from llamita.cli.common import DtypeOption, ModelOption, fail, friendly_errors, stderr
+from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
+                                TensorParallelOption, fail, friendly_errors, stderr)
+
+if TYPE_CHECKING:
+    from llamita.engine.loader import LoadedModel
 
 
 @friendly_errors
@@ -30,17 +34,20 @@ def bench(
                                          "median is reported."),
     dtype: str = DtypeOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+    device: str = DeviceOption,
+    gpu_layers: Optional[int] = GpuLayersOption,
+    tensor_parallel: int = TensorParallelOption,
 ) -> None:
     """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
     and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
 
     Example: llamita bench -p 512 -n 128 -t 2 -r 5 --json
+    (tensor parallel: torchrun --nproc-per-node 2 -m llamita bench --tensor-parallel 2)
     """
     import torch
 
-    from llamita.engine.bench import (bench_batched_generation, bench_generation, bench_prompt,
-                                      peak_rss_bytes)
     from llamita.engine.loader import load_model
+    from llamita.engine.tensor_parallel import open_model
 
     if repetitions < 1 or n_prompt < 0 or n_gen < 0 or batch < 0:
         fail("--repetitions must be >= 1, and -p, -n, -b >= 0")
@@ -48,8 +55,26 @@ def bench(
         if threads < 1:
             fail("--threads must be >= 1")
         torch.set_num_threads(threads)
+    if tensor_parallel > 1:
+        if gpu_layers is not None:
+            fail("--tensor-parallel does not combine with --gpu-layers")
+        with open_model(model, tensor_parallel=tensor_parallel, dtype=dtype, device=device) as loaded:
+            if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
+                _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, tensor_parallel)
+        return
     with stderr.status("loading model…"):
-        loaded = load_model(model, dtype=dtype)
+        loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
+    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json)
+
+
+def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetitions: int,
+             as_json: bool, tensor_parallel: int = 1) -> None:
+    """Run the tests and print the report (rank 0 only under tensor parallelism)."""
+    import torch
+
+    from llamita.engine.bench import (bench_batched_generation, bench_generation, bench_prompt,
+                                      peak_rss_bytes)
+
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "
                  f"{torch.get_num_threads()} threads · loaded in {loaded.load_seconds:.1f} s[/]")
     results = []
@@ -66,6 +91,7 @@ def bench(
     report = {
         "model": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device), "threads": torch.get_num_threads(),
+        "tensor_parallel": tensor_parallel,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),
         "results": [r.to_dict() for r in results],

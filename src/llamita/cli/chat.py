@@ -10,7 +10,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from llamita.cli.common import DtypeOption, LoraOption, ModelOption, friendly_errors, stderr
+from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
+                                ModelOption, friendly_errors, stderr)
 from llamita.errors import LlamitaError
 
 HELP = """commands:
@@ -38,6 +39,8 @@ def chat(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     dtype: str = DtypeOption,
     lora: Optional[list[str]] = LoraOption,
+    device: str = DeviceOption,
+    gpu_layers: Optional[int] = GpuLayersOption,
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
     longer fits in the context window (the system prompt is kept)."""
@@ -47,7 +50,7 @@ def chat(
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
     with stderr.status("loading model…"):
-        llm = LLM(model, dtype=dtype, lora=lora)
+        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers)
     out = Console(highlight=False)
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
     stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · context {llm.config.context_length} tokens · "

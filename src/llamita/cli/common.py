@@ -24,6 +24,17 @@ LORA_HELP = ("LoRA adapter applied without merging: a PEFT folder (adapter_confi
              "multiplies the adapter's own alpha/r (default 1, 0 = off). Repeatable: the updates add up.")
 LoraOption = typer.Option(None, "--lora", help=LORA_HELP, show_default=False)
 DtypeOption = typer.Option("auto", "--dtype", help=DTYPE_HELP)
+DeviceOption = typer.Option("auto", "--device",
+                            help="Where the model runs: cpu, cuda (cuda:N for one GPU of several) or "
+                                 "auto (CUDA when a GPU is available, else the CPU).")
+GpuLayersOption = typer.Option(None, "--gpu-layers", min=0, show_default=False,
+                               help="With --device cuda: keep only the first N blocks (and their KV "
+                                    "cache) on the GPU and run the rest on the CPU, for models larger "
+                                    "than the GPU's memory. Default: every block on the GPU.")
+TensorParallelOption = typer.Option(1, "--tensor-parallel", min=1,
+                                    help="Split the model over K processes, one shard each: launch "
+                                         "with `torchrun --nproc-per-node K -m llamita ... "
+                                         "--tensor-parallel K` (gloo on CPU, NCCL on GPUs).")
 
 
 def fail(message: str, code: int = 1) -> None:

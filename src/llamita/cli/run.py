@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from llamita.cli.common import DtypeOption, LoraOption, ModelOption, friendly_errors, sampling_params, stderr
+from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, LoraOption, ModelOption,
+                                TensorParallelOption, fail, friendly_errors, sampling_params, stderr)
+
+if TYPE_CHECKING:
+    from llamita.engine.llm import LLM
+    from llamita.sampling_params import SamplingParams
 
 
 @friendly_errors
@@ -31,6 +36,9 @@ def run(
     dtype: str = DtypeOption,
     raw: bool = typer.Option(False, "--raw", help="Complete PROMPT as plain text, without the chat template."),
     lora: Optional[list[str]] = LoraOption,
+    device: str = DeviceOption,
+    gpu_layers: Optional[int] = GpuLayersOption,
+    tensor_parallel: int = TensorParallelOption,
 ) -> None:
     """Answer PROMPT once. Text goes to stdout as it is generated; progress and speed to stderr.
 
@@ -43,8 +51,22 @@ def run(
         stop=tuple(stop or ()))
     from llamita.engine.llm import LLM
 
+    if tensor_parallel > 1:
+        if lora or gpu_layers is not None:
+            fail("--tensor-parallel does not combine with --lora or --gpu-layers")
+        from llamita.engine.tensor_parallel import open_model
+
+        with open_model(model, tensor_parallel=tensor_parallel, dtype=dtype, device=device) as loaded:
+            if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
+                _answer(LLM.from_loaded(loaded), prompt, system, raw, params)
+        return
     with stderr.status("loading model…"):
-        llm = LLM(model, dtype=dtype, lora=lora)
+        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers)
+    _answer(llm, prompt, system, raw, params)
+
+
+def _answer(llm: LLM, prompt: str, system: str | None, raw: bool, params: SamplingParams) -> None:
+    """Stream the answer to stdout, then the speed to stderr."""
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
     stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · loaded in "
                  f"{llm.loaded.load_seconds:.1f} s[/]")

@@ -55,10 +55,12 @@ class LLM:
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
                  device: str | torch.device = "auto",
-                 lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None) -> None:
+                 lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+                 gpu_layers: int | None = None) -> None:
         """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
-        together to every generation without merging them into the weights."""
-        loaded = load_model(model, dtype=dtype, device=device)
+        together to every generation without merging them into the weights.
+        gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU."""
+        loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
         specs = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
         names = attach_loras(loaded.model, loaded.config, specs, combine=True)
         self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None)

@@ -14,6 +14,7 @@ import torch
 
 from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import InvalidParameterError, ModelFileError
+from llamita.model.offload import offload_layers
 from llamita.model.tensor_parallel import parallelize
 from llamita.model.transformer import Transformer
 from llamita.tokenizer import Tokenizer
@@ -91,7 +92,8 @@ class LoadedModel:
 def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype | None = "auto",
                device: str | torch.device | None = "auto", compact: bool | None = None,
                rope_scaling_factor: float | None = None,
-               tensor_parallel: tuple[int, int] | None = None) -> LoadedModel:
+               tensor_parallel: tuple[int, int] | None = None,
+               gpu_layers: int | None = None) -> LoadedModel:
     """Load a model ready to run: a GGUF file, a Hugging Face folder (config.json + safetensors)
     or a Meta folder (params.json + consolidated.NN.pth), told apart automatically; None: the
     default model.
@@ -104,11 +106,18 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     (default: 32 for tied-embedding models, i.e. Llama 3.2 1B/3B, else 8).
     tensor_parallel: (rank, world size): read only that rank's shard of the weights and build a
     model whose forward all-reduces with the other ranks (engine/tensor_parallel.py runs it).
+    gpu_layers: on CUDA, keep only the first N blocks (and their KV cache) on the GPU and run
+    the rest on the CPU (model/offload.py); None: the whole model on the device.
     """
     start = time.perf_counter()
     resolved = _model_path(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if gpu_layers is not None and gpu_layers < 0:
+        raise InvalidParameterError("gpu_layers", f"must be >= 0, got {gpu_layers}")
+    if gpu_layers is not None and (dev.type != "cuda" or tensor_parallel is not None):
+        raise InvalidParameterError("gpu_layers", "splitting layers between GPU and CPU needs "
+                                    "--device cuda and one process (no --tensor-parallel)")
     # Quantized weights stay compact where torch's int4/int8 CPU kernels can run them (they
     # take bfloat16 activations); float32 runs keep exact dequantized weights for reference.
     if compact is None:
@@ -130,7 +139,10 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
                              f"embedding only {config.vocab_size} rows")
     metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
     if ckpt.shard is None:
-        model = Transformer.from_state_dict(config, ckpt.state).to(dev)
+        offloaded = gpu_layers is not None and gpu_layers < config.n_layers
+        model = Transformer.from_state_dict(config, ckpt.state).to("cpu" if offloaded else dev)
+        if offloaded:
+            offload_layers(model, gpu_layers, dev)  # type: ignore[arg-type]
     else:
         model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.state).to(dev)
         parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())

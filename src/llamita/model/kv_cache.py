@@ -32,7 +32,11 @@ class KVCache:
         the first `length` positions of those rows: (B, n_kv, length, hd) each.
 
         rows=None means every row, in order (B == n_rows); reading then needs no copy.
+        A layer whose keys arrive on another device (GPU/CPU offload) has its slab moved
+        there on its first write.
         """
+        if self.k[layer].device != k.device:  # the layer runs elsewhere (model/offload.py)
+            self.k[layer], self.v[layer] = self.k[layer].to(k.device), self.v[layer].to(k.device)
         r = (torch.arange(self.n_rows, device=positions.device) if rows is None else rows)[:, None]
         # Advanced indices around a slice put their dims first: the target is (B, S, n_kv, hd).
         self.k[layer][r, :, positions] = k

@@ -37,6 +37,7 @@ class PagedKVCache:
         self.n_blocks = n_blocks
         self.block_size = block_size
         self.tables: torch.Tensor | None = None
+        self._tables_on: dict[torch.device, torch.Tensor] = {}  # copies for offloaded layers
 
     @property
     def nbytes(self) -> int:
@@ -45,16 +46,25 @@ class PagedKVCache:
     def bind(self, tables: torch.Tensor) -> None:
         """Use these block tables (B, max_blocks) for the next forward pass."""
         self.tables = tables
+        self._tables_on = {}
 
     def update(self, layer: int, rows: torch.Tensor | None, positions: torch.Tensor,
                k: torch.Tensor, v: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, S, n_kv, hd) at `positions` (B, S) of the bound block tables, then
         return positions 0..length-1 of every batch row: (B, n_kv, length, hd) each.
 
-        `rows` is unused: the bound tables already say where each batch row lives.
+        `rows` is unused: the bound tables already say where each batch row lives. A layer
+        whose keys arrive on another device (GPU/CPU offload) has its blocks moved there on
+        its first write.
         """
         tables = self.tables
         assert tables is not None, "bind() the block tables before the forward pass"
+        if self.k[layer].device != k.device:  # the layer runs elsewhere (model/offload.py)
+            self.k[layer], self.v[layer] = self.k[layer].to(k.device), self.v[layer].to(k.device)
+        if tables.device != k.device:
+            if k.device not in self._tables_on:
+                self._tables_on[k.device] = tables.to(k.device)
+            tables = self._tables_on[k.device]
         bs = self.block_size
         blocks = tables.gather(1, positions // bs)  # (B, S)
         offsets = positions % bs
