@@ -36,11 +36,22 @@ def make_peft_adapter(folder: Path, cfg: dict, sd: dict[str, torch.Tensor], *, s
     return folder
 
 
-def peft_model(cfg: dict, sd: dict[str, torch.Tensor], folder: Path):
-    """transformers + the saved adapter, loaded back by peft (float32, eval)."""
+def peft_model(cfg: dict, sd: dict[str, torch.Tensor], folder: Path, scale: float = 1.0):
+    """transformers + the saved adapter, loaded back by peft (float32, eval), its updates
+    multiplied by `scale` the way peft scales an adapter (scale_layer)."""
     import peft
 
-    return peft.PeftModel.from_pretrained(hf_llama(cfg, sd), folder).eval()
+    model = peft.PeftModel.from_pretrained(hf_llama(cfg, sd), folder).eval()
+    if scale != 1.0:
+        for m in model.modules():
+            if hasattr(m, "scale_layer"):
+                m.scale_layer(scale)
+    return model
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """A llamita model's (dense) weights under transformers' names."""
+    return {(k if k == "lm_head.weight" else "model." + k): v for k, v in model.state_dict().items()}
 
 
 def write_gguf_lora(path: Path, cfg: dict, folder: Path,

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from llamita.cli.main import app
 from llamita.engine.loader import load_model
 from llamita.weights.gguf_reader import GGUFFile
-from lora_models import make_peft_adapter, peft_model, rel_err, write_gguf_lora
+from lora_models import hf_state_dict, make_peft_adapter, peft_model, rel_err, write_gguf_lora
 from tiny_models import hf_llama, random_hf_weights, tiny_hf_config, write_gguf
 
 pytest.importorskip("peft")
@@ -65,11 +65,7 @@ def test_merge_into_quantized_base_keeps_its_types(tiny):
     # Reference: peft's own merge (merge_and_unload) onto the base's exact dequantized weights,
     # each merged matrix then re-encoded as Q4_1 by the gguf package.
     f32 = load_model(base, dtype="float32", device="cpu")
-    ref_sd = {("model." + k if k != "lm_head.weight" else k): v for k, v in f32.model.state_dict().items()}
-    ref = peft_model(cfg, ref_sd, folder)
-    for m in ref.modules():
-        if hasattr(m, "scale_layer"):
-            m.scale_layer(0.5)
+    ref = peft_model(cfg, hf_state_dict(f32.model), folder, scale=0.5)
     merged = ref.merge_and_unload().state_dict()
     for k, v in merged.items():
         if k.startswith("model.layers.") and v.ndim == 2:

@@ -10,7 +10,7 @@ from llamita.engine.loader import load_model
 from llamita.engine.lora import attach_loras, parse_lora_spec
 from llamita.errors import ModelFileError
 from llamita.model.lora import LoraLinear
-from lora_models import make_peft_adapter, peft_model, rel_err, write_gguf_lora
+from lora_models import hf_state_dict, make_peft_adapter, peft_model, rel_err, write_gguf_lora
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 pytest.importorskip("peft")
@@ -89,11 +89,7 @@ def test_gguf_lora_matches_peft(base, qtype):
     with torch.inference_mode():
         got = ours.model(tokens, adapters=ones)
         want_peft = ref.model(tokens, adapters=ones)
-        full = peft_model(cfg, sd, a)
-        for m in full.modules():  # peft's own way of scaling an adapter
-            if hasattr(m, "scale_layer"):
-                m.scale_layer(0.5)
-        want = full(tokens).logits
+        want = peft_model(cfg, sd, a, scale=0.5)(tokens).logits
     assert rel_err(want_peft, want) <= 1e-4
     assert rel_err(got, want) <= (1e-4 if qtype == Q.F32 else 3e-3)
 
@@ -129,7 +125,7 @@ def test_quantized_base_keeps_its_int4_layers(base, tmp_path):
     wrapped = [m for m in ours.model.modules() if isinstance(m, LoraLinear)]
     assert len(wrapped) == 14 and all(isinstance(m.base, Int4Linear) for m in wrapped)
     f32 = load_model(q_path, dtype="float32", device="cpu")  # exact dequantized weights
-    ref_sd = {("model." + k if k != "lm_head.weight" else k): v for k, v in f32.model.state_dict().items()}
+    ref_sd = hf_state_dict(f32.model)
     tokens = tokens_for(cfg, 1, 30)
     with torch.inference_mode():
         want = peft_model(cfg, ref_sd, a)(tokens).logits

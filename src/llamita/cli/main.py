@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llamita.cli import bench, chat, glass, info, lora, memory, perplexity, quantize, run, serve
+from llamita.cli import bench, chat, finetune, glass, info, lora, memory, perplexity, quantize, run, serve
 
 app = typer.Typer(
     name="llamita",
@@ -29,6 +29,7 @@ app.command("embed")(glass.embed)
 app.command("analogy")(glass.analogy)
 app.command("sample")(glass.sample)
 app.add_typer(lora.app, name="lora")
+app.command("finetune")(finetune.finetune)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
+
+from llamita.kernels.int4 import dequantize_int4
+from llamita.kernels.int8 import dequantize_int8
+from llamita.model.linear import Int4Linear, Int8Linear
 
 
 class LoraSlots:
@@ -168,3 +173,53 @@ def remove_adapters(model: nn.Module) -> None:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer.base)
     model.lora.names.clear()  # type: ignore[union-attr]
+
+
+class _FrozenCompactMatmul(torch.autograd.Function):
+    """x Wᵀ for a frozen compact weight, expanded from its codes in the forward pass and again
+    in the backward pass instead of being kept: training memory stays that of the codes."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, module: nn.Module) -> torch.Tensor:  # type: ignore[override]
+        ctx.module = module
+        return torch.nn.functional.linear(x, dense_weight(module, x.dtype))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad @ dense_weight(ctx.module, grad.dtype), None
+
+
+def dense_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The (out, in) weight of a compact linear (Int4Linear / Int8Linear) expanded to `dtype`."""
+    if isinstance(module, Int4Linear):
+        return dequantize_int4(module.weight_int4, dtype)
+    if isinstance(module, Int8Linear):
+        return dequantize_int8(module.weight_int8, dtype)
+    raise TypeError(f"{type(module).__name__} is not a compact linear layer")
+
+
+class TrainableCompactLinear(nn.Module):
+    """A frozen Int4Linear / Int8Linear that gradients can flow through (to its input): the
+    QLoRA-style base of `llamita finetune`, dequantized per layer on the fly."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self.base(x)
+        return _FrozenCompactMatmul.apply(x, self.base)
+
+
+def make_compact_trainable(model: nn.Module) -> int:
+    """Wrap every Int4Linear / Int8Linear of `model` in TrainableCompactLinear (including the
+    output head); return how many were wrapped."""
+    n = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (Int4Linear, Int8Linear)) and not name.endswith(".base"):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, TrainableCompactLinear(module))
+            n += 1
+    return n
