@@ -138,3 +138,5 @@ class ServerConfig:
     model_name: str | None = None  # the name clients use; None: the model file's name
     data_dir: str | None = None  # the web chat's llamita.db; None: the per-user data folder
     lora: tuple[str, ...] = ()  # LoRA adapters, `[NAME=]PATH[:SCALE]`; requests pick one by name
+    gpu_layers: int | None = None  # CUDA: only the first N blocks on the GPU; None: all
+    tensor_parallel: int = 1  # ranks under torchrun; rank 0 serves

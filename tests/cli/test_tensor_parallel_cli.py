@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import gguf
 import pytest
@@ -53,3 +55,45 @@ def test_tensor_parallel_without_torchrun_says_how_to_launch(tiny):
     out = _run([sys.executable, "-m", "llamita", *ARGS, "--model", str(tiny), "--tensor-parallel", "2"], env)
     assert out.returncode == 1
     assert "torchrun --nproc-per-node 2 -m llamita" in out.stderr
+
+
+def test_torchrun_serve_answers_like_one_process(tiny, tmp_path):
+    """Rank 0 serves HTTP; a greedy completion equals the single-process engine's."""
+    import httpx
+
+    from llamita.engine.llm import LLM
+    from llamita.sampling_params import SamplingParams
+
+    want = LLM(tiny, dtype="float32", device="cpu").generate(
+        "the cat sat on", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)).text
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--standalone", "-m", "llamita", "serve", "--model", str(tiny),
+                             "--port", str(port), "--dtype", "float32", "--kv-cache-tokens", "256",
+                             "--data-dir", str(tmp_path), "--tensor-parallel", "2"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            time.sleep(0.3)
+        r = httpx.post(url + "/v1/completions", timeout=60, json={
+            "prompt": "the cat sat on", "max_tokens": 8, "temperature": 0, "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == want
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # every rank: rank 0 stops serving, the rest exit
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

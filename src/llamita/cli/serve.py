@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from llamita.cli.common import DtypeOption, ModelOption, friendly_errors
+from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
+                                TensorParallelOption, friendly_errors)
 from llamita.config import ServerConfig
 
 
@@ -45,6 +46,9 @@ def serve(
              "file; NAME defaults to the folder or file name, SCALE (default 1) multiplies its "
              "alpha/r. Repeatable. A request picks one with \"model\": \"BASE+NAME\" or \"lora\": "
              "\"NAME\"; requests with different adapters share the batch, the base is never changed."),
+    device: str = DeviceOption,
+    gpu_layers: Optional[int] = GpuLayersOption,
+    tensor_parallel: int = TensorParallelOption,
 ) -> None:
     """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and
     Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize,
@@ -58,4 +62,5 @@ def serve(
     run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
                             api_key=api_key or None, max_queue=max_queue, kv_cache_tokens=kv_cache_tokens,
                             max_running=max_running, dtype=dtype, model_name=model_name,
-                            data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ())))
+                            data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ()),
+                            device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel))

@@ -79,6 +79,11 @@ class LeaderModel:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def lora(self) -> Any:
+        """The shard's adapter slots (model/lora.py); none are installed under tensor parallelism."""
+        return self.model.lora
+
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                  cache: KVCache | PagedKVCache | None = None, rows: torch.Tensor | None = None,
                  last_only: bool = False, adapters: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from llamita.config import ServerConfig
 from llamita.engine.llm_engine import LLMEngine
-from llamita.engine.loader import load_model
+from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora import attach_loras
+from llamita.engine.tensor_parallel import open_model
+from llamita.errors import InvalidParameterError
 from llamita.serving.app import create_app
 from llamita.serving.engine_loop import EngineLoop
 
@@ -21,11 +23,26 @@ def served_name(path: Path) -> str:
 
 
 def serve(config: ServerConfig) -> None:
-    """Blocks until the server is stopped (Ctrl-C); the engine thread ends with it."""
+    """Blocks until the server is stopped (Ctrl-C); the engine thread ends with it.
+
+    With `tensor_parallel` > 1 (under torchrun) rank 0 serves and the other ranks follow its
+    forward passes until it stops."""
+    if config.tensor_parallel > 1:
+        if config.lora or config.gpu_layers is not None:
+            raise InvalidParameterError("tensor_parallel", "does not combine with --lora or --gpu-layers")
+        with open_model(config.model, tensor_parallel=config.tensor_parallel, dtype=config.dtype,
+                        device=config.device) as loaded:
+            if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
+                _serve(config, loaded)
+        return
+    _serve(config, load_model(config.model, dtype=config.dtype, device=config.device,
+                              gpu_layers=config.gpu_layers))
+
+
+def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     import uvicorn
 
-    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
-    adapters = attach_loras(loaded.model, loaded.config, config.lora, combine=False)
+    adapters = attach_loras(loaded.model, loaded.config, config.lora, combine=False) if config.lora else []
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue)
     name = config.model_name or served_name(loaded.path)
