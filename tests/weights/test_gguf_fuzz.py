@@ -14,13 +14,9 @@ The suite runs a bounded number of examples; `LLAMITA_FUZZ_EXAMPLES=20000` runs 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import resource
-import signal
 import struct
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +28,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from bounded import bounded  # noqa: E402
 from llamita.errors import LlamitaError  # noqa: E402
 from tiny_models import CHATML, byte_vocab  # noqa: E402
 
@@ -200,39 +197,6 @@ def valid_model(seed: int = 0) -> Model:
 
 # ------------------------------------------------------------------ limits and the target
 
-@contextlib.contextmanager
-def _bounded(seconds: int, headroom: int) -> Iterator[None]:
-    """Fail (not hang) past `seconds`; make any allocation past `headroom` bytes of new private
-    memory fail with MemoryError (RLIMIT_DATA), so a gigabyte-sized allocation made before a
-    size check is caught instead of merely being slow."""
-
-    def timeout(signum: int, frame: object) -> None:
-        raise TimeoutError(f"example still running after {seconds} s")
-
-    data_now = _vm_data()
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    limit = data_now + headroom
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    old_handler = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(seconds)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old_handler)
-
-
-def _vm_data() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmData in /proc/self/status")
-
-
 def load_everything(path: Path) -> None:
     """What a user's commands do with a file: `llamita info`, then a full load and one token."""
     import torch
@@ -254,7 +218,7 @@ def check(data: bytes | bytearray) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fuzz.gguf"
         path.write_bytes(bytes(data))
-        with _bounded(SECONDS_PER_EXAMPLE, MEMORY_HEADROOM):
+        with bounded(SECONDS_PER_EXAMPLE, MEMORY_HEADROOM):
             load_everything(path)
 
 
@@ -276,7 +240,7 @@ def test_valid_model_loads_and_runs(tmp_path):
 def test_bounded_catches_a_huge_allocation():
     """The memory guard works: otherwise a test passing would prove nothing about allocations."""
     with pytest.raises(MemoryError):
-        with _bounded(SECONDS_PER_EXAMPLE, MEMORY_HEADROOM):
+        with bounded(SECONDS_PER_EXAMPLE, MEMORY_HEADROOM):
             np.ones(4 << 30, dtype=np.uint8)
 
 
@@ -465,7 +429,7 @@ def test_wrong_metadata_types_are_named(tmp_path, key, vtype, value, message):
         assert model_info(path)["quantization"] == "unknown"
         return
     with pytest.raises(LlamitaError, match=message):
-        with _bounded(SECONDS_PER_EXAMPLE, MEMORY_HEADROOM):
+        with bounded(SECONDS_PER_EXAMPLE, MEMORY_HEADROOM):
             model_info(path)
             load_model(path, dtype="float32", device="cpu")
 

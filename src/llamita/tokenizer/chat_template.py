@@ -2,7 +2,9 @@
 
 Templates come from model files, so they are untrusted code: they run in Jinja's immutable
 sandbox, and any attempt to reach an unsafe attribute (`''.__class__`, `cycler.__init__`, a
-list's `append`) fails at once instead of rendering as an empty string.
+list's `append`) fails at once instead of rendering as an empty string. A render is also
+bounded in steps, time and size (template_limits.py): a template that loops for ever or builds
+a gigantic string is stopped with a TemplateError.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llamita.errors import TemplateError
+from llamita.tokenizer.template_limits import (BUDGET_KEY, LIMIT_FILTERS, RenderBudget, TemplateLimits,
+                                               charge_budget, check_binop, check_call, check_size,
+                                               check_str_format, limit_filter)
 
 # Used by Tokenizer.encode_chat when the model file has no `tokenizer.chat_template`: ChatML
 # (`<|im_start|>role\ncontent<|im_end|>\n`), the most common format among small chat models.
@@ -38,12 +43,35 @@ CHATML_TEMPLATE = (
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, but unsafe access raises instead of yielding an Undefined."""
+    """The immutable sandbox, but unsafe access raises instead of yielding an Undefined, and
+    every call and arithmetic operator is charged to the render's budget and size-checked."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, limits: TemplateLimits, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.limits = limits
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
         raise SecurityError(
             f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
         )
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        context.get(BUDGET_KEY).step()
+        check_binop(operator, left, right, self.limits)
+        return check_size(super().call_binop(context, operator, left, right), self.limits)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        __context.get(BUDGET_KEY).step()
+        args = check_call(__obj, args, kwargs, __self.limits)
+        return check_size(super().call(__context, __obj, *args, **kwargs), __self.limits)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapper = super().wrap_str_format(value)
+        if wrapper is not None:
+            check_str_format(value.__self__, self.limits)
+        return wrapper
 
 
 class _GenerationBlock(Extension):
@@ -89,25 +117,34 @@ class ChatTemplate:
     Raises TemplateError if the source does not compile.
     """
 
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "",
+                 limits: TemplateLimits = TemplateLimits()) -> None:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.limits = limits
         env = _Sandbox(
+            limits,
             trim_blocks=True,
             lstrip_blocks=True,
             extensions=["jinja2.ext.loopcontrols", _GenerationBlock],
         )
         env.filters["tojson"] = _tojson
+        env.filters = {name: limit_filter(name, fn, limits) for name, fn in env.filters.items()}
+        env.filters.update(LIMIT_FILTERS)
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
+        del env.globals["lipsum"]  # lipsum(n) writes n paragraphs; no chat template uses it
         try:
-            self._template = env.from_string(source)
-            self._variables = frozenset(meta.find_undeclared_variables(env.parse(source)))
+            ast = env.parse(source)
+            self._variables = frozenset(meta.find_undeclared_variables(ast))
+            self._template = env.from_string(charge_budget(ast))
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(
                 f"chat template syntax error at line {exc.lineno}: {exc.message}"
             ) from exc
+        except (RecursionError, MemoryError, SyntaxError) as exc:  # nested past what Python parses
+            raise TemplateError(f"chat template cannot be compiled: {_one_line(exc)}") from exc
 
     def uses(self, name: str) -> bool:
         """Whether the template reads the variable `name` (e.g. "tools") from its context."""
@@ -132,8 +169,11 @@ class ChatTemplate:
             "eos_token": self.eos_token,
         }
         context.update(extra)
+        budget = RenderBudget(self.limits)
+        context[BUDGET_KEY] = budget
         try:
-            return self._template.render(**context)
+            # Chunk by chunk rather than render(): the output is charged as it is produced.
+            return "".join(self._template.generate(**context))
         except TemplateError:
             raise
         except SecurityError as exc:
