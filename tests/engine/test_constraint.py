@@ -163,3 +163,31 @@ def test_logit_bias_ids_are_checked_against_the_vocabulary(llm_f32):
     for bad in ({-1: 1.0}, {1: 101}, {1: float("nan")}, {1: True}, "x"):
         with pytest.raises(InvalidParameterError, match="logit_bias"):
             SamplingParams(logit_bias=bad)
+
+
+# ------------------------------------------------------------------------------- forced tool calls
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 24}}, "required": ["city"]}}}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forced_tool_call_parses_with_only_the_declared_arguments(llm_f32, seed):
+    from llamita.engine.tool_grammar import tool_call_grammar
+
+    grammar = tool_call_grammar(llm_f32.tokenizer, [WEATHER])
+    params = SamplingParams(temperature=1.0, seed=seed, max_tokens=40, grammar=grammar)
+    out = llm_f32.chat([{"role": "user", "content": "Is it raining in Lima?"}], params, tools=[WEATHER])
+    assert out.finish_reason == "tool_calls" and out.text == ""
+    for call in out.tool_calls:
+        assert call["function"]["name"] == "get_weather"
+        assert set(json.loads(call["function"]["arguments"])) == {"city"}
+
+
+def test_a_named_function_must_be_offered(llm_f32):
+    from llamita.engine.tool_grammar import tool_call_grammar
+
+    with pytest.raises(InvalidParameterError, match="get_time"):
+        tool_call_grammar(llm_f32.tokenizer, [WEATHER], "get_time")
+    with pytest.raises(InvalidParameterError, match="no tools"):
+        tool_call_grammar(llm_f32.tokenizer, [])

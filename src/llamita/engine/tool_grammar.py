@@ -52,7 +52,11 @@ def tool_call_grammar(tokenizer: Tokenizer, tools: Sequence[dict[str, Any]],
 def _one_of(functions: list[dict[str, Any]], arguments_key: str) -> dict[str, Any]:
     options = []
     for f in functions:
-        parameters = f.get("parameters") or {"type": "object", "properties": {}}
+        parameters = dict(f.get("parameters") or {"type": "object", "properties": {}})
+        # Only the declared arguments: a schema that is silent on extras would let a small model
+        # invent keys (and run on inside their string values); the caller cannot use them.
+        if parameters.get("type") == "object":
+            parameters.setdefault("additionalProperties", False)
         options.append({"type": "object", "additionalProperties": False,
                         "required": ["name", arguments_key],
                         "properties": {"name": {"const": f["name"]}, arguments_key: parameters}})
