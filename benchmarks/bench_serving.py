@@ -8,6 +8,10 @@ same GGUF for a side-by-side (build it in a scratch folder; never commit it).
 
     python benchmarks/bench_serving.py --start-llamita --concurrency 1 4 16 --seconds 30
     python benchmarks/bench_serving.py --url http://127.0.0.1:8081 --concurrency 4   # llama-server
+    python benchmarks/bench_serving.py --start-llamita --llama-server PATH/llama-server  # side by side
+
+With both --start-llamita and --llama-server, each concurrency level runs on llamita and then
+on a fresh `llama-server --parallel C` over the same GGUF, and the JSON adds their ratios.
 
 Only loopback URLs are accepted. Prints JSON: one row per concurrency with requests/s,
 aggregate generated tokens/s, TTFT and ITL p50/p99 (seconds), errors.
@@ -114,15 +118,68 @@ def start_llamita(model: str | None, max_running: int) -> tuple[str, subprocess.
         cmd += ["--model", model]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url, proc, "llamita serve")
+    return url, proc
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return url, proc
+                return
         except httpx.HTTPError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("llamita serve did not start within 120 s")
+    raise RuntimeError(f"{what} did not start within 120 s")
+
+
+def start_llama_server(binary: str, model: str, parallel: int, threads: int) -> tuple[str, subprocess.Popen]:
+    """llama.cpp's server on the same GGUF with `parallel` slots of 2048 tokens each."""
+    port = _free_port()
+    cmd = [binary, "-m", model, "--port", str(port), "--host", "127.0.0.1", "--parallel", str(parallel),
+           "-c", str(2048 * parallel), "--threads", str(threads), "--threads-batch", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url, proc, "llama-server")
+    return url, proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def side_by_side(args: argparse.Namespace) -> dict:
+    from llamita.engine.loader import default_model_path
+
+    model = args.model or str(default_model_path())
+    url, proc = start_llamita(args.model, max(args.concurrency))
+    ours, theirs = [], []
+    try:
+        for c in args.concurrency:
+            ours.append(run_level(url, c, args.seconds, args.max_tokens))
+            peer_url, peer = start_llama_server(args.llama_server, model, c, args.threads)
+            try:
+                theirs.append(run_level(peer_url, c, args.seconds, args.max_tokens))
+            finally:
+                _stop(peer)
+    finally:
+        _stop(proc)
+
+    def ratio(a, b):
+        return round(a / b, 3) if a and b else None
+
+    ratios = [{"concurrency": a["concurrency"],
+               "tokens_per_second": ratio(a["generated_tokens_per_second"], b["generated_tokens_per_second"]),
+               "ttft_p50": ratio(a["ttft_p50"], b["ttft_p50"]), "itl_p50": ratio(a["itl_p50"], b["itl_p50"])}
+              for a, b in zip(ours, theirs)]
+    return {"model": model, "max_tokens": args.max_tokens, "llamita": ours, "llama.cpp": theirs,
+            "llamita_over_llama_cpp": ratios}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each level")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--llama-server", help="path of a llama-server binary to run side by side")
+    parser.add_argument("--threads", type=int, default=2, help="llama-server threads (default 2)")
     args = parser.parse_args(argv)
+    if args.llama_server:
+        if not args.start_llamita or args.url:
+            parser.error("--llama-server goes with --start-llamita (the side-by-side run)")
+        print(json.dumps(side_by_side(args), indent=2))
+        return 0
     if bool(args.url) == args.start_llamita:
         parser.error("give --url or --start-llamita")
     proc = None
@@ -146,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [run_level(args.url, c, args.seconds, args.max_tokens) for c in args.concurrency]
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+            _stop(proc)
     print(json.dumps({"url": args.url, "max_tokens": args.max_tokens, "results": rows}, indent=2))
     return 0
 
