@@ -140,3 +140,4 @@ class ServerConfig:
     lora: tuple[str, ...] = ()  # LoRA adapters, `[NAME=]PATH[:SCALE]`; requests pick one by name
     gpu_layers: int | None = None  # CUDA: only the first N blocks on the GPU; None: all
     tensor_parallel: int = 1  # ranks under torchrun; rank 0 serves
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS

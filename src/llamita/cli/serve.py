@@ -39,6 +39,10 @@ def serve(
                                             help="Folder for the web chat's conversations and feedback "
                                                  "(llamita.db, SQLite). Default: $XDG_DATA_HOME/llamita "
                                                  "or ~/.local/share/llamita.", show_default=False),
+    cors_origin: Optional[list[str]] = typer.Option(
+        None, "--cors-origin", show_default=False,
+        help="Let web pages from this origin (e.g. http://localhost:3000) call the API from a browser. "
+             "Repeatable. Default: none, so no other site's page can read the answers."),
     dtype: str = DtypeOption,
     lora: Optional[list[str]] = typer.Option(
         None, "--lora", show_default=False,
@@ -63,4 +67,5 @@ def serve(
                             api_key=api_key or None, max_queue=max_queue, kv_cache_tokens=kv_cache_tokens,
                             max_running=max_running, dtype=dtype, model_name=model_name,
                             data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ()),
-                            device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel))
+                            device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel,
+                            cors_origins=tuple(cors_origin or ())))

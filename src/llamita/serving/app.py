@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
@@ -17,24 +18,30 @@ from llamita import __version__
 from llamita.serving import embedding_routes, glass_routes, ollama_routes, openai_routes, ui_routes
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
+from llamita.serving.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from llamita.serving.metrics import CONTENT_TYPE, ServerMetrics
+from llamita.serving.openapi import openapi_document
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.state import ServerState, server_state
 from llamita.serving.store import ChatStore, default_data_dir
 
 # Routes anyone may call even when an API key is set: load balancers probe /health; the chat
 # page and its static files hold no data (the page asks for the key before calling /ui/...).
-OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PATHS = frozenset({"/health", "/", "/openapi.json"})
 OPEN_PREFIXES = ("/static/",)
 
 
 def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = None,
-               data_dir: str | os.PathLike[str] | None = None) -> FastAPI:
+               data_dir: str | os.PathLike[str] | None = None, *,
+               cors_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The server's app. The engine loop must be started by the caller (and stopped by it).
 
-    api_key: when set, every route but /health and the chat page's files needs
+    api_key: when set, every route but /health, /openapi.json and the chat page's files needs
     `Authorization: Bearer <api_key>`.
-    data_dir: where the web chat keeps llamita.db; None: default_data_dir()."""
+    data_dir: where the web chat keeps llamita.db; None: default_data_dir().
+    cors_origins: origins whose pages may call the API from a browser; none (the default)
+    sends no CORS headers at all, so other sites' pages cannot read the answers.
+    max_body_bytes: larger request bodies get 413 before they are read."""
     app = FastAPI(title="llamita", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = ServerMetrics()
     metrics.watch(engine_loop)
@@ -53,9 +60,18 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.add_api_route("/tokenize", tokenize, methods=["POST"])
     app.add_api_route("/detokenize", detokenize, methods=["POST"])
     app.add_api_route("/metrics", metrics_page, methods=["GET"])
+    app.add_api_route("/openapi.json", openapi_json, methods=["GET"])
     # Pure ASGI, not @app.middleware: that one wraps streams and hides client disconnects.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(AuthAndCount, api_key=api_key, metrics=metrics)
+    if cors_origins:  # outermost: a browser's preflight is answered before the key check
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
     return app
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
 
 
 class AuthAndCount:

@@ -24,6 +24,8 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         body = json.loads(text)
     except json.JSONDecodeError as e:
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # `[[[[...]]]]` deeper than the parser's stack
+        raise APIError(400, "the request body nests JSON arrays or objects too deeply") from None
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     return body

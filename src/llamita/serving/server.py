@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import sys
 from pathlib import Path
 
 from llamita.config import ServerConfig
@@ -15,6 +17,21 @@ from llamita.serving.app import create_app
 from llamita.serving.engine_loop import EngineLoop
 
 log = logging.getLogger(__name__)
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server anyone on the network can use: a non-loopback address and no key."""
+    if api_key:
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (f"llamita: WARNING: listening on {host} without an API key: anyone who can reach this "
+            "address can use the model and read the web chat's conversations. Set --api-key (or "
+            "LLAMITA_API_KEY), or listen on 127.0.0.1.")
 
 
 def served_name(path: Path) -> str:
@@ -46,7 +63,11 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue)
     name = config.model_name or served_name(loaded.path)
-    app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir)
+    app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir,
+                     cors_origins=config.cors_origins)
+    warning = exposure_warning(config.host, config.api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     loop.start()
     print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, context {engine.context_length} "
           f"tokens) on http://{config.host}:{config.port}", flush=True)

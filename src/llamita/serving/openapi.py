@@ -1,0 +1,105 @@
+"""The OpenAPI 3.1 description of the server's main routes, served at /openapi.json.
+
+The handlers read their JSON bodies by hand (request_body.py) so that every error names its
+field; this document says what they accept, for clients and for the schema fuzzing in
+tests/serving/test_schema_fuzz.py (which checks that no input, valid or not, gets a 5xx).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llamita import __version__
+
+_STR: dict[str, Any] = {"type": "string"}
+_BOOL: dict[str, Any] = {"type": "boolean"}
+
+
+def _num(lo: float, hi: float) -> dict[str, Any]:
+    return {"type": "number", "minimum": lo, "maximum": hi}
+
+
+def _int(lo: int, hi: int | None = None) -> dict[str, Any]:
+    return {"type": "integer", "minimum": lo, **({"maximum": hi} if hi is not None else {})}
+
+
+_STOP = {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 4}]}
+# Sampling fields shared by the OpenAI routes.
+_SAMPLING = {
+    "model": _STR, "max_tokens": _int(0, 16), "max_completion_tokens": _int(0, 16),
+    "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0), "min_p": _num(0, 1),
+    "seed": _int(0), "stop": _STOP, "presence_penalty": _num(-2, 2), "frequency_penalty": _num(-2, 2),
+    "repetition_penalty": _num(0.01, 10), "n": _int(1, 2), "stream": _BOOL,
+    "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
+    "logit_bias": {"type": "object", "additionalProperties": _num(-100, 100)},
+}
+_MESSAGE = {
+    "type": "object", "required": ["role", "content"],
+    "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]},
+                   "content": {"oneOf": [_STR, {"type": "null"}]}, "name": _STR},
+}
+_OLLAMA_OPTIONS = {"type": "object", "properties": {
+    "num_predict": _int(-1, 16), "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0),
+    "seed": _int(0), "stop": {"type": "array", "items": _STR}, "repeat_penalty": _num(0.01, 10),
+    "num_ctx": _int(1)}}
+
+
+def _body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": required, "properties": properties}}}}
+
+
+def _post(summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"post": {"summary": summary, "requestBody": body, "responses": {
+        "200": {"description": "the result (a stream of events when `stream` is true)"},
+        "400": {"description": "an invalid request: the error names the field"}}}}
+
+
+def _get(summary: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "llamita", "version": __version__},
+        "paths": {
+            "/health": _get("liveness"),
+            "/v1/models": _get("the served model and its adapters"),
+            "/api/tags": _get("Ollama: the served model"),
+            "/api/version": _get("Ollama: version"),
+            "/v1/chat/completions": _post("OpenAI chat completion", _body(["messages"], {
+                **_SAMPLING, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1, "maxItems": 4},
+                "logprobs": _BOOL, "top_logprobs": _int(0, 5),
+                "response_format": {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}},
+            })),
+            "/v1/completions": _post("OpenAI text completion", _body(["prompt"], {
+                **_SAMPLING, "prompt": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 2}]},
+                "echo": _BOOL, "logprobs": _int(0, 5),
+            })),
+            "/v1/embeddings": _post("OpenAI embeddings", _body(["input"], {
+                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 3}]},
+                "encoding_format": {"enum": ["float", "base64"]},
+            })),
+            "/api/chat": _post("Ollama chat", _body(["messages"], {
+                "model": _STR, "messages": {"type": "array", "items": _MESSAGE, "maxItems": 4},
+                "stream": _BOOL, "options": _OLLAMA_OPTIONS,
+            })),
+            "/api/generate": _post("Ollama generate", _body([], {
+                "model": _STR, "prompt": _STR, "system": _STR, "stream": _BOOL, "raw": _BOOL,
+                "options": _OLLAMA_OPTIONS,
+            })),
+            "/api/embed": _post("Ollama embeddings", _body(["input"], {
+                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 3}]},
+                "truncate": _BOOL,
+            })),
+            "/tokenize": _post("text to token ids", _body(["content"], {"content": _STR, "add_special": _BOOL})),
+            "/detokenize": _post("token ids to text", _body(["tokens"], {
+                "tokens": {"type": "array", "items": _int(0, 49151)}})),
+            "/ui/conversations": _post("web chat: a new conversation", _body([], {
+                "title": _STR, "system_prompt": _STR,
+                "params": {"type": "object", "properties": {"temperature": _num(0, 2), "top_p": _num(0, 1),
+                                                            "top_k": _int(0), "max_tokens": _int(1)}},
+            })),
+        },
+    }

@@ -1,0 +1,179 @@
+"""Bad requests of every kind get a 4xx JSON error in OpenAI's shape, and the server keeps
+serving: hand-written cases (malformed JSON, wrong types, missing fields, unknown roles, out of
+range parameters, non-UTF-8 bytes, a body over the limit, a prompt over the context), then a
+bounded schemathesis run over our own /openapi.json, valid and invalid data, that must find no
+5xx. The engine is scripted (a fixed short answer): what is tested is the HTTP layer, fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from serving_helpers import start_server
+from test_serve_tool_calls import ScriptedEngine
+
+schemathesis = pytest.importorskip("schemathesis")
+
+CASES_PER_OPERATION = 30  # half valid, half invalid, over 15 operations
+
+
+class _Engine(ScriptedEngine):
+    """The scripted engine with what the embedding routes read."""
+
+    def __init__(self, loaded, script: str) -> None:
+        super().__init__(loaded, script)
+        self.n_tokens = min(loaded.config.vocab_size, loaded.tokenizer.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def scripted(loaded):
+    running, stop = start_server(loaded, engine=_Engine(loaded, "Hola, que tal?"))
+    yield running
+    stop()
+
+
+def _is_openai_error(r: httpx.Response) -> None:
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    error = r.json()["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert set(error) >= {"message", "type", "param", "code"}
+
+
+CHAT = "/v1/chat/completions"
+USER = [{"role": "user", "content": "hola"}]
+BAD = [
+    (CHAT, b"{not json", 400),
+    (CHAT, b"[1, 2]", 400),
+    (CHAT, b"", 400),
+    (CHAT, b'{"messages": "hola"}', 400),
+    (CHAT, b"{}", 400),
+    (CHAT, json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 400),
+    (CHAT, json.dumps({"messages": [{"content": "x"}]}).encode(), 400),
+    (CHAT, json.dumps({"messages": [{"role": "user", "content": 7}]}).encode(), 400),
+    (CHAT, json.dumps({"messages": [1]}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "temperature": -1}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "temperature": "hot"}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "top_p": 7}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "max_tokens": -5}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "n": 10**6}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "stop": [1, 2]}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "stream": "yes"}).encode(), 400),
+    (CHAT, json.dumps({"messages": USER, "model": "gpt-9"}).encode(), 404),
+    (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400),
+    (CHAT, b'{"messages": 1e999999}', 400),
+    (CHAT, b"[" * 100_000 + b"]" * 100_000, 400),
+    ("/v1/completions", json.dumps({"prompt": 5}).encode(), 400),
+    ("/v1/completions", json.dumps({"prompt": "x", "logprobs": 99}).encode(), 400),
+    ("/v1/embeddings", json.dumps({"input": {"a": 1}}).encode(), 400),
+    ("/api/chat", json.dumps({"messages": [{"role": "user", "content": "x"}], "options": 3}).encode(), 400),
+    ("/api/generate", json.dumps({"prompt": "x", "options": {"temperature": "x"}}).encode(), 400),
+    ("/tokenize", json.dumps({"content": None}).encode(), 400),
+    ("/detokenize", json.dumps({"tokens": [-1]}).encode(), 400),
+]
+
+
+@pytest.mark.parametrize("path, body, status", BAD, ids=[f"bad-{i}" for i in range(len(BAD))])
+def test_bad_requests_get_a_json_4xx(scripted, path, body, status):
+    r = httpx.post(scripted.url + path, content=body, headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == status, r.text[:300]
+    _is_openai_error(r)
+
+
+def test_a_prompt_over_the_context_is_400(server):
+    """Against the real engine (the scripted one has no context window)."""
+    r = httpx.post(server.url + CHAT, json={"messages": [{"role": "user", "content": "palabra " * 20_000}]},
+                   timeout=60)
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+    _is_openai_error(r)
+
+
+def test_a_body_over_the_limit_is_413_and_the_server_goes_on(scripted):
+    huge = b'{"messages": [{"role": "user", "content": "' + b"a" * (9 << 20) + b'"}]}'
+    r = httpx.post(scripted.url + CHAT, content=huge, timeout=30)
+    assert r.status_code == 413
+    _is_openai_error(r)
+
+    def chunks():  # no Content-Length: the limit applies to what arrives
+        for _ in range(10):
+            yield b"a" * (1 << 20)
+
+    r = httpx.post(scripted.url + CHAT, content=chunks(), timeout=30)
+    assert r.status_code == 413
+    ok = httpx.post(scripted.url + CHAT, json={"messages": USER}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "Hola, que tal?"
+
+
+def test_the_schema_is_served(scripted):
+    doc = httpx.get(scripted.url + "/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and CHAT in doc["paths"]
+
+
+def test_schemathesis_finds_no_server_error(scripted):
+    """Generated requests (valid and invalid bodies) over every documented operation: no 5xx,
+    and the server still answers afterwards."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    schema = schemathesis.openapi.from_url(scripted.url + "/openapi.json")
+    seen: dict[str, list] = {"requests": [], "5xx": []}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in schemathesis.GenerationMode:
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=CASES_PER_OPERATION // 2, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def run(case):
+                response = case.call(base_url=scripted.url, timeout=30)
+                seen["requests"].append(response.status_code)
+                if response.status_code >= 500:
+                    seen["5xx"].append((case.method, case.path, repr(case.body)[:200], response.status_code,
+                                        response.text[:200]))
+
+            try:
+                run()
+            except Unsatisfiable:  # nothing invalid to send (a GET without parameters)
+                assert mode == schemathesis.GenerationMode.NEGATIVE
+    assert len(seen["requests"]) >= 150, len(seen["requests"])
+    assert not seen["5xx"], seen["5xx"][:5]
+    assert httpx.post(scripted.url + CHAT, json={"messages": USER}, timeout=30).status_code == 200
+    counts = {code: seen["requests"].count(code) for code in sorted(set(seen["requests"]))}
+    print(f"schemathesis: {len(seen['requests'])} requests, status counts {counts}")
+
+
+# ------------------------------------------------------------------ access
+
+def test_cors_is_off_unless_origins_are_given(scripted, tmp_path):
+    origin = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    r = httpx.options(scripted.url + CHAT, headers=origin)
+    assert "access-control-allow-origin" not in r.headers
+    r = httpx.post(scripted.url + CHAT, json={"messages": USER}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+    from llamita.serving.app import create_app
+
+    app = create_app(scripted.loop, "m", data_dir=tmp_path, cors_origins=("http://localhost:3000",))
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as client:
+        ok = client.options(CHAT, headers={"Origin": "http://localhost:3000",
+                                           "Access-Control-Request-Method": "POST"})
+        assert ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+        other = client.options(CHAT, headers=origin)
+        assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize("host, key, warned", [
+    ("127.0.0.1", None, False), ("::1", None, False), ("localhost", None, False),
+    ("0.0.0.0", None, True), ("192.168.1.10", None, True), ("::", None, True), ("0.0.0.0", "k", False),
+])
+def test_a_network_address_without_a_key_is_warned(host, key, warned):
+    from llamita.serving.server import exposure_warning
+
+    message = exposure_warning(host, key)
+    assert (message is not None) == warned
+    if warned:
+        assert host in message and "--api-key" in message
