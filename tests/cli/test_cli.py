@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -126,3 +127,27 @@ def test_package_import_is_light():
     code = "import sys, llamita; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_run_structured_output_flags(tiny_path, tmp_path):
+    """--grammar-file, --json-schema (file or inline) and --json constrain what is printed,
+    even from a random model; two at once is a one-line error."""
+    common = ["--model", str(tiny_path), "--raw", "--dtype", "float32", "--temperature", "1.0", "--seed", "1"]
+    grammar = tmp_path / "yn.gbnf"
+    grammar.write_text('root ::= ("yes" | "no")\n')
+    r = invoke("run", "Answer:", *common, "--grammar-file", str(grammar))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() in ("yes", "no")
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], '
+                      '"additionalProperties": false}')
+    for given in (str(schema), schema.read_text()):
+        r = invoke("run", "Answer:", *common, "--json-schema", given, "--max-tokens", "30")
+        assert r.exit_code == 0, r.output
+        text = r.stdout.strip()
+        assert text.startswith('{"n":')
+        if text.endswith("}"):
+            value = json.loads(text)
+            assert set(value) == {"n"} and isinstance(value["n"], int)
+    r = invoke("run", "Answer:", *common, "--json", "--json-schema", str(schema))
+    assert r.exit_code == 1 and "only one of" in r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -66,3 +67,31 @@ def sampling_params(**kw: Any) -> Any:
     from llamita.sampling_params import SamplingParams
 
     return SamplingParams(**{k: v for k, v in kw.items() if v is not None})
+
+
+JSON_HELP = "Answer with one JSON object (every token constrained to valid JSON)."
+JSON_SCHEMA_HELP = ("Answer with JSON valid under this JSON Schema: a file path or the schema "
+                    "itself as JSON text.")
+GRAMMAR_HELP = "Answer within the grammar in this file: GBNF (llama.cpp's .gbnf) or Lark (.lark)."
+JsonOption = typer.Option(False, "--json", help=JSON_HELP)
+JsonSchemaOption = typer.Option(None, "--json-schema", help=JSON_SCHEMA_HELP, show_default=False)
+GrammarFileOption = typer.Option(None, "--grammar-file", help=GRAMMAR_HELP, show_default=False)
+
+
+def grammar_option(json_object: bool, json_schema: str | None, grammar_file: Path | None) -> Any:
+    """The Grammar the structured-output options ask for (at most one of them), or None."""
+    from llamita.sampling_params import Grammar
+
+    if sum((json_object, json_schema is not None, grammar_file is not None)) > 1:
+        fail("give only one of --json, --json-schema and --grammar-file")
+    if json_object:
+        return Grammar.json_object()
+    if json_schema is not None:
+        path = Path(json_schema)
+        text = path.read_text(encoding="utf-8") if not json_schema.lstrip().startswith("{") and path.is_file() \
+            else json_schema
+        return Grammar.json_schema(text)
+    if grammar_file is not None:
+        kind = "lark" if grammar_file.suffix == ".lark" else "gbnf"
+        return Grammar(kind, grammar_file.read_text(encoding="utf-8"))
+    return None

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, LoraOption, ModelOption,
-                                TensorParallelOption, fail, friendly_errors, sampling_params, stderr)
+from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption, JsonOption,
+                                JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption, fail,
+                                friendly_errors, grammar_option, sampling_params, stderr)
 
 if TYPE_CHECKING:
     from llamita.engine.llm import LLM
@@ -35,6 +36,9 @@ def run(
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when this text appears (repeatable); it is not printed."),
     dtype: str = DtypeOption,
     raw: bool = typer.Option(False, "--raw", help="Complete PROMPT as plain text, without the chat template."),
+    json_object: bool = JsonOption,
+    json_schema: Optional[str] = JsonSchemaOption,
+    grammar_file: Optional[Path] = GrammarFileOption,
     lora: Optional[list[str]] = LoraOption,
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
@@ -48,7 +52,7 @@ def run(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=repeat_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, penalty_last_n=repeat_last_n, seed=seed,
-        stop=tuple(stop or ()))
+        stop=tuple(stop or ()), grammar=grammar_option(json_object, json_schema, grammar_file))
     from llamita.engine.llm import LLM
 
     if tensor_parallel > 1:
