@@ -191,3 +191,17 @@ def test_a_named_function_must_be_offered(llm_f32):
         tool_call_grammar(llm_f32.tokenizer, [WEATHER], "get_time")
     with pytest.raises(InvalidParameterError, match="no tools"):
         tool_call_grammar(llm_f32.tokenizer, [])
+
+
+def test_unbounded_numbers_stop_at_16_integral_digits(llm_f32):
+    """A schema number without bounds gets llama.cpp's 16-digit limit: after 16 digits no
+    digit token is allowed, and bounds the schema gives are kept."""
+    tok = llm_f32.tokenizer
+    digits = [i for i in range(tok.vocab_size) if tok.token_bytes(i).isdigit()]
+    constraint = TokenConstraint(Grammar.json_schema({"type": "integer"}), tok, tok.vocab_size)
+    for token in tok.encode("1" * 16):
+        constraint.consume(token)
+    assert not constraint.allowed()[digits].any()
+    from llamita.engine.constraint import bound_numbers
+    assert bound_numbers({"type": "object", "properties": {"x": {"type": "number", "maximum": 5}}}) == {
+        "type": "object", "properties": {"x": {"type": "number", "maximum": 5, "minimum": -1e16}}}

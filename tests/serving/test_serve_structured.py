@@ -131,3 +131,19 @@ def test_bad_structured_output_requests_are_400(server, body, param):
                    json={"model": MODEL_NAME, "messages": ASK_WEATHER, "max_tokens": 2, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_openai_parse_with_a_pydantic_model(client):
+    """The openai client's structured-output helper: it sends the model's strict JSON Schema
+    and parses the answer back into the pydantic class."""
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=20)
+        country: str = Field(max_length=20)
+        population_millions: float
+
+    r = client.chat.completions.parse(model=MODEL_NAME, temperature=0, max_tokens=60, response_format=City,
+                                      messages=[{"role": "user", "content": "Describe Madrid."}])
+    city = r.choices[0].message.parsed
+    assert isinstance(city, City) and len(city.name) <= 20

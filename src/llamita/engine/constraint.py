@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 
 import llguidance
 import torch
@@ -58,11 +59,31 @@ def grammar_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
                                   eos_token=stops or None)
 
 
+def bound_numbers(schema: Any) -> Any:
+    """`schema` with every integer or number that has no bound limited to 16 integral digits,
+    as llama.cpp's JSON-schema grammars do: a small model otherwise writes digits until
+    max_tokens, and JSON parsers lose precision past 2**53 anyway."""
+    if isinstance(schema, list):
+        return [bound_numbers(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bound_numbers(v) for k, v in schema.items()}
+    types = out.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "integer" in types or "number" in types:
+        limit = 10**16 - 1 if "number" not in types else 1e16
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = limit
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -limit
+    return out
+
+
 def compile_grammar(grammar: Grammar) -> str:
     """The llguidance grammar text of `grammar`; InvalidParameterError if it cannot be read."""
     try:
         if grammar.kind == "json_schema":
-            return llguidance.LLMatcher.grammar_from_json_schema(json.loads(grammar.source),
+            return llguidance.LLMatcher.grammar_from_json_schema(bound_numbers(json.loads(grammar.source)),
                                                                  defaults=_JSON_OPTIONS)
         return llguidance.grammar_from(grammar.kind, grammar.source)
     except (ValueError, TypeError) as e:

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from llamita.engine.constraint import bound_numbers
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import Grammar
 from llamita.tokenizer import Tokenizer
@@ -52,7 +53,7 @@ def tool_call_grammar(tokenizer: Tokenizer, tools: Sequence[dict[str, Any]],
 def _one_of(functions: list[dict[str, Any]], arguments_key: str) -> dict[str, Any]:
     options = []
     for f in functions:
-        parameters = dict(f.get("parameters") or {"type": "object", "properties": {}})
+        parameters = bound_numbers(dict(f.get("parameters") or {"type": "object", "properties": {}}))
         # Only the declared arguments: a schema that is silent on extras would let a small model
         # invent keys (and run on inside their string values); the caller cannot use them.
         if parameters.get("type") == "object":
