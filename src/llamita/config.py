@@ -124,6 +124,8 @@ class ServerConfig:
     kv_cache_tokens: token positions of KV cache shared by all running requests; None: the
     engine's default (1 GiB, at most context_length x max_running).
     max_queue: most requests waiting for a place in the batch; more are refused with 503.
+    request_timeout: seconds a request may be queued and running in all; past it, it is aborted
+    with a 504 (in a stream: an error event). None: no limit.
     """
 
     model: str | None = None  # a path; None: the embedded default model
@@ -131,6 +133,7 @@ class ServerConfig:
     port: int = 8080
     api_key: str | None = None
     max_queue: int = 64
+    request_timeout: float | None = None
     kv_cache_tokens: int | None = None
     max_running: int = 16
     dtype: str = "auto"

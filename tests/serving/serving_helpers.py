@@ -21,7 +21,7 @@ class RunningServer:
 
 def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
                  kv_cache_tokens: int = 4096, max_running: int = 16, engine: object | None = None,
-                 data_dir: str | None = None) -> tuple[RunningServer, Callable[[], None]]:
+                 data_dir: str | None = None, request_timeout: float | None = None) -> tuple[RunningServer, Callable[[], None]]:
     import uvicorn
 
     from llamita.engine.llm_engine import LLMEngine
@@ -32,7 +32,7 @@ def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
     data_dir: the web chat's store; default a fresh temporary folder (never the user's own)."""
     if engine is None:
         engine = LLMEngine(loaded, kv_cache_tokens=kv_cache_tokens, max_running=max_running)
-    loop = EngineLoop(engine, max_queue=max_queue)
+    loop = EngineLoop(engine, max_queue=max_queue, request_timeout=request_timeout)
     loop.start()
     scratch = None if data_dir is not None else tempfile.TemporaryDirectory(prefix="llamita-test-")
     app = create_app(loop, MODEL_NAME, api_key=api_key, data_dir=data_dir or scratch.name)

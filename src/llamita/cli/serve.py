@@ -26,6 +26,10 @@ def serve(
     max_queue: int = typer.Option(64, "--max-queue", min=0,
                                   help="Most requests waiting for a place in the batch (requests); "
                                        "more get HTTP 503 with Retry-After."),
+    request_timeout: Optional[float] = typer.Option(
+        None, "--request-timeout", min=0.001, show_default=False,
+        help="Seconds a request may spend queued and generating in all; past that it is stopped "
+             "and answered with HTTP 504 (a stream gets an error event, then [DONE]). Default: no limit."),
     kv_cache_tokens: Optional[int] = typer.Option(None, "--kv-cache-tokens", min=32,
                                                   help="KV cache size, in token positions shared by all "
                                                        "running requests. Default: 1 GiB of cache, at most "
@@ -64,7 +68,8 @@ def serve(
     from llamita.serving.server import serve as run_server
 
     run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
-                            api_key=api_key or None, max_queue=max_queue, kv_cache_tokens=kv_cache_tokens,
+                            api_key=api_key or None, max_queue=max_queue,
+                            request_timeout=request_timeout, kv_cache_tokens=kv_cache_tokens,
                             max_running=max_running, dtype=dtype, model_name=model_name,
                             data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ()),
                             device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel,

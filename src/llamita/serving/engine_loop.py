@@ -39,6 +39,10 @@ class EngineFailure(LlamitaError):
     """The engine failed while running a request (a bug or an out-of-memory); the request ended."""
 
 
+class RequestTimeoutError(LlamitaError):
+    """A request was queued or running longer than the server's --request-timeout; it was aborted."""
+
+
 class LatencyObserver(Protocol):
     """Receives per-token timings (seconds) measured by the engine thread."""
 
@@ -141,13 +145,17 @@ class RequestStream:
 
 class EngineLoop:
     def __init__(self, engine: LLMEngine, *, max_queue: int = 64,
-                 observer: LatencyObserver | None = None) -> None:
+                 observer: LatencyObserver | None = None, request_timeout: float | None = None) -> None:
         """max_queue: most requests that may wait for a place in the running batch; one more
-        is refused with QueueFullError (HTTP 503)."""
+        is refused with QueueFullError (HTTP 503). request_timeout: seconds a request may spend
+        queued and running together before it is aborted with RequestTimeoutError; None: no limit."""
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        if request_timeout is not None and not request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {request_timeout}")
         self.engine = engine
         self.max_queue = max_queue
+        self.request_timeout = request_timeout
         self.observer = observer
         self.snapshot = LoopSnapshot()
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -238,6 +246,8 @@ class EngineLoop:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
                     item = None
+            if self.request_timeout is not None:
+                self._expire(time.perf_counter() - self.request_timeout)
             self._publish()  # new requests count as waiting while the step runs
             if self.engine.has_unfinished():
                 self._step()
@@ -255,14 +265,19 @@ class EngineLoop:
                 self.engine.abort(item.request_id)
             return
         assert isinstance(item, _Add)
-        with self._pending_lock:
-            self._pending -= 1
         try:
             self.engine.add_request(item.request_id, item.prompt_ids, item.params, item.adapter)
         except Exception as e:  # typed errors go back to the client as 400s, others as 500s
+            with self._pending_lock:
+                self._pending -= 1
             item.sink.put(e)
             return
         self._sinks[item.request_id] = item.sink
+        # Publish before the request leaves `_pending` and before its submitter hears back, so
+        # `_would_wait` never misses it (a stale snapshot let --max-queue admit one too many).
+        self._publish()
+        with self._pending_lock:
+            self._pending -= 1
         item.sink.put(_ACCEPTED)
 
     def _step(self) -> None:
@@ -290,6 +305,17 @@ class EngineLoop:
             if out.finished:
                 del self._sinks[out.request_id]
             sink.put(out)
+
+    def _expire(self, deadline: float) -> None:
+        """Abort every request submitted before `deadline` (perf_counter seconds), queued or
+        running: its blocks are freed before the next step and its client gets the error."""
+        for request_id, sink in list(self._sinks.items()):
+            if sink.submitted_at < deadline:
+                del self._sinks[request_id]
+                self.engine.abort(request_id)
+                sink.put(RequestTimeoutError(
+                    f"the request ran past the server's request timeout ({self.request_timeout:g} s, "
+                    "--request-timeout) and was stopped; ask for fewer tokens or retry later"))
 
     def _fail_all(self, error: Exception) -> None:
         for request_id, sink in list(self._sinks.items()):

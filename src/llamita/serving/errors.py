@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from llamita.errors import ContextOverflowError, InvalidParameterError, LlamitaError, TemplateError
-from llamita.serving.engine_loop import EngineFailure, QueueFullError
+from llamita.serving.engine_loop import EngineFailure, QueueFullError, RequestTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ def api_error(e: Exception) -> APIError:
         return APIError(503, str(e), code="queue_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(e, EngineFailure):
         return APIError(500, str(e), code="engine_error")
+    if isinstance(e, RequestTimeoutError):
+        # 504, not 408: RFC 9110's 408 says the client was too slow sending its request; here
+        # the request arrived whole and the server ran out of its own time for it, which is
+        # what a gateway's 504 says (and what proxies in front of llama.cpp or vLLM answer).
+        return APIError(504, str(e), code="request_timeout")
     if isinstance(e, LlamitaError):
         return APIError(400, str(e))
     if isinstance(e, ClientDisconnect):  # nobody reads it; 499 as nginx logs it

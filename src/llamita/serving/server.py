@@ -61,7 +61,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
 
     adapters = attach_loras(loaded.model, loaded.config, config.lora, combine=False) if config.lora else []
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
-    loop = EngineLoop(engine, max_queue=config.max_queue)
+    loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path)
     app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir,
                      cors_origins=config.cors_origins)
