@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
 
 MODEL_NAME = "smollm2"
 
@@ -67,3 +74,86 @@ def wait_idle(loop, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def start_serve_process(data_dir: Path, *args: str, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """`llamita serve` (the default model) in a subprocess on a free loopback port, with the web
+    chat's store in data_dir; returns it once /health answers, and its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port),
+                             "--data-dir", str(data_dir), *args],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=stderr)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)
+
+
+class ChatWriters:
+    """n threads writing conversations, messages and feedback through /ui until stopped or the
+    server goes away; `acked` holds the ids of every write the server acknowledged."""
+
+    def __init__(self, url: str, n: int = 4) -> None:
+        self.url = url
+        self.acked: dict[str, list] = {"conversations": [], "messages": [], "feedback": []}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, args=(i,)) for i in range(n)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def _ack(self, kind: str, value: object) -> None:
+        with self._lock:
+            self.acked[kind].append(value)
+
+    def _write(self, n: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as http:
+            while not self._stop.is_set():
+                try:
+                    c = http.post("/ui/conversations", json={"title": f"c{n}"})
+                    if c.status_code != 201:
+                        continue
+                    cid = c.json()["id"]
+                    self._ack("conversations", cid)
+                    for i in range(3):
+                        m = http.post(f"/ui/conversations/{cid}/messages",
+                                      json={"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"})
+                        if m.status_code != 201:
+                            break
+                        mid = m.json()["id"]
+                        self._ack("messages", mid)
+                        if i % 2:
+                            f = http.put(f"/ui/messages/{mid}/feedback", json={"rating": 1, "comment": "ok"})
+                            if f.status_code == 200:
+                                self._ack("feedback", mid)
+                except httpx.TransportError:
+                    return  # the server is gone
+
+    def assert_stored(self, db_path: Path) -> None:
+        """SQLite finds the database consistent and every acknowledged write is in it."""
+        db = sqlite3.connect(db_path)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            conversations = {r[0] for r in db.execute("SELECT id FROM conversations")}
+            messages = {r[0] for r in db.execute("SELECT id FROM messages")}
+            feedback = {r[0] for r in db.execute("SELECT message_id FROM feedback")}
+        finally:
+            db.close()
+        assert set(self.acked["conversations"]) <= conversations
+        assert set(self.acked["messages"]) <= messages
+        assert set(self.acked["feedback"]) <= feedback

@@ -39,6 +39,10 @@ class EngineFailure(LlamitaError):
     """The engine failed while running a request (a bug or an out-of-memory); the request ended."""
 
 
+class ServerShuttingDownError(LlamitaError):
+    """The server is stopping: requests still queued or running were ended, new ones are refused."""
+
+
 class RequestTimeoutError(LlamitaError):
     """A request was queued or running longer than the server's --request-timeout; it was aborted."""
 
@@ -161,7 +165,8 @@ class EngineLoop:
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}  # owned by the engine thread
         self._pending = 0  # submitted, not yet taken by the engine thread (any thread)
-        self._pending_lock = threading.Lock()
+        self._pending_lock = threading.Lock()  # also orders every put before _STOP, see stop()
+        self._stopping = False
         self._ids = itertools.count()
         self._errors = 0
         self._max_running = engine.max_running
@@ -172,9 +177,14 @@ class EngineLoop:
         self._thread.start()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Ask the thread to end after its current step and wait for it."""
-        if self._thread.is_alive():
-            self._inbox.put(_STOP)
+        """Ask the thread to end after its current step and wait for it. Requests still queued
+        or running end with ServerShuttingDownError; later submits are refused with it."""
+        with self._pending_lock:  # no submit puts work behind _STOP, where nobody would answer it
+            self._stopping = True
+            alive = self._thread.is_alive()
+            if alive:
+                self._inbox.put(_STOP)
+        if alive:
             self._thread.join(timeout)
 
     @property
@@ -197,16 +207,16 @@ class EngineLoop:
                      request_id: str | None = None, adapter: str | None = None) -> RequestStream:
         """Queue a request and wait until the engine accepted it. Raises QueueFullError, or the
         engine's InvalidParameterError / ContextOverflowError (nothing is left queued then)."""
-        if not self.alive:
-            raise EngineFailure("the engine thread is not running")
+        self._check_running()
         if self._would_wait() > self.max_queue:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting for the engine "
                                  f"(--max-queue {self.max_queue}); retry shortly")
         request_id = request_id or f"req-{next(self._ids)}"
         sink = _Sink(asyncio.get_running_loop())
         with self._pending_lock:
+            self._check_running()
             self._pending += 1
-        self._inbox.put(_Add(request_id, list(prompt_ids), params, sink, adapter))
+            self._inbox.put(_Add(request_id, list(prompt_ids), params, sink, adapter))
         first = await sink.queue.get()
         if isinstance(first, BaseException):
             raise first
@@ -219,14 +229,21 @@ class EngineLoop:
     async def call(self, fn: Callable[[LLMEngine], T]) -> T:
         """Run fn(engine) on the engine thread between two steps and return its result (or
         raise its exception): the model is only ever used by that thread."""
-        if not self.alive:
-            raise EngineFailure("the engine thread is not running")
+        self._check_running()
         sink = _Sink(asyncio.get_running_loop())
-        self._inbox.put(_Job(fn, sink))
+        with self._pending_lock:
+            self._check_running()
+            self._inbox.put(_Job(fn, sink))
         result = await sink.queue.get()
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[return-value]
+
+    def _check_running(self) -> None:
+        if self._stopping:
+            raise ServerShuttingDownError("the server is shutting down; retry on its next start")
+        if not self.alive:
+            raise EngineFailure("the engine thread is not running")
 
     # -- the engine thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -239,7 +256,8 @@ class EngineLoop:
                 item = None
             while item is not None:
                 if item is _STOP:
-                    self._fail_all(EngineFailure("the server is shutting down"))
+                    self._fail_all(ServerShuttingDownError("the server is shutting down; the request "
+                                                           "was stopped before its end"))
                     return
                 self._apply(item)
                 try:

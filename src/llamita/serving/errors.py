@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from llamita.errors import ContextOverflowError, InvalidParameterError, LlamitaError, TemplateError
-from llamita.serving.engine_loop import EngineFailure, QueueFullError, RequestTimeoutError
+from llamita.serving.engine_loop import (EngineFailure, QueueFullError, RequestTimeoutError,
+                                         ServerShuttingDownError)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def api_error(e: Exception) -> APIError:
         return APIError(400, f"the chat template failed: {e}", param="messages")
     if isinstance(e, QueueFullError):
         return APIError(503, str(e), code="queue_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(e, ServerShuttingDownError):
+        return APIError(503, str(e), code="server_shutting_down")
     if isinstance(e, EngineFailure):
         return APIError(500, str(e), code="engine_error")
     if isinstance(e, RequestTimeoutError):

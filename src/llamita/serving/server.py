@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import signal
+import socket
 import sys
 from pathlib import Path
+from types import FrameType
+
+import uvicorn
 
 from llamita.config import ServerConfig
 from llamita.engine.llm_engine import LLMEngine
@@ -56,9 +62,31 @@ def serve(config: ServerConfig) -> None:
                               gpu_layers=config.gpu_layers))
 
 
-def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
-    import uvicorn
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, stopping the engine first: on SIGTERM or Ctrl-C it stops accepting
+    connections, ends every queued and running request (a stream gets an error event and
+    [DONE], a whole answer a 503), lets the handlers finish, and returns. SIGTERM, the normal
+    way to stop a service, then exits with status 0 instead of uvicorn's re-raised signal."""
 
+    def __init__(self, config: uvicorn.Config, engine_loop: EngineLoop) -> None:
+        super().__init__(config)
+        self.engine_loop = engine_loop
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM:
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:  # no new connections while the requests end
+            server.close()
+        # Without this, uvicorn would wait for every stream to run to its max_tokens.
+        await asyncio.to_thread(self.engine_loop.stop)
+        await super().shutdown(sockets)
+
+
+def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     adapters = attach_loras(loaded.model, loaded.config, config.lora, combine=False) if config.lora else []
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
@@ -77,6 +105,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     print(f"llamita: web chat at http://{config.host}:{config.port}/ (data in "
           f"{app.state.chat_store.path})", flush=True)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="info", lifespan="off")
+        GracefulServer(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
+                                      lifespan="off"), loop).run()
     finally:
         loop.stop()
