@@ -13,8 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
+
+from llamita.engine.llm_engine import EngineStats, RequestOutput
 
 MODEL_NAME = "smollm2"
 
@@ -24,6 +27,48 @@ class RunningServer:
     url: str  # http://127.0.0.1:PORT
     loop: object  # the EngineLoop
     app: object
+
+
+class ScriptedEngine:
+    """The LLMEngine interface; every request 'generates' `script`, one token a step (through
+    the real tokenizer), so that a test does not depend on what the default model decides."""
+
+    def __init__(self, loaded, script: str) -> None:
+        self.loaded, self.tokenizer, self.config = loaded, loaded.tokenizer, loaded.config
+        self.model = loaded.model
+        self.context_length = 4096
+        self.script = self.tokenizer.encode(script)
+        self.requests: dict[str, tuple[int, int]] = {}  # id -> (prompt tokens, tokens emitted)
+        self.stats = EngineStats()
+        self.blocks = SimpleNamespace(usage=0.0, stats=SimpleNamespace(hit_rate=0.0))
+        self.max_running = 4
+        self.num_waiting = 0
+
+    @property
+    def num_running(self) -> int:
+        return len(self.requests)
+
+    def add_request(self, request_id, prompt_ids, params, adapter=None) -> None:
+        self.requests[request_id] = (len(prompt_ids), 0)
+
+    def abort(self, request_id) -> bool:
+        return self.requests.pop(request_id, None) is not None
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def step(self) -> list[RequestOutput]:
+        outputs = []
+        for rid, (n_prompt, done) in list(self.requests.items()):
+            token = self.script[done]
+            finished = done + 1 == len(self.script)
+            outputs.append(RequestOutput(rid, [token], self.tokenizer.decode([token]), "stop" if finished else None,
+                                         n_prompt, done + 1, 0))
+            if finished:
+                del self.requests[rid]
+            else:
+                self.requests[rid] = (n_prompt, done + 1)
+        return outputs
 
 
 def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,

@@ -12,8 +12,7 @@ import json
 import httpx
 import pytest
 
-from serving_helpers import start_server
-from test_serve_tool_calls import ScriptedEngine
+from serving_helpers import ScriptedEngine, start_server
 
 schemathesis = pytest.importorskip("schemathesis")
 

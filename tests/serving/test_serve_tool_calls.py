@@ -6,61 +6,18 @@ does not depend on what SmolLM2 decides."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import ollama
 import openai
 import pytest
 
-from llamita.engine.llm_engine import EngineStats, RequestOutput
-from serving_helpers import MODEL_NAME, start_server
+from serving_helpers import MODEL_NAME, ScriptedEngine, start_server
 
 CALL_TEXT = '<tool_call>{"name": "get_weather", "arguments": {"city": "Madrid"}}</tool_call>'
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
                                            "parameters": {"type": "object",
                                                           "properties": {"city": {"type": "string"}}}}}]
 ASK = [{"role": "user", "content": "What is the weather in Madrid?"}]
-
-
-class ScriptedEngine:
-    """The LLMEngine interface; every request 'generates' `script`, one token a step."""
-
-    def __init__(self, loaded, script: str) -> None:
-        self.loaded, self.tokenizer, self.config = loaded, loaded.tokenizer, loaded.config
-        self.model = loaded.model
-        self.context_length = 4096
-        self.script = self.tokenizer.encode(script)
-        self.requests: dict[str, tuple[int, int]] = {}  # id -> (prompt tokens, tokens emitted)
-        self.stats = EngineStats()
-        self.blocks = SimpleNamespace(usage=0.0, stats=SimpleNamespace(hit_rate=0.0))
-        self.max_running = 4
-        self.num_waiting = 0
-
-    @property
-    def num_running(self) -> int:
-        return len(self.requests)
-
-    def add_request(self, request_id, prompt_ids, params, adapter=None) -> None:
-        self.requests[request_id] = (len(prompt_ids), 0)
-
-    def abort(self, request_id) -> bool:
-        return self.requests.pop(request_id, None) is not None
-
-    def has_unfinished(self) -> bool:
-        return bool(self.requests)
-
-    def step(self) -> list[RequestOutput]:
-        outputs = []
-        for rid, (n_prompt, done) in list(self.requests.items()):
-            token = self.script[done]
-            finished = done + 1 == len(self.script)
-            outputs.append(RequestOutput(rid, [token], self.tokenizer.decode([token]), "stop" if finished else None,
-                                         n_prompt, done + 1, 0))
-            if finished:
-                del self.requests[rid]
-            else:
-                self.requests[rid] = (n_prompt, done + 1)
-        return outputs
 
 
 @pytest.fixture(scope="module")

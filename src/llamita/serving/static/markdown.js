@@ -24,19 +24,27 @@ function highlight(escaped) {
   });
 }
 
-function inline(escaped) {
-  const codes = [];
-  let s = escaped.replace(/`([^`\n]+)`/g, (_, c) => { codes.push(c); return `\u0000${codes.length - 1}\u0000`; });
-  s = s.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/g,
-    (_, label, url) => `<a href="${url}" target="_blank" rel="noopener noreferrer">${label}</a>`);
+function emphasis(s) {
   s = s.replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>").replace(/__([^_\n]+)__/g, "<strong>$1</strong>");
-  s = s.replace(/(^|[^*\w])\*([^*\n]+)\*(?!\*)/g, "$1<em>$2</em>").replace(/(^|\W)_([^_\n]+)_(?!\w)/g, "$1<em>$2</em>");
-  return s.replace(/\u0000(\d+)\u0000/g, (_, i) => `<code>${codes[Number(i)]}</code>`);
+  return s.replace(/(^|[^*\w])\*([^*\n]+)\*(?!\*)/g, "$1<em>$2</em>").replace(/(^|\W)_([^_\n]+)_(?!\w)/g, "$1<em>$2</em>");
+}
+
+function inline(escaped) {
+  // Code spans and whole links are set aside as \u0000n\u0000 before the emphasis rules run,
+  // so that `*` and `_` never reach into code or a link's attributes (target="_blank",
+  // an address with _ or ** in it). renderMarkdown removes NULs from the model's text.
+  const held = [];
+  const hold = (html) => { held.push(html); return `\u0000${held.length - 1}\u0000`; };
+  const restore = (s) => s.replace(/\u0000(\d+)\u0000/g, (_, i) => held[Number(i)]);
+  let s = escaped.replace(/`([^`\n]+)`/g, (_, c) => hold(`<code>${c}</code>`));
+  s = s.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)\u0000]+)\)/g, (_, label, url) =>
+    hold(`<a href="${url}" target="_blank" rel="noopener noreferrer">${restore(emphasis(label))}</a>`));
+  return restore(emphasis(s));
 }
 
 // Markdown text -> HTML string built only from escaped text and the tags above.
 function renderMarkdown(text) {
-  const lines = escapeHtml(text).split("\n");
+  const lines = escapeHtml(text.replace(/\u0000/g, "\ufffd")).split("\n"); // NUL: inline's marker
   const out = [];
   let paragraph = [];
   let list = null; // {tag, items}
