@@ -22,10 +22,11 @@ def server(loaded) -> Iterator[RunningServer]:
     stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def browser():
     """Headless Chromium (Debian's `chromium`) driven by Playwright, for the web page's tests;
-    they skip where either is missing."""
+    they skip where either is missing. One per module: while Playwright's sync API is open it
+    keeps an event loop running in the main thread, and asyncio.run fails in any later test."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")

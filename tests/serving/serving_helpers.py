@@ -1,4 +1,5 @@
-"""Starting a real llamita server on a loopback port in a background thread, for the tests."""
+"""Helpers for the serving tests: a real llamita server on a loopback port (in a thread or a
+subprocess), a scripted engine, web-chat writers."""
 
 from __future__ import annotations
 

@@ -64,6 +64,7 @@ def test_sigterm_ends_streams_and_exits_0(default_model_path, tmp_path):
             proc.kill()
             proc.wait()
     output = log.read_text(errors="replace")
+    print(f"sigterm: exit status {rc} {exited:.2f} s after the signal")
     assert rc == 0, output
     assert exited < 5, (exited, output)
     assert not any(t.is_alive() for t in clients), "a client still waits for its answer"
