@@ -16,6 +16,11 @@ compare ratios, not absolute numbers across runs).
 
     python benchmarks/compare_peers.py --threads 2 --llama-bench /path/to/llama-bench
     python benchmarks/compare_peers.py --model model.gguf -p 512 -n 128 -r 5 --batch 8
+    python benchmarks/compare_peers.py --compile --rounds 3 --skip transformers ...
+
+--compile adds llamita with its compiled decode step ("llamita-compiled"); --rounds R runs every
+peer R times in turn (eager, compiled, llama.cpp, ...), so a load spike on this shared machine
+hits all of them, and keeps the median of each peer's per-round medians.
 
 Prints one JSON object: {"config", "llamita", "llama.cpp", "transformers", "ratios", "skipped"}.
 """
@@ -33,12 +38,16 @@ import time
 from pathlib import Path
 
 
-def run_llamita(model: Path, args: argparse.Namespace) -> dict[str, float]:
+def run_llamita(model: Path, args: argparse.Namespace, compile: bool = False) -> dict[str, float]:
+    # --compile only changes tg (prefill and the batched engine stay eager): only tg is run.
+    n_prompt = 0 if compile else args.n_prompt
     cmd = [sys.executable, "-m", "llamita.cli.main", "bench", "--model", str(model), "-p",
-           str(args.n_prompt), "-n", str(args.n_gen), "-r", str(args.repetitions), "-t",
+           str(n_prompt), "-n", str(args.n_gen), "-r", str(args.repetitions), "-t",
            str(args.threads), "--json"]
-    if args.batch:
+    if args.batch and not compile:
         cmd += ["-b", str(args.batch)]
+    if compile:
+        cmd.append("--compile")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     report = json.loads(out)
     return {r["test"]: r["tokens_per_second"] for r in report["results"]}
@@ -105,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-bench", help="path to llama.cpp's llama-bench binary")
     parser.add_argument("--hf-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip", action="append", default=[], choices=["llama.cpp", "transformers"])
+    parser.add_argument("--compile", action="store_true", help="also llamita bench --compile")
+    parser.add_argument("--rounds", type=int, default=1, help="run every peer this many times in turn")
     args = parser.parse_args(argv)
     if args.model is None:
         from llamita.engine.loader import default_model_path
@@ -113,21 +124,40 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, object] = {"config": {k: str(v) if isinstance(v, Path) else v
                                             for k, v in vars(args).items()}, "skipped": {}}
-    ours = run_llamita(args.model, args)
-    report["llamita"] = ours
-    ratios: dict[str, float] = {}
+    runners = [("llamita", run_llamita)]
+    if args.compile:
+        runners.append(("llamita-compiled", lambda m, a: run_llamita(m, a, compile=True)))
     for name, runner in (("llama.cpp", run_llama_cpp), ("transformers", run_transformers)):
         if name in args.skip:
             report["skipped"][name] = "--skip"  # type: ignore[index]
-            continue
-        result = runner(args.model, args)
-        if isinstance(result, str):
-            report["skipped"][name] = result  # type: ignore[index]
-            continue
-        report[name] = result
-        for test, tps in result.items():
-            if test in ours and tps:
-                ratios[f"{test} llamita/{name}"] = round(ours[test] / tps, 3)
+        else:
+            runners.append((name, runner))
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name, _ in runners}
+    for _ in range(args.rounds):
+        for name, runner in runners:
+            if name in report["skipped"]:  # type: ignore[operator]
+                continue
+            result = runner(args.model, args)
+            if isinstance(result, str):
+                report["skipped"][name] = result  # type: ignore[index]
+            else:
+                rounds[name].append(result)
+    for name, results in rounds.items():
+        if results:
+            report[name] = {test: statistics.median(r[test] for r in results) for test in results[0]}
+            if args.rounds > 1:
+                report[f"{name} per round"] = results
+    ours = report["llamita"]
+    ratios: dict[str, float] = {}
+    for mine in ("llamita", "llamita-compiled"):
+        for name in ("llama.cpp", "transformers"):
+            for test, tps in report.get(name, {}).items() if mine in report else ():
+                if test in report[mine] and tps:
+                    ratios[f"{test} {mine}/{name}"] = round(report[mine][test] / tps, 3)
+    if "llamita-compiled" in report:
+        tg = f"tg{args.n_gen}"
+        if tg in report["llamita-compiled"] and tg in ours:
+            ratios[f"{tg} llamita-compiled/llamita"] = round(report["llamita-compiled"][tg] / ours[tg], 3)
     tg = f"tg{args.n_gen}"
     if args.batch and tg in ours and f"{tg}x{args.batch}" in ours:
         ratios[f"{tg}x{args.batch} / {tg}"] = round(ours[f"{tg}x{args.batch}"] / ours[tg], 3)

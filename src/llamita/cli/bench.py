@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
+from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
                                 TensorParallelOption, fail, friendly_errors, stderr)
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ def bench(
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
     and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
@@ -58,17 +59,19 @@ def bench(
     if tensor_parallel > 1:
         if gpu_layers is not None:
             fail("--tensor-parallel does not combine with --gpu-layers")
+        if compile:
+            stderr.print("[yellow]note:[/] --compile ignored: tensor parallelism decodes eagerly")
         with open_model(model, tensor_parallel=tensor_parallel, dtype=dtype, device=device) as loaded:
             if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
                 _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, tensor_parallel)
         return
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
-    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json)
+    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, compile=compile)
 
 
 def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetitions: int,
-             as_json: bool, tensor_parallel: int = 1) -> None:
+             as_json: bool, tensor_parallel: int = 1, compile: bool = False) -> None:
     """Run the tests and print the report (rank 0 only under tensor parallelism)."""
     import torch
 
@@ -84,14 +87,14 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
             results.append(bench_prompt(loaded, n_prompt, repetitions))
         if n_gen:
             status.update(f"tg{n_gen}…")
-            results.append(bench_generation(loaded, n_gen, repetitions))
+            results.append(bench_generation(loaded, n_gen, repetitions, compile=compile))
         if n_gen and batch:
             status.update(f"tg{n_gen}x{batch}…")
             results.append(bench_batched_generation(loaded, n_gen, batch, repetitions))
     report = {
         "model": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device), "threads": torch.get_num_threads(),
-        "tensor_parallel": tensor_parallel,
+        "tensor_parallel": tensor_parallel, "compile": compile,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),
         "results": [r.to_dict() for r in results],
@@ -104,3 +107,6 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         table.add_row(r.test, f"{r.tokens_per_second:.2f}", f"{r.stddev:.2f}", str(len(r.samples)))
     Console().print(table)
     stderr.print(f"[dim]peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB[/]")
+    if compile:
+        warmups = ", ".join(f"{r.test} {r.warmup_seconds:.1f} s" for r in results)
+        stderr.print(f"[dim]warm-up runs (compiling included): {warmups}[/]")

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption, JsonOption,
-                                JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption, fail,
-                                friendly_errors, grammar_option, sampling_params, stderr)
+from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption,
+                                JsonOption, JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption,
+                                fail, friendly_errors, grammar_option, sampling_params, stderr)
 
 if TYPE_CHECKING:
     from llamita.engine.llm import LLM
@@ -43,6 +43,7 @@ def run(
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Answer PROMPT once. Text goes to stdout as it is generated; progress and speed to stderr.
 
@@ -58,6 +59,8 @@ def run(
     if tensor_parallel > 1:
         if lora or gpu_layers is not None:
             fail("--tensor-parallel does not combine with --lora or --gpu-layers")
+        if compile:
+            stderr.print("[yellow]note:[/] --compile ignored: tensor parallelism decodes eagerly")
         from llamita.engine.tensor_parallel import open_model
 
         with open_model(model, tensor_parallel=tensor_parallel, dtype=dtype, device=device) as loaded:
@@ -65,7 +68,9 @@ def run(
                 _answer(LLM.from_loaded(loaded), prompt, system, raw, params)
         return
     with stderr.status("loading model…"):
-        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers)
+        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
+    if llm.compile_skipped:
+        stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")
     _answer(llm, prompt, system, raw, params)
 
 

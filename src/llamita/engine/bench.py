@@ -34,6 +34,7 @@ class BenchResult:
     tokens_per_second: float  # median over repetitions
     stddev: float
     samples: list[float] = field(default_factory=list)  # tokens/s of each repetition
+    warmup_seconds: float = 0.0  # the untimed first run (with --compile: includes compiling)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -51,10 +52,12 @@ def _random_ids(loaded: LoadedModel, n: int, seed: int = 0) -> list[int]:
 
 
 def _timed(run: Callable[[], float], n_tokens: int, repetitions: int, test: str) -> BenchResult:
+    t0 = time.perf_counter()
     run()  # warm-up: first-call allocations, kernel selection, page faults on the weights
+    warmup = time.perf_counter() - t0
     samples = [n_tokens / run() for _ in range(repetitions)]
     stddev = statistics.stdev(samples) if len(samples) > 1 else 0.0
-    return BenchResult(test, n_tokens, statistics.median(samples), stddev, samples)
+    return BenchResult(test, n_tokens, statistics.median(samples), stddev, samples, warmup)
 
 
 def bench_prompt(loaded: LoadedModel, n_prompt: int, repetitions: int = 5) -> BenchResult:
@@ -70,8 +73,10 @@ def bench_prompt(loaded: LoadedModel, n_prompt: int, repetitions: int = 5) -> Be
     return _timed(run, n_prompt, repetitions, f"pp{n_prompt}")
 
 
-def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5) -> BenchResult:
-    generator = Generator(loaded.model, loaded.tokenizer)
+def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5,
+                     compile: bool = False) -> BenchResult:
+    """compile: decode through the compiled step (model/compiled.py); the warm-up run compiles."""
+    generator = Generator(loaded.model, loaded.tokenizer, compile=compile)
     first = loaded.tokenizer.bos_id if loaded.tokenizer.bos_id is not None else _random_ids(loaded, 1)[0]
     params = SamplingParams(temperature=0, max_tokens=n_gen, ignore_eos=True)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from llamita.engine.sequence import SequenceState, StepOutput
+from llamita.model.compiled import CompiledDecoder, cache_length, compile_blocker
 from llamita.model.kv_cache import KVCache
 from llamita.model.transformer import Transformer
 from llamita.sampling_params import SamplingParams
@@ -46,8 +47,12 @@ class GenerationStats:
 class Generator:
     """Runs batches of token-id prompts through a model and yields tokens as they come."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, adapter: int | None = None) -> None:
-        """adapter: the LoRA adapter slot every sequence runs with (model.lora), None for none."""
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, adapter: int | None = None,
+                 compile: bool = False) -> None:
+        """adapter: the LoRA adapter slot every sequence runs with (model.lora), None for none.
+        compile: decode steps in which every sequence steps run as one compiled graph
+        (model/compiled.py); with a LoRA adapter, tensor parallelism or layers split across
+        devices they stay eager, and `compile_skipped` says why."""
         self.model = model
         self.tokenizer = tokenizer
         self.adapter = adapter
@@ -57,6 +62,10 @@ class Generator:
         # tables); ids past the tokenizer mean nothing, so they are never candidates.
         self.n_tokens = min(model.config.vocab_size, tokenizer.vocab_size)
         self.last_stats = GenerationStats()
+        self.compile_skipped = None if not compile or adapter is None else "a LoRA adapter is active"
+        if compile and self.compile_skipped is None:
+            self.compile_skipped = compile_blocker(model)
+        self.compiled = CompiledDecoder(model) if compile and self.compile_skipped is None else None
 
     def _prepare(self, index: int, prompt_ids: list[int], params: SamplingParams) -> SequenceState:
         return SequenceState.create(index, prompt_ids, params, self.tokenizer, self.n_tokens,
@@ -73,6 +82,8 @@ class Generator:
         stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs))
         self.last_stats = stats
         max_len = max(len(s.prompt_ids) + s.max_new for s in seqs)
+        if self.compiled is not None:  # bucketed, so generations of similar length share a graph
+            max_len = cache_length(max_len, self.context_length)
         cache = KVCache(self.model.config, len(seqs), max_len, dtype=self.model.dtype,
                         device=self.device)
 
@@ -89,8 +100,11 @@ class Generator:
                 positions = torch.tensor([[len(s.history) - 1] for s in live], device=self.device)
                 rows = None if len(live) == len(seqs) else torch.tensor(
                     [s.index for s in live], device=self.device)
-                logits = self.model(tokens, positions, cache, rows, last_only=True,
-                                    adapters=self._adapters(len(live)))[:, -1]
+                if self.compiled is not None and rows is None:
+                    logits = self.compiled(tokens, positions, cache)
+                else:
+                    logits = self.model(tokens, positions, cache, rows, last_only=True,
+                                        adapters=self._adapters(len(live)))[:, -1]
                 sampled = [self._sample(seq, row) for seq, row in zip(live, logits)]
                 stats.decode_seconds += time.perf_counter() - t0
                 stats.decode_tokens += len(live)

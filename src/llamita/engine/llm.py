@@ -56,14 +56,17 @@ class LLM:
     def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
                  device: str | torch.device = "auto",
                  lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-                 gpu_layers: int | None = None) -> None:
+                 gpu_layers: int | None = None, compile: bool = False) -> None:
         """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
         together to every generation without merging them into the weights.
-        gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU."""
+        gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU.
+        compile: decode through a torch.compile'd step (model/compiled.py; the first use of a
+        shape compiles, minutes on 2 cores, then it is cached on disk); eager with LoRA or
+        gpu_layers (`compile_skipped` says why)."""
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
         specs = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
         names = attach_loras(loaded.model, loaded.config, specs, combine=True)
-        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None)
+        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> LLM:
@@ -72,11 +75,13 @@ class LLM:
         llm._attach(loaded)
         return llm
 
-    def _attach(self, loaded: LoadedModel, adapter: int | None = None) -> None:
+    def _attach(self, loaded: LoadedModel, adapter: int | None = None, compile: bool = False) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
-        self._generator = Generator(loaded.model, loaded.tokenizer, adapter)
+        self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=compile)
+        # Why compile=True still decodes eagerly (a LoRA adapter, layers split), else None.
+        self.compile_skipped = self._generator.compile_skipped
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 

@@ -7,6 +7,8 @@ positions come in as arguments; the model holds no generation state.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -159,21 +161,27 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, rows: torch.Tensor | None = None,
-                last_only: bool = False, adapters: torch.Tensor | None = None) -> torch.Tensor:
+                last_only: bool = False, adapters: torch.Tensor | None = None,
+                whole_cache: bool = False) -> torch.Tensor:
         """Logits (float32) for `tokens` (B, S) at absolute `positions` (B, S).
 
         With a cache, keys/values are written at `positions` of cache `rows` (None: all rows in
         order) and each query attends to cache positions 0..its own position. Without one the
         S tokens attend causally to each other only. `last_only` keeps just the last position's
         logits: (B, 1, vocab) instead of (B, S, vocab). `adapters` (B,) picks each row's LoRA
-        adapter slot (-1: none; None: the base model on every row).
+        adapter slot (-1: none; None: the base model on every row). `whole_cache` attends over
+        all `cache.max_len` positions, masked, instead of the first max(positions) + 1: every
+        shape then depends on B, S and the cache only, never on the positions' values, which is
+        what a compiled decode step needs (model/compiled.py).
         """
-        x = self.hidden_states(tokens, positions, cache, rows, last_only=last_only, adapters=adapters)
+        x = self.hidden_states(tokens, positions, cache, rows, last_only=last_only, adapters=adapters,
+                               whole_cache=whole_cache)
         return self.logits(x)
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                       cache: KVCache | None = None, rows: torch.Tensor | None = None,
-                      last_only: bool = False, adapters: torch.Tensor | None = None) -> torch.Tensor:
+                      last_only: bool = False, adapters: torch.Tensor | None = None,
+                      whole_cache: bool = False) -> torch.Tensor:
         """The final hidden states, after the last RMSNorm (what the output projection reads,
         and what transformers calls `last_hidden_state`): (B, S, dim), or (B, 1, dim) with
         `last_only`. Arguments as in `forward`."""
@@ -184,10 +192,12 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         mask, length = None, seqlen
         if cache is not None:
-            length = int(positions.max()) + 1
+            # int() reads the positions back (a graph break under torch.compile): whole_cache avoids it.
+            length = cache.max_len if whole_cache else int(positions.max()) + 1
             # Key j is visible to a query at position p iff j <= p: (B, 1, S, length), True = attend.
             mask = (torch.arange(length, device=tokens.device) <= positions[:, :, None])[:, None]
-        with self.lora.select(adapters, bsz):
+        # Without adapters the selection is a no-op; skipping it keeps the step traceable.
+        with self.lora.select(adapters, bsz) if adapters is not None else nullcontext():
             for layer in self.layers:
                 x = layer(x, cos, sin, positions, mask, cache, rows, length)
         if last_only:
