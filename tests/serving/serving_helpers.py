@@ -122,15 +122,17 @@ def wait_idle(loop, timeout: float = 10.0) -> bool:
     return False
 
 
-def start_serve_process(data_dir: Path, *args: str, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+def start_serve_process(data_dir: Path, *args: str, stderr=subprocess.DEVNULL,
+                        env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """`llamita serve` (the default model) in a subprocess on a free loopback port, with the web
-    chat's store in data_dir; returns it once /health answers, and its URL."""
+    chat's store in data_dir and `env` added to the environment; returns it once /health
+    answers, and its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port),
                              "--data-dir", str(data_dir), *args],
-                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=stderr)
+                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 
 import httpx
 from typer.testing import CliRunner
 
 from llamita.cli.main import app
+from serving_helpers import start_serve_process
 
 
 def test_help_names_defaults_and_units():
@@ -22,26 +19,10 @@ def test_help_names_defaults_and_units():
         assert text in out
 
 
-def test_serve_process_answers(default_model_path, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LLAMITA_API_KEY": "k"}
-    proc = subprocess.Popen([sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port),
-                             "--kv-cache-tokens", "1024", "--dtype", "float32", "--model-name", "smol",
-                             "--data-dir", str(tmp_path)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+def test_serve_process_answers(tmp_path):
+    proc, url = start_serve_process(tmp_path, "--kv-cache-tokens", "1024", "--dtype", "float32",
+                                    "--model-name", "smol", env={"LLAMITA_API_KEY": "k"})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-            time.sleep(0.2)
         headers = {"Authorization": "Bearer k"}
         r = httpx.post(url + "/v1/completions", json={"model": "smol", "prompt": "Hi", "max_tokens": 2},
                        headers=headers, timeout=30)
