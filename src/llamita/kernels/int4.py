@@ -16,7 +16,7 @@ only valid in the process (and CPU) that packed them: never save them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -188,6 +188,28 @@ def pack_int4(out_features: int, in_features: int, rows: AffineRows) -> Int4Weig
         sz[:, r0:r1, 0] = scale.reshape(r1 - r0, k // GROUP_SIZE).T  # rounds to bfloat16
         sz[:, r0:r1, 1] = zero.reshape(r1 - r0, k // GROUP_SIZE).T
     return Int4Weight(packed, sz, n, k)
+
+
+def concat_int4(weights: Sequence[Int4Weight]) -> Int4Weight | None:
+    """One packed weight whose output rows are those of `weights` in order (all with the same
+    in_features and group), or None where the packed layout cannot be joined.
+
+    Packing works per block of rows, so concatenating packed codes is exact when every part
+    but the last fills whole blocks (out_features a multiple of the block height, 64 rows on
+    AVX-512): then each row's codes, and so each output element, are computed as for the part
+    alone. The scales and zeros are joined along their row axis.
+    """
+    layout = _probe_layout()
+    first = weights[0]
+    if (layout is None or len(weights) < 2
+            or any(w.in_features != first.in_features or w.group_size != first.group_size
+                   for w in weights)
+            or any(w.out_features % layout.block_n for w in weights[:-1])):
+        return None
+    packed = torch.cat([w.packed for w in weights])
+    sz = torch.cat([w.scales_and_zeros for w in weights], dim=1)
+    return Int4Weight(packed, sz, sum(w.out_features for w in weights), first.in_features,
+                      first.group_size)
 
 
 # --------------------------------------------------------------------------- compute

@@ -63,6 +63,16 @@ def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
     return Int8Weight(qweight, scales.to(dtype))
 
 
+def concat_int8(weights: "list[Int8Weight] | tuple[Int8Weight, ...]") -> Int8Weight | None:
+    """One weight whose output rows are those of `weights` in order (same in_features and
+    scale dtype), or None. Rows are independent (one scale each), so the join is exact."""
+    first = weights[0]
+    if len(weights) < 2 or any(w.in_features != first.in_features or w.scales.dtype != first.scales.dtype
+                               for w in weights):
+        return None
+    return Int8Weight(torch.cat([w.qweight for w in weights]), torch.cat([w.scales for w in weights]))
+
+
 def int8_linear(x: torch.Tensor, w: Int8Weight) -> torch.Tensor:
     """x (..., in_features) @ Wᵀ -> (..., out_features) in x's dtype."""
     lead = x.shape[:-1]

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamita.kernels.int4 import Int4Weight, dequantize_int4, int4_linear
-from llamita.kernels.int8 import Int8Weight, dequantize_int8, int8_linear
+from collections.abc import Sequence
+
+from llamita.kernels.int4 import Int4Weight, concat_int4, dequantize_int4, int4_linear
+from llamita.kernels.int8 import Int8Weight, concat_int8, dequantize_int8, int8_linear
 
 # From this many input rows on (prompt prefill), expanding the weight to bfloat16 and using a
 # dense matmul beats the int4 (and int8) kernel, whose cost grows with every row (benchmarks/int4_matmul.py:
@@ -68,3 +70,59 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
+
+
+class FusedLinear(nn.Module):
+    """Several compact linear layers over the same input as one matmul: `forward` returns each
+    part's output, split from one kernel call over their concatenated rows.
+
+    Batch-1 decode of a small model pays a fixed cost per kernel call (a 576x576 int4 matmul
+    reads 207 KB, ~15 us of memory traffic, and takes ~20 us), so q/k/v as one call and gate/up
+    as one cut a layer's seven calls to four, as gpt-fast's wqkv and vLLM's QKVParallelLinear
+    do. The parts keep working on their own (LoRA, fine-tuning and the glass views address
+    them by name): `fuse_linears` re-points their codes at views of the fused rows, so no
+    memory is added. Each output element is computed exactly as by its part alone.
+    """
+
+    def __init__(self, inner: Int4Linear | Int8Linear, parts: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sizes = [int(p.out_features) for p in parts]
+        # Held outside the module tree (no second registration of the same weights).
+        self.__dict__["parts"] = tuple(parts)
+
+    def serves(self, *parts: nn.Module) -> bool:
+        """True while `parts` are still the modules this was built from (LoRA or fine-tuning
+        wrap or replace them, and then their own forward must run)."""
+        return len(parts) == len(self.parts) and all(a is b for a, b in zip(parts, self.parts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.inner(x).split(self.sizes, dim=-1))
+
+
+def fuse_linears(parts: Sequence[nn.Module]) -> FusedLinear | None:
+    """A FusedLinear over `parts` when they are all Int4Linear (whose packed blocks can be
+    joined, see `concat_int4`) or all Int8Linear over the same input; else None (dense layers
+    stay as they are: they are the float reference, and large dense matmuls gain nothing)."""
+    if all(type(p) is Int4Linear for p in parts):
+        w4 = concat_int4([p.weight_int4 for p in parts])  # type: ignore[union-attr]
+        if w4 is None:
+            return None
+        inner: Int4Linear | Int8Linear = Int4Linear(w4)
+        start = 0
+        for p in parts:  # codes become row views of the joined ones; scales stay (tiny)
+            p.packed = w4.packed[start:start + p.out_features]
+            start += p.out_features
+    elif all(type(p) is Int8Linear for p in parts):
+        w8 = concat_int8([p.weight_int8 for p in parts])  # type: ignore[union-attr]
+        if w8 is None:
+            return None
+        inner = Int8Linear(w8)
+        start = 0
+        for p in parts:
+            p.qweight, p.scales = (w8.qweight[start:start + p.out_features],
+                                   w8.scales[start:start + p.out_features])
+            start += p.out_features
+    else:
+        return None
+    return FusedLinear(inner, parts)

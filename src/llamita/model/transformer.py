@@ -19,7 +19,7 @@ from llamita.kernels.int4 import Int4Weight
 from llamita.kernels.int8 import Int8Weight
 from llamita.model.embedding import EncodedEmbedding, Int8Embedding
 from llamita.model.kv_cache import KVCache
-from llamita.model.linear import Int4Linear, Int8Linear
+from llamita.model.linear import FusedLinear, Int4Linear, Int8Linear, fuse_linears
 from llamita.model.lora import LoraSlots
 from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
@@ -46,15 +46,23 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        # q/k/v joined into one kernel call (Transformer.fuse_projections); outside the module
+        # tree, as the parts keep the weights.
+        self.fused_qkv: FusedLinear | None = None
 
     def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, S, n_heads, hd) and keys, values (B, S, n_kv_heads, hd), RoPE applied to
         q and k: what attention scores are computed from (glass/attention.py reads them too)."""
         bsz, seqlen, _ = x.shape
-        q = self.q_proj(x).view(bsz, seqlen, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        fused = self.fused_qkv
+        if fused is not None and fused.serves(self.q_proj, self.k_proj, self.v_proj):
+            q, k, v = fused(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -81,9 +89,15 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.fused_gate_up: FusedLinear | None = None  # as Attention.fused_qkv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        fused = self.fused_gate_up
+        if fused is not None and fused.serves(self.gate_proj, self.up_proj):
+            gate, up = fused(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -148,7 +162,19 @@ class Transformer(nn.Module):
             raise KeyError(f"state dict mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         model.load_state_dict(state, strict=False, assign=True)
         model.inv_freq = rope_inv_freq(cfg, divisors)
+        model.fuse_projections()
         return model.eval().requires_grad_(False)
+
+    def fuse_projections(self) -> None:
+        """Join each block's q/k/v and gate/up layers into one kernel call each where they are
+        compact (model/linear.py FusedLinear); dense layers, and layers another wrapper has
+        replaced since, run on their own."""
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            # object.__setattr__: a FusedLinear must not join the module tree (its weights are
+            # its parts' weights, already registered under their canonical names).
+            object.__setattr__(attn, "fused_qkv", fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]))
+            object.__setattr__(mlp, "fused_gate_up", fuse_linears([mlp.gate_proj, mlp.up_proj]))
 
     @property
     def dtype(self) -> torch.dtype:

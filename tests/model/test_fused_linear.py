@@ -1,0 +1,103 @@
+"""FusedLinear (q/k/v and gate/up as one kernel call) against the layers it joins.
+
+The fused call must give each part's output bit for bit in decode (the packed int4 rows and
+per-row int8 rows are computed independently), add no memory, and step aside once a part is
+replaced. Prefill (128+ rows) runs oneDNN's bfloat16 matmul over the expanded weight, whose
+tiling follows the number of output rows: there a few elements may round the other way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from llamita.kernels.int4 import _probe_layout, concat_int4, int4_supported
+from llamita.kernels.int8 import int8_supported, quantize_int8
+from llamita.model.linear import DENSE_MIN_ROWS, Int4Linear, Int8Linear, fuse_linears
+from llamita.weights.q4_pack import pack_q4
+from llamita.weights.quants import GGMLType, quantize
+
+requires_int4 = pytest.mark.skipif(not int4_supported(), reason="no packed int4 CPU matmul here")
+requires_int8 = pytest.mark.skipif(not int8_supported(), reason="no int8 weight-only CPU matmul here")
+
+
+def _int4(out_features: int, in_features: int, seed: int) -> Int4Linear:
+    gen = torch.Generator().manual_seed(seed)
+    raw = quantize(torch.randn(out_features, in_features, generator=gen) * 0.05, GGMLType.Q4_1)
+    return Int4Linear(pack_q4(raw, GGMLType.Q4_1, (out_features, in_features)))
+
+
+def _int8(out_features: int, in_features: int, seed: int) -> Int8Linear:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=gen)
+    return Int8Linear(quantize_int8(out_features, in_features, lambda a, b: w[a:b]))
+
+
+def _same(got: torch.Tensor, want: torch.Tensor, rows: int) -> bool:
+    if rows < DENSE_MIN_ROWS:
+        return torch.equal(got, want)
+    # One bfloat16 rounding step (an ulp, <= 2**-7 relative) on a few elements at most.
+    off = (got.float() - want.float()).abs() > 2**-7 * want.float().abs()
+    return not off.any() and bool((got != want).float().mean() < 1e-3)
+
+
+@requires_int4
+@pytest.mark.parametrize("rows", [1, 3, 200])  # decode, a few rows, the dense prefill path
+def test_int4_parts_match(rows: int) -> None:
+    # The default model's q/k/v shapes: 576 + 192 + 192 rows (whole 64-row blocks).
+    parts = [_int4(576, 576, 0), _int4(192, 576, 1), _int4(192, 576, 2)]
+    x = torch.randn(1, rows, 576).to(torch.bfloat16)
+    alone = [p(x) for p in parts]
+    fused = fuse_linears(parts)
+    assert fused is not None
+    got = fused(x)
+    assert [g.shape for g in got] == [a.shape for a in alone]
+    assert all(_same(g, a, rows) for g, a in zip(got, alone))
+    # The parts now read views of the joined codes: still right, no second copy.
+    assert all(torch.equal(p(x), a) for p, a in zip(parts, alone))
+    joined = fused.inner.packed
+    assert all(p.packed.untyped_storage().data_ptr() == joined.untyped_storage().data_ptr()
+               for p in parts)
+
+
+@requires_int4
+def test_int4_rows_off_the_packed_blocks_are_not_joined() -> None:
+    block = _probe_layout().block_n
+    if block == 16:
+        pytest.skip("every allowed row count fills a 16-row block")
+    parts = [_int4(block + 16, 64, 3), _int4(64, 64, 4)]  # the first ends in a tail block
+    assert concat_int4([p.weight_int4 for p in parts]) is None
+    assert fuse_linears(parts) is None
+    # The last part may end anywhere: nothing follows its tail block.
+    tail_last = [_int4(64, 64, 5), _int4(block + 16, 64, 6)]
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    alone = [p(x) for p in tail_last]
+    fused = fuse_linears(tail_last)
+    assert fused is not None and all(torch.equal(g, a) for g, a in zip(fused(x), alone))
+
+
+@requires_int8
+def test_int8_parts_bit_for_bit() -> None:
+    parts = [_int8(1536, 576, 7), _int8(1536, 576, 8)]
+    x = torch.randn(2, 576).to(torch.bfloat16)
+    alone = [p(x) for p in parts]
+    fused = fuse_linears(parts)
+    assert fused is not None
+    assert all(torch.equal(g, a) for g, a in zip(fused(x), alone))
+
+
+@requires_int4
+def test_mixed_or_dense_parts_stay_apart() -> None:
+    assert fuse_linears([nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False)]) is None
+    assert fuse_linears([_int4(64, 64, 9), nn.Linear(64, 64, bias=False)]) is None
+    assert fuse_linears([_int4(64, 64, 10), _int4(64, 128, 11)]) is None  # other inputs
+
+
+@requires_int4
+def test_fused_steps_aside_when_a_part_is_replaced() -> None:
+    parts = [_int4(64, 64, 12), _int4(64, 64, 13)]
+    fused = fuse_linears(parts)
+    assert fused is not None and fused.serves(*parts)
+    assert not fused.serves(parts[0], nn.Linear(64, 64, bias=False))
+    assert not fused.serves(parts[0])
