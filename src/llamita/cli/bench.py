@@ -38,6 +38,11 @@ def bench(
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
     compile: bool = CompileOption,
+    bandwidth: bool = typer.Option(False, "--bandwidth",
+                                   help="Also measure memory bandwidth (copying a 1 GiB buffer, "
+                                        "bytes read + written per second) and report tg as a "
+                                        "fraction of the floor bandwidth / weight bytes read per "
+                                        "token."),
 ) -> None:
     """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
     and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
@@ -67,16 +72,17 @@ def bench(
         return
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
-    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, compile=compile)
+    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, compile=compile, bandwidth=bandwidth)
 
 
 def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetitions: int,
-             as_json: bool, tensor_parallel: int = 1, compile: bool = False) -> None:
+             as_json: bool, tensor_parallel: int = 1, compile: bool = False,
+             bandwidth: bool = False) -> None:
     """Run the tests and print the report (rank 0 only under tensor parallelism)."""
     import torch
 
-    from llamita.engine.bench import (bench_batched_generation, bench_generation, bench_prompt,
-                                      peak_rss_bytes)
+    from llamita.engine.bench import (bandwidth_floor, bench_batched_generation, bench_generation,
+                                      bench_prompt, peak_rss_bytes)
 
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "
                  f"{torch.get_num_threads()} threads · loaded in {loaded.load_seconds:.1f} s[/]")
@@ -91,6 +97,11 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         if n_gen and batch:
             status.update(f"tg{n_gen}x{batch}…")
             results.append(bench_batched_generation(loaded, n_gen, batch, repetitions))
+    floor = None
+    tg = next((r for r in results if r.test == f"tg{n_gen}"), None)
+    if bandwidth and tg is not None:
+        with stderr.status("memory bandwidth…"):
+            floor = bandwidth_floor(loaded, tg.tokens_per_second)
     report = {
         "model": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device), "threads": torch.get_num_threads(),
@@ -99,6 +110,8 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),
         "results": [r.to_dict() for r in results],
     }
+    if floor is not None:
+        report["bandwidth_floor"] = floor.to_dict()
     if as_json:
         print(json.dumps(report))
         return
@@ -107,6 +120,10 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         table.add_row(r.test, f"{r.tokens_per_second:.2f}", f"{r.stddev:.2f}", str(len(r.samples)))
     Console().print(table)
     stderr.print(f"[dim]peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB[/]")
+    if floor is not None:
+        stderr.print(f"bandwidth floor: {floor.weight_bytes_per_token / 2**20:.0f} MiB of weights a "
+                     f"token at {floor.copy_bandwidth / 1e9:.1f} GB/s = {floor.floor_tokens_per_second:.2f} "
+                     f"tokens/s; tg{n_gen} is {100 * floor.fraction_of_floor:.0f}% of it")
     if compile:
         warmups = ", ".join(f"{r.test} {r.warmup_seconds:.1f} s" for r in results)
         stderr.print(f"[dim]warm-up runs (compiling included): {warmups}[/]")

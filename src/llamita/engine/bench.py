@@ -9,6 +9,11 @@
 
 Prompt tokens are random ids (fixed seed) like llama-bench's; every test is run `repetitions`
 times after one warm-up run, and the median and the standard deviation are reported.
+
+Bandwidth floor (`bandwidth_floor`): batch-1 generation must read every weight once per token,
+so it cannot beat weight bytes read per token / memory bandwidth. The bandwidth is measured in
+the same run by copying a buffer far larger than the last-level cache (STREAM's Copy: bytes read
+plus bytes written, per second).
 """
 
 from __future__ import annotations
@@ -43,6 +48,57 @@ class BenchResult:
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of weights one batch-1 decode step reads, in the form the model holds them (packed
+    int4 codes and scales, int8 rows, dense tensors): every weight tensor once, except the
+    embedding table, of which a step reads one row, unless the output projection multiplies
+    by it (tied embeddings)."""
+    embed = model.embed_tokens  # type: ignore[union-attr]
+    head = model.lm_head  # type: ignore[union-attr]
+    table = {t.data_ptr() for t in [*embed.parameters(), *embed.buffers()]}
+    read_by_head = table if head is None else {t.data_ptr() for t in [*head.parameters(), *head.buffers()]}
+    sizes: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        ptr = t.data_ptr()
+        if ptr in table and ptr not in read_by_head:
+            continue
+        sizes[ptr] = max(sizes.get(ptr, 0), t.nbytes)  # views sharing a start count once
+    return sum(sizes.values())
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, repetitions: int = 5) -> float:
+    """Memory bandwidth in bytes/s (read + written) of copying a `nbytes` buffer, median of
+    `repetitions`, with torch's current threads. 1 GiB by default: several times any
+    last-level cache, so the copy runs from memory."""
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # page the destination in
+    times = []
+    for _ in range(repetitions):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(times)
+
+
+@dataclass
+class BandwidthFloor:
+    weight_bytes_per_token: int
+    copy_bandwidth: float  # bytes/s, read + written
+    floor_tokens_per_second: float  # copy_bandwidth / weight_bytes_per_token
+    fraction_of_floor: float  # measured batch-1 tg tokens/s / floor_tokens_per_second
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def bandwidth_floor(loaded: LoadedModel, tg_tokens_per_second: float) -> BandwidthFloor:
+    weights = weight_bytes_per_token(loaded.model)
+    bandwidth = copy_bandwidth()
+    floor = bandwidth / weights
+    return BandwidthFloor(weights, bandwidth, floor, tg_tokens_per_second / floor)
 
 
 def _random_ids(loaded: LoadedModel, n: int, seed: int = 0) -> list[int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from llamita.engine.sequence import SequenceState, StepOutput
-from llamita.model.compiled import CompiledDecoder, cache_length, compile_blocker
+from llamita.model.compiled import KEY_BLOCK, CompiledDecoder, compile_blocker
 from llamita.model.kv_cache import KVCache
 from llamita.model.transformer import Transformer
 from llamita.sampling_params import SamplingParams
@@ -82,8 +82,8 @@ class Generator:
         stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs))
         self.last_stats = stats
         max_len = max(len(s.prompt_ids) + s.max_new for s in seqs)
-        if self.compiled is not None:  # bucketed, so generations of similar length share a graph
-            max_len = cache_length(max_len, self.context_length)
+        if self.compiled is not None:  # its sizes are symbolic from 2 on; one block keeps clear of that
+            max_len = max(max_len, min(KEY_BLOCK, self.context_length))
         cache = KVCache(self.model.config, len(seqs), max_len, dtype=self.model.dtype,
                         device=self.device)
 

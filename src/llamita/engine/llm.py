@@ -60,9 +60,10 @@ class LLM:
         """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
         together to every generation without merging them into the weights.
         gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU.
-        compile: decode through a torch.compile'd step (model/compiled.py; the first use of a
-        shape compiles, minutes on 2 cores, then it is cached on disk); eager with LoRA or
-        gpu_layers (`compile_skipped` says why)."""
+        compile: decode through an AOTInductor-compiled step (model/compiled.py; the first use
+        of a model shape and batch size builds it, 1-2 minutes on 2 cores, then it loads from
+        disk in milliseconds); eager with LoRA, gpu_layers or on CUDA (`compile_skipped` says
+        why)."""
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
         specs = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
         names = attach_loras(loaded.model, loaded.config, specs, combine=True)

@@ -1,51 +1,67 @@
-"""The decode step under torch.compile: one token per cache row, a static KV cache, fixed shapes.
+"""The decode step ahead-of-time compiled (AOTInductor): one token per cache row, C++ throughout.
 
-Eager decode of a small model spends much of its time between ops (Python, the dispatcher); a
-compiled step runs RMSNorm, RoPE, SwiGLU and the residual adds as a few fused C++ loops
-(Inductor) around the int4/int8 matmul and attention calls, which stay the aten kernels eager
-uses (they have fake-tensor implementations, so Dynamo sees them as opaque ops).
+Eager decode of a small model spends most of its time between kernels (Python, the
+dispatcher): SmolLM2-135M's step is 30 blocks of ~15 small ops. Here the step is exported once
+with `torch.export` and compiled by AOTInductor into a shared library: RMSNorm, RoPE, SwiGLU,
+the residual adds and the KV-cache writes become fused C++ loops around the int4/int8 matmul
+and attention kernels (the same aten kernels eager calls), and a C++ wrapper runs them with no
+Python, no guards and no per-call tracing.
 
-The step is `Transformer.forward(..., whole_cache=True)`: attention reads all `max_len`
-positions of the cache through a mask computed from the positions, so every shape depends on
-the batch size and the cache length only and one graph serves every position. KV caches are
-sized in `cache_length` buckets so generations of different lengths share a graph.
+What the package holds and what it does not:
+- **No weights.** They are inputs of the exported function (`torch.func.functional_call`), so
+  a package only depends on the model's structure (names, shapes, dtypes) and llamita's model
+  code, is a few MB, and takes the live model's tensors (packed int4 codes included, which are
+  only valid in the process that packed them) on every call without a copy.
+- **One package per batch size.** The number of cache positions and of positions attended are
+  symbolic: one package serves every position and every cache size, and each step attends
+  only to `attend_length(p)` positions (the next multiple of KEY_BLOCK past the furthest
+  position), so early tokens do not pay for the whole cache.
+- Cached under `cache_dir()` by a key over everything the code depends on (`package_key`); a
+  later process loads it in milliseconds. The first build of a model shape takes 1-2 minutes on
+  2 cores (logged as a warning when it starts).
 
-Compiled code is cached on disk by Inductor's FX-graph and AOTAutograd caches, under
-`cache_dir()` unless TORCHINDUCTOR_CACHE_DIR is set: the first compile of a (model, batch,
-bucket) takes minutes on 2 cores, later processes reuse it (Dynamo still re-traces the Python,
-seconds). docs/performance.md has the figures and why compiling is opt-in.
+Fused loops round to bfloat16 where eager does (`emulate_precision_casts`); sums still run in
+another order, so bf16 greedy text can part from eager's at near-ties. Both are tested against
+the float32 eager reference (tests/model/test_compiled.py). docs/performance.md has the figures.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from llamita.model.kv_cache import KVCache
 from llamita.model.offload import OnDevice
 from llamita.model.tensor_parallel import RowParallel, TiedHead, VocabParallelEmbedding, VocabParallelHead
 
-# Smallest KV cache a compiled generation gets: short generations all share this one graph.
-MIN_CACHE_LENGTH = 256
+log = logging.getLogger(__name__)
+
+# Attended positions are rounded up to a multiple of this: fewer distinct lengths than one per
+# token, and vector-friendly loops, at the cost of up to KEY_BLOCK - 1 masked positions.
+KEY_BLOCK = 32
 _UNCOMPILABLE = (RowParallel, VocabParallelEmbedding, VocabParallelHead, TiedHead, OnDevice)
+_FORMAT = 2  # bump when the exported function's signature changes
 
 
 def cache_dir() -> Path:
-    """Where llamita keeps Inductor's compiled artifacts: $XDG_CACHE_HOME/llamita/inductor."""
+    """Where llamita keeps compiled decode steps: $XDG_CACHE_HOME/llamita/aoti."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llamita" / "inductor"
+    return Path(base) / "llamita" / "aoti"
 
 
-def cache_length(needed: int, context_length: int) -> int:
-    """KV cache positions for a generation needing `needed`: the next power of two from
-    MIN_CACHE_LENGTH on, at most the context length (but never less than `needed`)."""
-    length = MIN_CACHE_LENGTH
-    while length < needed:
-        length *= 2
-    return max(needed, min(length, context_length))
+def attend_length(furthest: int, cache_positions: int) -> int:
+    """Cache positions a step attends to when its furthest row is at position `furthest`."""
+    return min(cache_positions, (furthest // KEY_BLOCK + 1) * KEY_BLOCK)
 
 
 def compile_blocker(model: nn.Module) -> str | None:
@@ -58,37 +74,166 @@ def compile_blocker(model: nn.Module) -> str | None:
         if isinstance(module, _UNCOMPILABLE):
             kind = "layers split across devices" if isinstance(module, OnDevice) else "tensor parallelism"
             return f"{kind} ({type(module).__name__})"
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "cpu":
+        return f"the compiled step is built for the CPU (the model is on {device})"
     return None
+
+
+class _DecodeBody(nn.Module):
+    """The model's decode step as a module whose every tensor has a name: the fused q/k/v and
+    gate/up layers (kept outside the model's module tree) are registered here too."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        fused = {}
+        for i, layer in enumerate(model.layers):  # type: ignore[union-attr]
+            fused[f"qkv{i}"] = layer.self_attn.fused_qkv
+            fused[f"gate_up{i}"] = layer.mlp.fused_gate_up
+        self.fused = nn.ModuleDict({k: v for k, v in fused.items() if v is not None})
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor,
+                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        cache = KVCache.__new__(KVCache)  # a view over the caller's tensors, nothing allocated
+        cache.k, cache.v = list(keys), list(values)
+        cache.n_rows, cache.max_len = tokens.shape[0], keys[0].shape[2]
+        length = key_positions.shape[0]
+        torch._check(length <= cache.max_len)  # what attend_length guarantees
+        return self.model(tokens, positions, cache, None, last_only=True, key_length=length)[:, -1]
+
+
+class _Exported(nn.Module):
+    """What is exported: the body with its weights as arguments (the body itself is held
+    outside this module's tree, so export lifts no parameter as a constant)."""
+
+    def __init__(self, body: _DecodeBody) -> None:
+        super().__init__()
+        self.__dict__["body"] = body
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor,
+                keys: list[torch.Tensor], values: list[torch.Tensor],
+                weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(self.body, weights, (tokens, positions, key_positions, keys, values),
+                                          tie_weights=False, strict=True)
+
+
+def _source_digest() -> str:
+    """Hash of the code a compiled step is made of (model/ and kernels/): an edited model
+    must not run an old package."""
+    h = hashlib.sha256()
+    for package in ("llamita.model", "llamita.kernels"):
+        for entry in sorted(resources.files(package).iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".py"):
+                h.update(entry.name.encode())
+                h.update(entry.read_bytes())
+    return h.hexdigest()
+
+
+def package_key(model: nn.Module, weights: dict[str, torch.Tensor], batch: int) -> str:
+    """Everything a package depends on: the model's structure (config, each weight's name,
+    shape, dtype, stride), the batch size, llamita's model code, torch and the CPU's vector
+    capability it was built for. Weight values are not part of it."""
+    h = hashlib.sha256()
+    parts = [_FORMAT, batch, repr(model.config), torch.__version__,  # type: ignore[union-attr]
+             torch.backends.cpu.get_cpu_capability(), _source_digest()]
+    parts += [(n, tuple(t.shape), str(t.dtype), t.stride()) for n, t in weights.items()]
+    h.update(repr(parts).encode())
+    return h.hexdigest()[:32]
 
 
 class CompiledDecoder:
     """`step(tokens, positions, cache)`: logits (B, vocab) float32 of one token per cache row.
 
     tokens, positions: (B, 1) int64 with B == cache.n_rows (every row steps). The first call for
-    a new (B, cache length) compiles; `mode` is torch.compile's (None: Inductor's default). Steps
-    run in inference mode; make the tensors and the cache there too (Generator does): a tensor
-    made outside it is guarded as a different kind and would compile a second graph.
+    a batch size loads its package from `root` (default `cache_dir()`) or builds it there.
     """
 
-    def __init__(self, model: nn.Module, mode: str | None = None) -> None:
+    def __init__(self, model: nn.Module, root: Path | None = None) -> None:
         blocker = compile_blocker(model)
         if blocker is not None:
             raise ValueError(f"the decode step cannot be compiled with {blocker}")
         self.model = model
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
-        # dynamic=False: each (B, cache length) is its own static graph, so nothing about the
-        # positions can become a symbol and trigger a recompile. Fused loops keep float32
-        # intermediates unless told to round where eager rounds to bfloat16; without it greedy
-        # tokens drifted from eager's after ~13 tokens on the default model.
-        self._step = torch.compile(self._decode, fullgraph=True, dynamic=False, mode=mode,
-                                   options={"emulate_precision_casts": True})
-
-    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        return self.model(tokens, positions, cache, None, last_only=True, whole_cache=True)[:, -1]
+        self.root = Path(root) if root is not None else cache_dir()
+        self._body = _DecodeBody(model)
+        weights = dict(self._body.named_parameters(remove_duplicate=False))
+        weights.update(self._body.named_buffers(remove_duplicate=False))
+        self._weights = weights
+        self._flat_weights = pytree.tree_flatten(weights)[0]
+        self._runners: dict[int, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {}
+        self._key_positions = torch.arange(model.config.context_length)  # type: ignore[union-attr]
+        self.built_seconds: dict[int, float] = {}  # batch -> seconds the build took (0: loaded)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         if tokens.shape != (cache.n_rows, 1) or positions.shape != tokens.shape:
             raise ValueError(f"a compiled step takes (rows, 1) tokens and positions for all "
                              f"{cache.n_rows} cache rows, got {tuple(tokens.shape)}")
+        run = self._runners.get(cache.n_rows) or self._runner(cache.n_rows)
+        length = attend_length(int(positions.max()), cache.max_len)
         with torch.inference_mode():
-            return self._step(tokens, positions, cache)
+            return run([tokens, positions, self._key_positions[:length], *cache.k, *cache.v,
+                        *self._flat_weights])[0]
+
+    def _example(self, batch: int) -> tuple[object, ...]:
+        cfg = self.model.config  # type: ignore[union-attr]
+        cache = KVCache(cfg, batch, 2 * KEY_BLOCK, dtype=self.model.dtype)  # type: ignore[union-attr]
+        tokens = torch.ones((batch, 1), dtype=torch.int64)
+        return tokens, tokens.clone(), self._key_positions[:KEY_BLOCK], cache.k, cache.v, self._weights
+
+    def _runner(self, batch: int) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+        example = self._example(batch)
+        spec = pytree.treespec_dumps(pytree.tree_flatten((example, {}))[1])
+        path = self.root / f"decode-{package_key(self.model, self._weights, batch)}.pt2"
+        start = time.perf_counter()
+        loaded = _load(path, spec)
+        if loaded is None:
+            log.warning("compiling the decode step for batch %d (once per model shape; about 1-2 "
+                        "minutes on 2 cores) into %s", batch, path)
+            _build(self._body, example, path)
+            loaded = _load(path, spec)
+            if loaded is None:
+                raise RuntimeError(f"the compiled decode step at {path} does not load")
+        self.built_seconds[batch] = time.perf_counter() - start
+        self._runners[batch] = loaded
+        return loaded
+
+
+def _load(path: Path, spec: str) -> Callable[[list[torch.Tensor]], list[torch.Tensor]] | None:
+    """The package's runner (flat tensor list -> flat outputs) if it exists and takes `spec`."""
+    if not path.exists():
+        return None
+    try:
+        # The C++ loader behind torch._inductor.aoti_load_package, called directly: importing
+        # torch._inductor costs ~1.3 s, this load ~10 ms (the start-up target is 2 s).
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        if loader.get_call_spec()[0] != spec:
+            return None
+    except (RuntimeError, OSError) as e:  # damaged or from another build: rebuild it
+        log.warning("ignoring the compiled decode step %s: %s", path, e)
+        return None
+    # boxed_run takes the flat inputs (AOTICompiledModel.__call__ re-parses the spec per call).
+    return loader.boxed_run
+
+
+def _build(body: _DecodeBody, example: tuple[object, ...], path: Path) -> None:
+    cfg = body.model.config  # type: ignore[union-attr]
+    # Symbolic: positions attended and cache positions. min 2: export specializes sizes 0 and 1.
+    keys_dim = torch.export.Dim("attended", min=2, max=cfg.context_length)
+    cache_dim = torch.export.Dim("cache_positions", min=2, max=cfg.context_length)
+    per_layer = [{2: cache_dim}] * cfg.n_layers
+    weights = example[-1]
+    dynamic = (None, None, {0: keys_dim}, per_layer, per_layer, {name: None for name in weights})  # type: ignore[union-attr]
+    with torch.no_grad():
+        exported = torch.export.export(_Exported(body), example, dynamic_shapes=dynamic, strict=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written next to its final name and renamed: a crash or a concurrent build never leaves
+    # a half-written package under the name others load.
+    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".pt2", dir=path.parent)
+    os.close(fd)
+    try:
+        torch._inductor.aoti_compile_and_package(
+            exported, package_path=tmp, inductor_configs={"emulate_precision_casts": True})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

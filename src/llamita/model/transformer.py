@@ -117,11 +117,18 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # Given its table: nn.Embedding's own random init of a meta tensor (how readers build
+        # the model) costs ~1.2 s at start-up, importing torch's reference ops.
+        table = torch.empty(cfg.vocab_size, cfg.dim)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim,
+                                         _weight=table if table.is_meta else nn.init.normal_(table))
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        # Computed on the CPU even inside a meta-device build: an op on meta tensors imports
+        # torch's reference implementations on first use (~1.5 s of every start).
+        with torch.device("cpu"):
+            self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         # LoRA adapters held (model/lora.py) and which one each batch row uses in a forward.
         self.lora = LoraSlots()
 
@@ -188,26 +195,27 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, rows: torch.Tensor | None = None,
                 last_only: bool = False, adapters: torch.Tensor | None = None,
-                whole_cache: bool = False) -> torch.Tensor:
+                key_length: int | None = None) -> torch.Tensor:
         """Logits (float32) for `tokens` (B, S) at absolute `positions` (B, S).
 
         With a cache, keys/values are written at `positions` of cache `rows` (None: all rows in
         order) and each query attends to cache positions 0..its own position. Without one the
         S tokens attend causally to each other only. `last_only` keeps just the last position's
         logits: (B, 1, vocab) instead of (B, S, vocab). `adapters` (B,) picks each row's LoRA
-        adapter slot (-1: none; None: the base model on every row). `whole_cache` attends over
-        all `cache.max_len` positions, masked, instead of the first max(positions) + 1: every
-        shape then depends on B, S and the cache only, never on the positions' values, which is
-        what a compiled decode step needs (model/compiled.py).
+        adapter slot (-1: none; None: the base model on every row). `key_length` attends over
+        the first `key_length` cache positions (masked per query by its position) instead of the
+        first max(positions) + 1: no shape then depends on the positions' values, which is what
+        a compiled decode step needs (model/compiled.py passes the length as a shape, a symbol
+        of the compiled graph).
         """
         x = self.hidden_states(tokens, positions, cache, rows, last_only=last_only, adapters=adapters,
-                               whole_cache=whole_cache)
+                               key_length=key_length)
         return self.logits(x)
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                       cache: KVCache | None = None, rows: torch.Tensor | None = None,
                       last_only: bool = False, adapters: torch.Tensor | None = None,
-                      whole_cache: bool = False) -> torch.Tensor:
+                      key_length: int | None = None) -> torch.Tensor:
         """The final hidden states, after the last RMSNorm (what the output projection reads,
         and what transformers calls `last_hidden_state`): (B, S, dim), or (B, 1, dim) with
         `last_only`. Arguments as in `forward`."""
@@ -218,8 +226,8 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         mask, length = None, seqlen
         if cache is not None:
-            # int() reads the positions back (a graph break under torch.compile): whole_cache avoids it.
-            length = cache.max_len if whole_cache else int(positions.max()) + 1
+            # int() reads the positions back (no compiled graph can): key_length avoids it.
+            length = key_length if key_length is not None else int(positions.max()) + 1
             # Key j is visible to a query at position p iff j <= p: (B, 1, S, length), True = attend.
             mask = (torch.arange(length, device=tokens.device) <= positions[:, :, None])[:, None]
         # Without adapters the selection is a no-op; skipping it keeps the step traceable.
