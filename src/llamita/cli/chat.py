@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
+from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
                                 ModelOption, friendly_errors, stderr)
 from llamita.errors import LlamitaError
 
@@ -41,6 +41,7 @@ def chat(
     lora: Optional[list[str]] = LoraOption,
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
     longer fits in the context window (the system prompt is kept)."""
@@ -50,7 +51,9 @@ def chat(
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
     with stderr.status("loading model…"):
-        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers)
+        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
+    if llm.compile_skipped:
+        stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")
     out = Console(highlight=False)
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
     stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · context {llm.config.context_length} tokens · "
