@@ -17,6 +17,7 @@ from llamita.engine.loader import load_model
 from llamita.model import compiled as compiled_module
 from llamita.model.compiled import KEY_BLOCK, CompiledDecoder, attend_length, compile_blocker
 from llamita.model.kv_cache import KVCache
+from llamita.model.lora import LoraLinear, LoraSlots
 from llamita.model.tensor_parallel import RowParallel
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
@@ -161,6 +162,8 @@ def test_compile_skipped_with_lora_adapter_and_tensor_parallel(tiny_f32):
     assert gen.compiled is None and "LoRA" in gen.compile_skipped
     wrapper = torch.nn.Sequential(RowParallel(torch.nn.Linear(4, 4), None))
     assert "tensor parallelism" in compile_blocker(wrapper)
+    with_lora = torch.nn.Sequential(LoraLinear(torch.nn.Linear(4, 4), LoraSlots()))
+    assert "LoRA" in compile_blocker(with_lora)
     with pytest.raises(ValueError, match="tensor parallelism"):
         CompiledDecoder(wrapper)
     assert compile_blocker(model) is None

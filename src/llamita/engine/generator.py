@@ -82,7 +82,7 @@ class Generator:
         stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs))
         self.last_stats = stats
         max_len = max(len(s.prompt_ids) + s.max_new for s in seqs)
-        if self.compiled is not None:  # its sizes are symbolic from 2 on; one block keeps clear of that
+        if self.compiled is not None:  # its lengths are symbolic from 2 on (export's rule)
             max_len = max(max_len, min(KEY_BLOCK, self.context_length))
         cache = KVCache(self.model.config, len(seqs), max_len, dtype=self.model.dtype,
                         device=self.device)

@@ -41,6 +41,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from llamita.model.kv_cache import KVCache
+from llamita.model.lora import LoraLinear
 from llamita.model.offload import OnDevice
 from llamita.model.tensor_parallel import RowParallel, TiedHead, VocabParallelEmbedding, VocabParallelHead
 
@@ -67,10 +68,13 @@ def attend_length(furthest: int, cache_positions: int) -> int:
 def compile_blocker(model: nn.Module) -> str | None:
     """Why `model`'s decode step is not compiled (it then runs eager), or None if it can be.
 
-    Tensor-parallel layers (collectives) and layers split across devices are left eager;
-    LoRA adapters are decided per step (`CompiledDecoder` is only called without them).
+    Tensor-parallel layers (collectives), layers split across devices and models holding LoRA
+    adapters are left eager: an exported step would fix which adapter rows it applies (the
+    selection is state of the LoRA layers, not an input).
     """
     for module in model.modules():
+        if isinstance(module, LoraLinear):
+            return "LoRA adapters are loaded"
         if isinstance(module, _UNCOMPILABLE):
             kind = "layers split across devices" if isinstance(module, OnDevice) else "tensor parallelism"
             return f"{kind} ({type(module).__name__})"
