@@ -99,9 +99,7 @@ class _DecodeBody(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor,
                 keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-        cache = KVCache.__new__(KVCache)  # a view over the caller's tensors, nothing allocated
-        cache.k, cache.v = list(keys), list(values)
-        cache.n_rows, cache.max_len = tokens.shape[0], keys[0].shape[2]
+        cache = KVCache.over(keys, values)
         length = key_positions.shape[0]
         torch._check(length <= cache.max_len)  # what attend_length guarantees
         return self.model(tokens, positions, cache, None, last_only=True, key_length=length)[:, -1]
@@ -151,6 +149,8 @@ class CompiledDecoder:
 
     tokens, positions: (B, 1) int64 with B == cache.n_rows (every row steps). The first call for
     a batch size loads its package from `root` (default `cache_dir()`) or builds it there.
+    The model's tensors are gathered once, here: a model whose layers are replaced afterwards
+    (LoRA, fine-tuning) needs a new decoder.
     """
 
     def __init__(self, model: nn.Module, root: Path | None = None) -> None:
@@ -166,7 +166,7 @@ class CompiledDecoder:
         self._flat_weights = pytree.tree_flatten(weights)[0]
         self._runners: dict[int, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {}
         self._key_positions = torch.arange(model.config.context_length)  # type: ignore[union-attr]
-        self.built_seconds: dict[int, float] = {}  # batch -> seconds the build took (0: loaded)
+        self.built_seconds: dict[int, float] = {}  # batch -> seconds to load (or build and load) its package
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         if tokens.shape != (cache.n_rows, 1) or positions.shape != tokens.shape:

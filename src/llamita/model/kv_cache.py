@@ -22,6 +22,15 @@ class KVCache:
         self.n_rows = n_rows
         self.max_len = max_len
 
+    @classmethod
+    def over(cls, keys: list[torch.Tensor], values: list[torch.Tensor]) -> KVCache:
+        """A cache over existing per-layer slabs (n_rows, n_kv_heads, max_len, head_dim), e.g. the
+        tensors a compiled step receives; nothing is allocated or copied."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = list(keys), list(values)
+        cache.n_rows, cache.max_len = keys[0].shape[0], keys[0].shape[2]
+        return cache
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

@@ -83,8 +83,8 @@ class _Cursor:
         return self.scalar(10, what)
 
     def strings(self, count: int, what: str) -> list[str]:
-        """`count` strings in a row (a vocabulary: ~100K of them), in one tight loop: the same
-        checks as `string`, without a method call per field (3x faster, ~0.4 s of every load)."""
+        """`count` length-prefixed UTF-8 strings in a row (a vocabulary: ~100K of them), in one
+        tight loop without a method call per field (3x faster, ~0.4 s of every load)."""
         buf, pos, size = self.buf, self.pos, self.size
         unpack, out = struct.Struct("<Q").unpack_from, []
         for _ in range(count):
@@ -101,20 +101,13 @@ class _Cursor:
             try:
                 out.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
-                out.append(raw.decode("utf-8", errors="replace"))  # as in `string`
+                # llama.cpp vocabularies occasionally hold invalid UTF-8 pieces; keep them visible.
+                out.append(raw.decode("utf-8", errors="replace"))
         self.pos = pos
         return out
 
     def string(self, what: str) -> str:
-        n = self.u64(what)
-        self.need(n, what)
-        raw = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            # llama.cpp vocabularies occasionally hold invalid UTF-8 pieces; keep them visible.
-            return raw.decode("utf-8", errors="replace")
+        return self.strings(1, what)[0]
 
 
 def _read_value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
