@@ -2,7 +2,9 @@
 
 Prints JSON: median microseconds per call of
   dense_bf16       F.linear(x, W) with W already dense bfloat16 (what load-time dequant gives)
-  int4             int4_linear(x, pack_q4(...))
+  int4             int4_linear(x, pack_q4(...)) in the default layout (llamita's VNNI kernel
+                   where it loads, else torch's)
+  int4_torch       the same weight in torch's layout (torch's kernel), when both exist
   dequant_dense    dequantize_int4(w, bfloat16) then F.linear: dense compute, int4 storage
   gguf_dense       quants.dequantize(raw, bfloat16) then F.linear: the same from GGUF bytes
 and, per shape, the smallest M at which dense_bf16 and dequant_dense beat int4, to pick where
@@ -23,7 +25,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from llamita.kernels.int4 import dequantize_int4, int4_linear, int4_supported
+from llamita.kernels.int4 import (_probe_layout, default_layout, dequantize_int4, int4_linear,
+                                  int4_supported)
 from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, dequantize
 
@@ -67,6 +70,8 @@ def bench_shape(
 ) -> list[dict[str, float | int]]:
     raw = random_q4_0(out_f, in_f, gen)
     w = pack_q4(raw, GGMLType.Q4_0, (out_f, in_f))
+    w_torch = (pack_q4(raw, GGMLType.Q4_0, (out_f, in_f), "torch")
+               if w.layout != "torch" and _probe_layout() is not None else None)
     dense = dequantize_int4(w, torch.bfloat16)
     rows = []
     for m in ms:
@@ -74,6 +79,7 @@ def bench_shape(
         calls: dict[str, Callable[[], object]] = {
             "dense_bf16": lambda: F.linear(x, dense),
             "int4": lambda: int4_linear(x, w),
+            **({"int4_torch": lambda: int4_linear(x, w_torch)} if w_torch is not None else {}),
             "dequant_dense": lambda: F.linear(x, dequantize_int4(w, torch.bfloat16)),
             "gguf_dense": lambda: F.linear(
                 x, dequantize(raw, GGMLType.Q4_0, (out_f, in_f), torch.bfloat16)
@@ -117,6 +123,7 @@ def main() -> None:
             })
     print(json.dumps({
         "torch": torch.__version__,
+        "int4_layout": default_layout(),
         "load_average_at_end": os.getloadavg(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": args.threads,

@@ -169,23 +169,35 @@ def test_bad_prompt_inputs(llm_f32):
         llm_f32.chat([{"role": "wizard", "content": "hi"}])
 
 
-def test_bfloat16_tracks_float32(llm_f32, default_model_path):
-    """`auto` on this kind of CPU is bfloat16 with the Q4_1 weights kept 4-bit (int4 kernel):
-    its logits stay close to float32's and the weights are not expanded."""
+@pytest.mark.parametrize("layout", ["default", "torch"])
+def test_bfloat16_tracks_float32(llm_f32, default_model_path, layout, monkeypatch):
+    """`auto` on this kind of CPU is bfloat16 with the Q4_1 weights kept 4-bit: its logits stay
+    close to float32's and the weights are not expanded. Two int4 kernels: torch's (bfloat16
+    activations) and, the default where it builds, llamita's VNNI one, whose int8 activations
+    (llama.cpp's numerics) cost more: observed max deviation 4.1% vs 6.2%, mean KL 0.005 vs 0.019
+    nats, argmax agreement 0.9 vs 0.8 on this prompt."""
     from llamita import LLM
-    from llamita.kernels.int4 import int4_supported
+    from llamita.kernels import int4
     from llamita.model.linear import Int4Linear
 
+    if layout == "torch":
+        if int4._probe_layout() is None:
+            pytest.skip("torch's int4 kernel is unavailable here")
+        monkeypatch.setattr(int4, "default_layout", lambda: "torch")
     llm_bf16 = LLM(default_model_path, dtype="bfloat16", device="cpu")
     linears = [m for m in llm_bf16.loaded.model.modules() if isinstance(m, Int4Linear)]
-    assert len(linears) == (7 * 30 if int4_supported() else 0)
+    assert len(linears) == (7 * 30 if int4.int4_supported() else 0)
+    int8_activations = bool(linears) and linears[0].layout == "vnni"
     ids = torch.tensor([llm_f32.encode_prompt("The quick brown fox jumps over the lazy dog because")])
     with torch.inference_mode():
         ref = llm_f32.loaded.model(ids)[0]
         got = llm_bf16.loaded.model(ids)[0]
     assert got.dtype == torch.float32  # logits always come back in float32
-    assert float((got - ref).abs().max() / ref.abs().max()) < 0.05
-    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.8
+    p, q = ref.log_softmax(-1), got.log_softmax(-1)
+    kl = float((p.exp() * (p - q)).sum(-1).mean())
+    assert float((got - ref).abs().max() / ref.abs().max()) < (0.1 if int8_activations else 0.05)
+    assert kl < (0.05 if int8_activations else 0.02)
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= (0.7 if int8_activations else 0.8)
     out = llm_bf16.chat([{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
                         SamplingParams(temperature=0, max_tokens=20))
     assert "Paris" in out.text

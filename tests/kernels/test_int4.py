@@ -1,4 +1,5 @@
-"""The packed int4 path against the reference dequantizer `quants.dequantize` (bit-exact with gguf).
+"""torch's packed int4 kernel (layout "torch") against the reference dequantizer
+`quants.dequantize` (bit-exact with gguf). llamita's own kernel: test_q4_vnni.py.
 
 Tolerances are derived, not tuned. The int4 form rounds each 32-weight group's scale S and zero
 Z to bfloat16 (relative error <= u = 2**-8), and W = (q - 8) * S + Z with |q - 8| <= 8, so each
@@ -12,6 +13,7 @@ dense bfloat16 weights), which a wrong mapping would far exceed.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -24,12 +26,13 @@ import torch.nn.functional as F
 from llamita.errors import ModelFileError
 from llamita.kernels import int4
 from llamita.kernels.int4 import Int4Weight, dequantize_int4, int4_linear, int4_supported
-from llamita.weights.q4_pack import pack_q4
+from llamita.weights import q4_pack
 from llamita.weights.quants import GGMLType, dequantize, quantize
 
+pack_q4 = functools.partial(q4_pack.pack_q4, layout="torch")
 requires_int4 = pytest.mark.skipif(
-    not int4_supported(), reason="torch's packed int4 CPU matmul is unavailable on this build/CPU"
-)
+    int4._probe_layout() is None,
+    reason="torch's packed int4 CPU matmul is unavailable on this build/CPU")
 
 U = 2.0**-8  # bfloat16 unit roundoff: 8 significant bits, round to nearest
 SLACK = 1 + 2**-7  # the bound uses rounded |S|, |Z| (>= (1 - u) x exact) and their float32 step
@@ -100,7 +103,7 @@ def test_supported_on_x86_with_avx2() -> None:
         pytest.skip("the kernel layout is only pinned down for x86-64")
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("torch dispatches to neither AVX2 nor AVX512 here")
-    assert int4_supported()
+    assert int4._probe_layout() is not None and int4_supported()
 
 
 @requires_int4

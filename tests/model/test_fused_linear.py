@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from llamita.kernels import native
 from llamita.kernels.int4 import _probe_layout, concat_int4, int4_supported
 from llamita.kernels.int8 import int8_supported, quantize_int8
 from llamita.model.linear import DENSE_MIN_ROWS, Int4Linear, Int8Linear, fuse_linears
@@ -19,13 +20,15 @@ from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, quantize
 
 requires_int4 = pytest.mark.skipif(not int4_supported(), reason="no packed int4 CPU matmul here")
+LAYOUTS = [pytest.param("vnni", marks=pytest.mark.skipif(not native.q4_vnni(), reason="no VNNI kernel")),
+           pytest.param("torch", marks=pytest.mark.skipif(_probe_layout() is None, reason="no torch int4"))]
 requires_int8 = pytest.mark.skipif(not int8_supported(), reason="no int8 weight-only CPU matmul here")
 
 
-def _int4(out_features: int, in_features: int, seed: int) -> Int4Linear:
+def _int4(out_features: int, in_features: int, seed: int, layout: str | None = None) -> Int4Linear:
     gen = torch.Generator().manual_seed(seed)
     raw = quantize(torch.randn(out_features, in_features, generator=gen) * 0.05, GGMLType.Q4_1)
-    return Int4Linear(pack_q4(raw, GGMLType.Q4_1, (out_features, in_features)))
+    return Int4Linear(pack_q4(raw, GGMLType.Q4_1, (out_features, in_features), layout))
 
 
 def _int8(out_features: int, in_features: int, seed: int) -> Int8Linear:
@@ -43,11 +46,11 @@ def _same(got: torch.Tensor, want: torch.Tensor, rows: int) -> bool:
     return not off.any() and bool((got != want).float().mean() < 1e-2)
 
 
-@requires_int4
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("rows", [1, 3, 200])  # decode, a few rows, the dense prefill path
-def test_int4_parts_match(rows: int) -> None:
+def test_int4_parts_match(rows: int, layout: str) -> None:
     # The default model's q/k/v shapes: 576 + 192 + 192 rows (whole 64-row blocks).
-    parts = [_int4(576, 576, 0), _int4(192, 576, 1), _int4(192, 576, 2)]
+    parts = [_int4(576, 576, 0, layout), _int4(192, 576, 1, layout), _int4(192, 576, 2, layout)]
     x = torch.randn(1, rows, 576, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
     alone = [p(x) for p in parts]
     fused = fuse_linears(parts)
@@ -62,20 +65,33 @@ def test_int4_parts_match(rows: int) -> None:
                for p in parts)
 
 
-@requires_int4
+@pytest.mark.skipif(_probe_layout() is None, reason="no torch int4")
 def test_int4_rows_off_the_packed_blocks_are_not_joined() -> None:
     block = _probe_layout().block_n
     if block == 16:
         pytest.skip("every allowed row count fills a 16-row block")
-    parts = [_int4(block + 16, 64, 3), _int4(64, 64, 4)]  # the first ends in a tail block
+    parts = [_int4(block + 16, 64, 3, "torch"), _int4(64, 64, 4, "torch")]  # a tail block first
     assert concat_int4([p.weight_int4 for p in parts]) is None
     assert fuse_linears(parts) is None
     # The last part may end anywhere: nothing follows its tail block.
-    tail_last = [_int4(64, 64, 5), _int4(block + 16, 64, 6)]
+    tail_last = [_int4(64, 64, 5, "torch"), _int4(block + 16, 64, 6, "torch")]
     x = torch.randn(2, 64).to(torch.bfloat16)
     alone = [p(x) for p in tail_last]
     fused = fuse_linears(tail_last)
     assert fused is not None and all(torch.equal(g, a) for g, a in zip(fused(x), alone))
+
+
+@pytest.mark.skipif(not native.q4_vnni(), reason="no VNNI kernel")
+def test_vnni_rows_join_at_any_16_rows() -> None:
+    # Its blocks are 16 rows, the least any int4 weight has: every part joins.
+    parts = [_int4(80, 64, 3, "vnni"), _int4(48, 64, 4, "vnni"), _int4(16, 64, 5, "vnni")]
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    alone = [p(x) for p in parts]
+    fused = fuse_linears(parts)
+    assert fused is not None and all(torch.equal(g, a) for g, a in zip(fused(x), alone))
+    mixed = [_int4(64, 64, 6, "vnni"), _int4(64, 64, 7, "torch")]
+    if _probe_layout() is not None:
+        assert concat_int4([p.weight_int4 for p in mixed]) is None
 
 
 @requires_int8

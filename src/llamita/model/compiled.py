@@ -124,9 +124,11 @@ def _source_digest() -> str:
     """Hash of the code a compiled step is made of (model/ and kernels/): an edited model
     must not run an old package."""
     h = hashlib.sha256()
-    for package in ("llamita.model", "llamita.kernels"):
-        for entry in sorted(resources.files(package).iterdir(), key=lambda e: e.name):
-            if entry.name.endswith(".py"):
+    folders = [resources.files("llamita.model"), resources.files("llamita.kernels"),
+               resources.files("llamita.kernels") / "csrc"]  # the C++ kernels the step calls
+    for folder in folders:
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith((".py", ".cpp")):
                 h.update(entry.name.encode())
                 h.update(entry.read_bytes())
     return h.hexdigest()

@@ -18,7 +18,7 @@ DENSE_MIN_ROWS = 128
 
 
 class Int4Linear(nn.Module):
-    """y = x Wᵀ with W held in torch's packed int4 CPU format (a GGUF Q4_0/Q4_1/Q4_K weight).
+    """y = x Wᵀ with W held in a packed int4 CPU format (a GGUF Q4_0/Q4_1/Q4_K weight).
 
     Decode steps (few rows) read only the 4-bit codes; prefill expands the weight on the fly.
     """
@@ -26,7 +26,7 @@ class Int4Linear(nn.Module):
     def __init__(self, weight: Int4Weight) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.in_features, weight.out_features
-        self.group_size = weight.group_size
+        self.group_size, self.layout = weight.group_size, weight.layout
         # Buffers, so the module's memory shows up in state_dict / buffers() accounting.
         self.register_buffer("packed", weight.packed)
         self.register_buffer("scales_and_zeros", weight.scales_and_zeros)
@@ -34,7 +34,7 @@ class Int4Linear(nn.Module):
     @property
     def weight_int4(self) -> Int4Weight:
         return Int4Weight(self.packed, self.scales_and_zeros, self.out_features, self.in_features,
-                          self.group_size)
+                          self.group_size, self.layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
@@ -43,7 +43,7 @@ class Int4Linear(nn.Module):
         return int4_linear(x, self.weight_int4)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size} ({self.layout})"
 
 
 class Int8Linear(nn.Module):

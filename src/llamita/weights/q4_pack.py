@@ -1,4 +1,4 @@
-"""GGUF 4-bit weights (Q4_0, Q4_1, Q4_K) straight into torch's packed int4 CPU format.
+"""GGUF 4-bit weights (Q4_0, Q4_1, Q4_K) straight into a packed int4 CPU format.
 
 The bridge between a file format (`quants.q4_affine_rows`) and a kernel layout
 (`kernels.int4.pack_int4`): the codes move over unchanged, only each group's scale and zero
@@ -13,14 +13,16 @@ from llamita.kernels.int4 import Int4Weight, pack_int4
 from llamita.weights.quants import AFFINE_Q4_TYPES, GGMLType, q4_affine_rows
 
 
-def pack_q4(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...]) -> Int4Weight:
-    """Pack a Q4_0 / Q4_1 / Q4_K weight of `shape` (out, in) from its raw GGUF bytes.
+def pack_q4(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...],
+            layout: str | None = None) -> Int4Weight:
+    """Pack a Q4_0 / Q4_1 / Q4_K weight of `shape` (out, in) from its raw GGUF bytes, for the
+    int4 kernel `layout` ("vnni" or "torch"; None: the fastest available here).
 
     Raises ValueError when the weight cannot take the int4 path (another type, a shape the
     kernel does not take, no kernel on this CPU): the caller keeps it dense instead.
     """
     rows = q4_affine_rows(raw, ggml_type, shape)
-    return pack_int4(int(shape[0]), int(shape[1]), rows)
+    return pack_int4(int(shape[0]), int(shape[1]), rows, layout)
 
 
 __all__ = ["AFFINE_Q4_TYPES", "pack_q4"]

@@ -1,0 +1,122 @@
+"""llamita's own C++ kernels (kernels/csrc), built on first use against the installed torch.
+
+They are torch operators (`torch.ops.llamita.*`), so eager code and the AOTInductor-compiled
+decode step call them alike. Building needs a C++ compiler (g++, as AOTInductor does) and takes
+a few seconds once; the shared library is cached under `$XDG_CACHE_HOME/llamita/kernels` by a
+key over its source, the compiler flags and torch's version, and later processes only load it
+(milliseconds). Where the CPU lacks the instructions, no compiler is found, the build fails, or
+`LLAMITA_NATIVE_KERNELS=0` is set, `q4_vnni()` returns False and callers keep torch's kernels;
+`q4_vnni_skipped()` says why.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "q4_vnni.cpp"
+# The instructions the kernel uses, named rather than -march=native, so the cached library is
+# the same for every CPU that has them (the key need not hash the CPU).
+ISA = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"]
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni")
+_skipped: list[str] = []
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/llamita/kernels."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llamita" / "kernels"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _compile_command(out: Path) -> list[str]:
+    from torch.utils import cpp_extension  # ~0.2 s to import: only when building
+
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return ["g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", *ISA,
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            *[f"-I{p}" for p in cpp_extension.include_paths()], str(SOURCE), "-o", str(out),
+            *[f"-L{p}" for p in cpp_extension.library_paths()], "-lc10", "-ltorch_cpu"]
+
+
+def library_key() -> str:
+    h = hashlib.sha256()
+    h.update(SOURCE.read_bytes())
+    h.update(repr((ISA, torch.__version__, torch._C._GLIBCXX_USE_CXX11_ABI)).encode())
+    return h.hexdigest()[:32]
+
+
+def _build(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Built next to its final name and renamed: a concurrent or interrupted build never leaves
+    # a half-written library under the name others load.
+    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(_compile_command(Path(tmp)), capture_output=True, text=True,
+                              timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip()[-2000:] or f"g++ exited {done.returncode}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def q4_vnni() -> bool:
+    """True once `torch.ops.llamita.q4_vnni_mm` is loaded (built first if needed)."""
+    reason = None
+    if os.environ.get("LLAMITA_NATIVE_KERNELS", "1") == "0":
+        reason = "LLAMITA_NATIVE_KERNELS=0"
+    elif not set(CPU_FLAGS) <= _cpu_flags():
+        reason = "the CPU lacks AVX-512 VNNI"
+    elif shutil.which("g++") is None and not (cache_dir() / f"q4_vnni-{library_key()}.so").exists():
+        reason = "no C++ compiler (g++) to build it"
+    if reason is None:
+        path = cache_dir() / f"q4_vnni-{library_key()}.so"
+        try:
+            if not path.exists():
+                log.info("building llamita's int4 kernel (once, a few seconds): %s", path)
+                _build(path)
+            torch.ops.load_library(str(path))
+            _register_fake()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            reason = f"building or loading {path.name} failed: {e}"
+    if reason is not None:
+        _skipped.append(reason)
+        log.info("using torch's int4 kernel: %s", reason)
+        return False
+    return True
+
+
+def q4_vnni_skipped() -> str | None:
+    """Why `q4_vnni()` is False (None while it is True or was not asked yet)."""
+    return _skipped[-1] if _skipped else None
+
+
+def _register_fake() -> None:
+    # Shapes for torch.export / the compiled decode step, which trace without running it.
+    @torch.library.register_fake("llamita::q4_vnni_mm")
+    def _(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
