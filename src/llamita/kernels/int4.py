@@ -41,7 +41,7 @@ _CHUNK_WEIGHTS = 1 << 20
 
 @dataclass(frozen=True, eq=False)
 class Int4Weight:
-    """A linear weight (out_features, in_features) in torch's packed int4 CPU format.
+    """A linear weight (out_features, in_features) packed for an int4 CPU kernel (`layout`).
 
     packed: uint8 (out_features, in_features // 2), opaque kernel layout (see module docstring).
     scales_and_zeros: bfloat16, so that W = (q - 8) * scale + zero per group; layout "torch":
