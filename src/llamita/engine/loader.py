@@ -14,6 +14,7 @@ import torch
 
 from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import InvalidParameterError, ModelFileError
+from llamita.kernels import native
 from llamita.model.offload import offload_layers
 from llamita.model.tensor_parallel import parallelize
 from llamita.model.transformer import Transformer
@@ -68,11 +69,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & native.cpu_flags())
 
 
 @dataclass

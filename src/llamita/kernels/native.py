@@ -32,21 +32,29 @@ CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni")
 _skipped: list[str] = []
 
 
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/llamita: where built artifacts live (kernels here, compiled decode steps
+    under aoti/)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llamita"
+
+
 def cache_dir() -> Path:
     """$XDG_CACHE_HOME/llamita/kernels."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llamita" / "kernels"
+    return cache_root() / "kernels"
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def _compile_command(out: Path) -> list[str]:
@@ -87,14 +95,14 @@ def _build(path: Path) -> None:
 def q4_vnni() -> bool:
     """True once `torch.ops.llamita.q4_vnni_mm` is loaded (built first if needed)."""
     reason = None
+    path = cache_dir() / f"q4_vnni-{library_key()}.so"
     if os.environ.get("LLAMITA_NATIVE_KERNELS", "1") == "0":
         reason = "LLAMITA_NATIVE_KERNELS=0"
-    elif not set(CPU_FLAGS) <= _cpu_flags():
+    elif not set(CPU_FLAGS) <= cpu_flags():
         reason = "the CPU lacks AVX-512 VNNI"
-    elif shutil.which("g++") is None and not (cache_dir() / f"q4_vnni-{library_key()}.so").exists():
+    elif shutil.which("g++") is None and not path.exists():
         reason = "no C++ compiler (g++) to build it"
     if reason is None:
-        path = cache_dir() / f"q4_vnni-{library_key()}.so"
         try:
             if not path.exists():
                 log.info("building llamita's int4 kernel (once, a few seconds): %s", path)

@@ -40,6 +40,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from llamita.kernels import native
 from llamita.model.kv_cache import KVCache
 from llamita.model.lora import LoraLinear
 from llamita.model.offload import OnDevice
@@ -56,8 +57,7 @@ _FORMAT = 2  # bump when the exported function's signature changes
 
 def cache_dir() -> Path:
     """Where llamita keeps compiled decode steps: $XDG_CACHE_HOME/llamita/aoti."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llamita" / "aoti"
+    return native.cache_root() / "aoti"
 
 
 def attend_length(furthest: int, cache_positions: int) -> int:
