@@ -1,10 +1,13 @@
-"""Packed int4 matmul against dense bfloat16 on CPU, per weight shape and number of rows M.
+"""Packed int4 and int8 matmuls against dense bfloat16 on CPU, per weight shape and rows M.
 
 Prints JSON: median microseconds per call of
   dense_bf16       F.linear(x, W) with W already dense bfloat16 (what load-time dequant gives)
   int4             int4_linear(x, pack_q4(...)) in the default layout (llamita's VNNI kernel
                    where it loads, else torch's)
   int4_torch       the same weight in torch's layout (torch's kernel), when both exist
+  int8             int8_linear(x, quantize_int8(...)) of the same weight, per-row int8 in the
+                   default layout (llamita's VNNI kernel where it loads, else torch's)
+  int8_torch       the same int8 weight in torch's layout, when both exist
   dequant_dense    dequantize_int4(w, bfloat16) then F.linear: dense compute, int4 storage
   gguf_dense       quants.dequantize(raw, bfloat16) then F.linear: the same from GGUF bytes
 and, per shape, the smallest M at which dense_bf16 and dequant_dense beat int4, to pick where
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from llamita.kernels.int4 import (_probe_layout, default_layout, dequantize_int4, int4_linear,
                                   int4_supported)
+from llamita.kernels.int8 import int8_linear, int8_supported, quantize_int8
 from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, dequantize
 
@@ -73,6 +77,9 @@ def bench_shape(
     w_torch = (pack_q4(raw, GGMLType.Q4_0, (out_f, in_f), "torch")
                if w.layout != "torch" and _probe_layout() is not None else None)
     dense = dequantize_int4(w, torch.bfloat16)
+    w8 = quantize_int8(out_f, in_f, lambda a, b: dense[a:b].float()) if int8_supported() else None
+    w8_torch = (quantize_int8(out_f, in_f, lambda a, b: dense[a:b].float(), layout="torch")
+                if w8 is not None and w8.layout != "torch" else None)
     rows = []
     for m in ms:
         x = torch.randn(m, in_f, generator=gen).to(torch.bfloat16)
@@ -80,6 +87,8 @@ def bench_shape(
             "dense_bf16": lambda: F.linear(x, dense),
             "int4": lambda: int4_linear(x, w),
             **({"int4_torch": lambda: int4_linear(x, w_torch)} if w_torch is not None else {}),
+            **({"int8": lambda: int8_linear(x, w8)} if w8 is not None else {}),
+            **({"int8_torch": lambda: int8_linear(x, w8_torch)} if w8_torch is not None else {}),
             "dequant_dense": lambda: F.linear(x, dequantize_int4(w, torch.bfloat16)),
             "gguf_dense": lambda: F.linear(
                 x, dequantize(raw, GGMLType.Q4_0, (out_f, in_f), torch.bfloat16)

@@ -26,8 +26,8 @@ from llamita.kernels.int4 import dequantize_int4, int4_linear
 from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, dequantize, quantize
 
-pytestmark = pytest.mark.skipif(not native.q4_vnni(),
-                                reason=f"llamita's VNNI kernel is unavailable: {native.q4_vnni_skipped()}")
+pytestmark = pytest.mark.skipif(not native.vnni_kernels(),
+                                reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}")
 
 U = 2.0**-8  # bfloat16 unit roundoff
 E32 = 2.0**-24  # float32 unit roundoff
@@ -122,12 +122,12 @@ def test_edge_inputs() -> None:
 
 def test_switched_off_and_built_in_a_fresh_cache(tmp_path) -> None:
     code = ("from llamita.kernels import native, int4; "
-            "print(native.q4_vnni(), int4.default_layout(), native.q4_vnni_skipped())")
+            "print(native.vnni_kernels(), int4.default_layout(), native.vnni_kernels_skipped())")
     env = {**os.environ, "LLAMITA_NATIVE_KERNELS": "0"}
     off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert off.stdout.split()[:2] == ["False", "torch"] and "LLAMITA_NATIVE_KERNELS" in off.stdout
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert fresh.stdout.split() == ["True", "vnni", "None"], fresh.stderr
-    assert list((tmp_path / "llamita" / "kernels").glob("q4_vnni-*.so"))  # and nothing half-built
+    assert list((tmp_path / "llamita" / "kernels").glob("vnni-*.so"))  # and nothing half-built
     assert not list((tmp_path / "llamita" / "kernels").glob("*tmp*"))

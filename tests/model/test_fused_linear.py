@@ -20,7 +20,7 @@ from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, quantize
 
 requires_int4 = pytest.mark.skipif(not int4_supported(), reason="no packed int4 CPU matmul here")
-LAYOUTS = [pytest.param("vnni", marks=pytest.mark.skipif(not native.q4_vnni(), reason="no VNNI kernel")),
+LAYOUTS = [pytest.param("vnni", marks=pytest.mark.skipif(not native.vnni_kernels(), reason="no VNNI kernel")),
            pytest.param("torch", marks=pytest.mark.skipif(_probe_layout() is None, reason="no torch int4"))]
 requires_int8 = pytest.mark.skipif(not int8_supported(), reason="no int8 weight-only CPU matmul here")
 
@@ -81,7 +81,7 @@ def test_int4_rows_off_the_packed_blocks_are_not_joined() -> None:
     assert fused is not None and all(torch.equal(g, a) for g, a in zip(fused(x), alone))
 
 
-@pytest.mark.skipif(not native.q4_vnni(), reason="no VNNI kernel")
+@pytest.mark.skipif(not native.vnni_kernels(), reason="no VNNI kernel")
 def test_vnni_rows_join_at_any_16_rows() -> None:
     # Its blocks are 16 rows, the least any int4 weight has: every part joins.
     parts = [_int4(80, 64, 3, "vnni"), _int4(48, 64, 4, "vnni"), _int4(16, 64, 5, "vnni")]

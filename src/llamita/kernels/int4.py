@@ -3,7 +3,7 @@
 Two kernels take the same weights (4-bit codes q, bfloat16 scale and zero per 32 weights):
 - layout "vnni": llamita's own (kernels/csrc/q4_vnni.cpp), which quantizes the activations to
   int8 per 32 values, as llama.cpp does, and multiplies with AVX-512 VNNI; 2-4x faster than
-  torch's, and the default wherever `native.q4_vnni()` builds and loads it;
+  torch's, and the default wherever `native.vnni_kernels()` builds and loads it;
 - layout "torch": torch's weight-only kernel, exact in bfloat16 activations, everywhere else
   (and the reference the first is measured against). The rest of this docstring is about it.
 
@@ -152,12 +152,12 @@ def _probe_layout() -> _PackLayout | None:
 def int4_supported() -> bool:
     """True if a packed int4 CPU matmul runs here: llamita's VNNI kernel, or torch's when it
     exists and behaves as this module expects (probed once per process, milliseconds)."""
-    return native.q4_vnni() or _probe_layout() is not None
+    return native.vnni_kernels() or _probe_layout() is not None
 
 
 def default_layout() -> str:
     """The layout new weights are packed in: "vnni" where that kernel loads, else "torch"."""
-    return "vnni" if native.q4_vnni() else "torch"
+    return "vnni" if native.vnni_kernels() else "torch"
 
 
 VNNI_BLOCK_ROWS = 16  # rows per block of the "vnni" layout (q4_vnni.cpp)
@@ -225,8 +225,8 @@ def pack_int4(out_features: int, in_features: int, rows: AffineRows,
             f"positive multiple of {ROW_MULTIPLE} and in_features a multiple of {GROUP_SIZE}")
     layout = layout or default_layout()
     if layout == "vnni":
-        if not native.q4_vnni():
-            raise ValueError(f"llamita's int4 kernel is unavailable: {native.q4_vnni_skipped()}")
+        if not native.vnni_kernels():
+            raise ValueError(f"llamita's int4 kernel is unavailable: {native.vnni_kernels_skipped()}")
         return _pack_vnni(n, k, rows)
     if layout != "torch":
         raise ValueError(f"unknown int4 layout {layout!r}")

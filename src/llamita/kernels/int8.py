@@ -1,10 +1,16 @@
-"""Per-output-channel int8 weights on torch's weight-only int8 matmul.
+"""Per-output-channel int8 weights, multiplied by one of two kernels (`Int8Weight.layout`):
 
-`aten._weight_int8pack_mm(x, w_int8, scales)` computes `x @ (w_int8 * scales[:, None])ᵀ` with
-one scale per output row. GGML formats other than the 4-bit ones (Q8_0, Q5_*, Q6_K, Q2_K, Q3_K)
-have one scale per 16 or 32 weights, which this kernel cannot take, so their dequantized values
-are re-quantized symmetrically per row: half the memory of bfloat16 at a small extra error whose
-perplexity cost `docs/quantization.md` measures.
+- layout "vnni": llamita's own (kernels/csrc/q8_vnni.cpp), which quantizes the activations to
+  int8 per group of 32 and multiplies bytes with AVX-512 VNNI: 2.5-6x torch's kernel at 1-8
+  rows (benchmarks/int4_matmul.py), at the cost of that rounding of x. The default for bfloat16
+  weights with a multiple of 16 rows wherever `native.vnni_kernels()` builds and loads;
+- layout "torch": `aten._weight_int8pack_mm(x, w_int8, scales)`, which computes
+  `x @ (w_int8 * scales[:, None])ᵀ` exactly in x's dtype; everywhere else.
+
+Both hold one scale per output row. GGML formats other than the 4-bit ones (Q8_0, Q5_*, Q6_K,
+Q2_K, Q3_K) have one scale per 16 or 32 weights, which neither kernel takes, so their dequantized
+values are re-quantized symmetrically per row: half the memory of bfloat16 at a small extra
+error whose perplexity cost `docs/quantization.md` measures.
 """
 
 from __future__ import annotations
@@ -15,18 +21,23 @@ from dataclasses import dataclass
 
 import torch
 
+from llamita.kernels import native
+
 _CHUNK_WEIGHTS = 1 << 22  # rows converted per step: bounds the float32 temporaries to ~16 MiB
 
 
 @dataclass(frozen=True, eq=False)
 class Int8Weight:
-    """A linear weight (out_features, in_features): `W[n, k] = qweight[n, k] * scales[n]`.
+    """A linear weight (out_features, in_features): `W[n, k] = w[n, k] * scales[n]`.
 
-    qweight: int8 (out_features, in_features); scales: (out_features,) in the compute dtype.
+    qweight: int8 (out_features, in_features), the codes w: in row order (layout "torch") or in
+    q8_vnni.cpp's blocks of 16 rows (layout "vnni"; `dequantize_int8` reads either);
+    scales: (out_features,) in the compute dtype.
     """
 
     qweight: torch.Tensor
     scales: torch.Tensor
+    layout: str = "torch"
 
     @property
     def out_features(self) -> int:
@@ -41,14 +52,46 @@ class Int8Weight:
         return self.qweight.nbytes + self.scales.nbytes
 
 
+VNNI_BLOCK_ROWS = 16  # rows per block of the "vnni" layout (q8_vnni.cpp)
+
+
+def default_layout(out_features: int, dtype: torch.dtype) -> str:
+    """The layout a new weight is stored in: "vnni" where that kernel loads and can take it
+    (bfloat16 scales, whole 16-row blocks), else "torch"."""
+    fits = dtype == torch.bfloat16 and out_features % VNNI_BLOCK_ROWS == 0
+    return "vnni" if fits and native.vnni_kernels() else "torch"
+
+
+def _vnni_order(q: torch.Tensor) -> torch.Tensor:
+    """Codes (N, K) in row order -> q8_vnni.cpp's order: per 16 rows, chunks of 4 k, 16 x 4."""
+    n, k = q.shape
+    return q.view(n // VNNI_BLOCK_ROWS, VNNI_BLOCK_ROWS, k // 4, 4).transpose(1, 2).reshape(n, k)
+
+
+def _row_order(q: torch.Tensor) -> torch.Tensor:
+    """Inverse of `_vnni_order`."""
+    n, k = q.shape
+    return q.view(n // VNNI_BLOCK_ROWS, k // 4, VNNI_BLOCK_ROWS, 4).transpose(1, 2).reshape(n, k)
+
+
 def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
-                  dtype: torch.dtype = torch.bfloat16) -> Int8Weight:
+                  dtype: torch.dtype = torch.bfloat16, layout: str | None = None) -> Int8Weight:
     """Symmetric per-row int8 of a weight produced a slice of rows at a time.
 
     rows_fn(start, stop) returns rows start..stop of the float weight (float32, (stop-start, k)),
     so a large weight is never expanded whole. Scale = max |w| / 127 per row, codes rounded to
     nearest (ties to even) and clamped to ±127; an all-zero row gets scale 0 and codes 0.
+    layout: "vnni" or "torch" (None: `default_layout`); the codes are the same in both.
     """
+    layout = layout or default_layout(n, dtype)
+    if layout == "vnni":
+        if not native.vnni_kernels():
+            raise ValueError(f"llamita's int8 kernel is unavailable: {native.vnni_kernels_skipped()}")
+        if dtype != torch.bfloat16 or n % VNNI_BLOCK_ROWS or k % K_MULTIPLE:
+            raise ValueError(f"layout 'vnni' needs bfloat16 scales, rows a multiple of "
+                             f"{VNNI_BLOCK_ROWS} and columns of {K_MULTIPLE}: {n}x{k} {dtype}")
+    elif layout != "torch":
+        raise ValueError(f"unknown int8 layout {layout!r}")
     qweight = torch.empty((n, k), dtype=torch.int8)
     scales = torch.empty(n, dtype=torch.float32)
     step = max(1, _CHUNK_WEIGHTS // max(1, k))
@@ -60,22 +103,29 @@ def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
         inv = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
         qweight[start:stop] = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
         scales[start:stop] = scale
-    return Int8Weight(qweight, scales.to(dtype))
+    if layout == "vnni":  # reordered whole: one more int8 copy of the weight, briefly
+        qweight = _vnni_order(qweight)
+    return Int8Weight(qweight, scales.to(dtype), layout)
 
 
 def concat_int8(weights: "list[Int8Weight] | tuple[Int8Weight, ...]") -> Int8Weight | None:
-    """One weight whose output rows are those of `weights` in order (same in_features and
-    scale dtype), or None. Rows are independent (one scale each), so the join is exact."""
+    """One weight whose output rows are those of `weights` in order (same in_features, scale
+    dtype and layout), or None. Rows are independent (one scale each) and a "vnni" weight is
+    whole 16-row blocks, so the join is exact and its parts are row slices of it."""
     first = weights[0]
     if len(weights) < 2 or any(w.in_features != first.in_features or w.scales.dtype != first.scales.dtype
-                               for w in weights):
+                               or w.layout != first.layout for w in weights):
         return None
-    return Int8Weight(torch.cat([w.qweight for w in weights]), torch.cat([w.scales for w in weights]))
+    return Int8Weight(torch.cat([w.qweight for w in weights]), torch.cat([w.scales for w in weights]),
+                      first.layout)
 
 
 def int8_linear(x: torch.Tensor, w: Int8Weight) -> torch.Tensor:
     """x (..., in_features) @ Wᵀ -> (..., out_features) in x's dtype."""
     lead = x.shape[:-1]
+    if w.layout == "vnni":  # float32 out: activations quantized to int8 per 32 (module doc)
+        x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()
+        return torch.ops.llamita.q8_vnni_mm(x2, w.qweight, w.scales).view(*lead, w.out_features).to(x.dtype)
     x2 = x.reshape(-1, w.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -86,7 +136,15 @@ def int8_linear(x: torch.Tensor, w: Int8Weight) -> torch.Tensor:
 
 def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None = None) -> torch.Tensor:
     """The weight (or only `rows` of it, e.g. embedding lookups) as dense `dtype`."""
-    q, s = (w.qweight, w.scales) if rows is None else (w.qweight[rows], w.scales[rows])
+    if w.layout == "vnni":
+        n, k = w.qweight.shape
+        if rows is None:
+            q, s = _row_order(w.qweight), w.scales
+        else:  # row r is 4-byte pieces at [r // 16, :, r % 16, :] of the blocks
+            blocks = w.qweight.view(n // VNNI_BLOCK_ROWS, k // 4, VNNI_BLOCK_ROWS, 4)
+            q, s = blocks[rows // VNNI_BLOCK_ROWS, :, rows % VNNI_BLOCK_ROWS].reshape(*rows.shape, k), w.scales[rows]
+    else:
+        q, s = (w.qweight, w.scales) if rows is None else (w.qweight[rows], w.scales[rows])
     return (q.to(dtype) * s.to(dtype).unsqueeze(-1))
 
 

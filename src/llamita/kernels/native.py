@@ -1,12 +1,14 @@
 """llamita's own C++ kernels (kernels/csrc), built on first use against the installed torch.
 
 They are torch operators (`torch.ops.llamita.*`), so eager code and the AOTInductor-compiled
-decode step call them alike. Building needs a C++ compiler (g++, as AOTInductor does) and takes
-a few seconds once; the shared library is cached under `$XDG_CACHE_HOME/llamita/kernels` by a
-key over its source, the compiler flags and torch's version, and later processes only load it
-(milliseconds). Where the CPU lacks the instructions, no compiler is found, the build fails, or
-`LLAMITA_NATIVE_KERNELS=0` is set, `q4_vnni()` returns False and callers keep torch's kernels;
-`q4_vnni_skipped()` says why.
+decode step call them alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni") and
+`q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout "vnni"), one shared library. Building
+needs a C++ compiler (g++, as AOTInductor does) and takes a few seconds once; the library is
+cached under `$XDG_CACHE_HOME/llamita/kernels` by a key over its sources, the compiler flags and
+torch's version, and later processes only load it (milliseconds). Where the CPU lacks the
+instructions, no compiler is found, the build fails, or `LLAMITA_NATIVE_KERNELS=0` is set,
+`vnni_kernels()` returns False and callers keep torch's kernels; `vnni_kernels_skipped()` says
+why.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "q4_vnni.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "q4_vnni.cpp", CSRC / "q8_vnni.cpp")
+HEADERS = (CSRC / "vnni.h",)
 # The instructions the kernel uses, named rather than -march=native, so the cached library is
 # the same for every CPU that has them (the key need not hash the CPU).
 ISA = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"]
@@ -63,13 +67,14 @@ def _compile_command(out: Path) -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return ["g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", *ISA,
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-            *[f"-I{p}" for p in cpp_extension.include_paths()], str(SOURCE), "-o", str(out),
+            *[f"-I{p}" for p in cpp_extension.include_paths()], *map(str, SOURCES), "-o", str(out),
             *[f"-L{p}" for p in cpp_extension.library_paths()], "-lc10", "-ltorch_cpu"]
 
 
 def library_key() -> str:
     h = hashlib.sha256()
-    h.update(SOURCE.read_bytes())
+    for f in (*SOURCES, *HEADERS):
+        h.update(f.read_bytes())
     h.update(repr((ISA, torch.__version__, torch._C._GLIBCXX_USE_CXX11_ABI)).encode())
     return h.hexdigest()[:32]
 
@@ -92,10 +97,11 @@ def _build(path: Path) -> None:
 
 
 @functools.cache
-def q4_vnni() -> bool:
-    """True once `torch.ops.llamita.q4_vnni_mm` is loaded (built first if needed)."""
+def vnni_kernels() -> bool:
+    """True once `torch.ops.llamita.q4_vnni_mm` and `q8_vnni_mm` are loaded (built first if
+    needed)."""
     reason = None
-    path = cache_dir() / f"q4_vnni-{library_key()}.so"
+    path = cache_dir() / f"vnni-{library_key()}.so"
     if os.environ.get("LLAMITA_NATIVE_KERNELS", "1") == "0":
         reason = "LLAMITA_NATIVE_KERNELS=0"
     elif not set(CPU_FLAGS) <= cpu_flags():
@@ -105,7 +111,7 @@ def q4_vnni() -> bool:
     if reason is None:
         try:
             if not path.exists():
-                log.info("building llamita's int4 kernel (once, a few seconds): %s", path)
+                log.info("building llamita's int4/int8 kernels (once, a few seconds): %s", path)
                 _build(path)
             torch.ops.load_library(str(path))
             _register_fake()
@@ -113,18 +119,22 @@ def q4_vnni() -> bool:
             reason = f"building or loading {path.name} failed: {e}"
     if reason is not None:
         _skipped.append(reason)
-        log.info("using torch's int4 kernel: %s", reason)
+        log.info("using torch's int4/int8 kernels: %s", reason)
         return False
     return True
 
 
-def q4_vnni_skipped() -> str | None:
-    """Why `q4_vnni()` is False (None while it is True or was not asked yet)."""
+def vnni_kernels_skipped() -> str | None:
+    """Why `vnni_kernels()` is False (None while it is True or was not asked yet)."""
     return _skipped[-1] if _skipped else None
 
 
 def _register_fake() -> None:
     # Shapes for torch.export / the compiled decode step, which trace without running it.
     @torch.library.register_fake("llamita::q4_vnni_mm")
-    def _(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    def _q4_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("llamita::q8_vnni_mm")
+    def _q8_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)

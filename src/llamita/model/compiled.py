@@ -128,7 +128,7 @@ def _source_digest() -> str:
                resources.files("llamita.kernels") / "csrc"]  # the C++ kernels the step calls
     for folder in folders:
         for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-            if entry.name.endswith((".py", ".cpp")):
+            if entry.name.endswith((".py", ".cpp", ".h")):
                 h.update(entry.name.encode())
                 h.update(entry.read_bytes())
     return h.hexdigest()

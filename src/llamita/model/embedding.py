@@ -39,11 +39,12 @@ class Int8Embedding(nn.Module):
     def __init__(self, weight: Int8Weight) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
+        self.layout = weight.layout
         self.register_buffer("qweight", weight.qweight)
         self.register_buffer("scales", weight.scales)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return dequantize_int8(Int8Weight(self.qweight, self.scales), self.scales.dtype, ids)
+        return dequantize_int8(Int8Weight(self.qweight, self.scales, self.layout), self.scales.dtype, ids)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 per row"

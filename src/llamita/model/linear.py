@@ -55,12 +55,13 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: Int8Weight) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.in_features, weight.out_features
+        self.layout = weight.layout
         self.register_buffer("qweight", weight.qweight)
         self.register_buffer("scales", weight.scales)
 
     @property
     def weight_int8(self) -> Int8Weight:
-        return Int8Weight(self.qweight, self.scales)
+        return Int8Weight(self.qweight, self.scales, self.layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
@@ -69,7 +70,7 @@ class Int8Linear(nn.Module):
         return int8_linear(x, self.weight_int8)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row ({self.layout})"
 
 
 class FusedLinear(nn.Module):

@@ -9,8 +9,8 @@
 // torch's kernel at 1 row and 3-4x at 8 (benchmarks/int4_matmul.py).
 //
 // Numerics: W[n, k] = (q - 8) * s + z per group g of 32 k (s, z bfloat16, as torch's form).
-// x is rounded to bfloat16 (the caller's dtype), then per row and group quantized as
-// x ~ d * xq, d = max|x| / 127, xq = round-to-nearest-even(x * 127 / max|x|) in int8. Then
+// x is rounded to bfloat16 (the caller's dtype), then per row and group quantized to d * xq
+// (vnni.h). Then
 //   y[m, n] = sum_g  (s d) * sum_k q xq  +  (z - 8 s) * (d * sum_k xq)
 // with the integer sums exact in int32 and the rest in float32. The result is float32.
 //
@@ -23,9 +23,9 @@
 // A block of 16 rows is contiguous in both, so slicing whole blocks off the front (fused
 // q/k/v parts) or concatenating them is exact.
 
-#include <ATen/Parallel.h>
+#include "vnni.h"
+
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
@@ -33,111 +33,63 @@
 
 namespace {
 
-constexpr int64_t kGroup = 32;
-constexpr int64_t kBlockRows = 16;
-
-inline __m512 bf16x16_to_float(__m256i v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
-
-// x bfloat16 (M, K) -> xq int8 (M, K); d (M, K/32) the group scales; xs (M, K/32) = d * sum xq.
-void quantize_activations(const uint16_t* x, int64_t rows, int64_t K, int8_t* xq, float* d,
-                          float* xs) {
-  const int64_t groups = rows * (K / kGroup);
-  for (int64_t i = 0; i < groups; ++i) {
-    const uint16_t* p = x + i * kGroup;
-    const __m512 a = bf16x16_to_float(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    const __m512 b = bf16x16_to_float(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-    const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-    const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv));  // round to nearest even
-    const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + i * kGroup), _mm512_cvtsepi32_epi8(qa));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + i * kGroup + 16), _mm512_cvtsepi32_epi8(qb));
-    d[i] = amax / 127.0f;
-    xs[i] = d[i] * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
-  }
-}
+using llamita_vnni::bf16x16_to_float;
+using llamita_vnni::kBlockRows;
+using llamita_vnni::kGroup;
 
 // One block of 16 output rows for ROWS rows of x: each code chunk is unpacked once and used
 // for every row of x, which is why the cost grows slowly with ROWS.
 template <int ROWS>
-void block_rows(const int8_t* xq, const float* d, const float* xs, int64_t K,
-                const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
-  const int64_t groups = K / kGroup;
-  const __m512i low_nibble = _mm512_set1_epi8(0x0F);
-  __m512 total[ROWS];
-  for (int m = 0; m < ROWS; ++m) total[m] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512i dot[ROWS];
-    for (int m = 0; m < ROWS; ++m) dot[m] = _mm512_setzero_si512();
-    const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2;
+struct Q4Block {
+  static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
+                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
+    const int64_t groups = K / kGroup;
+    const __m512i low_nibble = _mm512_set1_epi8(0x0F);
+    __m512 total[ROWS];
+    for (int m = 0; m < ROWS; ++m) total[m] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i dot[ROWS];
+      for (int m = 0; m < ROWS; ++m) dot[m] = _mm512_setzero_si512();
+      const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2;
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      const __m512i v = _mm512_loadu_si512(chunk + c * 64);
-      const __m512i lo = _mm512_and_si512(v, low_nibble);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibble);
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v = _mm512_loadu_si512(chunk + c * 64);
+        const __m512i lo = _mm512_and_si512(v, low_nibble);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibble);
+        for (int m = 0; m < ROWS; ++m) {
+          const int8_t* xm = xq + m * K + g * kGroup + c * 8;
+          dot[m] = _mm512_dpbusd_epi32(dot[m], lo, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm)));
+          dot[m] = _mm512_dpbusd_epi32(dot[m], hi, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm + 4)));
+        }
+      }
+      const __m512i sz = _mm512_loadu_si512(scales + g * 2 * kBlockRows);
+      const __m512 s = bf16x16_to_float(_mm512_castsi512_si256(sz));
+      const __m512 z = bf16x16_to_float(_mm512_extracti64x4_epi64(sz, 1));
+      const __m512 offset = _mm512_fmadd_ps(_mm512_set1_ps(-8.0f), s, z);  // z - 8 s
       for (int m = 0; m < ROWS; ++m) {
-        const int8_t* xm = xq + m * K + g * kGroup + c * 8;
-        dot[m] = _mm512_dpbusd_epi32(dot[m], lo, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm)));
-        dot[m] = _mm512_dpbusd_epi32(dot[m], hi, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm + 4)));
+        const float dm = d[m * groups + g];
+        const __m512 sd = _mm512_mul_ps(s, _mm512_set1_ps(dm));
+        total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), sd, total[m]);
+        const float xs = dm * static_cast<float>(qsum[m * groups + g]);  // d * sum xq
+        total[m] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xs), total[m]);
       }
     }
-    const __m512i sz = _mm512_loadu_si512(scales + g * 2 * kBlockRows);
-    const __m512 s = bf16x16_to_float(_mm512_castsi512_si256(sz));
-    const __m512 z = bf16x16_to_float(_mm512_extracti64x4_epi64(sz, 1));
-    const __m512 offset = _mm512_fmadd_ps(_mm512_set1_ps(-8.0f), s, z);  // z - 8 s
-    for (int m = 0; m < ROWS; ++m) {
-      const __m512 sd = _mm512_mul_ps(s, _mm512_set1_ps(d[m * groups + g]));
-      total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), sd, total[m]);
-      total[m] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xs[m * groups + g]), total[m]);
-    }
+    for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, total[m]);
   }
-  for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, total[m]);
-}
+};
 
 at::Tensor q4_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
-  TORCH_CHECK(x.device().is_cpu() && codes.device().is_cpu() && scales.device().is_cpu(),
-              "q4_vnni_mm runs on the CPU");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be 2-D bfloat16");
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous(),
-              "codes must be contiguous 2-D uint8");
-  const int64_t M = x.size(0), K = x.size(1), N = codes.size(0);
+  llamita_vnni::check_operands("q4_vnni_mm", x, codes, at::kByte, scales);
+  const int64_t K = x.size(1), N = codes.size(0);
   TORCH_CHECK(K % kGroup == 0 && N % kBlockRows == 0 && codes.size(1) * 2 == K,
               "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
-  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() &&
-                  scales.numel() == N * (K / kGroup) * 2,
-              "scales must be contiguous bfloat16 (N/16, K/32, 2, 16)");
-  const at::Tensor xc = x.contiguous();
-  const int64_t groups = K / kGroup;
-  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M == 0) return y;
-  at::Tensor xq = at::empty({M, K}, x.options().dtype(at::kChar));
-  at::Tensor group_scales = at::empty({2, M, groups}, x.options().dtype(at::kFloat));
-  int8_t* xqp = xq.data_ptr<int8_t>();
-  float* dp = group_scales.data_ptr<float>();
-  float* xsp = dp + M * groups;
-  quantize_activations(reinterpret_cast<const uint16_t*>(xc.data_ptr()), M, K, xqp, dp, xsp);
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
-  float* yp = y.data_ptr<float>();
-  // Threads split the output rows (blocks of 16): each reads only its own codes.
-  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const uint8_t* cb = cp + b * kBlockRows * K / 2;
-      const uint16_t* sb = sp + b * groups * 2 * kBlockRows;
-      float* yb = yp + b * kBlockRows;
-      int64_t m = 0;
-      for (; m + 8 <= M; m += 8) block_rows<8>(xqp + m * K, dp + m * groups, xsp + m * groups, K, cb, sb, yb + m * N, N);
-      for (; m + 4 <= M; m += 4) block_rows<4>(xqp + m * K, dp + m * groups, xsp + m * groups, K, cb, sb, yb + m * N, N);
-      for (; m + 2 <= M; m += 2) block_rows<2>(xqp + m * K, dp + m * groups, xsp + m * groups, K, cb, sb, yb + m * N, N);
-      for (; m < M; ++m) block_rows<1>(xqp + m * K, dp + m * groups, xsp + m * groups, K, cb, sb, yb + m * N, N);
-    }
-  });
-  return y;
+  TORCH_CHECK(scales.numel() == N * (K / kGroup) * 2, "scales must be (N/16, K/32, 2, 16)");
+  return llamita_vnni::matmul_blocks<Q4Block>(
+      x, N, codes.data_ptr<uint8_t>(), kBlockRows * K / 2,
+      reinterpret_cast<const uint16_t*>(scales.data_ptr()), (K / kGroup) * 2 * kBlockRows);
 }
 
 }  // namespace
 
-TORCH_LIBRARY(llamita, m) { m.def("q4_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(llamita, m) { m.def("q4_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor"); }
 TORCH_LIBRARY_IMPL(llamita, CPU, m) { m.impl("q4_vnni_mm", q4_vnni_mm); }

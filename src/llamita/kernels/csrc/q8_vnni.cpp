@@ -1,0 +1,85 @@
+// 8-bit weight x 8-bit activation matmul on AVX-512 VNNI: the decode-step GEMV/GEMM for the
+// per-row int8 weights of kernels/int8.py (GGML Q8_0, Q5_*, Q6_K, Q2_K, Q3_K after re-quantizing,
+// and the tied output projection of small models, the largest matmul of their decode step).
+//
+// Why our own kernel: torch's _weight_int8pack_mm converts every weight to float and multiplies
+// in float32 (on one 512-bit FMA port, 16 multiply-adds an instruction) and its cost grows
+// almost linearly with the rows of x: 7.5 ms for 8 rows of the 49152x576 output projection.
+// vpdpbusd does 64 (unsigned x signed bytes), and each loaded weight operand serves up to 8 rows.
+//
+// Numerics: W[n, k] = w[n, k] * s[n] (w int8, s bfloat16, one scale per row). x is rounded to
+// bfloat16 (the caller's dtype), then per row and group of 32 quantized to d * xq (vnni.h).
+// vpdpbusd needs one unsigned operand: the weight byte with its top bit flipped is w + 128 in
+// [1, 255], and the offset is taken back exactly in int32 per group:
+//   y[m, n] = s[n] * sum_g d[m, g] * (sum_k (w + 128) xq  -  128 * sum_k xq)
+// with the integer sums exact and the rest in float32. The result is float32.
+//
+// Layout (private to this kernel, built by kernels/int8.py `_vnni_order`):
+//   codes int8 (N, K): rows in blocks of 16; a block's 16K bytes run [c][64] for chunk c of 4 k
+//   (c = 0..K/4-1); byte 4r + j of chunk c holds w[16b + r, 4c + j] (r = 0..15, j = 0..3): one
+//   64-byte load is 16 rows x 4 consecutive k, the operand of vpdpbusd.
+//   scales bfloat16 (N,), in row order.
+// A block of 16 rows is contiguous, so slicing whole blocks off the front (fused q/k/v parts)
+// or concatenating them is exact.
+
+#include "vnni.h"
+
+#include <ATen/core/Tensor.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+namespace {
+
+using llamita_vnni::bf16x16_to_float;
+using llamita_vnni::kBlockRows;
+using llamita_vnni::kGroup;
+
+// One block of 16 output rows for ROWS rows of x: each weight operand is loaded once and used
+// for every row of x.
+template <int ROWS>
+struct Q8Block {
+  static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
+                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
+    const int64_t groups = K / kGroup;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    __m512 total[ROWS];
+    for (int m = 0; m < ROWS; ++m) total[m] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i dot[ROWS];
+      for (int m = 0; m < ROWS; ++m) dot[m] = _mm512_setzero_si512();
+      const uint8_t* chunk = codes + g * kBlockRows * kGroup;
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(chunk + c * 64), flip);  // w + 128
+        for (int m = 0; m < ROWS; ++m) {
+          const int8_t* xm = xq + m * K + g * kGroup + c * 4;
+          dot[m] = _mm512_dpbusd_epi32(dot[m], v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm)));
+        }
+      }
+      for (int m = 0; m < ROWS; ++m) {
+        const __m512i exact = _mm512_sub_epi32(dot[m], _mm512_set1_epi32(128 * qsum[m * groups + g]));
+        total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(d[m * groups + g]), total[m]);
+      }
+    }
+    const __m512 s = bf16x16_to_float(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales)));
+    for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, _mm512_mul_ps(total[m], s));
+  }
+};
+
+at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
+  llamita_vnni::check_operands("q8_vnni_mm", x, codes, at::kChar, scales);
+  const int64_t K = x.size(1), N = codes.size(0);
+  TORCH_CHECK(K % kGroup == 0 && N % kBlockRows == 0 && codes.size(1) == K,
+              "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
+  TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
+  return llamita_vnni::matmul_blocks<Q8Block>(
+      x, N, reinterpret_cast<const uint8_t*>(codes.data_ptr()), kBlockRows * K,
+      reinterpret_cast<const uint16_t*>(scales.data_ptr()), kBlockRows);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(llamita, m) { m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor"); }
+TORCH_LIBRARY_IMPL(llamita, CPU, m) { m.impl("q8_vnni_mm", q8_vnni_mm); }
