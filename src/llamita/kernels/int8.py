@@ -1,8 +1,9 @@
 """Per-output-channel int8 weights, multiplied by one of two kernels (`Int8Weight.layout`):
 
 - layout "vnni": llamita's own (kernels/csrc/q8_vnni.cpp), which quantizes the activations to
-  int8 per group of 32 and multiplies bytes with AVX-512 VNNI: 2.5-6x torch's kernel at 1-8
-  rows (benchmarks/int4_matmul.py), at the cost of that rounding of x. The default for bfloat16
+  int8 per group of 32 and multiplies bytes with AVX-512 VNNI: up to 2x torch's kernel at 1 row
+  (where both are not memory-bound) and 2-4.6x at 8 rows (benchmarks/int4_matmul.py), at the
+  cost of that rounding of x. The default for bfloat16
   weights with a multiple of 16 rows wherever `native.vnni_kernels()` builds and loads;
 - layout "torch": `aten._weight_int8pack_mm(x, w_int8, scales)`, which computes
   `x @ (w_int8 * scales[:, None])ᵀ` exactly in x's dtype; everywhere else.
@@ -95,16 +96,17 @@ def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
     qweight = torch.empty((n, k), dtype=torch.int8)
     scales = torch.empty(n, dtype=torch.float32)
     step = max(1, _CHUNK_WEIGHTS // max(1, k))
+    if layout == "vnni":  # whole 16-row blocks per slice, reordered as they are written
+        step = max(VNNI_BLOCK_ROWS, step // VNNI_BLOCK_ROWS * VNNI_BLOCK_ROWS)
     for start in range(0, n, step):
         stop = min(n, start + step)
         w = rows_fn(start, stop).float()
         amax = w.abs().amax(dim=1)
         scale = amax / 127
         inv = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
-        qweight[start:stop] = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+        codes = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+        qweight[start:stop] = _vnni_order(codes) if layout == "vnni" else codes
         scales[start:stop] = scale
-    if layout == "vnni":  # reordered whole: one more int8 copy of the weight, briefly
-        qweight = _vnni_order(qweight)
     return Int8Weight(qweight, scales.to(dtype), layout)
 
 
