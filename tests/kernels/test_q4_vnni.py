@@ -25,6 +25,7 @@ from llamita.kernels import int4, native
 from llamita.kernels.int4 import dequantize_int4, int4_linear
 from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, dequantize, quantize
+from tests.vnni_reference import int8_activations
 
 pytestmark = pytest.mark.skipif(not native.vnni_kernels(),
                                 reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}")
@@ -42,19 +43,14 @@ def _weight(t: GGMLType, shape: tuple[int, int], seed: int) -> tuple[torch.Tenso
 
 def _emulate(x: torch.Tensor, w: int4.Int4Weight) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's algorithm in float64 over its own integers: (y, bound of float32 error)."""
-    m, k = x.shape
-    g = k // 32
-    xb = x.to(torch.bfloat16).float().view(m, g, 32)
-    amax = xb.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))  # float32, as in C
-    xq = torch.round(xb * inv).clamp(-128, 127).double()  # round half to even, like cvtps2dq
-    d = (amax / 127.0).double()  # float32 division, then exact in float64
+    g = x.shape[1] // 32
+    xq, d = int8_activations(x)
     q = int4._vnni_decode(w.packed).double().view(w.out_features, g, 32)
     s, z = (t.double() for t in int4._vnni_scale_zero(w.scales_and_zeros))  # (n, g)
     dot = torch.einsum("mgk,ngk->mng", xq, q)  # exact integers
     xsum = xq.sum(-1)  # (m, g)
-    term1 = dot * s.unsqueeze(0) * d.squeeze(-1).unsqueeze(1)
-    term2 = (z - 8 * s).unsqueeze(0) * (d.squeeze(-1) * xsum).unsqueeze(1)
+    term1 = dot * s.unsqueeze(0) * d.unsqueeze(1)
+    term2 = (z - 8 * s).unsqueeze(0) * (d * xsum).unsqueeze(1)
     y = (term1 + term2).sum(-1)
     # Per group a handful of float32 roundings of each term, then g float32 additions.
     bound = (8 + g) * E32 * (term1.abs() + term2.abs()).sum(-1)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from llamita.kernels import int8, native
 from llamita.kernels.int8 import concat_int8, dequantize_int8, int8_linear, quantize_int8
 from llamita.weights.quants import GGMLType, dequantize, quantize
+from tests.vnni_reference import int8_activations
 
 pytestmark = pytest.mark.skipif(not native.vnni_kernels(),
                                 reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}")
@@ -38,13 +39,8 @@ def _pair(shape: tuple[int, int], seed: int) -> tuple[int8.Int8Weight, int8.Int8
 
 def _emulate(x: torch.Tensor, w: int8.Int8Weight) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's algorithm in float64 over its own integers: (y, bound of float32 error)."""
-    m, k = x.shape
-    g = k // 32
-    xb = x.to(torch.bfloat16).float().view(m, g, 32)
-    amax = xb.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))  # float32, as in C
-    xq = torch.round(xb * inv).clamp(-128, 127).double()  # round half to even, like cvtps2dq
-    d = (amax / 127.0).double().squeeze(-1)  # (m, g): float32 division, then exact in float64
+    g = x.shape[1] // 32
+    xq, d = int8_activations(x)
     q = int8._row_order(w.qweight).double().view(w.out_features, g, 32)
     terms = torch.einsum("mgk,ngk->mng", xq, q) * d.unsqueeze(1)  # exact integer dots, times d
     s = w.scales.double()
