@@ -288,22 +288,23 @@ def concat_int4(weights: Sequence[Int4Weight]) -> Int4Weight | None:
 # --------------------------------------------------------------------------- compute
 
 
-def int4_linear(x: torch.Tensor, w: Int4Weight) -> torch.Tensor:
+def int4_linear(x: torch.Tensor, w: Int4Weight, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """x (..., in_features) -> x @ Wᵀ (..., out_features), on CPU.
 
     The kernel takes bfloat16 activations: x is rounded to bfloat16 if needed, and the result,
-    accumulated in float32 and rounded to bfloat16, is returned in x's dtype.
+    accumulated in float32, is returned in `out_dtype` (None: x's dtype; torch's kernel rounds
+    it to bfloat16 first, llamita's does not).
     """
     if x.shape[-1] != w.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects {w.in_features}")
     x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
     if w.layout == "vnni":  # float32 out: activations quantized to int8 per 32 (module doc)
         y = torch.ops.llamita.q4_vnni_mm(x2, w.packed, w.scales_and_zeros)
-        return y.view(*x.shape[:-1], w.out_features).to(x.dtype)
+        return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(
         x2, w.packed, w.group_size, w.scales_and_zeros
     )  # (M, out) bfloat16
-    return y.view(*x.shape[:-1], w.out_features).to(x.dtype)
+    return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
 
 
 def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

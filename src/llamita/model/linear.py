@@ -36,11 +36,12 @@ class Int4Linear(nn.Module):
         return Int4Weight(self.packed, self.scales_and_zeros, self.out_features, self.in_features,
                           self.group_size, self.layout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """out_dtype: the result's dtype (None: x's); float32 keeps the kernel's accumulators."""
         rows = x.numel() // self.in_features
         if rows >= DENSE_MIN_ROWS:
-            return F.linear(x, dequantize_int4(self.weight_int4, x.dtype))
-        return int4_linear(x, self.weight_int4)
+            return F.linear(x, dequantize_int4(self.weight_int4, x.dtype)).to(out_dtype or x.dtype)
+        return int4_linear(x, self.weight_int4, out_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size} ({self.layout})"
@@ -63,11 +64,12 @@ class Int8Linear(nn.Module):
     def weight_int8(self) -> Int8Weight:
         return Int8Weight(self.qweight, self.scales, self.layout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """out_dtype as in Int4Linear.forward."""
         rows = x.numel() // self.in_features
         if rows >= DENSE_MIN_ROWS:
-            return F.linear(x, dequantize_int8(self.weight_int8, x.dtype))
-        return int8_linear(x, self.weight_int8)
+            return F.linear(x, dequantize_int8(self.weight_int8, x.dtype)).to(out_dtype or x.dtype)
+        return int8_linear(x, self.weight_int8, out_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row ({self.layout})"
