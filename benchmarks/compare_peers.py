@@ -18,6 +18,8 @@ compare ratios, not absolute numbers across runs).
     python benchmarks/compare_peers.py --model model.gguf -p 512 -n 128 -r 5 --batch 8
     python benchmarks/compare_peers.py --compile --rounds 3 --skip transformers ...
 
+--startup adds the seconds from starting `llamita run` to its first token on stdout
+("llamita-startup", benchmarks/startup.py; with --compile, through the compiled step).
 --compile adds llamita with its compiled decode step ("llamita-compiled"); --rounds R runs every
 peer R times in turn (eager, compiled, llama.cpp, ...), so a load spike on this shared machine
 hits all of them, and keeps the median of each peer's per-round medians.
@@ -51,6 +53,19 @@ def run_llamita(model: Path, args: argparse.Namespace, compile: bool = False) ->
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     report = json.loads(out)
     return {r["test"]: r["tokens_per_second"] for r in report["results"]}
+
+
+def run_startup(model: Path, args: argparse.Namespace) -> dict[str, float]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from startup import time_to_first_token
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    run_args = ["Hola", "-n", "8", "--temperature", "0", "--model", str(model)]
+    if args.compile:
+        run_args.append("--compile")
+    time_to_first_token(run_args, env)  # untimed: page cache
+    return {"first_token_s": statistics.median(time_to_first_token(run_args, env)
+                                               for _ in range(args.repetitions))}
 
 
 def run_llama_cpp(model: Path, args: argparse.Namespace) -> dict[str, float] | str:
@@ -116,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", action="append", default=[], choices=["llama.cpp", "transformers"])
     parser.add_argument("--compile", action="store_true", help="also llamita bench --compile")
     parser.add_argument("--rounds", type=int, default=1, help="run every peer this many times in turn")
+    parser.add_argument("--startup", action="store_true",
+                        help="also time `llamita run` from start to first token (seconds)")
     args = parser.parse_args(argv)
     if args.model is None:
         from llamita.engine.loader import default_model_path
@@ -127,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     runners = [("llamita", run_llamita)]
     if args.compile:
         runners.append(("llamita-compiled", lambda m, a: run_llamita(m, a, compile=True)))
+    if args.startup:
+        runners.append(("llamita-startup", run_startup))
     for name, runner in (("llama.cpp", run_llama_cpp), ("transformers", run_transformers)):
         if name in args.skip:
             report["skipped"][name] = "--skip"  # type: ignore[index]

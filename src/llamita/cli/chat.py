@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
-                                ModelOption, friendly_errors, stderr)
+                                ModelOption, friendly_errors, start_up, stderr)
 from llamita.errors import LlamitaError
 
 HELP = """commands:
@@ -45,12 +45,13 @@ def chat(
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
     longer fits in the context window (the system prompt is kept)."""
-    from llamita.engine.conversation import fit_messages
-    from llamita.engine.llm import LLM
-    from llamita.sampling_params import SamplingParams
+    with start_up():
+        from llamita.engine.conversation import fit_messages
+        from llamita.engine.llm import LLM
+        from llamita.sampling_params import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    with stderr.status("loading model…"):
+    with stderr.status("loading model…"), start_up():
         llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
     if llm.compile_skipped:
         stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")

@@ -10,7 +10,7 @@ import typer
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption,
                                 JsonOption, JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption,
-                                fail, friendly_errors, grammar_option, sampling_params, stderr)
+                                fail, friendly_errors, grammar_option, sampling_params, start_up, stderr)
 
 if TYPE_CHECKING:
     from llamita.engine.llm import LLM
@@ -54,7 +54,8 @@ def run(
         repetition_penalty=repeat_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, penalty_last_n=repeat_last_n, seed=seed,
         stop=tuple(stop or ()), grammar=grammar_option(json_object, json_schema, grammar_file))
-    from llamita.engine.llm import LLM
+    with start_up():
+        from llamita.engine.llm import LLM
 
     if tensor_parallel > 1:
         if lora or gpu_layers is not None:
@@ -67,7 +68,7 @@ def run(
             if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
                 _answer(LLM.from_loaded(loaded), prompt, system, raw, params)
         return
-    with stderr.status("loading model…"):
+    with stderr.status("loading model…"), start_up():
         llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
     if llm.compile_skipped:
         stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")
