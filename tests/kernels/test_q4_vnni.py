@@ -116,6 +116,25 @@ def test_edge_inputs() -> None:
         torch.ops.llamita.q4_vnni_mm(torch.randn(1, 32).bfloat16(), w.packed, w.scales_and_zeros)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dequantize_kernel_is_its_torch_statement(dtype: torch.dtype) -> None:
+    _, w = _weight(GGMLType.Q4_K, (96, 512), 60)
+    # Extremes: a NaN scale (its group turns NaN), a huge one (rounds to inf in bfloat16), a
+    # scale whose products sit on bfloat16 ties (round half to even).
+    sz = w.scales_and_zeros.clone()
+    sz[0, 1, 0, 3], sz[2, 0, 0, 15], sz[4, 9, 0, 0] = float("nan"), 3.0e38, 1.0 + 2.0**-7
+    w = int4.Int4Weight(w.packed, sz, w.out_features, w.in_features, w.group_size, "vnni")
+    got = torch.ops.llamita.q4_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
+    want = int4._dequantize_vnni_torch(w, dtype)
+    assert got.dtype == dtype and got.isnan().any()
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    nan = got.isnan()
+    assert torch.equal(nan, want.isnan())  # NaN where torch has NaN (its bits may differ)
+    assert torch.equal(got.view(bits)[~nan], want.view(bits)[~nan])  # the rest bit for bit, inf too
+    with pytest.raises(RuntimeError, match="dtype must be"):
+        torch.ops.llamita.q4_vnni_dequantize(w.packed, w.scales_and_zeros, torch.float16)
+
+
 def test_switched_off_and_built_in_a_fresh_cache(tmp_path) -> None:
     code = ("from llamita.kernels import native, int4; "
             "print(native.vnni_kernels(), int4.default_layout(), native.vnni_kernels_skipped())")

@@ -61,6 +61,23 @@ def test_layout_holds_the_same_weights_as_torchs(monkeypatch) -> None:
     assert torch.equal(dequantize_int8(vnni, torch.bfloat16, ids), dequantize_int8(torch_, torch.bfloat16, ids))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dequantize_kernel_is_its_torch_statement(dtype: torch.dtype) -> None:
+    vnni, torch_ = _pair((80, 1024), 2)
+    scales = vnni.scales.clone()
+    scales[5], scales[17] = float("nan"), 3.0e38  # a NaN row; a huge scale (inf in bfloat16)
+    vnni, torch_ = int8.Int8Weight(vnni.qweight, scales, "vnni"), int8.Int8Weight(torch_.qweight, scales, "torch")
+    got = torch.ops.llamita.q8_vnni_dequantize(vnni.qweight, vnni.scales, dtype)
+    want = torch_.qweight.to(dtype) * scales.to(dtype).unsqueeze(-1)  # row order, torch ops
+    nan = got.isnan()
+    assert got.dtype == dtype and torch.equal(nan, want.isnan()) and nan[5].all()
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    assert torch.equal(got.view(bits)[~nan], want.view(bits)[~nan])
+    torch.testing.assert_close(dequantize_int8(vnni, dtype), got, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(RuntimeError, match="dtype must be"):
+        torch.ops.llamita.q8_vnni_dequantize(vnni.qweight, vnni.scales, torch.float16)
+
+
 @pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.Q5_0], ids=lambda t: t.name)
 def test_gguf_weights_requantize_alike(t: GGMLType) -> None:
     shape = (48, 512)

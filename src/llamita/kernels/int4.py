@@ -335,6 +335,13 @@ def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch
 
 
 def _dequantize_vnni(w: Int4Weight, dtype: torch.dtype) -> torch.Tensor:
+    if dtype in (torch.bfloat16, torch.float32):  # the kernel's one pass: the same values
+        return torch.ops.llamita.q4_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
+    return _dequantize_vnni_torch(w, dtype)
+
+
+def _dequantize_vnni_torch(w: Int4Weight, dtype: torch.dtype) -> torch.Tensor:
+    """`_dequantize_vnni` in torch ops (other dtypes; the kernel's reference in its tests)."""
     n, k = w.out_features, w.in_features
     out = torch.empty((n, k), dtype=dtype)
     step = _chunk_rows(k)

@@ -145,6 +145,8 @@ def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None
     """The weight (or only `rows` of it, e.g. embedding lookups) as dense `dtype`."""
     if w.layout == "vnni":
         n, k = w.qweight.shape
+        if rows is None and dtype in (torch.bfloat16, torch.float32):  # one pass, same values
+            return torch.ops.llamita.q8_vnni_dequantize(w.qweight, w.scales, dtype)
         if rows is None:
             q, s = _row_order(w.qweight), w.scales
         else:  # row r is 4-byte pieces at [r // 16, :, r % 16, :] of the blocks

@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
@@ -89,7 +90,54 @@ at::Tensor q4_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Te
       reinterpret_cast<const uint16_t*>(scales.data_ptr()), (K / kGroup) * 2 * kBlockRows);
 }
 
+// The dense weight W (N, K) in float32 or bfloat16, for prefill's dense matmul: one pass over
+// the codes (torch ops took six: nibbles, reorder, offset, widen, scale, round). W = (q - 8) s
+// + z as one FMA: (q - 8) s is exact in float32, so this rounds once, as mul-then-add does.
+at::Tensor q4_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1) * 2, groups = K / kGroup;
+  at::Tensor out = llamita_vnni::dequantized("q4_vnni_dequantize", codes, at::kByte, scales, N, K, dtype);
+  TORCH_CHECK(scales.numel() == N * groups * 2, "scales must be (N/16, K/32, 2, 16)");
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+  void* op = out.data_ptr();
+  const bool bf16 = dtype == at::kBFloat16;
+  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
+    const __m128i low_nibble = _mm_set1_epi8(0x0F);
+    const __m512 eight = _mm512_set1_ps(8.0f);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t* chunk = cp + b * kBlockRows * K / 2 + g * kBlockRows * kGroup / 2;
+        const uint16_t* sz = sp + (b * groups + g) * 2 * kBlockRows;
+        for (int r = 0; r < kBlockRows; ++r) {
+          // Row r's 4 bytes of each chunk c (k = 8c..8c+7: low nibbles 8c..8c+3, high ones
+          // 8c+4..8c+7); 32-bit pieces interleaved low/high put k in order.
+          int32_t piece[4];
+          for (int c = 0; c < 4; ++c) std::memcpy(&piece[c], chunk + c * 64 + 4 * r, 4);
+          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(piece));
+          const __m128i lo = _mm_and_si128(v, low_nibble);
+          const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), low_nibble);
+          const __m512 s = _mm512_set1_ps(llamita_vnni::bf16_to_float(sz[r]));
+          const __m512 z = _mm512_set1_ps(llamita_vnni::bf16_to_float(sz[kBlockRows + r]));
+          const int64_t at = (b * kBlockRows + r) * K + g * kGroup;
+          for (int half = 0; half < 2; ++half) {
+            const __m128i q = half == 0 ? _mm_unpacklo_epi32(lo, hi) : _mm_unpackhi_epi32(lo, hi);
+            const __m512 qf = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)), eight);
+            llamita_vnni::store_weights(_mm512_fmadd_ps(qf, s, z), op, at + 16 * half, bf16);
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llamita, m) { m.def("q4_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor"); }
-TORCH_LIBRARY_IMPL(llamita, CPU, m) { m.impl("q4_vnni_mm", q4_vnni_mm); }
+TORCH_LIBRARY_FRAGMENT(llamita, m) {
+  m.def("q4_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
+  m.def("q4_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(llamita, CPU, m) {
+  m.impl("q4_vnni_mm", q4_vnni_mm);
+  m.impl("q4_vnni_dequantize", q4_vnni_dequantize);
+}

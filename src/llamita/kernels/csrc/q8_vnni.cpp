@@ -29,6 +29,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
@@ -79,7 +80,43 @@ at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Te
       reinterpret_cast<const uint16_t*>(scales.data_ptr()), kBlockRows);
 }
 
+// The dense weight W (N, K) = w * s in float32 or bfloat16 (the product is exact in float32,
+// so bfloat16 rounds it once, as torch's bfloat16 multiply does), for prefill's dense matmul:
+// one pass, reading the blocks in place (no reorder copy to row order first).
+at::Tensor q8_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1);
+  at::Tensor out = llamita_vnni::dequantized("q8_vnni_dequantize", codes, at::kChar, scales, N, K, dtype);
+  TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
+  const int8_t* cp = codes.data_ptr<int8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+  void* op = out.data_ptr();
+  const bool bf16 = dtype == at::kBFloat16;
+  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int8_t* block = cp + b * kBlockRows * K;
+      for (int r = 0; r < kBlockRows; ++r) {
+        const __m512 s = _mm512_set1_ps(llamita_vnni::bf16_to_float(sp[b * kBlockRows + r]));
+        const int64_t at = (b * kBlockRows + r) * K;
+        for (int64_t k = 0; k < K; k += 16) {  // 4 chunks of 4 k: row r's bytes 4r..4r+3 of each
+          int32_t piece[4];
+          for (int c = 0; c < 4; ++c) std::memcpy(&piece[c], block + (k / 4 + c) * 64 + 4 * r, 4);
+          const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(piece));
+          const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), s);
+          llamita_vnni::store_weights(w, op, at + k, bf16);
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llamita, m) { m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor"); }
-TORCH_LIBRARY_IMPL(llamita, CPU, m) { m.impl("q8_vnni_mm", q8_vnni_mm); }
+TORCH_LIBRARY_FRAGMENT(llamita, m) {
+  m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
+  m.def("q8_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(llamita, CPU, m) {
+  m.impl("q8_vnni_mm", q8_vnni_mm);
+  m.impl("q8_vnni_dequantize", q8_vnni_dequantize);
+}

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace llamita_vnni {
 
@@ -20,6 +21,46 @@ constexpr int64_t kBlockRows = 16;  // weight rows per 64-byte operand: one int3
 
 inline __m512 bf16x16_to_float(__m256i v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// 16 floats rounded to bfloat16 to nearest even, as torch's float32 -> bfloat16 conversion
+// (so a dequantized weight is bit-equal to torch's `.to(bfloat16)`); NaN stays a NaN (0x7FC0).
+inline __m256i float_to_bf16x16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(rounded);
+}
+
+// Stores 16 dequantized weights at `out` (element `index`) as float32 or bfloat16.
+inline void store_weights(__m512 w, void* out, int64_t index, bool bf16) {
+  if (bf16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + index), float_to_bf16x16(w));
+  } else {
+    _mm512_storeu_ps(static_cast<float*>(out) + index, w);
+  }
+}
+
+// The checks of a dequantize op and its result: (N, K) of float32 or bfloat16, N in whole
+// 16-row blocks.
+inline at::Tensor dequantized(const char* op, const at::Tensor& codes, at::ScalarType code_type,
+                              const at::Tensor& scales, int64_t N, int64_t K, at::ScalarType dtype) {
+  TORCH_CHECK(codes.device().is_cpu() && scales.device().is_cpu(), op, " runs on the CPU");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == code_type && codes.is_contiguous(), op,
+              ": codes must be contiguous 2-D ", code_type);
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous(), op,
+              ": scales must be contiguous bfloat16");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, op, ": dtype must be float32 or bfloat16");
+  TORCH_CHECK(N % kBlockRows == 0 && K % kGroup == 0, op, ": shapes do not fit: codes ", codes.sizes());
+  return at::empty({N, K}, codes.options().dtype(dtype));
 }
 
 // x bfloat16 (rows, K) -> xq int8 (rows, K); d (rows, K/32) the group scales; qsum (rows, K/32)
