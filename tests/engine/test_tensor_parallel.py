@@ -4,6 +4,10 @@ Each case spawns K ranks that load their shards through `open_model`; rank 0 run
 prompt without a cache, a batch through the Generator (static KV cache) and a batch through
 the LLMEngine (paged KV cache), greedy. The reference is the same model loaded whole in this
 process. One OpenMP thread per rank keeps the two shared cores from thrashing.
+
+With LoRA adapters (two PEFT adapters, one slot each), the whole-prompt logits and the
+Generator run through the first, and in the LLMEngine one request uses the second and the
+other none, in the same batch.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import torch.multiprocessing as mp
 from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
+from llamita.engine.lora import attach_loras
 from llamita.engine.tensor_parallel import LeaderModel, follow
 from llamita.sampling_params import SamplingParams
+from llamita.weights.shard import TensorShard
+from lora_models import make_peft_adapter
 from tiny_models import llama31_mini_config, random_hf_weights, tiny_hf_config, write_gguf
 
 N_NEW = 8
@@ -39,16 +46,19 @@ def _free_port() -> int:
 def _run(loaded) -> dict[str, object]:
     """What both sides compute: full-prompt logits, Generator and LLMEngine greedy tokens."""
     greedy = SamplingParams(temperature=0, max_tokens=N_NEW, ignore_eos=True)
+    names = loaded.model.lora.names
+    slot = 0 if names else None
     with torch.inference_mode():
-        logits = loaded.model(torch.tensor([PROMPTS[0]]))[0]
-        generator = Generator(loaded.model, loaded.tokenizer)
+        logits = loaded.model(torch.tensor([PROMPTS[0]]),
+                              adapters=None if slot is None else torch.tensor([slot]))[0]
+        generator = Generator(loaded.model, loaded.tokenizer, slot)
         streamed: dict[int, list[int]] = {0: [], 1: []}
         for out in generator.stream(PROMPTS, [greedy, greedy]):
             if out.token_id is not None:
                 streamed[out.index].append(out.token_id)
         engine = LLMEngine(loaded, kv_cache_tokens=256, block_size=16)
         for i, p in enumerate(PROMPTS):
-            engine.add_request(str(i), p, greedy)
+            engine.add_request(str(i), p, greedy, adapter=names[1] if names and i == 0 else None)
         batched: dict[str, list[int]] = {"0": [], "1": []}
         while engine.has_unfinished():
             for out in engine.step():
@@ -57,13 +67,16 @@ def _run(loaded) -> dict[str, object]:
             "engine": [batched["0"], batched["1"]]}
 
 
-def _rank(rank: int, world: int, port: int, cases: list[tuple[str, str, str]], out: str) -> None:
-    """One rank: load each case's shard, then lead (rank 0) or follow its steps."""
+def _rank(rank: int, world: int, port: int, cases: list[tuple[str, str, str, list[str]]], out: str) -> None:
+    """One rank: load each case's shard (and its part of the case's adapters), then lead
+    (rank 0) or follow its steps."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        for name, path, dtype in cases:
+        for name, path, dtype, loras in cases:
             loaded = load_model(path, dtype=dtype, device="cpu", tensor_parallel=(rank, world))
+            attach_loras(loaded.model, loaded.config, loras, combine=False,
+                         shard=TensorShard(rank, world, loaded.config))
             if rank == 0:
                 leader = LeaderModel(loaded.model)
                 result = _run(replace(loaded, model=leader))
@@ -75,8 +88,10 @@ def _rank(rank: int, world: int, port: int, cases: list[tuple[str, str, str]], o
         dist.destroy_process_group()
 
 
-def _reference(path: Path, dtype: str) -> dict[str, object]:
-    return _run(load_model(path, dtype=dtype, device="cpu"))
+def _reference(path: Path, dtype: str, loras: list[str]) -> dict[str, object]:
+    loaded = load_model(path, dtype=dtype, device="cpu")
+    attach_loras(loaded.model, loaded.config, loras, combine=False)
+    return _run(loaded)
 
 
 TINY = {
@@ -88,13 +103,26 @@ TINY = {
 }
 
 
+# Heads and FFN columns that split unevenly over 2 ranks (2 + 1 KV heads, 50 + 49 columns),
+# so each rank's slice of the adapters' A and B is cut at different offsets.
+LORA_BASE = tiny_hf_config(hidden_size=96, num_attention_heads=6, num_key_value_heads=3,
+                           intermediate_size=99)
+
+
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory, default_model_path) -> dict[str, tuple[Path, str]]:
+def cases(tmp_path_factory, default_model_path) -> dict[str, tuple[Path, str, list[str]]]:
     root = tmp_path_factory.mktemp("tp")
-    found = {name: (write_gguf(root / f"{name}.gguf", cfg, random_hf_weights(cfg, seed=3), qtype), "float32")
+    found = {name: (write_gguf(root / f"{name}.gguf", cfg, random_hf_weights(cfg, seed=3), qtype), "float32", [])
              for name, (cfg, qtype) in TINY.items()}
     # 9 query heads over 3 KV heads: rank 0 gets 2 KV heads (6 query heads), rank 1 one.
-    found["default-f32"] = (default_model_path, "float32")
+    found["default-f32"] = (default_model_path, "float32", [])
+    pytest.importorskip("peft")
+    sd = random_hf_weights(LORA_BASE, seed=5)
+    adapters = [str(make_peft_adapter(root / "every-layer", LORA_BASE, sd, seed=1)),
+                str(make_peft_adapter(root / "some-layers", LORA_BASE, sd, seed=2, r=3, alpha=5.0,
+                                      targets=["k_proj", "o_proj", "up_proj", "down_proj"]))]
+    found["lora-f32"] = (write_gguf(root / "lora.gguf", LORA_BASE, sd, gguf.GGMLQuantizationType.F32),
+                         "float32", adapters)
     return found
 
 
@@ -102,18 +130,24 @@ def cases(tmp_path_factory, default_model_path) -> dict[str, tuple[Path, str]]:
 def two_ranks(cases, tmp_path_factory) -> Path:
     """Runs every case on 2 ranks (one spawn, one process group); rank 0's results, by name."""
     out = tmp_path_factory.mktemp("tp-out")
-    todo = [(name, str(path), dtype) for name, (path, dtype) in cases.items()]
+    todo = [(name, str(path), dtype, loras) for name, (path, dtype, loras) in cases.items()]
     mp.start_processes(_rank, args=(2, _free_port(), todo, str(out)), nprocs=2, start_method="spawn")
     return out
 
 
-@pytest.mark.parametrize("name", [*TINY, "default-f32"])
+@pytest.mark.parametrize("name", [*TINY, "default-f32", "lora-f32"])
 def test_two_ranks_equal_one_process(name, cases, two_ranks):
-    path, dtype = cases[name]
-    ref = _reference(path, dtype)
+    path, dtype, loras = cases[name]
+    ref = _reference(path, dtype, loras)
     got = torch.load(two_ranks / f"{name}.pt")
     rel = float((got["logits"] - ref["logits"]).abs().max() / ref["logits"].abs().max())
     assert rel < 1e-4, rel
     assert got["generator"] == ref["generator"]
     assert got["engine"] == ref["engine"]
     assert all(len(t) == N_NEW for t in ref["generator"] + ref["engine"])
+
+
+def test_adapters_change_the_lora_case(cases):
+    """The LoRA case would pass with the adapters ignored on both sides; they are not."""
+    path, dtype, loras = cases["lora-f32"]
+    assert _reference(path, dtype, loras)["logits"].sub(_reference(path, dtype, [])["logits"]).abs().max() > 1e-2

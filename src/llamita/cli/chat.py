@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
-                                ModelOption, friendly_errors, start_up, stderr)
+                                ModelOption, TensorParallelOption, friendly_errors, open_llm, start_up,
+                                stderr)
 from llamita.errors import LlamitaError
+
+if TYPE_CHECKING:
+    from llamita.engine.llm import LLM
+    from llamita.sampling_params import SamplingParams
 
 HELP = """commands:
   /reset            forget the conversation (the system prompt stays)
@@ -41,20 +46,25 @@ def chat(
     lora: Optional[list[str]] = LoraOption,
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
+    tensor_parallel: int = TensorParallelOption,
     compile: bool = CompileOption,
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
     longer fits in the context window (the system prompt is kept)."""
     with start_up():
-        from llamita.engine.conversation import fit_messages
-        from llamita.engine.llm import LLM
         from llamita.sampling_params import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    with stderr.status("loading model…"), start_up():
-        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
-    if llm.compile_skipped:
-        stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")
+    with open_llm(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile,
+                  tensor_parallel=tensor_parallel) as llm:
+        if llm is not None:  # None: a tensor-parallel rank other than 0, done following rank 0
+            _converse(llm, system, params)
+
+
+def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
+    """The read-answer loop on stdin, until /exit or the end of input."""
+    from llamita.engine.conversation import fit_messages
+
     out = Console(highlight=False)
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
     stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · context {llm.config.context_length} tokens · "

@@ -66,6 +66,39 @@ def start_up() -> Iterator[None]:
             gc.enable()
 
 
+@contextlib.contextmanager
+def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | None,
+             gpu_layers: int | None, compile: bool, tensor_parallel: int = 1) -> Iterator[Any]:
+    """The LLM that `run` and `chat` answer with, every --lora adapter applied to every row.
+
+    With --tensor-parallel K (under torchrun) every rank loads its shard; rank 0 gets the LLM
+    and the others follow its forward passes inside the block and get None: they have nothing
+    left to do."""
+    with start_up():
+        from llamita.engine.llm import LLM
+
+    if tensor_parallel == 1:
+        with stderr.status("loading model…"), start_up():
+            llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
+        if llm.compile_skipped:
+            stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")
+        yield llm
+        return
+    if gpu_layers is not None:
+        fail("--tensor-parallel does not combine with --gpu-layers")
+    if compile:
+        stderr.print("[yellow]note:[/] --compile ignored: tensor parallelism decodes eagerly")
+    from llamita.engine.tensor_parallel import open_model
+
+    with open_model(model, tensor_parallel=tensor_parallel, dtype=dtype, device=device,
+                    lora=lora or (), combine_lora=True) as loaded:
+        if loaded is None:
+            yield None
+            return
+        names = loaded.model.lora.names
+        yield LLM.from_loaded(loaded, names[0] if names else None)
+
+
 def fail(message: str, code: int = 1) -> None:
     stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)

@@ -10,7 +10,7 @@ import typer
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption,
                                 JsonOption, JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption,
-                                fail, friendly_errors, grammar_option, sampling_params, start_up, stderr)
+                                friendly_errors, grammar_option, open_llm, sampling_params, stderr)
 
 if TYPE_CHECKING:
     from llamita.engine.llm import LLM
@@ -54,25 +54,10 @@ def run(
         repetition_penalty=repeat_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, penalty_last_n=repeat_last_n, seed=seed,
         stop=tuple(stop or ()), grammar=grammar_option(json_object, json_schema, grammar_file))
-    with start_up():
-        from llamita.engine.llm import LLM
-
-    if tensor_parallel > 1:
-        if lora or gpu_layers is not None:
-            fail("--tensor-parallel does not combine with --lora or --gpu-layers")
-        if compile:
-            stderr.print("[yellow]note:[/] --compile ignored: tensor parallelism decodes eagerly")
-        from llamita.engine.tensor_parallel import open_model
-
-        with open_model(model, tensor_parallel=tensor_parallel, dtype=dtype, device=device) as loaded:
-            if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
-                _answer(LLM.from_loaded(loaded), prompt, system, raw, params)
-        return
-    with stderr.status("loading model…"), start_up():
-        llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
-    if llm.compile_skipped:
-        stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")
-    _answer(llm, prompt, system, raw, params)
+    with open_llm(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile,
+                  tensor_parallel=tensor_parallel) as llm:
+        if llm is not None:  # None: a tensor-parallel rank other than 0, done following rank 0
+            _answer(llm, prompt, system, raw, params)
 
 
 def _answer(llm: LLM, prompt: str, system: str | None, raw: bool, params: SamplingParams) -> None:

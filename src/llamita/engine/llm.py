@@ -70,10 +70,12 @@ class LLM:
         self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile)
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModel) -> LLM:
-        """An LLM over a model already loaded (the server's, for the glass views); shares it."""
+    def from_loaded(cls, loaded: LoadedModel, adapter: str | None = None) -> LLM:
+        """An LLM over a model already loaded (the server's, for the glass views; a
+        tensor-parallel rank 0's); shares it. adapter: the name of an installed LoRA slot every
+        generation runs with."""
         llm = cls.__new__(cls)
-        llm._attach(loaded)
+        llm._attach(loaded, None if adapter is None else loaded.model.lora.slot(adapter))
         return llm
 
     def _attach(self, loaded: LoadedModel, adapter: int | None = None, compile: bool = False) -> None:

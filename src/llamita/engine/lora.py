@@ -15,6 +15,7 @@ from llamita.errors import InvalidParameterError
 from llamita.model.lora import install_adapter
 from llamita.model.transformer import Transformer
 from llamita.weights.lora import LoraAdapter, adapter_name, read_lora
+from llamita.weights.shard import TensorShard
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,39 @@ def combined_weights(adapters: Sequence[LoraAdapter], scales: Sequence[float]
     return {m: (torch.cat(a), torch.cat(b, dim=1), 1.0) for m, (a, b) in out.items()}
 
 
+def shard_weights(weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], shard: TensorShard
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """One tensor-parallel rank's part of an adapter (engine/tensor_parallel.py).
+
+    A column-parallel layer (q/k/v, gate/up) keeps the B rows of its own outputs and all of A.
+    A row-parallel layer (o_proj, down_proj) keeps the A columns of its own inputs and all of
+    B, and the update goes on the linear inside the all-reduce (`RowParallel.inner`): each
+    rank adds B (A_r x_r), and the sum over ranks is B A x, as one process computes it.
+    """
+    out = {}
+    for module, (a, b, scale) in weights.items():
+        split = shard.split(module + ".weight")
+        if split is None:
+            out[module] = (a, b, scale)
+            continue
+        dim, start, stop = split
+        if dim == 0:
+            out[module] = (a, b[start:stop], scale)
+        else:
+            out[module + ".inner"] = (a[:, start:stop], b, scale)
+    return out
+
+
 def attach_loras(model: Transformer, config: ModelConfig,
-                 specs: Sequence[str | os.PathLike[str] | LoraSpec], *, combine: bool) -> list[str]:
+                 specs: Sequence[str | os.PathLike[str] | LoraSpec], *, combine: bool,
+                 shard: TensorShard | None = None) -> list[str]:
     """Read every adapter in `specs` and install it in `model`; return the slot names.
 
     combine: all of them in one slot named after them joined by '+', applied together to every
     row (`llamita run/chat`, `LLM(lora=...)`, like llama.cpp's repeated --lora); otherwise one
     slot each, picked per request (`llamita serve`).
+    shard: `model` is this tensor-parallel rank's shard (`config` is still the whole model's,
+    which the adapters are checked against); each rank installs its part in the same slots.
     """
     parsed = [parse_lora_spec(s) for s in specs]
     names = [s.resolved_name for s in parsed]
@@ -81,11 +108,15 @@ def attach_loras(model: Transformer, config: ModelConfig,
         raise InvalidParameterError("lora", f"two adapters are named alike ({', '.join(names)}); "
                                     "name them with NAME=PATH")
     adapters = [read_lora(s.path, config, n) for s, n in zip(parsed, names)]
+
+    def install(name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]]) -> int:
+        return install_adapter(model, name, weights if shard is None else shard_weights(weights, shard))
+
     if combine:
         if not adapters:
             return []
-        return [model.lora.names[install_adapter(
-            model, "+".join(names), combined_weights(adapters, [s.scale for s in parsed]))]]
+        return [model.lora.names[install(
+            "+".join(names), combined_weights(adapters, [s.scale for s in parsed]))]]
     for adapter, spec in zip(adapters, parsed):
-        install_adapter(model, adapter.name, combined_weights([adapter], [spec.scale]))
+        install(adapter.name, combined_weights([adapter], [spec.scale]))
     return list(model.lora.names)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -25,10 +25,12 @@ import torch
 import torch.distributed as dist
 
 from llamita.engine.loader import LoadedModel, load_model, resolve_device
+from llamita.engine.lora import LoraSpec, attach_loras
 from llamita.errors import InvalidParameterError
 from llamita.model.kv_cache import KVCache
 from llamita.model.paged_kv_cache import PagedKVCache
 from llamita.model.transformer import Transformer
+from llamita.weights.shard import TensorShard
 
 # Message header, int64: what rank 0 is about to run. Then one int64 payload tensor with the
 # tokens, positions, cache rows, block tables, LoRA slots per row and freed cache ids, in order.
@@ -81,7 +83,8 @@ class LeaderModel:
 
     @property
     def lora(self) -> Any:
-        """The shard's adapter slots (model/lora.py); none are installed under tensor parallelism."""
+        """The shard's adapter slots (model/lora.py); every rank holds the same slots, each
+        with its part of the adapters (`open_model(lora=...)`)."""
         return self.model.lora
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
@@ -189,19 +192,25 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
 
 @contextmanager
 def open_model(path: str | os.PathLike[str] | None = None, *, tensor_parallel: int = 1,
-               dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
+               dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto",
+               lora: Sequence[str | os.PathLike[str] | LoraSpec] = (), combine_lora: bool = True
                ) -> Iterator[LoadedModel | None]:
-    """The model to run, on one process or on `tensor_parallel` torchrun ranks.
+    """The model to run, on one process or on `tensor_parallel` torchrun ranks, with the LoRA
+    adapters `lora` installed (`attach_loras`: `combine_lora` puts them all in one slot,
+    otherwise one slot each; their names are `loaded.model.lora.names`).
 
     tensor_parallel 1: `load_model`. Otherwise every rank joins the process group (gloo on CPU,
-    NCCL on CUDA) and loads its shard; rank 0 gets a LoadedModel whose `model` is a
-    LeaderModel, and on leaving the block the others are told to stop. The other ranks follow
-    rank 0 inside this call and then get None: the caller has nothing more to do.
+    NCCL on CUDA), loads its shard and its part of every adapter; rank 0 gets a LoadedModel
+    whose `model` is a LeaderModel, and on leaving the block the others are told to stop. The
+    other ranks follow rank 0 inside this call and then get None: the caller has nothing more
+    to do.
     """
     if tensor_parallel < 1:
         raise InvalidParameterError("tensor_parallel", f"must be >= 1, got {tensor_parallel}")
     if tensor_parallel == 1:
-        yield load_model(path, dtype=dtype, device=device)
+        loaded = load_model(path, dtype=dtype, device=device)
+        attach_loras(loaded.model, loaded.config, lora, combine=combine_lora)
+        yield loaded
         return
     rank, local_rank = torchrun_rank(tensor_parallel)
     dev = resolve_device(device)
@@ -211,6 +220,8 @@ def open_model(path: str | os.PathLike[str] | None = None, *, tensor_parallel: i
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         loaded = load_model(path, dtype=dtype, device=dev, tensor_parallel=(rank, tensor_parallel))
+        attach_loras(loaded.model, loaded.config, lora, combine=combine_lora,
+                     shard=TensorShard(rank, tensor_parallel, loaded.config))
         if rank != 0:
             follow(loaded.model)
             yield None

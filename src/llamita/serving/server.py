@@ -51,15 +51,16 @@ def serve(config: ServerConfig) -> None:
     With `tensor_parallel` > 1 (under torchrun) rank 0 serves and the other ranks follow its
     forward passes until it stops."""
     if config.tensor_parallel > 1:
-        if config.lora or config.gpu_layers is not None:
-            raise InvalidParameterError("tensor_parallel", "does not combine with --lora or --gpu-layers")
+        if config.gpu_layers is not None:
+            raise InvalidParameterError("tensor_parallel", "does not combine with --gpu-layers")
         with open_model(config.model, tensor_parallel=config.tensor_parallel, dtype=config.dtype,
-                        device=config.device) as loaded:
+                        device=config.device, lora=config.lora, combine_lora=False) as loaded:
             if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
                 _serve(config, loaded)
         return
-    _serve(config, load_model(config.model, dtype=config.dtype, device=config.device,
-                              gpu_layers=config.gpu_layers))
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device, gpu_layers=config.gpu_layers)
+    attach_loras(loaded.model, loaded.config, config.lora, combine=False)
+    _serve(config, loaded)
 
 
 class GracefulServer(uvicorn.Server):
@@ -87,7 +88,8 @@ class GracefulServer(uvicorn.Server):
 
 
 def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
-    adapters = attach_loras(loaded.model, loaded.config, config.lora, combine=False) if config.lora else []
+    """Serve `loaded`, its LoRA adapters (one slot each) already installed."""
+    adapters = list(loaded.model.lora.names)
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path)
