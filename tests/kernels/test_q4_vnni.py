@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from llamita.kernels import int4, native
 from llamita.kernels.int4 import dequantize_int4, int4_linear
 from llamita.weights.q4_pack import pack_q4
-from llamita.weights.quants import GGMLType, dequantize, quantize
+from llamita.weights.quants import GGMLType, dequantize, q4_affine_rows, quantize
 from tests.vnni_reference import int8_activations
 
 pytestmark = pytest.mark.skipif(not native.vnni_kernels(),
@@ -146,3 +146,27 @@ def test_switched_off_and_built_in_a_fresh_cache(tmp_path) -> None:
     assert fresh.stdout.split() == ["True", "vnni", "None"], fresh.stderr
     assert list((tmp_path / "llamita" / "kernels").glob("vnni-*.so"))  # and nothing half-built
     assert not list((tmp_path / "llamita" / "kernels").glob("*tmp*"))
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_0, GGMLType.Q4_1], ids=lambda t: t.name)
+def test_native_load_packing_is_pack_int4(t: GGMLType) -> None:
+    """`q4_vnni_pack_ggml` (the loader's path for Q4_0 / Q4_1) writes the bytes that
+    `pack_int4` writes from the blocks' codes, scales and zeros, odd f16 values included."""
+    shape = (48, 160)  # 3 blocks of 16 rows, 5 groups
+    gen = torch.Generator().manual_seed(int(t))
+    raw = quantize(torch.randn(shape, generator=gen) * 0.05, t).clone()
+    blocks = raw.view(-1, 18 if t == GGMLType.Q4_0 else 20)
+    # f16 d / m: inf, a subnormal, a NaN, the largest finite, a negative, 1 + 2^-8 (a bfloat16 tie).
+    for i, bits in enumerate([0x7C00, 0x0001, 0x7E00, 0x7BFF, 0xBC00, 0x3C04]):
+        blocks[7 + 11 * i, 0:2] = torch.tensor([bits & 0xFF, bits >> 8], dtype=torch.uint8)
+        if t == GGMLType.Q4_1:
+            blocks[3 + 13 * i, 2:4] = torch.tensor([bits & 0xFF, bits >> 8], dtype=torch.uint8)
+    got = int4.pack_ggml_blocks(raw, *shape, has_min=t == GGMLType.Q4_1)
+    want = int4.pack_int4(*shape, q4_affine_rows(raw, t, shape), "vnni")
+    assert torch.equal(got.packed, want.packed)
+    g, w = got.scales_and_zeros, want.scales_and_zeros
+    nan = g.isnan()
+    assert nan.any() and torch.equal(nan, w.isnan())
+    assert torch.equal(g.view(torch.int16)[~nan], w.view(torch.int16)[~nan])
+    with pytest.raises(RuntimeError, match="bytes for a"):
+        int4.pack_ggml_blocks(raw[:-1], *shape, has_min=t == GGMLType.Q4_1)

@@ -260,6 +260,14 @@ def _pack_vnni(n: int, k: int, rows: AffineRows) -> Int4Weight:
     return Int4Weight(packed, sz, n, k, layout="vnni")
 
 
+def pack_ggml_blocks(raw: torch.Tensor, out_features: int, in_features: int, has_min: bool) -> Int4Weight:
+    """A GGML Q4_0 (`has_min` False) or Q4_1 weight's raw bytes straight into the "vnni" layout
+    in one native pass (`q4_vnni_pack_ggml`); the same bytes as `pack_int4` over the blocks'
+    codes, scales and zeros. Needs the native kernels and a shape `pack_int4` accepts."""
+    codes, sz = torch.ops.llamita.q4_vnni_pack_ggml(raw, out_features, in_features, has_min)
+    return Int4Weight(codes, sz, out_features, in_features, layout="vnni")
+
+
 def concat_int4(weights: Sequence[Int4Weight]) -> Int4Weight | None:
     """One packed weight whose output rows are those of `weights` in order (all with the same
     in_features and group), or None where the packed layout cannot be joined.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from llamita.kernels.int4 import Int4Weight, pack_int4
+from llamita.kernels import native
+from llamita.kernels.int4 import VNNI_BLOCK_ROWS, Int4Weight, default_layout, pack_ggml_blocks, pack_int4
 from llamita.weights.quants import AFFINE_Q4_TYPES, GGMLType, q4_affine_rows
 
 
@@ -21,8 +22,13 @@ def pack_q4(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...]
     Raises ValueError when the weight cannot take the int4 path (another type, a shape the
     kernel does not take, no kernel on this CPU): the caller keeps it dense instead.
     """
-    rows = q4_affine_rows(raw, ggml_type, shape)
-    return pack_int4(int(shape[0]), int(shape[1]), rows, layout)
+    rows = q4_affine_rows(raw, ggml_type, shape)  # also checks the type, shape and byte count
+    n, k = int(shape[0]), int(shape[1])
+    layout = layout or default_layout()
+    simple = GGMLType(int(ggml_type)) in (GGMLType.Q4_0, GGMLType.Q4_1)
+    if simple and layout == "vnni" and native.vnni_kernels() and n % VNNI_BLOCK_ROWS == 0:
+        return pack_ggml_blocks(raw, n, k, has_min=int(ggml_type) == GGMLType.Q4_1)
+    return pack_int4(n, k, rows, layout)
 
 
 __all__ = ["AFFINE_Q4_TYPES", "pack_q4"]
