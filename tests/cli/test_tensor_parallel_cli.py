@@ -94,14 +94,25 @@ def test_tensor_parallel_without_torchrun_says_how_to_launch(tiny):
 
 def test_torchrun_serve_answers_like_one_process(tiny, adapter, tmp_path):
     """Rank 0 serves HTTP; greedy completions, with and without the LoRA adapter the request
-    picks, equal the single-process engine's."""
+    picks, equal the single-process engine's; so do the glass views (attention of one head,
+    logit lens, next-token probabilities) and a prompt's log-probabilities (`echo`)."""
     import httpx
+    import numpy as np
 
     from llamita.engine.llm import LLM
+    from llamita.engine.scoring import prompt_logprobs
+    from llamita.glass.attention import attention_view
+    from llamita.glass.lens import logit_lens
+    from llamita.glass.next_token import next_token_view
     from llamita.sampling_params import SamplingParams
 
     greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    want = LLM(tiny, dtype="float32", device="cpu").generate("the cat sat on", greedy).text
+    one = LLM(tiny, dtype="float32", device="cpu")
+    want = one.generate("the cat sat on", greedy).text
+    text = "the cat sat on"
+    want_attention = attention_view(one, text, raw=True, layer=1, head=3)["matrix"]
+    want_lens = [[t["id"] for t in stage["top"]] for stage in logit_lens(one, text, raw=True, top=2)["layers"]]
+    want_next = next_token_view(one, text, raw=True, temperatures=[1.0], top=5)
     want_lora = LLM(tiny, dtype="float32", device="cpu", lora=adapter).generate("the cat sat on", greedy).text
     assert want_lora != want
     with socket.socket() as s:
@@ -129,6 +140,23 @@ def test_torchrun_serve_answers_like_one_process(tiny, adapter, tmp_path):
                 "lora": lora})
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["text"] == expected, lora
+        glass = {name: httpx.post(f"{url}/glass/{name}", timeout=60, json=body) for name, body in [
+            ("attention", {"text": text, "raw": True, "layer": 1, "head": 3}),
+            ("lens", {"prompt": text, "raw": True, "top": 2}),
+            ("next", {"prompt": text, "raw": True, "temperature": 1.0, "top": 5})]}
+        assert all(r.status_code == 200 for r in glass.values()), {k: r.text for k, r in glass.items()}
+        np.testing.assert_allclose(glass["attention"].json()["matrix"], want_attention, atol=1e-5)
+        assert [[t["id"] for t in stage["top"]] for stage in glass["lens"].json()["layers"]] == want_lens
+        got_next = glass["next"].json()
+        assert [t["id"] for t in got_next["tokens"]] == [t["id"] for t in want_next["tokens"]]
+        assert got_next["distributions"][0]["probs"] == pytest.approx(want_next["distributions"][0]["probs"], abs=1e-5)
+        r = httpx.post(url + "/v1/completions", timeout=60, json={
+            "prompt": text, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 2})
+        assert r.status_code == 200, r.text
+        echoed = r.json()["choices"][0]["logprobs"]["token_logprobs"]
+        ids = one.encode_prompt(text)
+        want_scores = [None] + [s.logprob for s in prompt_logprobs(one.loaded.model, ids, one.tokenizer.vocab_size)[1:]]
+        assert echoed[:len(ids)] == pytest.approx(want_scores, abs=1e-4)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # every rank: rank 0 stops serving, the rest exit
         try:

@@ -8,6 +8,10 @@ process. One OpenMP thread per rank keeps the two shared cores from thrashing.
 With LoRA adapters (two PEFT adapters, one slot each), the whole-prompt logits and the
 Generator run through the first, and in the LLMEngine one request uses the second and the
 other none, in the same batch.
+
+The glass box and the scoring route run through rank 0 too: attention maps (every rank's heads
+gathered), the logit lens (rank 0's blocks hooked, each stage projected by all ranks) and the
+log-probabilities of a prompt's tokens (`echo` + `logprobs`).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llamita.engine.generator import Generator
+from llamita.engine.llm import LLM
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.engine.lora import attach_loras
+from llamita.engine.scoring import prompt_logprobs
 from llamita.engine.tensor_parallel import LeaderModel, follow
+from llamita.glass.attention import attention_weights
+from llamita.glass.lens import logit_lens
 from llamita.sampling_params import SamplingParams
 from llamita.weights.shard import TensorShard
 from lora_models import make_peft_adapter
@@ -63,8 +71,15 @@ def _run(loaded) -> dict[str, object]:
         while engine.has_unfinished():
             for out in engine.step():
                 batched[out.request_id] += out.token_ids
+    scores = prompt_logprobs(loaded.model, PROMPTS[0], loaded.tokenizer.vocab_size, top=2)
+    lens = logit_lens(LLM.from_loaded(loaded), "the cat sat on", raw=True, top=3)["layers"]
     return {"logits": logits, "generator": [streamed[0], streamed[1]],
-            "engine": [batched["0"], batched["1"]]}
+            "engine": [batched["0"], batched["1"]],
+            "attention": torch.from_numpy(attention_weights(loaded.model, PROMPTS[0])),
+            "lens_ids": [[t["id"] for t in stage["top"]] for stage in lens],
+            "lens_probs": torch.tensor([[t["prob"] for t in stage["top"]] for stage in lens]),
+            "score_ids": [s.top for s in scores[1:]],
+            "score_logprobs": torch.tensor([s.logprob for s in scores[1:]])}
 
 
 def _rank(rank: int, world: int, port: int, cases: list[tuple[str, str, str, list[str]]], out: str) -> None:
@@ -145,6 +160,13 @@ def test_two_ranks_equal_one_process(name, cases, two_ranks):
     assert got["generator"] == ref["generator"]
     assert got["engine"] == ref["engine"]
     assert all(len(t) == N_NEW for t in ref["generator"] + ref["engine"])
+    # (L, H, S, S): every head of every rank, in order.
+    assert got["attention"].shape == ref["attention"].shape
+    assert (got["attention"] - ref["attention"]).abs().max() < 1e-5
+    assert got["lens_ids"] == ref["lens_ids"]
+    assert (got["lens_probs"] - ref["lens_probs"]).abs().max() < 1e-5
+    assert [[t for t, _ in top] for top in got["score_ids"]] == [[t for t, _ in top] for top in ref["score_ids"]]
+    assert (got["score_logprobs"] - ref["score_logprobs"]).abs().max() < 1e-4
 
 
 def test_adapters_change_the_lora_case(cases):

@@ -32,9 +32,10 @@ from llamita.model.paged_kv_cache import PagedKVCache
 from llamita.model.transformer import Transformer
 from llamita.weights.shard import TensorShard
 
-# Message header, int64: what rank 0 is about to run. Then one int64 payload tensor with the
-# tokens, positions, cache rows, block tables, LoRA slots per row and freed cache ids, in order.
-_STOP, _FORWARD, _HIDDEN = 0, 1, 2
+# Message header, int64: what rank 0 is about to run. Then, for a forward pass or attention
+# maps, one int64 payload tensor with the tokens, positions, cache rows, block tables, LoRA slots
+# per row and freed cache ids, in order; for logits, the (B, dim) hidden states in dtype `dt`.
+_STOP, _FORWARD, _HIDDEN, _LOGITS, _ATTENTION = 0, 1, 2, 3, 4
 _NO_CACHE, _STATIC, _PAGED = 0, 1, 2
 _HEADER = 14  # op, B, S, last_only, kind, cache id, geometry a, b, dtype, n rows, tables (r, c),
 # n adapter slots, n freed
@@ -57,8 +58,10 @@ def torchrun_rank(size: int) -> tuple[int, int]:
 class LeaderModel:
     """Rank 0's model: announces each call to the other ranks, then runs its own shard.
 
-    Stands in for the Transformer wherever the engine uses one (`__call__`, `hidden_states`,
-    `config`, `dtype`, `device`); views that reach into the layers are not supported.
+    Stands in for the Transformer wherever the engine and the glass box use one (`__call__`,
+    `hidden_states`, `logits`, `attention_maps`, `norm`, `layers`, `config`, `dtype`,
+    `device`). `config` is this rank's view (its heads, the whole vocabulary), as the KV
+    caches rank 0 creates must hold only its heads.
     """
 
     def __init__(self, model: Transformer, group: dist.ProcessGroup | None = None) -> None:
@@ -94,6 +97,36 @@ class LeaderModel:
         return self.model(tokens, positions, cache, rows, last_only=last_only, **_lora(adapters))
 
     forward = __call__
+
+    @property
+    def norm(self) -> torch.nn.Module:
+        """The final RMSNorm: every rank holds all of it, so rank 0 runs it alone."""
+        return self.model.norm
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        """Rank 0's blocks, to hook during a call (their outputs are the whole residual stream,
+        all-reduced). Calling one directly would wait forever for the other ranks."""
+        return self.model.layers
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Output projection of final hidden states (..., dim) -> (..., vocab) float32: every
+        rank projects onto its vocabulary rows and the logits are gathered."""
+        if hidden.dtype not in _DTYPES:
+            raise TypeError(f"hidden states in {hidden.dtype}; the ranks exchange {_DTYPES}")
+        flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+        self._send_header([_LOGITS, flat.shape[0], flat.shape[1]] + [0] * 5 + [_DTYPES.index(flat.dtype)])
+        dist.broadcast(flat, 0, group=self.group)
+        return self.model.logits(flat).reshape(*hidden.shape[:-1], -1)
+
+    def attention_maps(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every layer's and head's attention weights for one sequence (1, S): (n_layers,
+        n_heads, S, S) float32. Each rank computes those of its heads; rank 0 gathers them in
+        head order (ranks hold consecutive heads)."""
+        if tokens.dim() != 2 or tokens.shape[0] != 1:  # before the others are told: they would fail
+            raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
+        self._announce(_ATTENTION, tokens, None, None, None, False, None)
+        return _gather_heads(self.model.attention_maps(tokens), self.group)
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                       cache: KVCache | PagedKVCache | None = None, rows: torch.Tensor | None = None,
@@ -134,21 +167,45 @@ class LeaderModel:
         parts += [] if adapters is None else [adapters.reshape(-1)]
         parts.append(torch.tensor(freed, dtype=torch.int64))
         payload = torch.cat([p.to(torch.int64).to(self.device) for p in parts])
-        dist.broadcast(torch.tensor(header, dtype=torch.int64, device=self.device), 0, group=self.group)
+        self._send_header(header)
         dist.broadcast(payload, 0, group=self.group)
         return positions
+
+    def _send_header(self, header: list[int]) -> None:
+        if self._closed:
+            raise RuntimeError("the tensor-parallel group has been shut down")
+        header = header + [0] * (_HEADER - len(header))
+        dist.broadcast(torch.tensor(header, dtype=torch.int64, device=self.device), 0, group=self.group)
 
     def shutdown(self) -> None:
         """Tell the other ranks to stop following (idempotent)."""
         if not self._closed:
+            self._send_header([_STOP])
             self._closed = True
-            dist.broadcast(torch.tensor([_STOP] + [0] * (_HEADER - 1), dtype=torch.int64,
-                                        device=self.device), 0, group=self.group)
 
 
 def _lora(adapters: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The LoRA-slot keyword for a forward call, only when rows use adapters."""
     return {} if adapters is None else {"adapters": adapters}
+
+
+def _gather_heads(maps: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Every rank's attention maps (n_layers, its heads, S, S), side by side in rank order on
+    rank 0 (the others get their own back). Ranks may hold different numbers of heads: gather
+    needs equal shapes, so pad, gather, trim."""
+    world = dist.get_world_size(group)
+    count = torch.tensor([maps.shape[1]], dtype=torch.int64, device=maps.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count, group=group)
+    sizes = [int(c) for c in counts]
+    padded = torch.nn.functional.pad(maps, (0, 0, 0, 0, 0, max(sizes) - maps.shape[1])).contiguous()
+    leader = dist.get_rank(group) == 0
+    parts = [torch.empty_like(padded) for _ in range(world)] if leader else None
+    dist.gather(padded, parts, dst=0, group=group)
+    if not leader:
+        return maps
+    assert parts is not None
+    return torch.cat([p[:, :n] for p, n in zip(parts, sizes)], dim=1)
 
 
 def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
@@ -164,6 +221,12 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
              n_freed) = header.tolist()
             if op == _STOP:
                 return steps
+            if op == _LOGITS:  # bsz rows of seqlen (= dim) features
+                hidden = torch.empty(bsz, seqlen, dtype=_DTYPES[dt], device=device)
+                dist.broadcast(hidden, 0, group=group)
+                model.logits(hidden)
+                steps += 1
+                continue
             n_tok = bsz * seqlen
             sizes = [n_tok, n_tok, max(n_rows, 0), t_rows * t_cols, max(n_adapters, 0), n_freed]
             payload = torch.empty(sum(sizes), dtype=torch.int64, device=device)
@@ -185,6 +248,8 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
             kw = _lora(adapters if n_adapters >= 0 else None)
             if op == _FORWARD:
                 model(*args, last_only=bool(last_only), **kw)
+            elif op == _ATTENTION:
+                _gather_heads(model.attention_maps(args[0]), group)
             else:
                 model.hidden_states(*args, last_only=bool(last_only), **kw)
             steps += 1

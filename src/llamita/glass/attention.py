@@ -1,10 +1,9 @@
 """Attention weights of the real forward pass: for every layer and head, how much each token
-draws from each earlier token, softmax(QKᵀ/√d + causal mask) from the queries and keys the
-model computed (after RoPE; with grouped-query attention each query head reads its KV head)."""
+draws from each earlier token (model/attention_maps.py computes them), and the view of one
+layer / head / token the CLI and the web page show."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,37 +16,13 @@ from llamita.glass.common import find_tokens, pieces, prompt_ids
 from llamita.model.transformer import Transformer
 
 
-def scores_to_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Causal attention weights (H, S, S), float32, from q (S, H, hd) and k (S, n_kv, hd).
-
-    Query head h reads KV head h // (H / n_kv), the grouping scaled_dot_product_attention's
-    enable_gqa and transformers' repeat_kv use."""
-    seqlen, n_heads, head_dim = q.shape
-    k = k.repeat_interleave(n_heads // k.shape[1], dim=1)  # (S, H, hd)
-    scores = torch.einsum("qhd,khd->hqk", q.float(), k.float()) / math.sqrt(head_dim)
-    future = torch.ones(seqlen, seqlen, dtype=torch.bool, device=q.device).triu(1)
-    return torch.softmax(scores.masked_fill(future, -math.inf), dim=-1)
-
-
-def attention_weights(model: Transformer, ids: Sequence[int]) -> np.ndarray:
+def attention_weights(model: Transformer | Any, ids: Sequence[int]) -> np.ndarray:
     """(n_layers, n_heads, S, S) float32: row i of [l, h] is token i's attention over tokens
-    0..i in layer l, head h (each row sums to 1). One forward pass; hooks read each layer's
-    attention input and project it with the layer's own q/k weights and RoPE."""
-    found: dict[int, torch.Tensor] = {}
-
-    def record(module: Any, args: tuple[Any, ...]) -> None:
-        x, cos, sin = args[:3]
-        q, k, _ = module.project_qkv(x, cos, sin)
-        found[module.layer] = scores_to_weights(q[0], k[0])
-
-    handles = [layer.self_attn.register_forward_pre_hook(record) for layer in model.layers]
-    try:
-        with torch.inference_mode():
-            model.hidden_states(torch.tensor([list(ids)], device=model.device))
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack([found[i] for i in range(len(model.layers))]).cpu().numpy()
+    0..i in layer l, head h (each row sums to 1), from one forward pass of `model` (a
+    Transformer, or a tensor-parallel LeaderModel, which gathers every rank's heads):
+    model/attention_maps.py."""
+    maps = model.attention_maps(torch.tensor([list(ids)], device=model.device))
+    return maps.cpu().numpy()
 
 
 def attention_view(llm: LLM, text: str, *, raw: bool = False, layer: int | None = None,

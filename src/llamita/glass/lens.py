@@ -15,15 +15,16 @@ def layer_residuals(llm: LLM, ids: list[int]) -> tuple[list[torch.Tensor], torch
     """The residual stream (dim,) at the last position after the embedding (index 0) and after
     each block (index i = block i-1's output), and the model's own final logits (V,).
 
-    Forward hooks record the blocks' outputs during the model's real forward pass."""
+    Hooks record the first block's input and every block's output during the model's real
+    forward pass (under tensor parallelism, rank 0's blocks: their outputs are all-reduced)."""
     model = llm.loaded.model
     seen: list[torch.Tensor] = []
 
-    def keep(_module: object, _args: object, output: torch.Tensor) -> None:
-        seen.append(output[0, -1].detach().clone())
+    def keep(x: torch.Tensor) -> None:
+        seen.append(x[0, -1].detach().clone())
 
-    modules = [model.embed_tokens, *model.layers]
-    handles = [m.register_forward_hook(keep) for m in modules]
+    handles = [model.layers[0].register_forward_pre_hook(lambda _m, args: keep(args[0]))]
+    handles += [m.register_forward_hook(lambda _m, _args, out: keep(out)) for m in model.layers]
     try:
         with torch.inference_mode():
             logits = model(torch.tensor([ids], device=model.device))[0, -1]

@@ -17,6 +17,7 @@ from llamita.config import ModelConfig
 from llamita.kernels.encoded_rows import EncodedRows
 from llamita.kernels.int4 import Int4Weight
 from llamita.kernels.int8 import Int8Weight
+from llamita.model.attention_maps import attention_maps
 from llamita.model.embedding import EncodedEmbedding, Int8Embedding
 from llamita.model.kv_cache import KVCache
 from llamita.model.linear import FusedLinear, Int4Linear, Int8Linear, fuse_linears
@@ -53,7 +54,7 @@ class Attention(nn.Module):
     def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, S, n_heads, hd) and keys, values (B, S, n_kv_heads, hd), RoPE applied to
-        q and k: what attention scores are computed from (glass/attention.py reads them too)."""
+        q and k: what attention scores are computed from (model/attention_maps.py reads them too)."""
         bsz, seqlen, _ = x.shape
         fused = self.fused_qkv
         if fused is not None and fused.serves(self.q_proj, self.k_proj, self.v_proj):
@@ -266,6 +267,11 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.norm(x)
+
+    def attention_maps(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every layer's and head's attention weights for one sequence `tokens` (1, S):
+        (n_layers, n_heads, S, S) float32 (model/attention_maps.py)."""
+        return attention_maps(self, tokens)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output projection of final hidden states, float32."""
