@@ -80,6 +80,11 @@ def test_server_concurrent_requests_with_different_adapters(tiny):
         models = httpx.get(running.url + "/v1/models").json()["data"]
         assert [m["id"] for m in models] == [MODEL_NAME, f"{MODEL_NAME}+style-a", f"{MODEL_NAME}+style-b"]
         assert models[1]["parent"] == MODEL_NAME
+        # Ollama clients list models from /api/tags (and /api/ps): the adapters are there too.
+        for route in ("/api/tags", "/api/ps"):
+            tags = httpx.get(running.url + route).json()["models"]
+            assert [m["name"] for m in tags] == [m["id"] for m in models], route
+            assert [m["details"]["parent_model"] for m in tags] == ["", MODEL_NAME, MODEL_NAME], route
 
         bodies = [{"model": f"{MODEL_NAME}+style-a", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
                   {"model": MODEL_NAME, "lora": "style-b", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},

@@ -181,25 +181,38 @@ def _size(state: ServerState) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
-def _model_entry(state: ServerState) -> dict[str, Any]:
-    modified = datetime.fromtimestamp(state.loaded.path.stat().st_mtime, timezone.utc)
-    return {"name": state.model_name, "model": state.model_name, "modified_at": modified.isoformat(),
-            "size": _size(state), "details": _details(state)}
+def _model_entries(state: ServerState) -> list[dict[str, Any]]:
+    """The served model, then base+NAME for each LoRA adapter (what a request's `model` may
+    name), so that Ollama clients such as Open WebUI offer the adapters in their model list.
+    An adapter's details name the base as its parent_model, as Ollama's do for a model made
+    FROM another."""
+    modified = datetime.fromtimestamp(state.loaded.path.stat().st_mtime, timezone.utc).isoformat()
+    entries = []
+    for name in state.model_names():
+        details = _details(state)
+        if name != state.model_name:
+            details["parent_model"] = state.model_name
+        entries.append({"name": name, "model": name, "modified_at": modified, "size": _size(state),
+                        "details": details})
+    return entries
 
 
 @router.get("/api/tags")
 async def tags(request: Request) -> JSONResponse:
-    return JSONResponse({"models": [_model_entry(server_state(request))]})
+    return JSONResponse({"models": _model_entries(server_state(request))})
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> JSONResponse:
+    """Every name of /api/tags: the adapters are held in memory with the base, never unloaded."""
     state = server_state(request)
-    entry = {**_model_entry(state), "expires_at": "0001-01-01T00:00:00Z",  # never unloaded
-             "size_vram": _size(state) if state.loaded.device.type == "cuda" else 0,
-             "context_length": state.context_length}
-    entry.pop("modified_at")
-    return JSONResponse({"models": [entry]})
+    entries = []
+    for entry in _model_entries(state):
+        entry.pop("modified_at")
+        entries.append({**entry, "expires_at": "0001-01-01T00:00:00Z",
+                        "size_vram": _size(state) if state.loaded.device.type == "cuda" else 0,
+                        "context_length": state.context_length})
+    return JSONResponse({"models": entries})
 
 
 @router.post("/api/show")
@@ -212,7 +225,7 @@ async def show(request: Request) -> JSONResponse:
     return JSONResponse({"modelfile": "", "parameters": "", "template": meta.get("tokenizer.chat_template", ""),
                          "details": _details(state), "model_info": info,
                          "capabilities": ["completion", "tools"],
-                         "modified_at": _model_entry(state)["modified_at"]})
+                         "modified_at": _model_entries(state)[0]["modified_at"]})
 
 
 @router.get("/api/version")
