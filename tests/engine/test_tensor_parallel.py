@@ -11,7 +11,8 @@ other none, in the same batch.
 
 The glass box and the scoring route run through rank 0 too: attention maps (every rank's heads
 gathered), the logit lens (rank 0's blocks hooked, each stage projected by all ranks) and the
-log-probabilities of a prompt's tokens (`echo` + `logprobs`).
+log-probabilities of a prompt's tokens (`echo` + `logprobs`); attention and lens with the first
+adapter in the LoRA case.
 """
 
 from __future__ import annotations
@@ -72,10 +73,12 @@ def _run(loaded) -> dict[str, object]:
             for out in engine.step():
                 batched[out.request_id] += out.token_ids
     scores = prompt_logprobs(loaded.model, PROMPTS[0], loaded.tokenizer.vocab_size, top=2)
-    lens = logit_lens(LLM.from_loaded(loaded), "the cat sat on", raw=True, top=3)["layers"]
+    lens = logit_lens(LLM.from_loaded(loaded, names[0] if names else None), "the cat sat on", raw=True,
+                      top=3)["layers"]
     return {"logits": logits, "generator": [streamed[0], streamed[1]],
             "engine": [batched["0"], batched["1"]],
-            "attention": torch.from_numpy(attention_weights(loaded.model, PROMPTS[0])),
+            "attention": torch.from_numpy(attention_weights(
+                loaded.model, PROMPTS[0], None if slot is None else torch.tensor([slot]))),
             "lens_ids": [[t["id"] for t in stage["top"]] for stage in lens],
             "lens_probs": torch.tensor([[t["prob"] for t in stage["top"]] for stage in lens]),
             "score_ids": [s.top for s in scores[1:]],

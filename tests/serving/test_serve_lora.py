@@ -120,3 +120,49 @@ def test_server_concurrent_requests_with_different_adapters(tiny):
         assert ollama.status_code == 200 and ollama.json()["response"] == want
     finally:
         stop()
+
+
+def test_glass_views_show_the_adapter_a_request_names(tiny):
+    """/glass/next, /glass/lens and /glass/attention with `lora` (or `model` base+NAME) show
+    the model with that adapter: each equals the view of `LLM(lora=...)` loaded alone, and
+    differs from the base model's."""
+    import numpy as np
+
+    from llamita.glass.attention import attention_view
+    from llamita.glass.lens import logit_lens
+    from llamita.glass.next_token import next_token_view
+
+    loaded, singles = tiny
+    text = "the cat sat on"
+    running, stop = start_server(loaded, kv_cache_tokens=1024)
+    try:
+        def post(route: str, body: dict) -> dict:
+            r = httpx.post(running.url + route, timeout=60, json={"raw": True, **body})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        for adapter, pick in [(None, {}), ("style-a", {"lora": "style-a"}),
+                              ("style-b", {"model": f"{MODEL_NAME}+style-b"})]:
+            llm = singles[adapter]
+            got = post("/glass/next", {"prompt": text, "top": 5, **pick})
+            want = next_token_view(llm, text, raw=True, top=5)
+            assert [t["id"] for t in got["tokens"]] == [t["id"] for t in want["tokens"]], adapter
+            np.testing.assert_allclose(got["distributions"][0]["probs"], want["distributions"][0]["probs"],
+                                       atol=1e-5)
+            got = post("/glass/lens", {"prompt": text, "top": 2, **pick})
+            want = logit_lens(llm, text, raw=True, top=2)
+            assert [[t["id"] for t in s["top"]] for s in got["layers"]] == \
+                [[t["id"] for t in s["top"]] for s in want["layers"]], adapter
+            got = post("/glass/attention", {"text": text, "layer": 1, **pick})
+            np.testing.assert_allclose(got["matrix"], attention_view(llm, text, raw=True, layer=1)["matrix"],
+                                       atol=1e-5)
+        # The adapters change what the views show (else the above proves nothing).
+        base = post("/glass/attention", {"text": text, "layer": 1})["matrix"]
+        assert np.abs(np.array(post("/glass/attention", {"text": text, "layer": 1, "lora": "style-a"})["matrix"])
+                      - np.array(base)).max() > 1e-3
+        assert post("/glass/next", {"prompt": text, "top": 5, "lora": "style-a"})["distributions"][0]["probs"] != \
+            post("/glass/next", {"prompt": text, "top": 5})["distributions"][0]["probs"]
+        missing = httpx.post(running.url + "/glass/next", json={"prompt": text, "lora": "nope"})
+        assert missing.status_code == 404
+    finally:
+        stop()

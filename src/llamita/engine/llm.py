@@ -88,6 +88,15 @@ class LLM:
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 
+    def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
+        """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's
+        LoRA adapter (its slot on every row), or None without one: what the glass views pass
+        to the model so that they show what the generations run."""
+        if self.adapter is None:
+            return None
+        slot = self.loaded.model.lora.slot(self.adapter)
+        return torch.full((batch,), slot, dtype=torch.int64, device=self.loaded.model.device)
+
     @property
     def last_stats(self) -> GenerationStats:
         """Token counts and timings of the most recent generation."""

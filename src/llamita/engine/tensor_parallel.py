@@ -119,14 +119,14 @@ class LeaderModel:
         dist.broadcast(flat, 0, group=self.group)
         return self.model.logits(flat).reshape(*hidden.shape[:-1], -1)
 
-    def attention_maps(self, tokens: torch.Tensor) -> torch.Tensor:
+    def attention_maps(self, tokens: torch.Tensor, adapters: torch.Tensor | None = None) -> torch.Tensor:
         """Every layer's and head's attention weights for one sequence (1, S): (n_layers,
         n_heads, S, S) float32. Each rank computes those of its heads; rank 0 gathers them in
         head order (ranks hold consecutive heads)."""
         if tokens.dim() != 2 or tokens.shape[0] != 1:  # before the others are told: they would fail
             raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
-        self._announce(_ATTENTION, tokens, None, None, None, False, None)
-        return _gather_heads(self.model.attention_maps(tokens), self.group)
+        self._announce(_ATTENTION, tokens, None, None, None, False, adapters)
+        return _gather_heads(self.model.attention_maps(tokens, adapters), self.group)
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                       cache: KVCache | PagedKVCache | None = None, rows: torch.Tensor | None = None,
@@ -249,7 +249,7 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
             if op == _FORWARD:
                 model(*args, last_only=bool(last_only), **kw)
             elif op == _ATTENTION:
-                _gather_heads(model.attention_maps(args[0]), group)
+                _gather_heads(model.attention_maps(args[0], **kw), group)
             else:
                 model.hidden_states(*args, last_only=bool(last_only), **kw)
             steps += 1

@@ -16,12 +16,13 @@ from llamita.glass.common import find_tokens, pieces, prompt_ids
 from llamita.model.transformer import Transformer
 
 
-def attention_weights(model: Transformer | Any, ids: Sequence[int]) -> np.ndarray:
+def attention_weights(model: Transformer | Any, ids: Sequence[int],
+                      adapters: torch.Tensor | None = None) -> np.ndarray:
     """(n_layers, n_heads, S, S) float32: row i of [l, h] is token i's attention over tokens
     0..i in layer l, head h (each row sums to 1), from one forward pass of `model` (a
     Transformer, or a tensor-parallel LeaderModel, which gathers every rank's heads):
-    model/attention_maps.py."""
-    maps = model.attention_maps(torch.tensor([list(ids)], device=model.device))
+    model/attention_maps.py. adapters: (1,) LoRA slot, as for a forward pass."""
+    maps = model.attention_maps(torch.tensor([list(ids)], device=model.device), adapters=adapters)
     return maps.cpu().numpy()
 
 
@@ -38,7 +39,7 @@ def attention_view(llm: LLM, text: str, *, raw: bool = False, layer: int | None 
     (n_layers, n_heads, S, S) array (numpy; not for JSON).
     """
     ids = prompt_ids(llm, text, raw)
-    weights = attention_weights(llm.loaded.model, ids)
+    weights = attention_weights(llm.loaded.model, ids, llm.adapter_rows())
     n_layers, n_heads = weights.shape[:2]
     for name, value, n in (("layer", layer, n_layers), ("head", head, n_heads)):
         if value is not None and not 0 <= value < n:

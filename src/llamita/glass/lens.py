@@ -13,7 +13,8 @@ from llamita.glass.common import piece, prompt_ids
 
 def layer_residuals(llm: LLM, ids: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The residual stream (dim,) at the last position after the embedding (index 0) and after
-    each block (index i = block i-1's output), and the model's own final logits (V,).
+    each block (index i = block i-1's output), and the model's own final logits (V,), with the
+    LLM's LoRA adapter if it has one.
 
     Hooks record the first block's input and every block's output during the model's real
     forward pass (under tensor parallelism, rank 0's blocks: their outputs are all-reduced)."""
@@ -27,7 +28,7 @@ def layer_residuals(llm: LLM, ids: list[int]) -> tuple[list[torch.Tensor], torch
     handles += [m.register_forward_hook(lambda _m, _args, out: keep(out)) for m in model.layers]
     try:
         with torch.inference_mode():
-            logits = model(torch.tensor([ids], device=model.device))[0, -1]
+            logits = model(torch.tensor([ids], device=model.device), adapters=llm.adapter_rows())[0, -1]
     finally:
         for h in handles:
             h.remove()

@@ -18,10 +18,12 @@ from llamita.tokenizer.tokenizer import Tokenizer
 
 
 def last_logits(llm: LLM, ids: Sequence[int]) -> torch.Tensor:
-    """Float32 logits (V,) for the token after `ids` (rows past the tokenizer's vocabulary cut)."""
+    """Float32 logits (V,) for the token after `ids` (rows past the tokenizer's vocabulary cut),
+    with the LLM's LoRA adapter if it has one."""
     model = llm.loaded.model
     with torch.inference_mode():
-        logits = model(torch.tensor([list(ids)], device=model.device), last_only=True)[0, -1]
+        logits = model(torch.tensor([list(ids)], device=model.device), last_only=True,
+                       adapters=llm.adapter_rows())[0, -1]
     return logits.float().cpu()[: llm.tokenizer.vocab_size]
 
 

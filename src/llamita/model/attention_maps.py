@@ -28,11 +28,13 @@ def scores_to_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores.masked_fill(future, -math.inf), dim=-1)
 
 
-def attention_maps(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+def attention_maps(model: Transformer, tokens: torch.Tensor, adapters: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """(n_layers, n_heads, S, S) float32 for `tokens` (1, S), on the model's device: row i of
     [l, h] is token i's attention over tokens 0..i in layer l, head h (each row sums to 1).
-    One forward pass without a cache; hooks read each layer's attention input and project it
-    with the layer's own q/k weights and RoPE."""
+    One forward pass without a cache (with LoRA slot `adapters` (1,), as `forward` takes it);
+    hooks read each layer's attention input and project it with the layer's own q/k weights
+    (and adapter) and RoPE."""
     if tokens.dim() != 2 or tokens.shape[0] != 1:
         raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
     found: dict[int, torch.Tensor] = {}
@@ -45,7 +47,7 @@ def attention_maps(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     handles = [layer.self_attn.register_forward_pre_hook(record) for layer in model.layers]
     try:
         with torch.inference_mode():
-            model.hidden_states(tokens)
+            model.hidden_states(tokens, adapters=adapters)
     finally:
         for h in handles:
             h.remove()

@@ -268,10 +268,11 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         return self.norm(x)
 
-    def attention_maps(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Every layer's and head's attention weights for one sequence `tokens` (1, S):
-        (n_layers, n_heads, S, S) float32 (model/attention_maps.py)."""
-        return attention_maps(self, tokens)
+    def attention_maps(self, tokens: torch.Tensor, adapters: torch.Tensor | None = None) -> torch.Tensor:
+        """Every layer's and head's attention weights for one sequence `tokens` (1, S), with
+        LoRA slot `adapters` (1,) or none: (n_layers, n_heads, S, S) float32
+        (model/attention_maps.py)."""
+        return attention_maps(self, tokens, adapters)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output projection of final hidden states, float32."""

@@ -1,7 +1,9 @@
 """The glass box over HTTP: POST /glass/tokens, /glass/attention, /glass/next and /glass/lens
 answer with the plain-data views of `llamita.glass` for the served model (the web page's
 "Inside the model" panel draws them). Views that run the model do it on the engine thread,
-between two batch steps, so they never race the requests being generated."""
+between two batch steps, so they never race the requests being generated. They take the
+LoRA adapter as generation requests do (`"model": "<base>+NAME"` or `"lora": "NAME"`) and
+show the model with it."""
 
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ async def attention(request: Request) -> JSONResponse:
     (S, S) attention matrix of one layer / head (absent: the average), row i over tokens 0..i;
     attends_to: what `token` (default the last) draws from most."""
     state, body = await model_request(request)
+    adapter = state.adapter_of(body)  # the LoRA adapter the request names, or None
     text = _text(body, "text")
     raw = field(body, "raw", bool, False)
     cfg = state.loaded.config
@@ -56,7 +59,7 @@ async def attention(request: Request) -> JSONResponse:
     _check_length(state, "text", text, raw, MAX_ATTENTION_TOKENS)
 
     def job(engine: LLMEngine) -> dict[str, Any]:
-        view = attention_view(LLM.from_loaded(engine.loaded), text, raw=raw, layer=layer, head=head,
+        view = attention_view(LLM.from_loaded(engine.loaded, adapter), text, raw=raw, layer=layer, head=head,
                               token=token, top=top)
         view.pop("weights")  # every layer and head: the client asks for the one it shows
         return view
@@ -70,6 +73,7 @@ async def next_token(request: Request) -> JSONResponse:
     the `top` most likely next tokens and their probabilities at each temperature (and after
     the filters, when one is set). One forward pass serves every temperature."""
     state, body = await model_request(request)
+    adapter = state.adapter_of(body)  # the LoRA adapter the request names, or None
     prompt = _text(body, "prompt")
     raw = field(body, "raw", bool, False)
     temperatures = _temperatures(body)
@@ -80,7 +84,7 @@ async def next_token(request: Request) -> JSONResponse:
     _check_length(state, "prompt", prompt, raw, state.context_length)
 
     def job(engine: LLMEngine) -> dict[str, Any]:
-        return next_token_view(LLM.from_loaded(engine.loaded), prompt, raw=raw, temperatures=temperatures,
+        return next_token_view(LLM.from_loaded(engine.loaded, adapter), prompt, raw=raw, temperatures=temperatures,
                                top=top, top_k=top_k, top_p=top_p, min_p=min_p)
 
     return JSONResponse(await state.loop.call(job))
@@ -90,13 +94,14 @@ async def next_token(request: Request) -> JSONResponse:
 async def lens(request: Request) -> JSONResponse:
     """{"prompt", "raw", "top"} -> the logit lens: the top tokens read from every layer."""
     state, body = await model_request(request)
+    adapter = state.adapter_of(body)  # the LoRA adapter the request names, or None
     prompt = _text(body, "prompt")
     raw = field(body, "raw", bool, False)
     top = _top(body, 1)
     _check_length(state, "prompt", prompt, raw, state.context_length)
 
     def job(engine: LLMEngine) -> dict[str, Any]:
-        return logit_lens(LLM.from_loaded(engine.loaded), prompt, raw=raw, top=top)
+        return logit_lens(LLM.from_loaded(engine.loaded, adapter), prompt, raw=raw, top=top)
 
     return JSONResponse(await state.loop.call(job))
 
