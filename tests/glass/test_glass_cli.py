@@ -107,3 +107,30 @@ def test_one_line_errors(tiny_path, args, message):
     result = runner.invoke(app, [*args, "--model", tiny_path])
     assert result.exit_code == 1, result.output
     assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_next_lens_attention_take_lora(tiny_path, tmp_path):
+    """--lora shows the model with the adapter: each command's JSON equals the view of
+    LLM(lora=...) and differs from the base model's."""
+    pytest.importorskip("peft")
+    import numpy as np
+
+    from llamita.engine.llm import LLM
+    from llamita.glass.attention import attention_view
+    from llamita.glass.next_token import next_token_view
+    from lora_models import make_peft_adapter
+
+    cfg = tiny_hf_config()
+    adapter = str(make_peft_adapter(tmp_path / "tone", cfg, random_hf_weights(cfg), seed=7))
+    llm = LLM(tiny_path, dtype="float32", device="cpu", lora=adapter)
+    text = "the cat sat"
+    got = as_json(tiny_path, "next", text, "--raw", "--lora", adapter)
+    want = next_token_view(llm, text, raw=True)
+    base = as_json(tiny_path, "next", text, "--raw")
+    assert [t["id"] for t in got["tokens"]] == [t["id"] for t in want["tokens"]]
+    assert got["distributions"][0]["probs"] == pytest.approx(want["distributions"][0]["probs"], abs=1e-5)
+    assert got["distributions"][0]["probs"] != pytest.approx(base["distributions"][0]["probs"], abs=1e-4)
+    got = as_json(tiny_path, "attention", text, "--raw", "--layer", "1", "--lora", adapter)
+    np.testing.assert_allclose(got["matrix"], attention_view(llm, text, raw=True, layer=1)["matrix"], atol=1e-5)
+    lens = as_json(tiny_path, "lens", text, "--raw", "--lora", adapter)
+    assert lens["prediction"]["id"] == want["tokens"][0]["id"]

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, stderr
+from llamita.cli.common import DtypeOption, LoraOption, ModelOption, friendly_errors, stderr
 
 RawOption = typer.Option(False, "--raw", help="Use the text as it is, without the chat template "
                          "(default: it is a user message and the model is about to answer).")
@@ -22,11 +22,12 @@ JsonOption = typer.Option(False, "--json", help="Print the result as JSON instea
 console = Console(highlight=False)
 
 
-def load(model: Path | None, dtype: str) -> Any:
+def load(model: Path | None, dtype: str, lora: list[str] | None = None) -> Any:
+    """The LLM to look into, with `lora` applied (the views then show the model with them)."""
     from llamita.engine.llm import LLM
 
     with stderr.status("loading model…"):
-        return LLM(model, dtype=dtype)
+        return LLM(model, dtype=dtype, lora=lora)
 
 
 def print_json(data: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
@@ -100,6 +101,7 @@ def next_token(
     raw: bool = RawOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Write a bar chart to this .png file."),
     dtype: str = DtypeOption,
+    lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
     """The probability of each possible next token after PROMPT, at each temperature, and
@@ -112,7 +114,7 @@ def next_token(
     from llamita.glass.next_token import next_token_view
 
     temps = temperature or [1.0]
-    data = next_token_view(load(model, dtype), prompt, raw=raw, temperatures=temps, top=top,
+    data = next_token_view(load(model, dtype, lora), prompt, raw=raw, temperatures=temps, top=top,
                            top_k=top_k, top_p=top_p, min_p=min_p)
     if out is not None:
         from llamita.glass.plots import next_token_chart
@@ -149,6 +151,7 @@ def lens(
     top: int = typer.Option(1, "--top", help="Tokens to show per layer."),
     raw: bool = RawOption,
     dtype: str = DtypeOption,
+    lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Logit lens: the token each layer would predict next if the model stopped there (its
@@ -159,7 +162,7 @@ def lens(
     """
     from llamita.glass.lens import logit_lens
 
-    data = logit_lens(load(model, dtype), prompt, raw=raw, top=top)
+    data = logit_lens(load(model, dtype, lora), prompt, raw=raw, top=top)
     if as_json:
         print_json(data)
         return
@@ -187,6 +190,7 @@ def attention(
     raw: bool = RawOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Write the attention heatmap to this .png file."),
     dtype: str = DtypeOption,
+    lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Attention weights of the real forward pass: how much each token draws from each earlier
@@ -197,7 +201,7 @@ def attention(
     """
     from llamita.glass.attention import attention_view
 
-    data = attention_view(load(model, dtype), text, raw=raw, layer=layer, head=head, token=token,
+    data = attention_view(load(model, dtype, lora), text, raw=raw, layer=layer, head=head, token=token,
                           to=to, top=top)
     if out is not None:
         from llamita.glass.plots import attention_heatmap
@@ -310,6 +314,7 @@ def sample(
     max_tokens: int = typer.Option(40, "--max-tokens", help="Most tokens per sample."),
     raw: bool = RawOption,
     dtype: str = DtypeOption,
+    lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Sample PROMPT several times at each temperature (no top-k/top-p/min-p, so only the
@@ -321,7 +326,7 @@ def sample(
     """
     from llamita.glass.variability import sample_view
 
-    data = sample_view(load(model, dtype), prompt, temperatures=temperature or [0.1, 1.5], n=n,
+    data = sample_view(load(model, dtype, lora), prompt, temperatures=temperature or [0.1, 1.5], n=n,
                        seed=seed, max_tokens=max_tokens, raw=raw)
     if as_json:
         print_json(data)
