@@ -22,7 +22,7 @@ def layer_residuals(llm: LLM, ids: list[int]) -> tuple[list[torch.Tensor], torch
     seen: list[torch.Tensor] = []
 
     def keep(x: torch.Tensor) -> None:
-        seen.append(x[0, -1].detach().clone())
+        seen.append(x[0, -1].detach().to(model.device, copy=True))  # offloaded blocks: their device
 
     handles = [model.layers[0].register_forward_pre_hook(lambda _m, args: keep(args[0]))]
     handles += [m.register_forward_hook(lambda _m, _args, out: keep(out)) for m in model.layers]

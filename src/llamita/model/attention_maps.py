@@ -42,9 +42,11 @@ def attention_maps(model: Transformer, tokens: torch.Tensor, adapters: torch.Ten
     def record(module: Any, args: tuple[Any, ...]) -> None:
         x, cos, sin = args[:3]
         q, k, _ = module.project_qkv(x, cos, sin)
-        found[module.layer] = scores_to_weights(q[0], k[0])
+        found[module.layer] = scores_to_weights(q[0], k[0]).to(tokens.device)
 
-    handles = [layer.self_attn.register_forward_pre_hook(record) for layer in model.layers]
+    # An offloaded block (model/offload.py OnDevice) holds the real one as `inner`, on its device.
+    blocks = [getattr(layer, "inner", layer) for layer in model.layers]
+    handles = [block.self_attn.register_forward_pre_hook(record) for block in blocks]
     try:
         with torch.inference_mode():
             model.hidden_states(tokens, adapters=adapters)
