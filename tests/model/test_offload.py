@@ -9,7 +9,10 @@ import torch
 from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
+from llamita.engine.llm import LLM
 from llamita.errors import InvalidParameterError
+from llamita.glass.attention import attention_weights
+from llamita.glass.lens import logit_lens
 from llamita.model.offload import OnDevice, layer_devices, offload_layers
 from llamita.sampling_params import SamplingParams
 
@@ -52,6 +55,16 @@ def test_wrapped_blocks_compute_the_same(llm_f32):
     offload_layers(loaded.model, 10, torch.device("cpu"))
     assert all(isinstance(b, OnDevice) for b in loaded.model.layers)
     assert _greedy(loaded) == _greedy(llm_f32.loaded)
+    _same_glass(loaded, llm_f32.loaded)
+
+
+def _same_glass(off, ref) -> None:
+    """The glass box reaches into the blocks (attention maps, the logit lens): through the
+    wrappers it sees what it sees in the whole model."""
+    got, want = attention_weights(off.model, PROMPT), attention_weights(ref.model, PROMPT)
+    assert got.shape == want.shape and abs(got - want).max() < 1e-4
+    lens = [logit_lens(LLM.from_loaded(x), "The capital of France is", raw=True, top=3)["layers"] for x in (off, ref)]
+    assert [[t["id"] for t in s["top"]] for s in lens[0]] == [[t["id"] for t in s["top"]] for s in lens[1]]
 
 
 @needs_cuda
@@ -68,6 +81,7 @@ def test_half_the_layers_on_the_gpu_equal_the_cpu(llm_f32, default_model_path):
     assert float((got - want).abs().max() / want.abs().max()) < 1e-4
     assert _greedy(off) == _greedy(ref)
     assert _engine_greedy(off) == _engine_greedy(ref)
+    _same_glass(off, ref)
 
 
 @needs_cuda
