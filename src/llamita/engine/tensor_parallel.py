@@ -27,6 +27,7 @@ import torch.distributed as dist
 from llamita.engine.loader import LoadedModel, load_model, resolve_device
 from llamita.engine.lora import LoraSpec, attach_loras
 from llamita.errors import InvalidParameterError
+from llamita.model.attention_maps import check_one_sequence
 from llamita.model.kv_cache import KVCache
 from llamita.model.paged_kv_cache import PagedKVCache
 from llamita.model.transformer import Transformer
@@ -123,8 +124,7 @@ class LeaderModel:
         """Every layer's and head's attention weights for one sequence (1, S): (n_layers,
         n_heads, S, S) float32. Each rank computes those of its heads; rank 0 gathers them in
         head order (ranks hold consecutive heads)."""
-        if tokens.dim() != 2 or tokens.shape[0] != 1:  # before the others are told: they would fail
-            raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
+        check_one_sequence(tokens)  # before the others are told: they would fail
         self._announce(_ATTENTION, tokens, None, None, None, False, adapters)
         return _gather_heads(self.model.attention_maps(tokens, adapters), self.group)
 

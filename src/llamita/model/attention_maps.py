@@ -28,6 +28,12 @@ def scores_to_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores.masked_fill(future, -math.inf), dim=-1)
 
 
+def check_one_sequence(tokens: torch.Tensor) -> None:
+    """Attention maps are of one sequence: tokens (1, S)."""
+    if tokens.dim() != 2 or tokens.shape[0] != 1:
+        raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
+
+
 def attention_maps(model: Transformer, tokens: torch.Tensor, adapters: torch.Tensor | None = None
                    ) -> torch.Tensor:
     """(n_layers, n_heads, S, S) float32 for `tokens` (1, S), on the model's device: row i of
@@ -35,8 +41,7 @@ def attention_maps(model: Transformer, tokens: torch.Tensor, adapters: torch.Ten
     One forward pass without a cache (with LoRA slot `adapters` (1,), as `forward` takes it);
     hooks read each layer's attention input and project it with the layer's own q/k weights
     (and adapter) and RoPE."""
-    if tokens.dim() != 2 or tokens.shape[0] != 1:
-        raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
+    check_one_sequence(tokens)
     found: dict[int, torch.Tensor] = {}
 
     def record(module: Any, args: tuple[Any, ...]) -> None:

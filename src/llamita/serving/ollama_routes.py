@@ -181,18 +181,22 @@ def _size(state: ServerState) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
+def _modified(state: ServerState) -> str:
+    return datetime.fromtimestamp(state.loaded.path.stat().st_mtime, timezone.utc).isoformat()
+
+
 def _model_entries(state: ServerState) -> list[dict[str, Any]]:
     """The served model, then base+NAME for each LoRA adapter (what a request's `model` may
     name), so that Ollama clients such as Open WebUI offer the adapters in their model list.
     An adapter's details name the base as its parent_model, as Ollama's do for a model made
     FROM another."""
-    modified = datetime.fromtimestamp(state.loaded.path.stat().st_mtime, timezone.utc).isoformat()
+    modified, size = _modified(state), _size(state)
     entries = []
     for name in state.model_names():
         details = _details(state)
         if name != state.model_name:
             details["parent_model"] = state.model_name
-        entries.append({"name": name, "model": name, "modified_at": modified, "size": _size(state),
+        entries.append({"name": name, "model": name, "modified_at": modified, "size": size,
                         "details": details})
     return entries
 
@@ -206,12 +210,11 @@ async def tags(request: Request) -> JSONResponse:
 async def ps(request: Request) -> JSONResponse:
     """Every name of /api/tags: the adapters are held in memory with the base, never unloaded."""
     state = server_state(request)
-    entries = []
-    for entry in _model_entries(state):
+    entries = _model_entries(state)
+    for entry in entries:
         entry.pop("modified_at")
-        entries.append({**entry, "expires_at": "0001-01-01T00:00:00Z",
-                        "size_vram": _size(state) if state.loaded.device.type == "cuda" else 0,
-                        "context_length": state.context_length})
+        entry.update(expires_at="0001-01-01T00:00:00Z", context_length=state.context_length,
+                     size_vram=entry["size"] if state.loaded.device.type == "cuda" else 0)
     return JSONResponse({"models": entries})
 
 
@@ -225,7 +228,7 @@ async def show(request: Request) -> JSONResponse:
     return JSONResponse({"modelfile": "", "parameters": "", "template": meta.get("tokenizer.chat_template", ""),
                          "details": _details(state), "model_info": info,
                          "capabilities": ["completion", "tools"],
-                         "modified_at": _model_entries(state)[0]["modified_at"]})
+                         "modified_at": _modified(state)})
 
 
 @router.get("/api/version")
