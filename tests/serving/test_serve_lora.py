@@ -166,3 +166,73 @@ def test_glass_views_show_the_adapter_a_request_names(tiny):
         assert missing.status_code == 404
     finally:
         stop()
+
+
+def test_web_page_chats_and_looks_inside_with_the_chosen_adapter(tiny, browser, tmp_path):
+    """The page offers the base and each adapter; an answer written with an adapter equals
+    `LLM(lora=...)`'s, is saved with that model and says so, the conversation reopens with it,
+    and the "Inside the model" panel shows the model with that adapter. Last in this module: the
+    browser's event loop would break the asyncio.run above."""
+    from llamita.glass.next_token import next_token_view
+
+    loaded, singles = tiny
+    question, text = "hola", "the cat sat on"
+    greedy = SamplingParams(temperature=0, max_tokens=5)
+    want = {k: singles[k].chat([{"role": "user", "content": question}], greedy).text for k in (None, "style-b")}
+    assert want[None] != want["style-b"]  # else the page's choice would prove nothing
+    probs = {k: next_token_view(singles[k], text, raw=True, top=10)["distributions"][0]["probs"] for k in (None, "style-b")}
+    assert max(abs(a - b) for a, b in zip(probs[None], probs["style-b"])) > 1e-3
+    running, stop = start_server(loaded, kv_cache_tokens=1024, data_dir=str(tmp_path))
+    try:
+        page = browser.new_page(locale="en-US")
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sent: list[dict] = []
+        page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/glass/next") else None)
+        page.set_default_timeout(30_000)
+        page.goto(running.url + "/")
+        page.wait_for_selector("#model-choice:not([hidden])")
+        assert page.locator("#model option").all_inner_texts() == [f"{MODEL_NAME} (base)", "style-a", "style-b"]
+        assert page.input_value("#model") == MODEL_NAME
+
+        def ask() -> dict:
+            page.fill("#temperature", "0")
+            page.fill("#max_tokens", "5")
+            page.fill("#message-input", question)
+            page.click("#send")
+            page.wait_for_selector(".message.assistant:not(.streaming) .thumb-up")
+            cid = page.evaluate("localStorage.getItem('llamita.conversation')")
+            return httpx.get(f"{running.url}/ui/conversations/{cid}").json()
+
+        page.select_option("#model", f"{MODEL_NAME}+style-b")
+        styled = ask()
+        assert styled["messages"][1]["content"] == want["style-b"]
+        assert styled["messages"][1]["model"] == f"{MODEL_NAME}+style-b"
+        assert styled["params"]["model"] == f"{MODEL_NAME}+style-b"
+        assert page.locator(".message.assistant .meta .model").inner_text() == "style-b"
+
+        page.reload()  # the conversation comes back with its adapter chosen
+        page.wait_for_selector("#conversation-list li.active")
+        assert page.input_value("#model") == f"{MODEL_NAME}+style-b"
+
+        page.click("#glass summary")
+        page.fill("#glass-text", text)
+        page.click("#glass-run")
+        page.wait_for_selector("#glass-next li")
+        shown = [float(s.rstrip("%")) for s in page.locator("#glass-next .prob").all_inner_texts()]
+        assert shown == pytest.approx([100 * p for p in probs["style-b"]], abs=0.051)
+        assert sent[-1]["model"] == f"{MODEL_NAME}+style-b"
+
+        page.select_option("#model", MODEL_NAME)  # the panel looks again, with the base model
+        page.wait_for_function("want => [...document.querySelectorAll('#glass-next .prob')].every("
+                               "(el, k) => Math.abs(parseFloat(el.textContent) - want[k]) <= 0.051)",
+                               arg=[100 * p for p in probs[None]])
+        assert "model" not in sent[-1] or sent[-1]["model"] == MODEL_NAME
+        page.click("#new-conversation")
+        page.select_option("#model", MODEL_NAME)
+        plain = ask()
+        assert plain["messages"][1]["content"] == want[None] and plain["messages"][1]["model"] == MODEL_NAME
+        assert errors == []
+        page.close()
+    finally:
+        stop()

@@ -102,6 +102,54 @@ def test_wal_mode_schema_version_and_a_second_connection(store):
     assert other.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3
 
 
+def test_answers_keep_their_model_and_the_export_says_it(store):
+    c = store.create_conversation("Styles", params={"temperature": 0.0, "model": "smol+style-a"})
+    store.add_message(c["id"], "user", "hi")
+    styled = store.add_message(c["id"], "assistant", "Ahoy.", model="smol+style-a")
+    store.add_message(c["id"], "user", "again")
+    plain = store.add_message(c["id"], "assistant", "Hello.")
+    assert store.get_conversation(c["id"])["params"]["model"] == "smol+style-a"
+    assert [m["model"] for m in store.get_conversation(c["id"])["messages"]] == [None, "smol+style-a", None, None]
+    store.set_feedback(styled["id"], 1)
+    store.set_feedback(plain["id"], -1)
+    rows = [json.loads(line) for line in store.export_feedback()]
+    assert rows[0]["model"] == "smol+style-a" and "model" not in rows[1]
+
+
+# The chat store of llamita before answers kept their model (schema version 1), as it wrote files.
+_SCHEMA_V1 = """
+CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL, system_prompt TEXT NOT NULL DEFAULT '',
+    params TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE messages (id INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE, role TEXT NOT NULL,
+    content TEXT NOT NULL, tokens_per_second REAL, created_at REAL NOT NULL);
+CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
+CREATE TABLE feedback (message_id INTEGER NOT NULL UNIQUE REFERENCES messages(id) ON DELETE CASCADE,
+    rating INTEGER NOT NULL CHECK (rating IN (1, -1)), comment TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL);
+INSERT INTO conversations VALUES ('old', 'Before', '', '{"temperature": 0.7}', 1.0, 2.0);
+INSERT INTO messages VALUES (1, 'old', 'user', 'Hola', NULL, 1.0), (2, 'old', 'assistant', 'Buenas.', 12.5, 2.0);
+INSERT INTO feedback VALUES (2, 1, 'bien', 3.0);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_file_upgrades_in_place_and_keeps_its_data(tmp_path):
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(_SCHEMA_V1)
+    db.close()
+    store = ChatStore(tmp_path)
+    assert sqlite3.connect(store.path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    old = store.get_conversation("old")
+    assert [(m["content"], m["model"], m["tokens_per_second"]) for m in old["messages"]] == \
+        [("Hola", None, None), ("Buenas.", None, 12.5)]
+    assert old["messages"][1]["feedback"] == {"rating": 1, "comment": "bien"}
+    assert store.add_message("old", "assistant", "Otra.", model="m+a")["model"] == "m+a"
+    assert json.loads(next(store.export_feedback())) == {
+        "messages": [{"role": "user", "content": "Hola"}, {"role": "assistant", "content": "Buenas."}],
+        "rating": 1, "comment": "bien"}
+    assert ChatStore(tmp_path).get_conversation("old")["messages"][2]["model"] == "m+a"  # upgraded once
+
+
 def test_newer_schema_is_refused(tmp_path):
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.execute("PRAGMA user_version = 99")
@@ -144,7 +192,7 @@ def test_conversation_routes(http):
     assert cid in [c["id"] for c in http.get("/ui/conversations").json()["data"]]
     user = http.post(f"/ui/conversations/{cid}/messages", json={"role": "user", "content": "¿Qué tal?"})
     answer = http.post(f"/ui/conversations/{cid}/messages",
-                       json={"role": "assistant", "content": "Bien.", "tokens_per_second": 42})
+                       json={"role": "assistant", "content": "Bien.", "tokens_per_second": 42, "model": "smol"})
     assert user.status_code == answer.status_code == 201
     answer_id = answer.json()["id"]
     r = http.put(f"/ui/messages/{answer_id}/feedback", json={"rating": 1, "comment": "ok"})
@@ -154,13 +202,16 @@ def test_conversation_routes(http):
     got = http.get(f"/ui/conversations/{cid}").json()
     assert [m["content"] for m in got["messages"]] == ["¿Qué tal?", "Bien."]
     assert got["messages"][1]["feedback"] == {"rating": 1, "comment": "ok"}
-    assert got["messages"][1]["tokens_per_second"] == 42
+    assert got["messages"][1]["tokens_per_second"] == 42 and got["messages"][1]["model"] == "smol"
+    r = http.patch(f"/ui/conversations/{cid}", json={"params": {"temperature": 0.2, "model": "smol+style"}})
+    assert r.status_code == 200 and r.json()["params"] == {"temperature": 0.2, "model": "smol+style"}
 
     export = http.get("/ui/feedback.jsonl")
     assert export.status_code == 200 and "attachment" in export.headers["content-disposition"]
     rows = [json.loads(line) for line in export.text.splitlines()]
     mine = [row for row in rows if row["messages"][-1]["content"] == "Bien."]
     assert mine and mine[-1]["messages"][0] == {"role": "system", "content": "Sé breve."}
+    assert mine[-1]["model"] == "smol"
 
     assert http.delete(f"/ui/conversations/{cid}").status_code == 204
     assert http.get(f"/ui/conversations/{cid}").status_code == 404
@@ -201,6 +252,10 @@ def test_route_errors(http):
                   400)["param"] == "params"
     assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"top_k": 0.5}}),
                   400)["param"] == "params.top_k"
+    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"model": 3}}),
+                  400)["param"] == "params.model"
+    assert _error(http.post(f"/ui/conversations/{cid}/messages",
+                            json={"role": "assistant", "content": "x", "model": ["a"]}), 400)["param"] == "model"
 
 
 def test_ui_routes_need_the_api_key_but_the_page_does_not(loaded, tmp_path):

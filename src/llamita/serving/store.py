@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 DB_NAME = "llamita.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Each step takes a database from the version before it to its own; older files upgrade in place.
+_MIGRATIONS = {2: "ALTER TABLE messages ADD COLUMN model TEXT;"}
 ROLES = ("system", "user", "assistant")
 
 _SCHEMA = """
@@ -24,7 +26,7 @@ CREATE TABLE conversations (
     id TEXT PRIMARY KEY,
     title TEXT NOT NULL,
     system_prompt TEXT NOT NULL DEFAULT '',
-    params TEXT NOT NULL DEFAULT '{}',  -- JSON object: temperature, top_p, top_k, max_tokens
+    params TEXT NOT NULL DEFAULT '{}',  -- JSON object: temperature, top_p, top_k, max_tokens, model
     created_at REAL NOT NULL,           -- Unix seconds
     updated_at REAL NOT NULL
 );
@@ -34,7 +36,8 @@ CREATE TABLE messages (
     role TEXT NOT NULL,
     content TEXT NOT NULL,
     tokens_per_second REAL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    model TEXT                          -- the answer's model ("<base>+NAME" with an adapter); NULL if unknown
 );
 CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
 CREATE TABLE feedback (
@@ -68,6 +71,8 @@ class ChatStore:
             elif version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} has schema version {version}; this llamita reads up to "
                                    f"{SCHEMA_VERSION}: upgrade llamita or use another --data-dir")
+            for step in range(version + 1, SCHEMA_VERSION + 1) if version else ():
+                db.executescript(f"BEGIN IMMEDIATE;{_MIGRATIONS[step]}PRAGMA user_version={step};COMMIT;")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -136,7 +141,7 @@ class ChatStore:
     # Messages and feedback
 
     def add_message(self, conversation_id: str, role: str, content: str,
-                    tokens_per_second: float | None = None) -> dict[str, Any] | None:
+                    tokens_per_second: float | None = None, model: str | None = None) -> dict[str, Any] | None:
         """The stored message, or None when there is no such conversation."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -146,8 +151,8 @@ class ChatStore:
             if found.rowcount == 0:
                 return None
             cursor = db.execute("INSERT INTO messages (conversation_id, role, content, tokens_per_second, "
-                                "created_at) VALUES (?, ?, ?, ?, ?)",
-                                (conversation_id, role, content, tokens_per_second, now))
+                                "created_at, model) VALUES (?, ?, ?, ?, ?, ?)",
+                                (conversation_id, role, content, tokens_per_second, now, model))
             row = db.execute("SELECT *, NULL AS rating, NULL AS comment FROM messages WHERE id = ?",
                              (cursor.lastrowid,)).fetchone()
         return _message(row)
@@ -171,9 +176,10 @@ class ChatStore:
 
     def export_feedback(self) -> Iterator[str]:
         """One JSON line per rated message, in OpenAI's fine-tuning shape: {"messages": the
-        conversation (system prompt first) up to and including the rated answer, "rating", "comment"}."""
+        conversation (system prompt first) up to and including the rated answer, "rating", "comment"},
+        and "model" when the page said which model (or base+adapter) gave the answer."""
         with self._connect() as db:
-            rated = db.execute("SELECT f.message_id, f.rating, f.comment, m.conversation_id, c.system_prompt "
+            rated = db.execute("SELECT f.message_id, f.rating, f.comment, m.conversation_id, m.model, c.system_prompt "
                                "FROM feedback f JOIN messages m ON m.id = f.message_id "
                                "JOIN conversations c ON c.id = m.conversation_id ORDER BY f.message_id").fetchall()
             for r in rated:
@@ -181,8 +187,10 @@ class ChatStore:
                                      "ORDER BY id", (r["conversation_id"], r["message_id"])).fetchall()
                 messages = [{"role": "system", "content": r["system_prompt"]}] if r["system_prompt"] else []
                 messages += [{"role": m["role"], "content": m["content"]} for m in history]
-                yield json.dumps({"messages": messages, "rating": r["rating"], "comment": r["comment"]},
-                                 ensure_ascii=False) + "\n"
+                line = {"messages": messages, "rating": r["rating"], "comment": r["comment"]}
+                if r["model"] is not None:
+                    line["model"] = r["model"]
+                yield json.dumps(line, ensure_ascii=False) + "\n"
 
 
 @contextmanager
@@ -204,5 +212,5 @@ def _conversation(row: sqlite3.Row) -> dict[str, Any]:
 def _message(row: sqlite3.Row) -> dict[str, Any]:
     feedback = None if row["rating"] is None else {"rating": row["rating"], "comment": row["comment"]}
     return {"id": row["id"], "conversation_id": row["conversation_id"], "role": row["role"],
-            "content": row["content"], "tokens_per_second": row["tokens_per_second"],
+            "content": row["content"], "tokens_per_second": row["tokens_per_second"], "model": row["model"],
             "created_at": row["created_at"], "feedback": feedback}

@@ -16,7 +16,9 @@ from llamita.serving.request_body import field, read_json_object
 from llamita.serving.store import ROLES, ChatStore
 
 STATIC_DIR = Path(__file__).parent / "static"
-PARAM_NAMES = ("temperature", "top_p", "top_k", "max_tokens")
+# What a conversation keeps of its settings, with each one's JSON type. `model` is the name the
+# page sends as the request's "model": the base, or "<base>+NAME" for a LoRA adapter.
+PARAM_TYPES: dict[str, type] = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "model": str}
 
 router = APIRouter()
 
@@ -64,7 +66,8 @@ async def delete_conversation(request: Request, conversation_id: str) -> Respons
 
 @router.post("/ui/conversations/{conversation_id}/messages")
 async def add_message(request: Request, conversation_id: str) -> JSONResponse:
-    """{"role": "user" | "assistant" | "system", "content": text, "tokens_per_second": number?}."""
+    """{"role": "user" | "assistant" | "system", "content": text, "tokens_per_second": number?,
+    "model": the model name that wrote an answer?}."""
     body = await read_json_object(request)
     role = field(body, "role", str, required=True)
     if role not in ROLES:
@@ -73,7 +76,8 @@ async def add_message(request: Request, conversation_id: str) -> JSONResponse:
     speed = field(body, "tokens_per_second", float)
     if speed is not None and speed < 0:
         raise APIError(400, "'tokens_per_second' must be >= 0", param="tokens_per_second")
-    message = await run_in_threadpool(chat_store(request).add_message, conversation_id, role, content, speed)
+    model = field(body, "model", str)
+    message = await run_in_threadpool(chat_store(request).add_message, conversation_id, role, content, speed, model)
     if message is None:
         raise _no_conversation(conversation_id)
     return JSONResponse(message, status_code=201)
@@ -109,12 +113,12 @@ def _conversation_fields(body: dict[str, Any]) -> dict[str, Any]:
     fields = {"title": field(body, "title", str), "system_prompt": field(body, "system_prompt", str)}
     params = field(body, "params", dict)
     if params is not None:
-        unknown = sorted(set(params) - set(PARAM_NAMES))
+        unknown = sorted(set(params) - set(PARAM_TYPES))
         if unknown:
-            raise APIError(400, f"'params' takes {', '.join(PARAM_NAMES)}; unknown: {', '.join(unknown)}",
+            raise APIError(400, f"'params' takes {', '.join(PARAM_TYPES)}; unknown: {', '.join(unknown)}",
                            param="params")
-        for name in PARAM_NAMES:
-            field(params, name, int if name in ("top_k", "max_tokens") else float, where="params.")
+        for name, kind in PARAM_TYPES.items():
+            field(params, name, kind, where="params.")
         fields["params"] = params
     return {k: v for k, v in fields.items() if v is not None}
 

@@ -17,7 +17,8 @@ const TEXT = {
     messagePlaceholder: "Write a message… (Enter sends, Shift+Enter for a new line)", send: "Send", stop: "Stop",
     rename: "Rename", delete: "Delete", renamePrompt: "New title:", deleteConfirm: "Delete this conversation?",
     untitled: "Untitled", good: "Good answer", bad: "Bad answer", stopped: "stopped",
-    keyPrompt: "This server needs an API key:", tokensPerSecond: "tokens/s",
+    keyPrompt: "This server needs an API key:", tokensPerSecond: "tokens/s", model: "Model",
+    baseModel: "{name} (base)",
   },
   es: {
     new: "Nueva conversación", export: "Exportar valoraciones (JSONL)", forgetKey: "Olvidar la clave de API",
@@ -27,12 +28,12 @@ const TEXT = {
     stop: "Detener", rename: "Renombrar", delete: "Borrar", renamePrompt: "Nuevo título:",
     deleteConfirm: "¿Borrar esta conversación?", untitled: "Sin título", good: "Buena respuesta",
     bad: "Mala respuesta", stopped: "detenida", keyPrompt: "Este servidor pide una clave de API:",
-    tokensPerSecond: "tokens/s",
+    tokensPerSecond: "tokens/s", model: "Modelo", baseModel: "{name} (base)",
   },
 };
 
 const $ = (id) => document.getElementById(id);
-const state = { lang: "en", conversations: [], current: null, abort: null };
+const state = { lang: "en", conversations: [], current: null, abort: null, models: [] };
 
 function t(key) { return TEXT[state.lang][key] || TEXT.en[key] || key; }
 
@@ -80,6 +81,24 @@ function showError(error) {
   $("error").hidden = !error;
 }
 
+// Models: the served model and, after it, one "<base>+NAME" per LoRA adapter (/v1/models).
+// The choice shows only when there is one to make, and each conversation keeps its own.
+async function loadModels() {
+  state.models = (await api("/v1/models")).data;
+  const select = $("model");
+  select.replaceChildren(...state.models.map((m) => new Option(modelLabel(m), m.id)));
+  $("model-choice").hidden = state.models.length < 2;
+}
+
+function modelLabel(m) {
+  if (m.parent) return m.id.slice(m.parent.length + 1);  // the adapter's name
+  return state.models.length > 1 ? t("baseModel").replace("{name}", m.id) : m.id;
+}
+
+function chosenModel() {
+  return $("model-choice").hidden ? null : $("model").value || null;
+}
+
 // Parameters
 function readParams() {
   const params = {};
@@ -87,11 +106,17 @@ function readParams() {
     const value = $(name).value;
     if (value !== "") params[name] = name === "top_k" || name === "max_tokens" ? parseInt(value, 10) : parseFloat(value);
   }
+  const model = chosenModel();
+  if (model) params.model = model;
   return params;
 }
 
 function writeParams(params) {
   for (const name of PARAM_FIELDS) $(name).value = params[name] ?? "";
+  // A model the server no longer serves (restarted without that adapter) falls back to the base.
+  if (state.models.length) {
+    $("model").value = state.models.some((m) => m.id === params.model) ? params.model : state.models[0].id;
+  }
   const preset = Object.entries(PRESETS).find(([, p]) => Object.keys(p).every((k) => p[k] === params[k]));
   $("preset").value = preset ? preset[0] : "custom";
 }
@@ -197,6 +222,11 @@ function messageElement(m) {
 function fillMeta(el, m) {
   const meta = el.querySelector(".meta");
   meta.replaceChildren();
+  if (m.model && !$("model-choice").hidden) {
+    const model = state.models.find((x) => x.id === m.model);
+    meta.append(Object.assign(document.createElement("span"),
+      { className: "model", textContent: model ? modelLabel(model) : m.model }));
+  }
   if (m.tokens_per_second != null) {
     const speed = document.createElement("span");
     speed.className = "speed";
@@ -237,7 +267,7 @@ async function send(text) {
   $("messages").append(messageElement(user));
   loadConversations().catch(showError);
 
-  const answer = { role: "assistant", content: "", tokens_per_second: null, feedback: null };
+  const answer = { role: "assistant", content: "", tokens_per_second: null, feedback: null, model: params.model ?? null };
   const el = messageElement(answer);
   el.classList.add("streaming");
   $("messages").append(el);
@@ -247,7 +277,8 @@ async function send(text) {
   el.classList.remove("streaming");
   if (answer.content) {
     const saved = await api(conversationPath, "POST",
-      { role: "assistant", content: answer.content, tokens_per_second: answer.tokens_per_second });
+      { role: "assistant", content: answer.content, tokens_per_second: answer.tokens_per_second,
+        ...(answer.model ? { model: answer.model } : {}) });
     Object.assign(answer, saved);
     state.current.messages.push(answer);
   }
@@ -351,7 +382,8 @@ function init() {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("composer").requestSubmit(); }
   });
 
-  loadConversations().then(() => {
+  // The models first: opening the last conversation sets its model in their list.
+  loadModels().catch(showError).then(loadConversations).then(() => {
     const last = localStorage.getItem("llamita.conversation");
     if (last && state.conversations.some((c) => c.id === last)) return openConversation(last);
   }).catch(showError);

@@ -39,6 +39,13 @@ function tokenColour(id) {
   return `hsl(${(id * 137.508) % 360}, 70%, 84%)`;  // golden angle: neighbouring ids differ
 }
 
+// The chat's model choice (app.js) holds here too: with an adapter chosen, the views show the
+// model with that adapter. Tokens need no model: adapters leave the tokenizer alone.
+function glassModel() {
+  const model = chosenModel();
+  return model ? { model } : {};
+}
+
 function glassError(error) {
   $("glass-error").textContent = error ? String(error.message || error) : "";
   $("glass-error").hidden = !error;
@@ -87,7 +94,8 @@ function choice(select) {
 
 async function glassAttention() {
   if (glass.text === null) return;
-  const body = { text: glass.text, raw: glass.raw, layer: choice($("glass-layer")), head: choice($("glass-head")) };
+  const body = { text: glass.text, raw: glass.raw, layer: choice($("glass-layer")), head: choice($("glass-head")),
+    ...glassModel() };
   const asked = ++glass.attentionAsked;
   const view = await api("/glass/attention", "POST", body);
   if (asked !== glass.attentionAsked) return;  // a newer choice is on its way: draw that one
@@ -142,7 +150,7 @@ function hoverHeatmap(event) {
 
 async function glassNext() {
   glass.next = await api("/glass/next", "POST",
-    { prompt: glass.text, raw: glass.raw, temperatures: GLASS_TEMPERATURES, top: 10 });
+    { prompt: glass.text, raw: glass.raw, temperatures: GLASS_TEMPERATURES, top: 10, ...glassModel() });
   drawNext();
 }
 
@@ -185,6 +193,8 @@ function glassInit() {
     $(id).addEventListener("change", () => glassAttention().catch(glassError));
   }
   $("glass-temperature").addEventListener("input", drawNext);
+  // Another model (or adapter) chosen: look again at the same text with it.
+  $("model").addEventListener("change", () => { if (glass.text !== null) glassRun().catch(glassError); });
   $("glass-heatmap").addEventListener("mousemove", hoverHeatmap);
   // The language button re-labels the page (app.js); the "average" options and counts here.
   $("lang").addEventListener("click", () => {
