@@ -4,8 +4,10 @@ Computed from shapes, not measured: the file size is the sum over tensors of the
 type the quantization mix gives each (the same rules `llamita quantize` writes), and the RAM is
 what llamita keeps resident for each tensor on the CPU in bfloat16 (see `weights/gguf.py`):
 
-* Q4_0 / Q4_1 / Q4_K linear weights: torch's packed int4, 4 bits + a bfloat16 scale and zero
-  per 32 weights (5 bits a weight);
+* Q4_0 / Q4_1 linear weights: packed int4, 4 bits + a bfloat16 scale and zero per 32 weights
+  (5 bits a weight); Q4_K: packed int4 in its own scales (layout "vnni_k"), 4 bits + a byte of
+  scale and of min per 32 + an f16 d and dmin per 256 (4.625 bits) where llamita's VNNI kernel
+  runs (AVX-512 VNNI; elsewhere 5 bits, as Q4_0);
 * other quantized linear weights: int8 per row, 8 bits + one bfloat16 scale per row;
 * a quantized token embedding: its file bytes (decoded per lookup); tied, the int8 table the
   output projection needs;
@@ -68,6 +70,8 @@ def _resident_bytes(name: str, shape: tuple[int, ...], t: GGMLType, tied: bool) 
         if tied:  # one int8 table serves the lookup and the output projection
             return int8 if t not in _Q4 else tensor_nbytes(t, n) + n // 2 + n // 32 * 4
         return tensor_nbytes(t, n)
+    if t == GGMLType.Q4_K and rows % 16 == 0:
+        return n // 2 + n // 32 * 2 + n // 256 * 4
     if t in _Q4:
         return n // 2 + n // 32 * 4
     return int8

@@ -6,6 +6,9 @@ Two kernels take the same weights (4-bit codes q, bfloat16 scale and zero per 32
   torch's, and the default wherever `native.vnni_kernels()` builds and loads it;
 - layout "torch": torch's weight-only kernel, exact in bfloat16 activations, everywhere else
   (and the reference the first is measured against). The rest of this docstring is about it.
+A third, "vnni_k" (kernels/csrc/q4k_vnni.cpp), is the first with Q4_K's own numbers in place of
+the bfloat16 scale and zero: the same codes, 4.625 bits a weight instead of 5, and exactly
+GGML's weights (`pack_int4_k`).
 
 torch's weight-only kernel `aten._weight_int4pack_mm_for_cpu(x, packed, group, scales_and_zeros)`
 computes `x @ Wᵀ` with `W[n, k] = (q[n, k] - 8) * scale[g, n] + zero[g, n]`, g = k // group,
@@ -47,6 +50,9 @@ class Int4Weight:
     scales_and_zeros: bfloat16, so that W = (q - 8) * scale + zero per group; layout "torch":
     (in_features // group_size, out_features, 2), [..., 0] = scale, [..., 1] = zero; layout
     "vnni": (out_features // 16, in_features // group_size, 2, 16), 16 rows' scales then zeros.
+    Layout "vnni_k" holds Q4_K's numbers instead, uint8 (out_features // 16, in_features // 256,
+    320): per 16 rows and 256 weights, sc[8][16], mn[8][16], then f16 d[16] and dmin[16]
+    (`_vnni_k_meta`), with W = d*sc * q - dmin*mn.
     """
 
     packed: torch.Tensor
@@ -160,7 +166,9 @@ def default_layout() -> str:
     return "vnni" if native.vnni_kernels() else "torch"
 
 
-VNNI_BLOCK_ROWS = 16  # rows per block of the "vnni" layout (q4_vnni.cpp)
+VNNI_BLOCK_ROWS = 16  # rows per block of the "vnni" layouts (q4_vnni.cpp, q4k_vnni.cpp)
+K_SUPER = 256  # weights per Q4_K super-block: one d and dmin over 8 groups of 32
+VNNI_LAYOUTS = ("vnni", "vnni_k")  # 16-row blocks of the same codes: they slice and join alike
 
 
 def _vnni_codes(codes: torch.Tensor) -> torch.Tensor:
@@ -193,6 +201,29 @@ def _vnni_scale_zero(sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     nb, g = sz.shape[:2]
     s, z = (sz[:, :, i].transpose(1, 2).reshape(nb * 16, g).float() for i in (0, 1))
     return s, z
+
+
+def _vnni_k_meta(sc: torch.Tensor, mn: torch.Tensor, d: torch.Tensor, dmin: torch.Tensor) -> torch.Tensor:
+    """sc, mn uint8 (r, k/32); d, dmin float16 (r, k/256) -> the "vnni_k" meta uint8
+    (r/16, k/256, 320): per 16-row block and super-block, sc[j][row], mn[j][row], d[row],
+    dmin[row]."""
+    r, g = sc.shape
+    supers = g // 8
+    per_sub = [t.reshape(r // 16, 16, supers, 8).permute(0, 2, 3, 1).reshape(r // 16, supers, 128)
+               for t in (sc, mn)]
+    per_row = [t.contiguous().view(torch.uint8).reshape(r // 16, 16, supers, 2).permute(0, 2, 1, 3)
+               .reshape(r // 16, supers, 32) for t in (d, dmin)]
+    return torch.cat(per_sub + per_row, dim=-1).contiguous()
+
+
+def _vnni_k_parts(meta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Inverse of `_vnni_k_meta`: sc, mn uint8 (r, k/32) and d, dmin float16 (r, k/256)."""
+    nb, supers = meta.shape[:2]
+    sc, mn = (meta[..., 128 * i:128 * (i + 1)].reshape(nb, supers, 8, 16).permute(0, 3, 1, 2)
+              .reshape(nb * 16, supers * 8) for i in (0, 1))
+    d, dmin = (meta[..., at:at + 32].reshape(nb, supers, 16, 2).permute(0, 2, 1, 3).contiguous()
+               .view(torch.float16).reshape(nb * 16, supers) for at in (256, 288))
+    return sc, mn, d, dmin
 
 
 # --------------------------------------------------------------------------- packing
@@ -260,6 +291,42 @@ def _pack_vnni(n: int, k: int, rows: AffineRows) -> Int4Weight:
     return Int4Weight(packed, sz, n, k, layout="vnni")
 
 
+# Produces rows [r0, r1) of a Q4_K weight in its own numbers: codes uint8 (r, k) in 0..15,
+# sc, mn uint8 (r, k // 32) and d, dmin float16 (r, k // 256) (`weights.quants.q4_k_rows`).
+KRows = Callable[[int, int], "tuple[torch.Tensor, ...]"]
+
+
+def pack_int4_k(out_features: int, in_features: int, rows: KRows) -> Int4Weight:
+    """Pack a Q4_K weight into the "vnni_k" layout (llamita's kernel, Q4_K's own scales).
+
+    `rows` as in `pack_int4`, one chunk of rows at a time. Raises ValueError when the shape
+    does not fit (out_features not a multiple of 16, in_features not of 256) or the native
+    kernels are unavailable.
+    """
+    n, k = int(out_features), int(in_features)
+    if n <= 0 or n % VNNI_BLOCK_ROWS or k <= 0 or k % K_SUPER:
+        raise ValueError(f"a Q4_K weight of shape ({n}, {k}) does not fit the vnni_k layout: it needs "
+                         f"out_features a positive multiple of {VNNI_BLOCK_ROWS} and in_features of {K_SUPER}")
+    if not native.vnni_kernels():
+        raise ValueError(f"llamita's int4 kernel is unavailable: {native.vnni_kernels_skipped()}")
+    packed = torch.empty((n, k // 2), dtype=torch.uint8)
+    meta = torch.empty((n // VNNI_BLOCK_ROWS, k // K_SUPER, 320), dtype=torch.uint8)
+    step = _chunk_rows(k)  # a multiple of 64 rows, so chunks start on 16-row blocks
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        codes, sc, mn, d, dmin = rows(r0, r1)
+        packed[r0:r1] = _vnni_codes(codes.reshape(r1 - r0, k))
+        meta[r0 // 16:r1 // 16] = _vnni_k_meta(sc, mn, d, dmin)
+    return Int4Weight(packed, meta, n, k, layout="vnni_k")
+
+
+def pack_ggml_k_blocks(raw: torch.Tensor, out_features: int, in_features: int) -> Int4Weight:
+    """A GGML Q4_K weight's raw bytes straight into the "vnni_k" layout in one native pass
+    (`q4k_vnni_pack_ggml`); the same bytes as `pack_int4_k` over `quants.q4_k_rows`."""
+    codes, meta = torch.ops.llamita.q4k_vnni_pack_ggml(raw, out_features, in_features)
+    return Int4Weight(codes, meta, out_features, in_features, layout="vnni_k")
+
+
 def pack_ggml_blocks(raw: torch.Tensor, out_features: int, in_features: int, has_min: bool) -> Int4Weight:
     """A GGML Q4_0 (`has_min` False) or Q4_1 weight's raw bytes straight into the "vnni" layout
     in one native pass (`q4_vnni_pack_ggml`); the same bytes as `pack_int4` over the blocks'
@@ -283,9 +350,9 @@ def concat_int4(weights: Sequence[Int4Weight]) -> Int4Weight | None:
         return None
     packed = torch.cat([w.packed for w in weights])
     total = sum(w.out_features for w in weights)
-    if first.layout == "vnni":  # 16-row blocks, whole in every part: rows and scales join
+    if first.layout in VNNI_LAYOUTS:  # 16-row blocks, whole in every part: rows and scales join
         sz = torch.cat([w.scales_and_zeros for w in weights])
-        return Int4Weight(packed, sz, total, first.in_features, first.group_size, "vnni")
+        return Int4Weight(packed, sz, total, first.in_features, first.group_size, first.layout)
     layout = _probe_layout()
     if layout is None or any(w.out_features % layout.block_n for w in weights[:-1]):
         return None
@@ -306,8 +373,9 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out_dtype: torch.dtype | None = 
     if x.shape[-1] != w.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects {w.in_features}")
     x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
-    if w.layout == "vnni":  # float32 out: activations quantized to int8 per 32 (module doc)
-        y = torch.ops.llamita.q4_vnni_mm(x2, w.packed, w.scales_and_zeros)
+    if w.layout in VNNI_LAYOUTS:  # float32 out: activations quantized to int8 per 32 (module doc)
+        mm = torch.ops.llamita.q4_vnni_mm if w.layout == "vnni" else torch.ops.llamita.q4k_vnni_mm
+        y = mm(x2, w.packed, w.scales_and_zeros)
         return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(
         x2, w.packed, w.group_size, w.scales_and_zeros
@@ -320,11 +388,16 @@ def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch
 
     In float32 this is exactly the weight the kernel multiplies by (in bfloat16, that weight
     rounded once), so `F.linear(x, dequantize_int4(w))` is the dense twin of `int4_linear`.
-    It differs from GGUF's own dequantization only by the bfloat16 scale and zero.
+    It differs from GGUF's own dequantization only by the bfloat16 scale and zero (layout
+    "vnni_k": not at all, in float32).
     """
     n, k = w.out_features, w.in_features
     if w.layout == "vnni":
         return _dequantize_vnni(w, dtype)
+    if w.layout == "vnni_k":
+        if dtype in (torch.bfloat16, torch.float32):
+            return torch.ops.llamita.q4k_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
+        return _dequantize_vnni_k_torch(w, dtype)
     layout = _probe_layout()
     if layout is None:  # only reachable with an Int4Weight built in another process
         raise ValueError("torch's packed int4 CPU matmul is unavailable on this build or CPU")
@@ -360,4 +433,20 @@ def _dequantize_vnni_torch(w: Int4Weight, dtype: torch.dtype) -> torch.Tensor:
         # As the "torch" layout: (q - 8) * s exact in float32, the add the only rounding.
         wq = q.view(r1 - r0, k // GROUP_SIZE, GROUP_SIZE).mul_(s.unsqueeze(-1)).add_(z.unsqueeze(-1))
         out[r0:r1] = wq.view(r1 - r0, k)
+    return out
+
+
+def _dequantize_vnni_k_torch(w: Int4Weight, dtype: torch.dtype) -> torch.Tensor:
+    """The "vnni_k" weights in torch ops: W = d*sc * q - dmin*mn, computed in float32 (the
+    product exact, the subtraction the one rounding) and rounded once to `dtype`."""
+    n, k = w.out_features, w.in_features
+    out = torch.empty((n, k), dtype=dtype)
+    step = _chunk_rows(k)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        q = _vnni_decode(w.packed[r0:r1]).float().view(r1 - r0, k // GROUP_SIZE, GROUP_SIZE)
+        sc, mn, d, dmin = _vnni_k_parts(w.scales_and_zeros[r0 // 16:r1 // 16])
+        s = d.float().repeat_interleave(8, dim=1) * sc.float()  # (r, k/32), exact
+        m = dmin.float().repeat_interleave(8, dim=1) * mn.float()
+        out[r0:r1] = q.mul_(s.unsqueeze(-1)).sub_(m.unsqueeze(-1)).view(r1 - r0, k)
     return out

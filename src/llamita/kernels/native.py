@@ -1,9 +1,10 @@
 """llamita's own C++ kernels (kernels/csrc), built on first use against the installed torch.
 
 They are torch operators (`torch.ops.llamita.*`), so eager code and the AOTInductor-compiled
-decode step call them alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni") and
-`q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout "vnni"), with `q4_vnni_dequantize` /
-`q8_vnni_dequantize` expanding those layouts to dense weights for prefill; one shared library. Building
+decode step call them alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni"),
+`q4k_vnni_mm` (Q4_K in its own scales, layout "vnni_k") and `q8_vnni_mm` (per-row int8 weights,
+kernels/int8.py layout "vnni"), with `*_dequantize` expanding each layout to dense weights for
+prefill; one shared library. Building
 needs a C++ compiler (g++, as AOTInductor does) and takes a few seconds once; the library is
 cached under `$XDG_CACHE_HOME/llamita/kernels` by a key over its sources, the compiler flags and
 torch's version, and later processes only load it (milliseconds). Where the CPU lacks the
@@ -28,7 +29,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "q4_vnni.cpp", CSRC / "q8_vnni.cpp")
+SOURCES = (CSRC / "q4_vnni.cpp", CSRC / "q4k_vnni.cpp", CSRC / "q8_vnni.cpp")
 HEADERS = (CSRC / "vnni.h",)
 # The instructions the kernel uses, named rather than -march=native, so the cached library is
 # the same for every CPU that has them (the key need not hash the CPU).
@@ -139,6 +140,14 @@ def _register_fake() -> None:
     @torch.library.register_fake("llamita::q8_vnni_mm")
     def _q8_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("llamita::q4k_vnni_mm")
+    def _q4k_shape(x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("llamita::q4k_vnni_dequantize")
+    def _q4k_dense(codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return codes.new_empty((codes.shape[0], codes.shape[1] * 2), dtype=dtype)
 
     @torch.library.register_fake("llamita::q4_vnni_dequantize")
     def _q4_dense(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -519,15 +519,22 @@ def _affine_q4_1(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return codes, d, m + 8 * d
 
 
-def _affine_q4_k(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # Sub-block j: W = (d*sc_j) * q - dmin*mn_j = (d*sc_j) * (q - 8) + (8*d*sc_j - dmin*mn_j).
+def _q4_k_parts(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Q4_K blocks (nb, 144) -> codes (nb, 256) uint8 in weight order, 6-bit scales sc and
+    mins mn (nb, 8) uint8, and d, dmin (nb, 1) float16: W = (d*sc_j) * q - dmin*mn_j."""
     nb = blocks.shape[0]
     qs = blocks[:, 16:].reshape(nb, 4, 32)  # chunk c: low nibbles sub-block 2c, high 2c+1
     codes = torch.stack([qs & 0x0F, qs >> 4], dim=2).reshape(nb, 256)
-    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
     sc, mn = _scale_min_k4(blocks[:, 4:16])
-    scale = d * sc.float()  # exact in float32: 11-bit times 6-bit significands
-    return codes, scale, 8 * scale - dmin * mn.float()
+    d, dmin = (_reinterpret(blocks[:, i:i + 2], torch.float16) for i in (0, 2))
+    return codes, sc, mn, d, dmin
+
+
+def _affine_q4_k(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Sub-block j: W = (d*sc_j) * q - dmin*mn_j = (d*sc_j) * (q - 8) + (8*d*sc_j - dmin*mn_j).
+    codes, sc, mn, d, dmin = _q4_k_parts(blocks)
+    scale = d.float() * sc.float()  # exact in float32: 11-bit times 6-bit significands
+    return codes, scale, 8 * scale - dmin.float() * mn.float()
 
 
 _AFFINE_Q4 = {GGMLType.Q4_0: _affine_q4_0, GGMLType.Q4_1: _affine_q4_1, GGMLType.Q4_K: _affine_q4_k}
@@ -559,5 +566,23 @@ def q4_affine_rows(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[in
     def rows(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         codes, scale, zero = decode(blocks[r0 * per_row:r1 * per_row])
         return codes.reshape(r1 - r0, k), scale.reshape(r1 - r0, -1), zero.reshape(r1 - r0, -1)
+
+    return rows
+
+
+def q4_k_rows(raw: torch.Tensor, shape: tuple[int, ...]):
+    """For a Q4_K weight of `shape` (out, in), a function (r0, r1) -> Q4_K's own numbers for
+    those rows: codes uint8 (r, in) in 0..15, scales sc and mins mn uint8 (r, in // 32), and d,
+    dmin float16 (r, in // 256), with W = d*sc * q - dmin*mn per 32 weights (kernels/int4.py's
+    "vnni_k" layout keeps them so). Checks as `q4_affine_rows`."""
+    q4_affine_rows(raw, GGMLType.Q4_K, shape)  # the shape and byte-count checks
+    k = int(shape[1])
+    blocks = raw.view(-1, BLOCK_SIZES[GGMLType.Q4_K][1])
+    per_row = k // 256
+
+    def rows(r0: int, r1: int) -> tuple[torch.Tensor, ...]:
+        codes, sc, mn, d, dmin = _q4_k_parts(blocks[r0 * per_row:r1 * per_row])
+        r = r1 - r0
+        return codes.reshape(r, k), sc.reshape(r, -1), mn.reshape(r, -1), d.reshape(r, -1), dmin.reshape(r, -1)
 
     return rows

@@ -52,12 +52,13 @@ inline void store_weights(__m512 w, void* out, int64_t index, bool bf16) {
 // The checks of a dequantize op and its result: (N, K) of float32 or bfloat16, N in whole
 // 16-row blocks.
 inline at::Tensor dequantized(const char* op, const at::Tensor& codes, at::ScalarType code_type,
-                              const at::Tensor& scales, int64_t N, int64_t K, at::ScalarType dtype) {
+                              const at::Tensor& scales, int64_t N, int64_t K, at::ScalarType dtype,
+                              at::ScalarType scale_type = at::kBFloat16) {
   TORCH_CHECK(codes.device().is_cpu() && scales.device().is_cpu(), op, " runs on the CPU");
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == code_type && codes.is_contiguous(), op,
               ": codes must be contiguous 2-D ", code_type);
-  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous(), op,
-              ": scales must be contiguous bfloat16");
+  TORCH_CHECK(scales.scalar_type() == scale_type && scales.is_contiguous(), op,
+              ": scales must be contiguous ", scale_type);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, op, ": dtype must be float32 or bfloat16");
   TORCH_CHECK(N % kBlockRows == 0 && K % kGroup == 0, op, ": shapes do not fit: codes ", codes.sizes());
   return at::empty({N, K}, codes.options().dtype(dtype));
@@ -83,17 +84,18 @@ inline void quantize_activations(const uint16_t* x, int64_t rows, int64_t K, int
   }
 }
 
-// The checks both kernels make of their operands: CPU tensors, x 2-D bfloat16, codes 2-D
-// contiguous of code_type and scales contiguous bfloat16.
+// The checks every kernel makes of its operands: CPU tensors, x 2-D bfloat16, codes 2-D
+// contiguous of code_type and scales contiguous of scale_type.
 inline void check_operands(const char* op, const at::Tensor& x, const at::Tensor& codes,
-                           at::ScalarType code_type, const at::Tensor& scales) {
+                           at::ScalarType code_type, const at::Tensor& scales,
+                           at::ScalarType scale_type = at::kBFloat16) {
   TORCH_CHECK(x.device().is_cpu() && codes.device().is_cpu() && scales.device().is_cpu(), op,
               " runs on the CPU");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, op, ": x must be 2-D bfloat16");
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == code_type && codes.is_contiguous(), op,
               ": codes must be contiguous 2-D ", code_type);
-  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous(), op,
-              ": scales must be contiguous bfloat16");
+  TORCH_CHECK(scales.scalar_type() == scale_type && scales.is_contiguous(), op,
+              ": scales must be contiguous ", scale_type);
 }
 
 // y (M, N) float32 = x (M, K) bfloat16 times a weight of N rows in 16-row blocks: quantizes x,
