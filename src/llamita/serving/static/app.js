@@ -95,8 +95,10 @@ function modelLabel(m) {
   return state.models.length > 1 ? t("baseModel").replace("{name}", m.id) : m.id;
 }
 
+// Sent even when the list is hidden (one model): the stored answers then still say which
+// model wrote them.
 function chosenModel() {
-  return $("model-choice").hidden ? null : $("model").value || null;
+  return $("model").value || null;
 }
 
 // Parameters
