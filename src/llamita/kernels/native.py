@@ -50,17 +50,48 @@ def cache_dir() -> Path:
     return cache_root() / "kernels"
 
 
+# SIMD levels a run can be held to with LLAMITA_ISA, lowest first: each names the vector flags
+# it keeps (every other flag of the CPU passes through). Forcing a lower level on a better CPU
+# is how one machine tests every kernel level it has, and how a user rules a kernel out.
+_SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512dq",
+               "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+               "asimddp")
+ISA_LEVELS: dict[str, frozenset[str]] = {
+    "generic": frozenset(),
+    "avx2": frozenset({"avx", "avx2", "fma", "f16c"}),
+    "avx_vnni": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni"}),
+    "avx512_vnni": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
+                              "avx512dq", "avx512vl", "avx512_vnni"}),
+    "native": frozenset(_SIMD_FLAGS),
+}
+
+
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+def _proc_cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return frozenset()
     for line in text.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):  # x86 / aarch64
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+def isa_level() -> str:
+    """The level LLAMITA_ISA holds this process to ("native": whatever the CPU has)."""
+    level = os.environ.get("LLAMITA_ISA", "native").strip().lower() or "native"
+    if level not in ISA_LEVELS:
+        raise ValueError(f"LLAMITA_ISA must be one of {', '.join(ISA_LEVELS)}; got {level!r}")
+    return level
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read), less the
+    vector extensions above the level LLAMITA_ISA names."""
+    flags = _proc_cpu_flags()
+    hidden = frozenset(_SIMD_FLAGS) - ISA_LEVELS[isa_level()]
+    return flags - hidden
 
 
 def _compile_command(out: Path) -> list[str]:
