@@ -39,9 +39,18 @@ def test_tokens_equal_the_tokenizers(server, loaded, hf_reference):
     assert view["n_bytes"] == len(SPANISH.encode()) and view["n_words"] == 9
 
 
-def _reference_logits(loaded, ids: list[int]) -> torch.Tensor:
+# The views compute probabilities in float64 from the model's float32 logits, as the references
+# below do from the same forward pass (same call, same matmul shapes: bit-equal logits). What is
+# left is float64 rounding over a 49k vocabulary (~1e-16 relative): a bound far below the ~1e-5
+# error a float32 softmax would show, so a view that lost precision fails here.
+F64_PROBS = 1e-12
+
+
+def _reference_logits(loaded, ids: list[int], *, last_only: bool) -> torch.Tensor:
+    """The model's logits (V,) after `ids`: `last_only` as /glass/next runs it (only the last
+    position projected), else the whole forward as the logit lens runs it."""
     with torch.inference_mode():
-        logits = loaded.model(torch.tensor([ids]))[0, -1].float()
+        logits = loaded.model(torch.tensor([ids]), last_only=last_only)[0, -1].float()
     return logits[: loaded.tokenizer.vocab_size]
 
 
@@ -49,7 +58,7 @@ def _reference_logits(loaded, ids: list[int]) -> torch.Tensor:
 def test_next_token_is_softmax_of_logits_over_t(server, loaded, temperature):
     tok = loaded.tokenizer
     ids = tok.encode(PROMPT, add_bos=tok.add_bos)
-    logits = _reference_logits(loaded, ids)
+    logits = _reference_logits(loaded, ids, last_only=True)
     view = ok(server, "/glass/next", {"prompt": PROMPT, "raw": True, "temperature": temperature, "top": 8})
     assert view["prompt_tokens"] == len(ids)
     ref_ids = logits.topk(8).indices.tolist()
@@ -59,13 +68,13 @@ def test_next_token_is_softmax_of_logits_over_t(server, loaded, temperature):
     (dist,) = view["distributions"]
     p = torch.softmax(logits.double() / temperature, dim=-1)
     assert dist["temperature"] == temperature and not dist["filtered"]
-    assert max(abs(a - b) for a, b in zip(dist["probs"], p[ref_ids].tolist())) < 1e-5
-    assert dist["entropy_nats"] == pytest.approx(float(-(p * p.clamp_min(1e-300).log()).sum()), abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(dist["probs"], p[ref_ids].tolist())) < F64_PROBS
+    assert dist["entropy_nats"] == pytest.approx(float(-(p * p.clamp_min(1e-300).log()).sum()), rel=F64_PROBS)
 
 
 def test_next_token_many_temperatures_and_filters(server, loaded):
     tok = loaded.tokenizer
-    logits = _reference_logits(loaded, tok.encode(PROMPT, add_bos=tok.add_bos))
+    logits = _reference_logits(loaded, tok.encode(PROMPT, add_bos=tok.add_bos), last_only=True)
     temps = [0.0, 0.5, 2.0]
     view = ok(server, "/glass/next", {"prompt": PROMPT, "raw": True, "temperatures": temps, "top": 5,
                                       "top_k": 3})
@@ -76,7 +85,7 @@ def test_next_token_many_temperatures_and_filters(server, loaded):
     for d in dists[4:]:
         p = torch.softmax(logits.topk(3).values.double() / d["temperature"], dim=-1).tolist()
         assert d["probs"][3:] == [0.0, 0.0] and d["candidates"] == 3
-        assert max(abs(a - b) for a, b in zip(d["probs"][:3], p)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(d["probs"][:3], p)) < F64_PROBS
     assert view["filter"] == {"top_k": 3, "top_p": 1.0, "min_p": 0.0}
 
 
@@ -121,14 +130,14 @@ def test_attention_of_a_chat_prompt_equals_transformers_eager(server, loaded, hf
 
 def test_lens_last_layer_is_the_prediction(server, loaded):
     tok = loaded.tokenizer
-    logits = _reference_logits(loaded, tok.encode(PROMPT, add_bos=tok.add_bos))
+    logits = _reference_logits(loaded, tok.encode(PROMPT, add_bos=tok.add_bos), last_only=False)
     view = ok(server, "/glass/lens", {"prompt": PROMPT, "raw": True, "top": 2})
     assert len(view["layers"]) == loaded.config.n_layers + 1
     assert view["prediction"]["id"] == int(logits.argmax())
     last = view["layers"][-1]["top"]
     p = torch.softmax(logits.double(), dim=-1)
     assert [t["id"] for t in last] == p.topk(2).indices.tolist()
-    assert last[0]["prob"] == pytest.approx(float(p.max()), abs=1e-5)
+    assert last[0]["prob"] == pytest.approx(float(p.max()), abs=F64_PROBS)
 
 
 @pytest.mark.parametrize("path, body, param", [

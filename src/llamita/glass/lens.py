@@ -50,9 +50,14 @@ def logit_lens(llm: LLM, prompt: str, *, raw: bool = False, top: int = 1) -> dic
     final_id = int(final_logits[:vocab].argmax())
     layers = []
     with torch.inference_mode():
-        # All stages through the norm and the output projection at once: (1, n_layers + 1, V).
-        stages = model.logits(model.norm(torch.stack(residuals)[None]))[0, :, :vocab]
-        for i, probs in enumerate(torch.softmax(stages, dim=-1).cpu()):
+        # The stages before the last through the norm and the output projection at once:
+        # (n_layers, V). The last stage is the model's own output: the same numbers, taken from
+        # the real forward pass rather than recomputed in another matmul shape, whose float
+        # rounding could differ and even put another token on top than the prediction.
+        stages = model.logits(model.norm(torch.stack(residuals[:-1])[None]))[0, :, :vocab]
+        stages = torch.cat([stages.float(), final_logits[:vocab].float().to(stages.device)[None]])
+        # Softmax in float64: probabilities shown to a reader, exact whatever the CPU's kernels.
+        for i, probs in enumerate(torch.softmax(stages.double(), dim=-1).cpu()):
             values, idx = torch.topk(probs, top)
             layers.append({
                 "layer": i,

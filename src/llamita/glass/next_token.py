@@ -28,10 +28,16 @@ def last_logits(llm: LLM, ids: Sequence[int]) -> torch.Tensor:
 
 
 def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / T) over (V,); T = 0 is greedy: all the mass on the argmax.
-    Tokens at -inf (filtered out) get probability 0."""
+    """softmax(logits / T) over (V,) in float64; T = 0 is greedy: all the mass on the argmax.
+    Tokens at -inf (filtered out) get probability 0.
+
+    Float64 because these are numbers shown to a reader: a float32 softmax over a 50k-128k
+    vocabulary is off by ~1e-5 in its largest probabilities (the sum's and exp's rounding,
+    which differs between AVX2 and AVX-512 kernels); in float64 the shown value is the exact
+    softmax of the model's logits, whatever the CPU."""
     if temperature < 0 or not math.isfinite(temperature):
         raise InvalidParameterError("temperature", f"must be >= 0, got {temperature}")
+    logits = logits.double()
     if temperature == 0:
         return torch.zeros_like(logits).scatter_(0, logits.argmax().reshape(1), 1.0)
     return torch.softmax((logits - logits.max()) / temperature, dim=-1)
