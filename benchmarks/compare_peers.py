@@ -44,7 +44,7 @@ def run_llamita(model: Path, args: argparse.Namespace, compile: bool = False) ->
     # --compile only changes tg (prefill and the batched engine stay eager): only tg is run.
     n_prompt = 0 if compile else args.n_prompt
     cmd = [sys.executable, "-m", "llamita.cli.main", "bench", "--model", str(model), "-p",
-           str(n_prompt), "-n", str(args.n_gen), "-r", str(args.repetitions), "-t",
+           str(n_prompt), "-n", str(args.n_gen), "-r", str(args.repetitions), "--threads",
            str(args.threads), "--json"]
     if args.batch and not compile:
         cmd += ["-b", str(args.batch)]

@@ -57,6 +57,21 @@ def test_num_ctx_limits_the_request(client, server):
     assert e.value.status_code == 400
 
 
+def test_without_num_ctx_the_default_window_bounds_the_answer(client, monkeypatch):
+    # Ollama stops an answer at its default window (4096, or $OLLAMA_CONTEXT_LENGTH) when no
+    # num_ctx or num_predict is given: a model caught in a loop does not run for an hour.
+    prompt = "Once upon a time"
+    prompt_len = client.generate(model=MODEL_NAME, prompt=prompt, raw=True, options={"num_predict": 1}).prompt_eval_count
+    monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", str(prompt_len + 6))
+    r = client.generate(model=MODEL_NAME, prompt=prompt, raw=True, options={"temperature": 0})
+    want = client.generate(model=MODEL_NAME, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 6})
+    assert (r.response, r.eval_count, r.done_reason) == (want.response, want.eval_count, want.done_reason)
+    assert r.eval_count == 6 and r.done_reason == "length"  # the default model does not end this sooner
+    # A prompt longer than the default window is answered in the model's whole window.
+    monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", str(prompt_len - 1))
+    assert client.generate(model=MODEL_NAME, prompt=prompt, raw=True, options={"num_predict": 2}).eval_count == 2
+
+
 def test_list_show_ps_version(client, server):
     models = client.list().models
     assert [m.model for m in models] == [MODEL_NAME] and models[0].details.quantization_level == "Q4_1"

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
-                                TensorParallelOption, fail, friendly_errors, stderr)
+                                TensorParallelOption, ThreadsOption, console, fail, friendly_errors, stderr)
 
 if TYPE_CHECKING:
     from llamita.engine.loader import LoadedModel
@@ -26,9 +25,7 @@ def bench(
     batch: int = typer.Option(0, "--batch", "-b",
                               help="Also generate --n-gen tokens in this many sequences at once "
                                    "(continuous batching; aggregate tokens/s). 0 = skip."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t",
-                                          help="CPU threads. Default: torch's (one per core).",
-                                          show_default=False),
+    threads: Optional[int] = ThreadsOption,
     repetitions: int = typer.Option(5, "--repetitions", "-r",
                                     help="Timed runs of each test, after one warm-up run; the "
                                          "median is reported."),
@@ -47,20 +44,17 @@ def bench(
     """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
     and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
 
-    Example: llamita bench -p 512 -n 128 -t 2 -r 5 --json
+    Example: llamita bench -p 512 -n 128 --threads 2 -r 5 --json
     (tensor parallel: torchrun --nproc-per-node 2 -m llamita bench --tensor-parallel 2)
     """
-    import torch
 
     from llamita.engine.loader import load_model
     from llamita.engine.tensor_parallel import open_model
+    from llamita.engine.threads import use_threads
 
     if repetitions < 1 or n_prompt < 0 or n_gen < 0 or batch < 0:
         fail("--repetitions must be >= 1, and -p, -n, -b >= 0")
-    if threads is not None:
-        if threads < 1:
-            fail("--threads must be >= 1")
-        torch.set_num_threads(threads)
+    use_threads(threads)
     if tensor_parallel > 1:
         if gpu_layers is not None:
             fail("--tensor-parallel does not combine with --gpu-layers")
@@ -118,7 +112,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     table = Table("test", "tokens/s", "± stddev", "runs")
     for r in results:
         table.add_row(r.test, f"{r.tokens_per_second:.2f}", f"{r.stddev:.2f}", str(len(r.samples)))
-    Console().print(table)
+    console().print(table)
     stderr.print(f"[dim]peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB[/]")
     if floor is not None:
         stderr.print(f"bandwidth floor: {floor.weight_bytes_per_token / 2**20:.0f} MiB of weights a "

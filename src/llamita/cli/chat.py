@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
-                                ModelOption, TensorParallelOption, friendly_errors, open_llm, start_up,
-                                stderr)
+                                ModelOption, TensorParallelOption, ThreadsOption, console, friendly_errors, open_llm,
+                                NoEscapeOption, start_up, stderr)
+from llamita.cli.escapes import process_escapes
 from llamita.errors import LlamitaError
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ def chat(
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
     compile: bool = CompileOption,
+    threads: Optional[int] = ThreadsOption,
+    no_escape: bool = NoEscapeOption,
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
     longer fits in the context window (the system prompt is kept)."""
@@ -55,8 +57,10 @@ def chat(
         from llamita.sampling_params import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    if system is not None and not no_escape:
+        system = process_escapes(system)
     with open_llm(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile,
-                  tensor_parallel=tensor_parallel) as llm:
+                  tensor_parallel=tensor_parallel, threads=threads) as llm:
         if llm is not None:  # None: a tensor-parallel rank other than 0, done following rank 0
             _converse(llm, system, params)
 
@@ -65,17 +69,25 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
     """The read-answer loop on stdin, until /exit or the end of input."""
     from llamita.engine.conversation import fit_messages
 
-    out = Console(highlight=False)
+    out = console()
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
     stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · context {llm.config.context_length} tokens · "
                  "/help for commands, Ctrl-D to leave[/]")
     history: list[dict[str, str]] = []
+    ctrl_c_at_prompt = False  # a second Ctrl-C in a row at the prompt leaves
 
     while True:
         try:
             line = input(">>> ") if sys.stdin.isatty() else sys.stdin.readline()
         except EOFError:
             line = ""
+        except KeyboardInterrupt:
+            if ctrl_c_at_prompt:
+                break
+            ctrl_c_at_prompt = True
+            stderr.print("\n[dim](Ctrl-C again, /exit or Ctrl-D to leave)[/]")
+            continue
+        ctrl_c_at_prompt = False
         if line == "" and not sys.stdin.isatty():
             break
         line = line.strip()
@@ -126,12 +138,29 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
         if dropped:
             stderr.print(f"[yellow]the conversation outgrew the context window: dropped the "
                          f"{dropped} oldest message(s)[/]")
-        answer = ""
-        for chunk in llm.chat_stream(messages, params):
+        answer, stopped = _stream_answer(llm, messages, params)
+        # What was shown stays in the conversation, a stopped answer too (as it reads on screen).
+        history = [m for m in messages if m["role"] != "system"] + [{"role": "assistant", "content": answer}]
+        if stopped:
+            stderr.print("[dim]answer stopped (Ctrl-C); the conversation goes on[/]")
+            continue
+        s = llm.last_stats
+        stderr.print(f"[dim]{s.generated_tokens} tokens, {s.decode_tokens_per_second:.1f} tokens/s[/]")
+
+
+def _stream_answer(llm: LLM, messages: list[dict[str, str]], params: SamplingParams) -> tuple[str, bool]:
+    """Stream one answer to stdout: (its text, whether Ctrl-C stopped it). Ctrl-C ends only the
+    answer: the stream is closed, which frees its place in the engine, and the chat goes on."""
+    answer = ""
+    stream = llm.chat_stream(messages, params)
+    try:
+        for chunk in stream:
             answer += chunk.text
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
+    except KeyboardInterrupt:
+        stream.close()
         sys.stdout.write("\n")
-        history = [m for m in messages if m["role"] != "system"] + [{"role": "assistant", "content": answer}]
-        s = llm.last_stats
-        stderr.print(f"[dim]{s.generated_tokens} tokens, {s.decode_tokens_per_second:.1f} tokens/s[/]")
+        return answer, True
+    sys.stdout.write("\n")
+    return answer, False

@@ -16,7 +16,18 @@ from rich.console import Console
 from llamita.errors import LlamitaError
 
 F = TypeVar("F", bound=Callable[..., Any])
-stderr = Console(stderr=True, highlight=False)
+
+
+def console(*, to_stderr: bool = False) -> Console:
+    """A rich Console for stdout or stderr. Piped or redirected (no terminal), rich would wrap
+    and cut everything at 80 columns ("finish: ⏎stop", truncated paths in tables): there lines
+    stay whole, as a log or a script reading them needs."""
+    stream = sys.stderr if to_stderr else sys.stdout
+    piped = not stream.isatty()
+    return Console(stderr=to_stderr, highlight=False, soft_wrap=piped, width=100_000 if piped else None)
+
+
+stderr = console(to_stderr=True)
 
 MODEL_HELP = "Path to a .gguf model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
 DTYPE_HELP = ("Compute dtype of weights and activations: auto (bfloat16 on CPUs with AVX-512 BF16/AMX "
@@ -40,6 +51,14 @@ CompileOption = typer.Option(False, "--compile",
                                   "builds it (1-2 minutes on 2 cores); later runs load it from "
                                   "~/.cache/llamita/aoti in milliseconds. Eager with --lora, "
                                   "--gpu-layers, --tensor-parallel or on CUDA.")
+NoEscapeOption = typer.Option(False, "--no-escape",
+                              help="Take the prompt, --system and --stop literally. Default: \\n, \\t, "
+                                   "\\r, \\\\, \\\", \\' and \\xHH in them become the characters "
+                                   "they stand for, as in llama.cpp, since shells pass them through.")
+THREADS_HELP = ("CPU threads for the model's matmuls. Default: one per core, less the cores other work "
+                "keeps busy when the command starts (the 1-minute load average), at least 1: on a busy "
+                "machine more threads than free cores make generation several times slower.")
+ThreadsOption = typer.Option(None, "--threads", min=1, help=THREADS_HELP, show_default=False)
 TensorParallelOption = typer.Option(1, "--tensor-parallel", min=1,
                                     help="Split the model over K processes, one shard each: launch "
                                          "with `torchrun --nproc-per-node K -m llamita ... "
@@ -68,15 +87,19 @@ def start_up() -> Iterator[None]:
 
 @contextlib.contextmanager
 def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | None,
-             gpu_layers: int | None, compile: bool, tensor_parallel: int = 1) -> Iterator[Any]:
-    """The LLM that `run` and `chat` answer with, every --lora adapter applied to every row.
+             gpu_layers: int | None, compile: bool, tensor_parallel: int = 1,
+             threads: int | None = None) -> Iterator[Any]:
+    """The LLM that `run` and `chat` answer with, every --lora adapter applied to every row,
+    running on `threads` CPU threads (None: engine/threads.py's default).
 
     With --tensor-parallel K (under torchrun) every rank loads its shard; rank 0 gets the LLM
     and the others follow its forward passes inside the block and get None: they have nothing
     left to do."""
     with start_up():
         from llamita.engine.llm import LLM
+        from llamita.engine.threads import use_threads
 
+    use_threads(threads)
     if tensor_parallel == 1:
         with stderr.status("loading model…"), start_up():
             llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)

@@ -11,21 +11,23 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from llamita.cli.common import DtypeOption, LoraOption, ModelOption, friendly_errors, stderr
+from llamita.cli.common import (DtypeOption, LoraOption, ModelOption, ThreadsOption, console, friendly_errors,
+                                stderr)
 
 RawOption = typer.Option(False, "--raw", help="Use the text as it is, without the chat template "
                          "(default: it is a user message and the model is about to answer).")
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
-console = Console(highlight=False)
 
 
-def load(model: Path | None, dtype: str, lora: list[str] | None = None) -> Any:
-    """The LLM to look into, with `lora` applied (the views then show the model with them)."""
+def load(model: Path | None, dtype: str, lora: list[str] | None = None, threads: int | None = None) -> Any:
+    """The LLM to look into, with `lora` applied (the views then show the model with them), on
+    `threads` CPU threads (None: the default of engine/threads.py)."""
     from llamita.engine.llm import LLM
+    from llamita.engine.threads import use_threads
 
+    use_threads(threads)
     with stderr.status("loading model…"):
         return LLM(model, dtype=dtype, lora=lora)
 
@@ -72,8 +74,8 @@ def tokenize(
         for t in views[0]["tokens"]:
             table.add_row(str(t["position"]), shown(t["piece"]), str(t["id"]),
                           str(t["bytes"]) + ("" if t["whole_chars"] else " (part of a character)"))
-        console.print(table)
-        console.print("tokens per word: " + ", ".join(f"{w['word']} {w['tokens']}" for w in views[0]["words"]))
+        console().print(table)
+        console().print("tokens per word: " + ", ".join(f"{w['word']} {w['tokens']}" for w in views[0]["words"]))
     table = Table(title="cost of each text")
     for col in ("text", "tokens", "chars", "words", "tokens/word", "chars/token", "vs first"):
         table.add_column(col, justify="left" if col == "text" else "right")
@@ -83,8 +85,8 @@ def tokenize(
                       f"{v['relative_tokens']:.2f}x")
     if len(views) > 1:
         for v in views:
-            console.print(" | ".join(shown(t["piece"]) for t in v["tokens"]))
-    console.print(table)
+            console().print(" | ".join(shown(t["piece"]) for t in v["tokens"]))
+    console().print(table)
 
 
 @friendly_errors
@@ -101,6 +103,7 @@ def next_token(
     raw: bool = RawOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Write a bar chart to this .png file."),
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -114,7 +117,7 @@ def next_token(
     from llamita.glass.next_token import next_token_view
 
     temps = temperature or [1.0]
-    data = next_token_view(load(model, dtype, lora), prompt, raw=raw, temperatures=temps, top=top,
+    data = next_token_view(load(model, dtype, lora, threads), prompt, raw=raw, temperatures=temps, top=top,
                            top_k=top_k, top_p=top_p, min_p=min_p)
     if out is not None:
         from llamita.glass.plots import next_token_chart
@@ -138,10 +141,10 @@ def next_token(
     table.add_section()
     table.add_row("", "entropy (bits)", "", "", *(f"{d['entropy_bits']:.2f}" for d in dists))
     table.add_row("", "tokens with p > 0", "", "", *(f"{d['candidates']:,}" for d in dists))
-    console.print(table)
+    console().print(table)
     if data["filter"]:
         f = data["filter"]
-        console.print(f"[dim]filter: top_k {f['top_k'] or 'off'}, top_p {f['top_p']:g}, min_p {f['min_p']:g}[/]")
+        console().print(f"[dim]filter: top_k {f['top_k'] or 'off'}, top_p {f['top_p']:g}, min_p {f['min_p']:g}[/]")
 
 
 @friendly_errors
@@ -151,6 +154,7 @@ def lens(
     top: int = typer.Option(1, "--top", help="Tokens to show per layer."),
     raw: bool = RawOption,
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -162,7 +166,7 @@ def lens(
     """
     from llamita.glass.lens import logit_lens
 
-    data = logit_lens(load(model, dtype, lora), prompt, raw=raw, top=top)
+    data = logit_lens(load(model, dtype, lora, threads), prompt, raw=raw, top=top)
     if as_json:
         print_json(data)
         return
@@ -175,7 +179,7 @@ def lens(
                       " · ".join(shown(t["piece"]) for t in row["top"]),
                       " · ".join(f"{100 * t['prob']:.1f}%" for t in row["top"]),
                       f"{100 * row['final_token_prob']:.1f}%", str(row["final_token_rank"]))
-    console.print(table)
+    console().print(table)
 
 
 @friendly_errors
@@ -190,6 +194,7 @@ def attention(
     raw: bool = RawOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Write the attention heatmap to this .png file."),
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -201,7 +206,7 @@ def attention(
     """
     from llamita.glass.attention import attention_view
 
-    data = attention_view(load(model, dtype, lora), text, raw=raw, layer=layer, head=head, token=token,
+    data = attention_view(load(model, dtype, lora, threads), text, raw=raw, layer=layer, head=head, token=token,
                           to=to, top=top)
     if out is not None:
         from llamita.glass.plots import attention_heatmap
@@ -219,7 +224,7 @@ def attention(
         table.add_column(col, justify="left" if col == "token" else "right")
     for a in data["attends_to"]:
         table.add_row(str(a["position"]), shown(a["piece"]), f"{a['weight']:.3f}")
-    console.print(table)
+    console().print(table)
     if "heads_to" in data:
         target = "".join(data["to"]["pieces"])
         table = Table(title=f"heads where {shown(q['piece'])!r} attends most to {shown(target)!r} "
@@ -228,7 +233,7 @@ def attention(
             table.add_column(col, justify="right")
         for h in data["heads_to"]:
             table.add_row(str(h["layer"]), str(h["head"]), f"{h['weight']:.3f}")
-        console.print(table)
+        console().print(table)
 
 
 @friendly_errors
@@ -236,6 +241,7 @@ def embed(
     texts: list[str] = typer.Argument(..., help="Texts to embed (two or more to compare)."),
     model: Optional[Path] = ModelOption,
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Embed each text (mean of the model's final hidden states, unit length) and show the
@@ -245,7 +251,7 @@ def embed(
     """
     from llamita.glass.embeddings import embed_view
 
-    data = embed_view(load(model, dtype), texts)
+    data = embed_view(load(model, dtype, threads=threads), texts)
     if as_json:
         print_json(data)
         return
@@ -255,7 +261,7 @@ def embed(
         table.add_column(str(i + 1), justify="right")
     for i, (text, row) in enumerate(zip(texts, data["similarity"])):
         table.add_row(f"{i + 1}. {text}", *(f"{s:.3f}" for s in row))
-    console.print(table)
+    console().print(table)
 
 
 @friendly_errors
@@ -267,6 +273,7 @@ def analogy(
     top: int = typer.Option(5, "--top", help="How many answers to list."),
     expect: Optional[str] = typer.Option(None, "--expect", help="The answer you expect (e.g. queen): report its rank."),
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     as_json: bool = JsonOption,
 ) -> None:
     """A − B + C in the model's input token-embedding table, answered by the nearest tokens by
@@ -277,30 +284,30 @@ def analogy(
     """
     from llamita.glass.embeddings import analogy_view
 
-    data = analogy_view(load(model, dtype), a, b, c, top=top, expect=expect)
+    data = analogy_view(load(model, dtype, threads=threads), a, b, c, top=top, expect=expect)
     if as_json:
         print_json(data)
         return
     for w in data["words"].values():
         if w["multi_token"]:
-            console.print(f"[yellow]note:[/] {w['word']!r} is {len(w['ids'])} tokens "
+            console().print(f"[yellow]note:[/] {w['word']!r} is {len(w['ids'])} tokens "
                           f"({' | '.join(shown(p) for p in w['pieces'])}); using the mean of their embeddings")
     table = Table(title=f"{a} − {b} + {c} ≈")
     for col in ("#", "token", "cosine"):
         table.add_column(col, justify="left" if col == "token" else "right")
     for i, ans in enumerate(data["answers"]):
         table.add_row(str(i + 1), shown(ans["piece"]), f"{ans['cosine']:.3f}")
-    console.print(table)
+    console().print(table)
     if "expect" in data:
         e = data["expect"]
         if e["rank"] is None:
-            console.print(f"{expect!r} is one of A, B, C: it cannot be the answer.")
+            console().print(f"{expect!r} is one of A, B, C: it cannot be the answer.")
         else:
             what = repr(expect) if not e["multi_token"] else \
                 f"{expect!r} ({len(e['ids'])} tokens; its first, {shown(e['pieces'][0])!r},)"
             verdict = "it worked" if e["rank"] <= top else "it did not work"
             helped = "better" if e["rank"] < e["rank_from_c_alone"] else "no better"
-            console.print(f"{what} ranks #{e['rank']:,} of {e['out_of']:,} tokens: {verdict} "
+            console().print(f"{what} ranks #{e['rank']:,} of {e['out_of']:,} tokens: {verdict} "
                           f"(#{e['rank_from_c_alone']:,} by similarity to {c!r} alone: A − B made it {helped}).")
 
 
@@ -314,6 +321,7 @@ def sample(
     max_tokens: int = typer.Option(40, "--max-tokens", help="Most tokens per sample."),
     raw: bool = RawOption,
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     lora: Optional[list[str]] = LoraOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -326,15 +334,15 @@ def sample(
     """
     from llamita.glass.variability import sample_view
 
-    data = sample_view(load(model, dtype, lora), prompt, temperatures=temperature or [0.1, 1.5], n=n,
+    data = sample_view(load(model, dtype, lora, threads), prompt, temperatures=temperature or [0.1, 1.5], n=n,
                        seed=seed, max_tokens=max_tokens, raw=raw)
     if as_json:
         print_json(data)
         return
     for run in data["runs"]:
-        console.print(f"[bold]T = {run['temperature']:g}[/]")
+        console().print(f"[bold]T = {run['temperature']:g}[/]")
         for i, s in enumerate(run["samples"]):
-            console.print(f"  {i + 1}. " + s["text"].strip().replace("\n", " ⏎ "), markup=False)
+            console().print(f"  {i + 1}. " + s["text"].strip().replace("\n", " ⏎ "), markup=False)
     table = Table(title="variability per temperature")
     for col in ("temperature", "distinct-1", "distinct-2", "overlap (Jaccard)"):
         table.add_column(col, justify="right")
@@ -342,4 +350,4 @@ def sample(
         j = run["mean_jaccard"]
         table.add_row(f"{run['temperature']:g}", f"{run['distinct_1']:.3f}", f"{run['distinct_2']:.3f}",
                       "-" if j is None else f"{j:.3f}")
-    console.print(table)
+    console().print(table)

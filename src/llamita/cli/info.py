@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from llamita.cli.common import ModelOption, friendly_errors
+from llamita.cli.common import ModelOption, console, friendly_errors
 
 
 @friendly_errors
@@ -48,9 +47,9 @@ def info(
                               f"bos {tok['bos']}, eos {tok['eos']}"))
     for k, v in rows:
         table.add_row(k, v)
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     template = data["chat_template"]
-    console.print("[bold cyan]chat template[/]" + ("" if template else ": none (ChatML is used)"))
+    out.print("[bold cyan]chat template[/]" + ("" if template else ": none (ChatML is used)"))
     if template:
-        console.print(template, markup=False, highlight=False)
+        out.print(template, markup=False, highlight=False)

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from llamita.cli.common import fail, friendly_errors
+from llamita.cli.common import console, fail, friendly_errors
 
 KV_TYPES = {"bf16": 2.0, "f16": 2.0, "f32": 4.0, "q8_0": 34 / 32}
 DEFAULT_QUANTS = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
@@ -94,4 +93,4 @@ def memory(
         table.add_row(e["type"], str(e["ctx"]), _gb(e["file_bytes"]), f"{e['bits_per_weight']:.2f}",
                       _gb(e["weights"]), _gb(e["kv_cache"]), _gb(e["activations"]),
                       _gb(e["tokenizer"] + e["runtime"]), f"[bold]{_gb(e['total'])}[/]")
-    Console().print(table)
+    console().print(table)

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, stderr
+from llamita.cli.common import DtypeOption, ModelOption, ThreadsOption, friendly_errors, stderr
 
 
 @friendly_errors
@@ -24,6 +24,7 @@ def perplexity(
                                          help="Score at most this many windows. Default: all that fit.",
                                          show_default=False),
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of text."),
 ) -> None:
     """Perplexity of FILE: exp of the mean negative log-likelihood (nats per token) of its tokens.
@@ -35,12 +36,18 @@ def perplexity(
 
     Example: llamita perplexity book.txt --ctx 512 --chunks 20
     """
-    from llamita.engine.loader import load_model
-    from llamita.engine.perplexity import ChunkProgress, check_settings, read_text_file
+    from llamita.engine.loader import load_model, load_tokenizer
+    from llamita.engine.perplexity import ChunkProgress, check_settings, perplexity_windows, read_text_file
     from llamita.engine.perplexity import perplexity as measure
+    from llamita.engine.threads import use_threads
 
     check_settings(ctx, chunks)  # fail before the slow part; the model's context is checked later
     text = read_text_file(file)
+    # A text too short for one window fails here, from the tokenizer alone (milliseconds), not
+    # after the weights have loaded (tens of seconds for an 8B model).
+    tokenizer = load_tokenizer(model)
+    perplexity_windows(tokenizer.encode(text, add_bos=tokenizer.add_bos), ctx, None, chunks)
+    use_threads(threads)
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype)
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · loaded in "

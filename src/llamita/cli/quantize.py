@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llamita.cli.common import friendly_errors, stderr
+from llamita.cli.common import console, friendly_errors, stderr
 
 TYPE_HELP = (
     "Target type. Whole-file formats: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q6_K. "
@@ -60,8 +59,8 @@ def quantize(
     table.add_section()
     table.add_row("all", str(len(report.tensors)), f"{report.n_weights / 1e6:,.2f} M",
                   f"{report.bits_per_weight:.2f}", _mib(report.output_bytes))
-    console = Console(stderr=True)
-    console.print(table)
+    out = console(to_stderr=True)
+    out.print(table)
     ratio = report.output_bytes / report.input_bytes
-    console.print(f"file size {_mib(report.input_bytes)} → {_mib(report.output_bytes)} "
+    out.print(f"file size {_mib(report.input_bytes)} → {_mib(report.output_bytes)} "
                   f"({ratio:.2f}×) in {report.seconds:.1f} s: {report.output_path}")

@@ -10,7 +10,9 @@ import typer
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption,
                                 JsonOption, JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption,
-                                friendly_errors, grammar_option, open_llm, sampling_params, stderr)
+                                NoEscapeOption, ThreadsOption, friendly_errors, grammar_option, open_llm,
+                                sampling_params, stderr)
+from llamita.cli.escapes import process_escapes
 
 if TYPE_CHECKING:
     from llamita.engine.llm import LLM
@@ -44,27 +46,35 @@ def run(
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
     compile: bool = CompileOption,
+    threads: Optional[int] = ThreadsOption,
+    no_escape: bool = NoEscapeOption,
 ) -> None:
     """Answer PROMPT once. Text goes to stdout as it is generated; progress and speed to stderr.
 
     Example: llamita run "What is the capital of France?" --temperature 0
     """
+    if not no_escape:
+        prompt = process_escapes(prompt)
+        system = None if system is None else process_escapes(system)
+        stop = [process_escapes(s) for s in stop or ()]
     params = sampling_params(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=repeat_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, penalty_last_n=repeat_last_n, seed=seed,
         stop=tuple(stop or ()), grammar=grammar_option(json_object, json_schema, grammar_file))
     with open_llm(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile,
-                  tensor_parallel=tensor_parallel) as llm:
+                  tensor_parallel=tensor_parallel, threads=threads) as llm:
         if llm is not None:  # None: a tensor-parallel rank other than 0, done following rank 0
             _answer(llm, prompt, system, raw, params)
 
 
 def _answer(llm: LLM, prompt: str, system: str | None, raw: bool, params: SamplingParams) -> None:
     """Stream the answer to stdout, then the speed to stderr."""
+    import torch
+
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
-    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · loaded in "
-                 f"{llm.loaded.load_seconds:.1f} s[/]")
+    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · "
+                 f"{torch.get_num_threads()} threads · loaded in {llm.loaded.load_seconds:.1f} s[/]")
     if raw:
         if system is not None:
             stderr.print("[yellow]warning:[/] --system is ignored with --raw")

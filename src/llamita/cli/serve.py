@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
-                                TensorParallelOption, friendly_errors)
+                                TensorParallelOption, ThreadsOption, friendly_errors)
 from llamita.config import ServerConfig
 
 
@@ -57,6 +57,7 @@ def serve(
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and
     Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize,
@@ -73,4 +74,4 @@ def serve(
                             max_running=max_running, dtype=dtype, model_name=model_name,
                             data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ()),
                             device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel,
-                            cors_origins=tuple(cors_origin or ())))
+                            cors_origins=tuple(cors_origin or ()), threads=threads))

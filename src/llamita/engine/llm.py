@@ -83,6 +83,8 @@ class LLM:
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=compile)
+        if self._generator.compiled is not None:
+            self._generator.compiled.prepare(1)  # one prompt at a time is the common case
         # Why compile=True still decodes eagerly (a LoRA adapter, layers split), else None.
         self.compile_skipped = self._generator.compile_skipped
         # The LoRA adapter every generation runs with (its slot name), or None.

@@ -48,9 +48,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as e:
         raise InvalidParameterError("device", str(e)) from None
+    if resolved.type == "cuda":
+        # Checked here, as one line, not 60 lines deep inside the first tensor moved there.
+        if torch.version.cuda is None:
+            raise InvalidParameterError("device", f"{device!r} needs a CUDA build of torch; this one "
+                                        f"({torch.__version__}) runs on the CPU only: use --device cpu")
+        if not torch.cuda.is_available():
+            raise InvalidParameterError("device", f"{device!r}: no CUDA GPU is visible (driver missing, "
+                                        "or CUDA_VISIBLE_DEVICES hides them): use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InvalidParameterError("device", f"{device!r}: this machine has "
+                                        f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -32,6 +32,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -180,6 +181,14 @@ class CompiledDecoder:
             return run([tokens, positions, self._key_positions[:length], *cache.k, *cache.v,
                         *self._flat_weights])[0]
 
+    def prepare(self, batch: int) -> float:
+        """Load (or build, the first time for this model shape) the step for `batch` rows now,
+        rather than inside the first decode step: a command says so before its answer starts,
+        and the build is not counted as generation time. Seconds it took."""
+        if batch not in self._runners:
+            self._runner(batch)
+        return self.built_seconds[batch]
+
     def _example(self, batch: int) -> tuple[object, ...]:
         cfg = self.model.config  # type: ignore[union-attr]
         cache = KVCache(cfg, batch, 2 * KEY_BLOCK, dtype=self.model.dtype)  # type: ignore[union-attr]
@@ -229,7 +238,10 @@ def _build(body: _DecodeBody, example: tuple[object, ...], path: Path) -> None:
     per_layer = [{2: cache_dim}] * cfg.n_layers
     weights = example[-1]
     dynamic = (None, None, {0: keys_dim}, per_layer, per_layer, {name: None for name in weights})  # type: ignore[union-attr]
-    with torch.no_grad():
+    # torch's export and inductor warn about their own internals (FutureWarning, UserWarning):
+    # nothing a user of llamita can act on, so they stay out of the answer's terminal.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         exported = torch.export.export(_Exported(body), example, dynamic_shapes=dynamic, strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written next to its final name and renamed: a crash or a concurrent build never leaves
@@ -237,8 +249,10 @@ def _build(body: _DecodeBody, example: tuple[object, ...], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".pt2", dir=path.parent)
     os.close(fd)
     try:
-        torch._inductor.aoti_compile_and_package(
-            exported, package_path=tmp, inductor_configs={"emulate_precision_casts": True})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=tmp, inductor_configs={"emulate_precision_casts": True})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

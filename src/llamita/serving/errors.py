@@ -91,6 +91,16 @@ def install_error_handlers(app: FastAPI) -> None:
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         return APIError(400, f"invalid request: {first.get('msg', 'bad body')}", param=param).response()
 
+    async def on_disconnect(request: Request, e: ClientDisconnect) -> JSONResponse:
+        # A client that hangs up before its whole answer is normal (a closed tab, a timeout on
+        # its side): one line, its request already aborted and its slot freed. Registered by
+        # class so Starlette answers it here instead of in the catch-all for Exception, which
+        # re-raises into uvicorn's "Exception in ASGI application" and a full traceback.
+        log.info("%s %s: the client disconnected before the answer; request aborted",
+                 request.method, request.url.path)
+        return api_error(e).response()
+
+    app.add_exception_handler(ClientDisconnect, on_disconnect)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
     # Our own errors through Starlette's ExceptionMiddleware (answered, not re-raised); anything

@@ -8,6 +8,7 @@ starts, so load_duration is always 0 and a request with no prompt just answers "
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -27,6 +28,9 @@ from llamita.serving.params import ollama_grammar, ollama_sampling_params
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.state import ServerState, model_request, server_state
 from llamita.tokenizer.tool_calls import arguments_as_dict, find_tool_calls
+
+# Ollama's default context window (docs/context-length: 4k below 24 GiB of VRAM, so on CPUs).
+DEFAULT_NUM_CTX = 4096
 
 router = APIRouter()
 
@@ -53,9 +57,16 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 def _fit(state: ServerState, prompt: list[int], params: SamplingParams,
          options: dict[str, Any]) -> SamplingParams:
     """Apply num_ctx: a window larger than the model's is clamped to it, a smaller one limits
-    this request (prompt plus generated tokens)."""
+    this request (prompt plus generated tokens). Without it, Ollama's default window (4096
+    tokens, or $OLLAMA_CONTEXT_LENGTH) bounds the answer as it does in Ollama: a model caught
+    in a loop stops with done_reason "length" instead of filling a 128k window for an hour. A
+    prompt already longer than that default gets the model's whole window, not an error."""
     num_ctx = field(options, "num_ctx", int, where="options.")
-    if num_ctx is None or num_ctx >= state.context_length:
+    if num_ctx is None:
+        num_ctx = default_num_ctx()
+        if len(prompt) >= num_ctx:
+            return params
+    if num_ctx >= state.context_length:
         return params  # the engine checks the model's own window
     if num_ctx < 1:
         raise APIError(400, f"'options.num_ctx' must be >= 1, got {num_ctx}", param="options.num_ctx")
@@ -65,6 +76,13 @@ def _fit(state: ServerState, prompt: list[int], params: SamplingParams,
                                    f"least one generated token): {n + 1 - num_ctx} too many")
     room = num_ctx - n
     return params.replace(max_tokens=room if params.max_tokens is None else min(params.max_tokens, room))
+
+
+def default_num_ctx() -> int:
+    """Ollama's default context window: $OLLAMA_CONTEXT_LENGTH, else 4096 (Ollama's default
+    below 24 GiB of VRAM, and so on every CPU)."""
+    value = os.environ.get("OLLAMA_CONTEXT_LENGTH", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_NUM_CTX
 
 
 async def _start(state: ServerState, body: dict[str, Any], prompt: list[int]) -> Generation:

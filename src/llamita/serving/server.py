@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+import torch
 import uvicorn
 
 from llamita.config import ServerConfig
@@ -18,6 +19,7 @@ from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora import attach_loras
 from llamita.engine.tensor_parallel import open_model
+from llamita.engine.threads import use_threads
 from llamita.errors import InvalidParameterError
 from llamita.serving.app import create_app
 from llamita.serving.engine_loop import EngineLoop
@@ -50,6 +52,7 @@ def serve(config: ServerConfig) -> None:
 
     With `tensor_parallel` > 1 (under torchrun) rank 0 serves and the other ranks follow its
     forward passes until it stops."""
+    use_threads(config.threads)
     if config.tensor_parallel > 1:
         if config.gpu_layers is not None:
             raise InvalidParameterError("tensor_parallel", "does not combine with --gpu-layers")
@@ -99,8 +102,8 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     loop.start()
-    print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, context {engine.context_length} "
-          f"tokens) on http://{config.host}:{config.port}", flush=True)
+    print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, {torch.get_num_threads()} threads, "
+          f"context {engine.context_length} tokens) on http://{config.host}:{config.port}", flush=True)
     if adapters:
         print(f"llamita: LoRA adapters (request them as model '{name}+NAME' or \"lora\": NAME): "
               f"{', '.join(adapters)}", flush=True)
