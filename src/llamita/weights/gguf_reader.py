@@ -146,10 +146,11 @@ class GGUFFile:
 
     Tensor bytes stay on disk behind a read-only memory map until `tensor_bytes` asks for them.
     A split model (`NAME-00001-of-0000N.gguf`, llama.cpp's gguf-split) opens from its first
-    part as one file: the other parts' tensors join `tensors` and `file_size` counts them all.
+    part as one file: the other parts' tensors join `tensors` and `file_size` counts them all;
+    `join_parts=False` reads the one file alone (a part being checked as it downloads).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, _part: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, join_parts: bool = True) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise ModelFileError(f"model file not found: {self.path}")
@@ -166,7 +167,7 @@ class GGUFFile:
         self._part_of: dict[str, GGUFFile] = {}  # tensor name -> the part holding it
         try:
             self._parse()
-            if not _part:
+            if join_parts:
                 self._join_split_parts()
         except BaseException:
             self.close()
@@ -192,7 +193,7 @@ class GGUFFile:
             if not sibling.is_file():
                 raise ModelFileError(f"{self.path}: part {i} of {count} is missing ({sibling.name} "
                                      "should sit beside it)")
-            part = GGUFFile(sibling, _part=True)
+            part = GGUFFile(sibling, join_parts=False)
             self._parts.append(part)
             if part.metadata.get("split.no") != i - 1 or part.metadata.get("split.count") != count:
                 raise ModelFileError(f"{sibling}: its split.no/split.count do not say it is part {i} "
