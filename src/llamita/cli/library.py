@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from llamita.cli.common import friendly_errors, stderr
 
@@ -78,7 +78,9 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON (
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
-    table = Table("NAME", "SIZE", "QUANT", "PARAMS", "MODIFIED", "FROM")
+    # The figures never wrap; a long name folds rather than losing characters.
+    table = Table(Column("NAME", overflow="fold"),
+                  *(Column(h, no_wrap=True) for h in ("SIZE", "QUANT", "PARAMS", "MODIFIED", "FROM")))
     for r in rows:
         table.add_row(r["name"], _size(r["size_bytes"]), r["quantization"] or "-",
                       _params(r["parameters"]), _ago(r["modified"]), r["source"])
