@@ -162,7 +162,8 @@ def sha256_of(path: Path) -> str:
 
 
 def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
-             check: Callable[[Path], None] | None = None) -> Path:
+             check: Callable[[Path], None] | None = None,
+             status: Callable[[str], None] | None = None) -> Path:
     """Fetch one file into the HF cache and return its snapshot path. A weight (LFS) file
     resumes a partial download, must match its SHA-256 and pass `check` (which raises to
     refuse it) before it becomes a blob; a refused or corrupt file is deleted, so nothing
@@ -176,7 +177,7 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
                   cache_dir=hf_cache_dir(), endpoint=hf_endpoint(), token=hf_token())
     with hub_errors(remote.repo):
         if file.sha256 is not None:
-            _fetch_blob(remote, file, tqdm_class, check)
+            _fetch_blob(remote, file, tqdm_class, check, status or (lambda _: None))
         elif check is not None:  # a small file that decides whether the rest is fetched
             path = Path(hf_hub_download(**kwargs))  # type: ignore[arg-type]
             check(path)
@@ -185,7 +186,7 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
 
 
 def _fetch_blob(remote: RemoteModel, file: RemoteFile, tqdm_class: Any,
-                check: Callable[[Path], None] | None) -> None:
+                check: Callable[[Path], None] | None, say: Callable[[str], None]) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -210,6 +211,7 @@ def _fetch_blob(remote: RemoteModel, file: RemoteFile, tqdm_class: Any,
         http_get(meta.location, f, resume_size=resume,
                  headers=build_hf_headers(token=hf_token()), expected_size=file.size,
                  displayed_filename=Path(file.name).name, tqdm_class=tqdm_class)
+    say(f"verifying sha256 digest of {Path(file.name).name}")
     got = sha256_of(partial)
     if got != file.sha256:
         partial.unlink(missing_ok=True)

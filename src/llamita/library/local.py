@@ -5,6 +5,7 @@ path the loader opens."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,8 @@ def hf_cache_models() -> list[LocalModel]:
             by_name = {f.file_path.relative_to(rev.snapshot_path).as_posix(): f for f in rev.files}
             groups: list[ModelFiles] = gguf_models(by_name)
             folder = safetensors_model(by_name)
-            if folder is not None:
-                groups.append(folder)
+            if folder is not None and _is_llama_folder(rev.snapshot_path):
+                groups.append(folder)  # the cache also holds other tools' BERTs and such
             for group in groups:
                 files = [by_name[n] for n in group.files]
                 tag = group.quant or Path(group.primary).stem if group.kind == "gguf" else None
@@ -87,6 +88,15 @@ def hf_cache_models() -> list[LocalModel]:
                                         max(f.blob_last_modified for f in files), group.quant,
                                         repo.repo_id, files=tuple(f.file_path for f in files)))
     return sorted(found, key=lambda m: m.name)
+
+
+def _is_llama_folder(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and (config.get("model_type") == "llama" or
+                                         "LlamaForCausalLM" in (config.get("architectures") or []))
 
 
 def local_models() -> list[LocalModel]:

@@ -52,9 +52,9 @@ def pull(name: str, *, tqdm_class: Any = None,
     for i, file in enumerate(remote.files):
         check = _check_gguf if remote.model.kind == "gguf" and i == 0 else (
             _check_config if file.name == "config.json" else None)
-        paths.append(download(remote, file, tqdm_class=tqdm_class, check=check))
+        paths.append(download(remote, file, tqdm_class=tqdm_class, check=check, status=say))
     primary = paths[0] if remote.model.kind == "gguf" else paths[0].parent
-    say("verifying sha256 digest: ok" if any(f.sha256 for f in remote.files) else "done")
+    say("writing manifest")
     described = describe(primary)
     label = entry.name if entry is not None else (
         f"hf.co/{repo}" + (f":{remote.model.quant}" if remote.model.quant else ""))
