@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_ollama_model
+from ollama_store import write_ollama_model
 from typer.testing import CliRunner
 
 from llamita import LLM
@@ -108,3 +108,17 @@ def test_names_that_are_not_local(hub):
         load_model("missing.gguf")
     assert "not in the library" in invoke("rm", "nope").output
     assert not hub.served  # none of that touched the network
+
+
+def test_memory_of_a_short_name_before_pulling_it():
+    result = invoke("memory", "llama3.1:405b", "--json", "--ctx", "8192")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"] == "llama-3.1-405b" and report["estimates"][0]["type"] == "Q4_K_M"
+    assert report["estimates"][0]["total"] > 200e9
+
+
+def test_chat_takes_the_model_as_its_argument(ollama_tiny):
+    result = CliRunner().invoke(app, ["chat", "tiny", "-n", "3", "--temperature", "0"], input="hello\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "sha256-" in result.output  # the Ollama blob it opened, in place

@@ -187,14 +187,28 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
 
 def _fetch_blob(remote: RemoteModel, file: RemoteFile, tqdm_class: Any,
                 check: Callable[[Path], None] | None, say: Callable[[str], None]) -> None:
+    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub.utils import WeakFileLock
+
+    assert file.sha256 is not None
+    blob = storage_folder(remote.repo) / "blobs" / file.sha256
+    # huggingface_hub's own lock for this blob: a second pull of the same file (or another
+    # tool's hf_hub_download) waits instead of appending to the same partial file.
+    folder = repo_folder_name(repo_id=remote.repo, repo_type="model")
+    lock = hf_cache_dir() / ".locks" / folder / f"{file.sha256}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with WeakFileLock(lock):
+        if not blob.exists():
+            _fetch_locked(remote, file, blob, tqdm_class, check, say)
+
+
+def _fetch_locked(remote: RemoteModel, file: RemoteFile, blob: Path, tqdm_class: Any,
+                  check: Callable[[Path], None] | None, say: Callable[[str], None]) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
     assert file.sha256 is not None
-    blob = storage_folder(remote.repo) / "blobs" / file.sha256
-    if blob.exists():
-        return
     url = hf_hub_url(remote.repo, file.name, revision=remote.revision, endpoint=hf_endpoint())
     meta = get_hf_file_metadata(url, token=hf_token(), endpoint=hf_endpoint())
     if meta.etag != file.sha256:
