@@ -122,3 +122,10 @@ def test_chat_takes_the_model_as_its_argument(ollama_tiny):
     result = CliRunner().invoke(app, ["chat", "tiny", "-n", "3", "--temperature", "0"], input="hello\n/exit\n")
     assert result.exit_code == 0, result.output
     assert "sha256-" in result.output  # the Ollama blob it opened, in place
+
+
+def test_a_server_started_by_name_answers_to_that_name(models, ollama_tiny):
+    from llamita.serving.server import served_name
+
+    assert served_name(resolve_model_path("tiny"), "tiny") == "tiny"
+    assert served_name(models["q8"], str(models["q8"])) == "tiny-Q8_0"

@@ -174,3 +174,19 @@ def test_a_gguf_that_is_not_llama_is_refused_before_use(hub):
     assert not cache_files("*.gguf") and not cache_files("*.incomplete")
     assert not [b for b in cache_files() if "/blobs/" in b.as_posix()]
     assert not read_manifests()
+
+
+def test_a_safetensors_repository_that_is_not_llama_is_refused_before_its_weights(hub, models):
+    import json
+
+    files = {p.name: p.read_bytes() for p in models["hf"].iterdir()}
+    config = json.loads(files["config.json"])
+    files["config.json"] = json.dumps(dict(config, model_type="mistral",
+                                           architectures=["MistralForCausalLM"])).encode()
+    hub.add("test/mistral", files)
+    with pytest.raises(UnsupportedModelError, match="'mistral' model"):
+        pull("test/mistral")
+    assert hub.bytes_sent("test/mistral", "model.safetensors") == 0
+    assert not cache_files() or all("/.locks/" in p.as_posix() or p.name == "CACHEDIR.TAG"
+                                    or "/refs/" in p.as_posix() for p in cache_files())
+    assert not read_manifests()

@@ -180,7 +180,13 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
             _fetch_blob(remote, file, tqdm_class, check, status or (lambda _: None))
         elif check is not None:  # a small file that decides whether the rest is fetched
             path = Path(hf_hub_download(**kwargs))  # type: ignore[arg-type]
-            check(path)
+            try:
+                check(path)
+            except BaseException:
+                blob = path.resolve()
+                path.unlink(missing_ok=True)  # refused: neither link nor blob stays
+                blob.unlink(missing_ok=True)
+                raise
             return path
         return Path(hf_hub_download(**kwargs))  # type: ignore[arg-type]
 
