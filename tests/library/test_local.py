@@ -4,6 +4,7 @@ rm and cp from the command line; names accepted wherever a model is."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from ollama_store import write_ollama_model
@@ -49,6 +50,10 @@ def test_an_ollama_model_is_listed_and_runs_without_a_copy(ollama_tiny, models, 
     assert shown["template"] == "{{ .Prompt }}" and shown["license"] == "OLLAMA TINY LICENSE"
     assert shown["generation_parameters"]["temperature"] == 0.3
     assert "Ollama's store" in invoke("rm", "tiny").output and listed()["tiny:latest"]
+    assert invoke("cp", "tiny", "mytiny").exit_code == 0
+    assert {"tiny:latest", "mytiny"} <= set(listed())  # an alias never hides Ollama's tag
+    assert invoke("rm", "mytiny").exit_code == 0 and (homes / "ollama" / "blobs").exists()
+    assert Path(listed()["tiny:latest"]["path"]).is_file()
 
 
 def test_the_hf_cache_is_listed_and_runs_in_place(hub, models):

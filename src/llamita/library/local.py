@@ -81,7 +81,7 @@ def hf_cache_models() -> list[LocalModel]:
                 groups.append(folder)  # the cache also holds other tools' BERTs and such
             for group in groups:
                 files = [by_name[n] for n in group.files]
-                tag = group.quant or Path(group.primary).stem if group.kind == "gguf" else None
+                tag = (group.quant or Path(group.primary).stem) if group.kind == "gguf" else None
                 name = f"hf.co/{repo.repo_id}" + (f":{tag}" if tag else "")
                 path = rev.snapshot_path / (group.primary if group.kind == "gguf" else "")
                 found.append(LocalModel(name, "huggingface", path, sum(f.size_on_disk for f in files),
@@ -100,16 +100,20 @@ def _is_llama_folder(folder: Path) -> bool:
 
 
 def local_models() -> list[LocalModel]:
-    """Every model on this machine, each weight file listed once: a model pulled by llamita
-    lies in the HF cache too, and shows under its library name only."""
+    """Every model on this machine. A model pulled by llamita lies in the HF cache too and
+    shows under its library name only (as does one a `cp` named); Ollama's tags always show."""
     models = [_from_manifest(m) for m in read_manifests()]
     seen = {m.path.resolve() for m in models if m.path.exists()}
     embedded = _embedded()
     if embedded is not None and not any(m.name == EMBEDDED for m in models):
         models.append(embedded)
-    for extra in [*(_from_ollama(o) for o in ollama_models()), *hf_cache_models()]:
-        if extra.path.resolve() not in seen and not any(m.name == extra.name for m in models):
-            models.append(extra)
+    names = {m.name for m in models}
+    for o in ollama_models():
+        if o.name not in names:
+            models.append(_from_ollama(o))
+    for h in hf_cache_models():  # shown under a library name when one points to it
+        if h.path.resolve() not in seen and h.name not in names:
+            models.append(h)
     return models
 
 

@@ -60,6 +60,8 @@ def remove_model(name: str) -> int:
         if others or found.manifest.source != "hf":
             return 0
         return _delete_hf_files(_files_of(found))  # a pulled model: its files go too
+    if any(Path(m.path) == found.path for m in read_manifests()):
+        return 0  # found in the HF cache, but a library name still refers to it
     return _delete_hf_files(found.files)
 
 
