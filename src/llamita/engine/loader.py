@@ -74,8 +74,8 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
                tensor_parallel: tuple[int, int] | None = None,
                gpu_layers: int | None = None) -> LoadedModel:
     """Load a model ready to run: a GGUF file, a Hugging Face folder (config.json + safetensors)
-    or a Meta folder (params.json + consolidated.NN.pth), told apart automatically; None: the
-    default model.
+    or a Meta folder (params.json + consolidated.NN.pth), told apart automatically, or a library
+    name that stands for one (`resolve_model_path`); None: the default model.
 
     compact: keep quantized GGUF weights small (int4 / per-row int8 / encoded embedding). None:
     on for bfloat16 on the CPU, where torch's kernels for them run; False expands every weight to
