@@ -134,3 +134,16 @@ def test_a_server_started_by_name_answers_to_that_name(models, ollama_tiny):
 
     assert served_name(resolve_model_path("tiny"), "tiny") == "tiny"
     assert served_name(models["q8"], str(models["q8"])) == "tiny-Q8_0"
+
+
+def test_rm_of_a_pulled_split_or_folder_frees_every_file(hub):
+    from llamita.library.store import hf_cache_dir
+
+    for name in ("hf.co/test/split-GGUF:Q4_K_M", "test/tiny-hf"):
+        pull(name)
+    blobs = [p for p in hf_cache_dir().rglob("blobs/*") if p.is_file()]
+    assert len(blobs) >= 3 + 4
+    result = CliRunner().invoke(app, ["rm", "hf.co/test/split-GGUF:Q4_K_M", "hf.co/test/tiny-hf"])
+    assert result.exit_code == 0, result.output
+    assert not [p for p in hf_cache_dir().rglob("blobs/*") if p.is_file()]
+    assert set(listed()) == {"smollm2:135m"}
