@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> serving -> glass -> engine -> {model, tokenizer, weights} -> kernels."""
+"""Imports flow one way: cli -> serving -> glass -> engine -> {model, tokenizer, library -> weights} -> kernels."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 # For each package, the llamita packages it may import.
 ALLOWED = {
-    "cli": {"cli", "serving", "glass", "engine", "config", "errors", "sampling_params"},
+    "cli": {"cli", "serving", "glass", "engine", "library", "config", "errors", "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
     "serving": {"serving", "glass", "engine", "config", "errors", "sampling_params", "tokenizer"},
     # Glass sits beside serving: above the engine, below the CLI and the server.
     "glass": {"glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
-    "engine": {"engine", "model", "tokenizer", "weights", "kernels", "config", "errors", "sampling_params"},
+    "engine": {"engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
+               "sampling_params"},
+    # Names and the local library: reads weight headers (to check and describe a download),
+    # never builds a model; the engine's loader asks it what a name means.
+    "library": {"library", "weights", "config", "errors"},
     "model": {"model", "kernels", "config", "errors"},
     "tokenizer": {"tokenizer", "errors"},
     "weights": {"weights", "kernels", "config", "errors"},

@@ -105,9 +105,12 @@ def llama3_rope_divisors(cfg: dict) -> np.ndarray:
 
 def write_gguf(path: Path, cfg: dict, sd: dict[str, torch.Tensor],
                qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
-               context_length: int | None = None) -> Path:
-    """Write `sd` (HF naming) as a llama GGUF file the way convert_hf_to_gguf.py would."""
-    w = gguf.GGUFWriter(str(path), "llama")
+               context_length: int | None = None, split_max_tensors: int = 0) -> Path:
+    """Write `sd` (HF naming) as a llama GGUF file the way convert_hf_to_gguf.py would.
+
+    split_max_tensors > 0: split it as llama.cpp's gguf-split does, into
+    `STEM-0000K-of-0000N.gguf` parts of at most that many tensors (the first part returned)."""
+    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     w.add_name("tiny-test-llama")
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(context_length or cfg["max_position_embeddings"])
@@ -161,6 +164,10 @@ def write_gguf(path: Path, cfg: dict, sd: dict[str, torch.Tensor],
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    if split_max_tensors:
+        parts = sorted(path.parent.glob(f"{path.stem}-00001-of-*.gguf"))
+        assert len(parts) == 1, parts
+        return parts[0]
     return path
 
 

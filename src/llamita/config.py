@@ -128,7 +128,7 @@ class ServerConfig:
     with a 504 (in a stream: an error event). None: no limit.
     """
 
-    model: str | None = None  # a path; None: the embedded default model
+    model: str | None = None  # a path or a library name; None: the embedded default model
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 8080
     api_key: str | None = None

@@ -37,3 +37,8 @@ class TemplateError(LlamitaError):
 
 class TokenizerError(LlamitaError):
     """The tokenizer described by a model file cannot be built."""
+
+
+class DownloadError(LlamitaError):
+    """A model could not be pulled: no access, not found, no disk space, a network failure or
+    a file whose checksum does not match; the message says what to do."""

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
-                                ModelOption, TensorParallelOption, ThreadsOption, console, friendly_errors, open_llm,
-                                NoEscapeOption, start_up, stderr)
+                                ModelOption, NoEscapeOption, TensorParallelOption, ThreadsOption, console, fail,
+                                friendly_errors, open_llm, start_up, stderr)
 from llamita.cli.escapes import process_escapes
 from llamita.errors import LlamitaError
 
@@ -37,6 +37,10 @@ def _parse_value(text: str) -> Any:
 
 @friendly_errors
 def chat(
+    model_name: Optional[str] = typer.Argument(None, metavar="[MODEL]", show_default=False,
+                                               help="A model name or path, as --model (`llamita chat "
+                                                    "llama3.2:1b`); a name not on this machine is "
+                                                    "pulled first."),
     model: Optional[Path] = ModelOption,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt for the conversation."),
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per answer."),
@@ -53,6 +57,10 @@ def chat(
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
     longer fits in the context window (the system prompt is kept)."""
+    if model_name is not None:
+        if model is not None:
+            fail("give the model once: as the argument or with --model")
+        model = Path(model_name)
     with start_up():
         from llamita.sampling_params import SamplingParams
 

@@ -29,7 +29,9 @@ def console(*, to_stderr: bool = False) -> Console:
 
 stderr = console(to_stderr=True)
 
-MODEL_HELP = "Path to a .gguf model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
+MODEL_HELP = ("A model: a path (.gguf file, Hugging Face or Meta folder) or a library name "
+              "(llama3.2:1b, hf.co/USER/REPO:QUANT, an Ollama tag, a `llamita cp` name; "
+              "`llamita list` shows them). Default: the embedded SmolLM2-135M-Instruct (Q4_1).")
 DTYPE_HELP = ("Compute dtype of weights and activations: auto (bfloat16 on CPUs with AVX-512 BF16/AMX "
               "and on CUDA, else float32), float32 or bfloat16.")
 ModelOption = typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
@@ -99,7 +101,10 @@ def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | N
         from llamita.engine.llm import LLM
         from llamita.engine.threads import use_threads
 
+    from llamita.cli.library import ensure_local
+
     use_threads(threads)
+    ensure_local(model)  # `llamita run llama3.2:1b` pulls it first, as `ollama run` does
     if tensor_parallel == 1:
         with stderr.status("loading model…"), start_up():
             llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)

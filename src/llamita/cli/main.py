@@ -1,10 +1,10 @@
-"""The `llamita` command: run | chat | serve | info | quantize | perplexity."""
+"""The `llamita` command: run | chat | serve | pull | list | show | rm | cp | info | quantize ..."""
 
 from __future__ import annotations
 
 import typer
 
-from llamita.cli import bench, chat, finetune, glass, info, lora, memory, perplexity, quantize, run, serve
+from llamita.cli import bench, chat, finetune, glass, info, library, lora, memory, perplexity, quantize, run, serve
 
 app = typer.Typer(
     name="llamita",
@@ -16,6 +16,11 @@ app = typer.Typer(
 app.command("run")(run.run)
 app.command("chat")(chat.chat)
 app.command("serve")(serve.serve)
+app.command("pull")(library.pull)
+app.command("list")(library.list_models)
+app.command("show")(library.show)
+app.command("rm")(library.rm)
+app.command("cp")(library.cp)
 app.command("info")(info.info)
 app.command("quantize")(quantize.quantize)
 app.command("perplexity")(perplexity.perplexity)

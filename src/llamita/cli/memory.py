@@ -21,8 +21,10 @@ def _gb(n: int) -> str:
 
 @friendly_errors
 def memory(
-    model: Optional[Path] = typer.Argument(None, help="A .gguf file to estimate from its real tensor "
-                                           "types. Default: the embedded model (or --preset).",
+    model: Optional[Path] = typer.Argument(None, help="A .gguf file or a library name to estimate "
+                                           "from its real tensor types; a short name not pulled yet "
+                                           "(llamita memory llama3.1:405b) uses its shape and "
+                                           "quantization. Default: the embedded model (or --preset).",
                                            show_default=False),
     preset: Optional[str] = typer.Option(None, "--preset", help="A known shape instead of a file: "
                                          "llama-3.1-8b, llama-3.1-70b, llama-3.1-405b, llama-3.2-1b, "
@@ -50,6 +52,14 @@ def memory(
     from llamita.config import PRESETS
     from llamita.engine.memory import breakdown, estimate, estimate_file
 
+    if preset is None and model is not None:
+        from llamita.library.catalog import catalog_entry
+        from llamita.library.local import find_local
+
+        entry = catalog_entry(str(model))
+        if entry is not None and entry.preset is not None and find_local(entry.name) is None:
+            # Before a download: the table's shape and quantization say what it will need.
+            model, preset, quant = None, entry.preset, quant or [entry.quant or "Q4_K_M"]
     if kv_type not in KV_TYPES:
         fail(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
     if batch < 1 or any(c < 1 for c in ctx or []):
@@ -65,10 +75,9 @@ def memory(
     else:
         if quant:
             fail("--quant goes with --preset (a file's types are read from the file)")
-        if model is None:
-            from llamita.engine.loader import default_model_path
+        from llamita.engine.loader import resolve_model_path
 
-            model = default_model_path()
+        model = resolve_model_path(model)
         cfg, est = estimate_file(model)
         rows, source = [(est.file_type, est)], str(model)
     contexts = ctx or sorted({min(8192, cfg.context_length), cfg.context_length})

@@ -10,7 +10,7 @@ import typer
 
 from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption,
                                 JsonOption, JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption,
-                                NoEscapeOption, ThreadsOption, friendly_errors, grammar_option, open_llm,
+                                NoEscapeOption, ThreadsOption, fail, friendly_errors, grammar_option, open_llm,
                                 sampling_params, stderr)
 from llamita.cli.escapes import process_escapes
 
@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 @friendly_errors
 def run(
-    prompt: str = typer.Argument(..., help="The prompt (a question, or text to continue with --raw)."),
+    args: list[str] = typer.Argument(..., metavar="[MODEL] PROMPT", show_default=False,
+                                     help="The prompt (a question, or text to continue with --raw), "
+                                          "after an optional model name or path, as in `ollama run "
+                                          "MODEL PROMPT`: a name not on this machine is pulled first."),
     model: Optional[Path] = ModelOption,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt (chat mode only)."),
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
@@ -51,8 +54,16 @@ def run(
 ) -> None:
     """Answer PROMPT once. Text goes to stdout as it is generated; progress and speed to stderr.
 
-    Example: llamita run "What is the capital of France?" --temperature 0
+    Examples: llamita run "What is the capital of France?" --temperature 0
+              llamita run llama3.2:1b "¿Cuál es la capital de Francia?"
     """
+    if len(args) > 2:
+        fail(f"expected [MODEL] PROMPT, got {len(args)} arguments: quote the prompt")
+    if len(args) == 2:
+        if model is not None:
+            fail("give the model once: as the first argument or with --model")
+        model = Path(args[0])
+    prompt = args[-1]
     if not no_escape:
         prompt = process_escapes(prompt)
         system = None if system is None else process_escapes(system)

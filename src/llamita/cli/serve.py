@@ -37,8 +37,9 @@ def serve(
     max_running: int = typer.Option(16, "--max-running", min=1,
                                     help="Most requests generating at once (sequences in the batch)."),
     model_name: Optional[str] = typer.Option(None, "--model-name",
-                                             help="Name clients pass as 'model'. Default: the file name "
-                                                  "without .gguf.", show_default=False),
+                                             help="Name clients pass as 'model'. Default: the library "
+                                                  "name given to --model (llama3.2:1b), else the file "
+                                                  "name without .gguf.", show_default=False),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir",
                                             help="Folder for the web chat's conversations and feedback "
                                                  "(llamita.db, SQLite). Default: $XDG_DATA_HOME/llamita "

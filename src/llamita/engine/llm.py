@@ -49,6 +49,7 @@ class LLM:
     """A loaded model with its tokenizer and chat template.
 
     >>> llm = LLM()                                   # the embedded SmolLM2-135M-Instruct
+    >>> llm = LLM("llama3.2:1b")                      # a library name (`llamita pull` first)
     >>> llm.chat([{"role": "user", "content": "What is the capital of France?"}],
     ...          SamplingParams(temperature=0)).text
     """

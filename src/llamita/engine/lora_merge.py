@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from llamita.engine.loader import resolve_model_path
 from llamita.engine.lora import parse_lora_spec
 from llamita.errors import InvalidParameterError, ModelFileError
 from llamita.weights.checkpoint import gguf_name
@@ -68,7 +68,7 @@ def merge_lora(base_path: str | os.PathLike[str], loras: Sequence[str], output: 
     if not loras:
         raise InvalidParameterError("lora", "give at least one adapter to merge")
     ft = None if type_name.lower() == KEEP else file_type(type_name)
-    gguf = GGUFFile(Path(base_path).expanduser())
+    gguf = GGUFFile(resolve_model_path(base_path))  # a path or a library name
     try:
         cfg = config_from_gguf(gguf)
         deltas: dict[str, torch.Tensor] = {}

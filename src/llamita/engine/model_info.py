@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from llamita.engine.loader import default_model_path
+from llamita.engine.loader import resolve_model_path
 from llamita.weights.gguf import open_gguf
-
-# general.file_type -> llama.cpp's name for the mix (LLAMA_SPEC §5.1).
-FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
-}
+from llamita.weights.quant_mix import FILE_TYPE_NAMES as FILE_TYPES
 
 
 def model_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Architecture, sizes, quantization, tokenizer and chat template of a GGUF file."""
-    resolved = Path(path).expanduser() if path is not None else default_model_path()
+    resolved = resolve_model_path(path)
     gguf, cfg = open_gguf(resolved)
     try:
         meta = gguf.metadata

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
+from llamita.engine.loader import resolve_model_path
 from llamita.weights.checkpoint import FloatCheckpointSource, checkpoint_format, open_float_checkpoint
 from llamita.weights.gguf_reader import GGUFFile
 from llamita.weights.gguf_writer import (GGUFSource, QuantizeReport, TensorPlan, TensorSource,
@@ -24,7 +24,7 @@ def open_source(path: str | os.PathLike[str], *,
                 rope_scaling_factor: float | None = None) -> TensorSource:
     """The model at `path` as a tensor source, whatever its format (`rope_scaling_factor`:
     Meta folders only, see `weights/meta.py`)."""
-    path = Path(path).expanduser()
+    path = resolve_model_path(path)  # a library name works too
     if checkpoint_format(path) == "gguf":
         return GGUFSource(GGUFFile(path))
     ckpt = open_float_checkpoint(path, rope_scaling_factor=rope_scaling_factor)

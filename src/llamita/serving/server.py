@@ -42,8 +42,12 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
             "LLAMITA_API_KEY), or listen on 127.0.0.1.")
 
 
-def served_name(path: Path) -> str:
-    """The name clients give as `model`: the file name without .gguf (a folder: its name)."""
+def served_name(path: Path, model: str | None = None) -> str:
+    """The name clients give as `model`: the library name the server was started with
+    (`-m llama3.2:1b`, as Ollama names it), else the file name without .gguf (a folder: its
+    name)."""
+    if model is not None and not Path(model).expanduser().exists():
+        return model  # not a path: a name the loader looked up in the library
     return path.name.removesuffix(".gguf")
 
 
@@ -95,7 +99,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     adapters = list(loaded.model.lora.names)
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
-    name = config.model_name or served_name(loaded.path)
+    name = config.model_name or served_name(loaded.path, config.model)
     app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir,
                      cors_origins=config.cors_origins)
     warning = exposure_warning(config.host, config.api_key)

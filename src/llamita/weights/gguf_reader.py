@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ _NUMPY_OF: dict[int, str] = {
     10: "<u8", 11: "<i8", 12: "<f8",
 }
 _STRING, _ARRAY = 8, 9
+# llama.cpp's gguf-split naming: the first part carries the metadata, every part some tensors.
+SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,12 @@ class GGUFFile:
     """A parsed GGUF file: `metadata` (key -> python value) and `tensors` (name -> info).
 
     Tensor bytes stay on disk behind a read-only memory map until `tensor_bytes` asks for them.
+    A split model (`NAME-00001-of-0000N.gguf`, llama.cpp's gguf-split) opens from its first
+    part as one file: the other parts' tensors join `tensors` and `file_size` counts them all;
+    `join_parts=False` reads the one file alone (a part being checked as it downloads).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, join_parts: bool = True) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise ModelFileError(f"model file not found: {self.path}")
@@ -157,11 +163,51 @@ class GGUFFile:
             raise ModelFileError(f"{self.path}: not a GGUF file (only {self.file_size} bytes)")
         with open(self.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._parts: list[GGUFFile] = []
+        self._part_of: dict[str, GGUFFile] = {}  # tensor name -> the part holding it
         try:
             self._parse()
+            if join_parts:
+                self._join_split_parts()
         except BaseException:
-            self._map.close()
+            self.close()
             raise
+
+    def _join_split_parts(self) -> None:
+        """Open parts 2..N of a split model and take their tensors in (llama.cpp's `split.*`
+        keys: `split.no` counts from 0, `split.count` parts, `split.tensors.count` in all)."""
+        count = self.metadata.get("split.count", 1)
+        if not isinstance(count, int) or count <= 1:
+            return
+        number = self.metadata.get("split.no", 0)
+        match = SPLIT_NAME.match(self.path.name)
+        if number != 0:
+            first = f"{match['stem']}-00001-of-{match['count']}.gguf" if match else "its part 1"
+            raise ModelFileError(f"{self.path} is part {number + 1} of {count} of a split model: "
+                                 f"open the first part, {first}")
+        if match is None or int(match["count"]) != count:
+            raise ModelFileError(f"{self.path}: the first part of a {count}-part split model must "
+                                 f"be named NAME-00001-of-{count:05d}.gguf to find the others")
+        for i in range(2, count + 1):
+            sibling = self.path.with_name(f"{match['stem']}-{i:05d}-of-{match['count']}.gguf")
+            if not sibling.is_file():
+                raise ModelFileError(f"{self.path}: part {i} of {count} is missing ({sibling.name} "
+                                     "should sit beside it)")
+            part = GGUFFile(sibling, join_parts=False)
+            self._parts.append(part)
+            if part.metadata.get("split.no") != i - 1 or part.metadata.get("split.count") != count:
+                raise ModelFileError(f"{sibling}: its split.no/split.count do not say it is part {i} "
+                                     f"of {count}")
+            for name, info in part.tensors.items():
+                if name in self.tensors:
+                    raise ModelFileError(f"{sibling}: tensor '{name}' appears in two parts")
+                self.tensors[name] = info
+                self._part_of[name] = part
+            self.file_size += part.file_size
+        total = self.metadata.get("split.tensors.count", len(self.tensors))
+        if total != len(self.tensors):
+            raise ModelFileError(f"{self.path}: the split model declares {total} tensors, its "
+                                 f"{count} parts hold {len(self.tensors)}")
 
     def _parse(self) -> None:
         cur = _Cursor(self._map, self.path)
@@ -245,10 +291,13 @@ class GGUFFile:
             raise UnsupportedModelError(
                 f"{self.path}: tensor '{name}' has type {info.type_name}, which llamita cannot read "
                 f"yet (supported: {', '.join(sorted(t.name for t in SUPPORTED))})")
-        return np.frombuffer(self._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        owner = self._part_of.get(name, self)
+        return np.frombuffer(owner._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
     def close(self) -> None:
-        """Release the memory map (arrays from `tensor_bytes` must not be used afterwards)."""
+        """Release the memory maps (arrays from `tensor_bytes` must not be used afterwards)."""
+        for part in self._parts:
+            part.close()
         try:
             self._map.close()
         except BufferError:

@@ -46,6 +46,13 @@ FILE_TYPES: dict[str, FileType] = {ft.name: ft for ft in (
     FileType("Q6_K", 18, GGMLType.Q6_K, "6-bit K-quant"),
 )}
 
+# general.file_type -> llama.cpp's name for the mix (LLAMA_SPEC §5.1).
+FILE_TYPE_NAMES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+}
+
 # A K-quant needs rows of 256; when a row is shorter llama.cpp falls back to a 32-block type.
 _FALLBACK = {
     GGMLType.Q2_K: GGMLType.Q4_0,
