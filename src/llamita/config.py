@@ -144,3 +144,4 @@ class ServerConfig:
     gpu_layers: int | None = None  # CUDA: only the first N blocks on the GPU; None: all
     tensor_parallel: int = 1  # ranks under torchrun; rank 0 serves
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS
+    strict_model_names: bool = False  # True: a `model` other than the served name is a 404

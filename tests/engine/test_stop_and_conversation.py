@@ -83,3 +83,25 @@ def test_last_message_alone_too_long():
 def test_validate_messages_rejects(bad):
     with pytest.raises(InvalidParameterError, match="messages"):
         validate_messages(bad)
+
+
+def test_validate_messages_content_parts_and_developer():
+    msgs = validate_messages([
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "input_text", "text": "b"}]},
+        {"role": "tool", "content": [{"type": "text", "text": "42"}], "tool_call_id": "c"},
+        {"role": "tool", "content": [1, 2], "tool_call_id": "d"},  # a JSON result stays JSON
+    ])
+    # Parts are joined with a newline, as vLLM and llama.cpp's server join them.
+    assert [(m["role"], m["content"]) for m in msgs] == [
+        ("system", "Be brief."), ("user", "a\nb"), ("tool", "42"), ("tool", [1, 2])]
+
+
+def test_validate_messages_names_a_non_text_part():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(InvalidParameterError) as e:
+        validate_messages([{"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}])
+    assert e.value.name == "messages[0].content[1]" and "image_url" in str(e.value)
+    with pytest.raises(InvalidParameterError) as e:
+        validate_messages([{"role": "user", "content": [{"type": "text", "text": 5}]}])
+    assert e.value.name == "messages[0].content[0].text"
