@@ -105,3 +105,17 @@ def test_validate_messages_names_a_non_text_part():
     with pytest.raises(InvalidParameterError) as e:
         validate_messages([{"role": "user", "content": [{"type": "text", "text": 5}]}])
     assert e.value.name == "messages[0].content[0].text"
+
+
+def test_continue_final_message_in_a_chat_template(llm_f32):
+    """Assistant prefill through a Jinja template (ChatML): the new-turn prompt, then the text."""
+    from llamita.engine.prompts import encode_chat
+
+    tok = llm_f32.tokenizer
+    ask = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hola"}]
+    ids = encode_chat(tok, ask + [{"role": "assistant", "content": "¡Hola! Soy "}], continue_final_message=True)
+    assert tok.decode(ids) == tok.decode(encode_chat(tok, ask)) + "¡Hola! Soy"
+    assert encode_chat(tok, ask + [{"role": "assistant", "content": ""}], continue_final_message=True) == \
+        encode_chat(tok, ask)
+    with pytest.raises(InvalidParameterError, match="continue_final_message"):
+        encode_chat(tok, ask, continue_final_message=True)

@@ -39,6 +39,18 @@ def _refuse_unsupported(body: dict[str, Any], *, chat: bool) -> None:
             raise not_supported("best_of", "best_of > 1")
 
 
+def _prefill(body: dict[str, Any]) -> bool:
+    """vLLM's assistant prefill: `continue_final_message: true` continues the last (assistant)
+    message instead of starting a new turn; it goes with `add_generation_prompt: false`, the
+    only other value of that field that means something here."""
+    prefill = field(body, "continue_final_message", bool, False)
+    if field(body, "add_generation_prompt", bool, not prefill) == prefill:
+        what = "true with continue_final_message" if prefill else "false without continue_final_message"
+        raise APIError(400, f"'add_generation_prompt' {what} has no meaning: continue the final message or "
+                       "start a new turn", param="add_generation_prompt")
+    return prefill
+
+
 def _stream_options(body: dict[str, Any]) -> bool:
     """include_usage of stream_options (only meaningful with stream: true)."""
     options = field(body, "stream_options", dict, {})
@@ -107,7 +119,7 @@ async def chat_completions(request: Request) -> Any:
     _refuse_unsupported(body, chat=True)
     tools, call_grammar = _tools(state, body)
     messages = field(body, "messages", list, required=True)
-    prompt = encode_chat(state.tokenizer, messages, tools=tools)
+    prompt = encode_chat(state.tokenizer, messages, tools=tools, continue_final_message=_prefill(body))
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
     generation = await _start(state, [prompt], body, chat=True, grammar=call_grammar)
