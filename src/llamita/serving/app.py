@@ -16,7 +16,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
-from llamita.serving import embedding_routes, glass_routes, ollama_routes, openai_routes, ui_routes
+from llamita.serving import (embedding_routes, glass_routes, ollama_routes, openai_routes, responses_routes,
+                             ui_routes)
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
 from llamita.serving.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit
@@ -54,9 +55,10 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.state.chat_store = ChatStore(default_data_dir() if data_dir is None else data_dir)
     install_error_handlers(app)
 
-    app.include_router(openai_routes.router)
+    openai_api = [openai_routes.router, responses_routes.router, embedding_routes.router]
+    for router in openai_api:
+        app.include_router(router)
     app.include_router(ollama_routes.router)
-    app.include_router(embedding_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(glass_routes.router)
     app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")
@@ -66,7 +68,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.add_api_route("/detokenize", detokenize, methods=["POST"])
     app.add_api_route("/metrics", metrics_page, methods=["GET"])
     app.add_api_route("/openapi.json", openapi_json, methods=["GET"])
-    _serve_without_v1(app, [openai_routes.router, embedding_routes.router])
+    _serve_without_v1(app, openai_api)
     # Pure ASGI, not @app.middleware: that one wraps streams and hides client disconnects.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(AuthAndCount, api_key=api_key, metrics=metrics)

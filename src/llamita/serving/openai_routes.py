@@ -57,7 +57,7 @@ def _stream_options(body: dict[str, Any]) -> bool:
     return bool(field(options, "include_usage", bool, False, where="stream_options."))
 
 
-def _tools(state: ServerState, body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Grammar | None]:
+def offered_tools(state: ServerState, body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Grammar | None]:
     """The tools to offer the model, after tool_choice, and the grammar that forces a call
     ("required", or a named function {"type": "function", "function": {"name": ...}})."""
     tools = field(body, "tools", list)
@@ -84,7 +84,7 @@ def _tools(state: ServerState, body: dict[str, Any]) -> tuple[list[dict[str, Any
                    param="tool_choice")
 
 
-async def _start(state: ServerState, prompts: list[list[int]], body: dict[str, Any], *,
+async def start_generation(state: ServerState, prompts: list[list[int]], body: dict[str, Any], *,
                  chat: bool, grammar: Grammar | None = None) -> Generation:
     """n choices of each prompt, in the order prompt 0 choice 0, prompt 0 choice 1, ...
     `grammar` (a forced tool call) replaces the body's own."""
@@ -117,12 +117,12 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
 async def chat_completions(request: Request) -> Any:
     state, body = await model_request(request)
     _refuse_unsupported(body, chat=True)
-    tools, call_grammar = _tools(state, body)
+    tools, call_grammar = offered_tools(state, body)
     messages = field(body, "messages", list, required=True)
     prompt = encode_chat(state.tokenizer, messages, tools=tools, continue_final_message=_prefill(body))
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    generation = await _start(state, [prompt], body, chat=True, grammar=call_grammar)
+    generation = await start_generation(state, [prompt], body, chat=True, grammar=call_grammar)
     if stream:
         return _event_stream(_chat_events(state, generation, bool(tools), include_usage), generation)
     async with generation:
@@ -152,29 +152,37 @@ async def _chat_events(state: ServerState, generation: Generation, tools: bool,
 
     for i in range(len(generation.streams)):
         yield event(i, {"role": "assistant", "content": ""})
-    # With tools, text that may be a call is held back until it is known not to be one, and
-    # calls go out as OpenAI's deltas: id and name first, then pieces of the arguments.
-    calls = [ToolCallStream() for _ in generation.streams] if tools else []
-    python_tag = state.tokenizer.token_to_id(PYTHON_TAG)
-    async for i, out in generation.outputs():
-        c = generation.completions[i]
-        logprobs = _new_logprobs(state, c, out)
-        text = out.text
-        deltas: list[ToolCallDelta] = []
-        if tools:
-            text, deltas = calls[i].feed(out.text, python_tag=python_tag in out.token_ids)
-            if out.finished:
-                rest, more = calls[i].finish(*find_tool_calls(state.tokenizer, c.text, c.token_ids))
-                text, deltas = text + rest, deltas + more
+    called = [False] * len(generation.streams)
+    async for i, out, text, deltas in answer_pieces(state, generation, tools):
+        logprobs = _new_logprobs(state, generation.completions[i], out)
         if text or logprobs:
             yield event(i, {"content": text}, logprobs=logprobs)
         if deltas:
+            called[i] = True
             yield event(i, {"tool_calls": [d.as_openai() for d in deltas]})
         if out.finished:
-            yield event(i, {}, "tool_calls" if tools and calls[i].calls else out.finish_reason)
+            yield event(i, {}, "tool_calls" if called[i] else out.finish_reason)
     if include_usage:
         yield fmt.sse({**fmt.chunk("chat.completion.chunk", response_id, model, created, [], False),
                        "usage": fmt.usage(generation.completions)})
+
+
+async def answer_pieces(state: ServerState, generation: Generation, tools: bool
+                        ) -> AsyncIterator[tuple[int, RequestOutput, str, list[ToolCallDelta]]]:
+    """(choice index, output, content to show, tool-call deltas) as the answers grow. With
+    tools, text that may be a call is held back until it is known not to be one, and calls
+    come as deltas: id and name first, then pieces of the arguments."""
+    calls = [ToolCallStream() for _ in generation.streams] if tools else []
+    python_tag = state.tokenizer.token_to_id(PYTHON_TAG)
+    async for i, out in generation.outputs():
+        text, deltas = out.text, []
+        if tools:
+            text, deltas = calls[i].feed(out.text, python_tag=python_tag in out.token_ids)
+            if out.finished:
+                c = generation.completions[i]
+                rest, more = calls[i].finish(*find_tool_calls(state.tokenizer, c.text, c.token_ids))
+                text, deltas = text + rest, deltas + more
+        yield i, out, text, deltas
 
 
 def _new_logprobs(state: ServerState, c: Completion, out: RequestOutput) -> dict[str, Any] | None:
@@ -215,7 +223,7 @@ async def completions(request: Request) -> Any:
     wants_logprobs = body.get("logprobs") is not None
     if field(body, "echo", bool, False):
         return await _echo_completions(request, state, prompts, body, wants_logprobs)
-    generation = await _start(state, prompts, body, chat=False)
+    generation = await start_generation(state, prompts, body, chat=False)
     if stream:
         return _event_stream(_completion_events(state, generation, len(prompts), wants_logprobs,
                                                 include_usage), generation)
@@ -244,7 +252,7 @@ async def _echo_completions(request: Request, state: ServerState, prompts: list[
         done = [Completion(index=i, finish_reason="length", prompt_tokens=len(prompts[i // n]))
                 for i in range(n * len(prompts))]
     else:
-        generation = await _start(state, prompts, body, chat=False)
+        generation = await start_generation(state, prompts, body, chat=False)
         async with generation:
             done = await generation.run_to_end(request)
     choices = []

@@ -13,6 +13,7 @@ from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError
 from llamita.serving.metrics import ServerMetrics
 from llamita.serving.request_body import read_json_object
+from llamita.serving.response_history import ResponseHistory
 from llamita.tokenizer.tokenizer import Tokenizer
 
 
@@ -25,6 +26,7 @@ class ServerState:
     # True: a `model` other than the served one (or base+adapter) is a 404. False (the
     # default): any name answers, as llama.cpp's server and most local servers do.
     strict_model_names: bool = False
+    responses: ResponseHistory = field(default_factory=ResponseHistory)  # for previous_response_id
 
     @property
     def loaded(self) -> LoadedModel:
