@@ -201,3 +201,14 @@ def test_function_call_output_reaches_the_prompt_as_chat_would(scripted):
     # tool_choice "none" hides the tools: the text is not parsed as a call.
     plain = scripted.responses.create(model=MODEL_NAME, input=ASK, tools=[TOOL], tool_choice="none")
     assert [o.type for o in plain.output] == ["message"] and "<tool_call>" in plain.output_text
+
+
+def test_body_errors_are_openai_shaped_without_a_json_content_type(server):
+    for raw, param in ((b"[" * 100_000 + b"]" * 100_000, None), (b'{"input": "\xff"}', None), (b"[1]", None),
+                       (b'{"input": "x", "temperature": "hot"}', "temperature")):
+        r = httpx.post(server.url + "/responses", content=raw, timeout=TIMEOUT)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    # curl -d sends a form content type; the body is JSON all the same, as on the other routes.
+    r = httpx.post(server.url + "/v1/responses", content=b'{"input": "hi", "max_output_tokens": 2}',
+                   headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["usage"]["output_tokens"] == 2

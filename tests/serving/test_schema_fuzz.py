@@ -16,7 +16,7 @@ from serving_helpers import ScriptedEngine, start_server
 
 schemathesis = pytest.importorskip("schemathesis")
 
-CASES_PER_OPERATION = 30  # half valid, half invalid, over 15 operations
+CASES_PER_OPERATION = 30  # half valid, half invalid, over 16 operations
 
 
 class _Engine(ScriptedEngine):

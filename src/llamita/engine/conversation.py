@@ -42,7 +42,7 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
             if content is None:
                 content = ""
         if role in ("tool", "ipython") and isinstance(content, (dict, list, int, float, bool)):
-            if _is_part_list(content):
+            if isinstance(content, list) and _is_part_list(content):
                 content = content_text(content, f"messages[{i}].content")
         elif isinstance(content, list):
             content = content_text(content, f"messages[{i}].content")
@@ -71,9 +71,9 @@ def content_text(parts: list[Any], where: str) -> str:
     return "\n".join(texts)
 
 
-def _is_part_list(value: Any) -> bool:
+def _is_part_list(value: list[Any]) -> bool:
     """Whether a tool result's list is content parts (joined) rather than a JSON value of its own."""
-    return isinstance(value, list) and bool(value) and all(
+    return bool(value) and all(
         isinstance(p, dict) and p.get("type") in TEXT_PARTS for p in value)
 
 

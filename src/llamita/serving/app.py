@@ -16,8 +16,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
-from llamita.serving import (embedding_routes, glass_routes, ollama_routes, openai_routes, responses_routes,
-                             ui_routes)
+from llamita.serving import (
+    embedding_routes,
+    glass_routes,
+    ollama_routes,
+    openai_routes,
+    responses_routes,
+    ui_routes,
+)
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
 from llamita.serving.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit
@@ -84,7 +90,7 @@ def _serve_without_v1(app: FastAPI, routers: list[APIRouter]) -> None:
     (llama.cpp's server answers both)."""
     for route in [*app.routes, *(r for router in routers for r in router.routes)]:
         if isinstance(route, APIRoute) and route.path.startswith("/v1/"):
-            app.add_api_route(route.path.removeprefix("/v1"), route.endpoint, methods=sorted(route.methods),
+            app.add_api_route(route.path.removeprefix("/v1"), route.endpoint, methods=sorted(route.methods or ()),
                               include_in_schema=False)
 
 

@@ -5,6 +5,7 @@ Typed llamita errors map to a status here, in one place, so a route only raises.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,9 +14,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from llamita.errors import ContextOverflowError, InvalidParameterError, LlamitaError, TemplateError
-from llamita.serving.engine_loop import (EngineFailure, QueueFullError, RequestTimeoutError,
-                                         ServerShuttingDownError)
+from llamita.errors import (
+    ContextOverflowError,
+    InvalidParameterError,
+    LlamitaError,
+    TemplateError,
+)
+from llamita.serving.engine_loop import (
+    EngineFailure,
+    QueueFullError,
+    RequestTimeoutError,
+    ServerShuttingDownError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +88,16 @@ def api_error(e: Exception) -> APIError:
     return APIError(500, f"internal error: {type(e).__name__}", code="internal_error")
 
 
-def validation_error(e: RequestValidationError) -> APIError:
-    """A 400 for a body its pydantic model refused, naming the field as OpenAI does
-    (`input[0].role`). Of several errors (one per member of a union) the deepest is the one
-    that found what is wrong."""
-    errors = e.errors()
+def validation_error(errors: Sequence[Any], body: Any, prefix: tuple[str, ...] = ("body",)) -> APIError:
+    """A 400 for a body its pydantic model refused (pydantic's `errors()`, each `loc` starting
+    with `prefix`), naming the field as OpenAI does (`input[0].role`). Of several errors (one
+    per member of a union) the deepest is the one that found what is wrong."""
     if not errors:
         return APIError(400, "invalid request")
     error = max(errors, key=lambda err: len(err.get("loc", ())))
     if error.get("type") == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {error.get('msg')}")
-    param = _field_path(error.get("loc", ())[1:], getattr(e, "body", None))
+    param = _field_path(tuple(error.get("loc", ()))[len(prefix):], body)
     message = f"'{param}': {error.get('msg')}" if param else str(error.get("msg"))
     return APIError(400, f"invalid request: {message}", param=param or None)
 
@@ -119,7 +128,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(e.status_code, message, headers=getattr(e, "headers", None)).response()
 
     async def on_validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        return validation_error(e).response()
+        return validation_error(e.errors(), getattr(e, "body", None)).response()
 
     app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]

@@ -18,7 +18,12 @@ from llamita.sampling_params import MAX_LOGPROBS, Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.generation import Completion, Generation
-from llamita.serving.params import choice_count, openai_grammar, openai_sampling_params, per_choice
+from llamita.serving.params import (
+    choice_count,
+    openai_grammar,
+    openai_sampling_params,
+    per_choice,
+)
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
 from llamita.tokenizer.tool_call_stream import ToolCallDelta, ToolCallStream
@@ -175,7 +180,8 @@ async def answer_pieces(state: ServerState, generation: Generation, tools: bool
     calls = [ToolCallStream() for _ in generation.streams] if tools else []
     python_tag = state.tokenizer.token_to_id(PYTHON_TAG)
     async for i, out in generation.outputs():
-        text, deltas = out.text, []
+        text = out.text
+        deltas: list[ToolCallDelta] = []
         if tools:
             text, deltas = calls[i].feed(out.text, python_tag=python_tag in out.token_ids)
             if out.finished:

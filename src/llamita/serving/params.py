@@ -86,8 +86,8 @@ def openai_grammar(body: dict[str, Any]) -> Grammar | None:
         response_format = {"type": response_format}
     if response_format is not None and not isinstance(response_format, dict):
         raise APIError(400, "'response_format' must be an object", param="response_format")
-    kind = "text" if response_format is None else \
-        field(response_format, "type", str, "text", where="response_format.")
+    response_format = response_format or {}
+    kind = field(response_format, "type", str, "text", where="response_format.")
     grammar = field(body, "grammar", str)
     top_schema = field(body, "json_schema", dict)
     given = [name for name, on in (("response_format", kind != "text"), ("json_schema", top_schema is not None),

@@ -1,7 +1,7 @@
 """The body of POST /v1/responses (OpenAI's Responses API) as pydantic models, and its turning
 into what the chat route takes: chat messages, chat-style tools and tool_choice, a
-response_format. FastAPI validates the body against these models (errors in OpenAI's shape
-naming the field, serving/errors.py) and /openapi.json publishes their schema.
+response_format. The route validates the body against these models (errors in OpenAI's shape
+naming the field: serving/errors.py, validation_error) and /openapi.json publishes their schema.
 
 Shapes follow the `openai` SDK's `types/responses` (EasyInputMessageParam, FunctionToolParam,
 ResponseFunctionToolCallParam, FunctionCallOutput, ResponseTextConfigParam). Fields that would

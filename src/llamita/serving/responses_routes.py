@@ -13,14 +13,26 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from llamita.engine.conversation import Message
 from llamita.engine.prompts import encode_chat
-from llamita.serving.errors import APIError, api_error
+from llamita.serving.errors import APIError, api_error, validation_error
 from llamita.serving.generation import Completion, Generation
-from llamita.serving.openai_routes import SSE_HEADERS, answer_pieces, offered_tools, start_generation
+from llamita.serving.openai_routes import (
+    SSE_HEADERS,
+    answer_pieces,
+    offered_tools,
+    start_generation,
+)
+from llamita.serving.request_body import read_json_object
 from llamita.serving.response_history import StoredResponse
-from llamita.serving.responses_format import ResponseBuilder, new_id, response_object, sse_event
+from llamita.serving.responses_format import (
+    ResponseBuilder,
+    new_id,
+    response_object,
+    sse_event,
+)
 from llamita.serving.responses_request import ResponsesRequest, input_messages
 from llamita.serving.state import ServerState, server_state
 from llamita.tokenizer.tool_call_stream import ToolCallDelta
@@ -91,9 +103,20 @@ class _Run:
             self.generation.close()
 
 
+async def _read_body(request: Request) -> ResponsesRequest:
+    """The body, validated against ResponsesRequest. Read as the other routes read theirs (any
+    content type, the same JSON errors), not by FastAPI, which wants application/json."""
+    raw = await read_json_object(request)
+    try:
+        return ResponsesRequest.model_validate(raw)
+    except ValidationError as e:
+        raise validation_error(e.errors(), raw, prefix=()) from None
+
+
 @router.post("/v1/responses")
-async def create_response(request: Request, body: ResponsesRequest) -> Any:
+async def create_response(request: Request) -> Any:
     state = server_state(request)
+    body = await _read_body(request)
     state.check_model(body.model)
     conversation = _earlier_messages(state, body) + input_messages(body.input)
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + conversation
