@@ -212,3 +212,43 @@ def test_body_errors_are_openai_shaped_without_a_json_content_type(server):
     r = httpx.post(server.url + "/v1/responses", content=b'{"input": "hi", "max_output_tokens": 2}',
                    headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=TIMEOUT)
     assert r.status_code == 200 and r.json()["usage"]["output_tokens"] == 2
+
+
+def test_function_call_output_after_previous_response_id(scripted):
+    """The agent loop: the model calls a function; the client sends only the function's output
+    with previous_response_id. The prompt is the chat route's for the same conversation."""
+    r1 = scripted.responses.create(model=MODEL_NAME, input=ASK, tools=[TOOL])
+    call = r1.output[-1]
+    r2 = scripted.responses.create(model=MODEL_NAME, tools=[TOOL], previous_response_id=r1.id, input=[
+        {"type": "function_call_output", "call_id": call.call_id, "output": "22 C, sunny"}])
+    chat = scripted.chat.completions.create(model=MODEL_NAME, tools=[{"type": "function", "function": {
+        k: v for k, v in TOOL.items() if k != "type"}}], messages=[
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [{"id": call.call_id, "type": "function",
+                                                                          "function": {"name": "get_weather",
+                                                                                       "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "name": "get_weather", "content": "22 C, sunny"}])
+    assert r2.usage.input_tokens == chat.usage.prompt_tokens
+
+
+def test_json_schema_format_needs_its_schema(server):
+    r = httpx.post(server.url + "/v1/responses", timeout=TIMEOUT,
+                   json={"input": "x", "text": {"format": {"type": "json_schema", "name": "p"}}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text.format", r.text
+
+
+def test_input_items_become_chat_messages():
+    from llamita.serving.responses_request import ResponsesRequest, input_messages
+
+    earlier = [{"role": "user", "content": ASK}, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}]
+    body = ResponsesRequest.model_validate({"input": [
+        {"type": "function_call_output", "call_id": "call_a", "output": "22 C"},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "It is warm."}]},
+        {"type": "function_call", "call_id": "call_b", "name": "get_time", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_b", "output": [{"type": "input_text", "text": "noon"}]}]})
+    assert input_messages(body.input, earlier) == [
+        {"role": "tool", "tool_call_id": "call_a", "name": "get_weather", "content": "22 C"},
+        {"role": "assistant", "content": "It is warm.", "tool_calls": [
+            {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_b", "name": "get_time", "content": "noon"}]

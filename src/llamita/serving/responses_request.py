@@ -11,9 +11,11 @@ a tool other than a function, an input item other than a message, a function cal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic_core import PydanticCustomError
 
 from llamita.engine.conversation import Message, content_text
 
@@ -90,6 +92,12 @@ class TextFormat(BaseModel):
     json_schema: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
+    @model_validator(mode="after")
+    def _schema_given(self) -> TextFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise PydanticCustomError("missing", "Field required: a 'json_schema' format needs 'schema'")
+        return self
+
 
 class TextConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -154,13 +162,14 @@ class ResponsesRequest(BaseModel):
         return {"type": "json_schema", "json_schema": {"name": spec.name, "schema": spec.json_schema}}
 
 
-def input_messages(items: str | list[Any]) -> list[Message]:
+def input_messages(items: str | list[Any], earlier: Sequence[Message] = ()) -> list[Message]:
     """The request's `input` as chat messages. A function call joins the assistant message
-    before it (chat's tool_calls); a function's output is a "tool" message named after its call."""
+    before it (chat's tool_calls); a function's output is a "tool" message named after its call,
+    found in `input` or in the `earlier` conversation (previous_response_id's)."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     messages: list[Message] = []
-    names: dict[str, str] = {}  # call_id -> function name
+    names = {call["id"]: call["function"]["name"] for m in earlier for call in m.get("tool_calls") or ()}
     for i, item in enumerate(items):
         if isinstance(item, MessageItem):
             content = item.content if isinstance(item.content, str) else content_text(item.content, f"input[{i}].content")

@@ -118,7 +118,8 @@ async def create_response(request: Request) -> Any:
     state = server_state(request)
     body = await _read_body(request)
     state.check_model(body.model)
-    conversation = _earlier_messages(state, body) + input_messages(body.input)
+    earlier = _earlier_messages(state, body)
+    conversation = earlier + input_messages(body.input, earlier)
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + conversation
     chat_body = {"model": body.model, "messages": messages, "max_tokens": body.max_output_tokens,
                  "temperature": body.temperature, "top_p": body.top_p,
