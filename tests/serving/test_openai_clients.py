@@ -142,3 +142,10 @@ def test_preflight_without_cors_is_answered_but_grants_nothing(loaded):
         assert httpx.options(running.url + "/v1/chat/completions", timeout=10).status_code == 401
     finally:
         stop()
+
+
+def test_models_retrieve(server):
+    for client in (_client(server.url + "/v1"), _client(server.url)):
+        assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("gpt-4o")  # listing what exists is exact, unlike answering

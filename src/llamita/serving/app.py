@@ -70,6 +70,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"])
     app.add_api_route("/tokenize", tokenize, methods=["POST"])
     app.add_api_route("/detokenize", detokenize, methods=["POST"])
     app.add_api_route("/metrics", metrics_page, methods=["GET"])
@@ -167,6 +168,15 @@ async def health(request: Request) -> JSONResponse:
 async def list_models(request: Request) -> JSONResponse:
     state = server_state(request)
     return JSONResponse({"object": "list", "data": [_model_card(state, name) for name in state.model_names()]})
+
+
+async def get_model(request: Request, model_id: str) -> JSONResponse:
+    """One model by its exact id (OpenAI's models.retrieve): the served one or base+adapter."""
+    state = server_state(request)
+    if model_id not in state.model_names():
+        raise APIError(404, f"the model '{model_id}' does not exist; this server serves "
+                       f"{', '.join(repr(n) for n in state.model_names())}", param="model", code="model_not_found")
+    return JSONResponse(_model_card(state, model_id))
 
 
 def _model_card(state: ServerState, name: str) -> dict[str, Any]:
