@@ -252,3 +252,17 @@ def test_input_items_become_chat_messages():
         {"role": "assistant", "content": "It is warm.", "tool_calls": [
             {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_b", "name": "get_time", "content": "noon"}]
+
+
+def test_sdk_stream_helper_accumulates_the_same_response(client, scripted):
+    """The SDK's responses.stream() rebuilds the response from the events; it must find every
+    item and part where the events say, for text and for function calls."""
+    kw = dict(model=MODEL_NAME, input=QUESTION, temperature=0, max_output_tokens=12)
+    with client.responses.stream(**kw) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert final.output_text == text == client.responses.create(**kw).output_text
+    with scripted.responses.stream(model=MODEL_NAME, input=ASK, tools=[TOOL]) as stream:
+        final = stream.get_final_response()
+    call = final.output[-1]
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Madrid"}
