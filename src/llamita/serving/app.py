@@ -174,8 +174,7 @@ async def get_model(request: Request, model_id: str) -> JSONResponse:
     """One model by its exact id (OpenAI's models.retrieve): the served one or base+adapter."""
     state = server_state(request)
     if model_id not in state.model_names():
-        raise APIError(404, f"the model '{model_id}' does not exist; this server serves "
-                       f"{', '.join(repr(n) for n in state.model_names())}", param="model", code="model_not_found")
+        raise state.unknown_model(model_id)
     return JSONResponse(_model_card(state, model_id))
 
 

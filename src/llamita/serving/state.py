@@ -62,7 +62,8 @@ class ServerState:
         name = lora or named or None
         if name is not None and name not in self.adapters:
             raise APIError(404, f"no LoRA adapter '{name}'; this server has "
-                           f"{', '.join(self.adapters) or 'none'}", param="lora", code="model_not_found")
+                           f"{', '.join(self.adapters) or 'none'}", param="lora" if lora else "model",
+                           code="model_not_found")
         return name
 
     def check_model(self, name: object) -> None:
@@ -79,11 +80,14 @@ class ServerState:
         if name.removesuffix(":latest") in self.model_names():
             return
         if self.strict_model_names:
-            raise APIError(404, f"the model '{name}' does not exist; this server serves "
-                           f"{', '.join(repr(n) for n in self.model_names())}", param="model",
-                           code="model_not_found")
+            raise self.unknown_model(name)
         if "+" in name:
             self.adapter_of({"model": name})  # 404 naming the adapters it has
+
+    def unknown_model(self, name: str) -> APIError:
+        """The 404 for a model name this server does not have, listing those it has."""
+        return APIError(404, f"the model '{name}' does not exist; this server serves "
+                        f"{', '.join(repr(n) for n in self.model_names())}", param="model", code="model_not_found")
 
 
 def server_state(request: Request) -> ServerState:
