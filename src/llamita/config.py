@@ -145,3 +145,4 @@ class ServerConfig:
     tensor_parallel: int = 1  # ranks under torchrun; rank 0 serves
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS
     threads: int | None = None  # CPU threads; None: engine/threads.py's default for this machine
+    strict_model_names: bool = False  # True: a `model` other than the served name is a 404

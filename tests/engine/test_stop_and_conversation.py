@@ -83,3 +83,39 @@ def test_last_message_alone_too_long():
 def test_validate_messages_rejects(bad):
     with pytest.raises(InvalidParameterError, match="messages"):
         validate_messages(bad)
+
+
+def test_validate_messages_content_parts_and_developer():
+    msgs = validate_messages([
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "input_text", "text": "b"}]},
+        {"role": "tool", "content": [{"type": "text", "text": "42"}], "tool_call_id": "c"},
+        {"role": "tool", "content": [1, 2], "tool_call_id": "d"},  # a JSON result stays JSON
+    ])
+    # Parts are joined with a newline, as vLLM and llama.cpp's server join them.
+    assert [(m["role"], m["content"]) for m in msgs] == [
+        ("system", "Be brief."), ("user", "a\nb"), ("tool", "42"), ("tool", [1, 2])]
+
+
+def test_validate_messages_names_a_non_text_part():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(InvalidParameterError) as e:
+        validate_messages([{"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}])
+    assert e.value.name == "messages[0].content[1]" and "image_url" in str(e.value)
+    with pytest.raises(InvalidParameterError) as e:
+        validate_messages([{"role": "user", "content": [{"type": "text", "text": 5}]}])
+    assert e.value.name == "messages[0].content[0].text"
+
+
+def test_continue_final_message_in_a_chat_template(llm_f32):
+    """Assistant prefill through a Jinja template (ChatML): the new-turn prompt, then the text."""
+    from llamita.engine.prompts import encode_chat
+
+    tok = llm_f32.tokenizer
+    ask = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hola"}]
+    ids = encode_chat(tok, ask + [{"role": "assistant", "content": "¡Hola! Soy "}], continue_final_message=True)
+    assert tok.decode(ids) == tok.decode(encode_chat(tok, ask)) + "¡Hola! Soy"
+    assert encode_chat(tok, ask + [{"role": "assistant", "content": ""}], continue_final_message=True) == \
+        encode_chat(tok, ask)
+    with pytest.raises(InvalidParameterError, match="continue_final_message"):
+        encode_chat(tok, ask, continue_final_message=True)

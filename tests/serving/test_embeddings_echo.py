@@ -49,7 +49,7 @@ def test_ollama_embed(server, llm_f32):
 
 def test_embedding_errors(server):
     for body, status in (({"input": []}, 400), ({"input": [1, "a"]}, 400), ({}, 400),
-                         ({"input": "x", "dimensions": 8}, 400), ({"input": "x", "model": "gpt-9"}, 404),
+                         ({"input": "x", "dimensions": 8}, 400), ({"input": "x", "model": "gpt-9+nope"}, 404),
                          ({"input": "x", "encoding_format": "hex"}, 400)):
         r = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=30)
         assert r.status_code == status, body

@@ -169,8 +169,8 @@ def test_bad_requests_are_openai_400s(server, path, body, param):
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 
 
-def test_wrong_model_is_404(server):
-    r = post(server, "/glass/tokens", {"text": "hola", "model": "gpt-4"})
+def test_unknown_adapter_is_404(server):
+    r = post(server, "/glass/tokens", {"text": "hola", "model": "gpt-4+nope"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 

@@ -83,7 +83,7 @@ def test_list_show_ps_version(client, server):
 
 def test_unknown_model_and_unsupported_option(client):
     with pytest.raises(ollama.ResponseError) as e:
-        client.chat(model="llama3:70b", messages=QUESTION)
+        client.chat(model="llama3:70b+nope", messages=QUESTION)
     assert e.value.status_code == 404
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model=MODEL_NAME, messages=QUESTION, options={"mirostat": 2})

@@ -53,7 +53,7 @@ def test_bad_completion_prompts_and_tokens(server):
 
 
 def test_unknown_model_and_route(server):
-    assert error_of(httpx.post(server.url + CHAT, json={"model": "gpt-4", "messages": HELLO}, timeout=30),
+    assert error_of(httpx.post(server.url + CHAT, json={"model": "gpt-4+nope", "messages": HELLO}, timeout=30),
                     404)["code"] == "model_not_found"
     assert error_of(httpx.get(server.url + "/v1/nothing", timeout=30), 404)["type"] == "not_found_error"
 

@@ -110,6 +110,11 @@ def test_server_concurrent_requests_with_different_adapters(tiny):
 
         missing = httpx.post(running.url + "/v1/completions", json={"model": f"{MODEL_NAME}+nope", "prompt": "x"})
         assert missing.status_code == 404
+        # A name that asks for no adapter answers with the base, named as the base.
+        other = httpx.post(running.url + "/v1/completions", timeout=60, json={
+            "model": "gpt-4o", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}).json()
+        assert other["choices"][0]["text"] == alone(singles, None, params=params).text and other["model"] == MODEL_NAME
+        assert "style-a" in missing.json()["error"]["message"]  # the 404 lists the adapters served
         clash = httpx.post(running.url + "/v1/completions",
                            json={"model": f"{MODEL_NAME}+style-a", "lora": "style-b", "prompt": "x"})
         assert clash.status_code == 400

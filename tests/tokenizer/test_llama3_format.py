@@ -155,3 +155,14 @@ def test_who_uses_the_built_in_format(
     assert llama3_meta_tok.uses_llama3_format
     assert not llama3_tok.uses_llama3_format  # it has a template
     assert not smollm_tok.uses_llama3_format  # not a Llama 3 vocabulary
+
+
+def test_continue_final_message_ends_at_the_text(llama3_meta_tok: Tokenizer) -> None:
+    """Assistant prefill in the built-in format: the prompt is the new-turn prompt followed by
+    the prefilled text, with no end of turn after it."""
+    from llamita.engine.prompts import encode_chat
+
+    ask = [{"role": "user", "content": "¿Capital de Perú?"}]
+    ids = encode_chat(llama3_meta_tok, ask + [{"role": "assistant", "content": "La capital es"}],
+                      continue_final_message=True)
+    assert llama3_meta_tok.decode(ids) == llama3_meta_tok.decode(encode_chat(llama3_meta_tok, ask)) + "La capital es"

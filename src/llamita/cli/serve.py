@@ -21,8 +21,8 @@ def serve(
                                   "0.0.0.0 opens the server to the network (set --api-key then)."),
     port: int = typer.Option(8080, "--port", "-p", help="TCP port to listen on."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMITA_API_KEY", show_envvar=True,
-                                          help="Require 'Authorization: Bearer KEY' on every route but "
-                                               "/health. Default: no key."),
+                                          help="Require 'Authorization: Bearer KEY' (or 'X-Api-Key: KEY') "
+                                               "on every route but /health. Default: no key."),
     max_queue: int = typer.Option(64, "--max-queue", min=0,
                                   help="Most requests waiting for a place in the batch (requests); "
                                        "more get HTTP 503 with Retry-After."),
@@ -40,6 +40,11 @@ def serve(
                                              help="Name clients pass as 'model'. Default: the library "
                                                   "name given to --model (llama3.2:1b), else the file "
                                                   "name without .gguf.", show_default=False),
+    strict_model_names: bool = typer.Option(
+        False, "--strict-model-names",
+        help="Answer HTTP 404 to a request whose 'model' is not the served name (or NAME+ADAPTER). "
+             "Default: any name answers with the served model, as llama.cpp's server does; a "
+             "NAME+ADAPTER for an adapter not served is a 404 either way."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir",
                                             help="Folder for the web chat's conversations and feedback "
                                                  "(llamita.db, SQLite). Default: $XDG_DATA_HOME/llamita "
@@ -60,7 +65,8 @@ def serve(
     tensor_parallel: int = TensorParallelOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and
+    """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/responses,
+    /v1/models, each also without /v1) and
     Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize,
     and a web chat page at /.
 
@@ -75,4 +81,5 @@ def serve(
                             max_running=max_running, dtype=dtype, model_name=model_name,
                             data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ()),
                             device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel,
-                            cors_origins=tuple(cors_origin or ()), threads=threads))
+                            cors_origins=tuple(cors_origin or ()), threads=threads,
+                            strict_model_names=strict_model_names))

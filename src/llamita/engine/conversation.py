@@ -8,14 +8,19 @@ from typing import Any
 from llamita.errors import ContextOverflowError, InvalidParameterError
 
 Message = dict[str, Any]
-ROLES = ("system", "user", "assistant", "tool", "ipython")
+ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
+# Content part type -> the key holding its text: chat completions' "text" (and an assistant's
+# "refusal"), the Responses API's "input_text" and "output_text".
+TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
 
 
 def validate_messages(messages: Sequence[Message]) -> list[Message]:
     """Check OpenAI-style messages: a non-empty list of {"role", "content"} dicts.
 
-    Content is a string; an assistant turn with `tool_calls` may have none, and a tool result
-    (role "tool" or "ipython") may be any JSON value (templates render it as JSON).
+    Content is a string or a list of text parts (joined, see content_text); an assistant turn
+    with `tool_calls` may have none, and a tool result (role "tool" or "ipython") may be any
+    JSON value (templates render it as JSON). The "developer" role (OpenAI's newer name for
+    system) becomes "system", the only name chat templates know.
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidParameterError("messages", "must be a non-empty list of {'role', 'content'} objects")
@@ -37,11 +42,39 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
             if content is None:
                 content = ""
         if role in ("tool", "ipython") and isinstance(content, (dict, list, int, float, bool)):
-            pass
+            if isinstance(content, list) and _is_part_list(content):
+                content = content_text(content, f"messages[{i}].content")
+        elif isinstance(content, list):
+            content = content_text(content, f"messages[{i}].content")
         elif not isinstance(content, str):
-            raise InvalidParameterError("messages", f"message {i} content must be a string")
-        out.append({**m, "content": content})
+            raise InvalidParameterError("messages", f"message {i} content must be a string or a list of text parts")
+        out.append({**m, "role": "system" if role == "developer" else role, "content": content})
     return out
+
+
+def content_text(parts: list[Any], where: str) -> str:
+    """The text of a content-part list ([{"type": "text", "text": ...}, ...]): the text parts
+    joined with newlines, as vLLM and llama.cpp's server join them. A part the model cannot
+    read (an image, audio, a file) is an InvalidParameterError naming it, e.g.
+    `messages[1].content[0]` (`where` is the list's own path)."""
+    texts = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in TEXT_PARTS:
+            what = f"a {kind!r} part" if isinstance(kind, str) else "not a {'type', ...} part"
+            raise InvalidParameterError(f"{where}[{j}]", f"is {what}; this model reads text only "
+                                        "(parts of type 'text')")
+        text = part.get(TEXT_PARTS[kind])
+        if not isinstance(text, str):
+            raise InvalidParameterError(f"{where}[{j}].{TEXT_PARTS[kind]}", "must be a string")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _is_part_list(value: list[Any]) -> bool:
+    """Whether a tool result's list is content parts (joined) rather than a JSON value of its own."""
+    return bool(value) and all(
+        isinstance(p, dict) and p.get("type") in TEXT_PARTS for p in value)
 
 
 def validate_tools(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

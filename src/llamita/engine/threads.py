@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import os
+import time
+from pathlib import Path
 
 import torch
 
@@ -29,11 +31,26 @@ def usable_cores() -> int:
 
 
 def busy_cores() -> float:
-    """Cores other work keeps busy: the 1-minute load average (0 where it cannot be read)."""
+    """Cores other work keeps busy: the 1-minute load average less this process's own share
+    (its CPU time over its lifetime: a server or a test session that has run for minutes is
+    part of the load it reads), 0 where it cannot be read."""
     try:
-        return os.getloadavg()[0]
+        load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+    return max(0.0, load - _own_cores())
+
+
+def _own_cores() -> float:
+    """Cores this process has kept busy on average since it started (0 if unknown)."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    alive = uptime - started
+    return time.process_time() / alive if alive > 1.0 else 0.0
 
 
 @functools.cache

@@ -7,15 +7,23 @@ import hmac
 import os
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
-from llamita.serving import embedding_routes, glass_routes, ollama_routes, openai_routes, ui_routes
+from llamita.serving import (
+    embedding_routes,
+    glass_routes,
+    ollama_routes,
+    openai_routes,
+    responses_routes,
+    ui_routes,
+)
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
 from llamita.serving.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit
@@ -33,34 +41,41 @@ OPEN_PREFIXES = ("/static/",)
 
 def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = None,
                data_dir: str | os.PathLike[str] | None = None, *,
-               cors_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               cors_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               strict_model_names: bool = False) -> FastAPI:
     """The server's app. The engine loop must be started by the caller (and stopped by it).
 
     api_key: when set, every route but /health, /openapi.json and the chat page's files needs
-    `Authorization: Bearer <api_key>`.
+    `Authorization: Bearer <api_key>` or `X-Api-Key: <api_key>`.
     data_dir: where the web chat keeps llamita.db; None: default_data_dir().
     cors_origins: origins whose pages may call the API from a browser; none (the default)
     sends no CORS headers at all, so other sites' pages cannot read the answers.
-    max_body_bytes: larger request bodies get 413 before they are read."""
+    max_body_bytes: larger request bodies get 413 before they are read.
+    strict_model_names: a request naming another model than the served one gets 404; by
+    default any name answers (state.py, ServerState.check_model)."""
     app = FastAPI(title="llamita", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = ServerMetrics()
     metrics.watch(engine_loop)
-    app.state.llamita = ServerState(engine_loop, model_name, metrics)
+    app.state.llamita = ServerState(engine_loop, model_name, metrics,
+                                    strict_model_names=strict_model_names)
     app.state.chat_store = ChatStore(default_data_dir() if data_dir is None else data_dir)
     install_error_handlers(app)
 
-    app.include_router(openai_routes.router)
+    openai_api = [openai_routes.router, responses_routes.router, embedding_routes.router]
+    for router in openai_api:
+        app.include_router(router)
     app.include_router(ollama_routes.router)
-    app.include_router(embedding_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(glass_routes.router)
     app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"])
     app.add_api_route("/tokenize", tokenize, methods=["POST"])
     app.add_api_route("/detokenize", detokenize, methods=["POST"])
     app.add_api_route("/metrics", metrics_page, methods=["GET"])
     app.add_api_route("/openapi.json", openapi_json, methods=["GET"])
+    _serve_without_v1(app, openai_api)
     # Pure ASGI, not @app.middleware: that one wraps streams and hides client disconnects.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(AuthAndCount, api_key=api_key, metrics=metrics)
@@ -68,6 +83,16 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
                            allow_headers=["*"])
     return app
+
+
+def _serve_without_v1(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Every /v1/... route of the app and `routers` also at its path without /v1
+    (/chat/completions, /models...), the same handler: for clients whose base URL lacks /v1
+    (llama.cpp's server answers both)."""
+    for route in [*app.routes, *(r for router in routers for r in router.routes)]:
+        if isinstance(route, APIRoute) and route.path.startswith("/v1/"):
+            app.add_api_route(route.path.removeprefix("/v1"), route.endpoint, methods=sorted(route.methods or ()),
+                              include_in_schema=False)
 
 
 async def openapi_json(request: Request) -> JSONResponse:
@@ -96,9 +121,16 @@ class AuthAndCount:
             await send(message)
 
         try:
-            if self.api_key and not _is_open(scope["path"]) and not _has_key(Headers(scope=scope), self.api_key):
-                error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                 code="invalid_api_key")
+            headers = Headers(scope=scope)
+            if self.api_key and _is_preflight(scope, headers):
+                # Browsers send no key on a CORS preflight. With --cors-origin the CORS
+                # middleware (outside this one) answers it; without, this answer grants no
+                # origin, so the browser still refuses the real request.
+                await Response(status_code=204, headers={"Allow": "GET, POST, PUT, DELETE, OPTIONS"})(
+                    scope, receive, send_and_note)
+            elif self.api_key and not _is_open(scope["path"]) and not _has_key(headers, self.api_key):
+                error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' "
+                                 "or 'X-Api-Key: <key>'", code="invalid_api_key")
                 await error.response()(scope, receive, send_and_note)
             else:
                 await self.app(scope, receive, send_and_note)
@@ -111,10 +143,19 @@ def _is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
+def _is_preflight(scope: Scope, headers: Headers) -> bool:
+    return scope["method"] == "OPTIONS" and "access-control-request-method" in headers
+
+
 def _has_key(headers: Headers, api_key: str) -> bool:
+    """`Authorization: Bearer <key>` (OpenAI's clients) or `X-Api-Key: <key>` (llama.cpp's
+    server and Anthropic-style clients)."""
     scheme, _, token = headers.get("authorization", "").partition(" ")
-    # Constant-time comparison: the key must not leak through response timing.
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    # Constant-time comparisons, both always made: the key must not leak through response timing.
+    by_bearer = hmac.compare_digest(bearer.encode(), api_key.encode())
+    by_header = hmac.compare_digest(headers.get("x-api-key", "").strip().encode(), api_key.encode())
+    return by_bearer or by_header
 
 
 async def health(request: Request) -> JSONResponse:
@@ -127,6 +168,14 @@ async def health(request: Request) -> JSONResponse:
 async def list_models(request: Request) -> JSONResponse:
     state = server_state(request)
     return JSONResponse({"object": "list", "data": [_model_card(state, name) for name in state.model_names()]})
+
+
+async def get_model(request: Request, model_id: str) -> JSONResponse:
+    """One model by its exact id (OpenAI's models.retrieve): the served one or base+adapter."""
+    state = server_state(request)
+    if model_id not in state.model_names():
+        raise state.unknown_model(model_id)
+    return JSONResponse(_model_card(state, model_id))
 
 
 def _model_card(state: ServerState, name: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Typed llamita errors map to a status here, in one place, so a route only raises.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,9 +14,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from llamita.errors import ContextOverflowError, InvalidParameterError, LlamitaError, TemplateError
-from llamita.serving.engine_loop import (EngineFailure, QueueFullError, RequestTimeoutError,
-                                         ServerShuttingDownError)
+from llamita.errors import (
+    ContextOverflowError,
+    InvalidParameterError,
+    LlamitaError,
+    TemplateError,
+)
+from llamita.serving.engine_loop import (
+    EngineFailure,
+    QueueFullError,
+    RequestTimeoutError,
+    ServerShuttingDownError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,37 @@ def api_error(e: Exception) -> APIError:
     return APIError(500, f"internal error: {type(e).__name__}", code="internal_error")
 
 
+def validation_error(errors: Sequence[Any], body: Any, prefix: tuple[str, ...] = ("body",)) -> APIError:
+    """A 400 for a body its pydantic model refused (pydantic's `errors()`, each `loc` starting
+    with `prefix`), naming the field as OpenAI does (`input[0].role`). Of several errors (one
+    per member of a union) the deepest is the one that found what is wrong."""
+    if not errors:
+        return APIError(400, "invalid request")
+    error = max(errors, key=lambda err: len(err.get("loc", ())))
+    if error.get("type") == "json_invalid":
+        return APIError(400, f"the request body is not valid JSON: {error.get('msg')}")
+    param = _field_path(tuple(error.get("loc", ()))[len(prefix):], body)
+    message = f"'{param}': {error.get('msg')}" if param else str(error.get("msg"))
+    return APIError(400, f"invalid request: {message}", param=param or None)
+
+
+def _field_path(loc: tuple[Any, ...], body: Any) -> str:
+    """pydantic's location of an error, as the path of the field in the body. pydantic puts the
+    labels of union members in it (`str`, `list[...]`, a tag): a part that is not a key or an
+    index of the body there is such a label, unless it is the last and names a key an object
+    lacks (a missing field)."""
+    path, value = "", body
+    for i, part in enumerate(loc):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        elif not (i == len(loc) - 1 and isinstance(value, dict)):  # a label, not a missing key
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path.lstrip(".")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_error(request: Request, e: Exception) -> JSONResponse:
         return api_error(e).response()
@@ -87,9 +128,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(e.status_code, message, headers=getattr(e, "headers", None)).response()
 
     async def on_validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        first: dict[str, Any] = e.errors()[0] if e.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return APIError(400, f"invalid request: {first.get('msg', 'bad body')}", param=param).response()
+        return validation_error(e.errors(), getattr(e, "body", None)).response()
 
     async def on_disconnect(request: Request, e: ClientDisconnect) -> JSONResponse:
         # A client that hangs up before its whole answer is normal (a closed tab, a timeout on

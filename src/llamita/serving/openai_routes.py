@@ -18,7 +18,12 @@ from llamita.sampling_params import MAX_LOGPROBS, Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.generation import Completion, Generation
-from llamita.serving.params import choice_count, openai_grammar, openai_sampling_params, per_choice
+from llamita.serving.params import (
+    choice_count,
+    openai_grammar,
+    openai_sampling_params,
+    per_choice,
+)
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
 from llamita.tokenizer.tool_call_stream import ToolCallDelta, ToolCallStream
@@ -39,13 +44,25 @@ def _refuse_unsupported(body: dict[str, Any], *, chat: bool) -> None:
             raise not_supported("best_of", "best_of > 1")
 
 
+def _prefill(body: dict[str, Any]) -> bool:
+    """vLLM's assistant prefill: `continue_final_message: true` continues the last (assistant)
+    message instead of starting a new turn; it goes with `add_generation_prompt: false`, the
+    only other value of that field that means something here."""
+    prefill = field(body, "continue_final_message", bool, False)
+    if field(body, "add_generation_prompt", bool, not prefill) == prefill:
+        what = "true with continue_final_message" if prefill else "false without continue_final_message"
+        raise APIError(400, f"'add_generation_prompt' {what} has no meaning: continue the final message or "
+                       "start a new turn", param="add_generation_prompt")
+    return prefill
+
+
 def _stream_options(body: dict[str, Any]) -> bool:
     """include_usage of stream_options (only meaningful with stream: true)."""
     options = field(body, "stream_options", dict, {})
     return bool(field(options, "include_usage", bool, False, where="stream_options."))
 
 
-def _tools(state: ServerState, body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Grammar | None]:
+def offered_tools(state: ServerState, body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Grammar | None]:
     """The tools to offer the model, after tool_choice, and the grammar that forces a call
     ("required", or a named function {"type": "function", "function": {"name": ...}})."""
     tools = field(body, "tools", list)
@@ -72,7 +89,7 @@ def _tools(state: ServerState, body: dict[str, Any]) -> tuple[list[dict[str, Any
                    param="tool_choice")
 
 
-async def _start(state: ServerState, prompts: list[list[int]], body: dict[str, Any], *,
+async def start_generation(state: ServerState, prompts: list[list[int]], body: dict[str, Any], *,
                  chat: bool, grammar: Grammar | None = None) -> Generation:
     """n choices of each prompt, in the order prompt 0 choice 0, prompt 0 choice 1, ...
     `grammar` (a forced tool call) replaces the body's own."""
@@ -105,12 +122,12 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
 async def chat_completions(request: Request) -> Any:
     state, body = await model_request(request)
     _refuse_unsupported(body, chat=True)
-    tools, call_grammar = _tools(state, body)
+    tools, call_grammar = offered_tools(state, body)
     messages = field(body, "messages", list, required=True)
-    prompt = encode_chat(state.tokenizer, messages, tools=tools)
+    prompt = encode_chat(state.tokenizer, messages, tools=tools, continue_final_message=_prefill(body))
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    generation = await _start(state, [prompt], body, chat=True, grammar=call_grammar)
+    generation = await start_generation(state, [prompt], body, chat=True, grammar=call_grammar)
     if stream:
         return _event_stream(_chat_events(state, generation, bool(tools), include_usage), generation)
     async with generation:
@@ -140,29 +157,38 @@ async def _chat_events(state: ServerState, generation: Generation, tools: bool,
 
     for i in range(len(generation.streams)):
         yield event(i, {"role": "assistant", "content": ""})
-    # With tools, text that may be a call is held back until it is known not to be one, and
-    # calls go out as OpenAI's deltas: id and name first, then pieces of the arguments.
+    called = [False] * len(generation.streams)
+    async for i, out, text, deltas in answer_pieces(state, generation, tools):
+        logprobs = _new_logprobs(state, generation.completions[i], out)
+        if text or logprobs:
+            yield event(i, {"content": text}, logprobs=logprobs)
+        if deltas:
+            called[i] = True
+            yield event(i, {"tool_calls": [d.as_openai() for d in deltas]})
+        if out.finished:
+            yield event(i, {}, "tool_calls" if called[i] else out.finish_reason)
+    if include_usage:
+        yield fmt.sse({**fmt.chunk("chat.completion.chunk", response_id, model, created, [], False),
+                       "usage": fmt.usage(generation.completions)})
+
+
+async def answer_pieces(state: ServerState, generation: Generation, tools: bool
+                        ) -> AsyncIterator[tuple[int, RequestOutput, str, list[ToolCallDelta]]]:
+    """(choice index, output, content to show, tool-call deltas) as the answers grow. With
+    tools, text that may be a call is held back until it is known not to be one, and calls
+    come as deltas: id and name first, then pieces of the arguments."""
     calls = [ToolCallStream() for _ in generation.streams] if tools else []
     python_tag = state.tokenizer.token_to_id(PYTHON_TAG)
     async for i, out in generation.outputs():
-        c = generation.completions[i]
-        logprobs = _new_logprobs(state, c, out)
         text = out.text
         deltas: list[ToolCallDelta] = []
         if tools:
             text, deltas = calls[i].feed(out.text, python_tag=python_tag in out.token_ids)
             if out.finished:
+                c = generation.completions[i]
                 rest, more = calls[i].finish(*find_tool_calls(state.tokenizer, c.text, c.token_ids))
                 text, deltas = text + rest, deltas + more
-        if text or logprobs:
-            yield event(i, {"content": text}, logprobs=logprobs)
-        if deltas:
-            yield event(i, {"tool_calls": [d.as_openai() for d in deltas]})
-        if out.finished:
-            yield event(i, {}, "tool_calls" if tools and calls[i].calls else out.finish_reason)
-    if include_usage:
-        yield fmt.sse({**fmt.chunk("chat.completion.chunk", response_id, model, created, [], False),
-                       "usage": fmt.usage(generation.completions)})
+        yield i, out, text, deltas
 
 
 def _new_logprobs(state: ServerState, c: Completion, out: RequestOutput) -> dict[str, Any] | None:
@@ -203,7 +229,7 @@ async def completions(request: Request) -> Any:
     wants_logprobs = body.get("logprobs") is not None
     if field(body, "echo", bool, False):
         return await _echo_completions(request, state, prompts, body, wants_logprobs)
-    generation = await _start(state, prompts, body, chat=False)
+    generation = await start_generation(state, prompts, body, chat=False)
     if stream:
         return _event_stream(_completion_events(state, generation, len(prompts), wants_logprobs,
                                                 include_usage), generation)
@@ -232,7 +258,7 @@ async def _echo_completions(request: Request, state: ServerState, prompts: list[
         done = [Completion(index=i, finish_reason="length", prompt_tokens=len(prompts[i // n]))
                 for i in range(n * len(prompts))]
     else:
-        generation = await _start(state, prompts, body, chat=False)
+        generation = await start_generation(state, prompts, body, chat=False)
         async with generation:
             done = await generation.run_to_end(request)
     choices = []

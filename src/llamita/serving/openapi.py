@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 description of the server's main routes, served at /openapi.json.
 
-The handlers read their JSON bodies by hand (request_body.py) so that every error names its
+Most handlers read their JSON bodies by hand (request_body.py) so that every error names its
 field; this document says what they accept, for clients and for the schema fuzzing in
 tests/serving/test_schema_fuzz.py (which checks that no input, valid or not, gets a 5xx).
+/v1/responses declares its body as a pydantic model, whose own schema is published here.
+Every /v1 path is also served without /v1 (not listed twice).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from llamita import __version__
+from llamita.serving.responses_request import ResponsesRequest
 
 _STR: dict[str, Any] = {"type": "string"}
 _BOOL: dict[str, Any] = {"type": "boolean"}
@@ -33,11 +36,14 @@ _SAMPLING = {
     "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
     "logit_bias": {"type": "object", "additionalProperties": _num(-100, 100)},
 }
+_TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
+    "type": {"enum": ["text"]}, "text": _STR}}, "maxItems": 3}
 _MESSAGE = {
     "type": "object", "required": ["role", "content"],
-    "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]},
-                   "content": {"oneOf": [_STR, {"type": "null"}]}, "name": _STR},
+    "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+                   "content": {"oneOf": [_STR, _TEXT_PARTS, {"type": "null"}]}, "name": _STR},
 }
+_REF = "#/components/schemas/{model}"
 _OLLAMA_OPTIONS = {"type": "object", "properties": {
     "num_predict": _int(-1, 16), "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0),
     "seed": _int(0), "stop": {"type": "array", "items": _STR}, "repeat_penalty": _num(0.01, 10),
@@ -59,9 +65,16 @@ def _get(summary: str) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
 
 
+def _model_body(schema: dict[str, Any]) -> dict[str, Any]:
+    top = {k: v for k, v in schema.items() if k != "$defs"}
+    return {"required": True, "content": {"application/json": {"schema": top}}}
+
+
 def openapi_document() -> dict[str, Any]:
+    responses_schema = ResponsesRequest.model_json_schema(ref_template=_REF)
     return {
         "openapi": "3.1.0",
+        "components": {"schemas": responses_schema.get("$defs", {})},
         "info": {"title": "llamita", "version": __version__},
         "paths": {
             "/health": _get("liveness"),
@@ -77,6 +90,7 @@ def openapi_document() -> dict[str, Any]:
                 **_SAMPLING, "prompt": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 2}]},
                 "echo": _BOOL, "logprobs": _int(0, 5),
             })),
+            "/v1/responses": _post("OpenAI Responses API", _model_body(responses_schema)),
             "/v1/embeddings": _post("OpenAI embeddings", _body(["input"], {
                 "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 3}]},
                 "encoding_format": {"enum": ["float", "base64"]},

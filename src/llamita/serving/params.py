@@ -45,12 +45,23 @@ def openai_sampling_params(body: dict[str, Any], *, chat: bool) -> SamplingParam
     kw["grammar"] = openai_grammar(body)
     if "penalty_last_n" in body or "repeat_last_n" in body:
         kw["penalty_last_n"] = body.get("penalty_last_n", body.get("repeat_last_n"))
-    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
-    given = [body[n] for n in names if body.get(n) is not None]
-    # Chat completions run to the end of the context unless told; legacy completions stop at 16.
-    kw["max_tokens"] = given[0] if given else (None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS)
+    kw["max_tokens"] = _max_tokens(body, chat=chat)
     kw["logprobs"] = _openai_logprobs(body, chat=chat)
     return _build(kw)
+
+
+def _max_tokens(body: dict[str, Any], *, chat: bool) -> int | None:
+    """max_completion_tokens or max_tokens, or llama.cpp's name `n_predict` (-1: no limit).
+    Chat completions run to the end of the context unless told; legacy completions stop at 16."""
+    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
+    given = [body[n] for n in names if body.get(n) is not None]
+    n_predict = body.get("n_predict")
+    if n_predict is not None:
+        if given and given[0] != n_predict:
+            raise APIError(400, f"'n_predict' and '{names[-1]}' say different things; give one",
+                           param="n_predict")
+        return _num_predict(n_predict)
+    return given[0] if given else (None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS)
 
 
 def _logit_bias(value: Any) -> dict[int, Any]:
@@ -67,25 +78,33 @@ def _logit_bias(value: Any) -> dict[int, Any]:
 
 
 def openai_grammar(body: dict[str, Any]) -> Grammar | None:
-    """The grammar an OpenAI body asks for: `response_format` json_object or json_schema, or
-    llama.cpp's server extension `grammar` (GBNF text)."""
+    """The grammar an OpenAI body asks for: `response_format` json_object (with llama.cpp's
+    optional `schema`) or json_schema, or llama.cpp's server extensions `json_schema` (a JSON
+    Schema object) and `grammar` (GBNF text). At most one of the three."""
     response_format = body.get("response_format")
     if isinstance(response_format, str):  # some clients send the bare type
         response_format = {"type": response_format}
     if response_format is not None and not isinstance(response_format, dict):
         raise APIError(400, "'response_format' must be an object", param="response_format")
-    kind = "text" if response_format is None else \
-        field(response_format, "type", str, "text", where="response_format.")
+    response_format = response_format or {}
+    kind = field(response_format, "type", str, "text", where="response_format.")
     grammar = field(body, "grammar", str)
-    if grammar is not None and kind != "text":
-        raise APIError(400, "give either 'response_format' or 'grammar', not both", param="grammar")
+    top_schema = field(body, "json_schema", dict)
+    given = [name for name, on in (("response_format", kind != "text"), ("json_schema", top_schema is not None),
+                                   ("grammar", grammar is not None)) if on]
+    if len(given) > 1:
+        raise APIError(400, f"give one of 'response_format', 'json_schema' and 'grammar', not "
+                       f"{' and '.join(repr(g) for g in given)}", param=given[-1])
     try:
         if grammar is not None:
             return Grammar("gbnf", grammar)
+        if top_schema is not None:
+            return Grammar.json_schema(top_schema)
         if kind == "text":
             return None
         if kind == "json_object":
-            return Grammar.json_object()
+            schema = field(response_format, "schema", dict, where="response_format.")
+            return Grammar.json_object() if schema is None else Grammar.json_schema(schema)
         if kind == "json_schema":
             spec = field(response_format, "json_schema", dict, required=True, where="response_format.")
             schema = spec.get("schema")
@@ -94,7 +113,7 @@ def openai_grammar(body: dict[str, Any]) -> Grammar | None:
                                param="response_format.json_schema.schema")
             return Grammar.json_schema(schema)
     except InvalidParameterError as e:
-        raise APIError(400, str(e), param="response_format") from None
+        raise APIError(400, str(e), param=given[0] if given else "response_format") from None
     raise APIError(400, f"'response_format.type' must be 'text', 'json_object' or 'json_schema', got {kind!r}",
                    param="response_format.type")
 

@@ -101,7 +101,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path, config.model)
     app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir,
-                     cors_origins=config.cors_origins)
+                     cors_origins=config.cors_origins, strict_model_names=config.strict_model_names)
     warning = exposure_warning(config.host, config.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
