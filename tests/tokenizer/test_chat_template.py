@@ -13,9 +13,7 @@ import pytest
 from llamita.errors import TemplateError
 from llamita.tokenizer import ChatTemplate, Tokenizer
 
-REFERENCE = Path("/work/shared/reference")
-if not REFERENCE.exists():
-    REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # tests/data/reference/README.md
 
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -135,8 +133,6 @@ def test_bos_not_doubled_when_template_writes_it() -> None:
 
 def llama31_cases() -> dict[str, Any]:
     path = REFERENCE / "llama31_chat_vectors.json"
-    if not path.exists():
-        pytest.skip(f"reference file {path} not available")
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -21,16 +21,12 @@ from llamita.tokenizer import Tokenizer, tokenizer_from_folder
 from llamita.tokenizer.bpe import bytes_to_byte_level, merges_from_ranks
 from llamita.tokenizer.files import llama3_special_tokens
 
-REFERENCE = Path("/work/shared/reference")
-if not REFERENCE.exists():  # the reference folder sits beside the repository as shared/
-    REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # tests/data/reference/README.md
 
 
 @pytest.fixture(scope="module")
 def vector_texts() -> list[str]:
     path = REFERENCE / "llama3_tokenizer_vectors.json"
-    if not path.exists():
-        pytest.skip(f"reference file {path} not available")
     return [case["text"] for case in json.loads(path.read_text(encoding="utf-8"))]
 
 

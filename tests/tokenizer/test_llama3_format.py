@@ -15,9 +15,7 @@ from llamita.tokenizer import Tokenizer
 from llamita.tokenizer.llama3_format import llama3_chat_parts, today_string
 from llamita.tokenizer.tool_calls import with_dict_arguments
 
-REFERENCE = Path("/work/shared/reference")
-if not REFERENCE.exists():  # the reference folder sits beside the repository as shared/
-    REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # tests/data/reference/README.md
 CHAT_VECTORS = REFERENCE / "llama31_chat_vectors.json"
 TEMPLATE_DEFAULT_DATE = "26 Jul 2024"  # the HF 3.1 template's date_string default
 
@@ -36,8 +34,6 @@ WEATHER_TOOL = {
 
 
 def chat_cases() -> list[tuple[str, dict[str, Any]]]:
-    if not CHAT_VECTORS.exists():
-        return []
     return list(json.loads(CHAT_VECTORS.read_text(encoding="utf-8")).items())
 
 
@@ -61,8 +57,6 @@ def test_reference_conversations(name: str, case: dict[str, Any], template_free_
 
 
 def test_reference_file_has_the_four_cases() -> None:
-    if not CHAT_VECTORS.exists():
-        pytest.skip(f"{CHAT_VECTORS} not available")
     assert [name[0] for name, _ in chat_cases()] == ["A", "B", "C", "D"]
 
 

@@ -15,15 +15,11 @@ import pytest
 from llamita.errors import InvalidParameterError, TokenizerError
 from llamita.tokenizer import Tokenizer
 
-REFERENCE = Path("/work/shared/reference")
-if not REFERENCE.exists():  # the reference folder sits beside the repository as shared/
-    REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # tests/data/reference/README.md
 
 
 def load_reference(name: str) -> Any:
     path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"reference file {path} not available")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
