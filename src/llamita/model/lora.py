@@ -167,14 +167,6 @@ def install_adapter(model: nn.Module, name: str,
     return slot
 
 
-def remove_adapters(model: nn.Module) -> None:
-    """Put every wrapped base linear back in place and forget every adapter."""
-    for name, layer in lora_layers(model).items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer.base)
-    model.lora.names.clear()  # type: ignore[union-attr]
-
-
 class _FrozenCompactMatmul(torch.autograd.Function):
     """x Wᵀ for a frozen compact weight, expanded from its codes in the forward pass and again
     in the backward pass instead of being kept: training memory stays that of the codes."""

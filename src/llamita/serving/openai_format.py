@@ -83,11 +83,6 @@ def chat_message(text: str, tool_calls: list[ToolCall]) -> dict[str, Any]:
     return message
 
 
-def stream_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    """Tool calls as one streamed delta: each with its index."""
-    return [{"index": i, **call} for i, call in enumerate(calls)]
-
-
 # ------------------------------------------------------------------------------- envelopes
 
 def response(kind: str, response_id: str, model: str, choices: list[dict[str, Any]],
