@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> serving -> glass -> engine -> {model, tokenizer, library -> weights} -> kernels."""
+"""Imports flow one way: cli -> serving -> glass -> engine -> {model, library -> weights -> tokenizer} -> kernels."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ ALLOWED = {
     "library": {"library", "weights", "config", "errors"},
     "model": {"model", "kernels", "config", "errors"},
     "tokenizer": {"tokenizer", "errors"},
-    "weights": {"weights", "kernels", "config", "errors"},
+    # The GGUF tokenizer keys of a folder come from the tokenizer's own file reader (one reader).
+    "weights": {"weights", "tokenizer", "kernels", "config", "errors"},
     "kernels": {"kernels", "errors"},
     "config": set(),
     "errors": set(),

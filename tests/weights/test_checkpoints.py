@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from llamita.config import PRESETS, RopeScaling, llama_ffn_dim
+from llamita.engine.loader import load_tokenizer
 from llamita.engine.quantize import quantize_model
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.model.transformer import Transformer
+from llamita.tokenizer.gguf_keys import gguf_keys_from_hf, gguf_keys_from_tiktoken
 from llamita.weights.checkpoint import read_checkpoint
-from llamita.weights.hf import config_from_hf, gguf_tokenizer_from_hf
-from llamita.weights.meta import gguf_tokenizer_from_tiktoken
+from llamita.weights.hf import config_from_hf
 from tiny_models import (hf_llama, llama31_mini_config, random_hf_weights, write_hf_folder,
                          write_meta_folder)
 
@@ -183,11 +184,33 @@ def test_quantized_gguf_from_folder_matches_the_folder(mini, tmp_path):
 
 def test_tokenizer_model_and_tokenizer_json_give_the_same_gguf_vocabulary(mini):
     vocab = mini.cfg["vocab_size"]
-    a = gguf_tokenizer_from_hf(mini.folders["hf"], vocab)
-    b = gguf_tokenizer_from_tiktoken(mini.folders["meta"] / "tokenizer.model", vocab)
+    a = gguf_keys_from_hf(mini.folders["hf"], vocab)
+    b = gguf_keys_from_tiktoken(mini.folders["meta"] / "tokenizer.model", vocab)
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
                 "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.add_bos_token"):
         assert a[key] == b[key], key
+
+
+def test_a_folder_runs_and_quantizes_with_the_same_chat_template(mini, tmp_path):
+    # Two template sources in one folder: chat_template.jinja wins, as transformers loads it, in
+    # the tokenizer the folder runs with and in the GGUF made from it (one reader for both).
+    folder = tmp_path / "hf"
+    shutil.copytree(mini.folders["hf"], folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config["chat_template"] = [{"name": "default", "template": "CONFIG {{ messages[0].content }}"},
+                               {"name": "tool_use", "template": "TOOLS"}]
+    config_path.write_text(json.dumps(config))
+    (folder / "chat_template.jinja").write_text("JINJA {{ messages[0].content }}")
+    messages = [{"role": "user", "content": "hola"}]
+    assert load_tokenizer(folder).chat_template.render(messages, add_generation_prompt=False) == "JINJA hola"
+    quantize_model(folder, tmp_path / "out.gguf", "F32")
+    assert load_tokenizer(tmp_path / "out.gguf").chat_template.render(messages, add_generation_prompt=False) == "JINJA hola"
+    (folder / "chat_template.jinja").unlink()  # then the named "default" of tokenizer_config
+    assert load_tokenizer(folder).chat_template.render(messages, add_generation_prompt=False) == "CONFIG hola"
+    quantize_model(folder, tmp_path / "out2.gguf", "F32")
+    assert load_tokenizer(tmp_path / "out2.gguf").chat_template.render(messages, add_generation_prompt=False) \
+        == "CONFIG hola"
 
 
 def test_real_llama3_tokenizer_model_merges_equal_tokenizer_json(tmp_path):
@@ -201,8 +224,8 @@ def test_real_llama3_tokenizer_model_merges_equal_tokenizer_json(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(src / name, tmp_path / name)
     (tmp_path / "config.json").write_text("{}")
-    a = gguf_tokenizer_from_tiktoken(src / "tokenizer.model", 128256)
-    b = gguf_tokenizer_from_hf(tmp_path, 128256)
+    a = gguf_keys_from_tiktoken(src / "tokenizer.model", 128256)
+    b = gguf_keys_from_hf(tmp_path, 128256)
     assert a["tokenizer.ggml.tokens"][:128011] == [
         t if i != 128005 else "<|reserved_special_token_2|>"  # this package has the 3.2-Vision names
         for i, t in enumerate(b["tokenizer.ggml.tokens"][:128011])]

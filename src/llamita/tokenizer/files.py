@@ -79,7 +79,7 @@ def tokenizer_from_folder(folder: Path) -> Tokenizer:
 
 def _from_hugging_face(folder: Path) -> Tokenizer:
     path = folder / "tokenizer.json"
-    data = _read_json(path)
+    data = read_json_file(path)
     model = data.get("model") or {}
     if model.get("type") != "BPE" or not _has_byte_level(data.get("pre_tokenizer")):
         kind = model.get("type", "unknown")
@@ -109,11 +109,11 @@ def _from_hugging_face(folder: Path) -> Tokenizer:
         raise TokenizerError(f"{path}: cannot build the tokenizer: {exc}") from exc
 
     config_path = folder / "tokenizer_config.json"
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = read_json_file(config_path) if config_path.is_file() else {}
     ids = {text: i for i, text in enumerate(tokens) if text}
 
     def id_of(key: str) -> int | None:
-        text = _token_text(config.get(key))
+        text = token_text(config.get(key))
         return ids.get(text) if text else None
 
     bos_id = id_of("bos_token")
@@ -129,7 +129,7 @@ def _from_hugging_face(folder: Path) -> Tokenizer:
         eot_id=ids.get("<|eot_id|>"),
         eom_id=ids.get("<|eom_id|>"),
         add_bos=add_bos and bos_id is not None,
-        chat_template=_chat_template(folder, config),
+        chat_template=chat_template(folder, config),
         encoder=encoder,
         stop_ids=_eos_ids(folder),
     )
@@ -156,14 +156,14 @@ def _post_processor_adds(processor: Any, bos_text: str | None) -> bool:
     return False
 
 
-def _token_text(value: Any) -> str | None:
+def token_text(value: Any) -> str | None:
     """tokenizer_config.json writes a token as a string or as {"content": ...}."""
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) and value else None
 
 
-def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:
+def chat_template(folder: Path, config: dict[str, Any]) -> str | None:
     """chat_template.jinja (newer transformers) or tokenizer_config's chat_template.
 
     A list of named templates keeps "default" (others, such as "tool_use", are not used yet).
@@ -183,7 +183,7 @@ def _eos_ids(folder: Path) -> list[int]:
     for name in ("generation_config.json", "config.json"):
         path = folder / name
         if path.is_file():
-            eos = _read_json(path).get("eos_token_id")
+            eos = read_json_file(path).get("eos_token_id")
             if eos is not None:
                 return [int(i) for i in (eos if isinstance(eos, list) else [eos])]
     return []
@@ -194,7 +194,7 @@ def _eos_ids(folder: Path) -> list[int]:
 
 def _from_meta(folder: Path) -> Tokenizer:
     path = folder / "tokenizer.model"
-    ranks = _read_tiktoken_ranks(path)
+    ranks = read_tiktoken_ranks(path)
     if len(ranks) != LLAMA3_RANKS:
         raise TokenizerError(
             f"{path} has {len(ranks)} ranks; only Llama 3's {LLAMA3_RANKS}-rank tiktoken "
@@ -217,7 +217,7 @@ def _from_meta(folder: Path) -> Tokenizer:
     )
 
 
-def _read_tiktoken_ranks(path: Path) -> list[bytes]:
+def read_tiktoken_ranks(path: Path) -> list[bytes]:
     """Token bytes in rank order from a tiktoken file; TokenizerError if it is not one."""
     try:
         raw = path.read_bytes()
@@ -252,7 +252,7 @@ def _read_text(path: Path) -> str:
         raise ModelFileError(f"cannot read {path}: {exc}") from exc
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_file(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(_read_text(path))
     except ValueError as exc:

@@ -1,5 +1,5 @@
-"""Hugging Face Llama folders: config.json, safetensors weights (one file or sharded), and the
-GGUF tokenizer keys that tokenizer.json maps to (LLAMA_SPEC §7.1, §5.2).
+"""Hugging Face Llama folders: config.json and safetensors weights (one file or sharded); the
+GGUF tokenizer keys of their tokenizer files come from tokenizer/gguf_keys.py.
 
 Weights stay on disk until asked for: `tensor(name)` memory-maps the tensor's file with
 `safe_open`, copies that one tensor into memory the caller owns and drops the mapping, so a loader
@@ -20,16 +20,12 @@ import torch
 
 from llamita.config import GenerationDefaults, ModelConfig, RopeScaling
 from llamita.errors import ModelFileError, UnsupportedModelError
+from llamita.tokenizer.gguf_keys import gguf_keys_from_hf
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 GENERATION_FILE = "generation_config.json"
-
-# Llama 3's pre-tokenizer regex as tokenizer.json spells it (LLAMA_SPEC §3.3).
-_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object file's content, or ModelFileError naming the file."""
@@ -217,7 +213,7 @@ class HFCheckpoint:
 
     def tokenizer_metadata(self) -> dict[str, Any]:
         """The GGUF tokenizer keys for this folder's tokenizer.json (for `llamita quantize`)."""
-        return gguf_tokenizer_from_hf(self.path, self.config.vocab_size)
+        return gguf_keys_from_hf(self.path, self.config.vocab_size)
 
     def close(self) -> None:
         pass  # every read opens and releases its own mapping
@@ -230,95 +226,3 @@ class HFCheckpoint:
 
 
 _TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-
-# GGUF token types (tokenizer.ggml.token_type).
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
-
-
-def _pre_tokenizer_name(pre: dict[str, Any] | None, path: Path) -> str:
-    """llama.cpp's `tokenizer.ggml.pre` name for a tokenizer.json pre-tokenizer we recognise."""
-    steps = (pre.get("pretokenizers") if pre and pre.get("type") == "Sequence" else [pre]) or []
-    kinds = [s.get("type") for s in steps if s]
-    if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_REGEX:
-        return "llama-bpe"
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
-        return "smollm"
-    raise UnsupportedModelError(f"{path}: pre-tokenizer {kinds} is not one llamita recognises "
-                                "(Llama 3, GPT-2 or SmolLM byte-level BPE)")
-
-
-def _template_adds(post: dict[str, Any] | None, special: str) -> bool:
-    """Whether tokenizer.json's post-processor puts `special` first in a single sequence."""
-    for step in (post or {}).get("processors", [post or {}]):
-        if step.get("type") == "TemplateProcessing":
-            first = (step.get("single") or [{}])[0]
-            return first.get("SpecialToken", {}).get("id") == special
-    return False
-
-
-def _chat_template(folder: Path, tok_cfg: dict[str, Any]) -> str | None:
-    template = tok_cfg.get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    if template is None and (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    return template
-
-
-def gguf_tokenizer_from_hf(folder: Path, vocab_size: int) -> dict[str, Any]:
-    """`tokenizer.ggml.*` / `tokenizer.chat_template` values for a folder's tokenizer.json, as
-    llama.cpp's convert_hf_to_gguf.py writes them: byte-level tokens padded to the embedding's
-    rows with `[PAD<id>]`, added special tokens as control tokens, merges as "left right"."""
-    path = folder / "tokenizer.json"
-    if not path.exists():
-        raise ModelFileError(f"{path}: file not found (needed to write the GGUF vocabulary)")
-    tok = read_json(path)
-    model = tok.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise UnsupportedModelError(f"{path}: tokenizer model {model.get('type')!r} is not "
-                                    "byte-level BPE")
-    by_id: dict[int, tuple[str, int]] = {i: (t, TOKEN_NORMAL) for t, i in model["vocab"].items()}
-    for added in tok.get("added_tokens") or []:
-        kind = TOKEN_CONTROL if added.get("special") else TOKEN_USER_DEFINED
-        by_id[int(added["id"])] = (added["content"], kind)
-    n = max(vocab_size, max(by_id) + 1)
-    tokens = [by_id.get(i, (f"[PAD{i}]", TOKEN_UNUSED)) for i in range(n)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-
-    tok_cfg_path = folder / "tokenizer_config.json"
-    tok_cfg = read_json(tok_cfg_path) if tok_cfg_path.exists() else {}
-    ids = {text: i for i, (text, _) in enumerate(tokens)}
-
-    def token_id(key: str) -> int | None:
-        value = tok_cfg.get(key)
-        if isinstance(value, dict):  # {"content": "<|eot_id|>", ...} in older files
-            value = value.get("content")
-        return ids.get(value) if isinstance(value, str) else None
-
-    out: dict[str, Any] = {
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": _pre_tokenizer_name(tok.get("pre_tokenizer"), path),
-        "tokenizer.ggml.tokens": [t for t, _ in tokens],
-        "tokenizer.ggml.token_type": [k for _, k in tokens],
-        "tokenizer.ggml.merges": merges,
-    }
-    model_cfg = read_json(folder / CONFIG_FILE)
-    for key, gguf_key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                          ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")):
-        i = token_id(key)
-        if i is None and key in ("bos_token", "eos_token"):  # else config.json's (first) id
-            value = model_cfg.get(f"{key}_id")
-            i = value[0] if isinstance(value, list) and value else value
-        if isinstance(i, int):
-            out[f"tokenizer.ggml.{gguf_key}"] = i
-    bos = out.get("tokenizer.ggml.bos_token_id")
-    if "add_bos_token" in tok_cfg:
-        out["tokenizer.ggml.add_bos_token"] = bool(tok_cfg["add_bos_token"])
-    elif bos is not None:  # Llama 3 says it through the post-processor's template instead
-        out["tokenizer.ggml.add_bos_token"] = _template_adds(tok.get("post_processor"), tokens[bos][0])
-    if (template := _chat_template(folder, tok_cfg)) is not None:
-        out["tokenizer.chat_template"] = template
-    return out

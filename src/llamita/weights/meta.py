@@ -11,7 +11,6 @@ canonical (Hugging Face) name.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from llamita.config import ModelConfig, RopeScaling, llama_ffn_dim
 from llamita.errors import ModelFileError, UnsupportedModelError
+from llamita.tokenizer.gguf_keys import gguf_keys_from_tiktoken
 from llamita.weights.hf import read_json
 
 PARAMS_FILE = "params.json"
@@ -281,7 +281,7 @@ class MetaCheckpoint:
 
     def tokenizer_metadata(self) -> dict[str, Any]:
         """The GGUF tokenizer keys for this folder's tokenizer.model (for `llamita quantize`)."""
-        return gguf_tokenizer_from_tiktoken(self.path / TOKENIZER_FILE, self.config.vocab_size)
+        return gguf_keys_from_tiktoken(self.path / TOKENIZER_FILE, self.config.vocab_size)
 
     def close(self) -> None:
         self._release()
@@ -291,84 +291,3 @@ class MetaCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# Llama 3.1's 256 special tokens, in id order after the BPE ranks (LLAMA_SPEC §3.2).
-LLAMA31_SPECIAL_TOKENS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
-    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
-] + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)]
-
-
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's printable spelling of each byte (space -> 'Ġ'), as tokenizer.json uses."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return out
-
-
-def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
-    """tokenizer.model: one 'base64-token rank' line per BPE token."""
-    if not path.exists():
-        raise ModelFileError(f"{path}: file not found (needed to write the GGUF vocabulary)")
-    ranks: dict[bytes, int] = {}
-    try:
-        for line in path.read_text(encoding="ascii").splitlines():
-            if line:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{path}: not a tiktoken BPE file ({e})") from None
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise ModelFileError(f"{path}: BPE ranks are not 0..{len(ranks) - 1}")
-    return ranks
-
-
-def gguf_tokenizer_from_tiktoken(path: Path, vocab_size: int) -> dict[str, Any]:
-    """`tokenizer.ggml.*` values for a Llama 3 tokenizer.model, equal to what tokenizer.json
-    holds: every rank as a byte-level token, merges derived from the ranks as transformers'
-    TikTokenConverter does (each split of a token into two lower-ranked tokens, by the token's
-    rank), then the 256 Llama 3.1 special tokens."""
-    ranks = read_tiktoken_ranks(path)
-    spell = _byte_to_unicode()
-
-    def text(b: bytes) -> str:
-        return "".join(spell[x] for x in b)
-
-    by_rank = sorted(ranks, key=ranks.__getitem__)
-    merges: list[tuple[int, int, int, str]] = []
-    for token in by_rank:
-        rank = ranks[token]
-        for i in range(1, len(token)):
-            left, right = ranks.get(token[:i]), ranks.get(token[i:])
-            if left is not None and right is not None:
-                merges.append((rank, left, right, f"{text(token[:i])} {text(token[i:])}"))
-    merges.sort()
-    tokens = [text(t) for t in by_rank] + LLAMA31_SPECIAL_TOKENS
-    types = [1] * len(by_rank) + [3] * len(LLAMA31_SPECIAL_TOKENS)
-    if len(tokens) > vocab_size:
-        raise ModelFileError(f"{path}: {len(tokens)} tokens with the Llama 3 specials, but the "
-                             f"embedding has only {vocab_size} rows")
-    tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
-    types += [5] * (vocab_size - len(types))
-    special = {t: len(by_rank) + i for i, t in enumerate(LLAMA31_SPECIAL_TOKENS)}
-    return {
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "llama-bpe",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": types,
-        "tokenizer.ggml.merges": [m[3] for m in merges],
-        "tokenizer.ggml.bos_token_id": special["<|begin_of_text|>"],
-        "tokenizer.ggml.eos_token_id": special["<|end_of_text|>"],
-        "tokenizer.ggml.eot_token_id": special["<|eot_id|>"],
-        "tokenizer.ggml.eom_token_id": special["<|eom_id|>"],
-        "tokenizer.ggml.padding_token_id": special["<|finetune_right_pad_id|>"],
-        "tokenizer.ggml.add_bos_token": True,
-    }
