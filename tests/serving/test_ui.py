@@ -184,6 +184,30 @@ def test_page_and_static_files(http):
     assert http.get("/static/nothing.js").status_code == 404
 
 
+def test_every_page_asset_is_served_and_packaged(http):
+    """Each file the page links to answers 200, and pyproject's package-data ships every file
+    under static/ (its globs do not reach into subfolders on their own: vendor/)."""
+    import glob
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import llamita
+    from llamita.serving.ui_routes import STATIC_DIR
+
+    linked = re.findall(r'(?:src|href)="(/static/[^"]+)"', http.get("/").text)
+    assert "/static/vendor/marked.umd.js" in linked and "/static/vendor/purify.min.js" in linked
+    for path in linked:
+        assert http.get(path).status_code == 200, path
+    package = Path(llamita.__file__).parent
+    pyproject = package.parents[1] / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("not a source checkout")
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["llamita"]
+    shipped = {Path(f) for p in patterns for f in glob.glob(str(package / p))}
+    assert {f for f in STATIC_DIR.rglob("*") if f.is_file()} <= shipped
+
+
 def test_conversation_routes(http):
     r = http.post("/ui/conversations", json={"title": "Hola", "system_prompt": "Sé breve.",
                                              "params": {"temperature": 0.7, "top_p": 0.9, "top_k": 40}})
