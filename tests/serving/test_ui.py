@@ -241,6 +241,27 @@ def test_conversation_routes(http):
     assert http.get(f"/ui/conversations/{cid}").status_code == 404
 
 
+def test_truncate_from_a_message(http):
+    """Regenerate and edit-and-resend: a message and every later one go, with their ratings."""
+    cid = http.post("/ui/conversations", json={"title": "t"}).json()["id"]
+    ids = [http.post(f"/ui/conversations/{cid}/messages", json={"role": role, "content": str(k)}).json()["id"]
+           for k, role in enumerate(["user", "assistant", "user", "assistant"])]
+    assert http.put(f"/ui/messages/{ids[3]}/feedback", json={"rating": 1}).status_code == 200
+    other = http.post("/ui/conversations", json={"title": "other"}).json()["id"]
+    assert http.delete(f"/ui/conversations/{other}/messages/{ids[2]}").status_code == 404  # not its message
+    assert http.delete(f"/ui/conversations/{cid}/messages/{ids[2]}").status_code == 204
+    assert [m["id"] for m in http.get(f"/ui/conversations/{cid}").json()["messages"]] == ids[:2]
+    assert not any(json.loads(line)["messages"][-1]["content"] == "3"
+                   for line in http.get("/ui/feedback.jsonl").text.splitlines())
+    assert http.delete(f"/ui/conversations/{cid}/messages/{ids[2]}").status_code == 404
+
+
+def test_favicon(http):
+    r = http.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    assert 'rel="icon" href="/static/favicon.svg"' in http.get("/").text
+
+
 def _error(r: httpx.Response, status: int) -> dict:
     assert r.status_code == status, r.text
     error = r.json()["error"]
