@@ -45,7 +45,7 @@ def test_chat_stream_feedback_and_reload(browser, chat_server):
     page.wait_for_selector("#conversation-list li.active")
     assert "capital of France" in page.locator("#conversation-list li").first.inner_text()
     page.wait_for_selector(".message.assistant .thumb-up.chosen")
-    assert page.locator(".message.user").inner_text() == "What is the capital of France?"
+    assert page.locator(".message.user .body").inner_text() == "What is the capital of France?"
     assert page.locator(".message.assistant .body").inner_text() == text
     assert page.input_value("#system-prompt") == "Answer in one short sentence."
     assert page.input_value("#preset") == "preciso" and page.input_value("#max_tokens") == "24"
@@ -83,7 +83,7 @@ def test_markdown_tables_quotes_and_nested_lists(browser, chat_server):
     page = browser.new_page()
     page.goto(chat_server.url + "/")
     page.wait_for_function("typeof renderMarkdown === 'function'")
-    page.evaluate("""document.getElementById('messages').innerHTML = '<div class="md"></div>';
+    page.evaluate("""document.body.append(Object.assign(document.createElement('div'), {className: 'md'}));
         document.querySelector('.md').innerHTML = renderMarkdown(
           '| name | size |\\n|:--|--:|\\n| a | 1 |\\n| b | 22 |\\n\\n> quoted **text**\\n\\n'
           + '- outer\\n  - inner\\n    1. deep\\n- last\\n\\n~~gone~~')""")
