@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import re
 import sqlite3
+import tomllib
+from pathlib import Path
 
 import httpx
 import pytest
 
+import llamita
 from llamita.serving.store import DB_NAME, SCHEMA_VERSION, ChatStore, default_data_dir
+from llamita.serving.ui_routes import STATIC_DIR
 
 from serving_helpers import start_server
 
@@ -187,14 +193,6 @@ def test_page_and_static_files(http):
 def test_every_page_asset_is_served_and_packaged(http):
     """Each file the page links to answers 200, and pyproject's package-data ships every file
     under static/ (its globs do not reach into subfolders on their own: vendor/)."""
-    import glob
-    import re
-    import tomllib
-    from pathlib import Path
-
-    import llamita
-    from llamita.serving.ui_routes import STATIC_DIR
-
     linked = re.findall(r'(?:src|href)="(/static/[^"]+)"', http.get("/").text)
     assert "/static/vendor/marked.umd.js" in linked and "/static/vendor/purify.min.js" in linked
     for path in linked:
