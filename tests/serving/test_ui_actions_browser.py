@@ -126,6 +126,9 @@ def test_regenerate_and_edit_and_resend(context, scripted_server):
     assert [b.is_visible() for b in page.locator(".message.assistant .regenerate").all()] == [False, True]
 
     page.locator(".message.user .edit").first.click()
+    page.keyboard.press("Escape")  # gives up: nothing changes
+    assert page.locator(".edit-text").count() == 0 and len(shown(page)) == 4
+    page.locator(".message.user .edit").first.click()
     page.fill(".message.user .edit-text", "first question, edited")
     page.click(".message.user .resend")
     page.wait_for_function(f"document.querySelectorAll('.message').length === 2 && document.querySelector('{SAVED}')")

@@ -329,6 +329,10 @@ function editMessage(el, m) {
     await send(text);
   });
   const cancel = textButton(t("cancel"), "cancel", renderMessages);
+  area.addEventListener("keydown", (event) => {  // as in the composer: Enter sends, Escape gives up
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); resend.click(); }
+    if (event.key === "Escape") renderMessages();
+  });
   el.querySelector(".body").replaceChildren(area);
   el.querySelector(".meta").replaceChildren(resend, cancel);
   area.focus();
