@@ -57,6 +57,16 @@ def test_panel_tokens_heatmap_and_temperature(browser, glass_server, loaded):
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let k = 0; k < d.length; k += 4) if (d[k + 3] > 0 && d[k + 2] < 250) n++; return n; }""")
     assert coloured > 0
+    # Both axes labelled with the tokens, each label beside its row / above its column.
+    pieces = [tok.token_bytes(i).decode().replace(" ", "␣") for i in ids]
+    assert page.locator("#glass-rows span").all_inner_texts() == pieces
+    assert page.locator("#glass-columns span").evaluate_all("els => els.map(e => e.textContent)") == pieces
+    box = heatmap.bounding_box()
+    for axis, along in (("rows", "y"), ("columns", "x")):
+        labels = page.locator(f"#glass-{axis} span")
+        for k in (0, len(ids) - 1):
+            label = labels.nth(k).bounding_box()
+            assert label[along] == pytest.approx(box[along] + k * int(heatmap.get_attribute("data-cell")), abs=2)
     weights = attention_weights(loaded.model, ids)  # (L, H, S, S)
     cell = int(heatmap.get_attribute("data-cell"))
     last = len(ids) - 1

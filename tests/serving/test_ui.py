@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import re
 import sqlite3
+import tomllib
+from pathlib import Path
 
 import httpx
 import pytest
 
+import llamita
 from llamita.serving.store import DB_NAME, SCHEMA_VERSION, ChatStore, default_data_dir
+from llamita.serving.ui_routes import STATIC_DIR
 
 from serving_helpers import start_server
 
@@ -184,6 +190,22 @@ def test_page_and_static_files(http):
     assert http.get("/static/nothing.js").status_code == 404
 
 
+def test_every_page_asset_is_served_and_packaged(http):
+    """Each file the page links to answers 200, and pyproject's package-data ships every file
+    under static/ (its globs do not reach into subfolders on their own: vendor/)."""
+    linked = re.findall(r'(?:src|href)="(/static/[^"]+)"', http.get("/").text)
+    assert "/static/vendor/marked.umd.js" in linked and "/static/vendor/purify.min.js" in linked
+    for path in linked:
+        assert http.get(path).status_code == 200, path
+    package = Path(llamita.__file__).parent
+    pyproject = package.parents[1] / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("not a source checkout")
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["llamita"]
+    shipped = {Path(f) for p in patterns for f in glob.glob(str(package / p))}
+    assert {f for f in STATIC_DIR.rglob("*") if f.is_file()} <= shipped
+
+
 def test_conversation_routes(http):
     r = http.post("/ui/conversations", json={"title": "Hola", "system_prompt": "Sé breve.",
                                              "params": {"temperature": 0.7, "top_p": 0.9, "top_k": 40}})
@@ -215,6 +237,27 @@ def test_conversation_routes(http):
 
     assert http.delete(f"/ui/conversations/{cid}").status_code == 204
     assert http.get(f"/ui/conversations/{cid}").status_code == 404
+
+
+def test_truncate_from_a_message(http):
+    """Regenerate and edit-and-resend: a message and every later one go, with their ratings."""
+    cid = http.post("/ui/conversations", json={"title": "t"}).json()["id"]
+    ids = [http.post(f"/ui/conversations/{cid}/messages", json={"role": role, "content": str(k)}).json()["id"]
+           for k, role in enumerate(["user", "assistant", "user", "assistant"])]
+    assert http.put(f"/ui/messages/{ids[3]}/feedback", json={"rating": 1}).status_code == 200
+    other = http.post("/ui/conversations", json={"title": "other"}).json()["id"]
+    assert http.delete(f"/ui/conversations/{other}/messages/{ids[2]}").status_code == 404  # not its message
+    assert http.delete(f"/ui/conversations/{cid}/messages/{ids[2]}").status_code == 204
+    assert [m["id"] for m in http.get(f"/ui/conversations/{cid}").json()["messages"]] == ids[:2]
+    assert not any(json.loads(line)["messages"][-1]["content"] == "3"
+                   for line in http.get("/ui/feedback.jsonl").text.splitlines())
+    assert http.delete(f"/ui/conversations/{cid}/messages/{ids[2]}").status_code == 404
+
+
+def test_favicon(http):
+    r = http.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    assert 'rel="icon" href="/static/favicon.svg"' in http.get("/").text
 
 
 def _error(r: httpx.Response, status: int) -> dict:

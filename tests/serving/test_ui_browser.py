@@ -45,7 +45,7 @@ def test_chat_stream_feedback_and_reload(browser, chat_server):
     page.wait_for_selector("#conversation-list li.active")
     assert "capital of France" in page.locator("#conversation-list li").first.inner_text()
     page.wait_for_selector(".message.assistant .thumb-up.chosen")
-    assert page.locator(".message.user").inner_text() == "What is the capital of France?"
+    assert page.locator(".message.user .body").inner_text() == "What is the capital of France?"
     assert page.locator(".message.assistant .body").inner_text() == text
     assert page.input_value("#system-prompt") == "Answer in one short sentence."
     assert page.input_value("#preset") == "preciso" and page.input_value("#max_tokens") == "24"
@@ -69,9 +69,29 @@ def test_chat_stream_feedback_and_reload(browser, chat_server):
 def test_markdown_renders_without_injecting_markup(browser, chat_server):
     page = browser.new_page()
     page.goto(chat_server.url + "/")
+    page.wait_for_function("typeof renderMarkdown === 'function'")
     html = page.evaluate("""renderMarkdown('**b** *i* `<x>`\\n\\n- a\\n- b\\n\\n```js\\nlet s = "q";\\n```\\n'
                                            + '<img src=x onerror=alert(1)> [l](https://e.org) [j](javascript:alert(1))')""")
     assert "<strong>b</strong>" in html and "<em>i</em>" in html and "<code>&lt;x&gt;</code>" in html
-    assert "<ul><li>a</li><li>b</li></ul>" in html and 'class="language-js"' in html
+    assert "<li>a</li>" in html and "<li>b</li>" in html and 'class="language-js"' in html
     assert "<img" not in html and "&lt;img" in html
     assert '<a href="https://e.org"' in html and "javascript:" not in html.split("<a ")[-1].split(">")[0]
+
+
+def test_markdown_tables_quotes_and_nested_lists(browser, chat_server):
+    """What the hand-written renderer left as raw text: GFM tables, blockquotes, nested lists."""
+    page = browser.new_page()
+    page.goto(chat_server.url + "/")
+    page.wait_for_function("typeof renderMarkdown === 'function'")
+    page.evaluate("""document.body.append(Object.assign(document.createElement('div'), {className: 'md'}));
+        document.querySelector('.md').innerHTML = renderMarkdown(
+          '| name | size |\\n|:--|--:|\\n| a | 1 |\\n| b | 22 |\\n\\n> quoted **text**\\n\\n'
+          + '- outer\\n  - inner\\n    1. deep\\n- last\\n\\n~~gone~~')""")
+    md = page.locator(".md")
+    assert md.locator("table thead th").all_inner_texts() == ["name", "size"]
+    assert md.locator("table tbody tr").count() == 2
+    assert md.locator("table tbody tr").nth(1).locator("td").all_inner_texts() == ["b", "22"]
+    assert md.locator("blockquote strong").inner_text() == "text"
+    assert md.locator("ul > li > ul > li > ol > li").inner_text() == "deep"
+    assert md.locator("del").inner_text() == "gone"
+    page.close()

@@ -38,7 +38,9 @@ LINKS = {"https://example.org/\"onmouseover=\"window.xssRan='quote'", "https://e
          "https://example.org/label", "https://example.org/a_b_c", "https://example.org/x**y**"}
 
 # Every element the renderer writes; anything else in a message came from the model.
-RENDERER_TAGS = {"P", "BR", "STRONG", "EM", "CODE", "PRE", "SPAN", "A", "UL", "OL", "LI", "H3", "H4", "H5", "H6"}
+# BUTTON: the page's own copy button on each code block, added after the sanitizer.
+RENDERER_TAGS = {"P", "BR", "STRONG", "EM", "DEL", "CODE", "PRE", "SPAN", "A", "UL", "OL", "LI", "H3", "H4", "H5", "H6",
+                 "BLOCKQUOTE", "HR", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "BUTTON"}
 
 DOM_REPORT = """(root) => {
   const els = [...root.querySelectorAll("*")];
@@ -65,6 +67,7 @@ def check_message(page) -> None:
     body = page.locator(".message.assistant .body").first
     report = body.evaluate(DOM_REPORT)
     assert set(report["tags"]) <= RENDERER_TAGS, report["tags"]
+    assert body.locator("button").count() == body.locator("pre").count()  # the copy buttons, no more
     assert report["handlers"] == []
     assert {link["href"] for link in report["links"]} == LINKS, report["links"]
     assert all(link["target"] == "_blank" and link["rel"] == "noopener noreferrer" for link in report["links"])

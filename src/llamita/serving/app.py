@@ -35,7 +35,7 @@ from llamita.serving.store import ChatStore, default_data_dir
 
 # Routes anyone may call even when an API key is set: load balancers probe /health; the chat
 # page and its static files hold no data (the page asks for the key before calling /ui/...).
-OPEN_PATHS = frozenset({"/health", "/", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico", "/openapi.json"})
 OPEN_PREFIXES = ("/static/",)
 
 

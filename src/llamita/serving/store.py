@@ -157,6 +157,18 @@ class ChatStore:
                              (cursor.lastrowid,)).fetchone()
         return _message(row)
 
+    def truncate_conversation(self, conversation_id: str, message_id: int) -> bool:
+        """Deletes the message and every later one of its conversation (with their feedback): the
+        page's regenerate and edit-and-resend. False when the conversation has no such message."""
+        with self._write() as db:
+            found = db.execute("SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?",
+                               (message_id, conversation_id)).fetchone()
+            if found is None:
+                return False
+            db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id))
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conversation_id))
+        return True
+
     def message_role(self, message_id: int) -> str | None:
         with self._connect() as db:
             row = db.execute("SELECT role FROM messages WHERE id = ?", (message_id,)).fetchone()

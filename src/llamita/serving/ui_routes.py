@@ -32,6 +32,12 @@ async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    """What a browser asks for where a page names no icon (the JSON routes, /metrics)."""
+    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
+
 @router.get("/ui/conversations")
 async def list_conversations(request: Request) -> JSONResponse:
     return JSONResponse({"data": await run_in_threadpool(chat_store(request).list_conversations)})
@@ -81,6 +87,14 @@ async def add_message(request: Request, conversation_id: str) -> JSONResponse:
     if message is None:
         raise _no_conversation(conversation_id)
     return JSONResponse(message, status_code=201)
+
+
+@router.delete("/ui/conversations/{conversation_id}/messages/{message_id}")
+async def truncate_conversation(request: Request, conversation_id: str, message_id: int) -> Response:
+    """Deletes the message and every later one (regenerate, edit-and-resend)."""
+    if not await run_in_threadpool(chat_store(request).truncate_conversation, conversation_id, message_id):
+        raise APIError(404, f"conversation '{conversation_id}' has no message {message_id}", code="message_not_found")
+    return Response(status_code=204)
 
 
 @router.put("/ui/messages/{message_id}/feedback")

@@ -18,7 +18,8 @@ const TEXT = {
     rename: "Rename", delete: "Delete", renamePrompt: "New title:", deleteConfirm: "Delete this conversation?",
     untitled: "Untitled", good: "Good answer", bad: "Bad answer", stopped: "stopped",
     keyPrompt: "This server needs an API key:", tokensPerSecond: "tokens/s", model: "Model",
-    baseModel: "{name} (base)",
+    baseModel: "{name} (base)", copy: "Copy", copied: "Copied", regenerate: "Regenerate", edit: "Edit and resend",
+    resend: "Send", cancel: "Cancel", search: "Search conversations", theme: "Dark / light",
   },
   es: {
     new: "Nueva conversación", export: "Exportar valoraciones (JSONL)", forgetKey: "Olvidar la clave de API",
@@ -28,7 +29,9 @@ const TEXT = {
     stop: "Detener", rename: "Renombrar", delete: "Borrar", renamePrompt: "Nuevo título:",
     deleteConfirm: "¿Borrar esta conversación?", untitled: "Sin título", good: "Buena respuesta",
     bad: "Mala respuesta", stopped: "detenida", keyPrompt: "Este servidor pide una clave de API:",
-    tokensPerSecond: "tokens/s", model: "Modelo", baseModel: "{name} (base)",
+    tokensPerSecond: "tokens/s", model: "Modelo", baseModel: "{name} (base)", copy: "Copiar", copied: "Copiado",
+    regenerate: "Regenerar", edit: "Editar y reenviar", resend: "Enviar", cancel: "Cancelar",
+    search: "Buscar conversaciones", theme: "Oscuro / claro",
   },
 };
 
@@ -41,6 +44,7 @@ function applyLanguage() {
   document.documentElement.lang = state.lang;
   for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const el of document.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of document.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
   $("lang").textContent = state.lang === "es" ? "EN" : "ES";
   renderConversationList();
   renderMessages();
@@ -134,10 +138,17 @@ async function loadConversations() {
   renderConversationList();
 }
 
+// For search: lower case, accents dropped ("Canción" is found by "cancion").
+function folded(text) {
+  return text.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase();
+}
+
 function renderConversationList() {
   const list = $("conversation-list");
   list.replaceChildren();
+  const query = folded($("conversation-search").value.trim());
   for (const c of state.conversations) {
+    if (query && !folded(c.title || t("untitled")).includes(query)) continue;
     const item = document.createElement("li");
     item.dataset.id = c.id;
     if (state.current && state.current.id === c.id) item.classList.add("active");
@@ -162,6 +173,29 @@ function iconButton(symbol, label, className, action) {
   return button;
 }
 
+// A button labelled with words (copy, send, cancel) rather than a glyph.
+function textButton(label, className, action) {
+  const button = iconButton(label, label, className, action);
+  button.removeAttribute("aria-label");
+  return button;
+}
+
+async function copyText(text, button) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+  } else {
+    // Plain http from another machine has no clipboard API: the old way, through a selection.
+    const area = Object.assign(document.createElement("textarea"), { value: text });
+    area.style.cssText = "position: fixed; opacity: 0";
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  button.textContent = t("copied");
+  setTimeout(() => { button.textContent = t("copy"); }, 1500);
+}
+
 async function openConversation(id) {
   state.current = await api(`/ui/conversations/${encodeURIComponent(id)}`);
   $("system-prompt").value = state.current.system_prompt;
@@ -173,7 +207,7 @@ async function openConversation(id) {
 
 function newConversation() {
   state.current = null;
-  localStorage.removeItem("llamita.conversation");
+  localStorage.setItem("llamita.conversation", "");  // not removed: a fresh visit opens the latest
   $("system-prompt").value = "";
   renderConversationList();
   renderMessages();
@@ -206,24 +240,37 @@ function renderMessages() {
 function messageElement(m) {
   const el = document.createElement("div");
   el.className = `message ${m.role}`;
+  if (m.id != null) el.dataset.id = m.id;
   const body = document.createElement("div");
   body.className = "body";
-  el.append(body);
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  el.append(body, meta);
   if (m.role === "assistant") {
-    body.innerHTML = renderMarkdown(m.content); // renderMarkdown escapes the text first
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    el.append(meta);
+    renderAnswer(body, m.content);
     fillMeta(el, m);
   } else {
     body.textContent = m.content;
+    if (m.id != null && m.role === "user") meta.append(iconButton("✎", t("edit"), "edit", () => editMessage(el, m)));
   }
   return el;
+}
+
+// An answer's Markdown, sanitized (markdown.js), with a copy button on each code block.
+function renderAnswer(body, content) {
+  body.innerHTML = renderMarkdown(content);
+  for (const pre of body.querySelectorAll("pre")) {
+    const code = pre.querySelector("code") || pre;
+    const button = textButton(t("copy"), "copy-code", () => copyText(code.textContent, button));
+    pre.append(button);
+  }
 }
 
 function fillMeta(el, m) {
   const meta = el.querySelector(".meta");
   meta.replaceChildren();
+  const copy = textButton(t("copy"), "copy", () => copyText(m.content, copy));
+  meta.append(copy);
   if (m.model && !$("model-choice").hidden) {
     const model = state.models.find((x) => x.id === m.model);
     meta.append(Object.assign(document.createElement("span"),
@@ -248,46 +295,100 @@ function fillMeta(el, m) {
     if (rating === value) button.classList.add("chosen");
     meta.append(button);
   }
+  // Shown on the last answer only (style.css), and not while another one streams.
+  meta.append(iconButton("↻", t("regenerate"), "regenerate", () => regenerate(m)));
+}
+
+function messagesPath() {
+  return `/ui/conversations/${encodeURIComponent(state.current.id)}/messages`;
+}
+
+// Regenerate and edit-and-resend: the stored conversation loses this message and all after it,
+// as the page does, so that a reload shows what is on the screen.
+async function truncateAt(m) {
+  await api(`${messagesPath()}/${m.id}`, "DELETE");
+  state.current.messages.splice(state.current.messages.indexOf(m));
+  renderMessages();
+}
+
+async function regenerate(m) {
+  if (state.abort) return;
+  showError(null);
+  await truncateAt(m);
+  await answer();
+}
+
+function editMessage(el, m) {
+  if (state.abort) return;
+  const area = Object.assign(document.createElement("textarea"), { className: "edit-text", value: m.content, rows: 3 });
+  const resend = textButton(t("resend"), "resend", async () => {
+    const text = area.value.trim();
+    if (!text || state.abort) return;
+    showError(null);
+    await truncateAt(m);
+    await send(text);
+  });
+  const cancel = textButton(t("cancel"), "cancel", renderMessages);
+  area.addEventListener("keydown", (event) => {  // as in the composer: Enter sends, Escape gives up
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); resend.click(); }
+    if (event.key === "Escape") renderMessages();
+  });
+  el.querySelector(".body").replaceChildren(area);
+  el.querySelector(".meta").replaceChildren(resend, cancel);
+  area.focus();
 }
 
 // Sending: save the user's message, stream the answer, then save the answer with its speed.
-async function send(text) {
-  showError(null);
+// The conversation is created by the first message; changed settings are saved before an answer.
+async function saveSettings(title) {
   const system_prompt = $("system-prompt").value;
   const params = readParams();
   if (!state.current) {
-    const created = await api("/ui/conversations", "POST", { title: text.slice(0, 60), system_prompt, params });
+    const created = await api("/ui/conversations", "POST", { title, system_prompt, params });
     state.current = { ...created, messages: [] };
     localStorage.setItem("llamita.conversation", created.id);
   } else if (state.current.system_prompt !== system_prompt || JSON.stringify(state.current.params) !== JSON.stringify(params)) {
     await api(`/ui/conversations/${encodeURIComponent(state.current.id)}`, "PATCH", { system_prompt, params });
     Object.assign(state.current, { system_prompt, params });
   }
-  const conversationPath = `/ui/conversations/${encodeURIComponent(state.current.id)}/messages`;
-  const user = await api(conversationPath, "POST", { role: "user", content: text });
+  return { system_prompt, params };
+}
+
+async function send(text) {
+  showError(null);
+  await saveSettings(text.slice(0, 60));
+  const user = await api(messagesPath(), "POST", { role: "user", content: text });
   state.current.messages.push(user);
   $("messages").append(messageElement(user));
   loadConversations().catch(showError);
+  await answer();
+}
 
-  const answer = { role: "assistant", content: "", tokens_per_second: null, feedback: null, model: params.model ?? null };
-  const el = messageElement(answer);
+// An answer to the conversation as it stands (its last message is the user's).
+async function answer() {
+  const { system_prompt, params } = await saveSettings("");
+  const reply = { role: "assistant", content: "", tokens_per_second: null, feedback: null, model: params.model ?? null };
+  const el = messageElement(reply);
   el.classList.add("streaming");
   $("messages").append(el);
   const history = state.current.messages.map(({ role, content }) => ({ role, content }));
   const messages = system_prompt ? [{ role: "system", content: system_prompt }, ...history] : history;
-  await streamAnswer(messages, params, answer, el);
+  await streamAnswer(messages, params, reply, el);
   el.classList.remove("streaming");
-  if (answer.content) {
-    const saved = await api(conversationPath, "POST",
-      { role: "assistant", content: answer.content, tokens_per_second: answer.tokens_per_second,
-        ...(answer.model ? { model: answer.model } : {}) });
-    Object.assign(answer, saved);
-    state.current.messages.push(answer);
+  if (!reply.content) {
+    el.remove();  // an error (shown above the composer) or a stop before the first token
+    return;
   }
-  fillMeta(el, answer);
+  const saved = await api(messagesPath(), "POST",
+    { role: "assistant", content: reply.content, tokens_per_second: reply.tokens_per_second,
+      ...(reply.model ? { model: reply.model } : {}) });
+  Object.assign(reply, saved);
+  state.current.messages.push(reply);
+  el.dataset.id = reply.id;
+  fillMeta(el, reply);
 }
 
-async function streamAnswer(messages, params, answer, el) {
+async function streamAnswer(messages, params, reply, el) {
   const body = el.querySelector(".body");
   state.abort = new AbortController();
   setBusy(true);
@@ -320,15 +421,15 @@ async function streamAnswer(messages, params, answer, el) {
           if (delta && delta.content) {
             firstTokenAt = firstTokenAt ?? performance.now();
             chunks++;
-            answer.content += delta.content;
-            body.innerHTML = renderMarkdown(answer.content); // escaped inside renderMarkdown
+            reply.content += delta.content;
+            renderAnswer(body, reply.content);
             $("messages").scrollTop = $("messages").scrollHeight;
           }
         }
       }
     }
   } catch (error) {
-    if (error.name === "AbortError") answer.stopped = true;
+    if (error.name === "AbortError") reply.stopped = true;
     else showError(error);
   } finally {
     state.abort = null;
@@ -337,10 +438,11 @@ async function streamAnswer(messages, params, answer, el) {
   // Decode speed: tokens after the first over the time since the first arrived (prefill excluded).
   const tokens = completionTokens ?? chunks;
   const seconds = firstTokenAt === null ? 0 : (performance.now() - firstTokenAt) / 1000;
-  if (tokens > 1 && seconds > 0) answer.tokens_per_second = (tokens - 1) / seconds;
+  if (tokens > 1 && seconds > 0) reply.tokens_per_second = (tokens - 1) / seconds;
 }
 
 function setBusy(busy) {
+  $("messages").classList.toggle("busy", busy);
   $("send").disabled = busy;
   $("stop").disabled = !busy;
 }
@@ -360,6 +462,7 @@ function init() {
   $("preset").addEventListener("change", choosePreset);
   for (const name of PARAM_FIELDS) $(name).addEventListener("input", () => writeParams(readParams()));
   $("new-conversation").addEventListener("click", newConversation);
+  $("conversation-search").addEventListener("input", renderConversationList);
   $("stop").addEventListener("click", () => state.abort && state.abort.abort());
   $("forget-key").addEventListener("click", () => { localStorage.removeItem("llamita.apiKey"); $("forget-key").hidden = true; });
   $("export").addEventListener("click", async (event) => {
@@ -386,7 +489,9 @@ function init() {
 
   // The models first: opening the last conversation sets its model in their list.
   loadModels().catch(showError).then(loadConversations).then(() => {
-    const last = localStorage.getItem("llamita.conversation");
+    // A fresh visit (nothing stored) opens the latest conversation; "" is a new one, chosen.
+    const stored = localStorage.getItem("llamita.conversation");
+    const last = stored === null && state.conversations.length ? state.conversations[0].id : stored;
     if (last && state.conversations.some((c) => c.id === last)) return openConversation(last);
   }).catch(showError);
 }

@@ -128,11 +128,32 @@ function drawHeatmap() {
       ctx.fillRect(j * cell, i * cell, cell, cell);
     }
   }
+  drawAxes(glass.attention.tokens, cell / canvas.width);
   canvas.dataset.tokens = n;
   canvas.dataset.cell = cell;
   const { layer, head } = glass.attention;
   canvas.dataset.shown = `${layer ?? "mean"}/${head ?? "mean"}`;  // which map is drawn
   $("glass-hover").textContent = t("glassHoverHelp");
+}
+
+// The tokens along both axes: a row looks at the columns to its left. Each label spans one
+// cell (as a share of the canvas, which CSS may shrink); too small to read, it hides but stays
+// as a tooltip.
+const AXIS_MIN_CELL = 7;  // pixels
+
+function drawAxes(tokens, share) {
+  const tiny = share * $("glass-heatmap").getBoundingClientRect().width < AXIS_MIN_CELL;
+  for (const [id, size] of [["glass-rows", "height"], ["glass-columns", "width"]]) {
+    const axis = $(id);
+    axis.classList.toggle("tiny", tiny);
+    axis.replaceChildren(...tokens.map((piece) => {
+      const label = document.createElement("span");
+      label.textContent = shownPiece(piece);
+      label.title = piece;
+      label.style[size] = `${100 * share}%`;
+      return label;
+    }));
+  }
 }
 
 function hoverHeatmap(event) {

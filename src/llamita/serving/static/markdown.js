@@ -1,5 +1,7 @@
-// A small, safe Markdown renderer for model answers. The text is HTML-escaped first; only the
-// tags written below are ever produced, so model output can never inject markup or script.
+// Model answers as safe HTML: Markdown (GFM: tables, blockquotes, nested lists, code) parsed by
+// the vendored `marked`, then sanitized by the vendored DOMPurify. Model text never becomes
+// markup: raw HTML in an answer is shown as text, links go only to http(s) addresses, and the
+// sanitizer's allow-list below is a second wall behind the renderer.
 "use strict";
 
 function escapeHtml(text) {
@@ -24,71 +26,60 @@ function highlight(escaped) {
   });
 }
 
-function emphasis(s) {
-  s = s.replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>").replace(/__([^_\n]+)__/g, "<strong>$1</strong>");
-  return s.replace(/(^|[^*\w])\*([^*\n]+)\*(?!\*)/g, "$1<em>$2</em>").replace(/(^|\W)_([^_\n]+)_(?!\w)/g, "$1<em>$2</em>");
+const WEB_ADDRESS = /^https?:\/\//i;
+
+// Only what these renderers and marked's defaults write passes; everything else is dropped.
+const SANITIZE = {
+  ALLOWED_TAGS: ["p", "br", "strong", "em", "del", "code", "pre", "span", "a", "ul", "ol", "li", "h3", "h4", "h5",
+    "h6", "blockquote", "hr", "table", "thead", "tbody", "tr", "th", "td"],
+  ALLOWED_ATTR: ["href", "title", "class", "align", "start"],
+  ALLOWED_URI_REGEXP: /^https?:\/\//i,
+};
+
+let markdown = null; // {marked, purify}: built on first use, once the vendored scripts are loaded
+
+function markdownTools() {
+  if (markdown) return markdown;
+  const marked = new window.marked.Marked({ gfm: true, breaks: true });
+  marked.use({
+    renderer: {
+      // Raw HTML, block or inline, is text the model wrote: show it, never run it.
+      html({ text }) { return escapeHtml(text); },
+      // h3..h6: answers sit below the page's own headings.
+      heading({ tokens, depth }) {
+        const level = Math.min(depth + 2, 6);
+        return `<h${level}>${this.parser.parseInline(tokens)}</h${level}>`;
+      },
+      code({ text, lang }) {
+        const name = /^[\w+#.-]+$/.test(lang || "") ? ` class="language-${lang}"` : "";
+        return `<pre><code${name}>${highlight(escapeHtml(text.replace(/\n$/, "")))}</code></pre>`;
+      },
+      // The address as written (quotes and all, escaped); anything but http(s) stays text.
+      link({ href, tokens, raw }) {
+        if (!WEB_ADDRESS.test(href)) return escapeHtml(raw);
+        return `<a href="${escapeHtml(href)}">${this.parser.parseInline(tokens)}</a>`;
+      },
+      // No remote images (they would load from the model's choice of server): a link instead.
+      image({ href, text, raw }) {
+        if (!WEB_ADDRESS.test(href)) return escapeHtml(raw);
+        return `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>`;
+      },
+      checkbox({ checked }) { return checked ? "☑ " : "☐ "; },
+    },
+  });
+  const purify = window.DOMPurify(window); // our own instance: its hook below touches nothing else
+  purify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A") {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer");
+    }
+  });
+  markdown = { marked, purify };
+  return markdown;
 }
 
-function inline(escaped) {
-  // Code spans and whole links are set aside as \u0000n\u0000 before the emphasis rules run,
-  // so that `*` and `_` never reach into code or a link's attributes (target="_blank",
-  // an address with _ or ** in it). renderMarkdown removes NULs from the model's text.
-  const held = [];
-  const hold = (html) => { held.push(html); return `\u0000${held.length - 1}\u0000`; };
-  const restore = (s) => s.replace(/\u0000(\d+)\u0000/g, (_, i) => held[Number(i)]);
-  let s = escaped.replace(/`([^`\n]+)`/g, (_, c) => hold(`<code>${c}</code>`));
-  s = s.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)\u0000]+)\)/g, (_, label, url) =>
-    hold(`<a href="${url}" target="_blank" rel="noopener noreferrer">${restore(emphasis(label))}</a>`));
-  return restore(emphasis(s));
-}
-
-// Markdown text -> HTML string built only from escaped text and the tags above.
+// Markdown text -> sanitized HTML string.
 function renderMarkdown(text) {
-  const lines = escapeHtml(text.replace(/\u0000/g, "\ufffd")).split("\n"); // NUL: inline's marker
-  const out = [];
-  let paragraph = [];
-  let list = null; // {tag, items}
-  const flushParagraph = () => {
-    if (paragraph.length) out.push(`<p>${inline(paragraph.join("<br>"))}</p>`);
-    paragraph = [];
-  };
-  const flushList = () => {
-    if (list) out.push(`<${list.tag}>${list.items.map((i) => `<li>${inline(i)}</li>`).join("")}</${list.tag}>`);
-    list = null;
-  };
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
-    const fence = line.match(/^\s*```\s*([\w+#.-]*)\s*$/);
-    if (fence) {
-      flushParagraph(); flushList();
-      const code = [];
-      for (i++; i < lines.length && !/^\s*```\s*$/.test(lines[i]); i++) code.push(lines[i]);
-      const lang = fence[1] ? ` class="language-${fence[1]}"` : "";
-      out.push(`<pre><code${lang}>${highlight(code.join("\n"))}</code></pre>`);
-      continue;
-    }
-    const heading = line.match(/^(#{1,6})\s+(.*)$/);
-    const bullet = line.match(/^\s*[-*+]\s+(.*)$/);
-    const numbered = line.match(/^\s*\d+[.)]\s+(.*)$/);
-    if (heading) {
-      flushParagraph(); flushList();
-      const level = Math.min(heading[1].length + 2, 6); // h3..h6: answers sit below the page title
-      out.push(`<h${level}>${inline(heading[2])}</h${level}>`);
-    } else if (bullet || numbered) {
-      flushParagraph();
-      const tag = bullet ? "ul" : "ol";
-      if (list && list.tag !== tag) flushList();
-      if (!list) list = { tag, items: [] };
-      list.items.push((bullet || numbered)[1]);
-    } else if (line.trim() === "") {
-      flushParagraph(); flushList();
-    } else {
-      flushList();
-      paragraph.push(line);
-    }
-  }
-  flushParagraph(); flushList();
-  return out.join("");
+  const { marked, purify } = markdownTools();
+  return purify.sanitize(marked.parse(text), SANITIZE);
 }
-
-if (typeof module !== "undefined") module.exports = { renderMarkdown, escapeHtml };
