@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> serving -> glass -> engine -> {model, tokenizer, weights} -> kernels."""
+"""Imports flow one way: cli -> serving -> rag -> glass -> engine -> {model, tokenizer, weights} -> kernels."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 # For each package, the llamita packages it may import.
 ALLOWED = {
-    "cli": {"cli", "serving", "glass", "engine", "config", "errors", "sampling_params"},
+    "cli": {"cli", "serving", "rag", "glass", "engine", "config", "errors", "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
-    "serving": {"serving", "glass", "engine", "config", "errors", "sampling_params", "tokenizer"},
+    "serving": {"serving", "rag", "glass", "engine", "config", "errors", "sampling_params", "tokenizer"},
+    # RAG (document collections) sits above the engine and glass (its --explain reads attention
+    # maps), below the CLI and the server.
+    "rag": {"rag", "glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     # Glass sits beside serving: above the engine, below the CLI and the server.
     "glass": {"glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     "engine": {"engine", "model", "tokenizer", "weights", "kernels", "config", "errors", "sampling_params"},

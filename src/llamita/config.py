@@ -8,7 +8,9 @@ published Llama 3.1 / 3.2 shapes. Nothing here imports the rest of the package.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -144,3 +146,10 @@ class ServerConfig:
     gpu_layers: int | None = None  # CUDA: only the first N blocks on the GPU; None: all
     tensor_parallel: int = 1  # ranks under torchrun; rank 0 serves
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder (the chat store's llamita.db, document collections):
+    $XDG_DATA_HOME/llamita, else ~/.local/share/llamita."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "llamita"

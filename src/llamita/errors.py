@@ -37,3 +37,16 @@ class TemplateError(LlamitaError):
 
 class TokenizerError(LlamitaError):
     """The tokenizer described by a model file cannot be built."""
+
+
+class DocumentError(LlamitaError):
+    """A document cannot be read (corrupt, password-protected, unsupported); the message names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class CollectionError(LlamitaError):
+    """A document collection is missing, has a bad name, or was built for another embedding model."""

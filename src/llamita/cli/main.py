@@ -1,10 +1,10 @@
-"""The `llamita` command: run | chat | serve | info | quantize | perplexity."""
+"""The `llamita` command: run | chat | serve | info | quantize | perplexity | index | search | ask ..."""
 
 from __future__ import annotations
 
 import typer
 
-from llamita.cli import bench, chat, finetune, glass, info, lora, memory, perplexity, quantize, run, serve
+from llamita.cli import ask, bench, chat, finetune, glass, index, info, lora, memory, perplexity, quantize, run, serve
 
 app = typer.Typer(
     name="llamita",
@@ -30,6 +30,9 @@ app.command("analogy")(glass.analogy)
 app.command("sample")(glass.sample)
 app.add_typer(lora.app, name="lora")
 app.command("finetune")(finetune.finetune)
+app.add_typer(index.app, name="index")
+app.command("search")(ask.search)
+app.command("ask")(ask.ask)
 
 
 if __name__ == "__main__":

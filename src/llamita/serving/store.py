@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Defined in config (document collections share the folder); serving/app.py imports it from here.
+from llamita.config import default_data_dir  # noqa: F401
+
 DB_NAME = "llamita.db"
 SCHEMA_VERSION = 2
 # Each step takes a database from the version before it to its own; older files upgrade in place.
@@ -47,12 +50,6 @@ CREATE TABLE feedback (
     created_at REAL NOT NULL
 );
 """
-
-
-def default_data_dir() -> Path:
-    """The per-user data folder: $XDG_DATA_HOME/llamita, else ~/.local/share/llamita."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "llamita"
 
 
 class ChatStore:

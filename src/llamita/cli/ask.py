@@ -1,0 +1,121 @@
+"""`llamita search NAME "query"` and `llamita ask NAME "question"`: ranked chunks from a
+collection, and answers from it that cite their numbered sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from llamita.cli.common import DeviceOption, DtypeOption, ModelOption, friendly_errors, start_up, stderr
+from llamita.cli.index import DataDirOption, EmbeddingModelOption, short
+
+ModeOption = typer.Option("hybrid", "--mode", help="hybrid (BM25 and embeddings fused by reciprocal "
+                                                   "rank fusion), bm25 or dense.")
+
+
+def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, llm: object | None = None) -> object:
+    """The collection, with its embedder: --embedding-model if given, else `llm` when it is
+    the model the collection was indexed with, else that model loaded on first need."""
+    from llamita.rag.collection import Collection
+
+    with start_up():
+        from llamita.engine.llm import LLM
+        from llamita.rag.embedder import Embedder
+
+    collection = Collection(name, data_dir=data_dir)
+    if embedding_model is not None:
+        with stderr.status("loading embedding model…"), start_up():
+            collection.use_embedder(Embedder(LLM(embedding_model)))
+    elif isinstance(llm, LLM) and str(llm.loaded.path) == collection.settings.get("embedding_model"):
+        collection.use_embedder(Embedder(llm))  # one model for both: load it once
+    else:
+        with stderr.status("loading embedding model…"), start_up():
+            collection.embedder  # noqa: B018 - loads it now, under the status line
+    return collection
+
+
+@friendly_errors
+def search(
+    name: str = typer.Argument(..., help="Collection name."),
+    query: str = typer.Argument(..., help="What to look for."),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="How many chunks."),
+    mode: str = ModeOption,
+    as_json: bool = typer.Option(False, "--json", help="A JSON list of {text, source, location, score, ...}."),
+    embedding_model: Optional[Path] = EmbeddingModelOption,
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """The chunks of collection NAME that best match QUERY, best first, with source and scores.
+
+    Example: llamita search curso "cuantos parametros tiene llama 3.1"
+    """
+    collection = _collection(name, data_dir, embedding_model)
+    hits = collection.search(query, top, mode=mode)  # type: ignore[attr-defined]
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
+        return
+    console = Console()
+    for rank, h in enumerate(hits, start=1):
+        where = f" — {escape(h.location)}" if h.location else ""
+        ranks = f"bm25 #{h.bm25_rank or '-'}, dense #{h.dense_rank or '-'}"
+        console.print(f"[bold]{rank}.[/] [cyan]{escape(short(h.source))}[/]{where}  "
+                      f"[dim]score {h.score:.4f} ({ranks})[/]")
+        console.print(escape(h.text.strip()), soft_wrap=True)
+        console.print()
+    if not hits:
+        stderr.print("no matches")
+
+
+@friendly_errors
+def ask(
+    name: str = typer.Argument(..., help="Collection name."),
+    question: str = typer.Argument(..., help="Your question."),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="How many chunks to retrieve into the prompt."),
+    mode: str = ModeOption,
+    language: Optional[str] = typer.Option(None, "--language", "-l", show_default=False,
+                                           help="Prompt language: es or en. Default: the question's."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens in the answer."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy, the most likely answer."),
+    model: Optional[Path] = ModelOption,
+    embedding_model: Optional[Path] = EmbeddingModelOption,
+    dtype: str = DtypeOption,
+    device: str = DeviceOption,
+    data_dir: Optional[Path] = DataDirOption,
+) -> None:
+    """Answer QUESTION from collection NAME: the best chunks go into the prompt as numbered
+    sources, the answer streams with citations [1], [2]…, and the sources are listed after it.
+
+    Example: llamita ask curso "¿Qué contexto tiene Llama 3.1?"
+    """
+    with start_up():
+        from llamita.engine.llm import LLM
+        from llamita.rag.answer import citations, prepare, stream_answer
+        from llamita.sampling_params import SamplingParams
+
+    with stderr.status("loading model…"), start_up():
+        llm = LLM(model, dtype=dtype, device=device)
+    collection = _collection(name, data_dir, embedding_model, llm)
+    prompt = prepare(collection, question, llm, top=top, mode=mode, language=language,  # type: ignore[arg-type]
+                     answer_tokens=max_tokens)
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
+    console = Console()
+    text = ""
+    for piece in stream_answer(llm, prompt, params):
+        text += piece.text
+        console.print(piece.text, end="", markup=False, highlight=False, soft_wrap=True)
+    console.print()
+    console.print()
+    console.print("[bold]Fuentes:[/]" if prompt.language == "es" else "[bold]Sources:[/]")
+    for number, hit in enumerate(prompt.sources, start=1):
+        where = f" — {hit.location}" if hit.location else ""
+        console.print(f"[{number}] {short(hit.source)}{where}", markup=False, highlight=False, soft_wrap=True)
+    cited, invalid = citations(text, len(prompt.sources))
+    if invalid:
+        stderr.print(f"[yellow]note:[/] the answer cites {', '.join(f'[{n}]' for n in invalid)}, "
+                     f"which is not among the sources")
+    if prompt.sources and not cited:
+        stderr.print("[yellow]note:[/] the answer cites none of the sources")
