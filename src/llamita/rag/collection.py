@@ -97,7 +97,7 @@ class Collection:
         embedder = self.embedder
         if "embedding_name" not in meta:
             self.store.set_meta({
-                "embedding_model": str(embedder.llm.loaded.path), "embedding_name": embedder.name,
+                "embedding_model": embedder.model_path, "embedding_name": embedder.name,
                 "dim": str(embedder.dim), "pooling": embedder.spec.pooling,
                 "query_prefix": embedder.spec.query_prefix, "document_prefix": embedder.spec.document_prefix,
                 "chunk_tokens": str(budget), "chunk_overlap": str(overlap), "created_at": str(time.time())})

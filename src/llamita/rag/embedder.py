@@ -38,13 +38,15 @@ def declared_pooling(llm: LLM) -> str:
 class Embedder:
     """Embeds queries and documents with one loaded model.
 
-    name: what the collection records to refuse mixing vectors of two models (the file name).
+    name: what the collection records to refuse mixing vectors of two models (the file name);
+    model_path: where to load the model again to embed queries.
     """
 
     def __init__(self, llm: LLM, spec: EmbeddingSpec | None = None) -> None:
         self.llm = llm
         self.spec = spec or EmbeddingSpec(pooling=declared_pooling(llm))
-        self.name = os.path.basename(str(llm.loaded.path))
+        self.model_path = str(llm.loaded.path)
+        self.name = os.path.basename(self.model_path)
         self.dim = llm.config.dim
 
     def count_tokens(self, text: str) -> int:

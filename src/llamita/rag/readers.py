@@ -108,8 +108,7 @@ def html_blocks(data: bytes) -> list[Block]:
 
 def pdf_blocks(path: Path) -> list[Block]:
     """Each page's text (pypdf), split into paragraphs at blank lines, with its page number."""
-    from pypdf import PdfReader
-    from pypdf.constants import PasswordType
+    from pypdf import PasswordType, PdfReader
 
     reader = PdfReader(path)
     # An owner-password-only PDF opens with the empty user password; anything else needs one.
@@ -180,10 +179,11 @@ def read_blocks(path: Path, data: bytes) -> list[Block]:
         if suffix in (".html", ".htm"):
             return html_blocks(data)
         return markdown_blocks(decode_text(data))
-    except DocumentError:
+    except (DocumentError, ImportError):  # a missing parser is an install problem, not the file's
         raise
     except Exception as e:  # noqa: BLE001 - see the docstring: third-party parsers on damaged files
-        raise DocumentError(str(path), f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise DocumentError(str(path), f"damaged, or not really a {suffix} file ({detail})") from e
 
 
 def find_documents(paths: Iterable[Path]) -> Iterator[Path]:
