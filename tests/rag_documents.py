@@ -1,10 +1,17 @@
-"""Test documents written by the tests themselves: PDFs by hand (one text line per page,
-Helvetica), encrypted PDFs through pypdf, Word files through python-docx."""
+"""Helpers of the RAG tests: documents written by the tests themselves (PDFs by hand, one text
+line per page in Helvetica; encrypted PDFs through pypdf; Word files through python-docx), and
+a fast stand-in embedder (word hashing) for the tests of indexing and storage."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from pathlib import Path
+
+import numpy as np
+
+from llamita.rag.embedder import EmbeddingSpec
 
 
 def pdf_bytes(pages: list[str]) -> bytes:
@@ -68,3 +75,27 @@ def write_docx(path: Path, items: list[tuple[str, str]]) -> Path:
             document.add_paragraph(text)
     document.save(str(path))
     return path
+
+
+class HashEmbedder:
+    """Bag-of-words vectors (each word hashed to a dimension), unit length; tokens = words."""
+
+    name = "hash-embedder"
+    model_path = "hash-embedder"
+    dim = 64
+    spec = EmbeddingSpec()
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def _vector(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, dtype=np.float32)
+        for word in re.findall(r"\w+", text.lower()):
+            v[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1
+        return v / max(float(np.linalg.norm(v)), 1e-9)
+
+    def embed_documents(self, texts):
+        return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+    def embed_query(self, text):
+        return self._vector(text)

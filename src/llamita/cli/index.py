@@ -116,13 +116,14 @@ def show(name: str = typer.Argument(..., help="Collection name."), data_dir: Opt
     store = CollectionStore(collection_path(name, data_dir))
     meta = store.meta()
     console = Console()
-    console.print(f"[bold]{name}[/]  {store.path}")
+    console.print(f"[bold]{name}[/]  {store.path}", soft_wrap=True)
     for key in ("embedding_model", "pooling", "query_prefix", "document_prefix", "chunk_tokens", "chunk_overlap"):
         if key in meta:
             console.print(f"  {key}: {meta[key]!r}" if "prefix" in key else f"  {key}: {meta[key]}")
-    table = Table("file", "chunks", "bytes", "sha256")
+    table = Table("chunks", "bytes", "sha256")
+    table.add_column("file", overflow="fold")  # whole paths, wrapped, never cut
     for f in store.files():
-        table.add_row(short(f["path"]), str(f["n_chunks"]), str(f["size"]), f["sha256"][:12])
+        table.add_row(str(f["n_chunks"]), str(f["size"]), f["sha256"][:12], short(f["path"]))
     console.print(table)
 
 

@@ -1,0 +1,112 @@
+"""RAG with the real default model: retrieval quality on the Spanish question set (recall@5,
+hybrid beside BM25 and dense alone; benchmarks/rag_recall.py prints the same figures as JSON),
+and the CLI end to end: index, list, show, search --json, ask with numbered sources, rm."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llamita.cli.main import app
+from llamita.rag import Collection
+from llamita.rag.answer import build_prompt, citations, detect_language
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "rag"
+runner = CliRunner()
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Collection:
+    """The five course texts indexed with the default model (the slow part: ~140 chunks)."""
+    collection = Collection("course", data_dir=tmp_path_factory.mktemp("rag"), create=True)
+    report = collection.add([DATA / "course"])
+    assert not report.skipped and len(report.added) == 5
+    return collection
+
+
+def recall_at(collection: Collection, questions: list[dict], k: int, mode: str) -> float:
+    found = 0
+    for q in questions:
+        texts = [normalize(h.text) for h in collection.search(q["question"], k, mode=mode)]
+        found += any(normalize(p) in t for p in q["passages"] for t in texts)
+    return found / len(questions)
+
+
+def test_question_set_is_well_formed():
+    questions = json.loads((DATA / "questions_es.json").read_text(encoding="utf-8"))
+    assert len(questions) >= 40
+    texts = {p.name: normalize(p.read_text(encoding="utf-8")) for p in (DATA / "course").iterdir()}
+    for q in questions:
+        assert normalize(q["passages"][0]) in texts[q["source"]], q["id"]
+
+
+def test_recall_at_5(course, capsys):
+    questions = json.loads((DATA / "questions_es.json").read_text(encoding="utf-8"))
+    figures = {mode: recall_at(course, questions, 5, mode) for mode in ("hybrid", "bm25", "dense")}
+    with capsys.disabled():
+        print(f"\nrecall@5 over {len(questions)} questions: " + ", ".join(f"{m} {v:.3f}" for m, v in figures.items()))
+    # Floors that catch regressions; the issue's target (hybrid >= 0.9) needs an embedding
+    # model: SmolLM2-135M's mean-pooled states rank passages little better than chance
+    # (docs/rag.md has the figures).
+    assert figures["bm25"] >= 0.85
+    assert figures["hybrid"] >= 0.6
+    assert figures["dense"] > 5 / course.store.counts()[1]  # better than picking chunks at random
+
+
+def test_unaccented_queries_find_accented_text(course):
+    hits = course.search("cual es la funcion de activacion de llama", 5, mode="bm25")
+    assert any("función de activación" in h.text for h in hits)
+
+
+def test_prompt_numbers_are_the_sources(course):
+    hits = course.search("¿Qué es RAG?", 4)
+    prompt = build_prompt(course.embedder.llm, "¿Qué es RAG?", hits)
+    user = prompt.messages[1]["content"]
+    assert prompt.language == "es" and user.startswith("Fuentes:") and "Pregunta: ¿Qué es RAG?" in user
+    for number, hit in enumerate(prompt.sources, start=1):
+        assert f"[{number}] ({Path(hit.source).name}" in user
+        assert user.index(f"[{number}] (") < user.index(hit.text) < user.index(f"[{number + 1}] (") \
+            if number < len(prompt.sources) else user.index(hit.text) > user.index(f"[{number}] (")
+    assert citations("Sí [1], y también [2, 3] y [9].", 3) == ([1, 2, 3], [9])
+    assert detect_language("What is RAG?") == "en" and detect_language("que es la atencion") == "es"
+
+
+def test_cli_index_search_ask_and_rm(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "llama.md").write_text("# Llama 3.1\n\nLlama 3.1 tiene un contexto de 128K tokens.", encoding="utf-8")
+    (docs / "rope.md").write_text("# RoPE\n\nRoPE codifica la posición rotando las consultas y claves.",
+                                  encoding="utf-8")
+    (docs / "cocina.txt").write_text("La paella lleva arroz y azafrán.", encoding="utf-8")
+    data = ["--data-dir", str(tmp_path / "data")]
+    added = runner.invoke(app, ["index", "add", "notas", str(docs), *data])
+    assert added.exit_code == 0, added.output
+    assert "3 added" in added.output
+    listed = runner.invoke(app, ["index", "list", *data])
+    assert "notas" in listed.output and "SmolLM2" in listed.output
+    assert "llama.md" in runner.invoke(app, ["index", "show", "notas", *data]).output
+
+    found = runner.invoke(app, ["search", "notas", "contexto de llama", "--top", "2", "--json", *data])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout)
+    assert len(hits) == 2 and {"text", "source", "score"} <= set(hits[0])
+    assert hits[0]["source"].endswith("llama.md")
+
+    answer = runner.invoke(app, ["ask", "notas", "contexto de llama", "--top", "2", "--max-tokens", "16", *data])
+    assert answer.exit_code == 0, answer.output
+    listed_sources = re.findall(r"^\[(\d+)\] (\S+)", answer.stdout.split("Fuentes:")[1], flags=re.M)
+    # The numbers printed are the retrieved chunks, in retrieval order.
+    assert [(int(n), Path(p).name) for n, p in listed_sources] == \
+        [(i, Path(h["source"]).name) for i, h in enumerate(hits, start=1)]
+
+    assert runner.invoke(app, ["index", "rm", "notas", *data]).exit_code == 0
+    missing = runner.invoke(app, ["search", "notas", "x", *data])
+    assert missing.exit_code == 1 and "no collection 'notas'" in missing.output
