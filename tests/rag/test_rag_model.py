@@ -1,6 +1,10 @@
 """RAG with the real default model: retrieval quality on the Spanish question set (recall@5,
-hybrid beside BM25 and dense alone; benchmarks/rag_recall.py prints the same figures as JSON),
-and the CLI end to end: index, list, show, search --json, ask with numbered sources, rm."""
+hybrid beside BM25 and dense alone), and the CLI end to end: index, list, show, search --json,
+ask with numbered sources, rm.
+
+Embedding all five course texts takes the default model a minute on 2 cores, so the test indexes
+the two shortest and asks their questions; benchmarks/rag_recall.py gives the figures for the
+whole set (docs/rag.md)."""
 
 from __future__ import annotations
 
@@ -23,12 +27,15 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+SHORT_TEXTS = ("llama31_potencial_limitaciones.txt", "capitulo1_fundamentos_llama.md")
+
+
 @pytest.fixture(scope="module")
 def course(tmp_path_factory) -> Collection:
-    """The five course texts indexed with the default model (the slow part: ~140 chunks)."""
+    """The two shortest course texts indexed with the default model (~25 chunks)."""
     collection = Collection("course", data_dir=tmp_path_factory.mktemp("rag"), create=True)
-    report = collection.add([DATA / "course"])
-    assert not report.skipped and len(report.added) == 5
+    report = collection.add([DATA / "course" / name for name in SHORT_TEXTS])
+    assert not report.skipped and len(report.added) == 2
     return collection
 
 
@@ -49,28 +56,29 @@ def test_question_set_is_well_formed():
 
 
 def test_recall_at_5(course, capsys):
-    questions = json.loads((DATA / "questions_es.json").read_text(encoding="utf-8"))
+    questions = [q for q in json.loads((DATA / "questions_es.json").read_text(encoding="utf-8"))
+                 if q["source"] in SHORT_TEXTS]
     figures = {mode: recall_at(course, questions, 5, mode) for mode in ("hybrid", "bm25", "dense")}
     with capsys.disabled():
         print(f"\nrecall@5 over {len(questions)} questions: " + ", ".join(f"{m} {v:.3f}" for m, v in figures.items()))
     # Floors that catch regressions; the issue's target (hybrid >= 0.9) needs an embedding
     # model: SmolLM2-135M's mean-pooled states rank passages little better than chance
     # (docs/rag.md has the figures).
-    assert figures["bm25"] >= 0.85
-    assert figures["hybrid"] >= 0.6
+    assert figures["bm25"] >= 0.9
+    assert figures["hybrid"] >= 0.5  # 0.62 measured (bf16 and float32 embeddings rank a little differently)
     assert figures["dense"] > 5 / course.store.counts()[1]  # better than picking chunks at random
 
 
 def test_unaccented_queries_find_accented_text(course):
-    hits = course.search("cual es la funcion de activacion de llama", 5, mode="bm25")
-    assert any("función de activación" in h.text for h in hits)
+    hits = course.search("cuantos parametros y capas tiene", 5, mode="bm25")
+    assert any("Parámetros: 8 mil millones" in h.text for h in hits)
 
 
 def test_prompt_numbers_are_the_sources(course):
-    hits = course.search("¿Qué es RAG?", 4)
-    prompt = build_prompt(course.embedder.llm, "¿Qué es RAG?", hits)
+    hits = course.search("¿Qué es la cuantización?", 4)
+    prompt = build_prompt(course.embedder.llm, "¿Qué es la cuantización?", hits)
     user = prompt.messages[1]["content"]
-    assert prompt.language == "es" and user.startswith("Fuentes:") and "Pregunta: ¿Qué es RAG?" in user
+    assert prompt.language == "es" and user.startswith("Fuentes:") and "Pregunta: ¿Qué es la cuantización?" in user
     for number, hit in enumerate(prompt.sources, start=1):
         assert f"[{number}] ({Path(hit.source).name}" in user
         assert user.index(f"[{number}] (") < user.index(hit.text) < user.index(f"[{number + 1}] (") \
