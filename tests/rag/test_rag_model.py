@@ -118,3 +118,28 @@ def test_cli_index_search_ask_and_rm(tmp_path):
     assert runner.invoke(app, ["index", "rm", "notas", *data]).exit_code == 0
     missing = runner.invoke(app, ["search", "notas", "x", *data])
     assert missing.exit_code == 1 and "no collection 'notas'" in missing.output
+
+
+def test_explain_shares_are_the_attention_paid_to_the_sources(course):
+    from llamita.glass.attention import attention_weights
+    from llamita.rag.answer import default_params
+    from llamita.rag.explain import explain
+    from llamita.rag.retrieval import Hit
+
+    llm = course.embedder.llm
+    hits = [Hit(1, "Llama 3.1 tiene un contexto de 128K tokens.", "/d/llama.md", "Llama 3.1", None, None, 1.0),
+            Hit(2, "La paella lleva arroz y azafrán.", "/d/cocina.txt", "", None, None, 0.5)]
+    prompt = build_prompt(llm, "¿Qué contexto tiene Llama 3.1?", hits, answer_tokens=8)
+    answer = llm.chat(prompt.messages, default_params(8)).token_ids
+    found = explain(llm, prompt, answer)
+    ids = prompt.prompt_token_ids
+    for (start, end), hit in zip(found.spans, hits):
+        assert hit.text in llm.tokenizer.decode(ids[start:end])
+    # The same sum read from the glass box's full attention maps.
+    weights = attention_weights(llm.loaded.model, ids + answer)  # (L, H, S, S)
+    rows = weights[:, :, len(ids) - 1:len(ids) - 1 + len(answer)]
+    on_sources = sum(rows[..., a:b].sum() for a, b in found.spans) / (rows.shape[0] * rows.shape[1] * len(answer))
+    assert found.retrieved == pytest.approx(float(on_sources), abs=1e-4)
+    assert sum(found.shares) == pytest.approx(found.retrieved, abs=1e-6)
+    assert found.per_token.shape == (len(answer), 2) and 0 < found.retrieved < 1
+    assert found.other == pytest.approx(1 - found.retrieved)

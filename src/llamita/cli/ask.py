@@ -80,6 +80,9 @@ def ask(
                                            help="Prompt language: es or en. Default: the question's."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens in the answer."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy, the most likely answer."),
+    explain: bool = typer.Option(False, "--explain", help="After the answer, how much of the model's attention "
+                                 "(all layers and heads, per answer token) went to each source, and a heatmap "
+                                 "of the answer by attention to the sources."),
     model: Optional[Path] = ModelOption,
     embedding_model: Optional[Path] = EmbeddingModelOption,
     dtype: str = DtypeOption,
@@ -104,8 +107,11 @@ def ask(
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
     console = Console()
     text = ""
+    answer_ids = []
     for piece in stream_answer(llm, prompt, params):
         text += piece.text
+        if piece.token_id is not None:
+            answer_ids.append(piece.token_id)
         console.print(piece.text, end="", markup=False, highlight=False, soft_wrap=True)
     console.print()
     console.print()
@@ -113,9 +119,35 @@ def ask(
     for number, hit in enumerate(prompt.sources, start=1):
         where = f" — {hit.location}" if hit.location else ""
         console.print(f"[{number}] {short(hit.source)}{where}", markup=False, highlight=False, soft_wrap=True)
+    if explain and answer_ids:
+        _print_explanation(console, llm, prompt, answer_ids)
     cited, invalid = citations(text, len(prompt.sources))
     if invalid:
         stderr.print(f"[yellow]note:[/] the answer cites {', '.join(f'[{n}]' for n in invalid)}, "
                      f"which is not among the sources")
     if prompt.sources and not cited:
         stderr.print("[yellow]note:[/] the answer cites none of the sources")
+
+
+def _print_explanation(console: Console, llm: object, prompt: object, answer_ids: list[int]) -> None:
+    """A bar per source (its share of the answer's attention) and the answer shaded by the
+    attention each token paid to the sources (darker: more)."""
+    from rich.text import Text
+
+    from llamita.rag.explain import explain
+
+    with stderr.status("reading the attention maps…"):
+        found = explain(llm, prompt, answer_ids)  # type: ignore[arg-type]
+    console.print()
+    console.print("[bold]Attention of the answer to each source[/] (all layers and heads, mean over answer tokens):")
+    for number, share in enumerate(found.shares, start=1):
+        console.print(f"[{number}] {share * 100:5.1f}% {'█' * round(share * 50)}", markup=False, highlight=False)
+    console.print(f"retrieved text {found.retrieved * 100:.1f}%, the rest (instructions, question, template, "
+                  f"the answer itself) {found.other * 100:.1f}%", highlight=False)
+    shaded = Text()
+    per_token = found.per_token.sum(axis=1)
+    top = max(float(per_token.max()), 1e-9)
+    for piece, weight in zip(found.answer_pieces, per_token):
+        level = int(255 - 160 * float(weight) / top)
+        shaded.append(piece, style=f"black on rgb(255,{level},{level})")
+    console.print(shaded, soft_wrap=True)
