@@ -18,9 +18,10 @@ ModeOption = typer.Option("hybrid", "--mode", help="hybrid (BM25 and embeddings 
                                                    "rank fusion), bm25 or dense.")
 
 
-def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, llm: object | None = None) -> object:
+def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, mode: str,
+                llm: object | None = None) -> object:
     """The collection, with its embedder: --embedding-model if given, else `llm` when it is
-    the model the collection was indexed with, else that model loaded on first need."""
+    the model the collection was indexed with, else that model (not loaded at all for BM25)."""
     from llamita.rag.collection import Collection
 
     with start_up():
@@ -33,7 +34,7 @@ def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, 
             collection.use_embedder(Embedder(LLM(embedding_model)))
     elif isinstance(llm, LLM) and str(llm.loaded.path) == collection.settings.get("embedding_model"):
         collection.use_embedder(Embedder(llm))  # one model for both: load it once
-    else:
+    elif mode != "bm25":
         with stderr.status("loading embedding model…"), start_up():
             collection.embedder  # noqa: B018 - loads it now, under the status line
     return collection
@@ -53,7 +54,7 @@ def search(
 
     Example: llamita search curso "cuantos parametros tiene llama 3.1"
     """
-    collection = _collection(name, data_dir, embedding_model)
+    collection = _collection(name, data_dir, embedding_model, mode)
     hits = collection.search(query, top, mode=mode)  # type: ignore[attr-defined]
     if as_json:
         typer.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
@@ -101,7 +102,7 @@ def ask(
 
     with stderr.status("loading model…"), start_up():
         llm = LLM(model, dtype=dtype, device=device)
-    collection = _collection(name, data_dir, embedding_model, llm)
+    collection = _collection(name, data_dir, embedding_model, mode, llm)
     prompt = prepare(collection, question, llm, top=top, mode=mode, language=language,  # type: ignore[arg-type]
                      answer_tokens=max_tokens)
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
