@@ -5,7 +5,6 @@ default model."""
 from __future__ import annotations
 
 import pytest
-
 from rag_documents import HashEmbedder
 
 

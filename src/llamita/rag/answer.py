@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from llamita.engine.conversation import Message
 from llamita.engine.llm import LLM, StreamChunk
 from llamita.errors import ContextOverflowError, InvalidParameterError
-from llamita.rag.retrieval import Hit, STOPWORDS
+from llamita.rag.retrieval import STOPWORDS, Hit
 from llamita.sampling_params import SamplingParams
 
 if TYPE_CHECKING:

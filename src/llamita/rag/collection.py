@@ -21,9 +21,9 @@ import torch
 
 from llamita.engine.llm import LLM
 from llamita.errors import CollectionError, InvalidParameterError
+from llamita.rag.answer import Answer, ask
 from llamita.rag.embedder import Embedder, EmbeddingSpec
 from llamita.rag.indexer import IndexReport, ProgressCallback, index_paths
-from llamita.rag.answer import Answer, ask
 from llamita.rag.retrieval import Hit, dense_ranking, fts_query, reciprocal_rank_fusion
 from llamita.rag.store import CollectionStore, collection_path
 
@@ -46,7 +46,7 @@ class Collection:
                  embedder: Embedder | None = None) -> None:
         self.name = name
         self.store = CollectionStore(collection_path(name, data_dir), create=create)
-        self._embedder = None
+        self._embedder: Embedder | None = None
         self._vectors: tuple[int, Any, torch.Tensor] | None = None  # (generation, ids, matrix)
         if embedder is not None:
             self.use_embedder(embedder)
