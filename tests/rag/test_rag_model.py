@@ -65,7 +65,7 @@ def test_recall_at_5(course, capsys):
     # model: SmolLM2-135M's mean-pooled states rank passages little better than chance
     # (docs/rag.md has the figures).
     assert figures["bm25"] >= 0.9
-    assert figures["hybrid"] >= 0.5  # 0.62 measured (bf16 and float32 embeddings rank a little differently)
+    assert figures["hybrid"] >= 0.5  # 0.69 measured; bf16 and float32 models rank a little differently
     assert figures["dense"] > 5 / course.store.counts()[1]  # better than picking chunks at random
 
 
