@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from llamita.errors import DocumentError
 from llamita.rag.chunker import Chunk, chunk_blocks
 from llamita.rag.embedder import Embedder
@@ -32,7 +34,8 @@ class IndexReport:
     seconds: float = 0.0
 
 
-# on_progress(files done, files in total, the file being read, chunks written so far)
+EMBED_GROUP = 8  # chunks embedded between two progress reports
+# on_progress(files done, files in total, the file being read, chunks embedded so far)
 ProgressCallback = Callable[[int, int, str, int], None]
 
 
@@ -79,7 +82,13 @@ def index_paths(store: CollectionStore, embedder: Embedder, paths: Sequence[str 
         except DocumentError as e:
             report.skipped.append((path, e.reason))
             continue
-        vectors = embedder.embed_documents([embedding_input(c) for c in chunks])
+        texts = [embedding_input(c) for c in chunks]
+        parts = []
+        for start_at in range(0, len(texts), EMBED_GROUP):  # report progress inside a long file too
+            parts.append(embedder.embed_documents(texts[start_at:start_at + EMBED_GROUP]))
+            if on_progress:
+                on_progress(done, len(documents), path, report.chunks + start_at + len(parts[-1]))
+        vectors = np.concatenate(parts) if parts else embedder.embed_documents([])
         store.put_file(path, digest, len(data), chunks, vectors)
         (report.updated if path in known else report.added).append(path)
         report.chunks += len(chunks)

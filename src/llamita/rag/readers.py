@@ -4,6 +4,7 @@ Soup), .pdf (pypdf), .docx (python-docx). The parsers are imported only when a f
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -110,16 +111,24 @@ def pdf_blocks(path: Path) -> list[Block]:
     """Each page's text (pypdf), split into paragraphs at blank lines, with its page number."""
     from pypdf import PasswordType, PdfReader
 
-    reader = PdfReader(path)
-    # An owner-password-only PDF opens with the empty user password; anything else needs one.
-    if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
-        raise DocumentError(str(path), "the PDF is password-protected; save an unprotected copy and add that")
-    blocks = []
-    for number, page in enumerate(reader.pages, start=1):
-        for para in re.split(r"\n\s*\n", page.extract_text() or ""):
-            if para.strip():
-                blocks.append(Block(para.strip(), page=number))
-    return blocks
+    # pypdf logs what it repairs ("EOF marker not found") as warnings; a file it cannot read
+    # raises, and the indexer reports that once, by name.
+    quiet = logging.getLogger("pypdf")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        reader = PdfReader(path)
+        # An owner-password-only PDF opens with the empty user password; anything else needs one.
+        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+            raise DocumentError(str(path), "the PDF is password-protected; save an unprotected copy and add that")
+        blocks = []
+        for number, page in enumerate(reader.pages, start=1):
+            for para in re.split(r"\n\s*\n", page.extract_text() or ""):
+                if para.strip():
+                    blocks.append(Block(para.strip(), page=number))
+        return blocks
+    finally:
+        quiet.setLevel(level)
 
 
 def docx_blocks(path: Path) -> list[Block]:
