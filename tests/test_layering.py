@@ -12,10 +12,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 ALLOWED = {
     "cli": {"cli", "serving", "rag", "glass", "engine", "config", "errors", "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
-    "serving": {"serving", "rag", "glass", "engine", "config", "errors", "sampling_params", "tokenizer"},
+    "serving": {"serving", "rag", "glass", "engine", "config", "database", "errors", "sampling_params", "tokenizer"},
     # RAG (document collections) sits above the engine and glass (its --explain reads attention
     # maps), below the CLI and the server.
-    "rag": {"rag", "glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
+    "rag": {"rag", "glass", "engine", "model", "tokenizer", "config", "database", "errors", "sampling_params"},
     # Glass sits beside serving: above the engine, below the CLI and the server.
     "glass": {"glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     "engine": {"engine", "model", "tokenizer", "weights", "kernels", "config", "errors", "sampling_params"},
@@ -24,6 +24,8 @@ ALLOWED = {
     "weights": {"weights", "kernels", "config", "errors"},
     "kernels": {"kernels", "errors"},
     "config": set(),
+    # SQLite conventions shared by the chat store and document collections.
+    "database": set(),
     "errors": set(),
     "sampling_params": {"errors"},
     "__main__": {"cli"},

@@ -1,8 +1,8 @@
 """One document collection in one SQLite file: its files (path, content hash), their chunks,
 an FTS5 index over the chunks for BM25, and each chunk's embedding.
 
-Same standard as the chat store (serving/store.py): one connection per call, WAL so readers
-never wait for the writer, and every change in one transaction. A file's chunks, their
+Same standard as the chat store, through the same code (llamita/database.py): one connection
+per call, WAL so readers never wait for the writer, and every change in one transaction. A file's chunks, their
 vectors and its hash are written together, so a process killed while indexing leaves each file
 either wholly indexed (with the hash that lets the next run skip it) or absent.
 
@@ -18,12 +18,13 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llamita import database
 from llamita.config import default_data_dir
 from llamita.errors import CollectionError
 from llamita.rag.chunker import Chunk
@@ -108,41 +109,19 @@ class CollectionStore:
                 raise CollectionError(f"there is no collection '{path.stem}' (in {path.parent}); "
                                       f"create it with `llamita index add {path.stem} FILES...`")
             path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                # One transaction: the tables and the version appear together or not at all.
-                db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
-            elif version > SCHEMA_VERSION:
-                raise CollectionError(f"{path} has schema version {version}; this llamita reads up to "
-                                      f"{SCHEMA_VERSION}: upgrade llamita")
+        database.prepare(path, _SCHEMA, SCHEMA_VERSION, {}, lambda found: CollectionError(
+            f"{path} has schema version {found}; this llamita reads up to {SCHEMA_VERSION}: upgrade llamita"))
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # isolation_level=None: no implicit transactions; writes open their own (_write).
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return database.connect(self.path)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock between writers
-            try:
-                yield db
-                # Every write moves the generation on, so a reader's cached vectors know they are stale.
-                db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
-                           "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with database.write(self.path) as db:
+            yield db
+            # Every write moves the generation on, so a reader's cached vectors know they are stale.
+            db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
+                       "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     # -- settings ----------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
