@@ -143,3 +143,18 @@ def test_explain_shares_are_the_attention_paid_to_the_sources(course):
     assert sum(found.shares) == pytest.approx(found.retrieved, abs=1e-6)
     assert found.per_token.shape == (len(answer), 2) and 0 < found.retrieved < 1
     assert found.other == pytest.approx(1 - found.retrieved)
+
+
+def test_rerank_by_question_likelihood(course):
+    from llamita.rag.rerank import question_likelihood
+
+    llm = course.embedder.llm
+    question = "¿Cuántas capas tiene Llama 3.1 8B?"
+    answering = "Llama 3.1 8B: Parámetros: 8 mil millones. Capas: 32. Dimensión oculta: 4096."
+    others = ["La paella lleva arroz y azafrán.", "RoPE rota las consultas y las claves según su posición."]
+    scores = [question_likelihood(llm, p, question, "es") for p in [answering, *others]]
+    assert scores[0] > max(scores[1:])
+    plain = course.search(question, 5, mode="bm25")
+    reranked = course.search(question, 3, mode="bm25", rerank=5)
+    assert len(reranked) == 3 and {h.id for h in reranked} <= {h.id for h in plain}
+    assert any("Capas: 32" in h.text for h in reranked)

@@ -112,9 +112,10 @@ def build_prompt(llm: LLM, question: str, hits: Sequence[Hit], *, language: str 
 
 
 def prepare(collection: Collection, question: str, llm: LLM, *, top: int = 5, mode: str = "hybrid",
-            language: str | None = None, answer_tokens: int = 512) -> AnswerPrompt:
-    """Retrieves the `top` chunks for `question` and builds the prompt (`build_prompt`)."""
-    hits = collection.search(question, top, mode=mode)
+            language: str | None = None, answer_tokens: int = 512, rerank: int = 0) -> AnswerPrompt:
+    """Retrieves the `top` chunks for `question` (re-ranking the first `rerank` by `llm`, see
+    Collection.search) and builds the prompt (`build_prompt`)."""
+    hits = collection.search(question, top, mode=mode, rerank=rerank, reranker=llm)
     return build_prompt(llm, question, hits, language=language, answer_tokens=answer_tokens)
 
 
@@ -130,11 +131,11 @@ def stream_answer(llm: LLM, prompt: AnswerPrompt, params: SamplingParams | None 
 
 
 def ask(collection: Collection, question: str, llm: LLM, *, top: int = 5, mode: str = "hybrid",
-        language: str | None = None, params: SamplingParams | None = None) -> Answer:
+        language: str | None = None, params: SamplingParams | None = None, rerank: int = 0) -> Answer:
     """The whole answer with its numbered sources and the citations found in it."""
     params = params or default_params()
     prompt = prepare(collection, question, llm, top=top, mode=mode, language=language,
-                     answer_tokens=params.max_tokens or 512)
+                     answer_tokens=params.max_tokens or 512, rerank=rerank)
     out = llm.chat(prompt.messages, params)
     valid, invalid = citations(out.text, len(prompt.sources))
     return Answer(out.text, prompt.sources, prompt.language, valid, invalid, prompt.prompt_token_ids, out.token_ids)

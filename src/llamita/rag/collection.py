@@ -24,6 +24,7 @@ from llamita.errors import CollectionError, InvalidParameterError
 from llamita.rag.answer import Answer, ask
 from llamita.rag.embedder import Embedder, EmbeddingSpec
 from llamita.rag.indexer import IndexReport, ProgressCallback, index_paths
+from llamita.rag.rerank import rerank as rerank_hits
 from llamita.rag.retrieval import Hit, dense_ranking, fts_query, reciprocal_rank_fusion
 from llamita.rag.store import CollectionStore, collection_path
 
@@ -120,9 +121,15 @@ class Collection:
             self._vectors = (generation, ids, torch.from_numpy(matrix.astype(np.float16)))
         return self._vectors[1], self._vectors[2]
 
-    def search(self, query: str, top: int = 5, *, mode: str = "hybrid", candidates: int = CANDIDATES) -> list[Hit]:
+    def search(self, query: str, top: int = 5, *, mode: str = "hybrid", candidates: int = CANDIDATES,
+               rerank: int = 0, reranker: LLM | None = None) -> list[Hit]:
         """The `top` chunks for `query`, best first. mode: hybrid (BM25 and dense fused by
-        reciprocal rank fusion), bm25 or dense."""
+        reciprocal rank fusion), bm25 or dense. rerank: re-order the first `rerank` chunks by
+        how likely a language model finds the question after each (rag/rerank.py; `reranker`,
+        default the embedding model's LLM): one forward pass per chunk."""
+        if rerank:
+            found = self.search(query, max(rerank, top), mode=mode, candidates=candidates)
+            return rerank_hits(reranker or self.embedder.llm, query, found)[:top]
         if mode not in MODES:
             raise InvalidParameterError("mode", f"must be one of {MODES}, got {mode!r}")
         if top < 1:
