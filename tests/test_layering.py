@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> serving -> glass -> engine -> {model, library -> weights -> tokenizer} -> kernels."""
+"""Imports flow one way: cli -> serving -> rag -> glass -> engine -> {model, library -> weights -> tokenizer} -> kernels."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 # For each package, the llamita packages it may import.
 ALLOWED = {
-    "cli": {"cli", "serving", "glass", "engine", "library", "config", "errors", "sampling_params"},
+    "cli": {"cli", "serving", "rag", "glass", "engine", "library", "config", "errors", "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
-    "serving": {"serving", "glass", "engine", "config", "errors", "sampling_params", "tokenizer"},
+    "serving": {"serving", "rag", "glass", "engine", "config", "database", "errors", "sampling_params", "tokenizer"},
+    # RAG (document collections) sits above the engine and glass (its --explain reads attention
+    # maps), below the CLI and the server.
+    "rag": {"rag", "glass", "engine", "model", "tokenizer", "config", "database", "errors", "sampling_params"},
     # Glass sits beside serving: above the engine, below the CLI and the server.
     "glass": {"glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     "engine": {"engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
@@ -26,6 +29,8 @@ ALLOWED = {
     "weights": {"weights", "tokenizer", "kernels", "config", "errors"},
     "kernels": {"kernels", "errors"},
     "config": set(),
+    # SQLite conventions shared by the chat store and document collections.
+    "database": set(),
     "errors": set(),
     "sampling_params": {"errors"},
     "__main__": {"cli"},

@@ -8,7 +8,9 @@ published Llama 3.1 / 3.2 shapes. Nothing here imports the rest of the package.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -146,3 +148,10 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS
     threads: int | None = None  # CPU threads; None: engine/threads.py's default for this machine
     strict_model_names: bool = False  # True: a `model` other than the served name is a 404
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder (the chat store's llamita.db, document collections):
+    $XDG_DATA_HOME/llamita, else ~/.local/share/llamita."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "llamita"

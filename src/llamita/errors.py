@@ -42,3 +42,16 @@ class TokenizerError(LlamitaError):
 class DownloadError(LlamitaError):
     """A model could not be pulled: no access, not found, no disk space, a network failure or
     a file whose checksum does not match; the message says what to do."""
+
+
+class DocumentError(LlamitaError):
+    """A document cannot be read (corrupt, password-protected, unsupported); the message names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class CollectionError(LlamitaError):
+    """A document collection is missing, has a bad name, or was built for another embedding model."""

@@ -1,10 +1,11 @@
-"""The `llamita` command: run | chat | serve | pull | list | show | rm | cp | info | quantize ..."""
+"""The `llamita` command: run | chat | serve | pull | list | show | rm | cp | index | search | ask | info ..."""
 
 from __future__ import annotations
 
 import typer
 
-from llamita.cli import bench, chat, finetune, glass, info, library, lora, memory, perplexity, quantize, run, serve
+from llamita.cli import (ask, bench, chat, finetune, glass, index, info, library, lora, memory, perplexity,
+                         quantize, run, serve)
 
 app = typer.Typer(
     name="llamita",
@@ -35,6 +36,9 @@ app.command("analogy")(glass.analogy)
 app.command("sample")(glass.sample)
 app.add_typer(lora.app, name="lora")
 app.command("finetune")(finetune.finetune)
+app.add_typer(index.app, name="index")
+app.command("search")(ask.search)
+app.command("ask")(ask.ask)
 
 
 if __name__ == "__main__":

@@ -34,20 +34,22 @@ def check_one_sequence(tokens: torch.Tensor) -> None:
         raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
 
 
-def attention_maps(model: Transformer, tokens: torch.Tensor, adapters: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+def attention_maps(model: Transformer, tokens: torch.Tensor, adapters: torch.Tensor | None = None,
+                   rows: slice | None = None) -> torch.Tensor:
     """(n_layers, n_heads, S, S) float32 for `tokens` (1, S), on the model's device: row i of
     [l, h] is token i's attention over tokens 0..i in layer l, head h (each row sums to 1).
     One forward pass without a cache (with LoRA slot `adapters` (1,), as `forward` takes it);
     hooks read each layer's attention input and project it with the layer's own q/k weights
-    (and adapter) and RoPE."""
+    (and adapter) and RoPE. rows: keep only these query rows, (n_layers, n_heads, R, S), so a
+    long prompt's maps need not all be held at once."""
     check_one_sequence(tokens)
     found: dict[int, torch.Tensor] = {}
 
     def record(module: Any, args: tuple[Any, ...]) -> None:
         x, cos, sin = args[:3]
         q, k, _ = module.project_qkv(x, cos, sin)
-        found[module.layer] = scores_to_weights(q[0], k[0]).to(tokens.device)
+        weights = scores_to_weights(q[0], k[0])
+        found[module.layer] = (weights if rows is None else weights[:, rows].clone()).to(tokens.device)
 
     # An offloaded block (model/offload.py OnDevice) holds the real one as `inner`, on its device.
     blocks = [getattr(layer, "inner", layer) for layer in model.layers]

@@ -1,7 +1,8 @@
 """The web chat's memory: conversations, their messages and feedback on answers, in SQLite.
 
 One connection per call (routes run in threads; sqlite3 connections are not shared between
-them), WAL mode so readers never wait for the writer, every write in one transaction."""
+them), WAL mode so readers never wait for the writer, every write in one transaction: the
+conventions of llamita/database.py, which document collections share."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+
+from llamita import database
+
+# Defined in config (document collections share the folder); serving/app.py imports it from here.
+from llamita.config import default_data_dir  # noqa: F401
 
 DB_NAME = "llamita.db"
 SCHEMA_VERSION = 2
@@ -49,12 +55,6 @@ CREATE TABLE feedback (
 """
 
 
-def default_data_dir() -> Path:
-    """The per-user data folder: $XDG_DATA_HOME/llamita, else ~/.local/share/llamita."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "llamita"
-
-
 class ChatStore:
     """Conversations, messages and feedback in `data_dir/llamita.db` (created on first use)."""
 
@@ -62,34 +62,15 @@ class ChatStore:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                # One transaction: the tables and the version appear together or not at all.
-                db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
-            elif version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} has schema version {version}; this llamita reads up to "
-                                   f"{SCHEMA_VERSION}: upgrade llamita or use another --data-dir")
-            for step in range(version + 1, SCHEMA_VERSION + 1) if version else ():
-                db.executescript(f"BEGIN IMMEDIATE;{_MIGRATIONS[step]}PRAGMA user_version={step};COMMIT;")
+        database.prepare(self.path, _SCHEMA, SCHEMA_VERSION, _MIGRATIONS, lambda found: RuntimeError(
+            f"{self.path} has schema version {found}; this llamita reads up to {SCHEMA_VERSION}: "
+            f"upgrade llamita or use another --data-dir"))
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # isolation_level=None: no implicit transactions; writes open their own (_transaction).
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return database.connect(self.path)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db, _transaction(db):
-            yield db
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return database.write(self.path)
 
     # Conversations
 
@@ -203,17 +184,6 @@ class ChatStore:
                 if r["model"] is not None:
                     line["model"] = r["model"]
                 yield json.dumps(line, ensure_ascii=False) + "\n"
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock between writers
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _conversation(row: sqlite3.Row) -> dict[str, Any]:
