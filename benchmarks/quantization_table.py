@@ -5,7 +5,7 @@ decoded to F32, a lossless step), then measure the file size, bits per weight, s
 perplexity on an English and a Spanish text (benchmarks/corpus.py; ctx 512, first N windows)
 and generation speed (greedy, median of R runs). Types whose weights llamita keeps as per-row
 int8 are also measured with every weight expanded to bfloat16, to show what that choice costs.
-The Llama 3.1 8B / 70B / 405B RAM table is computed from their shapes (llamita.engine.memory).
+The Llama 3.1 8B / 70B / 405B RAM table is computed from their shapes (llamita.jobs.memory).
 
     python benchmarks/quantization_table.py --chunks 20 --write-docs   # ~20 min on 2 cores
     python benchmarks/quantization_table.py --types Q4_K_M Q8_0 --chunks 2   # quick look
@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from corpus import corpus_path  # noqa: E402
 
 from llamita.engine.loader import default_model_path, load_model  # noqa: E402
-from llamita.engine.memory import LLAMA_3_1, estimate  # noqa: E402
-from llamita.engine.perplexity import perplexity, read_text_file  # noqa: E402
-from llamita.engine.quantize import FILE_TYPES, quantize_model  # noqa: E402
+from llamita.jobs.memory import LLAMA_3_1, estimate  # noqa: E402
+from llamita.jobs.perplexity import perplexity, read_text_file  # noqa: E402
+from llamita.jobs.quantize import FILE_TYPES, quantize_model  # noqa: E402
 from llamita.model.linear import Int8Linear  # noqa: E402
 from llamita.engine.generator import Generator  # noqa: E402
 from llamita.sampling_params import SamplingParams  # noqa: E402
@@ -79,7 +79,7 @@ def measure(path: Path, texts: dict[str, str], args: argparse.Namespace) -> dict
 
 
 def n_weights(path: Path) -> int:
-    from llamita.engine.quantize import plan_model
+    from llamita.jobs.quantize import plan_model
 
     return sum(p.n_elements for p in plan_model(path, "F32"))
 

@@ -125,7 +125,7 @@ def main() -> None:
             result[f"search_{mode}_top10_ms"] = {"p50": percentile_ms(times, 50), "p99": percentile_ms(times, 99)}
 
     # 3. The model's part: embedding real chunks and one query with the default model.
-    from llamita.engine.llm import LLM
+    from llamita.api.llm import LLM
     from llamita.rag.chunker import chunk_blocks
     from llamita.rag.embedder import Embedder
     from llamita.rag.indexer import embedding_input

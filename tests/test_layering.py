@@ -1,4 +1,5 @@
-"""Imports flow one way: cli -> serving -> rag -> glass -> engine -> {model, library -> weights -> tokenizer} -> kernels."""
+"""Imports flow one way: cli -> serving -> rag -> glass -> api -> engine -> {model, library -> weights -> tokenizer}
+-> kernels; the offline jobs sit beside the API, above the engine."""
 
 from __future__ import annotations
 
@@ -10,14 +11,23 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 # For each package, the llamita packages it may import.
 ALLOWED = {
-    "cli": {"cli", "serving", "rag", "glass", "engine", "library", "config", "errors", "sampling_params"},
+    "cli": {"cli", "serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "errors",
+            "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
-    "serving": {"serving", "rag", "glass", "engine", "config", "database", "errors", "sampling_params", "tokenizer"},
+    # /api/show describes the model as `llamita info` does (jobs.model_info).
+    "serving": {"serving", "rag", "glass", "api", "jobs", "engine", "config", "database", "errors",
+                "sampling_params", "tokenizer"},
     # RAG (document collections) sits above the engine and glass (its --explain reads attention
     # maps), below the CLI and the server.
-    "rag": {"rag", "glass", "engine", "model", "tokenizer", "config", "database", "errors", "sampling_params"},
+    "rag": {"rag", "glass", "api", "engine", "model", "tokenizer", "config", "database", "errors",
+            "sampling_params"},
     # Glass sits beside serving: above the engine, below the CLI and the server.
-    "glass": {"glass", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
+    "glass": {"glass", "api", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
+    # The public Python API drives the runtime; the runtime never imports it.
+    "api": {"api", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
+    # Offline jobs (one per command beside the request path) use the runtime and the formats.
+    "jobs": {"jobs", "engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
+             "sampling_params"},
     "engine": {"engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
                "sampling_params"},
     # Names and the local library: reads weight headers (to check and describe a download),

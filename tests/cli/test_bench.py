@@ -49,7 +49,7 @@ def test_bench_bandwidth_floor_is_weights_over_copy_bandwidth():
 
 def test_weight_bytes_skip_an_untied_embedding_table():
     from llamita.config import ModelConfig
-    from llamita.engine.bench import weight_bytes_per_token
+    from llamita.jobs.bench import weight_bytes_per_token
     from llamita.model.transformer import Transformer
 
     cfg = ModelConfig(n_layers=1, dim=64, n_heads=2, n_kv_heads=1, ffn_dim=128, vocab_size=100,

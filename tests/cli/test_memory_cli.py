@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llamita.cli.main import app
-from llamita.engine.memory import breakdown, estimate_file
+from llamita.jobs.memory import breakdown, estimate_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -99,7 +99,7 @@ def test_torchrun_serve_answers_like_one_process(tiny, adapter, tmp_path):
     import httpx
     import numpy as np
 
-    from llamita.engine.llm import LLM
+    from llamita.api.llm import LLM
     from llamita.engine.scoring import prompt_logprobs
     from llamita.glass.attention import attention_view
     from llamita.glass.lens import logit_lens

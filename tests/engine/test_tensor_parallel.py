@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llamita.engine.generator import Generator
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.engine.lora import attach_loras

@@ -115,7 +115,7 @@ def test_next_lens_attention_take_lora(tiny_path, tmp_path):
     pytest.importorskip("peft")
     import numpy as np
 
-    from llamita.engine.llm import LLM
+    from llamita.api.llm import LLM
     from llamita.glass.attention import attention_view
     from llamita.glass.next_token import next_token_view
     from lora_models import make_peft_adapter

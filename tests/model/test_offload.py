@@ -9,7 +9,7 @@ import torch
 from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.errors import InvalidParameterError
 from llamita.glass.attention import attention_weights
 from llamita.glass.lens import logit_lens

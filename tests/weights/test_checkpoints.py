@@ -18,7 +18,7 @@ import torch
 
 from llamita.config import PRESETS, RopeScaling, llama_ffn_dim
 from llamita.engine.loader import load_tokenizer
-from llamita.engine.quantize import quantize_model
+from llamita.jobs.quantize import quantize_model
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.model.transformer import Transformer
 from llamita.tokenizer.gguf_keys import gguf_keys_from_hf, gguf_keys_from_tiktoken

@@ -202,7 +202,7 @@ def load_everything(path: Path) -> None:
     import torch
 
     from llamita.engine.loader import load_model
-    from llamita.engine.model_info import model_info
+    from llamita.jobs.model_info import model_info
 
     try:
         model_info(path)
@@ -421,7 +421,7 @@ def _with(key: str, vtype: int, value: Any) -> Model:
 ])
 def test_wrong_metadata_types_are_named(tmp_path, key, vtype, value, message):
     from llamita.engine.loader import load_model
-    from llamita.engine.model_info import model_info
+    from llamita.jobs.model_info import model_info
 
     path = tmp_path / "bad.gguf"
     path.write_bytes(bytes(write(_with(key, vtype, value)).data))

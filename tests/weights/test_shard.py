@@ -12,7 +12,7 @@ import torch
 
 from llamita.config import ModelConfig
 from llamita.engine.loader import load_model
-from llamita.engine.quantize import quantize_model
+from llamita.jobs.quantize import quantize_model
 from llamita.errors import InvalidParameterError
 from llamita.weights.checkpoint import read_checkpoint
 from llamita.weights.shard import TensorShard, split_range

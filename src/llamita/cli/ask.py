@@ -28,7 +28,7 @@ def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, 
     from llamita.rag.collection import Collection
 
     with start_up():
-        from llamita.engine.llm import LLM
+        from llamita.api.llm import LLM
         from llamita.rag.embedder import Embedder
 
     collection = Collection(name, data_dir=data_dir)
@@ -101,7 +101,7 @@ def ask(
     Example: llamita ask curso "¿Qué contexto tiene Llama 3.1?"
     """
     with start_up():
-        from llamita.engine.llm import LLM
+        from llamita.api.llm import LLM
         from llamita.rag.answer import citations, prepare, stream_answer
         from llamita.sampling_params import SamplingParams
 

@@ -75,7 +75,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     """Run the tests and print the report (rank 0 only under tensor parallelism)."""
     import torch
 
-    from llamita.engine.bench import (bandwidth_floor, bench_batched_generation, bench_generation,
+    from llamita.jobs.bench import (bandwidth_floor, bench_batched_generation, bench_generation,
                                       bench_prompt, peak_rss_bytes)
 
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "

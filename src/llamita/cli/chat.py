@@ -16,7 +16,7 @@ from llamita.cli.escapes import process_escapes
 from llamita.errors import LlamitaError
 
 if TYPE_CHECKING:
-    from llamita.engine.llm import LLM
+    from llamita.api.llm import LLM
     from llamita.sampling_params import SamplingParams
 
 HELP = """commands:

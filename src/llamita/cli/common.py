@@ -98,7 +98,7 @@ def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | N
     and the others follow its forward passes inside the block and get None: they have nothing
     left to do."""
     with start_up():
-        from llamita.engine.llm import LLM
+        from llamita.api.llm import LLM
         from llamita.engine.threads import use_threads
 
     from llamita.cli.library import ensure_local

@@ -24,7 +24,7 @@ JsonOption = typer.Option(False, "--json", help="Print the result as JSON instea
 def load(model: Path | None, dtype: str, lora: list[str] | None = None, threads: int | None = None) -> Any:
     """The LLM to look into, with `lora` applied (the views then show the model with them), on
     `threads` CPU threads (None: the default of engine/threads.py)."""
-    from llamita.engine.llm import LLM
+    from llamita.api.llm import LLM
     from llamita.engine.threads import use_threads
 
     use_threads(threads)

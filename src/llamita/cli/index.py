@@ -58,7 +58,7 @@ def add(
     from llamita.rag.store import collection_path
 
     with start_up():
-        from llamita.engine.llm import LLM
+        from llamita.api.llm import LLM
         from llamita.rag.embedder import Embedder, EmbeddingSpec, declared_pooling
 
     create = not collection_path(name, data_dir).exists()

@@ -18,7 +18,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Architecture, parameters, quantization, context length, tokenizer, chat template, file size."""
-    from llamita.engine.model_info import model_info
+    from llamita.jobs.model_info import model_info
 
     data = model_info(model)
     if as_json:

@@ -33,7 +33,7 @@ def merge(
 
     Example: llamita lora merge --model base.gguf --lora my-adapter/ --out merged.gguf --type Q8_0
     """
-    from llamita.engine.lora_merge import merge_lora
+    from llamita.jobs.lora_merge import merge_lora
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=stderr, transient=True) as progress:

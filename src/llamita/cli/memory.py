@@ -50,7 +50,7 @@ def memory(
               llamita memory model.gguf --ctx 4096
     """
     from llamita.config import PRESETS
-    from llamita.engine.memory import breakdown, estimate, estimate_file
+    from llamita.jobs.memory import breakdown, estimate, estimate_file
 
     if preset is None and model is not None:
         from llamita.library.catalog import catalog_entry

@@ -37,8 +37,8 @@ def perplexity(
     Example: llamita perplexity book.txt --ctx 512 --chunks 20
     """
     from llamita.engine.loader import load_model, load_tokenizer
-    from llamita.engine.perplexity import ChunkProgress, check_settings, perplexity_windows, read_text_file
-    from llamita.engine.perplexity import perplexity as measure
+    from llamita.jobs.perplexity import ChunkProgress, check_settings, perplexity_windows, read_text_file
+    from llamita.jobs.perplexity import perplexity as measure
     from llamita.engine.threads import use_threads
 
     check_settings(ctx, chunks)  # fail before the slow part; the model's context is checked later

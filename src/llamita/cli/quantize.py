@@ -33,7 +33,7 @@ def quantize(
 ) -> None:
     """Re-encode a model's weights into another GGUF type (metadata, tokenizer and chat
     template are copied unchanged). Norms and 1-D tensors keep their type."""
-    from llamita.engine.quantize import quantize_model
+    from llamita.jobs.quantize import quantize_model
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=stderr,

@@ -15,7 +15,7 @@ from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLay
 from llamita.cli.escapes import process_escapes
 
 if TYPE_CHECKING:
-    from llamita.engine.llm import LLM
+    from llamita.api.llm import LLM
     from llamita.sampling_params import SamplingParams
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.errors import InvalidParameterError
 from llamita.glass.common import find_tokens, pieces, prompt_ids
 from llamita.model.transformer import Transformer

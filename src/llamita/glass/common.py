@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.errors import InvalidParameterError
 from llamita.tokenizer.tokenizer import Tokenizer
 

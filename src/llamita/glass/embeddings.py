@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from llamita.engine.embeddings import embed
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.errors import InvalidParameterError
 from llamita.glass.common import piece
 

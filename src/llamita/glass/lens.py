@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.glass.common import piece, prompt_ids
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.engine.sampler import filter_logits
 from llamita.errors import InvalidParameterError
 from llamita.glass.common import piece, prompt_ids

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.errors import InvalidParameterError
 from llamita.glass.common import prompt_ids
 from llamita.sampling_params import SamplingParams

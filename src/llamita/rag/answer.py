@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llamita.engine.conversation import Message
-from llamita.engine.llm import LLM, StreamChunk
+from llamita.api.llm import LLM, StreamChunk
 from llamita.errors import ContextOverflowError, InvalidParameterError
 from llamita.rag.retrieval import STOPWORDS, Hit
 from llamita.sampling_params import SamplingParams

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.errors import CollectionError, InvalidParameterError
 from llamita.rag.answer import Answer, ask
 from llamita.rag.embedder import Embedder, EmbeddingSpec

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.model.attention_maps import attention_maps
 from llamita.rag.answer import AnswerPrompt, source_label
 

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from llamita.engine.llm import LLM
+from llamita.api.llm import LLM
 from llamita.engine.llm_engine import LLMEngine
 from llamita.glass.attention import attention_view
 from llamita.glass.common import prompt_ids

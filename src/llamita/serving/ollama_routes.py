@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from llamita import __version__
-from llamita.engine.model_info import FILE_TYPES
+from llamita.jobs.model_info import FILE_TYPES
 from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import ContextOverflowError
 from llamita.sampling_params import SamplingParams

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llamita.engine.loader import load_model
-from llamita.engine.memory import LLAMA_3_1, estimate
+from llamita.jobs.memory import LLAMA_3_1, estimate
 from llamita.weights.gguf import open_gguf
 
 # Published sizes of llama.cpp quantizations of Meta-Llama-3.1-8B/70B-Instruct (GB = 1e9 bytes,

@@ -145,7 +145,7 @@ class LLM:
 
         tools: functions the model may call (OpenAI JSON-schema form); its calls come back
         parsed in `tool_calls`. Feed results back as {"role": "tool", "content": ...} messages
-        (engine/agent.py's `run_agent` does the whole loop). Llama 3.1's built-in tools are
+        (api/agent.py's `run_agent` does the whole loop). Llama 3.1's built-in tools are
         offered with `builtin_tools=["brave_search", "wolfram_alpha", "code_interpreter"]`.
         """
         out = self._run([self.encode_chat(messages, tools=tools, **template_kwargs)], params)[0]

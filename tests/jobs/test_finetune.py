@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from llamita.cli.main import app
-from llamita.engine.finetune import FinetuneConfig, encode_example, finetune, load_examples
+from llamita.jobs.finetune import FinetuneConfig, encode_example, finetune, load_examples
 from llamita.engine.loader import load_model
 from llamita.engine.lora import attach_loras
 from lora_models import peft_model, rel_err

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from llamita.engine.loader import load_model
-from llamita.engine.perplexity import perplexity, perplexity_windows
+from llamita.jobs.perplexity import perplexity, perplexity_windows
 from llamita.errors import InvalidParameterError
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
