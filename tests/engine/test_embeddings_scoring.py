@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llamita.engine.chunked as chunked
+import llamita.engine.chunked_forward as chunked
 from llamita.engine.embeddings import embed
 from llamita.engine.scoring import prompt_logprobs
 from llamita.errors import ContextOverflowError, InvalidParameterError

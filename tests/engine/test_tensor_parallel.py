@@ -32,7 +32,7 @@ from llamita.engine.generator import Generator
 from llamita.api.llm import LLM
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
-from llamita.engine.lora import attach_loras
+from llamita.engine.lora_attach import attach_loras
 from llamita.engine.scoring import prompt_logprobs
 from llamita.engine.tensor_parallel import LeaderModel, follow
 from llamita.glass.attention import attention_weights

@@ -17,7 +17,7 @@ from llamita.engine.loader import load_model
 from llamita.model import compiled as compiled_module
 from llamita.model.compiled import KEY_BLOCK, CompiledDecoder, attend_length, compile_blocker
 from llamita.model.kv_cache import KVCache
-from llamita.model.lora import LoraLinear, LoraSlots
+from llamita.model.lora_linear import LoraLinear, LoraSlots
 from llamita.model.tensor_parallel import RowParallel
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 

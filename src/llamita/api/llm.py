@@ -12,7 +12,7 @@ import torch
 from llamita.engine.conversation import Message
 from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
-from llamita.engine.lora import attach_loras
+from llamita.engine.lora_attach import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import SamplingParams

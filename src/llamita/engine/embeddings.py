@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from llamita.engine.chunked import check_ids, hidden_chunks
+from llamita.engine.chunked_forward import check_ids, hidden_chunks
 from llamita.errors import InvalidParameterError
 from llamita.model.transformer import Transformer
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from llamita.engine.chunked import check_ids, hidden_chunks
+from llamita.engine.chunked_forward import check_ids, hidden_chunks
 from llamita.engine.llm_engine import TokenLogprob, finite_logprob
 from llamita.engine.sampler import top_logprobs
 from llamita.model.transformer import Transformer

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from llamita.engine.loader import LoadedModel, load_model, resolve_device
-from llamita.engine.lora import LoraSpec, attach_loras
+from llamita.engine.lora_attach import LoraSpec, attach_loras
 from llamita.errors import InvalidParameterError
 from llamita.model.attention_maps import check_one_sequence
 from llamita.model.kv_cache import KVCache
@@ -87,7 +87,7 @@ class LeaderModel:
 
     @property
     def lora(self) -> Any:
-        """The shard's adapter slots (model/lora.py); every rank holds the same slots, each
+        """The shard's adapter slots (model/lora_linear.py); every rank holds the same slots, each
         with its part of the adapters (`open_model(lora=...)`)."""
         return self.model.lora
 

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.errors import InvalidParameterError, ModelFileError
-from llamita.model.lora import install_adapter, lora_layers, make_compact_trainable
+from llamita.model.lora_linear import install_adapter, lora_layers, make_compact_trainable
 from llamita.tokenizer import Tokenizer
-from llamita.weights.lora import PEFT_CONFIG, TARGET_MODULES, write_peft
+from llamita.weights.lora_files import PEFT_CONFIG, TARGET_MODULES, write_peft
 
 STATE_FILE = "trainer_state.json"
 ADAPTER = "finetune"  # the adapter's slot name while training

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from llamita.engine.loader import resolve_model_path
-from llamita.engine.lora import parse_lora_spec
+from llamita.engine.lora_attach import parse_lora_spec
 from llamita.errors import InvalidParameterError, ModelFileError
 from llamita.weights.checkpoint import gguf_name
 from llamita.weights.gguf import config_from_gguf
 from llamita.weights.gguf_reader import GGUFFile
 from llamita.weights.gguf_writer import GGUFSource, QuantizeReport, TensorPlan, write_quantized
-from llamita.weights.lora import read_lora
+from llamita.weights.lora_files import read_lora
 from llamita.weights.meta import rotate_half_to_interleaved
 from llamita.weights.quant_mix import file_type
 from llamita.weights.quants import GGMLType, quantize

@@ -43,7 +43,7 @@ from torch import nn
 
 from llamita.kernels import native
 from llamita.model.kv_cache import KVCache
-from llamita.model.lora import LoraLinear
+from llamita.model.lora_linear import LoraLinear
 from llamita.model.offload import OnDevice
 from llamita.model.tensor_parallel import RowParallel, TiedHead, VocabParallelEmbedding, VocabParallelHead
 

@@ -21,7 +21,7 @@ from llamita.model.attention_maps import attention_maps
 from llamita.model.embedding import EncodedEmbedding, Int8Embedding
 from llamita.model.kv_cache import KVCache
 from llamita.model.linear import FusedLinear, Int4Linear, Int8Linear, fuse_linears
-from llamita.model.lora import LoraSlots
+from llamita.model.lora_linear import LoraSlots
 from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
@@ -159,7 +159,7 @@ class Transformer(nn.Module):
         # torch's reference implementations on first use (~1.5 s of every start).
         with torch.device("cpu"):
             self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
-        # LoRA adapters held (model/lora.py) and which one each batch row uses in a forward.
+        # LoRA adapters held (model/lora_linear.py) and which one each batch row uses in a forward.
         self.lora = LoraSlots()
 
     @classmethod

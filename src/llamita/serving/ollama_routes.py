@@ -23,7 +23,7 @@ from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import ContextOverflowError
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
-from llamita.serving.generation import Completion, Generation
+from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.state import ServerState, model_request, server_state

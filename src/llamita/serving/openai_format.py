@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from llamita.engine.llm_engine import TokenLogprob
-from llamita.serving.generation import Completion
+from llamita.serving.request_completions import Completion
 from llamita.tokenizer.tokenizer import Tokenizer
 from llamita.tokenizer.tool_calls import ToolCall
 

@@ -17,7 +17,7 @@ from llamita.errors import InvalidParameterError
 from llamita.sampling_params import MAX_LOGPROBS, Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
-from llamita.serving.generation import Completion, Generation
+from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.params import (
     choice_count,
     openai_grammar,

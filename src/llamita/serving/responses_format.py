@@ -19,7 +19,7 @@ from typing import Any
 
 from llamita.engine.conversation import Message
 from llamita.serving.errors import APIError
-from llamita.serving.generation import Completion
+from llamita.serving.request_completions import Completion
 from llamita.serving.responses_request import ResponsesRequest
 from llamita.tokenizer.tool_call_stream import ToolCallDelta
 from llamita.tokenizer.tool_calls import ToolCall

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from llamita.engine.conversation import Message
 from llamita.engine.prompts import encode_chat
 from llamita.serving.errors import APIError, api_error, validation_error
-from llamita.serving.generation import Completion, Generation
+from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.openai_routes import (
     SSE_HEADERS,
     answer_pieces,

@@ -17,7 +17,7 @@ import uvicorn
 from llamita.config import ServerConfig
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import LoadedModel, load_model
-from llamita.engine.lora import attach_loras
+from llamita.engine.lora_attach import attach_loras
 from llamita.engine.tensor_parallel import open_model
 from llamita.engine.threads import use_threads
 from llamita.errors import InvalidParameterError

@@ -22,7 +22,7 @@ from llamita.tokenizer.chat_template import CHATML_TEMPLATE, ChatTemplate
 from llamita.tokenizer.llama3_format import SPECIAL_TOKENS as LLAMA3_SPECIALS
 from llamita.tokenizer.llama3_format import Part, llama3_chat_parts
 from llamita.tokenizer.pretokenizer import pre_tokenizer_spec
-from llamita.tokenizer.shield import SpecialShield
+from llamita.tokenizer.special_token_guard import SpecialShield
 from llamita.tokenizer.tool_calls import with_dict_arguments
 from llamita.tokenizer.tool_prompt import tools_as_text
 

@@ -1,5 +1,5 @@
 """LoRA adapters on a loaded model: `--lora [NAME=]PATH[:SCALE]` specs, reading them against the
-base model, and installing them into adapter slots (model/lora.py) without merging."""
+base model, and installing them into adapter slots (model/lora_linear.py) without merging."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 
 from llamita.config import ModelConfig
 from llamita.errors import InvalidParameterError
-from llamita.model.lora import install_adapter
+from llamita.model.lora_linear import install_adapter
 from llamita.model.transformer import Transformer
-from llamita.weights.lora import LoraAdapter, adapter_name, read_lora
+from llamita.weights.lora_files import LoraAdapter, adapter_name, read_lora
 from llamita.weights.shard import TensorShard
 
 
