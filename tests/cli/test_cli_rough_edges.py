@@ -86,7 +86,7 @@ def test_threads_are_used_and_reported(tiny_path):
     try:
         result = runner.invoke(app, ["run", "hi", "--model", str(tiny_path), "-n", "2", "--threads", "1"])
         assert result.exit_code == 0, result.output
-        assert torch.get_num_threads() == 1 and "· 1 threads ·" in result.stderr
+        assert torch.get_num_threads() == 1 and "· 1 thread ·" in result.stderr
         bad = runner.invoke(app, ["run", "hi", "--model", str(tiny_path), "--threads", "0"])
         assert bad.exit_code != 0 and "Traceback" not in bad.output
     finally:

@@ -75,11 +75,12 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     """Run the tests and print the report (rank 0 only under tensor parallelism)."""
     import torch
 
+    from llamita.engine.threads import threads_label
     from llamita.jobs.bench import (bandwidth_floor, bench_batched_generation, bench_generation,
-                                      bench_prompt, peak_rss_bytes)
+                                    bench_prompt, peak_rss_bytes)
 
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "
-                 f"{torch.get_num_threads()} threads · loaded in {loaded.load_seconds:.1f} s[/]")
+                 f"{threads_label()} · loaded in {loaded.load_seconds:.1f} s[/]")
     results = []
     with stderr.status("measuring…") as status:
         if n_prompt:

@@ -81,11 +81,11 @@ def run(
 
 def _answer(llm: LLM, prompt: str, system: str | None, raw: bool, params: SamplingParams) -> None:
     """Stream the answer to stdout, then the speed to stderr."""
-    import torch
+    from llamita.engine.threads import threads_label
 
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
     stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · "
-                 f"{torch.get_num_threads()} threads · loaded in {llm.loaded.load_seconds:.1f} s[/]")
+                 f"{threads_label()} · loaded in {llm.loaded.load_seconds:.1f} s[/]")
     if raw:
         if system is not None:
             stderr.print("[yellow]warning:[/] --system is ignored with --raw")

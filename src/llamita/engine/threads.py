@@ -77,3 +77,9 @@ def use_threads(threads: int | None) -> int:
         raise InvalidParameterError("threads", f"must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     return threads
+
+
+def threads_label() -> str:
+    """"1 thread" / "N threads": how many torch runs on now, for the status lines."""
+    n = torch.get_num_threads()
+    return f"{n} thread" if n == 1 else f"{n} threads"

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-import torch
 import uvicorn
 
 from llamita.config import ServerConfig
@@ -19,7 +18,7 @@ from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.tensor_parallel import open_model
-from llamita.engine.threads import use_threads
+from llamita.engine.threads import threads_label, use_threads
 from llamita.errors import InvalidParameterError
 from llamita.serving.app import create_app
 from llamita.serving.engine_loop import EngineLoop
@@ -106,7 +105,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     loop.start()
-    print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, {torch.get_num_threads()} threads, "
+    print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, {threads_label()}, "
           f"context {engine.context_length} tokens) on http://{config.host}:{config.port}", flush=True)
     if adapters:
         print(f"llamita: LoRA adapters (request them as model '{name}+NAME' or \"lora\": NAME): "
