@@ -12,6 +12,7 @@ import json
 import httpx
 import pytest
 
+from llamita.serving.params import MAX_N
 from serving_helpers import ScriptedEngine, start_server
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -111,13 +112,53 @@ def test_the_schema_is_served(scripted):
     assert doc["openapi"].startswith("3.") and CHAT in doc["paths"]
 
 
+def test_the_schema_states_the_real_limits(scripted):
+    # The published document is the API contract: no fuzzing bound (the test's own speed
+    # limits) and no vocabulary of one model in it.
+    doc = httpx.get(scripted.url + "/openapi.json").json()
+    chat = doc["paths"][CHAT]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert "maximum" not in chat["max_tokens"] and chat["n"]["maximum"] == MAX_N
+    assert "maxItems" not in chat["messages"]
+    tokens = doc["paths"]["/detokenize"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "maximum" not in tokens["properties"]["tokens"]["items"]
+
+
+# The fuzzer's own bounds: short answers, few choices, short lists, ids inside the vocabulary,
+# so ~450 generated requests stay fast against the scripted engine.
+FUZZ_BOUNDS = {"max_tokens": {"maximum": 16}, "max_completion_tokens": {"maximum": 16}, "n": {"maximum": 2},
+               "num_predict": {"maximum": 16}, "messages": {"maxItems": 4}, "prompt": {"maxItems": 2},
+               "input": {"maxItems": 3}, "stop": {"maxItems": 4}}
+
+
+def _fuzz_bounds(doc: dict, vocab: int) -> dict:
+    """`doc` with FUZZ_BOUNDS applied to every property of those names (and to the list
+    branch of a string-or-list), and /detokenize's ids kept below `vocab`."""
+    def narrow(node):
+        if isinstance(node, dict):
+            for name, schema in (node.get("properties") or {}).items():
+                for bound, value in FUZZ_BOUNDS.get(name, {}).items():
+                    for target in [schema, *schema.get("oneOf", [])]:
+                        if (bound == "maxItems") == (target.get("type") == "array"):
+                            target[bound] = value
+            for value in node.values():
+                narrow(value)
+        elif isinstance(node, list):
+            for value in node:
+                narrow(value)
+    narrow(doc)
+    detok = doc["paths"]["/detokenize"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    detok["properties"]["tokens"]["items"]["maximum"] = vocab - 1
+    return doc
+
+
 def test_schemathesis_finds_no_server_error(scripted):
     """Generated requests (valid and invalid bodies) over every documented operation: no 5xx,
     and the server still answers afterwards."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
-    schema = schemathesis.openapi.from_url(scripted.url + "/openapi.json")
+    doc = httpx.get(scripted.url + "/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(_fuzz_bounds(doc, vocab=scripted.loop.engine.n_tokens))
     seen: dict[str, list] = {"requests": [], "5xx": []}
     for result in schema.get_all_operations():
         operation = result.ok()

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 description of the server's main routes, served at /openapi.json.
 
 Most handlers read their JSON bodies by hand (request_body.py) so that every error names its
-field; this document says what they accept, for clients and for the schema fuzzing in
-tests/serving/test_schema_fuzz.py (which checks that no input, valid or not, gets a 5xx).
+field; this document says what they accept: the real limits, as the handlers enforce them (the
+schema fuzzing in tests/serving/test_schema_fuzz.py narrows sizes for its own speed, in the test,
+and checks that no input, valid or not, gets a 5xx).
 /v1/responses declares its body as a pydantic model, whose own schema is published here.
 Every /v1 path is also served without /v1 (not listed twice).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from llamita import __version__
+from llamita.sampling_params import MAX_LOGPROBS
+from llamita.serving.params import MAX_N
 from llamita.serving.responses_request import ResponsesRequest
 
 _STR: dict[str, Any] = {"type": "string"}
@@ -26,18 +29,18 @@ def _int(lo: int, hi: int | None = None) -> dict[str, Any]:
     return {"type": "integer", "minimum": lo, **({"maximum": hi} if hi is not None else {})}
 
 
-_STOP = {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 4}]}
+_STOP = {"oneOf": [_STR, {"type": "array", "items": _STR}]}
 # Sampling fields shared by the OpenAI routes.
 _SAMPLING = {
-    "model": _STR, "max_tokens": _int(0, 16), "max_completion_tokens": _int(0, 16),
+    "model": _STR, "max_tokens": _int(1), "max_completion_tokens": _int(1),
     "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0), "min_p": _num(0, 1),
     "seed": _int(0), "stop": _STOP, "presence_penalty": _num(-2, 2), "frequency_penalty": _num(-2, 2),
-    "repetition_penalty": _num(0.01, 10), "n": _int(1, 2), "stream": _BOOL,
+    "repetition_penalty": _num(0.01, 10), "n": _int(1, MAX_N), "stream": _BOOL,
     "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
     "logit_bias": {"type": "object", "additionalProperties": _num(-100, 100)},
 }
 _TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
-    "type": {"enum": ["text"]}, "text": _STR}}, "maxItems": 3}
+    "type": {"enum": ["text"]}, "text": _STR}}}
 _MESSAGE = {
     "type": "object", "required": ["role", "content"],
     "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
@@ -45,7 +48,7 @@ _MESSAGE = {
 }
 _REF = "#/components/schemas/{model}"
 _OLLAMA_OPTIONS = {"type": "object", "properties": {
-    "num_predict": _int(-1, 16), "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0),
+    "num_predict": _int(-2), "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0),
     "seed": _int(0), "stop": {"type": "array", "items": _STR}, "repeat_penalty": _num(0.01, 10),
     "num_ctx": _int(1)}}
 
@@ -82,21 +85,21 @@ def openapi_document() -> dict[str, Any]:
             "/api/tags": _get("Ollama: the served model"),
             "/api/version": _get("Ollama: version"),
             "/v1/chat/completions": _post("OpenAI chat completion", _body(["messages"], {
-                **_SAMPLING, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1, "maxItems": 4},
-                "logprobs": _BOOL, "top_logprobs": _int(0, 5),
+                **_SAMPLING, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
+                "logprobs": _BOOL, "top_logprobs": _int(0, MAX_LOGPROBS),
                 "response_format": {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}},
             })),
             "/v1/completions": _post("OpenAI text completion", _body(["prompt"], {
-                **_SAMPLING, "prompt": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 2}]},
-                "echo": _BOOL, "logprobs": _int(0, 5),
+                **_SAMPLING, "prompt": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
+                "echo": _BOOL, "logprobs": _int(0, MAX_LOGPROBS),
             })),
             "/v1/responses": _post("OpenAI Responses API", _model_body(responses_schema)),
             "/v1/embeddings": _post("OpenAI embeddings", _body(["input"], {
-                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 3}]},
+                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
                 "encoding_format": {"enum": ["float", "base64"]},
             })),
             "/api/chat": _post("Ollama chat", _body(["messages"], {
-                "model": _STR, "messages": {"type": "array", "items": _MESSAGE, "maxItems": 4},
+                "model": _STR, "messages": {"type": "array", "items": _MESSAGE},
                 "stream": _BOOL, "options": _OLLAMA_OPTIONS,
             })),
             "/api/generate": _post("Ollama generate", _body([], {
@@ -104,12 +107,12 @@ def openapi_document() -> dict[str, Any]:
                 "options": _OLLAMA_OPTIONS,
             })),
             "/api/embed": _post("Ollama embeddings", _body(["input"], {
-                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 3}]},
+                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
                 "truncate": _BOOL,
             })),
             "/tokenize": _post("text to token ids", _body(["content"], {"content": _STR, "add_special": _BOOL})),
             "/detokenize": _post("token ids to text", _body(["tokens"], {
-                "tokens": {"type": "array", "items": _int(0, 49151)}})),
+                "tokens": {"type": "array", "items": _int(0)}})),
             "/ui/conversations": _post("web chat: a new conversation", _body([], {
                 "title": _STR, "system_prompt": _STR,
                 "params": {"type": "object", "properties": {"temperature": _num(0, 2), "top_p": _num(0, 1),
