@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from llamita.kernels import native
+from llamita.kernels.int4 import kernel_activations
 
 _CHUNK_WEIGHTS = 1 << 22  # rows converted per step: bounds the float32 temporaries to ~16 MiB
 
@@ -131,8 +132,8 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     lead = x.shape[:-1]
     out_dtype = out_dtype or x.dtype
     if w.layout == "vnni":  # float32 out: activations quantized to int8 per 32 (module doc)
-        x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()
-        return torch.ops.llamita.q8_vnni_mm(x2, w.qweight, w.scales).view(*lead, w.out_features).to(out_dtype)
+        x2 = kernel_activations(x, w.in_features)
+        return native.kernel_ops().q8_vnni_mm(x2, w.qweight, w.scales).view(*lead, w.out_features).to(out_dtype)
     x2 = x.reshape(-1, w.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -146,7 +147,7 @@ def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None
     if w.layout == "vnni":
         n, k = w.qweight.shape
         if rows is None and dtype in (torch.bfloat16, torch.float32):  # one pass, same values
-            return torch.ops.llamita.q8_vnni_dequantize(w.qweight, w.scales, dtype)
+            return native.kernel_ops().q8_vnni_dequantize(w.qweight, w.scales, dtype)
         if rows is None:
             q, s = _row_order(w.qweight), w.scales
         else:  # row r is 4-byte pieces at [r // 16, :, r % 16, :] of the blocks
