@@ -49,6 +49,7 @@ inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes into every 32-bi
 struct NibbleDot {
   static __m256i zero() { return _mm256_setzero_si256(); }
   static __m256i add(__m256i acc, __m256i codes, __m256i x) { return _mm256_dpbusd_avx_epi32(acc, codes, x); }
+  static __m256i join(__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }
   static __m256i finish(__m256i acc) { return acc; }
 };
 
@@ -70,6 +71,7 @@ struct NibbleDot {
   static __m256i add(__m256i acc, __m256i codes, __m256i x) {
     return _mm256_add_epi16(acc, _mm256_maddubs_epi16(codes, x));
   }
+  static __m256i join(__m256i a, __m256i b) { return _mm256_add_epi16(a, b); }
   static __m256i finish(__m256i acc) { return _mm256_madd_epi16(acc, _mm256_set1_epi16(1)); }
 };
 
@@ -137,6 +139,12 @@ struct KScales {  // layout "vnni_k": s = d sc, z = -dmin m (both products exact
   }
 };
 
+// Independent integer accumulators per (row of x, half block): a dot-product chain's latency
+// (5 cycles for vpdpbusd) would otherwise bound a 1-row GEMV at a fraction of the throughput,
+// so small tiles split each chain over chunks; the integer sums stay exact whatever the order.
+template <int ROWS>
+constexpr int kSplit = ROWS >= 4 ? 1 : 4 / ROWS;
+
 // One 16-row block of a 4-bit layout for ROWS rows of x, as two halves of 8 rows: each code
 // chunk is unpacked once and used for every row of x.
 //   y[m, n] = sum_g (s d_x) * sum_k q xq  +  offset * (d_x * sum_k xq)
@@ -144,38 +152,47 @@ template <int ROWS, class Scales>
 struct Q4Block256 {
   static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
                   const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
+    constexpr int S = kSplit<ROWS>;
     const int64_t groups = K / kGroup;
     const __m256i low_nibble = _mm256_set1_epi8(0x0F);
-    for (int h = 0; h < 2; ++h) {
-      __m256 total[ROWS];
-      for (int m = 0; m < ROWS; ++m) total[m] = _mm256_setzero_ps();
-      for (int64_t g = 0; g < groups; ++g) {
-        __m256i dot[ROWS];
-        for (int m = 0; m < ROWS; ++m) dot[m] = NibbleDot::zero();
-        const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2 + 32 * h;
+    __m256 total[ROWS][2];
+    for (int m = 0; m < ROWS; ++m) total[m][0] = total[m][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256i dot[ROWS][2][S];
+      for (int m = 0; m < ROWS; ++m)
+        for (int h = 0; h < 2; ++h)
+          for (int s = 0; s < S; ++s) dot[m][h][s] = NibbleDot::zero();
+      const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2;
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64));
+      for (int c = 0; c < 4; ++c) {
+        for (int h = 0; h < 2; ++h) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64 + 32 * h));
           const __m256i lo = _mm256_and_si256(v, low_nibble);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble);
           for (int m = 0; m < ROWS; ++m) {
             const int8_t* xm = xq + m * K + g * kGroup + c * 8;
-            dot[m] = NibbleDot::add(dot[m], lo, bcast4(xm));
-            dot[m] = NibbleDot::add(dot[m], hi, bcast4(xm + 4));
+            __m256i& acc = dot[m][h][c % S];
+            acc = NibbleDot::add(acc, lo, bcast4(xm));
+            acc = NibbleDot::add(acc, hi, bcast4(xm + 4));
           }
         }
+      }
+      for (int h = 0; h < 2; ++h) {
         __m256 s, offset;
         Scales::group(scales, g, h, s, offset);
         for (int m = 0; m < ROWS; ++m) {
+          __m256i sum = dot[m][h][0];  // int16 sums (AVX2) stay exact: <= 30720 in all
+          for (int j = 1; j < S; ++j) sum = NibbleDot::join(sum, dot[m][h][j]);
           const float dm = d[m * groups + g];
           const __m256 sd = _mm256_mul_ps(s, _mm256_set1_ps(dm));
-          total[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(NibbleDot::finish(dot[m])), sd, total[m]);
+          total[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(NibbleDot::finish(sum)), sd, total[m][h]);
           const float xs = dm * static_cast<float>(qsum[m * groups + g]);  // d * sum xq
-          total[m] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs), total[m]);
+          total[m][h] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs), total[m][h]);
         }
       }
-      for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m]);
     }
+    for (int m = 0; m < ROWS; ++m)
+      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m][h]);
   }
 };
 
@@ -190,29 +207,40 @@ template <int ROWS>
 struct Q8Block256 {
   static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
                   const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
+    constexpr int S = kSplit<ROWS>;
     const int64_t groups = K / kGroup;
-    for (int h = 0; h < 2; ++h) {
-      __m256 total[ROWS];
-      for (int m = 0; m < ROWS; ++m) total[m] = _mm256_setzero_ps();
-      for (int64_t g = 0; g < groups; ++g) {
-        __m256i dot[ROWS];
-        for (int m = 0; m < ROWS; ++m) dot[m] = _mm256_setzero_si256();
-        const uint8_t* chunk = codes + g * kBlockRows * kGroup + 32 * h;
+    __m256 total[ROWS][2];
+    for (int m = 0; m < ROWS; ++m) total[m][0] = total[m][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256i dot[ROWS][2][S];
+      for (int m = 0; m < ROWS; ++m)
+        for (int h = 0; h < 2; ++h)
+          for (int s = 0; s < S; ++s) dot[m][h][s] = _mm256_setzero_si256();
+      const uint8_t* chunk = codes + g * kBlockRows * kGroup;
 #pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) {
-          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64));
+      for (int c = 0; c < 8; ++c) {
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64 + 32 * h));
           const __m256i prepared = ByteDot::prepare(w);
           for (int m = 0; m < ROWS; ++m) {
-            dot[m] = ByteDot::add(dot[m], prepared, w, bcast4(xq + m * K + g * kGroup + c * 4));
+            __m256i& acc = dot[m][h][c % S];
+            acc = ByteDot::add(acc, prepared, w, bcast4(xq + m * K + g * kGroup + c * 4));
           }
         }
-        for (int m = 0; m < ROWS; ++m) {
-          const __m256i exact = _mm256_sub_epi32(dot[m], _mm256_set1_epi32(ByteDot::kBias * qsum[m * groups + g]));
-          total[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), _mm256_set1_ps(d[m * groups + g]), total[m]);
+      }
+      for (int m = 0; m < ROWS; ++m) {
+        const __m256i bias = _mm256_set1_epi32(ByteDot::kBias * qsum[m * groups + g]);
+        const __m256 dm = _mm256_set1_ps(d[m * groups + g]);
+        for (int h = 0; h < 2; ++h) {
+          __m256i sum = dot[m][h][0];
+          for (int j = 1; j < S; ++j) sum = _mm256_add_epi32(sum, dot[m][h][j]);
+          total[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, bias)), dm, total[m][h]);
         }
       }
+    }
+    for (int h = 0; h < 2; ++h) {
       const __m256 s = bf16x8_to_float(load128(scales + 8 * h));
-      for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(y + m * ldy + 8 * h, _mm256_mul_ps(total[m], s));
+      for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(y + m * ldy + 8 * h, _mm256_mul_ps(total[m][h], s));
     }
   }
 };
