@@ -136,7 +136,9 @@ def test_which_weights_take_the_layout() -> None:
     rows = lambda a, b: w[a:b]  # noqa: E731
     assert quantize_int8(32, 64, rows).layout == "vnni"  # the default where the kernel loads
     assert quantize_int8(40, 64, rows).layout == "torch"  # not whole 16-row blocks
-    assert quantize_int8(32, 64, rows, torch.float32).layout == "torch"  # float32 scales
+    f32 = quantize_int8(32, 64, rows, torch.float32)  # float32 compute: the kernel too, bf16 scales
+    assert f32.layout == "vnni" and f32.scales.dtype == torch.bfloat16
+    assert quantize_int8(32, 64, rows, torch.float16).layout == "torch"
     with pytest.raises(ValueError, match="16"):
         quantize_int8(40, 64, rows, layout="vnni")
     with pytest.raises(ValueError, match="unknown"):
