@@ -83,9 +83,11 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
 
     from llamita.engine.bench import (bandwidth_floor, bench_batched_generation, bench_generation,
                                       bench_prompt, peak_rss_bytes)
+    from llamita.engine.loader import kernel_summary
 
+    kernels = kernel_summary() if loaded.device.type == "cpu" else "cuda"
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "
-                 f"{torch.get_num_threads()} threads · loaded in {loaded.load_seconds:.1f} s[/]")
+                 f"{torch.get_num_threads()} threads · {kernels} · loaded in {loaded.load_seconds:.1f} s[/]")
     results = []
     with stderr.status("measuring…") as status:
         if n_prompt:
@@ -107,6 +109,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         "device": str(loaded.device), "threads": torch.get_num_threads(),
         "tensor_parallel": tensor_parallel, "compile": compile,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "kernels": kernels,
         "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),
         "results": [r.to_dict() for r in results],
     }

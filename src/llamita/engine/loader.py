@@ -84,6 +84,12 @@ def _compact_by_default(requested: str | torch.dtype | None, dt: torch.dtype, de
     return requested in (None, "auto") and _compact_runs(dt, dev)
 
 
+def kernel_summary() -> str:
+    """One line for a user: the level of llamita's kernels this process runs (avx512_vnni,
+    avx_vnni, avx2), or why none loads and torch's kernels run instead."""
+    return native.kernel_summary()
+
+
 def _cpu_has_fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & native.cpu_flags())
 
