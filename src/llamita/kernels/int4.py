@@ -1,9 +1,10 @@
 """Affine 4-bit weights (GGML's Q4_0, Q4_1, Q4_K) on a packed int4 CPU matmul.
 
 Two kernels take the same weights (4-bit codes q, bfloat16 scale and zero per 32 weights):
-- layout "vnni": llamita's own (kernels/csrc/q4_vnni.cpp), which quantizes the activations to
-  int8 per 32 values, as llama.cpp does, and multiplies with AVX-512 VNNI; 2-4x faster than
-  torch's, and the default wherever `native.vnni_kernels()` builds and loads it;
+- layout "vnni": llamita's own (kernels/csrc/q4_vnni.cpp; mm256.cpp for AVX-VNNI and AVX2, the
+  same layout and bits, `native.kernel_level()` picks one), which quantizes the activations to
+  int8 per 32 values, as llama.cpp does, and multiplies them as integers; 2-4x faster than
+  torch's (AVX-512), and the default wherever `native.vnni_kernels()` builds and loads a level;
 - layout "torch": torch's weight-only kernel, exact in bfloat16 activations, everywhere else
   (and the reference the first is measured against). The rest of this docstring is about it.
 A third, "vnni_k" (kernels/csrc/q4k_vnni.cpp), is the first with Q4_K's own numbers in place of

@@ -1,10 +1,11 @@
 """Per-output-channel int8 weights, multiplied by one of two kernels (`Int8Weight.layout`):
 
-- layout "vnni": llamita's own (kernels/csrc/q8_vnni.cpp), which quantizes the activations to
-  int8 per group of 32 and multiplies bytes with AVX-512 VNNI: up to 2x torch's kernel at 1 row
-  (where both are not memory-bound) and 2-4.6x at 8 rows (benchmarks/int4_matmul.py), at the
-  cost of that rounding of x. The default for bfloat16
-  weights with a multiple of 16 rows wherever `native.vnni_kernels()` builds and loads;
+- layout "vnni": llamita's own (kernels/csrc/q8_vnni.cpp; mm256.cpp for AVX-VNNI and AVX2, the
+  same layout and bits), which quantizes the activations to int8 per group of 32 and multiplies
+  bytes: with AVX-512 VNNI up to 2x torch's kernel at 1 row (where both are not memory-bound)
+  and 2-4.6x at 8 rows (benchmarks/int4_matmul.py), at the cost of that rounding of x. The
+  default for bfloat16 and float32 weights with a multiple of 16 rows wherever
+  `native.vnni_kernels()` builds and loads a level (its scales are bfloat16 either way);
 - layout "torch": `aten._weight_int8pack_mm(x, w_int8, scales)`, which computes
   `x @ (w_int8 * scales[:, None])ᵀ` exactly in x's dtype; everywhere else.
 
