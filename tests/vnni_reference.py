@@ -8,10 +8,11 @@ import torch
 
 def int8_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (m, k) -> (xq (m, k/32, 32), d (m, k/32)), both float64 holding the kernel's values:
-    x rounded to bfloat16, then per group of 32 xq = round-half-even(x * 127 / max|x|) and
-    d = max|x| / 127, each computed in float32 as the C code does."""
+    x as the kernel takes it (float32 or bfloat16, other dtypes through float32), then per group
+    of 32 xq = round-half-even(x * 127 / max|x|) and d = max|x| / 127, each computed in float32
+    as the C code does."""
     m, k = x.shape
-    xb = x.to(torch.bfloat16).float().view(m, k // 32, 32)
+    xb = x.float().view(m, k // 32, 32)
     amax = xb.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))  # float32, as in C
     xq = torch.round(xb * inv).clamp(-128, 127).double()  # round half to even, like cvtps2dq

@@ -21,6 +21,7 @@ def test_bench_json_reports_each_test():
         assert min(r["samples"]) <= r["tokens_per_second"] <= max(r["samples"])
     # --threads is left alone: torch's thread count is process-wide and other tests share it.
     assert report["threads"] == torch.get_num_threads() and report["peak_rss_bytes"] > 100 * 2**20
+    assert report["kernels"].startswith("llamita kernels: ")  # the level, or why none loads
 
 
 def test_bench_rejects_bad_counts():

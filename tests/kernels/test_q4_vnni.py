@@ -113,7 +113,7 @@ def test_edge_inputs() -> None:
     with pytest.raises(ValueError, match="features"):
         int4_linear(torch.randn(2, 63), w)
     with pytest.raises(RuntimeError, match="shapes do not fit"):
-        torch.ops.llamita.q4_vnni_mm(torch.randn(1, 32).bfloat16(), w.packed, w.scales_and_zeros)
+        native.kernel_ops().q4_vnni_mm(torch.randn(1, 32).bfloat16(), w.packed, w.scales_and_zeros)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -124,7 +124,7 @@ def test_dequantize_kernel_is_its_torch_statement(dtype: torch.dtype) -> None:
     sz = w.scales_and_zeros.clone()
     sz[0, 1, 0, 3], sz[2, 0, 0, 15], sz[4, 9, 0, 0] = float("nan"), 3.0e38, 1.0 + 2.0**-7
     w = int4.Int4Weight(w.packed, sz, w.out_features, w.in_features, w.group_size, "vnni")
-    got = torch.ops.llamita.q4_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
+    got = native.kernel_ops().q4_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
     want = int4._dequantize_vnni_torch(w, dtype)
     assert got.dtype == dtype and got.isnan().any()
     bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
@@ -132,7 +132,7 @@ def test_dequantize_kernel_is_its_torch_statement(dtype: torch.dtype) -> None:
     assert torch.equal(nan, want.isnan())  # NaN where torch has NaN (its bits may differ)
     assert torch.equal(got.view(bits)[~nan], want.view(bits)[~nan])  # the rest bit for bit, inf too
     with pytest.raises(RuntimeError, match="dtype must be"):
-        torch.ops.llamita.q4_vnni_dequantize(w.packed, w.scales_and_zeros, torch.float16)
+        native.kernel_ops().q4_vnni_dequantize(w.packed, w.scales_and_zeros, torch.float16)
 
 
 def test_switched_off_and_built_in_a_fresh_cache(tmp_path) -> None:
@@ -144,7 +144,7 @@ def test_switched_off_and_built_in_a_fresh_cache(tmp_path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert fresh.stdout.split() == ["True", "vnni", "None"], fresh.stderr
-    assert list((tmp_path / "llamita" / "kernels").glob("vnni-*.so"))  # and nothing half-built
+    assert list((tmp_path / "llamita" / "kernels").glob(f"{native.kernel_level()}-*.so"))  # nothing half-built
     assert not list((tmp_path / "llamita" / "kernels").glob("*tmp*"))
 
 

@@ -136,13 +136,13 @@ def test_joined_weights_equal_their_parts() -> None:
 def test_operand_checks() -> None:
     _, w = _weight((32, 512), 60)
     with pytest.raises(RuntimeError, match="shapes do not fit"):
-        torch.ops.llamita.q4k_vnni_mm(torch.randn(1, 256).bfloat16(), w.packed, w.scales_and_zeros)
+        native.kernel_ops().q4k_vnni_mm(torch.randn(1, 256).bfloat16(), w.packed, w.scales_and_zeros)
     with pytest.raises(RuntimeError, match="meta must be"):
-        torch.ops.llamita.q4k_vnni_mm(torch.randn(1, 512).bfloat16(), w.packed, w.scales_and_zeros[:1])
+        native.kernel_ops().q4k_vnni_mm(torch.randn(1, 512).bfloat16(), w.packed, w.scales_and_zeros[:1])
     with pytest.raises(RuntimeError, match="scales must be contiguous"):
-        torch.ops.llamita.q4k_vnni_mm(torch.randn(1, 512).bfloat16(), w.packed, w.scales_and_zeros.float())
+        native.kernel_ops().q4k_vnni_mm(torch.randn(1, 512).bfloat16(), w.packed, w.scales_and_zeros.float())
     with pytest.raises(RuntimeError, match="dtype must be"):
-        torch.ops.llamita.q4k_vnni_dequantize(w.packed, w.scales_and_zeros, torch.float16)
+        native.kernel_ops().q4k_vnni_dequantize(w.packed, w.scales_and_zeros, torch.float16)
 
 
 def test_native_load_packing_is_pack_int4_k() -> None:

@@ -67,7 +67,7 @@ def test_dequantize_kernel_is_its_torch_statement(dtype: torch.dtype) -> None:
     scales = vnni.scales.clone()
     scales[5], scales[17] = float("nan"), 3.0e38  # a NaN row; a huge scale (inf in bfloat16)
     vnni, torch_ = int8.Int8Weight(vnni.qweight, scales, "vnni"), int8.Int8Weight(torch_.qweight, scales, "torch")
-    got = torch.ops.llamita.q8_vnni_dequantize(vnni.qweight, vnni.scales, dtype)
+    got = native.kernel_ops().q8_vnni_dequantize(vnni.qweight, vnni.scales, dtype)
     want = torch_.qweight.to(dtype) * scales.to(dtype).unsqueeze(-1)  # row order, torch ops
     nan = got.isnan()
     assert got.dtype == dtype and torch.equal(nan, want.isnan()) and nan[5].all()
@@ -75,7 +75,7 @@ def test_dequantize_kernel_is_its_torch_statement(dtype: torch.dtype) -> None:
     assert torch.equal(got.view(bits)[~nan], want.view(bits)[~nan])
     torch.testing.assert_close(dequantize_int8(vnni, dtype), got, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(RuntimeError, match="dtype must be"):
-        torch.ops.llamita.q8_vnni_dequantize(vnni.qweight, vnni.scales, torch.float16)
+        native.kernel_ops().q8_vnni_dequantize(vnni.qweight, vnni.scales, torch.float16)
 
 
 @pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.Q5_0], ids=lambda t: t.name)
@@ -126,9 +126,9 @@ def test_edge_inputs() -> None:
     x = torch.randn(5, 3, 64)
     assert torch.equal(int8_linear(x.transpose(0, 1), w), int8_linear(x, w).transpose(0, 1))
     with pytest.raises(RuntimeError, match="shapes do not fit"):
-        torch.ops.llamita.q8_vnni_mm(torch.randn(1, 32).bfloat16(), w.qweight, w.scales)
+        native.kernel_ops().q8_vnni_mm(torch.randn(1, 32).bfloat16(), w.qweight, w.scales)
     with pytest.raises(RuntimeError, match="codes must be"):
-        torch.ops.llamita.q8_vnni_mm(torch.randn(1, 64).bfloat16(), w.qweight.view(torch.uint8), w.scales)
+        native.kernel_ops().q8_vnni_mm(torch.randn(1, 64).bfloat16(), w.qweight.view(torch.uint8), w.scales)
 
 
 def test_which_weights_take_the_layout() -> None:
@@ -136,7 +136,9 @@ def test_which_weights_take_the_layout() -> None:
     rows = lambda a, b: w[a:b]  # noqa: E731
     assert quantize_int8(32, 64, rows).layout == "vnni"  # the default where the kernel loads
     assert quantize_int8(40, 64, rows).layout == "torch"  # not whole 16-row blocks
-    assert quantize_int8(32, 64, rows, torch.float32).layout == "torch"  # float32 scales
+    f32 = quantize_int8(32, 64, rows, torch.float32)  # float32 compute: the kernel too, bf16 scales
+    assert f32.layout == "vnni" and f32.scales.dtype == torch.bfloat16
+    assert quantize_int8(32, 64, rows, torch.float16).layout == "torch"
     with pytest.raises(ValueError, match="16"):
         quantize_int8(40, 64, rows, layout="vnni")
     with pytest.raises(ValueError, match="unknown"):

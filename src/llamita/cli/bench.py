@@ -75,12 +75,14 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     """Run the tests and print the report (rank 0 only under tensor parallelism)."""
     import torch
 
+    from llamita.engine.loader import kernel_summary
     from llamita.engine.threads import threads_label
     from llamita.jobs.bench import (bandwidth_floor, bench_batched_generation, bench_generation,
                                     bench_prompt, peak_rss_bytes)
 
+    kernels = kernel_summary() if loaded.device.type == "cpu" else "cuda"
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "
-                 f"{threads_label()} · loaded in {loaded.load_seconds:.1f} s[/]")
+                 f"{threads_label()} · {kernels} · loaded in {loaded.load_seconds:.1f} s[/]")
     results = []
     with stderr.status("measuring…") as status:
         if n_prompt:
@@ -102,6 +104,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         "device": str(loaded.device), "threads": torch.get_num_threads(),
         "tensor_parallel": tensor_parallel, "compile": compile,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "kernels": kernels,
         "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),
         "results": [r.to_dict() for r in results],
     }

@@ -62,6 +62,28 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def _compact_runs(dt: torch.dtype, dev: torch.device) -> bool:
+    """Compact weights run on the CPU in bfloat16 (torch's int4/int8 kernels or llamita's) and
+    in float32 where llamita's kernels load (they take float32 activations as they are)."""
+    return dev.type == "cpu" and (dt == torch.bfloat16 or (dt == torch.float32 and native.vnni_kernels()))
+
+
+def _compact_by_default(requested: str | torch.dtype | None, dt: torch.dtype, dev: torch.device) -> bool:
+    """bfloat16 on the CPU: compact. float32 chosen by `auto` (a CPU without fast bfloat16, e.g.
+    AVX2 only): compact where llamita's kernels load, so the default reads the 4-bit blocks
+    (~98 MB a token for the default model) instead of dense float32 (~540 MB). An explicit
+    float32 stays dense: the exact reference the compact forms are measured against."""
+    if dt == torch.bfloat16:
+        return dev.type == "cpu"
+    return requested in (None, "auto") and _compact_runs(dt, dev)
+
+
+def kernel_summary() -> str:
+    """One line for a user: the level of llamita's kernels this process runs (avx512_vnni,
+    avx_vnni, avx2), or why none loads and torch's kernels run instead."""
+    return native.kernel_summary()
+
+
 def _cpu_has_fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & native.cpu_flags())
 
@@ -90,9 +112,11 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     name that stands for one (`resolve_model_path`); None: the default model.
 
     compact: keep quantized GGUF weights small (int4 / per-row int8 / encoded embedding). None:
-    on for bfloat16 on the CPU, where torch's kernels for them run; False expands every weight to
-    `dtype` (the reference against which the compact forms are measured). Float weights (F16/BF16
-    GGUF tensors, HF and Meta folders) always load dense in `dtype`.
+    on for bfloat16 on the CPU, and for the float32 that `dtype="auto"` picks on a CPU without
+    fast bfloat16 where llamita's kernels load (`native.kernel_level()`, e.g. AVX2); an explicit
+    float32 stays dense. False expands every weight to `dtype` (the reference against which the
+    compact forms are measured). Float weights (F16/BF16 GGUF tensors, HF and Meta folders)
+    always load dense in `dtype`.
     rope_scaling_factor: Meta folders only, the llama3 RoPE factor params.json does not state
     (default: 32 for tied-embedding models, i.e. Llama 3.2 1B/3B, else 8).
     tensor_parallel: (rank, world size): read only that rank's shard of the weights and build a
@@ -109,12 +133,11 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     if gpu_layers is not None and (dev.type != "cuda" or tensor_parallel is not None):
         raise InvalidParameterError("gpu_layers", "splitting layers between GPU and CPU needs "
                                     "--device cuda and one process (no --tensor-parallel)")
-    # Quantized weights stay compact where torch's int4/int8 CPU kernels can run them (they
-    # take bfloat16 activations); float32 runs keep exact dequantized weights for reference.
     if compact is None:
-        compact = dt == torch.bfloat16 and dev.type == "cpu"
-    elif compact and not (dt == torch.bfloat16 and dev.type == "cpu"):
-        raise InvalidParameterError("compact", "compact weights need dtype bfloat16 on the CPU")
+        compact = _compact_by_default(dtype, dt, dev)
+    elif compact and not _compact_runs(dt, dev):
+        raise InvalidParameterError("compact", "compact weights need the CPU and dtype bfloat16, or "
+                                    f"float32 with llamita's kernels ({native.vnni_kernels_skipped()})")
     fmt = checkpoint_format(resolved)
     tokenizer = None
     if fmt != "gguf":  # read first: a missing tokenizer should not cost a full weight load

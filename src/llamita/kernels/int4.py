@@ -1,9 +1,10 @@
 """Affine 4-bit weights (GGML's Q4_0, Q4_1, Q4_K) on a packed int4 CPU matmul.
 
 Two kernels take the same weights (4-bit codes q, bfloat16 scale and zero per 32 weights):
-- layout "vnni": llamita's own (kernels/csrc/q4_vnni.cpp), which quantizes the activations to
-  int8 per 32 values, as llama.cpp does, and multiplies with AVX-512 VNNI; 2-4x faster than
-  torch's, and the default wherever `native.vnni_kernels()` builds and loads it;
+- layout "vnni": llamita's own (kernels/csrc/q4_vnni.cpp; mm256.cpp for AVX-VNNI and AVX2, the
+  same layout and bits, `native.kernel_level()` picks one), which quantizes the activations to
+  int8 per 32 values, as llama.cpp does, and multiplies them as integers; 2-4x faster than
+  torch's (AVX-512), and the default wherever `native.vnni_kernels()` builds and loads a level;
 - layout "torch": torch's weight-only kernel, exact in bfloat16 activations, everywhere else
   (and the reference the first is measured against). The rest of this docstring is about it.
 A third, "vnni_k" (kernels/csrc/q4k_vnni.cpp), is the first with Q4_K's own numbers in place of
@@ -323,7 +324,7 @@ def pack_int4_k(out_features: int, in_features: int, rows: KRows) -> Int4Weight:
 def pack_ggml_k_blocks(raw: torch.Tensor, out_features: int, in_features: int) -> Int4Weight:
     """A GGML Q4_K weight's raw bytes straight into the "vnni_k" layout in one native pass
     (`q4k_vnni_pack_ggml`); the same bytes as `pack_int4_k` over `quants.q4_k_rows`."""
-    codes, meta = torch.ops.llamita.q4k_vnni_pack_ggml(raw, out_features, in_features)
+    codes, meta = native.kernel_ops().q4k_vnni_pack_ggml(raw, out_features, in_features)
     return Int4Weight(codes, meta, out_features, in_features, layout="vnni_k")
 
 
@@ -331,7 +332,7 @@ def pack_ggml_blocks(raw: torch.Tensor, out_features: int, in_features: int, has
     """A GGML Q4_0 (`has_min` False) or Q4_1 weight's raw bytes straight into the "vnni" layout
     in one native pass (`q4_vnni_pack_ggml`); the same bytes as `pack_int4` over the blocks'
     codes, scales and zeros. Needs the native kernels and a shape `pack_int4` accepts."""
-    codes, sz = torch.ops.llamita.q4_vnni_pack_ggml(raw, out_features, in_features, has_min)
+    codes, sz = native.kernel_ops().q4_vnni_pack_ggml(raw, out_features, in_features, has_min)
     return Int4Weight(codes, sz, out_features, in_features, layout="vnni")
 
 
@@ -366,21 +367,32 @@ def concat_int4(weights: Sequence[Int4Weight]) -> Int4Weight | None:
 def int4_linear(x: torch.Tensor, w: Int4Weight, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """x (..., in_features) -> x @ Wᵀ (..., out_features), on CPU.
 
-    The kernel takes bfloat16 activations: x is rounded to bfloat16 if needed, and the result,
-    accumulated in float32, is returned in `out_dtype` (None: x's dtype; torch's kernel rounds
-    it to bfloat16 first, llamita's does not).
+    torch's kernel takes bfloat16 activations (x is rounded to bfloat16) and rounds its result
+    to bfloat16; llamita's ("vnni" layouts, any SIMD level) take float32 or bfloat16 x as it is
+    and accumulate in float32. The result is returned in `out_dtype` (None: x's dtype).
     """
     if x.shape[-1] != w.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects {w.in_features}")
-    x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
     if w.layout in VNNI_LAYOUTS:  # float32 out: activations quantized to int8 per 32 (module doc)
-        mm = torch.ops.llamita.q4_vnni_mm if w.layout == "vnni" else torch.ops.llamita.q4k_vnni_mm
-        y = mm(x2, w.packed, w.scales_and_zeros)
+        ops = native.kernel_ops()
+        mm = ops.q4_vnni_mm if w.layout == "vnni" else ops.q4k_vnni_mm
+        y = mm(kernel_activations(x, w.in_features), w.packed, w.scales_and_zeros)
         return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
+    x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(
         x2, w.packed, w.group_size, w.scales_and_zeros
     )  # (M, out) bfloat16
     return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
+
+
+def kernel_activations(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    """x (..., in_features) as the 2-D contiguous (M, in_features) float32 or bfloat16 matrix
+    llamita's kernels take (they quantize it per 32 from its own values: float32 x is not
+    rounded to bfloat16 first); other dtypes go through float32."""
+    x2 = x.reshape(-1, in_features)
+    if x2.dtype not in (torch.float32, torch.bfloat16):
+        x2 = x2.float()
+    return x2.contiguous()
 
 
 def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -396,7 +408,7 @@ def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch
         return _dequantize_vnni(w, dtype)
     if w.layout == "vnni_k":
         if dtype in (torch.bfloat16, torch.float32):
-            return torch.ops.llamita.q4k_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
+            return native.kernel_ops().q4k_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
         return _dequantize_vnni_k_torch(w, dtype)
     layout = _probe_layout()
     if layout is None:  # only reachable with an Int4Weight built in another process
@@ -417,7 +429,7 @@ def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch
 
 def _dequantize_vnni(w: Int4Weight, dtype: torch.dtype) -> torch.Tensor:
     if dtype in (torch.bfloat16, torch.float32):  # the kernel's one pass: the same values
-        return torch.ops.llamita.q4_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
+        return native.kernel_ops().q4_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
     return _dequantize_vnni_torch(w, dtype)
 
 

@@ -1,10 +1,11 @@
 """Per-output-channel int8 weights, multiplied by one of two kernels (`Int8Weight.layout`):
 
-- layout "vnni": llamita's own (kernels/csrc/q8_vnni.cpp), which quantizes the activations to
-  int8 per group of 32 and multiplies bytes with AVX-512 VNNI: up to 2x torch's kernel at 1 row
-  (where both are not memory-bound) and 2-4.6x at 8 rows (benchmarks/int4_matmul.py), at the
-  cost of that rounding of x. The default for bfloat16
-  weights with a multiple of 16 rows wherever `native.vnni_kernels()` builds and loads;
+- layout "vnni": llamita's own (kernels/csrc/q8_vnni.cpp; mm256.cpp for AVX-VNNI and AVX2, the
+  same layout and bits), which quantizes the activations to int8 per group of 32 and multiplies
+  bytes: with AVX-512 VNNI up to 2x torch's kernel at 1 row (where both are not memory-bound)
+  and 2-4.6x at 8 rows (benchmarks/int4_matmul.py), at the cost of that rounding of x. The
+  default for bfloat16 and float32 weights with a multiple of 16 rows wherever
+  `native.vnni_kernels()` builds and loads a level (its scales are bfloat16 either way);
 - layout "torch": `aten._weight_int8pack_mm(x, w_int8, scales)`, which computes
   `x @ (w_int8 * scales[:, None])ᵀ` exactly in x's dtype; everywhere else.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from llamita.kernels import native
+from llamita.kernels.int4 import kernel_activations
 
 _CHUNK_WEIGHTS = 1 << 22  # rows converted per step: bounds the float32 temporaries to ~16 MiB
 
@@ -33,7 +35,7 @@ class Int8Weight:
 
     qweight: int8 (out_features, in_features), the codes w: in row order (layout "torch") or in
     q8_vnni.cpp's blocks of 16 rows (layout "vnni"; `dequantize_int8` reads either);
-    scales: (out_features,) in the compute dtype.
+    scales: (out_features,) in the compute dtype (layout "torch") or bfloat16 ("vnni").
     """
 
     qweight: torch.Tensor
@@ -56,10 +58,16 @@ class Int8Weight:
 VNNI_BLOCK_ROWS = 16  # rows per block of the "vnni" layout (q8_vnni.cpp)
 
 
+# Compute dtypes whose weights take the "vnni" layout: its scales are bfloat16 either way (the
+# kernel reads them so). In float32 that rounds each row's scale once (relative 2^-9, far below
+# the rounding of the codes themselves), for a kernel several times faster than torch's.
+VNNI_DTYPES = (torch.bfloat16, torch.float32)
+
+
 def default_layout(out_features: int, dtype: torch.dtype) -> str:
-    """The layout a new weight is stored in: "vnni" where that kernel loads and can take it
-    (bfloat16 scales, whole 16-row blocks), else "torch"."""
-    fits = dtype == torch.bfloat16 and out_features % VNNI_BLOCK_ROWS == 0
+    """The layout a new weight is stored in: "vnni" where one of llamita's kernels loads and can
+    take it (bfloat16 or float32 compute, whole 16-row blocks), else "torch"."""
+    fits = dtype in VNNI_DTYPES and out_features % VNNI_BLOCK_ROWS == 0
     return "vnni" if fits and native.vnni_kernels() else "torch"
 
 
@@ -82,14 +90,15 @@ def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
     rows_fn(start, stop) returns rows start..stop of the float weight (float32, (stop-start, k)),
     so a large weight is never expanded whole. Scale = max |w| / 127 per row, codes rounded to
     nearest (ties to even) and clamped to ±127; an all-zero row gets scale 0 and codes 0.
-    layout: "vnni" or "torch" (None: `default_layout`); the codes are the same in both.
+    layout: "vnni" or "torch" (None: `default_layout`); the codes are the same in both, the
+    scales are in `dtype` ("torch") or bfloat16 ("vnni").
     """
     layout = layout or default_layout(n, dtype)
     if layout == "vnni":
         if not native.vnni_kernels():
             raise ValueError(f"llamita's int8 kernel is unavailable: {native.vnni_kernels_skipped()}")
-        if dtype != torch.bfloat16 or n % VNNI_BLOCK_ROWS or k % K_MULTIPLE:
-            raise ValueError(f"layout 'vnni' needs bfloat16 scales, rows a multiple of "
+        if dtype not in VNNI_DTYPES or n % VNNI_BLOCK_ROWS or k % K_MULTIPLE:
+            raise ValueError(f"layout 'vnni' needs bfloat16 or float32 compute, rows a multiple of "
                              f"{VNNI_BLOCK_ROWS} and columns of {K_MULTIPLE}: {n}x{k} {dtype}")
     elif layout != "torch":
         raise ValueError(f"unknown int8 layout {layout!r}")
@@ -107,7 +116,7 @@ def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
         codes = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
         qweight[start:stop] = _vnni_order(codes) if layout == "vnni" else codes
         scales[start:stop] = scale
-    return Int8Weight(qweight, scales.to(dtype), layout)
+    return Int8Weight(qweight, scales.to(torch.bfloat16 if layout == "vnni" else dtype), layout)
 
 
 def concat_int8(weights: "list[Int8Weight] | tuple[Int8Weight, ...]") -> Int8Weight | None:
@@ -131,8 +140,8 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     lead = x.shape[:-1]
     out_dtype = out_dtype or x.dtype
     if w.layout == "vnni":  # float32 out: activations quantized to int8 per 32 (module doc)
-        x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()
-        return torch.ops.llamita.q8_vnni_mm(x2, w.qweight, w.scales).view(*lead, w.out_features).to(out_dtype)
+        x2 = kernel_activations(x, w.in_features)
+        return native.kernel_ops().q8_vnni_mm(x2, w.qweight, w.scales).view(*lead, w.out_features).to(out_dtype)
     x2 = x.reshape(-1, w.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -146,7 +155,7 @@ def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None
     if w.layout == "vnni":
         n, k = w.qweight.shape
         if rows is None and dtype in (torch.bfloat16, torch.float32):  # one pass, same values
-            return torch.ops.llamita.q8_vnni_dequantize(w.qweight, w.scales, dtype)
+            return native.kernel_ops().q8_vnni_dequantize(w.qweight, w.scales, dtype)
         if rows is None:
             q, s = _row_order(w.qweight), w.scales
         else:  # row r is 4-byte pieces at [r // 16, :, r % 16, :] of the blocks

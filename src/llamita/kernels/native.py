@@ -1,16 +1,26 @@
-"""llamita's own C++ kernels (kernels/csrc), built on first use against the installed torch.
+"""llamita's own C++ kernels (kernels/csrc), one source tree built per SIMD level, the best
+level the CPU allows chosen at run time.
 
-They are torch operators (`torch.ops.llamita.*`), so eager code and the AOTInductor-compiled
-decode step call them alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni"),
-`q4k_vnni_mm` (Q4_K in its own scales, layout "vnni_k") and `q8_vnni_mm` (per-row int8 weights,
-kernels/int8.py layout "vnni"), with `*_dequantize` expanding each layout to dense weights for
-prefill; one shared library. Building
-needs a C++ compiler (g++, as AOTInductor does) and takes a few seconds once; the library is
-cached under `$XDG_CACHE_HOME/llamita/kernels` by a key over its sources, the compiler flags and
-torch's version, and later processes only load it (milliseconds). Where the CPU lacks the
-instructions, no compiler is found, the build fails, or `LLAMITA_NATIVE_KERNELS=0` is set,
-`vnni_kernels()` returns False and callers keep torch's kernels; `vnni_kernels_skipped()` says
-why.
+They are torch operators, so eager code and the AOTInductor-compiled decode step call them
+alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni"), `q4k_vnni_mm` (Q4_K in its
+own scales, layout "vnni_k") and `q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout
+"vnni"), with `*_dequantize` expanding each layout to dense weights for prefill and
+`*_pack_ggml` packing GGUF blocks at load. Every level works on the same packed layouts (the
+name "vnni" is the layout's, not the instruction's), so loading and packing are shared:
+
+  level        instructions                   operator namespace      sources
+  avx512_vnni  AVX-512 F/BW/DQ/VL + VNNI      torch.ops.llamita        q4_vnni, q4k_vnni, q8_vnni
+  avx_vnni     AVX2 + FMA + F16C + AVX-VNNI   torch.ops.llamita_avx_vnni   mm256 (vpdpbusd 256-bit)
+  avx2         AVX2 + FMA + F16C              torch.ops.llamita_avx2       mm256 (maddubs + madd)
+
+(+ pack.cpp in every level). Each level is its own shared library compiled with only its own
+-m flags, so the cached file is the same for every CPU that has them; several levels can be
+loaded in one process (the tests run every level the CPU has). `kernel_level()` is the best
+level this CPU (as LLAMITA_ISA shows it) builds and loads, `kernel_ops()` its operators;
+`kernel_level_skipped()` says why there is none. Building needs a C++ compiler (g++, as
+AOTInductor does) and takes some seconds once per level; the library is cached under
+`$XDG_CACHE_HOME/llamita/kernels` by a key over its sources, its flags and torch's version.
+`LLAMITA_NATIVE_KERNELS=0` turns every level off (callers keep torch's kernels).
 """
 
 from __future__ import annotations
@@ -22,20 +32,42 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "q4_vnni.cpp", CSRC / "q4k_vnni.cpp", CSRC / "q8_vnni.cpp")
-HEADERS = (CSRC / "vnni.h",)
-# The instructions the kernel uses, named rather than -march=native, so the cached library is
-# the same for every CPU that has them (the key need not hash the CPU).
-ISA = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"]
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni")
-_skipped: list[str] = []
+HEADERS = (CSRC / "common.h", CSRC / "vnni.h", CSRC / "simd256.h")
+
+
+@dataclass(frozen=True)
+class KernelLevel:
+    """One SIMD level's library: what it is compiled from and with, what the CPU must have."""
+
+    name: str
+    namespace: str  # torch.ops.<namespace>.q4_vnni_mm ...
+    sources: tuple[str, ...]  # files of csrc/
+    flags: tuple[str, ...]  # the instructions named, never -march=native (the key must not hash the CPU)
+    cpu_flags: frozenset[str]  # /proc/cpuinfo flags it needs
+
+
+_AVX2 = ("-mavx2", "-mfma", "-mf16c")
+# Best first: kernel_level() takes the first that the CPU has and that builds.
+KERNEL_LEVELS: tuple[KernelLevel, ...] = (
+    KernelLevel("avx512_vnni", "llamita", ("q4_vnni.cpp", "q4k_vnni.cpp", "q8_vnni.cpp", "pack.cpp"),
+                ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", *_AVX2),
+                frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"})),
+    KernelLevel("avx_vnni", "llamita_avx_vnni", ("mm256.cpp", "pack.cpp"), (*_AVX2, "-mavxvnni"),
+                frozenset({"avx2", "fma", "f16c", "avx_vnni"})),
+    KernelLevel("avx2", "llamita_avx2", ("mm256.cpp", "pack.cpp"), _AVX2,
+                frozenset({"avx2", "fma", "f16c"})),
+)
+_BY_NAME = {level.name: level for level in KERNEL_LEVELS}
+_skipped: dict[str, str] = {}  # level name -> why it is not loaded
 
 
 def cache_root() -> Path:
@@ -94,32 +126,35 @@ def cpu_flags() -> frozenset[str]:
     return flags - hidden
 
 
-def _compile_command(out: Path) -> list[str]:
+def _compile_command(level: KernelLevel, out: Path) -> list[str]:
     from torch.utils import cpp_extension  # ~0.2 s to import: only when building
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return ["g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", *ISA,
-            f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-            *[f"-I{p}" for p in cpp_extension.include_paths()], *map(str, SOURCES), "-o", str(out),
+    return ["g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", *level.flags,
+            f"-DLLAMITA_OPS={level.namespace}", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            *[f"-I{p}" for p in cpp_extension.include_paths()],
+            *[str(CSRC / name) for name in level.sources], "-o", str(out),
             *[f"-L{p}" for p in cpp_extension.library_paths()], "-lc10", "-ltorch_cpu"]
 
 
-def library_key() -> str:
+def library_key(level: str = "avx512_vnni") -> str:
+    """The cache key of a level's library: its sources, the headers, its flags, torch."""
+    lv = _BY_NAME[level]
     h = hashlib.sha256()
-    for f in (*SOURCES, *HEADERS):
+    for f in (*[CSRC / name for name in lv.sources], *HEADERS):
         h.update(f.read_bytes())
-    h.update(repr((ISA, torch.__version__, torch._C._GLIBCXX_USE_CXX11_ABI)).encode())
+    h.update(repr((lv.flags, lv.namespace, torch.__version__, torch._C._GLIBCXX_USE_CXX11_ABI)).encode())
     return h.hexdigest()[:32]
 
 
-def _build(path: Path) -> None:
+def _build(level: KernelLevel, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Built next to its final name and renamed: a concurrent or interrupted build never leaves
     # a half-written library under the name others load.
     fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run(_compile_command(Path(tmp)), capture_output=True, text=True,
+        done = subprocess.run(_compile_command(level, Path(tmp)), capture_output=True, text=True,
                               timeout=600)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-2000:] or f"g++ exited {done.returncode}")
@@ -130,60 +165,108 @@ def _build(path: Path) -> None:
 
 
 @functools.cache
-def vnni_kernels() -> bool:
-    """True once `torch.ops.llamita.q4_vnni_mm` and `q8_vnni_mm` are loaded (built first if
-    needed)."""
+def level_ops(level: str) -> Any | None:
+    """The operators of one SIMD level (`torch.ops.<namespace>`), built first if needed; None
+    where the CPU lacks its instructions, no compiler is found, the build fails or
+    LLAMITA_NATIVE_KERNELS=0 (`kernel_level_skipped(level)` says which)."""
+    lv = _BY_NAME[level]
     reason = None
-    path = cache_dir() / f"vnni-{library_key()}.so"
+    path = cache_dir() / f"{lv.name}-{library_key(level)}.so"
+    missing = sorted(lv.cpu_flags - cpu_flags())
     if os.environ.get("LLAMITA_NATIVE_KERNELS", "1") == "0":
         reason = "LLAMITA_NATIVE_KERNELS=0"
-    elif not set(CPU_FLAGS) <= cpu_flags():
-        reason = "the CPU lacks AVX-512 VNNI"
+    elif missing:
+        reason = f"the CPU lacks {', '.join(missing)}" + (
+            f" (LLAMITA_ISA={isa_level()})" if isa_level() != "native" else "")
     elif shutil.which("g++") is None and not path.exists():
         reason = "no C++ compiler (g++) to build it"
     if reason is None:
         try:
             if not path.exists():
-                log.info("building llamita's int4/int8 kernels (once, a few seconds): %s", path)
-                _build(path)
+                log.info("building llamita's %s kernels (once, some seconds): %s", lv.name, path)
+                _build(lv, path)
             torch.ops.load_library(str(path))
-            _register_fake()
+            _register_fake(lv.namespace)
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             reason = f"building or loading {path.name} failed: {e}"
     if reason is not None:
-        _skipped.append(reason)
-        log.info("using torch's int4/int8 kernels: %s", reason)
-        return False
-    return True
+        _skipped[level] = reason
+        log.info("llamita's %s kernels are off: %s", lv.name, reason)
+        return None
+    return getattr(torch.ops, lv.namespace)
+
+
+def kernel_level_skipped(level: str | None = None) -> str | None:
+    """Why `level` (None: every level, i.e. why `kernel_level()` is None) is not loaded; None
+    while it is, or was not asked yet."""
+    if level is not None:
+        return _skipped.get(level)
+    if not _skipped:
+        return None
+    return "; ".join(f"{name}: {why}" for name, why in _skipped.items())
+
+
+@functools.cache
+def kernel_level() -> str | None:
+    """The SIMD level of llamita's kernels in this process: the best of KERNEL_LEVELS that the
+    CPU (as LLAMITA_ISA shows it) has and that builds and loads; None where none does (then
+    `kernel_level_skipped()` says why, and callers keep torch's kernels)."""
+    for lv in KERNEL_LEVELS:
+        if level_ops(lv.name) is not None:
+            return lv.name
+    return None
+
+
+def kernel_ops() -> Any:
+    """`torch.ops.<namespace>` of `kernel_level()`: q4_vnni_mm, q4k_vnni_mm, q8_vnni_mm, their
+    *_dequantize and the *_pack_ggml ops. Raises RuntimeError where no level loads."""
+    level = kernel_level()
+    if level is None:
+        raise RuntimeError(f"llamita's native kernels are unavailable: {kernel_level_skipped()}")
+    return level_ops(level)
+
+
+def kernel_summary() -> str:
+    """One line for a user: the level in use, or why none is."""
+    level = kernel_level()
+    if level is not None:
+        return f"llamita kernels: {level}"
+    return f"llamita kernels: none ({kernel_level_skipped()}); torch's kernels instead"
+
+
+def vnni_kernels() -> bool:
+    """True once some level of llamita's kernels is loaded (built first if needed): the
+    "vnni" layouts are usable, through `kernel_ops()`."""
+    return kernel_level() is not None
 
 
 def vnni_kernels_skipped() -> str | None:
     """Why `vnni_kernels()` is False (None while it is True or was not asked yet)."""
-    return _skipped[-1] if _skipped else None
+    return None if kernel_level() is not None else kernel_level_skipped()
 
 
-def _register_fake() -> None:
+def _register_fake(namespace: str) -> None:
     # Shapes for torch.export / the compiled decode step, which trace without running it.
-    @torch.library.register_fake("llamita::q4_vnni_mm")
+    @torch.library.register_fake(f"{namespace}::q4_vnni_mm")
     def _q4_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
 
-    @torch.library.register_fake("llamita::q8_vnni_mm")
+    @torch.library.register_fake(f"{namespace}::q8_vnni_mm")
     def _q8_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
 
-    @torch.library.register_fake("llamita::q4k_vnni_mm")
+    @torch.library.register_fake(f"{namespace}::q4k_vnni_mm")
     def _q4k_shape(x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
 
-    @torch.library.register_fake("llamita::q4k_vnni_dequantize")
+    @torch.library.register_fake(f"{namespace}::q4k_vnni_dequantize")
     def _q4k_dense(codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return codes.new_empty((codes.shape[0], codes.shape[1] * 2), dtype=dtype)
 
-    @torch.library.register_fake("llamita::q4_vnni_dequantize")
+    @torch.library.register_fake(f"{namespace}::q4_vnni_dequantize")
     def _q4_dense(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return codes.new_empty((codes.shape[0], codes.shape[1] * 2), dtype=dtype)
 
-    @torch.library.register_fake("llamita::q8_vnni_dequantize")
+    @torch.library.register_fake(f"{namespace}::q8_vnni_dequantize")
     def _q8_dense(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return codes.new_empty(codes.shape, dtype=dtype)

@@ -137,11 +137,12 @@ def _source_digest() -> str:
 
 def package_key(model: nn.Module, weights: dict[str, torch.Tensor], batch: int) -> str:
     """Everything a package depends on: the model's structure (config, each weight's name,
-    shape, dtype, stride), the batch size, llamita's model code, torch and the CPU's vector
-    capability it was built for. Weight values are not part of it."""
+    shape, dtype, stride), the batch size, llamita's model code, torch, the CPU's vector
+    capability it was built for and the level of llamita's kernels it calls (each level's
+    operators have their own namespace, native.py). Weight values are not part of it."""
     h = hashlib.sha256()
     parts = [_FORMAT, batch, repr(model.config), torch.__version__,  # type: ignore[union-attr]
-             torch.backends.cpu.get_cpu_capability(), _source_digest()]
+             torch.backends.cpu.get_cpu_capability(), native.kernel_level(), _source_digest()]
     parts += [(n, tuple(t.shape), str(t.dtype), t.stride()) for n, t in weights.items()]
     h.update(repr(parts).encode())
     return h.hexdigest()[:32]

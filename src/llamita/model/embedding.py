@@ -36,15 +36,18 @@ class Int8Embedding(nn.Module):
     that same copy keeps one table in memory instead of two.
     """
 
-    def __init__(self, weight: Int8Weight) -> None:
+    def __init__(self, weight: Int8Weight, dtype: torch.dtype | None = None) -> None:
+        """dtype: of the looked-up rows (None: the scales' dtype; a "vnni" table keeps bfloat16
+        scales under a float32 model)."""
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
         self.layout = weight.layout
+        self.dtype = dtype or weight.scales.dtype
         self.register_buffer("qweight", weight.qweight)
         self.register_buffer("scales", weight.scales)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return dequantize_int8(Int8Weight(self.qweight, self.scales, self.layout), self.scales.dtype, ids)
+        return dequantize_int8(Int8Weight(self.qweight, self.scales, self.layout), self.dtype, ids)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 per row"

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from collections.abc import Sequence
 
+from llamita.kernels import native
 from llamita.kernels.int4 import Int4Weight, concat_int4, dequantize_int4, int4_linear
 from llamita.kernels.int8 import Int8Weight, concat_int8, dequantize_int8, int8_linear
 
-# From this many input rows on (prompt prefill), expanding the weight to bfloat16 and using a
-# dense matmul beats the int4 (and int8) kernel, whose cost grows with every row (benchmarks/int4_matmul.py:
-# the crossover was 128 rows for every shape measured, 576x576 to 14336x4096).
+# From this many input rows on (prompt prefill), expanding the weight and using a dense matmul
+# beats the int4 (and int8) kernel, whose cost grows with every row. Measured per kernel level
+# (docs/performance.md): with AVX-512 (torch's kernel or llamita's VNNI one, against bfloat16
+# F.linear) the crossover was 128 rows for every shape measured, 576x576 to 14336x4096
+# (benchmarks/int4_matmul.py); on AVX2 / AVX-VNNI the dense matmul is float32, and llamita's
+# 256-bit kernels stayed 1.5-4x faster than dequantize + F.linear at every count measured, 16 to
+# 2048 rows (576x576 to 4096x4096, 1 and 2 threads): there the kernel runs prefill too.
 DENSE_MIN_ROWS = 128
+_DENSE_MIN_ROWS_BY_LEVEL = {"avx_vnni": sys.maxsize, "avx2": sys.maxsize}
+
+
+def dense_min_rows() -> int:
+    """Input rows from which Int4Linear / Int8Linear expand their weight for a dense matmul, for
+    the kernel level this process runs (`native.kernel_level()`)."""
+    return _DENSE_MIN_ROWS_BY_LEVEL.get(native.kernel_level() or "", DENSE_MIN_ROWS)
 
 
 class Int4Linear(nn.Module):
@@ -39,7 +53,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """out_dtype: the result's dtype (None: x's); float32 keeps the kernel's accumulators."""
         rows = x.numel() // self.in_features
-        if rows >= DENSE_MIN_ROWS:
+        if rows >= dense_min_rows():
             return F.linear(x, dequantize_int4(self.weight_int4, x.dtype)).to(out_dtype or x.dtype)
         return int4_linear(x, self.weight_int4, out_dtype)
 
@@ -67,7 +81,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """out_dtype as in Int4Linear.forward."""
         rows = x.numel() // self.in_features
-        if rows >= DENSE_MIN_ROWS:
+        if rows >= dense_min_rows():
             return F.linear(x, dequantize_int8(self.weight_int8, x.dtype)).to(out_dtype or x.dtype)
         return int8_linear(x, self.weight_int8, out_dtype)
 

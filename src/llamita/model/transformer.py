@@ -180,7 +180,7 @@ class Transformer(nn.Module):
         if isinstance(embed, EncodedRows):
             model.embed_tokens = EncodedEmbedding(state.pop("embed_tokens.weight"), dtype)  # type: ignore[arg-type]
         elif isinstance(embed, Int8Weight):
-            model.embed_tokens = Int8Embedding(state.pop("embed_tokens.weight"))  # type: ignore[arg-type]
+            model.embed_tokens = Int8Embedding(state.pop("embed_tokens.weight"), dtype)  # type: ignore[arg-type]
             if cfg.tie_word_embeddings and "lm_head.weight" not in state:
                 state["lm_head.weight"] = embed
         compact = [n for n, w in state.items() if isinstance(w, (Int4Weight, Int8Weight))]

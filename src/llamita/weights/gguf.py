@@ -222,7 +222,7 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
                     compact: bool = False, shard: TensorShard | None = None) -> dict[str, object]:
     """Every model tensor under its canonical name, checking names and shapes.
 
-    Tensors are dequantized to `dtype` unless `compact` (bfloat16 on CPU): then quantized
+    Tensors are dequantized to `dtype` unless `compact` (CPU; engine/loader.py): then quantized
     weights stay small. Q4_0/Q4_1/Q4_K linear weights come as `Int4Weight` (exact but for
     bfloat16 scales), other quantized linear weights as per-row `Int8Weight`, and a quantized
     token embedding as `EncodedRows` (its file bytes, decoded per lookup) — or, for tied

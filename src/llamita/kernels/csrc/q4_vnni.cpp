@@ -31,7 +31,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <tuple>
 
 namespace {
 
@@ -81,14 +80,7 @@ struct Q4Block {
 };
 
 at::Tensor q4_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
-  llamita_vnni::check_operands("q4_vnni_mm", x, codes, at::kByte, scales);
-  const int64_t K = x.size(1), N = codes.size(0);
-  TORCH_CHECK(K % kGroup == 0 && N % kBlockRows == 0 && codes.size(1) * 2 == K,
-              "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
-  TORCH_CHECK(scales.numel() == N * (K / kGroup) * 2, "scales must be (N/16, K/32, 2, 16)");
-  return llamita_vnni::matmul_blocks<Q4Block>(
-      x, N, codes.data_ptr<uint8_t>(), kBlockRows * K / 2,
-      reinterpret_cast<const uint16_t*>(scales.data_ptr()), (K / kGroup) * 2 * kBlockRows);
+  return llamita_vnni::q4_mm<Q4Block, llamita_vnni::kMaxTile>(x, codes, scales, llamita_vnni::quantize_activations);
 }
 
 // The dense weight W (N, K) in float32 or bfloat16, for prefill's dense matmul: one pass over
@@ -96,8 +88,7 @@ at::Tensor q4_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Te
 // + z as one FMA: (q - 8) s is exact in float32, so this rounds once, as mul-then-add does.
 at::Tensor q4_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
   const int64_t N = codes.size(0), K = codes.size(1) * 2, groups = K / kGroup;
-  at::Tensor out = llamita_vnni::dequantized("q4_vnni_dequantize", codes, at::kByte, scales, N, K, dtype);
-  TORCH_CHECK(scales.numel() == N * groups * 2, "scales must be (N/16, K/32, 2, 16)");
+  at::Tensor out = llamita_vnni::dequantized_q4(codes, scales, dtype);
   const uint8_t* cp = codes.data_ptr<uint8_t>();
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
   void* op = out.data_ptr();
@@ -132,70 +123,13 @@ at::Tensor q4_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales,
   return out;
 }
 
-// GGML Q4_0 / Q4_1 blocks (32 weights: f16 d, [f16 m,] 16 bytes of nibbles, weight j low and
-// j + 16 high) straight into the layout above, at load: one pass instead of torch's unpack,
-// six-axis permute and repack (0.13 s of a 0.4 s load of the default model). Scale s = d,
-// zero z = m + 8d (Q4_1; 8d is exact, so one float32 rounding as in torch) or 0 (Q4_0), then
-// rounded to bfloat16 as torch does.
-std::tuple<at::Tensor, at::Tensor> q4_vnni_pack_ggml(const at::Tensor& raw, int64_t N, int64_t K,
-                                                     bool has_min) {
-  TORCH_CHECK(raw.device().is_cpu() && raw.scalar_type() == at::kByte && raw.is_contiguous() && raw.dim() == 1,
-              "q4_vnni_pack_ggml: raw must be contiguous 1-D uint8 on the CPU");
-  TORCH_CHECK(N > 0 && K > 0 && N % kBlockRows == 0 && K % kGroup == 0,
-              "q4_vnni_pack_ggml: shape (", N, ", ", K, ") needs rows a multiple of 16, columns of 32");
-  const int64_t groups = K / kGroup, block_bytes = has_min ? 20 : 18;
-  TORCH_CHECK(raw.numel() == N * groups * block_bytes, "q4_vnni_pack_ggml: ", raw.numel(),
-              " bytes for a (", N, ", ", K, ") weight");
-  at::Tensor codes = at::empty({N, K / 2}, raw.options());
-  at::Tensor scales = at::empty({N / kBlockRows, groups, 2, kBlockRows}, raw.options().dtype(at::kBFloat16));
-  const uint8_t* rp = raw.data_ptr<uint8_t>();
-  uint8_t* cp = codes.data_ptr<uint8_t>();
-  uint16_t* sp = reinterpret_cast<uint16_t*>(scales.data_ptr());
-  const int64_t qs_at = has_min ? 4 : 2;
-  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
-    const __m128i low_nibble = _mm_set1_epi8(0x0F);
-    // Per nibble half: weights 0-3 and 8-11 (chunks 0, 1 low nibbles), then 4-7 and 12-15.
-    const __m128i order = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
-    alignas(32) uint16_t d[kBlockRows], m[kBlockRows];
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t g = 0; g < groups; ++g) {
-        uint8_t* chunk = cp + b * kBlockRows * K / 2 + g * kBlockRows * kGroup / 2;
-        for (int r = 0; r < kBlockRows; ++r) {
-          const uint8_t* block = rp + ((b * kBlockRows + r) * groups + g) * block_bytes;
-          std::memcpy(&d[r], block, 2);
-          if (has_min) std::memcpy(&m[r], block + 2, 2);
-          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + qs_at));
-          const __m128i lo = _mm_shuffle_epi8(_mm_and_si128(v, low_nibble), order);  // weights 0-15
-          const __m128i hi = _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), low_nibble), order);
-          // Byte 4c + j: weight 8c + j in the low nibble, 8c + 4 + j in the high one.
-          const __m128i first = _mm_unpacklo_epi64(lo, hi), second = _mm_unpackhi_epi64(lo, hi);
-          alignas(16) uint8_t packed[16];
-          _mm_store_si128(reinterpret_cast<__m128i*>(packed), _mm_or_si128(first, _mm_slli_epi16(second, 4)));
-          for (int c = 0; c < 4; ++c) std::memcpy(chunk + c * 64 + 4 * r, packed + 4 * c, 4);
-        }
-        const __m512 s = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d)));
-        const __m512 z = has_min
-            ? _mm512_add_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(m))),
-                            _mm512_mul_ps(_mm512_set1_ps(8.0f), s))
-            : _mm512_setzero_ps();
-        uint16_t* sz = sp + (b * groups + g) * 2 * kBlockRows;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sz), llamita_vnni::float_to_bf16x16(s));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sz + kBlockRows), llamita_vnni::float_to_bf16x16(z));
-      }
-    }
-  });
-  return {codes, scales};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llamita, m) {
+TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def("q4_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
   m.def("q4_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
-  m.def("q4_vnni_pack_ggml(Tensor raw, int rows, int cols, bool has_min) -> (Tensor, Tensor)");
 }
-TORCH_LIBRARY_IMPL(llamita, CPU, m) {
+TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q4_vnni_mm", q4_vnni_mm);
   m.impl("q4_vnni_dequantize", q4_vnni_dequantize);
-  m.impl("q4_vnni_pack_ggml", q4_vnni_pack_ggml);
 }

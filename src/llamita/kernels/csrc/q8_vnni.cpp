@@ -70,14 +70,7 @@ struct Q8Block {
 };
 
 at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
-  llamita_vnni::check_operands("q8_vnni_mm", x, codes, at::kChar, scales);
-  const int64_t K = x.size(1), N = codes.size(0);
-  TORCH_CHECK(K % kGroup == 0 && N % kBlockRows == 0 && codes.size(1) == K,
-              "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
-  TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
-  return llamita_vnni::matmul_blocks<Q8Block>(
-      x, N, reinterpret_cast<const uint8_t*>(codes.data_ptr()), kBlockRows * K,
-      reinterpret_cast<const uint16_t*>(scales.data_ptr()), kBlockRows);
+  return llamita_vnni::q8_mm<Q8Block, llamita_vnni::kMaxTile>(x, codes, scales, llamita_vnni::quantize_activations);
 }
 
 // The dense weight W (N, K) = w * s in float32 or bfloat16 (the product is exact in float32,
@@ -85,8 +78,7 @@ at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Te
 // one pass, reading the blocks in place (no reorder copy to row order first).
 at::Tensor q8_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
   const int64_t N = codes.size(0), K = codes.size(1);
-  at::Tensor out = llamita_vnni::dequantized("q8_vnni_dequantize", codes, at::kChar, scales, N, K, dtype);
-  TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
+  at::Tensor out = llamita_vnni::dequantized_q8(codes, scales, dtype);
   const int8_t* cp = codes.data_ptr<int8_t>();
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
   void* op = out.data_ptr();
@@ -112,11 +104,11 @@ at::Tensor q8_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales,
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llamita, m) {
+TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
   m.def("q8_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(llamita, CPU, m) {
+TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q8_vnni_mm", q8_vnni_mm);
   m.impl("q8_vnni_dequantize", q8_vnni_dequantize);
 }

@@ -1,0 +1,187 @@
+// Shared by every SIMD level of llamita's kernels: the layout constants, the operand checks and
+// the matmul driver. Level-neutral C++ only; each level's vector code lives in its own header
+// (vnni.h: AVX-512 VNNI; simd256.h: AVX2 and AVX-VNNI).
+//
+// Each level is its own shared library, compiled with only its own -m flags and with
+// LLAMITA_OPS naming the torch operator namespace it registers (llamita, llamita_avx_vnni,
+// llamita_avx2; native.py). Everything here sits in that namespace too, so two levels loaded in
+// one process (the tests load every level the CPU has) never share an inline function compiled
+// for the other's instructions.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <cstdint>
+#include <cstring>
+
+#ifndef LLAMITA_OPS
+#define LLAMITA_OPS llamita
+#endif
+
+namespace LLAMITA_OPS {
+
+constexpr int64_t kGroup = 32;      // activations (and int4 weights) per scale
+constexpr int64_t kBlockRows = 16;  // weight rows per block of every layout: one int32 lane each
+
+// Layout "vnni_k" (q4k_vnni.cpp): per 16-row block and super-block of 256 weights, 320 bytes of
+// meta: sc[8][16], m[8][16] (one byte each), then f16 d[16] and dmin[16].
+constexpr int64_t kSuper = 256;                     // weights per Q4_K super-block
+constexpr int64_t kSubBlocks = kSuper / kGroup;     // 8 groups share one d and dmin
+constexpr int64_t kMetaBytes = 2 * kSubBlocks * kBlockRows + 2 * 2 * kBlockRows;  // 320
+constexpr int64_t kMinsAt = kSubBlocks * kBlockRows, kDAt = 2 * kMinsAt, kDminAt = kDAt + 2 * kBlockRows;
+
+inline void check_k_shape(const char* op, int64_t N, int64_t K) {
+  TORCH_CHECK(N > 0 && K > 0 && K % kSuper == 0 && N % kBlockRows == 0, op, ": a (", N, ", ", K,
+              ") weight needs rows a multiple of 16 and columns of 256");
+}
+
+inline void check_k_meta(const char* op, const at::Tensor& meta, int64_t N, int64_t K) {
+  check_k_shape(op, N, K);
+  TORCH_CHECK(meta.numel() == N / kBlockRows * (K / kSuper) * kMetaBytes, op,
+              ": meta must be (N/16, K/256, 320) uint8");
+}
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The checks of a dequantize op and its result: (N, K) of float32 or bfloat16, N in whole
+// 16-row blocks.
+inline at::Tensor dequantized(const char* op, const at::Tensor& codes, at::ScalarType code_type,
+                              const at::Tensor& scales, int64_t N, int64_t K, at::ScalarType dtype,
+                              at::ScalarType scale_type = at::kBFloat16) {
+  TORCH_CHECK(codes.device().is_cpu() && scales.device().is_cpu(), op, " runs on the CPU");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == code_type && codes.is_contiguous(), op,
+              ": codes must be contiguous 2-D ", code_type);
+  TORCH_CHECK(scales.scalar_type() == scale_type && scales.is_contiguous(), op,
+              ": scales must be contiguous ", scale_type);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, op, ": dtype must be float32 or bfloat16");
+  TORCH_CHECK(N % kBlockRows == 0 && K % kGroup == 0, op, ": shapes do not fit: codes ", codes.sizes());
+  return at::empty({N, K}, codes.options().dtype(dtype));
+}
+
+// The checks every kernel makes of its operands: CPU tensors, x 2-D float32 or bfloat16, codes
+// 2-D contiguous of code_type and scales contiguous of scale_type.
+inline void check_operands(const char* op, const at::Tensor& x, const at::Tensor& codes,
+                           at::ScalarType code_type, const at::Tensor& scales,
+                           at::ScalarType scale_type = at::kBFloat16) {
+  TORCH_CHECK(x.device().is_cpu() && codes.device().is_cpu() && scales.device().is_cpu(), op,
+              " runs on the CPU");
+  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat), op,
+              ": x must be 2-D float32 or bfloat16");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == code_type && codes.is_contiguous(), op,
+              ": codes must be contiguous 2-D ", code_type);
+  TORCH_CHECK(scales.scalar_type() == scale_type && scales.is_contiguous(), op,
+              ": scales must be contiguous ", scale_type);
+}
+
+// Runs Block<TILE> over rows [m, M) of x in tiles of TILE, TILE/2, ..., 1 rows.
+template <template <int> class Block, int TILE>
+inline void run_tiles(int64_t m, int64_t M, const int8_t* xq, const float* d, const int32_t* qsum,
+                      int64_t K, const uint8_t* codes, const uint16_t* scales, float* y, int64_t N) {
+  const int64_t groups = K / kGroup;
+  for (; m + TILE <= M; m += TILE) {
+    Block<TILE>::run(xq + m * K, d + m * groups, qsum + m * groups, K, codes, scales, y + m * N, N);
+  }
+  if constexpr (TILE > 1) run_tiles<Block, TILE / 2>(m, M, xq, d, qsum, K, codes, scales, y, N);
+}
+
+// y (M, N) float32 = x (M, K) float32 or bfloat16 times a weight of N rows in 16-row blocks:
+// quantizes x per 32 (the level's quantize_activations: x ~ d * xq, xq int8, d = max|x| / 127,
+// qsum = sum of xq), then threads split the blocks (each reads only its own codes) and every
+// block runs Block<R>::run(xq, d, qsum, K, codes, scales, y, ldy) for tiles of R = MAX_TILE,
+// ..., 2, 1 rows of x (a wider tile reuses each loaded weight operand for more rows; its
+// accumulators must fit the level's registers). A block's codes are block_code_bytes long and
+// its scales block_scales 16-bit values, contiguous.
+// Block must be named differently in each kernel's file: GCC gives matmul_blocks<Block> for two
+// anonymous-namespace structs of one name the same symbol, and the linker keeps only one.
+template <template <int> class Block, int MAX_TILE, class Quantize>
+at::Tensor matmul_blocks(const at::Tensor& x, int64_t N, const uint8_t* codes, int64_t block_code_bytes,
+                         const uint16_t* scales, int64_t block_scales, Quantize quantize_activations) {
+  const at::Tensor xc = x.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), groups = K / kGroup;
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  if (M == 0) return y;
+  at::Tensor xq = at::empty({M, K}, x.options().dtype(at::kChar));
+  at::Tensor d = at::empty({M, groups}, x.options().dtype(at::kFloat));
+  at::Tensor qsum = at::empty({M, groups}, x.options().dtype(at::kInt));
+  const int8_t* xqp = xq.data_ptr<int8_t>();
+  const float* dp = d.data_ptr<float>();
+  const int32_t* qp = qsum.data_ptr<int32_t>();
+  quantize_activations(xc.data_ptr(), xc.scalar_type() == at::kBFloat16, M, K, xq.data_ptr<int8_t>(),
+                       d.data_ptr<float>(), qsum.data_ptr<int32_t>());
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      run_tiles<Block, MAX_TILE>(0, M, xqp, dp, qp, K, codes + b * block_code_bytes,
+                                 scales + b * block_scales, yp + b * kBlockRows, N);
+    }
+  });
+  return y;
+}
+
+// The three matmul operators of every level, over its Block templates and activation quantizer:
+// checks, then matmul_blocks with each layout's block sizes.
+template <template <int> class Block, int MAX_TILE, class Quantize>
+at::Tensor q4_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales, Quantize quantize) {
+  check_operands("q4_vnni_mm", x, codes, at::kByte, scales);
+  const int64_t K = x.size(1), N = codes.size(0);
+  TORCH_CHECK(K % kGroup == 0 && N % kBlockRows == 0 && codes.size(1) * 2 == K,
+              "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
+  TORCH_CHECK(scales.numel() == N * (K / kGroup) * 2, "scales must be (N/16, K/32, 2, 16)");
+  return matmul_blocks<Block, MAX_TILE>(x, N, codes.data_ptr<uint8_t>(), kBlockRows * K / 2,
+                                        reinterpret_cast<const uint16_t*>(scales.data_ptr()),
+                                        (K / kGroup) * 2 * kBlockRows, quantize);
+}
+
+template <template <int> class Block, int MAX_TILE, class Quantize>
+at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& meta, Quantize quantize) {
+  check_operands("q4k_vnni_mm", x, codes, at::kByte, meta, at::kByte);
+  const int64_t K = x.size(1), N = codes.size(0);
+  TORCH_CHECK(codes.size(1) * 2 == K, "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
+  check_k_meta("q4k_vnni_mm", meta, N, K);
+  return matmul_blocks<Block, MAX_TILE>(x, N, codes.data_ptr<uint8_t>(), kBlockRows * K / 2,
+                                        reinterpret_cast<const uint16_t*>(meta.data_ptr<uint8_t>()),
+                                        (K / kSuper) * kMetaBytes / 2, quantize);
+}
+
+template <template <int> class Block, int MAX_TILE, class Quantize>
+at::Tensor q8_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales, Quantize quantize) {
+  check_operands("q8_vnni_mm", x, codes, at::kChar, scales);
+  const int64_t K = x.size(1), N = codes.size(0);
+  TORCH_CHECK(K % kGroup == 0 && N % kBlockRows == 0 && codes.size(1) == K,
+              "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
+  TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
+  return matmul_blocks<Block, MAX_TILE>(x, N, reinterpret_cast<const uint8_t*>(codes.data_ptr()),
+                                        kBlockRows * K, reinterpret_cast<const uint16_t*>(scales.data_ptr()),
+                                        kBlockRows, quantize);
+}
+
+// The result of each dequantize operator, after its checks.
+inline at::Tensor dequantized_q4(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1) * 2;
+  at::Tensor out = dequantized("q4_vnni_dequantize", codes, at::kByte, scales, N, K, dtype);
+  TORCH_CHECK(scales.numel() == N * (K / kGroup) * 2, "scales must be (N/16, K/32, 2, 16)");
+  return out;
+}
+
+inline at::Tensor dequantized_q4k(const at::Tensor& codes, const at::Tensor& meta, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1) * 2;
+  at::Tensor out = dequantized("q4k_vnni_dequantize", codes, at::kByte, meta, N, K, dtype, at::kByte);
+  check_k_meta("q4k_vnni_dequantize", meta, N, K);
+  return out;
+}
+
+inline at::Tensor dequantized_q8(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1);
+  at::Tensor out = dequantized("q8_vnni_dequantize", codes, at::kChar, scales, N, K, dtype);
+  TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
+  return out;
+}
+
+}  // namespace LLAMITA_OPS
