@@ -87,6 +87,11 @@ def test_threads_are_used_and_reported(tiny_path):
         result = runner.invoke(app, ["run", "hi", "--model", str(tiny_path), "-n", "2", "--threads", "1"])
         assert result.exit_code == 0, result.output
         assert torch.get_num_threads() == 1 and "· 1 thread ·" in result.stderr
+        # Which kernels and which decode path run, said on stderr (never a guess why it is slow).
+        from llamita.kernels import native
+
+        assert f"llamita kernels: {native.kernel_level()}" in result.stderr or "torch's kernels" in result.stderr
+        assert "· eager decode ·" in result.stderr
         bad = runner.invoke(app, ["run", "hi", "--model", str(tiny_path), "--threads", "0"])
         assert bad.exit_code != 0 and "Traceback" not in bad.output
     finally:

@@ -91,6 +91,12 @@ class LLM:
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 
+    @property
+    def decode_path(self) -> str:
+        """How one token is generated, for a status line: "compiled step" (AOTInductor) or
+        "eager"."""
+        return "compiled step" if self._generator.compiled is not None else "eager"
+
     def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
         """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's
         LoRA adapter (its slot on every row), or None without one: what the glass views pass

@@ -81,11 +81,14 @@ def run(
 
 def _answer(llm: LLM, prompt: str, system: str | None, raw: bool, params: SamplingParams) -> None:
     """Stream the answer to stdout, then the speed to stderr."""
+    from llamita.engine.loader import kernel_summary
     from llamita.engine.threads import threads_label
 
+    # Which kernels and which decode path run, so that nobody has to guess why a run is slow.
+    kernels = kernel_summary() if llm.loaded.device.type == "cpu" else str(llm.loaded.device)
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
-    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · "
-                 f"{threads_label()} · loaded in {llm.loaded.load_seconds:.1f} s[/]")
+    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · {threads_label()} · "
+                 f"{kernels} · {llm.decode_path} decode · loaded in {llm.loaded.load_seconds:.1f} s[/]")
     if raw:
         if system is not None:
             stderr.print("[yellow]warning:[/] --system is ignored with --raw")

@@ -15,7 +15,7 @@ import uvicorn
 
 from llamita.config import ServerConfig
 from llamita.engine.llm_engine import LLMEngine
-from llamita.engine.loader import LoadedModel, load_model
+from llamita.engine.loader import LoadedModel, kernel_summary, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.tensor_parallel import open_model
 from llamita.engine.threads import threads_label, use_threads
@@ -105,7 +105,8 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     loop.start()
-    print(f"llamita: serving '{name}' ({loaded.dtype}, {loaded.device}, {threads_label()}, "
+    kernels = kernel_summary() if loaded.device.type == "cpu" else str(loaded.device)
+    print(f"llamita: serving '{name}' ({loaded.dtype}, {kernels}, {threads_label()}, "
           f"context {engine.context_length} tokens) on http://{config.host}:{config.port}", flush=True)
     if adapters:
         print(f"llamita: LoRA adapters (request them as model '{name}+NAME' or \"lora\": NAME): "
