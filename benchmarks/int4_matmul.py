@@ -28,8 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from llamita.kernels.int4 import (_probe_layout, default_layout, dequantize_int4, int4_linear,
-                                  int4_supported)
+from llamita.kernels.int4 import _probe_layout, default_layout, dequantize_int4, int4_linear, int4_supported
 from llamita.kernels.int8 import int8_linear, int8_supported, quantize_int8
 from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, dequantize

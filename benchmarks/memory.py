@@ -158,7 +158,7 @@ def measure(model_path: Path, dtype_name: str, tokens: int, ctx: int, threads: i
     import torch
 
     from llamita.api.llm import LLM
-    from llamita.engine.loader import resolve_dtype, resolve_device
+    from llamita.engine.loader import resolve_device, resolve_dtype
     from llamita.errors import LlamitaError
     from llamita.sampling_params import SamplingParams
 

@@ -30,15 +30,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from corpus import corpus_path  # noqa: E402
-
+from llamita.engine.generator import Generator  # noqa: E402
 from llamita.engine.loader import default_model_path, load_model  # noqa: E402
 from llamita.jobs.memory import LLAMA_3_1, estimate  # noqa: E402
 from llamita.jobs.perplexity import perplexity, read_text_file  # noqa: E402
-from llamita.jobs.quantize import FILE_TYPES, quantize_model  # noqa: E402
+from llamita.jobs.quantize import quantize_model  # noqa: E402
 from llamita.model.linear import Int8Linear  # noqa: E402
-from llamita.engine.generator import Generator  # noqa: E402
 from llamita.sampling_params import SamplingParams  # noqa: E402
+
+from corpus import corpus_path  # noqa: E402
 
 ORDER = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0",
          "Q3_K_M", "Q2_K"]

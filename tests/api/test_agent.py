@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from llamita.api.agent import AgentResult, function_tool, run_agent
-from llamita.engine.conversation import validate_messages, validate_tools
 from llamita.api.llm import LLM, GenerationOutput
+from llamita.engine.conversation import validate_messages, validate_tools
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import SamplingParams
 from llamita.tokenizer import Tokenizer

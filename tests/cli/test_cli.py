@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llamita.cli.main import app
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 runner = CliRunner()

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from llamita.cli.escapes import process_escapes
 from llamita.cli.main import app
 from llamita.engine import threads
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 runner = CliRunner()
@@ -50,7 +51,7 @@ def test_stop_escapes_reach_the_stop_strings(tiny_path):
     assert plain.exit_code == 0, plain.output
     words = plain.stdout.rstrip("\n")
     stop_at = next(c for c in words[1:] if c.strip() and c.isascii())
-    escape = "\\x%02x" % ord(stop_at)
+    escape = f"\\x{ord(stop_at):02x}"
     stopped = runner.invoke(app, base + ["--stop", escape])
     assert stopped.exit_code == 0, stopped.output
     assert stopped.stdout == words[:words.index(stop_at)] + "\n"

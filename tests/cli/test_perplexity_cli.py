@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from llamita.cli.main import app
 from llamita.engine.loader import load_model
 from llamita.jobs.perplexity import perplexity
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 runner = CliRunner()

@@ -34,18 +34,19 @@ from llamita.kernels import native
 from llamita.model.linear import Int4Linear, Int8Linear
 
 kwargs, out = json.loads(sys.argv[1]), sys.argv[2]
+PROMPT, QUESTION = json.loads(sys.argv[3])
 loaded = load_model(device="cpu", **kwargs)
 llm = LLM.from_loaded(loaded)
 kinds = [type(m).__name__ for m in loaded.model.modules()]
 resident = sum(t.nbytes for t in [*loaded.model.parameters(), *loaded.model.buffers()])
-ids = torch.tensor([llm.encode_prompt(%r)])
+ids = torch.tensor([llm.encode_prompt(PROMPT)])
 with torch.inference_mode():
     torch.save(loaded.model(ids)[0], out)
-answer = llm.chat([{"role": "user", "content": %r}], SamplingParams(temperature=0, max_tokens=24))
+answer = llm.chat([{"role": "user", "content": QUESTION}], SamplingParams(temperature=0, max_tokens=24))
 print(json.dumps({"level": native.kernel_level(), "dtype": str(loaded.dtype), "resident": resident,
                   "int4": kinds.count("Int4Linear"), "int8": kinds.count("Int8Linear"),
                   "text": answer.text, "tokens": answer.token_ids}))
-""" % (PROMPT, QUESTION)
+"""
 
 pytestmark = pytest.mark.skipif(not native._BY_NAME["avx2"].cpu_flags <= native._proc_cpu_flags(),
                                 reason="the CPU lacks AVX2/FMA/F16C")
@@ -53,7 +54,7 @@ pytestmark = pytest.mark.skipif(not native._BY_NAME["avx2"].cpu_flags <= native.
 
 def _run(tmp_path: Path, name: str, env: dict[str, str], **kwargs: object) -> tuple[dict, torch.Tensor]:
     out = tmp_path / f"{name}.pt"
-    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(kwargs), str(out)],
+    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(kwargs), str(out), json.dumps([PROMPT, QUESTION])],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), torch.load(out)

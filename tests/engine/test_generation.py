@@ -133,6 +133,7 @@ def test_penalties_reduce_repetition(llm_f32, penalty):
 def tiny_llm(tmp_path_factory):
     """A random model with a 48-token context window, to run into its limits quickly."""
     from llamita import LLM
+
     from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
     cfg = tiny_hf_config()
@@ -208,6 +209,7 @@ def test_padded_embedding_rows_are_never_sampled(tmp_path):
     vocabularies, the random 8B benchmark model) only ever yields tokens the tokenizer knows, even
     when the padding rows carry the largest logits."""
     from llamita import LLM
+
     from tiny_models import byte_vocab, random_hf_weights, tiny_hf_config, write_gguf
 
     n_tokens, pad = len(byte_vocab()[0]), 64

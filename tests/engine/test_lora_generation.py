@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from llamita import LLM
 from llamita.cli.main import app
 from llamita.sampling_params import SamplingParams
+
 from lora_models import make_peft_adapter, peft_model
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 

@@ -17,7 +17,6 @@ adapter in the LoRA case.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llamita.engine.generator import Generator
 from llamita.api.llm import LLM
+from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.engine.lora_attach import attach_loras
@@ -39,6 +38,7 @@ from llamita.glass.attention import attention_weights
 from llamita.glass.lens import logit_lens
 from llamita.sampling_params import SamplingParams
 from llamita.weights.shard import TensorShard
+
 from lora_models import make_peft_adapter
 from tiny_models import llama31_mini_config, random_hf_weights, tiny_hf_config, write_gguf
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from llamita.cli.main import app
 from llamita.glass.variability import sample_view
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 runner = CliRunner()
@@ -118,6 +119,7 @@ def test_next_lens_attention_take_lora(tiny_path, tmp_path):
     from llamita.api.llm import LLM
     from llamita.glass.attention import attention_view
     from llamita.glass.next_token import next_token_view
+
     from lora_models import make_peft_adapter
 
     cfg = tiny_hf_config()

@@ -12,9 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from llamita.cli.main import app
-from llamita.jobs.finetune import FinetuneConfig, encode_example, finetune, load_examples
 from llamita.engine.loader import load_model
 from llamita.engine.lora_attach import attach_loras
+from llamita.jobs.finetune import FinetuneConfig, encode_example, finetune, load_examples
+
 from lora_models import peft_model, rel_err
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 

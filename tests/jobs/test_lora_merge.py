@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from llamita.cli.main import app
 from llamita.engine.loader import load_model
 from llamita.weights.gguf_reader import GGUFFile
+
 from lora_models import hf_state_dict, make_peft_adapter, peft_model, rel_err, write_gguf_lora
 from tiny_models import hf_llama, random_hf_weights, tiny_hf_config, write_gguf
 

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from llamita.engine.loader import load_model
-from llamita.jobs.perplexity import perplexity, perplexity_windows
 from llamita.errors import InvalidParameterError
+from llamita.jobs.perplexity import perplexity, perplexity_windows
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 TEXT = (

@@ -9,8 +9,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from fake_hub import FakeHub
 
+from fake_hub import FakeHub
 from tiny_models import hf_llama, llama31_mini_config, random_hf_weights, tiny_hf_config, write_gguf, write_hf_folder
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from ollama_store import write_ollama_model
 from typer.testing import CliRunner
 
 from llamita import LLM
@@ -16,6 +15,8 @@ from llamita.engine.loader import load_model, resolve_model_path
 from llamita.errors import ModelFileError
 from llamita.library.pull import pull
 from llamita.sampling_params import SamplingParams
+
+from ollama_store import write_ollama_model
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6)
 

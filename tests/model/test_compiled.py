@@ -19,6 +19,7 @@ from llamita.model.compiled import KEY_BLOCK, CompiledDecoder, attend_length, co
 from llamita.model.kv_cache import KVCache
 from llamita.model.lora_linear import LoraLinear, LoraSlots
 from llamita.model.tensor_parallel import RowParallel
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)

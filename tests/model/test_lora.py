@@ -10,6 +10,7 @@ from llamita.engine.loader import load_model
 from llamita.engine.lora_attach import attach_loras, parse_lora_spec
 from llamita.errors import ModelFileError
 from llamita.model.lora_linear import LoraLinear
+
 from lora_models import hf_state_dict, make_peft_adapter, peft_model, rel_err, write_gguf_lora
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 

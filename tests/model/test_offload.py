@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llamita.api.llm import LLM
 from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
-from llamita.api.llm import LLM
 from llamita.errors import InvalidParameterError
 from llamita.glass.attention import attention_weights
 from llamita.glass.lens import logit_lens

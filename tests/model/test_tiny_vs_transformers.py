@@ -14,6 +14,7 @@ import torch
 from llamita.config import ModelConfig, RopeScaling
 from llamita.engine.loader import load_model
 from llamita.model.rope import rope_inv_freq
+
 from tiny_models import hf_llama, random_hf_weights, tiny_hf_config, write_gguf
 
 transformers = pytest.importorskip("transformers")

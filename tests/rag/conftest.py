@@ -5,6 +5,7 @@ default model."""
 from __future__ import annotations
 
 import pytest
+
 from rag_documents import HashEmbedder
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from rag_documents import write_corrupt_pdf, write_encrypted_pdf, write_pdf
 
 from llamita.errors import CollectionError, InvalidParameterError
 from llamita.rag import Collection
@@ -14,6 +13,8 @@ from llamita.rag.chunker import chunk_blocks
 from llamita.rag.readers import markdown_blocks
 from llamita.rag.retrieval import fts_query, reciprocal_rank_fusion
 from llamita.rag.store import delete_collection, list_collections
+
+from rag_documents import write_corrupt_pdf, write_encrypted_pdf, write_pdf
 
 
 def make(tmp_path, embedder, name="docs"):

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from rag_documents import write_pdf
 
 from llamita.rag import Collection
+
+from rag_documents import write_pdf
 
 TESTS = Path(__file__).resolve().parents[1]
 SRC = TESTS.parent / "src"

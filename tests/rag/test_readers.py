@@ -4,10 +4,11 @@ password-protected files raise DocumentError naming the file."""
 from __future__ import annotations
 
 import pytest
-from rag_documents import write_corrupt_pdf, write_docx, write_encrypted_pdf, write_pdf
 
 from llamita.errors import DocumentError
 from llamita.rag.readers import find_documents, markdown_blocks, read_blocks
+
+from rag_documents import write_corrupt_pdf, write_docx, write_encrypted_pdf, write_pdf
 
 
 def read(path):

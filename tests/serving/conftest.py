@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+
 from serving_helpers import RunningServer, start_server
 
 

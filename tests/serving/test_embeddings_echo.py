@@ -12,9 +12,10 @@ import numpy as np
 import ollama
 import openai
 import torch
-from serving_helpers import MODEL_NAME
 
 from llamita.engine.embeddings import embed
+
+from serving_helpers import MODEL_NAME
 
 TEXTS = ["I love dogs.", "Me encantan los perros."]
 

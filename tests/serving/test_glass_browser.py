@@ -8,9 +8,10 @@ import re
 
 import pytest
 import torch
-from serving_helpers import start_server
 
 from llamita.glass.attention import attention_weights
+
+from serving_helpers import start_server
 
 TIMEOUT_MS = 30_000
 PROMPT = "The capital of France is"

@@ -10,9 +10,10 @@ import threading
 import httpx
 import pytest
 import torch
-from serving_helpers import MODEL_NAME, start_server
 
 from llamita.glass.attention import attention_weights
+
+from serving_helpers import MODEL_NAME, start_server
 
 SPANISH = "El perro que persiguió al gato cruzó la calle"
 PROMPT = "The capital of France is"

@@ -7,6 +7,7 @@ import ollama
 import pytest
 
 from llamita.sampling_params import SamplingParams
+
 from serving_helpers import MODEL_NAME
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from llamita.serving.params import MAX_N
+
 from serving_helpers import ScriptedEngine, start_server
 
 schemathesis = pytest.importorskip("schemathesis")

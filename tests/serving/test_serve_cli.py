@@ -9,6 +9,7 @@ import httpx
 from typer.testing import CliRunner
 
 from llamita.cli.main import app
+
 from serving_helpers import start_serve_process
 
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from llamita.sampling_params import SamplingParams
+
 from serving_helpers import start_server, wait_idle
 
 CHAT = "/v1/chat/completions"

@@ -8,14 +8,15 @@ import asyncio
 
 import httpx
 import pytest
-from serving_helpers import MODEL_NAME, start_server
 
 from llamita import LLM
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.sampling_params import SamplingParams
+
 from lora_models import make_peft_adapter
+from serving_helpers import MODEL_NAME, start_server
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 pytest.importorskip("peft")

@@ -13,6 +13,7 @@ import pytest
 
 from llamita.engine.tool_grammar import tool_call_grammar
 from llamita.sampling_params import Grammar, SamplingParams
+
 from serving_helpers import MODEL_NAME
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],

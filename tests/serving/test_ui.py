@@ -6,11 +6,11 @@ import glob
 import json
 import re
 import sqlite3
-import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+import tomllib
 
 import llamita
 from llamita.serving.store import DB_NAME, SCHEMA_VERSION, ChatStore, default_data_dir

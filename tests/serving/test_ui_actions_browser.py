@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from serving_helpers import ScriptedEngine, start_server
 
 TIMEOUT_MS = 20_000

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bounded import bounded
 from llamita.errors import TemplateError
 from llamita.tokenizer.chat_template import ChatTemplate
 from llamita.tokenizer.template_limits import TemplateLimits
+
+from bounded import bounded
 
 MESSAGES = [{"role": "user", "content": "hola"}]
 

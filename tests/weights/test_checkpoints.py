@@ -18,14 +18,14 @@ import torch
 
 from llamita.config import PRESETS, RopeScaling, llama_ffn_dim
 from llamita.engine.loader import load_tokenizer
-from llamita.jobs.quantize import quantize_model
 from llamita.errors import ModelFileError, UnsupportedModelError
+from llamita.jobs.quantize import quantize_model
 from llamita.model.transformer import Transformer
 from llamita.tokenizer.gguf_keys import gguf_keys_from_hf, gguf_keys_from_tiktoken
 from llamita.weights.checkpoint import read_checkpoint
 from llamita.weights.hf import config_from_hf
-from tiny_models import (hf_llama, llama31_mini_config, random_hf_weights, write_hf_folder,
-                         write_meta_folder)
+
+from tiny_models import hf_llama, llama31_mini_config, random_hf_weights, write_hf_folder, write_meta_folder
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")

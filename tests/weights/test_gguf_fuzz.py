@@ -28,8 +28,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bounded import bounded  # noqa: E402
 from llamita.errors import LlamitaError  # noqa: E402
+
+from bounded import bounded  # noqa: E402
 from tiny_models import CHATML, byte_vocab  # noqa: E402
 
 EXAMPLES = int(os.environ.get("LLAMITA_FUZZ_EXAMPLES", "150"))

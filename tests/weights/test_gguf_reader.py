@@ -12,6 +12,7 @@ import pytest
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.weights.gguf import config_from_gguf, open_gguf
 from llamita.weights.gguf_reader import GGUFFile
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 
@@ -149,6 +150,7 @@ def test_every_metadata_value_type(tmp_path):
 
 def test_unsupported_tensor_type_is_named(tmp_path):
     from llamita.engine.loader import load_model
+
     from tiny_models import write_gguf as write
 
     cfg = tiny_hf_config()

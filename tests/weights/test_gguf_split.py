@@ -8,6 +8,7 @@ import torch
 from llamita.engine.loader import load_model
 from llamita.errors import ModelFileError
 from llamita.weights.gguf_reader import GGUFFile
+
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 

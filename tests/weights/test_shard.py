@@ -12,10 +12,11 @@ import torch
 
 from llamita.config import ModelConfig
 from llamita.engine.loader import load_model
-from llamita.jobs.quantize import quantize_model
 from llamita.errors import InvalidParameterError
+from llamita.jobs.quantize import quantize_model
 from llamita.weights.checkpoint import read_checkpoint
 from llamita.weights.shard import TensorShard, split_range
+
 from tiny_models import hf_llama, llama31_mini_config, random_hf_weights, write_gguf, write_hf_folder, write_meta_folder
 
 pytest.importorskip("transformers")

@@ -22,6 +22,7 @@ import torch
 from llamita.engine.loader import load_model
 from llamita.errors import LlamitaError, ModelFileError
 from llamita.weights.checkpoint import read_checkpoint
+
 from tiny_models import hf_llama, llama31_mini_config, random_hf_weights, write_hf_folder, write_meta_folder
 
 

@@ -10,8 +10,19 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
-from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
-                                TensorParallelOption, ThreadsOption, console, fail, friendly_errors, stderr)
+from llamita.cli.common import (
+    CompileOption,
+    DeviceOption,
+    DtypeOption,
+    GpuLayersOption,
+    ModelOption,
+    TensorParallelOption,
+    ThreadsOption,
+    console,
+    fail,
+    friendly_errors,
+    stderr,
+)
 
 if TYPE_CHECKING:
     from llamita.engine.loader import LoadedModel
@@ -77,8 +88,13 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
 
     from llamita.engine.loader import kernel_summary
     from llamita.engine.threads import threads_label
-    from llamita.jobs.bench import (bandwidth_floor, bench_batched_generation, bench_generation,
-                                    bench_prompt, peak_rss_bytes)
+    from llamita.jobs.bench import (
+        bandwidth_floor,
+        bench_batched_generation,
+        bench_generation,
+        bench_prompt,
+        peak_rss_bytes,
+    )
 
     kernels = kernel_summary() if loaded.device.type == "cpu" else "cuda"
     stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "

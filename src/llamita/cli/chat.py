@@ -9,9 +9,23 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, LoraOption,
-                                ModelOption, NoEscapeOption, TensorParallelOption, ThreadsOption, console, fail,
-                                friendly_errors, open_llm, start_up, stderr)
+from llamita.cli.common import (
+    CompileOption,
+    DeviceOption,
+    DtypeOption,
+    GpuLayersOption,
+    LoraOption,
+    ModelOption,
+    NoEscapeOption,
+    TensorParallelOption,
+    ThreadsOption,
+    console,
+    fail,
+    friendly_errors,
+    open_llm,
+    start_up,
+    stderr,
+)
 from llamita.cli.escapes import process_escapes
 from llamita.errors import LlamitaError
 

@@ -42,7 +42,8 @@ def finetune(
 
     Example: llamita finetune --data train.jsonl --eval eval.jsonl --out my-adapter --epochs 2
     """
-    from llamita.jobs.finetune import FinetuneConfig, finetune as train
+    from llamita.jobs.finetune import FinetuneConfig
+    from llamita.jobs.finetune import finetune as train
 
     cfg = FinetuneConfig(rank=rank, alpha=alpha, lr=lr, epochs=epochs, max_steps=max_steps, batch=batch,
                          max_length=max_length, checkpoint_every=checkpoint_every, seed=seed)

@@ -13,8 +13,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from llamita.cli.common import (DtypeOption, LoraOption, ModelOption, ThreadsOption, console, friendly_errors,
-                                stderr)
+from llamita.cli.common import DtypeOption, LoraOption, ModelOption, ThreadsOption, console, friendly_errors, stderr
 
 RawOption = typer.Option(False, "--raw", help="Use the text as it is, without the chat template "
                          "(default: it is a user message and the model is about to answer).")

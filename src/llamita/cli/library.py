@@ -94,10 +94,10 @@ def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
          template_only: bool = typer.Option(False, "--template", help="Print only the chat template."),
          ) -> None:
     """A local model's metadata, chat template, parameters and license (when it has one)."""
+    from llamita.errors import ModelFileError
     from llamita.library.describe import describe
     from llamita.library.local import find_local
     from llamita.library.names import parse_name
-    from llamita.errors import ModelFileError
 
     found = find_local(name)
     path = found.path if found is not None else None

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import typer
 
-from llamita.cli import (ask, bench, chat, finetune, glass, index, info, library, lora, memory, perplexity,
-                         quantize, run, serve)
+from llamita.cli import (
+    ask,
+    bench,
+    chat,
+    finetune,
+    glass,
+    index,
+    info,
+    library,
+    lora,
+    memory,
+    perplexity,
+    quantize,
+    run,
+    serve,
+)
 
 app = typer.Typer(
     name="llamita",

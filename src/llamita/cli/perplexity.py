@@ -37,9 +37,9 @@ def perplexity(
     Example: llamita perplexity book.txt --ctx 512 --chunks 20
     """
     from llamita.engine.loader import load_model, load_tokenizer
+    from llamita.engine.threads import use_threads
     from llamita.jobs.perplexity import ChunkProgress, check_settings, perplexity_windows, read_text_file
     from llamita.jobs.perplexity import perplexity as measure
-    from llamita.engine.threads import use_threads
 
     check_settings(ctx, chunks)  # fail before the slow part; the model's context is checked later
     text = read_text_file(file)

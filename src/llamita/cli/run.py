@@ -8,10 +8,26 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from llamita.cli.common import (CompileOption, DeviceOption, DtypeOption, GpuLayersOption, GrammarFileOption,
-                                JsonOption, JsonSchemaOption, LoraOption, ModelOption, TensorParallelOption,
-                                NoEscapeOption, ThreadsOption, fail, friendly_errors, grammar_option, open_llm,
-                                sampling_params, stderr)
+from llamita.cli.common import (
+    CompileOption,
+    DeviceOption,
+    DtypeOption,
+    GpuLayersOption,
+    GrammarFileOption,
+    JsonOption,
+    JsonSchemaOption,
+    LoraOption,
+    ModelOption,
+    NoEscapeOption,
+    TensorParallelOption,
+    ThreadsOption,
+    fail,
+    friendly_errors,
+    grammar_option,
+    open_llm,
+    sampling_params,
+    stderr,
+)
 from llamita.cli.escapes import process_escapes
 
 if TYPE_CHECKING:

@@ -8,8 +8,15 @@ from typing import Optional
 
 import typer
 
-from llamita.cli.common import (DeviceOption, DtypeOption, GpuLayersOption, ModelOption,
-                                TensorParallelOption, ThreadsOption, friendly_errors)
+from llamita.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    GpuLayersOption,
+    ModelOption,
+    TensorParallelOption,
+    ThreadsOption,
+    friendly_errors,
+)
 from llamita.config import ServerConfig
 
 

@@ -13,7 +13,6 @@ from llamita.engine.chunked_forward import check_ids, hidden_chunks
 from llamita.errors import InvalidParameterError
 from llamita.model.transformer import Transformer
 
-
 POOLING = ("mean", "last")
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from llamita.engine.embeddings import embed
 from llamita.api.llm import LLM
+from llamita.engine.embeddings import embed
 from llamita.errors import InvalidParameterError
 from llamita.glass.common import piece
 

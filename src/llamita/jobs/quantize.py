@@ -12,8 +12,7 @@ from collections.abc import Callable
 from llamita.engine.loader import resolve_model_path
 from llamita.weights.checkpoint import FloatCheckpointSource, checkpoint_format, open_float_checkpoint
 from llamita.weights.gguf_reader import GGUFFile
-from llamita.weights.gguf_writer import (GGUFSource, QuantizeReport, TensorPlan, TensorSource,
-                                        plan, write_quantized)
+from llamita.weights.gguf_writer import GGUFSource, QuantizeReport, TensorPlan, TensorSource, plan, write_quantized
 from llamita.weights.quant_mix import FILE_TYPES, FileType, file_type
 
 __all__ = ["FILE_TYPES", "QuantizeReport", "TensorPlan", "file_type", "open_source",

@@ -119,7 +119,7 @@ def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
     return Int8Weight(qweight, scales.to(torch.bfloat16 if layout == "vnni" else dtype), layout)
 
 
-def concat_int8(weights: "list[Int8Weight] | tuple[Int8Weight, ...]") -> Int8Weight | None:
+def concat_int8(weights: list[Int8Weight] | tuple[Int8Weight, ...]) -> Int8Weight | None:
     """One weight whose output rows are those of `weights` in order (same in_features, scale
     dtype and layout), or None. Rows are independent (one scale each) and a "vnni" weight is
     whole 16-row blocks, so the join is exact and its parts are row slices of it."""

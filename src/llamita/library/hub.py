@@ -57,9 +57,14 @@ class RemoteModel:
 @contextlib.contextmanager
 def hub_errors(repo: str) -> Iterator[None]:
     """huggingface_hub's and the network's errors as DownloadError with what to do next."""
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     page = f"https://huggingface.co/{repo}"
     access = (f"{repo} needs permission: accept its license at {page} with your account, then "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from collections.abc import Sequence
 
 from llamita.kernels import native
 from llamita.kernels.int4 import Int4Weight, concat_int4, dequantize_int4, int4_linear

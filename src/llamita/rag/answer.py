@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from llamita.engine.conversation import Message
 from llamita.api.llm import LLM, StreamChunk
+from llamita.engine.conversation import Message
 from llamita.errors import ContextOverflowError, InvalidParameterError
 from llamita.rag.retrieval import STOPWORDS, Hit
 from llamita.sampling_params import SamplingParams

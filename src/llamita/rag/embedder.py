@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llamita.engine.embeddings import embed
 from llamita.api.llm import LLM
+from llamita.engine.embeddings import embed
 
 # llama.cpp's LLAMA_POOLING_TYPE numbers, as GGUF files store them in `{arch}.pooling_type`.
 _GGUF_POOLING = {1: "mean", 3: "last"}

@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import torch
 
-from llamita.engine.chunked_forward import hidden_chunks
 from llamita.api.llm import LLM
+from llamita.engine.chunked_forward import hidden_chunks
 from llamita.rag.answer import detect_language
 from llamita.rag.retrieval import Hit, reciprocal_rank_fusion
 

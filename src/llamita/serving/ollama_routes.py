@@ -18,14 +18,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from llamita import __version__
-from llamita.jobs.model_info import FILE_TYPES
 from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import ContextOverflowError
+from llamita.jobs.model_info import FILE_TYPES
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
-from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
 from llamita.serving.request_body import field, read_json_object
+from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.state import ServerState, model_request, server_state
 from llamita.tokenizer.tool_calls import arguments_as_dict, find_tool_calls
 

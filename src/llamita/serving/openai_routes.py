@@ -17,7 +17,6 @@ from llamita.errors import InvalidParameterError
 from llamita.sampling_params import MAX_LOGPROBS, Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
-from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.params import (
     choice_count,
     openai_grammar,
@@ -25,6 +24,7 @@ from llamita.serving.params import (
     per_choice,
 )
 from llamita.serving.request_body import field
+from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.state import ServerState, model_request
 from llamita.tokenizer.tool_call_stream import ToolCallDelta, ToolCallStream
 from llamita.tokenizer.tool_calls import PYTHON_TAG, find_tool_calls

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from llamita.engine.conversation import Message
 from llamita.engine.prompts import encode_chat
 from llamita.serving.errors import APIError, api_error, validation_error
-from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.openai_routes import (
     SSE_HEADERS,
     answer_pieces,
@@ -26,6 +25,7 @@ from llamita.serving.openai_routes import (
     start_generation,
 )
 from llamita.serving.request_body import read_json_object
+from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.response_history import StoredResponse
 from llamita.serving.responses_format import (
     ResponseBuilder,

@@ -20,9 +20,18 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llamita.errors import TemplateError
-from llamita.tokenizer.template_limits import (BUDGET_KEY, LIMIT_FILTERS, RenderBudget, TemplateLimits,
-                                               charge_budget, check_binop, check_call, check_size,
-                                               check_str_format, limit_filter)
+from llamita.tokenizer.template_limits import (
+    BUDGET_KEY,
+    LIMIT_FILTERS,
+    RenderBudget,
+    TemplateLimits,
+    charge_budget,
+    check_binop,
+    check_call,
+    check_size,
+    check_str_format,
+    limit_filter,
+)
 
 # Used by Tokenizer.encode_chat when the model file has no `tokenizer.chat_template`: ChatML
 # (`<|im_start|>role\ncontent<|im_end|>\n`), the most common format among small chat models.

@@ -15,8 +15,13 @@ from typing import Any
 
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.tokenizer.bpe import bytes_to_byte_level, merges_from_ranks
-from llamita.tokenizer.files import (chat_template, llama3_special_tokens, read_json_file,
-                                     read_tiktoken_ranks, token_text)
+from llamita.tokenizer.files import (
+    chat_template,
+    llama3_special_tokens,
+    read_json_file,
+    read_tiktoken_ranks,
+    token_text,
+)
 from llamita.tokenizer.pretokenizer import LLAMA3
 from llamita.tokenizer.tokenizer import TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNUSED, TOKEN_USER_DEFINED
 

@@ -21,8 +21,14 @@ import torch
 
 from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import ModelFileError
-from llamita.weights.gguf import _GLOBAL_NAMES, _LAYER_NAMES, _expected_shapes, canonical_name
-from llamita.weights.gguf import gguf_state_dict, open_gguf
+from llamita.weights.gguf import (
+    _GLOBAL_NAMES,
+    _LAYER_NAMES,
+    _expected_shapes,
+    canonical_name,
+    gguf_state_dict,
+    open_gguf,
+)
 from llamita.weights.hf import CONFIG_FILE, HFCheckpoint
 from llamita.weights.meta import PARAMS_FILE, MetaCheckpoint, rotate_half_to_interleaved
 from llamita.weights.quants import GGMLType

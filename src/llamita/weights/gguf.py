@@ -19,10 +19,10 @@ import torch
 
 from llamita.config import ModelConfig, RopeScaling
 from llamita.errors import ModelFileError, UnsupportedModelError
-from llamita.weights.gguf_reader import GGUFFile
 from llamita.kernels.encoded_rows import EncodedRows, RowDecoder
 from llamita.kernels.int4 import int4_supported
 from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
+from llamita.weights.gguf_reader import GGUFFile
 from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
 from llamita.weights.quants import GGMLType, dequantize
 from llamita.weights.shard import ShardAlignmentError, TensorShard, dequantize_columns, slice_gguf

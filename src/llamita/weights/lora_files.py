@@ -197,7 +197,7 @@ def _read_gguf(path: Path, cfg: ModelConfig, name: str) -> LoraAdapter:
             layers[module] = LoraLayer(ab["lora_a"], ab["lora_b"], alpha / rank if alpha else 1.0)
         if not layers:
             raise ModelFileError(f"{path}: the adapter holds no LoRA tensors")
-        ranks = {l.rank for l in layers.values()}
+        ranks = {layer.rank for layer in layers.values()}
         metadata = {k: v for k, v in meta.items() if k.startswith(("general.", "adapter."))}
         return LoraAdapter(name, path, "gguf", layers, alpha, max(ranks), metadata)
 

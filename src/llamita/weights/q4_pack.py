@@ -10,8 +10,15 @@ from __future__ import annotations
 import torch
 
 from llamita.kernels import native
-from llamita.kernels.int4 import (VNNI_BLOCK_ROWS, Int4Weight, default_layout, pack_ggml_blocks,
-                                  pack_ggml_k_blocks, pack_int4, pack_int4_k)
+from llamita.kernels.int4 import (
+    VNNI_BLOCK_ROWS,
+    Int4Weight,
+    default_layout,
+    pack_ggml_blocks,
+    pack_ggml_k_blocks,
+    pack_int4,
+    pack_int4_k,
+)
 from llamita.weights.quants import AFFINE_Q4_TYPES, GGMLType, q4_affine_rows, q4_k_rows
 
 
