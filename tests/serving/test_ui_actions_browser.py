@@ -170,3 +170,19 @@ def test_session_favicon_fresh_visit_and_search(browser, scripted_server):
     assert page.locator(".message").count() == 0
     assert problems == []
     context.close()
+
+
+def test_model_picker_always_says_what_answers(context, scripted_server):
+    # One model, nothing to choose, and still the picker names it with its parameters,
+    # quantization, size and context window, as /api/ps reports them.
+    ps = json.loads(context.request.get(scripted_server.url + "/api/ps").text())["models"][0]
+    page = context.new_page()
+    page.goto(scripted_server.url + "/")
+    page.wait_for_load_state("networkidle")
+    assert page.locator("#model-choice").is_visible()
+    assert page.locator("#model option").all_inner_texts() == [ps["name"]]
+    facts = page.inner_text("#model-facts")
+    assert ps["details"]["quantization_level"] in facts and ps["details"]["parameter_size"] in facts
+    assert f"{ps['context_length']:,}" in facts and f"{ps['size'] / 1e6:.0f} MB" in facts
+    page.click("#lang")  # the same facts in Spanish
+    assert "contexto de" in page.inner_text("#model-facts")

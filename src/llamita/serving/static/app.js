@@ -18,6 +18,7 @@ const TEXT = {
     rename: "Rename", delete: "Delete", renamePrompt: "New title:", deleteConfirm: "Delete this conversation?",
     untitled: "Untitled", good: "Good answer", bad: "Bad answer", stopped: "stopped",
     keyPrompt: "This server needs an API key:", tokensPerSecond: "tokens/s", model: "Model",
+    contextTokens: "{n}-token context",
     baseModel: "{name} (base)", copy: "Copy", copied: "Copied", regenerate: "Regenerate", edit: "Edit and resend",
     resend: "Send", cancel: "Cancel", search: "Search conversations", theme: "Dark / light",
   },
@@ -29,7 +30,7 @@ const TEXT = {
     stop: "Detener", rename: "Renombrar", delete: "Borrar", renamePrompt: "Nuevo título:",
     deleteConfirm: "¿Borrar esta conversación?", untitled: "Sin título", good: "Buena respuesta",
     bad: "Mala respuesta", stopped: "detenida", keyPrompt: "Este servidor pide una clave de API:",
-    tokensPerSecond: "tokens/s", model: "Modelo", baseModel: "{name} (base)", copy: "Copiar", copied: "Copiado",
+    tokensPerSecond: "tokens/s", model: "Modelo", contextTokens: "contexto de {n} tokens", baseModel: "{name} (base)", copy: "Copiar", copied: "Copiado",
     regenerate: "Regenerar", edit: "Editar y reenviar", resend: "Enviar", cancel: "Cancelar",
     search: "Buscar conversaciones", theme: "Oscuro / claro",
   },
@@ -48,6 +49,7 @@ function applyLanguage() {
   $("lang").textContent = state.lang === "es" ? "EN" : "ES";
   renderConversationList();
   renderMessages();
+  showModelFacts();
 }
 
 // HTTP: the API key (when the server wants one) is asked once and kept in localStorage.
@@ -85,13 +87,23 @@ function showError(error) {
   $("error").hidden = !error;
 }
 
-// Models: the served model and, after it, one "<base>+NAME" per LoRA adapter (/v1/models).
-// The choice shows only when there is one to make, and each conversation keeps its own.
+// Models: the served model and, after it, one "<base>+NAME" per LoRA adapter (/v1/models),
+// with what /api/ps says of each (parameters, quantization, size, context window). The picker
+// is always shown, so the page says which model answers; each conversation keeps its choice.
 async function loadModels() {
-  state.models = (await api("/v1/models")).data;
+  const [models, running] = await Promise.all([api("/v1/models"), api("/api/ps").catch(() => ({ models: [] }))]);
+  const facts = new Map(running.models.map((m) => [m.name, m]));
+  state.models = models.data.map((m) => ({ ...m, facts: facts.get(m.id) }));
   const select = $("model");
   select.replaceChildren(...state.models.map((m) => new Option(modelLabel(m), m.id)));
-  $("model-choice").hidden = state.models.length < 2;
+  showModelFacts();
+}
+
+function showModelFacts() {
+  const f = state.models.find((m) => m.id === $("model").value)?.facts;
+  $("model-facts").textContent = f ? [f.details?.parameter_size, f.details?.quantization_level,
+    f.size < 1e9 ? `${(f.size / 1e6).toFixed(0)} MB` : `${(f.size / 1e9).toFixed(1)} GB`,
+    t("contextTokens").replace("{n}", (f.context_length ?? 0).toLocaleString(state.lang))].filter(Boolean).join(" · ") : "";
 }
 
 function modelLabel(m) {
@@ -122,6 +134,7 @@ function writeParams(params) {
   // A model the server no longer serves (restarted without that adapter) falls back to the base.
   if (state.models.length) {
     $("model").value = state.models.some((m) => m.id === params.model) ? params.model : state.models[0].id;
+    showModelFacts();
   }
   const preset = Object.entries(PRESETS).find(([, p]) => Object.keys(p).every((k) => p[k] === params[k]));
   $("preset").value = preset ? preset[0] : "custom";
@@ -271,7 +284,7 @@ function fillMeta(el, m) {
   meta.replaceChildren();
   const copy = textButton(t("copy"), "copy", () => copyText(m.content, copy));
   meta.append(copy);
-  if (m.model && !$("model-choice").hidden) {
+  if (m.model && state.models.length > 1) {
     const model = state.models.find((x) => x.id === m.model);
     meta.append(Object.assign(document.createElement("span"),
       { className: "model", textContent: model ? modelLabel(model) : m.model }));
@@ -460,6 +473,7 @@ function init() {
     applyLanguage();
   });
   $("preset").addEventListener("change", choosePreset);
+  $("model").addEventListener("change", showModelFacts);
   for (const name of PARAM_FIELDS) $(name).addEventListener("input", () => writeParams(readParams()));
   $("new-conversation").addEventListener("click", newConversation);
   $("conversation-search").addEventListener("input", renderConversationList);
