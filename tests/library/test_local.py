@@ -47,6 +47,7 @@ def test_an_ollama_model_is_listed_and_runs_without_a_copy(ollama_tiny, models, 
         assert LLM(name, dtype="float32", device="cpu").generate("the cat", GREEDY).token_ids == expected
     result = invoke("run", "tiny", "the cat", "--raw", "-n", "3", "--temperature", "0")
     assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("tiny ·") and "sha256-" not in result.stderr
     shown = json.loads(invoke("show", "tiny", "--json").stdout)
     assert shown["template"] == "{{ .Prompt }}" and shown["license"] == "OLLAMA TINY LICENSE"
     assert shown["generation_parameters"]["temperature"] == 0.3
@@ -127,7 +128,9 @@ def test_memory_of_a_short_name_before_pulling_it():
 def test_chat_takes_the_model_as_its_argument(ollama_tiny):
     result = CliRunner().invoke(app, ["chat", "tiny", "-n", "3", "--temperature", "0"], input="hello\n/exit\n")
     assert result.exit_code == 0, result.output
-    assert "sha256-" in result.output  # the Ollama blob it opened, in place
+    # Opened in place from Ollama's store, and called by the tag it was asked by, not by its
+    # blob's sha256-... file name.
+    assert "tiny ·" in result.stderr and "sha256-" not in result.output
 
 
 def test_a_server_started_by_name_answers_to_that_name(models, ollama_tiny):

@@ -97,7 +97,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     )
 
     kernels = kernel_summary() if loaded.device.type == "cpu" else "cuda"
-    stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · "
+    stderr.print(f"[dim]{loaded.display_name} · {loaded.dtype} · {loaded.device} · "
                  f"{threads_label()} · {kernels} · loaded in {loaded.load_seconds:.1f} s[/]")
     results = []
     with stderr.status("measuring…") as status:

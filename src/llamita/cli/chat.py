@@ -93,7 +93,7 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
 
     out = console()
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
-    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · context {llm.config.context_length} tokens · "
+    stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · context {llm.config.context_length} tokens · "
                  "/help for commands, Ctrl-D to leave[/]")
     history: list[dict[str, str]] = []
     ctrl_c_at_prompt = False  # a second Ctrl-C in a row at the prompt leaves

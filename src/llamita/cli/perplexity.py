@@ -50,7 +50,7 @@ def perplexity(
     use_threads(threads)
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype)
-    stderr.print(f"[dim]{loaded.path.name} · {loaded.dtype} · {loaded.device} · loaded in "
+    stderr.print(f"[dim]{loaded.display_name} · {loaded.dtype} · {loaded.device} · loaded in "
                  f"{loaded.load_seconds:.1f} s[/]")
 
     progress = Progress(TextColumn("[bold]perplexity"), BarColumn(), MofNCompleteColumn(),

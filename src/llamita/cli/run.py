@@ -103,7 +103,7 @@ def _answer(llm: LLM, prompt: str, system: str | None, raw: bool, params: Sampli
     # Which kernels and which decode path run, so that nobody has to guess why a run is slow.
     kernels = kernel_summary() if llm.loaded.device.type == "cpu" else str(llm.loaded.device)
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
-    stderr.print(f"[dim]{llm.loaded.path.name}{adapter} · {llm.loaded.dtype} · {threads_label()} · "
+    stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · {llm.loaded.dtype} · {threads_label()} · "
                  f"{kernels} · {llm.decode_path} decode · loaded in {llm.loaded.load_seconds:.1f} s[/]")
     if raw:
         if system is not None:

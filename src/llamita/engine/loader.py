@@ -100,6 +100,13 @@ class LoadedModel:
     load_seconds: float
     format: str = "gguf"  # "gguf", "hf" or "meta"
     generation: GenerationDefaults | None = None  # HF generation_config.json, when present
+    library_name: str | None = None  # the library name it was asked by (llama3.2:1b), if any
+
+    @property
+    def display_name(self) -> str:
+        """What a status line calls the model: the library name it was asked by, else its file
+        or folder name (an Ollama blob is a `sha256-...` file: its tag says more)."""
+        return self.library_name or self.path.name
 
 
 def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype | None = "auto",
@@ -160,8 +167,10 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     else:
         model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.state).to(dev)
         parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())
+    asked_by_name = path is not None and not Path(path).exists()
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
-                       time.perf_counter() - start, fmt, ckpt.generation)
+                       time.perf_counter() - start, fmt, ckpt.generation,
+                       os.fspath(path) if asked_by_name else None)
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:
