@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from llamita.cli.main import app
 from llamita.config import PRESETS, RopeScaling, llama_ffn_dim
 from llamita.engine.loader import load_tokenizer
 from llamita.errors import ModelFileError, UnsupportedModelError
+from llamita.jobs.model_info import model_info
 from llamita.jobs.quantize import quantize_model
 from llamita.model.transformer import Transformer
 from llamita.tokenizer.gguf_keys import gguf_keys_from_hf, gguf_keys_from_tiktoken
@@ -211,6 +214,32 @@ def test_a_folder_runs_and_quantizes_with_the_same_chat_template(mini, tmp_path)
     quantize_model(folder, tmp_path / "out2.gguf", "F32")
     assert load_tokenizer(tmp_path / "out2.gguf").chat_template.render(messages, add_generation_prompt=False) \
         == "CONFIG hola"
+
+
+@pytest.mark.parametrize("fmt", ["hf", "meta-2-shards"])
+def test_info_describes_a_folder_as_the_gguf_made_from_it(mini, fmt):
+    # `llamita info` on a folder reads its config and tokenizer files, without the weights;
+    # what it says must be what the GGUF quantize writes from that folder says.
+    folder = model_info(mini.folders[fmt])
+    gguf = model_info(mini.folders["gguf-from-hf" if fmt == "hf" else "gguf-from-meta"])
+    assert folder["format"] == ("hf" if fmt == "hf" else "meta") and folder["gguf_version"] is None
+    same = ("architecture", "parameters", "context_length", "n_layers", "dim", "n_heads", "n_kv_heads",
+            "head_dim", "ffn_dim", "vocab_size", "rope_theta", "tied_embeddings", "tokenizer", "chat_template")
+    assert {k: folder[k] for k in same} == {k: gguf[k] for k in same}
+    assert folder["norm_eps"] == pytest.approx(gguf["norm_eps"], rel=1e-7)  # GGUF keeps it as a float32
+    if fmt == "hf":  # the stored types, counted by the safetensors library itself
+        from safetensors import safe_open
+
+        stored: dict[str, int] = {}
+        for file in sorted(mini.folders[fmt].glob("*.safetensors")):
+            with safe_open(str(file), "pt") as f:
+                for key in f.keys():
+                    kind = f.get_slice(key).get_dtype()
+                    stored[kind] = stored.get(kind, 0) + 1
+        assert folder["tensor_types"] == stored
+    result = CliRunner().invoke(app, ["info", "--model", str(mini.folders[fmt])])
+    assert result.exit_code == 0, result.output
+    assert "folder)" in result.stdout and f"{mini.cfg['vocab_size']:,}" in result.stdout
 
 
 def test_real_llama3_tokenizer_model_merges_equal_tokenizer_json(tmp_path):

@@ -1,4 +1,4 @@
-"""`llamita info`: what is inside a model file, read from its metadata."""
+"""`llamita info`: what is inside a model (a GGUF file or a folder), read from its metadata."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def info(
     table.add_column()
     rows = [
         ("file", f"{data['path']}"),
-        ("file size", f"{data['file_size_bytes'] / 2**20:,.1f} MiB (GGUF v{data['gguf_version']})"),
+        ("file size", f"{data['file_size_bytes'] / 2**20:,.1f} MiB " + (f"(GGUF v{data['gguf_version']})"
+                      if data["gguf_version"] else f"({data['format']} folder)")),
         ("architecture", data["architecture"]),
         ("parameters", f"{data['parameters'] / 1e6:,.1f} M"),
         ("quantization", f"{data['quantization']} · tensors: " +
