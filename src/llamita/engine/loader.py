@@ -161,11 +161,11 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
     if ckpt.shard is None:
         offloaded = gpu_layers is not None and gpu_layers < config.n_layers
-        model = Transformer.from_state_dict(config, ckpt.state).to("cpu" if offloaded else dev)
+        model = Transformer.from_state_dict(config, ckpt.take_state()).to("cpu" if offloaded else dev)
         if offloaded:
             offload_layers(model, gpu_layers, dev)  # type: ignore[arg-type]
     else:
-        model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.state).to(dev)
+        model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.take_state()).to(dev)
         parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())
     asked_by_name = path is not None and not Path(path).exists()
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,

@@ -120,6 +120,13 @@ class Checkpoint:
     generation: GenerationDefaults | None = None
     shard: TensorShard | None = None  # tensor parallel: the slice `state` holds
 
+    def take_state(self) -> dict[str, object]:
+        """The weights, handed over: this checkpoint keeps no reference, so tensors the model
+        replaces while it is built (joined q/k/v and gate/up, model/linear.py) are freed at
+        once instead of living until the checkpoint goes (the load's peak memory)."""
+        state, self.state = self.state, {}
+        return state
+
 
 def read_checkpoint(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
                     compact: bool = False, rope_scaling_factor: float | None = None,

@@ -12,6 +12,8 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.kernels.encoded_rows import EncodedRows, RowDecoder
 from llamita.kernels.int4 import int4_supported
 from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
-from llamita.weights.gguf_reader import GGUFFile
+from llamita.weights.gguf_reader import GGUFFile, GGUFTensorInfo
 from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
 from llamita.weights.quants import GGMLType, dequantize
 from llamita.weights.shard import ShardAlignmentError, TensorShard, dequantize_columns, slice_gguf
@@ -210,12 +212,34 @@ def _row_decoder(ggml_type: int, dim: int) -> RowDecoder:
     return decode
 
 
-def _int8(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...], dtype: torch.dtype) -> Int8Weight:
-    """Re-quantize a GGML weight to int8 per row, decoding a slice of rows at a time."""
+def _int8(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...], dtype: torch.dtype,
+          release: Callable[[int, int], None] | None = None) -> Int8Weight:
+    """Re-quantize a GGML weight to int8 per row, decoding a slice of rows at a time.
+
+    release(start, stop): told the byte range of `tensor` each slice came from once it is
+    decoded, so a weight read from the file map gives its pages back as it goes (the output
+    projection is the largest tensor and comes last: holding its file pages whole beside its
+    int8 copy made the load's peak)."""
     n, k = shape
     rows = tensor.view(n, -1)
-    return quantize_int8(n, k, lambda r0, r1: dequantize(rows[r0:r1].reshape(-1), ggml_type, (r1 - r0, k)),
-                         dtype)
+    row_bytes = rows.shape[1]
+
+    def decode(r0: int, r1: int) -> torch.Tensor:
+        out = dequantize(rows[r0:r1].reshape(-1), ggml_type, (r1 - r0, k))
+        if release is not None:
+            release(r0 * row_bytes, r1 * row_bytes)
+        return out
+
+    return quantize_int8(n, k, decode, dtype)
+
+
+def _released_after_use(gguf: GGUFFile) -> Iterator[tuple[str, GGUFTensorInfo]]:
+    """Every (name, info) of the file; a tensor's file pages are released (`GGUFFile.release`)
+    when the loop asks for the next one, so the peak resident memory of a load is the converted
+    weights plus one tensor of the file, not the whole file beside them."""
+    for gname, info in gguf.tensors.items():
+        yield gname, info
+        gguf.release(gname)
 
 
 def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32,
@@ -235,7 +259,7 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
     use_int4 = compact and int4_supported()
     use_int8 = compact and int8_supported()
     state: dict[str, object] = {}
-    for gname, info in gguf.tensors.items():
+    for gname, info in _released_after_use(gguf):
         name = canonical_name(gname)
         if name is None:
             continue
@@ -252,8 +276,11 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
                 state[name] = dequantize_columns(_as_tensor(raw), info.ggml_type, shape, split[1],
                                                  split[2], dtype)
                 continue
+        # A weight read straight from the map can give its pages back slice by slice.
+        release = partial(gguf.release, gname) if split is None else None
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             raw = _unpermute_rows(raw, shape[0], shape[0] // cfg.head_dim)
+            release = None
         tensor = _as_tensor(raw)
         quantized = info.ggml_type not in _FLOAT_TYPES
         is_linear = name.endswith("proj.weight") or name == "lm_head.weight"
@@ -268,7 +295,7 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
                 except ValueError:
                     pass  # a shape the kernel does not take
             if tied_head and "lm_head.weight" not in state and use_int8 and int8_shape_ok(*shape):
-                state[name] = _int8(tensor, info.ggml_type, shape, dtype)
+                state[name] = _int8(tensor, info.ggml_type, shape, dtype, release)
                 continue
             if is_embedding:
                 # Own copy of the bytes: the model must not depend on the file staying unchanged.
@@ -276,7 +303,7 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
                 state[name] = EncodedRows(rows, shape[1], _row_decoder(info.ggml_type, shape[1]))
                 continue
             if use_int8 and int8_shape_ok(*shape):
-                state[name] = _int8(tensor, info.ggml_type, shape, dtype)
+                state[name] = _int8(tensor, info.ggml_type, shape, dtype, release)
                 continue
         want = torch.float32 if name == "rope_freqs" else dtype
         state[name] = dequantize(tensor, info.ggml_type, shape, dtype=want)

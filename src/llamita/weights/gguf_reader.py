@@ -294,6 +294,25 @@ class GGUFFile:
         owner = self._part_of.get(name, self)
         return np.frombuffer(owner._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop a tensor's file pages (bytes start..stop of it; default all) from this process's
+        resident memory once they have been converted: madvise DONTNEED on the pages wholly
+        inside. The page cache keeps them and a later read maps them again, so views stay valid;
+        loading then holds about one tensor of the file resident at a time instead of the whole
+        file beside the converted weights."""
+        info = self.tensors[name]
+        owner = self._part_of.get(name, self)
+        stop = info.nbytes if stop is None else min(stop, info.nbytes)
+        page = mmap.PAGESIZE
+        start = -(-(info.offset + start) // page) * page
+        end = (info.offset + stop) // page * page
+        if end <= start or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        try:
+            owner._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass  # a closed map or a platform that refuses: only memory is at stake
+
     def close(self) -> None:
         """Release the memory maps (arrays from `tensor_bytes` must not be used afterwards)."""
         for part in self._parts:
