@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from llamita.kernels import native
-from llamita.kernels.int4 import _probe_layout, concat_int4, int4_supported
+from llamita.kernels.int4 import VNNI_LAYOUTS, _probe_layout, concat_int4, int4_supported
 from llamita.kernels.int8 import int8_supported, quantize_int8
 from llamita.model.linear import DENSE_MIN_ROWS, Int4Linear, Int8Linear, fuse_linears
 from llamita.weights.q4_pack import pack_q4
@@ -63,6 +63,9 @@ def test_int4_parts_match(rows: int, layout: str) -> None:
     joined = fused.inner.packed
     assert all(p.packed.untyped_storage().data_ptr() == joined.untyped_storage().data_ptr()
                for p in parts)
+    if layout in VNNI_LAYOUTS:  # the scales too (a fifth of the codes' size)
+        scales = fused.inner.scales_and_zeros.untyped_storage().data_ptr()
+        assert all(p.scales_and_zeros.untyped_storage().data_ptr() == scales for p in parts)
 
 
 @pytest.mark.skipif(_probe_layout() is None, reason="no torch int4")
