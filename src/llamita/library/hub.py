@@ -17,6 +17,7 @@ huggingface_hub's (`hf_hub_download` makes the link once the blob is in place).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -89,6 +90,10 @@ def hub_errors(repo: str) -> Iterator[None]:
         raise DownloadError(f"cannot reach {hf_endpoint()} ({str(e).splitlines()[0]}); check the "
                             "network and pull again: it resumes where it stopped") from None
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DownloadError(f"the disk holding {hf_cache_dir()} is full: free some space (or set "
+                                "HF_HOME to a folder on a larger disk) and pull again: it resumes "
+                                "where it stopped") from None
         raise DownloadError(f"download from {hf_endpoint()} failed: {e}; pull again to resume") from None
     except Exception as e:  # httpx2's network errors have no common base we can import cheaply
         if type(e).__module__.startswith(("httpx", "httpcore")):
