@@ -31,8 +31,9 @@ ALLOWED = {
     "engine": {"engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
                "sampling_params"},
     # Names and the local library: reads weight headers (to check and describe a download),
+    # checks a Modelfile's PARAMETERs by SamplingParams' rules,
     # never builds a model; the engine's loader asks it what a name means.
-    "library": {"library", "weights", "config", "errors"},
+    "library": {"library", "weights", "config", "errors", "sampling_params"},
     "model": {"model", "kernels", "config", "errors"},
     "tokenizer": {"tokenizer", "errors"},
     # The GGUF tokenizer keys of a folder come from the tokenizer's own file reader (one reader).
