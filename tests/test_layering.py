@@ -14,9 +14,10 @@ ALLOWED = {
     "cli": {"cli", "serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "errors",
             "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
-    # /api/show describes the model as `llamita info` does (jobs.model_info).
-    "serving": {"serving", "rag", "glass", "api", "jobs", "engine", "config", "database", "errors",
-                "sampling_params", "tokenizer"},
+    # /api/show describes the model as `llamita info` does (jobs.model_info); /api/create makes
+    # a library model as `llamita create` does (library.create).
+    "serving": {"serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "database",
+                "errors", "sampling_params", "tokenizer"},
     # RAG (document collections) sits above the engine and glass (its --explain reads attention
     # maps), below the CLI and the server.
     "rag": {"rag", "glass", "api", "engine", "model", "tokenizer", "config", "database", "errors",
