@@ -38,8 +38,8 @@ class LocalModel:
 
 def _from_manifest(m: Manifest) -> LocalModel:
     path = Path(m.path)
-    try:
-        modified = os.stat(path).st_mtime
+    try:  # a created model was made when `create` ran, whatever the age of its weights
+        modified = m.created if m.settings is not None else os.stat(path).st_mtime
     except OSError:
         modified = m.created
     return LocalModel(m.name, "llamita", path, m.size_bytes, modified, m.quantization, m.repo, m)
