@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from llamita import LLM
 from llamita.cli.main import app
 from llamita.engine.loader import load_model, resolve_model_path
-from llamita.errors import ModelFileError, ModelfileError
+from llamita.errors import ContextOverflowError, ModelFileError, ModelfileError
 from llamita.library.create import create_model
 from llamita.library.modelfile import parse_modelfile
 from llamita.library.store import MANIFEST_VERSION, find_manifest, manifest_dir
@@ -183,3 +183,15 @@ def test_a_version_1_manifest_still_reads(models, homes):
         "created": 0.0, "version": 1}))
     assert find_manifest("old").settings is None and resolve_model_path("old") == models["q8"]
     assert load_model("old", dtype="float32").settings is None
+
+
+def test_num_ctx_bounds_prompt_and_answer(folder, models):
+    create_model("short", parse_modelfile("FROM ./tiny.gguf\nPARAMETER num_ctx 12\nPARAMETER temperature 0\n"), folder)
+    llm = LLM("short", dtype="float32", device="cpu")
+    assert llm.context_length == 12 < llm.config.context_length
+    prompt = llm.encode_prompt("the cat")
+    out = llm.generate(prompt_token_ids=prompt, params=llm.sampling_params(max_tokens=None, ignore_eos=True))
+    assert len(out.token_ids) == 12 - len(prompt) and out.finish_reason == "length"
+    assert len(llm.generate("the cat", llm.sampling_params(max_tokens=2, ignore_eos=True)).token_ids) == 2
+    with pytest.raises(ContextOverflowError, match="num_ctx is 12"):
+        llm.generate("the cat " * 12)

@@ -14,7 +14,7 @@ from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
-from llamita.errors import InvalidParameterError
+from llamita.errors import ContextOverflowError, InvalidParameterError
 from llamita.sampling_params import SamplingParams
 from llamita.tokenizer.tool_calls import find_tool_calls
 
@@ -122,6 +122,25 @@ class LLM:
         return SamplingParams(**{**(defaults or {}), **model, **given})
 
     @property
+    def context_length(self) -> int:
+        """The window a generation runs in (prompt plus generated tokens): the model's, or a
+        created model's PARAMETER num_ctx when that is smaller."""
+        num_ctx = self.settings.num_ctx if self.settings is not None else None
+        return min(self.config.context_length, num_ctx) if num_ctx else self.config.context_length
+
+    def _fitted(self, ids: list[int], params: SamplingParams) -> SamplingParams:
+        """`params` for a prompt of `ids` inside `context_length` (a num_ctx smaller than the
+        model's window): max_tokens no larger than the room left."""
+        if self.context_length >= self.config.context_length:
+            return params  # the generator already stops at the model's window
+        room = self.context_length - len(ids)
+        if room < 1:
+            raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the model's num_ctx is "
+                                       f"{self.context_length} (prompt plus at least one generated token)")
+        return params if params.max_tokens is not None and params.max_tokens <= room else \
+            params.replace(max_tokens=room)
+
+    @property
     def last_stats(self) -> GenerationStats:
         """Token counts and timings of the most recent generation."""
         return self._generator.last_stats
@@ -220,7 +239,7 @@ class LLM:
         return params
 
     def _run(self, id_lists: list[list[int]], params: Any) -> list[GenerationOutput]:
-        plist = self._params_for(len(id_lists), params)
+        plist = [self._fitted(ids, p) for ids, p in zip(id_lists, self._params_for(len(id_lists), params))]
         texts = [""] * len(id_lists)
         tokens: list[list[int]] = [[] for _ in id_lists]
         reasons = ["length"] * len(id_lists)
@@ -235,5 +254,5 @@ class LLM:
                 for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
 
     def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
-        for step in self._generator.stream([ids], self._params_for(1, params)):
+        for step in self._generator.stream([ids], [self._fitted(ids, self._params_for(1, params)[0])]):
             yield StreamChunk(step.text, step.token_id, step.finish_reason)

@@ -100,7 +100,7 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
 
     out = console()
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
-    stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · context {llm.config.context_length} tokens · "
+    stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · context {llm.context_length} tokens · "
                  "/help for commands, Ctrl-D to leave[/]")
     history: list[dict[str, str]] = []
     ctrl_c_at_prompt = False  # a second Ctrl-C in a row at the prompt leaves
@@ -157,8 +157,8 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
         messages = ([{"role": "system", "content": system}] if system else []) + history
         messages.append({"role": "user", "content": line})
         # Keep room for the answer: max_tokens, or a quarter of the window without a limit.
-        reserve = params.max_tokens or llm.config.context_length // 4
-        budget = llm.config.context_length - min(reserve, llm.config.context_length // 2)
+        reserve = params.max_tokens or llm.context_length // 4
+        budget = llm.context_length - min(reserve, llm.context_length // 2)
         try:
             messages, dropped = fit_messages(messages, lambda m: len(llm.encode_chat(m)), budget)
         except LlamitaError as e:
