@@ -195,3 +195,11 @@ def test_num_ctx_bounds_prompt_and_answer(folder, models):
     assert len(llm.generate("the cat", llm.sampling_params(max_tokens=2, ignore_eos=True)).token_ids) == 2
     with pytest.raises(ContextOverflowError, match="num_ctx is 12"):
         llm.generate("the cat " * 12)
+
+
+def test_create_pulls_a_repository_first(hub, tmp_path):
+    (tmp_path / "Modelfile").write_text("FROM test/tiny-GGUF:Q8_0\nSYSTEM pulled first\n")
+    result = invoke("create", "pulled", "-f", str(tmp_path / "Modelfile"))
+    assert result.exit_code == 0, result.output
+    assert resolve_model_path("pulled") == resolve_model_path("hf.co/test/tiny-GGUF:Q8_0")
+    assert find_manifest("pulled").settings["system"] == "pulled first"

@@ -6,7 +6,7 @@ LLM, which applies them (api/llm.py)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from llamita.sampling_params import OLLAMA_OPTIONS, ollama_num_predict
@@ -80,6 +80,3 @@ class ModelSettings:
         return cls(params, data.get("system"), data.get("template"),
                    tuple(dict(m) for m in data.get("messages") or ()),
                    tuple(data.get("adapters") or ()), tuple(data.get("license") or ()))
-
-    def with_parameters(self, **parameters: Any) -> ModelSettings:
-        return replace(self, parameters={**self.parameters, **parameters})
