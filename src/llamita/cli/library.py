@@ -112,7 +112,7 @@ def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
         path = Path(name).expanduser()
     if path is None or not path.exists():
         raise ModelFileError(f"model '{name}' is not on this machine (`llamita list` shows what is)")
-    settings = _created_settings(found)
+    settings = found.settings if found is not None else None
     if modelfile:
         print(_modelfile_of(found, path, settings), end="")
         return
@@ -164,14 +164,6 @@ def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
             console.print(f"[bold cyan]{title}[/]")
             console.print(text if title != "license" else _first_lines(text), markup=False,
                           highlight=False)
-
-
-def _created_settings(found: Any) -> Any:
-    """A created model's ModelSettings, or None."""
-    from llamita.library.settings import ModelSettings
-
-    m = found.manifest if found is not None else None
-    return ModelSettings.from_dict(m.settings) if m is not None and m.settings is not None else None
 
 
 def _modelfile_of(found: Any, path: Any, settings: Any) -> str:

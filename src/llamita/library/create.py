@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from llamita.errors import ModelFileError, ModelfileError
-from llamita.library.local import LocalModel, find_local
+from llamita.library.local import find_local
 from llamita.library.manage import library_name, manifest_for, manifest_for_path
 from llamita.library.modelfile import Modelfile
 from llamita.library.names import parse_name
@@ -58,7 +58,7 @@ def create_model(name: str, modelfile: Modelfile, folder: Path | None = None) ->
             raise ModelFileError(f"FROM {modelfile.from_}: the model is not on this machine (`llamita pull "
                                  f"{modelfile.from_}` fetches it; `llamita create` pulls it itself)")
         manifest = manifest_for(target, found)
-        base_settings = _settings_of(found)
+        base_settings = found.settings
     adapters = tuple(_adapter(a, folder, modelfile.line_of("ADAPTER", a)) for a in modelfile.settings.adapters)
     own = ModelSettings(modelfile.settings.parameters, modelfile.settings.system, modelfile.settings.template,
                         modelfile.settings.messages, adapters, modelfile.settings.license)
@@ -66,11 +66,6 @@ def create_model(name: str, modelfile: Modelfile, folder: Path | None = None) ->
     manifest.created_from = modelfile.from_
     write_manifest(manifest)
     return manifest
-
-
-def _settings_of(found: LocalModel) -> ModelSettings | None:
-    m = found.manifest
-    return ModelSettings.from_dict(m.settings) if m is not None and m.settings is not None else None
 
 
 def _adapter(text: str, folder: Path, line: int | None) -> str:

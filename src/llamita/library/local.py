@@ -35,6 +35,12 @@ class LocalModel:
     ollama: OllamaModel | None = None
     files: tuple[Path, ...] = ()  # every file of the model (all parts, a folder's files)
 
+    @property
+    def settings(self) -> ModelSettings | None:
+        """A created model's settings (`llamita create`), or None."""
+        m = self.manifest
+        return ModelSettings.from_dict(m.settings) if m is not None and m.settings is not None else None
+
 
 def _from_manifest(m: Manifest) -> LocalModel:
     path = Path(m.path)
@@ -175,8 +181,7 @@ def resolve_model_settings(name: str | os.PathLike[str]) -> tuple[Path, ModelSet
             raise ModelFileError(f"'{found.name}' points to {found.path}, which no longer exists: "
                                  f"`llamita pull {found.name}` fetches it again, `llamita rm "
                                  f"{found.name}` forgets it")
-        settings = found.manifest.settings if found.manifest is not None else None
-        return found.path, None if settings is None else ModelSettings.from_dict(settings)
+        return found.path, found.settings
     if parsed.kind == "hf" or catalog_entry(parsed.text) is not None:
         raise ModelFileError(f"model '{parsed.text}' is not on this machine: `llamita pull "
                              f"{parsed.text}` downloads it (`llamita run` pulls it first)")
