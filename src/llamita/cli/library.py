@@ -150,6 +150,8 @@ def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
     table.add_column()
     for key in ("path", "source", "architecture", "quantization"):
         table.add_row(key, str(data[key] or "-"))
+    if data["created_from"]:
+        table.add_row("created from", data["created_from"])
     table.add_row("parameters", _params(d.parameters))
     for key, value in d.metadata.items():
         if key.startswith(("general.", "llama.")) or key in ("model_type", "torch_dtype"):
