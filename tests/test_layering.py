@@ -14,9 +14,10 @@ ALLOWED = {
     "cli": {"cli", "serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "errors",
             "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
-    # /api/show describes the model as `llamita info` does (jobs.model_info).
-    "serving": {"serving", "rag", "glass", "api", "jobs", "engine", "config", "database", "errors",
-                "sampling_params", "tokenizer"},
+    # /api/show describes the model as `llamita info` does (jobs.model_info); /api/create makes
+    # a library model as `llamita create` does (library.create).
+    "serving": {"serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "database",
+                "errors", "sampling_params", "tokenizer"},
     # RAG (document collections) sits above the engine and glass (its --explain reads attention
     # maps), below the CLI and the server.
     "rag": {"rag", "glass", "api", "engine", "model", "tokenizer", "config", "database", "errors",
@@ -31,8 +32,9 @@ ALLOWED = {
     "engine": {"engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
                "sampling_params"},
     # Names and the local library: reads weight headers (to check and describe a download),
+    # checks a Modelfile's PARAMETERs by SamplingParams' rules,
     # never builds a model; the engine's loader asks it what a name means.
-    "library": {"library", "weights", "config", "errors"},
+    "library": {"library", "weights", "config", "errors", "sampling_params"},
     "model": {"model", "kernels", "config", "errors"},
     "tokenizer": {"tokenizer", "errors"},
     # The GGUF tokenizer keys of a folder come from the tokenizer's own file reader (one reader).

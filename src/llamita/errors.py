@@ -27,6 +27,16 @@ class InvalidParameterError(LlamitaError, ValueError):
         self.name = name
 
 
+class ModelfileError(LlamitaError, ValueError):
+    """A Modelfile (or an /api/create body) that cannot make a model: an unknown instruction or
+    parameter, a value of the wrong type, a missing FROM. `line` is its line (None for JSON)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(f"Modelfile line {line}: {message}" if line else f"Modelfile: {message}")
+        self.line = line
+        self.reason = message
+
+
 class ContextOverflowError(LlamitaError):
     """A prompt (plus the tokens requested) does not fit in the model's context window."""
 

@@ -21,6 +21,27 @@ MAX_SEED = 2**64 - 1
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 
+# Ollama's option names (an /api/chat `options` object, a Modelfile's PARAMETER) -> SamplingParams
+# fields; num_predict maps to max_tokens through `ollama_num_predict`.
+OLLAMA_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                  "repeat_penalty": "repetition_penalty", "repeat_last_n": "penalty_last_n",
+                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                  "seed": "seed", "stop": "stop"}
+# Ollama options about how the runner uses the hardware; they do not change the answer.
+OLLAMA_HARDWARE_OPTIONS = {"num_thread", "num_gpu", "main_gpu", "num_batch", "use_mmap", "use_mlock",
+                           "numa", "low_vram", "vocab_only", "num_keep", "f16_kv", "logits_all"}
+# Ollama sampling options accepted at their "off" value only (None: any value, all mean off here).
+OLLAMA_OFF_VALUES = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0, "penalize_newline": None}
+
+
+def ollama_num_predict(value: Any) -> Any:
+    """Ollama's num_predict as max_tokens: -1 (no limit) and -2 (fill the context) both end at
+    the context window here (None); any other value is checked as max_tokens."""
+    if isinstance(value, int) and not isinstance(value, bool) and value in (-1, -2):
+        return None
+    return value
+
+
 GrammarKind = Literal["json_schema", "regex", "lark", "gbnf"]
 
 

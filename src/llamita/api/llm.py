@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
-from llamita.errors import InvalidParameterError
+from llamita.errors import ContextOverflowError, InvalidParameterError
 from llamita.sampling_params import SamplingParams
 from llamita.tokenizer.tool_calls import find_tool_calls
 
@@ -64,9 +64,14 @@ class LLM:
         compile: decode through an AOTInductor-compiled step (model/compiled.py; the first use
         of a model shape and batch size builds it, 1-2 minutes on 2 cores, then it loads from
         disk in milliseconds); eager with LoRA, gpu_layers or on CUDA (`compile_skipped` says
-        why)."""
+        why).
+        A created model (`llamita create`) brings its settings: its ADAPTERs join `lora`, its
+        PARAMETERs are the default SamplingParams, its SYSTEM and MESSAGEs go before every chat
+        (`settings`)."""
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
         specs = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
+        if loaded.settings is not None:
+            specs = [*loaded.settings.adapters, *specs]
         names = attach_loras(loaded.model, loaded.config, specs, combine=True)
         self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile)
 
@@ -81,6 +86,8 @@ class LLM:
 
     def _attach(self, loaded: LoadedModel, adapter: int | None = None, compile: bool = False) -> None:
         self.loaded = loaded
+        # A created model's settings (library/settings.py), or None.
+        self.settings = loaded.settings
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=compile)
@@ -106,6 +113,33 @@ class LLM:
         slot = self.loaded.model.lora.slot(self.adapter)
         return torch.full((batch,), slot, dtype=torch.int64, device=self.loaded.model.device)
 
+    def sampling_params(self, defaults: Mapping[str, Any] | None = None, **explicit: Any) -> SamplingParams:
+        """SamplingParams for this model, in layers: `defaults` (a front end's own, e.g. chat's
+        longer answers), then a created model's PARAMETERs, then the `explicit` fields that are
+        not None (a command line's flags)."""
+        model = self.settings.sampling_kwargs() if self.settings is not None else {}
+        given = {k: v for k, v in explicit.items() if v is not None}
+        return SamplingParams(**{**(defaults or {}), **model, **given})
+
+    @property
+    def context_length(self) -> int:
+        """The window a generation runs in (prompt plus generated tokens): the model's, or a
+        created model's PARAMETER num_ctx when that is smaller."""
+        num_ctx = self.settings.num_ctx if self.settings is not None else None
+        return min(self.config.context_length, num_ctx) if num_ctx else self.config.context_length
+
+    def _fitted(self, ids: list[int], params: SamplingParams) -> SamplingParams:
+        """`params` for a prompt of `ids` inside `context_length` (a num_ctx smaller than the
+        model's window): max_tokens no larger than the room left."""
+        if self.context_length >= self.config.context_length:
+            return params  # the generator already stops at the model's window
+        room = self.context_length - len(ids)
+        if room < 1:
+            raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the model's num_ctx is "
+                                       f"{self.context_length} (prompt plus at least one generated token)")
+        return params if params.max_tokens is not None and params.max_tokens <= room else \
+            params.replace(max_tokens=room)
+
     @property
     def last_stats(self) -> GenerationStats:
         """Token counts and timings of the most recent generation."""
@@ -122,7 +156,11 @@ class LLM:
         """Chat messages -> ids through the model's chat template, ready for the assistant.
 
         tools: OpenAI JSON-schema tool definitions, given to the template as `tools`.
-        template_kwargs: more template variables (builtin_tools, date_string, ...)."""
+        template_kwargs: more template variables (builtin_tools, date_string, ...).
+        A created model's SYSTEM (unless the messages bring a system message) and MESSAGEs
+        come first."""
+        if self.settings is not None:
+            messages = self.settings.conversation(messages)
         return encode_chat(self.tokenizer, messages, tools=tools, **template_kwargs)
 
     # -- generation -----------------------------------------------------------------------
@@ -190,10 +228,9 @@ class LLM:
             raise InvalidParameterError("prompt_token_ids", "must be a list of ints or a list of lists of ints")
         return False, [list(p) for p in ids]
 
-    @staticmethod
-    def _params_for(n: int, params: SamplingParams | Sequence[SamplingParams] | None) -> list[SamplingParams]:
-        if params is None:
-            return [SamplingParams()] * n
+    def _params_for(self, n: int, params: SamplingParams | Sequence[SamplingParams] | None) -> list[SamplingParams]:
+        if params is None:  # a created model's PARAMETERs, else SamplingParams' defaults
+            return [self.sampling_params()] * n
         if isinstance(params, SamplingParams):
             return [params] * n
         params = list(params)
@@ -202,7 +239,7 @@ class LLM:
         return params
 
     def _run(self, id_lists: list[list[int]], params: Any) -> list[GenerationOutput]:
-        plist = self._params_for(len(id_lists), params)
+        plist = [self._fitted(ids, p) for ids, p in zip(id_lists, self._params_for(len(id_lists), params))]
         texts = [""] * len(id_lists)
         tokens: list[list[int]] = [[] for _ in id_lists]
         reasons = ["length"] * len(id_lists)
@@ -217,5 +254,5 @@ class LLM:
                 for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
 
     def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
-        for step in self._generator.stream([ids], self._params_for(1, params)):
+        for step in self._generator.stream([ids], [self._fitted(ids, self._params_for(1, params)[0])]):
             yield StreamChunk(step.text, step.token_id, step.finish_reason)

@@ -49,6 +49,9 @@ def _parse_value(text: str) -> Any:
     return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
+CHAT_DEFAULTS = {"max_tokens": 512}  # under a created model's PARAMETERs and the flags
+
+
 @friendly_errors
 def chat(
     model_name: Optional[str] = typer.Argument(None, metavar="[MODEL]", show_default=False,
@@ -57,8 +60,10 @@ def chat(
                                                     "pulled first."),
     model: Optional[Path] = ModelOption,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt for the conversation."),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per answer."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 = greedy."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", show_default=False,
+                                             help="Most tokens per answer. [default: 512, or the model's num_predict]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", show_default=False,
+                                                help="Sampling temperature; 0 = greedy. [default: 0.8, or the model's]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     dtype: str = DtypeOption,
     lora: Optional[list[str]] = LoraOption,
@@ -70,7 +75,8 @@ def chat(
     no_escape: bool = NoEscapeOption,
 ) -> None:
     """Talk with the model. Type /help for commands. Old turns are dropped when the history no
-    longer fits in the context window (the system prompt is kept)."""
+    longer fits in the context window (the system prompt is kept). A model made with `llamita
+    create` brings its PARAMETERs (the flags given here win), SYSTEM and MESSAGEs."""
     if model_name is not None:
         if model is not None:
             fail("give the model once: as the argument or with --model")
@@ -78,13 +84,14 @@ def chat(
     with start_up():
         from llamita.sampling_params import SamplingParams
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    flags = dict(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    SamplingParams(**{k: v for k, v in flags.items() if v is not None})  # bad flags fail before loading
     if system is not None and not no_escape:
         system = process_escapes(system)
     with open_llm(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile,
                   tensor_parallel=tensor_parallel, threads=threads) as llm:
         if llm is not None:  # None: a tensor-parallel rank other than 0, done following rank 0
-            _converse(llm, system, params)
+            _converse(llm, system, llm.sampling_params(CHAT_DEFAULTS, **flags))
 
 
 def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
@@ -93,7 +100,7 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
 
     out = console()
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
-    stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · context {llm.config.context_length} tokens · "
+    stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · context {llm.context_length} tokens · "
                  "/help for commands, Ctrl-D to leave[/]")
     history: list[dict[str, str]] = []
     ctrl_c_at_prompt = False  # a second Ctrl-C in a row at the prompt leaves
@@ -150,8 +157,8 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
         messages = ([{"role": "system", "content": system}] if system else []) + history
         messages.append({"role": "user", "content": line})
         # Keep room for the answer: max_tokens, or a quarter of the window without a limit.
-        reserve = params.max_tokens or llm.config.context_length // 4
-        budget = llm.config.context_length - min(reserve, llm.config.context_length // 2)
+        reserve = params.max_tokens or llm.context_length // 4
+        budget = llm.context_length - min(reserve, llm.context_length // 2)
         try:
             messages, dropped = fit_messages(messages, lambda m: len(llm.encode_chat(m)), budget)
         except LlamitaError as e:

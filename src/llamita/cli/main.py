@@ -1,4 +1,4 @@
-"""The `llamita` command: run | chat | serve | pull | list | show | rm | cp | index | search | ask | info ..."""
+"""The `llamita` command: run | chat | serve | pull | list | show | rm | cp | create | index | search | ask | info ..."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ app.command("list")(library.list_models)
 app.command("show")(library.show)
 app.command("rm")(library.rm)
 app.command("cp")(library.cp)
+app.command("create")(library.create)
 app.command("info")(info.info)
 app.command("quantize")(quantize.quantize)
 app.command("perplexity")(perplexity.perplexity)

@@ -43,16 +43,24 @@ def run(
                                           "MODEL PROMPT`: a name not on this machine is pulled first."),
     model: Optional[Path] = ModelOption,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt (chat mode only)."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t",
-                                      help="Sampling temperature; 0 = greedy, deterministic."),
-    top_k: int = typer.Option(40, "--top-k", help="Sample from the K most likely tokens (0 = off)."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling: smallest set with this total probability (1 = off)."),
-    min_p: float = typer.Option(0.05, "--min-p", help="Drop tokens below min_p x the top token's probability (0 = off)."),
-    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Divide logits of recent tokens by this (1 = off)."),
-    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtract from logits of tokens seen recently, -2..2."),
-    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtract count x this from recent tokens' logits, -2..2."),
-    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Window of recent tokens the penalties look at (-1 = all, 0 = off)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", show_default=False,
+                                             help="Most tokens to generate. [default: 256, or the model's num_predict]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", show_default=False,
+                                                help="Sampling temperature; 0 = greedy, deterministic. [default: 0.8]"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", show_default=False,
+                                        help="Sample from the K most likely tokens (0 = off). [default: 40]"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", show_default=False,
+                                          help="Nucleus sampling: smallest set with this total probability (1 = off). [default: 0.95]"),
+    min_p: Optional[float] = typer.Option(None, "--min-p", show_default=False,
+                                          help="Drop tokens below min_p x the top token's probability (0 = off). [default: 0.05]"),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", show_default=False,
+                                                   help="Divide logits of recent tokens by this (1 = off). [default: 1.0]"),
+    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", show_default=False,
+                                                     help="Subtract from logits of tokens seen recently, -2..2. [default: 0]"),
+    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", show_default=False,
+                                                      help="Subtract count x this from recent tokens' logits, -2..2. [default: 0]"),
+    repeat_last_n: Optional[int] = typer.Option(None, "--repeat-last-n", show_default=False,
+                                                help="Window of recent tokens the penalties look at (-1 = all, 0 = off). [default: 64]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when this text appears (repeatable); it is not printed."),
     dtype: str = DtypeOption,
@@ -69,6 +77,8 @@ def run(
     no_escape: bool = NoEscapeOption,
 ) -> None:
     """Answer PROMPT once. Text goes to stdout as it is generated; progress and speed to stderr.
+    A model made with `llamita create` brings its PARAMETERs (the flags given here win), SYSTEM
+    and MESSAGEs.
 
     Examples: llamita run "What is the capital of France?" --temperature 0
               llamita run llama3.2:1b "¿Cuál es la capital de Francia?"
@@ -84,15 +94,16 @@ def run(
         prompt = process_escapes(prompt)
         system = None if system is None else process_escapes(system)
         stop = [process_escapes(s) for s in stop or ()]
-    params = sampling_params(
-        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repeat_penalty, presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty, penalty_last_n=repeat_last_n, seed=seed,
-        stop=tuple(stop or ()), grammar=grammar_option(json_object, json_schema, grammar_file))
+    flags = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                 repetition_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                 frequency_penalty=frequency_penalty, penalty_last_n=repeat_last_n, seed=seed,
+                 stop=tuple(stop) if stop else None,
+                 grammar=grammar_option(json_object, json_schema, grammar_file))
+    sampling_params(**flags)  # a bad flag fails here, before the model loads
     with open_llm(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile,
                   tensor_parallel=tensor_parallel, threads=threads) as llm:
         if llm is not None:  # None: a tensor-parallel rank other than 0, done following rank 0
-            _answer(llm, prompt, system, raw, params)
+            _answer(llm, prompt, system, raw, llm.sampling_params(**flags))
 
 
 def _answer(llm: LLM, prompt: str, system: str | None, raw: bool, params: SamplingParams) -> None:

@@ -82,6 +82,7 @@ def serve(
     """
     from llamita.serving.server import serve as run_server
 
+    _note_created(model)
     run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
                             api_key=api_key or None, max_queue=max_queue,
                             request_timeout=request_timeout, kv_cache_tokens=kv_cache_tokens,
@@ -90,3 +91,15 @@ def serve(
                             device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel,
                             cors_origins=tuple(cors_origin or ()), threads=threads,
                             strict_model_names=strict_model_names))
+
+
+def _note_created(model: Path | None) -> None:
+    """Say what a created model (`llamita create`) keeps when served: only its TEMPLATE so far."""
+    from llamita.library.local import resolve_model_settings
+
+    if model is None or not os.fspath(model) or resolve_model_settings(model)[1] is None:
+        return
+    from llamita.cli.common import stderr
+
+    stderr.print(f"[yellow]note:[/] {model} is a created model: the server renders its TEMPLATE, but "
+                 "does not apply its PARAMETERs, SYSTEM, MESSAGEs or ADAPTERs to requests yet")

@@ -15,7 +15,8 @@ from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import InvalidParameterError, ModelFileError
 from llamita.kernels import native
 from llamita.library.catalog import default_model_path
-from llamita.library.local import resolve_model
+from llamita.library.local import resolve_model, resolve_model_settings
+from llamita.library.settings import ModelSettings
 from llamita.model.offload import offload_layers
 from llamita.model.tensor_parallel import parallelize
 from llamita.model.transformer import Transformer
@@ -101,6 +102,9 @@ class LoadedModel:
     format: str = "gguf"  # "gguf", "hf" or "meta"
     generation: GenerationDefaults | None = None  # HF generation_config.json, when present
     library_name: str | None = None  # the library name it was asked by (llama3.2:1b), if any
+    # A created model's settings (`llamita create`): default sampling parameters, system prompt,
+    # messages, adapters; its TEMPLATE is already the tokenizer's chat template.
+    settings: ModelSettings | None = None
 
     @property
     def display_name(self) -> str:
@@ -132,7 +136,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     the rest on the CPU (model/offload.py); None: the whole model on the device.
     """
     start = time.perf_counter()
-    resolved = resolve_model_path(path)
+    resolved, settings = _resolve(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if gpu_layers is not None and gpu_layers < 0:
@@ -154,6 +158,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
                            rope_scaling_factor=rope_scaling_factor, tp_rank=rank, tp_size=world)
     if tokenizer is None:
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
+    tokenizer = _with_template(tokenizer, settings)
     config = ckpt.config
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelFileError(f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
@@ -170,23 +175,35 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     asked_by_name = path is not None and not Path(path).exists()
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
                        time.perf_counter() - start, fmt, ckpt.generation,
-                       os.fspath(path) if asked_by_name else None)
+                       os.fspath(path) if asked_by_name else None, settings)
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:
     """The tokenizer of the model at `path` (None: the default model) without its weights: from
     a GGUF file's metadata (the tensor data behind the memory map is never read) or a folder's
     tokenizer files. The same Tokenizer `load_model` builds, for views that only tokenize."""
-    resolved = resolve_model_path(path)
+    resolved, settings = _resolve(path)
     if checkpoint_format(resolved) != "gguf":
         from llamita.tokenizer.files import tokenizer_from_folder
 
-        return tokenizer_from_folder(resolved)
+        return _with_template(tokenizer_from_folder(resolved), settings)
     gguf = GGUFFile(resolved)
     try:
-        return Tokenizer.from_gguf_metadata(gguf.metadata)
+        return _with_template(Tokenizer.from_gguf_metadata(gguf.metadata), settings)
     finally:
         gguf.close()
+
+
+def _resolve(path: str | os.PathLike[str] | None) -> tuple[Path, ModelSettings | None]:
+    """`resolve_model_path`, and a created model's settings (None for anything else)."""
+    return resolve_model_settings(path) if path is not None else (default_model_path(), None)
+
+
+def _with_template(tokenizer: Tokenizer, settings: ModelSettings | None) -> Tokenizer:
+    """A created model's TEMPLATE replaces the chat template its weights came with."""
+    if settings is None or settings.template is None:
+        return tokenizer
+    return tokenizer.with_chat_template(settings.template)
 
 
 def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:

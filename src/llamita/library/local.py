@@ -15,6 +15,7 @@ from llamita.library.catalog import EMBEDDED, SHORT_NAMES, catalog_entry, defaul
 from llamita.library.files import DEFAULT_QUANT, ModelFiles, gguf_models, quant_label, safetensors_model
 from llamita.library.names import ModelName, parse_name
 from llamita.library.ollama import OllamaModel, ollama_models
+from llamita.library.settings import ModelSettings
 from llamita.library.store import Manifest, find_manifest, hf_cache_dir, read_manifests
 
 
@@ -34,11 +35,17 @@ class LocalModel:
     ollama: OllamaModel | None = None
     files: tuple[Path, ...] = ()  # every file of the model (all parts, a folder's files)
 
+    @property
+    def settings(self) -> ModelSettings | None:
+        """A created model's settings (`llamita create`), or None."""
+        m = self.manifest
+        return ModelSettings.from_dict(m.settings) if m is not None and m.settings is not None else None
+
 
 def _from_manifest(m: Manifest) -> LocalModel:
     path = Path(m.path)
-    try:
-        modified = os.stat(path).st_mtime
+    try:  # a created model was made when `create` ran, whatever the age of its weights
+        modified = m.created if m.settings is not None else os.stat(path).st_mtime
     except OSError:
         modified = m.created
     return LocalModel(m.name, "llamita", path, m.size_bytes, modified, m.quantization, m.repo, m)
@@ -159,16 +166,22 @@ def find_local(name: str | ModelName) -> LocalModel | None:
 def resolve_model(name: str | os.PathLike[str]) -> Path:
     """The path the loader opens for `name` (a path, or a local model's file or folder).
     Never downloads; a name that is not local says how to get it."""
+    return resolve_model_settings(name)[0]
+
+
+def resolve_model_settings(name: str | os.PathLike[str]) -> tuple[Path, ModelSettings | None]:
+    """`resolve_model`, and the settings a created model (`llamita create`) brings with it:
+    None for any other name or a path."""
     parsed = parse_name(name)
     if parsed.kind == "path":
-        return Path(parsed.text).expanduser()
+        return Path(parsed.text).expanduser(), None
     found = find_local(parsed)
     if found is not None:
         if not found.path.exists():
             raise ModelFileError(f"'{found.name}' points to {found.path}, which no longer exists: "
                                  f"`llamita pull {found.name}` fetches it again, `llamita rm "
                                  f"{found.name}` forgets it")
-        return found.path
+        return found.path, found.settings
     if parsed.kind == "hf" or catalog_entry(parsed.text) is not None:
         raise ModelFileError(f"model '{parsed.text}' is not on this machine: `llamita pull "
                              f"{parsed.text}` downloads it (`llamita run` pulls it first)")

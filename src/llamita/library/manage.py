@@ -13,33 +13,50 @@ from llamita.library.store import Manifest, delete_manifest, find_manifest, read
 
 
 def copy_model(source: str, destination: str) -> Manifest:
-    """Name `destination` the model `source` names (or the file or folder at that path)."""
-    target = parse_name(destination)
-    if target.kind == "path":
-        raise InvalidParameterError("destination", f"'{destination}' looks like a path; a library "
-                                    "name is like my-model or my-model:tag")
-    if find_manifest(target.canonical) is not None:
-        raise InvalidParameterError("destination", f"'{target.canonical}' already exists; "
-                                    "`llamita rm` it first")
+    """Name `destination` the model `source` names (or the file or folder at that path); a
+    created model's copy keeps its settings."""
+    target = library_name(destination, "destination")
+    if find_manifest(target) is not None:
+        raise InvalidParameterError("destination", f"'{target}' already exists; `llamita rm` it first")
     parsed = parse_name(source)
     if parsed.kind == "path":
-        path = Path(parsed.text).expanduser().resolve()
-        if not path.exists():
-            raise ModelFileError(f"model file not found: {path}")
-        manifest = Manifest(target.canonical, "path", str(path), size_bytes=_size(path),
-                            alias_of=str(path))
+        manifest = manifest_for_path(target, Path(parsed.text))
     else:
         found = find_local(parsed)
         if found is None:
             raise ModelFileError(f"model '{source}' is not on this machine (`llamita list` shows "
                                  "what is)")
-        base = found.manifest
-        manifest = Manifest(target.canonical, base.source if base else found.source, str(found.path),
-                            base.repo if base else found.repo, base.revision if base else None,
-                            list(base.files) if base else [], found.size_bytes, found.quantization,
-                            base.parameters if base else None, alias_of=found.name)
+        manifest = manifest_for(target, found)
+        if found.manifest is not None:
+            manifest.settings, manifest.created_from = found.manifest.settings, found.manifest.created_from
     write_manifest(manifest)
     return manifest
+
+
+def library_name(text: str, what: str = "name") -> str:
+    """`text` as the name the library stores, refusing what can only be a path."""
+    target = parse_name(text)
+    if target.kind == "path":
+        raise InvalidParameterError(what, f"'{text}' looks like a path; a library name is like "
+                                    "my-model or my-model:tag")
+    return target.canonical
+
+
+def manifest_for_path(name: str, path: Path) -> Manifest:
+    """A manifest naming the model file or folder at `path` (made absolute)."""
+    path = path.expanduser().resolve()
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    return Manifest(name, "path", str(path), size_bytes=_size(path), alias_of=str(path))
+
+
+def manifest_for(name: str, found: LocalModel) -> Manifest:
+    """A manifest naming the files a local model uses (a reference: nothing is copied)."""
+    base = found.manifest
+    return Manifest(name, base.source if base else found.source, str(found.path),
+                    base.repo if base else found.repo, base.revision if base else None,
+                    list(base.files) if base else [], found.size_bytes, found.quantization,
+                    base.parameters if base else None, alias_of=found.name)
 
 
 def remove_model(name: str) -> int:

@@ -18,7 +18,8 @@ from typing import Any
 
 from llamita.errors import ModelFileError
 
-MANIFEST_VERSION = 1
+# 2: a created model's `settings` and `created_from` (version 1 files read as they are).
+MANIFEST_VERSION = 2
 
 
 def library_home() -> Path:
@@ -57,7 +58,9 @@ def ollama_dir() -> Path:
 class Manifest:
     """A name in llamita's library. source: "hf" (files of `repo` at commit `revision` in the
     Hugging Face cache), "ollama", "embedded" or "path"; `path` is what the loader opens (a
-    .gguf, the first part of a split GGUF, or a folder); `alias_of` is set by `cp`."""
+    .gguf, the first part of a split GGUF, or a folder); `alias_of` is set by `cp` and `create`;
+    `settings` (library/settings.py ModelSettings.to_dict) and `created_from` (its FROM) by
+    `create`."""
 
     name: str
     source: str
@@ -69,6 +72,8 @@ class Manifest:
     quantization: str | None = None
     parameters: int | None = None
     alias_of: str | None = None
+    settings: dict[str, Any] | None = None
+    created_from: str | None = None
     created: float = field(default_factory=time.time)
     version: int = MANIFEST_VERSION
 

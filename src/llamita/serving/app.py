@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
 from llamita.serving import (
+    create_routes,
     embedding_routes,
     glass_routes,
     ollama_routes,
@@ -65,6 +66,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     for router in openai_api:
         app.include_router(router)
     app.include_router(ollama_routes.router)
+    app.include_router(create_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(glass_routes.router)
     app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")

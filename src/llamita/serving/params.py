@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from llamita.errors import InvalidParameterError
-from llamita.sampling_params import MAX_LOGPROBS, Grammar, SamplingParams
+from llamita.sampling_params import (
+    MAX_LOGPROBS,
+    OLLAMA_HARDWARE_OPTIONS,
+    OLLAMA_OFF_VALUES,
+    OLLAMA_OPTIONS,
+    Grammar,
+    SamplingParams,
+    ollama_num_predict,
+)
 from llamita.serving.errors import APIError, not_supported
 from llamita.serving.request_body import field
 
@@ -24,16 +32,8 @@ _OPENAI_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_
                   "repetition_penalty": "repetition_penalty", "seed": "seed", "stop": "stop",
                   "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos"}
 
-# Ollama option name -> SamplingParams name.
-_OLLAMA_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
-                   "repeat_penalty": "repetition_penalty", "repeat_last_n": "penalty_last_n",
-                   "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-                   "seed": "seed", "stop": "stop"}
-# Ollama options about how the runner uses the hardware; they do not change the answer.
-_OLLAMA_HARDWARE_OPTIONS = {"num_thread", "num_gpu", "main_gpu", "num_batch", "use_mmap", "use_mlock",
-                            "numa", "low_vram", "vocab_only", "num_keep", "f16_kv", "logits_all"}
-# Ollama sampling options accepted at their "off" value only.
-_OLLAMA_OFF_VALUES = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0, "penalize_newline": None}
+# Ollama's option tables are shared with the Modelfile's PARAMETER (library/modelfile.py).
+_OLLAMA_OPTIONS, _OLLAMA_HARDWARE_OPTIONS, _OLLAMA_OFF_VALUES = OLLAMA_OPTIONS, OLLAMA_HARDWARE_OPTIONS, OLLAMA_OFF_VALUES
 
 
 def openai_sampling_params(body: dict[str, Any], *, chat: bool) -> SamplingParams:
@@ -183,11 +183,7 @@ def ollama_sampling_params(options: dict[str, Any]) -> SamplingParams:
     return _build(kw)
 
 
-def _num_predict(value: Any) -> int | None:
-    # -1: no limit; -2: fill the context. Both end at the context window here.
-    if isinstance(value, int) and not isinstance(value, bool) and value in (-1, -2):
-        return None
-    return value
+_num_predict = ollama_num_predict
 
 
 def _build(kw: dict[str, Any]) -> SamplingParams:

@@ -8,6 +8,7 @@ and 4 user-defined) are matched only where the caller allows it, leftmost-longes
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -229,6 +230,15 @@ class Tokenizer:
         if not self._chat_template_source:
             return None
         return self._make_template(self._chat_template_source)
+
+    def with_chat_template(self, source: str) -> Tokenizer:
+        """The same tokenizer rendering chats with the Jinja template `source` instead (a
+        created model's TEMPLATE). Shares the vocabulary; this tokenizer is unchanged."""
+        twin = copy.copy(self)
+        twin._chat_template_source = source
+        for name in ("chat_template", "uses_llama3_format"):  # cached from the old template
+            twin.__dict__.pop(name, None)
+        return twin
 
     @cached_property
     def uses_llama3_format(self) -> bool:
