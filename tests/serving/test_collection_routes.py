@@ -196,3 +196,32 @@ def test_upload_needs_multipart_files(rag_server, pets):
     assert r.status_code == 400 and r.json()["error"]["param"] == "files"
     r = upload(rag_server, "pets", [("notes.exe", b"MZ")])
     assert r.status_code == 200 and r.json()["skipped"][0]["file"] == "notes.exe"
+
+
+def test_glass_sources_explains_the_prompt_the_chat_used(rag_server, pets, loaded):
+    """The glass view rebuilds the answer's prompt from the listed sources: it must be the very
+    prompt the engine was given, and its shares those of rag/explain.py over that prompt."""
+    from llamita.api.llm import LLM
+    from llamita.rag.answer import AnswerPrompt
+    from llamita.rag.explain import explain
+    from llamita.serving.rag_chat import hit_of
+
+    messages = [{"role": "user", "content": "¿Cómo se llama el perro de Ana?"}]
+    r = httpx.post(rag_server.url + "/v1/chat/completions", timeout=TIMEOUT, json={
+        "model": MODEL_NAME, "messages": messages, "collections": ["pets"], "rag": {"top": 2, "mode": "bm25"}})
+    sent = rag_server.engine.prompts[-1]
+    message = r.json()["choices"][0]["message"]
+    view = httpx.post(rag_server.url + "/glass/sources", timeout=TIMEOUT, json={
+        "model": MODEL_NAME, "messages": messages, "sources": message["sources"], "answer": message["content"]})
+    assert view.status_code == 200, view.text
+    view = view.json()
+    assert view["prompt_tokens"] == len(sent)
+    llm = LLM.from_loaded(loaded)
+    answer_ids = loaded.tokenizer.encode(message["content"])
+    hits = [hit_of(s) for s in message["sources"]]
+    expected = explain(llm, AnswerPrompt([], hits, "es", sent), answer_ids)
+    assert [s["share"] for s in view["sources"]] == pytest.approx(expected.shares, abs=1e-5)
+    assert view["retrieved"] == pytest.approx(sum(expected.shares), abs=1e-5)
+    assert view["retrieved"] + view["other"] == pytest.approx(1.0)
+    assert len(view["per_token"]) == len(answer_ids) == len(view["tokens"])
+    assert "".join(view["tokens"]) == message["content"]

@@ -152,7 +152,9 @@ class Collections:
         if embedding_model:
             try:
                 llm = LLM(embedding_model)
-            except (LlamitaError, OSError) as e:
+            except Exception as e:  # a file that is not a loadable model is the client's error
+                if not isinstance(e, (LlamitaError, OSError, ValueError, KeyError)):
+                    raise
                 raise APIError(400, f"cannot load embedding model {embedding_model!r}: {e}",
                                param="embedding_model") from None
             model_path = str(llm.loaded.path)
