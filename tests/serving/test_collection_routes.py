@@ -15,24 +15,12 @@ import pytest
 from llamita.engine.prompts import encode_chat
 
 from rag_documents import pdf_bytes
-from serving_helpers import MODEL_NAME, ScriptedEngine, start_server
+from serving_helpers import MODEL_NAME, RecordingEngine, start_server
 
 SCRIPT = "Se llama Tobi [1]."
 PERROS = "# Perros\n\nEl perro de Ana se llama Tobi y tiene tres años."
 GATOS = "Los gatos duermen mucho. El gato Misu es negro."
 TIMEOUT = 120
-
-
-class RecordingEngine(ScriptedEngine):
-    """Keeps the prompt of every request it is given."""
-
-    def __init__(self, loaded, script: str) -> None:
-        super().__init__(loaded, script)
-        self.prompts: list[list[int]] = []
-
-    def add_request(self, request_id, prompt_ids, params, adapter=None) -> None:
-        self.prompts.append(list(prompt_ids))
-        super().add_request(request_id, prompt_ids, params, adapter)
 
 
 @pytest.fixture(scope="module")
