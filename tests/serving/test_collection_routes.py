@@ -213,3 +213,22 @@ def test_glass_sources_explains_the_prompt_the_chat_used(rag_server, pets, loade
     assert view["retrieved"] + view["other"] == pytest.approx(1.0)
     assert len(view["per_token"]) == len(answer_ids) == len(view["tokens"])
     assert "".join(view["tokens"]) == message["content"]
+
+
+def test_a_collection_whose_model_is_gone_lists_and_searches_by_bm25(rag_server, tmp_path):
+    """Made by the Python API with another embedder (whose file does not exist here): listing
+    it and BM25 need no model; a dense search says which model is missing."""
+    from llamita.rag import Collection
+
+    from rag_documents import HashEmbedder
+
+    (tmp_path / "notes.md").write_text("Las llamas viven en los Andes.", encoding="utf-8")
+    Collection("elsewhere", data_dir=rag_server.data_dir, create=True, embedder=HashEmbedder()).add([tmp_path])
+    listed = {c["name"]: c for c in httpx.get(rag_server.url + "/v1/collections").json()["data"]}
+    assert listed["elsewhere"]["n_chunks"] == 1 and listed["elsewhere"]["embedding_model"] == "hash-embedder"
+    hits = httpx.post(rag_server.url + "/v1/collections/elsewhere/search", json={"query": "llamas", "mode": "bm25"})
+    assert hits.json()["data"][0]["text"] == "Las llamas viven en los Andes."
+    assert hits.json()["data"][0]["source"] == str(tmp_path / "notes.md")  # not an upload: its path
+    dense = httpx.post(rag_server.url + "/v1/collections/elsewhere/search", json={"query": "llamas", "mode": "dense"})
+    assert dense.status_code == 400 and dense.json()["error"]["code"] == "embedding_model_missing"
+    assert httpx.delete(rag_server.url + "/v1/collections/elsewhere").status_code == 204

@@ -91,6 +91,7 @@ class Collections:
         self.data_dir = Path(data_dir)
         self.events = events
         self._open: dict[str, Collection] = {}
+        self._embedding: set[str] = set()  # open collections given their embedder
         self._models: dict[str, LLM] = {}  # other embedding models, by path, loaded once
         self._lock = threading.Lock()  # guards the two dicts and a collection's first opening
         self._writing: dict[str, threading.Lock] = {}  # one upload or delete at a time per collection
@@ -112,17 +113,20 @@ class Collections:
         folder = str(self.uploads(name)) + os.sep
         return path[len(folder):] if path.startswith(folder) else path
 
-    def open(self, name: str) -> Collection:
-        """The collection (404 if there is none), with the embedder it was indexed with."""
+    def open(self, name: str, *, embedding: bool = False) -> Collection:
+        """The collection (404 if there is none); with `embedding`, ready to embed with the
+        model it was indexed with (listing it or a BM25 search need no model)."""
         if not self.path(name).exists():
-            self._open.pop(name, None)
+            self._forget(name)
             raise _not_found(name)
         with self._lock:
             if name not in self._open:
-                collection = Collection(name, data_dir=self.data_dir)
+                self._open[name] = Collection(name, data_dir=self.data_dir)
+            collection = self._open[name]
+            if embedding and name not in self._embedding:
                 collection.use_embedder(self._embedder(collection))
-                self._open[name] = collection
-            return self._open[name]
+                self._embedding.add(name)
+            return collection
 
     def _served_path(self) -> str:
         return str(self.loop.engine.loaded.path)
@@ -180,7 +184,7 @@ class Collections:
     def delete(self, name: str) -> None:
         self.path(name)
         with self._writer(name):
-            self._open.pop(name, None)
+            self._forget(name)
             if not delete_collection(name, self.data_dir):
                 raise _not_found(name)
             shutil.rmtree(self.uploads(name), ignore_errors=True)
@@ -189,7 +193,7 @@ class Collections:
     def add_files(self, name: str, files: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
         """Saves the uploaded (file name, bytes) and indexes them. A file that cannot be read
         is reported by name in `skipped` (and not kept); the others are indexed."""
-        collection = self.open(name)
+        collection = self.open(name, embedding=True)
         folder = self.uploads(name)
         folder.mkdir(parents=True, exist_ok=True)
         skipped: list[dict[str, str]] = []
@@ -226,6 +230,11 @@ class Collections:
             if path.parent == self.uploads(name):
                 path.unlink(missing_ok=True)
 
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._open.pop(name, None)
+            self._embedding.discard(name)
+
     def _writer(self, name: str) -> threading.Lock:
         with self._lock:
             return self._writing.setdefault(name, threading.Lock())
@@ -235,7 +244,8 @@ class Collections:
         """The `top` best chunks over the collections `names`: each searched alone, then merged
         by score (reciprocal-rank scores for hybrid are comparable across collections; BM25's
         and cosine's are each on one scale). (collection, hit), best first."""
-        found = [(name, hit) for name in names for hit in self.open(name).search(query, top, mode=mode)]
+        found = [(name, hit) for name in names
+                 for hit in self.open(name, embedding=mode != "bm25").search(query, top, mode=mode)]
         return sorted(found, key=lambda pair: -pair[1].score)[:top]
 
     def hit_json(self, name: str, hit: Hit) -> dict[str, Any]:
