@@ -232,3 +232,17 @@ def test_a_collection_whose_model_is_gone_lists_and_searches_by_bm25(rag_server,
     dense = httpx.post(rag_server.url + "/v1/collections/elsewhere/search", json={"query": "llamas", "mode": "dense"})
     assert dense.status_code == 400 and dense.json()["error"]["code"] == "embedding_model_missing"
     assert httpx.delete(rag_server.url + "/v1/collections/elsewhere").status_code == 204
+
+
+def test_openai_client_sends_collections_and_reads_sources(rag_server, pets):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=rag_server.url + "/v1", api_key="x", timeout=TIMEOUT, max_retries=0)
+    r = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "¿Y el perro?"}],
+                                       extra_body={"collections": ["pets"], "rag": {"mode": "bm25", "top": 1}})
+    assert r.choices[0].message.content == SCRIPT
+    assert [s["source"] for s in r.choices[0].message.model_extra["sources"]] == ["perros.md"]
+    stream = client.chat.completions.create(model=MODEL_NAME, stream=True, messages=[{"role": "user", "content": "perro"}],
+                                            extra_body={"collections": ["pets"], "rag": {"mode": "bm25", "top": 1}})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == SCRIPT
+    assert chunks[-1].choices[0].delta.model_extra["sources"][0]["source"] == "perros.md"
