@@ -73,4 +73,12 @@ def test_drop_attach_ask_and_see_the_citation(browser, docs_server, loaded):
     assert "[1] perros.md" in page.locator("#glass-sources li").inner_text()
     assert "% of the answer's attention went to the sources" in page.locator("#glass-sources-summary").inner_text()
     assert "".join(page.locator("#glass-answer .piece").all_text_contents()) == SCRIPT
+    shares = page.locator("#glass-sources li .prob").inner_text()
+
+    page.reload()  # the answer keeps its sources (the chat store): the citation still shows its chunk
+    page.locator(".message.assistant a.cite").click()
+    page.locator("#cite-popup").wait_for(state="visible")
+    assert "se llama Tobi" in page.locator("#cite-popup").inner_text()
+    page.locator(".message.assistant .source-attention").click()
+    page.wait_for_function("document.querySelector('#glass-sources li .prob')?.textContent === " + repr(shares))
     assert errors == []

@@ -402,7 +402,7 @@ async function answer() {
   }
   const saved = await api(messagesPath(), "POST",
     { role: "assistant", content: reply.content, tokens_per_second: reply.tokens_per_second,
-      ...(reply.model ? { model: reply.model } : {}) });
+      ...(reply.model ? { model: reply.model } : {}), ...(reply.sources ? { sources: reply.sources } : {}) });
   Object.assign(reply, saved);
   state.current.messages.push(reply);
   el.dataset.id = reply.id;
@@ -441,7 +441,7 @@ async function streamAnswer(messages, params, reply, el) {
           if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
           if (delta && delta.sources) {  // an answer from documents: its numbered sources, at the end
-            Object.assign(reply, { sources: delta.sources, asked: messages });
+            reply.sources = delta.sources;
             renderAnswer(body, reply.content, reply.sources);
           }
           if (delta && delta.content) {

@@ -199,11 +199,15 @@ function hideChunk(event) {
 }
 
 // The answer's attention to its sources, in the "Inside the model" panel (glass.js draws it).
+// The chat request is rebuilt as app.js's answer() sent it: the system prompt and every
+// message before this answer.
 function sourcesButton(m) {
   return iconButton("◎", t("sourceAttention"), "source-attention", async () => {
     $("glass").open = true;
-    const view = await api("/glass/sources", "POST",
-      { messages: m.asked, sources: m.sources, answer: m.content, ...glassModel() });
+    const before = state.current.messages.slice(0, state.current.messages.indexOf(m)).map(({ role, content }) => ({ role, content }));
+    const system = state.current.system_prompt;
+    const messages = system ? [{ role: "system", content: system }, ...before] : before;
+    const view = await api("/glass/sources", "POST", { messages, sources: m.sources, answer: m.content, ...glassModel() });
     showSourceAttention(view, m.sources);
   });
 }
