@@ -72,6 +72,18 @@ class ScriptedEngine:
         return outputs
 
 
+class RecordingEngine(ScriptedEngine):
+    """The scripted engine, keeping the prompt of every request it is given."""
+
+    def __init__(self, loaded, script: str) -> None:
+        super().__init__(loaded, script)
+        self.prompts: list[list[int]] = []
+
+    def add_request(self, request_id, prompt_ids, params, adapter=None) -> None:
+        self.prompts.append(list(prompt_ids))
+        super().add_request(request_id, prompt_ids, params, adapter)
+
+
 def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
                  kv_cache_tokens: int = 4096, max_running: int = 16, engine: object | None = None,
                  data_dir: str | None = None, request_timeout: float | None = None) -> tuple[RunningServer, Callable[[], None]]:

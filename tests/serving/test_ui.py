@@ -144,7 +144,7 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_its_data(tmp_path):
     db.executescript(_SCHEMA_V1)
     db.close()
     store = ChatStore(tmp_path)
-    assert sqlite3.connect(store.path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert sqlite3.connect(store.path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     old = store.get_conversation("old")
     assert [(m["content"], m["model"], m["tokens_per_second"]) for m in old["messages"]] == \
         [("Hola", None, None), ("Buenas.", None, 12.5)]
@@ -154,6 +154,9 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_its_data(tmp_path):
         "messages": [{"role": "user", "content": "Hola"}, {"role": "assistant", "content": "Buenas."}],
         "rating": 1, "comment": "bien"}
     assert ChatStore(tmp_path).get_conversation("old")["messages"][2]["model"] == "m+a"  # upgraded once
+    cited = store.add_message("old", "assistant", "Tobi [1].", sources=[{"index": 1, "text": "Tobi"}])
+    assert ChatStore(tmp_path).get_conversation("old")["messages"][3]["sources"] == [{"index": 1, "text": "Tobi"}]
+    assert "sources" not in old["messages"][0] and cited["sources"][0]["index"] == 1
 
 
 def test_newer_schema_is_refused(tmp_path):

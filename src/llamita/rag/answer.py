@@ -83,32 +83,38 @@ def citations(text: str, n_sources: int) -> tuple[list[int], list[int]]:
     return [n for n in unique if 1 <= n <= n_sources], [n for n in unique if not 1 <= n <= n_sources]
 
 
-def _messages(question: str, hits: Sequence[Hit], language: str) -> list[Message]:
+def _messages(question: str, hits: Sequence[Hit], language: str, history: Sequence[Message] = ()) -> list[Message]:
+    """[system, *history, user]: the instructions (with the text of any system message of
+    `history` after them), the conversation so far, and the sources with the question."""
     sources_label, question_label = LABELS[language]
     listed = "\n\n".join(f"[{i}] ({source_label(h)})\n{h.text}" for i, h in enumerate(hits, start=1))
-    return [{"role": "system", "content": INSTRUCTIONS[language]},
+    own = [m["content"] for m in history if m.get("role") == "system" and isinstance(m.get("content"), str)]
+    earlier = [m for m in history if not (m.get("role") == "system" and isinstance(m.get("content"), str))]
+    return [{"role": "system", "content": "\n\n".join([INSTRUCTIONS[language], *own])}, *earlier,
             {"role": "user", "content": f"{sources_label}:\n\n{listed}\n\n{question_label}: {question}"}]
 
 
 def build_prompt(llm: LLM, question: str, hits: Sequence[Hit], *, language: str | None = None,
-                 answer_tokens: int = 512) -> AnswerPrompt:
+                 answer_tokens: int = 512, history: Sequence[Message] = (),
+                 context_length: int | None = None) -> AnswerPrompt:
     """The chat prompt with as many of `hits` (best first) as fit in the context window
-    leaving `answer_tokens` for the answer."""
+    (`context_length`, default the model's) leaving `answer_tokens` for the answer.
+    history: the conversation before the question (a chat request's earlier messages)."""
     language = language or detect_language(question)
     if language not in LANGUAGES:
         raise InvalidParameterError("language", f"must be one of {LANGUAGES}, got {language!r}")
-    window = llm.config.context_length - answer_tokens
+    window = (context_length or llm.config.context_length) - answer_tokens
     kept: list[Hit] = []
-    ids = llm.encode_chat(_messages(question, kept, language))
+    ids = llm.encode_chat(_messages(question, kept, language, history))
     if len(ids) > window:
         raise ContextOverflowError(f"the question alone takes {len(ids)} tokens of the {window} the context "
                                    f"window leaves beside a {answer_tokens}-token answer: shorten it")
     for hit in hits:
-        trial = llm.encode_chat(_messages(question, [*kept, hit], language))
+        trial = llm.encode_chat(_messages(question, [*kept, hit], language, history))
         if len(trial) <= window:  # a source that does not fit is left out; a shorter one may still
             kept.append(hit)
             ids = trial
-    return AnswerPrompt(_messages(question, kept, language), kept, language, ids)
+    return AnswerPrompt(_messages(question, kept, language, history), kept, language, ids)
 
 
 def prepare(collection: Collection, question: str, llm: LLM, *, top: int = 5, mode: str = "hybrid",

@@ -68,6 +68,13 @@ class Collection:
                 f"{embedder.name}: use --embedding-model {meta['embedding_model']}, or index into a new collection")
         self._embedder = embedder
 
+    def recorded_spec(self) -> EmbeddingSpec | None:
+        """The pooling and prefixes the collection was indexed with; None before its first file."""
+        meta = self.settings
+        if not meta.get("pooling"):
+            return None
+        return EmbeddingSpec(meta["pooling"], meta.get("query_prefix", ""), meta.get("document_prefix", ""))
+
     @property
     def embedder(self) -> Embedder:
         """The embedder in use, loading the collection's model on first use."""
@@ -77,9 +84,7 @@ class Collection:
             if path is not None and not Path(path).exists():
                 raise CollectionError(f"collection '{self.name}' was indexed with {path}, which is gone: "
                                       f"pass that model with --embedding-model, or re-index")
-            spec = EmbeddingSpec(meta.get("pooling", "mean"), meta.get("query_prefix", ""),
-                                 meta.get("document_prefix", "")) if meta.get("pooling") else None
-            self.use_embedder(Embedder(LLM(path), spec))
+            self.use_embedder(Embedder(LLM(path), self.recorded_spec()))
         assert self._embedder is not None
         return self._embedder
 

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamita import __version__
 from llamita.serving import (
+    collection_routes,
     create_routes,
     embedding_routes,
     glass_routes,
@@ -69,6 +70,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.include_router(create_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(glass_routes.router)
+    app.include_router(collection_routes.router)
     app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])

@@ -1,6 +1,7 @@
 """The glass box over HTTP: POST /glass/tokens, /glass/attention, /glass/next and /glass/lens
 answer with the plain-data views of `llamita.glass` for the served model (the web page's
-"Inside the model" panel draws them). Views that run the model do it on the engine thread,
+"Inside the model" panel draws them), and POST /glass/sources the attention an answer from
+collections paid to each of its sources (rag/explain.py). Views that run the model do it on the engine thread,
 between two batch steps, so they never race the requests being generated. They take the
 LoRA adapter as generation requests do (`"model": "<base>+NAME"` or `"lora": "NAME"`) and
 show the model with it."""
@@ -19,7 +20,10 @@ from llamita.glass.common import prompt_ids
 from llamita.glass.lens import logit_lens
 from llamita.glass.next_token import next_token_view
 from llamita.glass.tokens import tokenize_view
+from llamita.rag.answer import build_prompt
+from llamita.rag.explain import explain
 from llamita.serving.errors import APIError
+from llamita.serving.rag_chat import MAX_COLLECTIONS, MAX_TOP, hit_of, question_of
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
 
@@ -28,7 +32,10 @@ from llamita.serving.state import ServerState, model_request
 MAX_ATTENTION_TOKENS = 256
 MAX_TEXT_CHARS = 100_000  # /glass/tokens runs on the event loop: keep one request short
 MAX_TEMPERATURES = 64
-MAX_TOP = 100
+MAX_TOP_TOKENS = 100
+# /glass/sources keeps (n_layers, n_heads, answer, S) weights: 256 answer tokens over a
+# 1,700-token prompt are ~470 MB on the default model. A longer answer is cut to its start.
+MAX_EXPLAINED_TOKENS = 256
 
 router = APIRouter()
 
@@ -106,6 +113,43 @@ async def lens(request: Request) -> JSONResponse:
     return JSONResponse(await state.loop.call(job))
 
 
+@router.post("/glass/sources")
+async def sources(request: Request) -> JSONResponse:
+    """{"messages" (the conversation up to the question, as the chat request sent it),
+    "sources" (as the answer listed them), "answer", "rag": {"language"}} -> each source's
+    share of the answer's attention (summed over layers and heads, averaged over the answer's
+    tokens), the rest (`other`), and per answer token the share of each source (the heatmap).
+    The prompt is rebuilt from the listed sources by the builder the chat used."""
+    state, body = await model_request(request)
+    adapter = state.adapter_of(body)
+    question, history = question_of(field(body, "messages", list, required=True))
+    listed = field(body, "sources", list, required=True)
+    if not listed or len(listed) > MAX_TOP * MAX_COLLECTIONS or not all(isinstance(s, dict) for s in listed):
+        raise APIError(400, "'sources' must be the list of sources the answer came with", param="sources")
+    answer = _text(body, "answer")
+    language = field(field(body, "rag", dict, {}), "language", str, where="rag.")
+    llm = LLM.from_loaded(state.loaded, adapter)
+    answer_ids = llm.tokenizer.encode(answer)
+    truncated = len(answer_ids) > MAX_EXPLAINED_TOKENS
+    answer_ids = answer_ids[:MAX_EXPLAINED_TOKENS]
+    hits = [hit_of(s) for s in listed]
+    prompt = build_prompt(llm, question, hits, language=language, answer_tokens=len(answer_ids), history=history,
+                          context_length=state.context_length)
+    if len(prompt.sources) != len(hits):
+        raise APIError(400, "the sources and the answer do not fit in the context window together",
+                       param="sources", code="context_length_exceeded")
+
+    def job(engine: LLMEngine) -> dict[str, Any]:
+        seen = explain(LLM.from_loaded(engine.loaded, adapter), prompt, answer_ids)
+        return {"sources": [{"index": i, "source": hit.source, "share": share}
+                            for i, (hit, share) in enumerate(zip(hits, seen.shares), start=1)],
+                "retrieved": seen.retrieved, "other": seen.other, "tokens": seen.answer_pieces,
+                "per_token": seen.per_token.tolist(), "prompt_tokens": len(prompt.prompt_token_ids),
+                "truncated": truncated}
+
+    return JSONResponse(await state.loop.call(job))
+
+
 def _text(body: dict[str, Any], name: str, max_chars: int | None = None) -> str:
     text = field(body, name, str, required=True)
     if not text:
@@ -126,8 +170,8 @@ def _index(body: dict[str, Any], name: str, n: int) -> int | None:
 
 def _top(body: dict[str, Any], default: int) -> int:
     top = field(body, "top", int, default)
-    if not 1 <= top <= MAX_TOP:
-        raise APIError(400, f"'top' must be in 1..{MAX_TOP}, got {top}", param="top")
+    if not 1 <= top <= MAX_TOP_TOKENS:
+        raise APIError(400, f"'top' must be in 1..{MAX_TOP_TOKENS}, got {top}", param="top")
     return top
 
 

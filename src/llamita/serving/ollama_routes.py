@@ -24,6 +24,7 @@ from llamita.jobs.model_info import FILE_TYPES
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
+from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.state import ServerState, model_request, server_state
@@ -146,9 +147,19 @@ async def chat(request: Request) -> Any:
         return JSONResponse({"model": state.model_name, "created_at": _now(),
                              "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
     tools = field(body, "tools", list)
-    generation = await _start(state, body, encode_chat(state.tokenizer, messages, tools=tools))
+    # "collections": answer from documents (serving/rag_chat.py); None for every other request.
+    rag = await rag_prompt(request, body, messages,
+                           field(field(body, "options", dict, {}), "num_predict", int, where="options."))
+    generation = await _start(state, body, encode_chat(state.tokenizer, rag.messages if rag else messages,
+                                                       tools=tools))
 
     def shape(c: Completion, piece: str, done: bool) -> dict[str, Any]:
+        shaped = message_of(c, piece)
+        if rag and done:  # an answer from collections lists its sources on its last object
+            shaped["message"]["sources"] = rag.sources
+        return shaped
+
+    def message_of(c: Completion, piece: str) -> dict[str, Any]:
         if not tools:
             return {"message": {"role": "assistant", "content": piece}}
         text, calls = find_tool_calls(state.tokenizer, c.text, c.token_ids)  # done: c is whole

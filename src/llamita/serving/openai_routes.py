@@ -23,6 +23,7 @@ from llamita.serving.params import (
     openai_sampling_params,
     per_choice,
 )
+from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field
 from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.state import ServerState, model_request
@@ -124,18 +125,25 @@ async def chat_completions(request: Request) -> Any:
     _refuse_unsupported(body, chat=True)
     tools, call_grammar = offered_tools(state, body)
     messages = field(body, "messages", list, required=True)
-    prompt = encode_chat(state.tokenizer, messages, tools=tools, continue_final_message=_prefill(body))
+    # "collections": answer from documents (serving/rag_chat.py); None for every other request.
+    rag = await rag_prompt(request, body, messages, _max_tokens(body))
+    prompt = encode_chat(state.tokenizer, rag.messages if rag else messages, tools=tools,
+                         continue_final_message=_prefill(body))
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
     generation = await start_generation(state, [prompt], body, chat=True, grammar=call_grammar)
+    sources = rag.sources if rag else None
     if stream:
-        return _event_stream(_chat_events(state, generation, bool(tools), include_usage), generation)
+        return _event_stream(_chat_events(state, generation, bool(tools), include_usage, sources), generation)
     async with generation:
         completions = await generation.run_to_end(request)
     choices = []
     for c in completions:
         text, calls = find_tool_calls(state.tokenizer, c.text, c.token_ids) if tools else (c.text, [])
-        choices.append({"index": c.index, "message": fmt.chat_message(text, calls),
+        message = fmt.chat_message(text, calls)
+        if sources is not None:
+            message["sources"] = sources
+        choices.append({"index": c.index, "message": message,
                         "logprobs": _chat_logprobs(state, body, c),
                         "finish_reason": "tool_calls" if calls else c.finish_reason})
     return JSONResponse(fmt.response("chat.completion", fmt.new_id("chatcmpl"), state.model_name, choices,
@@ -146,8 +154,12 @@ def _chat_logprobs(state: ServerState, body: dict[str, Any], c: Completion) -> d
     return fmt.chat_logprobs(state.tokenizer, c.logprobs) if body.get("logprobs") else None
 
 
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    return field(body, "max_completion_tokens", int) or field(body, "max_tokens", int)
+
+
 async def _chat_events(state: ServerState, generation: Generation, tools: bool,
-                       include_usage: bool) -> AsyncIterator[str]:
+                       include_usage: bool, sources: list[dict[str, Any]] | None = None) -> AsyncIterator[str]:
     response_id, created, model = fmt.new_id("chatcmpl"), int(time.time()), state.model_name
 
     def event(index: int, delta: dict[str, Any], finish: str | None = None,
@@ -165,8 +177,9 @@ async def _chat_events(state: ServerState, generation: Generation, tools: bool,
         if deltas:
             called[i] = True
             yield event(i, {"tool_calls": [d.as_openai() for d in deltas]})
-        if out.finished:
-            yield event(i, {}, "tool_calls" if called[i] else out.finish_reason)
+        if out.finished:  # an answer from collections lists its sources on its last chunk
+            yield event(i, {} if sources is None else {"sources": sources},
+                        "tool_calls" if called[i] else out.finish_reason)
     if include_usage:
         yield fmt.sse({**fmt.chunk("chat.completion.chunk", response_id, model, created, [], False),
                        "usage": fmt.usage(generation.completions)})

@@ -13,8 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from llamita import __version__
+from llamita.rag.answer import LANGUAGES
+from llamita.rag.collection import MODES
 from llamita.sampling_params import MAX_LOGPROBS
 from llamita.serving.params import MAX_N
+from llamita.serving.rag_chat import MAX_COLLECTIONS, MAX_TOP
 from llamita.serving.responses_request import ResponsesRequest
 
 _STR: dict[str, Any] = {"type": "string"}
@@ -47,6 +50,14 @@ _MESSAGE = {
                    "content": {"oneOf": [_STR, _TEXT_PARTS, {"type": "null"}]}, "name": _STR},
 }
 _REF = "#/components/schemas/{model}"
+# llamita's own chat fields: answer from document collections (serving/rag_chat.py).
+_RAG = {
+    "collections": {"type": "array", "items": _STR, "minItems": 1, "maxItems": MAX_COLLECTIONS},
+    "rag": {"type": "object", "properties": {"top": _int(1, MAX_TOP), "mode": {"enum": list(MODES)},
+                                             "language": {"enum": list(LANGUAGES)}}},
+}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {**_STR, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
+_FILE = {"name": "file", "in": "path", "required": True, "schema": _STR}
 _OLLAMA_OPTIONS = {"type": "object", "properties": {
     "num_predict": _int(-2), "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0),
     "seed": _int(0), "stop": {"type": "array", "items": _STR}, "repeat_penalty": _num(0.01, 10),
@@ -66,6 +77,36 @@ def _post(summary: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def _get(summary: str) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+
+
+def _delete(summary: str, *parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"delete": {"summary": summary, "parameters": list(parameters), "responses": {
+        "204": {"description": "deleted"}, "404": {"description": "no such collection or file"}}}}
+
+
+def _on(operation: dict[str, Any], *parameters: dict[str, Any]) -> dict[str, Any]:
+    """`operation` (one method's) on a path with `parameters`."""
+    for method in operation.values():
+        method["parameters"] = list(parameters)
+    return operation
+
+
+def _collection_paths() -> dict[str, Any]:
+    upload = {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["files"],
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}
+    return {
+        "/v1/collections": {**_get("document collections with their counts"),
+                            **_post("a new, empty collection", _body(["name"], {
+                                "name": _NAME["schema"], "embedding_model": _STR}))},
+        "/v1/collections/{name}": {**_on(_get("a collection: files, chunks, sizes"), _NAME),
+                                   **_delete("delete a collection and its uploaded files", _NAME)},
+        "/v1/collections/{name}/files": _on(_post("upload and index files (.txt .md .html .pdf .docx)", upload),
+                                            _NAME),
+        "/v1/collections/{name}/files/{file}": _delete("remove a file from a collection", _NAME, _FILE),
+        "/v1/collections/{name}/search": _on(_post("search a collection", _body(["query"], {
+            "query": {**_STR, "minLength": 1}, "top": _int(1, MAX_TOP), "mode": {"enum": list(MODES)}})), _NAME),
+    }
 
 
 def _model_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +129,7 @@ def openapi_document() -> dict[str, Any]:
                 **_SAMPLING, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
                 "logprobs": _BOOL, "top_logprobs": _int(0, MAX_LOGPROBS),
                 "response_format": {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}},
+                **_RAG,
             })),
             "/v1/completions": _post("OpenAI text completion", _body(["prompt"], {
                 **_SAMPLING, "prompt": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
@@ -100,7 +142,7 @@ def openapi_document() -> dict[str, Any]:
             })),
             "/api/chat": _post("Ollama chat", _body(["messages"], {
                 "model": _STR, "messages": {"type": "array", "items": _MESSAGE},
-                "stream": _BOOL, "options": _OLLAMA_OPTIONS,
+                "stream": _BOOL, "options": _OLLAMA_OPTIONS, **_RAG,
             })),
             "/api/generate": _post("Ollama generate", _body([], {
                 "model": _STR, "prompt": _STR, "system": _STR, "stream": _BOOL, "raw": _BOOL,
@@ -118,5 +160,6 @@ def openapi_document() -> dict[str, Any]:
                 "params": {"type": "object", "properties": {"temperature": _num(0, 2), "top_p": _num(0, 1),
                                                             "top_k": _int(0), "max_tokens": _int(1)}},
             })),
+            **_collection_paths(),
         },
     }

@@ -22,9 +22,9 @@ from llamita import database
 from llamita.config import default_data_dir  # noqa: F401
 
 DB_NAME = "llamita.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Each step takes a database from the version before it to its own; older files upgrade in place.
-_MIGRATIONS = {2: "ALTER TABLE messages ADD COLUMN model TEXT;"}
+_MIGRATIONS = {2: "ALTER TABLE messages ADD COLUMN model TEXT;", 3: "ALTER TABLE messages ADD COLUMN sources TEXT;"}
 ROLES = ("system", "user", "assistant")
 
 _SCHEMA = """
@@ -43,7 +43,8 @@ CREATE TABLE messages (
     content TEXT NOT NULL,
     tokens_per_second REAL,
     created_at REAL NOT NULL,
-    model TEXT                          -- the answer's model ("<base>+NAME" with an adapter); NULL if unknown
+    model TEXT,                         -- the answer's model ("<base>+NAME" with an adapter); NULL if unknown
+    sources TEXT                        -- JSON list: an answer from documents' numbered sources; else NULL
 );
 CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
 CREATE TABLE feedback (
@@ -122,8 +123,10 @@ class ChatStore:
     # Messages and feedback
 
     def add_message(self, conversation_id: str, role: str, content: str,
-                    tokens_per_second: float | None = None, model: str | None = None) -> dict[str, Any] | None:
-        """The stored message, or None when there is no such conversation."""
+                    tokens_per_second: float | None = None, model: str | None = None,
+                    sources: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The stored message, or None when there is no such conversation. sources: an answer
+        from documents' numbered sources, as the chat response listed them."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         now = time.time()
@@ -132,8 +135,9 @@ class ChatStore:
             if found.rowcount == 0:
                 return None
             cursor = db.execute("INSERT INTO messages (conversation_id, role, content, tokens_per_second, "
-                                "created_at, model) VALUES (?, ?, ?, ?, ?, ?)",
-                                (conversation_id, role, content, tokens_per_second, now, model))
+                                "created_at, model, sources) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (conversation_id, role, content, tokens_per_second, now, model,
+                                 None if sources is None else json.dumps(sources, ensure_ascii=False)))
             row = db.execute("SELECT *, NULL AS rating, NULL AS comment FROM messages WHERE id = ?",
                              (cursor.lastrowid,)).fetchone()
         return _message(row)
@@ -195,4 +199,5 @@ def _message(row: sqlite3.Row) -> dict[str, Any]:
     feedback = None if row["rating"] is None else {"rating": row["rating"], "comment": row["comment"]}
     return {"id": row["id"], "conversation_id": row["conversation_id"], "role": row["role"],
             "content": row["content"], "tokens_per_second": row["tokens_per_second"], "model": row["model"],
-            "created_at": row["created_at"], "feedback": feedback}
+            "created_at": row["created_at"], "feedback": feedback,
+            **({"sources": json.loads(row["sources"])} if row["sources"] else {})}

@@ -73,7 +73,8 @@ async def delete_conversation(request: Request, conversation_id: str) -> Respons
 @router.post("/ui/conversations/{conversation_id}/messages")
 async def add_message(request: Request, conversation_id: str) -> JSONResponse:
     """{"role": "user" | "assistant" | "system", "content": text, "tokens_per_second": number?,
-    "model": the model name that wrote an answer?}."""
+    "model": the model name that wrote an answer?, "sources": an answer from documents' list of
+    numbered sources?}."""
     body = await read_json_object(request)
     role = field(body, "role", str, required=True)
     if role not in ROLES:
@@ -83,7 +84,11 @@ async def add_message(request: Request, conversation_id: str) -> JSONResponse:
     if speed is not None and speed < 0:
         raise APIError(400, "'tokens_per_second' must be >= 0", param="tokens_per_second")
     model = field(body, "model", str)
-    message = await run_in_threadpool(chat_store(request).add_message, conversation_id, role, content, speed, model)
+    sources = field(body, "sources", list)
+    if sources is not None and not all(isinstance(s, dict) for s in sources):
+        raise APIError(400, "'sources' must be a list of objects (a chat answer's sources)", param="sources")
+    message = await run_in_threadpool(chat_store(request).add_message, conversation_id, role, content, speed, model,
+                                      sources)
     if message is None:
         raise _no_conversation(conversation_id)
     return JSONResponse(message, status_code=201)

@@ -59,7 +59,9 @@ function authHeaders() {
 }
 
 async function request(path, options = {}, retried = false) {
-  const headers = { ...authHeaders(), ...(options.body ? { "Content-Type": "application/json" } : {}), ...options.headers };
+  // A FormData body (file uploads) gets its multipart Content-Type, with the boundary, from the browser.
+  const json = options.body && !(options.body instanceof FormData);
+  const headers = { ...authHeaders(), ...(json ? { "Content-Type": "application/json" } : {}), ...options.headers };
   const response = await fetch(path, { ...options, headers });
   if (response.status === 401 && !retried) {
     const key = window.prompt(t("keyPrompt"));
@@ -216,6 +218,7 @@ async function openConversation(id) {
   localStorage.setItem("llamita.conversation", id);
   renderConversationList();
   renderMessages();
+  renderCollections();
 }
 
 function newConversation() {
@@ -224,6 +227,7 @@ function newConversation() {
   $("system-prompt").value = "";
   renderConversationList();
   renderMessages();
+  renderCollections();
   $("message-input").focus();
 }
 
@@ -260,7 +264,7 @@ function messageElement(m) {
   meta.className = "meta";
   el.append(body, meta);
   if (m.role === "assistant") {
-    renderAnswer(body, m.content);
+    renderAnswer(body, m.content, m.sources);
     fillMeta(el, m);
   } else {
     body.textContent = m.content;
@@ -269,9 +273,11 @@ function messageElement(m) {
   return el;
 }
 
-// An answer's Markdown, sanitized (markdown.js), with a copy button on each code block.
-function renderAnswer(body, content) {
+// An answer's Markdown, sanitized (markdown.js), with a copy button on each code block and,
+// for an answer from documents, its citations [n] linked to their sources (documents.js).
+function renderAnswer(body, content, sources) {
   body.innerHTML = renderMarkdown(content);
+  if (sources) linkCitations(body, sources);
   for (const pre of body.querySelectorAll("pre")) {
     const code = pre.querySelector("code") || pre;
     const button = textButton(t("copy"), "copy-code", () => copyText(code.textContent, button));
@@ -296,6 +302,7 @@ function fillMeta(el, m) {
     meta.append(speed);
   }
   if (m.stopped) meta.append(Object.assign(document.createElement("span"), { textContent: t("stopped") }));
+  if (m.sources) meta.append(sourcesButton(m));
   if (m.id == null) return;
   const rating = m.feedback ? m.feedback.rating : 0;
   // Geometric glyphs, not emoji: every system font has them (emoji show as boxes without an emoji font).
@@ -360,6 +367,7 @@ async function saveSettings(title) {
     const created = await api("/ui/conversations", "POST", { title, system_prompt, params });
     state.current = { ...created, messages: [] };
     localStorage.setItem("llamita.conversation", created.id);
+    keepAttachments(created.id);
   } else if (state.current.system_prompt !== system_prompt || JSON.stringify(state.current.params) !== JSON.stringify(params)) {
     await api(`/ui/conversations/${encodeURIComponent(state.current.id)}`, "PATCH", { system_prompt, params });
     Object.assign(state.current, { system_prompt, params });
@@ -394,7 +402,7 @@ async function answer() {
   }
   const saved = await api(messagesPath(), "POST",
     { role: "assistant", content: reply.content, tokens_per_second: reply.tokens_per_second,
-      ...(reply.model ? { model: reply.model } : {}) });
+      ...(reply.model ? { model: reply.model } : {}), ...(reply.sources ? { sources: reply.sources } : {}) });
   Object.assign(reply, saved);
   state.current.messages.push(reply);
   el.dataset.id = reply.id;
@@ -411,7 +419,8 @@ async function streamAnswer(messages, params, reply, el) {
   try {
     const response = await request("/v1/chat/completions", {
       method: "POST", signal: state.abort.signal,
-      body: JSON.stringify({ messages, stream: true, stream_options: { include_usage: true }, ...params }),
+      body: JSON.stringify({ messages, stream: true, stream_options: { include_usage: true }, ...params,
+        ...documentFields() }),
     });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
@@ -431,6 +440,10 @@ async function streamAnswer(messages, params, reply, el) {
           if (chunk.error) throw new Error(chunk.error.message);
           if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+          if (delta && delta.sources) {  // an answer from documents: its numbered sources, at the end
+            reply.sources = delta.sources;
+            renderAnswer(body, reply.content, reply.sources);
+          }
           if (delta && delta.content) {
             firstTokenAt = firstTokenAt ?? performance.now();
             chunks++;

@@ -1,5 +1,7 @@
 // "Inside the model": the prompt's tokens coloured by id, an attention heatmap for a chosen
-// layer/head, and next-token probabilities under a temperature slider, from /glass/... .
+// layer/head, and next-token probabilities under a temperature slider, from /glass/... ; and,
+// for an answer from documents (documents.js asks /glass/sources), a bar per source for its
+// share of the answer's attention and a heatmap over the answer's tokens.
 // Loaded after app.js and uses its TEXT, t(), state.lang and api(). Model text (token pieces)
 // only ever reaches the page through textContent.
 "use strict";
@@ -10,7 +12,9 @@ Object.assign(TEXT.en, {
   glassAttention: "Attention", glassLayer: "layer", glassHead: "head", glassAverage: "average",
   glassNext: "Next token", glassTemperature: "temperature", glassTokenCount: "{n} tokens, {b} bytes",
   glassHoverHelp: "Hover over a cell: how much a token (row) looks at an earlier one (column).",
-  glassEntropy: "entropy {h} bits", glassBytes: "bytes",
+  glassEntropy: "entropy {h} bits", glassBytes: "bytes", glassSources: "Sources of the answer",
+  glassSourcesSummary: "{r}% of the answer's attention went to the sources, {o}% to the instructions, the question and its own words.",
+  glassSourcesHelp: "Answer tokens shaded by their attention to the sources; click a source to see only it.",
 });
 Object.assign(TEXT.es, {
   glassTitle: "Dentro del modelo", glassPlaceholder: "Una frase que mirar, p. ej. La capital de Francia es",
@@ -18,13 +22,15 @@ Object.assign(TEXT.es, {
   glassAttention: "Atención", glassLayer: "capa", glassHead: "cabeza", glassAverage: "media",
   glassNext: "Siguiente token", glassTemperature: "temperatura", glassTokenCount: "{n} tokens, {b} bytes",
   glassHoverHelp: "Pasa el ratón por una celda: cuánto mira un token (fila) a otro anterior (columna).",
-  glassEntropy: "entropía {h} bits", glassBytes: "bytes",
+  glassEntropy: "entropía {h} bits", glassBytes: "bytes", glassSources: "Fuentes de la respuesta",
+  glassSourcesSummary: "El {r}% de la atención de la respuesta fue a las fuentes y el {o}% a las instrucciones, la pregunta y sus propias palabras.",
+  glassSourcesHelp: "Tokens de la respuesta sombreados según su atención a las fuentes; haz clic en una fuente para ver solo esa.",
 });
 
 // One forward pass answers every temperature the slider can reach: 0, 0.1, ..., 2.
 const GLASS_TEMPERATURES = Array.from({ length: 21 }, (_, i) => Math.round(i * 10) / 100);
 const HEAT_FULL = [179, 84, 30];  // a weight of 1 (the page's accent colour); 0 is white
-const glass = { text: null, raw: true, tokens: null, attention: null, attentionAsked: 0, next: null };
+const glass = { text: null, raw: true, tokens: null, attention: null, attentionAsked: 0, next: null, sources: null };
 
 function glassFormat(key, values) {
   return t(key).replace(/\{(\w+)\}/g, (_, name) => String(values[name]));
@@ -205,6 +211,51 @@ function drawNext() {
   $("glass-entropy").textContent = glassFormat("glassEntropy", { h: dist.entropy_bits.toFixed(2) });
 }
 
+// For an answer from documents: view is /glass/sources's answer, sources the answer's list.
+// A bar per source (its share of the answer's attention); the answer's tokens shaded by the
+// attention each paid to the sources (all of them, or the one clicked).
+function showSourceAttention(view, sources) {
+  glass.sources = { view, sources, chosen: null };
+  $("glass-sources-section").hidden = false;
+  drawSourceAttention();
+  $("glass-sources-section").scrollIntoView({ block: "nearest" });
+}
+
+function drawSourceAttention() {
+  const { view, sources, chosen } = glass.sources;
+  const percent = (x) => (100 * x).toFixed(1);
+  $("glass-sources-summary").textContent = glassFormat("glassSourcesSummary",
+    { r: percent(view.retrieved), o: percent(view.other) });
+  const list = $("glass-sources");
+  list.replaceChildren(...view.sources.map((s, k) => {
+    const item = document.createElement("li");
+    item.dataset.index = s.index;
+    item.classList.toggle("chosen", chosen === k);
+    const label = Object.assign(document.createElement("span"), { className: "piece",
+      textContent: `[${s.index}] ${sources[k]?.source ?? s.source}` });
+    const bar = Object.assign(document.createElement("span"), { className: "bar" });
+    bar.style.width = `${percent(Math.min(1, s.share))}%`;
+    const track = Object.assign(document.createElement("span"), { className: "track" });
+    track.append(bar);
+    const share = Object.assign(document.createElement("span"), { className: "prob", textContent: `${percent(s.share)}%` });
+    item.append(label, track, share);
+    item.addEventListener("click", () => { glass.sources.chosen = chosen === k ? null : k; drawSourceAttention(); });
+    return item;
+  }));
+  // The heatmap: per answer token, its attention to the chosen source (or to all), scaled to
+  // the largest in the answer so that the shape shows whatever the level.
+  const values = view.per_token.map((row) => (chosen === null ? row.reduce((a, b) => a + b, 0) : row[chosen]));
+  const top = Math.max(...values, 1e-9);
+  $("glass-answer").replaceChildren(...view.tokens.map((piece, i) => {
+    const token = Object.assign(document.createElement("span"), { className: "piece", textContent: piece });
+    const w = values[i] / top;
+    token.style.background = `rgba(${HEAT_FULL.join(", ")}, ${(0.85 * w).toFixed(3)})`;
+    token.title = view.sources.map((s, k) => `[${s.index}] ${percent(view.per_token[i][k])}%`).join(" · ");
+    return token;
+  }));
+  $("glass-answer-help").textContent = t("glassSourcesHelp");
+}
+
 function glassInit() {
   $("glass-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -226,6 +277,7 @@ function glassInit() {
     if (glass.tokens) drawTokenCount();
     if (glass.next) drawNext();
     if (glass.attention) $("glass-hover").textContent = t("glassHoverHelp");
+    if (glass.sources) drawSourceAttention();
   });
 }
 
