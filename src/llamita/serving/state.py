@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi import Request
 from llamita.engine.loader import LoadedModel
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError
+from llamita.serving.keep_alive import parse_keep_alive
 from llamita.serving.metrics import ServerMetrics
 from llamita.serving.request_body import read_json_object
 from llamita.serving.response_history import ResponseHistory
@@ -91,12 +93,49 @@ class ServerState:
 
 
 def server_state(request: Request) -> ServerState:
+    """The default model's state (the one requests that name no model get)."""
     return request.app.state.llamita
 
 
+# The scope key under which ModelLeases (app.py) keeps the pool leases a request took.
+LEASES = "llamita.leases"
+
+
 async def model_request(request: Request) -> tuple[ServerState, dict[str, Any]]:
-    """The server state and the JSON body of a request that names a model (404 for another)."""
-    state = server_state(request)
+    """The state of the model a request's JSON body names (loaded on demand; 404 for a name
+    the server cannot serve) and the body. The model stays loaded until the answer has ended."""
     body = await read_json_object(request)
-    state.check_model(body.get("model"))
-    return state, body
+    return await model_state(request, body.get("model"), body), body
+
+
+async def model_state(request: Request, name: object, body: dict[str, Any] | None = None) -> ServerState:
+    """The state of model `name` (None: the default) with a lease on it for this request;
+    `body`'s `keep_alive` (Ollama's field) says how long it stays after the request."""
+    pool = request.app.state.pool
+    keep_alive = keep_alive_of(pool, body or {})
+    key = pool.resolve_loaded(name)
+    model = pool.try_acquire(key, keep_alive) if key is not None else None
+    if model is None:
+        def resolve_and_acquire() -> Any:
+            return pool.acquire(key if key is not None else pool.resolve(name), keep_alive)
+
+        pending = asyncio.ensure_future(asyncio.to_thread(resolve_and_acquire))
+        try:
+            model = await asyncio.shield(pending)
+        except asyncio.CancelledError:  # the client left while the model loaded: no lease kept
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception() or pool.release(f.result()))
+            raise
+    leases = request.scope.get(LEASES)
+    if leases is None:  # not under ModelLeases: nobody would release it
+        pool.release(model)
+    else:
+        leases.append(model)
+    return model.state
+
+
+def keep_alive_of(pool: Any, body: dict[str, Any]) -> float | None:
+    """Seconds the model stays loaded after this request: the body's `keep_alive` (Ollama's
+    durations: "5m", 300, 0, -1 -> None, for ever), else the server's default."""
+    if body.get("keep_alive") is None:
+        return pool.config.keep_alive
+    return parse_keep_alive(body["keep_alive"])
