@@ -26,6 +26,7 @@ from pathlib import Path
 
 from llamita.serving.errors import APIError
 from llamita.serving.keep_alive import format_bytes
+from llamita.serving.model_memory import give_back_memory
 from llamita.serving.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,11 @@ class ModelPool:
             default.model_name: PooledModel(default.model_name, default_path, default_size, default,
                                             pinned=True)}
         self._models[default.model_name].loaded.set()
+        self._stopping: list[PooledModel] = []  # out of the table, engine not yet stopped
         self.loads = self.unloads = 0  # counts, for /metrics
         self._closed = False
-        self._sweeper = threading.Thread(target=self._sweep, name="llamita-model-sweeper", daemon=True)
-        self._sweeper.start()
+        # Started with the first model loaded on demand: a pool of the default alone has none.
+        self._sweeper: threading.Thread | None = None
 
     # -- names ---------------------------------------------------------------------------------
     def resolve(self, name: object) -> str:
@@ -223,6 +225,9 @@ class ModelPool:
         with self._cv:
             self.loads += 1
             model.last_used = time.time()
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="llamita-model-sweeper", daemon=True)
+                self._sweeper.start()
             self._cv.notify_all()
         model.loaded.set()
         log.info("loaded %s (%s estimated)", key, format_bytes(size))
@@ -251,7 +256,7 @@ class ModelPool:
             return
         while True:
             with self._cv:
-                used = sum(m.size for m in self._models.values())
+                used = sum(m.size for m in [*self._models.values(), *self._stopping])
                 if used <= limit:
                     return
                 idle = sorted((m for m in self._models.values()
@@ -266,16 +271,25 @@ class ModelPool:
                 self._stop(victim, "to make room for " + model.name)
 
     def _remove(self, model: PooledModel) -> None:
-        """Take `model` out of the table (the lock is held); _stop ends its engine after."""
+        """Take `model` out of the table (the lock is held); _stop ends its engine after. Until
+        then it still counts against max_memory and /api/ps still lists it."""
         del self._models[model.name]
         model.unloaded = True
-        self.unloads += 1
+        self._stopping.append(model)
         self._cv.notify_all()
 
     def _stop(self, model: PooledModel, why: str) -> None:
-        if model.state is not None:
-            model.state.loop.stop()
-        model.state = None
+        state = model.state
+        if state is not None:
+            state.loop.stop()
+        del state
+        with self._cv:
+            model.state = None
+            self._stopping.remove(model)
+            self.unloads += 1
+        give_back_memory()
+        with self._cv:
+            self._cv.notify_all()
         log.info("unloaded %s (%s)", model.name, why)
 
     def _sweep(self) -> None:
@@ -301,9 +315,10 @@ class ModelPool:
 
     # -- views ---------------------------------------------------------------------------------
     def loaded(self) -> list[PooledModel]:
-        """The models loaded now (not those still loading), the default first."""
+        """The models loaded now (not those still loading; those being unloaded too), the
+        default first."""
         with self._cv:
-            return [m for m in self._models.values() if m.state is not None]
+            return [m for m in [*self._models.values(), *self._stopping] if m.state is not None]
 
     def get(self, key: str) -> PooledModel | None:
         with self._cv:

@@ -25,8 +25,9 @@ class ServerState:
     model_name: str
     metrics: ServerMetrics
     started_at: float = field(default_factory=time.time)  # Unix seconds
-    # True: a `model` other than the served one (or base+adapter) is a 404. False (the
-    # default): any name answers, as llama.cpp's server and most local servers do.
+    # True: a `model` that is neither the served one (or base+adapter) nor a library model is
+    # a 404. False (the default): any name answers, as llama.cpp's server and most local
+    # servers do (model_pool.py, ModelPool.resolve).
     strict_model_names: bool = False
     responses: ResponseHistory = field(default_factory=ResponseHistory)  # for previous_response_id
 
@@ -67,29 +68,6 @@ class ServerState:
                            f"{', '.join(self.adapters) or 'none'}", param="lora" if lora else "model",
                            code="model_not_found")
         return name
-
-    def check_model(self, name: object) -> None:
-        """Whether a request may name `name` as its model; no name means the served model.
-
-        Strict: 404 unless it is the served model or base+adapter (Ollama's ':latest' tag
-        allowed). Otherwise any name answers with the served model, except one that asks for
-        a LoRA adapter (`NAME+ADAPTER`) the server does not hold: running the base instead
-        would silently answer without the adapter the client chose."""
-        if name is None or name == "":
-            return
-        if not isinstance(name, str):
-            raise APIError(400, "'model' must be a string", param="model")
-        if name.removesuffix(":latest") in self.model_names():
-            return
-        if self.strict_model_names:
-            raise self.unknown_model(name)
-        if "+" in name:
-            self.adapter_of({"model": name})  # 404 naming the adapters it has
-
-    def unknown_model(self, name: str) -> APIError:
-        """The 404 for a model name this server does not have, listing those it has."""
-        return APIError(404, f"the model '{name}' does not exist; this server serves "
-                        f"{', '.join(repr(n) for n in self.model_names())}", param="model", code="model_not_found")
 
 
 def server_state(request: Request) -> ServerState:
