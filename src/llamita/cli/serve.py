@@ -93,8 +93,11 @@ def serve(
     Example: llamita serve --port 8080, then
     curl http://127.0.0.1:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hola"}]}'
     """
-    from llamita.serving.keep_alive import parse_bytes
+    from llamita.serving.keep_alive import parse_bytes, parse_keep_alive
     from llamita.serving.server import serve as run_server
+
+    if keep_alive is not None:
+        parse_keep_alive(keep_alive, "--keep-alive")  # refused before the model loads
 
     run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
                             api_key=api_key or None, max_queue=max_queue,

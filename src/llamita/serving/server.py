@@ -138,6 +138,10 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
               f"{', '.join(adapters)}", flush=True)
     print(f"llamita: web chat at http://{config.host}:{config.port}/ (data in "
           f"{app.state.chat_store.path})", flush=True)
+    if library and config.max_memory is not None and default_size >= config.max_memory:
+        print(f"llamita: WARNING: '{name}' alone takes about {format_bytes(default_size)} (estimated), "
+              f"as much as --max-memory {format_bytes(config.max_memory)}: no other model can be loaded",
+              file=sys.stderr, flush=True)
     if library:
         print(f"llamita: the library's models load on demand (request them by name; keep_alive "
               f"{_duration(keep_alive)}, --max-memory {format_bytes(pool_config.max_memory or 0)})", flush=True)
