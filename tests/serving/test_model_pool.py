@@ -295,3 +295,24 @@ def test_pull_streams_ollamas_progress_then_the_model_serves(server, files, refe
         assert server.client.pull("hf.co/test/tiny-GGUF:Q8_0", stream=False).status == "success"
         r = httpx.post(server.url + "/api/pull", json={"model": "hf.co/test/none-GGUF"}, timeout=60)
         assert r.status_code == 200 and "error" in json.loads(r.text.splitlines()[-1])
+
+
+def test_concurrent_requests_to_two_models_with_room_for_one_both_complete(library, files, reference):
+    # The "concurrent requests to two models both complete". Loads are one at a time
+    # (two loads each waiting for the other's room would never end; load_timeout would turn
+    # such a deadlock into 504s rather than a hung test).
+    limit = size_of(files["base"]) + max(size_of(files["a"]), size_of(files["b"])) + 1000
+    server = Server(files, max_memory=limit, load_timeout=60)
+    try:
+        answers: dict[str, httpx.Response] = {}
+        threads = [threading.Thread(target=lambda k=k: answers.setdefault(k, server.generate(f"tiny-{k}")))
+                   for k in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert {k: r.status_code for k, r in answers.items()} == {"a": 200, "b": 200}
+        assert {k: r.json()["response"] for k, r in answers.items()} == {"a": reference["a"], "b": reference["b"]}
+        assert len(server.loaded() - {MODEL_NAME}) == 1
+    finally:
+        server.stop()

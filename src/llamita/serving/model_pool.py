@@ -81,6 +81,7 @@ class ModelPool:
                                             pinned=True)}
         self._models[default.model_name].loaded.set()
         self._stopping: list[PooledModel] = []  # out of the table, engine not yet stopped
+        self._load_lock = threading.Lock()  # held by the one load in progress
         self.loads = self.unloads = 0  # counts, for /metrics
         self._closed = False
         # Started with the first model loaded on demand: a pool of the default alone has none.
@@ -213,8 +214,15 @@ class ModelPool:
             self._models[key] = model  # others now wait on it; its size counts from here
             model.leases = 1
         try:
-            self._make_room(model, deadline)
-            model.state = self._loader(key, found.path)
+            # One load at a time: two models that each need the other's room would otherwise
+            # both wait for it, neither loaded nor idle.
+            if not self._load_lock.acquire(timeout=-1 if deadline is None else _left(deadline)):
+                raise self._timeout(key, "another model's load")
+            try:
+                self._make_room(model, deadline)
+                model.state = self._loader(key, found.path)
+            finally:
+                self._load_lock.release()
         except BaseException as e:
             with self._cv:
                 self._models.pop(key, None)
@@ -256,7 +264,9 @@ class ModelPool:
             return
         while True:
             with self._cv:
-                used = sum(m.size for m in [*self._models.values(), *self._stopping])
+                # Loaded and unloading models, and this one; not those waiting to load.
+                used = model.size + sum(m.size for m in [*self._models.values(), *self._stopping]
+                                        if m.state is not None)
                 if used <= limit:
                     return
                 idle = sorted((m for m in self._models.values()
