@@ -27,7 +27,7 @@ from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.request_completions import Completion, Generation
-from llamita.serving.state import ServerState, keep_alive_of, model_state
+from llamita.serving.state import ServerState, keep_alive_of, load_seconds, model_state
 from llamita.tokenizer.tool_calls import arguments_as_dict, find_tool_calls
 
 # Ollama's default context window (docs/context-length: 4k below 24 GiB of VRAM, so on CPUs).
@@ -93,12 +93,13 @@ async def _start(state: ServerState, body: dict[str, Any], prompt: list[int]) ->
     return await Generation.start(state.loop, [prompt], [params], state.adapter_of(body))
 
 
-def _final(state: ServerState, c: Completion, done_reason: str | None) -> dict[str, Any]:
-    """The statistics Ollama puts on the last object of an answer."""
+def _final(c: Completion, done_reason: str | None, load: float) -> dict[str, Any]:
+    """The statistics Ollama puts on the last object of an answer; `load`: seconds the request
+    waited for its model to load (counted in total_duration too, as Ollama does)."""
     end = c.finished_at or time.perf_counter()
     first = c.first_output_at or end
-    return {"done": True, "done_reason": done_reason or "stop", "total_duration": _ns(end - c.started_at),
-            "load_duration": 0, "prompt_eval_count": c.prompt_tokens,
+    return {"done": True, "done_reason": done_reason or "stop", "total_duration": _ns(end - c.started_at + load),
+            "load_duration": _ns(load), "prompt_eval_count": c.prompt_tokens,
             "prompt_eval_duration": _ns(first - c.started_at), "eval_count": c.completion_tokens,
             "eval_duration": _ns(end - first)}
 
@@ -121,18 +122,19 @@ async def _answer(request: Request, state: ServerState, generation: Generation, 
     """Run a generation and shape it: `shape(completion, piece, done)` -> the object's own
     fields. hold: stream nothing before the end."""
     head = {"model": state.model_name}
+    load = load_seconds(request)
     if stream:
         async def lines() -> AsyncIterator[dict[str, Any]]:
             c = generation.completions[0]
             async for _, out in generation.outputs():
                 if out.finished:
-                    yield {**head, "created_at": _now(), **shape(c, out.text, True), **_final(state, c, out.finish_reason)}
+                    yield {**head, "created_at": _now(), **shape(c, out.text, True), **_final(c, out.finish_reason, load)}
                 elif out.text and not hold:
                     yield {**head, "created_at": _now(), **shape(c, out.text, False), "done": False}
         return _ndjson(lines(), generation)
     async with generation:
         c = (await generation.run_to_end(request))[0]
-    return JSONResponse({**head, "created_at": _now(), **shape(c, c.text, True), **_final(state, c, c.finish_reason)})
+    return JSONResponse({**head, "created_at": _now(), **shape(c, c.text, True), **_final(c, c.finish_reason, load)})
 
 
 # ------------------------------------------------------------------------------- chat / generate

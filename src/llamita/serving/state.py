@@ -77,6 +77,13 @@ def server_state(request: Request) -> ServerState:
 
 # The scope key under which ModelLeases (app.py) keeps the pool leases a request took.
 LEASES = "llamita.leases"
+# The scope key of the seconds a request waited for its model to load (Ollama's load_duration).
+LOAD_SECONDS = "llamita.load_seconds"
+
+
+def load_seconds(request: Request) -> float:
+    """Seconds this request waited for its model to be loaded (0 when it was loaded)."""
+    return request.scope.get(LOAD_SECONDS, 0.0)
 
 
 async def model_request(request: Request) -> tuple[ServerState, dict[str, Any]]:
@@ -98,8 +105,10 @@ async def model_state(request: Request, name: object, body: dict[str, Any] | Non
             return pool.acquire(key if key is not None else pool.resolve(name), keep_alive)
 
         pending = asyncio.ensure_future(asyncio.to_thread(resolve_and_acquire))
+        started = time.perf_counter()
         try:
             model = await asyncio.shield(pending)
+            request.scope[LOAD_SECONDS] = time.perf_counter() - started
         except asyncio.CancelledError:  # the client left while the model loaded: no lease kept
             pending.add_done_callback(lambda f: f.cancelled() or f.exception() or pool.release(f.result()))
             raise
