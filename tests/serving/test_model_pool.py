@@ -320,3 +320,32 @@ def test_concurrent_requests_to_two_models_with_room_for_one_both_complete(libra
         assert len(server.loaded() - {MODEL_NAME}) == 1
     finally:
         server.stop()
+
+
+def test_llamita_serve_serves_the_library_beside_its_default_model(library, files):
+    """The command itself (serving/server.py's wiring): a library model by name, answering as
+    the offline API does with the same defaults, sized by the estimate for the server's KV
+    cache and dtype, unloaded by keep_alive 0."""
+    import os
+    import signal
+
+    from llamita.engine.loader import resolve_device, resolve_dtype
+
+    from serving_helpers import start_serve_process
+
+    limit = 2 * 2**30
+    proc, url = start_serve_process(library / "data", "--kv-cache-tokens", str(KV_TOKENS),
+                                    "--max-memory", str(limit), env=dict(os.environ))
+    try:
+        client = ollama.Client(host=url, timeout=60)
+        want = LLM(files["a"]).generate(PROMPT, SamplingParams(temperature=0, max_tokens=N)).text
+        r = client.generate(model="tiny-a", prompt=PROMPT, raw=True, options=OPTIONS)
+        assert r.response == want and r.load_duration > 0
+        per_element = resolve_dtype("auto", resolve_device("auto")).itemsize
+        (entry,) = [m for m in client.ps().models if m.model == "tiny-a"]
+        assert entry.size == served_bytes(files["a"], kv_cache_tokens=KV_TOKENS, kv_bytes_per_element=per_element)
+        client.generate(model="tiny-a", keep_alive=0)
+        assert _until(lambda: "tiny-a" not in {m.model for m in client.ps().models})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
