@@ -265,8 +265,8 @@ class ModelPool:
         while True:
             with self._cv:
                 # Loaded and unloading models, and this one; not those waiting to load.
-                used = model.size + sum(m.size for m in [*self._models.values(), *self._stopping]
-                                        if m.state is not None)
+                used = model.size + sum(m.size for m in self._models.values() if m.state is not None) \
+                    + sum(m.size for m in self._stopping)
                 if used <= limit:
                     return
                 idle = sorted((m for m in self._models.values()
@@ -282,7 +282,8 @@ class ModelPool:
 
     def _remove(self, model: PooledModel) -> None:
         """Take `model` out of the table (the lock is held); _stop ends its engine after. Until
-        then it still counts against max_memory and /api/ps still lists it."""
+        its memory is given back it still counts against max_memory (and until its engine has
+        stopped /api/ps still lists it)."""
         del self._models[model.name]
         model.unloaded = True
         self._stopping.append(model)
@@ -295,10 +296,10 @@ class ModelPool:
         del state
         with self._cv:
             model.state = None
+        give_back_memory()  # the model's memory, freed by the line above, goes back to the system
+        with self._cv:
             self._stopping.remove(model)
             self.unloads += 1
-        give_back_memory()
-        with self._cv:
             self._cv.notify_all()
         log.info("unloaded %s (%s)", model.name, why)
 
