@@ -15,7 +15,9 @@ ALLOWED = {
             "sampling_params"},
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
     # /api/show describes the model as `llamita info` does (jobs.model_info); /api/create makes
-    # a library model as `llamita create` does (library.create).
+    # a library model as `llamita create` does (library.create). The library routes (/api/tags,
+    # /api/pull, /api/delete...) and the model pool use the library as the CLI's list, pull, rm
+    # and cp do.
     "serving": {"serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "database",
                 "errors", "sampling_params", "tokenizer"},
     # RAG (document collections) sits above the engine and glass (its --explain reads attention

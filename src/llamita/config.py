@@ -148,6 +148,9 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS
     threads: int | None = None  # CPU threads; None: engine/threads.py's default for this machine
     strict_model_names: bool = False  # True: a `model` other than the served name is a 404
+    library: bool = True  # requests may name any local model (loaded on demand)
+    max_memory: int | None = None  # bytes all loaded models may take; None: 80% of what is free
+    keep_alive: str | None = None  # Ollama duration ("5m", "-1"); None: $OLLAMA_KEEP_ALIVE or 5m
 
 
 def default_data_dir() -> Path:

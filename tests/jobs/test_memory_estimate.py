@@ -52,3 +52,26 @@ def test_kv_cache_of_llama_3_1_8b():
     e = estimate(LLAMA_3_1["8B"], "Q4_K_M")
     assert e.kv_bytes_per_token == 128 * 1024  # 2 x 32 layers x 8 heads x 128 dims x 2 bytes
     assert e.kv_cache_bytes(131072) == 16 * 2**30
+
+
+@pytest.mark.parametrize("which, kv_cache_tokens", [("default", 256), ("tiny", None)])
+def test_served_bytes_count_the_kv_cache_the_engine_allocates(default_model_path, tmp_path, which,
+                                                               kv_cache_tokens):
+    """The server's estimate of a model (serving/model_pool.py sizes loads by it): weights,
+    plus the KV cache LLMEngine really allocates (its tensors' bytes; None: its default, here
+    context x max_running), plus the tokenizer."""
+    from llamita.engine.llm_engine import LLMEngine
+    from llamita.jobs.memory import TOKENIZER_BYTES_PER_TOKEN, estimate_file, served_bytes
+
+    from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
+
+    path = default_model_path
+    if which == "tiny":
+        cfg = tiny_hf_config()
+        path = write_gguf(tmp_path / "tiny.gguf", cfg, random_hf_weights(cfg))
+    loaded = load_model(path, dtype="bfloat16")
+    engine = LLMEngine(loaded, kv_cache_tokens=kv_cache_tokens, max_running=4)
+    cache = sum(t.nbytes for t in [*engine.cache.k, *engine.cache.v])
+    cfg, est = estimate_file(path)
+    want = est.weight_bytes + cache + cfg.vocab_size * TOKENIZER_BYTES_PER_TOKEN
+    assert served_bytes(path, kv_cache_tokens=kv_cache_tokens, max_running=4) == pytest.approx(want, rel=1e-3)

@@ -86,7 +86,8 @@ class RecordingEngine(ScriptedEngine):
 
 def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
                  kv_cache_tokens: int = 4096, max_running: int = 16, engine: object | None = None,
-                 data_dir: str | None = None, request_timeout: float | None = None) -> tuple[RunningServer, Callable[[], None]]:
+                 data_dir: str | None = None, request_timeout: float | None = None,
+                 **app_options: object) -> tuple[RunningServer, Callable[[], None]]:
     import uvicorn
 
     from llamita.engine.llm_engine import LLMEngine
@@ -94,13 +95,14 @@ def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
     from llamita.serving.engine_loop import EngineLoop
 
     """A server over `engine` (default: a new LLMEngine over `loaded`); returns it and its stop.
-    data_dir: the web chat's store; default a fresh temporary folder (never the user's own)."""
+    data_dir: the web chat's store; default a fresh temporary folder (never the user's own).
+    app_options: more of create_app's keywords (the library: pool_config, load_engine...)."""
     if engine is None:
         engine = LLMEngine(loaded, kv_cache_tokens=kv_cache_tokens, max_running=max_running)
     loop = EngineLoop(engine, max_queue=max_queue, request_timeout=request_timeout)
     loop.start()
     scratch = None if data_dir is not None else tempfile.TemporaryDirectory(prefix="llamita-test-")
-    app = create_app(loop, MODEL_NAME, api_key=api_key, data_dir=data_dir or scratch.name)
+    app = create_app(loop, MODEL_NAME, api_key=api_key, data_dir=data_dir or scratch.name, **app_options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -116,6 +118,7 @@ def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
     def stop() -> None:
         server.should_exit = True
         thread.join(10)
+        app.state.pool.close()
         loop.stop()
         sock.close()
         if scratch is not None:

@@ -1,4 +1,4 @@
-"""`llamita serve`: an OpenAI- and Ollama-compatible HTTP server for one model."""
+"""`llamita serve`: an OpenAI- and Ollama-compatible HTTP server for the library's models."""
 
 from __future__ import annotations
 
@@ -49,9 +49,21 @@ def serve(
                                                   "name without .gguf.", show_default=False),
     strict_model_names: bool = typer.Option(
         False, "--strict-model-names",
-        help="Answer HTTP 404 to a request whose 'model' is not the served name (or NAME+ADAPTER). "
-             "Default: any name answers with the served model, as llama.cpp's server does; a "
-             "NAME+ADAPTER for an adapter not served is a 404 either way."),
+        help="Answer HTTP 404 (\"model 'x' not found, try pulling it first\") to a request whose "
+             "'model' is neither the served name (or NAME+ADAPTER) nor a local model. Default: such "
+             "a name answers with the served model, as llama.cpp's server does; a NAME+ADAPTER for "
+             "an adapter not served is a 404 either way."),
+    max_memory: Optional[str] = typer.Option(
+        None, "--max-memory", show_default=False,
+        help="Memory all loaded models may take together (estimated before loading: weights, KV "
+             "cache, tokenizer), as 16GiB, 8GB or bytes. A model that would not fit unloads the "
+             "least recently used idle ones; one that cannot fit at all is refused with HTTP 507. "
+             "Default: 80 percent of the memory free once the default model is loaded, plus that model."),
+    keep_alive: Optional[str] = typer.Option(
+        None, "--keep-alive", envvar="OLLAMA_KEEP_ALIVE", show_envvar=True, show_default=False,
+        help="How long a model loaded on demand stays after its last request, as Ollama's "
+             "keep_alive: 5m, 1h, seconds, 0 (unload at once) or -1 (keep). A request's own "
+             "\"keep_alive\" wins. Default: 5m."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir",
                                             help="Folder for the web chat's conversations and feedback "
                                                  "(llamita.db, SQLite). Default: $XDG_DATA_HOME/llamita "
@@ -72,7 +84,8 @@ def serve(
     tensor_parallel: int = TensorParallelOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/responses,
+    """Serve MODEL (default: the embedded one) and every local model (`llamita list`), loaded
+    on demand by the request's "model", over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/responses,
     /v1/models, each also without /v1) and
     Ollama (/api/chat, /api/generate, /api/tags ...) APIs, plus /health, /metrics, /tokenize,
     and a web chat page at /.
@@ -80,9 +93,13 @@ def serve(
     Example: llamita serve --port 8080, then
     curl http://127.0.0.1:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hola"}]}'
     """
+    from llamita.serving.keep_alive import parse_bytes, parse_keep_alive
     from llamita.serving.server import serve as run_server
 
     _note_created(model)
+    if keep_alive is not None:
+        parse_keep_alive(keep_alive, "--keep-alive")  # refused before the model loads
+
     run_server(ServerConfig(model=os.fspath(model) if model else None, host=host, port=port,
                             api_key=api_key or None, max_queue=max_queue,
                             request_timeout=request_timeout, kv_cache_tokens=kv_cache_tokens,
@@ -90,7 +107,9 @@ def serve(
                             data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ()),
                             device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel,
                             cors_origins=tuple(cors_origin or ()), threads=threads,
-                            strict_model_names=strict_model_names))
+                            strict_model_names=strict_model_names,
+                            max_memory=parse_bytes(max_memory, "--max-memory") if max_memory else None,
+                            keep_alive=keep_alive))
 
 
 def _note_created(model: Path | None) -> None:

@@ -26,6 +26,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from llamita.config import PRESETS, ModelConfig
 from llamita.weights.quant_mix import FileType, ModelShape, file_type, tensor_type
@@ -174,3 +175,28 @@ def breakdown(cfg: ModelConfig, est: MemoryEstimate, context: int, batch: int = 
     logits = batch * cfg.vocab_size * 4
     return MemoryBreakdown(est.weight_bytes, kv, scores + hidden + expanded + logits,
                            cfg.vocab_size * TOKENIZER_BYTES_PER_TOKEN, RUNTIME_BYTES)
+
+
+def served_bytes(path: Path, *, kv_cache_tokens: int | None = None, max_running: int = 16,
+                 kv_bytes_per_element: int = 2) -> int:
+    """Estimated resident bytes of the model at `path` (a GGUF file or a Hugging Face folder)
+    served by `llamita serve`: its weights, the KV cache the engine allocates for it
+    (LLMEngine's default: 1 GiB, at most context x max_running; or kv_cache_tokens) and its
+    tokenizer. The runtime (RUNTIME_BYTES) is paid once per process and is not counted.
+    kv_bytes_per_element: 2 for a bfloat16 cache, 4 for float32."""
+    from llamita.engine.llm_engine import DEFAULT_KV_MEMORY
+    from llamita.weights.hf import config_from_hf
+
+    if path.is_dir():
+        cfg = config_from_hf(path)
+        # A folder's safetensors load as they are stored (bfloat16 checkpoints: the same bytes).
+        weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+        per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * kv_bytes_per_element
+    else:
+        cfg, est = estimate_file(path)
+        weights = est.weight_bytes
+        per_token = est.kv_bytes_per_token // 2 * kv_bytes_per_element
+    tokens = kv_cache_tokens
+    if tokens is None:
+        tokens = min(DEFAULT_KV_MEMORY // per_token, cfg.context_length * max_running)
+    return weights + tokens * per_token + cfg.vocab_size * TOKENIZER_BYTES_PER_TOKEN

@@ -24,11 +24,13 @@ LLAMA_HF_CLASSES = ("LlamaForCausalLM",)
 
 
 def pull(name: str, *, tqdm_class: Any = None,
-         status: Callable[[str], None] | None = None) -> LocalModel:
+         status: Callable[[str], None] | None = None,
+         on_remote: Callable[[RemoteModel], None] | None = None) -> LocalModel:
     """Download the model `name` means (a short name, `hf.co/USER/REPO[:QUANT]` or
     `USER/REPO[:QUANT]`) unless it is already whole in the cache, record it in the library
     under its canonical name and return it. `tqdm_class` draws the progress bars; `status`
-    hears one line per step."""
+    hears one line per step; `on_remote` hears the files (names, sizes, SHA-256) before any
+    is fetched (the server's /api/pull names each by its digest)."""
     say = status or (lambda _: None)
     parsed = parse_name(name)
     if parsed.kind == "path":
@@ -48,6 +50,8 @@ def pull(name: str, *, tqdm_class: Any = None,
     say(f"pulling manifest of hf.co/{repo}")
     remote = remote_model(repo, quant)
     check_disk_space(remote)
+    if on_remote is not None:
+        on_remote(remote)
     paths = []
     for i, file in enumerate(remote.files):
         check = _check_gguf if remote.model.kind == "gguf" and i == 0 else (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -21,6 +23,7 @@ from llamita.serving import (
     create_routes,
     embedding_routes,
     glass_routes,
+    library_routes,
     ollama_routes,
     openai_routes,
     responses_routes,
@@ -30,9 +33,10 @@ from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError, install_error_handlers
 from llamita.serving.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from llamita.serving.metrics import CONTENT_TYPE, ServerMetrics
+from llamita.serving.model_pool import ModelPool, PoolConfig
 from llamita.serving.openapi import openapi_document
 from llamita.serving.request_body import field, read_json_object
-from llamita.serving.state import ServerState, server_state
+from llamita.serving.state import LEASES, ServerState, server_state
 from llamita.serving.store import ChatStore, default_data_dir
 
 # Routes anyone may call even when an API key is set: load balancers probe /health; the chat
@@ -44,7 +48,9 @@ OPEN_PREFIXES = ("/static/",)
 def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = None,
                data_dir: str | os.PathLike[str] | None = None, *,
                cors_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               strict_model_names: bool = False) -> FastAPI:
+               strict_model_names: bool = False, pool_config: PoolConfig = PoolConfig(),
+               load_engine: Callable[[Path], EngineLoop] | None = None,
+               estimate: Callable[[Path], int] | None = None) -> FastAPI:
     """The server's app. The engine loop must be started by the caller (and stopped by it).
 
     api_key: when set, every route but /health, /openapi.json and the chat page's files needs
@@ -54,16 +60,31 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     sends no CORS headers at all, so other sites' pages cannot read the answers.
     max_body_bytes: larger request bodies get 413 before they are read.
     strict_model_names: a request naming another model than the served one gets 404; by
-    default any name answers (state.py, ServerState.check_model)."""
+    default any name answers (model_pool.py, ModelPool.resolve).
+    pool_config: with `library` set, every local model may be asked for by name and is loaded
+    on demand by `load_engine(path)` (an EngineLoop, not yet started), sized before loading by
+    `estimate(path)` (bytes) against `max_memory`. Without it only `engine_loop`'s model serves."""
     app = FastAPI(title="llamita", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = ServerMetrics()
     metrics.watch(engine_loop)
-    app.state.llamita = ServerState(engine_loop, model_name, metrics,
-                                    strict_model_names=strict_model_names)
+    default = ServerState(engine_loop, model_name, metrics, strict_model_names=strict_model_names)
+    app.state.llamita = default
+
+    def load(name: str, path: Path) -> ServerState:
+        assert load_engine is not None
+        loop = load_engine(path)
+        loop.observer = metrics
+        loop.start()
+        return ServerState(loop, name, metrics, default.started_at, strict_model_names, default.responses)
+
+    default_path = engine_loop.engine.loaded.path
+    app.state.pool = ModelPool(default, default_path, estimate(default_path) if estimate else 0,
+                               config=pool_config, loader=load if load_engine else None, estimate=estimate)
+    metrics.watch_pool(app.state.pool)
     app.state.chat_store = ChatStore(default_data_dir() if data_dir is None else data_dir)
     install_error_handlers(app)
 
-    openai_api = [openai_routes.router, responses_routes.router, embedding_routes.router]
+    openai_api = [openai_routes.router, responses_routes.router, embedding_routes.router, library_routes.router]
     for router in openai_api:
         app.include_router(router)
     app.include_router(ollama_routes.router)
@@ -73,14 +94,13 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.include_router(collection_routes.router)
     app.mount("/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="static")
     app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/v1/models", list_models, methods=["GET"])
-    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"])
     app.add_api_route("/tokenize", tokenize, methods=["POST"])
     app.add_api_route("/detokenize", detokenize, methods=["POST"])
     app.add_api_route("/metrics", metrics_page, methods=["GET"])
     app.add_api_route("/openapi.json", openapi_json, methods=["GET"])
     _serve_without_v1(app, openai_api)
     # Pure ASGI, not @app.middleware: that one wraps streams and hides client disconnects.
+    app.add_middleware(ModelLeases, pool=app.state.pool)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(AuthAndCount, api_key=api_key, metrics=metrics)
     if cors_origins:  # outermost: a browser's preflight is answered before the key check
@@ -101,6 +121,27 @@ def _serve_without_v1(app: FastAPI, routers: list[APIRouter]) -> None:
 
 async def openapi_json(request: Request) -> JSONResponse:
     return JSONResponse(openapi_document())
+
+
+class ModelLeases:
+    """Releases the pool leases a request took (state.model_state) once its whole answer has
+    been sent, stream included, or the client has gone: only then may its model be unloaded."""
+
+    def __init__(self, app: ASGIApp, *, pool: ModelPool) -> None:
+        self.app = app
+        self.pool = pool
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        leases: list[Any] = []
+        scope[LEASES] = leases
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for model in leases:
+                self.pool.release(model)
 
 
 class AuthAndCount:
@@ -167,28 +208,6 @@ async def health(request: Request) -> JSONResponse:
     if not loop.alive:
         return APIError(503, "the engine thread has stopped", code="engine_stopped").response()
     return JSONResponse({"status": "ok"})
-
-
-async def list_models(request: Request) -> JSONResponse:
-    state = server_state(request)
-    return JSONResponse({"object": "list", "data": [_model_card(state, name) for name in state.model_names()]})
-
-
-async def get_model(request: Request, model_id: str) -> JSONResponse:
-    """One model by its exact id (OpenAI's models.retrieve): the served one or base+adapter."""
-    state = server_state(request)
-    if model_id not in state.model_names():
-        raise state.unknown_model(model_id)
-    return JSONResponse(_model_card(state, model_id))
-
-
-def _model_card(state: ServerState, name: str) -> dict[str, Any]:
-    """One entry of /v1/models; a LoRA adapter is listed as base+adapter with its base as `parent`."""
-    card = {"id": name, "object": "model", "created": int(state.started_at), "owned_by": "llamita",
-            "max_model_len": state.context_length}
-    if name != state.model_name:
-        card["parent"] = state.model_name
-    return card
 
 
 async def tokenize(request: Request) -> JSONResponse:

@@ -8,6 +8,7 @@ observed by the engine thread as each token comes out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -44,8 +45,24 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily("llamita_engine_errors", "Engine steps that failed.", value=s.engine_errors)
 
 
+class _PoolCollector(Collector):
+    """The model pool: how many models are loaded, and loads and unloads since start."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("llamita_loaded_models", "Models loaded in memory now (the default "
+                                "model included).", value=len(self._pool.loaded()))
+        yield CounterMetricFamily("llamita_model_loads", "Models loaded on demand since start.",
+                                  value=self._pool.loads)
+        yield CounterMetricFamily("llamita_model_unloads", "Models unloaded (keep_alive ran out, "
+                                  "evicted for memory, or asked to) since start.", value=self._pool.unloads)
+
+
 class ServerMetrics:
-    """Implements EngineLoop's LatencyObserver."""
+    """Implements EngineLoop's LatencyObserver (for every model's loop: the latency histograms
+    cover all models; the engine gauges are the default model's)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -64,6 +81,10 @@ class ServerMetrics:
         """Report this loop's engine and observe its token latencies."""
         self._loop = loop
         loop.observer = self
+
+    def watch_pool(self, pool: Any) -> None:
+        """Report the model pool (serving/model_pool.py's ModelPool)."""
+        self.registry.register(_PoolCollector(pool))
 
     def first_token(self, seconds: float) -> None:
         self.time_to_first_token.observe(seconds)

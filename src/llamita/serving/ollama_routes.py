@@ -1,12 +1,14 @@
-"""Ollama's API: /api/chat and /api/generate (NDJSON streams unless "stream": false),
-/api/tags, /api/show, /api/ps, /api/version.
+"""Ollama's API: /api/chat and /api/generate (NDJSON streams unless "stream": false) and
+/api/version; the model list and management (/api/tags, /api/ps, /api/pull...) are in
+library_routes.py.
 
-Durations are nanoseconds, as Ollama reports them. The model is loaded before the server
-starts, so load_duration is always 0 and a request with no prompt just answers "loaded".
+Durations are nanoseconds, as Ollama reports them. A request with no prompt only loads its
+model ("done_reason": "load"); with "keep_alive": 0 as well, it unloads it ("unload").
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -20,14 +22,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from llamita import __version__
 from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import ContextOverflowError
-from llamita.jobs.model_info import FILE_TYPES
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
 from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.request_completions import Completion, Generation
-from llamita.serving.state import ServerState, model_request, server_state
+from llamita.serving.state import ServerState, keep_alive_of, load_seconds, model_state
 from llamita.tokenizer.tool_calls import arguments_as_dict, find_tool_calls
 
 # Ollama's default context window (docs/context-length: 4k below 24 GiB of VRAM, so on CPUs).
@@ -93,12 +94,13 @@ async def _start(state: ServerState, body: dict[str, Any], prompt: list[int]) ->
     return await Generation.start(state.loop, [prompt], [params], state.adapter_of(body))
 
 
-def _final(state: ServerState, c: Completion, done_reason: str | None) -> dict[str, Any]:
-    """The statistics Ollama puts on the last object of an answer."""
+def _final(c: Completion, done_reason: str | None, load: float) -> dict[str, Any]:
+    """The statistics Ollama puts on the last object of an answer; `load`: seconds the request
+    waited for its model to load (counted in total_duration too, as Ollama does)."""
     end = c.finished_at or time.perf_counter()
     first = c.first_output_at or end
-    return {"done": True, "done_reason": done_reason or "stop", "total_duration": _ns(end - c.started_at),
-            "load_duration": 0, "prompt_eval_count": c.prompt_tokens,
+    return {"done": True, "done_reason": done_reason or "stop", "total_duration": _ns(end - c.started_at + load),
+            "load_duration": _ns(load), "prompt_eval_count": c.prompt_tokens,
             "prompt_eval_duration": _ns(first - c.started_at), "eval_count": c.completion_tokens,
             "eval_duration": _ns(end - first)}
 
@@ -121,27 +123,47 @@ async def _answer(request: Request, state: ServerState, generation: Generation, 
     """Run a generation and shape it: `shape(completion, piece, done)` -> the object's own
     fields. hold: stream nothing before the end."""
     head = {"model": state.model_name}
+    load = load_seconds(request)
     if stream:
         async def lines() -> AsyncIterator[dict[str, Any]]:
             c = generation.completions[0]
             async for _, out in generation.outputs():
                 if out.finished:
-                    yield {**head, "created_at": _now(), **shape(c, out.text, True), **_final(state, c, out.finish_reason)}
+                    yield {**head, "created_at": _now(), **shape(c, out.text, True), **_final(c, out.finish_reason, load)}
                 elif out.text and not hold:
                     yield {**head, "created_at": _now(), **shape(c, out.text, False), "done": False}
         return _ndjson(lines(), generation)
     async with generation:
         c = (await generation.run_to_end(request))[0]
-    return JSONResponse({**head, "created_at": _now(), **shape(c, c.text, True), **_final(state, c, c.finish_reason)})
+    return JSONResponse({**head, "created_at": _now(), **shape(c, c.text, True), **_final(c, c.finish_reason, load)})
 
 
 # ------------------------------------------------------------------------------- chat / generate
 
+async def _unload_only(request: Request, body: dict[str, Any], empty: bool) -> str | None:
+    """Ollama's way to unload a model: no prompt and "keep_alive": 0. Returns the model's name
+    (unloaded once its running requests end), or None for any other request."""
+    if not empty or "keep_alive" not in body or keep_alive_of(request.app.state.pool, body) != 0:
+        return None
+    pool = request.app.state.pool
+    name = body.get("model")
+    key = pool.resolve_loaded(name)
+    if key is None:
+        key = await asyncio.to_thread(pool.resolve, name)
+    pool.unload(key)
+    return key
+
+
 @router.post("/api/chat")
 async def chat(request: Request) -> Any:
-    state, body = await model_request(request)
-    _refuse_unsupported(body)
+    body = await read_json_object(request)
     messages = field(body, "messages", list, [])
+    unloaded = await _unload_only(request, body, not messages)
+    if unloaded is not None:
+        return JSONResponse({"model": unloaded, "created_at": _now(),
+                             "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "unload"})
+    state = await model_state(request, body.get("model"), body)
+    _refuse_unsupported(body)
     stream = field(body, "stream", bool, True)
     if not messages:  # Ollama's way to load a model
         return JSONResponse({"model": state.model_name, "created_at": _now(),
@@ -176,9 +198,14 @@ async def chat(request: Request) -> Any:
 
 @router.post("/api/generate")
 async def generate(request: Request) -> Any:
-    state, body = await model_request(request)
-    _refuse_unsupported(body)
+    body = await read_json_object(request)
     prompt = field(body, "prompt", str, "")
+    unloaded = await _unload_only(request, body, not prompt)
+    if unloaded is not None:
+        return JSONResponse({"model": unloaded, "created_at": _now(), "response": "", "done": True,
+                             "done_reason": "unload"})
+    state = await model_state(request, body.get("model"), body)
+    _refuse_unsupported(body)
     system = field(body, "system", str)
     stream = field(body, "stream", bool, True)
     if not prompt:  # Ollama's way to load a model
@@ -192,72 +219,6 @@ async def generate(request: Request) -> Any:
     generation = await _start(state, body, ids)
     return await _answer(request, state, generation, stream,
                          lambda c, piece, done: {"response": piece})
-
-
-# ------------------------------------------------------------------------------- model listing
-
-def _details(state: ServerState) -> dict[str, Any]:
-    meta = state.loaded.metadata
-    file_type = meta.get("general.file_type")
-    return {"parent_model": "", "format": state.loaded.format, "family": state.loaded.config.architecture,
-            "families": [state.loaded.config.architecture],
-            "parameter_size": meta.get("general.size_label") or f"{state.loaded.config.n_params() / 1e6:.0f}M",
-            "quantization_level": FILE_TYPES.get(file_type, str(state.loaded.dtype).removeprefix("torch."))}
-
-
-def _size(state: ServerState) -> int:
-    path = state.loaded.path
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-
-
-def _modified(state: ServerState) -> str:
-    return datetime.fromtimestamp(state.loaded.path.stat().st_mtime, timezone.utc).isoformat()
-
-
-def _model_entries(state: ServerState) -> list[dict[str, Any]]:
-    """The served model, then base+NAME for each LoRA adapter (what a request's `model` may
-    name), so that Ollama clients such as Open WebUI offer the adapters in their model list.
-    An adapter's details name the base as its parent_model, as Ollama's do for a model made
-    FROM another."""
-    modified, size = _modified(state), _size(state)
-    entries = []
-    for name in state.model_names():
-        details = _details(state)
-        if name != state.model_name:
-            details["parent_model"] = state.model_name
-        entries.append({"name": name, "model": name, "modified_at": modified, "size": size,
-                        "details": details})
-    return entries
-
-
-@router.get("/api/tags")
-async def tags(request: Request) -> JSONResponse:
-    return JSONResponse({"models": _model_entries(server_state(request))})
-
-
-@router.get("/api/ps")
-async def ps(request: Request) -> JSONResponse:
-    """Every name of /api/tags: the adapters are held in memory with the base, never unloaded."""
-    state = server_state(request)
-    entries = _model_entries(state)
-    for entry in entries:
-        entry.pop("modified_at")
-        entry.update(expires_at="0001-01-01T00:00:00Z", context_length=state.context_length,
-                     size_vram=entry["size"] if state.loaded.device.type == "cuda" else 0)
-    return JSONResponse({"models": entries})
-
-
-@router.post("/api/show")
-async def show(request: Request) -> JSONResponse:
-    state = server_state(request)
-    body = await read_json_object(request)
-    state.check_model(body.get("model") or body.get("name"))
-    meta = state.loaded.metadata
-    info = {k: v for k, v in meta.items() if not k.startswith("tokenizer.") and isinstance(v, (str, int, float, bool))}
-    return JSONResponse({"modelfile": "", "parameters": "", "template": meta.get("tokenizer.chat_template", ""),
-                         "details": _details(state), "model_info": info,
-                         "capabilities": ["completion", "tools"],
-                         "modified_at": _modified(state)})
 
 
 @router.get("/api/version")

@@ -32,6 +32,8 @@ def _int(lo: int, hi: int | None = None) -> dict[str, Any]:
     return {"type": "integer", "minimum": lo, **({"maximum": hi} if hi is not None else {})}
 
 
+# Ollama's keep_alive: a duration ("5m", "1h30m") or seconds; 0 unloads, negative keeps.
+_KEEP_ALIVE = {"oneOf": [_STR, {"type": "number"}]}
 _STOP = {"oneOf": [_STR, {"type": "array", "items": _STR}]}
 # Sampling fields shared by the OpenAI routes.
 _SAMPLING = {
@@ -122,8 +124,11 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "llamita", "version": __version__},
         "paths": {
             "/health": _get("liveness"),
-            "/v1/models": _get("the served model and its adapters"),
-            "/api/tags": _get("Ollama: the served model"),
+            "/v1/models": _get("the served model, its adapters and the library's models"),
+            "/api/tags": _get("Ollama: the served model, its adapters and the library's models"),
+            "/api/ps": _get("Ollama: the loaded models, with expires_at, size and size_vram"),
+            "/api/show": _post("Ollama: one model's details, template and metadata", _body([], {
+                "model": _STR})),
             "/api/version": _get("Ollama: version"),
             "/v1/chat/completions": _post("OpenAI chat completion", _body(["messages"], {
                 **_SAMPLING, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
@@ -142,11 +147,11 @@ def openapi_document() -> dict[str, Any]:
             })),
             "/api/chat": _post("Ollama chat", _body(["messages"], {
                 "model": _STR, "messages": {"type": "array", "items": _MESSAGE},
-                "stream": _BOOL, "options": _OLLAMA_OPTIONS, **_RAG,
+                "stream": _BOOL, "options": _OLLAMA_OPTIONS, "keep_alive": _KEEP_ALIVE, **_RAG,
             })),
             "/api/generate": _post("Ollama generate", _body([], {
                 "model": _STR, "prompt": _STR, "system": _STR, "stream": _BOOL, "raw": _BOOL,
-                "options": _OLLAMA_OPTIONS,
+                "options": _OLLAMA_OPTIONS, "keep_alive": _KEEP_ALIVE,
             })),
             "/api/embed": _post("Ollama embeddings", _body(["input"], {
                 "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR}]},

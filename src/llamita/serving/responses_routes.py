@@ -34,7 +34,7 @@ from llamita.serving.responses_format import (
     sse_event,
 )
 from llamita.serving.responses_request import ResponsesRequest, input_messages
-from llamita.serving.state import ServerState, server_state
+from llamita.serving.state import ServerState, model_state, server_state
 from llamita.tokenizer.tool_call_stream import ToolCallDelta
 from llamita.tokenizer.tool_calls import find_tool_calls
 
@@ -115,9 +115,8 @@ async def _read_body(request: Request) -> ResponsesRequest:
 
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Any:
-    state = server_state(request)
     body = await _read_body(request)
-    state.check_model(body.model)
+    state = await model_state(request, body.model)
     earlier = _earlier_messages(state, body)
     conversation = earlier + input_messages(body.input, earlier)
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + conversation

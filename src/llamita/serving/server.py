@@ -20,8 +20,12 @@ from llamita.engine.lora_attach import attach_loras
 from llamita.engine.tensor_parallel import open_model
 from llamita.engine.threads import threads_label, use_threads
 from llamita.errors import InvalidParameterError
+from llamita.jobs.memory import served_bytes
 from llamita.serving.app import create_app
 from llamita.serving.engine_loop import EngineLoop
+from llamita.serving.keep_alive import default_keep_alive, format_bytes, parse_keep_alive
+from llamita.serving.model_memory import default_max_memory
+from llamita.serving.model_pool import ModelPool, PoolConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +79,10 @@ class GracefulServer(uvicorn.Server):
     [DONE], a whole answer a 503), lets the handlers finish, and returns. SIGTERM, the normal
     way to stop a service, then exits with status 0 instead of uvicorn's re-raised signal."""
 
-    def __init__(self, config: uvicorn.Config, engine_loop: EngineLoop) -> None:
+    def __init__(self, config: uvicorn.Config, engine_loop: EngineLoop, pool: ModelPool | None = None) -> None:
         super().__init__(config)
         self.engine_loop = engine_loop
+        self.pool = pool
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM:
@@ -89,18 +94,38 @@ class GracefulServer(uvicorn.Server):
         for server in self.servers:  # no new connections while the requests end
             server.close()
         # Without this, uvicorn would wait for every stream to run to its max_tokens.
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)  # the models loaded on demand
         await asyncio.to_thread(self.engine_loop.stop)
         await super().shutdown(sockets)
 
 
 def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
-    """Serve `loaded`, its LoRA adapters (one slot each) already installed."""
+    """Serve `loaded`, its LoRA adapters (one slot each) already installed, and the library."""
     adapters = list(loaded.model.lora.names)
     engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path, config.model)
+
+    def load_engine(path: Path) -> EngineLoop:
+        other = load_model(path, dtype=config.dtype, device=config.device)
+        return EngineLoop(LLMEngine(other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running),
+                          max_queue=config.max_queue, request_timeout=config.request_timeout)
+
+    def estimate(path: Path) -> int:
+        return served_bytes(path, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running,
+                           kv_bytes_per_element=loaded.dtype.itemsize)
+
+    library = config.library and config.tensor_parallel == 1
+    default_size = estimate(loaded.path) if library else 0
+    keep_alive = default_keep_alive() if config.keep_alive is None else parse_keep_alive(config.keep_alive,
+                                                                                           "--keep-alive")
+    pool_config = PoolConfig(library=library, keep_alive=keep_alive, load_timeout=config.request_timeout,
+                             max_memory=None if not library else config.max_memory or default_max_memory(default_size))
     app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir,
-                     cors_origins=config.cors_origins, strict_model_names=config.strict_model_names)
+                     cors_origins=config.cors_origins, strict_model_names=config.strict_model_names,
+                     pool_config=pool_config, load_engine=load_engine if library else None,
+                     estimate=estimate if library else None)
     warning = exposure_warning(config.host, config.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -113,8 +138,20 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
               f"{', '.join(adapters)}", flush=True)
     print(f"llamita: web chat at http://{config.host}:{config.port}/ (data in "
           f"{app.state.chat_store.path})", flush=True)
+    if library and config.max_memory is not None and default_size >= config.max_memory:
+        print(f"llamita: WARNING: '{name}' alone takes about {format_bytes(default_size)} (estimated), "
+              f"as much as --max-memory {format_bytes(config.max_memory)}: no other model can be loaded",
+              file=sys.stderr, flush=True)
+    if library:
+        print(f"llamita: the library's models load on demand (request them by name; keep_alive "
+              f"{_duration(keep_alive)}, --max-memory {format_bytes(pool_config.max_memory or 0)})", flush=True)
     try:
         GracefulServer(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
-                                      lifespan="off"), loop).run()
+                                      lifespan="off"), loop, app.state.pool).run()
     finally:
+        app.state.pool.close()
         loop.stop()
+
+
+def _duration(seconds: float | None) -> str:
+    return "for ever" if seconds is None else f"{seconds:g} s"

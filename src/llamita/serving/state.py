@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi import Request
 from llamita.engine.loader import LoadedModel
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError
+from llamita.serving.keep_alive import parse_keep_alive
 from llamita.serving.metrics import ServerMetrics
 from llamita.serving.request_body import read_json_object
 from llamita.serving.response_history import ResponseHistory
@@ -23,8 +25,9 @@ class ServerState:
     model_name: str
     metrics: ServerMetrics
     started_at: float = field(default_factory=time.time)  # Unix seconds
-    # True: a `model` other than the served one (or base+adapter) is a 404. False (the
-    # default): any name answers, as llama.cpp's server and most local servers do.
+    # True: a `model` that is neither the served one (or base+adapter) nor a library model is
+    # a 404. False (the default): any name answers, as llama.cpp's server and most local
+    # servers do (model_pool.py, ModelPool.resolve).
     strict_model_names: bool = False
     responses: ResponseHistory = field(default_factory=ResponseHistory)  # for previous_response_id
 
@@ -66,37 +69,60 @@ class ServerState:
                            code="model_not_found")
         return name
 
-    def check_model(self, name: object) -> None:
-        """Whether a request may name `name` as its model; no name means the served model.
-
-        Strict: 404 unless it is the served model or base+adapter (Ollama's ':latest' tag
-        allowed). Otherwise any name answers with the served model, except one that asks for
-        a LoRA adapter (`NAME+ADAPTER`) the server does not hold: running the base instead
-        would silently answer without the adapter the client chose."""
-        if name is None or name == "":
-            return
-        if not isinstance(name, str):
-            raise APIError(400, "'model' must be a string", param="model")
-        if name.removesuffix(":latest") in self.model_names():
-            return
-        if self.strict_model_names:
-            raise self.unknown_model(name)
-        if "+" in name:
-            self.adapter_of({"model": name})  # 404 naming the adapters it has
-
-    def unknown_model(self, name: str) -> APIError:
-        """The 404 for a model name this server does not have, listing those it has."""
-        return APIError(404, f"the model '{name}' does not exist; this server serves "
-                        f"{', '.join(repr(n) for n in self.model_names())}", param="model", code="model_not_found")
-
 
 def server_state(request: Request) -> ServerState:
+    """The default model's state (the one requests that name no model get)."""
     return request.app.state.llamita
 
 
+# The scope key under which ModelLeases (app.py) keeps the pool leases a request took.
+LEASES = "llamita.leases"
+# The scope key of the seconds a request waited for its model to load (Ollama's load_duration).
+LOAD_SECONDS = "llamita.load_seconds"
+
+
+def load_seconds(request: Request) -> float:
+    """Seconds this request waited for its model to be loaded (0 when it was loaded)."""
+    return request.scope.get(LOAD_SECONDS, 0.0)
+
+
 async def model_request(request: Request) -> tuple[ServerState, dict[str, Any]]:
-    """The server state and the JSON body of a request that names a model (404 for another)."""
-    state = server_state(request)
+    """The state of the model a request's JSON body names (loaded on demand; 404 for a name
+    the server cannot serve) and the body. The model stays loaded until the answer has ended."""
     body = await read_json_object(request)
-    state.check_model(body.get("model"))
-    return state, body
+    return await model_state(request, body.get("model"), body), body
+
+
+async def model_state(request: Request, name: object, body: dict[str, Any] | None = None) -> ServerState:
+    """The state of model `name` (None: the default) with a lease on it for this request;
+    `body`'s `keep_alive` (Ollama's field) says how long it stays after the request."""
+    pool = request.app.state.pool
+    keep_alive = keep_alive_of(pool, body or {})
+    key = pool.resolve_loaded(name)
+    model = pool.try_acquire(key, keep_alive) if key is not None else None
+    if model is None:
+        def resolve_and_acquire() -> Any:
+            return pool.acquire(key if key is not None else pool.resolve(name), keep_alive)
+
+        pending = asyncio.ensure_future(asyncio.to_thread(resolve_and_acquire))
+        started = time.perf_counter()
+        try:
+            model = await asyncio.shield(pending)
+            request.scope[LOAD_SECONDS] = time.perf_counter() - started
+        except asyncio.CancelledError:  # the client left while the model loaded: no lease kept
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception() or pool.release(f.result()))
+            raise
+    leases = request.scope.get(LEASES)
+    if leases is None:  # not under ModelLeases: nobody would release it
+        pool.release(model)
+    else:
+        leases.append(model)
+    return model.state
+
+
+def keep_alive_of(pool: Any, body: dict[str, Any]) -> float | None:
+    """Seconds the model stays loaded after this request: the body's `keep_alive` (Ollama's
+    durations: "5m", 300, 0, -1 -> None, for ever), else the server's default."""
+    if body.get("keep_alive") is None:
+        return pool.config.keep_alive
+    return parse_keep_alive(body["keep_alive"])

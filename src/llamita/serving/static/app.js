@@ -18,7 +18,7 @@ const TEXT = {
     rename: "Rename", delete: "Delete", renamePrompt: "New title:", deleteConfirm: "Delete this conversation?",
     untitled: "Untitled", good: "Good answer", bad: "Bad answer", stopped: "stopped",
     keyPrompt: "This server needs an API key:", tokensPerSecond: "tokens/s", model: "Model",
-    contextTokens: "{n}-token context",
+    contextTokens: "{n}-token context", loaded: "loaded", loading: "loading…",
     baseModel: "{name} (base)", copy: "Copy", copied: "Copied", regenerate: "Regenerate", edit: "Edit and resend",
     resend: "Send", cancel: "Cancel", search: "Search conversations", theme: "Dark / light",
   },
@@ -30,7 +30,7 @@ const TEXT = {
     stop: "Detener", rename: "Renombrar", delete: "Borrar", renamePrompt: "Nuevo título:",
     deleteConfirm: "¿Borrar esta conversación?", untitled: "Sin título", good: "Buena respuesta",
     bad: "Mala respuesta", stopped: "detenida", keyPrompt: "Este servidor pide una clave de API:",
-    tokensPerSecond: "tokens/s", model: "Modelo", contextTokens: "contexto de {n} tokens", baseModel: "{name} (base)", copy: "Copiar", copied: "Copiado",
+    tokensPerSecond: "tokens/s", model: "Modelo", contextTokens: "contexto de {n} tokens", loaded: "cargado", loading: "cargando…", baseModel: "{name} (base)", copy: "Copiar", copied: "Copiado",
     regenerate: "Regenerar", edit: "Editar y reenviar", resend: "Enviar", cancel: "Cancelar",
     search: "Buscar conversaciones", theme: "Oscuro / claro",
   },
@@ -89,16 +89,30 @@ function showError(error) {
   $("error").hidden = !error;
 }
 
-// Models: the served model and, after it, one "<base>+NAME" per LoRA adapter (/v1/models),
-// with what /api/ps says of each (parameters, quantization, size, context window). The picker
-// is always shown, so the page says which model answers; each conversation keeps its choice.
+// Models: the served model, one "<base>+NAME" per LoRA adapter, then the library's models
+// (/v1/models), with what /api/ps says of the loaded ones (parameters, quantization, size,
+// context window); where some are not loaded, the loaded ones are marked. The picker is always
+// shown, so the page says which model answers; each conversation keeps its choice.
 async function loadModels() {
   const [models, running] = await Promise.all([api("/v1/models"), api("/api/ps").catch(() => ({ models: [] }))]);
   const facts = new Map(running.models.map((m) => [m.name, m]));
   state.models = models.data.map((m) => ({ ...m, facts: facts.get(m.id) }));
   const select = $("model");
+  const chosen = select.value;
   select.replaceChildren(...state.models.map((m) => new Option(modelLabel(m), m.id)));
+  if (state.models.some((m) => m.id === chosen)) select.value = chosen;
   showModelFacts();
+}
+
+// Choosing a model that is not loaded loads it now (Ollama's empty request), so the first
+// message does not wait for it; the list then marks it loaded.
+async function chooseModel() {
+  showModelFacts();
+  const m = state.models.find((x) => x.id === $("model").value);
+  if (!m || m.facts || m.parent) return;
+  $("model-facts").textContent = t("loading");
+  await api("/api/generate", "POST", { model: m.id, prompt: "" });
+  await loadModels();
 }
 
 function showModelFacts() {
@@ -110,7 +124,9 @@ function showModelFacts() {
 
 function modelLabel(m) {
   if (m.parent) return m.id.slice(m.parent.length + 1);  // the adapter's name
-  return state.models.length > 1 ? t("baseModel").replace("{name}", m.id) : m.id;
+  const name = state.models.some((x) => x.parent === m.id) ? t("baseModel").replace("{name}", m.id) : m.id;
+  const someUnloaded = state.models.some((x) => !x.parent && !x.facts);
+  return someUnloaded && m.facts ? `${name} ● ${t("loaded")}` : name;
 }
 
 // Sent even when the list is hidden (one model): the stored answers then still say which
@@ -486,7 +502,7 @@ function init() {
     applyLanguage();
   });
   $("preset").addEventListener("change", choosePreset);
-  $("model").addEventListener("change", showModelFacts);
+  $("model").addEventListener("change", () => chooseModel().catch(showError));
   for (const name of PARAM_FIELDS) $(name).addEventListener("input", () => writeParams(readParams()));
   $("new-conversation").addEventListener("click", newConversation);
   $("conversation-search").addEventListener("input", renderConversationList);
