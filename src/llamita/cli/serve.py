@@ -113,12 +113,16 @@ def serve(
 
 
 def _note_created(model: Path | None) -> None:
-    """Say what a created model (`llamita create`) keeps when served: only its TEMPLATE so far."""
+    """Say what a created model (`llamita create`) does not bring when served: its ADAPTERs (the
+    server applies its TEMPLATE, PARAMETERs, SYSTEM and MESSAGEs to every request)."""
     from llamita.library.local import resolve_model_settings
 
-    if model is None or not os.fspath(model) or resolve_model_settings(model)[1] is None:
+    if model is None or not os.fspath(model):
+        return
+    settings = resolve_model_settings(model)[1]
+    if settings is None or not settings.adapters:
         return
     from llamita.cli.common import stderr
 
-    stderr.print(f"[yellow]note:[/] {model} is a created model: the server renders its TEMPLATE, but "
-                 "does not apply its PARAMETERs, SYSTEM, MESSAGEs or ADAPTERs to requests yet")
+    stderr.print(f"[yellow]note:[/] {model} is a created model with ADAPTERs: the server does not load "
+                 "them yet; pass them with --lora")

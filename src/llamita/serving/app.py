@@ -49,7 +49,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
                data_dir: str | os.PathLike[str] | None = None, *,
                cors_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                strict_model_names: bool = False, pool_config: PoolConfig = PoolConfig(),
-               load_engine: Callable[[Path], EngineLoop] | None = None,
+               load_engine: Callable[[str], EngineLoop] | None = None,
                estimate: Callable[[Path], int] | None = None) -> FastAPI:
     """The server's app. The engine loop must be started by the caller (and stopped by it).
 
@@ -62,7 +62,8 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     strict_model_names: a request naming another model than the served one gets 404; by
     default any name answers (model_pool.py, ModelPool.resolve).
     pool_config: with `library` set, every local model may be asked for by name and is loaded
-    on demand by `load_engine(path)` (an EngineLoop, not yet started), sized before loading by
+    on demand by `load_engine(name)` (an EngineLoop, not yet started; loaded by its library
+    name, so a created model comes with its settings and template), sized before loading by
     `estimate(path)` (bytes) against `max_memory`. Without it only `engine_loop`'s model serves."""
     app = FastAPI(title="llamita", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = ServerMetrics()
@@ -70,9 +71,9 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     default = ServerState(engine_loop, model_name, metrics, strict_model_names=strict_model_names)
     app.state.llamita = default
 
-    def load(name: str, path: Path) -> ServerState:
+    def load(name: str, path: Path) -> ServerState:  # path: what the pool sized; loaded by name
         assert load_engine is not None
-        loop = load_engine(path)
+        loop = load_engine(name)
         loop.observer = metrics
         loop.start()
         return ServerState(loop, name, metrics, default.started_at, strict_model_names, default.responses)

@@ -64,6 +64,8 @@ def _fit(state: ServerState, prompt: list[int], params: SamplingParams,
     in a loop stops with done_reason "length" instead of filling a 128k window for an hour. A
     prompt already longer than that default gets the model's whole window, not an error."""
     num_ctx = field(options, "num_ctx", int, where="options.")
+    if num_ctx is None and state.loaded.settings is not None:
+        num_ctx = state.loaded.settings.num_ctx  # a created model's PARAMETER num_ctx
     if num_ctx is None:
         num_ctx = default_num_ctx()
         if len(prompt) >= num_ctx:
@@ -89,7 +91,7 @@ def default_num_ctx() -> int:
 
 async def _start(state: ServerState, body: dict[str, Any], prompt: list[int]) -> Generation:
     options = field(body, "options", dict, {})
-    params = _fit(state, prompt, ollama_sampling_params(options), options)
+    params = _fit(state, prompt, ollama_sampling_params(options, state.sampling_defaults), options)
     params = params.replace(grammar=ollama_grammar(body.get("format")))
     return await Generation.start(state.loop, [prompt], [params], state.adapter_of(body))
 
@@ -169,6 +171,7 @@ async def chat(request: Request) -> Any:
         return JSONResponse({"model": state.model_name, "created_at": _now(),
                              "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
     tools = field(body, "tools", list)
+    messages = state.conversation(messages)
     # "collections": answer from documents (serving/rag_chat.py); None for every other request.
     rag = await rag_prompt(request, body, messages,
                            field(field(body, "options", dict, {}), "num_predict", int, where="options."))
@@ -215,7 +218,7 @@ async def generate(request: Request) -> Any:
         ids = encode_prompt(state.tokenizer, prompt)
     else:  # Ollama renders the prompt through the model's chat template
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        ids = encode_chat(state.tokenizer, messages)
+        ids = encode_chat(state.tokenizer, state.conversation(messages))
     generation = await _start(state, body, ids)
     return await _answer(request, state, generation, stream,
                          lambda c, piece, done: {"response": piece})

@@ -94,7 +94,7 @@ async def start_generation(state: ServerState, prompts: list[list[int]], body: d
                  chat: bool, grammar: Grammar | None = None) -> Generation:
     """n choices of each prompt, in the order prompt 0 choice 0, prompt 0 choice 1, ...
     `grammar` (a forced tool call) replaces the body's own."""
-    params = openai_sampling_params(body, chat=chat)
+    params = openai_sampling_params(body, chat=chat, defaults=state.sampling_defaults)
     if grammar is not None:
         params = params.replace(grammar=grammar)
     n = choice_count(body)
@@ -124,7 +124,7 @@ async def chat_completions(request: Request) -> Any:
     state, body = await model_request(request)
     _refuse_unsupported(body, chat=True)
     tools, call_grammar = offered_tools(state, body)
-    messages = field(body, "messages", list, required=True)
+    messages = state.conversation(field(body, "messages", list, required=True))
     # "collections": answer from documents (serving/rag_chat.py); None for every other request.
     rag = await rag_prompt(request, body, messages, _max_tokens(body))
     prompt = encode_chat(state.tokenizer, rag.messages if rag else messages, tools=tools,

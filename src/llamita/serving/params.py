@@ -36,23 +36,27 @@ _OPENAI_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_
 _OLLAMA_OPTIONS, _OLLAMA_HARDWARE_OPTIONS, _OLLAMA_OFF_VALUES = OLLAMA_OPTIONS, OLLAMA_HARDWARE_OPTIONS, OLLAMA_OFF_VALUES
 
 
-def openai_sampling_params(body: dict[str, Any], *, chat: bool) -> SamplingParams:
-    """SamplingParams of a /v1/chat/completions (chat=True) or /v1/completions body."""
-    kw: dict[str, Any] = {ours: body[theirs] for theirs, ours in _OPENAI_FIELDS.items()
-                          if body.get(theirs) is not None}
+def openai_sampling_params(body: dict[str, Any], *, chat: bool,
+                           defaults: dict[str, Any] | None = None) -> SamplingParams:
+    """SamplingParams of a /v1/chat/completions (chat=True) or /v1/completions body; `defaults`
+    (a created model's PARAMETERs, SamplingParams names) stand where the body says nothing."""
+    defaults = defaults or {}
+    kw: dict[str, Any] = {**defaults, **{ours: body[theirs] for theirs, ours in _OPENAI_FIELDS.items()
+                                         if body.get(theirs) is not None}}
     if body.get("logit_bias") is not None:
         kw["logit_bias"] = _logit_bias(body["logit_bias"])
     kw["grammar"] = openai_grammar(body)
     if "penalty_last_n" in body or "repeat_last_n" in body:
         kw["penalty_last_n"] = body.get("penalty_last_n", body.get("repeat_last_n"))
-    kw["max_tokens"] = _max_tokens(body, chat=chat)
+    kw["max_tokens"] = _max_tokens(body, chat=chat, default=defaults.get("max_tokens"))
     kw["logprobs"] = _openai_logprobs(body, chat=chat)
     return _build(kw)
 
 
-def _max_tokens(body: dict[str, Any], *, chat: bool) -> int | None:
+def _max_tokens(body: dict[str, Any], *, chat: bool, default: int | None = None) -> int | None:
     """max_completion_tokens or max_tokens, or llama.cpp's name `n_predict` (-1: no limit).
-    Chat completions run to the end of the context unless told; legacy completions stop at 16."""
+    Untold, `default` (a created model's num_predict) if any, else chat completions run to the
+    end of the context and legacy completions stop at 16."""
     names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
     given = [body[n] for n in names if body.get(n) is not None]
     n_predict = body.get("n_predict")
@@ -61,7 +65,11 @@ def _max_tokens(body: dict[str, Any], *, chat: bool) -> int | None:
             raise APIError(400, f"'n_predict' and '{names[-1]}' say different things; give one",
                            param="n_predict")
         return _num_predict(n_predict)
-    return given[0] if given else (None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS)
+    if given:
+        return given[0]
+    if default is not None:
+        return default
+    return None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS
 
 
 def _logit_bias(value: Any) -> dict[int, Any]:
@@ -163,9 +171,10 @@ def per_choice(params: SamplingParams, n: int) -> list[SamplingParams]:
     return [params.replace(seed=(params.seed + i) % 2**64) for i in range(n)]
 
 
-def ollama_sampling_params(options: dict[str, Any]) -> SamplingParams:
-    """SamplingParams of an Ollama `options` object (num_ctx is the route's business)."""
-    kw: dict[str, Any] = {}
+def ollama_sampling_params(options: dict[str, Any], defaults: dict[str, Any] | None = None) -> SamplingParams:
+    """SamplingParams of an Ollama `options` object (num_ctx is the route's business);
+    `defaults` (a created model's PARAMETERs, SamplingParams names) stand where it says nothing."""
+    kw: dict[str, Any] = dict(defaults or {})
     for name, value in options.items():
         if value is None or name in _OLLAMA_HARDWARE_OPTIONS or name == "num_ctx":
             continue

@@ -107,8 +107,9 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path, config.model)
 
-    def load_engine(path: Path) -> EngineLoop:
-        other = load_model(path, dtype=config.dtype, device=config.device)
+    def load_engine(name: str) -> EngineLoop:
+        # By name, not path: a created model (`llamita create`) brings its settings and template.
+        other = load_model(name, dtype=config.dtype, device=config.device)
         return EngineLoop(LLMEngine(other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running),
                           max_queue=config.max_queue, request_timeout=config.request_timeout)
 

@@ -40,6 +40,19 @@ class ServerState:
         return self.loop.engine.tokenizer
 
     @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """A created model's PARAMETERs (`llamita create`) as SamplingParams keyword arguments:
+        what a request's own fields override. Empty for any other model."""
+        settings = self.loaded.settings
+        return settings.sampling_kwargs() if settings is not None else {}
+
+    def conversation(self, messages: list[Any]) -> list[Any]:
+        """`messages` as a created model sees them: its SYSTEM (when the request has no system
+        message) and MESSAGEs first, Ollama's order; unchanged for any other model."""
+        settings = self.loaded.settings
+        return settings.conversation(messages) if settings is not None else messages
+
+    @property
     def context_length(self) -> int:
         """Positions one request may use: the model's window, or less when the KV cache is smaller."""
         return self.loop.engine.context_length
