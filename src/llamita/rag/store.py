@@ -156,7 +156,8 @@ class CollectionStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with database.write(self.path) as db:
             yield db
-            # Every write moves the generation on, so a reader's cached vectors know they are stale.
+            # Every write of chunks moves the generation on, so a reader's cached vectors know they
+            # are stale (set_meta writes settings only, and leaves it).
             db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
@@ -166,7 +167,8 @@ class CollectionStore:
             return {r["key"]: r["value"] for r in db.execute("SELECT key, value FROM meta")}
 
     def set_meta(self, values: dict[str, str]) -> None:
-        with self._write() as db:
+        """Writes settings; chunks and vectors are untouched, so the generation stays."""
+        with database.write(self.path) as db:
             db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                            list(values.items()))
 
