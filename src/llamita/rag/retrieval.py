@@ -88,7 +88,7 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int = RRF_K,
 
 # -- how much the dense ranking is worth, per collection, without labels ----------------------
 PSEUDO_QUERIES = 48   # sentences drawn from the collection's own chunks
-PSEUDO_QUERY_WORDS = (6, 40)  # a sentence shorter than 6 words says too little; longer ones are cut
+PSEUDO_QUERY_WORDS = (6, 24)  # a sentence shorter than 6 words says too little; longer ones are cut
 
 
 def pseudo_queries(chunks: Sequence[tuple[int, str]], count: int = PSEUDO_QUERIES, seed: int = 0

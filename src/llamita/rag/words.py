@@ -57,10 +57,17 @@ def _stemmer():  # built once: constructing a Snowball stemmer compiles its tabl
     return snowballstemmer.stemmer(STEMMER_LANGUAGE)
 
 
+@lru_cache(maxsize=1 << 17)
+def _stem(word: str) -> str:
+    # Cached: the pure-Python stemmer does ~50,000 words/s, and a collection's words repeat
+    # (Zipf), so most chunks' words are looked up, not stemmed.
+    return fold(_stemmer().stemWord(word.lower()))
+
+
 def stems(tokens: list[str]) -> list[str]:
     """The folded Snowball stem of each word (the stemmer reads the accented lower-case word:
     its Spanish rules look at accents, and its last step removes them)."""
-    return [fold(s) for s in _stemmer().stemWords([t.lower() for t in tokens])]
+    return [_stem(t) for t in tokens]
 
 
 def stem_text(text: str) -> str:
