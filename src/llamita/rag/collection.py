@@ -165,9 +165,9 @@ class Collection:
                rerank: int = 0, reranker: LLM | None = None) -> list[Hit]:
         """The `top` chunks for `query`, best first. mode: hybrid (BM25 and dense fused by
         reciprocal rank fusion, the dense ranking weighted by `measure_dense_weight`), bm25 or
-        dense. rerank: re-order the first `rerank` chunks by
-        how likely a language model finds the question after each (rag/rerank.py; `reranker`,
-        default the embedding model's LLM): one forward pass per chunk."""
+        dense. rerank: re-order the first `rerank` chunks by how likely a language model finds
+        the question after each (rag/rerank.py; `reranker`, default the embedding model's LLM):
+        one forward pass per chunk."""
         if rerank:
             found = self.search(query, max(rerank, top), mode=mode, candidates=candidates)
             return rerank_hits(reranker or self.embedder.llm, query, found)[:top]
