@@ -26,17 +26,33 @@ def snapshot(collection):
     return sorted((c["source"].rsplit("/", 1)[-1], c["position"], c["text"]) for c in collection.store.all_chunks())
 
 
-def test_search_ignores_accents_both_ways(tmp_path, hash_embedder):
+def bm25_sources(tmp_path, embedder, texts: list[str]):
+    """A collection of one file per text (a.md, b.md, ...), and a function: query -> the names of
+    the files BM25 finds, best first."""
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "a.md").write_text("La inteligencia artificial está transformando el mundo.", encoding="utf-8")
-    (docs / "b.md").write_text("Una cancion sin tildes sobre el perro.", encoding="utf-8")
-    (docs / "c.md").write_text("Nada que ver: recetas de cocina.", encoding="utf-8")
-    collection = make(tmp_path, hash_embedder)
+    for letter, text in zip("abcdefgh", texts):
+        (docs / f"{letter}.md").write_text(text, encoding="utf-8")
+    collection = make(tmp_path, embedder)
     collection.add([docs])
+    return lambda query: [h.source.rsplit("/", 1)[-1] for h in collection.search(query, 3, mode="bm25")]
+
+
+def test_search_ignores_accents_both_ways(tmp_path, hash_embedder):
+    sources = bm25_sources(tmp_path, hash_embedder, [
+        "La inteligencia artificial está transformando el mundo.", "Una cancion sin tildes sobre el perro.",
+        "Nada que ver: recetas de cocina."])
     for query, expected in (("esta transformando", "a.md"), ("canción", "b.md"), ("INTELIGENCIA", "a.md")):
-        hits = collection.search(query, 1, mode="bm25")
-        assert hits and hits[0].source.endswith(expected), query
+        assert sources(query)[:1] == [expected], query
+
+
+def test_bm25_finds_other_word_forms_and_ranks_the_exact_form_first(tmp_path, hash_embedder):
+    sources = bm25_sources(tmp_path, hash_embedder, [
+        "El modelo ajusta cada parámetro durante el entrenamiento.", "Los parámetros se entrenan con datos.",
+        "Recetas de cocina sin relación."])
+    assert sources("parametros") == ["b.md", "a.md"]  # the same word (accents aside) first, then its stem
+    assert sources("parámetro") == ["a.md", "b.md"]
+    assert set(sources("entrenar")) == {"a.md", "b.md"}  # no chunk says "entrenar": stems only
 
 
 def test_incremental_reindex_changes_deletes_and_adds(tmp_path, hash_embedder):
@@ -131,7 +147,10 @@ def test_list_and_delete_collections(tmp_path, hash_embedder):
 
 
 def test_query_parsing_and_fusion():
-    assert fts_query('¿Qué es la "atención" OR NOT x*?') == '"atencion" OR "x"'  # words only, syntax and function words dropped
-    assert fts_query("de la") == '"de" OR "la"'  # only function words: keep them
+    # words only, FTS5 syntax and function words dropped; exact words in text and heading, their
+    # Snowball stems (snowballstemmer's Spanish: entrenamiento -> entren) in the stems column
+    assert fts_query('¿Qué es el "entrenamiento" OR NOT x*?') == \
+        '{text heading} : ("entrenamiento" OR "x") OR stems : ("entren" OR "x")'
+    assert fts_query("de la") == '{text heading} : ("de" OR "la") OR stems : ("de" OR "la")'  # only function words: keep them
     assert fts_query("¿?") is None
     assert reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60)[0][0] == 1

@@ -61,11 +61,13 @@ def test_recall_at_5(course, capsys):
     figures = {mode: recall_at(course, questions, 5, mode) for mode in ("hybrid", "bm25", "dense")}
     with capsys.disabled():
         print(f"\nrecall@5 over {len(questions)} questions: " + ", ".join(f"{m} {v:.3f}" for m, v in figures.items()))
-    # Floors that catch regressions; the issue's target (hybrid >= 0.9) needs an embedding
-    # model: SmolLM2-135M's mean-pooled states rank passages little better than chance
-    # (docs/rag.md has the figures).
+    # Floors that catch regressions (1.0, 1.0 and 0.23 measured). SmolLM2-135M's mean-pooled
+    # states find passages far worse than BM25 does, so the collection's measured dense weight is
+    # well under 1 (0.25 for these 25 chunks, 0 for all 141) and hybrid keeps BM25's answers
+    # (docs/rag.md: the figures on all 95 questions).
     assert figures["bm25"] >= 0.9
-    assert figures["hybrid"] >= 0.5  # 0.69 measured; bf16 and float32 models rank a little differently
+    assert figures["hybrid"] >= 0.9
+    assert float(course.settings["dense_weight"]) < 0.5
     assert figures["dense"] > 5 / course.store.counts()[1]  # better than picking chunks at random
 
 

@@ -15,10 +15,12 @@ from llamita.cli.common import DeviceOption, DtypeOption, ModelOption, friendly_
 from llamita.cli.index import DataDirOption, EmbeddingModelOption, short
 
 ModeOption = typer.Option("hybrid", "--mode", help="hybrid (BM25 and embeddings fused by reciprocal "
-                                                   "rank fusion), bm25 or dense.")
+                                                   "rank fusion, the embeddings weighted by how well they "
+                                                   "find passages in this collection: `index show`), bm25 "
+                                                   "or dense.")
 RerankOption = typer.Option(0, "--rerank", min=0, help="Re-order the first N chunks by how likely the model "
                             "finds the question after each (one forward pass per chunk; 20 is a good "
-                            "start; with the built-in model, best with --mode bm25).")
+                            "start).")
 
 
 def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, mode: str,

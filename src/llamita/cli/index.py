@@ -117,7 +117,8 @@ def show(name: str = typer.Argument(..., help="Collection name."), data_dir: Opt
     meta = store.meta()
     console = Console()
     console.print(f"[bold]{name}[/]  {store.path}", soft_wrap=True)
-    for key in ("embedding_model", "pooling", "query_prefix", "document_prefix", "chunk_tokens", "chunk_overlap"):
+    for key in ("embedding_model", "pooling", "query_prefix", "document_prefix", "chunk_tokens", "chunk_overlap",
+                "dense_weight", "dense_weight_measure"):
         if key in meta:
             console.print(f"  {key}: {meta[key]!r}" if "prefix" in key else f"  {key}: {meta[key]}")
     table = Table("chunks", "bytes", "sha256")

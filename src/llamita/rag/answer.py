@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from llamita.api.llm import LLM, StreamChunk
 from llamita.engine.conversation import Message
 from llamita.errors import ContextOverflowError, InvalidParameterError
-from llamita.rag.retrieval import STOPWORDS, Hit
+from llamita.rag.retrieval import Hit
+from llamita.rag.words import STOPWORDS
 from llamita.sampling_params import SamplingParams
 
 if TYPE_CHECKING:

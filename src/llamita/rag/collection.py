@@ -25,7 +25,15 @@ from llamita.rag.answer import Answer, ask
 from llamita.rag.embedder import Embedder, EmbeddingSpec
 from llamita.rag.indexer import IndexReport, ProgressCallback, index_paths
 from llamita.rag.rerank import rerank as rerank_hits
-from llamita.rag.retrieval import Hit, dense_ranking, fts_query, reciprocal_rank_fusion
+from llamita.rag.retrieval import (
+    Hit,
+    dense_ranking,
+    dense_weight,
+    fts_query,
+    mean_reciprocal_rank,
+    pseudo_queries,
+    reciprocal_rank_fusion,
+)
 from llamita.rag.store import CollectionStore, collection_path
 
 MODES = ("hybrid", "bm25", "dense")
@@ -108,7 +116,10 @@ class Collection:
                 "dim": str(embedder.dim), "pooling": embedder.spec.pooling,
                 "query_prefix": embedder.spec.query_prefix, "document_prefix": embedder.spec.document_prefix,
                 "chunk_tokens": str(budget), "chunk_overlap": str(overlap), "created_at": str(time.time())})
-        return index_paths(self.store, embedder, paths, budget=budget, overlap=overlap, on_progress=on_progress)
+        report = index_paths(self.store, embedder, paths, budget=budget, overlap=overlap, on_progress=on_progress)
+        if report.added or report.updated or report.removed or "dense_weight" not in self.settings:
+            self.measure_dense_weight()
+        return report
 
     def files(self) -> list[dict[str, Any]]:
         return self.store.files()
@@ -126,12 +137,42 @@ class Collection:
             self._vectors = (generation, ids, torch.from_numpy(matrix.astype(np.float16)))
         return self._vectors[1], self._vectors[2]
 
+    def measure_dense_weight(self) -> float:
+        """Measures, without labels, how much the dense ranking is worth beside BM25 in this
+        collection, and records it (meta `dense_weight`; hybrid search reads it): sentences of
+        chunks drawn at random are searched both ways, and the rank each way gives the sentence's
+        own chunk decides the weight (rag/retrieval.py `dense_weight`). Run after every `add`
+        that changed something; ~50 query embeddings."""
+        queries = pseudo_queries(self.store.chunk_texts())
+        n_chunks = self.store.counts()[1]
+        if len(queries) < 8:  # too few to measure: plain RRF
+            weight, detail = 1.0, f"unmeasured ({len(queries)} pseudo-queries)"
+        else:
+            ids, matrix = self._matrix()
+            bm25_ranks, dense_ranks = [], []
+            for chunk_id, sentence in queries:
+                match = fts_query(sentence)
+                bm25 = [i for i, _ in self.store.bm25(match, CANDIDATES)] if match else []
+                dense = [i for i, _ in dense_ranking(ids, matrix, self.embedder.embed_query(sentence), CANDIDATES)]
+                bm25_ranks.append(bm25.index(chunk_id) + 1 if chunk_id in bm25 else None)
+                dense_ranks.append(dense.index(chunk_id) + 1 if chunk_id in dense else None)
+            weight = dense_weight(bm25_ranks, dense_ranks, n_chunks, CANDIDATES)
+            detail = (f"{len(queries)} pseudo-queries; mean reciprocal rank bm25 {mean_reciprocal_rank(bm25_ranks):.3f}, "
+                      f"dense {mean_reciprocal_rank(dense_ranks):.3f}")
+        self.store.set_meta({"dense_weight": repr(weight), "dense_weight_measure": detail})
+        return weight
+
+    def _dense_weight(self) -> float:
+        recorded = self.settings.get("dense_weight")
+        return float(recorded) if recorded is not None else self.measure_dense_weight()
+
     def search(self, query: str, top: int = 5, *, mode: str = "hybrid", candidates: int = CANDIDATES,
                rerank: int = 0, reranker: LLM | None = None) -> list[Hit]:
         """The `top` chunks for `query`, best first. mode: hybrid (BM25 and dense fused by
-        reciprocal rank fusion), bm25 or dense. rerank: re-order the first `rerank` chunks by
-        how likely a language model finds the question after each (rag/rerank.py; `reranker`,
-        default the embedding model's LLM): one forward pass per chunk."""
+        reciprocal rank fusion, the dense ranking weighted by `measure_dense_weight`), bm25 or
+        dense. rerank: re-order the first `rerank` chunks by how likely a language model finds
+        the question after each (rag/rerank.py; `reranker`, default the embedding model's LLM):
+        one forward pass per chunk."""
         if rerank:
             found = self.search(query, max(rerank, top), mode=mode, candidates=candidates)
             return rerank_hits(reranker or self.embedder.llm, query, found)[:top]
@@ -151,7 +192,8 @@ class Collection:
             ids, matrix = self._matrix()
             dense = dense_ranking(ids, matrix, self.embedder.embed_query(query), pool)
         if mode == "hybrid":
-            ranked = reciprocal_rank_fusion([[i for i, _ in bm25], [i for i, _ in dense]])
+            ranked = reciprocal_rank_fusion([[i for i, _ in bm25], [i for i, _ in dense]],
+                                            weights=(1.0, self._dense_weight()))
         else:
             ranked = bm25 if mode == "bm25" else dense
         chosen = ranked[:top]
