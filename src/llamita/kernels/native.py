@@ -3,13 +3,14 @@ level the CPU allows chosen at run time.
 
 They are torch operators, so eager code and the AOTInductor-compiled decode step call them
 alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni"), `q4k_vnni_mm` (Q4_K in its
-own scales, layout "vnni_k") and `q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout
+own scales, layout "vnni_k"), `q6k_vnni_mm` (Q6_K in its own 6-bit codes and scales, layout
+"vnni_q6k") and `q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout
 "vnni"), with `*_dequantize` expanding each layout to dense weights for prefill and
 `*_pack_ggml` packing GGUF blocks at load. Every level works on the same packed layouts (the
 name "vnni" is the layout's, not the instruction's), so loading and packing are shared:
 
   level        instructions                   operator namespace      sources
-  avx512_vnni  AVX-512 F/BW/DQ/VL + VNNI      torch.ops.llamita        q4_vnni, q4k_vnni, q8_vnni
+  avx512_vnni  AVX-512 F/BW/DQ/VL + VNNI      torch.ops.llamita        q4_vnni, q4k_vnni, q6k_vnni, q8_vnni
   avx_vnni     AVX2 + FMA + F16C + AVX-VNNI   torch.ops.llamita_avx_vnni   mm256 (vpdpbusd 256-bit)
   avx2         AVX2 + FMA + F16C              torch.ops.llamita_avx2       mm256 (maddubs + madd)
 
@@ -58,7 +59,8 @@ class KernelLevel:
 _AVX2 = ("-mavx2", "-mfma", "-mf16c")
 # Best first: kernel_level() takes the first that the CPU has and that builds.
 KERNEL_LEVELS: tuple[KernelLevel, ...] = (
-    KernelLevel("avx512_vnni", "llamita", ("q4_vnni.cpp", "q4k_vnni.cpp", "q8_vnni.cpp", "pack.cpp"),
+    KernelLevel("avx512_vnni", "llamita", ("q4_vnni.cpp", "q4k_vnni.cpp", "q6k_vnni.cpp", "q8_vnni.cpp",
+                                              "pack.cpp"),
                 ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", *_AVX2),
                 frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"})),
     KernelLevel("avx_vnni", "llamita_avx_vnni", ("mm256.cpp", "pack.cpp"), (*_AVX2, "-mavxvnni"),
@@ -258,6 +260,14 @@ def _register_fake(namespace: str) -> None:
     @torch.library.register_fake(f"{namespace}::q4k_vnni_mm")
     def _q4k_shape(x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{namespace}::q6k_vnni_mm")
+    def _q6k_shape(x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{namespace}::q6k_vnni_dequantize")
+    def _q6k_dense(codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return codes.new_empty((codes.shape[0], codes.shape[1] * 4 // 3), dtype=dtype)
 
     @torch.library.register_fake(f"{namespace}::q4k_vnni_dequantize")
     def _q4k_dense(codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -32,6 +32,17 @@ constexpr int64_t kSubBlocks = kSuper / kGroup;     // 8 groups share one d and 
 constexpr int64_t kMetaBytes = 2 * kSubBlocks * kBlockRows + 2 * 2 * kBlockRows;  // 320
 constexpr int64_t kMinsAt = kSubBlocks * kBlockRows, kDAt = 2 * kMinsAt, kDminAt = kDAt + 2 * kBlockRows;
 
+// Layout "vnni_q6k" (q6k_vnni.cpp): Q6_K's 6-bit codes q (0..63, W = d sc (q - 32)) per 16-row
+// block and group of 32 k as 384 bytes: the low nibbles as the "vnni" 4-bit chunks (4 x 64),
+// then the top 2 bits as 2 x 64 (chunk h: byte 4r + j holds, 2 bits each from bit 0, those of
+// k = 16h + j, 16h + 4 + j, 16h + 8 + j, 16h + 12 + j of row r). Per 16-row block and
+// super-block of 256 weights, 288 bytes of meta: int8 sc[16][16] (sub-block of 16, row), then
+// f16 d[16]. 6.5625 bits a weight, as Q6_K.
+constexpr int64_t kQ6GroupBytes = kBlockRows * kGroup * 3 / 4;  // 384
+constexpr int64_t kQ6Subs = kSuper / 16;                        // 16 scales per super-block
+constexpr int64_t kQ6DAt = kQ6Subs * kBlockRows;                // 256
+constexpr int64_t kQ6MetaBytes = kQ6DAt + 2 * kBlockRows;       // 288
+
 inline void check_k_shape(const char* op, int64_t N, int64_t K) {
   TORCH_CHECK(N > 0 && K > 0 && K % kSuper == 0 && N % kBlockRows == 0, op, ": a (", N, ", ", K,
               ") weight needs rows a multiple of 16 and columns of 256");
@@ -41,6 +52,12 @@ inline void check_k_meta(const char* op, const at::Tensor& meta, int64_t N, int6
   check_k_shape(op, N, K);
   TORCH_CHECK(meta.numel() == N / kBlockRows * (K / kSuper) * kMetaBytes, op,
               ": meta must be (N/16, K/256, 320) uint8");
+}
+
+inline void check_q6k_meta(const char* op, const at::Tensor& meta, int64_t N, int64_t K) {
+  check_k_shape(op, N, K);
+  TORCH_CHECK(meta.numel() == N / kBlockRows * (K / kSuper) * kQ6MetaBytes, op,
+              ": meta must be (N/16, K/256, 288) uint8");
 }
 
 inline float bf16_to_float(uint16_t h) {
@@ -80,15 +97,27 @@ inline void check_operands(const char* op, const at::Tensor& x, const at::Tensor
               ": scales must be contiguous ", scale_type);
 }
 
-// Runs Block<TILE> over rows [m, M) of x in tiles of TILE, TILE/2, ..., 1 rows.
+// Runs Block<TILE> over rows [m, M) of x in tiles of TILE, TILE/2, ..., 1 rows (qsum holds
+// sums_per_row values a row).
 template <template <int> class Block, int TILE>
 inline void run_tiles(int64_t m, int64_t M, const int8_t* xq, const float* d, const int32_t* qsum,
-                      int64_t K, const uint8_t* codes, const uint16_t* scales, float* y, int64_t N) {
+                      int64_t sums_per_row, int64_t K, const uint8_t* codes, const uint16_t* scales,
+                      float* y, int64_t N) {
   const int64_t groups = K / kGroup;
   for (; m + TILE <= M; m += TILE) {
-    Block<TILE>::run(xq + m * K, d + m * groups, qsum + m * groups, K, codes, scales, y + m * N, N);
+    Block<TILE>::run(xq + m * K, d + m * groups, qsum + m * sums_per_row, K, codes, scales, y + m * N, N);
   }
-  if constexpr (TILE > 1) run_tiles<Block, TILE / 2>(m, M, xq, d, qsum, K, codes, scales, y, N);
+  if constexpr (TILE > 1) run_tiles<Block, TILE / 2>(m, M, xq, d, qsum, sums_per_row, K, codes, scales, y, N);
+}
+
+// Q6_K's scales cover 16 weights: the sums of xq per 16 (rows * K / 16 of them), in place of
+// the quantizer's per 32.
+inline void sums_per_16(const int8_t* xq, int64_t n, int32_t* out) {
+  for (int64_t i = 0; i < n / 16; ++i) {
+    int32_t s = 0;
+    for (int j = 0; j < 16; ++j) s += xq[16 * i + j];
+    out[i] = s;
+  }
 }
 
 // y (M, N) float32 = x (M, K) float32 or bfloat16 times a weight of N rows in 16-row blocks:
@@ -100,9 +129,11 @@ inline void run_tiles(int64_t m, int64_t M, const int8_t* xq, const float* d, co
 // its scales block_scales 16-bit values, contiguous.
 // Block must be named differently in each kernel's file: GCC gives matmul_blocks<Block> for two
 // anonymous-namespace structs of one name the same symbol, and the linker keeps only one.
+// With sums16, Block gets the sums of xq per 16 (sums_per_16) instead of per 32.
 template <template <int> class Block, int MAX_TILE, class Quantize>
 at::Tensor matmul_blocks(const at::Tensor& x, int64_t N, const uint8_t* codes, int64_t block_code_bytes,
-                         const uint16_t* scales, int64_t block_scales, Quantize quantize_activations) {
+                         const uint16_t* scales, int64_t block_scales, Quantize quantize_activations,
+                         bool sums16 = false) {
   const at::Tensor xc = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), groups = K / kGroup;
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
@@ -115,10 +146,18 @@ at::Tensor matmul_blocks(const at::Tensor& x, int64_t N, const uint8_t* codes, i
   const int32_t* qp = qsum.data_ptr<int32_t>();
   quantize_activations(xc.data_ptr(), xc.scalar_type() == at::kBFloat16, M, K, xq.data_ptr<int8_t>(),
                        d.data_ptr<float>(), qsum.data_ptr<int32_t>());
+  int64_t sums_per_row = groups;
+  at::Tensor qsum16;
+  if (sums16) {
+    qsum16 = at::empty({M, K / 16}, x.options().dtype(at::kInt));
+    sums_per_16(xqp, M * K, qsum16.data_ptr<int32_t>());
+    qp = qsum16.data_ptr<int32_t>();
+    sums_per_row = K / 16;
+  }
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      run_tiles<Block, MAX_TILE>(0, M, xqp, dp, qp, K, codes + b * block_code_bytes,
+      run_tiles<Block, MAX_TILE>(0, M, xqp, dp, qp, sums_per_row, K, codes + b * block_code_bytes,
                                  scales + b * block_scales, yp + b * kBlockRows, N);
     }
   });
@@ -162,6 +201,17 @@ at::Tensor q8_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor&
                                         kBlockRows, quantize);
 }
 
+template <template <int> class Block, int MAX_TILE, class Quantize>
+at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& meta, Quantize quantize) {
+  check_operands("q6k_vnni_mm", x, codes, at::kByte, meta, at::kByte);
+  const int64_t K = x.size(1), N = codes.size(0);
+  TORCH_CHECK(codes.size(1) * 4 == K * 3, "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
+  check_q6k_meta("q6k_vnni_mm", meta, N, K);
+  return matmul_blocks<Block, MAX_TILE>(x, N, codes.data_ptr<uint8_t>(), kBlockRows * K * 3 / 4,
+                                        reinterpret_cast<const uint16_t*>(meta.data_ptr<uint8_t>()),
+                                        (K / kSuper) * kQ6MetaBytes / 2, quantize, true);
+}
+
 // The result of each dequantize operator, after its checks.
 inline at::Tensor dequantized_q4(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
   const int64_t N = codes.size(0), K = codes.size(1) * 2;
@@ -182,6 +232,28 @@ inline at::Tensor dequantized_q8(const at::Tensor& codes, const at::Tensor& scal
   at::Tensor out = dequantized("q8_vnni_dequantize", codes, at::kChar, scales, N, K, dtype);
   TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
   return out;
+}
+
+inline at::Tensor dequantized_q6k(const at::Tensor& codes, const at::Tensor& meta, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1) * 4 / 3;
+  TORCH_CHECK(codes.dim() == 2 && codes.size(1) % 3 == 0, "q6k_vnni_dequantize: codes must be (N, 3K/4)");
+  at::Tensor out = dequantized("q6k_vnni_dequantize", codes, at::kByte, meta, N, K, dtype, at::kByte);
+  check_q6k_meta("q6k_vnni_dequantize", meta, N, K);
+  return out;
+}
+
+// Row r's 32 codes (0..63) of group g from a "vnni_q6k" block of 16 rows (q6k_vnni.cpp),
+// level-neutral: the dequantize operators and the tests' torch statement read the same bits.
+inline void q6k_row_codes(const uint8_t* group, int r, uint8_t q[32]) {
+  for (int c = 0; c < 4; ++c) {
+    const uint8_t* lo = group + c * 64 + 4 * r;
+    const uint8_t* hi = group + 256 + (c / 2) * 64 + 4 * r;
+    const int shift = 4 * (c % 2);
+    for (int j = 0; j < 4; ++j) {
+      q[8 * c + j] = (lo[j] & 0x0F) | (((hi[j] >> shift) & 3) << 4);
+      q[8 * c + 4 + j] = (lo[j] >> 4) | (((hi[j] >> (shift + 2)) & 3) << 4);
+    }
+  }
 }
 
 }  // namespace LLAMITA_OPS
