@@ -1,5 +1,6 @@
-// Shared by every SIMD level of llamita's kernels: the layout constants, the operand checks and
-// the matmul driver. Level-neutral C++ only; each level's vector code lives in its own header
+// Shared by every SIMD level of llamita's torch operators: the operand checks and the matmul
+// driver (the layouts and the tile loop are in layout.h, which needs no torch). Level-neutral
+// C++ only; each level's vector code lives in its own header
 // (vnni.h: AVX-512 VNNI; simd256.h: AVX2 and AVX-VNNI).
 //
 // Each level is its own shared library, compiled with only its own -m flags and with
@@ -9,6 +10,8 @@
 // for the other's instructions.
 #pragma once
 
+#include "layout.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -16,32 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef LLAMITA_OPS
-#define LLAMITA_OPS llamita
-#endif
-
 namespace LLAMITA_OPS {
-
-constexpr int64_t kGroup = 32;      // activations (and int4 weights) per scale
-constexpr int64_t kBlockRows = 16;  // weight rows per block of every layout: one int32 lane each
-
-// Layout "vnni_k" (q4k_vnni.cpp): per 16-row block and super-block of 256 weights, 320 bytes of
-// meta: sc[8][16], m[8][16] (one byte each), then f16 d[16] and dmin[16].
-constexpr int64_t kSuper = 256;                     // weights per Q4_K super-block
-constexpr int64_t kSubBlocks = kSuper / kGroup;     // 8 groups share one d and dmin
-constexpr int64_t kMetaBytes = 2 * kSubBlocks * kBlockRows + 2 * 2 * kBlockRows;  // 320
-constexpr int64_t kMinsAt = kSubBlocks * kBlockRows, kDAt = 2 * kMinsAt, kDminAt = kDAt + 2 * kBlockRows;
-
-// Layout "vnni_q6k" (q6k_vnni.cpp): Q6_K's 6-bit codes q (0..63, W = d sc (q - 32)) per 16-row
-// block and group of 32 k as 384 bytes: the low nibbles as the "vnni" 4-bit chunks (4 x 64),
-// then the top 2 bits as 2 x 64 (chunk h: byte 4r + j holds, 2 bits each from bit 0, those of
-// k = 16h + j, 16h + 4 + j, 16h + 8 + j, 16h + 12 + j of row r). Per 16-row block and
-// super-block of 256 weights, 288 bytes of meta: int8 sc[16][16] (sub-block of 16, row), then
-// f16 d[16]. 6.5625 bits a weight, as Q6_K.
-constexpr int64_t kQ6GroupBytes = kBlockRows * kGroup * 3 / 4;  // 384
-constexpr int64_t kQ6Subs = kSuper / 16;                        // 16 scales per super-block
-constexpr int64_t kQ6DAt = kQ6Subs * kBlockRows;                // 256
-constexpr int64_t kQ6MetaBytes = kQ6DAt + 2 * kBlockRows;       // 288
 
 inline void check_k_shape(const char* op, int64_t N, int64_t K) {
   TORCH_CHECK(N > 0 && K > 0 && K % kSuper == 0 && N % kBlockRows == 0, op, ": a (", N, ", ", K,
@@ -95,29 +73,6 @@ inline void check_operands(const char* op, const at::Tensor& x, const at::Tensor
               ": codes must be contiguous 2-D ", code_type);
   TORCH_CHECK(scales.scalar_type() == scale_type && scales.is_contiguous(), op,
               ": scales must be contiguous ", scale_type);
-}
-
-// Runs Block<TILE> over rows [m, M) of x in tiles of TILE, TILE/2, ..., 1 rows (qsum holds
-// sums_per_row values a row).
-template <template <int> class Block, int TILE>
-inline void run_tiles(int64_t m, int64_t M, const int8_t* xq, const float* d, const int32_t* qsum,
-                      int64_t sums_per_row, int64_t K, const uint8_t* codes, const uint16_t* scales,
-                      float* y, int64_t N) {
-  const int64_t groups = K / kGroup;
-  for (; m + TILE <= M; m += TILE) {
-    Block<TILE>::run(xq + m * K, d + m * groups, qsum + m * sums_per_row, K, codes, scales, y + m * N, N);
-  }
-  if constexpr (TILE > 1) run_tiles<Block, TILE / 2>(m, M, xq, d, qsum, sums_per_row, K, codes, scales, y, N);
-}
-
-// Q6_K's scales cover 16 weights: the sums of xq per 16 (rows * K / 16 of them), in place of
-// the quantizer's per 32.
-inline void sums_per_16(const int8_t* xq, int64_t n, int32_t* out) {
-  for (int64_t i = 0; i < n / 16; ++i) {
-    int32_t s = 0;
-    for (int j = 0; j < 16; ++j) s += xq[16 * i + j];
-    out[i] = s;
-  }
 }
 
 // y (M, N) float32 = x (M, K) float32 or bfloat16 times a weight of N rows in 16-row blocks:
@@ -240,20 +195,6 @@ inline at::Tensor dequantized_q6k(const at::Tensor& codes, const at::Tensor& met
   at::Tensor out = dequantized("q6k_vnni_dequantize", codes, at::kByte, meta, N, K, dtype, at::kByte);
   check_q6k_meta("q6k_vnni_dequantize", meta, N, K);
   return out;
-}
-
-// Row r's 32 codes (0..63) of group g from a "vnni_q6k" block of 16 rows (q6k_vnni.cpp),
-// level-neutral: the dequantize operators and the tests' torch statement read the same bits.
-inline void q6k_row_codes(const uint8_t* group, int r, uint8_t q[32]) {
-  for (int c = 0; c < 4; ++c) {
-    const uint8_t* lo = group + c * 64 + 4 * r;
-    const uint8_t* hi = group + 256 + (c / 2) * 64 + 4 * r;
-    const int shift = 4 * (c % 2);
-    for (int j = 0; j < 4; ++j) {
-      q[8 * c + j] = (lo[j] & 0x0F) | (((hi[j] >> shift) & 3) << 4);
-      q[8 * c + 4 + j] = (lo[j] >> 4) | (((hi[j] >> (shift + 2)) & 3) << 4);
-    }
-  }
 }
 
 }  // namespace LLAMITA_OPS

@@ -1,6 +1,6 @@
-// Load-time packing of GGML's blocks into llamita's 16-row layouts ("vnni" for Q4_0 / Q4_1,
-// "vnni_k" for Q4_K, "vnni_q6k" for Q6_K; the layouts are described in q4_vnni.cpp,
-// q4k_vnni.cpp and q6k_vnni.cpp), and Q6_K's dequantization (the same at every level). Every
+// Load-time packing of GGML's 4-bit blocks into llamita's 16-row layouts ("vnni" for Q4_0 /
+// Q4_1, "vnni_k" for Q4_K; the layouts are described in q4_vnni.cpp and q4k_vnni.cpp) on x86
+// (portable.cpp holds the same in plain C++, for NEON, and Q6_K's for every level). Every
 // SIMD level's library compiles it (SSSE3 shuffles, F16C conversions, AVX2 for the bfloat16
 // rounding), so a CPU that runs any level's kernels also packs for them.
 
@@ -20,10 +20,7 @@ using LLAMITA_OPS::float_to_bf16x8;
 using LLAMITA_OPS::kBlockRows;
 using LLAMITA_OPS::kGroup;
 
-using LLAMITA_OPS::kDAt;
-using LLAMITA_OPS::kDminAt;
 using LLAMITA_OPS::kMetaBytes;
-using LLAMITA_OPS::kMinsAt;
 using LLAMITA_OPS::kSubBlocks;
 using LLAMITA_OPS::kSuper;
 
@@ -117,14 +114,7 @@ std::tuple<at::Tensor, at::Tensor> q4k_vnni_pack_ggml(const at::Tensor& raw, int
         uint8_t* mb = mp + (b * supers + sb) * kMetaBytes;
         for (int r = 0; r < kBlockRows; ++r) {
           const uint8_t* block = rp + ((b * kBlockRows + r) * supers + sb) * kBlockBytes;
-          std::memcpy(mb + kDAt + 2 * r, block, 2);
-          std::memcpy(mb + kDminAt + 2 * r, block + 2, 2);
-          const uint8_t* sc = block + 4;  // GGML's get_scale_min_k4
-          for (int j = 0; j < kSubBlocks; ++j) {
-            const bool low = j < 4;
-            mb[kBlockRows * j + r] = low ? sc[j] & 63 : (sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4);
-            mb[kMinsAt + kBlockRows * j + r] = low ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-          }
+          LLAMITA_OPS::q4k_row_meta(block, r, mb);
           for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high)
             const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 + 32 * c));
             const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 32 + 32 * c));
@@ -145,115 +135,13 @@ std::tuple<at::Tensor, at::Tensor> q4k_vnni_pack_ggml(const at::Tensor& raw, int
   return {codes, meta};
 }
 
-using LLAMITA_OPS::kQ6DAt;
-using LLAMITA_OPS::kQ6GroupBytes;
-using LLAMITA_OPS::kQ6MetaBytes;
-using LLAMITA_OPS::kQ6Subs;
-
-// GGML Q6_K blocks (256 weights: ql[128] low nibbles, qh[64] top bit pairs, int8 sc[16], f16 d;
-// in each half of 128, ql[l] holds weights l (low nibble) and l + 64 (high), ql[l + 32] weights
-// l + 32 and l + 96, and qh[l] bits 0-1, 2-3, 4-5, 6-7 the top bits of l, l + 32, l + 64,
-// l + 96) into the "vnni_q6k" layout (common.h, q6k_vnni.cpp), at load: the codes and scales
-// move over unchanged.
-std::tuple<at::Tensor, at::Tensor> q6k_vnni_pack_ggml(const at::Tensor& raw, int64_t N, int64_t K) {
-  TORCH_CHECK(raw.device().is_cpu() && raw.scalar_type() == at::kByte && raw.is_contiguous() && raw.dim() == 1,
-              "q6k_vnni_pack_ggml: raw must be contiguous 1-D uint8 on the CPU");
-  LLAMITA_OPS::check_k_shape("q6k_vnni_pack_ggml", N, K);
-  constexpr int64_t kBlockBytes = 210;
-  const int64_t supers = K / kSuper;
-  TORCH_CHECK(raw.numel() == N * supers * kBlockBytes, "q6k_vnni_pack_ggml: ", raw.numel(),
-              " bytes for a (", N, ", ", K, ") weight");
-  at::Tensor codes = at::empty({N, K * 3 / 4}, raw.options());
-  at::Tensor meta = at::empty({N / kBlockRows, supers, kQ6MetaBytes}, raw.options());
-  const uint8_t* rp = raw.data_ptr<uint8_t>();
-  uint8_t* cp = codes.data_ptr<uint8_t>();
-  uint8_t* mp = meta.data_ptr<uint8_t>();
-  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
-    uint8_t q[kSuper];
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t sb = 0; sb < supers; ++sb) {
-        uint8_t* mb = mp + (b * supers + sb) * kQ6MetaBytes;
-        for (int r = 0; r < kBlockRows; ++r) {
-          const uint8_t* block = rp + ((b * kBlockRows + r) * supers + sb) * kBlockBytes;
-          for (int half = 0; half < 2; ++half) {
-            const uint8_t* ql = block + 64 * half;
-            const uint8_t* qh = block + 128 + 32 * half;
-            uint8_t* out = q + 128 * half;
-            for (int l = 0; l < 32; ++l) {
-              out[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
-              out[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
-              out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-              out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-            }
-          }
-          for (int j = 0; j < kQ6Subs; ++j) mb[kBlockRows * j + r] = block[192 + j];
-          std::memcpy(mb + kQ6DAt + 2 * r, block + 208, 2);
-          for (int64_t gs = 0; gs < kSuper / kGroup; ++gs) {
-            const uint8_t* qg = q + kGroup * gs;
-            uint8_t* group = cp + b * kBlockRows * K * 3 / 4 + (sb * (kSuper / kGroup) + gs) * kQ6GroupBytes;
-            for (int j = 0; j < 4; ++j) {
-              for (int c = 0; c < 4; ++c) group[c * 64 + 4 * r + j] = (qg[8 * c + j] & 0x0F) | ((qg[8 * c + 4 + j] & 0x0F) << 4);
-              for (int h = 0; h < 2; ++h) {
-                const uint8_t* t = qg + 16 * h + j;
-                group[256 + h * 64 + 4 * r + j] = (t[0] >> 4) | ((t[4] >> 4) << 2) | ((t[8] >> 4) << 4) | ((t[12] >> 4) << 6);
-              }
-            }
-          }
-        }
-      }
-    }
-  });
-  return {codes, meta};
-}
-
-// The dense "vnni_q6k" weight (N, K) in float32 or bfloat16: W = (d sc) (q - 32), d sc exact in
-// float32 and the product rounded once, as GGML's (and quants.py's) dequantization; the same
-// code at every level.
-at::Tensor q6k_vnni_dequantize(const at::Tensor& codes, const at::Tensor& meta, at::ScalarType dtype) {
-  at::Tensor out = LLAMITA_OPS::dequantized_q6k(codes, meta, dtype);
-  const int64_t N = out.size(0), K = out.size(1), supers = K / kSuper;
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  const uint8_t* mp = meta.data_ptr<uint8_t>();
-  void* op = out.data_ptr();
-  const bool bf16 = dtype == at::kBFloat16;
-  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
-    alignas(16) uint8_t q[kGroup];
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t sb = 0; sb < supers; ++sb) {
-        const uint8_t* mb = mp + (b * supers + sb) * kQ6MetaBytes;
-        for (int r = 0; r < kBlockRows; ++r) {
-          uint16_t dh;
-          std::memcpy(&dh, mb + kQ6DAt + 2 * r, 2);
-          const float dw = _cvtsh_ss(dh);
-          for (int64_t gs = 0; gs < kSuper / kGroup; ++gs) {
-            const int64_t g = sb * (kSuper / kGroup) + gs;
-            LLAMITA_OPS::q6k_row_codes(cp + b * kBlockRows * K * 3 / 4 + g * kQ6GroupBytes, r, q);
-            const int64_t at = (b * kBlockRows + r) * K + g * kGroup;
-            for (int e = 0; e < 4; ++e) {  // 8 weights each; sub-block 2 gs + e / 2
-              const float s = dw * static_cast<float>(static_cast<int8_t>(mb[kBlockRows * (2 * gs + e / 2) + r]));
-              const __m256 qf = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-                  _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * e))), _mm256_set1_epi32(32)));
-              LLAMITA_OPS::store_weights8(_mm256_mul_ps(_mm256_set1_ps(s), qf), op, at + 8 * e, bf16);
-            }
-          }
-        }
-      }
-    }
-  });
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def("q4_vnni_pack_ggml(Tensor raw, int rows, int cols, bool has_min) -> (Tensor, Tensor)");
   m.def("q4k_vnni_pack_ggml(Tensor raw, int rows, int cols) -> (Tensor, Tensor)");
-  m.def("q6k_vnni_pack_ggml(Tensor raw, int rows, int cols) -> (Tensor, Tensor)");
-  m.def("q6k_vnni_dequantize(Tensor codes, Tensor meta, ScalarType dtype) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q4_vnni_pack_ggml", q4_vnni_pack_ggml);
   m.impl("q4k_vnni_pack_ggml", q4k_vnni_pack_ggml);
-  m.impl("q6k_vnni_pack_ggml", q6k_vnni_pack_ggml);
-  m.impl("q6k_vnni_dequantize", q6k_vnni_dequantize);
 }
