@@ -37,6 +37,15 @@ using LLAMITA_OPS::kSuper;
 // Tiles of up to 4 rows of x: 4 integer and 4 float accumulators, with the codes and their
 // nibbles, fit the 16 ymm registers (8 rows spilled).
 constexpr int kMaxTile = 4;
+// The int8 kernel on AVX2 takes tiles of 8 rows all the same: its sign trick spills a 4-row
+// tile already, and reading each weight chunk for 8 rows at once cost 3-12% less CPU time at
+// 8-32 rows of the 49152 x 576 head (benchmarks/kernel_rows.py; with vpdpbusd it cost 10-35%
+// more, so AVX-VNNI keeps 4).
+#ifdef __AVXVNNI__
+constexpr int kQ8MaxTile = kMaxTile;
+#else
+constexpr int kQ8MaxTile = 8;
+#endif
 
 inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes into every 32-bit lane
   int32_t v;
@@ -322,7 +331,7 @@ at::Tensor q4k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::T
 }
 
 at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
-  return LLAMITA_OPS::q8_mm<Q8Block256, kMaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
+  return LLAMITA_OPS::q8_mm<Q8Block256, kQ8MaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
 }
 
 // The dense weight (N, K) of a 4-bit layout in float32 or bfloat16, for prefill's dense

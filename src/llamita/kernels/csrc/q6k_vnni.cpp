@@ -40,18 +40,25 @@ using llamita_vnni::kSuper;
 
 constexpr int64_t kGroupsPerSuper = kSuper / kGroup;
 
+// Independent integer chains per row of x: one per chunk for tiles of 1-2 rows (a vpdpbusd
+// chain's latency would otherwise bound the GEMV), one per sub-block from 4 rows on.
+template <int ROWS>
+constexpr int kChains = ROWS <= 2 ? 4 : 2;
+
 template <int ROWS>
 struct Q6KBlock {
   static void run(const int8_t* xq, const float* d, const int32_t* qsum16, int64_t K,
                   const uint8_t* codes, const uint16_t* meta16, float* y, int64_t ldy) {
+    constexpr int C = kChains<ROWS>;
     const uint8_t* meta = reinterpret_cast<const uint8_t*>(meta16);
     const int64_t groups = K / kGroup;
     const __m512i low_nibble = _mm512_set1_epi8(0x0F), top = _mm512_set1_epi8(0x30);
     __m512 total[ROWS];
     for (int m = 0; m < ROWS; ++m) total[m] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      __m512i dot[ROWS][2];
-      for (int m = 0; m < ROWS; ++m) dot[m][0] = dot[m][1] = _mm512_setzero_si512();
+      __m512i dot[ROWS][C];
+      for (int m = 0; m < ROWS; ++m)
+        for (int i = 0; i < C; ++i) dot[m][i] = _mm512_setzero_si512();
       const uint8_t* group = codes + g * kQ6GroupBytes;
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
@@ -65,7 +72,7 @@ struct Q6KBlock {
                                            _mm512_and_si512(h_hi, top));
         for (int m = 0; m < ROWS; ++m) {
           const int8_t* xm = xq + m * K + g * kGroup + c * 8;
-          __m512i& acc = dot[m][c / 2];
+          __m512i& acc = dot[m][C == 4 ? c : c / 2];
           acc = _mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm)));
           acc = _mm512_dpbusd_epi32(acc, hi, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm + 4)));
         }
@@ -77,8 +84,10 @@ struct Q6KBlock {
       const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mb + kQ6DAt)));
       for (int m = 0; m < ROWS; ++m) {
         const int32_t* qs = qsum16 + m * 2 * groups + 2 * g;
-        const __m512i e0 = _mm512_sub_epi32(dot[m][0], _mm512_set1_epi32(32 * qs[0]));
-        const __m512i e1 = _mm512_sub_epi32(dot[m][1], _mm512_set1_epi32(32 * qs[1]));
+        const __m512i s0 = C == 4 ? _mm512_add_epi32(dot[m][0], dot[m][1]) : dot[m][0];
+        const __m512i s1 = C == 4 ? _mm512_add_epi32(dot[m][2], dot[m][3]) : dot[m][1];
+        const __m512i e0 = _mm512_sub_epi32(s0, _mm512_set1_epi32(32 * qs[0]));
+        const __m512i e1 = _mm512_sub_epi32(s1, _mm512_set1_epi32(32 * qs[1]));
         const __m512i isum = _mm512_add_epi32(_mm512_mullo_epi32(sc0, e0), _mm512_mullo_epi32(sc1, e1));
         const __m512 t = _mm512_mul_ps(dw, _mm512_set1_ps(d[m * groups + g]));
         total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), t, total[m]);
