@@ -8,6 +8,8 @@ what llamita keeps resident for each tensor on the CPU in bfloat16 (see `weights
   (5 bits a weight); Q4_K: packed int4 in its own scales (layout "vnni_k"), 4 bits + a byte of
   scale and of min per 32 + an f16 d and dmin per 256 (4.625 bits) where llamita's VNNI kernel
   runs (AVX-512 VNNI; elsewhere 5 bits, as Q4_0);
+* Q6_K linear weights (rows a multiple of 16, columns of 256): its own 6-bit codes and scales
+  (layout "vnni_q6k"), 6.5625 bits a weight, as in the file;
 * other quantized linear weights: int8 per row, 8 bits + one bfloat16 scale per row;
 * a quantized token embedding: its file bytes (decoded per lookup); tied, the int8 table the
   output projection needs;
@@ -67,9 +69,14 @@ def _resident_bytes(name: str, shape: tuple[int, ...], t: GGMLType, tied: bool) 
         return 2 * n
     rows, cols = shape
     int8 = n + 2 * rows
+    q6k = t == GGMLType.Q6_K and rows % 16 == 0 and cols % 256 == 0  # its own blocks, repacked
     if name == "token_embd.weight":
-        if tied:  # one int8 table serves the lookup and the output projection
+        if tied:  # the lookup reads the file's bytes; the output projection its packed weight
+            if q6k:
+                return 2 * tensor_nbytes(t, n)
             return int8 if t not in _Q4 else tensor_nbytes(t, n) + n // 2 + n // 32 * 4
+        return tensor_nbytes(t, n)
+    if q6k:
         return tensor_nbytes(t, n)
     if t == GGMLType.Q4_K and rows % 16 == 0:
         return n // 2 + n // 32 * 2 + n // 256 * 4

@@ -9,7 +9,9 @@ Two kernels take the same weights (4-bit codes q, bfloat16 scale and zero per 32
   (and the reference the first is measured against). The rest of this docstring is about it.
 A third, "vnni_k" (kernels/csrc/q4k_vnni.cpp), is the first with Q4_K's own numbers in place of
 the bfloat16 scale and zero: the same codes, 4.625 bits a weight instead of 5, and exactly
-GGML's weights (`pack_int4_k`).
+GGML's weights (`pack_int4_k`). A fourth, "vnni_q6k" (kernels/csrc/q6k_vnni.cpp), holds Q6_K
+weights in their own 6-bit codes and scales (`pack_ggml_q6k_blocks`); it shares the 16-row
+blocks, the activations and the Int4Weight holder, not the 4 bits.
 
 torch's weight-only kernel `aten._weight_int4pack_mm_for_cpu(x, packed, group, scales_and_zeros)`
 computes `x @ Wᵀ` with `W[n, k] = (q[n, k] - 8) * scale[g, n] + zero[g, n]`, g = k // group,
@@ -53,7 +55,9 @@ class Int4Weight:
     "vnni": (out_features // 16, in_features // group_size, 2, 16), 16 rows' scales then zeros.
     Layout "vnni_k" holds Q4_K's numbers instead, uint8 (out_features // 16, in_features // 256,
     320): per 16 rows and 256 weights, sc[8][16], mn[8][16], then f16 d[16] and dmin[16]
-    (`_vnni_k_meta`), with W = d*sc * q - dmin*mn.
+    (`_vnni_k_meta`), with W = d*sc * q - dmin*mn. Layout "vnni_q6k" holds a Q6_K weight in its
+    own 6-bit codes: packed uint8 (out_features, 3 * in_features // 4) and scales_and_zeros
+    uint8 (out_features // 16, in_features // 256, 288), W = d*sc * (q - 32) (q6k_vnni.cpp).
     """
 
     packed: torch.Tensor
@@ -169,7 +173,9 @@ def default_layout() -> str:
 
 VNNI_BLOCK_ROWS = 16  # rows per block of the "vnni" layouts (q4_vnni.cpp, q4k_vnni.cpp)
 K_SUPER = 256  # weights per Q4_K super-block: one d and dmin over 8 groups of 32
-VNNI_LAYOUTS = ("vnni", "vnni_k")  # 16-row blocks of the same codes: they slice and join alike
+# 16-row blocks: they slice and join alike. "vnni_q6k" holds Q6_K's 6-bit codes (q6k_vnni.cpp).
+VNNI_LAYOUTS = ("vnni", "vnni_k", "vnni_q6k")
+_VNNI_MM = {"vnni": "q4_vnni_mm", "vnni_k": "q4k_vnni_mm", "vnni_q6k": "q6k_vnni_mm"}
 
 
 def _vnni_codes(codes: torch.Tensor) -> torch.Tensor:
@@ -336,6 +342,19 @@ def pack_ggml_blocks(raw: torch.Tensor, out_features: int, in_features: int, has
     return Int4Weight(codes, sz, out_features, in_features, layout="vnni")
 
 
+def pack_ggml_q6k_blocks(raw: torch.Tensor, out_features: int, in_features: int) -> Int4Weight:
+    """A GGML Q6_K weight's raw bytes into the "vnni_q6k" layout in one native pass
+    (`q6k_vnni_pack_ggml`): Q6_K's own codes and scales, 6.5625 bits a weight. Raises
+    ValueError where no kernel level loads or the shape does not fit (rows a multiple of 16,
+    columns of 256)."""
+    if out_features % VNNI_BLOCK_ROWS or in_features % K_SUPER or not native.vnni_kernels():
+        raise ValueError(f"a Q6_K weight of shape ({out_features}, {in_features}) does not fit the "
+                         f"vnni_q6k layout (rows a multiple of {VNNI_BLOCK_ROWS}, columns of {K_SUPER}, "
+                         f"llamita's kernels: {native.kernel_summary()})")
+    codes, meta = native.kernel_ops().q6k_vnni_pack_ggml(raw, out_features, in_features)
+    return Int4Weight(codes, meta, out_features, in_features, layout="vnni_q6k")
+
+
 def concat_int4(weights: Sequence[Int4Weight]) -> Int4Weight | None:
     """One packed weight whose output rows are those of `weights` in order (all with the same
     in_features and group), or None where the packed layout cannot be joined.
@@ -374,8 +393,7 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out_dtype: torch.dtype | None = 
     if x.shape[-1] != w.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects {w.in_features}")
     if w.layout in VNNI_LAYOUTS:  # float32 out: activations quantized to int8 per 32 (module doc)
-        ops = native.kernel_ops()
-        mm = ops.q4_vnni_mm if w.layout == "vnni" else ops.q4k_vnni_mm
+        mm = getattr(native.kernel_ops(), _VNNI_MM[w.layout])
         y = mm(kernel_activations(x, w.in_features), w.packed, w.scales_and_zeros)
         return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
     x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
@@ -410,6 +428,10 @@ def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch
         if dtype in (torch.bfloat16, torch.float32):
             return native.kernel_ops().q4k_vnni_dequantize(w.packed, w.scales_and_zeros, dtype)
         return _dequantize_vnni_k_torch(w, dtype)
+    if w.layout == "vnni_q6k":  # computed in float32, rounded once to dtype
+        dense = native.kernel_ops().q6k_vnni_dequantize(
+            w.packed, w.scales_and_zeros, dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32)
+        return dense.to(dtype)
     layout = _probe_layout()
     if layout is None:  # only reachable with an Int4Weight built in another process
         raise ValueError("torch's packed int4 CPU matmul is unavailable on this build or CPU")

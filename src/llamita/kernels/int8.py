@@ -9,9 +9,10 @@
 - layout "torch": `aten._weight_int8pack_mm(x, w_int8, scales)`, which computes
   `x @ (w_int8 * scales[:, None])ᵀ` exactly in x's dtype; everywhere else.
 
-Both hold one scale per output row. GGML formats other than the 4-bit ones (Q8_0, Q5_*, Q6_K,
-Q2_K, Q3_K) have one scale per 16 or 32 weights, which neither kernel takes, so their dequantized
-values are re-quantized symmetrically per row: half the memory of bfloat16 at a small extra
+Both hold one scale per output row. The other GGML formats (Q8_0, Q5_*, Q2_K, Q3_K; Q6_K only
+where no kernel level loads, since it keeps its own blocks otherwise: kernels/int4.py layout
+"vnni_q6k") have one scale per 16 or 32 weights, which neither kernel takes, so their
+dequantized values are re-quantized symmetrically per row: half the memory of bfloat16 at a small extra
 error whose perplexity cost `docs/quantization.md` measures.
 """
 

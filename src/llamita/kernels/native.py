@@ -3,17 +3,20 @@ level the CPU allows chosen at run time.
 
 They are torch operators, so eager code and the AOTInductor-compiled decode step call them
 alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni"), `q4k_vnni_mm` (Q4_K in its
-own scales, layout "vnni_k") and `q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout
+own scales, layout "vnni_k"), `q6k_vnni_mm` (Q6_K in its own 6-bit codes and scales, layout
+"vnni_q6k") and `q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout
 "vnni"), with `*_dequantize` expanding each layout to dense weights for prefill and
 `*_pack_ggml` packing GGUF blocks at load. Every level works on the same packed layouts (the
 name "vnni" is the layout's, not the instruction's), so loading and packing are shared:
 
   level        instructions                   operator namespace      sources
-  avx512_vnni  AVX-512 F/BW/DQ/VL + VNNI      torch.ops.llamita        q4_vnni, q4k_vnni, q8_vnni
+  avx512_vnni  AVX-512 F/BW/DQ/VL + VNNI      torch.ops.llamita        q4_vnni, q4k_vnni, q6k_vnni, q8_vnni
   avx_vnni     AVX2 + FMA + F16C + AVX-VNNI   torch.ops.llamita_avx_vnni   mm256 (vpdpbusd 256-bit)
   avx2         AVX2 + FMA + F16C              torch.ops.llamita_avx2       mm256 (maddubs + madd)
+  neon_dotprod AArch64 NEON + dotprod         torch.ops.llamita_neon       mm_neon (sdot; neon.h)
 
-(+ pack.cpp in every level). Each level is its own shared library compiled with only its own
+(+ portable.cpp in every level, pack.cpp in the x86 ones). The NEON level is checked on x86
+machines too, without torch, by tests/kernels/test_neon_harness.py under qemu-user. Each level is its own shared library compiled with only its own
 -m flags, so the cached file is the same for every CPU that has them; several levels can be
 loaded in one process (the tests run every level the CPU has). `kernel_level()` is the best
 level this CPU (as LLAMITA_ISA shows it) builds and loads, `kernel_ops()` its operators;
@@ -29,6 +32,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -41,7 +45,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-HEADERS = (CSRC / "common.h", CSRC / "vnni.h", CSRC / "simd256.h")
+HEADERS = (CSRC / "layout.h", CSRC / "common.h", CSRC / "vnni.h", CSRC / "simd256.h", CSRC / "neon.h")
 
 
 @dataclass(frozen=True)
@@ -53,18 +57,22 @@ class KernelLevel:
     sources: tuple[str, ...]  # files of csrc/
     flags: tuple[str, ...]  # the instructions named, never -march=native (the key must not hash the CPU)
     cpu_flags: frozenset[str]  # /proc/cpuinfo flags it needs
+    machine: str = "x86_64"  # platform.machine() it builds for
 
 
 _AVX2 = ("-mavx2", "-mfma", "-mf16c")
 # Best first: kernel_level() takes the first that the CPU has and that builds.
 KERNEL_LEVELS: tuple[KernelLevel, ...] = (
-    KernelLevel("avx512_vnni", "llamita", ("q4_vnni.cpp", "q4k_vnni.cpp", "q8_vnni.cpp", "pack.cpp"),
+    KernelLevel("avx512_vnni", "llamita", ("q4_vnni.cpp", "q4k_vnni.cpp", "q6k_vnni.cpp", "q8_vnni.cpp",
+                                              "pack.cpp", "portable.cpp"),
                 ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", *_AVX2),
                 frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"})),
-    KernelLevel("avx_vnni", "llamita_avx_vnni", ("mm256.cpp", "pack.cpp"), (*_AVX2, "-mavxvnni"),
+    KernelLevel("avx_vnni", "llamita_avx_vnni", ("mm256.cpp", "pack.cpp", "portable.cpp"), (*_AVX2, "-mavxvnni"),
                 frozenset({"avx2", "fma", "f16c", "avx_vnni"})),
-    KernelLevel("avx2", "llamita_avx2", ("mm256.cpp", "pack.cpp"), _AVX2,
+    KernelLevel("avx2", "llamita_avx2", ("mm256.cpp", "pack.cpp", "portable.cpp"), _AVX2,
                 frozenset({"avx2", "fma", "f16c"})),
+    KernelLevel("neon_dotprod", "llamita_neon", ("mm_neon.cpp", "portable.cpp"), ("-march=armv8.2-a+dotprod",),
+                frozenset({"asimd", "asimddp"}), machine="aarch64"),
 )
 _BY_NAME = {level.name: level for level in KERNEL_LEVELS}
 _skipped: dict[str, str] = {}  # level name -> why it is not loaded
@@ -94,6 +102,7 @@ ISA_LEVELS: dict[str, frozenset[str]] = {
     "avx_vnni": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni"}),
     "avx512_vnni": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
                               "avx512dq", "avx512vl", "avx512_vnni"}),
+    "neon_dotprod": frozenset({"asimddp"}),
     "native": frozenset(_SIMD_FLAGS),
 }
 
@@ -175,6 +184,8 @@ def level_ops(level: str) -> Any | None:
     missing = sorted(lv.cpu_flags - cpu_flags())
     if os.environ.get("LLAMITA_NATIVE_KERNELS", "1") == "0":
         reason = "LLAMITA_NATIVE_KERNELS=0"
+    elif platform.machine() != lv.machine:
+        reason = f"it is built for {lv.machine}, this machine is {platform.machine()}"
     elif missing:
         reason = f"the CPU lacks {', '.join(missing)}" + (
             f" (LLAMITA_ISA={isa_level()})" if isa_level() != "native" else "")
@@ -258,6 +269,14 @@ def _register_fake(namespace: str) -> None:
     @torch.library.register_fake(f"{namespace}::q4k_vnni_mm")
     def _q4k_shape(x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{namespace}::q6k_vnni_mm")
+    def _q6k_shape(x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{namespace}::q6k_vnni_dequantize")
+    def _q6k_dense(codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return codes.new_empty((codes.shape[0], codes.shape[1] * 4 // 3), dtype=dtype)
 
     @torch.library.register_fake(f"{namespace}::q4k_vnni_dequantize")
     def _q4k_dense(codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

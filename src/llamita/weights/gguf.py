@@ -21,8 +21,9 @@ import torch
 
 from llamita.config import ModelConfig, RopeScaling
 from llamita.errors import ModelFileError, UnsupportedModelError
+from llamita.kernels import native
 from llamita.kernels.encoded_rows import EncodedRows, RowDecoder
-from llamita.kernels.int4 import int4_supported
+from llamita.kernels.int4 import int4_supported, pack_ggml_q6k_blocks
 from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
 from llamita.weights.gguf_reader import GGUFFile, GGUFTensorInfo
 from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
@@ -248,7 +249,9 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
 
     Tensors are dequantized to `dtype` unless `compact` (CPU; engine/loader.py): then quantized
     weights stay small. Q4_0/Q4_1/Q4_K linear weights come as `Int4Weight` (exact but for
-    bfloat16 scales), other quantized linear weights as per-row `Int8Weight`, and a quantized
+    bfloat16 scales), Q6_K ones where llamita's kernels load as `Int4Weight` of layout
+    "vnni_q6k" (its own 6-bit codes and scales, exact), other quantized linear weights as
+    per-row `Int8Weight`, and a quantized
     token embedding as `EncodedRows` (its file bytes, decoded per lookup) — or, for tied
     embeddings, as the `Int8Weight` the output projection needs anyway.
     `rope_freqs` (llama3 RoPE divisors), when present, is returned in float32.
@@ -258,6 +261,7 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
     expected = _expected_shapes(cfg)
     use_int4 = compact and int4_supported()
     use_int8 = compact and int8_supported()
+    use_q6k = compact and native.vnni_kernels()
     state: dict[str, object] = {}
     for gname, info in _released_after_use(gguf):
         name = canonical_name(gname)
@@ -287,9 +291,13 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
         is_embedding = name == "embed_tokens.weight"
         tied_head = is_embedding and cfg.tie_word_embeddings
         if compact and quantized and (is_linear or is_embedding):
-            if (is_linear or tied_head) and use_int4 and info.ggml_type in AFFINE_Q4_TYPES:
+            own_blocks = ((use_int4 and info.ggml_type in AFFINE_Q4_TYPES)
+                          or (use_q6k and info.ggml_type == GGMLType.Q6_K))
+            if (is_linear or tied_head) and own_blocks:
                 try:
-                    state["lm_head.weight" if tied_head else name] = pack_q4(tensor, info.ggml_type, shape)
+                    state["lm_head.weight" if tied_head else name] = (
+                        pack_ggml_q6k_blocks(tensor, *shape) if info.ggml_type == GGMLType.Q6_K
+                        else pack_q4(tensor, info.ggml_type, shape))
                     if is_linear:
                         continue
                 except ValueError:

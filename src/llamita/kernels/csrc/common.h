@@ -1,5 +1,6 @@
-// Shared by every SIMD level of llamita's kernels: the layout constants, the operand checks and
-// the matmul driver. Level-neutral C++ only; each level's vector code lives in its own header
+// Shared by every SIMD level of llamita's torch operators: the operand checks and the matmul
+// driver (the layouts and the tile loop are in layout.h, which needs no torch). Level-neutral
+// C++ only; each level's vector code lives in its own header
 // (vnni.h: AVX-512 VNNI; simd256.h: AVX2 and AVX-VNNI).
 //
 // Each level is its own shared library, compiled with only its own -m flags and with
@@ -9,6 +10,8 @@
 // for the other's instructions.
 #pragma once
 
+#include "layout.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -16,21 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef LLAMITA_OPS
-#define LLAMITA_OPS llamita
-#endif
-
 namespace LLAMITA_OPS {
-
-constexpr int64_t kGroup = 32;      // activations (and int4 weights) per scale
-constexpr int64_t kBlockRows = 16;  // weight rows per block of every layout: one int32 lane each
-
-// Layout "vnni_k" (q4k_vnni.cpp): per 16-row block and super-block of 256 weights, 320 bytes of
-// meta: sc[8][16], m[8][16] (one byte each), then f16 d[16] and dmin[16].
-constexpr int64_t kSuper = 256;                     // weights per Q4_K super-block
-constexpr int64_t kSubBlocks = kSuper / kGroup;     // 8 groups share one d and dmin
-constexpr int64_t kMetaBytes = 2 * kSubBlocks * kBlockRows + 2 * 2 * kBlockRows;  // 320
-constexpr int64_t kMinsAt = kSubBlocks * kBlockRows, kDAt = 2 * kMinsAt, kDminAt = kDAt + 2 * kBlockRows;
 
 inline void check_k_shape(const char* op, int64_t N, int64_t K) {
   TORCH_CHECK(N > 0 && K > 0 && K % kSuper == 0 && N % kBlockRows == 0, op, ": a (", N, ", ", K,
@@ -41,6 +30,12 @@ inline void check_k_meta(const char* op, const at::Tensor& meta, int64_t N, int6
   check_k_shape(op, N, K);
   TORCH_CHECK(meta.numel() == N / kBlockRows * (K / kSuper) * kMetaBytes, op,
               ": meta must be (N/16, K/256, 320) uint8");
+}
+
+inline void check_q6k_meta(const char* op, const at::Tensor& meta, int64_t N, int64_t K) {
+  check_k_shape(op, N, K);
+  TORCH_CHECK(meta.numel() == N / kBlockRows * (K / kSuper) * kQ6MetaBytes, op,
+              ": meta must be (N/16, K/256, 288) uint8");
 }
 
 inline float bf16_to_float(uint16_t h) {
@@ -80,17 +75,6 @@ inline void check_operands(const char* op, const at::Tensor& x, const at::Tensor
               ": scales must be contiguous ", scale_type);
 }
 
-// Runs Block<TILE> over rows [m, M) of x in tiles of TILE, TILE/2, ..., 1 rows.
-template <template <int> class Block, int TILE>
-inline void run_tiles(int64_t m, int64_t M, const int8_t* xq, const float* d, const int32_t* qsum,
-                      int64_t K, const uint8_t* codes, const uint16_t* scales, float* y, int64_t N) {
-  const int64_t groups = K / kGroup;
-  for (; m + TILE <= M; m += TILE) {
-    Block<TILE>::run(xq + m * K, d + m * groups, qsum + m * groups, K, codes, scales, y + m * N, N);
-  }
-  if constexpr (TILE > 1) run_tiles<Block, TILE / 2>(m, M, xq, d, qsum, K, codes, scales, y, N);
-}
-
 // y (M, N) float32 = x (M, K) float32 or bfloat16 times a weight of N rows in 16-row blocks:
 // quantizes x per 32 (the level's quantize_activations: x ~ d * xq, xq int8, d = max|x| / 127,
 // qsum = sum of xq), then threads split the blocks (each reads only its own codes) and every
@@ -100,9 +84,11 @@ inline void run_tiles(int64_t m, int64_t M, const int8_t* xq, const float* d, co
 // its scales block_scales 16-bit values, contiguous.
 // Block must be named differently in each kernel's file: GCC gives matmul_blocks<Block> for two
 // anonymous-namespace structs of one name the same symbol, and the linker keeps only one.
+// With sums16, Block gets the sums of xq per 16 (sums_per_16) instead of per 32.
 template <template <int> class Block, int MAX_TILE, class Quantize>
 at::Tensor matmul_blocks(const at::Tensor& x, int64_t N, const uint8_t* codes, int64_t block_code_bytes,
-                         const uint16_t* scales, int64_t block_scales, Quantize quantize_activations) {
+                         const uint16_t* scales, int64_t block_scales, Quantize quantize_activations,
+                         bool sums16 = false) {
   const at::Tensor xc = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), groups = K / kGroup;
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
@@ -115,10 +101,18 @@ at::Tensor matmul_blocks(const at::Tensor& x, int64_t N, const uint8_t* codes, i
   const int32_t* qp = qsum.data_ptr<int32_t>();
   quantize_activations(xc.data_ptr(), xc.scalar_type() == at::kBFloat16, M, K, xq.data_ptr<int8_t>(),
                        d.data_ptr<float>(), qsum.data_ptr<int32_t>());
+  int64_t sums_per_row = groups;
+  at::Tensor qsum16;
+  if (sums16) {
+    qsum16 = at::empty({M, K / 16}, x.options().dtype(at::kInt));
+    sums_per_16(xqp, M * K, qsum16.data_ptr<int32_t>());
+    qp = qsum16.data_ptr<int32_t>();
+    sums_per_row = K / 16;
+  }
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      run_tiles<Block, MAX_TILE>(0, M, xqp, dp, qp, K, codes + b * block_code_bytes,
+      run_tiles<Block, MAX_TILE>(0, M, xqp, dp, qp, sums_per_row, K, codes + b * block_code_bytes,
                                  scales + b * block_scales, yp + b * kBlockRows, N);
     }
   });
@@ -162,6 +156,17 @@ at::Tensor q8_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor&
                                         kBlockRows, quantize);
 }
 
+template <template <int> class Block, int MAX_TILE, class Quantize>
+at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& meta, Quantize quantize) {
+  check_operands("q6k_vnni_mm", x, codes, at::kByte, meta, at::kByte);
+  const int64_t K = x.size(1), N = codes.size(0);
+  TORCH_CHECK(codes.size(1) * 4 == K * 3, "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
+  check_q6k_meta("q6k_vnni_mm", meta, N, K);
+  return matmul_blocks<Block, MAX_TILE>(x, N, codes.data_ptr<uint8_t>(), kBlockRows * K * 3 / 4,
+                                        reinterpret_cast<const uint16_t*>(meta.data_ptr<uint8_t>()),
+                                        (K / kSuper) * kQ6MetaBytes / 2, quantize, true);
+}
+
 // The result of each dequantize operator, after its checks.
 inline at::Tensor dequantized_q4(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
   const int64_t N = codes.size(0), K = codes.size(1) * 2;
@@ -181,6 +186,14 @@ inline at::Tensor dequantized_q8(const at::Tensor& codes, const at::Tensor& scal
   const int64_t N = codes.size(0), K = codes.size(1);
   at::Tensor out = dequantized("q8_vnni_dequantize", codes, at::kChar, scales, N, K, dtype);
   TORCH_CHECK(scales.numel() == N, "scales must be (N,)");
+  return out;
+}
+
+inline at::Tensor dequantized_q6k(const at::Tensor& codes, const at::Tensor& meta, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1) * 4 / 3;
+  TORCH_CHECK(codes.dim() == 2 && codes.size(1) % 3 == 0, "q6k_vnni_dequantize: codes must be (N, 3K/4)");
+  at::Tensor out = dequantized("q6k_vnni_dequantize", codes, at::kByte, meta, N, K, dtype, at::kByte);
+  check_q6k_meta("q6k_vnni_dequantize", meta, N, K);
   return out;
 }
 

@@ -37,6 +37,15 @@ using LLAMITA_OPS::kSuper;
 // Tiles of up to 4 rows of x: 4 integer and 4 float accumulators, with the codes and their
 // nibbles, fit the 16 ymm registers (8 rows spilled).
 constexpr int kMaxTile = 4;
+// The int8 kernel on AVX2 takes tiles of 8 rows all the same: its sign trick spills a 4-row
+// tile already, and reading each weight chunk for 8 rows at once cost 3-12% less CPU time at
+// 8-32 rows of the 49152 x 576 head (benchmarks/kernel_rows.py; with vpdpbusd it cost 10-35%
+// more, so AVX-VNNI keeps 4).
+#ifdef __AVXVNNI__
+constexpr int kQ8MaxTile = kMaxTile;
+#else
+constexpr int kQ8MaxTile = 8;
+#endif
 
 inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes into every 32-bit lane
   int32_t v;
@@ -87,6 +96,18 @@ struct ByteDot {
   }
 };
 #endif
+
+// Q6_K's 6-bit codes (u8 in 0..63) of two 4-byte halves (low, high nibble codes) times their
+// activations, summed per lane in int32. maddubs pairs are at most 2 * 63 * 128 = 16128, so
+// the two chunks' int16 sums (<= 32256) stay exact before one madd widens them.
+inline __m256i six_bit_dot(__m256i acc, __m256i lo, __m256i x_lo, __m256i hi, __m256i x_hi) {
+#ifdef __AVXVNNI__
+  return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, lo, x_lo), hi, x_hi);
+#else
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
 
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 
@@ -245,6 +266,62 @@ struct Q8Block256 {
   }
 };
 
+// One 16-row block of the "vnni_q6k" layout (q6k_vnni.cpp: the numerics and the layout) for
+// ROWS rows of x, as two halves of 8 rows, with the same integer sums and float32 steps as the
+// AVX-512 kernel.
+template <int ROWS>
+struct Q6KBlock256 {
+  static void run(const int8_t* xq, const float* d, const int32_t* qsum16, int64_t K,
+                  const uint8_t* codes, const uint16_t* meta16, float* y, int64_t ldy) {
+    const uint8_t* meta = reinterpret_cast<const uint8_t*>(meta16);
+    const int64_t groups = K / kGroup;
+    constexpr int64_t kGroupsPerSuper = kSuper / kGroup;
+    const __m256i low_nibble = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30);
+    __m256 total[ROWS][2];
+    for (int m = 0; m < ROWS; ++m) total[m][0] = total[m][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* group = codes + g * LLAMITA_OPS::kQ6GroupBytes;
+      const uint8_t* mb = meta + (g / kGroupsPerSuper) * LLAMITA_OPS::kQ6MetaBytes;
+      const int64_t j = 2 * (g % kGroupsPerSuper);  // the group's first sub-block
+      for (int h = 0; h < 2; ++h) {
+        __m256i dot[ROWS][2];
+        for (int m = 0; m < ROWS; ++m) dot[m][0] = dot[m][1] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + c * 64 + 32 * h));
+          const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 256 + (c / 2) * 64 + 32 * h));
+          const __m256i t_lo = c % 2 == 0 ? _mm256_slli_epi16(t, 4) : t;
+          const __m256i t_hi = c % 2 == 0 ? _mm256_slli_epi16(t, 2) : _mm256_srli_epi16(t, 2);
+          const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low_nibble), _mm256_and_si256(t_lo, top));
+          const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble),
+                                             _mm256_and_si256(t_hi, top));
+          for (int m = 0; m < ROWS; ++m) {
+            const int8_t* xm = xq + m * K + g * kGroup + c * 8;
+            dot[m][c / 2] = six_bit_dot(dot[m][c / 2], lo, bcast4(xm), hi, bcast4(xm + 4));
+          }
+        }
+        const __m256i sc0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mb + kBlockRows * j + 8 * h)));
+        const __m256i sc1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mb + kBlockRows * (j + 1) + 8 * h)));
+        const __m256 dw = halves8_to_float(mb + LLAMITA_OPS::kQ6DAt + 16 * h);
+        for (int m = 0; m < ROWS; ++m) {
+          const int32_t* qs = qsum16 + m * 2 * groups + 2 * g;
+          const __m256i e0 = _mm256_sub_epi32(dot[m][0], _mm256_set1_epi32(32 * qs[0]));
+          const __m256i e1 = _mm256_sub_epi32(dot[m][1], _mm256_set1_epi32(32 * qs[1]));
+          const __m256i isum = _mm256_add_epi32(_mm256_mullo_epi32(sc0, e0), _mm256_mullo_epi32(sc1, e1));
+          const __m256 t = _mm256_mul_ps(dw, _mm256_set1_ps(d[m * groups + g]));
+          total[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), t, total[m][h]);
+        }
+      }
+    }
+    for (int m = 0; m < ROWS; ++m)
+      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m][h]);
+  }
+};
+
+at::Tensor q6k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& meta) {
+  return LLAMITA_OPS::q6k_mm<Q6KBlock256, kMaxTile>(x, codes, meta, LLAMITA_OPS::quantize_activations);
+}
+
 at::Tensor q4_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
   return LLAMITA_OPS::q4_mm<Q4Affine256, kMaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
 }
@@ -254,7 +331,7 @@ at::Tensor q4k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::T
 }
 
 at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
-  return LLAMITA_OPS::q8_mm<Q8Block256, kMaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
+  return LLAMITA_OPS::q8_mm<Q8Block256, kQ8MaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
 }
 
 // The dense weight (N, K) of a 4-bit layout in float32 or bfloat16, for prefill's dense
@@ -348,6 +425,7 @@ TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def("q4k_vnni_dequantize(Tensor codes, Tensor meta, ScalarType dtype) -> Tensor");
   m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
   m.def("q8_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
+  m.def("q6k_vnni_mm(Tensor x, Tensor codes, Tensor meta) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q4_vnni_mm", q4_vnni_mm);
@@ -356,4 +434,5 @@ TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q4k_vnni_dequantize", q4k_vnni_dequantize);
   m.impl("q8_vnni_mm", q8_vnni_mm);
   m.impl("q8_vnni_dequantize", q8_vnni_dequantize);
+  m.impl("q6k_vnni_mm", q6k_vnni_mm);
 }

@@ -1,5 +1,6 @@
 // Load-time packing of GGML's 4-bit blocks into llamita's 16-row layouts ("vnni" for Q4_0 /
-// Q4_1, "vnni_k" for Q4_K; the layouts are described in q4_vnni.cpp and q4k_vnni.cpp). Every
+// Q4_1, "vnni_k" for Q4_K; the layouts are described in q4_vnni.cpp and q4k_vnni.cpp) on x86
+// (portable.cpp holds the same in plain C++, for NEON, and Q6_K's for every level). Every
 // SIMD level's library compiles it (SSSE3 shuffles, F16C conversions, AVX2 for the bfloat16
 // rounding), so a CPU that runs any level's kernels also packs for them.
 
@@ -19,10 +20,7 @@ using LLAMITA_OPS::float_to_bf16x8;
 using LLAMITA_OPS::kBlockRows;
 using LLAMITA_OPS::kGroup;
 
-using LLAMITA_OPS::kDAt;
-using LLAMITA_OPS::kDminAt;
 using LLAMITA_OPS::kMetaBytes;
-using LLAMITA_OPS::kMinsAt;
 using LLAMITA_OPS::kSubBlocks;
 using LLAMITA_OPS::kSuper;
 
@@ -116,14 +114,7 @@ std::tuple<at::Tensor, at::Tensor> q4k_vnni_pack_ggml(const at::Tensor& raw, int
         uint8_t* mb = mp + (b * supers + sb) * kMetaBytes;
         for (int r = 0; r < kBlockRows; ++r) {
           const uint8_t* block = rp + ((b * kBlockRows + r) * supers + sb) * kBlockBytes;
-          std::memcpy(mb + kDAt + 2 * r, block, 2);
-          std::memcpy(mb + kDminAt + 2 * r, block + 2, 2);
-          const uint8_t* sc = block + 4;  // GGML's get_scale_min_k4
-          for (int j = 0; j < kSubBlocks; ++j) {
-            const bool low = j < 4;
-            mb[kBlockRows * j + r] = low ? sc[j] & 63 : (sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4);
-            mb[kMinsAt + kBlockRows * j + r] = low ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-          }
+          LLAMITA_OPS::q4k_row_meta(block, r, mb);
           for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high)
             const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 + 32 * c));
             const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 32 + 32 * c));

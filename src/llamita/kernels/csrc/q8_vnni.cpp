@@ -1,5 +1,5 @@
 // 8-bit weight x 8-bit activation matmul on AVX-512 VNNI: the decode-step GEMV/GEMM for the
-// per-row int8 weights of kernels/int8.py (GGML Q8_0, Q5_*, Q6_K, Q2_K, Q3_K after re-quantizing,
+// per-row int8 weights of kernels/int8.py (GGML Q8_0, Q5_*, Q2_K, Q3_K after re-quantizing,
 // and the tied output projection of small models, the largest matmul of their decode step).
 //
 // Why our own kernel: torch's _weight_int8pack_mm converts every weight to float and multiplies
