@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,9 @@ from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
+from llamita.engine.step_builder import BuildState, CompileMode, build_in_background, compile_mode, log_path
 from llamita.errors import InvalidParameterError
+from llamita.model.compiled import read_failure
 from llamita.sampling_params import SamplingParams
 from llamita.tokenizer.tool_calls import find_tool_calls
 
@@ -57,18 +60,23 @@ class LLM:
     def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
                  device: str | torch.device = "auto",
                  lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-                 gpu_layers: int | None = None, compile: bool = False) -> None:
+                 gpu_layers: int | None = None, compile: bool | None = None) -> None:
         """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
         together to every generation without merging them into the weights.
         gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU.
-        compile: decode through an AOTInductor-compiled step (model/compiled.py; the first use
-        of a model shape and batch size builds it, 1-2 minutes on 2 cores, then it loads from
-        disk in milliseconds); eager with LoRA, gpu_layers or on CUDA (`compile_skipped` says
-        why)."""
+        compile: how one-prompt generations decode (engine/step_builder.py). None (default,
+        or $LLAMITA_COMPILE): through the AOTInductor-compiled step (model/compiled.py) if this
+        model shape's package is built, else eagerly while a background process builds it,
+        for the next LLM (or this one's next generation) to use; True (LLAMITA_COMPILE=1):
+        build it now in the foreground (1-2 minutes on 2 cores, once); False
+        (LLAMITA_COMPILE=0): eager. Eager with LoRA, gpu_layers or on CUDA (`compile_skipped`
+        says why); `decode_path` says which path runs."""
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
         specs = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
         names = attach_loras(loaded.model, loaded.config, specs, combine=True)
-        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile)
+        dtype_arg = str(dtype).removeprefix("torch.")  # as the background builder loads it
+        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile_mode(compile),
+                     dtype_arg)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, adapter: str | None = None) -> LLM:
@@ -79,23 +87,40 @@ class LLM:
         llm._attach(loaded, None if adapter is None else loaded.model.lora.slot(adapter))
         return llm
 
-    def _attach(self, loaded: LoadedModel, adapter: int | None = None, compile: bool = False) -> None:
+    def _attach(self, loaded: LoadedModel, adapter: int | None = None, mode: CompileMode = "off",
+                dtype: str = "auto") -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
-        self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=compile)
-        if self._generator.compiled is not None:
-            self._generator.compiled.prepare(1)  # one prompt at a time is the common case
-        # Why compile=True still decodes eagerly (a LoRA adapter, layers split), else None.
+        self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=mode != "off",
+                                    build=mode == "foreground")
+        # Why the compiled step is not used (a LoRA adapter, layers split), else None.
         self.compile_skipped = self._generator.compile_skipped
+        # The background process this LLM started to build its compiled step, if any.
+        self.builder: subprocess.Popen[bytes] | None = None
+        self._build_state: BuildState = "ready"
+        compiled = self._generator.compiled
+        if compiled is not None:  # one prompt at a time is the common case: batch 1
+            if mode == "foreground":
+                compiled.prepare(1)
+            else:
+                self._build_state, self.builder = build_in_background(compiled, loaded.path, dtype)
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 
     @property
     def decode_path(self) -> str:
-        """How one token is generated, for a status line: "compiled step" (AOTInductor) or
-        "eager"."""
-        return "compiled step" if self._generator.compiled is not None else "eager"
+        """How one token of a one-prompt generation is made, for a status line: "compiled
+        step" (AOTInductor), "eager", or "eager (why: building in the background, a failed
+        build, LoRA...)". A package a background builder finished is picked up here."""
+        compiled = self._generator.compiled
+        if compiled is None:
+            return "eager" if self.compile_skipped is None else f"eager ({self.compile_skipped})"
+        if compiled.ready(1):
+            return "compiled step"
+        if self._build_state == "failed" or read_failure(compiled.package_path(1)) is not None:
+            return f"eager (the compiled step failed to build: {log_path(compiled.package_path(1))})"
+        return "eager (compiled step building in the background)"
 
     def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
         """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's

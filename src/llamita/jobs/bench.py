@@ -29,6 +29,7 @@ import torch
 from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import LoadedModel
+from llamita.model.compiled import compile_blocker
 from llamita.sampling_params import SamplingParams
 
 
@@ -127,6 +128,13 @@ def bench_prompt(loaded: LoadedModel, n_prompt: int, repetitions: int = 5) -> Be
         return generator.last_stats.prefill_seconds
 
     return _timed(run, n_prompt, repetitions, f"pp{n_prompt}")
+
+
+def decode_path(loaded: LoadedModel, compile: bool) -> str:
+    """What `bench_generation(loaded, compile=compile)` decodes through: "compiled step",
+    "eager" or "eager (why the step cannot be compiled)"."""
+    blocker = compile_blocker(loaded.model) if compile else None
+    return "eager" if not compile else f"eager ({blocker})" if blocker else "compiled step"
 
 
 def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5,

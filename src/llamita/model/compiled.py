@@ -18,7 +18,10 @@ What the package holds and what it does not:
   position), so early tokens do not pay for the whole cache.
 - Cached under `cache_dir()` by a key over everything the code depends on (`package_key`); a
   later process loads it in milliseconds. The first build of a model shape takes 1-2 minutes on
-  2 cores (logged as a warning when it starts).
+  2 cores (logged as a warning when it starts). A build holds `decode-KEY.lock` (flock) so two
+  processes never build one package twice, writes to a temporary name and renames, and a
+  failed build leaves `decode-KEY.failed` (its message) so it is not retried until the key
+  changes (engine/step_builder.py builds in a background process and reads these).
 
 Fused loops round to bfloat16 where eager does (`emulate_precision_casts`); sums still run in
 another order, so bf16 greedy text can part from eager's at near-ties. Both are tested against
@@ -27,13 +30,16 @@ the float32 eager reference (tests/model/test_compiled.py). docs/performance.md 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -57,8 +63,56 @@ _FORMAT = 2  # bump when the exported function's signature changes
 
 
 def cache_dir() -> Path:
-    """Where llamita keeps compiled decode steps: $XDG_CACHE_HOME/llamita/aoti."""
-    return native.cache_root() / "aoti"
+    """Where llamita keeps compiled decode steps: $LLAMITA_COMPILED_DIR if set, else
+    $XDG_CACHE_HOME/llamita/aoti."""
+    folder = os.environ.get("LLAMITA_COMPILED_DIR")
+    return Path(folder) if folder else native.cache_root() / "aoti"
+
+
+def failure_path(package: Path) -> Path:
+    """Where a failed build of `package` records why (JSON: {"error", "said"})."""
+    return package.with_suffix(".failed")
+
+
+def read_failure(package: Path) -> dict[str, object] | None:
+    """The recorded failure of `package`'s build, or None if none was recorded."""
+    try:
+        return json.loads(failure_path(package).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def record_failure(package: Path, error: str, said: bool = False) -> None:
+    """Record that building `package` failed with `error` (replaced atomically)."""
+    marker = failure_path(package)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(f".failed.{os.getpid()}")
+    tmp.write_text(json.dumps({"error": error, "said": said}), encoding="utf-8")
+    os.replace(tmp, marker)
+
+
+@contextlib.contextmanager
+def build_lock(package: Path, wait: bool) -> Iterator[bool]:
+    """Hold `package`'s build lock (an flock on decode-KEY.lock, released by the kernel if the
+    holder dies). Yields False instead of waiting when `wait` is False and another process
+    holds it."""
+    package.parent.mkdir(parents=True, exist_ok=True)
+    with open(package.with_suffix(".lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_in_progress(package: Path) -> bool:
+    """Whether some process holds `package`'s build lock now."""
+    with build_lock(package, wait=False) as free:
+        return not free
 
 
 def attend_length(furthest: int, cache_positions: int) -> int:
@@ -152,23 +206,26 @@ class CompiledDecoder:
     """`step(tokens, positions, cache)`: logits (B, vocab) float32 of one token per cache row.
 
     tokens, positions: (B, 1) int64 with B == cache.n_rows (every row steps). The first call for
-    a batch size loads its package from `root` (default `cache_dir()`) or builds it there.
-    The model's tensors are gathered once, here: a model whose layers are replaced afterwards
-    (LoRA, fine-tuning) needs a new decoder.
+    a batch size loads its package from `root` (default `cache_dir()`) or, with `build`, builds
+    it there in the foreground; without `build` only a package already built is used (`ready`
+    says whether one is). The model's tensors are gathered once, here: a model whose layers are
+    replaced afterwards (LoRA, fine-tuning) needs a new decoder.
     """
 
-    def __init__(self, model: nn.Module, root: Path | None = None) -> None:
+    def __init__(self, model: nn.Module, root: Path | None = None, build: bool = True) -> None:
         blocker = compile_blocker(model)
         if blocker is not None:
             raise ValueError(f"the decode step cannot be compiled with {blocker}")
         self.model = model
         self.root = Path(root) if root is not None else cache_dir()
+        self.build = build
         self._body = _DecodeBody(model)
         weights = dict(self._body.named_parameters(remove_duplicate=False))
         weights.update(self._body.named_buffers(remove_duplicate=False))
         self._weights = weights
         self._flat_weights = pytree.tree_flatten(weights)[0]
         self._runners: dict[int, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {}
+        self._paths: dict[int, Path] = {}
         self._key_positions = torch.arange(model.config.context_length)  # type: ignore[union-attr]
         self.built_seconds: dict[int, float] = {}  # batch -> seconds to load (or build and load) its package
 
@@ -181,6 +238,43 @@ class CompiledDecoder:
         with torch.inference_mode():
             return run([tokens, positions, self._key_positions[:length], *cache.k, *cache.v,
                         *self._flat_weights])[0]
+
+    def package_path(self, batch: int) -> Path:
+        """The file the step for `batch` rows is kept in."""
+        if batch not in self._paths:  # the key hashes llamita's model code: once per decoder
+            self._paths[batch] = self.root / f"decode-{package_key(self.model, self._weights, batch)}.pt2"
+        return self._paths[batch]
+
+    def ready(self, batch: int) -> bool:
+        """Whether the step for `batch` rows can run now: loaded already, loaded from disk
+        here, or (with `build`) built here in the foreground."""
+        if batch in self._runners:
+            return True
+        if self.build:
+            self._runner(batch)
+            return True
+        start = time.perf_counter()
+        loaded = _load(self.package_path(batch), self._spec(batch))
+        if loaded is None:
+            return False
+        self.built_seconds[batch] = time.perf_counter() - start
+        self._runners[batch] = loaded
+        return True
+
+    def build_now(self, batch: int, wait: bool = True, lock: bool = True) -> bool:
+        """Build the package for `batch` rows unless a loadable one exists, under its build
+        lock; False (and nothing built) when `wait` is False and another process holds it.
+        lock=False: the caller holds `build_lock(self.package_path(batch))` already."""
+        path = self.package_path(batch)
+        if lock:
+            with build_lock(path, wait) as held:
+                return held and self.build_now(batch, lock=False)
+        if _load(path, self._spec(batch)) is None:  # none yet, or damaged: (re)build it
+            log.warning("compiling the decode step for batch %d (once per model shape; about "
+                        "1-2 minutes on 2 cores) into %s", batch, path)
+            _build(self._body, self._example(batch), path)
+        failure_path(path).unlink(missing_ok=True)
+        return True
 
     def prepare(self, batch: int) -> float:
         """Load (or build, the first time for this model shape) the step for `batch` rows now,
@@ -196,16 +290,16 @@ class CompiledDecoder:
         tokens = torch.ones((batch, 1), dtype=torch.int64)
         return tokens, tokens.clone(), self._key_positions[:KEY_BLOCK], cache.k, cache.v, self._weights
 
+    def _spec(self, batch: int) -> str:
+        """The flat-input layout a package for `batch` rows must take."""
+        return pytree.treespec_dumps(pytree.tree_flatten((self._example(batch), {}))[1])
+
     def _runner(self, batch: int) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-        example = self._example(batch)
-        spec = pytree.treespec_dumps(pytree.tree_flatten((example, {}))[1])
-        path = self.root / f"decode-{package_key(self.model, self._weights, batch)}.pt2"
+        path, spec = self.package_path(batch), self._spec(batch)
         start = time.perf_counter()
         loaded = _load(path, spec)
         if loaded is None:
-            log.warning("compiling the decode step for batch %d (once per model shape; about 1-2 "
-                        "minutes on 2 cores) into %s", batch, path)
-            _build(self._body, example, path)
+            self.build_now(batch)
             loaded = _load(path, spec)
             if loaded is None:
                 raise RuntimeError(f"the compiled decode step at {path} does not load")
