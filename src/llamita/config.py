@@ -148,6 +148,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS
     threads: int | None = None  # CPU threads; None: engine/threads.py's default for this machine
     strict_model_names: bool = False  # True: a `model` other than the served name is a 404
+    compile: bool | None = None  # decode steps compiled: None background build, True now, False eager
 
 
 def default_data_dir() -> Path:

@@ -14,7 +14,7 @@ import pytest
 from llamita import LLM, SamplingParams
 from llamita.cli.main import app
 from llamita.engine import step_builder
-from llamita.engine.step_builder import build_in_background, compile_mode
+from llamita.engine.step_builder import StepSource, build_in_background, compile_mode
 from llamita.errors import InvalidParameterError
 from llamita.model.compiled import CompiledDecoder, build_in_progress, build_lock, read_failure
 
@@ -86,8 +86,9 @@ def test_the_build_lock_stops_a_second_builder(tiny_gguf, compiled_dir, no_spawn
     package = decoder.package_path(1)
     with build_lock(package, wait=False) as held:  # as a running builder holds it
         assert held and build_in_progress(package)
-        assert build_in_background(decoder, tiny_gguf, "float32") == ("building", None)
-        assert step_builder.build(tiny_gguf, "float32", 1, package) == "locked"
+        source = StepSource.of(llm.loaded)
+        assert build_in_background(decoder, source) == ("building", None)
+        assert step_builder.build(source, [(1, package)]) == ["locked"]
     assert no_spawn == [] and not package.exists() and read_failure(package) is None
     assert not build_in_progress(package)
 
@@ -96,7 +97,8 @@ def test_a_failed_build_is_said_once_and_not_retried(tiny_gguf, compiled_dir, no
     llm = LLM(tiny_gguf, dtype="float32", device="cpu", compile=False)
     package = package_of(llm)
     # A builder that cannot load its model records why instead of raising.
-    assert step_builder.build(compiled_dir / "gone.gguf", "float32", 1, package) == "failed"
+    gone = StepSource(compiled_dir / "gone.gguf", "float32", compact=False)
+    assert step_builder.build(gone, [(1, package)]) == ["failed"]
     assert "gone.gguf" in str(read_failure(package)["error"])
     with caplog.at_level(logging.WARNING, logger="llamita.engine.step_builder"):
         first = LLM(tiny_gguf, dtype="float32", device="cpu")
@@ -118,7 +120,7 @@ def test_a_damaged_package_is_rebuilt_not_used(tiny_gguf, compiled_dir, no_spawn
     package_of(llm).write_bytes(b"PK\x03\x04 half a package")
     again = LLM(tiny_gguf, dtype="float32", device="cpu")
     assert again.decode_path == "eager (compiled step building in the background)"
-    assert [args[-1] for args in no_spawn] == [package_of(llm)]
+    assert [wanted for _, wanted in no_spawn] == [[(1, package_of(llm))]]
 
 
 @pytest.mark.parametrize("how", [["--no-compile"], ["env"]])

@@ -15,9 +15,8 @@ from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
-from llamita.engine.step_builder import BuildState, CompileMode, build_in_background, compile_mode, log_path
+from llamita.engine.step_builder import CompileMode, StepSource, build_in_background, compile_mode, decode_label
 from llamita.errors import InvalidParameterError
-from llamita.model.compiled import read_failure
 from llamita.sampling_params import SamplingParams
 from llamita.tokenizer.tool_calls import find_tool_calls
 
@@ -74,9 +73,7 @@ class LLM:
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
         specs = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
         names = attach_loras(loaded.model, loaded.config, specs, combine=True)
-        dtype_arg = str(dtype).removeprefix("torch.")  # as the background builder loads it
-        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile_mode(compile),
-                     dtype_arg)
+        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile_mode(compile))
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, adapter: str | None = None) -> LLM:
@@ -87,8 +84,7 @@ class LLM:
         llm._attach(loaded, None if adapter is None else loaded.model.lora.slot(adapter))
         return llm
 
-    def _attach(self, loaded: LoadedModel, adapter: int | None = None, mode: CompileMode = "off",
-                dtype: str = "auto") -> None:
+    def _attach(self, loaded: LoadedModel, adapter: int | None = None, mode: CompileMode = "off") -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
@@ -98,13 +94,12 @@ class LLM:
         self.compile_skipped = self._generator.compile_skipped
         # The background process this LLM started to build its compiled step, if any.
         self.builder: subprocess.Popen[bytes] | None = None
-        self._build_state: BuildState = "ready"
         compiled = self._generator.compiled
         if compiled is not None:  # one prompt at a time is the common case: batch 1
             if mode == "foreground":
                 compiled.prepare(1)
             else:
-                self._build_state, self.builder = build_in_background(compiled, loaded.path, dtype)
+                self.builder = build_in_background(compiled, StepSource.of(loaded))[1]
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 
@@ -113,14 +108,7 @@ class LLM:
         """How one token of a one-prompt generation is made, for a status line: "compiled
         step" (AOTInductor), "eager", or "eager (why: building in the background, a failed
         build, LoRA...)". A package a background builder finished is picked up here."""
-        compiled = self._generator.compiled
-        if compiled is None:
-            return "eager" if self.compile_skipped is None else f"eager ({self.compile_skipped})"
-        if compiled.ready(1):
-            return "compiled step"
-        if self._build_state == "failed" or read_failure(compiled.package_path(1)) is not None:
-            return f"eager (the compiled step failed to build: {log_path(compiled.package_path(1))})"
-        return "eager (compiled step building in the background)"
+        return decode_label(self._generator.compiled, self.compile_skipped)
 
     def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
         """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's

@@ -55,10 +55,10 @@ def bench(
     """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
     and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
 
-    tg measures the default decode path, the compiled step: a model shape without one builds
-    it first, in the foreground, in the untimed warm-up run (1-2 minutes on 2 cores, once).
-    --no-compile (or LLAMITA_COMPILE=0) measures eager decoding. tg x --batch runs the
-    server's paged engine, eager.
+    tg and tg x --batch measure the default decode path, the compiled step (tg x B: the
+    server's paged engine and its compiled paged step): a model shape without one builds it
+    first, in the foreground, before timing (1-2 minutes per package on 2 cores, once).
+    --no-compile (or LLAMITA_COMPILE=0) measures eager decoding.
 
     Example: llamita bench -p 512 -n 128 --threads 2 -r 5 --json
     (tensor parallel: torchrun --nproc-per-node 2 -m llamita bench --tensor-parallel 2)
@@ -119,7 +119,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
             results.append(bench_generation(loaded, n_gen, repetitions, compile=compile))
         if n_gen and batch:
             status.update(f"tg{n_gen}x{batch}…")
-            results.append(bench_batched_generation(loaded, n_gen, batch, repetitions))
+            results.append(bench_batched_generation(loaded, n_gen, batch, repetitions, compile=compile))
     floor = None
     tg = next((r for r in results if r.test == f"tg{n_gen}"), None)
     if bandwidth and tg is not None:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from llamita.cli.common import (
+    CompileOption,
     DeviceOption,
     DtypeOption,
     GpuLayersOption,
@@ -71,6 +72,7 @@ def serve(
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
     threads: Optional[int] = ThreadsOption,
+    compile: Optional[bool] = CompileOption,
 ) -> None:
     """Serve MODEL over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/responses,
     /v1/models, each also without /v1) and
@@ -89,4 +91,4 @@ def serve(
                             data_dir=os.fspath(data_dir) if data_dir else None, lora=tuple(lora or ()),
                             device=device, gpu_layers=gpu_layers, tensor_parallel=tensor_parallel,
                             cors_origins=tuple(cors_origin or ()), threads=threads,
-                            strict_model_names=strict_model_names))
+                            strict_model_names=strict_model_names, compile=compile))

@@ -101,6 +101,7 @@ class LoadedModel:
     format: str = "gguf"  # "gguf", "hf" or "meta"
     generation: GenerationDefaults | None = None  # HF generation_config.json, when present
     library_name: str | None = None  # the library name it was asked by (llama3.2:1b), if any
+    compact: bool = False  # quantized weights kept compact (load_model's `compact`, resolved)
 
     @property
     def display_name(self) -> str:
@@ -170,7 +171,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     asked_by_name = path is not None and not Path(path).exists()
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
                        time.perf_counter() - start, fmt, ckpt.generation,
-                       os.fspath(path) if asked_by_name else None)
+                       os.fspath(path) if asked_by_name else None, compact)
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 # token, and vector-friendly loops, at the cost of up to KEY_BLOCK - 1 masked positions.
 KEY_BLOCK = 32
 _UNCOMPILABLE = (RowParallel, VocabParallelEmbedding, VocabParallelHead, TiedHead, OnDevice)
-_FORMAT = 2  # bump when the exported function's signature changes
+_FORMAT = 3  # bump when the exported function's signature changes
 
 
 def cache_dir() -> Path:
@@ -168,11 +168,8 @@ class _Exported(nn.Module):
         super().__init__()
         self.__dict__["body"] = body
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor,
-                keys: list[torch.Tensor], values: list[torch.Tensor],
-                weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.func.functional_call(self.body, weights, (tokens, positions, key_positions, keys, values),
-                                          tie_weights=False, strict=True)
+    def forward(self, inputs: tuple[object, ...], weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(self.body, weights, inputs, tie_weights=False, strict=True)
 
 
 def _source_digest() -> str:
@@ -189,13 +186,14 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
-def package_key(model: nn.Module, weights: dict[str, torch.Tensor], batch: int) -> str:
+def package_key(model: nn.Module, weights: dict[str, torch.Tensor], batch: int, kind: str = "static") -> str:
     """Everything a package depends on: the model's structure (config, each weight's name,
-    shape, dtype, stride), the batch size, llamita's model code, torch, the CPU's vector
+    shape, dtype, stride), the batch size, the kind of cache (static rows or paged blocks),
+    llamita's model code, torch, the CPU's vector
     capability it was built for and the level of llamita's kernels it calls (each level's
     operators have their own namespace, native.py). Weight values are not part of it."""
     h = hashlib.sha256()
-    parts = [_FORMAT, batch, repr(model.config), torch.__version__,  # type: ignore[union-attr]
+    parts = [_FORMAT, batch, kind, repr(model.config), torch.__version__,  # type: ignore[union-attr]
              torch.backends.cpu.get_cpu_capability(), native.kernel_level(), _source_digest()]
     parts += [(n, tuple(t.shape), str(t.dtype), t.stride()) for n, t in weights.items()]
     h.update(repr(parts).encode())
@@ -212,6 +210,8 @@ class CompiledDecoder:
     replaced afterwards (LoRA, fine-tuning) needs a new decoder.
     """
 
+    kind = "static"  # the cache layout the step takes (compiled_paged.py: "paged")
+
     def __init__(self, model: nn.Module, root: Path | None = None, build: bool = True) -> None:
         blocker = compile_blocker(model)
         if blocker is not None:
@@ -219,13 +219,15 @@ class CompiledDecoder:
         self.model = model
         self.root = Path(root) if root is not None else cache_dir()
         self.build = build
-        self._body = _DecodeBody(model)
+        self._body = self._make_body()
         weights = dict(self._body.named_parameters(remove_duplicate=False))
         weights.update(self._body.named_buffers(remove_duplicate=False))
         self._weights = weights
         self._flat_weights = pytree.tree_flatten(weights)[0]
         self._runners: dict[int, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {}
         self._paths: dict[int, Path] = {}
+        self._specs: dict[int, str] = {}
+        self._tried: dict[Path, int] = {}  # package -> mtime of a file that did not load
         self._key_positions = torch.arange(model.config.context_length)  # type: ignore[union-attr]
         self.built_seconds: dict[int, float] = {}  # batch -> seconds to load (or build and load) its package
 
@@ -233,32 +235,51 @@ class CompiledDecoder:
         if tokens.shape != (cache.n_rows, 1) or positions.shape != tokens.shape:
             raise ValueError(f"a compiled step takes (rows, 1) tokens and positions for all "
                              f"{cache.n_rows} cache rows, got {tuple(tokens.shape)}")
-        run = self._runners.get(cache.n_rows) or self._runner(cache.n_rows)
         length = attend_length(int(positions.max()), cache.max_len)
+        return self._run(cache.n_rows, [tokens, positions, self._key_positions[:length], *cache.k, *cache.v])
+
+    def _run(self, batch: int, inputs: list[torch.Tensor]) -> torch.Tensor:
+        run = self._runners.get(self._bucket(batch)) or self._runner(batch)
         with torch.inference_mode():
-            return run([tokens, positions, self._key_positions[:length], *cache.k, *cache.v,
-                        *self._flat_weights])[0]
+            return run([*inputs, *self._flat_weights])[0]
+
+    def _bucket(self, batch: int) -> int:
+        """The package that serves `batch` rows: one per batch size here."""
+        return batch
+
+    def _rows_label(self, batch: int) -> str:
+        return f"batch {batch}"
 
     def package_path(self, batch: int) -> Path:
         """The file the step for `batch` rows is kept in."""
+        batch = self._bucket(batch)
         if batch not in self._paths:  # the key hashes llamita's model code: once per decoder
-            self._paths[batch] = self.root / f"decode-{package_key(self.model, self._weights, batch)}.pt2"
+            key = package_key(self.model, self._weights, batch, self.kind)
+            self._paths[batch] = self.root / f"decode-{key}.pt2"
         return self._paths[batch]
 
     def ready(self, batch: int) -> bool:
         """Whether the step for `batch` rows can run now: loaded already, loaded from disk
         here, or (with `build`) built here in the foreground."""
-        if batch in self._runners:
+        if self._bucket(batch) in self._runners:
             return True
         if self.build:
             self._runner(batch)
             return True
+        path = self.package_path(batch)
+        try:  # a server asks every step: load only a file not tried before
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return False
+        if self._tried.get(path) == stamp:
+            return False
+        self._tried[path] = stamp
         start = time.perf_counter()
-        loaded = _load(self.package_path(batch), self._spec(batch))
+        loaded = _load(path, self._spec(batch))
         if loaded is None:
             return False
-        self.built_seconds[batch] = time.perf_counter() - start
-        self._runners[batch] = loaded
+        self.built_seconds[self._bucket(batch)] = time.perf_counter() - start
+        self._runners[self._bucket(batch)] = loaded
         return True
 
     def build_now(self, batch: int, wait: bool = True, lock: bool = True) -> bool:
@@ -270,9 +291,9 @@ class CompiledDecoder:
             with build_lock(path, wait) as held:
                 return held and self.build_now(batch, lock=False)
         if _load(path, self._spec(batch)) is None:  # none yet, or damaged: (re)build it
-            log.warning("compiling the decode step for batch %d (once per model shape; about "
-                        "1-2 minutes on 2 cores) into %s", batch, path)
-            _build(self._body, self._example(batch), path)
+            log.warning("compiling the decode step for %s (once per model shape; about 1-2 "
+                        "minutes on 2 cores) into %s", self._rows_label(batch), path)
+            _build(self._body, self._example(batch), self._weights, self._dynamic(batch), path)
         failure_path(path).unlink(missing_ok=True)
         return True
 
@@ -280,19 +301,36 @@ class CompiledDecoder:
         """Load (or build, the first time for this model shape) the step for `batch` rows now,
         rather than inside the first decode step: a command says so before its answer starts,
         and the build is not counted as generation time. Seconds it took."""
-        if batch not in self._runners:
+        if self._bucket(batch) not in self._runners:
             self._runner(batch)
-        return self.built_seconds[batch]
+        return self.built_seconds[self._bucket(batch)]
+
+    def _make_body(self) -> nn.Module:
+        return _DecodeBody(self.model)
 
     def _example(self, batch: int) -> tuple[object, ...]:
+        """Inputs of the exported step for tracing (weights apart)."""
         cfg = self.model.config  # type: ignore[union-attr]
         cache = KVCache(cfg, batch, 2 * KEY_BLOCK, dtype=self.model.dtype)  # type: ignore[union-attr]
         tokens = torch.ones((batch, 1), dtype=torch.int64)
-        return tokens, tokens.clone(), self._key_positions[:KEY_BLOCK], cache.k, cache.v, self._weights
+        return tokens, tokens.clone(), self._key_positions[:KEY_BLOCK], cache.k, cache.v
+
+    def _dynamic(self, batch: int) -> tuple[object, ...]:
+        """`_example`'s symbolic dimensions: the positions attended and the cache positions
+        (min 2: export specializes sizes 0 and 1)."""
+        cfg = self.model.config  # type: ignore[union-attr]
+        keys_dim = torch.export.Dim("attended", min=2, max=cfg.context_length)
+        cache_dim = torch.export.Dim("cache_positions", min=2, max=cfg.context_length)
+        per_layer = [{2: cache_dim}] * cfg.n_layers
+        return None, None, {0: keys_dim}, per_layer, per_layer
 
     def _spec(self, batch: int) -> str:
         """The flat-input layout a package for `batch` rows must take."""
-        return pytree.treespec_dumps(pytree.tree_flatten((self._example(batch), {}))[1])
+        bucket = self._bucket(batch)
+        if bucket not in self._specs:
+            example = (self._example(batch), self._weights)
+            self._specs[bucket] = pytree.treespec_dumps(pytree.tree_flatten((example, {}))[1])
+        return self._specs[bucket]
 
     def _runner(self, batch: int) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
         path, spec = self.package_path(batch), self._spec(batch)
@@ -303,8 +341,8 @@ class CompiledDecoder:
             loaded = _load(path, spec)
             if loaded is None:
                 raise RuntimeError(f"the compiled decode step at {path} does not load")
-        self.built_seconds[batch] = time.perf_counter() - start
-        self._runners[batch] = loaded
+        self.built_seconds[self._bucket(batch)] = time.perf_counter() - start
+        self._runners[self._bucket(batch)] = loaded
         return loaded
 
 
@@ -325,19 +363,14 @@ def _load(path: Path, spec: str) -> Callable[[list[torch.Tensor]], list[torch.Te
     return loader.boxed_run
 
 
-def _build(body: _DecodeBody, example: tuple[object, ...], path: Path) -> None:
-    cfg = body.model.config  # type: ignore[union-attr]
-    # Symbolic: positions attended and cache positions. min 2: export specializes sizes 0 and 1.
-    keys_dim = torch.export.Dim("attended", min=2, max=cfg.context_length)
-    cache_dim = torch.export.Dim("cache_positions", min=2, max=cfg.context_length)
-    per_layer = [{2: cache_dim}] * cfg.n_layers
-    weights = example[-1]
-    dynamic = (None, None, {0: keys_dim}, per_layer, per_layer, {name: None for name in weights})  # type: ignore[union-attr]
+def _build(body: nn.Module, inputs: tuple[object, ...], weights: dict[str, torch.Tensor],
+           dynamic: tuple[object, ...], path: Path) -> None:
     # torch's export and inductor warn about their own internals (FutureWarning, UserWarning):
     # nothing a user of llamita can act on, so they stay out of the answer's terminal.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exported = torch.export.export(_Exported(body), example, dynamic_shapes=dynamic, strict=False)
+        exported = torch.export.export(_Exported(body), (inputs, weights), strict=False,
+                                       dynamic_shapes=(dynamic, {name: None for name in weights}))
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written next to its final name and renamed: a crash or a concurrent build never leaves
     # a half-written package under the name others load.
