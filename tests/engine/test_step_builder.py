@@ -65,6 +65,7 @@ def test_compile_mode_from_flag_and_environment(monkeypatch):
 
 def test_first_llm_answers_eagerly_while_a_builder_makes_the_package_the_next_one_uses(tiny_gguf, compiled_dir):
     first = LLM(tiny_gguf, dtype="float32", device="cpu")
+    assert first.builder is None  # started by the first generation (or a status line), not by loading
     assert first.decode_path == "eager (compiled step building in the background)"
     assert first.builder is not None
     eager = first.generate(prompt_token_ids=PROMPT_IDS, params=GREEDY).token_ids  # answered meanwhile
@@ -102,11 +103,13 @@ def test_a_failed_build_is_said_once_and_not_retried(tiny_gguf, compiled_dir, no
     assert "gone.gguf" in str(read_failure(package)["error"])
     with caplog.at_level(logging.WARNING, logger="llamita.engine.step_builder"):
         first = LLM(tiny_gguf, dtype="float32", device="cpu")
+        first.generate(prompt_token_ids=PROMPT_IDS, params=GREEDY)
     said = [r for r in caplog.records if "could not be built" in r.getMessage()]
     assert len(said) == 1 and "gone.gguf" in said[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="llamita.engine.step_builder"):
         second = LLM(tiny_gguf, dtype="float32", device="cpu")
+        second.generate(prompt_token_ids=PROMPT_IDS, params=GREEDY)
     assert "could not be built" not in caplog.text
     assert no_spawn == []  # not retried
     for llm in (first, second):

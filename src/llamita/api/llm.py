@@ -65,8 +65,8 @@ class LLM:
         gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU.
         compile: how one-prompt generations decode (engine/step_builder.py). None (default,
         or $LLAMITA_COMPILE): through the AOTInductor-compiled step (model/compiled.py) if this
-        model shape's package is built, else eagerly while a background process builds it,
-        for the next LLM (or this one's next generation) to use; True (LLAMITA_COMPILE=1):
+        model shape's package is built, else eagerly while a background process (started by
+        the first generation) builds it, for the next LLM (or this one's next generation); True (LLAMITA_COMPILE=1):
         build it now in the foreground (1-2 minutes on 2 cores, once); False
         (LLAMITA_COMPILE=0): eager. Eager with LoRA, gpu_layers or on CUDA (`compile_skipped`
         says why); `decode_path` says which path runs."""
@@ -92,14 +92,12 @@ class LLM:
                                     build=mode == "foreground")
         # Why the compiled step is not used (a LoRA adapter, layers split), else None.
         self.compile_skipped = self._generator.compile_skipped
-        # The background process this LLM started to build its compiled step, if any.
+        # The background process this LLM started to build its compiled step, if any: at its
+        # first generation or `decode_path` (an LLM that only embeds or scores never builds).
         self.builder: subprocess.Popen[bytes] | None = None
-        compiled = self._generator.compiled
-        if compiled is not None:  # one prompt at a time is the common case: batch 1
-            if mode == "foreground":
-                compiled.prepare(1)
-            else:
-                self.builder = build_in_background(compiled, StepSource.of(loaded))[1]
+        self._build_pending = self._generator.compiled is not None and mode == "background"
+        if self._generator.compiled is not None and mode == "foreground":
+            self._generator.compiled.prepare(1)  # one prompt at a time is the common case: batch 1
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 
@@ -107,8 +105,17 @@ class LLM:
     def decode_path(self) -> str:
         """How one token of a one-prompt generation is made, for a status line: "compiled
         step" (AOTInductor), "eager", or "eager (why: building in the background, a failed
-        build, LoRA...)". A package a background builder finished is picked up here."""
+        build, LoRA...)". A package a background builder finished is picked up here; without
+        one, reading this starts the builder (as the first generation would), since a status
+        line announces the path a generation is about to take."""
+        self._start_build()
         return decode_label(self._generator.compiled, self.compile_skipped)
+
+    def _start_build(self) -> None:
+        """Start building the compiled step in the background, once, if it is not built."""
+        if self._build_pending:
+            self._build_pending = False
+            self.builder = build_in_background(self._generator.compiled, StepSource.of(self.loaded))[1]
 
     def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
         """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's
@@ -216,6 +223,7 @@ class LLM:
 
     def _run(self, id_lists: list[list[int]], params: Any) -> list[GenerationOutput]:
         plist = self._params_for(len(id_lists), params)
+        self._start_build()
         texts = [""] * len(id_lists)
         tokens: list[list[int]] = [[] for _ in id_lists]
         reasons = ["length"] * len(id_lists)
@@ -230,5 +238,6 @@ class LLM:
                 for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
 
     def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
+        self._start_build()
         for step in self._generator.stream([ids], self._params_for(1, params)):
             yield StreamChunk(step.text, step.token_id, step.finish_reason)
