@@ -37,16 +37,23 @@ def llamita_command() -> list[str]:
 def time_to_first_token(args: list[str], env: dict[str, str]) -> float:
     """Seconds from starting `llamita run ARGS` to the first byte on its stdout (the run is
     then left to finish, unread output discarded)."""
+    return run_timed(args, env)[0]
+
+
+def run_timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """`llamita run ARGS`: seconds to the first byte on its stdout, and its whole stderr (the
+    status and speed lines)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(llamita_command() + ["run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env)
-    assert proc.stdout is not None
+                            stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.read(1)
     seconds = time.perf_counter() - t0
     proc.stdout.read()
+    err = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0 or not first:
-        raise RuntimeError(f"llamita run {' '.join(args)} failed (exit {proc.returncode})")
-    return seconds
+        raise RuntimeError(f"llamita run {' '.join(args)} failed (exit {proc.returncode}): {err[-500:]}")
+    return seconds, err
 
 
 def time_python(code: str, env: dict[str, str]) -> float:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Every LLM (and every `llamita` process a test starts) decodes eagerly unless its test opts in
+# (monkeypatch.delenv / setenv): by default an LLM would start a background process building
+# the compiled step (engine/step_builder.py), ~100 s of the CI's 2 cores per model shape.
+os.environ["LLAMITA_COMPILE"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from llamita.engine.generator import GenerationStats, Generator
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
+from llamita.engine.step_builder import CompileMode, StepSource, build_in_background, compile_mode, decode_label
 from llamita.errors import ContextOverflowError, InvalidParameterError
 from llamita.sampling_params import SamplingParams
 from llamita.tokenizer.tool_calls import find_tool_calls
@@ -57,14 +59,17 @@ class LLM:
     def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
                  device: str | torch.device = "auto",
                  lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-                 gpu_layers: int | None = None, compile: bool = False) -> None:
+                 gpu_layers: int | None = None, compile: bool | None = None) -> None:
         """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
         together to every generation without merging them into the weights.
         gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU.
-        compile: decode through an AOTInductor-compiled step (model/compiled.py; the first use
-        of a model shape and batch size builds it, 1-2 minutes on 2 cores, then it loads from
-        disk in milliseconds); eager with LoRA, gpu_layers or on CUDA (`compile_skipped` says
-        why).
+        compile: how one-prompt generations decode (engine/step_builder.py). None (default,
+        or $LLAMITA_COMPILE): through the AOTInductor-compiled step (model/compiled.py) if this
+        model shape's package is built, else eagerly while a background process (started by
+        the first generation) builds it, for the next LLM (or this one's next generation); True (LLAMITA_COMPILE=1):
+        build it now in the foreground (1-2 minutes on 2 cores, once); False
+        (LLAMITA_COMPILE=0): eager. Eager with LoRA, gpu_layers or on CUDA (`compile_skipped`
+        says why); `decode_path` says which path runs.
         A created model (`llamita create`) brings its settings: its ADAPTERs join `lora`, its
         PARAMETERs are the default SamplingParams, its SYSTEM and MESSAGEs go before every chat
         (`settings`)."""
@@ -73,7 +78,7 @@ class LLM:
         if loaded.settings is not None:
             specs = [*loaded.settings.adapters, *specs]
         names = attach_loras(loaded.model, loaded.config, specs, combine=True)
-        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile)
+        self._attach(loaded, loaded.model.lora.slot(names[0]) if names else None, compile_mode(compile))
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, adapter: str | None = None) -> LLM:
@@ -84,25 +89,40 @@ class LLM:
         llm._attach(loaded, None if adapter is None else loaded.model.lora.slot(adapter))
         return llm
 
-    def _attach(self, loaded: LoadedModel, adapter: int | None = None, compile: bool = False) -> None:
+    def _attach(self, loaded: LoadedModel, adapter: int | None = None, mode: CompileMode = "off") -> None:
         self.loaded = loaded
         # A created model's settings (library/settings.py), or None.
         self.settings = loaded.settings
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
-        self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=compile)
-        if self._generator.compiled is not None:
-            self._generator.compiled.prepare(1)  # one prompt at a time is the common case
-        # Why compile=True still decodes eagerly (a LoRA adapter, layers split), else None.
+        self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=mode != "off",
+                                    build=mode == "foreground")
+        # Why the compiled step is not used (a LoRA adapter, layers split), else None.
         self.compile_skipped = self._generator.compile_skipped
+        # The background process this LLM started to build its compiled step, if any: at its
+        # first generation or `decode_path` (an LLM that only embeds or scores never builds).
+        self.builder: subprocess.Popen[bytes] | None = None
+        self._build_pending = self._generator.compiled is not None and mode == "background"
+        if self._generator.compiled is not None and mode == "foreground":
+            self._generator.compiled.prepare(1)  # one prompt at a time is the common case: batch 1
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
 
     @property
     def decode_path(self) -> str:
-        """How one token is generated, for a status line: "compiled step" (AOTInductor) or
-        "eager"."""
-        return "compiled step" if self._generator.compiled is not None else "eager"
+        """How one token of a one-prompt generation is made, for a status line: "compiled
+        step" (AOTInductor), "eager", or "eager (why: building in the background, a failed
+        build, LoRA...)". A package a background builder finished is picked up here; without
+        one, reading this starts the builder (as the first generation would), since a status
+        line announces the path a generation is about to take."""
+        self._start_build()
+        return decode_label(self._generator.compiled, self.compile_skipped)
+
+    def _start_build(self) -> None:
+        """Start building the compiled step in the background, once, if it is not built."""
+        if self._build_pending:
+            self._build_pending = False
+            self.builder = build_in_background(self._generator.compiled, StepSource.of(self.loaded))[1]
 
     def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
         """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's
@@ -240,6 +260,7 @@ class LLM:
 
     def _run(self, id_lists: list[list[int]], params: Any) -> list[GenerationOutput]:
         plist = [self._fitted(ids, p) for ids, p in zip(id_lists, self._params_for(len(id_lists), params))]
+        self._start_build()
         texts = [""] * len(id_lists)
         tokens: list[list[int]] = [[] for _ in id_lists]
         reasons = ["length"] * len(id_lists)
@@ -254,5 +275,6 @@ class LLM:
                 for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
 
     def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
+        self._start_build()
         for step in self._generator.stream([ids], [self._fitted(ids, self._params_for(1, params)[0])]):
             yield StreamChunk(step.text, step.token_id, step.finish_reason)

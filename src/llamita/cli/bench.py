@@ -45,7 +45,7 @@ def bench(
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
-    compile: bool = CompileOption,
+    compile: Optional[bool] = CompileOption,
     bandwidth: bool = typer.Option(False, "--bandwidth",
                                    help="Also measure memory bandwidth (copying a 1 GiB buffer, "
                                         "bytes read + written per second) and report tg as a "
@@ -55,11 +55,17 @@ def bench(
     """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
     and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
 
+    tg and tg x --batch measure the default decode path, the compiled step (tg x B: the
+    server's paged engine and its compiled paged step): a model shape without one builds it
+    first, in the foreground, before timing (1-2 minutes per package on 2 cores, once).
+    --no-compile (or LLAMITA_COMPILE=0) measures eager decoding.
+
     Example: llamita bench -p 512 -n 128 --threads 2 -r 5 --json
     (tensor parallel: torchrun --nproc-per-node 2 -m llamita bench --tensor-parallel 2)
     """
 
     from llamita.engine.loader import load_model
+    from llamita.engine.step_builder import compile_mode
     from llamita.engine.tensor_parallel import open_model
     from llamita.engine.threads import use_threads
 
@@ -77,7 +83,9 @@ def bench(
         return
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
-    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, compile=compile, bandwidth=bandwidth)
+    # bench exists to measure: the default path (background build) is built here, untimed.
+    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, compile=compile_mode(compile) != "off",
+             bandwidth=bandwidth)
 
 
 def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetitions: int,
@@ -93,12 +101,14 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         bench_batched_generation,
         bench_generation,
         bench_prompt,
+        decode_path,
         peak_rss_bytes,
     )
 
     kernels = kernel_summary() if loaded.device.type == "cpu" else "cuda"
+    decode = decode_path(loaded, compile)
     stderr.print(f"[dim]{loaded.display_name} · {loaded.dtype} · {loaded.device} · "
-                 f"{threads_label()} · {kernels} · loaded in {loaded.load_seconds:.1f} s[/]")
+                 f"{threads_label()} · {kernels} · {decode} decode · loaded in {loaded.load_seconds:.1f} s[/]")
     results = []
     with stderr.status("measuring…") as status:
         if n_prompt:
@@ -109,7 +119,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
             results.append(bench_generation(loaded, n_gen, repetitions, compile=compile))
         if n_gen and batch:
             status.update(f"tg{n_gen}x{batch}…")
-            results.append(bench_batched_generation(loaded, n_gen, batch, repetitions))
+            results.append(bench_batched_generation(loaded, n_gen, batch, repetitions, compile=compile))
     floor = None
     tg = next((r for r in results if r.test == f"tg{n_gen}"), None)
     if bandwidth and tg is not None:
@@ -118,7 +128,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     report = {
         "model": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device), "threads": torch.get_num_threads(),
-        "tensor_parallel": tensor_parallel, "compile": compile,
+        "tensor_parallel": tensor_parallel, "compile": decode == "compiled step", "decode": decode,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "kernels": kernels,
         "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),

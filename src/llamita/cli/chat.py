@@ -70,7 +70,7 @@ def chat(
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
-    compile: bool = CompileOption,
+    compile: Optional[bool] = CompileOption,
     threads: Optional[int] = ThreadsOption,
     no_escape: bool = NoEscapeOption,
 ) -> None:
@@ -101,7 +101,7 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
     out = console()
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
     stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · context {llm.context_length} tokens · "
-                 "/help for commands, Ctrl-D to leave[/]")
+                 f"{llm.decode_path} decode · /help for commands, Ctrl-D to leave[/]")
     history: list[dict[str, str]] = []
     ctrl_c_at_prompt = False  # a second Ctrl-C in a row at the prompt leaves
 

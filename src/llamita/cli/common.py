@@ -47,11 +47,14 @@ GpuLayersOption = typer.Option(None, "--gpu-layers", min=0, show_default=False,
                                help="With --device cuda: keep only the first N blocks (and their KV "
                                     "cache) on the GPU and run the rest on the CPU, for models larger "
                                     "than the GPU's memory. Default: every block on the GPU.")
-CompileOption = typer.Option(False, "--compile",
-                             help="Decode through an ahead-of-time compiled step (AOTInductor; about "
-                                  "2x faster generation on the CPU). The first run of a model shape "
-                                  "builds it (1-2 minutes on 2 cores); later runs load it from "
-                                  "~/.cache/llamita/aoti in milliseconds. Eager with --lora, "
+CompileOption = typer.Option(None, "--compile/--no-compile", show_default=False,
+                             help="How tokens are generated. Default: through an ahead-of-time "
+                                  "compiled decode step (AOTInductor; about 1.5-2x faster generation "
+                                  "on the CPU) once it is built; the first run of a model shape answers "
+                                  "eagerly while a background process (lowest priority, one thread) "
+                                  "builds it (1-2 minutes on 2 cores) into ~/.cache/llamita/aoti. "
+                                  "--compile: build it now, before answering. --no-compile: eager. "
+                                  "LLAMITA_COMPILE=0 / =1 set the same. Eager with --lora, "
                                   "--gpu-layers, --tensor-parallel or on CUDA.")
 NoEscapeOption = typer.Option(False, "--no-escape",
                               help="Take the prompt, --system and --stop literally. Default: \\n, \\t, "
@@ -89,7 +92,7 @@ def start_up() -> Iterator[None]:
 
 @contextlib.contextmanager
 def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | None,
-             gpu_layers: int | None, compile: bool, tensor_parallel: int = 1,
+             gpu_layers: int | None, compile: bool | None, tensor_parallel: int = 1,
              threads: int | None = None) -> Iterator[Any]:
     """The LLM that `run` and `chat` answer with, every --lora adapter applied to every row,
     running on `threads` CPU threads (None: engine/threads.py's default).
@@ -108,7 +111,7 @@ def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | N
     if tensor_parallel == 1:
         with stderr.status("loading model…"), start_up():
             llm = LLM(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile)
-        if llm.compile_skipped:
+        if compile and llm.compile_skipped:
             stderr.print(f"[yellow]note:[/] --compile ignored: {llm.compile_skipped}")
         yield llm
         return

@@ -72,7 +72,7 @@ def run(
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
-    compile: bool = CompileOption,
+    compile: Optional[bool] = CompileOption,
     threads: Optional[int] = ThreadsOption,
     no_escape: bool = NoEscapeOption,
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from llamita.cli.common import (
+    CompileOption,
     DeviceOption,
     DtypeOption,
     GpuLayersOption,
@@ -83,6 +84,7 @@ def serve(
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
     threads: Optional[int] = ThreadsOption,
+    compile: Optional[bool] = CompileOption,
 ) -> None:
     """Serve MODEL (default: the embedded one) and every local model (`llamita list`), loaded
     on demand by the request's "model", over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/responses,
@@ -109,7 +111,7 @@ def serve(
                             cors_origins=tuple(cors_origin or ()), threads=threads,
                             strict_model_names=strict_model_names,
                             max_memory=parse_bytes(max_memory, "--max-memory") if max_memory else None,
-                            keep_alive=keep_alive))
+                            keep_alive=keep_alive, compile=compile))
 
 
 def _note_created(model: Path | None) -> None:

@@ -48,11 +48,13 @@ class Generator:
     """Runs batches of token-id prompts through a model and yields tokens as they come."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, adapter: int | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, build: bool = True) -> None:
         """adapter: the LoRA adapter slot every sequence runs with (model.lora), None for none.
         compile: decode steps in which every sequence steps run as one compiled graph
         (model/compiled.py); with a LoRA adapter, tensor parallelism or layers split across
-        devices they stay eager, and `compile_skipped` says why."""
+        devices they stay eager, and `compile_skipped` says why. build: a batch size whose
+        package is not on disk builds it in the foreground; False: it decodes eagerly (a
+        background builder, engine/step_builder.py, makes packages; a later batch uses them)."""
         self.model = model
         self.tokenizer = tokenizer
         self.adapter = adapter
@@ -65,7 +67,7 @@ class Generator:
         self.compile_skipped = None if not compile or adapter is None else "a LoRA adapter is active"
         if compile and self.compile_skipped is None:
             self.compile_skipped = compile_blocker(model)
-        self.compiled = CompiledDecoder(model) if compile and self.compile_skipped is None else None
+        self.compiled = CompiledDecoder(model, build=build) if compile and self.compile_skipped is None else None
 
     def _prepare(self, index: int, prompt_ids: list[int], params: SamplingParams) -> SequenceState:
         return SequenceState.create(index, prompt_ids, params, self.tokenizer, self.n_tokens,
@@ -82,7 +84,8 @@ class Generator:
         stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs))
         self.last_stats = stats
         max_len = max(len(s.prompt_ids) + s.max_new for s in seqs)
-        if self.compiled is not None:  # its lengths are symbolic from 2 on (export's rule)
+        compiled = self.compiled if self.compiled is not None and self.compiled.ready(len(seqs)) else None
+        if compiled is not None:  # its lengths are symbolic from 2 on (export's rule)
             max_len = max(max_len, min(KEY_BLOCK, self.context_length))
         cache = KVCache(self.model.config, len(seqs), max_len, dtype=self.model.dtype,
                         device=self.device)
@@ -100,8 +103,8 @@ class Generator:
                 positions = torch.tensor([[len(s.history) - 1] for s in live], device=self.device)
                 rows = None if len(live) == len(seqs) else torch.tensor(
                     [s.index for s in live], device=self.device)
-                if self.compiled is not None and rows is None:
-                    logits = self.compiled(tokens, positions, cache)
+                if compiled is not None and rows is None:
+                    logits = compiled(tokens, positions, cache)
                 else:
                     logits = self.model(tokens, positions, cache, rows, last_only=True,
                                         adapters=self._adapters(len(live)))[:, -1]

@@ -9,9 +9,10 @@
 Each step the Scheduler picks the work (one token for every running request whose prompt is
 computed, and prompt chunks within a token budget); decode tokens of all requests run in one
 batched forward pass, prompt chunks one pass each, all over a paged KV cache whose blocks are
-shared between requests with a common prefix. Each request has its own sampling parameters,
-sampler (random state), detokenizer and stop rules, so a request's output does not depend on
-what else is in the batch.
+shared between requests with a common prefix; decode steps run through the compiled paged
+step once it is built (model/compiled_paged.py, engine/step_builder.py). Each request has its
+own sampling parameters, sampler (random state), detokenizer and stop rules, so a request's
+output does not depend on what else is in the batch.
 
 The engine is not thread-safe: one thread owns it (serving/engine_loop.py) and the others talk
 to it through queues.
@@ -20,6 +21,7 @@ to it through queues.
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,12 +33,16 @@ from llamita.engine.loader import LoadedModel
 from llamita.engine.sampler import top_logprobs
 from llamita.engine.scheduler import Request, Scheduler, Work
 from llamita.engine.sequence import SequenceState
+from llamita.engine.step_builder import CompileMode, StepSource, build_in_background, compile_mode, decode_label
 from llamita.errors import InvalidParameterError
+from llamita.model.compiled import compile_blocker
+from llamita.model.compiled_paged import PagedCompiledDecoder
 from llamita.model.paged_kv_cache import PagedKVCache, kv_bytes_per_token
 from llamita.sampling_params import SamplingParams
 
 DEFAULT_BLOCK_SIZE = 16
 DEFAULT_KV_MEMORY = 1 << 30  # bytes of KV cache when neither a size nor a token count is given
+_PACKAGE_ROWS = (1, 2)  # the compiled paged step's packages: one row; 2 or more rows
 
 
 @dataclass
@@ -83,10 +89,15 @@ class LLMEngine:
     def __init__(self, loaded: LoadedModel, *, kv_cache_tokens: int | None = None,
                  kv_memory_bytes: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                  max_running: int = 16, max_prefill_tokens: int = 512,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, compile: bool | None = None) -> None:
         """kv_cache_tokens (or kv_memory_bytes) sizes the shared KV cache: the total number of
         token positions all running requests can hold together. Default: 1 GiB of cache, at
-        most the context length times `max_running`."""
+        most the context length times `max_running`.
+        compile: decode steps through the compiled paged step (model/compiled_paged.py), as
+        engine/step_builder.py's modes say: None (default, $LLAMITA_COMPILE): once a background
+        builder has made its packages (one row; 2 or more rows), picked up by the first step
+        after; True: built now; False: eager. Eager with LoRA adapters or on CUDA
+        (`compile_skipped` says why); `decode_path` says which path runs."""
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -117,6 +128,28 @@ class LLMEngine:
         # Called with (request_id, position_logits (V,)) for each sampled token, for tests and
         # glass-box views; None costs nothing.
         self.on_logits: Callable[[str, torch.Tensor], None] | None = None
+        self._attach_compiled(loaded, block_size, compile_mode(compile))
+
+    def _attach_compiled(self, loaded: LoadedModel, block_size: int, mode: CompileMode) -> None:
+        self.compiled: PagedCompiledDecoder | None = None
+        self.compile_skipped = None if mode == "off" else compile_blocker(self.model)
+        # The background process this engine started to build its compiled step, if any.
+        self.builder: subprocess.Popen[bytes] | None = None
+        if mode == "off" or self.compile_skipped is not None:
+            return
+        source = StepSource.of(loaded, block_size)
+        self.compiled = source.decoder(self.model, build=mode == "foreground")  # type: ignore[assignment]
+        if mode == "foreground":
+            for batch in _PACKAGE_ROWS:
+                self.compiled.prepare(batch)
+        else:
+            self.builder = build_in_background(self.compiled, source, _PACKAGE_ROWS)[1]
+
+    @property
+    def decode_path(self) -> str:
+        """How decode steps run, for a status line: "compiled step" once both packages (one
+        row, more rows) are loaded, else "eager" with why."""
+        return decode_label(self.compiled, self.compile_skipped, _PACKAGE_ROWS)
 
     # -- requests --------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -168,7 +201,7 @@ class LLMEngine:
         outputs: list[RequestOutput] = []
         with torch.inference_mode():
             if schedule.decode:
-                logits = self._forward(schedule.decode)  # (B, V)
+                logits = self._decode(schedule.decode)  # (B, V)
                 for work, row in zip(schedule.decode, logits):
                     outputs += self._finish_work(work, row)
             for work in schedule.prefill:
@@ -179,15 +212,29 @@ class LLMEngine:
         self.stats.step_seconds += time.perf_counter() - t0
         return outputs
 
-    def _forward(self, works: list[Work]) -> torch.Tensor:
-        """Feed each work's tokens (all the same count) and return the last position's logits
-        of each: (len(works), vocab)."""
+    def _decode(self, works: list[Work]) -> torch.Tensor:
+        """One token for each work: through the compiled step if its package is loaded (or
+        has just been built), else `_forward`."""
+        if self.compiled is None or not self.compiled.ready(len(works)):
+            return self._forward(works)
+        tokens, positions, tables = self._inputs(works)
+        return self.compiled(tokens, positions, tables, self.cache)
+
+    def _inputs(self, works: list[Work]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The works' tokens and positions (B, S) and block tables (B, most blocks), padded
+        with block 0 (never read unmasked)."""
         tokens = torch.tensor([w.request.tokens[w.start:w.end] for w in works], device=self.device)
         positions = torch.tensor([list(range(w.start, w.end)) for w in works], device=self.device)
         tables = [self.blocks.table(w.request.request_id) for w in works]
         width = max(len(t) for t in tables)
-        self.cache.bind(torch.tensor([t + [0] * (width - len(t)) for t in tables],
-                                     dtype=torch.int64, device=self.device))
+        return tokens, positions, torch.tensor([t + [0] * (width - len(t)) for t in tables],
+                                               dtype=torch.int64, device=self.device)
+
+    def _forward(self, works: list[Work]) -> torch.Tensor:
+        """Feed each work's tokens (all the same count) and return the last position's logits
+        of each: (len(works), vocab)."""
+        tokens, positions, tables = self._inputs(works)
+        self.cache.bind(tables)
         adapters = torch.tensor([w.request.adapter for w in works], device=self.device) \
             if self.model.lora.names else None
         return self.model(tokens, positions, self.cache, None, last_only=True, adapters=adapters)[:, -1]

@@ -105,6 +105,7 @@ class LoadedModel:
     # A created model's settings (`llamita create`): default sampling parameters, system prompt,
     # messages, adapters; its TEMPLATE is already the tokenizer's chat template.
     settings: ModelSettings | None = None
+    compact: bool = False  # quantized weights kept compact (load_model's `compact`, resolved)
 
     @property
     def display_name(self) -> str:
@@ -175,7 +176,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     asked_by_name = path is not None and not Path(path).exists()
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
                        time.perf_counter() - start, fmt, ckpt.generation,
-                       os.fspath(path) if asked_by_name else None, settings)
+                       os.fspath(path) if asked_by_name else None, settings=settings, compact=compact)
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:

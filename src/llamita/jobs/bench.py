@@ -29,6 +29,7 @@ import torch
 from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import LoadedModel
+from llamita.model.compiled import compile_blocker
 from llamita.sampling_params import SamplingParams
 
 
@@ -129,6 +130,13 @@ def bench_prompt(loaded: LoadedModel, n_prompt: int, repetitions: int = 5) -> Be
     return _timed(run, n_prompt, repetitions, f"pp{n_prompt}")
 
 
+def decode_path(loaded: LoadedModel, compile: bool) -> str:
+    """What `bench_generation(loaded, compile=compile)` decodes through: "compiled step",
+    "eager" or "eager (why the step cannot be compiled)"."""
+    blocker = compile_blocker(loaded.model) if compile else None
+    return "eager" if not compile else f"eager ({blocker})" if blocker else "compiled step"
+
+
 def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5,
                      compile: bool = False) -> BenchResult:
     """compile: decode through the compiled step (model/compiled.py); the warm-up run compiles."""
@@ -145,9 +153,11 @@ def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5,
     return _timed(run, n_gen, repetitions, f"tg{n_gen}")
 
 
-def bench_batched_generation(loaded: LoadedModel, n_gen: int, batch: int, repetitions: int = 5
-                             ) -> BenchResult:
-    engine = LLMEngine(loaded, kv_cache_tokens=max(batch * (n_gen + 16), 64), max_running=batch)
+def bench_batched_generation(loaded: LoadedModel, n_gen: int, batch: int, repetitions: int = 5,
+                             compile: bool = False) -> BenchResult:
+    """compile: decode through the compiled paged step (model/compiled_paged.py), built first."""
+    engine = LLMEngine(loaded, kv_cache_tokens=max(batch * (n_gen + 16), 64), max_running=batch,
+                       compile=compile)
     # Different first tokens, so the prefix cache cannot merge the sequences.
     firsts = _random_ids(loaded, batch, seed=1)
     params = SamplingParams(temperature=0, max_tokens=n_gen, ignore_eos=True)

@@ -47,6 +47,16 @@ class PagedKVCache:
         # with the positions tensor they were computed from (held, so it is the same object).
         self._indices: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None
 
+    @classmethod
+    def over(cls, keys: list[torch.Tensor], values: list[torch.Tensor]) -> PagedKVCache:
+        """A cache over existing per-layer pools (n_blocks, block_size, n_kv_heads, head_dim),
+        e.g. the tensors a compiled step receives; nothing is allocated or copied."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = list(keys), list(values)
+        cache.n_blocks, cache.block_size = keys[0].shape[0], keys[0].shape[1]
+        cache.tables, cache._tables_on, cache._indices = None, {}, None
+        return cache
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

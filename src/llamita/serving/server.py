@@ -103,14 +103,16 @@ class GracefulServer(uvicorn.Server):
 def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     """Serve `loaded`, its LoRA adapters (one slot each) already installed, and the library."""
     adapters = list(loaded.model.lora.names)
-    engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running)
+    engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running,
+                       compile=config.compile)
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path, config.model)
 
     def load_engine(name: str) -> EngineLoop:
         # By name, not path: a created model (`llamita create`) brings its settings and template.
         other = load_model(name, dtype=config.dtype, device=config.device)
-        return EngineLoop(LLMEngine(other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running),
+        return EngineLoop(LLMEngine(other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running,
+                                    compile=config.compile),
                           max_queue=config.max_queue, request_timeout=config.request_timeout)
 
     def estimate(path: Path) -> int:
@@ -133,7 +135,8 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     loop.start()
     kernels = kernel_summary() if loaded.device.type == "cpu" else str(loaded.device)
     print(f"llamita: serving '{name}' ({loaded.dtype}, {kernels}, {threads_label()}, "
-          f"context {engine.context_length} tokens) on http://{config.host}:{config.port}", flush=True)
+          f"context {engine.context_length} tokens, {engine.decode_path} decode) on "
+          f"http://{config.host}:{config.port}", flush=True)
     if adapters:
         print(f"llamita: LoRA adapters (request them as model '{name}+NAME' or \"lora\": NAME): "
               f"{', '.join(adapters)}", flush=True)
