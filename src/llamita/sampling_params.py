@@ -251,14 +251,15 @@ def _logit_bias(bias: object) -> tuple[tuple[int, float], ...]:
         got = type(bias).__name__
         raise InvalidParameterError("logit_bias", f"must map token ids to numbers, got {got}")
     pairs: dict[int, float] = {}
+    item: object
     for item in items:
         if not (isinstance(item, (list, tuple)) and len(item) == 2):
             raise InvalidParameterError("logit_bias", f"must map token ids to numbers, got {item!r}")
         token = _check_int("logit_bias", item[0], ">= 0 (keys are token ids)", 0)
         value = item[1]
-        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
-                or abs(value) > MAX_LOGIT_BIAS:
+        number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+        if not math.isfinite(number) or abs(number) > MAX_LOGIT_BIAS:
             raise InvalidParameterError(
                 "logit_bias", f"values must be numbers in [-100, 100], got {value!r} for token {token}")
-        pairs[token] = float(value)
+        pairs[token] = number
     return tuple(sorted(pairs.items()))

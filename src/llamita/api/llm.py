@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections.abc
 import os
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -120,9 +121,10 @@ class LLM:
 
     def _start_build(self) -> None:
         """Start building the compiled step in the background, once, if it is not built."""
-        if self._build_pending:
+        compiled = self._generator.compiled
+        if self._build_pending and compiled is not None:
             self._build_pending = False
-            self.builder = build_in_background(self._generator.compiled, StepSource.of(self.loaded))[1]
+            self.builder = build_in_background(compiled, StepSource.of(self.loaded))[1]
 
     def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
         """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's
@@ -184,6 +186,22 @@ class LLM:
         return encode_chat(self.tokenizer, messages, tools=tools, **template_kwargs)
 
     # -- generation -----------------------------------------------------------------------
+    # One prompt gives one output, a list of prompts a list: the overloads say so to type checkers.
+    # A str is also a Sequence[str]; overloads are tried in order, so this one wins for it.
+    @overload
+    def generate(  # type: ignore[overload-overlap]
+            self, prompts: str, params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> GenerationOutput: ...
+    @overload
+    def generate(self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 ) -> list[GenerationOutput]: ...
+    @overload
+    def generate(self, prompts: None = None, params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 prompt_token_ids: Sequence[int]) -> GenerationOutput: ...
+    @overload
+    def generate(self, prompts: None = None, params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 prompt_token_ids: Sequence[Sequence[int]]) -> list[GenerationOutput]: ...
+
     def generate(self, prompts: str | Sequence[str] | None = None,
                  params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  prompt_token_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
@@ -196,7 +214,8 @@ class LLM:
         return outputs[0] if single else outputs
 
     def generate_stream(self, prompt: str | None = None, params: SamplingParams | None = None, *,
-                        prompt_token_ids: Sequence[int] | None = None) -> Iterator[StreamChunk]:
+                        prompt_token_ids: Sequence[int] | None = None,
+                        ) -> collections.abc.Generator[StreamChunk, None, None]:
         """Like `generate` for one prompt, yielding text as soon as it is safe to show."""
         single, id_lists = self._prompt_ids(prompt, prompt_token_ids)
         if not single:
@@ -219,7 +238,7 @@ class LLM:
 
     def chat_stream(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
                     tools: Sequence[dict[str, Any]] | None = None,
-                    **template_kwargs: Any) -> Iterator[StreamChunk]:
+                    **template_kwargs: Any) -> collections.abc.Generator[StreamChunk, None, None]:
         """Streaming form of `chat`. The text is streamed as written: tool calls are not parsed
         (use `parse_tool_calls` on the joined text, or `chat`)."""
         yield from self._stream(self.encode_chat(messages, tools=tools, **template_kwargs), params)

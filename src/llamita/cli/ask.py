@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -13,6 +13,11 @@ from rich.markup import escape
 
 from llamita.cli.common import DeviceOption, DtypeOption, ModelOption, friendly_errors, start_up, stderr
 from llamita.cli.index import DataDirOption, EmbeddingModelOption, short
+
+if TYPE_CHECKING:
+    from llamita.api.llm import LLM
+    from llamita.rag.answer import AnswerPrompt
+    from llamita.rag.collection import Collection
 
 ModeOption = typer.Option("hybrid", "--mode", help="hybrid (BM25 and embeddings fused by reciprocal "
                                                    "rank fusion, the embeddings weighted by how well they "
@@ -24,7 +29,7 @@ RerankOption = typer.Option(0, "--rerank", min=0, help="Re-order the first N chu
 
 
 def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, mode: str,
-                llm: object | None = None) -> object:
+                llm: LLM | None = None) -> Collection:
     """The collection, with its embedder: --embedding-model if given, else `llm` when it is
     the model the collection was indexed with, else that model (not loaded at all for BM25)."""
     from llamita.rag.collection import Collection
@@ -61,7 +66,7 @@ def search(
     Example: llamita search curso "cuantos parametros tiene llama 3.1"
     """
     collection = _collection(name, data_dir, embedding_model, "hybrid" if rerank else mode)
-    hits = collection.search(query, top, mode=mode, rerank=rerank)  # type: ignore[attr-defined]
+    hits = collection.search(query, top, mode=mode, rerank=rerank)
     if as_json:
         typer.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
         return
@@ -110,7 +115,7 @@ def ask(
     with stderr.status("loading model…"), start_up():
         llm = LLM(model, dtype=dtype, device=device)
     collection = _collection(name, data_dir, embedding_model, mode, llm)
-    prompt = prepare(collection, question, llm, top=top, mode=mode, language=language,  # type: ignore[arg-type]
+    prompt = prepare(collection, question, llm, top=top, mode=mode, language=language,
                      answer_tokens=max_tokens, rerank=rerank)
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
     console = Console()
@@ -137,7 +142,7 @@ def ask(
         stderr.print("[yellow]note:[/] the answer cites none of the sources")
 
 
-def _print_explanation(console: Console, llm: object, prompt: object, answer_ids: list[int]) -> None:
+def _print_explanation(console: Console, llm: LLM, prompt: AnswerPrompt, answer_ids: list[int]) -> None:
     """A bar per source (its share of the answer's attention) and the answer shaded by the
     attention each token paid to the sources (darker: more)."""
     from rich.text import Text
@@ -145,7 +150,7 @@ def _print_explanation(console: Console, llm: object, prompt: object, answer_ids
     from llamita.rag.explain import explain
 
     with stderr.status("reading the attention maps…"):
-        found = explain(llm, prompt, answer_ids)  # type: ignore[arg-type]
+        found = explain(llm, prompt, answer_ids)
     console.print()
     console.print("[bold]Attention of the answer to each source[/] (all layers and heads, mean over answer tokens):")
     for number, share in enumerate(found.shares, start=1):

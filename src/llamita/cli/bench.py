@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.table import Table
@@ -125,7 +125,7 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     if bandwidth and tg is not None:
         with stderr.status("memory bandwidth…"):
             floor = bandwidth_floor(loaded, tg.tokens_per_second)
-    report = {
+    report: dict[str, Any] = {
         "model": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device), "threads": torch.get_num_threads(),
         "tensor_parallel": tensor_parallel, "compile": decode == "compiled step", "decode": decode,

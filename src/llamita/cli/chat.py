@@ -84,7 +84,7 @@ def chat(
     with start_up():
         from llamita.sampling_params import SamplingParams
 
-    flags = dict(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    flags: dict[str, Any] = dict(max_tokens=max_tokens, temperature=temperature, seed=seed)
     SamplingParams(**{k: v for k, v in flags.items() if v is not None})  # bad flags fail before loading
     if system is not None and not no_escape:
         system = process_escapes(system)

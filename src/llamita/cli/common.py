@@ -8,14 +8,15 @@ import gc
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
 from llamita.errors import LlamitaError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def console(*, to_stderr: bool = False) -> Console:
@@ -130,16 +131,16 @@ def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | N
         yield LLM.from_loaded(loaded, names[0] if names else None)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 
-def friendly_errors(fn: F) -> F:
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Show our typed errors as one line and a non-zero exit, never a deep traceback."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except LlamitaError as e:
@@ -151,7 +152,7 @@ def friendly_errors(fn: F) -> F:
             sys.stderr.close()
             raise typer.Exit(0) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def sampling_params(**kw: Any) -> Any:
@@ -184,6 +185,5 @@ def grammar_option(json_object: bool, json_schema: str | None, grammar_file: Pat
             else json_schema
         return Grammar.json_schema(text)
     if grammar_file is not None:
-        kind = "lark" if grammar_file.suffix == ".lark" else "gbnf"
-        return Grammar(kind, grammar_file.read_text(encoding="utf-8"))
+        return Grammar("lark" if grammar_file.suffix == ".lark" else "gbnf", grammar_file.read_text(encoding="utf-8"))
     return None

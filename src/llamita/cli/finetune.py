@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from llamita.cli.common import DtypeOption, ModelOption, friendly_errors, stderr
+
+if TYPE_CHECKING:
+    from llamita.jobs.finetune import StepReport
 
 
 @friendly_errors
@@ -52,7 +55,7 @@ def finetune(
                   TimeRemainingColumn(), console=stderr) as progress:
         task = progress.add_task("loading", total=None, info="")
 
-        def on_step(r):  # type: ignore[no-untyped-def]
+        def on_step(r: StepReport) -> None:
             info = f"loss {r.loss:.4f} · {r.tokens_per_second:,.0f} tokens/s"
             if r.eval_loss is not None:
                 info += f" · eval {r.eval_loss:.4f}"

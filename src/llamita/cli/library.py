@@ -67,7 +67,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON (
     from llamita.library.describe import describe
     from llamita.library.local import local_models
 
-    rows = []
+    rows: list[dict[str, Any]] = []  # the JSON objects, then the table's rows
     for m in local_models():
         params = m.manifest.parameters if m.manifest and m.manifest.parameters else None
         quant = m.quantization
@@ -129,7 +129,7 @@ def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
         template = settings.template or template
         license_text = "\n\n".join(settings.license) or license_text
         system = settings.system if settings.system is not None else system
-    data = {"name": found.name if found else str(path), "path": str(path),
+    data: dict[str, Any] = {"name": found.name if found else str(path), "path": str(path),
             "source": found.source if found else "path", "architecture": d.architecture,
             "parameters": d.parameters, "quantization": d.quantization,
             "size_bytes": found.size_bytes if found else None, "metadata": d.metadata,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llamita.cli.common import friendly_errors, stderr
+
+if TYPE_CHECKING:
+    from llamita.jobs.quantize import TensorPlan
 
 app = typer.Typer(name="lora", help="LoRA adapters: merge them into a model (apply them unmerged "
                   "with --lora on run, chat and serve).", no_args_is_help=True)
@@ -39,7 +43,7 @@ def merge(
                   MofNCompleteColumn(), TimeElapsedColumn(), console=stderr, transient=True) as progress:
         task = progress.add_task("merging", total=None)
 
-        def on_tensor(p, i, n):  # type: ignore[no-untyped-def]
+        def on_tensor(p: TensorPlan, i: int, n: int) -> None:
             progress.update(task, total=n, completed=i + 1, description=f"{p.name} → {p.target_type.name}")
 
         report = merge_lora(model, lora, out, type_name, on_tensor=on_tensor)

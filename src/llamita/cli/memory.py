@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -82,7 +82,7 @@ def memory(
         rows, source = [(est.file_type, est)], str(model)
     contexts = ctx or sorted({min(8192, cfg.context_length), cfg.context_length})
 
-    report = {"model": source, "params": rows[0][1].n_params, "context_length": cfg.context_length,
+    report: dict[str, Any] = {"model": source, "params": rows[0][1].n_params, "context_length": cfg.context_length,
               "batch": batch, "kv_type": kv_type, "estimates": []}
     for q, est in rows:
         for c in contexts:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from llamita.cli.common import console, friendly_errors, stderr
+
+if TYPE_CHECKING:
+    from llamita.jobs.quantize import TensorPlan
 
 TYPE_HELP = (
     "Target type. Whole-file formats: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q6_K. "
@@ -40,7 +44,7 @@ def quantize(
                   transient=True) as progress:
         task = progress.add_task("quantizing", total=None)
 
-        def on_tensor(p, i, n):  # type: ignore[no-untyped-def]
+        def on_tensor(p: TensorPlan, i: int, n: int) -> None:
             progress.update(task, total=n, completed=i + 1,
                             description=f"{p.name} → {p.target_type.name}")
 
@@ -50,7 +54,8 @@ def quantize(
         stderr.print(f"[yellow]warning:[/] re-quantized {len(report.requantized)} tensors that were "
                      "already quantized: quality is lost twice; prefer an F16/BF16/F32 source")
 
-    table = Table(title=f"{report.output_path.name} ({report.file_type.name})")
+    kind = report.file_type.name if report.file_type else "source types"
+    table = Table(title=f"{report.output_path.name} ({kind})")
     for col in ("type", "tensors", "weights", "bits/weight", "size"):
         table.add_column(col, justify="left" if col == "type" else "right")
     for t, count, weights, nbytes in report.by_type():

@@ -41,7 +41,8 @@ def token_vectors(llm: LLM, ids: Sequence[int]) -> torch.Tensor:
     itself (the table may be kept quantized)."""
     model = llm.loaded.model
     with torch.inference_mode():
-        return model.embed_tokens(torch.tensor(list(ids), device=model.device)).float().cpu()
+        rows: torch.Tensor = model.embed_tokens(torch.tensor(list(ids), device=model.device))
+        return rows.float().cpu()
 
 
 def nearest_tokens(llm: LLM, query: torch.Tensor, exclude: set[int]) -> torch.Tensor:
@@ -69,7 +70,7 @@ def analogy_view(llm: LLM, a: str, b: str, c: str, *, top: int = 5, expect: str 
     answers: the `top` nearest tokens. expect: the rank of an expected answer (its first token)
     among all tokens, and its rank by similarity to C alone, to see whether A − B helped.
     """
-    words = {}
+    words: dict[str, dict[str, Any]] = {}  # "a", "b", "c" -> the word, its ids and pieces
     vectors = []
     for name, w in (("a", a), ("b", b), ("c", c)):
         ids = word_ids(llm, w)

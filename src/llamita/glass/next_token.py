@@ -22,8 +22,8 @@ def last_logits(llm: LLM, ids: Sequence[int]) -> torch.Tensor:
     with the LLM's LoRA adapter if it has one."""
     model = llm.loaded.model
     with torch.inference_mode():
-        logits = model(torch.tensor([list(ids)], device=model.device), last_only=True,
-                       adapters=llm.adapter_rows())[0, -1]
+        logits: torch.Tensor = model(torch.tensor([list(ids)], device=model.device), last_only=True,
+                                     adapters=llm.adapter_rows())[0, -1]
     return logits.float().cpu()[: llm.tokenizer.vocab_size]
 
 
@@ -68,11 +68,11 @@ def next_token_view_from_logits(tokenizer: Tokenizer, logits: torch.Tensor, *,
     values, ids = torch.topk(logits, min(top, logits.numel()))
     tokens = [{"rank": r + 1, "id": int(i), "piece": piece(tokenizer, int(i)), "logit": float(v)}
               for r, (v, i) in enumerate(zip(values, ids))]
-    filters = {"top_k": top_k or 0, "top_p": 1.0 if top_p is None else top_p,
-               "min_p": min_p or 0.0}
+    params = SamplingParams(top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, min_p=min_p or 0.0)
+    filters = {"top_k": params.top_k, "top_p": params.top_p, "min_p": params.min_p}
     filtered = None
     if top_k or top_p is not None or min_p:
-        filtered = filter_logits(logits, SamplingParams(**filters))
+        filtered = filter_logits(logits, params)
     distributions = []
     for source, is_filtered in ((logits, False), (filtered, True)):
         if source is None:

@@ -30,6 +30,7 @@ from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import LoadedModel
 from llamita.model.compiled import compile_blocker
+from llamita.model.transformer import Transformer
 from llamita.sampling_params import SamplingParams
 
 
@@ -51,13 +52,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def weight_bytes_per_token(model: torch.nn.Module) -> int:
+def weight_bytes_per_token(model: Transformer) -> int:
     """Bytes of weights one batch-1 decode step reads, in the form the model holds them (packed
     int4 codes and scales, int8 rows, dense tensors): every weight tensor once, except the
     embedding table, of which a step reads one row, unless the output projection multiplies
     by it (tied embeddings)."""
-    embed = model.embed_tokens  # type: ignore[union-attr]
-    head = model.lm_head  # type: ignore[union-attr]
+    embed, head = model.embed_tokens, model.lm_head
     table = {t.data_ptr() for t in [*embed.parameters(), *embed.buffers()]}
     read_by_head = table if head is None else {t.data_ptr() for t in [*head.parameters(), *head.buffers()]}
     sizes: dict[int, int] = {}

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -172,13 +172,21 @@ def batch_tensors(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, t
 
 
 # -- training -------------------------------------------------------------------------------
+class _Linear(Protocol):
+    """What a LoRA target is (nn.Linear, Int4Linear, Int8Linear...): nn.Module's __getattr__
+    types its sizes as Tensor | Module."""
+
+    in_features: int
+    out_features: int
+
+
 def _init_adapter(loaded: LoadedModel, cfg: FinetuneConfig) -> None:
     """PEFT's initialization: A ~ Kaiming-uniform(a=√5), B = 0, in float32, scale alpha/r."""
     g = torch.Generator().manual_seed(cfg.seed)
     names = {n.removesuffix(".weight") for n in _linear_names(loaded, cfg.targets)}
     weights = {}
     for name in sorted(names):
-        module = loaded.model.get_submodule(name)
+        module = cast(_Linear, loaded.model.get_submodule(name))
         bound = 1.0 / math.sqrt(module.in_features)  # kaiming_uniform_(a=√5) on (r, in)
         a = (torch.rand(cfg.rank, module.in_features, generator=g) * 2 - 1) * bound
         weights[name] = (a, torch.zeros(module.out_features, cfg.rank), cfg.alpha / cfg.rank)

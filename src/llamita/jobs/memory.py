@@ -127,7 +127,7 @@ def estimate_file(path: str | os.PathLike[str]) -> tuple[ModelConfig, MemoryEsti
     gguf, cfg = open_gguf(path)
     try:
         file_b = resident = params = 0
-        types = Counter()
+        types: Counter[str] = Counter()
         for info in gguf.tensors.values():
             t = GGMLType(info.ggml_type)
             params += math.prod(info.shape)

@@ -49,7 +49,8 @@ def quant_label(filename: str) -> str | None:
 def gguf_models(names: Iterable[str]) -> list[ModelFiles]:
     """Every GGUF model among `names`: single files, and split models whose parts are all
     there (an incomplete split is left out: it cannot load). Sorted by first file."""
-    singles, splits = [], {}
+    singles: list[ModelFiles] = []
+    splits: dict[tuple[str, str, str], list[tuple[str, str]]] = {}  # (folder, stem, count) -> (name, no)
     for name in names:
         if not name.lower().endswith(".gguf"):
             continue
@@ -59,10 +60,11 @@ def gguf_models(names: Iterable[str]) -> list[ModelFiles]:
             singles.append(ModelFiles("gguf", (name,), quant_label(name)))
             continue
         key = (folder, match["stem"], match["count"])
-        splits.setdefault(key, []).append(name)
-    for (_, _, count), parts in splits.items():
-        parts.sort()
-        if len(parts) == int(count) and SPLIT_NAME.match(parts[0].rsplit("/", 1)[-1])["no"] == "00001":  # type: ignore[index]
+        splits.setdefault(key, []).append((name, match["no"]))
+    for (_, _, count), found in splits.items():
+        found.sort()
+        parts = [name for name, _ in found]
+        if len(parts) == int(count) and found[0][1] == "00001":
             singles.append(ModelFiles("gguf", tuple(parts), quant_label(parts[0])))
     # mmproj files are vision projectors, not language models.
     return sorted((m for m in singles if "mmproj" not in m.primary.lower()), key=lambda m: m.primary)

@@ -183,13 +183,16 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
     target = snapshot_path(remote.repo, remote.revision, file.name)
     if target.exists():
         return target
-    kwargs = dict(repo_id=remote.repo, filename=file.name, revision=remote.revision,
-                  cache_dir=hf_cache_dir(), endpoint=hf_endpoint(), token=hf_token())
+
+    def fetch() -> Path:
+        return Path(hf_hub_download(remote.repo, file.name, revision=remote.revision,
+                                    cache_dir=hf_cache_dir(), endpoint=hf_endpoint(), token=hf_token()))
+
     with hub_errors(remote.repo):
         if file.sha256 is not None:
             _fetch_blob(remote, file, tqdm_class, check, status or (lambda _: None))
         elif check is not None:  # a small file that decides whether the rest is fetched
-            path = Path(hf_hub_download(**kwargs))  # type: ignore[arg-type]
+            path = fetch()
             try:
                 check(path)
             except BaseException:
@@ -198,7 +201,7 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
                 blob.unlink(missing_ok=True)
                 raise
             return path
-        return Path(hf_hub_download(**kwargs))  # type: ignore[arg-type]
+        return fetch()
 
 
 def _fetch_blob(remote: RemoteModel, file: RemoteFile, tqdm_class: Any,

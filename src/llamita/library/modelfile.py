@@ -110,7 +110,7 @@ def parse_commands(text: str) -> list[Command]:
             pos = _line_end(text, pos)
             continue
         line = text.count("\n", 0, pos) + 1
-        word = re.match(r"[A-Za-z]*", text[pos:]).group()  # type: ignore[union-attr]
+        word = _leading(r"[A-Za-z]*", text, pos)
         name = word.upper()
         if name not in INSTRUCTIONS:
             if name in _OLLAMA_ONLY:
@@ -123,7 +123,7 @@ def parse_commands(text: str) -> list[Command]:
         key = None
         if name in ("PARAMETER", "MESSAGE"):
             pattern = r"[A-Za-z0-9_]*" if name == "PARAMETER" else r"[A-Za-z]*"
-            key = re.match(pattern, text[pos:]).group()  # type: ignore[union-attr]
+            key = _leading(pattern, text, pos)
             if name == "MESSAGE" and key not in MESSAGE_ROLES:
                 got = (text[pos:_line_end(text, pos)].split(maxsplit=1) or [""])[0]
                 raise ModelfileError(f"MESSAGE's role must be one of {', '.join(MESSAGE_ROLES)}, got "
@@ -135,6 +135,12 @@ def parse_commands(text: str) -> list[Command]:
         value, pos = _read_value(text, pos, line)
         commands.append(Command(name, value, key, line))
     return commands
+
+
+def _leading(pattern: str, text: str, pos: int) -> str:
+    """What `pattern` (which may match nothing) matches at `pos`."""
+    match = re.compile(pattern).match(text, pos)
+    return match.group() if match else ""
 
 
 def _line_end(text: str, pos: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from typing import Protocol
 
 # Snowball's Spanish rules (snowballstemmer, the reference algorithms compiled to pure Python).
 # English words pass through them mostly unharmed (plural -s and -es go); one language per
@@ -50,11 +51,18 @@ def content_words(text: str) -> list[str]:
     return [w for w in found if fold(w) not in STOPWORDS] or found
 
 
+class _Stemmer(Protocol):
+    """The part of snowballstemmer's stemmers we use (the package ships no types)."""
+
+    def stemWord(self, word: str) -> str: ...
+
+
 @lru_cache(maxsize=1)
-def _stemmer():  # built once: constructing a Snowball stemmer compiles its tables
+def _stemmer() -> _Stemmer:  # built once: constructing a Snowball stemmer compiles its tables
     import snowballstemmer
 
-    return snowballstemmer.stemmer(STEMMER_LANGUAGE)
+    stemmer: _Stemmer = snowballstemmer.stemmer(STEMMER_LANGUAGE)
+    return stemmer
 
 
 @lru_cache(maxsize=1 << 17)

@@ -68,8 +68,9 @@ def gguf_keys_from_hf(folder: Path, vocab_size: int) -> dict[str, Any]:
         i = token_id(key)
         if i is None and key in ("bos_token", "eos_token"):  # else config.json's (first) id
             value = model_cfg.get(f"{key}_id")
-            i = value[0] if isinstance(value, list) and value else value
-        if isinstance(i, int):
+            first = value[0] if isinstance(value, list) and value else value
+            i = first if isinstance(first, int) else None
+        if i is not None:
             out[f"tokenizer.ggml.{gguf_key}"] = i
     bos = out.get("tokenizer.ggml.bos_token_id")
     if "add_bos_token" in tok_cfg:
@@ -110,8 +111,9 @@ def gguf_keys_from_tiktoken(path: Path, vocab_size: int) -> dict[str, Any]:
 
 def _pre_tokenizer_name(pre: dict[str, Any] | None, path: Path) -> str:
     """llama.cpp's `tokenizer.ggml.pre` name for a tokenizer.json pre-tokenizer we recognise."""
-    steps = (pre.get("pretokenizers") if pre and pre.get("type") == "Sequence" else [pre]) or []
-    kinds = [s.get("type") for s in steps if s]
+    given = (pre.get("pretokenizers") if pre and pre.get("type") == "Sequence" else [pre]) or []
+    steps: list[dict[str, Any]] = [s for s in given if s]
+    kinds = [s.get("type") for s in steps]
     if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == LLAMA3:
         return "llama-bpe"
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):

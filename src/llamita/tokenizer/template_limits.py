@@ -126,7 +126,8 @@ def _size_filter(context: Context, value: Any) -> Any:
 LIMIT_FILTERS = {ITER_FILTER: _iter_filter, EMIT_FILTER: _emit_filter, SIZE_FILTER: _size_filter}
 
 
-def _through(node: nodes.Expr | None, name: str, lineno: int) -> nodes.Filter:
+def _through(node: nodes.Node | None, name: str, lineno: int) -> nodes.Filter:
+    # Node, not Expr: jinja2 types a loop's iterable (For.iter) as any Node.
     return nodes.Filter(node, name, [], [], None, None, lineno=lineno)
 
 
@@ -157,7 +158,8 @@ class _ChargeBudget(NodeTransformer):
 
 def charge_budget(ast: nodes.Template) -> nodes.Template:
     """The template's AST with every loop, output and concatenation charged to the budget."""
-    return _ChargeBudget().visit(ast)
+    charged: nodes.Template = _ChargeBudget().visit(ast)  # the root stays a Template
+    return charged
 
 
 # ------------------------------------------------------------------ checks before allocating
@@ -194,9 +196,12 @@ def _check_ints(args: Iterable[Any], limits: TemplateLimits) -> None:
 
 
 def _replace_bound(s: str | bytes, old: Any, new: Any, count: Any = -1) -> int:
-    if not isinstance(new, (str, bytes)) or not isinstance(old, (str, bytes)):
+    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
+        n = len(s) + 1 if not old else s.count(old)
+    elif isinstance(s, bytes) and isinstance(old, bytes) and isinstance(new, bytes):
+        n = len(s) + 1 if not old else s.count(old)
+    else:  # str.replace refuses mixed types itself
         return len(s)
-    n = len(s) + 1 if not old else s.count(old)  # type: ignore[arg-type]
     if isinstance(count, int) and count >= 0:
         n = min(n, count)
     return len(s) + n * len(new)
@@ -243,7 +248,8 @@ def check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         bound = sum(len(x) for x in items if isinstance(x, (str, bytes))) + len(owner) * len(items)
     elif name == "expandtabs":
         size = args[0] if args else kwargs.get("tabsize", 8)
-        bound = len(owner) + owner.count("\t" if isinstance(owner, str) else b"\t") * max(int(size), 0)  # type: ignore[arg-type]
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+        bound = len(owner) + tabs * max(int(size), 0)
     elif name == "translate" and args and isinstance(args[0], dict):
         longest = max((len(v) for v in args[0].values() if isinstance(v, (str, bytes))), default=1)
         bound = len(owner) * max(longest, 1)

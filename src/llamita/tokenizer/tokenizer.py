@@ -365,11 +365,11 @@ def _checked_id(name: str, token_id: Any, n_tokens: int) -> int | None:
     """A special-token id from the file, or None if absent or out of range (with a warning)."""
     if token_id is None:
         return None
-    token_id = int(token_id)
-    if not 0 <= token_id < n_tokens:
+    i = int(token_id)
+    if not 0 <= i < n_tokens:
         warnings.warn(
-            f"tokenizer.ggml.{name}_token_id = {token_id} is outside the vocabulary; ignoring it",
+            f"tokenizer.ggml.{name}_token_id = {i} is outside the vocabulary; ignoring it",
             stacklevel=3,
         )
         return None
-    return token_id
+    return i

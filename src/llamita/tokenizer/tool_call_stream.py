@@ -129,7 +129,8 @@ class ToolCallStream:
         self.buffer += text
         if python_tag and self.mode in ("start", "content"):
             self.mode, self.after_tag = "start", True
-        content, deltas = "", []
+        content = ""
+        deltas: list[ToolCallDelta] = []
         while self.mode in ("start", "content") and self.buffer:
             if self.mode == "start":
                 head = self.buffer.lstrip()
@@ -224,7 +225,8 @@ class ToolCallStream:
 def _json_string(body: str) -> str:
     """The value of a JSON string literal's body (escapes resolved; a bad escape kept as is)."""
     try:
-        return json.loads(f'"{body}"')
+        value: str = json.loads(f'"{body}"')  # a JSON string literal reads as a str
+        return value
     except ValueError:
         return body
 

@@ -46,9 +46,9 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     """
     if PYTHON_TAG in text:
         before, _, after = text.partition(PYTHON_TAG)
-        calls = _python_tag_calls(_strip_end_markers(after))
-        if calls is not None:
-            return before.strip(), calls
+        tagged = _python_tag_calls(_strip_end_markers(after))
+        if tagged is not None:
+            return before.strip(), tagged
         return before + after, []  # a tag with nothing after it: drop the marker
 
     calls: list[ToolCall] = []
@@ -61,12 +61,12 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
         return content.strip(), calls
 
     body = _strip_end_markers(text).strip()
-    found = _json_calls(body, strict=True)
-    if found is None:
+    json_calls = _json_calls(body, strict=True)
+    if json_calls is None:
         builtin = _builtin_call(body)
-        found = [builtin] if builtin and builtin["function"]["name"] in BUILTIN_CALL_TOOLS else None
-    if found:
-        return "", found
+        json_calls = [builtin] if builtin and builtin["function"]["name"] in BUILTIN_CALL_TOOLS else None
+    if json_calls:
+        return "", json_calls
     return text, []
 
 
