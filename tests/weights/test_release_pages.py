@@ -9,10 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from llamita.kernels import native
+from llamita.kernels.int4 import VNNI_LAYOUTS
 from llamita.library.catalog import default_model_path
+from llamita.weights import gguf as gguf_module
 from llamita.weights.gguf import gguf_state_dict
 from llamita.weights.gguf_reader import GGUFFile
+from llamita.weights.quants import BLOCK_SIZES, GGMLType, quantize
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 
@@ -71,3 +76,28 @@ def test_converting_a_file_leaves_none_of_it_resident():
         floats = sum(i.nbytes for i in gguf.tensors.values() if i.ggml_type in (0, 1, 30))
         allowed = gguf.data_offset + floats + 2 * 4096 * len(gguf.tensors)
         assert mapped_rss(path) < allowed < 0.1 * gguf.file_size
+
+
+@pytest.mark.skipif(not native.vnni_kernels(), reason=f"llamita's kernels: {native.kernel_summary()}")
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K])
+def test_packing_by_row_slices_is_bit_equal_to_packing_whole(monkeypatch, ggml_type):
+    n, k = 80, 512
+    block, block_bytes = BLOCK_SIZES[ggml_type]
+    row_bytes = k // block * block_bytes
+    weights = torch.randn(n, k, generator=torch.Generator().manual_seed(int(ggml_type)))
+    raw = quantize(weights, ggml_type).reshape(-1)
+    whole = gguf_module._pack(raw, ggml_type, n, k)
+    monkeypatch.setattr(gguf_module, "PACK_SLICE_BYTES", 16 * row_bytes)  # 5 slices of 16 rows
+    released: list[tuple[int, int]] = []
+    sliced = gguf_module._pack_by_rows(raw, ggml_type, (n, k), lambda a, b: released.append((a, b)))
+    assert sliced.layout == whole.layout in VNNI_LAYOUTS
+    assert (sliced.out_features, sliced.in_features) == (whole.out_features, whole.in_features) == (n, k)
+    assert torch.equal(sliced.packed, whole.packed)
+    assert torch.equal(sliced.scales_and_zeros.view(torch.uint8), whole.scales_and_zeros.view(torch.uint8))
+    assert released == [(r * row_bytes, (r + 16) * row_bytes) for r in range(0, n, 16)]
+    # A weight under four slices is packed whole, giving nothing back on the way.
+    monkeypatch.setattr(gguf_module, "PACK_SLICE_BYTES", 32 * row_bytes)
+    released.clear()
+    assert torch.equal(gguf_module._pack_by_rows(raw, ggml_type, (n, k), lambda a, b: released.append((a, b))
+                                                 ).packed, whole.packed)
+    assert released == []

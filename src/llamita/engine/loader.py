@@ -23,6 +23,7 @@ from llamita.model.transformer import Transformer
 from llamita.tokenizer import Tokenizer
 from llamita.weights.checkpoint import checkpoint_format, read_checkpoint
 from llamita.weights.gguf_reader import GGUFFile
+from llamita.weights.malloc import large_frees_returned
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -155,24 +156,26 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     if fmt != "gguf":  # read first: a missing tokenizer should not cost a full weight load
         tokenizer = load_tokenizer(resolved)
     rank, world = tensor_parallel or (0, 1)
-    ckpt = read_checkpoint(resolved, dtype=dt, compact=compact,
-                           rope_scaling_factor=rope_scaling_factor, tp_rank=rank, tp_size=world)
-    if tokenizer is None:
-        tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
-    tokenizer = _with_template(tokenizer, settings)
-    config = ckpt.config
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ModelFileError(f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
-                             f"embedding only {config.vocab_size} rows")
-    metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
-    if ckpt.shard is None:
-        offloaded = gpu_layers is not None and gpu_layers < config.n_layers
-        model = Transformer.from_state_dict(config, ckpt.take_state()).to("cpu" if offloaded else dev)
-        if offloaded:
-            offload_layers(model, gpu_layers, dev)  # type: ignore[arg-type]
-    else:
-        model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.take_state()).to(dev)
-        parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())
+    # Weights are converted and joined here: large temporaries go back to the system when freed.
+    with large_frees_returned():
+        ckpt = read_checkpoint(resolved, dtype=dt, compact=compact,
+                               rope_scaling_factor=rope_scaling_factor, tp_rank=rank, tp_size=world)
+        if tokenizer is None:
+            tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
+        tokenizer = _with_template(tokenizer, settings)
+        config = ckpt.config
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ModelFileError(f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
+                                 f"embedding only {config.vocab_size} rows")
+        metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
+        if ckpt.shard is None:
+            offloaded = gpu_layers is not None and gpu_layers < config.n_layers
+            model = Transformer.from_state_dict(config, ckpt.take_state()).to("cpu" if offloaded else dev)
+            if offloaded:
+                offload_layers(model, gpu_layers, dev)  # type: ignore[arg-type]
+        else:
+            model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.take_state()).to(dev)
+            parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())
     asked_by_name = path is not None and not Path(path).exists()
     return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
                        time.perf_counter() - start, fmt, ckpt.generation,

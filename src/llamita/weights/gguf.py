@@ -23,7 +23,7 @@ from llamita.config import ModelConfig, RopeScaling
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.kernels import native
 from llamita.kernels.encoded_rows import EncodedRows, RowDecoder
-from llamita.kernels.int4 import int4_supported, pack_ggml_q6k_blocks
+from llamita.kernels.int4 import VNNI_BLOCK_ROWS, VNNI_LAYOUTS, Int4Weight, int4_supported, pack_ggml_q6k_blocks
 from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
 from llamita.weights.gguf_reader import GGUFFile, GGUFTensorInfo
 from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
@@ -234,6 +234,47 @@ def _int8(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...], dtype: t
     return quantize_int8(n, k, decode, dtype)
 
 
+# Bytes of a file's tensor packed per step when its pages can be given back as it goes: above
+# glibc's largest mmap threshold (32 MiB), so each slice's temporaries go back to the system when
+# freed instead of staying in the heap; tensors under 4 slices are packed whole (their pages cost
+# less than the slices' copies).
+PACK_SLICE_BYTES = 64 << 20
+
+
+def _pack(raw: torch.Tensor, ggml_type: int, n: int, k: int) -> Int4Weight:
+    """n rows of a GGML Q4_0/Q4_1/Q4_K/Q6_K weight's raw bytes in their own blocks."""
+    return pack_ggml_q6k_blocks(raw, n, k) if ggml_type == GGMLType.Q6_K else pack_q4(raw, ggml_type, (n, k))
+
+
+def _pack_by_rows(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...],
+                  release: Callable[[int, int], None] | None) -> Int4Weight:
+    """`_pack` over the whole weight, or, when its bytes come straight from the file map
+    (`release`), over slices of whole 16-row blocks written into one weight, each slice's file
+    pages given back once packed: the output projection (the largest tensor, last in the file)
+    then never holds its file pages and its packed copy whole at once, which was the load's
+    peak. Exact: the VNNI layouts pack every 16-row block on its own (as `concat_int4` relies
+    on); another layout is packed whole."""
+    n, k = shape
+    rows = tensor.view(n, -1)
+    row_bytes = rows.shape[1]
+    step = max(VNNI_BLOCK_ROWS, PACK_SLICE_BYTES // row_bytes // VNNI_BLOCK_ROWS * VNNI_BLOCK_ROWS)
+    if release is None or n * row_bytes < 4 * PACK_SLICE_BYTES or n % VNNI_BLOCK_ROWS:
+        return _pack(tensor, ggml_type, n, k)
+    first = _pack(rows[:step].reshape(-1), ggml_type, step, k)
+    if first.layout not in VNNI_LAYOUTS:
+        return _pack(tensor, ggml_type, n, k)
+    codes = torch.empty((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
+    meta = torch.empty((n // VNNI_BLOCK_ROWS, *first.scales_and_zeros.shape[1:]),
+                       dtype=first.scales_and_zeros.dtype)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        part = first if r0 == 0 else _pack(rows[r0:r1].reshape(-1), ggml_type, r1 - r0, k)
+        codes[r0:r1] = part.packed
+        meta[r0 // VNNI_BLOCK_ROWS:r1 // VNNI_BLOCK_ROWS] = part.scales_and_zeros
+        release(r0 * row_bytes, r1 * row_bytes)
+    return Int4Weight(codes, meta, n, k, first.group_size, first.layout)
+
+
 def _released_after_use(gguf: GGUFFile) -> Iterator[tuple[str, GGUFTensorInfo]]:
     """Every (name, info) of the file; a tensor's file pages are released (`GGUFFile.release`)
     when the loop asks for the next one, so the peak resident memory of a load is the converted
@@ -295,9 +336,8 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
                           or (use_q6k and info.ggml_type == GGMLType.Q6_K))
             if (is_linear or tied_head) and own_blocks:
                 try:
-                    state["lm_head.weight" if tied_head else name] = (
-                        pack_ggml_q6k_blocks(tensor, *shape) if info.ggml_type == GGMLType.Q6_K
-                        else pack_q4(tensor, info.ggml_type, shape))
+                    state["lm_head.weight" if tied_head else name] = _pack_by_rows(
+                        tensor, info.ggml_type, shape, release)
                     if is_linear:
                         continue
                 except ValueError:
