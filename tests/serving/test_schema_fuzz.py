@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from llamita.serving.params import MAX_N
+from llamita.serving.protocol import MAX_N
 
 from serving_helpers import ScriptedEngine, start_server
 

@@ -23,7 +23,8 @@ from starlette.datastructures import UploadFile
 from llamita.rag.collection import MODES
 from llamita.serving.collections import MAX_FILES_PER_UPLOAD
 from llamita.serving.errors import APIError
-from llamita.serving.rag_chat import MAX_TOP, collections_of
+from llamita.serving.protocol import MAX_TOP
+from llamita.serving.rag_chat import collections_of
 from llamita.serving.request_body import field, read_json_object
 
 router = APIRouter()

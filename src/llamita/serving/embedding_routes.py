@@ -17,6 +17,7 @@ from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.prompts import encode_prompt
 from llamita.serving.errors import APIError, not_supported
 from llamita.serving.openai_routes import prompt_id_lists
+from llamita.serving.protocol import EmbeddingRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
 
@@ -39,9 +40,7 @@ def _truncate(state: ServerState, inputs: list[list[int]], truncate: bool) -> li
 
 @router.post("/v1/embeddings")
 async def openai_embeddings(request: Request) -> JSONResponse:
-    state, body = await model_request(request)
-    if body.get("input") is None:
-        raise APIError(400, "'input' is required", param="input")
+    state, body = await model_request(request, EmbeddingRequest)
     if body.get("dimensions") is not None:
         raise not_supported("dimensions", "reduced embedding dimensions")
     encoding = field(body, "encoding_format", str, "float")
@@ -64,9 +63,7 @@ async def openai_embeddings(request: Request) -> JSONResponse:
 @router.post("/api/embed")
 async def ollama_embed(request: Request) -> JSONResponse:
     start = time.perf_counter_ns()
-    state, body = await model_request(request)
-    if body.get("input") is None:
-        raise APIError(400, "'input' is required", param="input")
+    state, body = await model_request(request, OllamaEmbedRequest)
     truncate = field(body, "truncate", bool, True)
     inputs = _truncate(state, prompt_id_lists(state, body["input"], "input"), truncate)
     vectors = await _embed_all(state, inputs)
@@ -78,7 +75,7 @@ async def ollama_embed(request: Request) -> JSONResponse:
 @router.post("/api/embeddings")
 async def ollama_embeddings_legacy(request: Request) -> JSONResponse:
     """Ollama's first embeddings route: one `prompt`, one `embedding`."""
-    state, body = await model_request(request)
+    state, body = await model_request(request, OllamaEmbeddingsRequest)
     prompt = field(body, "prompt", str, required=True)
     (vector,) = await _embed_all(state, _truncate(state, [encode_prompt(state.tokenizer, prompt)], True))
     return JSONResponse({"embedding": vector})

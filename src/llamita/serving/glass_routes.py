@@ -23,7 +23,8 @@ from llamita.glass.tokens import tokenize_view
 from llamita.rag.answer import build_prompt
 from llamita.rag.explain import explain
 from llamita.serving.errors import APIError
-from llamita.serving.rag_chat import MAX_COLLECTIONS, MAX_TOP, hit_of, question_of
+from llamita.serving.protocol import MAX_COLLECTIONS, MAX_TOP
+from llamita.serving.rag_chat import hit_of, question_of
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
 

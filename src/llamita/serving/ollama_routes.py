@@ -25,6 +25,7 @@ from llamita.errors import ContextOverflowError
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
+from llamita.serving.protocol import OllamaChatRequest, OllamaGenerateRequest, parse_body
 from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.request_completions import Completion, Generation
@@ -159,6 +160,7 @@ async def _unload_only(request: Request, body: dict[str, Any], empty: bool) -> s
 @router.post("/api/chat")
 async def chat(request: Request) -> Any:
     body = await read_json_object(request)
+    parse_body(OllamaChatRequest, body)
     messages = field(body, "messages", list, [])
     unloaded = await _unload_only(request, body, not messages)
     if unloaded is not None:
@@ -202,6 +204,7 @@ async def chat(request: Request) -> Any:
 @router.post("/api/generate")
 async def generate(request: Request) -> Any:
     body = await read_json_object(request)
+    parse_body(OllamaGenerateRequest, body)
     prompt = field(body, "prompt", str, "")
     unloaded = await _unload_only(request, body, not prompt)
     if unloaded is not None:

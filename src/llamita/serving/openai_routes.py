@@ -14,7 +14,7 @@ from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.engine.scoring import prompt_logprobs
 from llamita.engine.tool_grammar import tool_call_grammar
 from llamita.errors import InvalidParameterError
-from llamita.sampling_params import MAX_LOGPROBS, Grammar
+from llamita.sampling_params import Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
 from llamita.serving.params import (
@@ -23,6 +23,7 @@ from llamita.serving.params import (
     openai_sampling_params,
     per_choice,
 )
+from llamita.serving.protocol import ChatCompletionRequest, CompletionRequest
 from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field
 from llamita.serving.request_completions import Completion, Generation
@@ -121,7 +122,7 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Any:
-    state, body = await model_request(request)
+    state, body = await model_request(request, ChatCompletionRequest)
     _refuse_unsupported(body, chat=True)
     tools, call_grammar = offered_tools(state, body)
     messages = state.conversation(field(body, "messages", list, required=True))
@@ -232,10 +233,8 @@ def prompt_id_lists(state: ServerState, value: Any, param: str = "prompt") -> li
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Any:
-    state, body = await model_request(request)
+    state, body = await model_request(request, CompletionRequest)
     _refuse_unsupported(body, chat=False)
-    if body.get("prompt") is None:
-        raise APIError(400, "'prompt' is required", param="prompt")
     prompts = prompt_id_lists(state, body["prompt"])
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
@@ -260,9 +259,7 @@ async def _echo_completions(request: Request, state: ServerState, prompts: list[
     """echo: true — each choice's text starts with its prompt, and with logprobs the prompt
     tokens are scored too (the first has no context: null), as evaluation harnesses need.
     max_tokens 0 scores the prompt without generating."""
-    top = field(body, "logprobs", int, 0) if wants_logprobs else 0
-    if not 0 <= top <= MAX_LOGPROBS:
-        raise APIError(400, f"'logprobs' must be between 0 and {MAX_LOGPROBS}", param="logprobs")
+    top = body["logprobs"] if wants_logprobs else 0
     n = choice_count(body)
     scored = await state.loop.call(
         lambda engine: [prompt_logprobs(engine.model, ids, engine.n_tokens, top) for ids in prompts]

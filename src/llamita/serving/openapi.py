@@ -1,10 +1,13 @@
 """The OpenAPI 3.1 description of the server's main routes, served at /openapi.json.
 
-Most handlers read their JSON bodies by hand (request_body.py) so that every error names its
-field; this document says what they accept: the real limits, as the handlers enforce them (the
-schema fuzzing in tests/serving/test_schema_fuzz.py narrows sizes for its own speed, in the test,
-and checks that no input, valid or not, gets a 5xx).
-/v1/responses declares its body as a pydantic model, whose own schema is published here.
+The request bodies of the OpenAI and Ollama routes are their pydantic models' schemas
+(serving/protocol.py; /v1/responses: serving/responses_request.py), the models the routes
+validate against, so the document states the limits the server enforces. The schema fuzzing in
+tests/serving/test_schema_fuzz.py narrows sizes for its own speed, in the test, and checks that
+no input, valid or not, gets a 5xx.
+
+Routes that still read their bodies by hand (request_body.py) are described here by hand:
+/tokenize, /detokenize, /api/show, /ui/conversations and the collection routes.
 Every /v1 path is also served without /v1 (not listed twice).
 """
 
@@ -12,12 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
+from pydantic_core import core_schema
+
 from llamita import __version__
-from llamita.rag.answer import LANGUAGES
 from llamita.rag.collection import MODES
-from llamita.sampling_params import MAX_LOGPROBS
-from llamita.serving.params import MAX_N
-from llamita.serving.rag_chat import MAX_COLLECTIONS, MAX_TOP
+from llamita.serving.protocol import MAX_TOP, REQUEST_MODELS
 from llamita.serving.responses_request import ResponsesRequest
 
 _STR: dict[str, Any] = {"type": "string"}
@@ -32,38 +35,9 @@ def _int(lo: int, hi: int | None = None) -> dict[str, Any]:
     return {"type": "integer", "minimum": lo, **({"maximum": hi} if hi is not None else {})}
 
 
-# Ollama's keep_alive: a duration ("5m", "1h30m") or seconds; 0 unloads, negative keeps.
-_KEEP_ALIVE = {"oneOf": [_STR, {"type": "number"}]}
-_STOP = {"oneOf": [_STR, {"type": "array", "items": _STR}]}
-# Sampling fields shared by the OpenAI routes.
-_SAMPLING = {
-    "model": _STR, "max_tokens": _int(1), "max_completion_tokens": _int(1),
-    "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0), "min_p": _num(0, 1),
-    "seed": _int(0), "stop": _STOP, "presence_penalty": _num(-2, 2), "frequency_penalty": _num(-2, 2),
-    "repetition_penalty": _num(0.01, 10), "n": _int(1, MAX_N), "stream": _BOOL,
-    "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
-    "logit_bias": {"type": "object", "additionalProperties": _num(-100, 100)},
-}
-_TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
-    "type": {"enum": ["text"]}, "text": _STR}}}
-_MESSAGE = {
-    "type": "object", "required": ["role", "content"],
-    "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-                   "content": {"oneOf": [_STR, _TEXT_PARTS, {"type": "null"}]}, "name": _STR},
-}
-_REF = "#/components/schemas/{model}"
-# llamita's own chat fields: answer from document collections (serving/rag_chat.py).
-_RAG = {
-    "collections": {"type": "array", "items": _STR, "minItems": 1, "maxItems": MAX_COLLECTIONS},
-    "rag": {"type": "object", "properties": {"top": _int(1, MAX_TOP), "mode": {"enum": list(MODES)},
-                                             "language": {"enum": list(LANGUAGES)}}},
-}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {**_STR, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
 _FILE = {"name": "file", "in": "path", "required": True, "schema": _STR}
-_OLLAMA_OPTIONS = {"type": "object", "properties": {
-    "num_predict": _int(-2), "temperature": _num(0, 2), "top_p": _num(0, 1), "top_k": _int(0),
-    "seed": _int(0), "stop": {"type": "array", "items": _STR}, "repeat_penalty": _num(0.01, 10),
-    "num_ctx": _int(1)}}
+_REF = "#/components/schemas/{model}"
 
 
 def _body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
@@ -111,16 +85,41 @@ def _collection_paths() -> dict[str, Any]:
     }
 
 
-def _model_body(schema: dict[str, Any]) -> dict[str, Any]:
-    top = {k: v for k, v in schema.items() if k != "$defs"}
-    return {"required": True, "content": {"application/json": {"schema": top}}}
+class _Schema(GenerateJsonSchema):
+    """JSON Schema as the API states it: a field that may be null (absent) is stated by its
+    type alone (no null default), without pydantic's titles."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        if schema.get("default", ...) is None:
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _model_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(path -> its request body, the shared component schemas) of every route whose body is
+    a pydantic model (serving/protocol.py, serving/responses_request.py)."""
+    models = {**REQUEST_MODELS, "/v1/responses": ResponsesRequest}
+    tops, defs = models_json_schema([(m, "validation") for m in models.values()], ref_template=_REF,
+                                    schema_generator=_Schema)
+    components = defs.get("$defs", {})
+    bodies = {}
+    for path, model in models.items():  # each body stated in place, its parts by reference
+        name = tops[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
+        bodies[path] = {"required": True, "content": {"application/json": {"schema": components[name]}}}
+    return bodies, components
 
 
 def openapi_document() -> dict[str, Any]:
-    responses_schema = ResponsesRequest.model_json_schema(ref_template=_REF)
+    bodies, components = _model_schemas()
     return {
         "openapi": "3.1.0",
-        "components": {"schemas": responses_schema.get("$defs", {})},
+        "components": {"schemas": components},
         "info": {"title": "llamita", "version": __version__},
         "paths": {
             "/health": _get("liveness"),
@@ -130,33 +129,15 @@ def openapi_document() -> dict[str, Any]:
             "/api/show": _post("Ollama: one model's details, template and metadata", _body([], {
                 "model": _STR})),
             "/api/version": _get("Ollama: version"),
-            "/v1/chat/completions": _post("OpenAI chat completion", _body(["messages"], {
-                **_SAMPLING, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
-                "logprobs": _BOOL, "top_logprobs": _int(0, MAX_LOGPROBS),
-                "response_format": {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}},
-                **_RAG,
-            })),
-            "/v1/completions": _post("OpenAI text completion", _body(["prompt"], {
-                **_SAMPLING, "prompt": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
-                "echo": _BOOL, "logprobs": _int(0, MAX_LOGPROBS),
-            })),
-            "/v1/responses": _post("OpenAI Responses API", _model_body(responses_schema)),
-            "/v1/embeddings": _post("OpenAI embeddings", _body(["input"], {
-                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
-                "encoding_format": {"enum": ["float", "base64"]},
-            })),
-            "/api/chat": _post("Ollama chat", _body(["messages"], {
-                "model": _STR, "messages": {"type": "array", "items": _MESSAGE},
-                "stream": _BOOL, "options": _OLLAMA_OPTIONS, "keep_alive": _KEEP_ALIVE, **_RAG,
-            })),
-            "/api/generate": _post("Ollama generate", _body([], {
-                "model": _STR, "prompt": _STR, "system": _STR, "stream": _BOOL, "raw": _BOOL,
-                "options": _OLLAMA_OPTIONS, "keep_alive": _KEEP_ALIVE,
-            })),
-            "/api/embed": _post("Ollama embeddings", _body(["input"], {
-                "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
-                "truncate": _BOOL,
-            })),
+            "/v1/chat/completions": _post("OpenAI chat completion", bodies["/v1/chat/completions"]),
+            "/v1/completions": _post("OpenAI text completion", bodies["/v1/completions"]),
+            "/v1/responses": _post("OpenAI Responses API", bodies["/v1/responses"]),
+            "/v1/embeddings": _post("OpenAI embeddings", bodies["/v1/embeddings"]),
+            "/api/chat": _post("Ollama chat", bodies["/api/chat"]),
+            "/api/generate": _post("Ollama generate", bodies["/api/generate"]),
+            "/api/embed": _post("Ollama embeddings", bodies["/api/embed"]),
+            "/api/embeddings": _post("Ollama embeddings, one prompt (Ollama's first route)",
+                                     bodies["/api/embeddings"]),
             "/tokenize": _post("text to token ids", _body(["content"], {"content": _STR, "add_special": _BOOL})),
             "/detokenize": _post("token ids to text", _body(["tokens"], {
                 "tokens": {"type": "array", "items": _int(0)}})),

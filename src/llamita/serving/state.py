@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from pydantic import BaseModel
 
 from llamita.engine.loader import LoadedModel
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError
 from llamita.serving.keep_alive import parse_keep_alive
 from llamita.serving.metrics import ServerMetrics
+from llamita.serving.protocol import parse_body
 from llamita.serving.request_body import read_json_object
 from llamita.serving.response_history import ResponseHistory
 from llamita.tokenizer.tokenizer import Tokenizer
@@ -99,10 +101,14 @@ def load_seconds(request: Request) -> float:
     return request.scope.get(LOAD_SECONDS, 0.0)
 
 
-async def model_request(request: Request) -> tuple[ServerState, dict[str, Any]]:
+async def model_request(request: Request, schema: type[BaseModel] | None = None
+                        ) -> tuple[ServerState, dict[str, Any]]:
     """The state of the model a request's JSON body names (loaded on demand; 404 for a name
-    the server cannot serve) and the body. The model stays loaded until the answer has ended."""
+    the server cannot serve) and the body, validated against `schema` (serving/protocol.py)
+    before any model is loaded. The model stays loaded until the answer has ended."""
     body = await read_json_object(request)
+    if schema is not None:
+        parse_body(schema, body)
     return await model_state(request, body.get("model"), body), body
 
 
