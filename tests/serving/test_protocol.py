@@ -13,13 +13,16 @@ from llamita.serving.protocol import (
     MAX_COLLECTIONS,
     MAX_N,
     MAX_TOP,
-    REQUEST_MODELS,
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
     OllamaGenerateRequest,
     parse_body,
 )
+from llamita.serving.responses_request import ResponsesRequest
 
 USER = {"role": "user", "content": "hola"}
 
@@ -89,10 +92,44 @@ def _body_schema(doc: dict, path: str) -> dict:
     return doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
 
 
-def test_the_schema_is_the_models():
-    doc = openapi_document()
-    for path in REQUEST_MODELS:
-        assert _body_schema(doc, path)["properties"], path
+MODEL_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
+                "/v1/embeddings": EmbeddingRequest, "/api/chat": OllamaChatRequest,
+                "/api/generate": OllamaGenerateRequest, "/api/embed": OllamaEmbedRequest,
+                "/api/embeddings": OllamaEmbeddingsRequest, "/v1/responses": ResponsesRequest}
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    """/openapi.json of the routers, as the app builds it (FastAPI's generator)."""
+    from fastapi import FastAPI
+
+    from llamita.serving import (
+        collection_routes,
+        embedding_routes,
+        library_routes,
+        ollama_routes,
+        openai_routes,
+        responses_routes,
+    )
+
+    app = FastAPI()
+    for module in (openai_routes, responses_routes, embedding_routes, library_routes, ollama_routes,
+                   collection_routes):
+        app.include_router(module.router)
+    return openapi_document(app.routes)
+
+
+def test_each_route_publishes_its_model(doc):
+    for path, model in MODEL_ROUTES.items():
+        properties = _body_schema(doc, path)["properties"]
+        assert set(properties) == set(model.model_fields), path  # aliases aside, none here
+        assert "422" not in doc["paths"][path]["post"]["responses"]
+    # Only the published operations: not model management that downloads or deletes models.
+    assert "/api/pull" not in doc["paths"] and "/api/delete" not in doc["paths"]
+    assert "/glass/tokens" not in doc["paths"]
+
+
+def test_the_schema_states_the_limits(doc):
     chat = _body_schema(doc, "/v1/chat/completions")
     assert chat["required"] == ["messages"] and chat["additionalProperties"] is True
     props = chat["properties"]

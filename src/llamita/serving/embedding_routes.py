@@ -17,6 +17,7 @@ from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.prompts import encode_prompt
 from llamita.serving.errors import APIError, not_supported
 from llamita.serving.openai_routes import prompt_id_lists
+from llamita.serving.openapi import request_body
 from llamita.serving.protocol import EmbeddingRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
@@ -38,7 +39,7 @@ def _truncate(state: ServerState, inputs: list[list[int]], truncate: bool) -> li
     return [ids[:window] for ids in inputs] if truncate else inputs
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=request_body(EmbeddingRequest))
 async def openai_embeddings(request: Request) -> JSONResponse:
     state, body = await model_request(request, EmbeddingRequest)
     if body.get("dimensions") is not None:
@@ -60,7 +61,7 @@ async def openai_embeddings(request: Request) -> JSONResponse:
                          "usage": {"prompt_tokens": n, "total_tokens": n}})
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", openapi_extra=request_body(OllamaEmbedRequest))
 async def ollama_embed(request: Request) -> JSONResponse:
     start = time.perf_counter_ns()
     state, body = await model_request(request, OllamaEmbedRequest)
@@ -72,7 +73,7 @@ async def ollama_embed(request: Request) -> JSONResponse:
                          "prompt_eval_count": sum(len(ids) for ids in inputs)})
 
 
-@router.post("/api/embeddings")
+@router.post("/api/embeddings", openapi_extra=request_body(OllamaEmbeddingsRequest))
 async def ollama_embeddings_legacy(request: Request) -> JSONResponse:
     """Ollama's first embeddings route: one `prompt`, one `embedding`."""
     state, body = await model_request(request, OllamaEmbeddingsRequest)

@@ -24,6 +24,7 @@ from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import ContextOverflowError
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
+from llamita.serving.openapi import request_body
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
 from llamita.serving.protocol import OllamaChatRequest, OllamaGenerateRequest, parse_body
 from llamita.serving.rag_chat import rag_prompt
@@ -157,7 +158,7 @@ async def _unload_only(request: Request, body: dict[str, Any], empty: bool) -> s
     return key
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", openapi_extra=request_body(OllamaChatRequest))
 async def chat(request: Request) -> Any:
     body = await read_json_object(request)
     parse_body(OllamaChatRequest, body)
@@ -201,7 +202,7 @@ async def chat(request: Request) -> Any:
     return await _answer(request, state, generation, stream, shape, hold=bool(tools))
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", openapi_extra=request_body(OllamaGenerateRequest))
 async def generate(request: Request) -> Any:
     body = await read_json_object(request)
     parse_body(OllamaGenerateRequest, body)

@@ -17,6 +17,7 @@ from llamita.errors import InvalidParameterError
 from llamita.sampling_params import Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
+from llamita.serving.openapi import request_body
 from llamita.serving.params import (
     choice_count,
     openai_grammar,
@@ -120,7 +121,7 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
 
 # ------------------------------------------------------------------------------- chat
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Any:
     state, body = await model_request(request, ChatCompletionRequest)
     _refuse_unsupported(body, chat=True)
@@ -231,7 +232,7 @@ def prompt_id_lists(state: ServerState, value: Any, param: str = "prompt") -> li
                    "list of lists of token ids", param=param)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(request: Request) -> Any:
     state, body = await model_request(request, CompletionRequest)
     _refuse_unsupported(body, chat=False)

@@ -1,7 +1,7 @@
 """The request bodies of the OpenAI and Ollama routes as pydantic models (as vLLM's
 entrypoints/openai/protocol.py declares them): each route validates its body against its model
-right after reading it (`parse_body`), and /openapi.json publishes the models' schemas, so the
-published limits are the ones enforced.
+right after reading it (`parse_body`) and declares it for /openapi.json (serving/openapi.py,
+request_body), so the published limits are the ones enforced.
 
 The models check types, ranges and the shape of nested objects, and name the field path of what
 is wrong (`messages[1].content`, in OpenAI's error shape: serving/errors.py, validation_error).
@@ -124,7 +124,7 @@ class ModelChoice(BaseModel):
     lora: str | None = None  # a LoRA adapter the server holds (also "model": "base+NAME")
 
 
-class StreamOptions(BaseModel):
+class ChatStreamOptions(BaseModel):
     model_config = _OPEN
     include_usage: bool | None = None
 
@@ -162,7 +162,7 @@ class OpenAISampling(ModelChoice):
     # llama.cpp's name of max_tokens: -1 (no limit) and -2 (fill the context) end at the window.
     n_predict: Annotated[int, Field(ge=-2)] | None = None
     stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    stream_options: ChatStreamOptions | None = None
     response_format: ResponseFormat | str | None = None  # some clients send the bare type
     json_schema: dict[str, Any] | None = None  # llama.cpp's: a JSON Schema the answer follows
     grammar: str | None = None  # llama.cpp's: GBNF text the answer follows
@@ -255,12 +255,6 @@ class OllamaEmbeddingsRequest(ModelChoice):
 
     prompt: str
 
-
-REQUEST_MODELS: dict[str, type[BaseModel]] = {
-    "/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
-    "/v1/embeddings": EmbeddingRequest, "/api/chat": OllamaChatRequest, "/api/generate": OllamaGenerateRequest,
-    "/api/embed": OllamaEmbedRequest, "/api/embeddings": OllamaEmbeddingsRequest,
-}
 
 M = TypeVar("M", bound=BaseModel)
 
