@@ -124,6 +124,25 @@ def test_the_schema_states_the_real_limits(scripted):
     assert "maximum" not in tokens["properties"]["tokens"]["items"]
 
 
+def test_whole_answers_follow_the_published_models(scripted):
+    """Non-streamed answers against our response models (extra fields forbidden, so a field
+    added to the answer and not to the model fails here) and against the openai SDK's types."""
+    from openai.types import Completion as SDKCompletion
+    from openai.types.chat import ChatCompletion as SDKChatCompletion
+
+    from llamita.serving.protocol import ChatCompletion, TextCompletion
+
+    chat = httpx.post(scripted.url + CHAT, json={"messages": USER, "n": 2, "logprobs": True}, timeout=30).json()
+    assert ChatCompletion.model_validate(chat).choices[1].message.content == "Hola, que tal?"
+    SDKChatCompletion.model_validate(chat)
+    text = httpx.post(scripted.url + "/v1/completions", json={"prompt": ["a", "b"]}, timeout=30).json()
+    assert [c.index for c in TextCompletion.model_validate(text).choices] == [0, 1]
+    SDKCompletion.model_validate(text)
+    doc = httpx.get(scripted.url + "/openapi.json").json()
+    answer = doc["paths"][CHAT]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["$ref"].endswith("/ChatCompletion") and "ChatCompletion" in doc["components"]["schemas"]
+
+
 # The fuzzer's own bounds: short answers, few choices, short lists, ids inside the vocabulary,
 # so ~450 generated requests stay fast against the scripted engine.
 FUZZ_BOUNDS = {"max_tokens": {"maximum": 16}, "max_completion_tokens": {"maximum": 16}, "n": {"maximum": 2},

@@ -17,14 +17,14 @@ from llamita.errors import InvalidParameterError
 from llamita.sampling_params import Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
-from llamita.serving.openapi import request_body
+from llamita.serving.openapi import answer, request_body
 from llamita.serving.params import (
     choice_count,
     openai_grammar,
     openai_sampling_params,
     per_choice,
 )
-from llamita.serving.protocol import ChatCompletionRequest, CompletionRequest
+from llamita.serving.protocol import ChatCompletion, ChatCompletionRequest, CompletionRequest, TextCompletion
 from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field
 from llamita.serving.request_completions import Completion, Generation
@@ -121,7 +121,8 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
 
 # ------------------------------------------------------------------------------- chat
 
-@router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
+@router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest),
+             responses=answer(ChatCompletion))
 async def chat_completions(request: Request) -> Any:
     state, body = await model_request(request, ChatCompletionRequest)
     _refuse_unsupported(body, chat=True)
@@ -232,7 +233,7 @@ def prompt_id_lists(state: ServerState, value: Any, param: str = "prompt") -> li
                    "list of lists of token ids", param=param)
 
 
-@router.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
+@router.post("/v1/completions", openapi_extra=request_body(CompletionRequest), responses=answer(TextCompletion))
 async def completions(request: Request) -> Any:
     state, body = await model_request(request, CompletionRequest)
     _refuse_unsupported(body, chat=False)

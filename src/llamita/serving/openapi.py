@@ -75,6 +75,13 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     return _json(model.model_json_schema(ref_template=_REF, schema_generator=_Schema))
 
 
+def answer(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses` declaring `model` as its whole answer (the stream's events are not
+    described)."""
+    return {200: {"model": model, "description": "the whole answer; with `stream: true`, server-sent "
+                  "events of chunks instead"}}
+
+
 def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": properties}
 
@@ -110,7 +117,9 @@ def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
     doc = copy.deepcopy(get_openapi(title="llamita", version=__version__, openapi_version="3.1.0", routes=routes))
     doc["paths"] = {path: kept for path, item in doc["paths"].items()
                     if (kept := {m: op for m, op in item.items() if (m.upper(), path) in PUBLISHED})}
-    components: dict[str, Any] = {}
+    components: dict[str, Any] = doc.get("components", {}).get("schemas", {})  # the answers'
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body (see below)
+        components.pop(name, None)
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             operation.update(HAND_READ_BODIES.get((method.upper(), path), {}))

@@ -265,3 +265,92 @@ def parse_body(model: type[M], body: dict[str, Any]) -> M:
         return model.model_validate(body)
     except ValidationError as e:
         raise validation_error(e.errors(), body, prefix=()) from None
+
+
+# ------------------------------------------------------------------------------- responses
+# The whole (non-streamed) answers of /v1/chat/completions and /v1/completions, as
+# serving/openai_format.py builds them: published in /openapi.json, checked against real
+# answers in the tests (extra="forbid": a field added to one and not the other fails them).
+
+_CLOSED = ConfigDict(extra="forbid")
+
+
+class CachedTokens(BaseModel):
+    model_config = _CLOSED
+    cached_tokens: int
+
+
+class Usage(BaseModel):
+    """Token counts; each prompt counts once although n choices ran on it (OpenAI's rule)."""
+
+    model_config = _CLOSED
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: CachedTokens
+
+
+class FunctionCall(BaseModel):
+    model_config = _CLOSED
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    model_config = _CLOSED
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class AssistantMessage(BaseModel):
+    """The answer; content is null when the model only called tools. `sources`: llamita's,
+    the numbered chunks of an answer from `collections`."""
+
+    model_config = _CLOSED
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+    sources: list[dict[str, Any]] | None = None
+
+
+class ChatChoice(BaseModel):
+    model_config = _CLOSED
+    index: int
+    message: AssistantMessage
+    logprobs: dict[str, Any] | None  # {"content": [{token, logprob, bytes, top_logprobs}]}
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    """The whole answer of POST /v1/chat/completions (stream: false)."""
+
+    model_config = _CLOSED
+    id: str
+    object: Literal["chat.completion"]
+    created: int  # Unix seconds
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: None
+
+
+class TextChoice(BaseModel):
+    model_config = _CLOSED
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None  # {tokens, token_logprobs, top_logprobs, text_offset}
+
+
+class TextCompletion(BaseModel):
+    """The whole answer of POST /v1/completions (stream: false)."""
+
+    model_config = _CLOSED
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+    system_fingerprint: None
