@@ -216,7 +216,8 @@ class ModelPool:
         try:
             # One load at a time: two models that each need the other's room would otherwise
             # both wait for it, neither loaded nor idle.
-            if not self._load_lock.acquire(timeout=-1 if deadline is None else _left(deadline)):
+            left = _left(deadline)
+            if not self._load_lock.acquire(timeout=-1 if left is None else left):
                 raise self._timeout(key, "another model's load")
             try:
                 self._make_room(model, deadline)

@@ -115,7 +115,7 @@ def _ndjson(lines: AsyncIterator[dict[str, Any]], generation: Generation) -> Str
             async for line in lines:
                 yield json.dumps(line, ensure_ascii=False) + "\n"
         except Exception as e:  # headers are sent: the error goes as the last line
-            yield api_error(e).response().body.decode() + "\n"
+            yield api_error(e).body_text() + "\n"
         finally:  # also on a client disconnect: abort at once
             generation.close()
 

@@ -111,7 +111,7 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
             async for event in events:
                 yield event
         except Exception as e:  # headers are sent: the error goes as an event, then the end
-            yield fmt.sse(api_error(e).response().body.decode())
+            yield fmt.sse(api_error(e).body_text())
         finally:  # also on a client disconnect (the task is cancelled): abort at once
             generation.close()
         yield fmt.sse("[DONE]")

@@ -7,7 +7,11 @@ The models check types, ranges and the shape of nested objects, and name the fie
 is wrong (`messages[1].content`, in OpenAI's error shape: serving/errors.py, validation_error).
 Rules between fields (`top_logprobs` needs `logprobs`, one grammar at most, a forced tool call
 needs tools) and checks that need the model (token ids, templates, adapters) stay in the routes
-and in SamplingParams, which also name the field.
+and in SamplingParams, which also name the field. Once checked, the routes read the body as
+the JSON object it came as (serving/params.py maps it onto SamplingParams).
+
+The whole (non-streamed) chat and text completion answers are models too, at the end: what
+/openapi.json says they hold.
 
 Types are as lenient as the hand-written checks were: unknown fields are accepted (clients send
 many; a field llamita refuses is refused by name in the route), null means absent, an integer is

@@ -131,6 +131,7 @@ async def model_state(request: Request, name: object, body: dict[str, Any] | Non
         except asyncio.CancelledError:  # the client left while the model loaded: no lease kept
             pending.add_done_callback(lambda f: f.cancelled() or f.exception() or pool.release(f.result()))
             raise
+    assert model is not None  # acquired, or loaded and acquired
     leases = request.scope.get(LEASES)
     if leases is None:  # not under ModelLeases: nobody would release it
         pool.release(model)
