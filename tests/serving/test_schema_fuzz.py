@@ -84,6 +84,31 @@ def test_bad_requests_get_a_json_4xx(scripted, path, body, status):
     _is_openai_error(r)
 
 
+@pytest.mark.parametrize("path, body, param", [
+    (CHAT, {"messages": [*USER, {"role": "user", "content": 7}]}, "messages[1].content"),
+    (CHAT, {"messages": USER, "rag": {"mode": "magic"}, "collections": ["c"]}, "rag.mode"),
+    ("/v1/completions", {"prompt": [[1, 2], [3, "x"]]}, "prompt[1][1]"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, "encoding_format"),
+    ("/api/chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ("/api/generate", {"prompt": "x", "options": {"num_predict": "many"}}, "options.num_predict"),
+    ("/api/embed", {"input": ["a", 3]}, "input[1]"),
+])
+def test_a_wrong_field_deep_in_a_body_is_named(scripted, path, body, param):
+    r = httpx.post(scripted.url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text[:300]
+    _is_openai_error(r)
+    assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_fields_are_accepted(scripted):
+    extra = {"user": "u-1", "metadata": {"k": "v"}, "parallel_tool_calls": False, "some_future_field": [1]}
+    r = httpx.post(scripted.url + CHAT, json={"messages": USER, **extra}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hola, que tal?"
+    r = httpx.post(scripted.url + "/api/chat", json={"messages": USER, "stream": False, "think": False,
+                                                     "options": {"num_thread": 2}}, timeout=30)
+    assert r.status_code == 200 and r.json()["message"]["content"] == "Hola, que tal?"
+
+
 def test_a_prompt_over_the_context_is_400(server):
     """Against the real engine (the scripted one has no context window)."""
     r = httpx.post(server.url + CHAT, json={"messages": [{"role": "user", "content": "palabra " * 20_000}]},

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from llamita.engine.embeddings import embed
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.prompts import encode_prompt
-from llamita.serving.errors import APIError, not_supported
+from llamita.serving.errors import not_supported
 from llamita.serving.openai_routes import prompt_id_lists
 from llamita.serving.openapi import request_body
 from llamita.serving.protocol import EmbeddingRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest
@@ -44,10 +44,7 @@ async def openai_embeddings(request: Request) -> JSONResponse:
     state, body = await model_request(request, EmbeddingRequest)
     if body.get("dimensions") is not None:
         raise not_supported("dimensions", "reduced embedding dimensions")
-    encoding = field(body, "encoding_format", str, "float")
-    if encoding not in ("float", "base64"):
-        raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
-                       param="encoding_format")
+    encoding = body.get("encoding_format") or "float"  # float or base64 (EmbeddingRequest)
     inputs = prompt_id_lists(state, body["input"], "input")
     vectors = await _embed_all(state, inputs)
     data = []
