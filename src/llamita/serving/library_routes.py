@@ -31,7 +31,8 @@ _SHA256 = re.compile(r"(?:sha256[-:])?([0-9a-f]{64})")
 
 
 def _pool(request: Request) -> ModelPool:
-    return request.app.state.pool
+    pool: ModelPool = request.app.state.pool
+    return pool
 
 
 def _iso(t: float) -> str:

@@ -151,7 +151,7 @@ async def _unload_only(request: Request, body: dict[str, Any], empty: bool) -> s
         return None
     pool = request.app.state.pool
     name = body.get("model")
-    key = pool.resolve_loaded(name)
+    key: str | None = pool.resolve_loaded(name)
     if key is None:
         key = await asyncio.to_thread(pool.resolve, name)
     pool.unload(key)

@@ -51,7 +51,7 @@ def _prefill(body: dict[str, Any]) -> bool:
     """vLLM's assistant prefill: `continue_final_message: true` continues the last (assistant)
     message instead of starting a new turn; it goes with `add_generation_prompt: false`, the
     only other value of that field that means something here."""
-    prefill = field(body, "continue_final_message", bool, False)
+    prefill: bool = field(body, "continue_final_message", bool, False)
     if field(body, "add_generation_prompt", bool, not prefill) == prefill:
         what = "true with continue_final_message" if prefill else "false without continue_final_message"
         raise APIError(400, f"'add_generation_prompt' {what} has no meaning: continue the final message or "
@@ -158,7 +158,8 @@ def _chat_logprobs(state: ServerState, body: dict[str, Any], c: Completion) -> d
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    return field(body, "max_completion_tokens", int) or field(body, "max_tokens", int)
+    limit: int | None = field(body, "max_completion_tokens", int) or field(body, "max_tokens", int)
+    return limit
 
 
 async def _chat_events(state: ServerState, generation: Generation, tools: bool,

@@ -62,9 +62,11 @@ def _max_tokens(body: dict[str, Any], *, chat: bool, default: int | None = None)
         if given and given[0] != n_predict:
             raise APIError(400, f"'n_predict' and '{names[-1]}' say different things; give one",
                            param="n_predict")
-        return _num_predict(n_predict)
+        limit: int | None = _num_predict(n_predict)
+        return limit
     if given:
-        return given[0]
+        first: int = given[0]
+        return first
     if default is not None:
         return default
     return None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS

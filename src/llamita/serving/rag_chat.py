@@ -29,7 +29,8 @@ def collections_of(request: Request) -> Collections:
     if getattr(app_state, "collections", None) is None:
         app_state.collections = Collections(server_state(request).loop, app_state.chat_store.data_dir,
                                             asyncio.get_running_loop())
-    return app_state.collections
+    collections: Collections = app_state.collections
+    return collections
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ class ServerState:
 
 def server_state(request: Request) -> ServerState:
     """The default model's state (the one requests that name no model get)."""
-    return request.app.state.llamita
+    state: ServerState = request.app.state.llamita
+    return state
 
 
 # The scope key under which ModelLeases (app.py) keeps the pool leases a request took.
@@ -98,7 +99,8 @@ LOAD_SECONDS = "llamita.load_seconds"
 
 def load_seconds(request: Request) -> float:
     """Seconds this request waited for its model to be loaded (0 when it was loaded)."""
-    return request.scope.get(LOAD_SECONDS, 0.0)
+    seconds: float = request.scope.get(LOAD_SECONDS, 0.0)
+    return seconds
 
 
 async def model_request(request: Request, schema: type[BaseModel] | None = None
@@ -137,12 +139,14 @@ async def model_state(request: Request, name: object, body: dict[str, Any] | Non
         pool.release(model)
     else:
         leases.append(model)
-    return model.state
+    state: ServerState = model.state
+    return state
 
 
 def keep_alive_of(pool: Any, body: dict[str, Any]) -> float | None:
     """Seconds the model stays loaded after this request: the body's `keep_alive` (Ollama's
     durations: "5m", 300, 0, -1 -> None, for ever), else the server's default."""
     if body.get("keep_alive") is None:
-        return pool.config.keep_alive
+        default: float | None = pool.config.keep_alive
+        return default
     return parse_keep_alive(body["keep_alive"])
