@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from llamita.serving.params import MAX_N
+from llamita.serving.protocol import MAX_N
 
 from serving_helpers import ScriptedEngine, start_server
 
@@ -84,6 +84,31 @@ def test_bad_requests_get_a_json_4xx(scripted, path, body, status):
     _is_openai_error(r)
 
 
+@pytest.mark.parametrize("path, body, param", [
+    (CHAT, {"messages": [*USER, {"role": "user", "content": 7}]}, "messages[1].content"),
+    (CHAT, {"messages": USER, "rag": {"mode": "magic"}, "collections": ["c"]}, "rag.mode"),
+    ("/v1/completions", {"prompt": [[1, 2], [3, "x"]]}, "prompt[1][1]"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, "encoding_format"),
+    ("/api/chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ("/api/generate", {"prompt": "x", "options": {"num_predict": "many"}}, "options.num_predict"),
+    ("/api/embed", {"input": ["a", 3]}, "input[1]"),
+])
+def test_a_wrong_field_deep_in_a_body_is_named(scripted, path, body, param):
+    r = httpx.post(scripted.url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text[:300]
+    _is_openai_error(r)
+    assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_fields_are_accepted(scripted):
+    extra = {"user": "u-1", "metadata": {"k": "v"}, "parallel_tool_calls": False, "some_future_field": [1]}
+    r = httpx.post(scripted.url + CHAT, json={"messages": USER, **extra}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hola, que tal?"
+    r = httpx.post(scripted.url + "/api/chat", json={"messages": USER, "stream": False, "think": False,
+                                                     "options": {"num_thread": 2}}, timeout=30)
+    assert r.status_code == 200 and r.json()["message"]["content"] == "Hola, que tal?"
+
+
 def test_a_prompt_over_the_context_is_400(server):
     """Against the real engine (the scripted one has no context window)."""
     r = httpx.post(server.url + CHAT, json={"messages": [{"role": "user", "content": "palabra " * 20_000}]},
@@ -122,6 +147,25 @@ def test_the_schema_states_the_real_limits(scripted):
     assert "maxItems" not in chat["messages"]
     tokens = doc["paths"]["/detokenize"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "maximum" not in tokens["properties"]["tokens"]["items"]
+
+
+def test_whole_answers_follow_the_published_models(scripted):
+    """Non-streamed answers against our response models (extra fields forbidden, so a field
+    added to the answer and not to the model fails here) and against the openai SDK's types."""
+    from openai.types import Completion as SDKCompletion
+    from openai.types.chat import ChatCompletion as SDKChatCompletion
+
+    from llamita.serving.protocol import ChatCompletion, TextCompletion
+
+    chat = httpx.post(scripted.url + CHAT, json={"messages": USER, "n": 2, "logprobs": True}, timeout=30).json()
+    assert ChatCompletion.model_validate(chat).choices[1].message.content == "Hola, que tal?"
+    SDKChatCompletion.model_validate(chat)
+    text = httpx.post(scripted.url + "/v1/completions", json={"prompt": ["a", "b"]}, timeout=30).json()
+    assert [c.index for c in TextCompletion.model_validate(text).choices] == [0, 1]
+    SDKCompletion.model_validate(text)
+    doc = httpx.get(scripted.url + "/openapi.json").json()
+    answer = doc["paths"][CHAT]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["$ref"].endswith("/ChatCompletion") and "ChatCompletion" in doc["components"]["schemas"]
 
 
 # The fuzzer's own bounds: short answers, few choices, short lists, ids inside the vocabulary,

@@ -31,14 +31,15 @@ def error_of(r: httpx.Response, status: int) -> dict:
     (b"\xff\xfe{}", None),
     (b"[1, 2]", None),
     (b'{"messages": "hello"}', "messages"),
-    (b'{"messages": [{"role": "robot", "content": "x"}]}', "messages"),
-    (b'{"messages": [{"role": "user", "content": 5}]}', "messages"),
+    # The request models name the field inside the list (serving/protocol.py).
+    (b'{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
     (b'{"messages": [{"role": "user", "content": "x"}], "temperature": -1}', "temperature"),
     (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "temperature"),
     (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens"),
     (b'{"messages": [{"role": "user", "content": "x"}], "n": 100}', "n"),
     (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "stop": [""]}', "stop"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stop": [""]}', "stop[0]"),
 ])
 def test_bad_chat_bodies(server, body, param):
     r = httpx.post(server.url + CHAT, content=body, headers={"content-type": "application/json"}, timeout=30)

@@ -121,7 +121,7 @@ def test_tool_choice_required_and_named(client, llm_f32, server):
      "grammar"),
     ({"grammar": "root ::= (("}, "grammar"),
     ({"logit_bias": {"abc": 1}}, "logit_bias"),
-    ({"logit_bias": {"5": 500}}, "logit_bias"),
+    ({"logit_bias": {"5": 500}}, "logit_bias.5"),
     ({"logit_bias": {"99999999": 1}}, "logit_bias"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": [WEATHER]}, "tool_choice"),

@@ -121,7 +121,7 @@ def _serve_without_v1(app: FastAPI, routers: list[APIRouter]) -> None:
 
 
 async def openapi_json(request: Request) -> JSONResponse:
-    return JSONResponse(openapi_document())
+    return JSONResponse(openapi_document(request.app.routes))
 
 
 class ModelLeases:

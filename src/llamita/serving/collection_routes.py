@@ -23,7 +23,8 @@ from starlette.datastructures import UploadFile
 from llamita.rag.collection import MODES
 from llamita.serving.collections import MAX_FILES_PER_UPLOAD
 from llamita.serving.errors import APIError
-from llamita.serving.rag_chat import MAX_TOP, collections_of
+from llamita.serving.protocol import MAX_TOP
+from llamita.serving.rag_chat import collections_of
 from llamita.serving.request_body import field, read_json_object
 
 router = APIRouter()
@@ -57,7 +58,7 @@ async def get_collection(request: Request, name: str) -> JSONResponse:
     return JSONResponse(await asyncio.to_thread(collections_of(request).describe, name))
 
 
-@router.delete("/v1/collections/{name}")
+@router.delete("/v1/collections/{name}", status_code=204)
 async def delete_collection(request: Request, name: str) -> Response:
     await asyncio.to_thread(collections_of(request).delete, name)
     return Response(status_code=204)
@@ -80,7 +81,7 @@ async def upload_files(request: Request, name: str) -> JSONResponse:
     return JSONResponse(await asyncio.to_thread(collections.add_files, name, files))
 
 
-@router.delete("/v1/collections/{name}/files/{file:path}")
+@router.delete("/v1/collections/{name}/files/{file:path}", status_code=204)
 async def delete_file(request: Request, name: str, file: str) -> Response:
     await asyncio.to_thread(collections_of(request).delete_file, name, file)
     return Response(status_code=204)

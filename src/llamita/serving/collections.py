@@ -19,6 +19,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,7 +57,7 @@ class EngineEmbedder(Embedder):
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return super().embed_documents(texts)
-        return np.concatenate([self._on_engine(lambda t=t: Embedder.embed_documents(self, [t])) for t in texts])
+        return np.concatenate([self._on_engine(partial(Embedder.embed_documents, self, [t])) for t in texts])
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._on_engine(lambda: Embedder.embed_query(self, text))

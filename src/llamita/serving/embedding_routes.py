@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse
 from llamita.engine.embeddings import embed
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.prompts import encode_prompt
-from llamita.serving.errors import APIError, not_supported
+from llamita.serving.errors import not_supported
 from llamita.serving.openai_routes import prompt_id_lists
+from llamita.serving.openapi import request_body
+from llamita.serving.protocol import EmbeddingRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
 
@@ -37,17 +39,12 @@ def _truncate(state: ServerState, inputs: list[list[int]], truncate: bool) -> li
     return [ids[:window] for ids in inputs] if truncate else inputs
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=request_body(EmbeddingRequest))
 async def openai_embeddings(request: Request) -> JSONResponse:
-    state, body = await model_request(request)
-    if body.get("input") is None:
-        raise APIError(400, "'input' is required", param="input")
+    state, body = await model_request(request, EmbeddingRequest)
     if body.get("dimensions") is not None:
         raise not_supported("dimensions", "reduced embedding dimensions")
-    encoding = field(body, "encoding_format", str, "float")
-    if encoding not in ("float", "base64"):
-        raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
-                       param="encoding_format")
+    encoding = body.get("encoding_format") or "float"  # float or base64 (EmbeddingRequest)
     inputs = prompt_id_lists(state, body["input"], "input")
     vectors = await _embed_all(state, inputs)
     data = []
@@ -61,12 +58,10 @@ async def openai_embeddings(request: Request) -> JSONResponse:
                          "usage": {"prompt_tokens": n, "total_tokens": n}})
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", openapi_extra=request_body(OllamaEmbedRequest))
 async def ollama_embed(request: Request) -> JSONResponse:
     start = time.perf_counter_ns()
-    state, body = await model_request(request)
-    if body.get("input") is None:
-        raise APIError(400, "'input' is required", param="input")
+    state, body = await model_request(request, OllamaEmbedRequest)
     truncate = field(body, "truncate", bool, True)
     inputs = _truncate(state, prompt_id_lists(state, body["input"], "input"), truncate)
     vectors = await _embed_all(state, inputs)
@@ -75,10 +70,10 @@ async def ollama_embed(request: Request) -> JSONResponse:
                          "prompt_eval_count": sum(len(ids) for ids in inputs)})
 
 
-@router.post("/api/embeddings")
+@router.post("/api/embeddings", openapi_extra=request_body(OllamaEmbeddingsRequest))
 async def ollama_embeddings_legacy(request: Request) -> JSONResponse:
     """Ollama's first embeddings route: one `prompt`, one `embedding`."""
-    state, body = await model_request(request)
+    state, body = await model_request(request, OllamaEmbeddingsRequest)
     prompt = field(body, "prompt", str, required=True)
     (vector,) = await _embed_all(state, _truncate(state, [encode_prompt(state.tokenizer, prompt)], True))
     return JSONResponse({"embedding": vector})

@@ -53,6 +53,10 @@ class APIError(Exception):
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
+    def body_text(self) -> str:
+        """The error object as JSON text (an event or a line of a stream already under way)."""
+        return bytes(self.response().body).decode()
+
 
 def not_supported(param: str, what: str) -> APIError:
     """A 400 for an OpenAI/Ollama feature llamita does not have yet (never silently ignored)."""

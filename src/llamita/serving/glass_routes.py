@@ -23,7 +23,8 @@ from llamita.glass.tokens import tokenize_view
 from llamita.rag.answer import build_prompt
 from llamita.rag.explain import explain
 from llamita.serving.errors import APIError
-from llamita.serving.rag_chat import MAX_COLLECTIONS, MAX_TOP, hit_of, question_of
+from llamita.serving.protocol import MAX_COLLECTIONS, MAX_TOP
+from llamita.serving.rag_chat import hit_of, question_of
 from llamita.serving.request_body import field
 from llamita.serving.state import ServerState, model_request
 
@@ -151,7 +152,7 @@ async def sources(request: Request) -> JSONResponse:
 
 
 def _text(body: dict[str, Any], name: str, max_chars: int | None = None) -> str:
-    text = field(body, name, str, required=True)
+    text: str = field(body, name, str, required=True)
     if not text:
         raise APIError(400, f"'{name}' is empty: give the text to look at", param=name)
     if max_chars is not None and len(text) > max_chars:
@@ -161,7 +162,7 @@ def _text(body: dict[str, Any], name: str, max_chars: int | None = None) -> str:
 
 def _index(body: dict[str, Any], name: str, n: int) -> int | None:
     """A 0-based layer or head; None (absent) means the average over all of them."""
-    value = field(body, name, int)
+    value: int | None = field(body, name, int)
     if value is not None and not 0 <= value < n:
         raise APIError(400, f"'{name}' must be in 0..{n - 1} (or absent for the average), got {value}",
                        param=name)
@@ -169,7 +170,7 @@ def _index(body: dict[str, Any], name: str, n: int) -> int | None:
 
 
 def _top(body: dict[str, Any], default: int) -> int:
-    top = field(body, "top", int, default)
+    top: int = field(body, "top", int, default)
     if not 1 <= top <= MAX_TOP_TOKENS:
         raise APIError(400, f"'top' must be in 1..{MAX_TOP_TOKENS}, got {top}", param="top")
     return top

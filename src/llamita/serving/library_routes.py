@@ -31,7 +31,8 @@ _SHA256 = re.compile(r"(?:sha256[-:])?([0-9a-f]{64})")
 
 
 def _pool(request: Request) -> ModelPool:
-    return request.app.state.pool
+    pool: ModelPool = request.app.state.pool
+    return pool
 
 
 def _iso(t: float) -> str:
@@ -49,10 +50,11 @@ def _param_size(n: int | None) -> str:
 def _details(state: ServerState) -> dict[str, Any]:
     meta, loaded = state.loaded.metadata, state.loaded
     file_type = meta.get("general.file_type")
+    quantization = FILE_TYPES.get(int(file_type)) if file_type is not None else None
     return {"parent_model": "", "format": loaded.format, "family": loaded.config.architecture,
             "families": [loaded.config.architecture],
             "parameter_size": meta.get("general.size_label") or _param_size(loaded.config.n_params()),
-            "quantization_level": FILE_TYPES.get(file_type, str(loaded.dtype).removeprefix("torch."))}
+            "quantization_level": quantization or str(loaded.dtype).removeprefix("torch.")}
 
 
 def _size_on_disk(path: Path) -> int:

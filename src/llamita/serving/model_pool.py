@@ -23,11 +23,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llamita.serving.errors import APIError
 from llamita.serving.keep_alive import format_bytes
 from llamita.serving.model_memory import give_back_memory
 from llamita.serving.state import ServerState
+
+if TYPE_CHECKING:  # imported when first needed: the library is not read at start-up
+    from llamita.library.local import LocalModel
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +220,8 @@ class ModelPool:
         try:
             # One load at a time: two models that each need the other's room would otherwise
             # both wait for it, neither loaded nor idle.
-            if not self._load_lock.acquire(timeout=-1 if deadline is None else _left(deadline)):
+            left = _left(deadline)
+            if not self._load_lock.acquire(timeout=-1 if left is None else left):
                 raise self._timeout(key, "another model's load")
             try:
                 self._make_room(model, deadline)
@@ -351,7 +356,7 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _find_local(name: str):  # -> LocalModel | None
+def _find_local(name: str) -> LocalModel | None:
     from llamita.library.local import find_local
     from llamita.library.names import parse_name
 

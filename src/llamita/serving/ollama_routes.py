@@ -24,7 +24,9 @@ from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.errors import ContextOverflowError
 from llamita.sampling_params import SamplingParams
 from llamita.serving.errors import APIError, api_error, not_supported
+from llamita.serving.openapi import request_body
 from llamita.serving.params import ollama_grammar, ollama_sampling_params
+from llamita.serving.protocol import OllamaChatRequest, OllamaGenerateRequest, parse_body
 from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field, read_json_object
 from llamita.serving.request_completions import Completion, Generation
@@ -113,7 +115,7 @@ def _ndjson(lines: AsyncIterator[dict[str, Any]], generation: Generation) -> Str
             async for line in lines:
                 yield json.dumps(line, ensure_ascii=False) + "\n"
         except Exception as e:  # headers are sent: the error goes as the last line
-            yield api_error(e).response().body.decode() + "\n"
+            yield api_error(e).body_text() + "\n"
         finally:  # also on a client disconnect: abort at once
             generation.close()
 
@@ -149,16 +151,17 @@ async def _unload_only(request: Request, body: dict[str, Any], empty: bool) -> s
         return None
     pool = request.app.state.pool
     name = body.get("model")
-    key = pool.resolve_loaded(name)
+    key: str | None = pool.resolve_loaded(name)
     if key is None:
         key = await asyncio.to_thread(pool.resolve, name)
     pool.unload(key)
     return key
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", openapi_extra=request_body(OllamaChatRequest))
 async def chat(request: Request) -> Any:
     body = await read_json_object(request)
+    parse_body(OllamaChatRequest, body)
     messages = field(body, "messages", list, [])
     unloaded = await _unload_only(request, body, not messages)
     if unloaded is not None:
@@ -199,9 +202,10 @@ async def chat(request: Request) -> Any:
     return await _answer(request, state, generation, stream, shape, hold=bool(tools))
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", openapi_extra=request_body(OllamaGenerateRequest))
 async def generate(request: Request) -> Any:
     body = await read_json_object(request)
+    parse_body(OllamaGenerateRequest, body)
     prompt = field(body, "prompt", str, "")
     unloaded = await _unload_only(request, body, not prompt)
     if unloaded is not None:

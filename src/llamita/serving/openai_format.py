@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from llamita.engine.llm_engine import TokenLogprob
@@ -57,7 +58,7 @@ def completion_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob], offs
     return echo_logprobs(tokenizer, [lp.token_id for lp in logprobs], logprobs, offset)
 
 
-def echo_logprobs(tokenizer: Tokenizer, token_ids: list[int], scored: list[TokenLogprob | None],
+def echo_logprobs(tokenizer: Tokenizer, token_ids: list[int], scored: Sequence[TokenLogprob | None],
                   offset: int = 0) -> dict[str, Any]:
     """The legacy shape for any tokens, the prompt's own included: an entry of None (the first
     prompt token has no context) gives null token_logprob and top_logprobs, as OpenAI did."""

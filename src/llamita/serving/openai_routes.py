@@ -14,15 +14,17 @@ from llamita.engine.prompts import encode_chat, encode_prompt
 from llamita.engine.scoring import prompt_logprobs
 from llamita.engine.tool_grammar import tool_call_grammar
 from llamita.errors import InvalidParameterError
-from llamita.sampling_params import MAX_LOGPROBS, Grammar
+from llamita.sampling_params import Grammar
 from llamita.serving import openai_format as fmt
 from llamita.serving.errors import APIError, api_error, not_supported
+from llamita.serving.openapi import answer, request_body
 from llamita.serving.params import (
     choice_count,
     openai_grammar,
     openai_sampling_params,
     per_choice,
 )
+from llamita.serving.protocol import ChatCompletion, ChatCompletionRequest, CompletionRequest, TextCompletion
 from llamita.serving.rag_chat import rag_prompt
 from llamita.serving.request_body import field
 from llamita.serving.request_completions import Completion, Generation
@@ -49,7 +51,7 @@ def _prefill(body: dict[str, Any]) -> bool:
     """vLLM's assistant prefill: `continue_final_message: true` continues the last (assistant)
     message instead of starting a new turn; it goes with `add_generation_prompt: false`, the
     only other value of that field that means something here."""
-    prefill = field(body, "continue_final_message", bool, False)
+    prefill: bool = field(body, "continue_final_message", bool, False)
     if field(body, "add_generation_prompt", bool, not prefill) == prefill:
         what = "true with continue_final_message" if prefill else "false without continue_final_message"
         raise APIError(400, f"'add_generation_prompt' {what} has no meaning: continue the final message or "
@@ -109,7 +111,7 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
             async for event in events:
                 yield event
         except Exception as e:  # headers are sent: the error goes as an event, then the end
-            yield fmt.sse(api_error(e).response().body.decode())
+            yield fmt.sse(api_error(e).body_text())
         finally:  # also on a client disconnect (the task is cancelled): abort at once
             generation.close()
         yield fmt.sse("[DONE]")
@@ -119,9 +121,10 @@ def _event_stream(events: AsyncIterator[str], generation: Generation) -> Streami
 
 # ------------------------------------------------------------------------------- chat
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest),
+             responses=answer(ChatCompletion))
 async def chat_completions(request: Request) -> Any:
-    state, body = await model_request(request)
+    state, body = await model_request(request, ChatCompletionRequest)
     _refuse_unsupported(body, chat=True)
     tools, call_grammar = offered_tools(state, body)
     messages = state.conversation(field(body, "messages", list, required=True))
@@ -155,7 +158,8 @@ def _chat_logprobs(state: ServerState, body: dict[str, Any], c: Completion) -> d
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    return field(body, "max_completion_tokens", int) or field(body, "max_tokens", int)
+    limit: int | None = field(body, "max_completion_tokens", int) or field(body, "max_tokens", int)
+    return limit
 
 
 async def _chat_events(state: ServerState, generation: Generation, tools: bool,
@@ -230,12 +234,10 @@ def prompt_id_lists(state: ServerState, value: Any, param: str = "prompt") -> li
                    "list of lists of token ids", param=param)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(CompletionRequest), responses=answer(TextCompletion))
 async def completions(request: Request) -> Any:
-    state, body = await model_request(request)
+    state, body = await model_request(request, CompletionRequest)
     _refuse_unsupported(body, chat=False)
-    if body.get("prompt") is None:
-        raise APIError(400, "'prompt' is required", param="prompt")
     prompts = prompt_id_lists(state, body["prompt"])
     stream = field(body, "stream", bool, False)
     include_usage = _stream_options(body)
@@ -260,9 +262,7 @@ async def _echo_completions(request: Request, state: ServerState, prompts: list[
     """echo: true — each choice's text starts with its prompt, and with logprobs the prompt
     tokens are scored too (the first has no context: null), as evaluation harnesses need.
     max_tokens 0 scores the prompt without generating."""
-    top = field(body, "logprobs", int, 0) if wants_logprobs else 0
-    if not 0 <= top <= MAX_LOGPROBS:
-        raise APIError(400, f"'logprobs' must be between 0 and {MAX_LOGPROBS}", param="logprobs")
+    top = body["logprobs"] if wants_logprobs else 0
     n = choice_count(body)
     scored = await state.loop.call(
         lambda engine: [prompt_logprobs(engine.model, ids, engine.n_tokens, top) for ids in prompts]

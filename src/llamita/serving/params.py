@@ -12,7 +12,6 @@ from typing import Any
 
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import (
-    MAX_LOGPROBS,
     OLLAMA_HARDWARE_OPTIONS,
     OLLAMA_OFF_VALUES,
     OLLAMA_OPTIONS,
@@ -23,7 +22,6 @@ from llamita.sampling_params import (
 from llamita.serving.errors import APIError, not_supported
 from llamita.serving.request_body import field
 
-MAX_N = 16  # most choices one request may ask for
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy /v1/completions default
 
 # OpenAI name -> SamplingParams name, for the fields that pass straight through.
@@ -64,9 +62,11 @@ def _max_tokens(body: dict[str, Any], *, chat: bool, default: int | None = None)
         if given and given[0] != n_predict:
             raise APIError(400, f"'n_predict' and '{names[-1]}' say different things; give one",
                            param="n_predict")
-        return _num_predict(n_predict)
+        limit: int | None = _num_predict(n_predict)
+        return limit
     if given:
-        return given[0]
+        first: int = given[0]
+        return first
     if default is not None:
         return default
     return None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS
@@ -141,26 +141,19 @@ def ollama_grammar(value: Any) -> Grammar | None:
 
 
 def _openai_logprobs(body: dict[str, Any], *, chat: bool) -> int | None:
+    """How many alternatives per token to report (None: no logprobs); the ranges are the
+    request models' (serving/protocol.py)."""
     if chat:
-        wanted = field(body, "logprobs", bool, False)
-        top = field(body, "top_logprobs", int)
+        wanted, top = body.get("logprobs"), body.get("top_logprobs")
         if top is not None and not wanted:
             raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-        if top is not None and not 0 <= top <= MAX_LOGPROBS:
-            raise APIError(400, f"'top_logprobs' must be in [0, {MAX_LOGPROBS}], got {top}", param="top_logprobs")
         return (top or 0) if wanted else None
-    # Legacy completions: `logprobs` is the number of alternatives per token.
-    top = field(body, "logprobs", int)
-    if top is not None and not 0 <= top <= MAX_LOGPROBS:
-        raise APIError(400, f"'logprobs' must be in [0, {MAX_LOGPROBS}], got {top}", param="logprobs")
-    return top
+    return body.get("logprobs")  # legacy completions: the number of alternatives per token
 
 
 def choice_count(body: dict[str, Any]) -> int:
-    n = field(body, "n", int, 1)
-    if not 1 <= n <= MAX_N:
-        raise APIError(400, f"'n' must be in [1, {MAX_N}], got {n}", param="n")
-    return n
+    """The body's `n` (its range is the request model's), 1 when absent."""
+    return body.get("n") or 1
 
 
 def per_choice(params: SamplingParams, n: int) -> list[SamplingParams]:

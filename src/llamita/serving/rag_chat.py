@@ -14,16 +14,12 @@ from fastapi import Request
 
 from llamita.api.llm import LLM
 from llamita.engine.conversation import Message
-from llamita.rag.answer import LANGUAGES, build_prompt
-from llamita.rag.collection import MODES
+from llamita.rag.answer import build_prompt
 from llamita.rag.retrieval import Hit
 from llamita.serving.collections import Collections
 from llamita.serving.errors import APIError
-from llamita.serving.request_body import field
 from llamita.serving.state import server_state
 
-MAX_COLLECTIONS = 16
-MAX_TOP = 20
 DEFAULT_ANSWER_TOKENS = 512
 
 
@@ -33,7 +29,8 @@ def collections_of(request: Request) -> Collections:
     if getattr(app_state, "collections", None) is None:
         app_state.collections = Collections(server_state(request).loop, app_state.chat_store.data_dir,
                                             asyncio.get_running_loop())
-    return app_state.collections
+    collections: Collections = app_state.collections
+    return collections
 
 
 @dataclass(frozen=True)
@@ -59,21 +56,8 @@ def rag_options(body: dict[str, Any]) -> RagOptions | None:
         if body.get("rag") is not None:
             raise APIError(400, "'rag' needs 'collections': the collections to answer from", param="rag")
         return None
-    if (not isinstance(names, list) or not names or len(names) > MAX_COLLECTIONS
-            or not all(isinstance(n, str) and n for n in names)):
-        raise APIError(400, f"'collections' must be a list of 1..{MAX_COLLECTIONS} collection names",
-                       param="collections")
-    options = field(body, "rag", dict, {})
-    top = field(options, "top", int, 5, where="rag.")
-    if not 1 <= top <= MAX_TOP:
-        raise APIError(400, f"'rag.top' must be in 1..{MAX_TOP}, got {top}", param="rag.top")
-    mode = field(options, "mode", str, "hybrid", where="rag.")
-    if mode not in MODES:
-        raise APIError(400, f"'rag.mode' must be one of {', '.join(MODES)}, got {mode!r}", param="rag.mode")
-    language = field(options, "language", str, where="rag.")
-    if language is not None and language not in LANGUAGES:
-        raise APIError(400, f"'rag.language' must be one of {', '.join(LANGUAGES)}, got {language!r}",
-                       param="rag.language")
+    options = body.get("rag") or {}  # types and ranges: the request models' (serving/protocol.py)
+    top, mode, language = options.get("top") or 5, options.get("mode") or "hybrid", options.get("language")
     return RagOptions(list(dict.fromkeys(names)), top, mode, language)
 
 

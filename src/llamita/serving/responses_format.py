@@ -84,7 +84,8 @@ class ResponseBuilder:
         return event
 
     def _snapshot(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.response))  # the response as it is now, not as it ends
+        snapshot: dict[str, Any] = json.loads(json.dumps(self.response))  # as it is now, not as it ends
+        return snapshot
 
     def start(self) -> list[Event]:
         return [self._event("response.created", response=self._snapshot()),

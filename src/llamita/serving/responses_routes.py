@@ -24,6 +24,7 @@ from llamita.serving.openai_routes import (
     offered_tools,
     start_generation,
 )
+from llamita.serving.openapi import request_body
 from llamita.serving.request_body import read_json_object
 from llamita.serving.request_completions import Completion, Generation
 from llamita.serving.response_history import StoredResponse
@@ -113,7 +114,7 @@ async def _read_body(request: Request) -> ResponsesRequest:
         raise validation_error(e.errors(), raw, prefix=()) from None
 
 
-@router.post("/v1/responses")
+@router.post("/v1/responses", openapi_extra=request_body(ResponsesRequest))
 async def create_response(request: Request) -> Any:
     body = await _read_body(request)
     state = await model_state(request, body.model)

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from pydantic import BaseModel
 
 from llamita.engine.loader import LoadedModel
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError
 from llamita.serving.keep_alive import parse_keep_alive
 from llamita.serving.metrics import ServerMetrics
+from llamita.serving.protocol import parse_body
 from llamita.serving.request_body import read_json_object
 from llamita.serving.response_history import ResponseHistory
 from llamita.tokenizer.tokenizer import Tokenizer
@@ -85,7 +87,8 @@ class ServerState:
 
 def server_state(request: Request) -> ServerState:
     """The default model's state (the one requests that name no model get)."""
-    return request.app.state.llamita
+    state: ServerState = request.app.state.llamita
+    return state
 
 
 # The scope key under which ModelLeases (app.py) keeps the pool leases a request took.
@@ -96,13 +99,18 @@ LOAD_SECONDS = "llamita.load_seconds"
 
 def load_seconds(request: Request) -> float:
     """Seconds this request waited for its model to be loaded (0 when it was loaded)."""
-    return request.scope.get(LOAD_SECONDS, 0.0)
+    seconds: float = request.scope.get(LOAD_SECONDS, 0.0)
+    return seconds
 
 
-async def model_request(request: Request) -> tuple[ServerState, dict[str, Any]]:
+async def model_request(request: Request, schema: type[BaseModel] | None = None
+                        ) -> tuple[ServerState, dict[str, Any]]:
     """The state of the model a request's JSON body names (loaded on demand; 404 for a name
-    the server cannot serve) and the body. The model stays loaded until the answer has ended."""
+    the server cannot serve) and the body, validated against `schema` (serving/protocol.py)
+    before any model is loaded. The model stays loaded until the answer has ended."""
     body = await read_json_object(request)
+    if schema is not None:
+        parse_body(schema, body)
     return await model_state(request, body.get("model"), body), body
 
 
@@ -125,17 +133,20 @@ async def model_state(request: Request, name: object, body: dict[str, Any] | Non
         except asyncio.CancelledError:  # the client left while the model loaded: no lease kept
             pending.add_done_callback(lambda f: f.cancelled() or f.exception() or pool.release(f.result()))
             raise
+    assert model is not None  # acquired, or loaded and acquired
     leases = request.scope.get(LEASES)
     if leases is None:  # not under ModelLeases: nobody would release it
         pool.release(model)
     else:
         leases.append(model)
-    return model.state
+    state: ServerState = model.state
+    return state
 
 
 def keep_alive_of(pool: Any, body: dict[str, Any]) -> float | None:
     """Seconds the model stays loaded after this request: the body's `keep_alive` (Ollama's
     durations: "5m", 300, 0, -1 -> None, for ever), else the server's default."""
     if body.get("keep_alive") is None:
-        return pool.config.keep_alive
+        default: float | None = pool.config.keep_alive
+        return default
     return parse_keep_alive(body["keep_alive"])

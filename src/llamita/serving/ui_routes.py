@@ -24,7 +24,8 @@ router = APIRouter()
 
 
 def chat_store(request: Request) -> ChatStore:
-    return request.app.state.chat_store
+    store: ChatStore = request.app.state.chat_store
+    return store
 
 
 @router.get("/", include_in_schema=False)
