@@ -32,11 +32,18 @@ from urllib.parse import urlparse
 
 import httpx
 
-QUESTIONS = ["What is the capital of France?", "Explica qué es un token en una frase.",
-             "Write a haiku about the sea.", "Name three primary colors.",
-             "¿Cuántos días tiene un año bisiesto?", "Give me a tip for learning Python."]
-LONG = ("Summarize the following text in two sentences.\n\n"
-        + "Large language models predict the next token from the ones before it. " * 40)
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explica qué es un token en una frase.",
+    "Write a haiku about the sea.",
+    "Name three primary colors.",
+    "¿Cuántos días tiene un año bisiesto?",
+    "Give me a tip for learning Python.",
+]
+LONG = (
+    "Summarize the following text in two sentences.\n\n"
+    + "Large language models predict the next token from the ones before it. " * 40
+)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -51,9 +58,14 @@ def _client(url: str, deadline: float, max_tokens: int, seed: int, out: dict) ->
     with httpx.Client(timeout=120) as http:
         while time.perf_counter() < deadline:
             prompt = LONG if rng.random() < 0.25 else rng.choice(QUESTIONS)
-            body = {"messages": [{"role": "user", "content": prompt}], "stream": True,
-                    "max_tokens": max_tokens, "temperature": 0.7, "seed": rng.randrange(1 << 30),
-                    "stream_options": {"include_usage": True}}
+            body = {
+                "messages": [{"role": "user", "content": prompt}],
+                "stream": True,
+                "max_tokens": max_tokens,
+                "temperature": 0.7,
+                "seed": rng.randrange(1 << 30),
+                "stream_options": {"include_usage": True},
+            }
             start = last = time.perf_counter()
             first = None
             try:
@@ -85,8 +97,9 @@ def run_level(url: str, concurrency: int, seconds: float, max_tokens: int) -> di
     results = [{"requests": 0, "tokens": 0, "errors": 0, "ttft": [], "itl": []} for _ in range(concurrency)]
     start = time.perf_counter()
     deadline = start + seconds
-    threads = [threading.Thread(target=_client, args=(url, deadline, max_tokens, i, results[i]))
-               for i in range(concurrency)]
+    threads = [
+        threading.Thread(target=_client, args=(url, deadline, max_tokens, i, results[i])) for i in range(concurrency)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -94,14 +107,19 @@ def run_level(url: str, concurrency: int, seconds: float, max_tokens: int) -> di
     elapsed = time.perf_counter() - start
     ttft = [x for r in results for x in r["ttft"]]
     itl = [x for r in results for x in r["itl"]]
-    return {"concurrency": concurrency, "seconds": round(elapsed, 2),
-            "requests": sum(r["requests"] for r in results),
-            "requests_per_second": round(sum(r["requests"] for r in results) / elapsed, 3),
-            "generated_tokens_per_second": round(sum(r["tokens"] for r in results) / elapsed, 2),
-            "ttft_p50": _percentile(ttft, 0.5), "ttft_p99": _percentile(ttft, 0.99),
-            "itl_p50": _percentile(itl, 0.5), "itl_p99": _percentile(itl, 0.99),
-            "itl_mean": statistics.fmean(itl) if itl else None,
-            "errors": sum(r["errors"] for r in results)}
+    return {
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 2),
+        "requests": sum(r["requests"] for r in results),
+        "requests_per_second": round(sum(r["requests"] for r in results) / elapsed, 3),
+        "generated_tokens_per_second": round(sum(r["tokens"] for r in results) / elapsed, 2),
+        "ttft_p50": _percentile(ttft, 0.5),
+        "ttft_p99": _percentile(ttft, 0.99),
+        "itl_p50": _percentile(itl, 0.5),
+        "itl_p99": _percentile(itl, 0.99),
+        "itl_mean": statistics.fmean(itl) if itl else None,
+        "errors": sum(r["errors"] for r in results),
+    }
 
 
 def _free_port() -> int:
@@ -112,8 +130,18 @@ def _free_port() -> int:
 
 def start_llamita(model: str | None, max_running: int) -> tuple[str, subprocess.Popen]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port),
-           "--max-running", str(max_running), "--max-queue", "256"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llamita.cli.main",
+        "serve",
+        "--port",
+        str(port),
+        "--max-running",
+        str(max_running),
+        "--max-queue",
+        "256",
+    ]
     if model:
         cmd += ["--model", model]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -138,8 +166,23 @@ def _wait_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
 def start_llama_server(binary: str, model: str, parallel: int, threads: int) -> tuple[str, subprocess.Popen]:
     """llama.cpp's server on the same GGUF with `parallel` slots of 2048 tokens each."""
     port = _free_port()
-    cmd = [binary, "-m", model, "--port", str(port), "--host", "127.0.0.1", "--parallel", str(parallel),
-           "-c", str(2048 * parallel), "--threads", str(threads), "--threads-batch", str(threads)]
+    cmd = [
+        binary,
+        "-m",
+        model,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--parallel",
+        str(parallel),
+        "-c",
+        str(2048 * parallel),
+        "--threads",
+        str(threads),
+        "--threads-batch",
+        str(threads),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(url, proc, "llama-server")
@@ -174,12 +217,22 @@ def side_by_side(args: argparse.Namespace) -> dict:
     def ratio(a, b):
         return round(a / b, 3) if a and b else None
 
-    ratios = [{"concurrency": a["concurrency"],
-               "tokens_per_second": ratio(a["generated_tokens_per_second"], b["generated_tokens_per_second"]),
-               "ttft_p50": ratio(a["ttft_p50"], b["ttft_p50"]), "itl_p50": ratio(a["itl_p50"], b["itl_p50"])}
-              for a, b in zip(ours, theirs)]
-    return {"model": model, "max_tokens": args.max_tokens, "llamita": ours, "llama.cpp": theirs,
-            "llamita_over_llama_cpp": ratios}
+    ratios = [
+        {
+            "concurrency": a["concurrency"],
+            "tokens_per_second": ratio(a["generated_tokens_per_second"], b["generated_tokens_per_second"]),
+            "ttft_p50": ratio(a["ttft_p50"], b["ttft_p50"]),
+            "itl_p50": ratio(a["itl_p50"], b["itl_p50"]),
+        }
+        for a, b in zip(ours, theirs)
+    ]
+    return {
+        "model": model,
+        "max_tokens": args.max_tokens,
+        "llamita": ours,
+        "llama.cpp": theirs,
+        "llamita_over_llama_cpp": ratios,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

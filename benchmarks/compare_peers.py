@@ -43,9 +43,23 @@ from pathlib import Path
 def run_llamita(model: Path, args: argparse.Namespace, compile: bool = False) -> dict[str, float]:
     # --compile only changes tg (prefill and the batched engine stay eager): only tg is run.
     n_prompt = 0 if compile else args.n_prompt
-    cmd = [sys.executable, "-m", "llamita.cli.main", "bench", "--model", str(model), "-p",
-           str(n_prompt), "-n", str(args.n_gen), "-r", str(args.repetitions), "--threads",
-           str(args.threads), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llamita.cli.main",
+        "bench",
+        "--model",
+        str(model),
+        "-p",
+        str(n_prompt),
+        "-n",
+        str(args.n_gen),
+        "-r",
+        str(args.repetitions),
+        "--threads",
+        str(args.threads),
+        "--json",
+    ]
     if args.batch and not compile:
         cmd += ["-b", str(args.batch)]
     if compile:
@@ -64,16 +78,28 @@ def run_startup(model: Path, args: argparse.Namespace) -> dict[str, float]:
     if args.compile:
         run_args.append("--compile")
     time_to_first_token(run_args, env)  # untimed: page cache
-    return {"first_token_s": statistics.median(time_to_first_token(run_args, env)
-                                               for _ in range(args.repetitions))}
+    return {"first_token_s": statistics.median(time_to_first_token(run_args, env) for _ in range(args.repetitions))}
 
 
 def run_llama_cpp(model: Path, args: argparse.Namespace) -> dict[str, float] | str:
     binary = args.llama_bench or shutil.which("llama-bench")
     if not binary or not Path(binary).exists():
         return "llama-bench not found (give --llama-bench PATH)"
-    cmd = [binary, "-m", str(model), "-p", str(args.n_prompt), "-n", str(args.n_gen), "-r",
-           str(args.repetitions), "-t", str(args.threads), "-o", "json"]
+    cmd = [
+        binary,
+        "-m",
+        str(model),
+        "-p",
+        str(args.n_prompt),
+        "-n",
+        str(args.n_gen),
+        "-r",
+        str(args.repetitions),
+        "-t",
+        str(args.threads),
+        "-o",
+        "json",
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     results = {}
     for row in json.loads(out):
@@ -91,8 +117,7 @@ def run_transformers(model: Path, args: argparse.Namespace) -> dict[str, float] 
         return f"transformers not installed ({e})"
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.hf_dtype)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(model.parent), gguf_file=model.name, dtype=dtype).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(model.parent), gguf_file=model.name, dtype=dtype).eval()
     vocab = hf.config.vocab_size
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (1, args.n_prompt), generator=g)
@@ -124,23 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--n-gen", type=int, default=128)
     parser.add_argument("-r", "--repetitions", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("-b", "--batch", type=int, default=8,
-                        help="llamita's batched generation test (0 = skip)")
+    parser.add_argument("-b", "--batch", type=int, default=8, help="llamita's batched generation test (0 = skip)")
     parser.add_argument("--llama-bench", help="path to llama.cpp's llama-bench binary")
     parser.add_argument("--hf-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip", action="append", default=[], choices=["llama.cpp", "transformers"])
     parser.add_argument("--compile", action="store_true", help="also llamita bench --compile")
     parser.add_argument("--rounds", type=int, default=1, help="run every peer this many times in turn")
-    parser.add_argument("--startup", action="store_true",
-                        help="also time `llamita run` from start to first token (seconds)")
+    parser.add_argument(
+        "--startup", action="store_true", help="also time `llamita run` from start to first token (seconds)"
+    )
     args = parser.parse_args(argv)
     if args.model is None:
         from llamita.engine.loader import default_model_path
 
         args.model = default_model_path()
 
-    report: dict[str, object] = {"config": {k: str(v) if isinstance(v, Path) else v
-                                            for k, v in vars(args).items()}, "skipped": {}}
+    report: dict[str, object] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "skipped": {},
+    }
     runners = [("llamita", run_llamita)]
     if args.compile:
         runners.append(("llamita-compiled", lambda m, a: run_llamita(m, a, compile=True)))

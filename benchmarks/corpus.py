@@ -47,20 +47,27 @@ class CorpusText:
 
     def install_command(self) -> str:
         if self.language == "en":
-            return (f"pip download --no-deps --no-binary :all: sentencepiece==0.2.3 "
-                    f"-d {cache_dir()}")
+            return f"pip download --no-deps --no-binary :all: sentencepiece==0.2.3 -d {cache_dir()}"
         return "apt-get install debian-reference-es   # (sudo) Debian 12 ships 2.100"
 
 
 TEXTS = {
-    "en": CorpusText("en", "Botchan (Master Darling), Natsume Sōseki, Project Gutenberg #8868",
-                     "sentencepiece==0.2.3 (PyPI sdist sentencepiece-0.2.3.tar.gz)",
-                     "sentencepiece-0.2.3/test/botchan.txt",
-                     "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7", 278_777),
-    "es": CorpusText("es", "Referencia de Debian 2.100 (texto plano, español)",
-                     "debian-reference-es 2.100 (Debian 12 bookworm)",
-                     "/usr/share/debian-reference/debian-reference.es.txt.gz",
-                     "c2cf3608cca6780fb3047090e0a2df0530e90d385864021aef52e02155dee48e", 1_003_969),
+    "en": CorpusText(
+        "en",
+        "Botchan (Master Darling), Natsume Sōseki, Project Gutenberg #8868",
+        "sentencepiece==0.2.3 (PyPI sdist sentencepiece-0.2.3.tar.gz)",
+        "sentencepiece-0.2.3/test/botchan.txt",
+        "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
+        278_777,
+    ),
+    "es": CorpusText(
+        "es",
+        "Referencia de Debian 2.100 (texto plano, español)",
+        "debian-reference-es 2.100 (Debian 12 bookworm)",
+        "/usr/share/debian-reference/debian-reference.es.txt.gz",
+        "c2cf3608cca6780fb3047090e0a2df0530e90d385864021aef52e02155dee48e",
+        1_003_969,
+    ),
 }
 
 
@@ -100,11 +107,14 @@ def corpus_path(language: str) -> Path:
     try:
         data = _unpack(text)
     except CorpusMissing as e:
-        raise CorpusMissing(f"{language} text ({text.package}) is missing: {e}. "
-                            f"Install it with:\n    {text.install_command()}") from None
+        raise CorpusMissing(
+            f"{language} text ({text.package}) is missing: {e}. Install it with:\n    {text.install_command()}"
+        ) from None
     if hashlib.sha256(data).hexdigest() != text.sha256:
-        raise CorpusMissing(f"{text.source} is not the pinned version ({text.package}); "
-                            "its perplexity would not compare with published numbers")
+        raise CorpusMissing(
+            f"{text.source} is not the pinned version ({text.package}); "
+            "its perplexity would not compare with published numbers"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)

@@ -42,14 +42,21 @@ def one_run(args: list[str], env: dict[str, str]) -> dict[str, object]:
     speed, path = _SPEED.search(err), _PATH.search(err)
     if speed is None or path is None:
         raise RuntimeError(f"no speed or decode path in: {err[-500:]}")
-    return {"first_token_seconds": round(seconds, 3), "tokens": int(speed.group(1)),
-            "tokens_per_second": float(speed.group(2)), "decode": path.group(1)}
+    return {
+        "first_token_seconds": round(seconds, 3),
+        "tokens": int(speed.group(1)),
+        "tokens_per_second": float(speed.group(2)),
+        "decode": path.group(1),
+    }
 
 
 def medians(runs: list[dict[str, object]]) -> dict[str, object]:
-    return {"first_token_seconds": statistics.median(r["first_token_seconds"] for r in runs),
-            "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
-            "decode": sorted({str(r["decode"]) for r in runs}), "runs": runs}
+    return {
+        "first_token_seconds": statistics.median(r["first_token_seconds"] for r in runs),
+        "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
+        "decode": sorted({str(r["decode"]) for r in runs}),
+        "runs": runs,
+    }
 
 
 def wait_for_package(folder: Path, timeout: float) -> float:
@@ -80,16 +87,26 @@ def main(argv: list[str] | None = None) -> int:
         build_seconds = cold["first_token_seconds"] + wait_for_package(Path(folder), 1800)
         time.sleep(5)  # the builder exits (and logs its peak memory) after the rename
         failed = [p.read_text() for p in Path(folder).glob("*.failed")]
-        rss = [int(m.group(1)) for log in Path(folder).glob("*.log")
-               if (m := re.search(r"peak RSS (\d+) MiB", log.read_text(errors="replace")))]
+        rss = [
+            int(m.group(1))
+            for log in Path(folder).glob("*.log")
+            if (m := re.search(r"peak RSS (\d+) MiB", log.read_text(errors="replace")))
+        ]
         warm = medians([one_run(run_args, env) for _ in range(args.repetitions)])
         eager = medians([one_run(run_args + ["--no-compile"], env) for _ in range(args.repetitions)])
     report = {
-        "config": {"model": str(args.model) if args.model else "default", "n_gen": args.n_gen,
-                   "repetitions": args.repetitions, "isa": os.environ.get("LLAMITA_ISA", "native")},
-        "cold": cold, "package_ready_after_seconds": round(build_seconds, 1), "build_failed": failed,
+        "config": {
+            "model": str(args.model) if args.model else "default",
+            "n_gen": args.n_gen,
+            "repetitions": args.repetitions,
+            "isa": os.environ.get("LLAMITA_ISA", "native"),
+        },
+        "cold": cold,
+        "package_ready_after_seconds": round(build_seconds, 1),
+        "build_failed": failed,
         "builder_peak_rss_mib": rss[0] if rss else None,
-        "warm": warm, "eager": eager,
+        "warm": warm,
+        "eager": eager,
     }
     print(json.dumps(report, indent=2))
     return 0

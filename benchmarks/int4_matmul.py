@@ -47,8 +47,7 @@ def random_q4_0(out_features: int, in_features: int, gen: torch.Generator) -> to
     return blocks.reshape(-1)
 
 
-def median_us(calls: dict[str, Callable[[], object]], min_time: float, min_reps: int = 5
-              ) -> dict[str, float]:
+def median_us(calls: dict[str, Callable[[], object]], min_time: float, min_reps: int = 5) -> dict[str, float]:
     """Median wall time of single calls of each method, in microseconds.
 
     Methods are timed round-robin, one call each per round, so that a burst of load on this
@@ -73,12 +72,18 @@ def bench_shape(
 ) -> list[dict[str, float | int]]:
     raw = random_q4_0(out_f, in_f, gen)
     w = pack_q4(raw, GGMLType.Q4_0, (out_f, in_f))
-    w_torch = (pack_q4(raw, GGMLType.Q4_0, (out_f, in_f), "torch")
-               if w.layout != "torch" and _probe_layout() is not None else None)
+    w_torch = (
+        pack_q4(raw, GGMLType.Q4_0, (out_f, in_f), "torch")
+        if w.layout != "torch" and _probe_layout() is not None
+        else None
+    )
     dense = dequantize_int4(w, torch.bfloat16)
     w8 = quantize_int8(out_f, in_f, lambda a, b: dense[a:b].float()) if int8_supported() else None
-    w8_torch = (quantize_int8(out_f, in_f, lambda a, b: dense[a:b].float(), layout="torch")
-                if w8 is not None and w8.layout != "torch" else None)
+    w8_torch = (
+        quantize_int8(out_f, in_f, lambda a, b: dense[a:b].float(), layout="torch")
+        if w8 is not None and w8.layout != "torch"
+        else None
+    )
     rows = []
     for m in ms:
         x = torch.randn(m, in_f, generator=gen).to(torch.bfloat16)
@@ -89,9 +94,7 @@ def bench_shape(
             **({"int8": lambda: int8_linear(x, w8)} if w8 is not None else {}),
             **({"int8_torch": lambda: int8_linear(x, w8_torch)} if w8_torch is not None else {}),
             "dequant_dense": lambda: F.linear(x, dequantize_int4(w, torch.bfloat16)),
-            "gguf_dense": lambda: F.linear(
-                x, dequantize(raw, GGMLType.Q4_0, (out_f, in_f), torch.bfloat16)
-            ),
+            "gguf_dense": lambda: F.linear(x, dequantize(raw, GGMLType.Q4_0, (out_f, in_f), torch.bfloat16)),
         }
         row: dict[str, float | int] = {"in": in_f, "out": out_f, "m": m}
         for name, us in median_us(calls, min_time).items():
@@ -111,8 +114,7 @@ def crossover(rows: list[dict[str, float | int]], method: str) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-time", type=float, default=1.0,
-                        help="seconds of round-robin timing per (shape, M)")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of round-robin timing per (shape, M)")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8, 64, 512])
     args = parser.parse_args()
     if not int4_supported():
@@ -124,21 +126,29 @@ def main() -> None:
         for in_f, out_f in SHAPES:
             rows = bench_shape(in_f, out_f, args.m, args.min_time, gen)
             results += rows
-            crossovers.append({
-                "in": in_f, "out": out_f,
-                "dense_bf16_beats_int4_from_m": crossover(rows, "dense_bf16"),
-                "dequant_dense_beats_int4_from_m": crossover(rows, "dequant_dense"),
-            })
-    print(json.dumps({
-        "torch": torch.__version__,
-        "int4_layout": default_layout(),
-        "load_average_at_end": os.getloadavg(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": args.threads,
-        "unit": "median microseconds per call",
-        "results": results,
-        "crossovers": crossovers,
-    }, indent=1))
+            crossovers.append(
+                {
+                    "in": in_f,
+                    "out": out_f,
+                    "dense_bf16_beats_int4_from_m": crossover(rows, "dense_bf16"),
+                    "dequant_dense_beats_int4_from_m": crossover(rows, "dequant_dense"),
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "int4_layout": default_layout(),
+                "load_average_at_end": os.getloadavg(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": args.threads,
+                "unit": "median microseconds per call",
+                "results": results,
+                "crossovers": crossovers,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

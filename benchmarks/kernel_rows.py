@@ -25,8 +25,13 @@ import torch
 from llamita.kernels import int8, native
 
 # name -> (out_features, in_features)
-SHAPES = {"q8_head": (49152, 576), "q6k_output": (128256, 4096), "q8_output": (128256, 4096),
-          "q6k_down": (4096, 14336), "q8_down": (4096, 14336)}
+SHAPES = {
+    "q8_head": (49152, 576),
+    "q6k_output": (128256, 4096),
+    "q8_output": (128256, 4096),
+    "q6k_down": (4096, 14336),
+    "q8_down": (4096, 14336),
+}
 
 
 def _random_q6k(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -48,8 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="rows of x")
     parser.add_argument("--reps", type=int, default=20, help="calls timed per (kernel, level, M)")
-    parser.add_argument("--kernels", nargs="+", default=list(SHAPES), choices=list(SHAPES),
-                        help="kernels and shapes to time (default: all)")
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        default=list(SHAPES),
+        choices=list(SHAPES),
+        help="kernels and shapes to time (default: all)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     levels = [lv.name for lv in native.KERNEL_LEVELS if native.level_ops(lv.name) is not None]
@@ -69,11 +79,29 @@ def main() -> None:
                     t0 = time.thread_time()
                     getattr(ops, op)(x, codes, scales)
                     ts.append(time.thread_time() - t0)
-                results.append({"kernel": name, "shape": SHAPES[name], "level": level, "m": m,
-                                "min_ms": round(min(ts) * 1e3, 3), "median_ms": round(statistics.median(ts) * 1e3, 3)})
-    print(json.dumps({"torch": torch.__version__, "levels": levels, "threads": 1,
-                      "clock": "thread CPU time", "load_average_at_end": os.getloadavg(),
-                      "results": results}, indent=1))
+                results.append(
+                    {
+                        "kernel": name,
+                        "shape": SHAPES[name],
+                        "level": level,
+                        "m": m,
+                        "min_ms": round(min(ts) * 1e3, 3),
+                        "median_ms": round(statistics.median(ts) * 1e3, 3),
+                    }
+                )
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "levels": levels,
+                "threads": 1,
+                "clock": "thread CPU time",
+                "load_average_at_end": os.getloadavg(),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

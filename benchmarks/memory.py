@@ -150,8 +150,7 @@ def model_bytes(model) -> int:  # noqa: ANN001
     return sum(seen.values())
 
 
-def measure(model_path: Path, dtype_name: str, tokens: int, ctx: int, threads: int | None
-            ) -> dict[str, object]:
+def measure(model_path: Path, dtype_name: str, tokens: int, ctx: int, threads: int | None) -> dict[str, object]:
     """The child's job: everything in the module docstring, for one model."""
     import gc
 
@@ -217,46 +216,56 @@ def measure(model_path: Path, dtype_name: str, tokens: int, ctx: int, threads: i
     gen_seconds = time.perf_counter() - gen_start
     end = proc_status()
     stats = llm.last_stats
-    result.update({
-        "prompt_tokens": len(prompt_ids),
-        "generated_tokens": stats.generated_tokens,
-        "kv_cache_len": kv_len,
-        "kv_cache_bytes": kv_per_position * kv_len,
-        "kv_cache_bytes_at_ctx": kv_per_position * ctx,
-        "ctx": ctx,
-        "prefill_tokens_per_second": round(stats.prefill_tokens_per_second, 3),
-        "tokens_per_second": round(stats.decode_tokens_per_second, 3),
-        "generate_seconds": round(gen_seconds, 2),
-        "text": out.text if out is not None else None,
-        "rss_after_generate": end["VmRSS"],
-        "peak_rss": end["VmHWM"],
-        "peak_rss_anon_end": end["RssAnon"],
-    })
+    result.update(
+        {
+            "prompt_tokens": len(prompt_ids),
+            "generated_tokens": stats.generated_tokens,
+            "kv_cache_len": kv_len,
+            "kv_cache_bytes": kv_per_position * kv_len,
+            "kv_cache_bytes_at_ctx": kv_per_position * ctx,
+            "ctx": ctx,
+            "prefill_tokens_per_second": round(stats.prefill_tokens_per_second, 3),
+            "tokens_per_second": round(stats.decode_tokens_per_second, 3),
+            "generate_seconds": round(gen_seconds, 2),
+            "text": out.text if out is not None else None,
+            "rss_after_generate": end["VmRSS"],
+            "peak_rss": end["VmHWM"],
+            "peak_rss_anon_end": end["RssAnon"],
+        }
+    )
     limit = _LIMIT_FACTOR * int(result["file_bytes"]) + int(result["kv_cache_bytes_at_ctx"])
     result["limit_bytes"] = int(limit)
     result["meets_limit_after_load"] = int(result["rss_load_delta"]) <= _LIMIT_FACTOR * int(result["file_bytes"])
-    result["meets_limit_after_generate"] = (
-        end["VmRSS"] - before["VmRSS"]
-        <= _LIMIT_FACTOR * int(result["file_bytes"]) + int(result["kv_cache_bytes"]))
+    result["meets_limit_after_generate"] = end["VmRSS"] - before["VmRSS"] <= _LIMIT_FACTOR * int(
+        result["file_bytes"]
+    ) + int(result["kv_cache_bytes"])
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Resident memory after loading a GGUF model vs its file size (goal: <= 1.3 x "
-                    "file + KV cache), peak memory, and greedy decode tokens/s. Runs in a fresh "
-                    "child process; prints JSON (bytes, seconds, tokens/s).")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="GGUF file (default: the embedded default model)")
-    parser.add_argument("--dtype", default="auto",
-                        help="auto (bfloat16 on CPUs with fast bf16: compact int4/int8 weights), "
-                             "bfloat16, float16 or float32 (default auto)")
+        "file + KV cache), peak memory, and greedy decode tokens/s. Runs in a fresh "
+        "child process; prints JSON (bytes, seconds, tokens/s)."
+    )
+    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the embedded default model)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bfloat16 on CPUs with fast bf16: compact int4/int8 weights), "
+        "bfloat16, float16 or float32 (default auto)",
+    )
     parser.add_argument("--tokens", type=int, default=16, help="tokens to generate (default 16)")
-    parser.add_argument("--ctx", type=int, default=2048,
-                        help="context length the KV-cache budget is computed for (default 2048)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice, one per core). On a "
-                             "machine other jobs keep busy, 1 can be much faster")
+    parser.add_argument(
+        "--ctx", type=int, default=2048, help="context length the KV-cache budget is computed for (default 2048)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice, one per core). On a "
+        "machine other jobs keep busy, 1 can be much faster",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tokens < 1 or args.ctx < 1:
@@ -268,9 +277,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.model is None:
         from llamita.engine.loader import default_model_path
+
         args.model = default_model_path()
-    cmd = [sys.executable, __file__, "--child", "--model", str(args.model), "--dtype", args.dtype,
-           "--tokens", str(args.tokens), "--ctx", str(args.ctx)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        str(args.model),
+        "--dtype",
+        args.dtype,
+        "--tokens",
+        str(args.tokens),
+        "--ctx",
+        str(args.ctx),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)

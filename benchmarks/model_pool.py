@@ -67,10 +67,21 @@ def main() -> None:
     def estimate(path: Path) -> int:
         return served_bytes(path, kv_cache_tokens=args.kv_cache_tokens, kv_bytes_per_element=per_element)
 
-    app = create_app(default, "default", data_dir=home, pool_config=PoolConfig(library=True),
-                     load_engine=engine_loop, estimate=estimate)
-    body = {"model": "other", "prompt": "The capital of France is", "raw": True, "stream": False,
-            "options": {"temperature": 0, "num_predict": args.tokens}}
+    app = create_app(
+        default,
+        "default",
+        data_dir=home,
+        pool_config=PoolConfig(library=True),
+        load_engine=engine_loop,
+        estimate=estimate,
+    )
+    body = {
+        "model": "other",
+        "prompt": "The capital of France is",
+        "raw": True,
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": args.tokens},
+    }
     with TestClient(app) as client:
         client.post("/api/generate", json={**body, "model": "default"})  # warm the kernels
         gc.collect()
@@ -89,13 +100,23 @@ def main() -> None:
         after = rss()
     app.state.pool.close()
     default.stop()
-    print(json.dumps({
-        "model": str(source), "file_bytes": source.stat().st_size, "dtype": str(default.engine.loaded.dtype),
-        "kv_cache_tokens": args.kv_cache_tokens, "tokens": first["eval_count"],
-        "estimate_bytes": estimate(other), "rss_added_by_load": loaded - before,
-        "rss_returned_by_unload": loaded - after,
-        "first_request_s (load + answer)": round(first_s, 3), "loaded_request_s": round(second_s, 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": str(source),
+                "file_bytes": source.stat().st_size,
+                "dtype": str(default.engine.loaded.dtype),
+                "kv_cache_tokens": args.kv_cache_tokens,
+                "tokens": first["eval_count"],
+                "estimate_bytes": estimate(other),
+                "rss_added_by_load": loaded - before,
+                "rss_returned_by_unload": loaded - after,
+                "first_request_s (load + answer)": round(first_s, 3),
+                "loaded_request_s": round(second_s, 3),
+            },
+            indent=2,
+        )
+    )
     shutil.rmtree(home, ignore_errors=True)
 
 

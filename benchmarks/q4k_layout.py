@@ -45,8 +45,9 @@ def main() -> None:
         raw = quantize(torch.randn(shape, generator=gen) * 0.05, GGMLType.Q4_K)
         one = pack_q4(raw, GGMLType.Q4_K, shape, "vnni_k")
         copies = max(2, args.megabytes * 2**20 // one.nbytes)
-        layouts = {name: [pack_q4(raw, GGMLType.Q4_K, shape, name) for _ in range(copies)]
-                   for name in ("vnni", "vnni_k")}
+        layouts = {
+            name: [pack_q4(raw, GGMLType.Q4_K, shape, name) for _ in range(copies)] for name in ("vnni", "vnni_k")
+        }
         for m in args.m:
             x = torch.randn(m, shape[1], generator=gen).to(torch.bfloat16)
             times: dict[str, list[float]] = {name: [] for name in layouts}
@@ -58,13 +59,17 @@ def main() -> None:
                         if r >= 2:
                             times[name].append(time.perf_counter() - t0)
             med = {name: statistics.median(t) for name, t in times.items()}
-            results.append({
-                "shape": list(shape), "m": m, "copies": copies,
-                "us": {name: round(t * 1e6, 1) for name, t in med.items()},
-                "gb_per_s": {name: round(layouts[name][0].nbytes / t / 1e9, 1) for name, t in med.items()},
-                "bytes": {name: layouts[name][0].nbytes for name in layouts},
-                "ratio_vnni_over_vnni_k": round(med["vnni"] / med["vnni_k"], 3),
-            })
+            results.append(
+                {
+                    "shape": list(shape),
+                    "m": m,
+                    "copies": copies,
+                    "us": {name: round(t * 1e6, 1) for name, t in med.items()},
+                    "gb_per_s": {name: round(layouts[name][0].nbytes / t / 1e9, 1) for name, t in med.items()},
+                    "bytes": {name: layouts[name][0].nbytes for name in layouts},
+                    "ratio_vnni_over_vnni_k": round(med["vnni"] / med["vnni_k"], 3),
+                }
+            )
             print(json.dumps(results[-1]), flush=True)
     ratios = {m: statistics.median(r["ratio_vnni_over_vnni_k"] for r in results if r["m"] == m) for m in args.m}
     print(json.dumps({"threads": args.threads, "median_ratio_by_m": ratios}))

@@ -40,8 +40,7 @@ from llamita.sampling_params import SamplingParams  # noqa: E402
 
 from corpus import corpus_path  # noqa: E402
 
-ORDER = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0",
-         "Q3_K_M", "Q2_K"]
+ORDER = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "Q3_K_M", "Q2_K"]
 PROMPT = "The history of the city begins"
 MARK_START, MARK_END = "<!-- generated: start -->", "<!-- generated: end -->"
 
@@ -73,8 +72,7 @@ def measure(path: Path, texts: dict[str, str], args: argparse.Namespace) -> dict
         dense = load_model(path, compact=False)
         r = perplexity(dense.model, dense.tokenizer, texts["en"], n_ctx=args.ctx, chunks=args.chunks)
         out["ppl_en_dense_bf16"] = round(r.perplexity, 4)
-        out["tg_tokens_per_second_dense_bf16"] = round(
-            tokens_per_second(dense, args.tokens, args.repetitions), 2)
+        out["tg_tokens_per_second_dense_bf16"] = round(tokens_per_second(dense, args.tokens, args.repetitions), 2)
     return out
 
 
@@ -95,40 +93,62 @@ def ram_table() -> list[dict]:
     for size, cfg in LLAMA_3_1.items():
         for name in ORDER:
             e = estimate(cfg, name)
-            rows.append({"model": size, "type": name, "file_gb": e.file_bytes / 1e9,
-                         "bits_per_weight": e.bits_per_weight, "ram_weights_gb": e.weight_bytes / 1e9,
-                         "ram_8k_gb": e.total_bytes(8192) / 1e9,
-                         "ram_128k_gb": e.total_bytes(131072) / 1e9})
+            rows.append(
+                {
+                    "model": size,
+                    "type": name,
+                    "file_gb": e.file_bytes / 1e9,
+                    "bits_per_weight": e.bits_per_weight,
+                    "ram_weights_gb": e.weight_bytes / 1e9,
+                    "ram_8k_gb": e.total_bytes(8192) / 1e9,
+                    "ram_128k_gb": e.total_bytes(131072) / 1e9,
+                }
+            )
     return rows
 
 
 def markdown(result: dict) -> str:
-    lines = [MARK_START, "",
-             f"Measured {result['date']} on {result['machine']} ({result['threads']} threads), "
-             f"torch {result['torch']}. Perplexity: ctx {result['ctx']}, first {result['chunks']} "
-             f"windows ({result['tokens_scored']} tokens scored per text); lower is better. "
-             f"Generation: {result['tokens']} tokens greedy, median of {result['repetitions']}.", "",
-             "| type | file MiB | bits/weight | size vs F16 | ppl English | ppl Spanish | "
-             "generation tokens/s | weights in bf16 instead of int8: ppl English, tokens/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        MARK_START,
+        "",
+        f"Measured {result['date']} on {result['machine']} ({result['threads']} threads), "
+        f"torch {result['torch']}. Perplexity: ctx {result['ctx']}, first {result['chunks']} "
+        f"windows ({result['tokens_scored']} tokens scored per text); lower is better. "
+        f"Generation: {result['tokens']} tokens greedy, median of {result['repetitions']}.",
+        "",
+        "| type | file MiB | bits/weight | size vs F16 | ppl English | ppl Spanish | "
+        "generation tokens/s | weights in bf16 instead of int8: ppl English, tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     f16 = next((r["file_bytes"] for r in result["types"] if r["type"] == "F16"), None)
     for r in result["types"]:
         rel = f"{r['file_bytes'] / f16:.2f}×" if f16 else "-"
-        dense = (f"{r['ppl_en_dense_bf16']:.3f}, {r['tg_tokens_per_second_dense_bf16']:.1f}"
-                 if "ppl_en_dense_bf16" in r else "-")
-        lines.append(f"| {r['type']} | {r['file_bytes'] / 2**20:,.1f} | {r['bits_per_weight']:.2f} | "
-                     f"{rel} | {r['ppl_en']:.3f} ± {r['ppl_en_stderr']:.3f} | "
-                     f"{r['ppl_es']:.3f} ± {r['ppl_es_stderr']:.3f} | {r['tg_tokens_per_second']:.1f} | "
-                     f"{dense} |")
-    lines += ["", "RAM llamita needs for Llama 3.1 (computed from the shapes: weights as llamita "
-              "keeps them on the CPU, plus a bfloat16 KV cache of 8K or 128K tokens; GB = 10⁹ bytes):",
-              "", "| model | type | file GB | bits/weight | RAM, weights | RAM at 8K context | "
-              "RAM at 128K context |", "|---|---|---:|---:|---:|---:|---:|"]
+        dense = (
+            f"{r['ppl_en_dense_bf16']:.3f}, {r['tg_tokens_per_second_dense_bf16']:.1f}"
+            if "ppl_en_dense_bf16" in r
+            else "-"
+        )
+        lines.append(
+            f"| {r['type']} | {r['file_bytes'] / 2**20:,.1f} | {r['bits_per_weight']:.2f} | "
+            f"{rel} | {r['ppl_en']:.3f} ± {r['ppl_en_stderr']:.3f} | "
+            f"{r['ppl_es']:.3f} ± {r['ppl_es_stderr']:.3f} | {r['tg_tokens_per_second']:.1f} | "
+            f"{dense} |"
+        )
+    lines += [
+        "",
+        "RAM llamita needs for Llama 3.1 (computed from the shapes: weights as llamita "
+        "keeps them on the CPU, plus a bfloat16 KV cache of 8K or 128K tokens; GB = 10⁹ bytes):",
+        "",
+        "| model | type | file GB | bits/weight | RAM, weights | RAM at 8K context | RAM at 128K context |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in result["ram"]:
         if r["model"] == "405B" and r["type"] not in ("BF16", "Q8_0", "Q4_K_M", "Q2_K"):
             continue
-        lines.append(f"| {r['model']} | {r['type']} | {r['file_gb']:.2f} | {r['bits_per_weight']:.2f} | "
-                     f"{r['ram_weights_gb']:.2f} | {r['ram_8k_gb']:.2f} | {r['ram_128k_gb']:.2f} |")
+        lines.append(
+            f"| {r['model']} | {r['type']} | {r['file_gb']:.2f} | {r['bits_per_weight']:.2f} | "
+            f"{r['ram_weights_gb']:.2f} | {r['ram_8k_gb']:.2f} | {r['ram_128k_gb']:.2f} |"
+        )
     lines += ["", MARK_END]
     return "\n".join(lines)
 
@@ -149,11 +169,14 @@ def speed_only(args: argparse.Namespace) -> int:
         row["tg_tokens_per_second"] = round(tokens_per_second(loaded, args.tokens, args.repetitions), 2)
         if "tg_tokens_per_second_dense_bf16" in row:
             dense = load_model(path, compact=False)
-            row["tg_tokens_per_second_dense_bf16"] = round(
-                tokens_per_second(dense, args.tokens, args.repetitions), 2)
+            row["tg_tokens_per_second_dense_bf16"] = round(tokens_per_second(dense, args.tokens, args.repetitions), 2)
         print(json.dumps({"type": row["type"], "tg": row["tg_tokens_per_second"]}), file=sys.stderr)
-    result.update(date=time.strftime("%Y-%m-%d"), tokens=args.tokens, repetitions=args.repetitions,
-                  threads=torch.get_num_threads())
+    result.update(
+        date=time.strftime("%Y-%m-%d"),
+        tokens=args.tokens,
+        repetitions=args.repetitions,
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(result, indent=1))
     if args.write_docs:
         write_docs(markdown(result))
@@ -169,9 +192,14 @@ def main() -> int:
     ap.add_argument("--repetitions", type=int, default=3, help="speed runs, median taken (default 3)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the model files go (default: temp)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite docs/quantization.md's tables")
-    ap.add_argument("--speed-only", type=Path, default=None, metavar="JSON",
-                    help="re-measure only generation speed for the types in an earlier run's JSON "
-                         "output (files in --workdir), keeping its perplexities: for a quiet machine")
+    ap.add_argument(
+        "--speed-only",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="re-measure only generation speed for the types in an earlier run's JSON "
+        "output (files in --workdir), keeping its perplexities: for a quiet machine",
+    )
     args = ap.parse_args()
     if args.speed_only:
         return speed_only(args)
@@ -182,17 +210,29 @@ def main() -> int:
     source = work / "default-F32.gguf"
     if not source.exists():
         quantize_model(default_model_path(), source, "F32", allow_requantize=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "ctx": args.ctx,
-              "chunks": args.chunks, "tokens": args.tokens, "repetitions": args.repetitions,
-              "source": str(default_model_path()), "types": []}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "ctx": args.ctx,
+        "chunks": args.chunks,
+        "tokens": args.tokens,
+        "repetitions": args.repetitions,
+        "source": str(default_model_path()),
+        "types": [],
+    }
     for name in args.types:
         path = source if name == "F32" else work / f"default-{name}.gguf"
         start = time.perf_counter()
         report = quantize_model(source, path, name) if name != "F32" else None
         bpw = report.bits_per_weight if report else 8 * path.stat().st_size / n_weights(path)
-        row = {"type": name, "file_bytes": path.stat().st_size, "bits_per_weight": round(bpw, 3),
-               "quantize_seconds": round(time.perf_counter() - start, 1)}
+        row = {
+            "type": name,
+            "file_bytes": path.stat().st_size,
+            "bits_per_weight": round(bpw, 3),
+            "quantize_seconds": round(time.perf_counter() - start, 1),
+        }
         row.update(measure(path, texts, args))
         result["types"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)

@@ -62,28 +62,47 @@ def main() -> None:
                 times = []
                 for q in questions:
                     start = time.perf_counter()
-                    http.post("/v1/collections/curso/search", json={"query": q, "top": 5, "mode": mode}).raise_for_status()
+                    http.post(
+                        "/v1/collections/curso/search", json={"query": q, "top": 5, "mode": mode}
+                    ).raise_for_status()
                     times.append(time.perf_counter() - start)
                 search[mode] = percentiles(times)
             chat = {}
-            for label, extra in (("without collections", {}), ("with collections (bm25, top 5)",
-                                                               {"collections": ["curso"], "rag": {"mode": "bm25"}})):
+            for label, extra in (
+                ("without collections", {}),
+                ("with collections (bm25, top 5)", {"collections": ["curso"], "rag": {"mode": "bm25"}}),
+            ):
                 times, prompt_tokens = [], []
                 for q in questions[:10]:
                     start = time.perf_counter()
-                    r = http.post("/v1/chat/completions", json={
-                        "messages": [{"role": "user", "content": q}], "max_tokens": 1, "temperature": 0, **extra})
+                    r = http.post(
+                        "/v1/chat/completions",
+                        json={"messages": [{"role": "user", "content": q}], "max_tokens": 1, "temperature": 0, **extra},
+                    )
                     times.append(time.perf_counter() - start)
                     prompt_tokens.append(r.json()["usage"]["prompt_tokens"])
                 chat[label] = {**percentiles(times), "mean_prompt_tokens": round(float(np.mean(prompt_tokens)))}
         finally:
             stop()
-    print(json.dumps({
-        "cpu": cpu(), "model": llm.loaded.path.name,
-        "upload": {"files": len(files), "chunks": report["chunks"], "seconds": round(upload_s, 1),
-                   "chunks_per_s": round(report["chunks"] / upload_s, 2), "skipped": report["skipped"]},
-        "search_top5_over_http": search, "chat_first_token (max_tokens 1)": chat,
-    }, indent=2, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "cpu": cpu(),
+                "model": llm.loaded.path.name,
+                "upload": {
+                    "files": len(files),
+                    "chunks": report["chunks"],
+                    "seconds": round(upload_s, 1),
+                    "chunks_per_s": round(report["chunks"] / upload_s, 2),
+                    "skipped": report["skipped"],
+                },
+                "search_top5_over_http": search,
+                "chat_first_token (max_tokens 1)": chat,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

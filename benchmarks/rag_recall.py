@@ -46,8 +46,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--data-dir", help="reuse (or build) the index here instead of a temporary folder")
     parser.add_argument("--misses", action="store_true", help="list the missed questions on stderr")
-    parser.add_argument("--rerank", type=int, default=0, help="also measure re-ranking of the first N "
-                        "(question likelihood by the default model; ~0.4 s per chunk on one core)")
+    parser.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        help="also measure re-ranking of the first N "
+        "(question likelihood by the default model; ~0.4 s per chunk on one core)",
+    )
     parser.add_argument("--rerank-modes", default="bm25", help="comma-separated modes to re-rank")
     args = parser.parse_args()
     from llamita.rag import Collection
@@ -55,8 +60,12 @@ def main() -> None:
 
     questions = json.loads((DATA / "questions_es.json").read_text(encoding="utf-8"))
     heldout = json.loads((DATA / "questions_es_heldout.json").read_text(encoding="utf-8"))
-    splits = {"dev": [q for q in questions if q["id"] <= DEV_LAST], "test": [q for q in questions if q["id"] > DEV_LAST],
-              "all": questions, "heldout": heldout}
+    splits = {
+        "dev": [q for q in questions if q["id"] <= DEV_LAST],
+        "test": [q for q in questions if q["id"] > DEV_LAST],
+        "all": questions,
+        "heldout": heldout,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
         existed = collection_path("course", data_dir).exists()
@@ -65,11 +74,18 @@ def main() -> None:
         report = collection.add([DATA / "course"])
         index_seconds = time.perf_counter() - start
         meta = collection.settings
-        result = {"questions": {name: len(qs) for name, qs in splits.items()}, "k": args.k, "collection_reused": existed,
-                  "chunks": collection.store.counts()[1], "chunks_indexed": report.chunks,
-                  "index_seconds": round(index_seconds, 2), "embedding_model": collection.embedder.name,
-                  "dense_weight": float(meta["dense_weight"]), "dense_weight_measure": meta["dense_weight_measure"],
-                  "cpu": platform.processor() or platform.machine()}
+        result = {
+            "questions": {name: len(qs) for name, qs in splits.items()},
+            "k": args.k,
+            "collection_reused": existed,
+            "chunks": collection.store.counts()[1],
+            "chunks_indexed": report.chunks,
+            "index_seconds": round(index_seconds, 2),
+            "embedding_model": collection.embedder.name,
+            "dense_weight": float(meta["dense_weight"]),
+            "dense_weight_measure": meta["dense_weight_measure"],
+            "cpu": platform.processor() or platform.machine(),
+        }
         runs = [(m, 0) for m in ("hybrid", "bm25", "dense")]
         runs += [(m, args.rerank) for m in args.rerank_modes.split(",")] if args.rerank else []
         for mode, rerank in runs:
@@ -77,8 +93,11 @@ def main() -> None:
             result[name] = {}
             for split, qs in splits.items():
                 value, missed, seconds = recall(collection, qs, args.k, mode, rerank)
-                result[name][split] = {"recall": round(value, 4), "missed": missed,
-                                       "ms_per_search": round(seconds * 1000, 1)}
+                result[name][split] = {
+                    "recall": round(value, 4),
+                    "missed": missed,
+                    "ms_per_search": round(seconds * 1000, 1),
+                }
                 if args.misses and split != "all":
                     for q in qs:
                         if q["id"] in missed:

@@ -82,8 +82,12 @@ def main() -> None:
     def text(n_words: int = 120) -> str:
         return " ".join(rng.choice(vocab, n_words, p=zipf))
 
-    result: dict = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                    "dim": DIM, "vocabulary": len(vocab)}
+    result: dict = {
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "dim": DIM,
+        "vocabulary": len(vocab),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         embedder = RandomEmbedder()
@@ -98,27 +102,37 @@ def main() -> None:
         start = time.perf_counter()
         report = collection.add([docs], chunk_tokens=128, chunk_overlap=16)
         seconds = time.perf_counter() - start
-        result["index_files"] = {"files": n_files, "chunks": report.chunks, "seconds": round(seconds, 2),
-                                 "chunks_per_s": round(report.chunks / seconds, 1),
-                                 "note": "read + chunk + store, random vectors (no model)"}
+        result["index_files"] = {
+            "files": n_files,
+            "chunks": report.chunks,
+            "seconds": round(seconds, 2),
+            "chunks_per_s": round(report.chunks / seconds, 1),
+            "note": "read + chunk + store, random vectors (no model)",
+        }
 
         # 2. A large collection for search, written straight through the store.
         big = Collection("big", data_dir=tmp_path, create=True, embedder=embedder)
         start = time.perf_counter()
         for f in range(args.chunks // PER_FILE):
             chunks = [Chunk(text(), f"Documento {f}", None, None, 160, p) for p in range(PER_FILE)]
-            big.store.put_file(f"/synthetic/doc{f:06d}.md", f"{f:064x}", 0, chunks,
-                               embedder.embed_documents([c.text for c in chunks]))
-        result["store_chunks"] = {"chunks": big.store.counts()[1],
-                                  "chunks_per_s": round(args.chunks / (time.perf_counter() - start), 1),
-                                  "db_mib": round(big.store.path.stat().st_size / 2**20, 1)}
+            big.store.put_file(
+                f"/synthetic/doc{f:06d}.md", f"{f:064x}", 0, chunks, embedder.embed_documents([c.text for c in chunks])
+            )
+        result["store_chunks"] = {
+            "chunks": big.store.counts()[1],
+            "chunks_per_s": round(args.chunks / (time.perf_counter() - start), 1),
+            "db_mib": round(big.store.path.stat().st_size / 2**20, 1),
+        }
         start = time.perf_counter()
         big.search("warm up", 10, mode="dense")  # reads every vector once
         result["load_vectors_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()  # what `add` does after indexing (a first hybrid search, if not)
         weight = big.measure_dense_weight()
-        result["measure_dense_weight"] = {"seconds": round(time.perf_counter() - start, 2), "weight": weight,
-                                          "note": "random vectors: weight 0; the dense ranking is computed all the same"}
+        result["measure_dense_weight"] = {
+            "seconds": round(time.perf_counter() - start, 2),
+            "weight": weight,
+            "note": "random vectors: weight 0; the dense ranking is computed all the same",
+        }
         queries = [" ".join(rng.choice(vocab[20:2000], rng.integers(2, 6))) for _ in range(args.queries)]
         for mode in ("hybrid", "bm25", "dense"):
             times = []
@@ -145,10 +159,14 @@ def main() -> None:
     start = time.perf_counter()
     for _ in range(10):
         model.embed_query("¿Cuántos parámetros tiene Llama 3.1 405B?")
-    result["default_model"] = {"name": model.name, "chunks": len(chunks), "tokens": tokens,
-                               "chunks_per_s": round(len(chunks) / seconds, 2),
-                               "tokens_per_s": round(tokens / seconds, 1),
-                               "query_embedding_ms": round((time.perf_counter() - start) * 100, 1)}
+    result["default_model"] = {
+        "name": model.name,
+        "chunks": len(chunks),
+        "tokens": tokens,
+        "chunks_per_s": round(len(chunks) / seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "query_embedding_ms": round((time.perf_counter() - start) * 100, 1),
+    }
     print(json.dumps(result, indent=2))
 
 

@@ -94,9 +94,17 @@ class LlamaShape:
     def rope_freqs(self) -> np.ndarray:
         """llama3 per-pair RoPE divisors, as convert_hf_to_gguf.py writes `rope_freqs` (float32)."""
         cfg = dataclasses.replace(
-            PRESETS["llama-3.1-8b"], head_dim=self.head_dim, rope_theta=self.rope_theta,
-            rope_scaling=RopeScaling("llama3", self.rope_factor, self.rope_low_freq_factor,
-                                     self.rope_high_freq_factor, self.rope_original_context))
+            PRESETS["llama-3.1-8b"],
+            head_dim=self.head_dim,
+            rope_theta=self.rope_theta,
+            rope_scaling=RopeScaling(
+                "llama3",
+                self.rope_factor,
+                self.rope_low_freq_factor,
+                self.rope_high_freq_factor,
+                self.rope_original_context,
+            ),
+        )
         return llama3_rope_divisors(cfg)
 
 
@@ -146,11 +154,11 @@ def fill_blocks(blocks: np.ndarray, t: GGMLType, base: float, rng: np.random.Gen
     blocks[:] = raw.reshape(n, nbytes)
     lay = LAYOUTS[t]
     d = (base * rng.uniform(0.5, 1.5, n)).astype(np.float32)
-    blocks[:, lay.d:lay.d + 2] = _fp16_bytes(d)
+    blocks[:, lay.d : lay.d + 2] = _fp16_bytes(d)
     if lay.dmin is not None:
-        blocks[:, lay.dmin:lay.dmin + 2] = _fp16_bytes(d * np.float32(lay.mean_code))
+        blocks[:, lay.dmin : lay.dmin + 2] = _fp16_bytes(d * np.float32(lay.mean_code))
     if lay.min_value is not None:
-        blocks[:, lay.min_value:lay.min_value + 2] = _fp16_bytes(-d * np.float32(lay.mean_code))
+        blocks[:, lay.min_value : lay.min_value + 2] = _fp16_bytes(-d * np.float32(lay.mean_code))
 
 
 _UNIT_STD: dict[GGMLType, float] = {}
@@ -172,8 +180,9 @@ def target_std(shape: tuple[int, ...]) -> float:
     return 1.0 / math.sqrt(shape[-1])
 
 
-def random_tensor(name: str, shape: tuple[int, ...], t: GGMLType, llama: LlamaShape,
-                  rng: np.random.Generator) -> np.ndarray:
+def random_tensor(
+    name: str, shape: tuple[int, ...], t: GGMLType, llama: LlamaShape, rng: np.random.Generator
+) -> np.ndarray:
     """The tensor's file bytes (uint8, 1-D), generated a chunk at a time."""
     n = math.prod(shape)
     if name == "rope_freqs.weight":
@@ -188,19 +197,19 @@ def random_tensor(name: str, shape: tuple[int, ...], t: GGMLType, llama: LlamaSh
         base = target_std(shape) / unit_std(t)
         step = max(1, _CHUNK_BYTES // nbytes)
         for start in range(0, blocks.shape[0], step):
-            fill_blocks(blocks[start:start + step], t, base, rng)
+            fill_blocks(blocks[start : start + step], t, base, rng)
         return out
     if t in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
         flat = out.view(np.float32 if t == GGMLType.F32 else np.uint16)
         step = max(1, _CHUNK_BYTES // 4)
         for start in range(0, n, step):
-            w = (rng.standard_normal(min(step, n - start), dtype=np.float32) * target_std(shape))
+            w = rng.standard_normal(min(step, n - start), dtype=np.float32) * target_std(shape)
             if t == GGMLType.F32:
-                flat[start:start + len(w)] = w
+                flat[start : start + len(w)] = w
             elif t == GGMLType.F16:
-                flat[start:start + len(w)] = w.astype(np.float16).view(np.uint16)
+                flat[start : start + len(w)] = w.astype(np.float16).view(np.uint16)
             else:  # bfloat16: the top half of float32, truncated (random data, no rounding needed)
-                flat[start:start + len(w)] = (w.view(np.uint32) >> 16).astype(np.uint16)
+                flat[start : start + len(w)] = (w.view(np.uint32) >> 16).astype(np.uint16)
         return out
     raise SystemExit(f"{name}: no random generator for type {t.name}")
 
@@ -208,7 +217,7 @@ def random_tensor(name: str, shape: tuple[int, ...], t: GGMLType, llama: LlamaSh
 def check_sample(data: np.ndarray, shape: tuple[int, int], t: GGMLType) -> float:
     """Dequantize the first rows of a matrix; return std / target std (raises if not finite)."""
     rows = max(1, min(shape[0], _SAMPLE_WEIGHTS // shape[1]))
-    w = dequantize(torch.from_numpy(data[:tensor_nbytes(t, rows * shape[1])]), t, (rows, shape[1]))
+    w = dequantize(torch.from_numpy(data[: tensor_nbytes(t, rows * shape[1])]), t, (rows, shape[1]))
     if not torch.isfinite(w).all():
         raise AssertionError(f"{t.name} sample dequantizes to non-finite values")
     return float(w.std()) / target_std(shape)
@@ -218,14 +227,14 @@ def tokenizer_metadata(path: Path) -> list[tuple[str, object, int, int | None]]:
     """(key, value, GGUF value type, array element type) of every tokenizer.* key in `path`."""
     src = GGUFFile(path)
     try:
-        return [(k, v, *src.metadata_types[k]) for k, v in src.metadata.items()
-                if k.startswith("tokenizer.")]
+        return [(k, v, *src.metadata_types[k]) for k, v in src.metadata.items() if k.startswith("tokenizer.")]
     finally:
         src.close()
 
 
-def pad_vocab(meta: list[tuple[str, object, int, int | None]], n_rows: int
-              ) -> list[tuple[str, object, int, int | None]]:
+def pad_vocab(
+    meta: list[tuple[str, object, int, int | None]], n_rows: int
+) -> list[tuple[str, object, int, int | None]]:
     """Pad the token list to `n_rows` with unused "[PADi]" tokens, as llama.cpp's converter does
     for a model whose embedding has more rows than its tokenizer (llama.cpp wants them equal)."""
     out = []
@@ -238,15 +247,15 @@ def pad_vocab(meta: list[tuple[str, object, int, int | None]], n_rows: int
     return out
 
 
-def write_model(output: Path, ft_name: str, llama: LlamaShape, tokenizer_from: Path,
-                seed: int = 0, pad: bool = False) -> dict[str, object]:
+def write_model(
+    output: Path, ft_name: str, llama: LlamaShape, tokenizer_from: Path, seed: int = 0, pad: bool = False
+) -> dict[str, object]:
     import gguf  # the reference writer llama.cpp's converters use
 
     ft = file_type(ft_name)
     rng = np.random.default_rng(seed)
     shape = ModelShape(llama.n_layers, llama.n_heads, llama.n_kv_heads, tied_embeddings=False)
-    plans = [(name, dims, tensor_type(name, dims, ft, shape, GGMLType.F32))
-             for name, dims in llama.tensors()]
+    plans = [(name, dims, tensor_type(name, dims, ft, shape, GGMLType.F32)) for name, dims in llama.tensors()]
     tok_meta = tokenizer_metadata(tokenizer_from)
     if pad:
         tok_meta = pad_vocab(tok_meta, llama.n_rows_vocab)
@@ -275,8 +284,13 @@ def write_model(output: Path, ft_name: str, llama: LlamaShape, tokenizer_from: P
             sub = gguf.GGUFValueType(element) if element is not None else None
             writer.add_key_value(key, value, gguf.GGUFValueType(vtype), sub_type=sub)
         for name, dims, t in plans:
-            writer.add_tensor_info(name, dims, np.dtype(np.float32), tensor_nbytes(t, math.prod(dims)),
-                                   raw_dtype=gguf.GGMLQuantizationType(int(t)))
+            writer.add_tensor_info(
+                name,
+                dims,
+                np.dtype(np.float32),
+                tensor_nbytes(t, math.prod(dims)),
+                raw_dtype=gguf.GGMLQuantizationType(int(t)),
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -319,38 +333,51 @@ def check_with_gguf(path: Path, llama: LlamaShape, expected: dict[str, object]) 
 
     reader = gguf.GGUFReader(path)
     types = Counter(gguf.GGMLQuantizationType(int(t.tensor_type)).name for t in reader.tensors)
-    shapes_ok = all(tuple(int(x) for x in reversed(t.shape)) == dims
-                    for t, (_, dims) in zip(reader.tensors, llama.tensors()))
-    return {"gguf_reader_tensors": len(reader.tensors),
-            "gguf_reader_ok": shapes_ok and dict(types) == expected["tensor_type_counts"]}
+    shapes_ok = all(
+        tuple(int(x) for x in reversed(t.shape)) == dims for t, (_, dims) in zip(reader.tensors, llama.tensors())
+    )
+    return {
+        "gguf_reader_tensors": len(reader.tensors),
+        "gguf_reader_ok": shapes_ok and dict(types) == expected["tensor_type_counts"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Write a random GGUF model of Llama-3.1-8B shape (32 layers, dim 4096, ffn "
-                    "14336, 32 heads / 8 KV heads, vocab rows 128256, llama3 RoPE) with the "
-                    "tensor types llama-quantize picks. Prints JSON; sizes in bytes, time in "
-                    "seconds.")
+        "14336, 32 heads / 8 KV heads, vocab rows 128256, llama3 RoPE) with the "
+        "tensor types llama-quantize picks. Prints JSON; sizes in bytes, time in "
+        "seconds."
+    )
     parser.add_argument("output", type=Path, help="the .gguf file to write (keep it out of the repo)")
-    parser.add_argument("--type", default="Q4_K_M", help=f"file type: {', '.join(FILE_TYPES)} "
-                        "(default Q4_K_M)")
-    parser.add_argument("--layers", type=int, default=32,
-                        help="transformer blocks (default 32; fewer gives a small model of the same width)")
+    parser.add_argument("--type", default="Q4_K_M", help=f"file type: {', '.join(FILE_TYPES)} (default Q4_K_M)")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=32,
+        help="transformer blocks (default 32; fewer gives a small model of the same width)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--tokenizer-from", type=Path, default=None,
-                        help="GGUF file whose tokenizer.* metadata is copied (default: the "
-                             "embedded default model, 49,152 tokens)")
-    parser.add_argument("--pad-vocab", action="store_true",
-                        help="pad the token list with unused [PADi] tokens to the 128,256 "
-                             "embedding rows (llama.cpp refuses fewer tokens than rows)")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip re-opening the file with gguf.GGUFReader")
+    parser.add_argument(
+        "--tokenizer-from",
+        type=Path,
+        default=None,
+        help="GGUF file whose tokenizer.* metadata is copied (default: the embedded default model, 49,152 tokens)",
+    )
+    parser.add_argument(
+        "--pad-vocab",
+        action="store_true",
+        help="pad the token list with unused [PADi] tokens to the 128,256 "
+        "embedding rows (llama.cpp refuses fewer tokens than rows)",
+    )
+    parser.add_argument("--no-check", action="store_true", help="skip re-opening the file with gguf.GGUFReader")
     args = parser.parse_args(argv)
     if args.layers < 1:
         parser.error("--layers must be at least 1")
     llama = LlamaShape(n_layers=args.layers)
-    report = write_model(args.output, args.type, llama, args.tokenizer_from or default_model_path(),
-                         seed=args.seed, pad=args.pad_vocab)
+    report = write_model(
+        args.output, args.type, llama, args.tokenizer_from or default_model_path(), seed=args.seed, pad=args.pad_vocab
+    )
     if not args.no_check:
         report.update(check_with_gguf(args.output, llama, report))
     json.dump(report, sys.stdout, indent=2)

@@ -44,8 +44,7 @@ def run_timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
     """`llamita run ARGS`: seconds to the first byte on its stdout, and its whole stderr (the
     status and speed lines)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(llamita_command() + ["run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(llamita_command() + ["run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.read(1)
     seconds = time.perf_counter() - t0
@@ -87,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
 
     first_token, samples = median_of(lambda: time_to_first_token(run_args, env))
     report = {
-        "config": {"model": str(args.model) if args.model else "default", "compile": args.compile,
-                   "repetitions": args.repetitions, "threads": args.threads},
+        "config": {
+            "model": str(args.model) if args.model else "default",
+            "compile": args.compile,
+            "repetitions": args.repetitions,
+            "threads": args.threads,
+        },
         "first_token_seconds": round(first_token, 3),
         "first_token_samples": [round(s, 3) for s in samples],
         "python_seconds": round(median_of(lambda: time_python("pass", env))[0], 3),
         "import_torch_seconds": round(median_of(lambda: time_python("import torch", env))[0], 3),
-        "import_llamita_cli_seconds": round(
-            median_of(lambda: time_python("import llamita.cli.main", env))[0], 3),
+        "import_llamita_cli_seconds": round(median_of(lambda: time_python("import llamita.cli.main", env))[0], 3),
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -16,16 +16,23 @@ from tiny_models import _permute, hf_llama
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def make_peft_adapter(folder: Path, cfg: dict, sd: dict[str, torch.Tensor], *, seed: int = 0,
-                      r: int = 4, alpha: float = 8.0, targets: list[str] | None = None,
-                      **lora_kwargs: object) -> Path:
+def make_peft_adapter(
+    folder: Path,
+    cfg: dict,
+    sd: dict[str, torch.Tensor],
+    *,
+    seed: int = 0,
+    r: int = 4,
+    alpha: float = 8.0,
+    targets: list[str] | None = None,
+    **lora_kwargs: object,
+) -> Path:
     """peft.get_peft_model on the transformers model, A and B filled with random values (PEFT
     starts B at zero, which would test nothing), save_pretrained to `folder`."""
     import peft
 
     model = hf_llama(cfg, sd)
-    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=targets or TARGETS,
-                             lora_dropout=0.0, **lora_kwargs)
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=targets or TARGETS, lora_dropout=0.0, **lora_kwargs)
     pm = peft.get_peft_model(model, config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -54,8 +61,9 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     return {(k if k == "lm_head.weight" else "model." + k): v for k, v in model.state_dict().items()}
 
 
-def write_gguf_lora(path: Path, cfg: dict, folder: Path,
-                    qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32) -> Path:
+def write_gguf_lora(
+    path: Path, cfg: dict, folder: Path, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32
+) -> Path:
     """The PEFT adapter in `folder` as a GGUF LoRA file: general.type=adapter,
     adapter.type=lora, adapter.lora.alpha; `blk.N.<name>.weight.lora_a` (r, in) and `.lora_b`
     (out, r), with lora_b's rows of q/k permuted to GGUF's interleaved RoPE order as the
@@ -64,9 +72,15 @@ def write_gguf_lora(path: Path, cfg: dict, folder: Path,
 
     config = json.loads((folder / "adapter_config.json").read_text())
     tensors = load_file(str(folder / "adapter_model.safetensors"))
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down"}
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")

@@ -11,28 +11,59 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llamita"
 # For each package, the llamita packages it may import.
 ALLOWED = {
-    "cli": {"cli", "serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "errors",
-            "sampling_params"},
+    "cli": {
+        "cli",
+        "serving",
+        "rag",
+        "glass",
+        "api",
+        "jobs",
+        "engine",
+        "library",
+        "config",
+        "errors",
+        "sampling_params",
+    },
     # Serving calls glass for the web panel's /glass/... routes; glass never imports serving.
     # /api/show describes the model as `llamita info` does (jobs.model_info); /api/create makes
     # a library model as `llamita create` does (library.create). The library routes (/api/tags,
     # /api/pull, /api/delete...) and the model pool use the library as the CLI's list, pull, rm
     # and cp do.
-    "serving": {"serving", "rag", "glass", "api", "jobs", "engine", "library", "config", "database",
-                "errors", "sampling_params", "tokenizer"},
+    "serving": {
+        "serving",
+        "rag",
+        "glass",
+        "api",
+        "jobs",
+        "engine",
+        "library",
+        "config",
+        "database",
+        "errors",
+        "sampling_params",
+        "tokenizer",
+    },
     # RAG (document collections) sits above the engine and glass (its --explain reads attention
     # maps), below the CLI and the server.
-    "rag": {"rag", "glass", "api", "engine", "model", "tokenizer", "config", "database", "errors",
-            "sampling_params"},
+    "rag": {"rag", "glass", "api", "engine", "model", "tokenizer", "config", "database", "errors", "sampling_params"},
     # Glass sits beside serving: above the engine, below the CLI and the server.
     "glass": {"glass", "api", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     # The public Python API drives the runtime; the runtime never imports it.
     "api": {"api", "engine", "model", "tokenizer", "config", "errors", "sampling_params"},
     # Offline jobs (one per command beside the request path) use the runtime and the formats.
-    "jobs": {"jobs", "engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
-             "sampling_params"},
-    "engine": {"engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors",
-               "sampling_params"},
+    "jobs": {
+        "jobs",
+        "engine",
+        "model",
+        "tokenizer",
+        "library",
+        "weights",
+        "kernels",
+        "config",
+        "errors",
+        "sampling_params",
+    },
+    "engine": {"engine", "model", "tokenizer", "library", "weights", "kernels", "config", "errors", "sampling_params"},
     # Names and the local library: reads weight headers (to check and describe a download),
     # checks a Modelfile's PARAMETERs by SamplingParams' rules,
     # never builds a model; the engine's loader asks it what a name means.

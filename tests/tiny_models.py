@@ -14,9 +14,11 @@ import gguf
 import numpy as np
 import torch
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-          " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def byte_vocab() -> tuple[list[str], list[int], list[str]]:
@@ -39,12 +41,26 @@ def byte_vocab() -> tuple[list[str], list[int], list[str]]:
 def tiny_hf_config(**over: object) -> dict:
     """Llama 3.1's shape in miniature: GQA 4:1, untied head, llama3 RoPE scaling whose smooth
     band (head_dim 16, theta 1e4, original context 64) covers two of the eight frequencies."""
-    cfg = dict(vocab_size=len(byte_vocab()[0]), hidden_size=64, intermediate_size=96,
-               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-               rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=256,
-               tie_word_embeddings=False,
-               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+    cfg = dict(
+        vocab_size=len(byte_vocab()[0]),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    )
     cfg.update(over)
     return cfg
 
@@ -58,23 +74,27 @@ def random_hf_weights(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     def w(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g) / math.sqrt(shape[-1])
 
-    sd = {"model.embed_tokens.weight": torch.randn(v, d, generator=g),
-          "model.norm.weight": 1 + 0.1 * torch.randn(d, generator=g)}
+    sd = {
+        "model.embed_tokens.weight": torch.randn(v, d, generator=g),
+        "model.norm.weight": 1 + 0.1 * torch.randn(d, generator=g),
+    }
     if not cfg["tie_word_embeddings"]:
         sd["lm_head.weight"] = w(v, d)
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        sd.update({
-            p + "input_layernorm.weight": 1 + 0.1 * torch.randn(d, generator=g),
-            p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(d, generator=g),
-            p + "self_attn.q_proj.weight": w(nh * hd, d),
-            p + "self_attn.k_proj.weight": w(nkv * hd, d),
-            p + "self_attn.v_proj.weight": w(nkv * hd, d),
-            p + "self_attn.o_proj.weight": w(d, nh * hd),
-            p + "mlp.gate_proj.weight": w(f, d),
-            p + "mlp.up_proj.weight": w(f, d),
-            p + "mlp.down_proj.weight": w(d, f),
-        })
+        sd.update(
+            {
+                p + "input_layernorm.weight": 1 + 0.1 * torch.randn(d, generator=g),
+                p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(d, generator=g),
+                p + "self_attn.q_proj.weight": w(nh * hd, d),
+                p + "self_attn.k_proj.weight": w(nkv * hd, d),
+                p + "self_attn.v_proj.weight": w(nkv * hd, d),
+                p + "self_attn.o_proj.weight": w(d, nh * hd),
+                p + "mlp.gate_proj.weight": w(f, d),
+                p + "mlp.up_proj.weight": w(f, d),
+                p + "mlp.down_proj.weight": w(d, f),
+            }
+        )
     return sd
 
 
@@ -98,14 +118,20 @@ def llama3_rope_divisors(cfg: dict) -> np.ndarray:
             out.append(s["factor"])
         else:
             smooth = (s["original_max_position_embeddings"] / wl - s["low_freq_factor"]) / (
-                s["high_freq_factor"] - s["low_freq_factor"])
+                s["high_freq_factor"] - s["low_freq_factor"]
+            )
             out.append(1 / ((1 - smooth) / s["factor"] + smooth))
     return np.array(out, dtype=np.float32)
 
 
-def write_gguf(path: Path, cfg: dict, sd: dict[str, torch.Tensor],
-               qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
-               context_length: int | None = None, split_max_tensors: int = 0) -> Path:
+def write_gguf(
+    path: Path,
+    cfg: dict,
+    sd: dict[str, torch.Tensor],
+    qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
+    context_length: int | None = None,
+    split_max_tensors: int = 0,
+) -> Path:
     """Write `sd` (HF naming) as a llama GGUF file the way convert_hf_to_gguf.py would.
 
     split_max_tensors > 0: split it as llama.cpp's gguf-split does, into
@@ -136,19 +162,29 @@ def write_gguf(path: Path, cfg: dict, sd: dict[str, torch.Tensor],
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML)
 
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    layer = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for name, t in sd.items():
         arr = t.float().numpy()
         if name in names:
             gname = names[name]
         else:
-            i, rest = name[len("model.layers."):].split(".", 1)
-            gname = f"blk.{i}.{layer[rest[:-len('.weight')]]}.weight"
+            i, rest = name[len("model.layers.") :].split(".", 1)
+            gname = f"blk.{i}.{layer[rest[: -len('.weight')]]}.weight"
         if name.endswith("q_proj.weight"):
             arr = _permute(arr, cfg["num_attention_heads"])
         elif name.endswith("k_proj.weight"):
@@ -176,17 +212,27 @@ def write_gguf(path: Path, cfg: dict, sd: dict[str, torch.Tensor],
 # with the real original context 8192) at dim 256, and a Llama-3-style vocabulary in miniature:
 # 256 byte ranks + 5 merges, then Llama 3.1's 256 special tokens (517 tokens).
 
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 MINI_MERGES = [(b" ", b"t"), (b"h", b"e"), (b" t", b"he"), (b"i", b"n"), (b" ", b"a")]
 
 
 def llama3_special_tokens() -> list[str]:
-    return ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-            "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
-            "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
-            "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"] + [
-        f"<|reserved_special_token_{i}|>" for i in range(3, 248)]
+    return [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|reserved_special_token_0|>",
+        "<|reserved_special_token_1|>",
+        "<|finetune_right_pad_id|>",
+        "<|reserved_special_token_2|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eom_id|>",
+        "<|eot_id|>",
+        "<|python_tag|>",
+    ] + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)]
 
 
 def mini_ranks() -> list[bytes]:
@@ -199,24 +245,45 @@ MINI_VOCAB = len(mini_ranks()) + 256  # 517
 
 def llama31_mini_config(tied: bool = False, factor: float | None = None) -> dict:
     """HF config of a 2-layer Llama 3.1 (untied, factor 8) or 3.2 (tied, factor 32) miniature."""
-    return dict(vocab_size=MINI_VOCAB, hidden_size=256, intermediate_size=1024 if tied else 896,
-                num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-                rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
-                tie_word_embeddings=tied, bos_token_id=MINI_VOCAB - 256,
-                eos_token_id=[MINI_VOCAB - 255, MINI_VOCAB - 248, MINI_VOCAB - 247],
-                rope_scaling={"rope_type": "llama3", "factor": factor or (32.0 if tied else 8.0),
-                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                              "original_max_position_embeddings": 8192})
+    return dict(
+        vocab_size=MINI_VOCAB,
+        hidden_size=256,
+        intermediate_size=1024 if tied else 896,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=tied,
+        bos_token_id=MINI_VOCAB - 256,
+        eos_token_id=[MINI_VOCAB - 255, MINI_VOCAB - 248, MINI_VOCAB - 247],
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": factor or (32.0 if tied else 8.0),
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
 
 
 def meta_params(cfg: dict) -> dict:
     """Meta's params.json for an HF config from llama31_mini_config (FFN size derived)."""
     tied = cfg["tie_word_embeddings"]
-    return {"dim": cfg["hidden_size"], "n_layers": cfg["num_hidden_layers"],
-            "n_heads": cfg["num_attention_heads"], "n_kv_heads": cfg["num_key_value_heads"],
-            "vocab_size": cfg["vocab_size"], "ffn_dim_multiplier": 1.5 if tied else 1.3,
-            "multiple_of": 256 if tied else 128, "norm_eps": cfg["rms_norm_eps"],
-            "rope_theta": cfg["rope_theta"], "use_scaled_rope": True}
+    return {
+        "dim": cfg["hidden_size"],
+        "n_layers": cfg["num_hidden_layers"],
+        "n_heads": cfg["num_attention_heads"],
+        "n_kv_heads": cfg["num_key_value_heads"],
+        "vocab_size": cfg["vocab_size"],
+        "ffn_dim_multiplier": 1.5 if tied else 1.3,
+        "multiple_of": 256 if tied else 128,
+        "norm_eps": cfg["rms_norm_eps"],
+        "rope_theta": cfg["rope_theta"],
+        "use_scaled_rope": True,
+    }
 
 
 def hf_llama(cfg: dict, sd: dict[str, torch.Tensor]):
@@ -244,31 +311,68 @@ def write_mini_tokenizer_json(folder: Path, chat_template: str | None = None) ->
     specials = llama3_special_tokens()
     bos = specials[0]
     tok = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": len(ranks) + i, "content": t, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}
-                         for i, t in enumerate(specials)],
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": len(ranks) + i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i, t in enumerate(specials)
+        ],
         "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        "post_processor": {"type": "Sequence", "processors": [
-            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-            {"type": "TemplateProcessing",
-             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-             "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                      {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-             "special_tokens": {bos: {"id": bos, "ids": [len(ranks)], "tokens": [bos]}}}]},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        },
+        "post_processor": {
+            "type": "Sequence",
+            "processors": [
+                {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+                {
+                    "type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                    "pair": [
+                        {"SpecialToken": {"id": bos, "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}},
+                        {"SpecialToken": {"id": bos, "type_id": 1}},
+                        {"Sequence": {"id": "B", "type_id": 1}},
+                    ],
+                    "special_tokens": {bos: {"id": bos, "ids": [len(ranks)], "tokens": [bos]}},
+                },
+            ],
+        },
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": True,
-                  "vocab": {_byte_spelling(t): i for i, t in enumerate(ranks)},
-                  "merges": [f"{_byte_spelling(a)} {_byte_spelling(b)}" for a, b in MINI_MERGES]},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": True,
+            "vocab": {_byte_spelling(t): i for i, t in enumerate(ranks)},
+            "merges": [f"{_byte_spelling(a)} {_byte_spelling(b)}" for a, b in MINI_MERGES],
+        },
     }
     (folder / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
-    tok_cfg = {"bos_token": bos, "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>",
-               "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}
+    tok_cfg = {
+        "bos_token": bos,
+        "eos_token": "<|eot_id|>",
+        "pad_token": "<|finetune_right_pad_id|>",
+        "model_max_length": 131072,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
     if chat_template is not None:
         tok_cfg["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
@@ -282,8 +386,15 @@ def write_mini_tiktoken(folder: Path) -> None:
     (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
 
 
-def write_hf_folder(folder: Path, cfg: dict, model, *, max_shard_size: str | None = None,
-                    classic_config: bool = False, dtype: torch.dtype | None = None) -> Path:
+def write_hf_folder(
+    folder: Path,
+    cfg: dict,
+    model,
+    *,
+    max_shard_size: str | None = None,
+    classic_config: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """save_pretrained (safetensors) + tokenizer + generation_config.json, as on the Hub.
 
     classic_config: rewrite config.json in the transformers 4 form real Llama 3.1 downloads
@@ -305,24 +416,52 @@ def write_hf_folder(folder: Path, cfg: dict, model, *, max_shard_size: str | Non
         c["rope_theta"] = rope.pop("rope_theta")
         c["rope_scaling"] = rope
         path.write_text(json.dumps(c, indent=2))
-    (folder / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
-        "do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+    (folder / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": cfg["bos_token_id"],
+                "eos_token_id": cfg["eos_token_id"],
+                "do_sample": True,
+                "temperature": 0.6,
+                "top_p": 0.9,
+            }
+        )
+    )
     write_mini_tokenizer_json(folder)
     return folder
 
 
-_META_SPLIT = {"attention.wq": 0, "attention.wk": 0, "attention.wv": 0, "attention.wo": 1,
-               "feed_forward.w1": 0, "feed_forward.w2": 1, "feed_forward.w3": 0}
-_META_OF_HF = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-               "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
-               "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
-               "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
-               "post_attention_layernorm": "ffn_norm"}
+_META_SPLIT = {
+    "attention.wq": 0,
+    "attention.wk": 0,
+    "attention.wv": 0,
+    "attention.wo": 1,
+    "feed_forward.w1": 0,
+    "feed_forward.w2": 1,
+    "feed_forward.w3": 0,
+}
+_META_OF_HF = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
 
 
-def write_meta_folder(folder: Path, cfg: dict, sd: dict[str, torch.Tensor], *, n_shards: int = 1,
-                      embedding_split: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+def write_meta_folder(
+    folder: Path,
+    cfg: dict,
+    sd: dict[str, torch.Tensor],
+    *,
+    n_shards: int = 1,
+    embedding_split: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """params.json + consolidated.NN.pth + tokenizer.model, the way Meta ships Llama 3: Q/K rows
     interleaved, model-parallel shards split per LLAMA_SPEC §7.2 (embedding on `embedding_split`,
     0 for Llama 3, 1 for Llama 2), norms replicated. A tied model still carries `output.weight`
@@ -333,11 +472,12 @@ def write_meta_folder(folder: Path, cfg: dict, sd: dict[str, torch.Tensor], *, n
     full: dict[str, tuple[torch.Tensor, int | None]] = {
         "tok_embeddings.weight": (sd["model.embed_tokens.weight"], embedding_split),
         "norm.weight": (sd["model.norm.weight"], None),
-        "output.weight": (sd.get("lm_head.weight", sd["model.embed_tokens.weight"]), 0)}
+        "output.weight": (sd.get("lm_head.weight", sd["model.embed_tokens.weight"]), 0),
+    }
     for name, t in sd.items():
         if not name.startswith("model.layers."):
             continue
-        i, rest = name[len("model.layers."):].split(".", 1)
+        i, rest = name[len("model.layers.") :].split(".", 1)
         meta = _META_OF_HF[rest.removesuffix(".weight")]
         if meta == "attention.wq":
             t = torch.from_numpy(_permute(t.numpy(), cfg["num_attention_heads"]))

@@ -46,8 +46,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
-        for field in ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size",
-                      "head_dim", "context_length"):
+        for field in (
+            "n_layers",
+            "dim",
+            "n_heads",
+            "n_kv_heads",
+            "ffn_dim",
+            "vocab_size",
+            "head_dim",
+            "context_length",
+        ):
             if getattr(self, field) <= 0:
                 raise ValueError(f"ModelConfig.{field} must be positive, got {getattr(self, field)}")
         if self.n_heads % self.n_kv_heads:
@@ -99,12 +107,23 @@ class GenerationDefaults:
     top_k: int | None = None
 
 
-def _llama3_preset(name: str, n_layers: int, dim: int, n_heads: int, ffn_dim: int,
-                   rope_factor: float, tied: bool) -> ModelConfig:
-    return ModelConfig(n_layers=n_layers, dim=dim, n_heads=n_heads, n_kv_heads=8, ffn_dim=ffn_dim,
-                       vocab_size=128256, norm_eps=1e-5, rope_theta=500000.0,
-                       rope_scaling=RopeScaling("llama3", rope_factor, 1.0, 4.0, 8192),
-                       context_length=131072, tie_word_embeddings=tied, name=name)
+def _llama3_preset(
+    name: str, n_layers: int, dim: int, n_heads: int, ffn_dim: int, rope_factor: float, tied: bool
+) -> ModelConfig:
+    return ModelConfig(
+        n_layers=n_layers,
+        dim=dim,
+        n_heads=n_heads,
+        n_kv_heads=8,
+        ffn_dim=ffn_dim,
+        vocab_size=128256,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", rope_factor, 1.0, 4.0, 8192),
+        context_length=131072,
+        tie_word_embeddings=tied,
+        name=name,
+    )
 
 
 # The published shapes (LLAMA_SPEC §1; Meta's params.json and the HF config.json of each model).

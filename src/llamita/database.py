@@ -47,8 +47,9 @@ def write(path: Path) -> Iterator[sqlite3.Connection]:
         yield db
 
 
-def prepare(path: Path, schema: str, version: int, migrations: Mapping[int, str],
-            too_new: Callable[[int], Exception]) -> None:
+def prepare(
+    path: Path, schema: str, version: int, migrations: Mapping[int, str], too_new: Callable[[int], Exception]
+) -> None:
     """Switches the file to WAL and brings its schema to `version`: a new file gets `schema`;
     an older one each step of `migrations` (version -> SQL taking the one before to it); a
     newer one raises too_new(found version)."""

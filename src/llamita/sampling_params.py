@@ -23,13 +23,33 @@ MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 
 # Ollama's option names (an /api/chat `options` object, a Modelfile's PARAMETER) -> SamplingParams
 # fields; num_predict maps to max_tokens through `ollama_num_predict`.
-OLLAMA_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
-                  "repeat_penalty": "repetition_penalty", "repeat_last_n": "penalty_last_n",
-                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-                  "seed": "seed", "stop": "stop"}
+OLLAMA_OPTIONS = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repeat_penalty": "repetition_penalty",
+    "repeat_last_n": "penalty_last_n",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "seed": "seed",
+    "stop": "stop",
+}
 # Ollama options about how the runner uses the hardware; they do not change the answer.
-OLLAMA_HARDWARE_OPTIONS = {"num_thread", "num_gpu", "main_gpu", "num_batch", "use_mmap", "use_mlock",
-                           "numa", "low_vram", "vocab_only", "num_keep", "f16_kv", "logits_all"}
+OLLAMA_HARDWARE_OPTIONS = {
+    "num_thread",
+    "num_gpu",
+    "main_gpu",
+    "num_batch",
+    "use_mmap",
+    "use_mlock",
+    "numa",
+    "low_vram",
+    "vocab_only",
+    "num_keep",
+    "f16_kv",
+    "logits_all",
+}
 # Ollama sampling options accepted at their "off" value only (None: any value, all mean off here).
 OLLAMA_OFF_VALUES = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0, "penalize_newline": None}
 
@@ -176,9 +196,7 @@ class SamplingParams:
         value = _check_int(name, getattr(self, name), allowed, lo, hi)
         object.__setattr__(self, name, value)  # the dataclass is frozen
 
-    def _float(
-        self, name: str, allowed: str, lo: float, hi: float | None = None, *, lo_open: bool = False
-    ) -> None:
+    def _float(self, name: str, allowed: str, lo: float, hi: float | None = None, *, lo_open: bool = False) -> None:
         value = getattr(self, name)
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
             got = f"{type(value).__name__} {value!r}"
@@ -260,6 +278,7 @@ def _logit_bias(bias: object) -> tuple[tuple[int, float], ...]:
         number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
         if not math.isfinite(number) or abs(number) > MAX_LOGIT_BIAS:
             raise InvalidParameterError(
-                "logit_bias", f"values must be numbers in [-100, 100], got {value!r} for token {token}")
+                "logit_bias", f"values must be numbers in [-100, 100], got {value!r} for token {token}"
+            )
         pairs[token] = number
     return tuple(sorted(pairs.items()))

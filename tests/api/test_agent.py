@@ -65,8 +65,12 @@ def test_call_then_answer() -> None:
     assert (result.content, result.finish_reason, result.steps) == ("31 degrees in Madrid.", "stop", 2)
     assert result.messages[0] == USER[0]
     assert result.messages[1] == {"role": "assistant", "content": "", "tool_calls": [weather]}
-    assert result.messages[2] == {"role": "tool", "tool_call_id": weather["id"], "name": "get_weather",
-                                  "content": {"city": "Madrid", "temperature": 31}}
+    assert result.messages[2] == {
+        "role": "tool",
+        "tool_call_id": weather["id"],
+        "name": "get_weather",
+        "content": {"city": "Madrid", "temperature": 31},
+    }
     assert result.messages[3] == {"role": "assistant", "content": "31 degrees in Madrid."}
     # The second step saw the result; both saw the tool built from the signature.
     assert model.seen[1]["messages"] == result.messages[:3]
@@ -75,8 +79,12 @@ def test_call_then_answer() -> None:
 
 
 def test_errors_are_fed_back_not_raised() -> None:
-    calls = [call("broken", x=1), call("nope"), call("get_weather", town="Madrid"),
-             {**call("get_weather"), "function": {"name": "get_weather", "arguments": "{bad"}}]
+    calls = [
+        call("broken", x=1),
+        call("nope"),
+        call("get_weather", town="Madrid"),
+        {**call("get_weather"), "function": {"name": "get_weather", "arguments": "{bad"}},
+    ]
     model = ScriptedModel(Reply("Trying.", calls, "tool_calls"), Reply("Sorry, no luck."))
     result = run_agent(model, USER, {"get_weather": get_weather, "broken": broken})
     results = [m["content"] for m in result.messages if m["role"] == "tool"]
@@ -104,9 +112,13 @@ def test_step_limit() -> None:
 def test_builtin_tools_use_ipython() -> None:
     search = call("brave_search", query="gold price")
     model = ScriptedModel(Reply("", [search], "tool_calls"), Reply("2400 USD/oz."))
-    result = run_agent(model, USER, {"brave_search": lambda query: f"{query}: 2400 USD/oz",
-                                     "get_weather": get_weather},
-                       builtin_tools=["brave_search"], date_string="1 Jan 2025")
+    result = run_agent(
+        model,
+        USER,
+        {"brave_search": lambda query: f"{query}: 2400 USD/oz", "get_weather": get_weather},
+        builtin_tools=["brave_search"],
+        date_string="1 Jan 2025",
+    )
     assert model.seen[0]["builtin_tools"] == ["brave_search"]
     assert model.seen[0]["date_string"] == "1 Jan 2025"
     assert [t["function"]["name"] for t in model.seen[0]["tools"]] == ["get_weather"]
@@ -122,10 +134,13 @@ def test_results_become_json_data() -> None:
     assert run_agent(model, USER, {"f": lambda: None}).messages[2]["content"] == "null"
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"max_steps": 0}, "max_steps"),
-    ({"builtin_tools": ["calculator"]}, "builtin_tools"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"max_steps": 0}, "max_steps"),
+        ({"builtin_tools": ["calculator"]}, "builtin_tools"),
+    ],
+)
 def test_bad_arguments(kwargs: dict[str, Any], name: str) -> None:
     with pytest.raises(InvalidParameterError, match=name):
         run_agent(ScriptedModel(), USER, {"get_weather": get_weather}, **kwargs)
@@ -134,35 +149,47 @@ def test_bad_arguments(kwargs: dict[str, Any], name: str) -> None:
 
 
 def test_function_tool_schema() -> None:
-    def lookup(query: str, limit: int = 5, exact: bool | None = None, tags: list[str] = (),
-               *args: Any, **kwargs: Any) -> str:
+    def lookup(
+        query: str, limit: int = 5, exact: bool | None = None, tags: list[str] = (), *args: Any, **kwargs: Any
+    ) -> str:
         """Search the notes."""
 
     assert function_tool("get_weather", get_weather)["function"] == {
         "name": "get_weather",
         "description": "Current weather in a city.",
-        "parameters": {"type": "object", "required": ["city"],
-                       "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}},
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+        },
     }
     props = function_tool("lookup", lookup)["function"]["parameters"]["properties"]
-    assert props == {"query": {"type": "string"}, "limit": {"type": "integer"},
-                     "exact": {"type": "boolean"}, "tags": {"type": "array"}}
+    assert props == {
+        "query": {"type": "string"},
+        "limit": {"type": "integer"},
+        "exact": {"type": "boolean"},
+        "tags": {"type": "array"},
+    }
 
 
 # ---------------------------------------------------------------- messages and tools
 
 
 def test_tool_messages_validate() -> None:
-    messages = validate_messages([
-        {"role": "user", "content": "x"},
-        {"role": "assistant", "content": None, "tool_calls": [call("f")]},
-        {"role": "tool", "content": {"a": 1}},
-        {"role": "ipython", "content": "text"},
-    ])
+    messages = validate_messages(
+        [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": None, "tool_calls": [call("f")]},
+            {"role": "tool", "content": {"a": 1}},
+            {"role": "ipython", "content": "text"},
+        ]
+    )
     assert messages[1]["content"] == "" and messages[2]["content"] == {"a": 1}
-    for bad in ({"role": "user", "content": {"a": 1}},
-                {"role": "user", "content": "x", "tool_calls": [call("f")]},
-                {"role": "assistant", "content": "x", "tool_calls": [{"name": "f"}]}):
+    for bad in (
+        {"role": "user", "content": {"a": 1}},
+        {"role": "user", "content": "x", "tool_calls": [call("f")]},
+        {"role": "assistant", "content": "x", "tool_calls": [{"name": "f"}]},
+    ):
         with pytest.raises(InvalidParameterError):
             validate_messages([bad])
 
@@ -171,8 +198,12 @@ def test_validate_tools() -> None:
     wrapped = validate_tools([{"name": "f", "parameters": {}}])
     assert wrapped == [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     assert validate_tools([]) is None and validate_tools(None) is None
-    for bad in ({"type": "function"}, [{"type": "retrieval", "function": {"name": "f"}}], ["f"],
-                [{"function": {"name": ""}}]):
+    for bad in (
+        {"type": "function"},
+        [{"type": "retrieval", "function": {"name": "f"}}],
+        ["f"],
+        [{"function": {"name": ""}}],
+    ):
         with pytest.raises(InvalidParameterError, match="tools"):
             validate_tools(bad)
 

@@ -11,8 +11,9 @@ from llamita.cli.main import app
 
 
 def test_bench_json_reports_each_test():
-    result = CliRunner().invoke(app, ["bench", "-p", "16", "-n", "4", "-b", "2", "-r", "2",
-                                      "--dtype", "float32", "--json"])
+    result = CliRunner().invoke(
+        app, ["bench", "-p", "16", "-n", "4", "-b", "2", "-r", "2", "--dtype", "float32", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert [r["test"] for r in report["results"]] == ["pp16", "tg4", "tg4x2"]
@@ -30,8 +31,9 @@ def test_bench_rejects_bad_counts():
 
 
 def test_bench_bandwidth_floor_is_weights_over_copy_bandwidth():
-    result = CliRunner().invoke(app, ["bench", "-p", "0", "-n", "4", "-r", "1", "--dtype", "float32",
-                                      "--bandwidth", "--json"])
+    result = CliRunner().invoke(
+        app, ["bench", "-p", "0", "-n", "4", "-r", "1", "--dtype", "float32", "--bandwidth", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     floor = report["bandwidth_floor"]
@@ -53,8 +55,9 @@ def test_weight_bytes_skip_an_untied_embedding_table():
     from llamita.jobs.bench import weight_bytes_per_token
     from llamita.model.transformer import Transformer
 
-    cfg = ModelConfig(n_layers=1, dim=64, n_heads=2, n_kv_heads=1, ffn_dim=128, vocab_size=100,
-                      tie_word_embeddings=False)
+    cfg = ModelConfig(
+        n_layers=1, dim=64, n_heads=2, n_kv_heads=1, ffn_dim=128, vocab_size=100, tie_word_embeddings=False
+    )
     model = Transformer(cfg)
     every = sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
     assert weight_bytes_per_token(model) == every - model.embed_tokens.weight.nbytes

@@ -23,35 +23,53 @@ def invoke(*args: str, input: str | None = None):
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     cfg = tiny_hf_config()
-    return write_gguf(tmp_path_factory.mktemp("cli") / "tiny.gguf", cfg, random_hf_weights(cfg),
-                      context_length=64)
+    return write_gguf(tmp_path_factory.mktemp("cli") / "tiny.gguf", cfg, random_hf_weights(cfg), context_length=64)
 
 
 def test_run_answers_with_paris_from_the_installed_command():
     # The real entry point, in a fresh process, as the README's quick start runs it.
-    proc = subprocess.run(["llamita", "run", "What is the capital of France? Answer in one sentence.",
-                           "--temperature", "0"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["llamita", "run", "What is the capital of France? Answer in one sentence.", "--temperature", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
     assert "tokens/s" in proc.stderr and "tokens/s" not in proc.stdout
 
 
 def test_run_raw_with_stop_and_seed(tiny_path):
-    args = ["run", "the cat", "--raw", "--model", str(tiny_path), "--max-tokens", "10",
-            "--seed", "3", "--temperature", "1.0", "--dtype", "float32"]
+    args = [
+        "run",
+        "the cat",
+        "--raw",
+        "--model",
+        str(tiny_path),
+        "--max-tokens",
+        "10",
+        "--seed",
+        "3",
+        "--temperature",
+        "1.0",
+        "--dtype",
+        "float32",
+    ]
     a, b = invoke(*args), invoke(*args)
     assert a.exit_code == 0, a.output
     assert a.stdout == b.stdout  # same seed, same text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "invalid parameter 'temperature'"),
-    (["--top-p", "0"], "invalid parameter 'top_p'"),
-    (["--top-k", "-3"], "invalid parameter 'top_k'"),
-    (["--max-tokens", "0"], "invalid parameter 'max_tokens'"),
-    (["--dtype", "int3"], "invalid parameter 'dtype'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--temperature", "-1"], "invalid parameter 'temperature'"),
+        (["--top-p", "0"], "invalid parameter 'top_p'"),
+        (["--top-k", "-3"], "invalid parameter 'top_k'"),
+        (["--max-tokens", "0"], "invalid parameter 'max_tokens'"),
+        (["--dtype", "int3"], "invalid parameter 'dtype'"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(tiny_path, args, message):
     result = invoke("run", "hi", "--model", str(tiny_path), *args)
     assert result.exit_code == 1
@@ -64,8 +82,12 @@ def test_bad_model_files_are_one_line_errors(tmp_path, tiny_path):
     not_gguf.write_text("hello, I am not a model\n" * 10)
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(tiny_path.read_bytes()[:5000])
-    cases = [(tmp_path / "missing.gguf", "model file not found"), (not_gguf, "not a GGUF file"),
-             (truncated, "truncated"), (tmp_path, "is a folder")]
+    cases = [
+        (tmp_path / "missing.gguf", "model file not found"),
+        (not_gguf, "not a GGUF file"),
+        (truncated, "truncated"),
+        (tmp_path, "is a folder"),
+    ]
     for path, message in cases:
         for command in ("run", "info"):
             args = [command, "hi", "--model", str(path)] if command == "run" else [command, "--model", str(path)]
@@ -93,14 +115,19 @@ def test_info_json(tiny_path):
 
 
 def test_chat_keeps_history_and_commands():
-    script = "\n".join([
-        "/params temperature=0 max_tokens=30",
-        "What is the capital of France? Answer in one sentence.",
-        "/system You are a pirate.",
-        "/params top_k=-5",
-        "/reset",
-        "/exit",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "/params temperature=0 max_tokens=30",
+                "What is the capital of France? Answer in one sentence.",
+                "/system You are a pirate.",
+                "/params top_k=-5",
+                "/reset",
+                "/exit",
+            ]
+        )
+        + "\n"
+    )
     result = invoke("chat", input=script)
     assert result.exit_code == 0, result.output
     assert "Paris" in result.stdout
@@ -140,8 +167,9 @@ def test_run_structured_output_flags(tiny_path, tmp_path):
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() in ("yes", "no")
     schema = tmp_path / "s.json"
-    schema.write_text('{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], '
-                      '"additionalProperties": false}')
+    schema.write_text(
+        '{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": false}'
+    )
     for given in (str(schema), schema.read_text()):
         r = invoke("run", "Answer:", *common, "--json-schema", given, "--max-tokens", "30")
         assert r.exit_code == 0, r.output

@@ -26,16 +26,23 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     cfg = tiny_hf_config()
-    return write_gguf(tmp_path_factory.mktemp("edges") / "tiny.gguf", cfg, random_hf_weights(cfg),
-                      context_length=4096)
+    return write_gguf(tmp_path_factory.mktemp("edges") / "tiny.gguf", cfg, random_hf_weights(cfg), context_length=4096)
 
 
-@pytest.mark.parametrize("text, want", [
-    (r"\n\n", "\n\n"), (r"a\tb\r\n", "a\tb\r\n"), (r"say \"hi\" \'x\'", "say \"hi\" 'x'"),
-    (r"\x41\x7e", "A~"), (r"back\\slash\\n", "back\\slash\\n"),
-    # Kept as typed: unknown escapes, a \x without two hex digits, non-ASCII text.
-    (r"C:\Users\new", "C:\\Users\new"), (r"\xZZ \q", r"\xZZ \q"), ("señal ñ", "señal ñ"),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        (r"\n\n", "\n\n"),
+        (r"a\tb\r\n", "a\tb\r\n"),
+        (r"say \"hi\" \'x\'", "say \"hi\" 'x'"),
+        (r"\x41\x7e", "A~"),
+        (r"back\\slash\\n", "back\\slash\\n"),
+        # Kept as typed: unknown escapes, a \x without two hex digits, non-ASCII text.
+        (r"C:\Users\new", "C:\\Users\new"),
+        (r"\xZZ \q", r"\xZZ \q"),
+        ("señal ñ", "señal ñ"),
+    ],
+)
 def test_escapes_as_llama_cpp_reads_them(text, want):
     assert process_escapes(text) == want
 
@@ -45,8 +52,19 @@ def test_stop_escapes_reach_the_stop_strings(tiny_path):
     # backslashes through, so the option must be unescaped to mean a blank line. Checked end to
     # end with \xHH naming a character the greedy answer writes: escaped it stops there; with
     # --no-escape the four characters are taken literally, never appear, and nothing stops.
-    base = ["run", "Once upon a time", "--raw", "--model", str(tiny_path), "--max-tokens", "40",
-            "--temperature", "0", "--dtype", "float32"]
+    base = [
+        "run",
+        "Once upon a time",
+        "--raw",
+        "--model",
+        str(tiny_path),
+        "--max-tokens",
+        "40",
+        "--temperature",
+        "0",
+        "--dtype",
+        "float32",
+    ]
     plain = runner.invoke(app, base)
     assert plain.exit_code == 0, plain.output
     words = plain.stdout.rstrip("\n")
@@ -54,7 +72,7 @@ def test_stop_escapes_reach_the_stop_strings(tiny_path):
     escape = f"\\x{ord(stop_at):02x}"
     stopped = runner.invoke(app, base + ["--stop", escape])
     assert stopped.exit_code == 0, stopped.output
-    assert stopped.stdout == words[:words.index(stop_at)] + "\n"
+    assert stopped.stdout == words[: words.index(stop_at)] + "\n"
     assert runner.invoke(app, base + ["--stop", escape, "--no-escape"]).stdout == plain.stdout
 
 
@@ -73,8 +91,10 @@ def test_default_threads_leave_out_busy_cores(monkeypatch):
     assert threads.default_threads() == 4
 
 
-@pytest.mark.parametrize("command", ["run", "chat", "serve", "bench", "perplexity", "next", "lens",
-                                     "attention", "sample", "embed", "analogy"])
+@pytest.mark.parametrize(
+    "command",
+    ["run", "chat", "serve", "bench", "perplexity", "next", "lens", "attention", "sample", "embed", "analogy"],
+)
 def test_every_command_that_runs_the_model_takes_threads(command):
     out = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
     assert "--threads" in out
@@ -126,9 +146,13 @@ def test_perplexity_refuses_a_short_text_before_loading(tiny_path, tmp_path, mon
 
 
 def test_piped_stats_line_stays_whole(tiny_path):
-    proc = subprocess.run(["llamita", "run", "hi", "--model", str(tiny_path), "-n", "3", "--temperature", "0",
-                           "--dtype", "float32"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": ""})
+    proc = subprocess.run(
+        ["llamita", "run", "hi", "--model", str(tiny_path), "-n", "3", "--temperature", "0", "--dtype", "float32"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": ""},
+    )
     assert proc.returncode == 0, proc.stderr
     (stats,) = [line for line in proc.stderr.splitlines() if "tokens/s" in line]
     assert "finish: length" in stats  # one line, however long, when stderr is not a terminal
@@ -150,8 +174,12 @@ def _wait_for(stream, needle: str, timeout: float) -> str:
 
 def test_ctrl_c_stops_the_answer_not_the_chat(tiny_path):
     args = ["--model", str(tiny_path), "--temperature", "0", "--dtype", "float32"]
-    proc = subprocess.Popen([sys.executable, "-m", "llamita", "chat", *args, "-n", "3000"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamita", "chat", *args, "-n", "3000"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         # A long answer (no end of turn), interrupted once it has started.
         proc.stdin.write(b"/params ignore_eos=true\ntell me a long story\n")

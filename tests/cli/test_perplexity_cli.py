@@ -14,16 +14,19 @@ from llamita.jobs.perplexity import perplexity
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 runner = CliRunner()
-TEXT = ("Rivers carry sand from the mountains to the sea, and over thousands of years the sand "
-        "builds deltas where towns grow, fields are planted and birds stop on their long way "
-        "south. Engineers who straighten a river often find that the delta starts to shrink. ") * 3
+TEXT = (
+    "Rivers carry sand from the mountains to the sea, and over thousands of years the sand "
+    "builds deltas where towns grow, fields are planted and birds stop on their long way "
+    "south. Engineers who straighten a river often find that the delta starts to shrink. "
+) * 3
 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     cfg = tiny_hf_config()
-    return write_gguf(tmp_path_factory.mktemp("ppl_cli") / "tiny.gguf", cfg,
-                      random_hf_weights(cfg, seed=5), context_length=128)
+    return write_gguf(
+        tmp_path_factory.mktemp("ppl_cli") / "tiny.gguf", cfg, random_hf_weights(cfg, seed=5), context_length=128
+    )
 
 
 @pytest.fixture
@@ -38,8 +41,9 @@ def invoke(*args: str):
 
 
 def test_json_agrees_with_the_engine(tiny_path, text_file):
-    result = invoke(str(text_file), "--model", str(tiny_path), "--ctx", "64", "--chunks", "3",
-                    "--dtype", "float32", "--json")
+    result = invoke(
+        str(text_file), "--model", str(tiny_path), "--ctx", "64", "--chunks", "3", "--dtype", "float32", "--json"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     loaded = load_model(tiny_path, dtype="float32", device="cpu")
@@ -59,12 +63,15 @@ def test_text_output_has_the_final_line(tiny_path, text_file):
     assert line.endswith("(2 chunks of 64 tokens, 62 tokens scored)")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--ctx", "63"], "invalid parameter 'n_ctx': must be an even number"),
-    (["--ctx", "1"], "invalid parameter 'n_ctx'"),
-    (["--ctx", "256"], "more than the model's context window of 128"),
-    (["--chunks", "0"], "invalid parameter 'chunks'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ctx", "63"], "invalid parameter 'n_ctx': must be an even number"),
+        (["--ctx", "1"], "invalid parameter 'n_ctx'"),
+        (["--ctx", "256"], "more than the model's context window of 128"),
+        (["--chunks", "0"], "invalid parameter 'chunks'"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(tiny_path, text_file, args, message):
     result = invoke(str(text_file), "--model", str(tiny_path), *args)
     assert result.exit_code == 1
@@ -77,10 +84,12 @@ def test_missing_short_and_binary_files(tiny_path, tmp_path):
     short.write_text("just a few words")
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\xff\xfe\x00 not utf-8" * 10)
-    cases = [(tmp_path / "missing.txt", "text file not found"),
-             (tmp_path, "is a folder"),
-             (binary, "is not UTF-8 text"),
-             (short, "it has 15 tokens but one window of n_ctx=64 needs at least 64")]
+    cases = [
+        (tmp_path / "missing.txt", "text file not found"),
+        (tmp_path, "is a folder"),
+        (binary, "is not UTF-8 text"),
+        (short, "it has 15 tokens but one window of n_ctx=64 needs at least 64"),
+    ]
     for path, message in cases:
         result = invoke(str(path), "--model", str(tiny_path), "--ctx", "64")
         assert result.exit_code == 1, path

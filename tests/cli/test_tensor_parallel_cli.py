@@ -26,9 +26,15 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run in a session of its own, so a hang ends with every rank killed, not just torchrun."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(stdin, timeout=180)
     except subprocess.TimeoutExpired:
@@ -37,8 +43,7 @@ def _run(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> subpr
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-            "-m", "llamita"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "llamita"]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,9 @@ def adapter(tmp_path_factory):
     """A PEFT adapter named "tone" for the tiny model's shape."""
     pytest.importorskip("peft")
     cfg = tiny_hf_config(num_key_value_heads=2)
-    return make_peft_adapter(tmp_path_factory.mktemp("tp-cli-lora") / "tone", cfg,
-                             random_hf_weights(cfg, seed=11), seed=4)
+    return make_peft_adapter(
+        tmp_path_factory.mktemp("tp-cli-lora") / "tone", cfg, random_hf_weights(cfg, seed=11), seed=4
+    )
 
 
 def _one_and_two(args: list[str], stdin: str | None = None) -> tuple[str, str]:
@@ -118,11 +124,30 @@ def test_torchrun_serve_answers_like_one_process(tiny, adapter, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([*TORCHRUN, "serve", "--model", str(tiny),
-                             "--port", str(port), "--dtype", "float32", "--kv-cache-tokens", "256",
-                             "--data-dir", str(tmp_path), "--tensor-parallel", "2", "--lora", str(adapter)],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            *TORCHRUN,
+            "serve",
+            "--model",
+            str(tiny),
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--kv-cache-tokens",
+            "256",
+            "--data-dir",
+            str(tmp_path),
+            "--tensor-parallel",
+            "2",
+            "--lora",
+            str(adapter),
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -135,28 +160,37 @@ def test_torchrun_serve_answers_like_one_process(tiny, adapter, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
             time.sleep(0.3)
         for lora, expected in [(None, want), ("tone", want_lora)]:
-            r = httpx.post(url + "/v1/completions", timeout=60, json={
-                "prompt": "the cat sat on", "max_tokens": 8, "temperature": 0, "ignore_eos": True,
-                "lora": lora})
+            r = httpx.post(
+                url + "/v1/completions",
+                timeout=60,
+                json={"prompt": "the cat sat on", "max_tokens": 8, "temperature": 0, "ignore_eos": True, "lora": lora},
+            )
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["text"] == expected, lora
-        glass = {name: httpx.post(f"{url}/glass/{name}", timeout=60, json=body) for name, body in [
-            ("attention", {"text": text, "raw": True, "layer": 1, "head": 3}),
-            ("lens", {"prompt": text, "raw": True, "top": 2}),
-            ("next", {"prompt": text, "raw": True, "temperature": 1.0, "top": 5})]}
+        glass = {
+            name: httpx.post(f"{url}/glass/{name}", timeout=60, json=body)
+            for name, body in [
+                ("attention", {"text": text, "raw": True, "layer": 1, "head": 3}),
+                ("lens", {"prompt": text, "raw": True, "top": 2}),
+                ("next", {"prompt": text, "raw": True, "temperature": 1.0, "top": 5}),
+            ]
+        }
         assert all(r.status_code == 200 for r in glass.values()), {k: r.text for k, r in glass.items()}
         np.testing.assert_allclose(glass["attention"].json()["matrix"], want_attention, atol=1e-5)
         assert [[t["id"] for t in stage["top"]] for stage in glass["lens"].json()["layers"]] == want_lens
         got_next = glass["next"].json()
         assert [t["id"] for t in got_next["tokens"]] == [t["id"] for t in want_next["tokens"]]
         assert got_next["distributions"][0]["probs"] == pytest.approx(want_next["distributions"][0]["probs"], abs=1e-5)
-        r = httpx.post(url + "/v1/completions", timeout=60, json={
-            "prompt": text, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 2})
+        r = httpx.post(
+            url + "/v1/completions",
+            timeout=60,
+            json={"prompt": text, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 2},
+        )
         assert r.status_code == 200, r.text
         echoed = r.json()["choices"][0]["logprobs"]["token_logprobs"]
         ids = one.encode_prompt(text)
         want_scores = [None] + [s.logprob for s in prompt_logprobs(one.loaded.model, ids, one.tokenizer.vocab_size)[1:]]
-        assert echoed[:len(ids)] == pytest.approx(want_scores, abs=1e-4)
+        assert echoed[: len(ids)] == pytest.approx(want_scores, abs=1e-4)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # every rank: rank 0 stops serving, the rest exit
         try:

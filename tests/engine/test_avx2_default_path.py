@@ -48,14 +48,20 @@ print(json.dumps({"level": native.kernel_level(), "dtype": str(loaded.dtype), "r
                   "text": answer.text, "tokens": answer.token_ids}))
 """
 
-pytestmark = pytest.mark.skipif(not native._BY_NAME["avx2"].cpu_flags <= native._proc_cpu_flags(),
-                                reason="the CPU lacks AVX2/FMA/F16C")
+pytestmark = pytest.mark.skipif(
+    not native._BY_NAME["avx2"].cpu_flags <= native._proc_cpu_flags(), reason="the CPU lacks AVX2/FMA/F16C"
+)
 
 
 def _run(tmp_path: Path, name: str, env: dict[str, str], **kwargs: object) -> tuple[dict, torch.Tensor]:
     out = tmp_path / f"{name}.pt"
-    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(kwargs), str(out), json.dumps([PROMPT, QUESTION])],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(kwargs), str(out), json.dumps([PROMPT, QUESTION])],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), torch.load(out)
 

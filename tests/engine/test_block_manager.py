@@ -94,6 +94,6 @@ def test_paged_cache_reads_what_the_static_cache_reads():
         assert kp.shape == ks.shape == (2, 1, length, hd)
         written = [positions[r].tolist() for r in range(2)]
         for r in range(2):  # compare every position a row has written (others are masked)
-            seen = sorted({p for p in sum(written[r:r + 1], []) if p < length})
+            seen = sorted({p for p in sum(written[r : r + 1], []) if p < length})
             torch.testing.assert_close(kp[r, :, seen], ks[r, :, seen], rtol=0, atol=0)
             torch.testing.assert_close(vp[r, :, seen], vs[r, :, seen], rtol=0, atol=0)

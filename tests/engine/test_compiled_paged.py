@@ -65,8 +65,7 @@ def test_table_width_covers_the_positions_attended():
     assert table_width(0, 64) == 1 and table_width(100, 7) * 7 >= 128
 
 
-def test_compiled_paged_engine_equals_eager_one_at_a_time_and_batched(tiny, compiled_engine, alone,
-                                                                      monkeypatch):
+def test_compiled_paged_engine_equals_eager_one_at_a_time_and_batched(tiny, compiled_engine, alone, monkeypatch):
     rows = count_compiled_rows(compiled_engine, monkeypatch)
     eager = LLMEngine(tiny, kv_cache_tokens=512, max_running=4, compile=False)
     assert eager.decode_path == "eager" and eager.compiled is None

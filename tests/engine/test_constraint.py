@@ -17,10 +17,16 @@ from llamita.engine.llm_engine import LLMEngine
 from llamita.errors import InvalidParameterError
 from llamita.sampling_params import Grammar
 
-PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city"],
-          "properties": {"name": {"type": "string", "maxLength": 20},
-                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                         "city": {"enum": ["Madrid", "Lima", "Bogotá"]}}}
+PERSON = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "age", "city"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "city": {"enum": ["Madrid", "Lima", "Bogotá"]},
+    },
+}
 
 
 def test_first_mask_is_exactly_the_tokens_that_start_a_word(llm_f32):
@@ -30,8 +36,13 @@ def test_first_mask_is_exactly_the_tokens_that_start_a_word(llm_f32):
     words = ("yes", "no", "maybe")
     constraint = TokenConstraint(Grammar("regex", "(yes|no|maybe)"), tok, tok.vocab_size)
     allowed = set(constraint.allowed().nonzero().squeeze(-1).tolist())
-    expected = {i for i in range(tok.vocab_size) if not tok.is_special(i)
-                and tok.token_bytes(i) and any(w.encode().startswith(tok.token_bytes(i)) for w in words)}
+    expected = {
+        i
+        for i in range(tok.vocab_size)
+        if not tok.is_special(i)
+        and tok.token_bytes(i)
+        and any(w.encode().startswith(tok.token_bytes(i)) for w in words)
+    }
     assert allowed == expected
     assert len(expected) >= 3
 
@@ -42,8 +53,11 @@ def test_mask_after_a_prefix_allows_only_continuations(llm_f32):
     (ma,) = tok.encode("ma")  # one token in this vocabulary
     constraint.consume(ma)
     allowed = set(constraint.allowed().nonzero().squeeze(-1).tolist())
-    expected = {i for i in range(tok.vocab_size) if not tok.is_special(i)
-                and tok.token_bytes(i) and b"ybe".startswith(tok.token_bytes(i))}
+    expected = {
+        i
+        for i in range(tok.vocab_size)
+        if not tok.is_special(i) and tok.token_bytes(i) and b"ybe".startswith(tok.token_bytes(i))
+    }
     assert allowed == expected
     assert not constraint.done
 
@@ -51,8 +65,9 @@ def test_mask_after_a_prefix_allows_only_continuations(llm_f32):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_regex_output_matches_even_when_sampling_hot(llm_f32, seed):
     pattern = r"[0-9]{3}-[A-Z]{2}"
-    params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=seed, max_tokens=20,
-                            grammar=Grammar("regex", pattern))
+    params = SamplingParams(
+        temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=seed, max_tokens=20, grammar=Grammar("regex", pattern)
+    )
     out = llm_f32.generate("My code is", params=params)
     assert re.fullmatch(pattern, out.text), out.text
     assert out.finish_reason == "stop"
@@ -101,8 +116,14 @@ def test_unconstrained_requests_in_the_batch_are_unchanged(llm_f32):
     _check_person(json.loads(llm_f32.tokenizer.decode(solo[1])))
 
 
-@pytest.mark.parametrize("grammar", [Grammar("regex", "(unclosed"), Grammar("lark", "start: undefined_rule"),
-                                     Grammar.json_schema({"type": "no-such-type"})])
+@pytest.mark.parametrize(
+    "grammar",
+    [
+        Grammar("regex", "(unclosed"),
+        Grammar("lark", "start: undefined_rule"),
+        Grammar.json_schema({"type": "no-such-type"}),
+    ],
+)
 def test_a_grammar_that_does_not_compile_is_a_parameter_error(llm_f32, grammar):
     with pytest.raises(InvalidParameterError, match="grammar"):
         llm_f32.generate("x", params=SamplingParams(grammar=grammar))
@@ -121,6 +142,7 @@ def test_grammar_and_schema_arguments_are_checked():
 
 # ------------------------------------------------------------------------------- logit_bias
 
+
 def _next_logits(llm, prompt: str) -> torch.Tensor:
     ids = llm.encode_prompt(prompt)
     with torch.inference_mode():
@@ -138,8 +160,7 @@ def test_logit_bias_moves_the_greedy_choice_as_computed_by_hand(llm_f32):
     assert expected == top2[1]
     out = llm_f32.generate(prompt, params=SamplingParams(temperature=0, max_tokens=1, logit_bias=bias))
     assert out.token_ids == [top2[1]]
-    banned = llm_f32.generate(prompt, params=SamplingParams(temperature=0, max_tokens=1,
-                                                              logit_bias={top2[0]: -100}))
+    banned = llm_f32.generate(prompt, params=SamplingParams(temperature=0, max_tokens=1, logit_bias={top2[0]: -100}))
     assert banned.token_ids == [top2[1]]
     plain = llm_f32.generate(prompt, params=SamplingParams(temperature=0, max_tokens=1))
     assert plain.token_ids == [top2[0]]
@@ -155,8 +176,9 @@ def test_a_banned_token_never_appears(llm_f32):
     assert space_the[0] in llm_f32.generate(prompt, params=greedy).token_ids
     ban = {space_the[0]: -100}
     assert space_the[0] not in llm_f32.generate(prompt, params=greedy.replace(logit_bias=ban)).token_ids
-    hot = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5, max_tokens=16,
-                         ignore_eos=True, logit_bias=ban)
+    hot = SamplingParams(
+        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5, max_tokens=16, ignore_eos=True, logit_bias=ban
+    )
     assert space_the[0] not in llm_f32.generate(prompt, params=hot).token_ids
 
 
@@ -170,8 +192,17 @@ def test_logit_bias_ids_are_checked_against_the_vocabulary(llm_f32):
 
 # ------------------------------------------------------------------------------- forced tool calls
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "maxLength": 24}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 24}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -206,5 +237,8 @@ def test_unbounded_numbers_stop_at_16_integral_digits(llm_f32):
         constraint.consume(token)
     assert not constraint.allowed()[digits].any()
     from llamita.engine.constraint import bound_numbers
+
     assert bound_numbers({"type": "object", "properties": {"x": {"type": "number", "maximum": 5}}}) == {
-        "type": "object", "properties": {"x": {"type": "number", "maximum": 5, "minimum": -1e16}}}
+        "type": "object",
+        "properties": {"x": {"type": "number", "maximum": 5, "minimum": -1e16}},
+    }

@@ -30,8 +30,10 @@ def test_embedding_is_transformers_mean_last_hidden_state(llm_f32, hf_reference,
 
 def test_similar_sentences_are_closer(llm_f32):
     model, n = llm_f32.loaded.model, llm_f32.tokenizer.vocab_size
-    a, b, c = (embed(model, llm_f32.encode_prompt(t), n) for t in
-               ("I love dogs.", "I really like dogs.", "Quarterly tax filings are due in April."))
+    a, b, c = (
+        embed(model, llm_f32.encode_prompt(t), n)
+        for t in ("I love dogs.", "I really like dogs.", "Quarterly tax filings are due in April.")
+    )
     assert float(a @ b) > float(a @ c)
 
 

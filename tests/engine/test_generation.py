@@ -23,7 +23,7 @@ def test_cached_decode_equals_full_recompute(llm_f32):
         split = 7  # a prefill of 7 tokens, then one token per step
         pieces = [model(x[:, :split], torch.arange(split)[None], cache)[0]]
         for p in range(split, len(ids)):
-            pieces.append(model(x[:, p:p + 1], torch.tensor([[p]]), cache)[0])
+            pieces.append(model(x[:, p : p + 1], torch.tensor([[p]]), cache)[0])
     cached = torch.cat(pieces)
     assert cached.shape == full.shape
     assert float((cached - full).abs().max() / full.abs().max()) <= 1e-5
@@ -56,8 +56,9 @@ def test_batch_with_early_finishers_keeps_others_right(llm_f32):
 
 
 def test_chat_answers_capital_of_france(llm_f32):
-    out = llm_f32.chat([{"role": "user", "content": "What is the capital of France?"}],
-                       SamplingParams(temperature=0, max_tokens=40))
+    out = llm_f32.chat(
+        [{"role": "user", "content": "What is the capital of France?"}], SamplingParams(temperature=0, max_tokens=40)
+    )
     assert "Paris" in out.text
     assert out.finish_reason == "stop"  # ended on <|im_end|>, not on the token limit
     assert "<|im_end|>" not in out.text
@@ -102,8 +103,7 @@ def test_seed_repeats_and_differs(llm_f32):
 
 def test_top_k_one_equals_greedy(llm_f32):
     greedy = llm_f32.generate("The best thing about Mondays is", GREEDY)
-    topk1 = llm_f32.generate("The best thing about Mondays is",
-                             GREEDY.replace(temperature=1.5, top_k=1, seed=3))
+    topk1 = llm_f32.generate("The best thing about Mondays is", GREEDY.replace(temperature=1.5, top_k=1, seed=3))
     assert topk1.token_ids == greedy.token_ids
 
 
@@ -137,8 +137,7 @@ def tiny_llm(tmp_path_factory):
     from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
     cfg = tiny_hf_config()
-    path = write_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", cfg, random_hf_weights(cfg),
-                      context_length=48)
+    path = write_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", cfg, random_hf_weights(cfg), context_length=48)
     return LLM(path, dtype="float32", device="cpu")
 
 
@@ -199,8 +198,10 @@ def test_bfloat16_tracks_float32(llm_f32, default_model_path, layout, monkeypatc
     assert float((got - ref).abs().max() / ref.abs().max()) < (0.1 if int8_activations else 0.05)
     assert kl < (0.05 if int8_activations else 0.02)
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= (0.7 if int8_activations else 0.8)
-    out = llm_bf16.chat([{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
-                        SamplingParams(temperature=0, max_tokens=20))
+    out = llm_bf16.chat(
+        [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+        SamplingParams(temperature=0, max_tokens=20),
+    )
     assert "Paris" in out.text
 
 
@@ -218,9 +219,10 @@ def test_padded_embedding_rows_are_never_sampled(tmp_path):
     sd["lm_head.weight"][n_tokens:] *= 50  # the padding rows would win every draw
     llm = LLM(write_gguf(tmp_path / "padded.gguf", cfg, sd), dtype="float32", device="cpu")
     assert llm.config.vocab_size == n_tokens + pad and llm.tokenizer.vocab_size == n_tokens
-    for params in (GREEDY.replace(max_tokens=12),
-                   SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=3,
-                                  max_tokens=12, ignore_eos=True)):
+    for params in (
+        GREEDY.replace(max_tokens=12),
+        SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=3, max_tokens=12, ignore_eos=True),
+    ):
         out = llm.generate(prompt_token_ids=[40, 41, 42], params=params)
         assert len(out.token_ids) == 12 and max(out.token_ids) < n_tokens
     with pytest.raises(InvalidParameterError, match="outside the vocabulary"):

@@ -11,8 +11,13 @@ from llamita.engine.llm_engine import LLMEngine
 from llamita.errors import ContextOverflowError, InvalidParameterError
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-PROMPTS = ["The capital of France is", "Once upon a time, in a land far away,", "def fib(n):",
-           "El perro que persiguió al gato cruzó la calle y", "1, 2, 3, 4,"]
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a land far away,",
+    "def fib(n):",
+    "El perro que persiguió al gato cruzó la calle y",
+    "1, 2, 3, 4,",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +31,12 @@ def alone(llm_f32, prompt_ids) -> list[list[int]]:
     return [llm_f32.generate(prompt_token_ids=ids, params=GREEDY).token_ids for ids in prompt_ids]
 
 
-def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]],
-        add_at: dict[str, int] | None = None, max_steps: int = 2000) -> dict[str, list[int]]:
+def run(
+    engine: LLMEngine,
+    requests: dict[str, tuple[list[int], SamplingParams]],
+    add_at: dict[str, int] | None = None,
+    max_steps: int = 2000,
+) -> dict[str, list[int]]:
     """Drive the engine until every request is done; `add_at[id]` = step at which to add it."""
     add_at = add_at or {}
     got: dict[str, list[int]] = {rid: [] for rid in requests}
@@ -56,8 +65,11 @@ def test_concurrent_equals_one_at_a_time(llm_f32, prompt_ids, alone):
 def test_requests_joining_mid_stream(llm_f32, prompt_ids, alone):
     """New requests enter a running batch between steps (continuous batching)."""
     engine = LLMEngine(llm_f32.loaded)
-    got = run(engine, {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids)},
-              add_at={str(i): 3 * i for i in range(len(PROMPTS))})
+    got = run(
+        engine,
+        {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids)},
+        add_at={str(i): 3 * i for i in range(len(PROMPTS))},
+    )
     assert [got[str(i)] for i in range(len(PROMPTS))] == alone
 
 
@@ -77,8 +89,7 @@ def test_preempted_requests_resume_exactly(llm_f32, prompt_ids, alone):
 
 def test_preempted_seeded_sampling_resumes_exactly(llm_f32, prompt_ids):
     """A sampled (seeded) request gives the same tokens alone, in a batch, and preempted."""
-    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=11, max_tokens=16,
-                            ignore_eos=True)
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=11, max_tokens=16, ignore_eos=True)
     reference = llm_f32.generate(prompt_token_ids=prompt_ids[1], params=params).token_ids
     others = {str(i): (ids, GREEDY) for i, ids in enumerate(prompt_ids) if i != 1}
     for kw in ({}, {"kv_cache_tokens": 48, "block_size": 4}):
@@ -119,7 +130,7 @@ def test_logprobs_match_an_uncached_forward(llm_f32, prompt_ids):
     with torch.inference_mode():
         full = llm_f32.loaded.model(torch.tensor([ids + tokens]))[0]  # no cache at all
     for i, out in enumerate(outs):
-        ref = torch.log_softmax(full[len(ids) - 1 + i, :llm_f32.tokenizer.vocab_size], dim=-1)
+        ref = torch.log_softmax(full[len(ids) - 1 + i, : llm_f32.tokenizer.vocab_size], dim=-1)
         (lp,) = out.logprobs
         assert lp.token_id == int(ref.argmax())  # greedy picked the top token
         assert abs(lp.logprob - float(ref[lp.token_id])) < 1e-4
@@ -167,8 +178,9 @@ def test_a_stop_token_has_no_logprob_entry(llm_f32, prompt_ids, alone):
     adds neither."""
     stop = alone[0][2]
     engine = LLMEngine(llm_f32.loaded)
-    engine.add_request("x", prompt_ids[0], SamplingParams(temperature=0, max_tokens=12, logprobs=1,
-                                                          stop_token_ids=(stop,)))
+    engine.add_request(
+        "x", prompt_ids[0], SamplingParams(temperature=0, max_tokens=12, logprobs=1, stop_token_ids=(stop,))
+    )
     outs = []
     while engine.has_unfinished():
         outs += engine.step()

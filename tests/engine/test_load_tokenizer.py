@@ -10,14 +10,18 @@ from llamita.engine.prompts import encode_chat
 from llamita.model.transformer import Transformer
 from llamita.weights.gguf_reader import GGUFFile
 
-TEXTS = ["El perro que persiguió al gato cruzó la calle", "The dog crossed the street.\n\n  x",
-         "<|im_start|>literal specials stay text 𝔘 ñ 123"]
+TEXTS = [
+    "El perro que persiguió al gato cruzó la calle",
+    "The dog crossed the street.\n\n  x",
+    "<|im_start|>literal specials stay text 𝔘 ñ 123",
+]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "¿Qué hora es?"}]
 
 
 @pytest.fixture
 def no_weights(monkeypatch):
     """Every path that reads or builds weights raises from here on."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the weights were read")
 
@@ -32,13 +36,19 @@ def no_weights(monkeypatch):
 
 def assert_same_tokenizer(fast, full) -> None:
     assert fast.vocab_size == full.vocab_size
-    assert (fast.bos_id, fast.eos_id, fast.eot_id, fast.add_bos) == (full.bos_id, full.eos_id, full.eot_id, full.add_bos)
+    assert (fast.bos_id, fast.eos_id, fast.eot_id, fast.add_bos) == (
+        full.bos_id,
+        full.eos_id,
+        full.eot_id,
+        full.add_bos,
+    )
     assert fast.stop_ids == full.stop_ids
     for text in TEXTS:
         assert fast.encode(text) == full.encode(text)
         assert fast.encode(text, add_bos=True) == full.encode(text, add_bos=True)
-    assert [fast.token_bytes(i) for i in range(0, fast.vocab_size, 97)] == \
-        [full.token_bytes(i) for i in range(0, full.vocab_size, 97)]
+    assert [fast.token_bytes(i) for i in range(0, fast.vocab_size, 97)] == [
+        full.token_bytes(i) for i in range(0, full.vocab_size, 97)
+    ]
 
 
 def test_default_gguf_same_as_full_load(llm_f32, no_weights):

@@ -24,9 +24,7 @@ PROBS = [0.5, 0.3, 0.15, 0.05]
 LOGITS = torch.tensor(PROBS).log()
 
 
-def draw(
-    params: SamplingParams, logits: torch.Tensor, n: int, history: list[int] | torch.Tensor = ()
-) -> list[int]:
+def draw(params: SamplingParams, logits: torch.Tensor, n: int, history: list[int] | torch.Tensor = ()) -> list[int]:
     """n tokens drawn by one sampler from the same logits and history."""
     sampler = Sampler(params)
     return [sampler.sample(logits, history) for _ in range(n)]

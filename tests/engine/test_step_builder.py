@@ -69,8 +69,7 @@ def test_first_llm_answers_eagerly_while_a_builder_makes_the_package_the_next_on
     assert first.decode_path == "eager (compiled step building in the background)"
     assert first.builder is not None
     eager = first.generate(prompt_token_ids=PROMPT_IDS, params=GREEDY).token_ids  # answered meanwhile
-    assert first.builder.wait(timeout=600) == 0, (compiled_dir / package_of(first).with_suffix(".log").name
-                                                  ).read_text()
+    assert first.builder.wait(timeout=600) == 0, (compiled_dir / package_of(first).with_suffix(".log").name).read_text()
     assert [p.name for p in compiled_dir.glob("*.pt2")] == [package_of(first).name]
     # The same LLM picks the finished package up at its next generation...
     assert first.decode_path == "compiled step"

@@ -55,8 +55,10 @@ def count_words(messages):
 def test_fit_messages_keeps_system_and_drops_oldest_turns():
     msgs = [{"role": "system", "content": "be brief"}]
     for i in range(5):
-        msgs += [{"role": "user", "content": f"question {i} " * 3},
-                 {"role": "assistant", "content": f"answer {i} " * 3}]
+        msgs += [
+            {"role": "user", "content": f"question {i} " * 3},
+            {"role": "assistant", "content": f"answer {i} " * 3},
+        ]
     msgs.append({"role": "user", "content": "last question"})
     kept, dropped = fit_messages(msgs, count_words, budget=30)
     assert kept[0]["role"] == "system" and kept[-1]["content"] == "last question"
@@ -64,7 +66,7 @@ def test_fit_messages_keeps_system_and_drops_oldest_turns():
     assert count_words(kept) <= 30
     assert dropped == len(msgs) - len(kept) and dropped % 2 == 0
     # The kept turns are the most recent ones, in order.
-    assert kept[1:] == msgs[len(msgs) - len(kept) + 1:]
+    assert kept[1:] == msgs[len(msgs) - len(kept) + 1 :]
 
 
 def test_fit_messages_untouched_when_it_fits():
@@ -78,23 +80,31 @@ def test_last_message_alone_too_long():
         fit_messages(msgs, count_words, 10)
 
 
-@pytest.mark.parametrize("bad", [[], "hello", [{"role": "user"}], [{"role": "robot", "content": "x"}],
-                                 [{"role": "user", "content": 3}], ["hi"]])
+@pytest.mark.parametrize(
+    "bad",
+    [[], "hello", [{"role": "user"}], [{"role": "robot", "content": "x"}], [{"role": "user", "content": 3}], ["hi"]],
+)
 def test_validate_messages_rejects(bad):
     with pytest.raises(InvalidParameterError, match="messages"):
         validate_messages(bad)
 
 
 def test_validate_messages_content_parts_and_developer():
-    msgs = validate_messages([
-        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "input_text", "text": "b"}]},
-        {"role": "tool", "content": [{"type": "text", "text": "42"}], "tool_call_id": "c"},
-        {"role": "tool", "content": [1, 2], "tool_call_id": "d"},  # a JSON result stays JSON
-    ])
+    msgs = validate_messages(
+        [
+            {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "input_text", "text": "b"}]},
+            {"role": "tool", "content": [{"type": "text", "text": "42"}], "tool_call_id": "c"},
+            {"role": "tool", "content": [1, 2], "tool_call_id": "d"},  # a JSON result stays JSON
+        ]
+    )
     # Parts are joined with a newline, as vLLM and llama.cpp's server join them.
     assert [(m["role"], m["content"]) for m in msgs] == [
-        ("system", "Be brief."), ("user", "a\nb"), ("tool", "42"), ("tool", [1, 2])]
+        ("system", "Be brief."),
+        ("user", "a\nb"),
+        ("tool", "42"),
+        ("tool", [1, 2]),
+    ]
 
 
 def test_validate_messages_names_a_non_text_part():
@@ -115,7 +125,8 @@ def test_continue_final_message_in_a_chat_template(llm_f32):
     ask = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hola"}]
     ids = encode_chat(tok, ask + [{"role": "assistant", "content": "¡Hola! Soy "}], continue_final_message=True)
     assert tok.decode(ids) == tok.decode(encode_chat(tok, ask)) + "¡Hola! Soy"
-    assert encode_chat(tok, ask + [{"role": "assistant", "content": ""}], continue_final_message=True) == \
-        encode_chat(tok, ask)
+    assert encode_chat(tok, ask + [{"role": "assistant", "content": ""}], continue_final_message=True) == encode_chat(
+        tok, ask
+    )
     with pytest.raises(InvalidParameterError, match="continue_final_message"):
         encode_chat(tok, ask, continue_final_message=True)

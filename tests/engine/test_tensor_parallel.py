@@ -58,8 +58,7 @@ def _run(loaded) -> dict[str, object]:
     names = loaded.model.lora.names
     slot = 0 if names else None
     with torch.inference_mode():
-        logits = loaded.model(torch.tensor([PROMPTS[0]]),
-                              adapters=None if slot is None else torch.tensor([slot]))[0]
+        logits = loaded.model(torch.tensor([PROMPTS[0]]), adapters=None if slot is None else torch.tensor([slot]))[0]
         generator = Generator(loaded.model, loaded.tokenizer, slot)
         streamed: dict[int, list[int]] = {0: [], 1: []}
         for out in generator.stream(PROMPTS, [greedy, greedy]):
@@ -73,16 +72,19 @@ def _run(loaded) -> dict[str, object]:
             for out in engine.step():
                 batched[out.request_id] += out.token_ids
     scores = prompt_logprobs(loaded.model, PROMPTS[0], loaded.tokenizer.vocab_size, top=2)
-    lens = logit_lens(LLM.from_loaded(loaded, names[0] if names else None), "the cat sat on", raw=True,
-                      top=3)["layers"]
-    return {"logits": logits, "generator": [streamed[0], streamed[1]],
-            "engine": [batched["0"], batched["1"]],
-            "attention": torch.from_numpy(attention_weights(
-                loaded.model, PROMPTS[0], None if slot is None else torch.tensor([slot]))),
-            "lens_ids": [[t["id"] for t in stage["top"]] for stage in lens],
-            "lens_probs": torch.tensor([[t["prob"] for t in stage["top"]] for stage in lens]),
-            "score_ids": [s.top for s in scores[1:]],
-            "score_logprobs": torch.tensor([s.logprob for s in scores[1:]])}
+    lens = logit_lens(LLM.from_loaded(loaded, names[0] if names else None), "the cat sat on", raw=True, top=3)["layers"]
+    return {
+        "logits": logits,
+        "generator": [streamed[0], streamed[1]],
+        "engine": [batched["0"], batched["1"]],
+        "attention": torch.from_numpy(
+            attention_weights(loaded.model, PROMPTS[0], None if slot is None else torch.tensor([slot]))
+        ),
+        "lens_ids": [[t["id"] for t in stage["top"]] for stage in lens],
+        "lens_probs": torch.tensor([[t["prob"] for t in stage["top"]] for stage in lens]),
+        "score_ids": [s.top for s in scores[1:]],
+        "score_logprobs": torch.tensor([s.logprob for s in scores[1:]]),
+    }
 
 
 def _rank(rank: int, world: int, port: int, cases: list[tuple[str, str, str, list[str]]], out: str) -> None:
@@ -93,8 +95,9 @@ def _rank(rank: int, world: int, port: int, cases: list[tuple[str, str, str, lis
     try:
         for name, path, dtype, loras in cases:
             loaded = load_model(path, dtype=dtype, device="cpu", tensor_parallel=(rank, world))
-            attach_loras(loaded.model, loaded.config, loras, combine=False,
-                         shard=TensorShard(rank, world, loaded.config))
+            attach_loras(
+                loaded.model, loaded.config, loras, combine=False, shard=TensorShard(rank, world, loaded.config)
+            )
             if rank == 0:
                 leader = LeaderModel(loaded.model)
                 result = _run(replace(loaded, model=leader))
@@ -123,24 +126,39 @@ TINY = {
 
 # Heads and FFN columns that split unevenly over 2 ranks (2 + 1 KV heads, 50 + 49 columns),
 # so each rank's slice of the adapters' A and B is cut at different offsets.
-LORA_BASE = tiny_hf_config(hidden_size=96, num_attention_heads=6, num_key_value_heads=3,
-                           intermediate_size=99)
+LORA_BASE = tiny_hf_config(hidden_size=96, num_attention_heads=6, num_key_value_heads=3, intermediate_size=99)
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory, default_model_path) -> dict[str, tuple[Path, str, list[str]]]:
     root = tmp_path_factory.mktemp("tp")
-    found = {name: (write_gguf(root / f"{name}.gguf", cfg, random_hf_weights(cfg, seed=3), qtype), "float32", [])
-             for name, (cfg, qtype) in TINY.items()}
+    found = {
+        name: (write_gguf(root / f"{name}.gguf", cfg, random_hf_weights(cfg, seed=3), qtype), "float32", [])
+        for name, (cfg, qtype) in TINY.items()
+    }
     # 9 query heads over 3 KV heads: rank 0 gets 2 KV heads (6 query heads), rank 1 one.
     found["default-f32"] = (default_model_path, "float32", [])
     pytest.importorskip("peft")
     sd = random_hf_weights(LORA_BASE, seed=5)
-    adapters = [str(make_peft_adapter(root / "every-layer", LORA_BASE, sd, seed=1)),
-                str(make_peft_adapter(root / "some-layers", LORA_BASE, sd, seed=2, r=3, alpha=5.0,
-                                      targets=["k_proj", "o_proj", "up_proj", "down_proj"]))]
-    found["lora-f32"] = (write_gguf(root / "lora.gguf", LORA_BASE, sd, gguf.GGMLQuantizationType.F32),
-                         "float32", adapters)
+    adapters = [
+        str(make_peft_adapter(root / "every-layer", LORA_BASE, sd, seed=1)),
+        str(
+            make_peft_adapter(
+                root / "some-layers",
+                LORA_BASE,
+                sd,
+                seed=2,
+                r=3,
+                alpha=5.0,
+                targets=["k_proj", "o_proj", "up_proj", "down_proj"],
+            )
+        ),
+    ]
+    found["lora-f32"] = (
+        write_gguf(root / "lora.gguf", LORA_BASE, sd, gguf.GGMLQuantizationType.F32),
+        "float32",
+        adapters,
+    )
     return found
 
 

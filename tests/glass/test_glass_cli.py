@@ -20,8 +20,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     cfg = tiny_hf_config()
-    return str(write_gguf(tmp_path_factory.mktemp("glass") / "tiny.gguf", cfg, random_hf_weights(cfg),
-                          context_length=128))
+    return str(
+        write_gguf(tmp_path_factory.mktemp("glass") / "tiny.gguf", cfg, random_hf_weights(cfg), context_length=128)
+    )
 
 
 def invoke(tiny_path, *args: str):
@@ -44,8 +45,9 @@ def test_tokenize(tiny_path):
 
 def test_next_table_json_and_chart(tiny_path, tmp_path):
     out = tmp_path / "next.png"
-    result = invoke(tiny_path, "next", "the cat", "--raw", "-t", "0.5", "-t", "1", "--top-k", "3",
-                    "--top", "4", "--out", str(out))
+    result = invoke(
+        tiny_path, "next", "the cat", "--raw", "-t", "0.5", "-t", "1", "--top-k", "3", "--top", "4", "--out", str(out)
+    )
     assert "entropy (bits)" in result.stdout
     assert out.read_bytes().startswith(PNG)
     data = as_json(tiny_path, "next", "hello", "--top", "3")
@@ -61,8 +63,22 @@ def test_lens(tiny_path):
 
 def test_attention_json_and_heatmap(tiny_path, tmp_path):
     out = tmp_path / "map.png"
-    result = invoke(tiny_path, "attention", "the cat sat", "--raw", "--token", "sat", "--to", "cat",
-                    "--layer", "1", "--head", "0", "--out", str(out))
+    result = invoke(
+        tiny_path,
+        "attention",
+        "the cat sat",
+        "--raw",
+        "--token",
+        "sat",
+        "--to",
+        "cat",
+        "--layer",
+        "1",
+        "--head",
+        "0",
+        "--out",
+        str(out),
+    )
     assert "attends to" in result.stdout and "heads where" in result.stdout
     assert out.read_bytes().startswith(PNG)
     data = as_json(tiny_path, "attention", "the cat sat", "--raw")
@@ -78,8 +94,22 @@ def test_embed_and_analogy(tiny_path):
 
 
 def test_sample(tiny_path):
-    data = as_json(tiny_path, "sample", "the cat", "--raw", "--n", "2", "-t", "0.1", "-t", "1.5",
-                   "--max-tokens", "4", "--seed", "1")
+    data = as_json(
+        tiny_path,
+        "sample",
+        "the cat",
+        "--raw",
+        "--n",
+        "2",
+        "-t",
+        "0.1",
+        "-t",
+        "1.5",
+        "--max-tokens",
+        "4",
+        "--seed",
+        "1",
+    )
     assert [r["temperature"] for r in data["runs"]] == [0.1, 1.5]
     assert all(len(r["samples"]) == 2 and "distinct_2" in r for r in data["runs"])
     assert "variability" in invoke(tiny_path, "sample", "hi", "--n", "2", "--max-tokens", "3").stdout
@@ -97,13 +127,16 @@ def test_sample_view_greedy_samples_agree_and_seeds_repeat(tiny_path):
     assert [s["token_ids"] for s in again["samples"]] == [s["token_ids"] for s in hot["samples"]]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["attention", "the cat", "--layer", "99"], "invalid parameter 'layer'"),
-    (["attention", "the cat", "--token", "dog"], "'dog' is not in the text"),
-    (["next", "the cat", "-t", "-1"], "invalid parameter 'temperature'"),
-    (["next", "the cat", "--top-p", "0"], "invalid parameter 'top_p'"),
-    (["sample", "the cat", "--n", "0"], "invalid parameter 'n'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attention", "the cat", "--layer", "99"], "invalid parameter 'layer'"),
+        (["attention", "the cat", "--token", "dog"], "'dog' is not in the text"),
+        (["next", "the cat", "-t", "-1"], "invalid parameter 'temperature'"),
+        (["next", "the cat", "--top-p", "0"], "invalid parameter 'top_p'"),
+        (["sample", "the cat", "--n", "0"], "invalid parameter 'n'"),
+    ],
+)
 def test_one_line_errors(tiny_path, args, message):
     result = runner.invoke(app, [*args, "--model", tiny_path])
     assert result.exit_code == 1, result.output

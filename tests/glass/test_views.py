@@ -86,8 +86,9 @@ def test_next_token_probabilities_equal_transformers(llm_f32, hf_reference):
 def test_filtered_distribution_keeps_the_samplers_set(llm_f32):
     logits = last_logits(llm_f32, prompt_ids(llm_f32, PROMPT, raw=False))
     for top_k, top_p, min_p in [(5, None, None), (None, 0.9, None), (40, 0.95, 0.05), (0, 0.5, None)]:
-        view = next_token_view_from_logits(llm_f32.tokenizer, logits, temperatures=[0.7, 1.5],
-                                           top=200, top_k=top_k, top_p=top_p, min_p=min_p)
+        view = next_token_view_from_logits(
+            llm_f32.tokenizer, logits, temperatures=[0.7, 1.5], top=200, top_k=top_k, top_p=top_p, min_p=min_p
+        )
         params = SamplingParams(top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, min_p=min_p or 0.0)
         kept = set(torch.isfinite(filter_logits(logits, params)).nonzero().flatten().tolist())
         filtered = [d for d in view["distributions"] if d["filtered"]]
@@ -145,7 +146,7 @@ def test_attention_view_spanish_example(llm_f32):
     view = attention_view(llm_f32, SPANISH, raw=True, token="cruzó", to="perro", top=3)
     pieces = view["tokens"]
     q = view["token"]["position"]
-    assert "".join(pieces[q - 2:q + 1]) == " cruzó"  # the word's last token asks
+    assert "".join(pieces[q - 2 : q + 1]) == " cruzó"  # the word's last token asks
     assert "".join(view["to"]["pieces"]) == " perro"
     matrix = torch.tensor(view["matrix"])
     assert torch.allclose(matrix.sum(dim=-1), torch.ones(len(pieces)), atol=1e-5)
@@ -190,15 +191,17 @@ def test_analogy_in_token_embedding_space(llm_f32, hf_reference):
     assert e["out_of"] == int(torch.isfinite(sims).sum())
 
 
-@pytest.mark.parametrize("samples, d1, d2, jac", [
-    ([[1, 2, 3], [1, 2, 3]], 3 / 6, 2 / 4, 1.0),
-    ([[1, 2], [3, 4]], 1.0, 1.0, 0.0),
-    ([[1, 2, 2]], 2 / 3, 1.0, None),
-    ([[1, 2, 3], [2, 3, 4], [5]], 5 / 7, 3 / 4, (2 / 4 + 0 + 0) / 3),
-    ([[], []], 0.0, 0.0, 1.0),
-])
+@pytest.mark.parametrize(
+    "samples, d1, d2, jac",
+    [
+        ([[1, 2, 3], [1, 2, 3]], 3 / 6, 2 / 4, 1.0),
+        ([[1, 2], [3, 4]], 1.0, 1.0, 0.0),
+        ([[1, 2, 2]], 2 / 3, 1.0, None),
+        ([[1, 2, 3], [2, 3, 4], [5]], 5 / 7, 3 / 4, (2 / 4 + 0 + 0) / 3),
+        ([[], []], 0.0, 0.0, 1.0),
+    ],
+)
 def test_variability_known_answers(samples, d1, d2, jac):
     v = variability(samples)
     assert v["distinct_1"] == pytest.approx(d1) and v["distinct_2"] == pytest.approx(d2)
     assert v["mean_jaccard"] == (None if jac is None else pytest.approx(jac))
-

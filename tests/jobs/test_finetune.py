@@ -29,12 +29,20 @@ def tiny(tmp_path_factory):
     cfg = tiny_hf_config()
     sd = random_hf_weights(cfg, seed=17)
     path = write_gguf(tmp / "base.gguf", cfg, sd)
-    rows = [{"messages": [{"role": "system", "content": "be brief"},
-                          {"role": "user", "content": f"question {i}"},
-                          {"role": "assistant", "content": "the answer"}]} for i in range(12)]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": f"question {i}"},
+                {"role": "assistant", "content": "the answer"},
+            ]
+        }
+        for i in range(12)
+    ]
     rows.append({"prompt": "hola", "completion": "the answer"})
-    rows.append({"messages": [{"role": "user", "content": "bad"}, {"role": "assistant", "content": "xyz"}],
-                 "rating": -1})  # a thumbs-down from the web chat's export: left out
+    rows.append(
+        {"messages": [{"role": "user", "content": "bad"}, {"role": "assistant", "content": "xyz"}], "rating": -1}
+    )  # a thumbs-down from the web chat's export: left out
     data = tmp / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     evals = tmp / "eval.jsonl"
@@ -48,9 +56,16 @@ FAST = dict(rank=4, alpha=8.0, lr=1e-2, batch=4)
 def test_loss_only_on_assistant_tokens(tiny):
     tmp, cfg, sd, path, data, _ = tiny
     tok = load_model(path, dtype="float32", device="cpu").tokenizer
-    ex = encode_example(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"},
-                              {"role": "user", "content": "more"},
-                              {"role": "assistant", "content": "no", "weight": 0}], 512)
+    ex = encode_example(
+        tok,
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "the answer"},
+            {"role": "user", "content": "more"},
+            {"role": "assistant", "content": "no", "weight": 0},
+        ],
+        512,
+    )
     targets = [t for t, m in zip(ex.ids, ex.loss_mask) if m]
     assert tok.decode(targets) == "the answer<|im_end|>\n"
     assert len(load_examples(data, tok, 512)) == 13  # 12 chats + prompt/completion, not the thumbs-down
@@ -59,8 +74,9 @@ def test_loss_only_on_assistant_tokens(tiny):
 def test_finetune_lowers_loss_and_saves_a_peft_adapter(tiny):
     tmp, cfg, sd, path, data, evals = tiny
     out = tmp / "adapter"
-    result = finetune(path, data, out, FinetuneConfig(max_steps=8, checkpoint_every=4, **FAST),
-                      eval_data=evals, dtype="float32")
+    result = finetune(
+        path, data, out, FinetuneConfig(max_steps=8, checkpoint_every=4, **FAST), eval_data=evals, dtype="float32"
+    )
     assert result.steps == 8 and len(result.losses) == 8
     assert sum(result.losses[-2:]) < 0.7 * sum(result.losses[:2])
     assert [s for s, _ in result.eval_losses] == [4, 8] and result.eval_losses[1][1] < result.eval_losses[0][1]
@@ -104,16 +120,35 @@ def test_quantized_base_trains_through_compact_weights(tiny, tmp_path):
         pytest.skip("torch's int4 CPU kernel is not available here")
     _, cfg, sd, _, data, _ = tiny
     q4 = write_gguf(tmp_path / "q4.gguf", cfg, sd, Q.Q4_1)
-    result = finetune(q4, data, tmp_path / "q", FinetuneConfig(max_steps=6, checkpoint_every=0, **FAST),
-                      dtype="bfloat16")
+    result = finetune(
+        q4, data, tmp_path / "q", FinetuneConfig(max_steps=6, checkpoint_every=0, **FAST), dtype="bfloat16"
+    )
     assert sum(result.losses[-2:]) < 0.7 * sum(result.losses[:2])
 
 
 def test_cli_finetune(tiny):
     tmp, cfg, sd, path, data, evals = tiny
     out = tmp / "cli"
-    r = CliRunner().invoke(app, ["finetune", "--model", str(path), "--data", str(data), "--eval", str(evals),
-                                 "--out", str(out), "--max-steps", "2", "--rank", "2", "--dtype", "float32"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(path),
+            "--data",
+            str(data),
+            "--eval",
+            str(evals),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--rank",
+            "2",
+            "--dtype",
+            "float32",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "2 steps" in r.output and "eval loss" in r.output
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 2

@@ -39,8 +39,9 @@ def test_merged_float_base_equals_peft(tiny, type_name, tol):
     tmp, cfg, sd, folder = tiny
     base = write_gguf(tmp / "base.gguf", cfg, sd)
     out = tmp / f"merged-{type_name}.gguf"
-    result = CliRunner().invoke(app, ["lora", "merge", "--model", str(base), "--lora", str(folder),
-                                      "--out", str(out), "--type", type_name])
+    result = CliRunner().invoke(
+        app, ["lora", "merge", "--model", str(base), "--lora", str(folder), "--out", str(out), "--type", type_name]
+    )
     assert result.exit_code == 0, result.output
     tokens = torch.randint(0, cfg["vocab_size"], (1, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

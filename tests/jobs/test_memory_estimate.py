@@ -12,10 +12,19 @@ from llamita.weights.gguf import open_gguf
 # as listed on the model cards of the widely used GGUF conversions). The files also hold ~8 MB
 # of metadata (the 128K-token vocabulary), which the estimate leaves out.
 PUBLISHED_GB = {
-    ("8B", "F16"): 16.07, ("8B", "Q8_0"): 8.54, ("8B", "Q6_K"): 6.60, ("8B", "Q5_K_M"): 5.73,
-    ("8B", "Q4_K_M"): 4.92, ("8B", "Q3_K_M"): 4.02, ("8B", "Q2_K"): 3.18,
-    ("70B", "Q8_0"): 74.98, ("70B", "Q6_K"): 57.89, ("70B", "Q5_K_M"): 49.95,
-    ("70B", "Q4_K_M"): 42.52, ("70B", "Q3_K_M"): 34.27, ("70B", "Q2_K"): 26.38,
+    ("8B", "F16"): 16.07,
+    ("8B", "Q8_0"): 8.54,
+    ("8B", "Q6_K"): 6.60,
+    ("8B", "Q5_K_M"): 5.73,
+    ("8B", "Q4_K_M"): 4.92,
+    ("8B", "Q3_K_M"): 4.02,
+    ("8B", "Q2_K"): 3.18,
+    ("70B", "Q8_0"): 74.98,
+    ("70B", "Q6_K"): 57.89,
+    ("70B", "Q5_K_M"): 49.95,
+    ("70B", "Q4_K_M"): 42.52,
+    ("70B", "Q3_K_M"): 34.27,
+    ("70B", "Q2_K"): 26.38,
 }
 
 
@@ -55,8 +64,7 @@ def test_kv_cache_of_llama_3_1_8b():
 
 
 @pytest.mark.parametrize("which, kv_cache_tokens", [("default", 256), ("tiny", None)])
-def test_served_bytes_count_the_kv_cache_the_engine_allocates(default_model_path, tmp_path, which,
-                                                               kv_cache_tokens):
+def test_served_bytes_count_the_kv_cache_the_engine_allocates(default_model_path, tmp_path, which, kv_cache_tokens):
     """The server's estimate of a model (serving/model_pool.py sizes loads by it): weights,
     plus the KV cache LLMEngine really allocates (its tensors' bytes; None: its default, here
     context x max_running), plus the tokenizer."""

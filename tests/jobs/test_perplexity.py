@@ -33,14 +33,15 @@ TEXT = (
 )
 
 
-def reference_perplexity(logits_of, tokens: list[int], n_ctx: int, bos_id: int | None,
-                         chunks: int | None = None) -> tuple[float, float, int]:
+def reference_perplexity(
+    logits_of, tokens: list[int], n_ctx: int, bos_id: int | None, chunks: int | None = None
+) -> tuple[float, float, int]:
     """(ppl, ± stderr, tokens scored): windows evaluated one by one with `logits_of`
     ((n_ctx,) ids -> (n_ctx, vocab) logits), NLL of positions n_ctx/2+1 .. n_ctx-1 in float64."""
     n = len(tokens) // n_ctx if chunks is None else min(chunks, len(tokens) // n_ctx)
     nlls = []
     for i in range(n):
-        window = list(tokens[i * n_ctx:(i + 1) * n_ctx])
+        window = list(tokens[i * n_ctx : (i + 1) * n_ctx])
         if bos_id is not None:
             window[0] = bos_id
         ids = torch.tensor(window)
@@ -98,8 +99,7 @@ def test_tiny_model_matches_transformers(tiny, add_bos):
         with torch.inference_mode():
             return hf(ids[None]).logits[0].float()
 
-    ref_ppl, ref_se, ref_count = reference_perplexity(
-        hf_logits, tokens, 128, tokenizer.bos_id if add_bos else None)
+    ref_ppl, ref_se, ref_count = reference_perplexity(hf_logits, tokens, 128, tokenizer.bos_id if add_bos else None)
     ours = perplexity(loaded.model, tokenizer, TEXT, n_ctx=128)
     assert ours.text_tokens == len(tokens) and ours.n_chunks == len(tokens) // 128 >= 3
     assert ours.tokens_scored == ref_count == ours.n_chunks * 63
@@ -135,19 +135,21 @@ def test_chunks_limit_and_progress(tiny):
 def test_windows_drop_the_tail_and_take_bos():
     tokens = list(range(10, 31))  # 21 tokens
     w = perplexity_windows(tokens, 4, None)
-    assert w.tolist() == [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 20, 21],
-                          [22, 23, 24, 25], [26, 27, 28, 29]]
+    assert w.tolist() == [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 20, 21], [22, 23, 24, 25], [26, 27, 28, 29]]
     w = perplexity_windows(tokens, 8, bos_id=1, chunks=2)
     assert w.tolist() == [[1, 11, 12, 13, 14, 15, 16, 17], [1, 19, 20, 21, 22, 23, 24, 25]]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_ctx=63), "even"),
-    (dict(n_ctx=2), "even number of tokens >= 4"),
-    (dict(n_ctx=0), ">= 4"),
-    (dict(n_ctx=256), "more than the model's context window of 128"),
-    (dict(n_ctx=64, chunks=0), "positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_ctx=63), "even"),
+        (dict(n_ctx=2), "even number of tokens >= 4"),
+        (dict(n_ctx=0), ">= 4"),
+        (dict(n_ctx=256), "more than the model's context window of 128"),
+        (dict(n_ctx=64, chunks=0), "positive integer"),
+    ],
+)
 def test_bad_settings(tiny, kwargs, message):
     loaded, _ = tiny
     with pytest.raises(InvalidParameterError, match=message):

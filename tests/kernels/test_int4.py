@@ -31,8 +31,8 @@ from llamita.weights.quants import GGMLType, dequantize, quantize
 
 pack_q4 = functools.partial(q4_pack.pack_q4, layout="torch")
 requires_int4 = pytest.mark.skipif(
-    int4._probe_layout() is None,
-    reason="torch's packed int4 CPU matmul is unavailable on this build/CPU")
+    int4._probe_layout() is None, reason="torch's packed int4 CPU matmul is unavailable on this build/CPU"
+)
 
 U = 2.0**-8  # bfloat16 unit roundoff: 8 significant bits, round to nearest
 SLACK = 1 + 2**-7  # the bound uses rounded |S|, |Z| (>= (1 - u) x exact) and their float32 step

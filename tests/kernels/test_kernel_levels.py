@@ -31,8 +31,12 @@ from tests.vnni_reference import int8_activations
 E32 = 2.0**-24  # float32 unit roundoff
 LEVELS = [lv.name for lv in native.KERNEL_LEVELS]
 # Odd shapes: 5 blocks of 16 rows; K not a power of two (15 groups of 32, 3 Q4_K super-blocks).
-KINDS = {"q4_0": (GGMLType.Q4_0, (80, 480)), "q4_1": (GGMLType.Q4_1, (80, 480)),
-         "q4_k": (GGMLType.Q4_K, (80, 768)), "q8": (None, (80, 352))}
+KINDS = {
+    "q4_0": (GGMLType.Q4_0, (80, 480)),
+    "q4_1": (GGMLType.Q4_1, (80, 480)),
+    "q4_k": (GGMLType.Q4_K, (80, 768)),
+    "q8": (None, (80, 352)),
+}
 
 
 def _ops(level: str):
@@ -90,8 +94,10 @@ def _statement(x: torch.Tensor, w: object) -> tuple[torch.Tensor, torch.Tensor]:
     xq, d = int8_activations(x)  # (m, g, 32), (m, g)
     weights = (a.unsqueeze(-1) * q + b.unsqueeze(-1)).flatten(1)  # (n, k)
     y = F.linear((xq * d.unsqueeze(-1)).flatten(1), weights)
-    terms = (torch.einsum("mgk,ngk->mng", xq.abs(), q.abs()) * a.abs().unsqueeze(0)
-             + xq.sum(-1).abs().unsqueeze(1) * b.abs().unsqueeze(0)) * d.unsqueeze(1)  # (m, n, g)
+    terms = (
+        torch.einsum("mgk,ngk->mng", xq.abs(), q.abs()) * a.abs().unsqueeze(0)
+        + xq.sum(-1).abs().unsqueeze(1) * b.abs().unsqueeze(0)
+    ) * d.unsqueeze(1)  # (m, n, g)
     return y, (8 + q.shape[1]) * E32 * terms.sum(-1)
 
 
@@ -121,8 +127,9 @@ def test_matmul_close_to_unquantized_activations(level: str, kind: str) -> None:
     weights = (a.unsqueeze(-1) * q + b.unsqueeze(-1)).flatten(1)
     exact = F.linear(x.double(), weights)
     d = x.double().abs().view(5, -1, 32).amax(-1) / 127
-    bound = (F.linear(d.repeat_interleave(32, dim=1) / 2, weights.abs())
-             + 1e-5 * F.linear(x.double().abs(), weights.abs()))
+    bound = F.linear(d.repeat_interleave(32, dim=1) / 2, weights.abs()) + 1e-5 * F.linear(
+        x.double().abs(), weights.abs()
+    )
     err = (_mm(ops, w, x).double() - exact).abs()
     assert (err <= bound).all(), f"max err/bound {(err / bound).max():.3g}"
     assert (err.max() / exact.abs().max()).item() < 2**-6
@@ -162,7 +169,7 @@ def _odd_scale_blocks(t: GGMLType, shape: tuple[int, int]) -> tuple[torch.Tensor
     if t != GGMLType.Q4_0:
         odd += [(23, 2, 0xFC00), (70, 2, 0x0002), (90, 2, 0x7BFF)]
     for block, at, bits in odd:
-        blocks[block, at:at + 2] = torch.tensor([bits & 0xFF, bits >> 8], dtype=torch.uint8)
+        blocks[block, at : at + 2] = torch.tensor([bits & 0xFF, bits >> 8], dtype=torch.uint8)
     halves = blocks[:, :4].contiguous().view(torch.float16)  # (blocks, 2): d and m / dmin
     scales = halves if t != GGMLType.Q4_0 else halves[:, :1]
     bad = {int(b) // per_row for b in (~scales.isfinite()).any(-1).nonzero().flatten()}
@@ -229,10 +236,13 @@ def test_load_packing_is_the_same_at_every_level(level: str) -> None:
 
 
 def _choice(env: dict[str, str]) -> list[str]:
-    code = ("from llamita.kernels import native; import json; "
-            "print(json.dumps([native.kernel_level(), native.kernel_level_skipped()]))")
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=600)
+    code = (
+        "from llamita.kernels import native; import json; "
+        "print(json.dumps([native.kernel_level(), native.kernel_level_skipped()]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -28,17 +28,33 @@ def _toolchain() -> tuple[str, list[str]]:
         return compiler, []
     compiler, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64")
     if compiler is None or qemu is None:
-        pytest.skip("the NEON kernels need an AArch64 cross compiler and qemu to run here "
-                    "(apt-get install g++-aarch64-linux-gnu qemu-user; .ci/run installs them)")
+        pytest.skip(
+            "the NEON kernels need an AArch64 cross compiler and qemu to run here "
+            "(apt-get install g++-aarch64-linux-gnu qemu-user; .ci/run installs them)"
+        )
     return compiler, [qemu, "-L", str(SYSROOT)]
 
 
 def test_neon_kernels_match_their_double_statement(tmp_path: Path) -> None:
     compiler, runner = _toolchain()
     exe = tmp_path / "neon_harness"
-    build = subprocess.run([compiler, "-O2", "-std=c++17", "-march=armv8.2-a+dotprod", "-Wall", "-Werror",
-                            f"-I{CSRC}", str(HARNESS), "-o", str(exe)],
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            compiler,
+            "-O2",
+            "-std=c++17",
+            "-march=armv8.2-a+dotprod",
+            "-Wall",
+            "-Werror",
+            f"-I{CSRC}",
+            str(HARNESS),
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     done = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "failures: 0" in done.stdout, done.stdout[-3000:] + done.stderr[-1000:]

@@ -34,8 +34,10 @@ def _ops():
 @pytest.mark.parametrize("t", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K], ids=lambda t: t.name)
 def test_portable_pack_and_dequantize_are_the_simd_ones(t: GGMLType) -> None:
     ops = _ops()
-    for raw in (quantize(torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)) * 0.05, t),
-                _odd_scale_blocks(t, SHAPE)[0]):
+    for raw in (
+        quantize(torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)) * 0.05, t),
+        _odd_scale_blocks(t, SHAPE)[0],
+    ):
         if t == GGMLType.Q4_K:
             want, got = ops.q4k_vnni_pack_ggml(raw, *SHAPE), ops.portable_q4k_vnni_pack_ggml(raw, *SHAPE)
             dense, portable_dense = ops.q4k_vnni_dequantize, ops.portable_q4k_vnni_dequantize

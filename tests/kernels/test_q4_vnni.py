@@ -27,8 +27,9 @@ from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, dequantize, q4_affine_rows, quantize
 from tests.vnni_reference import int8_activations
 
-pytestmark = pytest.mark.skipif(not native.vnni_kernels(),
-                                reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}")
+pytestmark = pytest.mark.skipif(
+    not native.vnni_kernels(), reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}"
+)
 
 U = 2.0**-8  # bfloat16 unit roundoff
 E32 = 2.0**-24  # float32 unit roundoff
@@ -90,8 +91,11 @@ def test_close_to_the_exact_product(t: GGMLType) -> None:
     ours_w = dequantize_int4(w, torch.float32).double()
     d = x.to(torch.bfloat16).double().abs().view(4, -1, 32).amax(-1) / 127  # (m, g)
     per_x = U * x.double().abs() + d.repeat_interleave(32, dim=1) / 2  # |x - d xq| per element
-    bound = (F.linear(per_x, ours_w.abs()) + F.linear(x.double().abs(), (ours_w - exact_w).abs())
-             + 1e-5 * F.linear(x.double().abs(), ours_w.abs()))  # + the float32 sums
+    bound = (
+        F.linear(per_x, ours_w.abs())
+        + F.linear(x.double().abs(), (ours_w - exact_w).abs())
+        + 1e-5 * F.linear(x.double().abs(), ours_w.abs())
+    )  # + the float32 sums
     err = (int4_linear(x, w).double() - exact).abs()
     assert (err <= bound).all(), f"max err/bound {(err / bound).max():.3g}"
     assert (err.max() / exact.abs().max()).item() < 2**-6  # observed 4.5e-3 to 6.5e-3
@@ -101,7 +105,7 @@ def test_batched_rows_equal_one_at_a_time() -> None:
     _, w = _weight(GGMLType.Q4_1, (64, 256), 40)
     x = torch.randn(23, 256, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     batched = int4_linear(x, w)  # tiles of 8, 8, 4, 2, 1 rows
-    assert torch.equal(batched, torch.cat([int4_linear(x[i:i + 1], w) for i in range(23)]))
+    assert torch.equal(batched, torch.cat([int4_linear(x[i : i + 1], w) for i in range(23)]))
 
 
 def test_edge_inputs() -> None:
@@ -136,8 +140,10 @@ def test_dequantize_kernel_is_its_torch_statement(dtype: torch.dtype) -> None:
 
 
 def test_switched_off_and_built_in_a_fresh_cache(tmp_path) -> None:
-    code = ("from llamita.kernels import native, int4; "
-            "print(native.vnni_kernels(), int4.default_layout(), native.vnni_kernels_skipped())")
+    code = (
+        "from llamita.kernels import native, int4; "
+        "print(native.vnni_kernels(), int4.default_layout(), native.vnni_kernels_skipped())"
+    )
     env = {**os.environ, "LLAMITA_NATIVE_KERNELS": "0"}
     off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert off.stdout.split()[:2] == ["False", "torch"] and "LLAMITA_NATIVE_KERNELS" in off.stdout

@@ -20,8 +20,9 @@ from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, dequantize, q4_k_rows, quantize
 from tests.vnni_reference import int8_activations
 
-pytestmark = pytest.mark.skipif(not native.vnni_kernels(),
-                                reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}")
+pytestmark = pytest.mark.skipif(
+    not native.vnni_kernels(), reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}"
+)
 
 E32 = 2.0**-24
 Q4_K = GGMLType.Q4_K
@@ -77,7 +78,7 @@ def test_meta_round_trips() -> None:
     back = int4._vnni_k_parts(meta)
     assert all(torch.equal(a, b) for a, b in zip(back, (sc, mn, d, dmin)))
     # Sub-block j of the first super-block: 16 rows' scales in one 16-byte run.
-    assert torch.equal(meta[0, 0, 16 * 3:16 * 4], sc[:16, 3])
+    assert torch.equal(meta[0, 0, 16 * 3 : 16 * 4], sc[:16, 3])
 
 
 def _emulate(x: torch.Tensor, w: int4.Int4Weight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +120,7 @@ def test_closer_to_gguf_than_the_bfloat16_layout() -> None:
 def test_batched_rows_equal_one_at_a_time() -> None:
     _, w = _weight((64, 512), 40)
     x = torch.randn(23, 512, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
-    assert torch.equal(int4_linear(x, w), torch.cat([int4_linear(x[i:i + 1], w) for i in range(23)]))
+    assert torch.equal(int4_linear(x, w), torch.cat([int4_linear(x[i : i + 1], w) for i in range(23)]))
 
 
 def test_joined_weights_equal_their_parts() -> None:

@@ -79,8 +79,9 @@ def test_matmul_close_to_unquantized_activations(level: str) -> None:
     x = torch.randn(5, shape[1], generator=torch.Generator().manual_seed(3))
     exact = F.linear(x.double(), weights)
     d = x.double().abs().view(5, -1, 32).amax(-1) / 127
-    bound = (F.linear(d.repeat_interleave(32, dim=1) / 2, weights.abs())
-             + 1e-5 * F.linear(x.double().abs(), weights.abs()))
+    bound = F.linear(d.repeat_interleave(32, dim=1) / 2, weights.abs()) + 1e-5 * F.linear(
+        x.double().abs(), weights.abs()
+    )
     err = (int4.int4_linear(x, w).double() - exact).abs()
     assert (err <= bound).all(), f"max err/bound {(err / bound).max():.3g}"
 
@@ -92,8 +93,7 @@ def test_dequantize_is_ggufs_weight(level: str) -> None:
     w = _pack(ops, raw, SHAPE)
     want = dequantize(raw, GGMLType.Q6_K, SHAPE)
     assert torch.equal(ops.q6k_vnni_dequantize(w.packed, w.scales_and_zeros, torch.float32), want)
-    assert torch.equal(ops.q6k_vnni_dequantize(w.packed, w.scales_and_zeros, torch.bfloat16),
-                       want.to(torch.bfloat16))
+    assert torch.equal(ops.q6k_vnni_dequantize(w.packed, w.scales_and_zeros, torch.bfloat16), want.to(torch.bfloat16))
 
 
 def test_every_level_returns_the_same_bits() -> None:
@@ -102,8 +102,10 @@ def test_every_level_returns_the_same_bits() -> None:
         pytest.skip(f"fewer than two kernel levels here: {native.kernel_level_skipped()}")
     raw = _raw(40)
     packs = [_pack(native.level_ops(level), raw, SHAPE) for level in here]
-    assert all(torch.equal(p.packed, packs[0].packed) and torch.equal(p.scales_and_zeros, packs[0].scales_and_zeros)
-               for p in packs[1:])
+    assert all(
+        torch.equal(p.packed, packs[0].packed) and torch.equal(p.scales_and_zeros, packs[0].scales_and_zeros)
+        for p in packs[1:]
+    )
     gen = torch.Generator().manual_seed(7)
     w = packs[0]
     for m in (1, 2, 3, 5, 8, 13, 23):

@@ -22,8 +22,9 @@ from llamita.kernels.int8 import concat_int8, dequantize_int8, int8_linear, quan
 from llamita.weights.quants import GGMLType, dequantize, quantize
 from tests.vnni_reference import int8_activations
 
-pytestmark = pytest.mark.skipif(not native.vnni_kernels(),
-                                reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}")
+pytestmark = pytest.mark.skipif(
+    not native.vnni_kernels(), reason=f"llamita's VNNI kernel is unavailable: {native.vnni_kernels_skipped()}"
+)
 
 U = 2.0**-8  # bfloat16 unit roundoff
 E32 = 2.0**-24  # float32 unit roundoff
@@ -33,8 +34,10 @@ def _pair(shape: tuple[int, int], seed: int) -> tuple[int8.Int8Weight, int8.Int8
     """The same random weight in both layouts."""
     w = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.05
     n, k = shape
-    return (quantize_int8(n, k, lambda a, b: w[a:b], layout="vnni"),
-            quantize_int8(n, k, lambda a, b: w[a:b], layout="torch"))
+    return (
+        quantize_int8(n, k, lambda a, b: w[a:b], layout="vnni"),
+        quantize_int8(n, k, lambda a, b: w[a:b], layout="torch"),
+    )
 
 
 def _emulate(x: torch.Tensor, w: int8.Int8Weight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +87,10 @@ def test_gguf_weights_requantize_alike(t: GGMLType) -> None:
     raw = quantize(torch.randn(shape, generator=torch.Generator().manual_seed(int(t))) * 0.05, t).view(shape[0], -1)
     rows = lambda a, b: dequantize(raw[a:b].reshape(-1), t, (b - a, shape[1]))  # noqa: E731
     vnni = quantize_int8(*shape, rows, layout="vnni")
-    assert torch.equal(dequantize_int8(vnni, torch.float32),
-                       dequantize_int8(quantize_int8(*shape, rows, layout="torch"), torch.float32))
+    assert torch.equal(
+        dequantize_int8(vnni, torch.float32),
+        dequantize_int8(quantize_int8(*shape, rows, layout="torch"), torch.float32),
+    )
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 13])
@@ -116,7 +121,7 @@ def test_batched_rows_equal_one_at_a_time() -> None:
     w, _ = _pair((64, 256), 40)
     x = torch.randn(23, 256, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     batched = int8_linear(x, w)  # tiles of 8, 8, 4, 2, 1 rows
-    assert torch.equal(batched, torch.cat([int8_linear(x[i:i + 1], w) for i in range(23)]))
+    assert torch.equal(batched, torch.cat([int8_linear(x[i : i + 1], w) for i in range(23)]))
 
 
 def test_edge_inputs() -> None:

@@ -34,8 +34,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     found = {
         "q4": write_gguf(folder / "tiny-Q4_K_M.gguf", cfg, random_hf_weights(cfg, seed=0)),
         "q8": write_gguf(folder / "tiny-Q8_0.gguf", cfg, random_hf_weights(cfg, seed=1)),
-        "split": write_gguf(folder / "big-Q4_K_M.gguf", cfg, random_hf_weights(cfg, seed=2),
-                            split_max_tensors=8),
+        "split": write_gguf(folder / "big-Q4_K_M.gguf", cfg, random_hf_weights(cfg, seed=2), split_max_tensors=8),
     }
     w = gguf.GGUFWriter(str(folder / "qwen-Q4_K_M.gguf"), "qwen2")
     w.add_block_count(1)
@@ -48,8 +47,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     mini = llama31_mini_config(tied=True)
     import torch
 
-    found["hf"] = write_hf_folder(folder / "hf", mini, hf_llama(mini, random_hf_weights(mini)),
-                                  dtype=torch.bfloat16)
+    found["hf"] = write_hf_folder(folder / "hf", mini, hf_llama(mini, random_hf_weights(mini)), dtype=torch.bfloat16)
     return found
 
 
@@ -61,14 +59,21 @@ def hub(models, monkeypatch) -> Iterator[FakeHub]:
     test/gated-GGUF (token "hf_secret"), test/bad-GGUF (a wrong SHA-256)."""
     split_parts = sorted(models["split"].parent.glob("big-Q4_K_M-*.gguf"))
     with FakeHub() as h:
-        h.add("test/tiny-GGUF", {"tiny-Q4_K_M.gguf": models["q4"], "tiny-Q8_0.gguf": models["q8"],
-                                 "README.md": b"# tiny\n"})
+        h.add(
+            "test/tiny-GGUF",
+            {"tiny-Q4_K_M.gguf": models["q4"], "tiny-Q8_0.gguf": models["q8"], "README.md": b"# tiny\n"},
+        )
         h.add("test/two-GGUF", {"two-Q8_0.gguf": models["q8"], "two-F16.gguf": models["q4"]})
         h.add("test/split-GGUF", {f"Q4_K_M/{p.name}": p for p in split_parts})
         h.add("test/qwen-GGUF", {"qwen-Q4_K_M.gguf": models["qwen"]})
         hf_files: dict[str, bytes | Path] = {p.name: p for p in models["hf"].iterdir()}
-        hf_files.update({"original/consolidated.00.pth": b"x" * 1000, "README.md": b"# hf\n",
-                         "LICENSE": b"TINY LICENSE\nuse it kindly\n"})
+        hf_files.update(
+            {
+                "original/consolidated.00.pth": b"x" * 1000,
+                "README.md": b"# hf\n",
+                "LICENSE": b"TINY LICENSE\nuse it kindly\n",
+            }
+        )
         h.add("test/tiny-hf", hf_files)
         h.add("test/gated-GGUF", {"gated-Q4_K_M.gguf": models["q4"]}, token="hf_secret")
         h.add("test/bad-GGUF", {"bad-Q4_K_M.gguf": models["q4"]}, wrong_sha={"bad-Q4_K_M.gguf"})

@@ -115,14 +115,25 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
             siblings = []
             for name, data in repo.files.items():
-                entry: dict[str, object] = {"rfilename": name, "size": len(data),
-                                            "blobId": hashlib.sha1(data).hexdigest()}
+                entry: dict[str, object] = {
+                    "rfilename": name,
+                    "size": len(data),
+                    "blobId": hashlib.sha1(data).hexdigest(),
+                }
                 if name.endswith(LFS_SUFFIXES):
-                    entry["lfs"] = {"sha256": _lfs_sha(repo, name, data), "size": len(data),
-                                    "pointerSize": 134}
+                    entry["lfs"] = {"sha256": _lfs_sha(repo, name, data), "size": len(data), "pointerSize": 134}
                 siblings.append(entry)
-            self._json(200, {"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
-                             "gated": "manual" if repo.token else False, "siblings": siblings})
+            self._json(
+                200,
+                {
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": repo.sha,
+                    "private": False,
+                    "gated": "manual" if repo.token else False,
+                    "siblings": siblings,
+                },
+            )
 
         def _resolve(self) -> None:
             match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+?)(?:\?.*)?$", self.path)
@@ -131,8 +142,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "RepoNotFound", "Repository not found")
             name = match[3]
             if repo.token and self.headers.get("Authorization") != f"Bearer {repo.token}":
-                return self._error(401, "GatedRepo", f"Access to model {match[1]} is restricted. "
-                                   "You must have access to it and be authenticated to access it.")
+                return self._error(
+                    401,
+                    "GatedRepo",
+                    f"Access to model {match[1]} is restricted. "
+                    "You must have access to it and be authenticated to access it.",
+                )
             if name not in repo.files:
                 return self._error(404, "EntryNotFound", f"{name} does not exist")
             data = repo.files[name]
@@ -157,7 +172,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             body = data[start:]
             if name in repo.drop_once:
                 repo.drop_once.discard(name)
-                body = body[:len(body) // 2]  # then the connection closes: a dropped download
+                body = body[: len(body) // 2]  # then the connection closes: a dropped download
             self.wfile.write(body)
             self.wfile.flush()
             hub.served.setdefault((match[1], name), []).append(Served(start, len(body)))

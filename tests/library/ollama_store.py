@@ -6,9 +6,16 @@ import json
 from pathlib import Path
 
 
-def write_ollama_model(root: Path, name: str, tag: str, gguf_path: Path, *,
-                       template: str | None = None, params: dict | None = None,
-                       license_text: str | None = None) -> Path:
+def write_ollama_model(
+    root: Path,
+    name: str,
+    tag: str,
+    gguf_path: Path,
+    *,
+    template: str | None = None,
+    params: dict | None = None,
+    license_text: str | None = None,
+) -> Path:
     """Ollama's store layout for one model: blobs/sha256-HEX and manifests/registry.ollama.ai/
     library/NAME/TAG naming them (the model layer plus optional template, params, license)."""
     import hashlib
@@ -19,8 +26,9 @@ def write_ollama_model(root: Path, name: str, tag: str, gguf_path: Path, *,
         digest = hashlib.sha256(data).hexdigest()
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         (root / "blobs" / f"sha256-{digest}").write_bytes(data)
-        layers.append({"mediaType": f"application/vnd.ollama.image.{kind}",
-                       "digest": f"sha256:{digest}", "size": len(data)})
+        layers.append(
+            {"mediaType": f"application/vnd.ollama.image.{kind}", "digest": f"sha256:{digest}", "size": len(data)}
+        )
 
     blob(gguf_path.read_bytes(), "model")
     if template is not None:

@@ -96,8 +96,10 @@ def test_created_settings_reach_the_llm(folder, models):
     assert mario.sampling_params() == SamplingParams(temperature=0.0, max_tokens=5, stop=("the end",), top_k=7)
     assert mario.sampling_params(top_k=3, temperature=None).top_k == 3
     assert mario.sampling_params({"max_tokens": 512}).max_tokens == 5  # the model's over a front end's
-    expected = base.chat([{"role": "system", "content": SYSTEM}, *MESSAGES, *user],
-                         SamplingParams(temperature=0, max_tokens=5, top_k=7, stop=("the end",)))
+    expected = base.chat(
+        [{"role": "system", "content": SYSTEM}, *MESSAGES, *user],
+        SamplingParams(temperature=0, max_tokens=5, top_k=7, stop=("the end",)),
+    )
     assert mario.chat(user).token_ids == expected.token_ids
     assert load_model("mario", dtype="float32").settings.system == SYSTEM
 
@@ -177,10 +179,24 @@ def test_errors(folder, models):
 def test_a_version_1_manifest_still_reads(models, homes):
     folder = homes / "llamita" / "models"
     folder.mkdir(parents=True)
-    (folder / "old.json").write_text(json.dumps({  # as phase 1 wrote them
-        "name": "old", "source": "path", "path": str(models["q8"]), "repo": None, "revision": None,
-        "files": [], "size_bytes": 1, "quantization": None, "parameters": None, "alias_of": None,
-        "created": 0.0, "version": 1}))
+    (folder / "old.json").write_text(
+        json.dumps(
+            {  # as phase 1 wrote them
+                "name": "old",
+                "source": "path",
+                "path": str(models["q8"]),
+                "repo": None,
+                "revision": None,
+                "files": [],
+                "size_bytes": 1,
+                "quantization": None,
+                "parameters": None,
+                "alias_of": None,
+                "created": 0.0,
+                "version": 1,
+            }
+        )
+    )
     assert find_manifest("old").settings is None and resolve_model_path("old") == models["q8"]
     assert load_model("old", dtype="float32").settings is None
 

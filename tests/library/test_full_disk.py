@@ -22,8 +22,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mo
 
 def _mount_tmpfs(where: Path, size: int) -> bool:
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
     return done.returncode == 0
 
 
@@ -48,8 +47,11 @@ def small_disk(tmp_path, monkeypatch) -> Iterator[Callable[[int], Path]]:
 def test_a_full_disk_is_refused_before_a_byte(hub, models, small_disk):
     small_disk(64 * 1024)
     need = models["q4"].stat().st_size
-    with pytest.raises(DownloadError, match=r"not enough disk space .* it needs "
-                                            rf"{need / 1e6:.1f} MB .* free [0-9.]+ MB more"):
+    with pytest.raises(
+        DownloadError,
+        match=r"not enough disk space .* it needs "
+        rf"{need / 1e6:.1f} MB .* free [0-9.]+ MB more",
+    ):
         pull("test/tiny-GGUF")
     assert not hub.served
 
@@ -79,4 +81,3 @@ def test_a_disk_that_fills_mid_download_keeps_the_partial_and_resumes(hub, model
     assert found.path.read_bytes() == models["q4"].read_bytes()
     # The second pull asked only for what the partial file lacked.
     assert hub.served[("test/tiny-GGUF", "tiny-Q4_K_M.gguf")][-1].start == kept
-

@@ -33,9 +33,15 @@ def listed() -> dict[str, dict]:
 
 @pytest.fixture
 def ollama_tiny(homes, models):
-    return write_ollama_model(homes / "ollama", "tiny", "latest", models["q4"],
-                              template="{{ .Prompt }}", params={"temperature": 0.3, "stop": ["<|im_end|>"]},
-                              license_text="OLLAMA TINY LICENSE")
+    return write_ollama_model(
+        homes / "ollama",
+        "tiny",
+        "latest",
+        models["q4"],
+        template="{{ .Prompt }}",
+        params={"temperature": 0.3, "stop": ["<|im_end|>"]},
+        license_text="OLLAMA TINY LICENSE",
+    )
 
 
 def test_an_ollama_model_is_listed_and_runs_without_a_copy(ollama_tiny, models, homes):

@@ -73,8 +73,9 @@ def test_a_safetensors_repository_brings_only_what_the_folder_needs(hub, models)
 def test_run_with_a_short_name_pulls_first_then_answers(hub, models, monkeypatch):
     entry = CatalogEntry("llama3.2:1b", "test/tiny-GGUF", "Q4_K_M", "tiny-Q4_K_M.gguf", 1, 1)
     monkeypatch.setitem(catalog.SHORT_NAMES, "llama3.2:1b", entry)
-    result = CliRunner().invoke(app, ["run", "llama3.2:1b", "the cat", "--raw", "-n", "4",
-                                      "--temperature", "0", "--dtype", "float32"])
+    result = CliRunner().invoke(
+        app, ["run", "llama3.2:1b", "the cat", "--raw", "-n", "4", "--temperature", "0", "--dtype", "float32"]
+    )
     assert result.exit_code == 0, result.output
     assert "pulling" in result.output
     assert [m.name for m in read_manifests()] == ["llama3.2:1b"]
@@ -117,8 +118,11 @@ def test_an_interrupted_pull_resumes_in_the_next_one(hub, models, monkeypatch):
             if self.done > self.total // 2:
                 raise KeyboardInterrupt
 
-        def __enter__(self): return self
-        def __exit__(self, *exc: object) -> None: pass
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
 
     with pytest.raises(KeyboardInterrupt):
         pull("test/tiny-GGUF:Q4_K_M", tqdm_class=StopHalfWay)
@@ -162,8 +166,11 @@ def test_a_full_disk_says_how_much_is_missing_before_downloading(hub, models, mo
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     need = models["q4"].stat().st_size
-    with pytest.raises(DownloadError, match=rf"needs {need / 1e6:.1f} MB .* 0\.0 MB is free; free "
-                                            rf"{(need - 1000) / 1e6:.1f} MB more"):
+    with pytest.raises(
+        DownloadError,
+        match=rf"needs {need / 1e6:.1f} MB .* 0\.0 MB is free; free "
+        rf"{(need - 1000) / 1e6:.1f} MB more",
+    ):
         pull("test/tiny-GGUF")
     assert not hub.served
 
@@ -181,12 +188,12 @@ def test_a_safetensors_repository_that_is_not_llama_is_refused_before_its_weight
 
     files = {p.name: p.read_bytes() for p in models["hf"].iterdir()}
     config = json.loads(files["config.json"])
-    files["config.json"] = json.dumps(dict(config, model_type="mistral",
-                                           architectures=["MistralForCausalLM"])).encode()
+    files["config.json"] = json.dumps(dict(config, model_type="mistral", architectures=["MistralForCausalLM"])).encode()
     hub.add("test/mistral", files)
     with pytest.raises(UnsupportedModelError, match="'mistral' model"):
         pull("test/mistral")
     assert hub.bytes_sent("test/mistral", "model.safetensors") == 0
-    assert not cache_files() or all("/.locks/" in p.as_posix() or p.name == "CACHEDIR.TAG"
-                                    or "/refs/" in p.as_posix() for p in cache_files())
+    assert not cache_files() or all(
+        "/.locks/" in p.as_posix() or p.name == "CACHEDIR.TAG" or "/refs/" in p.as_posix() for p in cache_files()
+    )
     assert not read_manifests()

@@ -31,8 +31,9 @@ def test_matches_sdpa(n_heads: int, n_kv: int, dtype: torch.dtype, tol: float) -
     expected = _reference(q, keys, values, mask)
     assert (out.double() - expected).abs().max() <= tol * expected.abs().max()
     # Row 0 sees only key 0: its output is exactly that key's value (per KV head).
-    assert torch.allclose(out[0, :, 0].double(), values[0, :, 0].double().repeat_interleave(n_heads // n_kv, 0),
-                          atol=tol)
+    assert torch.allclose(
+        out[0, :, 0].double(), values[0, :, 0].double().repeat_interleave(n_heads // n_kv, 0), atol=tol
+    )
     # No mask: every key.
     unmasked = single_query_attention(q, keys, values, None)
     expected = _reference(q, keys, values, None)

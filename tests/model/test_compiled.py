@@ -23,12 +23,19 @@ from llamita.model.tensor_parallel import RowParallel
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
-PROMPTS = ["The capital of France is", "def fibonacci(n):", "Había una vez un gato que",
-           "Once upon a time", "The three primary colors are red,", "Water boils at"]
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Había una vez un gato que",
+    "Once upon a time",
+    "The three primary colors are red,",
+    "Water boils at",
+]
 
 
-def decode_both(model, decoder: CompiledDecoder, tokens: torch.Tensor, steps: int,
-                max_len: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_both(
+    model, decoder: CompiledDecoder, tokens: torch.Tensor, steps: int, max_len: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy decode `steps` tokens from `tokens` (B, 1) at positions 0, 1, ... with the eager
     model and with `decoder`, each feeding back the eager choice: (steps, B, vocab) each."""
     eager, compiled = [], []

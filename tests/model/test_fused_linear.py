@@ -20,8 +20,10 @@ from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, quantize
 
 requires_int4 = pytest.mark.skipif(not int4_supported(), reason="no packed int4 CPU matmul here")
-LAYOUTS = [pytest.param("vnni", marks=pytest.mark.skipif(not native.vnni_kernels(), reason="no VNNI kernel")),
-           pytest.param("torch", marks=pytest.mark.skipif(_probe_layout() is None, reason="no torch int4"))]
+LAYOUTS = [
+    pytest.param("vnni", marks=pytest.mark.skipif(not native.vnni_kernels(), reason="no VNNI kernel")),
+    pytest.param("torch", marks=pytest.mark.skipif(_probe_layout() is None, reason="no torch int4")),
+]
 requires_int8 = pytest.mark.skipif(not int8_supported(), reason="no int8 weight-only CPU matmul here")
 
 
@@ -61,8 +63,7 @@ def test_int4_parts_match(rows: int, layout: str) -> None:
     # The parts now read views of the joined codes: still right, no second copy.
     assert all(torch.equal(p(x), a) for p, a in zip(parts, alone))
     joined = fused.inner.packed
-    assert all(p.packed.untyped_storage().data_ptr() == joined.untyped_storage().data_ptr()
-               for p in parts)
+    assert all(p.packed.untyped_storage().data_ptr() == joined.untyped_storage().data_ptr() for p in parts)
     if layout in VNNI_LAYOUTS:  # the scales too (a fifth of the codes' size)
         scales = fused.inner.scales_and_zeros.untyped_storage().data_ptr()
         assert all(p.scales_and_zeros.untyped_storage().data_ptr() == scales for p in parts)

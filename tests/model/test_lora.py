@@ -27,9 +27,18 @@ def base(tmp_path_factory):
     sd = random_hf_weights(cfg, seed=5)
     path = write_gguf(tmp / "base.gguf", cfg, sd)
     a = make_peft_adapter(tmp / "style-a", cfg, sd, seed=1, r=4, alpha=8.0)
-    b = make_peft_adapter(tmp / "style-b", cfg, sd, seed=2, r=6, alpha=3.0, use_rslora=True,
-                          targets=["q_proj", "v_proj", "down_proj", "up_proj"],
-                          rank_pattern={"q_proj": 2}, alpha_pattern={"down_proj": 5.0})
+    b = make_peft_adapter(
+        tmp / "style-b",
+        cfg,
+        sd,
+        seed=2,
+        r=6,
+        alpha=3.0,
+        use_rslora=True,
+        targets=["q_proj", "v_proj", "down_proj", "up_proj"],
+        rank_pattern={"q_proj": 2},
+        alpha_pattern={"down_proj": 5.0},
+    )
     return tmp, cfg, sd, path, a, b
 
 
@@ -66,15 +75,17 @@ def test_mixed_batch_equals_rows_alone(base):
         cache = KVCache(ours.config, 3, 24, dtype=torch.float32)
         got = [ours.model(tokens[:, :20], torch.arange(20).expand(3, 20), cache, adapters=slots)]
         for p in range(20, 24):
-            got.append(ours.model(tokens[:, p:p + 1], torch.full((3, 1), p), cache, adapters=slots))
+            got.append(ours.model(tokens[:, p : p + 1], torch.full((3, 1), p), cache, adapters=slots))
         got = torch.cat(got, dim=1)
-        wants = [peft_model(cfg, sd, a)(tokens[:1]).logits,
-                 ours.model(tokens[1:2]),  # no adapter: the base model
-                 peft_model(cfg, sd, b)(tokens[2:]).logits]
+        wants = [
+            peft_model(cfg, sd, a)(tokens[:1]).logits,
+            ours.model(tokens[1:2]),  # no adapter: the base model
+            peft_model(cfg, sd, b)(tokens[2:]).logits,
+        ]
         for row, want in enumerate(wants):
-            alone = ours.model(tokens[row:row + 1], adapters=slots[row:row + 1])
-            assert rel_err(got[row:row + 1], want) <= 1e-4, row
-            assert rel_err(got[row:row + 1], alone) <= 1e-4, row
+            alone = ours.model(tokens[row : row + 1], adapters=slots[row : row + 1])
+            assert rel_err(got[row : row + 1], want) <= 1e-4, row
+            assert rel_err(got[row : row + 1], alone) <= 1e-4, row
 
 
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16])
@@ -132,8 +143,9 @@ def test_quantized_base_keeps_its_int4_layers(base, tmp_path):
     with torch.inference_mode():
         want = peft_model(cfg, ref_sd, a)(tokens).logits
         got = ours.model(tokens, adapters=torch.zeros(1, dtype=torch.long))
-        step = ours.model(tokens[:, -1:], adapters=torch.zeros(1, dtype=torch.long),
-                          positions=torch.tensor([[29]]))  # no cache: one row, the int4 kernel
+        step = ours.model(
+            tokens[:, -1:], adapters=torch.zeros(1, dtype=torch.long), positions=torch.tensor([[29]])
+        )  # no cache: one row, the int4 kernel
     assert rel_err(got, want) < (0.06 if wrapped[0].base.layout == "vnni" else 0.03)
     assert torch.isfinite(step).all()
 

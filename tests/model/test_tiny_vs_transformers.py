@@ -30,7 +30,7 @@ def prefill_then_decode(model, config, tokens: torch.Tensor, split: int) -> torc
         cache = KVCache(config, 1, n, dtype=torch.bfloat16)
         got = [model(tokens[:, :split], torch.arange(split)[None], cache)[0]]
         for p in range(split, n):
-            got.append(model(tokens[:, p:p + 1], torch.tensor([[p]]), cache)[0])
+            got.append(model(tokens[:, p : p + 1], torch.tensor([[p]]), cache)[0])
     return torch.cat(got)
 
 
@@ -66,11 +66,25 @@ def test_logits_match_transformers(tmp_path, qtype, tied):
 def test_llama3_inv_freq_matches_transformers():
     cfg = tiny_hf_config()
     s = cfg["rope_scaling"]
-    ours = rope_inv_freq(ModelConfig(
-        n_layers=1, dim=64, n_heads=4, n_kv_heads=1, ffn_dim=96, vocab_size=300, head_dim=16,
-        rope_theta=cfg["rope_theta"],
-        rope_scaling=RopeScaling("llama3", s["factor"], s["low_freq_factor"], s["high_freq_factor"],
-                                 s["original_max_position_embeddings"])))
+    ours = rope_inv_freq(
+        ModelConfig(
+            n_layers=1,
+            dim=64,
+            n_heads=4,
+            n_kv_heads=1,
+            ffn_dim=96,
+            vocab_size=300,
+            head_dim=16,
+            rope_theta=cfg["rope_theta"],
+            rope_scaling=RopeScaling(
+                "llama3",
+                s["factor"],
+                s["low_freq_factor"],
+                s["high_freq_factor"],
+                s["original_max_position_embeddings"],
+            ),
+        )
+    )
     ref = hf_llama(cfg, random_hf_weights(cfg)).model.rotary_emb.inv_freq
     torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=0)
     base = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, 16, 2).float() / 16))
@@ -79,8 +93,16 @@ def test_llama3_inv_freq_matches_transformers():
 
 def test_llama31_8b_divisors_from_spec():
     """LLAMA_SPEC §2.5: for hd=128, theta=5e5, factor 8 the smooth band has these divisors."""
-    cfg = ModelConfig(n_layers=1, dim=4096, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256,
-                      rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192))
+    cfg = ModelConfig(
+        n_layers=1,
+        dim=4096,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_dim=14336,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
+    )
     base = 1.0 / (500000.0 ** (torch.arange(0, 128, 2).double() / 128))
     divisors = (base / rope_inv_freq(cfg).double()).tolist()
     assert all(abs(d - 1) < 1e-5 for d in divisors[:29])

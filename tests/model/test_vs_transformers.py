@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 PROMPTS = {
     "english": "The history of the printing press begins in Europe, where",
     "spanish": "La inteligencia artificial está transformando el mundo porque",
-    "code": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n",
+    "code": 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n',
 }
 
 
@@ -40,12 +40,12 @@ def test_logits_match_at_every_position(llm_f32, hf_reference, lang):
 def test_greedy_32_tokens_match(llm_f32, hf_reference, lang):
     hf_model, _ = hf_reference
     ids = llm_f32.encode_prompt(PROMPTS[lang])
-    out = llm_f32.generate(prompt_token_ids=ids,
-                           params=SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
+    out = llm_f32.generate(prompt_token_ids=ids, params=SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
     with torch.inference_mode():
-        ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
-                                min_new_tokens=32, pad_token_id=0)
-    assert out.token_ids == ref[0, len(ids):].tolist()
+        ref = hf_model.generate(
+            torch.tensor([ids]), max_new_tokens=32, do_sample=False, min_new_tokens=32, pad_token_id=0
+        )
+    assert out.token_ids == ref[0, len(ids) :].tolist()
     assert out.finish_reason == "length"
 
 

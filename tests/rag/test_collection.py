@@ -39,17 +39,29 @@ def bm25_sources(tmp_path, embedder, texts: list[str]):
 
 
 def test_search_ignores_accents_both_ways(tmp_path, hash_embedder):
-    sources = bm25_sources(tmp_path, hash_embedder, [
-        "La inteligencia artificial está transformando el mundo.", "Una cancion sin tildes sobre el perro.",
-        "Nada que ver: recetas de cocina."])
+    sources = bm25_sources(
+        tmp_path,
+        hash_embedder,
+        [
+            "La inteligencia artificial está transformando el mundo.",
+            "Una cancion sin tildes sobre el perro.",
+            "Nada que ver: recetas de cocina.",
+        ],
+    )
     for query, expected in (("esta transformando", "a.md"), ("canción", "b.md"), ("INTELIGENCIA", "a.md")):
         assert sources(query)[:1] == [expected], query
 
 
 def test_bm25_finds_other_word_forms_and_ranks_the_exact_form_first(tmp_path, hash_embedder):
-    sources = bm25_sources(tmp_path, hash_embedder, [
-        "El modelo ajusta cada parámetro durante el entrenamiento.", "Los parámetros se entrenan con datos.",
-        "Recetas de cocina sin relación."])
+    sources = bm25_sources(
+        tmp_path,
+        hash_embedder,
+        [
+            "El modelo ajusta cada parámetro durante el entrenamiento.",
+            "Los parámetros se entrenan con datos.",
+            "Recetas de cocina sin relación.",
+        ],
+    )
     assert sources("parametros") == ["b.md", "a.md"]  # the same word (accents aside) first, then its stem
     assert sources("parámetro") == ["a.md", "b.md"]
     assert set(sources("entrenar")) == {"a.md", "b.md"}  # no chunk says "entrenar": stems only
@@ -65,8 +77,9 @@ def test_incremental_reindex_changes_deletes_and_adds(tmp_path, hash_embedder):
     first = collection.add([docs])
     assert (len(first.added), first.updated, first.removed) == (3, [], [])
     with sqlite3.connect(collection.store.path) as db:
-        a_rows = db.execute("SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id "
-                            "WHERE f.path LIKE '%a.md'").fetchall()
+        a_rows = db.execute(
+            "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path LIKE '%a.md'"
+        ).fetchall()
 
     (docs / "sub" / "b.txt").write_text("bravo changed text.", encoding="utf-8")
     (docs / "c.md").unlink()
@@ -82,8 +95,12 @@ def test_incremental_reindex_changes_deletes_and_adds(tmp_path, hash_embedder):
     fresh.add([docs])
     assert snapshot(collection) == snapshot(fresh)
     with sqlite3.connect(collection.store.path) as db:
-        assert db.execute("SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id "
-                          "WHERE f.path LIKE '%a.md'").fetchall() == a_rows
+        assert (
+            db.execute(
+                "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path LIKE '%a.md'"
+            ).fetchall()
+            == a_rows
+        )
         assert db.execute("SELECT count(*) FROM vectors").fetchone()[0] == len(snapshot(fresh))
     assert collection.search("charlie deleted", 5, mode="bm25") == []
     assert collection.search("changed", 1)[0].source.endswith("b.txt")
@@ -111,8 +128,11 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path, hash_embedder):
 
 def test_chunks_follow_headings_and_stay_within_budget():
     count = lambda text: len(text.split())  # noqa: E731 - a word is a token here
-    text = "# Uno\n\n" + "\n\n".join(f"Frase {i} del párrafo con varias palabras más." for i in range(12)) \
+    text = (
+        "# Uno\n\n"
+        + "\n\n".join(f"Frase {i} del párrafo con varias palabras más." for i in range(12))
         + "\n\n# Dos\n\nOtra sección corta."
+    )
     chunks = chunk_blocks(markdown_blocks(text), count, budget=40, overlap=10)
     assert all(c.n_tokens <= 42 for c in chunks)
     assert chunks[0].text.startswith("# Uno") and chunks[-1].heading == "Dos"
@@ -149,8 +169,12 @@ def test_list_and_delete_collections(tmp_path, hash_embedder):
 def test_query_parsing_and_fusion():
     # words only, FTS5 syntax and function words dropped; exact words in text and heading, their
     # Snowball stems (snowballstemmer's Spanish: entrenamiento -> entren) in the stems column
-    assert fts_query('¿Qué es el "entrenamiento" OR NOT x*?') == \
-        '{text heading} : ("entrenamiento" OR "x") OR stems : ("entren" OR "x")'
-    assert fts_query("de la") == '{text heading} : ("de" OR "la") OR stems : ("de" OR "la")'  # only function words: keep them
+    assert (
+        fts_query('¿Qué es el "entrenamiento" OR NOT x*?')
+        == '{text heading} : ("entrenamiento" OR "x") OR stems : ("entren" OR "x")'
+    )
+    assert (
+        fts_query("de la") == '{text heading} : ("de" OR "la") OR stems : ("de" OR "la")'
+    )  # only function words: keep them
     assert fts_query("¿?") is None
     assert reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60)[0][0] == 1

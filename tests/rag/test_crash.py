@@ -48,7 +48,8 @@ def test_sigkill_while_indexing_leaves_committed_files_whole(tmp_path, hash_embe
         else:
             (docs / f"f{i:02d}.md").write_text(
                 f"# File {i}\n\n" + "\n\n".join(f"paragraph {j} of file {i} with words" for j in range(30)),
-                encoding="utf-8")
+                encoding="utf-8",
+            )
     data = tmp_path / "data"
     code = CHILD.format(tests=str(TESTS), data=str(data), docs=str(docs))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
@@ -76,9 +77,11 @@ def test_sigkill_while_indexing_leaves_committed_files_whole(tmp_path, hash_embe
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         db.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
         n_files = db.execute("SELECT count(*) FROM files").fetchone()[0]
-        rows = db.execute("SELECT f.n_chunks, count(c.id), count(v.chunk_id) FROM files f "
-                          "LEFT JOIN chunks c ON c.file_id = f.id LEFT JOIN vectors v ON v.chunk_id = c.id "
-                          "GROUP BY f.id").fetchall()
+        rows = db.execute(
+            "SELECT f.n_chunks, count(c.id), count(v.chunk_id) FROM files f "
+            "LEFT JOIN chunks c ON c.file_id = f.id LEFT JOIN vectors v ON v.chunk_id = c.id "
+            "GROUP BY f.id"
+        ).fetchall()
     assert 5 <= n_files < N_FILES
     assert all(n == chunks == vectors for n, chunks, vectors in rows)
     # Every committed file holds exactly what a clean index of it holds.

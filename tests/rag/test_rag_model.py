@@ -56,8 +56,9 @@ def test_question_set_is_well_formed():
 
 
 def test_recall_at_5(course, capsys):
-    questions = [q for q in json.loads((DATA / "questions_es.json").read_text(encoding="utf-8"))
-                 if q["source"] in SHORT_TEXTS]
+    questions = [
+        q for q in json.loads((DATA / "questions_es.json").read_text(encoding="utf-8")) if q["source"] in SHORT_TEXTS
+    ]
     figures = {mode: recall_at(course, questions, 5, mode) for mode in ("hybrid", "bm25", "dense")}
     with capsys.disabled():
         print(f"\nrecall@5 over {len(questions)} questions: " + ", ".join(f"{m} {v:.3f}" for m, v in figures.items()))
@@ -83,8 +84,11 @@ def test_prompt_numbers_are_the_sources(course):
     assert prompt.language == "es" and user.startswith("Fuentes:") and "Pregunta: ¿Qué es la cuantización?" in user
     for number, hit in enumerate(prompt.sources, start=1):
         assert f"[{number}] ({Path(hit.source).name}" in user
-        assert user.index(f"[{number}] (") < user.index(hit.text) < user.index(f"[{number + 1}] (") \
-            if number < len(prompt.sources) else user.index(hit.text) > user.index(f"[{number}] (")
+        assert (
+            user.index(f"[{number}] (") < user.index(hit.text) < user.index(f"[{number + 1}] (")
+            if number < len(prompt.sources)
+            else user.index(hit.text) > user.index(f"[{number}] (")
+        )
     assert citations("Sí [1], y también [2, 3] y [9].", 3) == ([1, 2, 3], [9])
     assert detect_language("What is RAG?") == "en" and detect_language("que es la atencion") == "es"
 
@@ -93,8 +97,9 @@ def test_cli_index_search_ask_and_rm(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "llama.md").write_text("# Llama 3.1\n\nLlama 3.1 tiene un contexto de 128K tokens.", encoding="utf-8")
-    (docs / "rope.md").write_text("# RoPE\n\nRoPE codifica la posición rotando las consultas y claves.",
-                                  encoding="utf-8")
+    (docs / "rope.md").write_text(
+        "# RoPE\n\nRoPE codifica la posición rotando las consultas y claves.", encoding="utf-8"
+    )
     (docs / "cocina.txt").write_text("La paella lleva arroz y azafrán.", encoding="utf-8")
     data = ["--data-dir", str(tmp_path / "data")]
     added = runner.invoke(app, ["index", "add", "notas", str(docs), *data])
@@ -114,8 +119,9 @@ def test_cli_index_search_ask_and_rm(tmp_path):
     assert answer.exit_code == 0, answer.output
     listed_sources = re.findall(r"^\[(\d+)\] (\S+)", answer.stdout.split("Fuentes:")[1], flags=re.M)
     # The numbers printed are the retrieved chunks, in retrieval order.
-    assert [(int(n), Path(p).name) for n, p in listed_sources] == \
-        [(i, Path(h["source"]).name) for i, h in enumerate(hits, start=1)]
+    assert [(int(n), Path(p).name) for n, p in listed_sources] == [
+        (i, Path(h["source"]).name) for i, h in enumerate(hits, start=1)
+    ]
 
     assert runner.invoke(app, ["index", "rm", "notas", *data]).exit_code == 0
     missing = runner.invoke(app, ["search", "notas", "x", *data])
@@ -129,8 +135,10 @@ def test_explain_shares_are_the_attention_paid_to_the_sources(course):
     from llamita.rag.retrieval import Hit
 
     llm = course.embedder.llm
-    hits = [Hit(1, "Llama 3.1 tiene un contexto de 128K tokens.", "/d/llama.md", "Llama 3.1", None, None, 1.0),
-            Hit(2, "La paella lleva arroz y azafrán.", "/d/cocina.txt", "", None, None, 0.5)]
+    hits = [
+        Hit(1, "Llama 3.1 tiene un contexto de 128K tokens.", "/d/llama.md", "Llama 3.1", None, None, 1.0),
+        Hit(2, "La paella lleva arroz y azafrán.", "/d/cocina.txt", "", None, None, 0.5),
+    ]
     prompt = build_prompt(llm, "¿Qué contexto tiene Llama 3.1?", hits, answer_tokens=8)
     answer = llm.chat(prompt.messages, default_params(8)).token_ids
     found = explain(llm, prompt, answer)
@@ -139,7 +147,7 @@ def test_explain_shares_are_the_attention_paid_to_the_sources(course):
         assert hit.text in llm.tokenizer.decode(ids[start:end])
     # The same sum read from the glass box's full attention maps.
     weights = attention_weights(llm.loaded.model, ids + answer)  # (L, H, S, S)
-    rows = weights[:, :, len(ids) - 1:len(ids) - 1 + len(answer)]
+    rows = weights[:, :, len(ids) - 1 : len(ids) - 1 + len(answer)]
     on_sources = sum(rows[..., a:b].sum() for a, b in found.spans) / (rows.shape[0] * rows.shape[1] * len(answer))
     assert found.retrieved == pytest.approx(float(on_sources), abs=1e-4)
     assert sum(found.shares) == pytest.approx(found.retrieved, abs=1e-6)

@@ -63,8 +63,11 @@ class ScriptedEngine:
         for rid, (n_prompt, done) in list(self.requests.items()):
             token = self.script[done]
             finished = done + 1 == len(self.script)
-            outputs.append(RequestOutput(rid, [token], self.tokenizer.decode([token]), "stop" if finished else None,
-                                         n_prompt, done + 1, 0))
+            outputs.append(
+                RequestOutput(
+                    rid, [token], self.tokenizer.decode([token]), "stop" if finished else None, n_prompt, done + 1, 0
+                )
+            )
             if finished:
                 del self.requests[rid]
             else:
@@ -84,10 +87,18 @@ class RecordingEngine(ScriptedEngine):
         super().add_request(request_id, prompt_ids, params, adapter)
 
 
-def start_server(loaded, *, api_key: str | None = None, max_queue: int = 64,
-                 kv_cache_tokens: int = 4096, max_running: int = 16, engine: object | None = None,
-                 data_dir: str | None = None, request_timeout: float | None = None,
-                 **app_options: object) -> tuple[RunningServer, Callable[[], None]]:
+def start_server(
+    loaded,
+    *,
+    api_key: str | None = None,
+    max_queue: int = 64,
+    kv_cache_tokens: int = 4096,
+    max_running: int = 16,
+    engine: object | None = None,
+    data_dir: str | None = None,
+    request_timeout: float | None = None,
+    **app_options: object,
+) -> tuple[RunningServer, Callable[[], None]]:
     import uvicorn
 
     from llamita.engine.llm_engine import LLMEngine
@@ -137,17 +148,21 @@ def wait_idle(loop, timeout: float = 10.0) -> bool:
     return False
 
 
-def start_serve_process(data_dir: Path, *args: str, stderr=subprocess.DEVNULL,
-                        env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_serve_process(
+    data_dir: Path, *args: str, stderr=subprocess.DEVNULL, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """`llamita serve` (the default model) in a subprocess on a free loopback port, with the web
     chat's store in data_dir and `env` added to the environment; returns it once /health
     answers, and its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port),
-                             "--data-dir", str(data_dir), *args],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=stderr)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamita.cli.main", "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -194,8 +209,10 @@ class ChatWriters:
                     cid = c.json()["id"]
                     self._ack("conversations", cid)
                     for i in range(3):
-                        m = http.post(f"/ui/conversations/{cid}/messages",
-                                      json={"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"})
+                        m = http.post(
+                            f"/ui/conversations/{cid}/messages",
+                            json={"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"},
+                        )
                         if m.status_code != 201:
                             break
                         mid = m.json()["id"]

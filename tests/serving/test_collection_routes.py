@@ -34,8 +34,11 @@ def rag_server(loaded, tmp_path_factory):
 
 
 def upload(server, name: str, files: list[tuple[str, bytes]]) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/collections/{name}/files", timeout=TIMEOUT,
-                      files=[("files", (filename, data, "application/octet-stream")) for filename, data in files])
+    return httpx.post(
+        f"{server.url}/v1/collections/{name}/files",
+        timeout=TIMEOUT,
+        files=[("files", (filename, data, "application/octet-stream")) for filename, data in files],
+    )
 
 
 def make(server, name: str) -> None:
@@ -48,8 +51,9 @@ def pets(rag_server):
     """A collection of two small files (and a broken PDF, refused)."""
     make(rag_server, "pets")
     broken = pdf_bytes(["never read"])[:60] + b"\x00garbage" * 10
-    r = upload(rag_server, "pets", [("perros.md", PERROS.encode()), ("gatos.txt", GATOS.encode()),
-                                    ("roto.pdf", broken)])
+    r = upload(
+        rag_server, "pets", [("perros.md", PERROS.encode()), ("gatos.txt", GATOS.encode()), ("roto.pdf", broken)]
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -70,8 +74,11 @@ def test_upload_indexes_readable_files_and_reports_the_broken_one(rag_server, pe
 
 @pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
 def test_search_finds_the_uploaded_text(rag_server, pets, mode):
-    r = httpx.post(rag_server.url + "/v1/collections/pets/search", timeout=TIMEOUT,
-                   json={"query": "como se llama el perro de Ana", "top": 2, "mode": mode})
+    r = httpx.post(
+        rag_server.url + "/v1/collections/pets/search",
+        timeout=TIMEOUT,
+        json={"query": "como se llama el perro de Ana", "top": 2, "mode": mode},
+    )
     assert r.status_code == 200, r.text
     hits = r.json()["data"]
     # BM25 lists only chunks that hold a query word; the dense side ranks every chunk.
@@ -83,9 +90,12 @@ def test_search_finds_the_uploaded_text(rag_server, pets, mode):
 
 def test_chat_sources_are_the_numbers_the_prompt_used(rag_server, pets, loaded):
     question = "¿Cómo se llama el perro de Ana?"
-    body = {"model": MODEL_NAME, "messages": [{"role": "system", "content": "Sé breve."},
-                                              {"role": "user", "content": question}],
-            "collections": ["pets"], "rag": {"top": 2, "mode": "bm25"}}
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "system", "content": "Sé breve."}, {"role": "user", "content": question}],
+        "collections": ["pets"],
+        "rag": {"top": 2, "mode": "bm25"},
+    }
     r = httpx.post(rag_server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     message = r.json()["choices"][0]["message"]
@@ -109,8 +119,13 @@ def test_chat_sources_are_the_numbers_the_prompt_used(rag_server, pets, loaded):
 
 
 def test_ollama_chat_with_collections(rag_server, pets):
-    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "¿Cómo se llama el perro?"}],
-            "collections": ["pets"], "rag": {"mode": "bm25", "top": 1}, "stream": False}
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": "¿Cómo se llama el perro?"}],
+        "collections": ["pets"],
+        "rag": {"mode": "bm25", "top": 1},
+        "stream": False,
+    }
     r = httpx.post(rag_server.url + "/api/chat", json=body, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     assert [s["source"] for s in r.json()["message"]["sources"]] == ["perros.md"]
@@ -118,30 +133,41 @@ def test_ollama_chat_with_collections(rag_server, pets):
 
 def test_chat_without_collections_is_unchanged(rag_server, loaded):
     messages = [{"role": "user", "content": "Hola"}]
-    r = httpx.post(rag_server.url + "/v1/chat/completions", json={"model": MODEL_NAME, "messages": messages},
-                   timeout=TIMEOUT)
+    r = httpx.post(
+        rag_server.url + "/v1/chat/completions", json={"model": MODEL_NAME, "messages": messages}, timeout=TIMEOUT
+    )
     assert rag_server.engine.prompts[-1] == encode_chat(loaded.tokenizer, messages)
     choice = r.json()["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": SCRIPT}
-    stream = httpx.post(rag_server.url + "/v1/chat/completions", timeout=TIMEOUT,
-                        json={"model": MODEL_NAME, "messages": messages, "stream": True})
+    stream = httpx.post(
+        rag_server.url + "/v1/chat/completions",
+        timeout=TIMEOUT,
+        json={"model": MODEL_NAME, "messages": messages, "stream": True},
+    )
     assert "sources" not in stream.text
-    ollama = httpx.post(rag_server.url + "/api/chat", timeout=TIMEOUT,
-                        json={"model": MODEL_NAME, "messages": messages, "stream": False}).json()
+    ollama = httpx.post(
+        rag_server.url + "/api/chat", timeout=TIMEOUT, json={"model": MODEL_NAME, "messages": messages, "stream": False}
+    ).json()
     assert ollama["message"] == {"role": "assistant", "content": SCRIPT}
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [
-    ({"collections": ["nope"]}, 404, "name"),
-    ({"collections": "pets"}, 400, "collections"),
-    ({"collections": ["../pets"]}, 400, "name"),
-    ({"collections": ["pets"], "rag": {"mode": "magic"}}, 400, "rag.mode"),
-    ({"collections": ["pets"], "rag": {"top": 0}}, 400, "rag.top"),
-    ({"rag": {"top": 3}}, 400, "rag"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"collections": ["nope"]}, 404, "name"),
+        ({"collections": "pets"}, 400, "collections"),
+        ({"collections": ["../pets"]}, 400, "name"),
+        ({"collections": ["pets"], "rag": {"mode": "magic"}}, 400, "rag.mode"),
+        ({"collections": ["pets"], "rag": {"top": 0}}, 400, "rag.top"),
+        ({"rag": {"top": 3}}, 400, "rag"),
+    ],
+)
 def test_chat_with_bad_collection_options(rag_server, pets, body, status, param):
-    r = httpx.post(rag_server.url + "/v1/chat/completions", timeout=TIMEOUT,
-                   json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "hola"}], **body})
+    r = httpx.post(
+        rag_server.url + "/v1/chat/completions",
+        timeout=TIMEOUT,
+        json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "hola"}], **body},
+    )
     assert r.status_code == status, r.text
     assert r.json()["error"]["param"] == param
 
@@ -152,8 +178,9 @@ def test_bad_collection_names_are_refused(rag_server, name):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_collection_name", r.text
     assert r.json()["error"]["param"] == "name"
     assert httpx.get(f"{rag_server.url}/v1/collections/{name}").status_code in (400, 404)
-    assert not any(p.name.startswith(".") or ".." in p.name
-                   for p in (rag_server.data_dir / "collections").glob("*") if p.is_file())
+    assert not any(
+        p.name.startswith(".") or ".." in p.name for p in (rag_server.data_dir / "collections").glob("*") if p.is_file()
+    )
 
 
 @pytest.mark.parametrize("filename", ["../escape.md", "sub/dir.md", ".hidden.md", "..\\win.md"])
@@ -195,12 +222,18 @@ def test_glass_sources_explains_the_prompt_the_chat_used(rag_server, pets, loade
     from llamita.serving.rag_chat import hit_of
 
     messages = [{"role": "user", "content": "¿Cómo se llama el perro de Ana?"}]
-    r = httpx.post(rag_server.url + "/v1/chat/completions", timeout=TIMEOUT, json={
-        "model": MODEL_NAME, "messages": messages, "collections": ["pets"], "rag": {"top": 2, "mode": "bm25"}})
+    r = httpx.post(
+        rag_server.url + "/v1/chat/completions",
+        timeout=TIMEOUT,
+        json={"model": MODEL_NAME, "messages": messages, "collections": ["pets"], "rag": {"top": 2, "mode": "bm25"}},
+    )
     sent = rag_server.engine.prompts[-1]
     message = r.json()["choices"][0]["message"]
-    view = httpx.post(rag_server.url + "/glass/sources", timeout=TIMEOUT, json={
-        "model": MODEL_NAME, "messages": messages, "sources": message["sources"], "answer": message["content"]})
+    view = httpx.post(
+        rag_server.url + "/glass/sources",
+        timeout=TIMEOUT,
+        json={"model": MODEL_NAME, "messages": messages, "sources": message["sources"], "answer": message["content"]},
+    )
     assert view.status_code == 200, view.text
     view = view.json()
     assert view["prompt_tokens"] == len(sent)
@@ -237,12 +270,19 @@ def test_a_collection_whose_model_is_gone_lists_and_searches_by_bm25(rag_server,
 def test_openai_client_sends_collections_and_reads_sources(rag_server, pets):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=rag_server.url + "/v1", api_key="x", timeout=TIMEOUT, max_retries=0)
-    r = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "¿Y el perro?"}],
-                                       extra_body={"collections": ["pets"], "rag": {"mode": "bm25", "top": 1}})
+    r = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "¿Y el perro?"}],
+        extra_body={"collections": ["pets"], "rag": {"mode": "bm25", "top": 1}},
+    )
     assert r.choices[0].message.content == SCRIPT
     assert [s["source"] for s in r.choices[0].message.model_extra["sources"]] == ["perros.md"]
-    stream = client.chat.completions.create(model=MODEL_NAME, stream=True, messages=[{"role": "user", "content": "perro"}],
-                                            extra_body={"collections": ["pets"], "rag": {"mode": "bm25", "top": 1}})
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        stream=True,
+        messages=[{"role": "user", "content": "perro"}],
+        extra_body={"collections": ["pets"], "rag": {"mode": "bm25", "top": 1}},
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == SCRIPT
     assert chunks[-1].choices[0].delta.model_extra["sources"][0]["source"] == "perros.md"

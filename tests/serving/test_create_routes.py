@@ -35,10 +35,14 @@ def client(tmp_path, monkeypatch) -> TestClient:
 
 
 def test_create_streams_ollama_status_lines(client, gguf_file):
-    body = {"model": "mario", "from": str(gguf_file), "system": "You are Mario.",
-            "parameters": {"temperature": 0.2, "stop": ["a", "b"], "num_ctx": 2048},
-            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-            "license": ["MIT", "other"]}
+    body = {
+        "model": "mario",
+        "from": str(gguf_file),
+        "system": "You are Mario.",
+        "parameters": {"temperature": 0.2, "stop": ["a", "b"], "num_ctx": 2048},
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        "license": ["MIT", "other"],
+    }
     r = client.post("/api/create", json=body)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in r.text.splitlines()]
@@ -52,26 +56,28 @@ def test_create_streams_ollama_status_lines(client, gguf_file):
 
 def test_stream_false_and_the_older_modelfile_form(client, gguf_file):
     text = f"FROM {gguf_file}\nPARAMETER top_k 5\nSYSTEM from the file\n"
-    r = client.post("/api/create", json={"name": "old", "modelfile": text, "system": "from JSON",
-                                         "stream": False})
+    r = client.post("/api/create", json={"name": "old", "modelfile": text, "system": "from JSON", "stream": False})
     assert r.status_code == 200 and r.json() == {"status": "success"}
     settings = find_manifest("old").settings
     assert settings["parameters"] == {"top_k": 5} and settings["system"] == "from JSON"
     assert parse_modelfile(text).settings.parameters == {"top_k": 5}
 
 
-@pytest.mark.parametrize("body,status,words", [
-    ({"from": "x"}, 400, "'model' is required"),
-    ({"model": "m"}, 400, "'from' is required"),
-    ({"model": "m", "from": "FILE", "parameters": {"temprature": 1}}, 400, "unknown parameter 'temprature'"),
-    ({"model": "m", "from": "FILE", "parameters": {"top_k": "many"}}, 400, "top_k must be an integer"),
-    ({"model": "m", "from": "FILE", "template": "{{ .Prompt }}"}, 400, "Go template"),
-    ({"model": "m", "from": "FILE", "messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
-    ({"model": "m", "modelfile": "FROM FILE\nPARAMETER mirostat 2\n"}, 400, "line 2"),
-    ({"model": "m", "from": "FILE", "adapters": {"/no/such/adapter": "sha256:00"}}, 400, "nothing at"),
-    ({"model": "m", "from": "nobody-has-this"}, 404, "not on this machine"),
-    ({"model": "m", "files": {"model.gguf": "sha256:00"}}, 400, "not supported"),
-])
+@pytest.mark.parametrize(
+    "body,status,words",
+    [
+        ({"from": "x"}, 400, "'model' is required"),
+        ({"model": "m"}, 400, "'from' is required"),
+        ({"model": "m", "from": "FILE", "parameters": {"temprature": 1}}, 400, "unknown parameter 'temprature'"),
+        ({"model": "m", "from": "FILE", "parameters": {"top_k": "many"}}, 400, "top_k must be an integer"),
+        ({"model": "m", "from": "FILE", "template": "{{ .Prompt }}"}, 400, "Go template"),
+        ({"model": "m", "from": "FILE", "messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
+        ({"model": "m", "modelfile": "FROM FILE\nPARAMETER mirostat 2\n"}, 400, "line 2"),
+        ({"model": "m", "from": "FILE", "adapters": {"/no/such/adapter": "sha256:00"}}, 400, "nothing at"),
+        ({"model": "m", "from": "nobody-has-this"}, 404, "not on this machine"),
+        ({"model": "m", "files": {"model.gguf": "sha256:00"}}, 400, "not supported"),
+    ],
+)
 def test_bad_bodies_are_http_errors(client, gguf_file, body, status, words):
     body = json.loads(json.dumps(body).replace("FILE", str(gguf_file)))
     r = client.post("/api/create", json=body)

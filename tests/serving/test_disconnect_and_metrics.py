@@ -9,8 +9,7 @@ import httpx
 
 from serving_helpers import wait_idle
 
-LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 2000,
-        "ignore_eos": True}
+LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 2000, "ignore_eos": True}
 
 
 def test_stream_disconnect_aborts(server):
@@ -24,8 +23,11 @@ def test_stream_disconnect_aborts(server):
     assert wait_idle(server.loop, timeout=5)
     assert server.loop.engine.stats.requests_aborted == aborted + 1
     assert server.loop.engine.blocks.usage == 0.0  # its KV blocks are free
-    r = httpx.post(server.url + "/api/chat", json={"messages": LONG["messages"], "stream": False,
-                                                  "options": {"num_predict": 2}}, timeout=30)
+    r = httpx.post(
+        server.url + "/api/chat",
+        json={"messages": LONG["messages"], "stream": False, "options": {"num_predict": 2}},
+        timeout=30,
+    )
     assert r.status_code == 200
 
 
@@ -48,12 +50,19 @@ def test_whole_answer_disconnect_aborts(server, caplog):
 def test_metrics(server):
     httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=30)
     text = httpx.get(server.url + "/metrics", timeout=30).text
-    for name in ("llamita_http_requests_total{route=\"/v1/completions\",status=\"200\"}",
-                 "llamita_queue_length", "llamita_running_sequences", "llamita_kv_cache_usage_ratio",
-                 "llamita_prefix_cache_hit_ratio", "llamita_prompt_tokens_total",
-                 "llamita_generation_tokens_total", "llamita_time_to_first_token_seconds_count",
-                 "llamita_inter_token_latency_seconds_count"):
+    for name in (
+        'llamita_http_requests_total{route="/v1/completions",status="200"}',
+        "llamita_queue_length",
+        "llamita_running_sequences",
+        "llamita_kv_cache_usage_ratio",
+        "llamita_prefix_cache_hit_ratio",
+        "llamita_prompt_tokens_total",
+        "llamita_generation_tokens_total",
+        "llamita_time_to_first_token_seconds_count",
+        "llamita_inter_token_latency_seconds_count",
+    ):
         assert name in text, name
-    generated = next(float(line.split()[-1]) for line in text.splitlines()
-                     if line.startswith("llamita_generation_tokens_total"))
+    generated = next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("llamita_generation_tokens_total")
+    )
     assert generated >= 3

@@ -27,11 +27,14 @@ def docs_server(loaded, tmp_path_factory):
 
 def drop(page, files: list[tuple[str, str, bytes]]) -> None:
     """Drops files on the drop zone as a browser does: a drop event carrying a DataTransfer."""
-    transfer = page.evaluate_handle("""(files) => {
+    transfer = page.evaluate_handle(
+        """(files) => {
         const dt = new DataTransfer();
         for (const [name, type, bytes] of files) dt.items.add(new File([new Uint8Array(bytes)], name, { type }));
         return dt;
-    }""", [[name, kind, list(data)] for name, kind, data in files])
+    }""",
+        [[name, kind, list(data)] for name, kind, data in files],
+    )
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
 
 

@@ -32,8 +32,9 @@ def test_openai_embeddings(server, llm_f32):
         assert np.abs(np.array(d.embedding) - _reference(llm_f32, text)).max() < 1e-5
     assert out.usage.prompt_tokens == sum(len(llm_f32.encode_prompt(t)) for t in TEXTS)
     # base64: little-endian float32, the same vector.
-    raw = httpx.post(f"{server.url}/v1/embeddings", timeout=60,
-                     json={"input": TEXTS[0], "encoding_format": "base64"}).json()
+    raw = httpx.post(
+        f"{server.url}/v1/embeddings", timeout=60, json={"input": TEXTS[0], "encoding_format": "base64"}
+    ).json()
     packed = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
     assert np.abs(packed - _reference(llm_f32, TEXTS[0])).max() < 1e-5
 
@@ -43,15 +44,21 @@ def test_ollama_embed(server, llm_f32):
     out = client.embed(model=MODEL_NAME, input=TEXTS)
     assert len(out.embeddings) == 2
     assert np.abs(np.array(out.embeddings[1]) - _reference(llm_f32, TEXTS[1])).max() < 1e-5
-    legacy = httpx.post(f"{server.url}/api/embeddings", json={"model": MODEL_NAME, "prompt": TEXTS[0]},
-                        timeout=60).json()
+    legacy = httpx.post(
+        f"{server.url}/api/embeddings", json={"model": MODEL_NAME, "prompt": TEXTS[0]}, timeout=60
+    ).json()
     assert np.abs(np.array(legacy["embedding"]) - _reference(llm_f32, TEXTS[0])).max() < 1e-5
 
 
 def test_embedding_errors(server):
-    for body, status in (({"input": []}, 400), ({"input": [1, "a"]}, 400), ({}, 400),
-                         ({"input": "x", "dimensions": 8}, 400), ({"input": "x", "model": "gpt-9+nope"}, 404),
-                         ({"input": "x", "encoding_format": "hex"}, 400)):
+    for body, status in (
+        ({"input": []}, 400),
+        ({"input": [1, "a"]}, 400),
+        ({}, 400),
+        ({"input": "x", "dimensions": 8}, 400),
+        ({"input": "x", "model": "gpt-9+nope"}, 404),
+        ({"input": "x", "encoding_format": "hex"}, 400),
+    ):
         r = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=30)
         assert r.status_code == status, body
         assert "message" in r.json()["error"]
@@ -66,8 +73,9 @@ def test_echo_scores_the_prompt(server, llm_f32):
         ref = torch.log_softmax(llm_f32.loaded.model(torch.tensor([ids]))[0], dim=-1)  # uncached
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", timeout=60)
     for max_tokens in (0, 1):
-        out = client.completions.create(model=MODEL_NAME, prompt=prompt, echo=True, logprobs=2,
-                                        max_tokens=max_tokens, temperature=0)
+        out = client.completions.create(
+            model=MODEL_NAME, prompt=prompt, echo=True, logprobs=2, max_tokens=max_tokens, temperature=0
+        )
         choice = out.choices[0]
         lp = choice.logprobs
         assert choice.text.startswith(prompt)
@@ -80,8 +88,7 @@ def test_echo_scores_the_prompt(server, llm_f32):
         if max_tokens:
             greedy = llm_f32.generate(prompt_token_ids=ids, params=_greedy(1)).token_ids
             assert lp.tokens[-1] == llm_f32.tokenizer.token_piece(greedy[0])
-    r = httpx.post(f"{server.url}/v1/completions", timeout=30,
-                   json={"prompt": prompt, "echo": True, "stream": True})
+    r = httpx.post(f"{server.url}/v1/completions", timeout=30, json={"prompt": prompt, "echo": True, "stream": True})
     assert r.status_code == 400 and r.json()["error"]["code"] == "not_supported"
 
 

@@ -64,8 +64,9 @@ def test_next_token_is_softmax_of_logits_over_t(server, loaded, temperature):
     assert view["prompt_tokens"] == len(ids)
     ref_ids = logits.topk(8).indices.tolist()
     assert [t["id"] for t in view["tokens"]] == ref_ids
-    assert [t["piece"] for t in view["tokens"]] == [tok.token_bytes(i).decode("utf-8", "backslashreplace")
-                                                     for i in ref_ids]
+    assert [t["piece"] for t in view["tokens"]] == [
+        tok.token_bytes(i).decode("utf-8", "backslashreplace") for i in ref_ids
+    ]
     (dist,) = view["distributions"]
     p = torch.softmax(logits.double() / temperature, dim=-1)
     assert dist["temperature"] == temperature and not dist["filtered"]
@@ -77,8 +78,7 @@ def test_next_token_many_temperatures_and_filters(server, loaded):
     tok = loaded.tokenizer
     logits = _reference_logits(loaded, tok.encode(PROMPT, add_bos=tok.add_bos), last_only=True)
     temps = [0.0, 0.5, 2.0]
-    view = ok(server, "/glass/next", {"prompt": PROMPT, "raw": True, "temperatures": temps, "top": 5,
-                                      "top_k": 3})
+    view = ok(server, "/glass/next", {"prompt": PROMPT, "raw": True, "temperatures": temps, "top": 5, "top_k": 3})
     dists = view["distributions"]
     assert [(d["temperature"], d["filtered"]) for d in dists] == [(t, f) for f in (False, True) for t in temps]
     assert dists[0]["probs"] == [1.0, 0.0, 0.0, 0.0, 0.0]  # T = 0: greedy
@@ -114,8 +114,7 @@ def test_attention_rows_are_the_models_weights(server, loaded):
 def test_attention_of_a_chat_prompt_equals_transformers_eager(server, loaded, hf_reference):
     hf_model, hf_tok = hf_reference
     question = "Why is the sky blue?"
-    ids = hf_tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                     tokenize=True)
+    ids = hf_tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     view = ok(server, "/glass/attention", {"text": question, "layer": 7, "head": 2})
     assert view["ids"] == list(ids)  # the chat template, rendered by transformers
@@ -141,28 +140,31 @@ def test_lens_last_layer_is_the_prediction(server, loaded):
     assert last[0]["prob"] == pytest.approx(float(p.max()), abs=F64_PROBS)
 
 
-@pytest.mark.parametrize("path, body, param", [
-    ("/glass/tokens", {"text": ""}, "text"),
-    ("/glass/tokens", {}, "text"),
-    ("/glass/tokens", {"text": 5}, "text"),
-    ("/glass/tokens", {"text": "x" * 100_001}, "text"),
-    ("/glass/attention", {"text": ""}, "text"),
-    ("/glass/attention", {"text": "hola", "layer": 30}, "layer"),
-    ("/glass/attention", {"text": "hola", "layer": -1}, "layer"),
-    ("/glass/attention", {"text": "hola", "head": 9}, "head"),
-    ("/glass/attention", {"text": "hola", "head": "2"}, "head"),
-    ("/glass/attention", {"text": "hola " * 300, "raw": True}, "text"),
-    ("/glass/attention", {"text": "hola", "token": "gato"}, "token"),
-    ("/glass/next", {"prompt": ""}, "prompt"),
-    ("/glass/next", {"prompt": "hola", "temperature": -0.5}, "temperatures"),
-    ("/glass/next", {"prompt": "hola", "temperatures": []}, "temperatures"),
-    ("/glass/next", {"prompt": "hola", "temperatures": [1, "hot"]}, "temperatures"),
-    ("/glass/next", {"prompt": "hola", "temperature": 1, "temperatures": [1]}, "temperatures"),
-    ("/glass/next", {"prompt": "hola", "top": 0}, "top"),
-    ("/glass/next", {"prompt": "hola", "top_p": 1.5}, "top_p"),
-    ("/glass/next", {"prompt": "hola " * 9000, "raw": True}, "prompt"),
-    ("/glass/lens", {"prompt": "hola", "top": 101}, "top"),
-])
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/glass/tokens", {"text": ""}, "text"),
+        ("/glass/tokens", {}, "text"),
+        ("/glass/tokens", {"text": 5}, "text"),
+        ("/glass/tokens", {"text": "x" * 100_001}, "text"),
+        ("/glass/attention", {"text": ""}, "text"),
+        ("/glass/attention", {"text": "hola", "layer": 30}, "layer"),
+        ("/glass/attention", {"text": "hola", "layer": -1}, "layer"),
+        ("/glass/attention", {"text": "hola", "head": 9}, "head"),
+        ("/glass/attention", {"text": "hola", "head": "2"}, "head"),
+        ("/glass/attention", {"text": "hola " * 300, "raw": True}, "text"),
+        ("/glass/attention", {"text": "hola", "token": "gato"}, "token"),
+        ("/glass/next", {"prompt": ""}, "prompt"),
+        ("/glass/next", {"prompt": "hola", "temperature": -0.5}, "temperatures"),
+        ("/glass/next", {"prompt": "hola", "temperatures": []}, "temperatures"),
+        ("/glass/next", {"prompt": "hola", "temperatures": [1, "hot"]}, "temperatures"),
+        ("/glass/next", {"prompt": "hola", "temperature": 1, "temperatures": [1]}, "temperatures"),
+        ("/glass/next", {"prompt": "hola", "top": 0}, "top"),
+        ("/glass/next", {"prompt": "hola", "top_p": 1.5}, "top_p"),
+        ("/glass/next", {"prompt": "hola " * 9000, "raw": True}, "prompt"),
+        ("/glass/lens", {"prompt": "hola", "top": 101}, "top"),
+    ],
+)
 def test_bad_requests_are_openai_400s(server, path, body, param):
     r = post(server, path, body)
     assert r.status_code == 400, r.text
@@ -178,12 +180,17 @@ def test_unknown_adapter_is_404(server):
 def test_api_key_guards_the_glass_routes(loaded):
     running, stop = start_server(loaded, api_key="sesame", kv_cache_tokens=512)
     try:
-        for path, body in [("/glass/tokens", {"text": "hola"}), ("/glass/next", {"prompt": "hola"}),
-                           ("/glass/attention", {"text": "hola"}), ("/glass/lens", {"prompt": "hola"})]:
+        for path, body in [
+            ("/glass/tokens", {"text": "hola"}),
+            ("/glass/next", {"prompt": "hola"}),
+            ("/glass/attention", {"text": "hola"}),
+            ("/glass/lens", {"prompt": "hola"}),
+        ]:
             refused = httpx.post(running.url + path, json=body, timeout=TIMEOUT)
             assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
-            good = httpx.post(running.url + path, json=body, timeout=TIMEOUT,
-                              headers={"Authorization": "Bearer sesame"})
+            good = httpx.post(
+                running.url + path, json=body, timeout=TIMEOUT, headers={"Authorization": "Bearer sesame"}
+            )
             assert good.status_code == 200, good.text
     finally:
         stop()

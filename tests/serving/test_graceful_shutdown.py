@@ -14,8 +14,7 @@ import httpx
 from serving_helpers import ChatWriters, start_serve_process
 
 CHAT = "/v1/chat/completions"
-LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 4000,
-        "ignore_eos": True}
+LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 4000, "ignore_eos": True}
 STREAMS = 3
 
 
@@ -32,7 +31,7 @@ def test_sigterm_ends_streams_and_exits_0(default_model_path, tmp_path):
             with httpx.stream("POST", url + CHAT, json={**LONG, "stream": True}, timeout=30) as r:
                 for line in r.iter_lines():
                     if line.startswith("data: "):
-                        events[n].append(line[len("data: "):])
+                        events[n].append(line[len("data: ") :])
                         if len(events[n]) == 3:
                             flowing.release()
 

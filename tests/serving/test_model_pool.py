@@ -42,15 +42,19 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """Three tiny llama GGUFs with different weights: the default model and two library ones."""
     folder = tmp_path_factory.mktemp("pool-models")
     cfg = tiny_hf_config()
-    return {k: write_gguf(folder / f"{k}.gguf", cfg, random_hf_weights(cfg, seed=10 + i))
-            for i, k in enumerate(("base", "a", "b"))}
+    return {
+        k: write_gguf(folder / f"{k}.gguf", cfg, random_hf_weights(cfg, seed=10 + i))
+        for i, k in enumerate(("base", "a", "b"))
+    }
 
 
 @pytest.fixture(scope="module")
 def reference(files) -> dict[str, str]:
     """Each file's greedy answer to PROMPT (raw), from the offline LLM API."""
-    return {k: LLM(p, dtype="float32", device="cpu").generate(
-        PROMPT, SamplingParams(temperature=0, max_tokens=N)).text for k, p in files.items()}
+    return {
+        k: LLM(p, dtype="float32", device="cpu").generate(PROMPT, SamplingParams(temperature=0, max_tokens=N)).text
+        for k, p in files.items()
+    }
 
 
 @pytest.fixture
@@ -73,16 +77,22 @@ def size_of(path: Path) -> int:
 class Server:
     def __init__(self, files: dict[str, Path], gate: threading.Event | None = None, **pool: object) -> None:
         def load_engine(name: str) -> EngineLoop:
-            engine = LLMEngine(load_model(name, dtype="float32", device="cpu"), kv_cache_tokens=KV_TOKENS,
-                               max_running=2)
+            engine = LLMEngine(
+                load_model(name, dtype="float32", device="cpu"), kv_cache_tokens=KV_TOKENS, max_running=2
+            )
             if gate is not None and engine.loaded.path == files["a"].resolve():  # tiny-a's tokens wait for the test
                 engine.on_logits = lambda request_id, logits: gate.wait(30)
             return EngineLoop(engine)
 
         loaded = load_model(files["base"], dtype="float32", device="cpu")
         self.running, self._stop = start_server(
-            loaded, kv_cache_tokens=KV_TOKENS, max_running=2, pool_config=PoolConfig(library=True, **pool),
-            load_engine=load_engine, estimate=size_of)
+            loaded,
+            kv_cache_tokens=KV_TOKENS,
+            max_running=2,
+            pool_config=PoolConfig(library=True, **pool),
+            load_engine=load_engine,
+            estimate=size_of,
+        )
         self.url = self.running.url
         self.pool = self.running.app.state.pool
         self.client = ollama.Client(host=self.url, timeout=60)
@@ -156,8 +166,11 @@ def test_two_models_load_on_demand_and_answer_in_one_server(server, reference):
     assert server.loaded() == {MODEL_NAME, "tiny-a", "tiny-b"}
     assert server.metric("llamita_loaded_models") == 3 and server.metric("llamita_model_loads_total") == 2
     # The OpenAI API reaches the library the same way.
-    r = httpx.post(server.url + "/v1/completions", json={"model": "tiny-b", "prompt": PROMPT, "max_tokens": N,
-                                                         "temperature": 0}, timeout=60)
+    r = httpx.post(
+        server.url + "/v1/completions",
+        json={"model": "tiny-b", "prompt": PROMPT, "max_tokens": N, "temperature": 0},
+        timeout=60,
+    )
     assert r.json()["choices"][0]["text"] == reference["b"] and r.json()["model"] == "tiny-b"
     listed = {m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]}
     assert {MODEL_NAME, "tiny-a", "tiny-b"} <= listed
@@ -289,10 +302,17 @@ def test_pull_streams_ollamas_progress_then_the_model_serves(server, files, refe
         digest = hashlib.sha256(files["b"].read_bytes()).hexdigest()
         statuses = [s.status for s in steps]
         assert statuses[0] == "pulling manifest" and statuses[-3:] == [
-            "verifying sha256 digest", "writing manifest", "success"]
+            "verifying sha256 digest",
+            "writing manifest",
+            "success",
+        ]
         progress = [s for s in steps if s.digest]
-        assert progress and all(s.digest == f"sha256:{digest}" and s.status == f"pulling {digest[:12]}"
-                                and s.total == files["b"].stat().st_size for s in progress)
+        assert progress and all(
+            s.digest == f"sha256:{digest}"
+            and s.status == f"pulling {digest[:12]}"
+            and s.total == files["b"].stat().st_size
+            for s in progress
+        )
         assert progress[-1].completed == progress[-1].total
         assert server.answer("hf.co/test/tiny-GGUF:Q8_0") == reference["b"]
         # Already whole: stream false gives the last object only.
@@ -309,8 +329,9 @@ def test_concurrent_requests_to_two_models_with_room_for_one_both_complete(libra
     server = Server(files, max_memory=limit, load_timeout=60)
     try:
         answers: dict[str, httpx.Response] = {}
-        threads = [threading.Thread(target=lambda k=k: answers.setdefault(k, server.generate(f"tiny-{k}")))
-                   for k in ("a", "b")]
+        threads = [
+            threading.Thread(target=lambda k=k: answers.setdefault(k, server.generate(f"tiny-{k}"))) for k in ("a", "b")
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -334,8 +355,9 @@ def test_llamita_serve_serves_the_library_beside_its_default_model(library, file
     from serving_helpers import start_serve_process
 
     limit = 2 * 2**30
-    proc, url = start_serve_process(library / "data", "--kv-cache-tokens", str(KV_TOKENS),
-                                    "--max-memory", str(limit), env=dict(os.environ))
+    proc, url = start_serve_process(
+        library / "data", "--kv-cache-tokens", str(KV_TOKENS), "--max-memory", str(limit), env=dict(os.environ)
+    )
     try:
         client = ollama.Client(host=url, timeout=60)
         want = LLM(files["a"]).generate(PROMPT, SamplingParams(temperature=0, max_tokens=N)).text
@@ -357,26 +379,40 @@ def test_a_created_model_brings_its_settings_to_both_apis(server, files):
     from llamita.library.create import create_model
     from llamita.library.modelfile import parse_modelfile
 
-    create_model("mario", parse_modelfile(f"FROM {files['a']}\nPARAMETER temperature 0\n"
-                                          "PARAMETER num_predict 5\nSYSTEM You are Mario\n"
-                                          "MESSAGE user Who are you?\nMESSAGE assistant It's-a me!\n"))
+    create_model(
+        "mario",
+        parse_modelfile(
+            f"FROM {files['a']}\nPARAMETER temperature 0\n"
+            "PARAMETER num_predict 5\nSYSTEM You are Mario\n"
+            "MESSAGE user Who are you?\nMESSAGE assistant It's-a me!\n"
+        ),
+    )
     asked = [{"role": "user", "content": "the cat"}]
-    seen = [{"role": "system", "content": "You are Mario"}, {"role": "user", "content": "Who are you?"},
-            {"role": "assistant", "content": "It's-a me!"}, *asked]
+    seen = [
+        {"role": "system", "content": "You are Mario"},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "It's-a me!"},
+        *asked,
+    ]
     base = LLM(files["a"], dtype="float32", device="cpu")
     want = base.chat(seen, SamplingParams(temperature=0, max_tokens=5)).text
-    ollama_chat = httpx.post(server.url + "/api/chat", json={"model": "mario", "messages": asked,
-                                                             "stream": False}, timeout=60)
+    ollama_chat = httpx.post(
+        server.url + "/api/chat", json={"model": "mario", "messages": asked, "stream": False}, timeout=60
+    )
     assert ollama_chat.status_code == 200, ollama_chat.text
     assert ollama_chat.json()["message"]["content"] == want
     assert ollama_chat.json()["eval_count"] == 5
-    openai_chat = httpx.post(server.url + "/v1/chat/completions", json={"model": "mario", "messages": asked},
-                             timeout=60)
+    openai_chat = httpx.post(
+        server.url + "/v1/chat/completions", json={"model": "mario", "messages": asked}, timeout=60
+    )
     assert openai_chat.status_code == 200, openai_chat.text
     assert openai_chat.json()["choices"][0]["message"]["content"] == want
     # A request's own fields win over the PARAMETERs; its own system message over SYSTEM.
     own = [{"role": "system", "content": "You are Luigi"}, *asked]
     want_own = base.chat([own[0], *seen[1:3], *asked], SamplingParams(temperature=0, max_tokens=2)).text
-    r = httpx.post(server.url + "/api/chat", json={"model": "mario", "messages": own, "stream": False,
-                                                    "options": {"num_predict": 2}}, timeout=60)
+    r = httpx.post(
+        server.url + "/api/chat",
+        json={"model": "mario", "messages": own, "stream": False, "options": {"num_predict": 2}},
+        timeout=60,
+    )
     assert r.json()["message"]["content"] == want_own and r.json()["eval_count"] == 2

@@ -27,8 +27,9 @@ def test_the_picker_lists_the_library_and_choosing_loads(browser, server):
     labels = page.locator("#model option").all_inner_texts()
     assert f"{MODEL_NAME} ● loaded" in labels and "tiny-a" in labels and "tiny-b" in labels
     page.select_option("#model", "tiny-a")
-    page.wait_for_function("() => [...document.querySelectorAll('#model option')]"
-                           ".some((o) => o.textContent === 'tiny-a ● loaded')")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#model option')].some((o) => o.textContent === 'tiny-a ● loaded')"
+    )
     assert "tiny-a" in server.loaded() and "tiny-b" not in server.loaded()
     assert page.eval_on_selector("#model", "s => s.value") == "tiny-a"
     assert "128-token context" in page.inner_text("#model-facts")  # its KV cache bounds the window

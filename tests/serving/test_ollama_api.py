@@ -39,8 +39,10 @@ def test_chat_stream_equals_whole(client):
 def test_generate_raw_and_templated(client, llm_f32):
     raw = client.generate(model=MODEL_NAME, prompt="Once upon a time", raw=True, options=GREEDY)
     assert raw.response == llm_f32.generate("Once upon a time", SamplingParams(temperature=0, max_tokens=12)).text
-    streamed = "".join(p.response for p in client.generate(model=MODEL_NAME, prompt="Once upon a time",
-                                                            raw=True, options=GREEDY, stream=True))
+    streamed = "".join(
+        p.response
+        for p in client.generate(model=MODEL_NAME, prompt="Once upon a time", raw=True, options=GREEDY, stream=True)
+    )
     assert streamed == raw.response
     chat = client.generate(model=MODEL_NAME, prompt=QUESTION[0]["content"], options=GREEDY)
     assert chat.response == client.chat(model=MODEL_NAME, messages=QUESTION, options=GREEDY).message.content
@@ -48,8 +50,12 @@ def test_generate_raw_and_templated(client, llm_f32):
 
 def test_num_ctx_limits_the_request(client, server):
     prompt_len = client.generate(model=MODEL_NAME, prompt="Hi", raw=True, options={"num_predict": 1}).prompt_eval_count
-    r = client.generate(model=MODEL_NAME, prompt="Hi", raw=True, options={"num_ctx": prompt_len + 3, "temperature": 0,
-                                                                          "num_predict": 50, "stop": ["zzz"]})
+    r = client.generate(
+        model=MODEL_NAME,
+        prompt="Hi",
+        raw=True,
+        options={"num_ctx": prompt_len + 3, "temperature": 0, "num_predict": 50, "stop": ["zzz"]},
+    )
     assert r.eval_count <= 3
     big = client.generate(model=MODEL_NAME, prompt="Hi", raw=True, options={"num_ctx": 10**6, "num_predict": 2})
     assert big.eval_count <= 2  # a window larger than the model's is clamped, not an error
@@ -62,7 +68,9 @@ def test_without_num_ctx_the_default_window_bounds_the_answer(client, monkeypatc
     # Ollama stops an answer at its default window (4096, or $OLLAMA_CONTEXT_LENGTH) when no
     # num_ctx or num_predict is given: a model caught in a loop does not run for an hour.
     prompt = "Once upon a time"
-    prompt_len = client.generate(model=MODEL_NAME, prompt=prompt, raw=True, options={"num_predict": 1}).prompt_eval_count
+    prompt_len = client.generate(
+        model=MODEL_NAME, prompt=prompt, raw=True, options={"num_predict": 1}
+    ).prompt_eval_count
     monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", str(prompt_len + 6))
     r = client.generate(model=MODEL_NAME, prompt=prompt, raw=True, options={"temperature": 0})
     want = client.generate(model=MODEL_NAME, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 6})

@@ -54,8 +54,9 @@ def test_completions_prompt_forms_and_n(client, llm_f32, server):
     ids = llm_f32.encode_prompt("Once upon a time")
     r2 = client.completions.create(model=MODEL_NAME, prompt=[ids, ids], temperature=0, max_tokens=8)
     assert [c.text for c in r2.choices] == [want.text, want.text]
-    streamed = client.completions.create(model=MODEL_NAME, prompt="Once upon a time", temperature=0,
-                                         max_tokens=8, stream=True)
+    streamed = client.completions.create(
+        model=MODEL_NAME, prompt="Once upon a time", temperature=0, max_tokens=8, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == want.text
 
 
@@ -67,8 +68,9 @@ def test_n_with_seed_repeats(client):
 
 
 def test_chat_logprobs(client):
-    r = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, temperature=0, max_tokens=5,
-                                       logprobs=True, top_logprobs=3)
+    r = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, temperature=0, max_tokens=5, logprobs=True, top_logprobs=3
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     assert "".join(t.token for t in content) == r.choices[0].message.content
@@ -93,8 +95,9 @@ def test_concurrent_streams_equal_one_at_a_time(client, server):
         kw = dict(model=MODEL_NAME, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=10)
         if not stream:
             return client.chat.completions.create(**kw).choices[0].message.content
-        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**kw, stream=True)
-                       if c.choices)
+        return "".join(
+            c.choices[0].delta.content or "" for c in client.chat.completions.create(**kw, stream=True) if c.choices
+        )
 
     alone = [ask(p, False) for p in prompts]
     with ThreadPoolExecutor(len(prompts)) as pool:
@@ -111,8 +114,14 @@ def test_models_and_unknown_adapter(client):
 
 
 def test_fields_that_change_nothing_are_accepted(client):
-    r = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=1, user="ana",
-                                       parallel_tool_calls=True, extra_body={"some_future_field": 1})
+    r = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=1,
+        user="ana",
+        parallel_tool_calls=True,
+        extra_body={"some_future_field": 1},
+    )
     assert r.choices[0].finish_reason == "length"
 
 
@@ -125,6 +134,7 @@ def test_api_key(loaded):
         good = openai.OpenAI(base_url=running.url + "/v1", api_key="sesame", timeout=TIMEOUT, max_retries=0)
         assert good.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=2).usage.completion_tokens
         import httpx
+
         assert httpx.get(running.url + "/health", timeout=TIMEOUT).status_code == 200  # open without a key
         assert httpx.get(running.url + "/api/tags", timeout=TIMEOUT).status_code == 401
     finally:

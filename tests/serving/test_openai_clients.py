@@ -28,21 +28,29 @@ def _answer(client: openai.OpenAI, messages: list[dict], model: str = MODEL_NAME
 
 def test_content_parts_and_developer_role_equal_plain_messages(server, llm_f32):
     client = _client(server.url + "/v1")
-    parts = [{"role": "developer", "content": [{"type": "text", "text": "Answer in one word."}]},
-             {"role": "user", "content": [{"type": "text", "text": "Hello."}, {"type": "text", "text": QUESTION}]}]
+    parts = [
+        {"role": "developer", "content": [{"type": "text", "text": "Answer in one word."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hello."}, {"type": "text", "text": QUESTION}]},
+    ]
     r = _answer(client, parts)
     assert wait_idle(server.loop)
     # OpenAI: developer is the newer name of system. Text parts join with a newline (vLLM, llama.cpp).
-    want = llm_f32.chat([{"role": "system", "content": "Answer in one word."},
-                         {"role": "user", "content": "Hello.\n" + QUESTION}], GREEDY)
+    want = llm_f32.chat(
+        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Hello.\n" + QUESTION}],
+        GREEDY,
+    )
     assert r.choices[0].message.content == want.text
     assert r.usage.prompt_tokens == len(want.prompt_token_ids)
     # Assistant and tool turns take parts too.
-    history = [{"role": "user", "content": QUESTION},
-               {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
-               {"role": "user", "content": [{"type": "text", "text": "And of Spain?"}]}]
-    plain = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else m["content"][0]["text"]}
-             for m in history]
+    history = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+        {"role": "user", "content": [{"type": "text", "text": "And of Spain?"}]},
+    ]
+    plain = [
+        {"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else m["content"][0]["text"]}
+        for m in history
+    ]
     assert _answer(client, history).choices[0].message.content == llm_f32.chat(plain, GREEDY).text
 
 
@@ -59,7 +67,9 @@ def test_a_part_the_model_cannot_read_is_a_400_naming_it(server):
 def test_base_url_without_v1(server):
     with_v1, without = _client(server.url + "/v1"), _client(server.url)
     messages = [{"role": "user", "content": QUESTION}]
-    assert _answer(without, messages).choices[0].message.content == _answer(with_v1, messages).choices[0].message.content
+    assert (
+        _answer(without, messages).choices[0].message.content == _answer(with_v1, messages).choices[0].message.content
+    )
     assert [m.id for m in without.models.list()] == [m.id for m in with_v1.models.list()] == [MODEL_NAME]
     kw = dict(model=MODEL_NAME, prompt="Once upon a time", temperature=0, max_tokens=6)
     assert without.completions.create(**kw).choices[0].text == with_v1.completions.create(**kw).choices[0].text
@@ -108,8 +118,13 @@ def keyed(loaded, tmp_path_factory):
 
     loop = EngineLoop(ScriptedEngine(loaded, "Hola."))
     loop.start()
-    app = create_app(loop, MODEL_NAME, api_key="sesame", data_dir=tmp_path_factory.mktemp("keyed"),
-                     cors_origins=("http://localhost:3000",))
+    app = create_app(
+        loop,
+        MODEL_NAME,
+        api_key="sesame",
+        data_dir=tmp_path_factory.mktemp("keyed"),
+        cors_origins=("http://localhost:3000",),
+    )
     with TestClient(app) as client:
         yield client
     loop.stop()
@@ -125,8 +140,11 @@ def test_x_api_key_is_accepted_like_bearer(keyed):
 
 
 def test_cors_preflight_needs_no_key(keyed):
-    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "x-api-key, content-type"}
+    preflight = {
+        "Origin": "http://localhost:3000",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key, content-type",
+    }
     r = keyed.options("/v1/chat/completions", headers=preflight)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
@@ -135,8 +153,11 @@ def test_cors_preflight_needs_no_key(keyed):
 def test_preflight_without_cors_is_answered_but_grants_nothing(loaded):
     running, stop = start_server(loaded, api_key="sesame", engine=ScriptedEngine(loaded, "x"))
     try:
-        r = httpx.options(running.url + "/v1/chat/completions", timeout=10, headers={
-            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        r = httpx.options(
+            running.url + "/v1/chat/completions",
+            timeout=10,
+            headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        )
         assert r.status_code == 204 and "access-control-allow-origin" not in r.headers
         # A plain OPTIONS (no preflight) still needs the key.
         assert httpx.options(running.url + "/v1/chat/completions", timeout=10).status_code == 401

@@ -14,9 +14,15 @@ from llamita.sampling_params import Grammar, SamplingParams
 
 from serving_helpers import MODEL_NAME
 
-PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
-          "properties": {"name": {"type": "string", "maxLength": 16},
-                         "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
+PERSON = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "age"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+}
 ASK_PERSON = [{"role": "user", "content": "Invent a person and describe them as JSON."}]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -41,8 +47,9 @@ def test_n_predict_is_max_tokens(server, llm_f32):
     _error(_post(server, "/v1/completions", {"prompt": "x", "n_predict": 5, "max_tokens": 6}), "n_predict")
 
 
-@pytest.mark.parametrize("extra", [{"json_schema": PERSON},
-                                   {"response_format": {"type": "json_object", "schema": PERSON}}])
+@pytest.mark.parametrize(
+    "extra", [{"json_schema": PERSON}, {"response_format": {"type": "json_object", "schema": PERSON}}]
+)
 def test_json_schema_outside_response_format_json_schema(server, llm_f32, extra):
     r = _post(server, "/v1/chat/completions", {"messages": ASK_PERSON, "temperature": 0, "max_tokens": 60, **extra})
     text = r.json()["choices"][0]["message"]["content"]
@@ -53,10 +60,13 @@ def test_json_schema_outside_response_format_json_schema(server, llm_f32, extra)
 
 def test_two_grammars_are_refused(server):
     both = {"messages": QUESTION, "json_schema": PERSON, "response_format": {"type": "json_object"}}
-    assert "not 'response_format' and 'json_schema'" in _error(_post(server, "/v1/chat/completions", both),
-                                                               "json_schema")["message"]
-    _error(_post(server, "/v1/completions", {"prompt": "x", "json_schema": PERSON, "grammar": "root ::= \"a\""}),
-           "grammar")
+    assert (
+        "not 'response_format' and 'json_schema'"
+        in _error(_post(server, "/v1/chat/completions", both), "json_schema")["message"]
+    )
+    _error(
+        _post(server, "/v1/completions", {"prompt": "x", "json_schema": PERSON, "grammar": 'root ::= "a"'}), "grammar"
+    )
     _error(_post(server, "/v1/completions", {"prompt": "x", "json_schema": "not a schema"}), "json_schema")
 
 
@@ -67,10 +77,18 @@ def test_continue_final_message_continues_the_greedy_answer(server, llm_f32):
     head_ids = full.token_ids[:4]
     head = llm_f32.tokenizer.decode(head_ids)
     assert full.text.startswith(head) and len(full.text) > len(head)
-    r = _post(server, "/v1/chat/completions", {
-        "messages": QUESTION + [{"role": "assistant", "content": head}], "continue_final_message": True,
-        "add_generation_prompt": False, "temperature": 0, "max_tokens": 16 - len(head_ids)}).json()
-    assert r["choices"][0]["message"]["content"] == full.text[len(head):]
+    r = _post(
+        server,
+        "/v1/chat/completions",
+        {
+            "messages": QUESTION + [{"role": "assistant", "content": head}],
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+            "temperature": 0,
+            "max_tokens": 16 - len(head_ids),
+        },
+    ).json()
+    assert r["choices"][0]["message"]["content"] == full.text[len(head) :]
     assert r["usage"]["completion_tokens"] == len(full.token_ids) - len(head_ids)
     assert r["choices"][0]["finish_reason"] == full.finish_reason
     # The prompt is the question's prompt with the head's tokens after it.
@@ -78,10 +96,23 @@ def test_continue_final_message_continues_the_greedy_answer(server, llm_f32):
 
 
 def test_prefill_misuse_is_refused(server):
-    _error(_post(server, "/v1/chat/completions", {"messages": QUESTION, "continue_final_message": True}),
-           "continue_final_message")
-    _error(_post(server, "/v1/chat/completions", {"messages": QUESTION, "add_generation_prompt": False}),
-           "add_generation_prompt")
-    _error(_post(server, "/v1/chat/completions", {
-        "messages": QUESTION + [{"role": "assistant", "content": "Paris"}], "continue_final_message": True,
-        "add_generation_prompt": True}), "add_generation_prompt")
+    _error(
+        _post(server, "/v1/chat/completions", {"messages": QUESTION, "continue_final_message": True}),
+        "continue_final_message",
+    )
+    _error(
+        _post(server, "/v1/chat/completions", {"messages": QUESTION, "add_generation_prompt": False}),
+        "add_generation_prompt",
+    )
+    _error(
+        _post(
+            server,
+            "/v1/chat/completions",
+            {
+                "messages": QUESTION + [{"role": "assistant", "content": "Paris"}],
+                "continue_final_message": True,
+                "add_generation_prompt": True,
+            },
+        ),
+        "add_generation_prompt",
+    )

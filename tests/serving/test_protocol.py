@@ -36,29 +36,41 @@ def _refused(model, body: dict) -> APIError:
     return error
 
 
-@pytest.mark.parametrize("model, body, param", [
-    (ChatCompletionRequest, {"messages": [USER, {"role": "user", "content": 7}]}, "messages[1].content"),
-    (ChatCompletionRequest, {"messages": [USER, {"role": "robot", "content": "x"}]}, "messages[1].role"),
-    (ChatCompletionRequest, {"messages": [USER, {"content": "x"}]}, "messages[1].role"),
-    (ChatCompletionRequest, {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
-     "messages[0].content[0].text"),
-    (ChatCompletionRequest, {"messages": [USER], "rag": {"top": MAX_TOP + 1}, "collections": ["a"]}, "rag.top"),
-    (ChatCompletionRequest, {"messages": [USER], "collections": ["a"] * (MAX_COLLECTIONS + 1)}, "collections"),
-    (ChatCompletionRequest, {"messages": [USER], "stream_options": {"include_usage": "yes"}},
-     "stream_options.include_usage"),
-    (ChatCompletionRequest, {"messages": [USER], "tool_choice": {"type": "function"}}, "tool_choice.function"),
-    (ChatCompletionRequest, {"messages": [USER], "n": MAX_N + 1}, "n"),
-    (ChatCompletionRequest, {"messages": [USER], "logprobs": True, "top_logprobs": MAX_LOGPROBS + 1},
-     "top_logprobs"),
-    (ChatCompletionRequest, {"messages": [USER], "temperature": True}, "temperature"),
-    (ChatCompletionRequest, {"messages": [USER], "max_tokens": "5"}, "max_tokens"),
-    (ChatCompletionRequest, {"messages": []}, "messages"),
-    (CompletionRequest, {"prompt": [[1, 2], [3, -1]]}, "prompt[1][1]"),
-    (CompletionRequest, {"prompt": "x", "logprobs": MAX_LOGPROBS + 1}, "logprobs"),
-    (OllamaChatRequest, {"messages": [USER], "options": {"num_ctx": 0}}, "options.num_ctx"),
-    (OllamaGenerateRequest, {"prompt": "x", "options": {"temperature": "x"}}, "options.temperature"),
-    (OllamaGenerateRequest, {"prompt": "x", "keep_alive": True}, "keep_alive"),
-])
+@pytest.mark.parametrize(
+    "model, body, param",
+    [
+        (ChatCompletionRequest, {"messages": [USER, {"role": "user", "content": 7}]}, "messages[1].content"),
+        (ChatCompletionRequest, {"messages": [USER, {"role": "robot", "content": "x"}]}, "messages[1].role"),
+        (ChatCompletionRequest, {"messages": [USER, {"content": "x"}]}, "messages[1].role"),
+        (
+            ChatCompletionRequest,
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
+            "messages[0].content[0].text",
+        ),
+        (ChatCompletionRequest, {"messages": [USER], "rag": {"top": MAX_TOP + 1}, "collections": ["a"]}, "rag.top"),
+        (ChatCompletionRequest, {"messages": [USER], "collections": ["a"] * (MAX_COLLECTIONS + 1)}, "collections"),
+        (
+            ChatCompletionRequest,
+            {"messages": [USER], "stream_options": {"include_usage": "yes"}},
+            "stream_options.include_usage",
+        ),
+        (ChatCompletionRequest, {"messages": [USER], "tool_choice": {"type": "function"}}, "tool_choice.function"),
+        (ChatCompletionRequest, {"messages": [USER], "n": MAX_N + 1}, "n"),
+        (
+            ChatCompletionRequest,
+            {"messages": [USER], "logprobs": True, "top_logprobs": MAX_LOGPROBS + 1},
+            "top_logprobs",
+        ),
+        (ChatCompletionRequest, {"messages": [USER], "temperature": True}, "temperature"),
+        (ChatCompletionRequest, {"messages": [USER], "max_tokens": "5"}, "max_tokens"),
+        (ChatCompletionRequest, {"messages": []}, "messages"),
+        (CompletionRequest, {"prompt": [[1, 2], [3, -1]]}, "prompt[1][1]"),
+        (CompletionRequest, {"prompt": "x", "logprobs": MAX_LOGPROBS + 1}, "logprobs"),
+        (OllamaChatRequest, {"messages": [USER], "options": {"num_ctx": 0}}, "options.num_ctx"),
+        (OllamaGenerateRequest, {"prompt": "x", "options": {"temperature": "x"}}, "options.temperature"),
+        (OllamaGenerateRequest, {"prompt": "x", "keep_alive": True}, "keep_alive"),
+    ],
+)
 def test_a_wrong_field_is_named_by_its_path(model, body, param):
     assert _refused(model, body).param == param
 
@@ -70,21 +82,45 @@ def test_a_missing_field_is_named():
 
 def test_unknown_fields_and_lenient_types_pass():
     # What real clients send beyond what llamita reads (the openai SDK, LangChain, Open WebUI).
-    body = {"messages": [{"role": "system", "content": "s"}, {"role": "developer", "content": "d"},
-                         {"role": "user", "content": [{"type": "text", "text": "hola", "cache_control": {}}],
-                          "name": "ana"},
-                         {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "function": {
-                             "name": "f", "arguments": "{}"}}]},
-                         {"role": "tool", "content": {"temp": 21}, "tool_call_id": "1"},
-                         {"role": "ipython", "content": [1, 2]}],
-            "temperature": 1, "top_p": 1, "presence_penalty": 0, "max_tokens": None, "user": "u-1",
-            "parallel_tool_calls": False, "metadata": {"a": "b"}, "service_tier": "auto", "keep_alive": -1,
-            "stop": "\n", "response_format": "json_object", "n": MAX_N, "store": False}
+    body = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "developer", "content": "d"},
+            {"role": "user", "content": [{"type": "text", "text": "hola", "cache_control": {}}], "name": "ana"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            {"role": "tool", "content": {"temp": 21}, "tool_call_id": "1"},
+            {"role": "ipython", "content": [1, 2]},
+        ],
+        "temperature": 1,
+        "top_p": 1,
+        "presence_penalty": 0,
+        "max_tokens": None,
+        "user": "u-1",
+        "parallel_tool_calls": False,
+        "metadata": {"a": "b"},
+        "service_tier": "auto",
+        "keep_alive": -1,
+        "stop": "\n",
+        "response_format": "json_object",
+        "n": MAX_N,
+        "store": False,
+    }
     request = parse_body(ChatCompletionRequest, body)
     assert request.temperature == 1.0 and request.model_extra["user"] == "u-1"
     parse_body(CompletionRequest, {"prompt": [1, 2, 3], "echo": True, "max_tokens": 0, "logprobs": MAX_LOGPROBS})
-    parse_body(OllamaChatRequest, {"model": "m", "keep_alive": "5m", "think": False,
-                                   "options": {"num_thread": 4, "mirostat": 0, "temperature": 0}})
+    parse_body(
+        OllamaChatRequest,
+        {
+            "model": "m",
+            "keep_alive": "5m",
+            "think": False,
+            "options": {"num_thread": 4, "mirostat": 0, "temperature": 0},
+        },
+    )
     parse_body(OllamaGenerateRequest, {"model": "m"})  # only loads the model
 
 
@@ -92,10 +128,16 @@ def _body_schema(doc: dict, path: str) -> dict:
     return doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
 
 
-MODEL_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
-                "/v1/embeddings": EmbeddingRequest, "/api/chat": OllamaChatRequest,
-                "/api/generate": OllamaGenerateRequest, "/api/embed": OllamaEmbedRequest,
-                "/api/embeddings": OllamaEmbeddingsRequest, "/v1/responses": ResponsesRequest}
+MODEL_ROUTES = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+    "/api/chat": OllamaChatRequest,
+    "/api/generate": OllamaGenerateRequest,
+    "/api/embed": OllamaEmbedRequest,
+    "/api/embeddings": OllamaEmbeddingsRequest,
+    "/v1/responses": ResponsesRequest,
+}
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +155,7 @@ def doc() -> dict:
     )
 
     app = FastAPI()
-    for module in (openai_routes, responses_routes, embedding_routes, library_routes, ollama_routes,
-                   collection_routes):
+    for module in (openai_routes, responses_routes, embedding_routes, library_routes, ollama_routes, collection_routes):
         app.include_router(module.router)
     return openapi_document(app.routes)
 

@@ -78,21 +78,23 @@ BAD = [
 
 @pytest.mark.parametrize("path, body, status", BAD, ids=[f"bad-{i}" for i in range(len(BAD))])
 def test_bad_requests_get_a_json_4xx(scripted, path, body, status):
-    r = httpx.post(scripted.url + path, content=body, headers={"content-type": "application/json"},
-                   timeout=30)
+    r = httpx.post(scripted.url + path, content=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == status, r.text[:300]
     _is_openai_error(r)
 
 
-@pytest.mark.parametrize("path, body, param", [
-    (CHAT, {"messages": [*USER, {"role": "user", "content": 7}]}, "messages[1].content"),
-    (CHAT, {"messages": USER, "rag": {"mode": "magic"}, "collections": ["c"]}, "rag.mode"),
-    ("/v1/completions", {"prompt": [[1, 2], [3, "x"]]}, "prompt[1][1]"),
-    ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, "encoding_format"),
-    ("/api/chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ("/api/generate", {"prompt": "x", "options": {"num_predict": "many"}}, "options.num_predict"),
-    ("/api/embed", {"input": ["a", 3]}, "input[1]"),
-])
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        (CHAT, {"messages": [*USER, {"role": "user", "content": 7}]}, "messages[1].content"),
+        (CHAT, {"messages": USER, "rag": {"mode": "magic"}, "collections": ["c"]}, "rag.mode"),
+        ("/v1/completions", {"prompt": [[1, 2], [3, "x"]]}, "prompt[1][1]"),
+        ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, "encoding_format"),
+        ("/api/chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ("/api/generate", {"prompt": "x", "options": {"num_predict": "many"}}, "options.num_predict"),
+        ("/api/embed", {"input": ["a", 3]}, "input[1]"),
+    ],
+)
 def test_a_wrong_field_deep_in_a_body_is_named(scripted, path, body, param):
     r = httpx.post(scripted.url + path, json=body, timeout=30)
     assert r.status_code == 400, r.text[:300]
@@ -104,15 +106,17 @@ def test_unknown_fields_are_accepted(scripted):
     extra = {"user": "u-1", "metadata": {"k": "v"}, "parallel_tool_calls": False, "some_future_field": [1]}
     r = httpx.post(scripted.url + CHAT, json={"messages": USER, **extra}, timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hola, que tal?"
-    r = httpx.post(scripted.url + "/api/chat", json={"messages": USER, "stream": False, "think": False,
-                                                     "options": {"num_thread": 2}}, timeout=30)
+    r = httpx.post(
+        scripted.url + "/api/chat",
+        json={"messages": USER, "stream": False, "think": False, "options": {"num_thread": 2}},
+        timeout=30,
+    )
     assert r.status_code == 200 and r.json()["message"]["content"] == "Hola, que tal?"
 
 
 def test_a_prompt_over_the_context_is_400(server):
     """Against the real engine (the scripted one has no context window)."""
-    r = httpx.post(server.url + CHAT, json={"messages": [{"role": "user", "content": "palabra " * 20_000}]},
-                   timeout=60)
+    r = httpx.post(server.url + CHAT, json={"messages": [{"role": "user", "content": "palabra " * 20_000}]}, timeout=60)
     assert r.status_code == 400 and "context" in r.json()["error"]["message"]
     _is_openai_error(r)
 
@@ -170,14 +174,22 @@ def test_whole_answers_follow_the_published_models(scripted):
 
 # The fuzzer's own bounds: short answers, few choices, short lists, ids inside the vocabulary,
 # so ~450 generated requests stay fast against the scripted engine.
-FUZZ_BOUNDS = {"max_tokens": {"maximum": 16}, "max_completion_tokens": {"maximum": 16}, "n": {"maximum": 2},
-               "num_predict": {"maximum": 16}, "messages": {"maxItems": 4}, "prompt": {"maxItems": 2},
-               "input": {"maxItems": 3}, "stop": {"maxItems": 4}}
+FUZZ_BOUNDS = {
+    "max_tokens": {"maximum": 16},
+    "max_completion_tokens": {"maximum": 16},
+    "n": {"maximum": 2},
+    "num_predict": {"maximum": 16},
+    "messages": {"maxItems": 4},
+    "prompt": {"maxItems": 2},
+    "input": {"maxItems": 3},
+    "stop": {"maxItems": 4},
+}
 
 
 def _fuzz_bounds(doc: dict, vocab: int) -> dict:
     """`doc` with FUZZ_BOUNDS applied to every property of those names (and to the list
     branch of a string-or-list), and /detokenize's ids kept below `vocab`."""
+
     def narrow(node):
         if isinstance(node, dict):
             for name, schema in (node.get("properties") or {}).items():
@@ -190,6 +202,7 @@ def _fuzz_bounds(doc: dict, vocab: int) -> dict:
         elif isinstance(node, list):
             for value in node:
                 narrow(value)
+
     narrow(doc)
     detok = doc["paths"]["/detokenize"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     detok["properties"]["tokens"]["items"]["maximum"] = vocab - 1
@@ -208,15 +221,22 @@ def test_schemathesis_finds_no_server_error(scripted):
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in schemathesis.GenerationMode:
+
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=CASES_PER_OPERATION // 2, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=CASES_PER_OPERATION // 2,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case):
                 response = case.call(base_url=scripted.url, timeout=30)
                 seen["requests"].append(response.status_code)
                 if response.status_code >= 500:
-                    seen["5xx"].append((case.method, case.path, repr(case.body)[:200], response.status_code,
-                                        response.text[:200]))
+                    seen["5xx"].append(
+                        (case.method, case.path, repr(case.body)[:200], response.status_code, response.text[:200])
+                    )
 
             try:
                 run()
@@ -231,6 +251,7 @@ def test_schemathesis_finds_no_server_error(scripted):
 
 # ------------------------------------------------------------------ access
 
+
 def test_cors_is_off_unless_origins_are_given(scripted, tmp_path):
     origin = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     r = httpx.options(scripted.url + CHAT, headers=origin)
@@ -244,17 +265,24 @@ def test_cors_is_off_unless_origins_are_given(scripted, tmp_path):
     from starlette.testclient import TestClient
 
     with TestClient(app) as client:
-        ok = client.options(CHAT, headers={"Origin": "http://localhost:3000",
-                                           "Access-Control-Request-Method": "POST"})
+        ok = client.options(CHAT, headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"})
         assert ok.headers["access-control-allow-origin"] == "http://localhost:3000"
         other = client.options(CHAT, headers=origin)
         assert "access-control-allow-origin" not in other.headers
 
 
-@pytest.mark.parametrize("host, key, warned", [
-    ("127.0.0.1", None, False), ("::1", None, False), ("localhost", None, False),
-    ("0.0.0.0", None, True), ("192.168.1.10", None, True), ("::", None, True), ("0.0.0.0", "k", False),
-])
+@pytest.mark.parametrize(
+    "host, key, warned",
+    [
+        ("127.0.0.1", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("0.0.0.0", None, True),
+        ("192.168.1.10", None, True),
+        ("::", None, True),
+        ("0.0.0.0", "k", False),
+    ],
+)
 def test_a_network_address_without_a_key_is_warned(host, key, warned):
     from llamita.serving.server import exposure_warning
 

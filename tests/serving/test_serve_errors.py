@@ -26,21 +26,24 @@ def error_of(r: httpx.Response, status: int) -> dict:
     return error
 
 
-@pytest.mark.parametrize("body, param", [
-    (b"{not json", None),
-    (b"\xff\xfe{}", None),
-    (b"[1, 2]", None),
-    (b'{"messages": "hello"}', "messages"),
-    # The request models name the field inside the list (serving/protocol.py).
-    (b'{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role"),
-    (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "temperature": -1}', "temperature"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "temperature"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "n": 100}', "n"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "stop": [""]}', "stop[0]"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (b"{not json", None),
+        (b"\xff\xfe{}", None),
+        (b"[1, 2]", None),
+        (b'{"messages": "hello"}', "messages"),
+        # The request models name the field inside the list (serving/protocol.py).
+        (b'{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role"),
+        (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": -1}', "temperature"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "temperature"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "n": 100}', "n"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stop": [""]}', "stop[0]"),
+    ],
+)
 def test_bad_chat_bodies(server, body, param):
     r = httpx.post(server.url + CHAT, content=body, headers={"content-type": "application/json"}, timeout=30)
     assert error_of(r, 400)["param"] == param
@@ -54,15 +57,20 @@ def test_bad_completion_prompts_and_tokens(server):
 
 
 def test_unknown_model_and_route(server):
-    assert error_of(httpx.post(server.url + CHAT, json={"model": "gpt-4+nope", "messages": HELLO}, timeout=30),
-                    404)["code"] == "model_not_found"
+    assert (
+        error_of(httpx.post(server.url + CHAT, json={"model": "gpt-4+nope", "messages": HELLO}, timeout=30), 404)[
+            "code"
+        ]
+        == "model_not_found"
+    )
     assert error_of(httpx.get(server.url + "/v1/nothing", timeout=30), 404)["type"] == "not_found_error"
 
 
 def test_prompt_over_the_context(small):
     long = " ".join(["word"] * 400)
-    r = httpx.post(small.url + CHAT, json={"messages": [{"role": "user", "content": long}], "max_tokens": 1},
-                   timeout=30)
+    r = httpx.post(
+        small.url + CHAT, json={"messages": [{"role": "user", "content": long}], "max_tokens": 1}, timeout=30
+    )
     error = error_of(r, 400)
     assert error["code"] == "context_length_exceeded" and "too many" in error["message"]
     r = httpx.post(small.url + CHAT, json={"messages": HELLO, "max_tokens": 2}, timeout=30)

@@ -26,9 +26,16 @@ CLIENTS = 32
 SECONDS = float(os.environ.get("LLAMITA_LOAD_SECONDS", "20"))
 MAX_TOKENS = 16
 REQUEST_TIMEOUT = 60.0  # the server's --request-timeout under load: a bound, never reached here
-QUESTIONS = ["What is the capital of France?", "Name three colours.", "What is 2 + 2?",
-             "Say hello in Spanish.", "What do llamas eat?", "Write a haiku about rain.",
-             "Who wrote Don Quixote?", "What is the boiling point of water?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "What is 2 + 2?",
+    "Say hello in Spanish.",
+    "What do llamas eat?",
+    "Write a haiku about rain.",
+    "Who wrote Don Quixote?",
+    "What is the boiling point of water?",
+]
 
 
 def messages(i: int) -> list[dict[str, str]]:
@@ -50,13 +57,17 @@ class LoadResult:
 
 
 def sse_data(line: str) -> str | None:
-    return line[len("data: "):] if line.startswith("data: ") else None
+    return line[len("data: ") :] if line.startswith("data: ") else None
 
 
 async def one_request(http: httpx.AsyncClient, i: int, hang_up: bool, refs: list[str], result: LoadResult) -> None:
     """One streamed chat: read it to [DONE] and check its text, or hang up after 3 chunks."""
-    body = {"messages": messages(i), "stream": True, "temperature": 0,
-            **({"max_tokens": 400, "ignore_eos": True} if hang_up else {"max_tokens": MAX_TOKENS})}
+    body = {
+        "messages": messages(i),
+        "stream": True,
+        "temperature": 0,
+        **({"max_tokens": 400, "ignore_eos": True} if hang_up else {"max_tokens": MAX_TOKENS}),
+    }
     started = time.perf_counter()
     text, chunks, done = "", 0, False
     async with http.stream("POST", CHAT, json=body) as r:
@@ -114,13 +125,16 @@ async def load(url: str, refs: list[str], seconds: float, clients: int) -> LoadR
 @pytest.fixture(scope="module")
 def references(llm_f32) -> list[str]:
     """Each question's greedy answer, one request at a time through LLM (the static-cache path)."""
-    return [llm_f32.chat(messages(i), SamplingParams(temperature=0, max_tokens=MAX_TOKENS)).text
-            for i in range(len(QUESTIONS))]
+    return [
+        llm_f32.chat(messages(i), SamplingParams(temperature=0, max_tokens=MAX_TOKENS)).text
+        for i in range(len(QUESTIONS))
+    ]
 
 
 def test_32_streaming_clients_with_disconnects(loaded, references, record_property):
-    running, stop = start_server(loaded, kv_cache_tokens=4096, max_running=16, max_queue=64,
-                                 request_timeout=REQUEST_TIMEOUT)
+    running, stop = start_server(
+        loaded, kv_cache_tokens=4096, max_running=16, max_queue=64, request_timeout=REQUEST_TIMEOUT
+    )
     try:
         engine = running.loop.engine
         # Warm up at full batch (the allocator's pools for a 16-row step), then take the baseline.
@@ -137,11 +151,18 @@ def test_32_streaming_clients_with_disconnects(loaded, references, record_proper
 
         latencies = sorted(result.latencies)
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-        figures = {"clients": CLIENTS, "seconds": round(elapsed, 1), "completed": len(latencies),
-                   "disconnected": result.disconnects, "errors": len(result.errors),
-                   "p50_s": round(latencies[len(latencies) // 2], 2), "p99_s": round(p99, 2),
-                   "rss_before_mib": before >> 20, "rss_peak_mib": result.peak_rss >> 20,
-                   "rss_after_mib": after >> 20}
+        figures = {
+            "clients": CLIENTS,
+            "seconds": round(elapsed, 1),
+            "completed": len(latencies),
+            "disconnected": result.disconnects,
+            "errors": len(result.errors),
+            "p50_s": round(latencies[len(latencies) // 2], 2),
+            "p99_s": round(p99, 2),
+            "rss_before_mib": before >> 20,
+            "rss_peak_mib": result.peak_rss >> 20,
+            "rss_after_mib": after >> 20,
+        }
         record_property("load", figures)
         print("load:", figures)
 
@@ -168,6 +189,7 @@ def test_request_timeout_stops_running_and_queued_requests(loaded):
 
     async def both() -> tuple[list[str], httpx.Response, float, float]:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+
             async def stream() -> list[str]:
                 async with http.stream("POST", CHAT, json={**long, "stream": True}) as r:
                     assert r.status_code == 200

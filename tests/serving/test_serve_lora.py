@@ -87,9 +87,11 @@ def test_server_concurrent_requests_with_different_adapters(tiny):
             assert [m["name"] for m in tags] == [m["id"] for m in models], route
             assert [m["details"]["parent_model"] for m in tags] == ["", MODEL_NAME, MODEL_NAME], route
 
-        bodies = [{"model": f"{MODEL_NAME}+style-a", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
-                  {"model": MODEL_NAME, "lora": "style-b", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
-                  {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}]
+        bodies = [
+            {"model": f"{MODEL_NAME}+style-a", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+            {"model": MODEL_NAME, "lora": "style-b", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+            {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+        ]
 
         async def all_at_once() -> list[dict]:
             async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
@@ -98,30 +100,55 @@ def test_server_concurrent_requests_with_different_adapters(tiny):
 
         got = [r["choices"][0]["text"] for r in asyncio.run(all_at_once())]
         params = SamplingParams(temperature=0, max_tokens=8)
-        assert got == [alone(singles, "style-a", params=params).text, alone(singles, "style-b", params=params).text,
-                       alone(singles, None, params=params).text]
+        assert got == [
+            alone(singles, "style-a", params=params).text,
+            alone(singles, "style-b", params=params).text,
+            alone(singles, None, params=params).text,
+        ]
         assert len(set(got)) == 3
 
-        chat = httpx.post(running.url + "/v1/chat/completions", timeout=60, json={
-            "model": f"{MODEL_NAME}+style-b", "max_tokens": 5, "temperature": 0,
-            "messages": [{"role": "user", "content": "hola"}]})
-        want = singles["style-b"].chat([{"role": "user", "content": "hola"}],
-                                       SamplingParams(temperature=0, max_tokens=5)).text
+        chat = httpx.post(
+            running.url + "/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": f"{MODEL_NAME}+style-b",
+                "max_tokens": 5,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "hola"}],
+            },
+        )
+        want = (
+            singles["style-b"]
+            .chat([{"role": "user", "content": "hola"}], SamplingParams(temperature=0, max_tokens=5))
+            .text
+        )
         assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == want
 
         missing = httpx.post(running.url + "/v1/completions", json={"model": f"{MODEL_NAME}+nope", "prompt": "x"})
         assert missing.status_code == 404
         # A name that asks for no adapter answers with the base, named as the base.
-        other = httpx.post(running.url + "/v1/completions", timeout=60, json={
-            "model": "gpt-4o", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}).json()
+        other = httpx.post(
+            running.url + "/v1/completions",
+            timeout=60,
+            json={"model": "gpt-4o", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+        ).json()
         assert other["choices"][0]["text"] == alone(singles, None, params=params).text and other["model"] == MODEL_NAME
         assert "style-a" in missing.json()["error"]["message"]  # the 404 lists the adapters served
-        clash = httpx.post(running.url + "/v1/completions",
-                           json={"model": f"{MODEL_NAME}+style-a", "lora": "style-b", "prompt": "x"})
+        clash = httpx.post(
+            running.url + "/v1/completions", json={"model": f"{MODEL_NAME}+style-a", "lora": "style-b", "prompt": "x"}
+        )
         assert clash.status_code == 400
-        ollama = httpx.post(running.url + "/api/generate", timeout=60, json={
-            "model": f"{MODEL_NAME}+style-a", "prompt": "the cat", "raw": True, "stream": False,
-            "options": {"temperature": 0, "num_predict": 6}})
+        ollama = httpx.post(
+            running.url + "/api/generate",
+            timeout=60,
+            json={
+                "model": f"{MODEL_NAME}+style-a",
+                "prompt": "the cat",
+                "raw": True,
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": 6},
+            },
+        )
         want = singles["style-a"].generate("the cat", SamplingParams(temperature=0, max_tokens=6)).text
         assert ollama.status_code == 200 and ollama.json()["response"] == want
     finally:
@@ -142,32 +169,42 @@ def test_glass_views_show_the_adapter_a_request_names(tiny):
     text = "the cat sat on"
     running, stop = start_server(loaded, kv_cache_tokens=1024)
     try:
+
         def post(route: str, body: dict) -> dict:
             r = httpx.post(running.url + route, timeout=60, json={"raw": True, **body})
             assert r.status_code == 200, r.text
             return r.json()
 
-        for adapter, pick in [(None, {}), ("style-a", {"lora": "style-a"}),
-                              ("style-b", {"model": f"{MODEL_NAME}+style-b"})]:
+        for adapter, pick in [
+            (None, {}),
+            ("style-a", {"lora": "style-a"}),
+            ("style-b", {"model": f"{MODEL_NAME}+style-b"}),
+        ]:
             llm = singles[adapter]
             got = post("/glass/next", {"prompt": text, "top": 5, **pick})
             want = next_token_view(llm, text, raw=True, top=5)
             assert [t["id"] for t in got["tokens"]] == [t["id"] for t in want["tokens"]], adapter
-            np.testing.assert_allclose(got["distributions"][0]["probs"], want["distributions"][0]["probs"],
-                                       atol=1e-5)
+            np.testing.assert_allclose(got["distributions"][0]["probs"], want["distributions"][0]["probs"], atol=1e-5)
             got = post("/glass/lens", {"prompt": text, "top": 2, **pick})
             want = logit_lens(llm, text, raw=True, top=2)
-            assert [[t["id"] for t in s["top"]] for s in got["layers"]] == \
-                [[t["id"] for t in s["top"]] for s in want["layers"]], adapter
+            assert [[t["id"] for t in s["top"]] for s in got["layers"]] == [
+                [t["id"] for t in s["top"]] for s in want["layers"]
+            ], adapter
             got = post("/glass/attention", {"text": text, "layer": 1, **pick})
-            np.testing.assert_allclose(got["matrix"], attention_view(llm, text, raw=True, layer=1)["matrix"],
-                                       atol=1e-5)
+            np.testing.assert_allclose(got["matrix"], attention_view(llm, text, raw=True, layer=1)["matrix"], atol=1e-5)
         # The adapters change what the views show (else the above proves nothing).
         base = post("/glass/attention", {"text": text, "layer": 1})["matrix"]
-        assert np.abs(np.array(post("/glass/attention", {"text": text, "layer": 1, "lora": "style-a"})["matrix"])
-                      - np.array(base)).max() > 1e-3
-        assert post("/glass/next", {"prompt": text, "top": 5, "lora": "style-a"})["distributions"][0]["probs"] != \
-            post("/glass/next", {"prompt": text, "top": 5})["distributions"][0]["probs"]
+        assert (
+            np.abs(
+                np.array(post("/glass/attention", {"text": text, "layer": 1, "lora": "style-a"})["matrix"])
+                - np.array(base)
+            ).max()
+            > 1e-3
+        )
+        assert (
+            post("/glass/next", {"prompt": text, "top": 5, "lora": "style-a"})["distributions"][0]["probs"]
+            != post("/glass/next", {"prompt": text, "top": 5})["distributions"][0]["probs"]
+        )
         missing = httpx.post(running.url + "/glass/next", json={"prompt": text, "lora": "nope"})
         assert missing.status_code == 404
     finally:
@@ -186,7 +223,9 @@ def test_web_page_chats_and_looks_inside_with_the_chosen_adapter(tiny, browser, 
     greedy = SamplingParams(temperature=0, max_tokens=5)
     want = {k: singles[k].chat([{"role": "user", "content": question}], greedy).text for k in (None, "style-b")}
     assert want[None] != want["style-b"]  # else the page's choice would prove nothing
-    probs = {k: next_token_view(singles[k], text, raw=True, top=10)["distributions"][0]["probs"] for k in (None, "style-b")}
+    probs = {
+        k: next_token_view(singles[k], text, raw=True, top=10)["distributions"][0]["probs"] for k in (None, "style-b")
+    }
     assert max(abs(a - b) for a, b in zip(probs[None], probs["style-b"])) > 1e-3
     running, stop = start_server(loaded, kv_cache_tokens=1024, data_dir=str(tmp_path))
     try:
@@ -230,9 +269,11 @@ def test_web_page_chats_and_looks_inside_with_the_chosen_adapter(tiny, browser, 
         assert sent[-1]["model"] == f"{MODEL_NAME}+style-b"
 
         page.select_option("#model", MODEL_NAME)  # the panel looks again, with the base model
-        page.wait_for_function("want => [...document.querySelectorAll('#glass-next .prob')].every("
-                               "(el, k) => Math.abs(parseFloat(el.textContent) - want[k]) <= 0.051)",
-                               arg=[100 * p for p in probs[None]])
+        page.wait_for_function(
+            "want => [...document.querySelectorAll('#glass-next .prob')].every("
+            "(el, k) => Math.abs(parseFloat(el.textContent) - want[k]) <= 0.051)",
+            arg=[100 * p for p in probs[None]],
+        )
         assert "model" not in sent[-1] or sent[-1]["model"] == MODEL_NAME
         page.click("#new-conversation")
         page.select_option("#model", MODEL_NAME)

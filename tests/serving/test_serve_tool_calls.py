@@ -14,9 +14,16 @@ import pytest
 from serving_helpers import MODEL_NAME, ScriptedEngine, start_server
 
 CALL_TEXT = '<tool_call>{"name": "get_weather", "arguments": {"city": "Madrid"}}</tool_call>'
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                           "parameters": {"type": "object",
-                                                          "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 ASK = [{"role": "user", "content": "What is the weather in Madrid?"}]
 
 

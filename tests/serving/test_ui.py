@@ -38,8 +38,10 @@ def test_store_round_trip(store):
     got = store.get_conversation(cid)
     assert got["title"] == "Capitals" and got["system_prompt"] == "Answer briefly."
     assert got["params"] == {"temperature": 0.1, "top_k": 40}
-    assert [(m["role"], m["content"]) for m in got["messages"]] == [("user", "Capital of France?"),
-                                                                     ("assistant", "Paris.")]
+    assert [(m["role"], m["content"]) for m in got["messages"]] == [
+        ("user", "Capital of France?"),
+        ("assistant", "Paris."),
+    ]
     assert got["messages"][1]["tokens_per_second"] == 31.5 and got["messages"][1]["id"] == answer_id
     assert got["messages"][0]["tokens_per_second"] is None and got["messages"][0]["feedback"] is None
     assert store.update_conversation(cid, title="Europe")
@@ -90,9 +92,15 @@ def test_export_is_openai_fine_tuning_jsonl(store):
     lines = list(store.export_feedback())
     assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
     rows = [json.loads(line) for line in lines]
-    assert rows[0] == {"messages": [{"role": "system", "content": "Answer briefly."},
-                                    {"role": "user", "content": "Capital of France?"},
-                                    {"role": "assistant", "content": "Paris."}], "rating": 1, "comment": ""}
+    assert rows[0] == {
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+        ],
+        "rating": 1,
+        "comment": "",
+    }
     assert rows[1]["messages"][-1] == {"role": "assistant", "content": "Madrid."}
     assert len(rows[1]["messages"]) == 5 and rows[1]["rating"] == -1 and rows[1]["comment"] == "too short"
 
@@ -146,13 +154,17 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_its_data(tmp_path):
     store = ChatStore(tmp_path)
     assert sqlite3.connect(store.path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     old = store.get_conversation("old")
-    assert [(m["content"], m["model"], m["tokens_per_second"]) for m in old["messages"]] == \
-        [("Hola", None, None), ("Buenas.", None, 12.5)]
+    assert [(m["content"], m["model"], m["tokens_per_second"]) for m in old["messages"]] == [
+        ("Hola", None, None),
+        ("Buenas.", None, 12.5),
+    ]
     assert old["messages"][1]["feedback"] == {"rating": 1, "comment": "bien"}
     assert store.add_message("old", "assistant", "Otra.", model="m+a")["model"] == "m+a"
     assert json.loads(next(store.export_feedback())) == {
         "messages": [{"role": "user", "content": "Hola"}, {"role": "assistant", "content": "Buenas."}],
-        "rating": 1, "comment": "bien"}
+        "rating": 1,
+        "comment": "bien",
+    }
     assert ChatStore(tmp_path).get_conversation("old")["messages"][2]["model"] == "m+a"  # upgraded once
     cited = store.add_message("old", "assistant", "Tobi [1].", sources=[{"index": 1, "text": "Tobi"}])
     assert ChatStore(tmp_path).get_conversation("old")["messages"][3]["sources"] == [{"index": 1, "text": "Tobi"}]
@@ -176,6 +188,7 @@ def test_default_data_dir(monkeypatch, tmp_path):
 
 
 # The routes, over the live test server.
+
 
 @pytest.fixture(scope="module")
 def http(server):
@@ -210,14 +223,18 @@ def test_every_page_asset_is_served_and_packaged(http):
 
 
 def test_conversation_routes(http):
-    r = http.post("/ui/conversations", json={"title": "Hola", "system_prompt": "Sé breve.",
-                                             "params": {"temperature": 0.7, "top_p": 0.9, "top_k": 40}})
+    r = http.post(
+        "/ui/conversations",
+        json={"title": "Hola", "system_prompt": "Sé breve.", "params": {"temperature": 0.7, "top_p": 0.9, "top_k": 40}},
+    )
     assert r.status_code == 201
     cid = r.json()["id"]
     assert cid in [c["id"] for c in http.get("/ui/conversations").json()["data"]]
     user = http.post(f"/ui/conversations/{cid}/messages", json={"role": "user", "content": "¿Qué tal?"})
-    answer = http.post(f"/ui/conversations/{cid}/messages",
-                       json={"role": "assistant", "content": "Bien.", "tokens_per_second": 42, "model": "smol"})
+    answer = http.post(
+        f"/ui/conversations/{cid}/messages",
+        json={"role": "assistant", "content": "Bien.", "tokens_per_second": 42, "model": "smol"},
+    )
     assert user.status_code == answer.status_code == 201
     answer_id = answer.json()["id"]
     r = http.put(f"/ui/messages/{answer_id}/feedback", json={"rating": 1, "comment": "ok"})
@@ -245,15 +262,18 @@ def test_conversation_routes(http):
 def test_truncate_from_a_message(http):
     """Regenerate and edit-and-resend: a message and every later one go, with their ratings."""
     cid = http.post("/ui/conversations", json={"title": "t"}).json()["id"]
-    ids = [http.post(f"/ui/conversations/{cid}/messages", json={"role": role, "content": str(k)}).json()["id"]
-           for k, role in enumerate(["user", "assistant", "user", "assistant"])]
+    ids = [
+        http.post(f"/ui/conversations/{cid}/messages", json={"role": role, "content": str(k)}).json()["id"]
+        for k, role in enumerate(["user", "assistant", "user", "assistant"])
+    ]
     assert http.put(f"/ui/messages/{ids[3]}/feedback", json={"rating": 1}).status_code == 200
     other = http.post("/ui/conversations", json={"title": "other"}).json()["id"]
     assert http.delete(f"/ui/conversations/{other}/messages/{ids[2]}").status_code == 404  # not its message
     assert http.delete(f"/ui/conversations/{cid}/messages/{ids[2]}").status_code == 204
     assert [m["id"] for m in http.get(f"/ui/conversations/{cid}").json()["messages"]] == ids[:2]
-    assert not any(json.loads(line)["messages"][-1]["content"] == "3"
-                   for line in http.get("/ui/feedback.jsonl").text.splitlines())
+    assert not any(
+        json.loads(line)["messages"][-1]["content"] == "3" for line in http.get("/ui/feedback.jsonl").text.splitlines()
+    )
     assert http.delete(f"/ui/conversations/{cid}/messages/{ids[2]}").status_code == 404
 
 
@@ -289,19 +309,29 @@ def test_route_errors(http):
     assert "not valid JSON" in _error(http.post("/ui/conversations", content=b"{nope"), 400)["message"]
     _error(http.post("/ui/conversations", json=["a list"]), 400)
     _error(http.post(f"/ui/conversations/{cid}/messages", content=b"{"), 400)
-    assert _error(http.post(f"/ui/conversations/{cid}/messages", json={"role": "robot", "content": "x"}),
-                  400)["param"] == "role"
+    assert (
+        _error(http.post(f"/ui/conversations/{cid}/messages", json={"role": "robot", "content": "x"}), 400)["param"]
+        == "role"
+    )
     _error(http.post(f"/ui/conversations/{cid}/messages", json={"role": "user"}), 400)
-    _error(http.post(f"/ui/conversations/{cid}/messages",
-                     json={"role": "assistant", "content": "x", "tokens_per_second": "fast"}), 400)
-    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"temprature": 1}}),
-                  400)["param"] == "params"
-    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"top_k": 0.5}}),
-                  400)["param"] == "params.top_k"
-    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"model": 3}}),
-                  400)["param"] == "params.model"
-    assert _error(http.post(f"/ui/conversations/{cid}/messages",
-                            json={"role": "assistant", "content": "x", "model": ["a"]}), 400)["param"] == "model"
+    _error(
+        http.post(
+            f"/ui/conversations/{cid}/messages", json={"role": "assistant", "content": "x", "tokens_per_second": "fast"}
+        ),
+        400,
+    )
+    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"temprature": 1}}), 400)["param"] == "params"
+    assert (
+        _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"top_k": 0.5}}), 400)["param"] == "params.top_k"
+    )
+    assert _error(http.patch(f"/ui/conversations/{cid}", json={"params": {"model": 3}}), 400)["param"] == "params.model"
+    assert (
+        _error(
+            http.post(f"/ui/conversations/{cid}/messages", json={"role": "assistant", "content": "x", "model": ["a"]}),
+            400,
+        )["param"]
+        == "model"
+    )
 
 
 def test_ui_routes_need_the_api_key_but_the_page_does_not(loaded, tmp_path):

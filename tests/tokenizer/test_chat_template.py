@@ -53,9 +53,7 @@ def test_smollm_template_keeps_given_system(smollm_tok: Tokenizer) -> None:
 
 
 def test_smollm_encode_chat_matches_transformers(smollm_tok: Tokenizer, hf_smollm) -> None:
-    expected = hf_smollm.apply_chat_template(
-        CONVERSATION, add_generation_prompt=True, tokenize=True
-    )
+    expected = hf_smollm.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=True)
     if isinstance(expected, dict) or hasattr(expected, "input_ids"):
         expected = expected["input_ids"]
     assert smollm_tok.encode_chat(CONVERSATION) == list(expected)
@@ -89,9 +87,7 @@ def test_shield_survives_private_use_text(smollm_tok: Tokenizer) -> None:
     assert ids.count(0) == 0 and ids.count(2) == 2
 
 
-def test_broken_template_fails_only_when_used(
-    smollm_meta: dict[str, Any], smollm_tok: Tokenizer
-) -> None:
+def test_broken_template_fails_only_when_used(smollm_meta: dict[str, Any], smollm_tok: Tokenizer) -> None:
     meta = dict(smollm_meta, **{"tokenizer.chat_template": "{% for m in messages %}"})
     tok = Tokenizer.from_gguf_metadata(meta)
     assert tok.encode("hi") == smollm_tok.encode("hi")
@@ -141,9 +137,7 @@ def test_llama31_template_renders_reference_text(llama3_tok: Tokenizer) -> None:
         inputs = dict(case["inputs"])
         messages = inputs.pop("messages")
         add_generation_prompt = inputs.pop("add_generation_prompt")
-        rendered = llama3_tok.chat_template.render(
-            messages, add_generation_prompt=add_generation_prompt, **inputs
-        )
+        rendered = llama3_tok.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **inputs)
         assert rendered == case["text"], name
 
 
@@ -221,8 +215,5 @@ def test_helpers_and_hf_context() -> None:
 
 
 def test_trim_and_lstrip_blocks() -> None:
-    source = (
-        "{% for m in messages %}\n    {% if m.role %}\n[{{ m.role }}]\n    {% endif %}\n"
-        "{% endfor %}"
-    )
+    source = "{% for m in messages %}\n    {% if m.role %}\n[{{ m.role }}]\n    {% endif %}\n{% endfor %}"
     assert ChatTemplate(source).render([{"role": "a"}, {"role": "b"}]) == "[a]\n[b]\n"

@@ -48,9 +48,7 @@ def test_special_between_split_character_matches_decode(smollm_tok: Tokenizer) -
     assert len(pizza) > 1
     ids = pizza[:1] + [2] + pizza[1:]  # <|im_end|> lands inside the emoji's bytes
     for skip in (True, False):
-        assert "".join(stream(smollm_tok, ids, skip_special=skip)) == smollm_tok.decode(
-            ids, skip_special=skip
-        )
+        assert "".join(stream(smollm_tok, ids, skip_special=skip)) == smollm_tok.decode(ids, skip_special=skip)
 
 
 def test_flush_replaces_an_unfinished_character(smollm_tok: Tokenizer) -> None:

@@ -64,9 +64,7 @@ def test_folder_equals_tokenizers_on_its_own_file(
     finally:
         hf_reference.encode_special_tokens = False
     # BOS as the file's post-processor adds it.
-    assert llama3_folder_tok.encode("Hello, world!", add_bos=True) == hf_reference.encode(
-        "Hello, world!"
-    ).ids
+    assert llama3_folder_tok.encode("Hello, world!", add_bos=True) == hf_reference.encode("Hello, world!").ids
 
 
 def test_pinned_ids(llama3_folder_tok: Tokenizer, llama3_meta_tok: Tokenizer) -> None:
@@ -97,7 +95,9 @@ def test_folder_metadata(llama3_folder_tok: Tokenizer) -> None:
 
 
 def test_meta_equals_tokenizer_json(
-    llama3_meta_tok: Tokenizer, tokenizer_json_data: dict[str, Any], texts: list[str],
+    llama3_meta_tok: Tokenizer,
+    tokenizer_json_data: dict[str, Any],
+    texts: list[str],
     tmp_path: Path,
 ) -> None:
     # This tokenizer.json predates `ignore_merges: true` (the official Llama 3.1 upload sets it;
@@ -106,15 +106,11 @@ def test_meta_equals_tokenizer_json(
     (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
     hf_tok = tokenizer_from_folder(tmp_path)
     for text in texts:
-        assert llama3_meta_tok.encode(text, allow_special=True) == hf_tok.encode(
-            text, allow_special=True
-        ), text[:40]
+        assert llama3_meta_tok.encode(text, allow_special=True) == hf_tok.encode(text, allow_special=True), text[:40]
         assert llama3_meta_tok.encode(text) == hf_tok.encode(text), text[:40]
 
 
-def test_meta_takes_a_word_that_is_a_token_whole(
-    llama3_meta_tok: Tokenizer, llama3_folder_tok: Tokenizer
-) -> None:
+def test_meta_takes_a_word_that_is_a_token_whole(llama3_meta_tok: Tokenizer, llama3_folder_tok: Tokenizer) -> None:
     # tiktoken's first rule; the shipped tokenizer.json (ignore_merges false) cuts it up.
     word_id = llama3_meta_tok.token_to_id(bytes_to_byte_level(" Việt".encode()))
     assert word_id is not None
@@ -125,11 +121,19 @@ def test_meta_takes_a_word_that_is_a_token_whole(
 def test_meta_special_tokens(llama3_meta_tok: Tokenizer) -> None:
     tok = llama3_meta_tok
     assert tok.vocab_size == 128256
-    names = {128000: "<|begin_of_text|>", 128001: "<|end_of_text|>", 128004:
-             "<|finetune_right_pad_id|>", 128005: "<|reserved_special_token_2|>",
-             128006: "<|start_header_id|>", 128007: "<|end_header_id|>", 128008: "<|eom_id|>",
-             128009: "<|eot_id|>", 128010: "<|python_tag|>",
-             128011: "<|reserved_special_token_3|>", 128255: "<|reserved_special_token_247|>"}
+    names = {
+        128000: "<|begin_of_text|>",
+        128001: "<|end_of_text|>",
+        128004: "<|finetune_right_pad_id|>",
+        128005: "<|reserved_special_token_2|>",
+        128006: "<|start_header_id|>",
+        128007: "<|end_header_id|>",
+        128008: "<|eom_id|>",
+        128009: "<|eot_id|>",
+        128010: "<|python_tag|>",
+        128011: "<|reserved_special_token_3|>",
+        128255: "<|reserved_special_token_247|>",
+    }
     for token_id, name in names.items():
         assert tok.token_piece(token_id) == name and tok.is_special(token_id)
     assert len(set(llama3_special_tokens())) == 256
@@ -143,8 +147,9 @@ def test_merges_from_ranks_equal_the_published_merges(tokenizer_json_data: dict[
     # On the first 20,000 ranks (all of them take ~3 s, and give the file's 280,147 merges too).
     data = tokenizer_json_data
     vocab = {text: rank for text, rank in data["model"]["vocab"].items() if rank < 20_000}
-    published = [m for m in data["model"]["merges"]
-                 if all(part in vocab for part in (*m.split(" "), m.replace(" ", "")))]
+    published = [
+        m for m in data["model"]["merges"] if all(part in vocab for part in (*m.split(" "), m.replace(" ", "")))
+    ]
     assert merges_from_ranks(vocab) == published
 
 
@@ -223,8 +228,10 @@ def test_other_tiktoken_vocabulary_is_refused(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         (json.dumps({"model": {"type": "WordPiece", "vocab": {}}}), "byte-level BPE"),
-        (json.dumps({"model": {"type": "BPE", "vocab": {}, "merges": []},
-                     "pre_tokenizer": {"type": "Metaspace"}}), "SentencePiece"),
+        (
+            json.dumps({"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}}),
+            "SentencePiece",
+        ),
     ],
 )
 def test_bad_tokenizer_json(tmp_path: Path, content: str, message: str) -> None:

@@ -64,34 +64,55 @@ def test_reference_file_has_the_four_cases() -> None:
 MORE = [
     pytest.param([{"role": "user", "content": "  Hola  "}], {}, id="no-system"),
     pytest.param(
-        [{"role": "system", "content": "Sé breve."}, {"role": "user", "content": "¿Hora?"},
-         {"role": "assistant", "content": "Las 3."}],
-        {"add_generation_prompt": False}, id="no-generation-prompt",
+        [
+            {"role": "system", "content": "Sé breve."},
+            {"role": "user", "content": "¿Hora?"},
+            {"role": "assistant", "content": "Las 3."},
+        ],
+        {"add_generation_prompt": False},
+        id="no-generation-prompt",
     ),
     pytest.param(
-        [{"role": "user", "content": "Weather in Madrid?"},
-         {"role": "assistant", "content": "",
-          "tool_calls": [{"id": "call_1", "type": "function",
-                          "function": {"name": "get_weather", "arguments": '{"city": "Madrid"}'}}]},
-         {"role": "tool", "tool_call_id": "call_1", "content": "31 C, sunny"},
-         {"role": "assistant", "content": "31 °C and sunny."},
-         {"role": "user", "content": "¿Y en Lima?"}],
-        {"tools": [WEATHER_TOOL]}, id="string-arguments-and-result",
+        [
+            {"role": "user", "content": "Weather in Madrid?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Madrid"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "31 C, sunny"},
+            {"role": "assistant", "content": "31 °C and sunny."},
+            {"role": "user", "content": "¿Y en Lima?"},
+        ],
+        {"tools": [WEATHER_TOOL]},
+        id="string-arguments-and-result",
     ),
     pytest.param(
-        [{"role": "user", "content": "2+2?"},
-         {"role": "assistant", "tool_calls": [
-             {"function": {"name": "wolfram_alpha", "arguments": {"query": "2+2"}}}]},
-         {"role": "ipython", "content": {"result": 4}}],
-        {"builtin_tools": ["wolfram_alpha"], "tools": [WEATHER_TOOL],
-         "tools_in_user_message": False}, id="builtin-and-custom",
+        [
+            {"role": "user", "content": "2+2?"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"function": {"name": "wolfram_alpha", "arguments": {"query": "2+2"}}}],
+            },
+            {"role": "ipython", "content": {"result": 4}},
+        ],
+        {"builtin_tools": ["wolfram_alpha"], "tools": [WEATHER_TOOL], "tools_in_user_message": False},
+        id="builtin-and-custom",
     ),
 ]
 
 
 @pytest.mark.parametrize("messages, kwargs", MORE)
 def test_matches_the_official_template(
-    messages: list[dict[str, Any]], kwargs: dict[str, Any], llama3_tok: Tokenizer,
+    messages: list[dict[str, Any]],
+    kwargs: dict[str, Any],
+    llama3_tok: Tokenizer,
     llama3_meta_tok: Tokenizer,
 ) -> None:
     kwargs = {"date_string": "3 Mar 2025", **kwargs}
@@ -107,8 +128,7 @@ def test_today_is_the_default_date() -> None:
     assert today_string(date(2025, 3, 3)) == "03 Mar 2025"
     text = render([{"role": "user", "content": "Hi"}])
     assert f"Today Date: {today_string()}\n\n" in text
-    assert "Today Date: 1 Jan 2030\n\n" in render([{"role": "user", "content": "Hi"}],
-                                                  date_string="1 Jan 2030")
+    assert "Today Date: 1 Jan 2030\n\n" in render([{"role": "user", "content": "Hi"}], date_string="1 Jan 2030")
 
 
 def test_message_text_never_becomes_control_tokens(llama3_meta_tok: Tokenizer) -> None:
@@ -122,11 +142,14 @@ def test_message_text_never_becomes_control_tokens(llama3_meta_tok: Tokenizer) -
 def test_code_interpreter_call_is_the_code() -> None:
     messages = [
         {"role": "user", "content": "Plot x"},
-        {"role": "assistant", "tool_calls": [
-            {"function": {"name": "code_interpreter", "arguments": {"code": "print(1)"}}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [{"function": {"name": "code_interpreter", "arguments": {"code": "print(1)"}}}],
+        },
     ]
-    parts = llama3_chat_parts(messages, builtin_tools=["code_interpreter"], date_string="x",
-                              add_generation_prompt=False)
+    parts = llama3_chat_parts(
+        messages, builtin_tools=["code_interpreter"], date_string="x", add_generation_prompt=False
+    )
     assert parts[-3:] == [("<|python_tag|>", True), ("print(1)", False), ("<|eom_id|>", True)]
     assert "Tools: \n\n" in render(messages, builtin_tools=["code_interpreter"])
 
@@ -134,8 +157,10 @@ def test_code_interpreter_call_is_the_code() -> None:
 def test_rejections() -> None:
     with pytest.raises(TemplateError, match="first user message"):
         llama3_chat_parts([{"role": "system", "content": "x"}], tools=[WEATHER_TOOL])
-    two_calls = {"role": "assistant", "tool_calls": [
-        {"function": {"name": "a", "arguments": {}}}, {"function": {"name": "b", "arguments": {}}}]}
+    two_calls = {
+        "role": "assistant",
+        "tool_calls": [{"function": {"name": "a", "arguments": {}}}, {"function": {"name": "b", "arguments": {}}}],
+    }
     with pytest.raises(TemplateError, match="one tool call"):
         llama3_chat_parts([{"role": "user", "content": "x"}, two_calls])
     bad_arguments = {"role": "assistant", "tool_calls": [{"function": {"name": "a", "arguments": "[1]"}}]}
@@ -143,9 +168,7 @@ def test_rejections() -> None:
         llama3_chat_parts([{"role": "user", "content": "x"}, bad_arguments])
 
 
-def test_who_uses_the_built_in_format(
-    llama3_tok: Tokenizer, llama3_meta_tok: Tokenizer, smollm_tok: Tokenizer
-) -> None:
+def test_who_uses_the_built_in_format(llama3_tok: Tokenizer, llama3_meta_tok: Tokenizer, smollm_tok: Tokenizer) -> None:
     assert llama3_meta_tok.uses_llama3_format
     assert not llama3_tok.uses_llama3_format  # it has a template
     assert not smollm_tok.uses_llama3_format  # not a Llama 3 vocabulary
@@ -157,6 +180,7 @@ def test_continue_final_message_ends_at_the_text(llama3_meta_tok: Tokenizer) -> 
     from llamita.engine.prompts import encode_chat
 
     ask = [{"role": "user", "content": "¿Capital de Perú?"}]
-    ids = encode_chat(llama3_meta_tok, ask + [{"role": "assistant", "content": "La capital es"}],
-                      continue_final_message=True)
+    ids = encode_chat(
+        llama3_meta_tok, ask + [{"role": "assistant", "content": "La capital es"}], continue_final_message=True
+    )
     assert llama3_meta_tok.decode(ids) == llama3_meta_tok.decode(encode_chat(llama3_meta_tok, ask)) + "La capital es"

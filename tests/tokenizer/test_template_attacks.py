@@ -25,7 +25,7 @@ MESSAGES = [{"role": "user", "content": "hola"}]
 ESCAPES = [
     # CVE-2024-34359 (llama-cpp-python), as published: walk object's subclasses to a warnings
     # class, whose module holds the builtins.
-    "{% for x in ().__class__.__base__.__subclasses__() %}{% if \"warning\" in x.__name__ %}"
+    '{% for x in ().__class__.__base__.__subclasses__() %}{% if "warning" in x.__name__ %}'
     "{{ x()._module.__builtins__['__import__']('os').popen(\"{cmd}\") }}{% endif %}{% endfor %}",
     "{{ self.__init__.__globals__.__builtins__.__import__('os').popen('{cmd}').read() }}",
     "{{ cycler.__init__.__globals__.os.popen('{cmd}').read() }}",
@@ -76,8 +76,7 @@ GIANTS = [
     "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
     "{% set ns = namespace(s=[0]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
     "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = '%s%s' % (ns.s, ns.s) %}{% endfor %}",
-    "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = '{}{}'.format(ns.s, ns.s) %}"
-    "{% endfor %}",
+    "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = '{}{}'.format(ns.s, ns.s) %}{% endfor %}",
     "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}",
     "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}{% endmacro %}{{ d('a', 64) }}",
     "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set t %}{{ ns.s }}{{ ns.s }}{% endset %}"
@@ -162,10 +161,13 @@ def test_limits_leave_room_for_real_work() -> None:
     template = ChatTemplate(
         "{% for m in messages %}{{ '<|im_start|>' ~ m['role'] ~ '\\n' ~ m['content'] ~ '<|im_end|>\\n' }}"
         "{% endfor %}{{ tools|tojson(indent=4) }}{{ ('=' * 80)|center(100) }}{{ '%05d' % 42 }}"
-        "{{ '{:>8}'.format('x') }}{{ range(1000)|join(',') }}")
+        "{{ '{:>8}'.format('x') }}{{ range(1000)|join(',') }}"
+    )
     messages = [{"role": "user" if i % 2 else "assistant", "content": "palabra " * 500} for i in range(400)]
-    tools = [{"name": f"tool_{i}", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}
-             for i in range(200)]
+    tools = [
+        {"name": f"tool_{i}", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}
+        for i in range(200)
+    ]
     out = template.render(messages, tools=tools)
     assert out.count("<|im_end|>") == 400 and len(out) > 1_600_000
     assert "00042" in out and "       x" in out and out.endswith(",998,999")

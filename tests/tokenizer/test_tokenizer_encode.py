@@ -28,9 +28,7 @@ def load_reference(name: str) -> Any:
 
 def test_smollm_vocab_was_trained_with_single_digits(smollm_tok: Tokenizer) -> None:
     # Why `smollm` splits digits: no token has a digit next to anything else, not even "Ġ1".
-    with_digits = [
-        i for i in range(smollm_tok.vocab_size) if re.search(r"\d", smollm_tok.token_piece(i))
-    ]
+    with_digits = [i for i in range(smollm_tok.vocab_size) if re.search(r"\d", smollm_tok.token_piece(i))]
     assert sorted(smollm_tok.token_piece(i) for i in with_digits) == list("0123456789")
 
 
@@ -60,9 +58,7 @@ def test_smollm_matches_transformers_on_multilingual_text(
 def test_smollm_specials_match_transformers(smollm_tok: Tokenizer, hf_smollm) -> None:
     # transformers matches control tokens in text always, so compare with allow_special=True.
     text = "<|im_start|>user\nHola <|im_end|>x<|endoftext|><|im_start|>assistant\n<repo_name>a"
-    assert smollm_tok.encode(text, allow_special=True) == hf_smollm(text, add_special_tokens=False)[
-        "input_ids"
-    ]
+    assert smollm_tok.encode(text, allow_special=True) == hf_smollm(text, add_special_tokens=False)["input_ids"]
 
 
 def test_smollm_matches_stock_transformers_away_from_digits(
@@ -171,9 +167,7 @@ LLAMA3_PATTERN = (
 )
 
 
-def tiktoken_style_encode(
-    ranks: dict[bytes, int], specials: dict[str, int], text: str
-) -> list[int]:
+def tiktoken_style_encode(ranks: dict[bytes, int], specials: dict[str, int], text: str) -> list[int]:
     """Meta's Llama 3 tokenizer (tiktoken's algorithm), slowly, with the `regex` module.
 
     Split out the allowed specials, split the rest with the regex, then per piece: the whole
@@ -201,8 +195,7 @@ def tiktoken_style_encode(
                 continue
             parts = [bytes([b]) for b in data]
             while True:
-                pairs = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:]))
-                         if a + b in ranks]
+                pairs = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:])) if a + b in ranks]
                 if not pairs:
                     break
                 _, i = min(pairs)
@@ -219,9 +212,7 @@ def test_llama3_matches_tiktoken_reference(
     ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in lines if ln)}
     specials = {llama3_tok.token_piece(i): i for i in range(128000, llama3_tok.vocab_size)}
     text = multilingual_text + "<|eot_id|>tail<|start_header_id|>x\r\n\r\n  \t"
-    assert llama3_tok.encode(text, allow_special=True) == tiktoken_style_encode(
-        ranks, specials, text
-    )
+    assert llama3_tok.encode(text, allow_special=True) == tiktoken_style_encode(ranks, specials, text)
     assert llama3_tok.encode(text) == tiktoken_style_encode(ranks, {}, text)
 
 
@@ -236,9 +227,7 @@ def test_llama3_matches_tokenizer_json(
     # tiktoken and llama.cpp.
     reference.model.ignore_merges = True
     text = multilingual_text + "<|eot_id|>tail<|start_header_id|>"
-    assert llama3_tok.encode(text, allow_special=True) == reference.encode(
-        text, add_special_tokens=False
-    ).ids
+    assert llama3_tok.encode(text, allow_special=True) == reference.encode(text, add_special_tokens=False).ids
 
 
 def test_llama3_metadata(llama3_tok: Tokenizer) -> None:
@@ -275,9 +264,14 @@ def test_duplicate_pieces_map_to_the_first_id() -> None:
     meta = _meta()
     tokens = list(meta["tokenizer.ggml.tokens"])
     dup = tokens + [tokens[-1]]
-    tok = Tokenizer.from_gguf_metadata(_meta(**{
-        "tokenizer.ggml.tokens": dup,
-        "tokenizer.ggml.token_type": list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)) + [1]}))
+    tok = Tokenizer.from_gguf_metadata(
+        _meta(
+            **{
+                "tokenizer.ggml.tokens": dup,
+                "tokenizer.ggml.token_type": list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)) + [1],
+            }
+        )
+    )
     assert tok.token_to_id(tokens[-1]) == len(tokens) - 1
     assert tok.decode([len(dup) - 1]) == tok.decode([len(tokens) - 1])
 
@@ -327,7 +321,5 @@ def test_package_does_not_import_torch() -> None:
         "sys.modules['llamita'] = pkg\n"
         "import llamita.tokenizer\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(package)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -18,10 +18,10 @@ ANSWERS = [
     '<tool_call>{"name": "caf\\u00e9", "arguments": {}}</tool_call>\n<tool_call>{"name": "b", "arguments": {"k": null}}</tool_call>',
     '<function=foo>{"a": 1}</function>',
     'brave_search.call(query="madrid")',
-    'Plain answer, no call at all: a < b and [brackets] and {braces}.',
-    '[1, 2, 3] is a list, not a call',
+    "Plain answer, no call at all: a < b and [brackets] and {braces}.",
+    "[1, 2, 3] is a list, not a call",
     '{"name": "Ana", "age": 3}',  # JSON without arguments: content, not a call
-    '   \n',
+    "   \n",
 ]
 
 
@@ -40,7 +40,7 @@ def stream(text: str, size: int) -> tuple[str, list[tuple[str, str]], int]:
                 first_call_at = step if first_call_at < 0 else first_call_at
             calls[d.index][1] += d.arguments
 
-    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
     for step, piece in enumerate(pieces):
         c, deltas = st.feed(piece)
         content += c
@@ -57,7 +57,8 @@ def test_stream_adds_up_to_the_whole_answer_parse(text, size):
     content, calls, _ = stream(text, size)
     want_content, want_calls = parse_tool_calls(text)
     assert [(n, json.loads(a)) for n, a in calls] == [
-        (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in want_calls]
+        (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in want_calls
+    ]
     if want_calls:
         assert content.strip() == want_content
     else:

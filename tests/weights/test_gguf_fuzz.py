@@ -40,12 +40,24 @@ SECONDS_PER_EXAMPLE = 10
 MEMORY_HEADROOM = 1 << 30
 
 U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = range(13)
-_FMT = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f", BOOL: "<B",
-        U64: "<Q", I64: "<q", F64: "<d"}
+_FMT = {
+    U8: "<B",
+    I8: "<b",
+    U16: "<H",
+    I16: "<h",
+    U32: "<I",
+    I32: "<i",
+    F32: "<f",
+    BOOL: "<B",
+    U64: "<Q",
+    I64: "<q",
+    F64: "<d",
+}
 F32_TYPE, F16_TYPE, Q8_0_TYPE = 0, 1, 8
 
 
 # ------------------------------------------------------------------ an independent GGUF writer
+
 
 @dataclass
 class Tensor:
@@ -185,8 +197,12 @@ def valid_model(seed: int = 0) -> Model:
         Tensor("blk.0.attn_norm.weight", [dim], F32_TYPE, f32(dim)),
         Tensor("blk.0.attn_q.weight", [dim, n_heads * hd], Q8_0_TYPE, q8(n_heads * hd, dim)),
         Tensor("blk.0.attn_k.weight", [dim, n_kv * hd], Q8_0_TYPE, q8(n_kv * hd, dim)),
-        Tensor("blk.0.attn_v.weight", [dim, n_kv * hd], F16_TYPE,
-               rng.standard_normal((n_kv * hd, dim)).astype("<f2").tobytes()),
+        Tensor(
+            "blk.0.attn_v.weight",
+            [dim, n_kv * hd],
+            F16_TYPE,
+            rng.standard_normal((n_kv * hd, dim)).astype("<f2").tobytes(),
+        ),
         Tensor("blk.0.attn_output.weight", [n_heads * hd, dim], Q8_0_TYPE, q8(dim, n_heads * hd)),
         Tensor("blk.0.ffn_norm.weight", [dim], F32_TYPE, f32(dim)),
         Tensor("blk.0.ffn_gate.weight", [dim, ffn], Q8_0_TYPE, q8(ffn, dim)),
@@ -197,6 +213,7 @@ def valid_model(seed: int = 0) -> Model:
 
 
 # ------------------------------------------------------------------ limits and the target
+
 
 def load_everything(path: Path) -> None:
     """What a user's commands do with a file: `llamita info`, then a full load and one token."""
@@ -248,12 +265,35 @@ def test_bounded_catches_a_huge_allocation():
 # ------------------------------------------------------------------ strategies
 
 # Integers a hostile file would pick: zero, one, sign and width boundaries, sizes past any file.
-EDGE_INTS = st.sampled_from([0, 1, 2, 3, 7, 31, 32, 33, 255, 4096, 2**16, 2**31 - 1, 2**31, 2**32 - 1,
-                             2**32, 2**40, 2**62, 2**63 - 1, 2**63, 2**64 - 1])
+EDGE_INTS = st.sampled_from(
+    [
+        0,
+        1,
+        2,
+        3,
+        7,
+        31,
+        32,
+        33,
+        255,
+        4096,
+        2**16,
+        2**31 - 1,
+        2**31,
+        2**32 - 1,
+        2**32,
+        2**40,
+        2**62,
+        2**63 - 1,
+        2**63,
+        2**64 - 1,
+    ]
+)
 ANY_U64 = st.one_of(EDGE_INTS, st.integers(0, 2**64 - 1))
 ANY_U32 = st.one_of(EDGE_INTS.filter(lambda v: v < 2**32), st.integers(0, 2**32 - 1))
-FLOATS = st.one_of(st.sampled_from([0.0, -0.0, -1.0, 1e-45, 1e38, float("inf"), float("-inf"), float("nan")]),
-                   st.floats(width=32))
+FLOATS = st.one_of(
+    st.sampled_from([0.0, -0.0, -1.0, 1e-45, 1e38, float("inf"), float("-inf"), float("nan")]), st.floats(width=32)
+)
 
 
 def _typed_value(vtype: int) -> st.SearchStrategy[Any]:
@@ -264,21 +304,25 @@ def _typed_value(vtype: int) -> st.SearchStrategy[Any]:
     if vtype == U16:
         return st.integers(0, 2**16 - 1)
     if vtype == I16:
-        return st.integers(-2**15, 2**15 - 1)
+        return st.integers(-(2**15), 2**15 - 1)
     if vtype == U32:
         return ANY_U32
     if vtype == I32:
-        return st.integers(-2**31, 2**31 - 1)
+        return st.integers(-(2**31), 2**31 - 1)
     if vtype == U64:
         return ANY_U64
     if vtype == I64:
-        return st.integers(-2**63, 2**63 - 1)
+        return st.integers(-(2**63), 2**63 - 1)
     if vtype in (F32, F64):
         return FLOATS
     if vtype == STRING:
-        return st.one_of(st.text(max_size=20), st.binary(max_size=20),
-                         st.sampled_from(["llama", "gpt2", "none", "linear", "yarn", "{{ x", "\udcff"
-                                          .encode("utf-8", "surrogatepass")]))
+        return st.one_of(
+            st.text(max_size=20),
+            st.binary(max_size=20),
+            st.sampled_from(
+                ["llama", "gpt2", "none", "linear", "yarn", "{{ x", "\udcff".encode("utf-8", "surrogatepass")]
+            ),
+        )
     raise AssertionError(vtype)
 
 
@@ -294,8 +338,7 @@ def any_value(draw: st.DrawFn, depth: int = 0) -> tuple[int, Any]:
         return vtype, draw(_typed_value(vtype))
     etype = draw(st.sampled_from(choices))
     if etype == ARRAY:
-        items = draw(st.lists(any_value(depth + 1).filter(lambda v: v[0] == ARRAY).map(lambda v: v[1]),
-                              max_size=3))
+        items = draw(st.lists(any_value(depth + 1).filter(lambda v: v[0] == ARRAY).map(lambda v: v[1]), max_size=3))
         return ARRAY, (ARRAY, items)
     return ARRAY, (etype, draw(st.lists(_typed_value(etype), max_size=8)))
 
@@ -317,18 +360,31 @@ def damaged_model(draw: st.DrawFn) -> Model:
         elif action == "same_type":
             etype, items = value
             new = draw(st.lists(_typed_value(etype), max_size=8)) if etype != ARRAY else []
-            model.metadata[i] = (key, ARRAY, (etype, draw(st.sampled_from([new, items[:len(items) // 2],
-                                                                         items + new]))))
+            model.metadata[i] = (
+                key,
+                ARRAY,
+                (etype, draw(st.sampled_from([new, items[: len(items) // 2], items + new]))),
+            )
         elif action == "drop":
             del model.metadata[i]
         elif action == "duplicate":
             model.metadata.append((key, *draw(any_value())))
         else:
-            name = draw(st.sampled_from(keys + ["llama.vocab_size", "llama.rope.scaling.type",
-                                                "llama.rope.scaling.factor", "llama.rope.dimension_count",
-                                                "llama.attention.value_length",
-                                                "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id",
-                                                "general.file_type"]))
+            name = draw(
+                st.sampled_from(
+                    keys
+                    + [
+                        "llama.vocab_size",
+                        "llama.rope.scaling.type",
+                        "llama.rope.scaling.factor",
+                        "llama.rope.dimension_count",
+                        "llama.attention.value_length",
+                        "tokenizer.ggml.eot_token_id",
+                        "tokenizer.ggml.eom_token_id",
+                        "general.file_type",
+                    ]
+                )
+            )
             model.metadata.append((name, *draw(any_value())))
     for _ in range(draw(st.integers(0, 3))):
         t = model.tensors[draw(st.integers(0, len(model.tensors) - 1))]
@@ -342,11 +398,14 @@ def damaged_model(draw: st.DrawFn) -> Model:
         elif action == "offset":
             t.offset = draw(st.one_of(ANY_U64, st.integers(0, 80_000)))
         elif action == "name":
-            t.name = draw(st.sampled_from([x.name for x in model.tensors] + ["rope_freqs.weight",
-                                                                             "output.weight", "blk.7.attn_q.weight",
-                                                                             "blk.99999999999.ffn_up.weight"]))
+            t.name = draw(
+                st.sampled_from(
+                    [x.name for x in model.tensors]
+                    + ["rope_freqs.weight", "output.weight", "blk.7.attn_q.weight", "blk.99999999999.ffn_up.weight"]
+                )
+            )
         else:
-            t.data = t.data[:draw(st.integers(0, len(t.data)))]
+            t.data = t.data[: draw(st.integers(0, len(t.data)))]
     if draw(st.booleans()):
         model.tensors = draw(st.permutations(model.tensors))
     if draw(st.integers(0, 9)) == 0:
@@ -369,23 +428,27 @@ def damaged_bytes(draw: st.DrawFn) -> bytearray:
         if action == "field" and out.fields:
             at, width = draw(st.sampled_from(out.fields))
             value = draw(ANY_U64) % (1 << (8 * width))
-            data[at:at + width] = value.to_bytes(width, "little")
+            data[at : at + width] = value.to_bytes(width, "little")
         elif action == "byte" and data:
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
         elif action == "truncate":
-            del data[draw(st.integers(0, len(data))):]
+            del data[draw(st.integers(0, len(data))) :]
         elif action == "insert":
             at = draw(st.integers(0, len(data)))
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif action == "delete" and data:
             at = draw(st.integers(0, len(data) - 1))
-            del data[at:at + draw(st.integers(1, 16))]
+            del data[at : at + draw(st.integers(1, 16))]
     return data
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 1000,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                database=None)
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 1000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
 
 
 @FUZZ
@@ -402,24 +465,28 @@ def test_byte_damaged_files_end_in_typed_errors(data):
 
 # ------------------------------------------------------------------ what the fuzzing found
 
+
 def _with(key: str, vtype: int, value: Any) -> Model:
     model = valid_model()
     model.metadata = [(k, t, v) for k, t, v in model.metadata if k != key] + [(key, vtype, value)]
     return model
 
 
-@pytest.mark.parametrize("key, vtype, value, message", [
-    ("llama.embedding_length", STRING, "32", "'llama.embedding_length' must be an integer"),
-    ("llama.block_count", ARRAY, (U32, [1]), "'llama.block_count' must be an integer"),
-    ("llama.attention.head_count", U32, 0, "head_count' must be positive"),
-    ("llama.rope.freq_base", F32, float("nan"), "freq_base' must be a finite number"),
-    ("llama.block_count", U32, 2**32 - 1, "declares 4294967295 layers but the file holds only 11"),
-    ("tokenizer.ggml.tokens", U8, 1, "tokenizer.ggml.tokens must be a list of str"),
-    ("tokenizer.ggml.merges", ARRAY, (I32, [1, 2]), "tokenizer.ggml.merges must be a list of str"),
-    ("tokenizer.ggml.bos_token_id", STRING, "0", "bos_token_id must be int"),
-    ("tokenizer.chat_template", U32, 7, "tokenizer.chat_template must be str"),
-    ("general.file_type", ARRAY, (U8, []), None),  # `llamita info` shows "unknown"
-])
+@pytest.mark.parametrize(
+    "key, vtype, value, message",
+    [
+        ("llama.embedding_length", STRING, "32", "'llama.embedding_length' must be an integer"),
+        ("llama.block_count", ARRAY, (U32, [1]), "'llama.block_count' must be an integer"),
+        ("llama.attention.head_count", U32, 0, "head_count' must be positive"),
+        ("llama.rope.freq_base", F32, float("nan"), "freq_base' must be a finite number"),
+        ("llama.block_count", U32, 2**32 - 1, "declares 4294967295 layers but the file holds only 11"),
+        ("tokenizer.ggml.tokens", U8, 1, "tokenizer.ggml.tokens must be a list of str"),
+        ("tokenizer.ggml.merges", ARRAY, (I32, [1, 2]), "tokenizer.ggml.merges must be a list of str"),
+        ("tokenizer.ggml.bos_token_id", STRING, "0", "bos_token_id must be int"),
+        ("tokenizer.chat_template", U32, 7, "tokenizer.chat_template must be str"),
+        ("general.file_type", ARRAY, (U8, []), None),  # `llamita info` shows "unknown"
+    ],
+)
 def test_wrong_metadata_types_are_named(tmp_path, key, vtype, value, message):
     from llamita.engine.loader import load_model
     from llamita.jobs.model_info import model_info

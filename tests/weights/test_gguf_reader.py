@@ -19,8 +19,9 @@ from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory) -> Path:
     cfg = tiny_hf_config()
-    return write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", cfg, random_hf_weights(cfg),
-                      gguf.GGMLQuantizationType.Q8_0)
+    return write_gguf(
+        tmp_path_factory.mktemp("gguf") / "tiny.gguf", cfg, random_hf_weights(cfg), gguf.GGMLQuantizationType.Q8_0
+    )
 
 
 def _same_as_reference(path: Path, skip: frozenset[str] = frozenset()) -> None:
@@ -86,7 +87,7 @@ def test_not_gguf(tmp_path):
 def test_truncated(tiny_file, tmp_path, keep):
     data = tiny_file.read_bytes()
     p = tmp_path / "cut.gguf"
-    p.write_bytes(data[:max(int(len(data) * keep), 30)])
+    p.write_bytes(data[: max(int(len(data) * keep), 30)])
     with pytest.raises(ModelFileError, match="truncated|corrupt|not a GGUF"):
         GGUFFile(p)
 
@@ -117,7 +118,10 @@ def test_unsupported_version(tiny_file, tmp_path):
 def test_unsupported_architecture(tmp_path):
     w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma")
     w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(UnsupportedModelError, match="architecture 'gemma'"):
         open_gguf(tmp_path / "g.gguf")
 
@@ -127,15 +131,28 @@ def test_every_metadata_value_type(tmp_path):
     p = tmp_path / "types.gguf"
     w = gguf.GGUFWriter(str(p), "llama")
     T = gguf.GGUFValueType
-    w.add_uint8("t.u8", 200); w.add_int8("t.i8", -100); w.add_uint16("t.u16", 60000)
-    w.add_int16("t.i16", -30000); w.add_uint32("t.u32", 4_000_000_000); w.add_int32("t.i32", -2_000_000_000)
-    w.add_float32("t.f32", 0.1); w.add_bool("t.bool", True); w.add_string("t.str", "¿Qué tal? 🦙")
-    w.add_uint64("t.u64", 2**63 + 5); w.add_int64("t.i64", -(2**62)); w.add_float64("t.f64", 0.1)
-    w.add_array("t.arr_i32", [1, -2, 3]); w.add_array("t.arr_str", ["a", "ñ", ""])
-    w.add_array("t.arr_bool", [True, False]); w.add_array("t.arr_f32", [0.5, -1.25])
+    w.add_uint8("t.u8", 200)
+    w.add_int8("t.i8", -100)
+    w.add_uint16("t.u16", 60000)
+    w.add_int16("t.i16", -30000)
+    w.add_uint32("t.u32", 4_000_000_000)
+    w.add_int32("t.i32", -2_000_000_000)
+    w.add_float32("t.f32", 0.1)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "¿Qué tal? 🦙")
+    w.add_uint64("t.u64", 2**63 + 5)
+    w.add_int64("t.i64", -(2**62))
+    w.add_float64("t.f64", 0.1)
+    w.add_array("t.arr_i32", [1, -2, 3])
+    w.add_array("t.arr_str", ["a", "ñ", ""])
+    w.add_array("t.arr_bool", [True, False])
+    w.add_array("t.arr_f32", [0.5, -1.25])
     w.add_key_value("t.nested", [[1, 2], [3]], T.ARRAY)
     w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     ours = GGUFFile(p).metadata
     assert ours["t.u8"] == 200 and ours["t.i8"] == -100 and ours["t.u16"] == 60000
     assert ours["t.i16"] == -30000 and ours["t.u32"] == 4_000_000_000 and ours["t.i32"] == -2_000_000_000

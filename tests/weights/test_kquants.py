@@ -106,9 +106,7 @@ def test_gguf_decodes_our_bytes_like_we_do(t: GGMLType) -> None:
 
 
 def test_error_shrinks_with_bits() -> None:
-    x = torch.from_numpy(
-        (np.random.default_rng(0).standard_normal((64, 1024)) * 0.02).astype(np.float32)
-    )
+    x = torch.from_numpy((np.random.default_rng(0).standard_normal((64, 1024)) * 0.02).astype(np.float32))
     rms = x.pow(2).mean().sqrt()
     rel = {}
     for t in K_TYPES:
@@ -116,8 +114,7 @@ def test_error_shrinks_with_bits() -> None:
         rel[t] = float((y - x).pow(2).mean().sqrt() / rms)
     # Measured RMSE / RMS: Q2_K 0.296, Q3_K 0.151, Q4_K 0.071, Q5_K 0.036, Q6_K 0.018 (about
     # 2x per bit; Q4_K and Q5_K beat Q4_0's 0.086 and Q5_0's 0.043).
-    bounds = {GGMLType.Q2_K: 0.32, GGMLType.Q3_K: 0.165, GGMLType.Q4_K: 0.078,
-              GGMLType.Q5_K: 0.04, GGMLType.Q6_K: 0.02}
+    bounds = {GGMLType.Q2_K: 0.32, GGMLType.Q3_K: 0.165, GGMLType.Q4_K: 0.078, GGMLType.Q5_K: 0.04, GGMLType.Q6_K: 0.02}
     for t in K_TYPES:
         assert rel[t] < bounds[t], (t.name, rel[t])
     ordered = [rel[t] for t in K_TYPES]
@@ -139,9 +136,7 @@ def test_shape_must_be_whole_blocks(t: GGMLType) -> None:
 
 
 @pytest.mark.parametrize("t", K_TYPES, ids=lambda t: t.name)
-def test_slices_threads_and_chunks_do_not_change_bytes(
-    t: GGMLType, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_slices_threads_and_chunks_do_not_change_bytes(t: GGMLType, monkeypatch: pytest.MonkeyPatch) -> None:
     x = golden_inputs()[:8].reshape(4, 1024)  # 16 blocks
     whole = _ours(x, t)
     monkeypatch.setattr(kquants, "_SLICE_BLOCKS", 3)  # 6 slices, several per thread

@@ -30,8 +30,11 @@ def test_q6k_weights_load_in_their_own_blocks(tmp_path) -> None:
     out = tmp_path / "tiny-q6k.gguf"
     write_quantized(GGUFSource(GGUFFile(source)), out, file_type("Q6_K"))
     reader = gguf.GGUFReader(out)
-    reference = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors
-                 if t.tensor_type == gguf.GGMLQuantizationType.Q6_K}
+    reference = {
+        t.name: gguf.quants.dequantize(t.data, t.tensor_type)
+        for t in reader.tensors
+        if t.tensor_type == gguf.GGMLQuantizationType.Q6_K
+    }
     model = load_model(out, dtype="float32", compact=True).model
     packed = {n: m for n, m in model.named_modules() if isinstance(m, Int4Linear)}
     assert packed and all(m.layout == "vnni_q6k" for m in packed.values())

@@ -27,33 +27,41 @@ def tiny_f32(tmp_path_factory) -> Path:
 
 def _reference_values(path: Path) -> dict[str, np.ndarray]:
     r = gguf.GGUFReader(path)
-    return {t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(
-        tuple(reversed([int(n) for n in t.shape]))) for t in r.tensors}
+    return {
+        t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed([int(n) for n in t.shape])))
+        for t in r.tensors
+    }
 
 
 class FakeSource:
     """Tensor names and shapes of a real model, no data: enough to plan a mix."""
 
-    def __init__(self, n_layers: int, dim: int, ffn: int, n_heads: int, n_kv: int, vocab: int,
-                 tied: bool = False) -> None:
+    def __init__(
+        self, n_layers: int, dim: int, ffn: int, n_heads: int, n_kv: int, vocab: int, tied: bool = False
+    ) -> None:
         self.path = Path("fake.gguf")
         self.architecture = "llama"
         self.file_size = 0
-        self._meta = {"llama.block_count": n_layers, "llama.attention.head_count": n_heads,
-                      "llama.attention.head_count_kv": n_kv}
+        self._meta = {
+            "llama.block_count": n_layers,
+            "llama.attention.head_count": n_heads,
+            "llama.attention.head_count_kv": n_kv,
+        }
         hd = dim // n_heads
         infos = [("token_embd.weight", (vocab, dim), GGMLType.BF16)]
         for i in range(n_layers):
             p = f"blk.{i}."
-            infos += [(p + "attn_norm.weight", (dim,), GGMLType.F32),
-                      (p + "attn_q.weight", (dim, dim), GGMLType.BF16),
-                      (p + "attn_k.weight", (n_kv * hd, dim), GGMLType.BF16),
-                      (p + "attn_v.weight", (n_kv * hd, dim), GGMLType.BF16),
-                      (p + "attn_output.weight", (dim, dim), GGMLType.BF16),
-                      (p + "ffn_norm.weight", (dim,), GGMLType.F32),
-                      (p + "ffn_gate.weight", (ffn, dim), GGMLType.BF16),
-                      (p + "ffn_up.weight", (ffn, dim), GGMLType.BF16),
-                      (p + "ffn_down.weight", (dim, ffn), GGMLType.BF16)]
+            infos += [
+                (p + "attn_norm.weight", (dim,), GGMLType.F32),
+                (p + "attn_q.weight", (dim, dim), GGMLType.BF16),
+                (p + "attn_k.weight", (n_kv * hd, dim), GGMLType.BF16),
+                (p + "attn_v.weight", (n_kv * hd, dim), GGMLType.BF16),
+                (p + "attn_output.weight", (dim, dim), GGMLType.BF16),
+                (p + "ffn_norm.weight", (dim,), GGMLType.F32),
+                (p + "ffn_gate.weight", (ffn, dim), GGMLType.BF16),
+                (p + "ffn_up.weight", (ffn, dim), GGMLType.BF16),
+                (p + "ffn_down.weight", (dim, ffn), GGMLType.BF16),
+            ]
         infos.append(("output_norm.weight", (dim,), GGMLType.F32))
         if not tied:
             infos.append(("output.weight", (vocab, dim), GGMLType.BF16))

@@ -200,8 +200,9 @@ def test_real_model_tensors_match_gguf() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
-@pytest.mark.parametrize("t", [GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
-                               GGMLType.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "t", [GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K], ids=lambda t: t.name
+)
 def test_real_weights_in_k_formats_match_gguf(t: GGMLType) -> None:
     """A real weight (the default model's first ffn_down, rows of 1536 = 6 super-blocks)
     written in each K format by our encoder, then decoded by us and by gguf."""

@@ -98,6 +98,7 @@ def test_packing_by_row_slices_is_bit_equal_to_packing_whole(monkeypatch, ggml_t
     # A weight under four slices is packed whole, giving nothing back on the way.
     monkeypatch.setattr(gguf_module, "PACK_SLICE_BYTES", 32 * row_bytes)
     released.clear()
-    assert torch.equal(gguf_module._pack_by_rows(raw, ggml_type, (n, k), lambda a, b: released.append((a, b))
-                                                 ).packed, whole.packed)
+    assert torch.equal(
+        gguf_module._pack_by_rows(raw, ggml_type, (n, k), lambda a, b: released.append((a, b))).packed, whole.packed
+    )
     assert released == []

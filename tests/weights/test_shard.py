@@ -66,8 +66,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return found
 
 
-@pytest.mark.parametrize("fmt", ["hf", "hf-sharded", "meta-1", "meta-2", "meta-4",
-                                 "meta-2-embedding-dim1", "gguf-q8_0", "gguf-q4_k_m"])
+@pytest.mark.parametrize(
+    "fmt", ["hf", "hf-sharded", "meta-1", "meta-2", "meta-4", "meta-2-embedding-dim1", "gguf-q8_0", "gguf-q4_k_m"]
+)
 @pytest.mark.parametrize("world", [2])
 def test_each_rank_reads_exactly_its_slice(checkpoints, fmt, world):
     whole = read_checkpoint(checkpoints[fmt], dtype=torch.float32)
@@ -81,13 +82,16 @@ def test_each_rank_reads_exactly_its_slice(checkpoints, fmt, world):
 
 def test_a_rank_holds_about_half_the_weights(default_model_path):
     """The default model, compact (int4/int8) where this CPU runs it, else float32."""
+
     def weight_bytes(model: torch.nn.Module) -> int:
         tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     whole = weight_bytes(load_model(default_model_path, dtype="auto", device="cpu").model)
-    ranks = [weight_bytes(load_model(default_model_path, dtype="auto", device="cpu",
-                                     tensor_parallel=(r, 2)).model) for r in range(2)]
+    ranks = [
+        weight_bytes(load_model(default_model_path, dtype="auto", device="cpu", tensor_parallel=(r, 2)).model)
+        for r in range(2)
+    ]
     # Uneven heads (6 + 3 query heads) put a little more on rank 0; norms are replicated.
     assert all(0.4 * whole < b < 0.6 * whole for b in ranks), (whole, ranks)
     assert abs(sum(ranks) - whole) < 0.02 * whole, (whole, ranks)

@@ -41,8 +41,10 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("untrusted")
     cfg = llama31_mini_config()
     sd = random_hf_weights(cfg, seed=3)
-    return {"meta": write_meta_folder(root / "meta", cfg, sd),
-            "hf": write_hf_folder(root / "hf", cfg, hf_llama(cfg, sd))}
+    return {
+        "meta": write_meta_folder(root / "meta", cfg, sd),
+        "hf": write_hf_folder(root / "hf", cfg, hf_llama(cfg, sd)),
+    }
 
 
 def _evil_meta(folders: dict[str, Path], tmp_path: Path, how: str) -> tuple[Path, Path]:
@@ -84,20 +86,36 @@ def _header(**tensors: dict) -> bytes:
     return json.dumps(tensors).encode()
 
 
-@pytest.mark.parametrize("content", [
-    _safetensors(b"{}", declared=1 << 40),  # header length past the end of the file
-    _safetensors(b"{}", declared=2**64 - 1),
-    _safetensors(b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]'),  # bad JSON
-    _safetensors(b"\xff\xfe{}"),  # not UTF-8
-    _safetensors(_header(**{"model.norm.weight": {"dtype": "F32", "shape": [256],
-                                                   "data_offsets": [0, 1 << 40]}})),  # data missing
-    _safetensors(_header(**{"model.norm.weight": {"dtype": "F32", "shape": [1 << 40],
-                                                   "data_offsets": [0, 16]}}), data=b"\0" * 16),
-    _safetensors(_header(**{"model.norm.weight": {"dtype": "Q9", "shape": [4],
-                                                   "data_offsets": [0, 16]}}), data=b"\0" * 16),
-    b"\x01\x02",  # shorter than the length field
-], ids=["len-past-file", "len-max", "bad-json", "not-utf8", "offsets-past-file", "shape-vs-offsets",
-        "unknown-dtype", "tiny"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        _safetensors(b"{}", declared=1 << 40),  # header length past the end of the file
+        _safetensors(b"{}", declared=2**64 - 1),
+        _safetensors(b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]'),  # bad JSON
+        _safetensors(b"\xff\xfe{}"),  # not UTF-8
+        _safetensors(
+            _header(**{"model.norm.weight": {"dtype": "F32", "shape": [256], "data_offsets": [0, 1 << 40]}})
+        ),  # data missing
+        _safetensors(
+            _header(**{"model.norm.weight": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 16]}}),
+            data=b"\0" * 16,
+        ),
+        _safetensors(
+            _header(**{"model.norm.weight": {"dtype": "Q9", "shape": [4], "data_offsets": [0, 16]}}), data=b"\0" * 16
+        ),
+        b"\x01\x02",  # shorter than the length field
+    ],
+    ids=[
+        "len-past-file",
+        "len-max",
+        "bad-json",
+        "not-utf8",
+        "offsets-past-file",
+        "shape-vs-offsets",
+        "unknown-dtype",
+        "tiny",
+    ],
+)
 def test_damaged_safetensors_header_is_a_typed_error(folders, tmp_path, content):
     hf = shutil.copytree(folders["hf"], tmp_path / "hf")
     (hf / "model.safetensors").write_bytes(content)

@@ -32,8 +32,13 @@ from llamita.sampling_params import SamplingParams
 LLAMA_BUILTIN_TOOLS = ("brave_search", "wolfram_alpha", "code_interpreter")
 
 _JSON_TYPES: dict[Any, str] = {
-    str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
-    tuple: "array", dict: "object",
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    tuple: "array",
+    dict: "object",
 }
 
 
@@ -41,8 +46,14 @@ class ChatModel(Protocol):
     """What run_agent needs: `LLM.chat`'s interface, returning an object with `text`,
     `tool_calls` and `finish_reason`."""
 
-    def chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
-             tools: Sequence[dict[str, Any]] | None = None, **template_kwargs: Any) -> Any: ...
+    def chat(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams | None = None,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> Any: ...
 
 
 @dataclass
@@ -64,10 +75,17 @@ class AgentResult:
     output: Any
 
 
-def run_agent(llm: ChatModel, messages: Sequence[Message], functions: Mapping[str, Callable[..., Any]],
-              params: SamplingParams | None = None, *, max_steps: int = 5,
-              tools: Sequence[dict[str, Any]] | None = None, builtin_tools: Sequence[str] = (),
-              **template_kwargs: Any) -> AgentResult:
+def run_agent(
+    llm: ChatModel,
+    messages: Sequence[Message],
+    functions: Mapping[str, Callable[..., Any]],
+    params: SamplingParams | None = None,
+    *,
+    max_steps: int = 5,
+    tools: Sequence[dict[str, Any]] | None = None,
+    builtin_tools: Sequence[str] = (),
+    **template_kwargs: Any,
+) -> AgentResult:
     """Answer `messages`, letting the model call `functions` (name -> Python callable).
 
     max_steps: the most times the model is asked (>= 1).
@@ -103,12 +121,16 @@ def run_agent(llm: ChatModel, messages: Sequence[Message], functions: Mapping[st
             return AgentResult(out.text, "max_steps", history, step, out)
         for i, call in enumerate(calls):
             # One call per assistant turn: Llama 3.1's format takes no more.
-            history.append({"role": "assistant", "content": out.text if i == 0 else "",
-                            "tool_calls": [call]})
+            history.append({"role": "assistant", "content": out.text if i == 0 else "", "tool_calls": [call]})
             name = call["function"]["name"]
-            history.append({"role": "ipython" if name in builtin else "tool",
-                            "tool_call_id": call.get("id"), "name": name,
-                            "content": _result_content(_invoke(functions, call))})
+            history.append(
+                {
+                    "role": "ipython" if name in builtin else "tool",
+                    "tool_call_id": call.get("id"),
+                    "name": name,
+                    "content": _result_content(_invoke(functions, call)),
+                }
+            )
 
 
 def function_tool(name: str, function: Callable[..., Any]) -> dict[str, Any]:

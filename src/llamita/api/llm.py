@@ -57,10 +57,16 @@ class LLM:
     ...          SamplingParams(temperature=0)).text
     """
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype = "auto",
-                 device: str | torch.device = "auto",
-                 lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-                 gpu_layers: int | None = None, compile: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+        lora: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        gpu_layers: int | None = None,
+        compile: bool | None = None,
+    ) -> None:
         """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
         together to every generation without merging them into the weights.
         gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU.
@@ -96,8 +102,9 @@ class LLM:
         self.settings = loaded.settings
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
-        self._generator = Generator(loaded.model, loaded.tokenizer, adapter, compile=mode != "off",
-                                    build=mode == "foreground")
+        self._generator = Generator(
+            loaded.model, loaded.tokenizer, adapter, compile=mode != "off", build=mode == "foreground"
+        )
         # Why the compiled step is not used (a LoRA adapter, layers split), else None.
         self.compile_skipped = self._generator.compile_skipped
         # The background process this LLM started to build its compiled step, if any: at its
@@ -157,10 +164,13 @@ class LLM:
             return params  # the generator already stops at the model's window
         room = self.context_length - len(ids)
         if room < 1:
-            raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the model's num_ctx is "
-                                       f"{self.context_length} (prompt plus at least one generated token)")
-        return params if params.max_tokens is not None and params.max_tokens <= room else \
-            params.replace(max_tokens=room)
+            raise ContextOverflowError(
+                f"the prompt has {len(ids)} tokens but the model's num_ctx is "
+                f"{self.context_length} (prompt plus at least one generated token)"
+            )
+        return (
+            params if params.max_tokens is not None and params.max_tokens <= room else params.replace(max_tokens=room)
+        )
 
     @property
     def last_stats(self) -> GenerationStats:
@@ -173,8 +183,9 @@ class LLM:
         text stay plain text."""
         return encode_prompt(self.tokenizer, prompt)
 
-    def encode_chat(self, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] | None = None,
-                    **template_kwargs: Any) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] | None = None, **template_kwargs: Any
+    ) -> list[int]:
         """Chat messages -> ids through the model's chat template, ready for the assistant.
 
         tools: OpenAI JSON-schema tool definitions, given to the template as `tools`.
@@ -190,22 +201,40 @@ class LLM:
     # A str is also a Sequence[str]; overloads are tried in order, so this one wins for it.
     @overload
     def generate(  # type: ignore[overload-overlap]
-            self, prompts: str, params: SamplingParams | Sequence[SamplingParams] | None = None,
+        self,
+        prompts: str,
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> GenerationOutput: ...
     @overload
-    def generate(self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 ) -> list[GenerationOutput]: ...
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[GenerationOutput]: ...
     @overload
-    def generate(self, prompts: None = None, params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 prompt_token_ids: Sequence[int]) -> GenerationOutput: ...
+    def generate(
+        self,
+        prompts: None = None,
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        prompt_token_ids: Sequence[int],
+    ) -> GenerationOutput: ...
     @overload
-    def generate(self, prompts: None = None, params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 prompt_token_ids: Sequence[Sequence[int]]) -> list[GenerationOutput]: ...
+    def generate(
+        self,
+        prompts: None = None,
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        prompt_token_ids: Sequence[Sequence[int]],
+    ) -> list[GenerationOutput]: ...
 
-    def generate(self, prompts: str | Sequence[str] | None = None,
-                 params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 prompt_token_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
-                 ) -> GenerationOutput | list[GenerationOutput]:
+    def generate(
+        self,
+        prompts: str | Sequence[str] | None = None,
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        prompt_token_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    ) -> GenerationOutput | list[GenerationOutput]:
         """Complete one prompt (returns one output) or a list of prompts (returns a list, in
         order, generated together as a batch). Prompts are plain text; pass token ids instead
         with `prompt_token_ids`."""
@@ -213,17 +242,27 @@ class LLM:
         outputs = self._run(id_lists, params)
         return outputs[0] if single else outputs
 
-    def generate_stream(self, prompt: str | None = None, params: SamplingParams | None = None, *,
-                        prompt_token_ids: Sequence[int] | None = None,
-                        ) -> collections.abc.Generator[StreamChunk, None, None]:
+    def generate_stream(
+        self,
+        prompt: str | None = None,
+        params: SamplingParams | None = None,
+        *,
+        prompt_token_ids: Sequence[int] | None = None,
+    ) -> collections.abc.Generator[StreamChunk, None, None]:
         """Like `generate` for one prompt, yielding text as soon as it is safe to show."""
         single, id_lists = self._prompt_ids(prompt, prompt_token_ids)
         if not single:
             raise InvalidParameterError("prompt", "generate_stream takes one prompt")
         yield from self._stream(id_lists[0], params)
 
-    def chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
-             tools: Sequence[dict[str, Any]] | None = None, **template_kwargs: Any) -> GenerationOutput:
+    def chat(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams | None = None,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> GenerationOutput:
         """Answer OpenAI-style messages ([{"role": "user", "content": "..."}, ...]).
 
         tools: functions the model may call (OpenAI JSON-schema form); its calls come back
@@ -236,9 +275,14 @@ class LLM:
             self._find_tool_calls(out)
         return out
 
-    def chat_stream(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
-                    tools: Sequence[dict[str, Any]] | None = None,
-                    **template_kwargs: Any) -> collections.abc.Generator[StreamChunk, None, None]:
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams | None = None,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> collections.abc.Generator[StreamChunk, None, None]:
         """Streaming form of `chat`. The text is streamed as written: tool calls are not parsed
         (use `parse_tool_calls` on the joined text, or `chat`)."""
         yield from self._stream(self.encode_chat(messages, tools=tools, **template_kwargs), params)
@@ -290,8 +334,7 @@ class LLM:
             if step.finish_reason is not None:
                 reasons[step.index] = step.finish_reason
         stats = self._generator.last_stats
-        return [GenerationOutput(t, ids, r, p, stats)
-                for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
+        return [GenerationOutput(t, ids, r, p, stats) for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
 
     def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
         self._start_build()

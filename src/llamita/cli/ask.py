@@ -19,17 +19,27 @@ if TYPE_CHECKING:
     from llamita.rag.answer import AnswerPrompt
     from llamita.rag.collection import Collection
 
-ModeOption = typer.Option("hybrid", "--mode", help="hybrid (BM25 and embeddings fused by reciprocal "
-                                                   "rank fusion, the embeddings weighted by how well they "
-                                                   "find passages in this collection: `index show`), bm25 "
-                                                   "or dense.")
-RerankOption = typer.Option(0, "--rerank", min=0, help="Re-order the first N chunks by how likely the model "
-                            "finds the question after each (one forward pass per chunk; 20 is a good "
-                            "start).")
+ModeOption = typer.Option(
+    "hybrid",
+    "--mode",
+    help="hybrid (BM25 and embeddings fused by reciprocal "
+    "rank fusion, the embeddings weighted by how well they "
+    "find passages in this collection: `index show`), bm25 "
+    "or dense.",
+)
+RerankOption = typer.Option(
+    0,
+    "--rerank",
+    min=0,
+    help="Re-order the first N chunks by how likely the model "
+    "finds the question after each (one forward pass per chunk; 20 is a good "
+    "start).",
+)
 
 
-def _collection(name: str, data_dir: Path | None, embedding_model: Path | None, mode: str,
-                llm: LLM | None = None) -> Collection:
+def _collection(
+    name: str, data_dir: Path | None, embedding_model: Path | None, mode: str, llm: LLM | None = None
+) -> Collection:
     """The collection, with its embedder: --embedding-model if given, else `llm` when it is
     the model the collection was indexed with, else that model (not loaded at all for BM25)."""
     from llamita.rag.collection import Collection
@@ -74,8 +84,9 @@ def search(
     for rank, h in enumerate(hits, start=1):
         where = f" — {escape(h.location)}" if h.location else ""
         ranks = f"bm25 #{h.bm25_rank or '-'}, dense #{h.dense_rank or '-'}"
-        console.print(f"[bold]{rank}.[/] [cyan]{escape(short(h.source))}[/]{where}  "
-                      f"[dim]score {h.score:.4f} ({ranks})[/]")
+        console.print(
+            f"[bold]{rank}.[/] [cyan]{escape(short(h.source))}[/]{where}  [dim]score {h.score:.4f} ({ranks})[/]"
+        )
         console.print(escape(h.text.strip()), soft_wrap=True)
         console.print()
     if not hits:
@@ -89,13 +100,18 @@ def ask(
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many chunks to retrieve into the prompt."),
     mode: str = ModeOption,
     rerank: int = RerankOption,
-    language: Optional[str] = typer.Option(None, "--language", "-l", show_default=False,
-                                           help="Prompt language: es or en. Default: the question's."),
+    language: Optional[str] = typer.Option(
+        None, "--language", "-l", show_default=False, help="Prompt language: es or en. Default: the question's."
+    ),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens in the answer."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy, the most likely answer."),
-    explain: bool = typer.Option(False, "--explain", help="After the answer, how much of the model's attention "
-                                 "(all layers and heads, per answer token) went to each source, and a heatmap "
-                                 "of the answer by attention to the sources."),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="After the answer, how much of the model's attention "
+        "(all layers and heads, per answer token) went to each source, and a heatmap "
+        "of the answer by attention to the sources.",
+    ),
     model: Optional[Path] = ModelOption,
     embedding_model: Optional[Path] = EmbeddingModelOption,
     dtype: str = DtypeOption,
@@ -115,8 +131,9 @@ def ask(
     with stderr.status("loading model…"), start_up():
         llm = LLM(model, dtype=dtype, device=device)
     collection = _collection(name, data_dir, embedding_model, mode, llm)
-    prompt = prepare(collection, question, llm, top=top, mode=mode, language=language,
-                     answer_tokens=max_tokens, rerank=rerank)
+    prompt = prepare(
+        collection, question, llm, top=top, mode=mode, language=language, answer_tokens=max_tokens, rerank=rerank
+    )
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
     console = Console()
     text = ""
@@ -136,8 +153,9 @@ def ask(
         _print_explanation(console, llm, prompt, answer_ids)
     cited, invalid = citations(text, len(prompt.sources))
     if invalid:
-        stderr.print(f"[yellow]note:[/] the answer cites {', '.join(f'[{n}]' for n in invalid)}, "
-                     f"which is not among the sources")
+        stderr.print(
+            f"[yellow]note:[/] the answer cites {', '.join(f'[{n}]' for n in invalid)}, which is not among the sources"
+        )
     if prompt.sources and not cited:
         stderr.print("[yellow]note:[/] the answer cites none of the sources")
 
@@ -155,8 +173,11 @@ def _print_explanation(console: Console, llm: LLM, prompt: AnswerPrompt, answer_
     console.print("[bold]Attention of the answer to each source[/] (all layers and heads, mean over answer tokens):")
     for number, share in enumerate(found.shares, start=1):
         console.print(f"[{number}] {share * 100:5.1f}% {'█' * round(share * 50)}", markup=False, highlight=False)
-    console.print(f"retrieved text {found.retrieved * 100:.1f}%, the rest (instructions, question, template, "
-                  f"the answer itself) {found.other * 100:.1f}%", highlight=False)
+    console.print(
+        f"retrieved text {found.retrieved * 100:.1f}%, the rest (instructions, question, template, "
+        f"the answer itself) {found.other * 100:.1f}%",
+        highlight=False,
+    )
     shaded = Text()
     per_token = found.per_token.sum(axis=1)
     top = max(float(per_token.max()), 1e-9)

@@ -33,24 +33,31 @@ def bench(
     model: Optional[Path] = ModelOption,
     n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens for the pp test (0 = skip)."),
     n_gen: int = typer.Option(128, "--n-gen", "-n", help="Generated tokens for the tg test (0 = skip)."),
-    batch: int = typer.Option(0, "--batch", "-b",
-                              help="Also generate --n-gen tokens in this many sequences at once "
-                                   "(continuous batching; aggregate tokens/s). 0 = skip."),
+    batch: int = typer.Option(
+        0,
+        "--batch",
+        "-b",
+        help="Also generate --n-gen tokens in this many sequences at once "
+        "(continuous batching; aggregate tokens/s). 0 = skip.",
+    ),
     threads: Optional[int] = ThreadsOption,
-    repetitions: int = typer.Option(5, "--repetitions", "-r",
-                                    help="Timed runs of each test, after one warm-up run; the "
-                                         "median is reported."),
+    repetitions: int = typer.Option(
+        5, "--repetitions", "-r", help="Timed runs of each test, after one warm-up run; the median is reported."
+    ),
     dtype: str = DtypeOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
     device: str = DeviceOption,
     gpu_layers: Optional[int] = GpuLayersOption,
     tensor_parallel: int = TensorParallelOption,
     compile: Optional[bool] = CompileOption,
-    bandwidth: bool = typer.Option(False, "--bandwidth",
-                                   help="Also measure memory bandwidth (copying a 1 GiB buffer, "
-                                        "bytes read + written per second) and report tg as a "
-                                        "fraction of the floor bandwidth / weight bytes read per "
-                                        "token."),
+    bandwidth: bool = typer.Option(
+        False,
+        "--bandwidth",
+        help="Also measure memory bandwidth (copying a 1 GiB buffer, "
+        "bytes read + written per second) and report tg as a "
+        "fraction of the floor bandwidth / weight bytes read per "
+        "token.",
+    ),
 ) -> None:
     """Measure tokens per second: pp (prompt processing, tokens evaluated from an empty context)
     and tg (generation, one token at a time), as llama.cpp's llama-bench does, plus peak RSS.
@@ -84,13 +91,29 @@ def bench(
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype, device=device, gpu_layers=gpu_layers)
     # bench exists to measure: the default path (background build) is built here, untimed.
-    _measure(loaded, n_prompt, n_gen, batch, repetitions, as_json, compile=compile_mode(compile) != "off",
-             bandwidth=bandwidth)
+    _measure(
+        loaded,
+        n_prompt,
+        n_gen,
+        batch,
+        repetitions,
+        as_json,
+        compile=compile_mode(compile) != "off",
+        bandwidth=bandwidth,
+    )
 
 
-def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetitions: int,
-             as_json: bool, tensor_parallel: int = 1, compile: bool = False,
-             bandwidth: bool = False) -> None:
+def _measure(
+    loaded: LoadedModel,
+    n_prompt: int,
+    n_gen: int,
+    batch: int,
+    repetitions: int,
+    as_json: bool,
+    tensor_parallel: int = 1,
+    compile: bool = False,
+    bandwidth: bool = False,
+) -> None:
     """Run the tests and print the report (rank 0 only under tensor parallelism)."""
     import torch
 
@@ -107,8 +130,10 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
 
     kernels = kernel_summary() if loaded.device.type == "cpu" else "cuda"
     decode = decode_path(loaded, compile)
-    stderr.print(f"[dim]{loaded.display_name} · {loaded.dtype} · {loaded.device} · "
-                 f"{threads_label()} · {kernels} · {decode} decode · loaded in {loaded.load_seconds:.1f} s[/]")
+    stderr.print(
+        f"[dim]{loaded.display_name} · {loaded.dtype} · {loaded.device} · "
+        f"{threads_label()} · {kernels} · {decode} decode · loaded in {loaded.load_seconds:.1f} s[/]"
+    )
     results = []
     with stderr.status("measuring…") as status:
         if n_prompt:
@@ -126,12 +151,18 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
         with stderr.status("memory bandwidth…"):
             floor = bandwidth_floor(loaded, tg.tokens_per_second)
     report: dict[str, Any] = {
-        "model": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
-        "device": str(loaded.device), "threads": torch.get_num_threads(),
-        "tensor_parallel": tensor_parallel, "compile": decode == "compiled step", "decode": decode,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "model": str(loaded.path),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": str(loaded.device),
+        "threads": torch.get_num_threads(),
+        "tensor_parallel": tensor_parallel,
+        "compile": decode == "compiled step",
+        "decode": decode,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
         "kernels": kernels,
-        "load_seconds": round(loaded.load_seconds, 3), "peak_rss_bytes": peak_rss_bytes(),
+        "load_seconds": round(loaded.load_seconds, 3),
+        "peak_rss_bytes": peak_rss_bytes(),
         "results": [r.to_dict() for r in results],
     }
     if floor is not None:
@@ -145,9 +176,11 @@ def _measure(loaded: LoadedModel, n_prompt: int, n_gen: int, batch: int, repetit
     console().print(table)
     stderr.print(f"[dim]peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB[/]")
     if floor is not None:
-        stderr.print(f"bandwidth floor: {floor.weight_bytes_per_token / 2**20:.0f} MiB of weights a "
-                     f"token at {floor.copy_bandwidth / 1e9:.1f} GB/s = {floor.floor_tokens_per_second:.2f} "
-                     f"tokens/s; tg{n_gen} is {100 * floor.fraction_of_floor:.0f}% of it")
+        stderr.print(
+            f"bandwidth floor: {floor.weight_bytes_per_token / 2**20:.0f} MiB of weights a "
+            f"token at {floor.copy_bandwidth / 1e9:.1f} GB/s = {floor.floor_tokens_per_second:.2f} "
+            f"tokens/s; tg{n_gen} is {100 * floor.fraction_of_floor:.0f}% of it"
+        )
     if compile:
         warmups = ", ".join(f"{r.test} {r.warmup_seconds:.1f} s" for r in results)
         stderr.print(f"[dim]warm-up runs (compiling included): {warmups}[/]")

@@ -54,16 +54,30 @@ CHAT_DEFAULTS = {"max_tokens": 512}  # under a created model's PARAMETERs and th
 
 @friendly_errors
 def chat(
-    model_name: Optional[str] = typer.Argument(None, metavar="[MODEL]", show_default=False,
-                                               help="A model name or path, as --model (`llamita chat "
-                                                    "llama3.2:1b`); a name not on this machine is "
-                                                    "pulled first."),
+    model_name: Optional[str] = typer.Argument(
+        None,
+        metavar="[MODEL]",
+        show_default=False,
+        help="A model name or path, as --model (`llamita chat "
+        "llama3.2:1b`); a name not on this machine is "
+        "pulled first.",
+    ),
     model: Optional[Path] = ModelOption,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt for the conversation."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", show_default=False,
-                                             help="Most tokens per answer. [default: 512, or the model's num_predict]"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", show_default=False,
-                                                help="Sampling temperature; 0 = greedy. [default: 0.8, or the model's]"),
+    max_tokens: Optional[int] = typer.Option(
+        None,
+        "--max-tokens",
+        "-n",
+        show_default=False,
+        help="Most tokens per answer. [default: 512, or the model's num_predict]",
+    ),
+    temperature: Optional[float] = typer.Option(
+        None,
+        "--temperature",
+        "-t",
+        show_default=False,
+        help="Sampling temperature; 0 = greedy. [default: 0.8, or the model's]",
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     dtype: str = DtypeOption,
     lora: Optional[list[str]] = LoraOption,
@@ -88,8 +102,16 @@ def chat(
     SamplingParams(**{k: v for k, v in flags.items() if v is not None})  # bad flags fail before loading
     if system is not None and not no_escape:
         system = process_escapes(system)
-    with open_llm(model, dtype=dtype, device=device, lora=lora, gpu_layers=gpu_layers, compile=compile,
-                  tensor_parallel=tensor_parallel, threads=threads) as llm:
+    with open_llm(
+        model,
+        dtype=dtype,
+        device=device,
+        lora=lora,
+        gpu_layers=gpu_layers,
+        compile=compile,
+        tensor_parallel=tensor_parallel,
+        threads=threads,
+    ) as llm:
         if llm is not None:  # None: a tensor-parallel rank other than 0, done following rank 0
             _converse(llm, system, llm.sampling_params(CHAT_DEFAULTS, **flags))
 
@@ -100,8 +122,10 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
 
     out = console()
     adapter = f" · LoRA {llm.adapter}" if llm.adapter else ""
-    stderr.print(f"[dim]{llm.loaded.display_name}{adapter} · context {llm.context_length} tokens · "
-                 f"{llm.decode_path} decode · /help for commands, Ctrl-D to leave[/]")
+    stderr.print(
+        f"[dim]{llm.loaded.display_name}{adapter} · context {llm.context_length} tokens · "
+        f"{llm.decode_path} decode · /help for commands, Ctrl-D to leave[/]"
+    )
     history: list[dict[str, str]] = []
     ctrl_c_at_prompt = False  # a second Ctrl-C in a row at the prompt leaves
 
@@ -132,7 +156,7 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
             out.print("[dim]conversation reset[/]")
             continue
         if line.startswith("/system"):
-            text = line[len("/system"):].strip()
+            text = line[len("/system") :].strip()
             if text:
                 system, history = text, []
                 out.print("[dim]system prompt set; conversation reset[/]")
@@ -165,8 +189,9 @@ def _converse(llm: LLM, system: str | None, params: SamplingParams) -> None:
             out.print(f"[red]{e}[/]")
             continue
         if dropped:
-            stderr.print(f"[yellow]the conversation outgrew the context window: dropped the "
-                         f"{dropped} oldest message(s)[/]")
+            stderr.print(
+                f"[yellow]the conversation outgrew the context window: dropped the {dropped} oldest message(s)[/]"
+            )
         answer, stopped = _stream_answer(llm, messages, params)
         # What was shown stays in the conversation, a stopped answer too (as it reads on screen).
         history = [m for m in messages if m["role"] != "system"] + [{"role": "assistant", "content": answer}]

@@ -30,45 +30,72 @@ def console(*, to_stderr: bool = False) -> Console:
 
 stderr = console(to_stderr=True)
 
-MODEL_HELP = ("A model: a path (.gguf file, Hugging Face or Meta folder) or a library name "
-              "(llama3.2:1b, hf.co/USER/REPO:QUANT, an Ollama tag, a `llamita cp` name; "
-              "`llamita list` shows them). Default: the embedded SmolLM2-135M-Instruct (Q4_1).")
-DTYPE_HELP = ("Compute dtype of weights and activations: auto (bfloat16 on CPUs with AVX-512 BF16/AMX "
-              "and on CUDA, else float32), float32 or bfloat16.")
+MODEL_HELP = (
+    "A model: a path (.gguf file, Hugging Face or Meta folder) or a library name "
+    "(llama3.2:1b, hf.co/USER/REPO:QUANT, an Ollama tag, a `llamita cp` name; "
+    "`llamita list` shows them). Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
+)
+DTYPE_HELP = (
+    "Compute dtype of weights and activations: auto (bfloat16 on CPUs with AVX-512 BF16/AMX "
+    "and on CUDA, else float32), float32 or bfloat16."
+)
 ModelOption = typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
-LORA_HELP = ("LoRA adapter applied without merging: a PEFT folder (adapter_config.json + "
-             "adapter_model.safetensors) or a llama.cpp GGUF LoRA file, as PATH[:SCALE]; SCALE "
-             "multiplies the adapter's own alpha/r (default 1, 0 = off). Repeatable: the updates add up.")
+LORA_HELP = (
+    "LoRA adapter applied without merging: a PEFT folder (adapter_config.json + "
+    "adapter_model.safetensors) or a llama.cpp GGUF LoRA file, as PATH[:SCALE]; SCALE "
+    "multiplies the adapter's own alpha/r (default 1, 0 = off). Repeatable: the updates add up."
+)
 LoraOption = typer.Option(None, "--lora", help=LORA_HELP, show_default=False)
 DtypeOption = typer.Option("auto", "--dtype", help=DTYPE_HELP)
-DeviceOption = typer.Option("auto", "--device",
-                            help="Where the model runs: cpu, cuda (cuda:N for one GPU of several) or "
-                                 "auto (CUDA when a GPU is available, else the CPU).")
-GpuLayersOption = typer.Option(None, "--gpu-layers", min=0, show_default=False,
-                               help="With --device cuda: keep only the first N blocks (and their KV "
-                                    "cache) on the GPU and run the rest on the CPU, for models larger "
-                                    "than the GPU's memory. Default: every block on the GPU.")
-CompileOption = typer.Option(None, "--compile/--no-compile", show_default=False,
-                             help="How tokens are generated. Default: through an ahead-of-time "
-                                  "compiled decode step (AOTInductor; about 1.5-2x faster generation "
-                                  "on the CPU) once it is built; the first run of a model shape answers "
-                                  "eagerly while a background process (lowest priority, one thread) "
-                                  "builds it (1-2 minutes on 2 cores) into ~/.cache/llamita/aoti. "
-                                  "--compile: build it now, before answering. --no-compile: eager. "
-                                  "LLAMITA_COMPILE=0 / =1 set the same. Eager with --lora, "
-                                  "--gpu-layers, --tensor-parallel or on CUDA.")
-NoEscapeOption = typer.Option(False, "--no-escape",
-                              help="Take the prompt, --system and --stop literally. Default: \\n, \\t, "
-                                   "\\r, \\\\, \\\", \\' and \\xHH in them become the characters "
-                                   "they stand for, as in llama.cpp, since shells pass them through.")
-THREADS_HELP = ("CPU threads for the model's matmuls. Default: one per core, less the cores other work "
-                "keeps busy when the command starts (the 1-minute load average), at least 1: on a busy "
-                "machine more threads than free cores make generation several times slower.")
+DeviceOption = typer.Option(
+    "auto",
+    "--device",
+    help="Where the model runs: cpu, cuda (cuda:N for one GPU of several) or "
+    "auto (CUDA when a GPU is available, else the CPU).",
+)
+GpuLayersOption = typer.Option(
+    None,
+    "--gpu-layers",
+    min=0,
+    show_default=False,
+    help="With --device cuda: keep only the first N blocks (and their KV "
+    "cache) on the GPU and run the rest on the CPU, for models larger "
+    "than the GPU's memory. Default: every block on the GPU.",
+)
+CompileOption = typer.Option(
+    None,
+    "--compile/--no-compile",
+    show_default=False,
+    help="How tokens are generated. Default: through an ahead-of-time "
+    "compiled decode step (AOTInductor; about 1.5-2x faster generation "
+    "on the CPU) once it is built; the first run of a model shape answers "
+    "eagerly while a background process (lowest priority, one thread) "
+    "builds it (1-2 minutes on 2 cores) into ~/.cache/llamita/aoti. "
+    "--compile: build it now, before answering. --no-compile: eager. "
+    "LLAMITA_COMPILE=0 / =1 set the same. Eager with --lora, "
+    "--gpu-layers, --tensor-parallel or on CUDA.",
+)
+NoEscapeOption = typer.Option(
+    False,
+    "--no-escape",
+    help="Take the prompt, --system and --stop literally. Default: \\n, \\t, "
+    "\\r, \\\\, \\\", \\' and \\xHH in them become the characters "
+    "they stand for, as in llama.cpp, since shells pass them through.",
+)
+THREADS_HELP = (
+    "CPU threads for the model's matmuls. Default: one per core, less the cores other work "
+    "keeps busy when the command starts (the 1-minute load average), at least 1: on a busy "
+    "machine more threads than free cores make generation several times slower."
+)
 ThreadsOption = typer.Option(None, "--threads", min=1, help=THREADS_HELP, show_default=False)
-TensorParallelOption = typer.Option(1, "--tensor-parallel", min=1,
-                                    help="Split the model over K processes, one shard each: launch "
-                                         "with `torchrun --nproc-per-node K -m llamita ... "
-                                         "--tensor-parallel K` (gloo on CPU, NCCL on GPUs).")
+TensorParallelOption = typer.Option(
+    1,
+    "--tensor-parallel",
+    min=1,
+    help="Split the model over K processes, one shard each: launch "
+    "with `torchrun --nproc-per-node K -m llamita ... "
+    "--tensor-parallel K` (gloo on CPU, NCCL on GPUs).",
+)
 
 
 @contextlib.contextmanager
@@ -92,9 +119,17 @@ def start_up() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | None,
-             gpu_layers: int | None, compile: bool | None, tensor_parallel: int = 1,
-             threads: int | None = None) -> Iterator[Any]:
+def open_llm(
+    model: Path | None,
+    *,
+    dtype: str,
+    device: str,
+    lora: list[str] | None,
+    gpu_layers: int | None,
+    compile: bool | None,
+    tensor_parallel: int = 1,
+    threads: int | None = None,
+) -> Iterator[Any]:
     """The LLM that `run` and `chat` answer with, every --lora adapter applied to every row,
     running on `threads` CPU threads (None: engine/threads.py's default).
 
@@ -122,8 +157,9 @@ def open_llm(model: Path | None, *, dtype: str, device: str, lora: list[str] | N
         stderr.print("[yellow]note:[/] --compile ignored: tensor parallelism decodes eagerly")
     from llamita.engine.tensor_parallel import open_model
 
-    with open_model(model, tensor_parallel=tensor_parallel, dtype=dtype, device=device,
-                    lora=lora or (), combine_lora=True) as loaded:
+    with open_model(
+        model, tensor_parallel=tensor_parallel, dtype=dtype, device=device, lora=lora or (), combine_lora=True
+    ) as loaded:
         if loaded is None:
             yield None
             return
@@ -163,8 +199,7 @@ def sampling_params(**kw: Any) -> Any:
 
 
 JSON_HELP = "Answer with one JSON object (every token constrained to valid JSON)."
-JSON_SCHEMA_HELP = ("Answer with JSON valid under this JSON Schema: a file path or the schema "
-                    "itself as JSON text.")
+JSON_SCHEMA_HELP = "Answer with JSON valid under this JSON Schema: a file path or the schema itself as JSON text."
 GRAMMAR_HELP = "Answer within the grammar in this file: GBNF (llama.cpp's .gbnf) or Lark (.lark)."
 JsonOption = typer.Option(False, "--json", help=JSON_HELP)
 JsonSchemaOption = typer.Option(None, "--json-schema", help=JSON_SCHEMA_HELP, show_default=False)
@@ -181,8 +216,11 @@ def grammar_option(json_object: bool, json_schema: str | None, grammar_file: Pat
         return Grammar.json_object()
     if json_schema is not None:
         path = Path(json_schema)
-        text = path.read_text(encoding="utf-8") if not json_schema.lstrip().startswith("{") and path.is_file() \
+        text = (
+            path.read_text(encoding="utf-8")
+            if not json_schema.lstrip().startswith("{") and path.is_file()
             else json_schema
+        )
         return Grammar.json_schema(text)
     if grammar_file is not None:
         return Grammar("lark" if grammar_file.suffix == ".lark" else "gbnf", grammar_file.read_text(encoding="utf-8"))

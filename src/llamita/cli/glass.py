@@ -15,8 +15,12 @@ from rich.table import Table
 
 from llamita.cli.common import DtypeOption, LoraOption, ModelOption, ThreadsOption, console, friendly_errors, stderr
 
-RawOption = typer.Option(False, "--raw", help="Use the text as it is, without the chat template "
-                         "(default: it is a user message and the model is about to answer).")
+RawOption = typer.Option(
+    False,
+    "--raw",
+    help="Use the text as it is, without the chat template "
+    "(default: it is a user message and the model is about to answer).",
+)
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
 
 
@@ -35,8 +39,7 @@ def print_json(data: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
     def plain(x: Any) -> Any:
         return x.tolist() if hasattr(x, "tolist") else str(x)
 
-    print(json.dumps({k: v for k, v in data.items() if k not in drop}, indent=2,
-                     ensure_ascii=False, default=plain))
+    print(json.dumps({k: v for k, v in data.items() if k not in drop}, indent=2, ensure_ascii=False, default=plain))
 
 
 def shown(piece: str) -> str:
@@ -48,8 +51,9 @@ def shown(piece: str) -> str:
 @friendly_errors
 def tokenize(
     text: str = typer.Argument(..., help="The text to split into tokens."),
-    compare: Optional[list[str]] = typer.Option(None, "--compare", "-c",
-                                                help="Another text to set beside it (repeatable), e.g. the same sentence in English."),
+    compare: Optional[list[str]] = typer.Option(
+        None, "--compare", "-c", help="Another text to set beside it (repeatable), e.g. the same sentence in English."
+    ),
     model: Optional[Path] = ModelOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -71,17 +75,27 @@ def tokenize(
         for col in ("#", "piece", "id", "bytes"):
             table.add_column(col, justify="left" if col == "piece" else "right")
         for t in views[0]["tokens"]:
-            table.add_row(str(t["position"]), shown(t["piece"]), str(t["id"]),
-                          str(t["bytes"]) + ("" if t["whole_chars"] else " (part of a character)"))
+            table.add_row(
+                str(t["position"]),
+                shown(t["piece"]),
+                str(t["id"]),
+                str(t["bytes"]) + ("" if t["whole_chars"] else " (part of a character)"),
+            )
         console().print(table)
         console().print("tokens per word: " + ", ".join(f"{w['word']} {w['tokens']}" for w in views[0]["words"]))
     table = Table(title="cost of each text")
     for col in ("text", "tokens", "chars", "words", "tokens/word", "chars/token", "vs first"):
         table.add_column(col, justify="left" if col == "text" else "right")
     for v in views:
-        table.add_row(v["text"], str(v["n_tokens"]), str(v["n_chars"]), str(v["n_words"]),
-                      f"{v['tokens_per_word']:.2f}", f"{v['chars_per_token']:.2f}",
-                      f"{v['relative_tokens']:.2f}x")
+        table.add_row(
+            v["text"],
+            str(v["n_tokens"]),
+            str(v["n_chars"]),
+            str(v["n_words"]),
+            f"{v['tokens_per_word']:.2f}",
+            f"{v['chars_per_token']:.2f}",
+            f"{v['relative_tokens']:.2f}x",
+        )
     if len(views) > 1:
         for v in views:
             console().print(" | ".join(shown(t["piece"]) for t in v["tokens"]))
@@ -94,11 +108,19 @@ def next_token(
     model: Optional[Path] = ModelOption,
     top: int = typer.Option(10, "--top", help="How many of the most likely tokens to show."),
     temperature: Optional[list[float]] = typer.Option(
-        None, "--temperature", "-t", help="Temperature to show the distribution at (repeatable; "
-        "0 = greedy). Default: 1, the model's own distribution."),
+        None,
+        "--temperature",
+        "-t",
+        help="Temperature to show the distribution at (repeatable; "
+        "0 = greedy). Default: 1, the model's own distribution.",
+    ),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Also show it after keeping the K most likely tokens."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Also show it after nucleus filtering: the smallest set with this total probability."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Also show it after dropping tokens below min_p x the top token's probability."),
+    top_p: Optional[float] = typer.Option(
+        None, "--top-p", help="Also show it after nucleus filtering: the smallest set with this total probability."
+    ),
+    min_p: Optional[float] = typer.Option(
+        None, "--min-p", help="Also show it after dropping tokens below min_p x the top token's probability."
+    ),
     raw: bool = RawOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Write a bar chart to this .png file."),
     dtype: str = DtypeOption,
@@ -116,8 +138,16 @@ def next_token(
     from llamita.glass.next_token import next_token_view
 
     temps = temperature or [1.0]
-    data = next_token_view(load(model, dtype, lora, threads), prompt, raw=raw, temperatures=temps, top=top,
-                           top_k=top_k, top_p=top_p, min_p=min_p)
+    data = next_token_view(
+        load(model, dtype, lora, threads),
+        prompt,
+        raw=raw,
+        temperatures=temps,
+        top=top,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+    )
     if out is not None:
         from llamita.glass.plots import next_token_chart
 
@@ -135,8 +165,13 @@ def next_token(
     for d in dists:
         table.add_column(f"T={d['temperature']:g}" + ("\nfiltered" if d["filtered"] else ""), justify="right")
     for i, t in enumerate(data["tokens"]):
-        table.add_row(str(t["rank"]), shown(t["piece"]), str(t["id"]), f"{t['logit']:.2f}",
-                      *(f"{100 * d['probs'][i]:.2f}%" for d in dists))
+        table.add_row(
+            str(t["rank"]),
+            shown(t["piece"]),
+            str(t["id"]),
+            f"{t['logit']:.2f}",
+            *(f"{100 * d['probs'][i]:.2f}%" for d in dists),
+        )
     table.add_section()
     table.add_row("", "entropy (bits)", "", "", *(f"{d['entropy_bits']:.2f}" for d in dists))
     table.add_row("", "tokens with p > 0", "", "", *(f"{d['candidates']:,}" for d in dists))
@@ -174,10 +209,13 @@ def lens(
     for col in ("layer", "top token", "p", f"p({final})", f"rank of {final}"):
         table.add_column(col, justify="left" if col == "top token" else "right")
     for row in data["layers"]:
-        table.add_row("emb" if row["layer"] == 0 else str(row["layer"]),
-                      " · ".join(shown(t["piece"]) for t in row["top"]),
-                      " · ".join(f"{100 * t['prob']:.1f}%" for t in row["top"]),
-                      f"{100 * row['final_token_prob']:.1f}%", str(row["final_token_rank"]))
+        table.add_row(
+            "emb" if row["layer"] == 0 else str(row["layer"]),
+            " · ".join(shown(t["piece"]) for t in row["top"]),
+            " · ".join(f"{100 * t['prob']:.1f}%" for t in row["top"]),
+            f"{100 * row['final_token_prob']:.1f}%",
+            str(row["final_token_rank"]),
+        )
     console().print(table)
 
 
@@ -185,10 +223,19 @@ def lens(
 def attention(
     text: str = typer.Argument(..., help="The text whose attention to show."),
     model: Optional[Path] = ModelOption,
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer, from 0. Default: the average of all layers."),
+    layer: Optional[int] = typer.Option(
+        None, "--layer", "-l", help="Layer, from 0. Default: the average of all layers."
+    ),
     head: Optional[int] = typer.Option(None, "--head", help="Query head, from 0. Default: the average of all heads."),
-    token: str = typer.Option("-1", "--token", "-i", help="The token to explain: a position (negative from the end) or a word. Default: the last token."),
-    to: Optional[str] = typer.Option(None, "--to", help="A position or word: list the layers/heads where --token attends most to it."),
+    token: str = typer.Option(
+        "-1",
+        "--token",
+        "-i",
+        help="The token to explain: a position (negative from the end) or a word. Default: the last token.",
+    ),
+    to: Optional[str] = typer.Option(
+        None, "--to", help="A position or word: list the layers/heads where --token attends most to it."
+    ),
     top: int = typer.Option(5, "--top", help="How many tokens (and heads) to list."),
     raw: bool = RawOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Write the attention heatmap to this .png file."),
@@ -205,8 +252,9 @@ def attention(
     """
     from llamita.glass.attention import attention_view
 
-    data = attention_view(load(model, dtype, lora, threads), text, raw=raw, layer=layer, head=head, token=token,
-                          to=to, top=top)
+    data = attention_view(
+        load(model, dtype, lora, threads), text, raw=raw, layer=layer, head=head, token=token, to=to, top=top
+    )
     if out is not None:
         from llamita.glass.plots import attention_heatmap
 
@@ -215,8 +263,9 @@ def attention(
     if as_json:
         print_json(data, drop=("weights",))
         return
-    where = ("all layers" if layer is None else f"layer {layer}") + ", " + \
-        ("all heads" if head is None else f"head {head}")
+    where = (
+        ("all layers" if layer is None else f"layer {layer}") + ", " + ("all heads" if head is None else f"head {head}")
+    )
     q = data["token"]
     table = Table(title=f"{shown(q['piece'])!r} (position {q['position']}) attends to · {where}")
     for col in ("position", "token", "weight"):
@@ -226,8 +275,10 @@ def attention(
     console().print(table)
     if "heads_to" in data:
         target = "".join(data["to"]["pieces"])
-        table = Table(title=f"heads where {shown(q['piece'])!r} attends most to {shown(target)!r} "
-                            f"(mean over all heads {data['to']['mean_weight']:.3f})")
+        table = Table(
+            title=f"heads where {shown(q['piece'])!r} attends most to {shown(target)!r} "
+            f"(mean over all heads {data['to']['mean_weight']:.3f})"
+        )
         for col in ("layer", "head", "weight"):
             table.add_column(col, justify="right")
         for h in data["heads_to"]:
@@ -289,8 +340,10 @@ def analogy(
         return
     for w in data["words"].values():
         if w["multi_token"]:
-            console().print(f"[yellow]note:[/] {w['word']!r} is {len(w['ids'])} tokens "
-                          f"({' | '.join(shown(p) for p in w['pieces'])}); using the mean of their embeddings")
+            console().print(
+                f"[yellow]note:[/] {w['word']!r} is {len(w['ids'])} tokens "
+                f"({' | '.join(shown(p) for p in w['pieces'])}); using the mean of their embeddings"
+            )
     table = Table(title=f"{a} − {b} + {c} ≈")
     for col in ("#", "token", "cosine"):
         table.add_column(col, justify="left" if col == "token" else "right")
@@ -302,12 +355,17 @@ def analogy(
         if e["rank"] is None:
             console().print(f"{expect!r} is one of A, B, C: it cannot be the answer.")
         else:
-            what = repr(expect) if not e["multi_token"] else \
-                f"{expect!r} ({len(e['ids'])} tokens; its first, {shown(e['pieces'][0])!r},)"
+            what = (
+                repr(expect)
+                if not e["multi_token"]
+                else f"{expect!r} ({len(e['ids'])} tokens; its first, {shown(e['pieces'][0])!r},)"
+            )
             verdict = "it worked" if e["rank"] <= top else "it did not work"
             helped = "better" if e["rank"] < e["rank_from_c_alone"] else "no better"
-            console().print(f"{what} ranks #{e['rank']:,} of {e['out_of']:,} tokens: {verdict} "
-                          f"(#{e['rank_from_c_alone']:,} by similarity to {c!r} alone: A − B made it {helped}).")
+            console().print(
+                f"{what} ranks #{e['rank']:,} of {e['out_of']:,} tokens: {verdict} "
+                f"(#{e['rank_from_c_alone']:,} by similarity to {c!r} alone: A − B made it {helped})."
+            )
 
 
 @friendly_errors
@@ -315,7 +373,9 @@ def sample(
     prompt: str = typer.Argument(..., help="The prompt (a question, or text to continue with --raw)."),
     model: Optional[Path] = ModelOption,
     n: int = typer.Option(5, "--n", help="Samples per temperature."),
-    temperature: Optional[list[float]] = typer.Option(None, "--temperature", "-t", help="Temperature (repeatable). Default: 0.1 and 1.5."),
+    temperature: Optional[list[float]] = typer.Option(
+        None, "--temperature", "-t", help="Temperature (repeatable). Default: 0.1 and 1.5."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed: sample j uses seed + j, so the run repeats."),
     max_tokens: int = typer.Option(40, "--max-tokens", help="Most tokens per sample."),
     raw: bool = RawOption,
@@ -333,8 +393,15 @@ def sample(
     """
     from llamita.glass.variability import sample_view
 
-    data = sample_view(load(model, dtype, lora, threads), prompt, temperatures=temperature or [0.1, 1.5], n=n,
-                       seed=seed, max_tokens=max_tokens, raw=raw)
+    data = sample_view(
+        load(model, dtype, lora, threads),
+        prompt,
+        temperatures=temperature or [0.1, 1.5],
+        n=n,
+        seed=seed,
+        max_tokens=max_tokens,
+        raw=raw,
+    )
     if as_json:
         print_json(data)
         return
@@ -347,6 +414,10 @@ def sample(
         table.add_column(col, justify="right")
     for run in data["runs"]:
         j = run["mean_jaccard"]
-        table.add_row(f"{run['temperature']:g}", f"{run['distinct_1']:.3f}", f"{run['distinct_2']:.3f}",
-                      "-" if j is None else f"{j:.3f}")
+        table.add_row(
+            f"{run['temperature']:g}",
+            f"{run['distinct_1']:.3f}",
+            f"{run['distinct_2']:.3f}",
+            "-" if j is None else f"{j:.3f}",
+        )
     console().print(table)

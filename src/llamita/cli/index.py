@@ -14,15 +14,22 @@ from rich.table import Table
 
 from llamita.cli.common import friendly_errors, start_up, stderr
 
-app = typer.Typer(name="index", no_args_is_help=True,
-                  help="Document collections: index files for `llamita search` and `llamita ask`.")
-DATA_DIR_HELP = ("Folder holding collections/NAME.db. Default: $XDG_DATA_HOME/llamita "
-                 "(~/.local/share/llamita), beside the web chat's llamita.db.")
+app = typer.Typer(
+    name="index", no_args_is_help=True, help="Document collections: index files for `llamita search` and `llamita ask`."
+)
+DATA_DIR_HELP = (
+    "Folder holding collections/NAME.db. Default: $XDG_DATA_HOME/llamita "
+    "(~/.local/share/llamita), beside the web chat's llamita.db."
+)
 DataDirOption = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, show_default=False)
 EmbeddingModelOption = typer.Option(
-    None, "--embedding-model", "-e", show_default=False,
+    None,
+    "--embedding-model",
+    "-e",
+    show_default=False,
     help="GGUF (or HF folder) whose embeddings index the collection. Default: the embedded "
-         "SmolLM2-135M-Instruct. Fixed when the collection is created; search and ask reuse it.")
+    "SmolLM2-135M-Instruct. Fixed when the collection is created; search and ask reuse it.",
+)
 
 
 def short(path: str) -> str:
@@ -39,14 +46,22 @@ def add(
     name: str = typer.Argument(..., help="Collection name (created if new)."),
     paths: list[Path] = typer.Argument(..., help="Files and folders: .txt .md .html .pdf .docx."),
     embedding_model: Optional[Path] = EmbeddingModelOption,
-    query_prefix: str = typer.Option("", "--query-prefix", help="Text the embedding model expects "
-                                     "before a query (e.g. 'query: '); recorded with a new collection."),
-    document_prefix: str = typer.Option("", "--document-prefix", help="Text the embedding model expects "
-                                        "before a passage (e.g. 'passage: '); recorded with a new collection."),
-    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", show_default=False,
-                                               help="Most tokens in a chunk (default 256; fixed at creation)."),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", show_default=False,
-                                                help="Tokens a chunk repeats from the one before (default 32)."),
+    query_prefix: str = typer.Option(
+        "",
+        "--query-prefix",
+        help="Text the embedding model expects before a query (e.g. 'query: '); recorded with a new collection.",
+    ),
+    document_prefix: str = typer.Option(
+        "",
+        "--document-prefix",
+        help="Text the embedding model expects before a passage (e.g. 'passage: '); recorded with a new collection.",
+    ),
+    chunk_tokens: Optional[int] = typer.Option(
+        None, "--chunk-tokens", show_default=False, help="Most tokens in a chunk (default 256; fixed at creation)."
+    ),
+    chunk_overlap: Optional[int] = typer.Option(
+        None, "--chunk-overlap", show_default=False, help="Tokens a chunk repeats from the one before (default 32)."
+    ),
     data_dir: Optional[Path] = DataDirOption,
 ) -> None:
     """Index files and folders into collection NAME. Re-run it after editing files: only what
@@ -70,23 +85,31 @@ def add(
         collection.use_embedder(Embedder(llm, spec) if spec else Embedder(llm))
     elif query_prefix or document_prefix:
         stderr.print("[yellow]note:[/] --query-prefix/--document-prefix apply only to a new collection")
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
-                  console=stderr, transient=True) as progress:
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]} chunks"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+    ) as progress:
         task = progress.add_task("scanning", total=None, chunks=0)
 
         def on_progress(done: int, total: int, path: str, chunks: int) -> None:
-            progress.update(task, total=total, completed=done, chunks=chunks,
-                            description=os.path.basename(path) or "done")
+            progress.update(
+                task, total=total, completed=done, chunks=chunks, description=os.path.basename(path) or "done"
+            )
 
-        report = collection.add(paths, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
-                                on_progress=on_progress)
+        report = collection.add(paths, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, on_progress=on_progress)
     for path, why in report.skipped:
         stderr.print(f"[yellow]skipped[/] {short(path)}: {why}", soft_wrap=True)
     files, chunks, _ = collection.store.counts()
-    stderr.print(f"{name}: {len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed, "
-                 f"{len(report.unchanged)} unchanged, {len(report.skipped)} skipped; {report.chunks} chunks "
-                 f"indexed in {report.seconds:.1f} s. Now {files} files, {chunks} chunks.")
+    stderr.print(
+        f"{name}: {len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed, "
+        f"{len(report.unchanged)} unchanged, {len(report.skipped)} skipped; {report.chunks} chunks "
+        f"indexed in {report.seconds:.1f} s. Now {files} files, {chunks} chunks."
+    )
 
 
 @app.command("list")
@@ -117,8 +140,16 @@ def show(name: str = typer.Argument(..., help="Collection name."), data_dir: Opt
     meta = store.meta()
     console = Console()
     console.print(f"[bold]{name}[/]  {store.path}", soft_wrap=True)
-    for key in ("embedding_model", "pooling", "query_prefix", "document_prefix", "chunk_tokens", "chunk_overlap",
-                "dense_weight", "dense_weight_measure"):
+    for key in (
+        "embedding_model",
+        "pooling",
+        "query_prefix",
+        "document_prefix",
+        "chunk_tokens",
+        "chunk_overlap",
+        "dense_weight",
+        "dense_weight_measure",
+    ):
         if key in meta:
             console.print(f"  {key}: {meta[key]!r}" if "prefix" in key else f"  {key}: {meta[key]}")
     table = Table("chunks", "bytes", "sha256")

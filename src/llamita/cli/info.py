@@ -29,12 +29,17 @@ def info(
     table.add_column()
     rows = [
         ("file", f"{data['path']}"),
-        ("file size", f"{data['file_size_bytes'] / 2**20:,.1f} MiB " + (f"(GGUF v{data['gguf_version']})"
-                      if data["gguf_version"] else f"({data['format']} folder)")),
+        (
+            "file size",
+            f"{data['file_size_bytes'] / 2**20:,.1f} MiB "
+            + (f"(GGUF v{data['gguf_version']})" if data["gguf_version"] else f"({data['format']} folder)"),
+        ),
         ("architecture", data["architecture"]),
         ("parameters", f"{data['parameters'] / 1e6:,.1f} M"),
-        ("quantization", f"{data['quantization']} · tensors: " +
-         ", ".join(f"{n}×{t}" for t, n in data["tensor_types"].items())),
+        (
+            "quantization",
+            f"{data['quantization']} · tensors: " + ", ".join(f"{n}×{t}" for t, n in data["tensor_types"].items()),
+        ),
         ("context length", f"{data['context_length']:,} tokens"),
         ("layers / dim", f"{data['n_layers']} / {data['dim']}"),
         ("heads (query / kv) × dim", f"{data['n_heads']} / {data['n_kv_heads']} × {data['head_dim']}"),
@@ -44,8 +49,12 @@ def info(
         ("tied embeddings", "yes" if data["tied_embeddings"] else "no"),
     ]
     tok = data["tokenizer"]
-    rows.append(("tokenizer", f"{tok['model']} (pre: {tok['pre'] or '-'}), {tok['tokens']:,} tokens, "
-                              f"bos {tok['bos']}, eos {tok['eos']}"))
+    rows.append(
+        (
+            "tokenizer",
+            f"{tok['model']} (pre: {tok['pre'] or '-'}), {tok['tokens']:,} tokens, bos {tok['bos']}, eos {tok['eos']}",
+        )
+    )
     for k, v in rows:
         table.add_row(k, v)
     out = console()

@@ -13,9 +13,11 @@ from rich.table import Column, Table
 
 from llamita.cli.common import friendly_errors, stderr
 
-NAME_HELP = ("A model name: a short name (llama3.2:1b, llama3.2:3b, llama3.1:8b, llama3.1:70b, "
-             "llama3.1:405b, smollm2:135m), a Hugging Face repository hf.co/USER/REPO[:QUANT] or "
-             "USER/REPO[:QUANT], an Ollama tag, or a name given with `llamita cp`.")
+NAME_HELP = (
+    "A model name: a short name (llama3.2:1b, llama3.2:3b, llama3.1:8b, llama3.1:70b, "
+    "llama3.1:405b, smollm2:135m), a Hugging Face repository hf.co/USER/REPO[:QUANT] or "
+    "USER/REPO[:QUANT], an Ollama tag, or a name given with `llamita cp`."
+)
 
 
 @friendly_errors
@@ -75,30 +77,48 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON (
             d = describe(m.path)
             params, quant = params or d.parameters, quant or d.quantization
         created_from = m.manifest.created_from if m.manifest is not None and m.manifest.settings is not None else None
-        rows.append({"name": m.name, "source": m.source, "size_bytes": m.size_bytes,
-                     "quantization": quant, "parameters": params, "modified": m.modified,
-                     "path": str(m.path), "created_from": created_from})
+        rows.append(
+            {
+                "name": m.name,
+                "source": m.source,
+                "size_bytes": m.size_bytes,
+                "quantization": quant,
+                "parameters": params,
+                "modified": m.modified,
+                "path": str(m.path),
+                "created_from": created_from,
+            }
+        )
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     # The figures never wrap; a long name folds rather than losing characters.
-    table = Table(Column("NAME", overflow="fold"),
-                  *(Column(h, no_wrap=True) for h in ("SIZE", "QUANT", "PARAMS", "MODIFIED", "FROM")))
+    table = Table(
+        Column("NAME", overflow="fold"),
+        *(Column(h, no_wrap=True) for h in ("SIZE", "QUANT", "PARAMS", "MODIFIED", "FROM")),
+    )
     for r in rows:
-        table.add_row(r["name"], _size(r["size_bytes"]), r["quantization"] or "-",
-                      _params(r["parameters"]), _ago(r["modified"]),
-                      "created" if r["created_from"] else r["source"])
+        table.add_row(
+            r["name"],
+            _size(r["size_bytes"]),
+            r["quantization"] or "-",
+            _params(r["parameters"]),
+            _ago(r["modified"]),
+            "created" if r["created_from"] else r["source"],
+        )
     Console().print(table)
 
 
 @friendly_errors
-def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-         license_only: bool = typer.Option(False, "--license", help="Print only the license text."),
-         template_only: bool = typer.Option(False, "--template", help="Print only the chat template."),
-         modelfile: bool = typer.Option(False, "--modelfile",
-                                        help="Print a Modelfile that re-creates the model (`llamita create`)."),
-         ) -> None:
+def show(
+    name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    license_only: bool = typer.Option(False, "--license", help="Print only the license text."),
+    template_only: bool = typer.Option(False, "--template", help="Print only the chat template."),
+    modelfile: bool = typer.Option(
+        False, "--modelfile", help="Print a Modelfile that re-creates the model (`llamita create`)."
+    ),
+) -> None:
     """A local model's metadata, chat template, parameters and license (when it has one); for a
     created model, its system prompt, messages and adapters too."""
     from llamita.errors import ModelFileError
@@ -129,15 +149,23 @@ def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
         template = settings.template or template
         license_text = "\n\n".join(settings.license) or license_text
         system = settings.system if settings.system is not None else system
-    data: dict[str, Any] = {"name": found.name if found else str(path), "path": str(path),
-            "source": found.source if found else "path", "architecture": d.architecture,
-            "parameters": d.parameters, "quantization": d.quantization,
-            "size_bytes": found.size_bytes if found else None, "metadata": d.metadata,
-            "template": template, "system": system,
-            "generation_parameters": parameters, "license": license_text,
-            "created_from": found.manifest.created_from if settings is not None and found and found.manifest else None,
-            "messages": list(settings.messages) if settings is not None else [],
-            "adapters": list(settings.adapters) if settings is not None else []}
+    data: dict[str, Any] = {
+        "name": found.name if found else str(path),
+        "path": str(path),
+        "source": found.source if found else "path",
+        "architecture": d.architecture,
+        "parameters": d.parameters,
+        "quantization": d.quantization,
+        "size_bytes": found.size_bytes if found else None,
+        "metadata": d.metadata,
+        "template": template,
+        "system": system,
+        "generation_parameters": parameters,
+        "license": license_text,
+        "created_from": found.manifest.created_from if settings is not None and found and found.manifest else None,
+        "messages": list(settings.messages) if settings is not None else [],
+        "adapters": list(settings.adapters) if settings is not None else [],
+    }
     if license_only or template_only:
         print((license_text if license_only else template) or "")
         return
@@ -158,14 +186,17 @@ def show(name: str = typer.Argument(..., help=NAME_HELP, show_default=False),
             table.add_row(key, str(value)[:200])
     console.print(table)
     messages = "\n".join(f"{m['role']}: {m['content']}" for m in data["messages"])
-    for title, text in (("parameters", "\n".join(f"{k} {v}" for k, v in parameters.items())),
-                        ("system", data["system"]), ("messages", messages),
-                        ("adapters", "\n".join(data["adapters"])), ("template", template),
-                        ("license", license_text)):
+    for title, text in (
+        ("parameters", "\n".join(f"{k} {v}" for k, v in parameters.items())),
+        ("system", data["system"]),
+        ("messages", messages),
+        ("adapters", "\n".join(data["adapters"])),
+        ("template", template),
+        ("license", license_text),
+    ):
         if text:
             console.print(f"[bold cyan]{title}[/]")
-            console.print(text if title != "license" else _first_lines(text), markup=False,
-                          highlight=False)
+            console.print(text if title != "license" else _first_lines(text), markup=False, highlight=False)
 
 
 def _modelfile_of(found: Any, path: Any, settings: Any) -> str:
@@ -175,19 +206,20 @@ def _modelfile_of(found: Any, path: Any, settings: Any) -> str:
     from llamita.library.settings import ModelSettings
 
     name = found.name if found is not None else str(path)
-    comment = f"Modelfile generated by \"llamita show\"\nTo build a new Modelfile based on this one, " \
-              f"replace the FROM line with:\nFROM {name}"
+    comment = (
+        f'Modelfile generated by "llamita show"\nTo build a new Modelfile based on this one, '
+        f"replace the FROM line with:\nFROM {name}"
+    )
     if settings is not None and found.manifest.created_from:
         comment += f"\n(made FROM {found.manifest.created_from})"
     return format_modelfile(str(path), settings or ModelSettings(), comment)
 
 
 @friendly_errors
-def create(name: str = typer.Argument(..., help="The new model's name, e.g. mario or mario:v1.",
-                                      show_default=False),
-           file: Path = typer.Option(Path("Modelfile"), "--file", "-f",
-                                     help="The Modelfile (Ollama's format) to read."),
-           ) -> None:
+def create(
+    name: str = typer.Argument(..., help="The new model's name, e.g. mario or mario:v1.", show_default=False),
+    file: Path = typer.Option(Path("Modelfile"), "--file", "-f", help="The Modelfile (Ollama's format) to read."),
+) -> None:
     """Make a model from a Modelfile, as `ollama create`: FROM a library name, a path or
     USER/REPO[:QUANT] (pulled first), with PARAMETERs (Ollama's names), SYSTEM, TEMPLATE (Jinja),
     MESSAGEs, ADAPTER (a LoRA: GGUF file or PEFT folder) and LICENSE. The model is stored by
@@ -219,10 +251,10 @@ def rm(names: list[str] = typer.Argument(..., help="Names to remove (`llamita li
 
 
 @friendly_errors
-def cp(source: str = typer.Argument(..., help="A local model's name, or a model file or folder.",
-                                    show_default=False),
-       destination: str = typer.Argument(..., help="The new name, e.g. my-llama or my-llama:v1.",
-                                         show_default=False)) -> None:
+def cp(
+    source: str = typer.Argument(..., help="A local model's name, or a model file or folder.", show_default=False),
+    destination: str = typer.Argument(..., help="The new name, e.g. my-llama or my-llama:v1.", show_default=False),
+) -> None:
     """Give a model another name. The new name refers to the same files: nothing is copied."""
     from llamita.library.manage import copy_model
 
@@ -252,5 +284,6 @@ def _ago(t: float) -> str:
 
 def _first_lines(text: str, n: int = 20) -> str:
     lines = text.splitlines()
-    return "\n".join(lines[:n]) + (f"\n… ({len(lines) - n} more lines: `llamita show NAME --license`)"
-                                   if len(lines) > n else "")
+    return "\n".join(lines[:n]) + (
+        f"\n… ({len(lines) - n} more lines: `llamita show NAME --license`)" if len(lines) > n else ""
+    )

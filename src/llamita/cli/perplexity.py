@@ -17,12 +17,15 @@ from llamita.cli.common import DtypeOption, ModelOption, ThreadsOption, friendly
 def perplexity(
     file: Path = typer.Argument(..., help="UTF-8 text file to score.", show_default=False),
     model: Optional[Path] = ModelOption,
-    ctx: int = typer.Option(512, "--ctx", "-c",
-                            help="Window size in tokens (even, at most the model's context). "
-                                 "Each window is scored on its second half."),
-    chunks: Optional[int] = typer.Option(None, "--chunks",
-                                         help="Score at most this many windows. Default: all that fit.",
-                                         show_default=False),
+    ctx: int = typer.Option(
+        512,
+        "--ctx",
+        "-c",
+        help="Window size in tokens (even, at most the model's context). Each window is scored on its second half.",
+    ),
+    chunks: Optional[int] = typer.Option(
+        None, "--chunks", help="Score at most this many windows. Default: all that fit.", show_default=False
+    ),
     dtype: str = DtypeOption,
     threads: Optional[int] = ThreadsOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of text."),
@@ -50,30 +53,48 @@ def perplexity(
     use_threads(threads)
     with stderr.status("loading model…"):
         loaded = load_model(model, dtype=dtype)
-    stderr.print(f"[dim]{loaded.display_name} · {loaded.dtype} · {loaded.device} · loaded in "
-                 f"{loaded.load_seconds:.1f} s[/]")
+    stderr.print(
+        f"[dim]{loaded.display_name} · {loaded.dtype} · {loaded.device} · loaded in {loaded.load_seconds:.1f} s[/]"
+    )
 
-    progress = Progress(TextColumn("[bold]perplexity"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("chunks · {task.fields[estimate]}"), TimeRemainingColumn(),
-                        console=stderr, transient=True)
+    progress = Progress(
+        TextColumn("[bold]perplexity"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks · {task.fields[estimate]}"),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    )
     task = progress.add_task("", total=None, estimate="…")
 
     def on_chunk(p: ChunkProgress) -> None:
-        progress.update(task, completed=p.index + 1, total=p.n_chunks,
-                        estimate=f"{p.perplexity:.4f} ± {p.perplexity_stderr:.4f}")
+        progress.update(
+            task, completed=p.index + 1, total=p.n_chunks, estimate=f"{p.perplexity:.4f} ± {p.perplexity_stderr:.4f}"
+        )
 
     with progress:
-        result = measure(loaded.model, loaded.tokenizer, text, n_ctx=ctx, chunks=chunks,
-                         on_chunk=on_chunk)
+        result = measure(loaded.model, loaded.tokenizer, text, n_ctx=ctx, chunks=chunks, on_chunk=on_chunk)
 
     if as_json:
         # A standard error needs two scored tokens; JSON has no NaN, so it becomes null.
-        fields = {k: None if isinstance(v, float) and math.isnan(v) else v
-                  for k, v in result.to_dict().items()}
-        print(json.dumps({"file": str(file), "model": str(loaded.path),
-                          "dtype": str(loaded.dtype).removeprefix("torch."), **fields}))
+        fields = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.to_dict().items()}
+        print(
+            json.dumps(
+                {
+                    "file": str(file),
+                    "model": str(loaded.path),
+                    "dtype": str(loaded.dtype).removeprefix("torch."),
+                    **fields,
+                }
+            )
+        )
         return
-    stderr.print(f"[dim]{result.text_tokens} tokens in the text · {result.seconds:.1f} s · "
-                 f"{result.n_chunks * result.n_ctx / result.seconds:.0f} tokens/s evaluated[/]")
-    print(f"perplexity: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f} "
-          f"({result.n_chunks} chunks of {result.n_ctx} tokens, {result.tokens_scored} tokens scored)")
+    stderr.print(
+        f"[dim]{result.text_tokens} tokens in the text · {result.seconds:.1f} s · "
+        f"{result.n_chunks * result.n_ctx / result.seconds:.0f} tokens/s evaluated[/]"
+    )
+    print(
+        f"perplexity: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f} "
+        f"({result.n_chunks} chunks of {result.n_ctx} tokens, {result.tokens_scored} tokens scored)"
+    )

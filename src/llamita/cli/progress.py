@@ -14,11 +14,16 @@ class RichDownloadBar:
     """One file's bar: name, bar, bytes done / total, rate and time left. Bytes a resumed
     download already had count as done but not towards the rate."""
 
-    def __init__(self, *, total: int | None = None, initial: int = 0, desc: str = "",
-                 **_: Any) -> None:
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                  DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                                  console=stderr, transient=False)
+    def __init__(self, *, total: int | None = None, initial: int = 0, desc: str = "", **_: Any) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=False,
+        )
         self._task = self._progress.add_task(desc, total=total, completed=initial)
         self._progress.start()
 

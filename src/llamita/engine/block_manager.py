@@ -76,7 +76,7 @@ class BlockManager:
         # The last token is always computed (its logits are needed), so a prompt never hits
         # completely: only blocks that end before it count.
         for start in range(0, len(tokens) - 1 - bs + 1, bs):
-            block = self._block_of.get((parent, tuple(tokens[start:start + bs])))
+            block = self._block_of.get((parent, tuple(tokens[start : start + bs])))
             if block is None:
                 break
             found.append(block)
@@ -133,7 +133,7 @@ class BlockManager:
         n = len(tokens) if n_computed is None else n_computed
         while (seq.n_registered + 1) * bs <= n:
             i = seq.n_registered
-            key = (seq.last_content, tuple(tokens[i * bs:(i + 1) * bs]))
+            key = (seq.last_content, tuple(tokens[i * bs : (i + 1) * bs]))
             owner = self._block_of.get(key)
             if owner is None:
                 owner = seq.table[i]

@@ -25,12 +25,13 @@ def check_ids(model: Transformer, ids: Sequence[int], n_tokens: int, what: str =
     window = model.config.context_length
     if len(ids) > window:
         raise ContextOverflowError(
-            f"the {what} has {len(ids)} tokens but the context window holds {window}: "
-            f"{len(ids) - window} too many")
+            f"the {what} has {len(ids)} tokens but the context window holds {window}: {len(ids) - window} too many"
+        )
 
 
-def hidden_chunks(model: Transformer, ids: Sequence[int], chunk: int | None = None
-                  ) -> Iterator[tuple[int, torch.Tensor]]:
+def hidden_chunks(
+    model: Transformer, ids: Sequence[int], chunk: int | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, hidden states (S, dim)) for consecutive chunks of `ids` (CHUNK tokens each)."""
     chunk = chunk or CHUNK
     device = model.device
@@ -38,6 +39,6 @@ def hidden_chunks(model: Transformer, ids: Sequence[int], chunk: int | None = No
     tokens = torch.tensor([list(ids)], device=device)
     with torch.inference_mode():
         for start in range(0, len(ids), chunk):
-            part = tokens[:, start:start + chunk]
+            part = tokens[:, start : start + chunk]
             positions = torch.arange(start, start + part.shape[1], device=device)[None]
             yield start, model.hidden_states(part, positions, cache)[0]

@@ -38,8 +38,7 @@ class _Vocabulary:
         n = tokenizer.vocab_size
         self.special_token_ids = [i for i in range(n) if tokenizer.is_special(i)]
         special = set(self.special_token_ids)
-        self.tokens = [(_SPECIAL_MARK if i in special else b"") + tokenizer.token_bytes(i)
-                       for i in range(n)]
+        self.tokens = [(_SPECIAL_MARK if i in special else b"") + tokenizer.token_bytes(i) for i in range(n)]
         self.eos_token_id = min(tokenizer.stop_ids) if tokenizer.stop_ids else None
         self.bos_token_id = tokenizer.bos_id
 
@@ -55,8 +54,7 @@ def grammar_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
     Every stop id of the model counts as end of sequence, so a finished grammar lets the
     model end its turn with whichever it uses."""
     stops = sorted(tokenizer.stop_ids)
-    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocabulary(tokenizer)),
-                                  eos_token=stops or None)
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocabulary(tokenizer)), eos_token=stops or None)
 
 
 def bound_numbers(schema: Any) -> Any:
@@ -83,8 +81,9 @@ def compile_grammar(grammar: Grammar) -> str:
     """The llguidance grammar text of `grammar`; InvalidParameterError if it cannot be read."""
     try:
         if grammar.kind == "json_schema":
-            return llguidance.LLMatcher.grammar_from_json_schema(bound_numbers(json.loads(grammar.source)),
-                                                                 defaults=_JSON_OPTIONS)
+            return llguidance.LLMatcher.grammar_from_json_schema(
+                bound_numbers(json.loads(grammar.source)), defaults=_JSON_OPTIONS
+            )
         return llguidance.grammar_from(grammar.kind, grammar.source)
     except (ValueError, TypeError) as e:
         raise InvalidParameterError("grammar", f"cannot be compiled: {e}") from None
@@ -95,8 +94,7 @@ class TokenConstraint:
 
     def __init__(self, grammar: Grammar, tokenizer: Tokenizer, n_tokens: int) -> None:
         self.n_tokens = n_tokens
-        self.matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), compile_grammar(grammar),
-                                            log_level=0)
+        self.matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), compile_grammar(grammar), log_level=0)
         if self.matcher.is_error():
             raise InvalidParameterError("grammar", self.matcher.get_error())
         self._bits = torch.zeros((1, (tokenizer.vocab_size + 31) // 32), dtype=torch.int32)

@@ -30,15 +30,27 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
             raise InvalidParameterError("messages", f"message {i} is not an object")
         role = m.get("role")
         if role not in ROLES:
-            raise InvalidParameterError("messages", f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+            raise InvalidParameterError(
+                "messages", f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}"
+            )
         content = m.get("content")
         calls = m.get("tool_calls")
         if calls is not None:
-            if role != "assistant" or not isinstance(calls, list) or not all(
-                    isinstance(c, dict) and isinstance(c.get("function"), dict)
-                    and isinstance(c["function"].get("name"), str) for c in calls):
-                raise InvalidParameterError("messages", f"message {i}: tool_calls must be an assistant's list of "
-                                            "{'function': {'name', 'arguments'}} objects")
+            if (
+                role != "assistant"
+                or not isinstance(calls, list)
+                or not all(
+                    isinstance(c, dict)
+                    and isinstance(c.get("function"), dict)
+                    and isinstance(c["function"].get("name"), str)
+                    for c in calls
+                )
+            ):
+                raise InvalidParameterError(
+                    "messages",
+                    f"message {i}: tool_calls must be an assistant's list of "
+                    "{'function': {'name', 'arguments'}} objects",
+                )
             if content is None:
                 content = ""
         if role in ("tool", "ipython") and isinstance(content, (dict, list, int, float, bool)):
@@ -62,8 +74,9 @@ def content_text(parts: list[Any], where: str) -> str:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in TEXT_PARTS:
             what = f"a {kind!r} part" if isinstance(kind, str) else "not a {'type', ...} part"
-            raise InvalidParameterError(f"{where}[{j}]", f"is {what}; this model reads text only "
-                                        "(parts of type 'text')")
+            raise InvalidParameterError(
+                f"{where}[{j}]", f"is {what}; this model reads text only (parts of type 'text')"
+            )
         text = part.get(TEXT_PARTS[kind])
         if not isinstance(text, str):
             raise InvalidParameterError(f"{where}[{j}].{TEXT_PARTS[kind]}", "must be a string")
@@ -73,8 +86,7 @@ def content_text(parts: list[Any], where: str) -> str:
 
 def _is_part_list(value: list[Any]) -> bool:
     """Whether a tool result's list is content parts (joined) rather than a JSON value of its own."""
-    return bool(value) and all(
-        isinstance(p, dict) and p.get("type") in TEXT_PARTS for p in value)
+    return bool(value) and all(isinstance(p, dict) and p.get("type") in TEXT_PARTS for p in value)
 
 
 def validate_tools(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -91,15 +103,22 @@ def validate_tools(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any
         if "function" not in tool and "name" in tool:
             tool = {"type": "function", "function": tool}
         function = tool.get("function")
-        if tool.get("type", "function") != "function" or not isinstance(function, dict) \
-                or not isinstance(function.get("name"), str) or not function["name"]:
-            raise InvalidParameterError("tools", f"tool {i} must be {{'type': 'function', 'function': {{'name': ...}}}}")
+        if (
+            tool.get("type", "function") != "function"
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not function["name"]
+        ):
+            raise InvalidParameterError(
+                "tools", f"tool {i} must be {{'type': 'function', 'function': {{'name': ...}}}}"
+            )
         out.append({"type": "function", **tool})
     return out or None
 
 
-def fit_messages(messages: Sequence[Message], count_tokens: Callable[[list[Message]], int],
-                 budget: int) -> tuple[list[Message], int]:
+def fit_messages(
+    messages: Sequence[Message], count_tokens: Callable[[list[Message]], int], budget: int
+) -> tuple[list[Message], int]:
     """Drop the oldest turns until the rendered conversation takes at most `budget` tokens.
 
     System messages are always kept; the last message (the user's new turn) too. A user message
@@ -114,7 +133,8 @@ def fit_messages(messages: Sequence[Message], count_tokens: Callable[[list[Messa
         if len(rest) <= 1:
             raise ContextOverflowError(
                 f"the last message alone does not fit in the context window ({budget} tokens "
-                "available for the prompt); shorten it or use a model with a longer context")
+                "available for the prompt); shorten it or use a model with a longer context"
+            )
         # Remove the first turn: one message plus everything up to the next user message.
         cut = 1
         while cut < len(rest) - 1 and rest[cut]["role"] != "user":

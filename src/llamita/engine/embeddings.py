@@ -16,8 +16,9 @@ from llamita.model.transformer import Transformer
 POOLING = ("mean", "last")
 
 
-def embed(model: Transformer, ids: Sequence[int], n_tokens: int, normalize: bool = True,
-          pooling: str = "mean") -> torch.Tensor:
+def embed(
+    model: Transformer, ids: Sequence[int], n_tokens: int, normalize: bool = True, pooling: str = "mean"
+) -> torch.Tensor:
     """One embedding (dim,) float32 for the token ids `ids`.
 
     pooling: "mean" over the tokens, or "last" (the final token's hidden state: embedding

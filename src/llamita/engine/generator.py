@@ -47,8 +47,14 @@ class GenerationStats:
 class Generator:
     """Runs batches of token-id prompts through a model and yields tokens as they come."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, adapter: int | None = None,
-                 compile: bool = False, build: bool = True) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        adapter: int | None = None,
+        compile: bool = False,
+        build: bool = True,
+    ) -> None:
         """adapter: the LoRA adapter slot every sequence runs with (model.lora), None for none.
         compile: decode steps in which every sequence steps run as one compiled graph
         (model/compiled.py); with a LoRA adapter, tensor parallelism or layers split across
@@ -70,8 +76,7 @@ class Generator:
         self.compiled = CompiledDecoder(model, build=build) if compile and self.compile_skipped is None else None
 
     def _prepare(self, index: int, prompt_ids: list[int], params: SamplingParams) -> SequenceState:
-        return SequenceState.create(index, prompt_ids, params, self.tokenizer, self.n_tokens,
-                                    self.context_length)
+        return SequenceState.create(index, prompt_ids, params, self.tokenizer, self.n_tokens, self.context_length)
 
     def stream(self, prompts: list[list[int]], params: list[SamplingParams]) -> Iterator[StepOutput]:
         """Yield StepOutputs for every sequence until all have finished.
@@ -87,8 +92,7 @@ class Generator:
         compiled = self.compiled if self.compiled is not None and self.compiled.ready(len(seqs)) else None
         if compiled is not None:  # its lengths are symbolic from 2 on (export's rule)
             max_len = max(max_len, min(KEY_BLOCK, self.context_length))
-        cache = KVCache(self.model.config, len(seqs), max_len, dtype=self.model.dtype,
-                        device=self.device)
+        cache = KVCache(self.model.config, len(seqs), max_len, dtype=self.model.dtype, device=self.device)
 
         with torch.inference_mode():
             for seq in seqs:
@@ -101,13 +105,13 @@ class Generator:
                 t0 = time.perf_counter()
                 tokens = torch.tensor([[s.generated[-1]] for s in live], device=self.device)
                 positions = torch.tensor([[len(s.history) - 1] for s in live], device=self.device)
-                rows = None if len(live) == len(seqs) else torch.tensor(
-                    [s.index for s in live], device=self.device)
+                rows = None if len(live) == len(seqs) else torch.tensor([s.index for s in live], device=self.device)
                 if compiled is not None and rows is None:
                     logits = compiled(tokens, positions, cache)
                 else:
-                    logits = self.model(tokens, positions, cache, rows, last_only=True,
-                                        adapters=self._adapters(len(live)))[:, -1]
+                    logits = self.model(
+                        tokens, positions, cache, rows, last_only=True, adapters=self._adapters(len(live))
+                    )[:, -1]
                 sampled = [self._sample(seq, row) for seq, row in zip(live, logits)]
                 stats.decode_seconds += time.perf_counter() - t0
                 stats.decode_tokens += len(live)
@@ -119,7 +123,7 @@ class Generator:
         rows = torch.tensor([seq.index], device=self.device)
         logits = None
         for start in range(0, ids.shape[1], PREFILL_CHUNK):
-            chunk = ids[:, start:start + PREFILL_CHUNK]
+            chunk = ids[:, start : start + PREFILL_CHUNK]
             positions = torch.arange(start, start + chunk.shape[1], device=self.device)[None]
             logits = self.model(chunk, positions, cache, rows, last_only=True, adapters=self._adapters(1))
         assert logits is not None

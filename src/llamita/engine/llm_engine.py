@@ -86,10 +86,18 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, loaded: LoadedModel, *, kv_cache_tokens: int | None = None,
-                 kv_memory_bytes: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
-                 max_running: int = 16, max_prefill_tokens: int = 512,
-                 prefix_caching: bool = True, compile: bool | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        kv_cache_tokens: int | None = None,
+        kv_memory_bytes: int | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        max_running: int = 16,
+        max_prefill_tokens: int = 512,
+        prefix_caching: bool = True,
+        compile: bool | None = None,
+    ) -> None:
         """kv_cache_tokens (or kv_memory_bytes) sizes the shared KV cache: the total number of
         token positions all running requests can hold together. Default: 1 GiB of cache, at
         most the context length times `max_running`.
@@ -113,10 +121,11 @@ class LLMEngine:
         n_blocks = kv_cache_tokens // block_size
         if n_blocks < 2:
             raise InvalidParameterError(
-                "kv_cache", f"{kv_cache_tokens} tokens of KV cache is too small "
-                f"(at least {2 * block_size} needed; one token takes {per_token} bytes)")
-        self.cache = PagedKVCache(self.model.config, n_blocks, block_size, dtype=self.model.dtype,
-                                  device=self.device)
+                "kv_cache",
+                f"{kv_cache_tokens} tokens of KV cache is too small "
+                f"(at least {2 * block_size} needed; one token takes {per_token} bytes)",
+            )
+        self.cache = PagedKVCache(self.model.config, n_blocks, block_size, dtype=self.model.dtype, device=self.device)
         self.blocks = BlockManager(n_blocks, block_size, prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_running, max_prefill_tokens)
         # A request never holds more positions than the model's window or the whole cache.
@@ -152,19 +161,22 @@ class LLMEngine:
         return decode_label(self.compiled, self.compile_skipped, _PACKAGE_ROWS)
 
     # -- requests --------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                    adapter: str | None = None) -> None:
+    def add_request(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None
+    ) -> None:
         """Queue a request, run with the model's LoRA adapter named `adapter` (None: the base
         model). Raises InvalidParameterError / ContextOverflowError (nothing is queued then)."""
         if request_id in self.requests:
             raise InvalidParameterError("request_id", f"{request_id!r} is already running")
         if adapter is not None and adapter not in self.model.lora.names:
-            raise InvalidParameterError("lora", f"no LoRA adapter named {adapter!r} is loaded "
-                                        f"(loaded: {', '.join(self.model.lora.names) or 'none'})")
-        seq = SequenceState.create(0, prompt_ids, params, self.tokenizer, self.n_tokens,
-                                   self.context_length)
-        request = Request(request_id, self._arrivals, seq,
-                          adapter=-1 if adapter is None else self.model.lora.slot(adapter))
+            raise InvalidParameterError(
+                "lora",
+                f"no LoRA adapter named {adapter!r} is loaded (loaded: {', '.join(self.model.lora.names) or 'none'})",
+            )
+        seq = SequenceState.create(0, prompt_ids, params, self.tokenizer, self.n_tokens, self.context_length)
+        request = Request(
+            request_id, self._arrivals, seq, adapter=-1 if adapter is None else self.model.lora.slot(adapter)
+        )
         self._arrivals += 1
         self.requests[request_id] = request
         self.scheduler.add(request)
@@ -223,20 +235,24 @@ class LLMEngine:
     def _inputs(self, works: list[Work]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The works' tokens and positions (B, S) and block tables (B, most blocks), padded
         with block 0 (never read unmasked)."""
-        tokens = torch.tensor([w.request.tokens[w.start:w.end] for w in works], device=self.device)
+        tokens = torch.tensor([w.request.tokens[w.start : w.end] for w in works], device=self.device)
         positions = torch.tensor([list(range(w.start, w.end)) for w in works], device=self.device)
         tables = [self.blocks.table(w.request.request_id) for w in works]
         width = max(len(t) for t in tables)
-        return tokens, positions, torch.tensor([t + [0] * (width - len(t)) for t in tables],
-                                               dtype=torch.int64, device=self.device)
+        return (
+            tokens,
+            positions,
+            torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int64, device=self.device),
+        )
 
     def _forward(self, works: list[Work]) -> torch.Tensor:
         """Feed each work's tokens (all the same count) and return the last position's logits
         of each: (len(works), vocab)."""
         tokens, positions, tables = self._inputs(works)
         self.cache.bind(tables)
-        adapters = torch.tensor([w.request.adapter for w in works], device=self.device) \
-            if self.model.lora.names else None
+        adapters = (
+            torch.tensor([w.request.adapter for w in works], device=self.device) if self.model.lora.names else None
+        )
         return self.model(tokens, positions, self.cache, None, last_only=True, adapters=adapters)[:, -1]
 
     def _finish_work(self, work: Work, logits: torch.Tensor) -> list[RequestOutput]:
@@ -255,17 +271,27 @@ class LLMEngine:
         # A stop token is not part of the output: no token, no log-probability for it.
         if seq.params.logprobs is not None and step.token_id is not None:
             lp = torch.log_softmax(logits, dim=-1)
-            logprobs.append(TokenLogprob(token, finite_logprob(float(lp[token])),
-                                         top_logprobs(logits, seq.params.logprobs)))
+            logprobs.append(
+                TokenLogprob(token, finite_logprob(float(lp[token])), top_logprobs(logits, seq.params.logprobs))
+            )
         if step.token_id is not None:
             self.stats.generation_tokens += 1
         if step.finish_reason is not None:
             self.scheduler.remove(request)
             self.requests.pop(request.request_id, None)
             self.stats.requests_finished += 1
-        return [RequestOutput(request.request_id, [] if step.token_id is None else [token],
-                              step.text, step.finish_reason, len(seq.prompt_ids),
-                              len(seq.generated), request.cached_tokens, logprobs)]
+        return [
+            RequestOutput(
+                request.request_id,
+                [] if step.token_id is None else [token],
+                step.text,
+                step.finish_reason,
+                len(seq.prompt_ids),
+                len(seq.generated),
+                request.cached_tokens,
+                logprobs,
+            )
+        ]
 
 
 def finite_logprob(x: float) -> float:

@@ -38,14 +38,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda":
         # Checked here, as one line, not 60 lines deep inside the first tensor moved there.
         if torch.version.cuda is None:
-            raise InvalidParameterError("device", f"{device!r} needs a CUDA build of torch; this one "
-                                        f"({torch.__version__}) runs on the CPU only: use --device cpu")
+            raise InvalidParameterError(
+                "device",
+                f"{device!r} needs a CUDA build of torch; this one "
+                f"({torch.__version__}) runs on the CPU only: use --device cpu",
+            )
         if not torch.cuda.is_available():
-            raise InvalidParameterError("device", f"{device!r}: no CUDA GPU is visible (driver missing, "
-                                        "or CUDA_VISIBLE_DEVICES hides them): use --device cpu")
+            raise InvalidParameterError(
+                "device",
+                f"{device!r}: no CUDA GPU is visible (driver missing, "
+                "or CUDA_VISIBLE_DEVICES hides them): use --device cpu",
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InvalidParameterError("device", f"{device!r}: this machine has "
-                                        f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+            raise InvalidParameterError(
+                "device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+            )
     return resolved
 
 
@@ -115,11 +122,16 @@ class LoadedModel:
         return self.library_name or self.path.name
 
 
-def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch.dtype | None = "auto",
-               device: str | torch.device | None = "auto", compact: bool | None = None,
-               rope_scaling_factor: float | None = None,
-               tensor_parallel: tuple[int, int] | None = None,
-               gpu_layers: int | None = None) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = "auto",
+    compact: bool | None = None,
+    rope_scaling_factor: float | None = None,
+    tensor_parallel: tuple[int, int] | None = None,
+    gpu_layers: int | None = None,
+) -> LoadedModel:
     """Load a model ready to run: a GGUF file, a Hugging Face folder (config.json + safetensors)
     or a Meta folder (params.json + consolidated.NN.pth), told apart automatically, or a library
     name that stands for one (`resolve_model_path`); None: the default model.
@@ -144,13 +156,18 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     if gpu_layers is not None and gpu_layers < 0:
         raise InvalidParameterError("gpu_layers", f"must be >= 0, got {gpu_layers}")
     if gpu_layers is not None and (dev.type != "cuda" or tensor_parallel is not None):
-        raise InvalidParameterError("gpu_layers", "splitting layers between GPU and CPU needs "
-                                    "--device cuda and one process (no --tensor-parallel)")
+        raise InvalidParameterError(
+            "gpu_layers",
+            "splitting layers between GPU and CPU needs --device cuda and one process (no --tensor-parallel)",
+        )
     if compact is None:
         compact = _compact_by_default(dtype, dt, dev)
     elif compact and not _compact_runs(dt, dev):
-        raise InvalidParameterError("compact", "compact weights need the CPU and dtype bfloat16, or "
-                                    f"float32 with llamita's kernels ({native.vnni_kernels_skipped()})")
+        raise InvalidParameterError(
+            "compact",
+            "compact weights need the CPU and dtype bfloat16, or "
+            f"float32 with llamita's kernels ({native.vnni_kernels_skipped()})",
+        )
     fmt = checkpoint_format(resolved)
     tokenizer = None
     if fmt != "gguf":  # read first: a missing tokenizer should not cost a full weight load
@@ -158,15 +175,18 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
     rank, world = tensor_parallel or (0, 1)
     # Weights are converted and joined here: large temporaries go back to the system when freed.
     with large_frees_returned():
-        ckpt = read_checkpoint(resolved, dtype=dt, compact=compact,
-                               rope_scaling_factor=rope_scaling_factor, tp_rank=rank, tp_size=world)
+        ckpt = read_checkpoint(
+            resolved, dtype=dt, compact=compact, rope_scaling_factor=rope_scaling_factor, tp_rank=rank, tp_size=world
+        )
         if tokenizer is None:
             tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
         tokenizer = _with_template(tokenizer, settings)
         config = ckpt.config
         if tokenizer.vocab_size > config.vocab_size:
-            raise ModelFileError(f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
-                                 f"embedding only {config.vocab_size} rows")
+            raise ModelFileError(
+                f"{resolved}: the vocabulary has {tokenizer.vocab_size} tokens but the "
+                f"embedding only {config.vocab_size} rows"
+            )
         metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
         if ckpt.shard is None:
             offloaded = gpu_layers is not None and gpu_layers < config.n_layers
@@ -177,9 +197,21 @@ def load_model(path: str | os.PathLike[str] | None = None, *, dtype: str | torch
             model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.take_state()).to(dev)
             parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())
     asked_by_name = path is not None and not Path(path).exists()
-    return LoadedModel(resolved, config, model, tokenizer, metadata, dt, dev,
-                       time.perf_counter() - start, fmt, ckpt.generation,
-                       os.fspath(path) if asked_by_name else None, settings=settings, compact=compact)
+    return LoadedModel(
+        resolved,
+        config,
+        model,
+        tokenizer,
+        metadata,
+        dt,
+        dev,
+        time.perf_counter() - start,
+        fmt,
+        ckpt.generation,
+        os.fspath(path) if asked_by_name else None,
+        settings=settings,
+        compact=compact,
+    )
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer:
@@ -216,4 +248,3 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
     an alias from `llamita cp`) is where its weights lie. Never downloads: a known name not
     yet pulled is a ModelFileError that says to run `llamita pull NAME`."""
     return resolve_model(path) if path is not None else default_model_path()
-

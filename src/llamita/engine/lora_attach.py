@@ -55,8 +55,9 @@ def parse_lora_spec(text: str | os.PathLike[str] | LoraSpec) -> LoraSpec:
     return LoraSpec(Path(text).expanduser(), scale, name)
 
 
-def combined_weights(adapters: Sequence[LoraAdapter], scales: Sequence[float]
-                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+def combined_weights(
+    adapters: Sequence[LoraAdapter], scales: Sequence[float]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """Several adapters as one: per layer, A stacked over ranks and B side by side with each
     adapter's scale folded in, so (x Aᵀ) Bᵀ is exactly the sum of their updates."""
     out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -68,8 +69,9 @@ def combined_weights(adapters: Sequence[LoraAdapter], scales: Sequence[float]
     return {m: (torch.cat(a), torch.cat(b, dim=1), 1.0) for m, (a, b) in out.items()}
 
 
-def shard_weights(weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], shard: TensorShard
-                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+def shard_weights(
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], shard: TensorShard
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """One tensor-parallel rank's part of an adapter (engine/tensor_parallel.py).
 
     A column-parallel layer (q/k/v, gate/up) keeps the B rows of its own outputs and all of A.
@@ -91,9 +93,14 @@ def shard_weights(weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], 
     return out
 
 
-def attach_loras(model: Transformer, config: ModelConfig,
-                 specs: Sequence[str | os.PathLike[str] | LoraSpec], *, combine: bool,
-                 shard: TensorShard | None = None) -> list[str]:
+def attach_loras(
+    model: Transformer,
+    config: ModelConfig,
+    specs: Sequence[str | os.PathLike[str] | LoraSpec],
+    *,
+    combine: bool,
+    shard: TensorShard | None = None,
+) -> list[str]:
     """Read every adapter in `specs` and install it in `model`; return the slot names.
 
     combine: all of them in one slot named after them joined by '+', applied together to every
@@ -105,8 +112,9 @@ def attach_loras(model: Transformer, config: ModelConfig,
     parsed = [parse_lora_spec(s) for s in specs]
     names = [s.resolved_name for s in parsed]
     if len(set(names)) != len(names):
-        raise InvalidParameterError("lora", f"two adapters are named alike ({', '.join(names)}); "
-                                    "name them with NAME=PATH")
+        raise InvalidParameterError(
+            "lora", f"two adapters are named alike ({', '.join(names)}); name them with NAME=PATH"
+        )
     adapters = [read_lora(s.path, config, n) for s, n in zip(parsed, names)]
 
     def install(name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]]) -> int:
@@ -115,8 +123,7 @@ def attach_loras(model: Transformer, config: ModelConfig,
     if combine:
         if not adapters:
             return []
-        return [model.lora.names[install(
-            "+".join(names), combined_weights(adapters, [s.scale for s in parsed]))]]
+        return [model.lora.names[install("+".join(names), combined_weights(adapters, [s.scale for s in parsed]))]]
     for adapter, spec in zip(adapters, parsed):
         install(adapter.name, combined_weights([adapter], [spec.scale]))
     return list(model.lora.names)

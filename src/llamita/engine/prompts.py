@@ -19,9 +19,14 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return tokenizer.encode(prompt, add_bos=tokenizer.add_bos)
 
 
-def encode_chat(tokenizer: Tokenizer, messages: Sequence[Message], *,
-                tools: Sequence[dict[str, Any]] | None = None, continue_final_message: bool = False,
-                **template_kwargs: Any) -> list[int]:
+def encode_chat(
+    tokenizer: Tokenizer,
+    messages: Sequence[Message],
+    *,
+    tools: Sequence[dict[str, Any]] | None = None,
+    continue_final_message: bool = False,
+    **template_kwargs: Any,
+) -> list[int]:
     """Chat messages -> ids through the model's chat template, ready for the assistant.
 
     tools: OpenAI JSON-schema tool definitions, given to the template as `tools`.
@@ -41,15 +46,17 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Message], *,
 _MAX_TURN_END_TOKENS = 8
 
 
-def _continue_final_message(tokenizer: Tokenizer, messages: list[Message],
-                            template_kwargs: dict[str, Any]) -> list[int]:
+def _continue_final_message(
+    tokenizer: Tokenizer, messages: list[Message], template_kwargs: dict[str, Any]
+) -> list[int]:
     """The conversation rendered as a finished chat, cut right after the final message's text,
     so that the model's next token continues it. Works on ids, so the template's special
     tokens stay what the template made them; as vLLM, it finds the text's end by its content."""
     last = messages[-1]
     if last["role"] != "assistant" or not isinstance(last["content"], str) or last.get("tool_calls"):
-        raise InvalidParameterError("continue_final_message", "needs the last message to be the "
-                                    "assistant's text (the answer to continue)")
+        raise InvalidParameterError(
+            "continue_final_message", "needs the last message to be the assistant's text (the answer to continue)"
+        )
     text = last["content"].rstrip()  # many templates trim a message; its end is what counts
     if not text:  # nothing to continue: the same as a new assistant turn
         return tokenizer.encode_chat(messages[:-1], add_generation_prompt=True, **template_kwargs)
@@ -57,8 +64,10 @@ def _continue_final_message(tokenizer: Tokenizer, messages: list[Message],
     want = text.encode()
     for end in range(len(ids), max(len(ids) - _MAX_TURN_END_TOKENS, 0), -1):
         # Each token is at least one byte, so len(want) tokens cover the text's end.
-        tail = b"".join(tokenizer.token_bytes(i) for i in ids[max(0, end - len(want)):end])
+        tail = b"".join(tokenizer.token_bytes(i) for i in ids[max(0, end - len(want)) : end])
         if tail.endswith(want):
             return ids[:end]
-    raise InvalidParameterError("continue_final_message", "the chat template does not end the final "
-                                "message with its text, so it cannot be continued")
+    raise InvalidParameterError(
+        "continue_final_message",
+        "the chat template does not end the final message with its text, so it cannot be continued",
+    )

@@ -20,9 +20,7 @@ from torch import Tensor
 from llamita.sampling_params import SamplingParams
 
 
-def penalty_window(
-    history: list[int] | Tensor, penalty_last_n: int, device: torch.device | str = "cpu"
-) -> Tensor:
+def penalty_window(history: list[int] | Tensor, penalty_last_n: int, device: torch.device | str = "cpu") -> Tensor:
     """The tokens the penalties look at: the last `penalty_last_n` of `history`.
 
     `history` holds every token id so far, prompt included. 0 gives an empty window, -1 the

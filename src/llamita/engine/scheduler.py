@@ -76,8 +76,7 @@ class Schedule:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_running: int = 16,
-                 max_prefill_tokens: int = 512) -> None:
+    def __init__(self, blocks: BlockManager, max_running: int = 16, max_prefill_tokens: int = 512) -> None:
         self.blocks = blocks
         self.max_running = max_running
         self.max_prefill_tokens = max_prefill_tokens

@@ -14,8 +14,7 @@ from llamita.engine.sampler import top_logprobs
 from llamita.model.transformer import Transformer
 
 
-def prompt_logprobs(model: Transformer, ids: Sequence[int], n_tokens: int, top: int = 0
-                    ) -> list[TokenLogprob | None]:
+def prompt_logprobs(model: Transformer, ids: Sequence[int], n_tokens: int, top: int = 0) -> list[TokenLogprob | None]:
     """For each position i > 0: log P(ids[i] | ids[:i]) and the `top` most likely tokens there
     (raw distribution, temperature 1). Position 0 has no context: None."""
     check_ids(model, ids, n_tokens, "prompt")
@@ -29,6 +28,9 @@ def prompt_logprobs(model: Transformer, ids: Sequence[int], n_tokens: int, top: 
             if target >= len(ids):
                 break
             token = ids[target]
-            out.append(TokenLogprob(token, finite_logprob(float(logprobs[j, token])),
-                                    top_logprobs(logits[j], top) if top else []))
+            out.append(
+                TokenLogprob(
+                    token, finite_logprob(float(logprobs[j, token])), top_logprobs(logits[j], top) if top else []
+                )
+            )
     return out

@@ -50,8 +50,15 @@ class SequenceState:
         self.history = self.prompt_ids + self.generated
 
     @classmethod
-    def create(cls, index: int, prompt_ids: list[int], params: SamplingParams,
-               tokenizer: Tokenizer, n_tokens: int, context_length: int) -> SequenceState:
+    def create(
+        cls,
+        index: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        tokenizer: Tokenizer,
+        n_tokens: int,
+        context_length: int,
+    ) -> SequenceState:
         """Validate a prompt against the vocabulary (`n_tokens` ids) and the context window
         (`context_length` positions) and set up its generation state."""
         if not prompt_ids:
@@ -63,20 +70,28 @@ class SequenceState:
         if n >= context_length:
             raise ContextOverflowError(
                 f"the prompt has {n} tokens but the context window holds {context_length} "
-                f"(prompt plus at least one generated token): {n + 1 - context_length} too many")
+                f"(prompt plus at least one generated token): {n + 1 - context_length} too many"
+            )
         bias_ids = [t for t, _ in params.logit_bias if t >= n_tokens]
         if bias_ids:
             raise InvalidParameterError(
-                "logit_bias", f"token id {bias_ids[0]} is outside the vocabulary ({n_tokens} tokens)")
+                "logit_bias", f"token id {bias_ids[0]} is outside the vocabulary ({n_tokens} tokens)"
+            )
         room = context_length - n
         max_new = room if params.max_tokens is None else min(params.max_tokens, room)
-        stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else tokenizer.stop_ids)
-        constraint = None if params.grammar is None else TokenConstraint(params.grammar, tokenizer,
-                                                                         n_tokens)
-        return cls(index, list(prompt_ids), params, Sampler(params, device="cpu"),
-                   IncrementalDetokenizer(tokenizer, skip_special=True),
-                   StopStringMatcher(params.stop), stop_ids, max_new, constraint)
+        stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else tokenizer.stop_ids)
+        constraint = None if params.grammar is None else TokenConstraint(params.grammar, tokenizer, n_tokens)
+        return cls(
+            index,
+            list(prompt_ids),
+            params,
+            Sampler(params, device="cpu"),
+            IncrementalDetokenizer(tokenizer, skip_special=True),
+            StopStringMatcher(params.stop),
+            stop_ids,
+            max_new,
+            constraint,
+        )
 
     def next_token(self, logits: torch.Tensor) -> int:
         """Draw the next token from one row of logits (n_tokens,), float32 on the CPU:
@@ -89,8 +104,7 @@ class SequenceState:
         """Append a sampled token, decide whether the sequence ends, return what to show."""
         if token in self.stop_ids:
             self.finish_reason = "stop"
-            return StepOutput(self.index, None,
-                              self.stops.feed(self.detok.flush()) + self.stops.flush(), "stop")
+            return StepOutput(self.index, None, self.stops.feed(self.detok.flush()) + self.stops.flush(), "stop")
         self.generated.append(token)
         self.history.append(token)
         text = self.stops.feed(self.detok.add(token))

@@ -66,8 +66,11 @@ def compile_mode(flag: bool | None) -> CompileMode:
         return "off"
     if value in ("1", "true", "yes", "on"):
         return "foreground"
-    raise InvalidParameterError(COMPILE_ENV, "must be 0 (eager), 1 (build the compiled step in the "
-                                f"foreground) or unset (build it in the background), got {value!r}")
+    raise InvalidParameterError(
+        COMPILE_ENV,
+        "must be 0 (eager), 1 (build the compiled step in the "
+        f"foreground) or unset (build it in the background), got {value!r}",
+    )
 
 
 def log_path(package: Path) -> Path:
@@ -95,8 +98,9 @@ class StepSource:
         return CompiledDecoder(model, root, build)
 
 
-def build_in_background(decoder: CompiledDecoder, source: StepSource, batches: Sequence[int] = (1,)
-                        ) -> tuple[BuildState, subprocess.Popen[bytes] | None]:
+def build_in_background(
+    decoder: CompiledDecoder, source: StepSource, batches: Sequence[int] = (1,)
+) -> tuple[BuildState, subprocess.Popen[bytes] | None]:
     """Use `decoder`'s packages for `batches` rows if they are built; else start one builder
     process for those missing (unless one runs already or an earlier build failed; a failure
     not yet reported is logged once here). Returns the state and the process started, if any."""
@@ -110,9 +114,13 @@ def build_in_background(decoder: CompiledDecoder, source: StepSource, batches: S
         failure = read_failure(package)
         if failure is not None:
             if not failure.get("said"):
-                log.warning("the compiled decode step could not be built, so decoding stays eager "
-                            "(said once; tried again when llamita, torch or the model change; details "
-                            "in %s): %s", log_path(package), failure.get("error"))
+                log.warning(
+                    "the compiled decode step could not be built, so decoding stays eager "
+                    "(said once; tried again when llamita, torch or the model change; details "
+                    "in %s): %s",
+                    log_path(package),
+                    failure.get("error"),
+                )
                 record_failure(package, str(failure.get("error")), said=True)
             state = "failed"
         elif not build_in_progress(package):
@@ -120,8 +128,7 @@ def build_in_background(decoder: CompiledDecoder, source: StepSource, batches: S
     return state, _spawn(source, wanted) if wanted else None
 
 
-def decode_label(decoder: CompiledDecoder | None, skipped: str | None = None,
-                 batches: Sequence[int] = (1,)) -> str:
+def decode_label(decoder: CompiledDecoder | None, skipped: str | None = None, batches: Sequence[int] = (1,)) -> str:
     """What a status line says of how tokens are made: "compiled step" (its packages for
     `batches` rows are loaded), "eager", or "eager (why: `skipped`, building in the background,
     a failed build)". A package a builder has finished meanwhile is loaded here."""
@@ -141,16 +148,27 @@ def _spawn(source: StepSource, wanted: list[tuple[int, Path]]) -> subprocess.Pop
     folder = str(Path(__file__).resolve().parents[2])  # the folder holding llamita/
     env["PYTHONPATH"] = os.pathsep.join([folder, *filter(None, [env.get("PYTHONPATH")])])
     env.update({"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1", COMPILE_ENV: "0"})
-    command = [sys.executable, "-m", "llamita.engine.step_builder", "--model", str(source.model),
-               "--dtype", source.dtype, "--compact", str(int(source.compact)),
-               "--block-size", str(source.block_size)]
+    command = [
+        sys.executable,
+        "-m",
+        "llamita.engine.step_builder",
+        "--model",
+        str(source.model),
+        "--dtype",
+        source.dtype,
+        "--compact",
+        str(int(source.compact)),
+        "--block-size",
+        str(source.block_size),
+    ]
     for batch, package in wanted:
         command += ["--batch", str(batch), "--package", str(package)]
     package = wanted[0][1]
     package.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path(package), "wb") as out:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)  # outlives its run; Ctrl-C there does not stop it
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )  # outlives its run; Ctrl-C there does not stop it
 
 
 def build(source: StepSource, wanted: list[tuple[int, Path]]) -> list[Literal["built", "locked", "failed"]]:
@@ -179,9 +197,11 @@ def build(source: StepSource, wanted: list[tuple[int, Path]]) -> list[Literal["b
                 continue
             try:
                 if decoder.package_path(batch) != package:
-                    raise RuntimeError(f"the builder loads {source.model} as another model shape than "
-                                       f"the run that started it ({decoder.package_path(batch).name} is "
-                                       f"not {package.name})")
+                    raise RuntimeError(
+                        f"the builder loads {source.model} as another model shape than "
+                        f"the run that started it ({decoder.package_path(batch).name} is "
+                        f"not {package.name})"
+                    )
                 decoder.build_now(batch, lock=False)
                 results[i] = "built"
             except Exception as e:  # noqa: BLE001
@@ -192,8 +212,9 @@ def build(source: StepSource, wanted: list[tuple[int, Path]]) -> list[Literal["b
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamita.engine.step_builder",
-                                     description="Build a compiled decode step package (background).")
+    parser = argparse.ArgumentParser(
+        prog="python -m llamita.engine.step_builder", description="Build a compiled decode step package (background)."
+    )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--dtype", required=True)
     parser.add_argument("--compact", type=int, choices=(0, 1), required=True)
@@ -209,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     source = StepSource(args.model, args.dtype, bool(args.compact), args.block_size)
     results = build(source, list(zip(args.batch, args.package)))
     # Linux reports KiB: what the builder held besides the run that started it (docs/performance.md).
-    log.info("builder done: %s; peak RSS %d MiB", ", ".join(results),
-             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    log.info(
+        "builder done: %s; peak RSS %d MiB",
+        ", ".join(results),
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    )
     return 1 if "failed" in results else 0
 
 

@@ -34,8 +34,8 @@ class StopStringMatcher:
                 if text.endswith(s[:n]):
                     keep = n
                     break
-        self._held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep]
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
 
     def flush(self) -> str:
         """End of generation for another reason: release whatever was held back."""

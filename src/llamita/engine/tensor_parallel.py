@@ -48,11 +48,14 @@ def torchrun_rank(size: int) -> tuple[int, int]:
     world = os.environ.get("WORLD_SIZE")
     if world is None or "RANK" not in os.environ:
         raise InvalidParameterError(
-            "tensor_parallel", f"--tensor-parallel {size} needs one process per rank: launch with "
-            f"`torchrun --nproc-per-node {size} -m llamita ...`")
+            "tensor_parallel",
+            f"--tensor-parallel {size} needs one process per rank: launch with "
+            f"`torchrun --nproc-per-node {size} -m llamita ...`",
+        )
     if int(world) != size:
         raise InvalidParameterError(
-            "tensor_parallel", f"--tensor-parallel {size} but torchrun started {world} processes")
+            "tensor_parallel", f"--tensor-parallel {size} but torchrun started {world} processes"
+        )
     return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
 
 
@@ -91,9 +94,15 @@ class LeaderModel:
         with its part of the adapters (`open_model(lora=...)`)."""
         return self.model.lora
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                 cache: KVCache | PagedKVCache | None = None, rows: torch.Tensor | None = None,
-                 last_only: bool = False, adapters: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | PagedKVCache | None = None,
+        rows: torch.Tensor | None = None,
+        last_only: bool = False,
+        adapters: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         positions = self._announce(_FORWARD, tokens, positions, cache, rows, last_only, adapters)
         return self.model(tokens, positions, cache, rows, last_only=last_only, **_lora(adapters))
 
@@ -128,12 +137,17 @@ class LeaderModel:
         self._announce(_ATTENTION, tokens, None, None, None, False, adapters)
         return _gather_heads(self.model.attention_maps(tokens, adapters), self.group)
 
-    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                      cache: KVCache | PagedKVCache | None = None, rows: torch.Tensor | None = None,
-                      last_only: bool = False, adapters: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | PagedKVCache | None = None,
+        rows: torch.Tensor | None = None,
+        last_only: bool = False,
+        adapters: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         positions = self._announce(_HIDDEN, tokens, positions, cache, rows, last_only, adapters)
-        return self.model.hidden_states(tokens, positions, cache, rows, last_only=last_only,
-                                        **_lora(adapters))
+        return self.model.hidden_states(tokens, positions, cache, rows, last_only=last_only, **_lora(adapters))
 
     def _cache_id(self, cache: object) -> int:
         if cache not in self._cache_ids:
@@ -141,9 +155,16 @@ class LeaderModel:
             weakref.finalize(cache, self._freed.append, n)
         return self._cache_ids[cache]
 
-    def _announce(self, op: int, tokens: torch.Tensor, positions: torch.Tensor | None,
-                  cache: KVCache | PagedKVCache | None, rows: torch.Tensor | None,
-                  last_only: bool, adapters: torch.Tensor | None) -> torch.Tensor:
+    def _announce(
+        self,
+        op: int,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None,
+        cache: KVCache | PagedKVCache | None,
+        rows: torch.Tensor | None,
+        last_only: bool,
+        adapters: torch.Tensor | None,
+    ) -> torch.Tensor:
         if self._closed:
             raise RuntimeError("the tensor-parallel group has been shut down")
         bsz, seqlen = tokens.shape
@@ -158,9 +179,22 @@ class LeaderModel:
             cid, dt = self._cache_id(cache), _DTYPES.index(cache.k[0].dtype)
         freed, self._freed[:] = list(self._freed), []
         t_rows, t_cols = tables.shape if tables is not None else (0, 0)
-        header = [op, bsz, seqlen, int(last_only), kind, cid, a, b, dt,
-                  -1 if rows is None else rows.numel(), t_rows, t_cols,
-                  -1 if adapters is None else adapters.numel(), len(freed)]
+        header = [
+            op,
+            bsz,
+            seqlen,
+            int(last_only),
+            kind,
+            cid,
+            a,
+            b,
+            dt,
+            -1 if rows is None else rows.numel(),
+            t_rows,
+            t_cols,
+            -1 if adapters is None else adapters.numel(),
+            len(freed),
+        ]
         parts = [tokens.reshape(-1), positions.reshape(-1)]
         parts += [] if rows is None else [rows.reshape(-1)]
         parts += [] if tables is None else [tables.reshape(-1)]
@@ -217,8 +251,9 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
         while True:
             header = torch.empty(_HEADER, dtype=torch.int64, device=device)
             dist.broadcast(header, 0, group=group)
-            (op, bsz, seqlen, last_only, kind, cid, a, b, dt, n_rows, t_rows, t_cols, n_adapters,
-             n_freed) = header.tolist()
+            (op, bsz, seqlen, last_only, kind, cid, a, b, dt, n_rows, t_rows, t_cols, n_adapters, n_freed) = (
+                header.tolist()
+            )
             if op == _STOP:
                 return steps
             if op == _LOGITS:  # bsz rows of seqlen (= dim) features
@@ -243,8 +278,7 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
                 cache = caches[cid]
                 if isinstance(cache, PagedKVCache):
                     cache.bind(tables)
-            args = (tokens.view(bsz, seqlen), positions.view(bsz, seqlen), cache,
-                    rows if n_rows >= 0 else None)
+            args = (tokens.view(bsz, seqlen), positions.view(bsz, seqlen), cache, rows if n_rows >= 0 else None)
             kw = _lora(adapters if n_adapters >= 0 else None)
             if op == _FORWARD:
                 model(*args, last_only=bool(last_only), **kw)
@@ -256,10 +290,15 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
 
 
 @contextmanager
-def open_model(path: str | os.PathLike[str] | None = None, *, tensor_parallel: int = 1,
-               dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto",
-               lora: Sequence[str | os.PathLike[str] | LoraSpec] = (), combine_lora: bool = True
-               ) -> Iterator[LoadedModel | None]:
+def open_model(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    tensor_parallel: int = 1,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = "auto",
+    lora: Sequence[str | os.PathLike[str] | LoraSpec] = (),
+    combine_lora: bool = True,
+) -> Iterator[LoadedModel | None]:
     """The model to run, on one process or on `tensor_parallel` torchrun ranks, with the LoRA
     adapters `lora` installed (`attach_loras`: `combine_lora` puts them all in one slot,
     otherwise one slot each; their names are `loaded.model.lora.names`).
@@ -285,8 +324,13 @@ def open_model(path: str | os.PathLike[str] | None = None, *, tensor_parallel: i
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         loaded = load_model(path, dtype=dtype, device=dev, tensor_parallel=(rank, tensor_parallel))
-        attach_loras(loaded.model, loaded.config, lora, combine=combine_lora,
-                     shard=TensorShard(rank, tensor_parallel, loaded.config))
+        attach_loras(
+            loaded.model,
+            loaded.config,
+            lora,
+            combine=combine_lora,
+            shard=TensorShard(rank, tensor_parallel, loaded.config),
+        )
         if rank != 0:
             follow(loaded.model)
             yield None

@@ -80,6 +80,6 @@ def use_threads(threads: int | None) -> int:
 
 
 def threads_label() -> str:
-    """"1 thread" / "N threads": how many torch runs on now, for the status lines."""
+    """ "1 thread" / "N threads": how many torch runs on now, for the status lines."""
     n = torch.get_num_threads()
     return f"{n} thread" if n == 1 else f"{n} threads"

@@ -25,8 +25,7 @@ from llamita.tokenizer import Tokenizer
 _COMPACT = {"whitespace_flexible": False}
 
 
-def tool_call_grammar(tokenizer: Tokenizer, tools: Sequence[dict[str, Any]],
-                      name: str | None = None) -> Grammar:
+def tool_call_grammar(tokenizer: Tokenizer, tools: Sequence[dict[str, Any]], name: str | None = None) -> Grammar:
     """Calls of any of `tools` (OpenAI definitions {"type": "function", "function": {"name",
     "parameters"}}), or exactly one call of the function `name`."""
     functions = [t.get("function", t) for t in tools]
@@ -34,19 +33,27 @@ def tool_call_grammar(tokenizer: Tokenizer, tools: Sequence[dict[str, Any]],
         functions = [f for f in functions if f.get("name") == name]
         if not functions:
             offered = ", ".join(repr(t.get("function", t).get("name")) for t in tools) or "none"
-            raise InvalidParameterError("tool_choice", f"names function {name!r}, which is not among "
-                                        f"the tools (offered: {offered})")
+            raise InvalidParameterError(
+                "tool_choice", f"names function {name!r}, which is not among the tools (offered: {offered})"
+            )
     if not functions:
         raise InvalidParameterError("tool_choice", "asks for a tool call but no tools are given")
     if tokenizer.uses_llama3_format:
         return Grammar.json_schema({**_one_of(functions, "parameters"), "x-guidance": _COMPACT})
-    calls: dict[str, Any] = {"type": "array", "items": _one_of(functions, "arguments"), "minItems": 1,
-                             "x-guidance": _COMPACT}
+    calls: dict[str, Any] = {
+        "type": "array",
+        "items": _one_of(functions, "arguments"),
+        "minItems": 1,
+        "x-guidance": _COMPACT,
+    }
     if name is not None:
         calls["maxItems"] = 1
     tag = tokenizer.token_to_id("<tool_call>"), tokenizer.token_to_id("</tool_call>")
-    open_, close = (f"<[{tag[0]}]>", f"<[{tag[1]}]>") if None not in tag and all(
-        tokenizer.is_special(t) for t in tag) else ('"<tool_call>"', '"</tool_call>"')
+    open_, close = (
+        (f"<[{tag[0]}]>", f"<[{tag[1]}]>")
+        if None not in tag and all(tokenizer.is_special(t) for t in tag)
+        else ('"<tool_call>"', '"</tool_call>"')
+    )
     return Grammar("lark", f"start: {open_} calls {close}\ncalls: %json {json.dumps(calls)}")
 
 
@@ -58,7 +65,12 @@ def _one_of(functions: list[dict[str, Any]], arguments_key: str) -> dict[str, An
         # invent keys (and run on inside their string values); the caller cannot use them.
         if parameters.get("type") == "object":
             parameters.setdefault("additionalProperties", False)
-        options.append({"type": "object", "additionalProperties": False,
-                        "required": ["name", arguments_key],
-                        "properties": {"name": {"const": f["name"]}, arguments_key: parameters}})
+        options.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", arguments_key],
+                "properties": {"name": {"const": f["name"]}, arguments_key: parameters},
+            }
+        )
     return options[0] if len(options) == 1 else {"anyOf": options}

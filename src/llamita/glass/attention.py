@@ -16,8 +16,7 @@ from llamita.glass.common import find_tokens, pieces, prompt_ids
 from llamita.model.transformer import Transformer
 
 
-def attention_weights(model: Transformer | Any, ids: Sequence[int],
-                      adapters: torch.Tensor | None = None) -> np.ndarray:
+def attention_weights(model: Transformer | Any, ids: Sequence[int], adapters: torch.Tensor | None = None) -> np.ndarray:
     """(n_layers, n_heads, S, S) float32: row i of [l, h] is token i's attention over tokens
     0..i in layer l, head h (each row sums to 1), from one forward pass of `model` (a
     Transformer, or a tensor-parallel LeaderModel, which gathers every rank's heads):
@@ -26,9 +25,17 @@ def attention_weights(model: Transformer | Any, ids: Sequence[int],
     return maps.cpu().numpy()
 
 
-def attention_view(llm: LLM, text: str, *, raw: bool = False, layer: int | None = None,
-                   head: int | None = None, token: str | int = -1, to: str | int | None = None,
-                   top: int = 5) -> dict[str, Any]:
+def attention_view(
+    llm: LLM,
+    text: str,
+    *,
+    raw: bool = False,
+    layer: int | None = None,
+    head: int | None = None,
+    token: str | int = -1,
+    to: str | int | None = None,
+    top: int = 5,
+) -> dict[str, Any]:
     """The attention map to show and what one token attends to.
 
     layer / head: 0-based; None averages over all layers / heads. matrix: (S, S) nested
@@ -44,16 +51,23 @@ def attention_view(llm: LLM, text: str, *, raw: bool = False, layer: int | None 
     for name, value, n in (("layer", layer, n_layers), ("head", head, n_heads)):
         if value is not None and not 0 <= value < n:
             raise InvalidParameterError(name, f"must be in 0..{n - 1}, got {value}")
-    chosen = weights if layer is None else weights[layer:layer + 1]
-    chosen = chosen if head is None else chosen[:, head:head + 1]
+    chosen = weights if layer is None else weights[layer : layer + 1]
+    chosen = chosen if head is None else chosen[:, head : head + 1]
     matrix = chosen.mean(axis=(0, 1))  # (S, S)
     labels = pieces(llm.tokenizer, ids)
     query = find_tokens(llm.tokenizer, ids, token)[-1]
     row = matrix[query]
     order = np.argsort(-row, kind="stable")[:top]
     view: dict[str, Any] = {
-        "text": text, "raw": raw, "ids": ids, "tokens": labels, "layer": layer, "head": head,
-        "n_layers": n_layers, "n_heads": n_heads, "matrix": matrix.tolist(),
+        "text": text,
+        "raw": raw,
+        "ids": ids,
+        "tokens": labels,
+        "layer": layer,
+        "head": head,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "matrix": matrix.tolist(),
         "token": {"position": query, "piece": labels[query]},
         "attends_to": [{"position": int(j), "piece": labels[j], "weight": float(row[j])} for j in order],
         "weights": weights,
@@ -62,8 +76,12 @@ def attention_view(llm: LLM, text: str, *, raw: bool = False, layer: int | None 
         targets = find_tokens(llm.tokenizer, ids, to)
         per_head = weights[:, :, query, targets].sum(axis=-1)  # (L, H)
         best = np.argsort(-per_head, axis=None, kind="stable")[:top]
-        view["to"] = {"positions": targets, "pieces": [labels[j] for j in targets],
-                      "mean_weight": float(per_head.mean())}
-        view["heads_to"] = [{"layer": int(b // n_heads), "head": int(b % n_heads),
-                             "weight": float(per_head.flat[b])} for b in best]
+        view["to"] = {
+            "positions": targets,
+            "pieces": [labels[j] for j in targets],
+            "mean_weight": float(per_head.mean()),
+        }
+        view["heads_to"] = [
+            {"layer": int(b // n_heads), "head": int(b % n_heads), "weight": float(per_head.flat[b])} for b in best
+        ]
     return view

@@ -24,8 +24,12 @@ def embed_view(llm: LLM, texts: Sequence[str]) -> dict[str, Any]:
     model, n = llm.loaded.model, llm.tokenizer.vocab_size
     ids = [llm.encode_prompt(t) for t in texts]
     vectors = torch.stack([embed(model, i, n) for i in ids]).cpu()
-    return {"texts": list(texts), "n_tokens": [len(i) for i in ids],
-            "similarity": (vectors @ vectors.T).tolist(), "embeddings": vectors.numpy()}
+    return {
+        "texts": list(texts),
+        "n_tokens": [len(i) for i in ids],
+        "similarity": (vectors @ vectors.T).tolist(),
+        "embeddings": vectors.numpy(),
+    }
 
 
 def word_ids(llm: LLM, word: str) -> list[int]:
@@ -54,14 +58,13 @@ def nearest_tokens(llm: LLM, query: torch.Tensor, exclude: set[int]) -> torch.Te
     sims = torch.empty(vocab)
     for start in range(0, vocab, ROWS_PER_CHUNK):
         rows = token_vectors(llm, range(start, min(start + ROWS_PER_CHUNK, vocab)))
-        sims[start:start + len(rows)] = torch.nn.functional.normalize(rows, dim=1) @ query
+        sims[start : start + len(rows)] = torch.nn.functional.normalize(rows, dim=1) @ query
     dropped = [i for i in range(vocab) if i in exclude or tok.is_special(i)]
     sims[dropped] = -torch.inf
     return sims
 
 
-def analogy_view(llm: LLM, a: str, b: str, c: str, *, top: int = 5, expect: str | None = None
-                 ) -> dict[str, Any]:
+def analogy_view(llm: LLM, a: str, b: str, c: str, *, top: int = 5, expect: str | None = None) -> dict[str, Any]:
     """A − B + C (king − man + woman) in the token-embedding space, answered by the nearest
     vocabulary entries by cosine, A, B and C themselves excluded.
 
@@ -76,8 +79,12 @@ def analogy_view(llm: LLM, a: str, b: str, c: str, *, top: int = 5, expect: str 
         ids = word_ids(llm, w)
         if not ids:
             raise InvalidParameterError(name, "is empty")
-        words[name] = {"word": w, "ids": ids, "pieces": [piece(llm.tokenizer, t) for t in ids],
-                       "multi_token": len(ids) > 1}
+        words[name] = {
+            "word": w,
+            "ids": ids,
+            "pieces": [piece(llm.tokenizer, t) for t in ids],
+            "multi_token": len(ids) > 1,
+        }
         vectors.append(token_vectors(llm, ids).mean(dim=0))
     exclude = {t for w in words.values() for t in w["ids"]}
     query = vectors[0] - vectors[1] + vectors[2]
@@ -85,17 +92,22 @@ def analogy_view(llm: LLM, a: str, b: str, c: str, *, top: int = 5, expect: str 
     values, idx = torch.topk(sims, top)
     view: dict[str, Any] = {
         "words": words,
-        "answers": [{"id": int(i), "piece": piece(llm.tokenizer, int(i)), "cosine": float(v)}
-                    for v, i in zip(values, idx)],
+        "answers": [
+            {"id": int(i), "piece": piece(llm.tokenizer, int(i)), "cosine": float(v)} for v, i in zip(values, idx)
+        ],
     }
     if expect is not None:
         ids = word_ids(llm, expect)
         target = ids[0]
         baseline = nearest_tokens(llm, vectors[2], exclude)
         view["expect"] = {
-            "word": expect, "ids": ids, "pieces": [piece(llm.tokenizer, t) for t in ids],
-            "multi_token": len(ids) > 1, "rank": _rank(sims, target),
-            "rank_from_c_alone": _rank(baseline, target), "cosine": float(sims[target]),
+            "word": expect,
+            "ids": ids,
+            "pieces": [piece(llm.tokenizer, t) for t in ids],
+            "multi_token": len(ids) > 1,
+            "rank": _rank(sims, target),
+            "rank_from_c_alone": _rank(baseline, target),
+            "cosine": float(sims[target]),
             "out_of": int(torch.isfinite(sims).sum()),
         }
     return view
@@ -105,4 +117,3 @@ def _rank(sims: torch.Tensor, target: int) -> int | None:
     if not bool(torch.isfinite(sims[target])):
         return None  # the expected answer is A, B or C itself
     return int((sims > sims[target]).sum()) + 1
-

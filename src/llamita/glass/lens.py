@@ -59,12 +59,19 @@ def logit_lens(llm: LLM, prompt: str, *, raw: bool = False, top: int = 1) -> dic
         # Softmax in float64: probabilities shown to a reader, exact whatever the CPU's kernels.
         for i, probs in enumerate(torch.softmax(stages.double(), dim=-1).cpu()):
             values, idx = torch.topk(probs, top)
-            layers.append({
-                "layer": i,
-                "top": [{"id": int(t), "piece": piece(tok, int(t)), "prob": float(p)}
-                        for p, t in zip(values, idx)],
-                "final_token_prob": float(probs[final_id]),
-                "final_token_rank": int((probs > probs[final_id]).sum()) + 1,
-            })
-    return {"prompt": prompt, "raw": raw, "prompt_tokens": len(ids), "n_layers": len(model.layers),
-            "prediction": {"id": final_id, "piece": piece(tok, final_id)}, "layers": layers}
+            layers.append(
+                {
+                    "layer": i,
+                    "top": [{"id": int(t), "piece": piece(tok, int(t)), "prob": float(p)} for p, t in zip(values, idx)],
+                    "final_token_prob": float(probs[final_id]),
+                    "final_token_rank": int((probs > probs[final_id]).sum()) + 1,
+                }
+            )
+    return {
+        "prompt": prompt,
+        "raw": raw,
+        "prompt_tokens": len(ids),
+        "n_layers": len(model.layers),
+        "prediction": {"id": final_id, "piece": piece(tok, final_id)},
+        "layers": layers,
+    }

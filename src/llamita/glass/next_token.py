@@ -22,8 +22,9 @@ def last_logits(llm: LLM, ids: Sequence[int]) -> torch.Tensor:
     with the LLM's LoRA adapter if it has one."""
     model = llm.loaded.model
     with torch.inference_mode():
-        logits: torch.Tensor = model(torch.tensor([list(ids)], device=model.device), last_only=True,
-                                     adapters=llm.adapter_rows())[0, -1]
+        logits: torch.Tensor = model(
+            torch.tensor([list(ids)], device=model.device), last_only=True, adapters=llm.adapter_rows()
+        )[0, -1]
     return logits.float().cpu()[: llm.tokenizer.vocab_size]
 
 
@@ -49,10 +50,16 @@ def entropy_nats(probs: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
-def next_token_view_from_logits(tokenizer: Tokenizer, logits: torch.Tensor, *,
-                                temperatures: Sequence[float] = (1.0,), top: int = 10,
-                                top_k: int | None = None, top_p: float | None = None,
-                                min_p: float | None = None) -> dict[str, Any]:
+def next_token_view_from_logits(
+    tokenizer: Tokenizer,
+    logits: torch.Tensor,
+    *,
+    temperatures: Sequence[float] = (1.0,),
+    top: int = 10,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> dict[str, Any]:
     """The view for one row of logits (V,).
 
     tokens: the `top` most likely tokens, most likely first (the order is the same at every
@@ -66,8 +73,10 @@ def next_token_view_from_logits(tokenizer: Tokenizer, logits: torch.Tensor, *,
         raise InvalidParameterError("top", f"must be >= 1, got {top}")
     logits = logits.float().reshape(-1)
     values, ids = torch.topk(logits, min(top, logits.numel()))
-    tokens = [{"rank": r + 1, "id": int(i), "piece": piece(tokenizer, int(i)), "logit": float(v)}
-              for r, (v, i) in enumerate(zip(values, ids))]
+    tokens = [
+        {"rank": r + 1, "id": int(i), "piece": piece(tokenizer, int(i)), "logit": float(v)}
+        for r, (v, i) in enumerate(zip(values, ids))
+    ]
     params = SamplingParams(top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, min_p=min_p or 0.0)
     filters = {"top_k": params.top_k, "top_p": params.top_p, "min_p": params.min_p}
     filtered = None
@@ -81,21 +90,35 @@ def next_token_view_from_logits(tokenizer: Tokenizer, logits: torch.Tensor, *,
             p = probabilities(source, t)
             h = entropy_nats(p)
             shown = p[ids]
-            distributions.append({
-                "temperature": t, "filtered": is_filtered, "probs": shown.tolist(),
-                "entropy_nats": h, "entropy_bits": h / math.log(2),
-                "candidates": int((p > 0).sum()), "top_mass": float(shown.sum()),
-            })
-    return {"tokens": tokens, "distributions": distributions,
-            "filter": filters if filtered is not None else None}
+            distributions.append(
+                {
+                    "temperature": t,
+                    "filtered": is_filtered,
+                    "probs": shown.tolist(),
+                    "entropy_nats": h,
+                    "entropy_bits": h / math.log(2),
+                    "candidates": int((p > 0).sum()),
+                    "top_mass": float(shown.sum()),
+                }
+            )
+    return {"tokens": tokens, "distributions": distributions, "filter": filters if filtered is not None else None}
 
 
-def next_token_view(llm: LLM, prompt: str, *, raw: bool = False, temperatures: Sequence[float] = (1.0,),
-                    top: int = 10, top_k: int | None = None, top_p: float | None = None,
-                    min_p: float | None = None) -> dict[str, Any]:
+def next_token_view(
+    llm: LLM,
+    prompt: str,
+    *,
+    raw: bool = False,
+    temperatures: Sequence[float] = (1.0,),
+    top: int = 10,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> dict[str, Any]:
     """What the model would write next after `prompt` (as a chat question, or with `raw` as
     plain text to continue); see `next_token_view_from_logits` for the fields."""
     ids = prompt_ids(llm, prompt, raw)
-    view = next_token_view_from_logits(llm.tokenizer, last_logits(llm, ids), temperatures=temperatures,
-                                       top=top, top_k=top_k, top_p=top_p, min_p=min_p)
+    view = next_token_view_from_logits(
+        llm.tokenizer, last_logits(llm, ids), temperatures=temperatures, top=top, top_k=top_k, top_p=top_p, min_p=min_p
+    )
     return {"prompt": prompt, "raw": raw, "prompt_tokens": len(ids), **view}

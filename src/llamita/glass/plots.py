@@ -29,8 +29,9 @@ def next_token_chart(view: dict[str, Any], path: str | os.PathLike[str]) -> None
     width = 0.8 / len(dists)
     for i, d in enumerate(dists):
         name = f"T={d['temperature']:g}" + (" filtered" if d["filtered"] else "")
-        ax.bar(x + (i - (len(dists) - 1) / 2) * width, d["probs"], width,
-               label=f"{name} (H={d['entropy_bits']:.2f} bits)")
+        ax.bar(
+            x + (i - (len(dists) - 1) / 2) * width, d["probs"], width, label=f"{name} (H={d['entropy_bits']:.2f} bits)"
+        )
     ax.set_xticks(x, labels, rotation=45, ha="right")
     ax.set_ylabel("probability")
     ax.set_title(f"next token after: {view['prompt'][:60]}")

@@ -29,12 +29,11 @@ def tokenize_view(tokenizer: Tokenizer, text: str) -> dict[str, Any]:
             raw.decode("utf-8")
         except UnicodeDecodeError:
             whole = False
-        tokens.append({"position": i, "id": t, "piece": piece(tokenizer, t), "bytes": len(raw),
-                       "whole_chars": whole})
+        tokens.append({"position": i, "id": t, "piece": piece(tokenizer, t), "bytes": len(raw), "whole_chars": whole})
         offsets.append(offsets[-1] + len(raw))
     words = []
     for m in re.finditer(r"\S+", text):
-        start = len(text[:m.start()].encode("utf-8"))
+        start = len(text[: m.start()].encode("utf-8"))
         end = start + len(m.group().encode("utf-8"))
         n = sum(1 for i in range(len(ids)) if offsets[i] < end and offsets[i + 1] > start)
         words.append({"word": m.group(), "tokens": n})

@@ -137,8 +137,7 @@ def decode_path(loaded: LoadedModel, compile: bool) -> str:
     return "eager" if not compile else f"eager ({blocker})" if blocker else "compiled step"
 
 
-def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5,
-                     compile: bool = False) -> BenchResult:
+def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5, compile: bool = False) -> BenchResult:
     """compile: decode through the compiled step (model/compiled.py); the warm-up run compiles."""
     generator = Generator(loaded.model, loaded.tokenizer, compile=compile)
     first = loaded.tokenizer.bos_id if loaded.tokenizer.bos_id is not None else _random_ids(loaded, 1)[0]
@@ -153,11 +152,11 @@ def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5,
     return _timed(run, n_gen, repetitions, f"tg{n_gen}")
 
 
-def bench_batched_generation(loaded: LoadedModel, n_gen: int, batch: int, repetitions: int = 5,
-                             compile: bool = False) -> BenchResult:
+def bench_batched_generation(
+    loaded: LoadedModel, n_gen: int, batch: int, repetitions: int = 5, compile: bool = False
+) -> BenchResult:
     """compile: decode through the compiled paged step (model/compiled_paged.py), built first."""
-    engine = LLMEngine(loaded, kv_cache_tokens=max(batch * (n_gen + 16), 64), max_running=batch,
-                       compile=compile)
+    engine = LLMEngine(loaded, kv_cache_tokens=max(batch * (n_gen + 16), 64), max_running=batch, compile=compile)
     # Different first tokens, so the prefix cache cannot merge the sequences.
     firsts = _random_ids(loaded, batch, seed=1)
     params = SamplingParams(temperature=0, max_tokens=n_gen, ignore_eos=True)

@@ -115,13 +115,16 @@ def _messages(row: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
             raise InvalidParameterError("data", f"{where}: 'messages' must be a list of {{role, content}}")
         return msgs
     if "prompt" in row and "completion" in row:
-        return [{"role": "user", "content": str(row["prompt"])},
-                {"role": "assistant", "content": str(row["completion"])}]
+        return [
+            {"role": "user", "content": str(row["prompt"])},
+            {"role": "assistant", "content": str(row["completion"])},
+        ]
     raise InvalidParameterError("data", f"{where}: expected 'messages' or 'prompt' and 'completion'")
 
 
-def encode_example(tokenizer: Tokenizer, messages: list[dict[str, Any]], max_length: int,
-                   where: str = "example") -> Example | None:
+def encode_example(
+    tokenizer: Tokenizer, messages: list[dict[str, Any]], max_length: int, where: str = "example"
+) -> Example | None:
     """Token ids of the whole chat and which of them are assistant tokens (the turn's text and
     its end-of-turn marker, as the template writes them after the generation prompt)."""
     clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
@@ -131,10 +134,11 @@ def encode_example(tokenizer: Tokenizer, messages: list[dict[str, Any]], max_len
         if m["role"] != "assistant":
             continue
         prefix = tokenizer.encode_chat(clean[:i], add_generation_prompt=True)
-        full = tokenizer.encode_chat(clean[:i + 1], add_generation_prompt=False)
-        if full[:len(ids)] != ids or full[:len(prefix)] != prefix:
-            raise InvalidParameterError("data", f"{where}: the chat template does not render a "
-                                        "conversation as the prefix of its continuation")
+        full = tokenizer.encode_chat(clean[: i + 1], add_generation_prompt=False)
+        if full[: len(ids)] != ids or full[: len(prefix)] != prefix:
+            raise InvalidParameterError(
+                "data", f"{where}: the chat template does not render a conversation as the prefix of its continuation"
+            )
         mask += [False] * (len(prefix) - len(ids)) + [m.get("weight", 1) != 0] * (len(full) - len(prefix))
         ids = full
     if not any(mask):
@@ -165,9 +169,9 @@ def batch_tensors(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, t
     targets = torch.full((len(examples), width), -100, dtype=torch.long)
     for b, e in enumerate(examples):
         ids = torch.tensor(e.ids)
-        tokens[b, :len(e.ids)] = ids
+        tokens[b, : len(e.ids)] = ids
         keep = torch.tensor(e.loss_mask[1:])
-        targets[b, :len(e.ids) - 1] = torch.where(keep, ids[1:], -100)
+        targets[b, : len(e.ids) - 1] = torch.where(keep, ids[1:], -100)
     return tokens, targets
 
 
@@ -197,10 +201,16 @@ def _linear_names(loaded: LoadedModel, targets: tuple[str, ...]) -> list[str]:
     unknown = set(targets) - set(TARGET_MODULES)
     if unknown:
         raise InvalidParameterError("targets", f"unknown {sorted(unknown)}; choose from {', '.join(TARGET_MODULES)}")
-    return [f"layers.{i}.{part}.{t}" for i in range(loaded.config.n_layers)
-            for part, ts in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-                             ("mlp", ("gate_proj", "up_proj", "down_proj")))
-            for t in ts if t in targets]
+    return [
+        f"layers.{i}.{part}.{t}"
+        for i in range(loaded.config.n_layers)
+        for part, ts in (
+            ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+            ("mlp", ("gate_proj", "up_proj", "down_proj")),
+        )
+        for t in ts
+        if t in targets
+    ]
 
 
 def _adapter_tensors(loaded: LoadedModel, cfg: FinetuneConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -227,7 +237,7 @@ def evaluate(loaded: LoadedModel, examples: list[Example], batch: int, pad_id: i
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(examples), batch):
-            part = examples[i:i + batch]
+            part = examples[i : i + batch]
             loss, _ = _loss(loaded, part, pad_id)
             n = sum(e.n_targets - (1 if e.loss_mask[0] else 0) for e in part)
             total += float(loss) * n
@@ -246,19 +256,28 @@ def _batches(n_examples: int, cfg: FinetuneConfig) -> Iterator[tuple[int, list[i
     for epoch in range(cfg.epochs if cfg.max_steps is None else 10**9):
         order = _order(n_examples, epoch, cfg.seed)
         for i in range(0, n_examples, cfg.batch):
-            yield epoch, order[i:i + cfg.batch]
+            yield epoch, order[i : i + cfg.batch]
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file()),
-                   key=lambda p: int(p.name.rpartition("-")[2]))
+    found = sorted(
+        (p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file()),
+        key=lambda p: int(p.name.rpartition("-")[2]),
+    )
     return found[-1] if found else None
 
 
-def finetune(model: str | os.PathLike[str] | None, data: str | os.PathLike[str], out: str | os.PathLike[str],
-             cfg: FinetuneConfig = FinetuneConfig(), *, eval_data: str | os.PathLike[str] | None = None,
-             resume: bool = False, dtype: str = "auto",
-             on_step: Callable[[StepReport], None] | None = None) -> FinetuneResult:
+def finetune(
+    model: str | os.PathLike[str] | None,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    cfg: FinetuneConfig = FinetuneConfig(),
+    *,
+    eval_data: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    dtype: str = "auto",
+    on_step: Callable[[StepReport], None] | None = None,
+) -> FinetuneResult:
     """Train a LoRA adapter for `model` on `data`; write it to `out` as a PEFT folder."""
     if cfg.rank < 1 or cfg.batch < 1 or cfg.lr <= 0 or cfg.epochs < 1:
         raise InvalidParameterError("finetune", "rank, batch and epochs must be >= 1 and lr > 0")
@@ -294,8 +313,9 @@ def finetune(model: str | os.PathLike[str] | None, data: str | os.PathLike[str],
         loss.backward()
         optimizer.step()
         step = step_index + 1
-        report = StepReport(step, total, epoch, float(loss.detach()), n_tokens,
-                            n_tokens / max(time.perf_counter() - t0, 1e-9))
+        report = StepReport(
+            step, total, epoch, float(loss.detach()), n_tokens, n_tokens / max(time.perf_counter() - t0, 1e-9)
+        )
         result.losses.append(report.loss)
         last = step == total
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
@@ -307,8 +327,14 @@ def finetune(model: str | os.PathLike[str] | None, data: str | os.PathLike[str],
         if on_step is not None:
             on_step(report)
     loaded.model.eval()
-    write_peft(out, _adapter_tensors(loaded, cfg), cfg.rank, cfg.alpha,
-               base_model=os.fspath(loaded.path), extra={"llamita": {"steps": step, **_cfg_json(cfg)}})
+    write_peft(
+        out,
+        _adapter_tensors(loaded, cfg),
+        cfg.rank,
+        cfg.alpha,
+        base_model=os.fspath(loaded.path),
+        extra={"llamita": {"steps": step, **_cfg_json(cfg)}},
+    )
     result.steps = step
     result.seconds = time.perf_counter() - t_start
     return result
@@ -320,8 +346,9 @@ def _cfg_json(cfg: FinetuneConfig) -> dict[str, Any]:
     return d
 
 
-def _save_checkpoint(loaded: LoadedModel, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig,
-                     out: Path, step: int, model: Any) -> None:
+def _save_checkpoint(
+    loaded: LoadedModel, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, out: Path, step: int, model: Any
+) -> None:
     """OUT/checkpoint-STEP: the adapter (PEFT), the optimizer state and the step, written to a
     temporary folder renamed into place, so a checkpoint on disk is always whole."""
     final = out / f"checkpoint-{step}"

@@ -43,8 +43,10 @@ class MergedSource:
         return self.base.metadata_items()
 
     def tensor_infos(self) -> list[tuple[str, tuple[int, ...], GGMLType]]:
-        return [(name, shape, GGMLType.F32 if name in self.deltas and not self.keep_types else t)
-                for name, shape, t in self.base.tensor_infos()]
+        return [
+            (name, shape, GGMLType.F32 if name in self.deltas and not self.keep_types else t)
+            for name, shape, t in self.base.tensor_infos()
+        ]
 
     def float32(self, name: str) -> torch.Tensor:
         x = self.base.float32(name)
@@ -57,9 +59,13 @@ class MergedSource:
         return quantize(self.float32(name), stored if self.keep_types else GGMLType.F32).numpy()
 
 
-def merge_lora(base_path: str | os.PathLike[str], loras: Sequence[str], output: str | os.PathLike[str],
-               type_name: str = KEEP,
-               on_tensor: Callable[[TensorPlan, int, int], None] | None = None) -> QuantizeReport:
+def merge_lora(
+    base_path: str | os.PathLike[str],
+    loras: Sequence[str],
+    output: str | os.PathLike[str],
+    type_name: str = KEEP,
+    on_tensor: Callable[[TensorPlan, int, int], None] | None = None,
+) -> QuantizeReport:
     """Write `base_path` with the adapters `loras` (`PATH[:SCALE]` each) merged in to `output`.
 
     type_name: "keep" (each tensor keeps the base's type: merged matrices are re-encoded in it)

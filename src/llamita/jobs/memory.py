@@ -35,8 +35,7 @@ from llamita.weights.quant_mix import FileType, ModelShape, file_type, tensor_ty
 from llamita.weights.quants import GGMLType, tensor_nbytes
 
 # Llama 3.1 shapes (the presets of LLAMA_SPEC §1), for estimates without a file at hand.
-LLAMA_3_1: dict[str, ModelConfig] = {size: PRESETS[f"llama-3.1-{size.lower()}"]
-                                     for size in ("8B", "70B", "405B")}
+LLAMA_3_1: dict[str, ModelConfig] = {size: PRESETS[f"llama-3.1-{size.lower()}"] for size in ("8B", "70B", "405B")}
 _Q4 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
 _FLOAT = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
@@ -47,12 +46,17 @@ def gguf_tensors(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (cfg.vocab_size, d))]
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
-        out += [(p + "attn_norm.weight", (d,)), (p + "attn_q.weight", (cfg.n_heads * hd, d)),
-                (p + "attn_k.weight", (cfg.n_kv_heads * hd, d)),
-                (p + "attn_v.weight", (cfg.n_kv_heads * hd, d)),
-                (p + "attn_output.weight", (d, cfg.n_heads * hd)), (p + "ffn_norm.weight", (d,)),
-                (p + "ffn_gate.weight", (cfg.ffn_dim, d)), (p + "ffn_up.weight", (cfg.ffn_dim, d)),
-                (p + "ffn_down.weight", (d, cfg.ffn_dim))]
+        out += [
+            (p + "attn_norm.weight", (d,)),
+            (p + "attn_q.weight", (cfg.n_heads * hd, d)),
+            (p + "attn_k.weight", (cfg.n_kv_heads * hd, d)),
+            (p + "attn_v.weight", (cfg.n_kv_heads * hd, d)),
+            (p + "attn_output.weight", (d, cfg.n_heads * hd)),
+            (p + "ffn_norm.weight", (d,)),
+            (p + "ffn_gate.weight", (cfg.ffn_dim, d)),
+            (p + "ffn_up.weight", (cfg.ffn_dim, d)),
+            (p + "ffn_down.weight", (d, cfg.ffn_dim)),
+        ]
     out.append(("output_norm.weight", (d,)))
     if not cfg.tie_word_embeddings:
         out.append(("output.weight", (cfg.vocab_size, d)))
@@ -167,8 +171,9 @@ class MemoryBreakdown:
         return self.weights + self.kv_cache + self.activations + self.tokenizer + self.runtime
 
 
-def breakdown(cfg: ModelConfig, est: MemoryEstimate, context: int, batch: int = 1,
-              kv_bytes_per_element: float = 2.0) -> MemoryBreakdown:
+def breakdown(
+    cfg: ModelConfig, est: MemoryEstimate, context: int, batch: int = 1, kv_bytes_per_element: float = 2.0
+) -> MemoryBreakdown:
     """What llamita holds while generating `batch` sequences of up to `context` tokens each.
     kv_bytes_per_element: 2 for llamita's bfloat16 cache (4 with --dtype float32); 34/32 gives
     llama.cpp's q8_0 cache, for comparison."""
@@ -180,12 +185,18 @@ def breakdown(cfg: ModelConfig, est: MemoryEstimate, context: int, batch: int = 
     # only ever sees the last position, so it stays compact).
     expanded = cfg.ffn_dim * cfg.dim * 2
     logits = batch * cfg.vocab_size * 4
-    return MemoryBreakdown(est.weight_bytes, kv, scores + hidden + expanded + logits,
-                           cfg.vocab_size * TOKENIZER_BYTES_PER_TOKEN, RUNTIME_BYTES)
+    return MemoryBreakdown(
+        est.weight_bytes,
+        kv,
+        scores + hidden + expanded + logits,
+        cfg.vocab_size * TOKENIZER_BYTES_PER_TOKEN,
+        RUNTIME_BYTES,
+    )
 
 
-def served_bytes(path: Path, *, kv_cache_tokens: int | None = None, max_running: int = 16,
-                 kv_bytes_per_element: int = 2) -> int:
+def served_bytes(
+    path: Path, *, kv_cache_tokens: int | None = None, max_running: int = 16, kv_bytes_per_element: int = 2
+) -> int:
     """Estimated resident bytes of the model at `path` (a GGUF file or a Hugging Face folder)
     served by `llamita serve`: its weights, the KV cache the engine allocates for it
     (LLMEngine's default: 1 GiB, at most context x max_running; or kv_cache_tokens) and its

@@ -49,8 +49,9 @@ def model_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
             "ffn_dim": cfg.ffn_dim,
             "vocab_size": cfg.vocab_size,
             "rope_theta": cfg.rope_theta,
-            "rope_scaling": "llama3 (rope_freqs)" if "rope_freqs.weight" in gguf.tensors else
-                            (cfg.rope_scaling.kind if cfg.rope_scaling else "none"),
+            "rope_scaling": "llama3 (rope_freqs)"
+            if "rope_freqs.weight" in gguf.tensors
+            else (cfg.rope_scaling.kind if cfg.rope_scaling else "none"),
             "norm_eps": cfg.norm_eps,
             "tied_embeddings": cfg.tie_word_embeddings,
             "tokenizer": {
@@ -77,18 +78,36 @@ def _folder_info(folder: Path) -> dict[str, Any]:
         types = Counter(str(t).removeprefix("torch.").upper().replace("FLOAT", "F") for t in ckpt.dtypes.values())
         tokens = meta.get("tokenizer.ggml.tokens") or []
         return {
-            "path": str(folder), "format": ckpt.format, "file_size_bytes": ckpt.file_size, "gguf_version": None,
-            "name": folder.name, "architecture": cfg.architecture, "parameters": cfg.n_params(), "size_label": "",
-            "quantization": ", ".join(types) or "unknown", "tensor_types": dict(types.most_common()),
-            "context_length": cfg.context_length, "n_layers": cfg.n_layers, "dim": cfg.dim, "n_heads": cfg.n_heads,
-            "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "ffn_dim": cfg.ffn_dim,
-            "vocab_size": cfg.vocab_size, "rope_theta": cfg.rope_theta,
-            "rope_scaling": cfg.rope_scaling.kind if cfg.rope_scaling else "none", "norm_eps": cfg.norm_eps,
+            "path": str(folder),
+            "format": ckpt.format,
+            "file_size_bytes": ckpt.file_size,
+            "gguf_version": None,
+            "name": folder.name,
+            "architecture": cfg.architecture,
+            "parameters": cfg.n_params(),
+            "size_label": "",
+            "quantization": ", ".join(types) or "unknown",
+            "tensor_types": dict(types.most_common()),
+            "context_length": cfg.context_length,
+            "n_layers": cfg.n_layers,
+            "dim": cfg.dim,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads,
+            "head_dim": cfg.head_dim,
+            "ffn_dim": cfg.ffn_dim,
+            "vocab_size": cfg.vocab_size,
+            "rope_theta": cfg.rope_theta,
+            "rope_scaling": cfg.rope_scaling.kind if cfg.rope_scaling else "none",
+            "norm_eps": cfg.norm_eps,
             "tied_embeddings": cfg.tie_word_embeddings,
-            "tokenizer": {"model": meta.get("tokenizer.ggml.model", ""), "pre": meta.get("tokenizer.ggml.pre", ""),
-                          "tokens": len(tokens), "bos": _token(tokens, meta.get("tokenizer.ggml.bos_token_id")),
-                          "eos": _token(tokens, meta.get("tokenizer.ggml.eos_token_id")),
-                          "add_bos": meta.get("tokenizer.ggml.add_bos_token")},
+            "tokenizer": {
+                "model": meta.get("tokenizer.ggml.model", ""),
+                "pre": meta.get("tokenizer.ggml.pre", ""),
+                "tokens": len(tokens),
+                "bos": _token(tokens, meta.get("tokenizer.ggml.bos_token_id")),
+                "eos": _token(tokens, meta.get("tokenizer.ggml.eos_token_id")),
+                "add_bos": meta.get("tokenizer.ggml.add_bos_token"),
+            },
             "chat_template": meta.get("tokenizer.chat_template"),
         }
     finally:

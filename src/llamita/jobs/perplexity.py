@@ -94,23 +94,27 @@ def check_settings(n_ctx: int, chunks: int | None = None, context_length: int | 
         raise InvalidParameterError("n_ctx", f"must be an even number of tokens >= 4, got {n_ctx}")
     if context_length is not None and n_ctx > context_length:
         raise InvalidParameterError(
-            "n_ctx", f"{n_ctx} tokens is more than the model's context window of {context_length}")
+            "n_ctx", f"{n_ctx} tokens is more than the model's context window of {context_length}"
+        )
     if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
         raise InvalidParameterError("chunks", f"must be a positive integer, got {chunks!r}")
 
 
-def perplexity_windows(tokens: Sequence[int], n_ctx: int, bos_id: int | None,
-                       chunks: int | None = None) -> torch.Tensor:
+def perplexity_windows(
+    tokens: Sequence[int], n_ctx: int, bos_id: int | None, chunks: int | None = None
+) -> torch.Tensor:
     """The windows llama.cpp scores: (n_chunks, n_ctx) token ids, the first of each replaced by
     `bos_id` when it is given. Raises InvalidParameterError when not even one window fits."""
     check_settings(n_ctx, chunks)
     n_max = len(tokens) // n_ctx
     if n_max == 0:
         raise InvalidParameterError(
-            "text", f"it has {len(tokens)} tokens but one window of n_ctx={n_ctx} needs at least "
-                    f"{n_ctx}: give a longer text or a smaller n_ctx")
+            "text",
+            f"it has {len(tokens)} tokens but one window of n_ctx={n_ctx} needs at least "
+            f"{n_ctx}: give a longer text or a smaller n_ctx",
+        )
     n = n_max if chunks is None else min(chunks, n_max)
-    windows = torch.tensor(list(tokens[:n * n_ctx]), dtype=torch.long).view(n, n_ctx)
+    windows = torch.tensor(list(tokens[: n * n_ctx]), dtype=torch.long).view(n, n_ctx)
     if bos_id is not None:
         windows[:, 0] = bos_id
     return windows
@@ -124,13 +128,19 @@ def window_nll(model: Transformer, window: torch.Tensor) -> torch.Tensor:
     first = n_ctx // 2
     device = model.norm.weight.device  # dense in every weight format, unlike embed_tokens
     ids = window.to(device)[None]  # (1, n_ctx)
-    logits = model(ids)[0, first:n_ctx - 1]  # (n_ctx/2 - 1, vocab) float32; no cache: fresh context
-    return F.cross_entropy(logits, ids[0, first + 1:], reduction="none")
+    logits = model(ids)[0, first : n_ctx - 1]  # (n_ctx/2 - 1, vocab) float32; no cache: fresh context
+    return F.cross_entropy(logits, ids[0, first + 1 :], reduction="none")
 
 
-def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, *, n_ctx: int = DEFAULT_N_CTX,
-               chunks: int | None = None,
-               on_chunk: Callable[[ChunkProgress], None] | None = None) -> PerplexityResult:
+def perplexity(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    text: str,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+    chunks: int | None = None,
+    on_chunk: Callable[[ChunkProgress], None] | None = None,
+) -> PerplexityResult:
     """Perplexity of `text` over windows of `n_ctx` tokens (at most `chunks` windows, None =
     all that fit), as llama.cpp's llama-perplexity computes it. `on_chunk` is called after each
     window with the running estimate."""
@@ -139,8 +149,7 @@ def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, *, n_ctx: in
         raise InvalidParameterError("text", f"must be a string, got {type(text).__name__}")
     start = time.perf_counter()
     tokens = tokenizer.encode(text, add_bos=tokenizer.add_bos)
-    windows = perplexity_windows(tokens, n_ctx, tokenizer.bos_id if tokenizer.add_bos else None,
-                                 chunks)
+    windows = perplexity_windows(tokens, n_ctx, tokenizer.bos_id if tokenizer.add_bos else None, chunks)
     stats = _NLLStats()
     for i, window in enumerate(windows):
         stats.add(window_nll(model, window).cpu())
@@ -148,8 +157,9 @@ def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, *, n_ctx: in
             ppl, ppl_se, _, _ = stats.estimate()
             on_chunk(ChunkProgress(i, len(windows), ppl, ppl_se, stats.count))
     ppl, ppl_se, mean, se = stats.estimate()
-    return PerplexityResult(ppl, ppl_se, mean, se, n_ctx, len(windows), stats.count, len(tokens),
-                            time.perf_counter() - start)
+    return PerplexityResult(
+        ppl, ppl_se, mean, se, n_ctx, len(windows), stats.count, len(tokens), time.perf_counter() - start
+    )
 
 
 def read_text_file(path: str | os.PathLike[str]) -> str:

@@ -15,12 +15,10 @@ from llamita.weights.gguf_reader import GGUFFile
 from llamita.weights.gguf_writer import GGUFSource, QuantizeReport, TensorPlan, TensorSource, plan, write_quantized
 from llamita.weights.quant_mix import FILE_TYPES, FileType, file_type
 
-__all__ = ["FILE_TYPES", "QuantizeReport", "TensorPlan", "file_type", "open_source",
-           "quantize_model", "plan_model"]
+__all__ = ["FILE_TYPES", "QuantizeReport", "TensorPlan", "file_type", "open_source", "quantize_model", "plan_model"]
 
 
-def open_source(path: str | os.PathLike[str], *,
-                rope_scaling_factor: float | None = None) -> TensorSource:
+def open_source(path: str | os.PathLike[str], *, rope_scaling_factor: float | None = None) -> TensorSource:
     """The model at `path` as a tensor source, whatever its format (`rope_scaling_factor`:
     Meta folders only, see `weights/meta.py`)."""
     path = resolve_model_path(path)  # a library name works too
@@ -50,16 +48,20 @@ def plan_model(input_path: str | os.PathLike[str], type_name: str) -> list[Tenso
         _close(source)
 
 
-def quantize_model(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
-                   type_name: str, *, allow_requantize: bool = False,
-                   rope_scaling_factor: float | None = None,
-                   on_tensor: Callable[[TensorPlan, int, int], None] | None = None) -> QuantizeReport:
+def quantize_model(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    type_name: str,
+    *,
+    allow_requantize: bool = False,
+    rope_scaling_factor: float | None = None,
+    on_tensor: Callable[[TensorPlan, int, int], None] | None = None,
+) -> QuantizeReport:
     """Write `input_path` (GGUF file, HF or Meta folder) re-encoded as `type_name` (a key of
     FILE_TYPES) to `output_path`."""
     ft: FileType = file_type(type_name)
     source = open_source(input_path, rope_scaling_factor=rope_scaling_factor)
     try:
-        return write_quantized(source, output_path, ft, allow_requantize=allow_requantize,
-                               on_tensor=on_tensor)
+        return write_quantized(source, output_path, ft, allow_requantize=allow_requantize, on_tensor=on_tensor)
     finally:
         _close(source)

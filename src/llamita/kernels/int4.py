@@ -92,9 +92,7 @@ class _PackLayout:
 _CANDIDATE_LAYOUTS = tuple(_PackLayout(b, h) for b in (64, 32, 16) for h in (True, False))
 
 
-def _write_blocks(
-    packed: torch.Tensor, sz: torch.Tensor, block_n: int, halves: bool, out: torch.Tensor
-) -> None:
+def _write_blocks(packed: torch.Tensor, sz: torch.Tensor, block_n: int, halves: bool, out: torch.Tensor) -> None:
     """Dequantize whole blocks: packed (r, k/2) uint8, sz (k/32, r, 2) float32 -> out (r, k)
     contiguous float32, r a multiple of block_n."""
     r, k = out.shape
@@ -116,9 +114,7 @@ def _write_blocks(
     w.mul_(sz[:, :, 0].T.unsqueeze(-1)).add_(sz[:, :, 1].T.unsqueeze(-1))  # (r, k/32, 1) each
 
 
-def _write_rows(
-    packed: torch.Tensor, sz: torch.Tensor, layout: _PackLayout, out: torch.Tensor
-) -> None:
+def _write_rows(packed: torch.Tensor, sz: torch.Tensor, layout: _PackLayout, out: torch.Tensor) -> None:
     """out (r, k) = the weights of packed rows (r, k/2) starting on a block boundary."""
     full = packed.shape[0] // layout.block_n * layout.block_n
     if full:
@@ -216,20 +212,34 @@ def _vnni_k_meta(sc: torch.Tensor, mn: torch.Tensor, d: torch.Tensor, dmin: torc
     dmin[row]."""
     r, g = sc.shape
     supers = g // 8
-    per_sub = [t.reshape(r // 16, 16, supers, 8).permute(0, 2, 3, 1).reshape(r // 16, supers, 128)
-               for t in (sc, mn)]
-    per_row = [t.contiguous().view(torch.uint8).reshape(r // 16, 16, supers, 2).permute(0, 2, 1, 3)
-               .reshape(r // 16, supers, 32) for t in (d, dmin)]
+    per_sub = [t.reshape(r // 16, 16, supers, 8).permute(0, 2, 3, 1).reshape(r // 16, supers, 128) for t in (sc, mn)]
+    per_row = [
+        t.contiguous()
+        .view(torch.uint8)
+        .reshape(r // 16, 16, supers, 2)
+        .permute(0, 2, 1, 3)
+        .reshape(r // 16, supers, 32)
+        for t in (d, dmin)
+    ]
     return torch.cat(per_sub + per_row, dim=-1).contiguous()
 
 
 def _vnni_k_parts(meta: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Inverse of `_vnni_k_meta`: sc, mn uint8 (r, k/32) and d, dmin float16 (r, k/256)."""
     nb, supers = meta.shape[:2]
-    sc, mn = (meta[..., 128 * i:128 * (i + 1)].reshape(nb, supers, 8, 16).permute(0, 3, 1, 2)
-              .reshape(nb * 16, supers * 8) for i in (0, 1))
-    d, dmin = (meta[..., at:at + 32].reshape(nb, supers, 16, 2).permute(0, 2, 1, 3).contiguous()
-               .view(torch.float16).reshape(nb * 16, supers) for at in (256, 288))
+    sc, mn = (
+        meta[..., 128 * i : 128 * (i + 1)].reshape(nb, supers, 8, 16).permute(0, 3, 1, 2).reshape(nb * 16, supers * 8)
+        for i in (0, 1)
+    )
+    d, dmin = (
+        meta[..., at : at + 32]
+        .reshape(nb, supers, 16, 2)
+        .permute(0, 2, 1, 3)
+        .contiguous()
+        .view(torch.float16)
+        .reshape(nb * 16, supers)
+        for at in (256, 288)
+    )
     return sc, mn, d, dmin
 
 
@@ -244,8 +254,7 @@ def _chunk_rows(k: int) -> int:
     return max(_CHUNK_ROWS_ALIGN, _CHUNK_WEIGHTS // k // _CHUNK_ROWS_ALIGN * _CHUNK_ROWS_ALIGN)
 
 
-def pack_int4(out_features: int, in_features: int, rows: AffineRows,
-              layout: str | None = None) -> Int4Weight:
+def pack_int4(out_features: int, in_features: int, rows: AffineRows, layout: str | None = None) -> Int4Weight:
     """Pack an affine 4-bit weight (group 32) for an int4 CPU kernel (`layout`: "vnni" or
     "torch"; None: `default_layout()`).
 
@@ -260,7 +269,8 @@ def pack_int4(out_features: int, in_features: int, rows: AffineRows,
     if n <= 0 or n % ROW_MULTIPLE or k <= 0 or k % GROUP_SIZE:
         raise ValueError(
             f"a weight of shape ({n}, {k}) does not fit the int4 kernel: it needs out_features a "
-            f"positive multiple of {ROW_MULTIPLE} and in_features a multiple of {GROUP_SIZE}")
+            f"positive multiple of {ROW_MULTIPLE} and in_features a multiple of {GROUP_SIZE}"
+        )
     layout = layout or default_layout()
     if layout == "vnni":
         if not native.vnni_kernels():
@@ -287,14 +297,13 @@ def pack_int4(out_features: int, in_features: int, rows: AffineRows,
 
 def _pack_vnni(n: int, k: int, rows: AffineRows) -> Int4Weight:
     packed = torch.empty((n, k // 2), dtype=torch.uint8)
-    sz = torch.empty((n // VNNI_BLOCK_ROWS, k // GROUP_SIZE, 2, VNNI_BLOCK_ROWS),
-                     dtype=torch.bfloat16)
+    sz = torch.empty((n // VNNI_BLOCK_ROWS, k // GROUP_SIZE, 2, VNNI_BLOCK_ROWS), dtype=torch.bfloat16)
     step = _chunk_rows(k)  # a multiple of 64 rows, so chunks start on 16-row blocks
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         codes, scale, zero = rows(r0, r1)
         packed[r0:r1] = _vnni_codes(codes.reshape(r1 - r0, k))
-        sz[r0 // 16:r1 // 16] = _vnni_scales(scale.reshape(r1 - r0, -1), zero.reshape(r1 - r0, -1))
+        sz[r0 // 16 : r1 // 16] = _vnni_scales(scale.reshape(r1 - r0, -1), zero.reshape(r1 - r0, -1))
     return Int4Weight(packed, sz, n, k, layout="vnni")
 
 
@@ -312,8 +321,10 @@ def pack_int4_k(out_features: int, in_features: int, rows: KRows) -> Int4Weight:
     """
     n, k = int(out_features), int(in_features)
     if n <= 0 or n % VNNI_BLOCK_ROWS or k <= 0 or k % K_SUPER:
-        raise ValueError(f"a Q4_K weight of shape ({n}, {k}) does not fit the vnni_k layout: it needs "
-                         f"out_features a positive multiple of {VNNI_BLOCK_ROWS} and in_features of {K_SUPER}")
+        raise ValueError(
+            f"a Q4_K weight of shape ({n}, {k}) does not fit the vnni_k layout: it needs "
+            f"out_features a positive multiple of {VNNI_BLOCK_ROWS} and in_features of {K_SUPER}"
+        )
     if not native.vnni_kernels():
         raise ValueError(f"llamita's int4 kernel is unavailable: {native.vnni_kernels_skipped()}")
     packed = torch.empty((n, k // 2), dtype=torch.uint8)
@@ -323,7 +334,7 @@ def pack_int4_k(out_features: int, in_features: int, rows: KRows) -> Int4Weight:
         r1 = min(n, r0 + step)
         codes, sc, mn, d, dmin = rows(r0, r1)
         packed[r0:r1] = _vnni_codes(codes.reshape(r1 - r0, k))
-        meta[r0 // 16:r1 // 16] = _vnni_k_meta(sc, mn, d, dmin)
+        meta[r0 // 16 : r1 // 16] = _vnni_k_meta(sc, mn, d, dmin)
     return Int4Weight(packed, meta, n, k, layout="vnni_k")
 
 
@@ -348,9 +359,11 @@ def pack_ggml_q6k_blocks(raw: torch.Tensor, out_features: int, in_features: int)
     ValueError where no kernel level loads or the shape does not fit (rows a multiple of 16,
     columns of 256)."""
     if out_features % VNNI_BLOCK_ROWS or in_features % K_SUPER or not native.vnni_kernels():
-        raise ValueError(f"a Q6_K weight of shape ({out_features}, {in_features}) does not fit the "
-                         f"vnni_q6k layout (rows a multiple of {VNNI_BLOCK_ROWS}, columns of {K_SUPER}, "
-                         f"llamita's kernels: {native.kernel_summary()})")
+        raise ValueError(
+            f"a Q6_K weight of shape ({out_features}, {in_features}) does not fit the "
+            f"vnni_q6k layout (rows a multiple of {VNNI_BLOCK_ROWS}, columns of {K_SUPER}, "
+            f"llamita's kernels: {native.kernel_summary()})"
+        )
     codes, meta = native.kernel_ops().q6k_vnni_pack_ggml(raw, out_features, in_features)
     return Int4Weight(codes, meta, out_features, in_features, layout="vnni_q6k")
 
@@ -365,8 +378,10 @@ def concat_int4(weights: Sequence[Int4Weight]) -> Int4Weight | None:
     alone. The scales and zeros are joined along their row axis.
     """
     first = weights[0]
-    if (len(weights) < 2 or any(w.layout != first.layout or w.in_features != first.in_features
-                                or w.group_size != first.group_size for w in weights)):
+    if len(weights) < 2 or any(
+        w.layout != first.layout or w.in_features != first.in_features or w.group_size != first.group_size
+        for w in weights
+    ):
         return None
     packed = torch.cat([w.packed for w in weights])
     total = sum(w.out_features for w in weights)
@@ -397,9 +412,7 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out_dtype: torch.dtype | None = 
         y = mm(kernel_activations(x, w.in_features), w.packed, w.scales_and_zeros)
         return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
     x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-        x2, w.packed, w.group_size, w.scales_and_zeros
-    )  # (M, out) bfloat16
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w.packed, w.group_size, w.scales_and_zeros)  # (M, out) bfloat16
     return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
 
 
@@ -430,7 +443,8 @@ def dequantize_int4(w: Int4Weight, dtype: torch.dtype = torch.bfloat16) -> torch
         return _dequantize_vnni_k_torch(w, dtype)
     if w.layout == "vnni_q6k":  # computed in float32, rounded once to dtype
         dense = native.kernel_ops().q6k_vnni_dequantize(
-            w.packed, w.scales_and_zeros, dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32)
+            w.packed, w.scales_and_zeros, dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
+        )
         return dense.to(dtype)
     layout = _probe_layout()
     if layout is None:  # only reachable with an Int4Weight built in another process
@@ -463,7 +477,7 @@ def _dequantize_vnni_torch(w: Int4Weight, dtype: torch.dtype) -> torch.Tensor:
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         q = _vnni_decode(w.packed[r0:r1]).view(torch.int8).sub(8).float()  # q - 8, exact
-        s, z = _vnni_scale_zero(w.scales_and_zeros[r0 // 16:r1 // 16])
+        s, z = _vnni_scale_zero(w.scales_and_zeros[r0 // 16 : r1 // 16])
         # As the "torch" layout: (q - 8) * s exact in float32, the add the only rounding.
         wq = q.view(r1 - r0, k // GROUP_SIZE, GROUP_SIZE).mul_(s.unsqueeze(-1)).add_(z.unsqueeze(-1))
         out[r0:r1] = wq.view(r1 - r0, k)
@@ -479,7 +493,7 @@ def _dequantize_vnni_k_torch(w: Int4Weight, dtype: torch.dtype) -> torch.Tensor:
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         q = _vnni_decode(w.packed[r0:r1]).float().view(r1 - r0, k // GROUP_SIZE, GROUP_SIZE)
-        sc, mn, d, dmin = _vnni_k_parts(w.scales_and_zeros[r0 // 16:r1 // 16])
+        sc, mn, d, dmin = _vnni_k_parts(w.scales_and_zeros[r0 // 16 : r1 // 16])
         s = d.float().repeat_interleave(8, dim=1) * sc.float()  # (r, k/32), exact
         m = dmin.float().repeat_interleave(8, dim=1) * mn.float()
         out[r0:r1] = q.mul_(s.unsqueeze(-1)).sub_(m.unsqueeze(-1)).view(r1 - r0, k)

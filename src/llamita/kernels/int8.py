@@ -84,8 +84,13 @@ def _row_order(q: torch.Tensor) -> torch.Tensor:
     return q.view(n // VNNI_BLOCK_ROWS, k // 4, VNNI_BLOCK_ROWS, 4).transpose(1, 2).reshape(n, k)
 
 
-def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
-                  dtype: torch.dtype = torch.bfloat16, layout: str | None = None) -> Int8Weight:
+def quantize_int8(
+    n: int,
+    k: int,
+    rows_fn: Callable[[int, int], torch.Tensor],
+    dtype: torch.dtype = torch.bfloat16,
+    layout: str | None = None,
+) -> Int8Weight:
     """Symmetric per-row int8 of a weight produced a slice of rows at a time.
 
     rows_fn(start, stop) returns rows start..stop of the float weight (float32, (stop-start, k)),
@@ -99,8 +104,10 @@ def quantize_int8(n: int, k: int, rows_fn: Callable[[int, int], torch.Tensor],
         if not native.vnni_kernels():
             raise ValueError(f"llamita's int8 kernel is unavailable: {native.vnni_kernels_skipped()}")
         if dtype not in VNNI_DTYPES or n % VNNI_BLOCK_ROWS or k % K_MULTIPLE:
-            raise ValueError(f"layout 'vnni' needs bfloat16 or float32 compute, rows a multiple of "
-                             f"{VNNI_BLOCK_ROWS} and columns of {K_MULTIPLE}: {n}x{k} {dtype}")
+            raise ValueError(
+                f"layout 'vnni' needs bfloat16 or float32 compute, rows a multiple of "
+                f"{VNNI_BLOCK_ROWS} and columns of {K_MULTIPLE}: {n}x{k} {dtype}"
+            )
     elif layout != "torch":
         raise ValueError(f"unknown int8 layout {layout!r}")
     qweight = torch.empty((n, k), dtype=torch.int8)
@@ -125,11 +132,12 @@ def concat_int8(weights: list[Int8Weight] | tuple[Int8Weight, ...]) -> Int8Weigh
     dtype and layout), or None. Rows are independent (one scale each) and a "vnni" weight is
     whole 16-row blocks, so the join is exact and its parts are row slices of it."""
     first = weights[0]
-    if len(weights) < 2 or any(w.in_features != first.in_features or w.scales.dtype != first.scales.dtype
-                               or w.layout != first.layout for w in weights):
+    if len(weights) < 2 or any(
+        w.in_features != first.in_features or w.scales.dtype != first.scales.dtype or w.layout != first.layout
+        for w in weights
+    ):
         return None
-    return Int8Weight(torch.cat([w.qweight for w in weights]), torch.cat([w.scales for w in weights]),
-                      first.layout)
+    return Int8Weight(torch.cat([w.qweight for w in weights]), torch.cat([w.scales for w in weights]), first.layout)
 
 
 def int8_linear(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -164,7 +172,7 @@ def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None
             q, s = blocks[rows // VNNI_BLOCK_ROWS, :, rows % VNNI_BLOCK_ROWS].reshape(*rows.shape, k), w.scales[rows]
     else:
         q, s = (w.qweight, w.scales) if rows is None else (w.qweight[rows], w.scales[rows])
-    return (q.to(dtype) * s.to(dtype).unsqueeze(-1))
+    return q.to(dtype) * s.to(dtype).unsqueeze(-1)
 
 
 # The kernel reads the reduction dimension in vector-sized steps: with K = 4 or 40 it returned

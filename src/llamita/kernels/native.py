@@ -63,16 +63,31 @@ class KernelLevel:
 _AVX2 = ("-mavx2", "-mfma", "-mf16c")
 # Best first: kernel_level() takes the first that the CPU has and that builds.
 KERNEL_LEVELS: tuple[KernelLevel, ...] = (
-    KernelLevel("avx512_vnni", "llamita", ("q4_vnni.cpp", "q4k_vnni.cpp", "q6k_vnni.cpp", "q8_vnni.cpp",
-                                              "pack.cpp", "portable.cpp"),
-                ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", *_AVX2),
-                frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"})),
-    KernelLevel("avx_vnni", "llamita_avx_vnni", ("mm256.cpp", "pack.cpp", "portable.cpp"), (*_AVX2, "-mavxvnni"),
-                frozenset({"avx2", "fma", "f16c", "avx_vnni"})),
-    KernelLevel("avx2", "llamita_avx2", ("mm256.cpp", "pack.cpp", "portable.cpp"), _AVX2,
-                frozenset({"avx2", "fma", "f16c"})),
-    KernelLevel("neon_dotprod", "llamita_neon", ("mm_neon.cpp", "portable.cpp"), ("-march=armv8.2-a+dotprod",),
-                frozenset({"asimd", "asimddp"}), machine="aarch64"),
+    KernelLevel(
+        "avx512_vnni",
+        "llamita",
+        ("q4_vnni.cpp", "q4k_vnni.cpp", "q6k_vnni.cpp", "q8_vnni.cpp", "pack.cpp", "portable.cpp"),
+        ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", *_AVX2),
+        frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"}),
+    ),
+    KernelLevel(
+        "avx_vnni",
+        "llamita_avx_vnni",
+        ("mm256.cpp", "pack.cpp", "portable.cpp"),
+        (*_AVX2, "-mavxvnni"),
+        frozenset({"avx2", "fma", "f16c", "avx_vnni"}),
+    ),
+    KernelLevel(
+        "avx2", "llamita_avx2", ("mm256.cpp", "pack.cpp", "portable.cpp"), _AVX2, frozenset({"avx2", "fma", "f16c"})
+    ),
+    KernelLevel(
+        "neon_dotprod",
+        "llamita_neon",
+        ("mm_neon.cpp", "portable.cpp"),
+        ("-march=armv8.2-a+dotprod",),
+        frozenset({"asimd", "asimddp"}),
+        machine="aarch64",
+    ),
 )
 _BY_NAME = {level.name: level for level in KERNEL_LEVELS}
 _skipped: dict[str, str] = {}  # level name -> why it is not loaded
@@ -93,15 +108,30 @@ def cache_dir() -> Path:
 # SIMD levels a run can be held to with LLAMITA_ISA, lowest first: each names the vector flags
 # it keeps (every other flag of the CPU passes through). Forcing a lower level on a better CPU
 # is how one machine tests every kernel level it has, and how a user rules a kernel out.
-_SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512dq",
-               "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
-               "asimddp")
+_SIMD_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512dq",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimddp",
+)
 ISA_LEVELS: dict[str, frozenset[str]] = {
     "generic": frozenset(),
     "avx2": frozenset({"avx", "avx2", "fma", "f16c"}),
     "avx_vnni": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni"}),
-    "avx512_vnni": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
-                              "avx512dq", "avx512vl", "avx512_vnni"}),
+    "avx512_vnni": frozenset(
+        {"avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}
+    ),
     "neon_dotprod": frozenset({"asimddp"}),
     "native": frozenset(_SIMD_FLAGS),
 }
@@ -139,11 +169,25 @@ def _compile_command(level: KernelLevel, out: Path) -> list[str]:
     from torch.utils import cpp_extension  # ~0.2 s to import: only when building
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return ["g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", *level.flags,
-            f"-DLLAMITA_OPS={level.namespace}", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-            *[f"-I{p}" for p in cpp_extension.include_paths()],
-            *[str(CSRC / name) for name in level.sources], "-o", str(out),
-            *[f"-L{p}" for p in cpp_extension.library_paths()], "-lc10", "-ltorch_cpu"]
+    return [
+        "g++",
+        "-O3",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-fopenmp",
+        "-w",
+        *level.flags,
+        f"-DLLAMITA_OPS={level.namespace}",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *[f"-I{p}" for p in cpp_extension.include_paths()],
+        *[str(CSRC / name) for name in level.sources],
+        "-o",
+        str(out),
+        *[f"-L{p}" for p in cpp_extension.library_paths()],
+        "-lc10",
+        "-ltorch_cpu",
+    ]
 
 
 def library_key(level: str = "avx512_vnni") -> str:
@@ -163,8 +207,7 @@ def _build(level: KernelLevel, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run(_compile_command(level, Path(tmp)), capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(_compile_command(level, Path(tmp)), capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-2000:] or f"g++ exited {done.returncode}")
         os.replace(tmp, path)
@@ -188,7 +231,8 @@ def level_ops(level: str) -> Any | None:
         reason = f"it is built for {lv.machine}, this machine is {platform.machine()}"
     elif missing:
         reason = f"the CPU lacks {', '.join(missing)}" + (
-            f" (LLAMITA_ISA={isa_level()})" if isa_level() != "native" else "")
+            f" (LLAMITA_ISA={isa_level()})" if isa_level() != "native" else ""
+        )
     elif shutil.which("g++") is None and not path.exists():
         reason = "no C++ compiler (g++) to build it"
     if reason is None:

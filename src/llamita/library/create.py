@@ -32,8 +32,9 @@ def from_path(modelfile: Modelfile, folder: Path) -> Path | None:
     if candidate.exists():
         return candidate
     if parse_name(modelfile.from_).kind == "path":
-        raise ModelfileError(f"FROM {modelfile.from_}: no model file or folder at {candidate}",
-                             modelfile.line_of("FROM"))
+        raise ModelfileError(
+            f"FROM {modelfile.from_}: no model file or folder at {candidate}", modelfile.line_of("FROM")
+        )
     return None
 
 
@@ -46,8 +47,10 @@ def create_model(name: str, modelfile: Modelfile, folder: Path | None = None) ->
     target = library_name(name)
     existing = find_manifest(target)
     if existing is not None and existing.settings is None:
-        raise ModelFileError(f"'{target}' already names a model that `llamita create` did not make; "
-                             f"`llamita rm {target}` first, or pick another name")
+        raise ModelFileError(
+            f"'{target}' already names a model that `llamita create` did not make; "
+            f"`llamita rm {target}` first, or pick another name"
+        )
     path = from_path(modelfile, folder)
     base_settings = None
     if path is not None:
@@ -55,13 +58,21 @@ def create_model(name: str, modelfile: Modelfile, folder: Path | None = None) ->
     else:
         found = find_local(modelfile.from_)
         if found is None:
-            raise ModelFileError(f"FROM {modelfile.from_}: the model is not on this machine (`llamita pull "
-                                 f"{modelfile.from_}` fetches it; `llamita create` pulls it itself)")
+            raise ModelFileError(
+                f"FROM {modelfile.from_}: the model is not on this machine (`llamita pull "
+                f"{modelfile.from_}` fetches it; `llamita create` pulls it itself)"
+            )
         manifest = manifest_for(target, found)
         base_settings = found.settings
     adapters = tuple(_adapter(a, folder, modelfile.line_of("ADAPTER", a)) for a in modelfile.settings.adapters)
-    own = ModelSettings(modelfile.settings.parameters, modelfile.settings.system, modelfile.settings.template,
-                        modelfile.settings.messages, adapters, modelfile.settings.license)
+    own = ModelSettings(
+        modelfile.settings.parameters,
+        modelfile.settings.system,
+        modelfile.settings.template,
+        modelfile.settings.messages,
+        adapters,
+        modelfile.settings.license,
+    )
     manifest.settings = own.layered_over(base_settings).to_dict()
     manifest.created_from = modelfile.from_
     write_manifest(manifest)
@@ -74,13 +85,16 @@ def _adapter(text: str, folder: Path, line: int | None) -> str:
     path = expand_path(text, folder)
     if path.is_dir():
         if not (path / ADAPTER_CONFIG).is_file():
-            raise ModelfileError(f"ADAPTER {text}: the folder {path} has no {ADAPTER_CONFIG} (a PEFT "
-                                 "adapter folder has one)", line)
+            raise ModelfileError(
+                f"ADAPTER {text}: the folder {path} has no {ADAPTER_CONFIG} (a PEFT adapter folder has one)", line
+            )
     elif path.is_file():
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
-                raise ModelfileError(f"ADAPTER {text}: {path} is not a GGUF file (a LoRA adapter is a "
-                                     "GGUF LoRA file or a PEFT folder)", line)
+                raise ModelfileError(
+                    f"ADAPTER {text}: {path} is not a GGUF file (a LoRA adapter is a GGUF LoRA file or a PEFT folder)",
+                    line,
+                )
     else:
         raise ModelfileError(f"ADAPTER {text}: nothing at {path}", line)
     return os.fspath(path)

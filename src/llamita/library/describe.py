@@ -45,14 +45,23 @@ def _describe_gguf(path: Path) -> Description:
         meta = gguf.metadata
         file_type = meta.get("general.file_type")
         params = sum(math.prod(t.shape) for t in gguf.tensors.values())
-        kept = {k: v for k, v in meta.items()
-                if not k.startswith("tokenizer.ggml.") and k != "tokenizer.chat_template"
-                and not (isinstance(v, list) and len(v) > 16)}
+        kept = {
+            k: v
+            for k, v in meta.items()
+            if not k.startswith("tokenizer.ggml.")
+            and k != "tokenizer.chat_template"
+            and not (isinstance(v, list) and len(v) > 16)
+        }
         template = meta.get("tokenizer.chat_template")
         license_text = _license_beside(path) or _str(meta.get("general.license"))
-        return Description(FILE_TYPE_NAMES.get(file_type) if isinstance(file_type, int) else None,
-                           params, _str(meta.get("general.architecture")), kept,
-                           template if isinstance(template, str) else None, license_text)
+        return Description(
+            FILE_TYPE_NAMES.get(file_type) if isinstance(file_type, int) else None,
+            params,
+            _str(meta.get("general.architecture")),
+            kept,
+            template if isinstance(template, str) else None,
+            license_text,
+        )
 
 
 def _describe_folder(path: Path) -> Description:
@@ -65,11 +74,15 @@ def _describe_folder(path: Path) -> Description:
         template = read_json(path / "tokenizer_config.json").get("chat_template")
     generation = read_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else {}
     arch = config.get("model_type")
-    return Description("/".join(d.upper() for d in dtypes) or None, params,
-                       arch if isinstance(arch, str) else None,
-                       {k: v for k, v in config.items() if not isinstance(v, (dict, list))},
-                       template if isinstance(template, str) else None,
-                       _license_beside(path / CONFIG_FILE), generation)
+    return Description(
+        "/".join(d.upper() for d in dtypes) or None,
+        params,
+        arch if isinstance(arch, str) else None,
+        {k: v for k, v in config.items() if not isinstance(v, (dict, list))},
+        template if isinstance(template, str) else None,
+        _license_beside(path / CONFIG_FILE),
+        generation,
+    )
 
 
 def _license_beside(path: Path) -> str | None:

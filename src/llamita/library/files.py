@@ -13,13 +13,22 @@ from llamita.weights.gguf_reader import SPLIT_NAME
 
 DEFAULT_QUANT = "Q4_K_M"
 # llama.cpp's quantization names as they appear in file names (Q4_K_M, IQ3_XXS, Q4_0_4_8, BF16 ...).
-_QUANT = re.compile(r"(?<![A-Za-z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32|FP16)(?![A-Za-z0-9])",
-                    re.IGNORECASE)
+_QUANT = re.compile(r"(?<![A-Za-z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32|FP16)(?![A-Za-z0-9])", re.IGNORECASE)
 # What a safetensors folder needs besides its weights; the rest of a repository (Meta's
 # original/ folder, .bin or .pth copies, ONNX exports, images) is never downloaded.
-FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "tokenizer.model", "LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md")
+FOLDER_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "LICENSE",
+    "LICENSE.txt",
+    "LICENSE.md",
+    "USE_POLICY.md",
+)
 
 
 @dataclass(frozen=True)
@@ -85,15 +94,16 @@ def choose_gguf(models: list[ModelFiles], quant: str | None, where: str) -> Mode
             return exact[0]
         if not exact:
             raise ModelFileError(f"{where} has no {quant} file; it has: {', '.join(labels)}")
-        raise ModelFileError(f"{where}: the tag {quant} matches {len(exact)} files "
-                             f"({', '.join(m.primary for m in exact)}); give the full quantization")
+        raise ModelFileError(
+            f"{where}: the tag {quant} matches {len(exact)} files "
+            f"({', '.join(m.primary for m in exact)}); give the full quantization"
+        )
     default = [m for m in models if m.quant == DEFAULT_QUANT]
     if len(default) == 1:
         return default[0]
     if len(models) == 1:
         return models[0]
-    raise ModelFileError(f"{where} has {len(models)} GGUF files: pick one with :QUANT, one of "
-                         f"{', '.join(labels)}")
+    raise ModelFileError(f"{where} has {len(models)} GGUF files: pick one with :QUANT, one of {', '.join(labels)}")
 
 
 def safetensors_model(names: Iterable[str]) -> ModelFiles | None:

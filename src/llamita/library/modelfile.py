@@ -36,16 +36,41 @@ from llamita.sampling_params import (
 
 INSTRUCTIONS = ("FROM", "ADAPTER", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "LICENSE")
 # Ollama has these too; llamita has nothing to do them with.
-_OLLAMA_ONLY = {"DRAFT": "a draft model for speculative decoding", "RENDERER": "a prompt renderer",
-                "PARSER": "an output parser", "REQUIRES": "an Ollama version requirement"}
+_OLLAMA_ONLY = {
+    "DRAFT": "a draft model for speculative decoding",
+    "RENDERER": "a prompt renderer",
+    "PARSER": "an output parser",
+    "REQUIRES": "an Ollama version requirement",
+}
 
 # Every option Ollama's `options` (api/types.go) knows, by the type its value must have.
-_FLOAT = {"temperature", "top_p", "min_p", "typical_p", "tfs_z", "repeat_penalty", "presence_penalty",
-          "frequency_penalty", "mirostat_tau", "mirostat_eta"}
-_INT = {"top_k", "repeat_last_n", "seed", "num_predict", "num_ctx", "num_keep", "mirostat", "num_batch",
-        "num_gpu", "main_gpu", "num_thread", "num_gqa"}
-_BOOL = {"penalize_newline", "numa", "use_mmap", "use_mlock", "low_vram", "f16_kv", "vocab_only",
-         "logits_all"}
+_FLOAT = {
+    "temperature",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "tfs_z",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat_tau",
+    "mirostat_eta",
+}
+_INT = {
+    "top_k",
+    "repeat_last_n",
+    "seed",
+    "num_predict",
+    "num_ctx",
+    "num_keep",
+    "mirostat",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+    "num_gqa",
+}
+_BOOL = {"penalize_newline", "numa", "use_mmap", "use_mlock", "low_vram", "f16_kv", "vocab_only", "logits_all"}
 # Honoured: they change how llamita samples, or the context window.
 HONOURED_PARAMETERS = (*OLLAMA_OPTIONS, "num_predict", "num_ctx")
 _GO_BOOL = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
@@ -114,23 +139,23 @@ def parse_commands(text: str) -> list[Command]:
         name = word.upper()
         if name not in INSTRUCTIONS:
             if name in _OLLAMA_ONLY:
-                raise ModelfileError(f"{name} ({_OLLAMA_ONLY[name]}) is Ollama's; llamita does not "
-                                     "support it", line)
-            got = text[pos:_line_end(text, pos)].split(maxsplit=1)[0]
-            raise ModelfileError(f"unknown instruction '{got}': a Modelfile's lines start with "
-                                 f"{', '.join(INSTRUCTIONS)} (or # for a comment)", line)
+                raise ModelfileError(f"{name} ({_OLLAMA_ONLY[name]}) is Ollama's; llamita does not support it", line)
+            got = text[pos : _line_end(text, pos)].split(maxsplit=1)[0]
+            raise ModelfileError(
+                f"unknown instruction '{got}': a Modelfile's lines start with "
+                f"{', '.join(INSTRUCTIONS)} (or # for a comment)",
+                line,
+            )
         pos = _after_space(text, pos + len(word), name, line)
         key = None
         if name in ("PARAMETER", "MESSAGE"):
             pattern = r"[A-Za-z0-9_]*" if name == "PARAMETER" else r"[A-Za-z]*"
             key = _leading(pattern, text, pos)
             if name == "MESSAGE" and key not in MESSAGE_ROLES:
-                got = (text[pos:_line_end(text, pos)].split(maxsplit=1) or [""])[0]
-                raise ModelfileError(f"MESSAGE's role must be one of {', '.join(MESSAGE_ROLES)}, got "
-                                     f"'{got}'", line)
+                got = (text[pos : _line_end(text, pos)].split(maxsplit=1) or [""])[0]
+                raise ModelfileError(f"MESSAGE's role must be one of {', '.join(MESSAGE_ROLES)}, got '{got}'", line)
             if not key:
-                raise ModelfileError("PARAMETER needs a name and a value, e.g. PARAMETER temperature 0.7",
-                                     line)
+                raise ModelfileError("PARAMETER needs a name and a value, e.g. PARAMETER temperature 0.7", line)
             pos = _after_space(text, pos + len(key), f"{name} {key}", line)
         value, pos = _read_value(text, pos, line)
         commands.append(Command(name, value, key, line))
@@ -187,11 +212,11 @@ def parse_modelfile(text: str) -> Modelfile:
     commands = parse_commands(text)
     froms = [c for c in commands if c.instruction == "FROM"]
     if not froms:
-        raise ModelfileError("no FROM line: a Modelfile names the model it starts from, e.g. "
-                             "FROM llama3.2:1b")
+        raise ModelfileError("no FROM line: a Modelfile names the model it starts from, e.g. FROM llama3.2:1b")
     if len(froms) > 1:
-        raise ModelfileError(f"a second FROM (the first is on line {froms[0].line}); a Modelfile "
-                             "has one", froms[1].line)
+        raise ModelfileError(
+            f"a second FROM (the first is on line {froms[0].line}); a Modelfile has one", froms[1].line
+        )
     if not froms[0].value:
         raise ModelfileError("FROM needs a model name or path", froms[0].line)
     return Modelfile(froms[0].value, settings_from_commands(commands), tuple(commands))
@@ -214,8 +239,9 @@ def settings_from_commands(commands: Iterable[Command]) -> ModelSettings:
             template = check_template(_text(c), c.line)
         elif c.instruction == "MESSAGE":
             if c.key not in MESSAGE_ROLES:
-                raise ModelfileError(f"a message's role must be one of {', '.join(MESSAGE_ROLES)}, got "
-                                     f"{c.key!r}", c.line)
+                raise ModelfileError(
+                    f"a message's role must be one of {', '.join(MESSAGE_ROLES)}, got {c.key!r}", c.line
+                )
             messages.append({"role": c.key, "content": _text(c)})
         elif c.instruction == "ADAPTER":
             if not _text(c):
@@ -247,15 +273,21 @@ def check_parameter(name: str, value: Any, line: int | None = None) -> Any:
         typed = _bool(name, value, line)
     else:
         known = ", ".join(sorted(HONOURED_PARAMETERS))
-        raise ModelfileError(f"unknown parameter '{name}': llamita honours {known} (and accepts "
-                             "Ollama's hardware options, which change nothing here)", line)
+        raise ModelfileError(
+            f"unknown parameter '{name}': llamita honours {known} (and accepts "
+            "Ollama's hardware options, which change nothing here)",
+            line,
+        )
     if name in OLLAMA_HARDWARE_OPTIONS:
         return typed
     if name in OLLAMA_OFF_VALUES:
         off = OLLAMA_OFF_VALUES[name]
         if off is not None and typed != off:
-            raise ModelfileError(f"llamita cannot honour {name} {value} (it has no {name} sampler); "
-                                 f"only {off}, which turns it off, is accepted", line)
+            raise ModelfileError(
+                f"llamita cannot honour {name} {value} (it has no {name} sampler); "
+                f"only {off}, which turns it off, is accepted",
+                line,
+            )
         return typed
     if name == "num_predict":
         _checked_sampling("max_tokens", ollama_num_predict(typed), line, shown=name)
@@ -265,8 +297,9 @@ def check_parameter(name: str, value: Any, line: int | None = None) -> Any:
     elif name in OLLAMA_OPTIONS:
         _checked_sampling(OLLAMA_OPTIONS[name], typed, line, shown=name)
     else:
-        raise ModelfileError(f"llamita cannot honour the parameter '{name}'; it honours "
-                             f"{', '.join(sorted(HONOURED_PARAMETERS))}", line)
+        raise ModelfileError(
+            f"llamita cannot honour the parameter '{name}'; it honours {', '.join(sorted(HONOURED_PARAMETERS))}", line
+        )
     return typed
 
 
@@ -315,18 +348,20 @@ def check_template(template: str, line: int | None = None) -> str:
     """A TEMPLATE llamita can render: Jinja, as a tokenizer_config.json's chat_template. Ollama's
     Go templates are refused with what to write instead."""
     if _GO_TEMPLATE.search(template) and "{%" not in template:
-        raise ModelfileError("TEMPLATE is a Go template (Ollama's {{ .System }} / {{ range .Messages }} "
-                             "form); llamita renders Jinja chat templates, as Hugging Face's "
-                             "tokenizer_config.json holds them: write it in Jinja, e.g. {% for m in "
-                             "messages %}...{{ m['content'] }}...{% endfor %}, or leave TEMPLATE out to "
-                             "keep the model's own", line)
+        raise ModelfileError(
+            "TEMPLATE is a Go template (Ollama's {{ .System }} / {{ range .Messages }} "
+            "form); llamita renders Jinja chat templates, as Hugging Face's "
+            "tokenizer_config.json holds them: write it in Jinja, e.g. {% for m in "
+            "messages %}...{{ m['content'] }}...{% endfor %}, or leave TEMPLATE out to "
+            "keep the model's own",
+            line,
+        )
     import jinja2
 
     try:
         jinja2.Environment().parse(template)
     except jinja2.TemplateSyntaxError as e:
-        raise ModelfileError(f"TEMPLATE is not valid Jinja: {e.message} (template line {e.lineno})",
-                             line) from None
+        raise ModelfileError(f"TEMPLATE is not valid Jinja: {e.message} (template line {e.lineno})", line) from None
     return template
 
 
@@ -372,7 +407,7 @@ def settings_from_request(fields: Mapping[str, Any]) -> ModelSettings:
             commands.append(Command(name.upper(), fields[name]))
     messages = fields.get("messages") or []
     if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
-        raise ModelfileError("'messages' must be a list of {\"role\", \"content\"} objects")
+        raise ModelfileError('\'messages\' must be a list of {"role", "content"} objects')
     commands += [Command("MESSAGE", m.get("content"), m.get("role")) for m in messages]
     licenses = fields.get("license")
     for text in [licenses] if isinstance(licenses, str) else (licenses or []):

@@ -60,7 +60,7 @@ def parse_name(text: str | os.PathLike[str]) -> ModelName:
     lowered = raw.lower()
     for host in HF_HOSTS:
         if lowered.startswith(host):
-            repo, quant = _split_tag(raw[len(host):])
+            repo, quant = _split_tag(raw[len(host) :])
             if _REPO_ID.match(repo):
                 return ModelName(raw, "hf", repo, quant)
             return ModelName(raw, "path")

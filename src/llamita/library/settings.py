@@ -33,11 +33,14 @@ class ModelSettings:
         adapters add up (the base's first)."""
         if base is None:
             return self
-        return ModelSettings({**base.parameters, **self.parameters},
-                             self.system if self.system is not None else base.system,
-                             self.template if self.template is not None else base.template,
-                             self.messages or base.messages, base.adapters + self.adapters,
-                             self.license or base.license)
+        return ModelSettings(
+            {**base.parameters, **self.parameters},
+            self.system if self.system is not None else base.system,
+            self.template if self.template is not None else base.template,
+            self.messages or base.messages,
+            base.adapters + self.adapters,
+            self.license or base.license,
+        )
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """The PARAMETERs llamita honours, as SamplingParams keyword arguments (Ollama's names
@@ -61,22 +64,34 @@ class ModelSettings:
         if self.system is not None and not has_system:
             head.append({"role": "system", "content": self.system})
         leading = 0  # the conversation's own system messages stay first
-        while leading < len(messages) and isinstance(messages[leading], Mapping) \
-                and messages[leading].get("role") == "system":
+        while (
+            leading < len(messages)
+            and isinstance(messages[leading], Mapping)
+            and messages[leading].get("role") == "system"
+        ):
             leading += 1
         return [*head, *messages[:leading], *(dict(m) for m in self.messages), *messages[leading:]]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the manifest's `settings`)."""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters.items()}
-        return {"parameters": params, "system": self.system, "template": self.template,
-                "messages": [dict(m) for m in self.messages], "adapters": list(self.adapters),
-                "license": list(self.license)}
+        return {
+            "parameters": params,
+            "system": self.system,
+            "template": self.template,
+            "messages": [dict(m) for m in self.messages],
+            "adapters": list(self.adapters),
+            "license": list(self.license),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSettings:
-        params = {k: tuple(v) if isinstance(v, list) else v
-                  for k, v in (data.get("parameters") or {}).items()}
-        return cls(params, data.get("system"), data.get("template"),
-                   tuple(dict(m) for m in data.get("messages") or ()),
-                   tuple(data.get("adapters") or ()), tuple(data.get("license") or ()))
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in (data.get("parameters") or {}).items()}
+        return cls(
+            params,
+            data.get("system"),
+            data.get("template"),
+            tuple(dict(m) for m in data.get("messages") or ()),
+            tuple(data.get("adapters") or ()),
+            tuple(data.get("license") or ()),
+        )

@@ -34,7 +34,8 @@ def hf_cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     hf_home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "huggingface"
+    )
     return Path(hf_home).expanduser() / "hub"
 
 
@@ -87,8 +88,9 @@ class Manifest:
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
             return cls(**known)
         except (ValueError, TypeError) as e:
-            raise ModelFileError(f"{where}: a damaged library entry ({e}); delete the file to "
-                                 "forget the name") from None
+            raise ModelFileError(
+                f"{where}: a damaged library entry ({e}); delete the file to forget the name"
+            ) from None
 
 
 def manifest_dir() -> Path:

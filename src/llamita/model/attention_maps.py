@@ -34,8 +34,9 @@ def check_one_sequence(tokens: torch.Tensor) -> None:
         raise ValueError(f"attention maps are of one sequence: tokens (1, S), got {tuple(tokens.shape)}")
 
 
-def attention_maps(model: Transformer, tokens: torch.Tensor, adapters: torch.Tensor | None = None,
-                   rows: slice | None = None) -> torch.Tensor:
+def attention_maps(
+    model: Transformer, tokens: torch.Tensor, adapters: torch.Tensor | None = None, rows: slice | None = None
+) -> torch.Tensor:
     """(n_layers, n_heads, S, S) float32 for `tokens` (1, S), on the model's device: row i of
     [l, h] is token i's attention over tokens 0..i in layer l, head h (each row sums to 1).
     One forward pass without a cache (with LoRA slot `adapters` (1,), as `forward` takes it);

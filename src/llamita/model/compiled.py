@@ -152,8 +152,14 @@ class _DecodeBody(nn.Module):
             fused[f"gate_up{i}"] = layer.mlp.fused_gate_up
         self.fused = nn.ModuleDict({k: v for k, v in fused.items() if v is not None})
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor,
-                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        key_positions: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+    ) -> torch.Tensor:
         cache = KVCache.over(keys, values)
         length = key_positions.shape[0]
         torch._check(length <= cache.max_len)  # what attend_length guarantees
@@ -176,8 +182,11 @@ def _source_digest() -> str:
     """Hash of the code a compiled step is made of (model/ and kernels/): an edited model
     must not run an old package."""
     h = hashlib.sha256()
-    folders = [resources.files("llamita.model"), resources.files("llamita.kernels"),
-               resources.files("llamita.kernels") / "csrc"]  # the C++ kernels the step calls
+    folders = [
+        resources.files("llamita.model"),
+        resources.files("llamita.kernels"),
+        resources.files("llamita.kernels") / "csrc",
+    ]  # the C++ kernels the step calls
     for folder in folders:
         for entry in sorted(folder.iterdir(), key=lambda e: e.name):
             if entry.name.endswith((".py", ".cpp", ".h")):
@@ -193,8 +202,16 @@ def package_key(model: nn.Module, weights: dict[str, torch.Tensor], batch: int, 
     capability it was built for and the level of llamita's kernels it calls (each level's
     operators have their own namespace, native.py). Weight values are not part of it."""
     h = hashlib.sha256()
-    parts = [_FORMAT, batch, kind, repr(model.config), torch.__version__,  # type: ignore[union-attr]
-             torch.backends.cpu.get_cpu_capability(), native.kernel_level(), _source_digest()]
+    parts = [
+        _FORMAT,
+        batch,
+        kind,
+        repr(model.config),
+        torch.__version__,  # type: ignore[union-attr]
+        torch.backends.cpu.get_cpu_capability(),
+        native.kernel_level(),
+        _source_digest(),
+    ]
     parts += [(n, tuple(t.shape), str(t.dtype), t.stride()) for n, t in weights.items()]
     h.update(repr(parts).encode())
     return h.hexdigest()[:32]
@@ -233,8 +250,10 @@ class CompiledDecoder:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         if tokens.shape != (cache.n_rows, 1) or positions.shape != tokens.shape:
-            raise ValueError(f"a compiled step takes (rows, 1) tokens and positions for all "
-                             f"{cache.n_rows} cache rows, got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"a compiled step takes (rows, 1) tokens and positions for all "
+                f"{cache.n_rows} cache rows, got {tuple(tokens.shape)}"
+            )
         length = attend_length(int(positions.max()), cache.max_len)
         return self._run(cache.n_rows, [tokens, positions, self._key_positions[:length], *cache.k, *cache.v])
 
@@ -291,8 +310,11 @@ class CompiledDecoder:
             with build_lock(path, wait) as held:
                 return held and self.build_now(batch, lock=False)
         if _load(path, self._spec(batch)) is None:  # none yet, or damaged: (re)build it
-            log.warning("compiling the decode step for %s (once per model shape; about 1-2 "
-                        "minutes on 2 cores) into %s", self._rows_label(batch), path)
+            log.warning(
+                "compiling the decode step for %s (once per model shape; about 1-2 minutes on 2 cores) into %s",
+                self._rows_label(batch),
+                path,
+            )
             _build(self._body, self._example(batch), self._weights, self._dynamic(batch), path)
         failure_path(path).unlink(missing_ok=True)
         return True
@@ -363,14 +385,20 @@ def _load(path: Path, spec: str) -> Callable[[list[torch.Tensor]], list[torch.Te
     return loader.boxed_run
 
 
-def _build(body: nn.Module, inputs: tuple[object, ...], weights: dict[str, torch.Tensor],
-           dynamic: tuple[object, ...], path: Path) -> None:
+def _build(
+    body: nn.Module,
+    inputs: tuple[object, ...],
+    weights: dict[str, torch.Tensor],
+    dynamic: tuple[object, ...],
+    path: Path,
+) -> None:
     # torch's export and inductor warn about their own internals (FutureWarning, UserWarning):
     # nothing a user of llamita can act on, so they stay out of the answer's terminal.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exported = torch.export.export(_Exported(body), (inputs, weights), strict=False,
-                                       dynamic_shapes=(dynamic, {name: None for name in weights}))
+        exported = torch.export.export(
+            _Exported(body), (inputs, weights), strict=False, dynamic_shapes=(dynamic, {name: None for name in weights})
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written next to its final name and renamed: a crash or a concurrent build never leaves
     # a half-written package under the name others load.
@@ -380,7 +408,8 @@ def _build(body: nn.Module, inputs: tuple[object, ...], weights: dict[str, torch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch._inductor.aoti_compile_and_package(
-                exported, package_path=tmp, inductor_configs={"emulate_precision_casts": True})
+                exported, package_path=tmp, inductor_configs={"emulate_precision_casts": True}
+            )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

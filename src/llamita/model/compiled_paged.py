@@ -31,8 +31,14 @@ def table_width(furthest: int, block_size: int) -> int:
 
 
 class _PagedDecodeBody(_DecodeBody):
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor,  # type: ignore[override]
-                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        tables: torch.Tensor,  # type: ignore[override]
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+    ) -> torch.Tensor:
         cache = PagedKVCache.over(keys, values)
         cache.bind(tables)
         length = tables.shape[1] * cache.block_size
@@ -50,12 +56,19 @@ class PagedCompiledDecoder(CompiledDecoder):
         self.block_size = block_size
         super().__init__(model, root, build)
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor,  # type: ignore[override]
-                 cache: PagedKVCache) -> torch.Tensor:
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        tables: torch.Tensor,  # type: ignore[override]
+        cache: PagedKVCache,
+    ) -> torch.Tensor:
         batch = tokens.shape[0]
         if tokens.shape != (batch, 1) or positions.shape != tokens.shape or tables.shape[0] != batch:
-            raise ValueError(f"a compiled paged step takes (rows, 1) tokens and positions and a block "
-                             f"table per row, got {tuple(tokens.shape)} and {tuple(tables.shape)}")
+            raise ValueError(
+                f"a compiled paged step takes (rows, 1) tokens and positions and a block "
+                f"table per row, got {tuple(tokens.shape)} and {tuple(tables.shape)}"
+            )
         width = max(2, table_width(int(positions.max()), cache.block_size))  # export: sizes >= 2
         if tables.shape[1] < width:  # pad with block 0: positions past a row's own are masked
             tables = torch.nn.functional.pad(tables, (0, width - tables.shape[1]))

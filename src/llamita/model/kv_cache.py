@@ -14,8 +14,14 @@ class KVCache:
     position p of that sequence lives at index p.
     """
 
-    def __init__(self, cfg: ModelConfig, n_rows: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        n_rows: int,
+        max_len: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         shape = (n_rows, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
@@ -35,8 +41,15 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
-    def update(self, layer: int, rows: torch.Tensor | None, positions: torch.Tensor,
-               k: torch.Tensor, v: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self,
+        layer: int,
+        rows: torch.Tensor | None,
+        positions: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        length: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, S, n_kv, hd) at `positions` (B, S) of cache `rows` (B,), then return
         the first `length` positions of those rows: (B, n_kv, length, hd) each.
 

@@ -46,8 +46,9 @@ class Int4Linear(nn.Module):
 
     @property
     def weight_int4(self) -> Int4Weight:
-        return Int4Weight(self.packed, self.scales_and_zeros, self.out_features, self.in_features,
-                          self.group_size, self.layout)
+        return Int4Weight(
+            self.packed, self.scales_and_zeros, self.out_features, self.in_features, self.group_size, self.layout
+        )
 
     def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """out_dtype: the result's dtype (None: x's); float32 keeps the kernel's accumulators."""
@@ -127,7 +128,7 @@ def fuse_linears(parts: Sequence[nn.Module]) -> FusedLinear | None:
         inner: Int4Linear | Int8Linear = Int4Linear(w4)
         start = 0
         for p in parts:  # codes become row views of the joined ones, and so do the scales
-            p.packed = w4.packed[start:start + p.out_features]
+            p.packed = w4.packed[start : start + p.out_features]
             if w4.layout in VNNI_LAYOUTS:
                 # Joined along 16-row blocks, so a part's are a contiguous slice. Not small:
                 # a bfloat16 scale (and min) per 32 weights is a fifth of the 4-bit codes, 0.6 GB
@@ -142,8 +143,10 @@ def fuse_linears(parts: Sequence[nn.Module]) -> FusedLinear | None:
         inner = Int8Linear(w8)
         start = 0
         for p in parts:
-            p.qweight, p.scales = (w8.qweight[start:start + p.out_features],
-                                   w8.scales[start:start + p.out_features])
+            p.qweight, p.scales = (
+                w8.qweight[start : start + p.out_features],
+                w8.scales[start : start + p.out_features],
+            )
             start += p.out_features
     else:
         return None

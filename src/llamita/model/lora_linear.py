@@ -85,14 +85,17 @@ class LoraLinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
-    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float = 1.0,
-                 trainable: bool = False) -> None:
+    def set_slot(
+        self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float = 1.0, trainable: bool = False
+    ) -> None:
         """Install A (r, in) and scale·B (out, r) as `slot` (replacing what was there)."""
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise ValueError(f"LoRA A {tuple(a.shape)} and B {tuple(b.shape)} do not fit together")
         if a.shape[1] != self.in_features or b.shape[0] != self.out_features:
-            raise ValueError(f"LoRA of shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} does not fit a "
-                             f"{self.out_features}x{self.in_features} linear layer")
+            raise ValueError(
+                f"LoRA of shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} does not fit a "
+                f"{self.out_features}x{self.in_features} linear layer"
+            )
         self.lora_A[str(slot)] = nn.Parameter(a, requires_grad=trainable)
         self.lora_B[str(slot)] = nn.Parameter(b * scale if scale != 1.0 else b, requires_grad=trainable)
 
@@ -143,9 +146,9 @@ def wrap_layers(model: nn.Module, names: set[str]) -> dict[str, LoraLinear]:
     return found
 
 
-def install_adapter(model: nn.Module, name: str,
-                    weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
-                    trainable: bool = False) -> int:
+def install_adapter(
+    model: nn.Module, name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], trainable: bool = False
+) -> int:
     """Add adapter `name` to the model in a new slot (or replace the one of that name); return
     the slot.
 

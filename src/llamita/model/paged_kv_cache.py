@@ -32,8 +32,14 @@ class PagedKVCache:
     unmasked, because attention only looks at positions <= each query's own).
     """
 
-    def __init__(self, cfg: ModelConfig, n_blocks: int, block_size: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        n_blocks: int,
+        block_size: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if n_blocks < 1 or block_size < 1:
             raise ValueError(f"need at least one block of at least one token, got {n_blocks} x {block_size}")
         shape = (n_blocks, block_size, cfg.n_kv_heads, cfg.head_dim)
@@ -67,8 +73,15 @@ class PagedKVCache:
         self._tables_on = {}
         self._indices = None
 
-    def update(self, layer: int, rows: torch.Tensor | None, positions: torch.Tensor,
-               k: torch.Tensor, v: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self,
+        layer: int,
+        rows: torch.Tensor | None,
+        positions: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        length: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, S, n_kv, hd) at `positions` (B, S) of the bound block tables, then
         return positions 0..length-1 of every batch row: (B, n_kv, length, hd) each.
 
@@ -88,7 +101,7 @@ class PagedKVCache:
         memo = self._indices
         if memo is None or memo[0] is not positions or memo[1] != length or memo[2].device != k.device:
             slots = tables.gather(1, positions // bs) * bs + positions % bs  # (B, S)
-            memo = self._indices = (positions, length, slots.reshape(-1), tables[:, :-(-length // bs)].reshape(-1))
+            memo = self._indices = (positions, length, slots.reshape(-1), tables[:, : -(-length // bs)].reshape(-1))
         slots, used = memo[2], memo[3]
         b, n_kv, hd = tables.shape[0], k.shape[-2], k.shape[-1]
         out = []

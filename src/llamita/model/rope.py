@@ -19,8 +19,7 @@ def llama3_scale(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     low_wavelen = s.original_context_length / s.low_freq_factor
     high_wavelen = s.original_context_length / s.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
-    smooth = (s.original_context_length / wavelen - s.low_freq_factor) / (
-        s.high_freq_factor - s.low_freq_factor)
+    smooth = (s.original_context_length / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
     smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
     scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
     is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
@@ -48,8 +47,9 @@ def rope_inv_freq(cfg: ModelConfig, freq_divisors: torch.Tensor | None = None) -
     return inv_freq
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for absolute `positions` (B, S) -> each (B, S, head_dim).
 
     Angles are computed in float32: bf16 positions are a classic long-context bug.

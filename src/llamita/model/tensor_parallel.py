@@ -95,8 +95,9 @@ class VocabParallelHead(nn.Module):
         return torch.cat([p[..., :n] for p, n in zip(parts, self.vocab_sizes)], dim=-1)
 
 
-def parallelize(model: nn.Module, vocab_start: int, vocab_sizes: list[int],
-                group: dist.ProcessGroup | None = None) -> nn.Module:
+def parallelize(
+    model: nn.Module, vocab_start: int, vocab_sizes: list[int], group: dist.ProcessGroup | None = None
+) -> nn.Module:
     """Wrap a rank's shard `model` (a Transformer built from its slice of the weights) in
     place so that its forward returns the whole model's logits. `vocab_start` is the first
     vocabulary row this rank holds, `vocab_sizes` the rows of every rank.

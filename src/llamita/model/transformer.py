@@ -51,8 +51,9 @@ class Attention(nn.Module):
         # tree, as the parts keep the weights.
         self.fused_qkv: FusedLinear | None = None
 
-    def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project_qkv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, S, n_heads, hd) and keys, values (B, S, n_kv_heads, hd), RoPE applied to
         q and k: what attention scores are computed from (model/attention_maps.py reads them too)."""
         bsz, seqlen, _ = x.shape
@@ -66,9 +67,17 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, rows: torch.Tensor | None, length: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        rows: torch.Tensor | None,
+        length: int,
+    ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q, k, v = self.project_qkv(x, cos, sin)
         if cache is not None:
@@ -79,13 +88,19 @@ class Attention(nn.Module):
             out = single_query_attention(q.transpose(1, 2), keys, values, mask)
         else:  # mask None means plain causal attention over exactly these S tokens.
             out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=mask, is_causal=mask is None and seqlen > 1,
-                enable_gqa=self.n_kv_heads != self.n_heads)  # (B, n_heads, S, hd)
+                q.transpose(1, 2),
+                keys,
+                values,
+                attn_mask=mask,
+                is_causal=mask is None and seqlen > 1,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )  # (B, n_heads, S, hd)
         return self.o_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
-def single_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                           mask: torch.Tensor | None) -> torch.Tensor:
+def single_query_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """softmax(q kᵀ / √hd) v for one query per batch row, in float32: a decode step's attention.
 
     q (B, n_heads, 1, hd); keys, values (B, n_kv_heads, L, hd); mask (B, 1, 1, L), True =
@@ -100,7 +115,7 @@ def single_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Te
     """
     bsz, n_heads, _, hd = q.shape
     n_kv, length = keys.shape[1], keys.shape[2]
-    qg = q.reshape(bsz, n_kv, n_heads // n_kv, hd).float() * hd ** -0.5
+    qg = q.reshape(bsz, n_kv, n_heads // n_kv, hd).float() * hd**-0.5
     # Keys and values made contiguous before widening: the paged cache hands out transposed
     # views, and a batched matmul over strided float32 operands took 3x as long as a
     # contiguous one (8 rows x 128 keys: 105 vs 34 us, more than the two copies).
@@ -150,8 +165,9 @@ class Transformer(nn.Module):
         # Given its table: nn.Embedding's own random init of a meta tensor (how readers build
         # the model) costs ~1.2 s at start-up, importing torch's reference ops.
         table = torch.empty(cfg.vocab_size, cfg.dim)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim,
-                                         _weight=table if table.is_meta else nn.init.normal_(table))
+        self.embed_tokens = nn.Embedding(
+            cfg.vocab_size, cfg.dim, _weight=table if table.is_meta else nn.init.normal_(table)
+        )
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -192,7 +208,8 @@ class Transformer(nn.Module):
             setattr(owner, child, module)
         # Compact modules were built with their tensors; only the dense ones remain to assign.
         dense_names = {n for n, _ in model.named_parameters()} | {
-            n for n, b in model.named_buffers() if b.is_meta and n != "inv_freq"}
+            n for n, b in model.named_buffers() if b.is_meta and n != "inv_freq"
+        }
         missing = dense_names - set(state)
         unexpected = set(state) - dense_names
         if missing or unexpected:
@@ -222,10 +239,16 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.norm.weight.device
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None, rows: torch.Tensor | None = None,
-                last_only: bool = False, adapters: torch.Tensor | None = None,
-                key_length: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        rows: torch.Tensor | None = None,
+        last_only: bool = False,
+        adapters: torch.Tensor | None = None,
+        key_length: int | None = None,
+    ) -> torch.Tensor:
         """Logits (float32) for `tokens` (B, S) at absolute `positions` (B, S).
 
         With a cache, keys/values are written at `positions` of cache `rows` (None: all rows in
@@ -238,14 +261,21 @@ class Transformer(nn.Module):
         a compiled decode step needs (model/compiled.py passes the length as a shape, a symbol
         of the compiled graph).
         """
-        x = self.hidden_states(tokens, positions, cache, rows, last_only=last_only, adapters=adapters,
-                               key_length=key_length)
+        x = self.hidden_states(
+            tokens, positions, cache, rows, last_only=last_only, adapters=adapters, key_length=key_length
+        )
         return self.logits(x)
 
-    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                      cache: KVCache | None = None, rows: torch.Tensor | None = None,
-                      last_only: bool = False, adapters: torch.Tensor | None = None,
-                      key_length: int | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        rows: torch.Tensor | None = None,
+        last_only: bool = False,
+        adapters: torch.Tensor | None = None,
+        key_length: int | None = None,
+    ) -> torch.Tensor:
         """The final hidden states, after the last RMSNorm (what the output projection reads,
         and what transformers calls `last_hidden_state`): (B, S, dim), or (B, 1, dim) with
         `last_only`. Arguments as in `forward`."""

@@ -23,21 +23,27 @@ if TYPE_CHECKING:
 
 LANGUAGES = ("es", "en")
 INSTRUCTIONS = {
-    "es": ("Responde a la pregunta usando solo las fuentes numeradas. Cita cada afirmación con el "
-           "número de su fuente entre corchetes, por ejemplo [1] o [2][3]. Si las fuentes no "
-           "contienen la respuesta, dilo. Responde en español."),
-    "en": ("Answer the question using only the numbered sources. Cite each statement with the "
-           "number of its source in square brackets, for example [1] or [2][3]. If the sources "
-           "do not contain the answer, say so. Answer in English."),
+    "es": (
+        "Responde a la pregunta usando solo las fuentes numeradas. Cita cada afirmación con el "
+        "número de su fuente entre corchetes, por ejemplo [1] o [2][3]. Si las fuentes no "
+        "contienen la respuesta, dilo. Responde en español."
+    ),
+    "en": (
+        "Answer the question using only the numbered sources. Cite each statement with the "
+        "number of its source in square brackets, for example [1] or [2][3]. If the sources "
+        "do not contain the answer, say so. Answer in English."
+    ),
 }
 LABELS = {"es": ("Fuentes", "Pregunta"), "en": ("Sources", "Question")}
-_SPANISH = frozenset("que el la los las de del en es son un una por para con como cual cuales "
-                     "cuantos cuantas donde quien se su sus al lo y o pero mas esta este".split())
+_SPANISH = frozenset(
+    "que el la los las de del en es son un una por para con como cual cuales "
+    "cuantos cuantas donde quien se su sus al lo y o pero mas esta este".split()
+)
 _CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 
 
 def detect_language(text: str) -> str:
-    """"es" or "en" from Spanish marks (¿ ¡ ñ, accented vowels) and function words."""
+    """ "es" or "en" from Spanish marks (¿ ¡ ñ, accented vowels) and function words."""
     if re.search(r"[¿¡ñÑáéíóúÁÉÍÓÚ]", text):
         return "es"
     words = re.findall(r"[a-z]+", text.lower())
@@ -47,7 +53,7 @@ def detect_language(text: str) -> str:
 
 
 def source_label(hit: Hit) -> str:
-    """"file.pdf, p. 3" / "notes.md, Chapter > Section": how a source is shown."""
+    """ "file.pdf, p. 3" / "notes.md, Chapter > Section": how a source is shown."""
     name = os.path.basename(hit.source)
     return f"{name}, {hit.location}" if hit.location else name
 
@@ -91,13 +97,23 @@ def _messages(question: str, hits: Sequence[Hit], language: str, history: Sequen
     listed = "\n\n".join(f"[{i}] ({source_label(h)})\n{h.text}" for i, h in enumerate(hits, start=1))
     own = [m["content"] for m in history if m.get("role") == "system" and isinstance(m.get("content"), str)]
     earlier = [m for m in history if not (m.get("role") == "system" and isinstance(m.get("content"), str))]
-    return [{"role": "system", "content": "\n\n".join([INSTRUCTIONS[language], *own])}, *earlier,
-            {"role": "user", "content": f"{sources_label}:\n\n{listed}\n\n{question_label}: {question}"}]
+    return [
+        {"role": "system", "content": "\n\n".join([INSTRUCTIONS[language], *own])},
+        *earlier,
+        {"role": "user", "content": f"{sources_label}:\n\n{listed}\n\n{question_label}: {question}"},
+    ]
 
 
-def build_prompt(llm: LLM, question: str, hits: Sequence[Hit], *, language: str | None = None,
-                 answer_tokens: int = 512, history: Sequence[Message] = (),
-                 context_length: int | None = None) -> AnswerPrompt:
+def build_prompt(
+    llm: LLM,
+    question: str,
+    hits: Sequence[Hit],
+    *,
+    language: str | None = None,
+    answer_tokens: int = 512,
+    history: Sequence[Message] = (),
+    context_length: int | None = None,
+) -> AnswerPrompt:
     """The chat prompt with as many of `hits` (best first) as fit in the context window
     (`context_length`, default the model's) leaving `answer_tokens` for the answer.
     history: the conversation before the question (a chat request's earlier messages)."""
@@ -108,8 +124,10 @@ def build_prompt(llm: LLM, question: str, hits: Sequence[Hit], *, language: str 
     kept: list[Hit] = []
     ids = llm.encode_chat(_messages(question, kept, language, history))
     if len(ids) > window:
-        raise ContextOverflowError(f"the question alone takes {len(ids)} tokens of the {window} the context "
-                                   f"window leaves beside a {answer_tokens}-token answer: shorten it")
+        raise ContextOverflowError(
+            f"the question alone takes {len(ids)} tokens of the {window} the context "
+            f"window leaves beside a {answer_tokens}-token answer: shorten it"
+        )
     for hit in hits:
         trial = llm.encode_chat(_messages(question, [*kept, hit], language, history))
         if len(trial) <= window:  # a source that does not fit is left out; a shorter one may still
@@ -118,8 +136,17 @@ def build_prompt(llm: LLM, question: str, hits: Sequence[Hit], *, language: str 
     return AnswerPrompt(_messages(question, kept, language, history), kept, language, ids)
 
 
-def prepare(collection: Collection, question: str, llm: LLM, *, top: int = 5, mode: str = "hybrid",
-            language: str | None = None, answer_tokens: int = 512, rerank: int = 0) -> AnswerPrompt:
+def prepare(
+    collection: Collection,
+    question: str,
+    llm: LLM,
+    *,
+    top: int = 5,
+    mode: str = "hybrid",
+    language: str | None = None,
+    answer_tokens: int = 512,
+    rerank: int = 0,
+) -> AnswerPrompt:
     """Retrieves the `top` chunks for `question` (re-ranking the first `rerank` by `llm`, see
     Collection.search) and builds the prompt (`build_prompt`)."""
     hits = collection.search(question, top, mode=mode, rerank=rerank, reranker=llm)
@@ -137,12 +164,29 @@ def stream_answer(llm: LLM, prompt: AnswerPrompt, params: SamplingParams | None 
     return llm.chat_stream(prompt.messages, params or default_params())
 
 
-def ask(collection: Collection, question: str, llm: LLM, *, top: int = 5, mode: str = "hybrid",
-        language: str | None = None, params: SamplingParams | None = None, rerank: int = 0) -> Answer:
+def ask(
+    collection: Collection,
+    question: str,
+    llm: LLM,
+    *,
+    top: int = 5,
+    mode: str = "hybrid",
+    language: str | None = None,
+    params: SamplingParams | None = None,
+    rerank: int = 0,
+) -> Answer:
     """The whole answer with its numbered sources and the citations found in it."""
     params = params or default_params()
-    prompt = prepare(collection, question, llm, top=top, mode=mode, language=language,
-                     answer_tokens=params.max_tokens or 512, rerank=rerank)
+    prompt = prepare(
+        collection,
+        question,
+        llm,
+        top=top,
+        mode=mode,
+        language=language,
+        answer_tokens=params.max_tokens or 512,
+        rerank=rerank,
+    )
     out = llm.chat(prompt.messages, params)
     valid, invalid = citations(out.text, len(prompt.sources))
     return Answer(out.text, prompt.sources, prompt.language, valid, invalid, prompt.prompt_token_ids, out.token_ids)

@@ -73,11 +73,12 @@ def _split(text: str, limit: int, count: Callable[[str], int]) -> list[str]:
         return _pack(words, limit, count, " ")
     # One "word" longer than the budget (a URL, a base64 blob): cut by characters.
     step = max(1, len(text) * limit // max(count(text), 1))
-    return [text[i:i + step] for i in range(0, len(text), step)]
+    return [text[i : i + step] for i in range(0, len(text), step)]
 
 
-def chunk_blocks(blocks: Sequence[Block], count: Callable[[str], int], *, budget: int = 256,
-                 overlap: int = 32) -> list[Chunk]:
+def chunk_blocks(
+    blocks: Sequence[Block], count: Callable[[str], int], *, budget: int = 256, overlap: int = 32
+) -> list[Chunk]:
     """Chunks of at most about `budget` tokens (the joins between paragraphs may add a token
     or two) from a document's blocks. count(text) -> number of tokens."""
     if budget < 16:
@@ -99,8 +100,9 @@ def chunk_blocks(blocks: Sequence[Block], count: Callable[[str], int], *, budget
         text = "\n\n".join(u.text for u in current)
         pages = [u.page for u in current if u.page is not None]
         own = current[carried] if carried < len(current) else current[0]
-        chunks.append(Chunk(text, own.heading, min(pages, default=None), max(pages, default=None),
-                            count(text), len(chunks)))
+        chunks.append(
+            Chunk(text, own.heading, min(pages, default=None), max(pages, default=None), count(text), len(chunks))
+        )
 
     for unit in units:
         size = sum(u.n_tokens for u in current)

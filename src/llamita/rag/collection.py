@@ -51,8 +51,14 @@ class Collection:
     refuses an embedder of another model: its vectors would not be comparable.
     """
 
-    def __init__(self, name: str, *, data_dir: str | os.PathLike[str] | None = None, create: bool = False,
-                 embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        create: bool = False,
+        embedder: Embedder | None = None,
+    ) -> None:
         self.name = name
         self.store = CollectionStore(collection_path(name, data_dir), create=create)
         self._embedder: Embedder | None = None
@@ -73,7 +79,8 @@ class Collection:
         if recorded and (recorded != embedder.name or int(meta["dim"]) != embedder.dim):
             raise CollectionError(
                 f"collection '{self.name}' was indexed with {recorded} ({meta['dim']} dimensions), not "
-                f"{embedder.name}: use --embedding-model {meta['embedding_model']}, or index into a new collection")
+                f"{embedder.name}: use --embedding-model {meta['embedding_model']}, or index into a new collection"
+            )
         self._embedder = embedder
 
     def recorded_spec(self) -> EmbeddingSpec | None:
@@ -90,15 +97,23 @@ class Collection:
             meta = self.settings
             path = meta.get("embedding_model") or None
             if path is not None and not Path(path).exists():
-                raise CollectionError(f"collection '{self.name}' was indexed with {path}, which is gone: "
-                                      f"pass that model with --embedding-model, or re-index")
+                raise CollectionError(
+                    f"collection '{self.name}' was indexed with {path}, which is gone: "
+                    f"pass that model with --embedding-model, or re-index"
+                )
             self.use_embedder(Embedder(LLM(path), self.recorded_spec()))
         assert self._embedder is not None
         return self._embedder
 
     # -- indexing ----------------------------------------------------------------------
-    def add(self, paths: Sequence[str | os.PathLike[str]], *, chunk_tokens: int | None = None,
-            chunk_overlap: int | None = None, on_progress: ProgressCallback | None = None) -> IndexReport:
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> IndexReport:
         """Indexes files and folders; re-running re-indexes only changed files and drops
         deleted ones (see rag/indexer.py). The chunk budget is fixed when the collection is
         first filled: asking for another one later is an error (it would mix two chunkings)."""
@@ -107,15 +122,24 @@ class Collection:
         overlap = int(meta.get("chunk_overlap", CHUNK_OVERLAP if chunk_overlap is None else chunk_overlap))
         for option, asked, fixed in (("chunk_tokens", chunk_tokens, budget), ("chunk_overlap", chunk_overlap, overlap)):
             if asked is not None and asked != fixed:
-                raise InvalidParameterError(option, f"collection '{self.name}' was built with {fixed}; "
-                                                    f"make a new collection to change it")
+                raise InvalidParameterError(
+                    option, f"collection '{self.name}' was built with {fixed}; make a new collection to change it"
+                )
         embedder = self.embedder
         if "embedding_name" not in meta:
-            self.store.set_meta({
-                "embedding_model": embedder.model_path, "embedding_name": embedder.name,
-                "dim": str(embedder.dim), "pooling": embedder.spec.pooling,
-                "query_prefix": embedder.spec.query_prefix, "document_prefix": embedder.spec.document_prefix,
-                "chunk_tokens": str(budget), "chunk_overlap": str(overlap), "created_at": str(time.time())})
+            self.store.set_meta(
+                {
+                    "embedding_model": embedder.model_path,
+                    "embedding_name": embedder.name,
+                    "dim": str(embedder.dim),
+                    "pooling": embedder.spec.pooling,
+                    "query_prefix": embedder.spec.query_prefix,
+                    "document_prefix": embedder.spec.document_prefix,
+                    "chunk_tokens": str(budget),
+                    "chunk_overlap": str(overlap),
+                    "created_at": str(time.time()),
+                }
+            )
         report = index_paths(self.store, embedder, paths, budget=budget, overlap=overlap, on_progress=on_progress)
         if report.added or report.updated or report.removed or "dense_weight" not in self.settings:
             self.measure_dense_weight()
@@ -157,8 +181,10 @@ class Collection:
                 bm25_ranks.append(bm25.index(chunk_id) + 1 if chunk_id in bm25 else None)
                 dense_ranks.append(dense.index(chunk_id) + 1 if chunk_id in dense else None)
             weight = dense_weight(bm25_ranks, dense_ranks, n_chunks, CANDIDATES)
-            detail = (f"{len(queries)} pseudo-queries; mean reciprocal rank bm25 {mean_reciprocal_rank(bm25_ranks):.3f}, "
-                      f"dense {mean_reciprocal_rank(dense_ranks):.3f}")
+            detail = (
+                f"{len(queries)} pseudo-queries; mean reciprocal rank bm25 {mean_reciprocal_rank(bm25_ranks):.3f}, "
+                f"dense {mean_reciprocal_rank(dense_ranks):.3f}"
+            )
         self.store.set_meta({"dense_weight": repr(weight), "dense_weight_measure": detail})
         return weight
 
@@ -166,8 +192,16 @@ class Collection:
         recorded = self.settings.get("dense_weight")
         return float(recorded) if recorded is not None else self.measure_dense_weight()
 
-    def search(self, query: str, top: int = 5, *, mode: str = "hybrid", candidates: int = CANDIDATES,
-               rerank: int = 0, reranker: LLM | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        top: int = 5,
+        *,
+        mode: str = "hybrid",
+        candidates: int = CANDIDATES,
+        rerank: int = 0,
+        reranker: LLM | None = None,
+    ) -> list[Hit]:
         """The `top` chunks for `query`, best first. mode: hybrid (BM25 and dense fused by
         reciprocal rank fusion, the dense ranking weighted by `measure_dense_weight`), bm25 or
         dense. rerank: re-order the first `rerank` chunks by how likely a language model finds
@@ -192,17 +226,30 @@ class Collection:
             ids, matrix = self._matrix()
             dense = dense_ranking(ids, matrix, self.embedder.embed_query(query), pool)
         if mode == "hybrid":
-            ranked = reciprocal_rank_fusion([[i for i, _ in bm25], [i for i, _ in dense]],
-                                            weights=(1.0, self._dense_weight()))
+            ranked = reciprocal_rank_fusion(
+                [[i for i, _ in bm25], [i for i, _ in dense]], weights=(1.0, self._dense_weight())
+            )
         else:
             ranked = bm25 if mode == "bm25" else dense
         chosen = ranked[:top]
         rows = self.store.chunks([i for i, _ in chosen])
         bm25_rank = {i: r for r, (i, _) in enumerate(bm25, start=1)}
         dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
-        return [Hit(i, rows[i]["text"], rows[i]["source"], rows[i]["heading"], rows[i]["page_start"],
-                    rows[i]["page_end"], score, bm25_rank.get(i), dense_rank.get(i))
-                for i, score in chosen if i in rows]
+        return [
+            Hit(
+                i,
+                rows[i]["text"],
+                rows[i]["source"],
+                rows[i]["heading"],
+                rows[i]["page_start"],
+                rows[i]["page_end"],
+                score,
+                bm25_rank.get(i),
+                dense_rank.get(i),
+            )
+            for i, score in chosen
+            if i in rows
+        ]
 
     # -- answers -----------------------------------------------------------------------
     def ask(self, question: str, llm: LLM | None = None, **kwargs: Any) -> Answer:

@@ -46,7 +46,7 @@ def source_spans(llm: LLM, prompt: AnswerPrompt) -> list[tuple[int, int]]:
         header = f"[{number}] ({source_label(hit)})\n".encode()
         at = spelled.index(header, cursor) + len(header)
         text = hit.text.encode()
-        if spelled[at:at + len(text)] != text:
+        if spelled[at : at + len(text)] != text:
             raise ValueError(f"source [{number}]'s text is not where the prompt lists it")
         first = int(np.searchsorted(ends, at, side="right"))  # the token holding byte `at`
         last = int(np.searchsorted(ends, at + len(text), side="left")) + 1
@@ -65,8 +65,7 @@ def explain(llm: LLM, prompt: AnswerPrompt, answer_ids: Sequence[int]) -> Explan
     maps = attention_maps(model, torch.tensor([ids], device=model.device), llm.adapter_rows(), rows)
     per_row = maps.sum(dim=(0, 1)).cpu().numpy() / (maps.shape[0] * maps.shape[1])  # (A, S), rows sum to 1
     spans = source_spans(llm, prompt)
-    per_token = np.stack([per_row[:, a:b].sum(axis=1) for a, b in spans], axis=1) if spans \
-        else np.zeros((n_answer, 0))
+    per_token = np.stack([per_row[:, a:b].sum(axis=1) for a, b in spans], axis=1) if spans else np.zeros((n_answer, 0))
     shares = per_token.mean(axis=0) if n_answer else np.zeros(len(spans))
     retrieved = float(shares.sum())
     pieces = [llm.tokenizer.token_piece(t) for t in answer_ids]

@@ -49,8 +49,15 @@ def _under(path: str, root: Path) -> bool:
     return path == str(root) or path.startswith(str(root) + os.sep)
 
 
-def index_paths(store: CollectionStore, embedder: Embedder, paths: Sequence[str | os.PathLike[str]], *,
-                budget: int, overlap: int, on_progress: ProgressCallback | None = None) -> IndexReport:
+def index_paths(
+    store: CollectionStore,
+    embedder: Embedder,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    budget: int,
+    overlap: int,
+    on_progress: ProgressCallback | None = None,
+) -> IndexReport:
     """Indexes `paths` (files and folders) into `store`; see the module docstring."""
     start = time.perf_counter()
     report = IndexReport()
@@ -74,8 +81,7 @@ def index_paths(store: CollectionStore, embedder: Embedder, paths: Sequence[str 
             if path in known and known[path]["sha256"] == digest:
                 report.unchanged.append(path)
                 continue
-            chunks = chunk_blocks(read_blocks(document, data), embedder.count_tokens,
-                                  budget=budget, overlap=overlap)
+            chunks = chunk_blocks(read_blocks(document, data), embedder.count_tokens, budget=budget, overlap=overlap)
         except OSError as e:
             report.skipped.append((path, e.strerror or str(e)))
             continue
@@ -85,7 +91,7 @@ def index_paths(store: CollectionStore, embedder: Embedder, paths: Sequence[str 
         texts = [embedding_input(c) for c in chunks]
         parts = []
         for start_at in range(0, len(texts), EMBED_GROUP):  # report progress inside a long file too
-            parts.append(embedder.embed_documents(texts[start_at:start_at + EMBED_GROUP]))
+            parts.append(embedder.embed_documents(texts[start_at : start_at + EMBED_GROUP]))
             if on_progress:
                 on_progress(done, len(documents), path, report.chunks + start_at + len(parts[-1]))
         vectors = np.concatenate(parts) if parts else embedder.embed_documents([])

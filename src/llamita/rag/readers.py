@@ -204,8 +204,13 @@ def find_documents(paths: Iterable[Path]) -> Iterator[Path]:
         if root.is_file():
             found = [root]
         elif root.is_dir():
-            found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(root).parts))
+            found = sorted(
+                p
+                for p in root.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            )
         else:
             raise DocumentError(str(root), "no such file or folder")
         for p in found:

@@ -16,15 +16,17 @@ from llamita.engine.chunked_forward import hidden_chunks
 from llamita.rag.answer import detect_language
 from llamita.rag.retrieval import Hit, reciprocal_rank_fusion
 
-PROMPTS = {"es": "Pasaje: {text}\n\nUna pregunta que este pasaje responde:",
-           "en": "Passage: {text}\n\nA question this passage answers:"}
+PROMPTS = {
+    "es": "Pasaje: {text}\n\nUna pregunta que este pasaje responde:",
+    "en": "Passage: {text}\n\nA question this passage answers:",
+}
 
 
 def question_likelihood(llm: LLM, passage: str, question: str, language: str) -> float:
     """Mean log P(question tokens | passage prompt), natural log, per token."""
     prefix = llm.encode_prompt(PROMPTS[language].format(text=passage))
     asked = llm.tokenizer.encode(" " + question.strip())
-    ids = (prefix + asked)[-llm.config.context_length:]
+    ids = (prefix + asked)[-llm.config.context_length :]
     first = len(ids) - len(asked)  # position of the question's first token
     model = llm.loaded.model
     total = 0.0
@@ -34,8 +36,8 @@ def question_likelihood(llm: LLM, passage: str, question: str, language: str) ->
             lo, hi = max(first - 1, start), min(len(ids) - 1, start + hidden.shape[0])
             if lo >= hi:
                 continue
-            logprobs = torch.log_softmax(model.logits(hidden[lo - start:hi - start]).float(), dim=-1)
-            targets = torch.tensor(ids[lo + 1:hi + 1], device=logprobs.device)
+            logprobs = torch.log_softmax(model.logits(hidden[lo - start : hi - start]).float(), dim=-1)
+            targets = torch.tensor(ids[lo + 1 : hi + 1], device=logprobs.device)
             total += float(logprobs.gather(1, targets[:, None]).sum())
     return total / len(asked)
 

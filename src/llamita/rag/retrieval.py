@@ -47,7 +47,6 @@ class Hit:
         return {**asdict(self), "location": self.location}
 
 
-
 def fts_query(text: str) -> str | None:
     """An FTS5 MATCH expression: any of the query's content words in the text or heading, or
     any of their stems in the stems column (OR), each quoted so that FTS5 syntax in the user's
@@ -60,8 +59,7 @@ def fts_query(text: str) -> str | None:
     return f"{{text heading}} : ({exact}) OR stems : ({stemmed})" if stemmed else f"{{text heading}} : ({exact})"
 
 
-def dense_ranking(ids: np.ndarray, matrix: torch.Tensor, query: np.ndarray, limit: int
-                  ) -> list[tuple[int, float]]:
+def dense_ranking(ids: np.ndarray, matrix: torch.Tensor, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
     """(chunk id, cosine) of the `limit` rows of `matrix` (n, dim) nearest `query` (dim,),
     best first; exact (every row scored), as sqlite-vec's vec0 also does."""
     if len(ids) == 0:
@@ -71,8 +69,9 @@ def dense_ranking(ids: np.ndarray, matrix: torch.Tensor, query: np.ndarray, limi
     return [(int(ids[i]), float(s)) for s, i in zip(top.values.float(), top.indices)]
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int = RRF_K,
-                           weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[int]], k: int = RRF_K, weights: Sequence[float] | None = None
+) -> list[tuple[int, float]]:
     """(id, fused score) over several best-first rankings of ids, best first: an id's score is
     Σ weight / (k + rank) over the rankings it is in (weights default to 1 each). Ties keep
     the order of first appearance, so a ranking of weight 0 only adds what the others lack."""
@@ -87,12 +86,13 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int = RRF_K,
 
 
 # -- how much the dense ranking is worth, per collection, without labels ----------------------
-PSEUDO_QUERIES = 48   # sentences drawn from the collection's own chunks
+PSEUDO_QUERIES = 48  # sentences drawn from the collection's own chunks
 PSEUDO_QUERY_WORDS = (6, 24)  # a sentence shorter than 6 words says too little; longer ones are cut
 
 
-def pseudo_queries(chunks: Sequence[tuple[int, str]], count: int = PSEUDO_QUERIES, seed: int = 0
-                   ) -> list[tuple[int, str]]:
+def pseudo_queries(
+    chunks: Sequence[tuple[int, str]], count: int = PSEUDO_QUERIES, seed: int = 0
+) -> list[tuple[int, str]]:
     """(chunk id, one of its sentences) for up to `count` chunks drawn at random (seeded, so a
     collection measures the same way twice): the queries whose answer is known to be that chunk."""
     order = sorted(chunks)
@@ -120,8 +120,9 @@ def chance_reciprocal_rank(n_items: int, depth: int) -> float:
     return sum(1.0 / r for r in range(1, min(n_items, depth) + 1)) / n_items if n_items else 0.0
 
 
-def dense_weight(bm25_ranks: Sequence[int | None], dense_ranks: Sequence[int | None], n_items: int,
-                 depth: int) -> float:
+def dense_weight(
+    bm25_ranks: Sequence[int | None], dense_ranks: Sequence[int | None], n_items: int, depth: int
+) -> float:
     """The weight of the dense ranking in the fusion (BM25's is 1), from the rank each ranking
     gave the known chunk of each pseudo-query: the dense ranking's mean reciprocal rank above
     chance, as a fraction q of BM25's above chance; weight = clip(2q - 1, 0, 1). An embedder

@@ -53,7 +53,8 @@ CREATE TRIGGER chunks_delete AFTER DELETE ON chunks BEGIN
 END;
 """
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE files (
     id INTEGER PRIMARY KEY,
@@ -80,20 +81,26 @@ CREATE TABLE vectors (
     chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
     embedding BLOB NOT NULL             -- float32 little-endian, unit length
 );
-""" + _FTS
+"""
+    + _FTS
+)
 
 # Version 2 (stems): the column and the new FTS table come in SQL; the stems themselves are
 # Python's (Snowball), so the step leaves a mark that CollectionStore() acts on: fill every
 # chunk's stems and rebuild the index, in one transaction (a crash before it commits leaves
 # the mark, and the next open does it again). Vectors are untouched: no re-embedding.
-_MIGRATIONS = {2: """
+_MIGRATIONS = {
+    2: """
 DROP TRIGGER chunks_insert;
 DROP TRIGGER chunks_delete;
 DROP TABLE chunks_fts;
 ALTER TABLE chunks ADD COLUMN stems TEXT NOT NULL DEFAULT '';
-""" + _FTS + """
+"""
+    + _FTS
+    + """
 INSERT INTO meta VALUES ('stems_pending', '1');
-"""}
+"""
+}
 
 
 def collections_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -104,8 +111,9 @@ def collections_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 def collection_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
     if not _NAME.fullmatch(name):
-        raise CollectionError(f"bad collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-                              f"starting with a letter or digit")
+        raise CollectionError(
+            f"bad collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
     return collections_dir(data_dir) / f"{name}.db"
 
 
@@ -131,11 +139,20 @@ class CollectionStore:
         self.path = path
         if not path.exists():
             if not create:
-                raise CollectionError(f"there is no collection '{path.stem}' (in {path.parent}); "
-                                      f"create it with `llamita index add {path.stem} FILES...`")
+                raise CollectionError(
+                    f"there is no collection '{path.stem}' (in {path.parent}); "
+                    f"create it with `llamita index add {path.stem} FILES...`"
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
-        database.prepare(path, _SCHEMA, SCHEMA_VERSION, _MIGRATIONS, lambda found: CollectionError(
-            f"{path} has schema version {found}; this llamita reads up to {SCHEMA_VERSION}: upgrade llamita"))
+        database.prepare(
+            path,
+            _SCHEMA,
+            SCHEMA_VERSION,
+            _MIGRATIONS,
+            lambda found: CollectionError(
+                f"{path} has schema version {found}; this llamita reads up to {SCHEMA_VERSION}: upgrade llamita"
+            ),
+        )
         if "stems_pending" in self.meta():
             self._fill_stems()
 
@@ -144,8 +161,9 @@ class CollectionStore:
         rebuilt over them (one transaction)."""
         with self._write() as db:
             rows = db.execute("SELECT id, heading, text FROM chunks").fetchall()
-            db.executemany("UPDATE chunks SET stems = ? WHERE id = ?",
-                           [(_stems(r["heading"], r["text"]), r["id"]) for r in rows])
+            db.executemany(
+                "UPDATE chunks SET stems = ? WHERE id = ?", [(_stems(r["heading"], r["text"]), r["id"]) for r in rows]
+            )
             db.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
             db.execute("DELETE FROM meta WHERE key = 'stems_pending'")
 
@@ -158,8 +176,10 @@ class CollectionStore:
             yield db
             # Every write of chunks moves the generation on, so a reader's cached vectors know they
             # are stale (set_meta writes settings only, and leaves it).
-            db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
-                       "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+            db.execute(
+                "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
 
     # -- settings ----------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
@@ -169,8 +189,10 @@ class CollectionStore:
     def set_meta(self, values: dict[str, str]) -> None:
         """Writes settings; chunks and vectors are untouched, so the generation stays."""
         with database.write(self.path) as db:
-            db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                           list(values.items()))
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                list(values.items()),
+            )
 
     def generation(self) -> int:
         with self._connect() as db:
@@ -181,8 +203,9 @@ class CollectionStore:
     def files(self) -> list[dict[str, Any]]:
         """Every indexed file: path, sha256, size, n_chunks, indexed_at; by path."""
         with self._connect() as db:
-            return [dict(r) for r in db.execute(
-                "SELECT path, sha256, size, n_chunks, indexed_at FROM files ORDER BY path")]
+            return [
+                dict(r) for r in db.execute("SELECT path, sha256, size, n_chunks, indexed_at FROM files ORDER BY path")
+            ]
 
     def put_file(self, path: str, sha256: str, size: int, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         """Replaces the file's chunks and vectors (vectors: (len(chunks), dim) float32) in one
@@ -192,14 +215,25 @@ class CollectionStore:
         blobs = np.ascontiguousarray(vectors, dtype="<f4")
         with self._write() as db:
             _delete_file(db, path)
-            file_id = db.execute("INSERT INTO files (path, sha256, size, n_chunks, indexed_at) VALUES (?, ?, ?, ?, ?)",
-                                 (path, sha256, size, len(chunks), time.time())).lastrowid
+            file_id = db.execute(
+                "INSERT INTO files (path, sha256, size, n_chunks, indexed_at) VALUES (?, ?, ?, ?, ?)",
+                (path, sha256, size, len(chunks), time.time()),
+            ).lastrowid
             for chunk, vector in zip(chunks, blobs):
                 chunk_id = db.execute(
                     "INSERT INTO chunks (file_id, position, text, heading, page_start, page_end, n_tokens, stems) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (file_id, chunk.position, chunk.text, chunk.heading, chunk.page_start, chunk.page_end,
-                     chunk.n_tokens, _stems(chunk.heading, chunk.text))).lastrowid
+                    (
+                        file_id,
+                        chunk.position,
+                        chunk.text,
+                        chunk.heading,
+                        chunk.page_start,
+                        chunk.page_end,
+                        chunk.n_tokens,
+                        _stems(chunk.heading, chunk.text),
+                    ),
+                ).lastrowid
                 db.execute("INSERT INTO vectors VALUES (?, ?)", (chunk_id, vector.tobytes()))
 
     def remove_files(self, paths: Sequence[str]) -> None:
@@ -217,23 +251,31 @@ class CollectionStore:
             rows = db.execute(
                 f"SELECT c.id, c.text, c.heading, c.page_start, c.page_end, c.n_tokens, c.position, "
                 f"f.path AS source FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
-                list(ids)).fetchall()
+                list(ids),
+            ).fetchall()
         return {r["id"]: dict(r) for r in rows}
 
     def all_chunks(self) -> list[dict[str, Any]]:
         """Every chunk (source, position, text, heading, pages), in file and position order."""
         with self._connect() as db:
-            return [dict(r) for r in db.execute(
-                "SELECT f.path AS source, c.position, c.text, c.heading, c.page_start, c.page_end, c.n_tokens "
-                "FROM chunks c JOIN files f ON f.id = c.file_id ORDER BY f.path, c.position")]
+            return [
+                dict(r)
+                for r in db.execute(
+                    "SELECT f.path AS source, c.position, c.text, c.heading, c.page_start, c.page_end, c.n_tokens "
+                    "FROM chunks c JOIN files f ON f.id = c.file_id ORDER BY f.path, c.position"
+                )
+            ]
 
     def bm25(self, match: str, limit: int, weights: Sequence[float] = BM25_WEIGHTS) -> list[tuple[int, float]]:
         """(chunk id, BM25 score, higher is better) for an FTS5 MATCH expression, best first;
         weights: of the text, heading and stems columns."""
         text, heading, stemmed = (float(w) for w in weights)
         with self._connect() as db:
-            rows = db.execute(f"SELECT rowid, bm25(chunks_fts, {text!r}, {heading!r}, {stemmed!r}) AS s "
-                              "FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?", (match, limit)).fetchall()
+            rows = db.execute(
+                f"SELECT rowid, bm25(chunks_fts, {text!r}, {heading!r}, {stemmed!r}) AS s "
+                "FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?",
+                (match, limit),
+            ).fetchall()
         return [(r[0], -r[1]) for r in rows]  # FTS5's bm25() is negated: lower is better
 
     def vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,8 @@ STEMMER_LANGUAGE = "spanish"
 
 # Function words of Spanish and English, accents removed: dropped from the BM25 query, since
 # FTS5 would otherwise match nearly every chunk on "de" or "the" (slow, and no help to rank).
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a al algo algun alguna algunas alguno algunos ante antes aqui asi aun cada como con contra cual
 cuales cuando cuanta cuantas cuanto cuantos de del desde donde dos el ella ellas ellos en entre
 era es esa esas ese eso esos esta estan estas este esto estos fue ha han hay la las le les lo los
@@ -30,7 +31,8 @@ the of and to in is are was were be been it its this that these those for on wit
 or an what which who whom how why when where does do did can could should would will has have
 had not no but if then than so such into about over under between there their they them he she
 we you your our my me i
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"\w+")
 

@@ -45,12 +45,19 @@ OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico", "/openapi.json"})
 OPEN_PREFIXES = ("/static/",)
 
 
-def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = None,
-               data_dir: str | os.PathLike[str] | None = None, *,
-               cors_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               strict_model_names: bool = False, pool_config: PoolConfig = PoolConfig(),
-               load_engine: Callable[[str], EngineLoop] | None = None,
-               estimate: Callable[[Path], int] | None = None) -> FastAPI:
+def create_app(
+    engine_loop: EngineLoop,
+    model_name: str,
+    api_key: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    cors_origins: tuple[str, ...] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    strict_model_names: bool = False,
+    pool_config: PoolConfig = PoolConfig(),
+    load_engine: Callable[[str], EngineLoop] | None = None,
+    estimate: Callable[[Path], int] | None = None,
+) -> FastAPI:
     """The server's app. The engine loop must be started by the caller (and stopped by it).
 
     api_key: when set, every route but /health, /openapi.json and the chat page's files needs
@@ -79,8 +86,14 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
         return ServerState(loop, name, metrics, default.started_at, strict_model_names, default.responses)
 
     default_path = engine_loop.engine.loaded.path
-    app.state.pool = ModelPool(default, default_path, estimate(default_path) if estimate else 0,
-                               config=pool_config, loader=load if load_engine else None, estimate=estimate)
+    app.state.pool = ModelPool(
+        default,
+        default_path,
+        estimate(default_path) if estimate else 0,
+        config=pool_config,
+        loader=load if load_engine else None,
+        estimate=estimate,
+    )
     metrics.watch_pool(app.state.pool)
     app.state.chat_store = ChatStore(default_data_dir() if data_dir is None else data_dir)
     install_error_handlers(app)
@@ -105,8 +118,7 @@ def create_app(engine_loop: EngineLoop, model_name: str, api_key: str | None = N
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(AuthAndCount, api_key=api_key, metrics=metrics)
     if cors_origins:  # outermost: a browser's preflight is answered before the key check
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
-                           allow_headers=["*"])
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"])
     return app
 
 
@@ -116,8 +128,12 @@ def _serve_without_v1(app: FastAPI, routers: list[APIRouter]) -> None:
     (llama.cpp's server answers both)."""
     for route in [*app.routes, *(r for router in routers for r in router.routes)]:
         if isinstance(route, APIRoute) and route.path.startswith("/v1/"):
-            app.add_api_route(route.path.removeprefix("/v1"), route.endpoint, methods=sorted(route.methods or ()),
-                              include_in_schema=False)
+            app.add_api_route(
+                route.path.removeprefix("/v1"),
+                route.endpoint,
+                methods=sorted(route.methods or ()),
+                include_in_schema=False,
+            )
 
 
 async def openapi_json(request: Request) -> JSONResponse:
@@ -173,10 +189,14 @@ class AuthAndCount:
                 # middleware (outside this one) answers it; without, this answer grants no
                 # origin, so the browser still refuses the real request.
                 await Response(status_code=204, headers={"Allow": "GET, POST, PUT, DELETE, OPTIONS"})(
-                    scope, receive, send_and_note)
+                    scope, receive, send_and_note
+                )
             elif self.api_key and not _is_open(scope["path"]) and not _has_key(headers, self.api_key):
-                error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' "
-                                 "or 'X-Api-Key: <key>'", code="invalid_api_key")
+                error = APIError(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'",
+                    code="invalid_api_key",
+                )
                 await error.response()(scope, receive, send_and_note)
             else:
                 await self.app(scope, receive, send_and_note)

@@ -71,8 +71,9 @@ async def upload_files(request: Request, name: str) -> JSONResponse:
     collections = collections_of(request)
     collections.path(name)  # 400 for a bad name before reading the body
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise APIError(400, "upload files as multipart/form-data in the field 'files' "
-                       "(curl -F files=@notes.md)", param="files")
+        raise APIError(
+            400, "upload files as multipart/form-data in the field 'files' (curl -F files=@notes.md)", param="files"
+        )
     async with request.form(max_files=MAX_FILES_PER_UPLOAD, max_fields=MAX_FILES_PER_UPLOAD) as form:
         uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         if not uploads:

@@ -80,8 +80,12 @@ class LockedEmbedder(Embedder):
 
 
 def _not_found(name: str) -> APIError:
-    return APIError(404, f"there is no collection '{name}': create it with POST /v1/collections",
-                    param="name", code="collection_not_found")
+    return APIError(
+        404,
+        f"there is no collection '{name}': create it with POST /v1/collections",
+        param="name",
+        code="collection_not_found",
+    )
 
 
 class Collections:
@@ -112,7 +116,7 @@ class Collections:
         """How a file is named over HTTP: its name for an uploaded file, its path for one the
         CLI indexed from elsewhere."""
         folder = str(self.uploads(name)) + os.sep
-        return path[len(folder):] if path.startswith(folder) else path
+        return path[len(folder) :] if path.startswith(folder) else path
 
     def open(self, name: str, *, embedding: bool = False) -> Collection:
         """The collection (404 if there is none); with `embedding`, ready to embed with the
@@ -138,8 +142,11 @@ class Collections:
             return EngineEmbedder(self.loop, self.events, collection.recorded_spec())
         if path not in self._models:
             if not Path(path).exists():
-                raise APIError(400, f"collection '{collection.name}' was indexed with {path}, which is gone",
-                               code="embedding_model_missing")
+                raise APIError(
+                    400,
+                    f"collection '{collection.name}' was indexed with {path}, which is gone",
+                    code="embedding_model_missing",
+                )
             self._models[path] = LLM(path)
         return LockedEmbedder(self._models[path], collection.recorded_spec())
 
@@ -160,8 +167,9 @@ class Collections:
             except Exception as e:  # a file that is not a loadable model is the client's error
                 if not isinstance(e, (LlamitaError, OSError, ValueError, KeyError)):
                     raise
-                raise APIError(400, f"cannot load embedding model {embedding_model!r}: {e}",
-                               param="embedding_model") from None
+                raise APIError(
+                    400, f"cannot load embedding model {embedding_model!r}: {e}", param="embedding_model"
+                ) from None
             model_path = str(llm.loaded.path)
             with self._lock:
                 self._models.setdefault(model_path, llm)
@@ -174,13 +182,28 @@ class Collections:
         collection = self.open(name)
         meta = collection.settings
         n_files, n_chunks, n_tokens = collection.store.counts()
-        files = [{"name": self.source_name(name, f["path"]), "bytes": f["size"], "chunks": f["n_chunks"],
-                  "sha256": f["sha256"], "indexed_at": f["indexed_at"]} for f in collection.files()]
-        return {"object": "collection", "name": name, "files": files, "n_files": n_files, "n_chunks": n_chunks,
-                "n_tokens": n_tokens, "bytes": sum(f["bytes"] for f in files),
-                "database_bytes": self.path(name).stat().st_size,
-                "embedding_model": os.path.basename(meta.get("embedding_model", "")),
-                "chunk_tokens": int(meta["chunk_tokens"]) if "chunk_tokens" in meta else None}
+        files = [
+            {
+                "name": self.source_name(name, f["path"]),
+                "bytes": f["size"],
+                "chunks": f["n_chunks"],
+                "sha256": f["sha256"],
+                "indexed_at": f["indexed_at"],
+            }
+            for f in collection.files()
+        ]
+        return {
+            "object": "collection",
+            "name": name,
+            "files": files,
+            "n_files": n_files,
+            "n_chunks": n_chunks,
+            "n_tokens": n_tokens,
+            "bytes": sum(f["bytes"] for f in files),
+            "database_bytes": self.path(name).stat().st_size,
+            "embedding_model": os.path.basename(meta.get("embedding_model", "")),
+            "chunk_tokens": int(meta["chunk_tokens"]) if "chunk_tokens" in meta else None,
+        }
 
     def delete(self, name: str) -> None:
         self.path(name)
@@ -202,8 +225,12 @@ class Collections:
         for filename, data in files:
             target = folder / _file_name(filename)
             if target.suffix.lower() not in SUFFIXES:
-                skipped.append({"file": target.name, "reason": f"unsupported file type '{target.suffix}' "
-                                f"(supported: {', '.join(SUFFIXES)})"})
+                skipped.append(
+                    {
+                        "file": target.name,
+                        "reason": f"unsupported file type '{target.suffix}' (supported: {', '.join(SUFFIXES)})",
+                    }
+                )
                 continue
             target.write_bytes(data)
             saved.append(target)
@@ -213,12 +240,18 @@ class Collections:
             for path, why in report.skipped:
                 Path(path).unlink(missing_ok=True)
                 skipped.append({"file": self.source_name(name, path), "reason": why})
+
         def names(paths: list[str]) -> list[str]:
             return [self.source_name(name, p) for p in paths]
-        return {"collection": name, "added": names(report.added) if report else [],
-                "updated": names(report.updated) if report else [],
-                "unchanged": names(report.unchanged) if report else [], "skipped": skipped,
-                "chunks": report.chunks if report else 0}
+
+        return {
+            "collection": name,
+            "added": names(report.added) if report else [],
+            "updated": names(report.updated) if report else [],
+            "unchanged": names(report.unchanged) if report else [],
+            "skipped": skipped,
+            "chunks": report.chunks if report else 0,
+        }
 
     def delete_file(self, name: str, filename: str) -> None:
         collection = self.open(name)
@@ -245,14 +278,26 @@ class Collections:
         """The `top` best chunks over the collections `names`: each searched alone, then merged
         by score (reciprocal-rank scores for hybrid are comparable across collections; BM25's
         and cosine's are each on one scale). (collection, hit), best first."""
-        found = [(name, hit) for name in names
-                 for hit in self.open(name, embedding=mode != "bm25").search(query, top, mode=mode)]
+        found = [
+            (name, hit)
+            for name in names
+            for hit in self.open(name, embedding=mode != "bm25").search(query, top, mode=mode)
+        ]
         return sorted(found, key=lambda pair: -pair[1].score)[:top]
 
     def hit_json(self, name: str, hit: Hit) -> dict[str, Any]:
-        return {"collection": name, "source": self.source_name(name, hit.source), "location": hit.location,
-                "heading": hit.heading, "page_start": hit.page_start, "page_end": hit.page_end,
-                "text": hit.text, "score": hit.score, "bm25_rank": hit.bm25_rank, "dense_rank": hit.dense_rank}
+        return {
+            "collection": name,
+            "source": self.source_name(name, hit.source),
+            "location": hit.location,
+            "heading": hit.heading,
+            "page_start": hit.page_start,
+            "page_end": hit.page_end,
+            "text": hit.text,
+            "score": hit.score,
+            "bm25_rank": hit.bm25_rank,
+            "dense_rank": hit.dense_rank,
+        }
 
 
 def _file_name(filename: str) -> str:
@@ -260,6 +305,10 @@ def _file_name(filename: str) -> str:
     nothing hidden. 400 otherwise."""
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
     if not name or name.startswith(".") or name != filename or "\x00" in name or len(name) > 255:
-        raise APIError(400, f"bad file name {filename!r}: give a plain file name (no folders, not hidden)",
-                       param="files", code="invalid_file_name")
+        raise APIError(
+            400,
+            f"bad file name {filename!r}: give a plain file name (no folders, not hidden)",
+            param="files",
+            code="invalid_file_name",
+        )
     return name

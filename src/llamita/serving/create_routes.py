@@ -40,8 +40,11 @@ async def create(request: Request) -> Any:
     stream = field(body, "stream", bool, True)
     for unsupported in ("files", "quantize"):
         if body.get(unsupported):
-            what = ("uploaded model files; give 'from' a library name or a path on this machine"
-                    if unsupported == "files" else "quantizing while creating; `llamita quantize` does it")
+            what = (
+                "uploaded model files; give 'from' a library name or a path on this machine"
+                if unsupported == "files"
+                else "quantizing while creating; `llamita quantize` does it"
+            )
             raise not_supported(unsupported, what)
     modelfile = _modelfile(body)
     try:
@@ -72,14 +75,12 @@ def _modelfile(body: dict[str, Any]) -> Modelfile:
         raise APIError(400, str(e), param="modelfile" if e.line else "parameters") from None
     from_ = field(body, "from", str) or (base.from_ if base is not None else None)
     if not from_:
-        raise APIError(400, "'from' is required: the model to start from (a library name or a path)",
-                       param="from")
+        raise APIError(400, "'from' is required: the model to start from (a library name or a path)", param="from")
     adapters = body.get("adapters") or {}
     if isinstance(adapters, dict):
         adapters = list(adapters)  # Ollama: {file name: digest}; here the names are paths
     if not isinstance(adapters, list) or not all(isinstance(a, str) and a for a in adapters):
-        raise APIError(400, "'adapters' must name LoRA adapters by their paths on this machine",
-                       param="adapters")
+        raise APIError(400, "'adapters' must name LoRA adapters by their paths on this machine", param="adapters")
     own = ModelSettings(own.parameters, own.system, own.template, own.messages, tuple(adapters), own.license)
     settings = own.layered_over(base.settings if base is not None else None)
     commands = (base.commands if base is not None else ()) + tuple(Command("ADAPTER", a) for a in adapters)

@@ -50,12 +50,12 @@ async def openai_embeddings(request: Request) -> JSONResponse:
     data = []
     for i, v in enumerate(vectors):
         # base64 is OpenAI's packed form: little-endian float32 bytes.
-        value: Any = v if encoding == "float" else base64.b64encode(
-            np.asarray(v, dtype="<f4").tobytes()).decode()
+        value: Any = v if encoding == "float" else base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": value})
     n = sum(len(ids) for ids in inputs)
-    return JSONResponse({"object": "list", "data": data, "model": state.model_name,
-                         "usage": {"prompt_tokens": n, "total_tokens": n}})
+    return JSONResponse(
+        {"object": "list", "data": data, "model": state.model_name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+    )
 
 
 @router.post("/api/embed", openapi_extra=request_body(OllamaEmbedRequest))
@@ -65,9 +65,15 @@ async def ollama_embed(request: Request) -> JSONResponse:
     truncate = field(body, "truncate", bool, True)
     inputs = _truncate(state, prompt_id_lists(state, body["input"], "input"), truncate)
     vectors = await _embed_all(state, inputs)
-    return JSONResponse({"model": state.model_name, "embeddings": vectors,
-                         "total_duration": time.perf_counter_ns() - start, "load_duration": 0,
-                         "prompt_eval_count": sum(len(ids) for ids in inputs)})
+    return JSONResponse(
+        {
+            "model": state.model_name,
+            "embeddings": vectors,
+            "total_duration": time.perf_counter_ns() - start,
+            "load_duration": 0,
+            "prompt_eval_count": sum(len(ids) for ids in inputs),
+        }
+    )
 
 
 @router.post("/api/embeddings", openapi_extra=request_body(OllamaEmbeddingsRequest))

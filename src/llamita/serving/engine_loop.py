@@ -148,8 +148,14 @@ class RequestStream:
 
 
 class EngineLoop:
-    def __init__(self, engine: LLMEngine, *, max_queue: int = 64,
-                 observer: LatencyObserver | None = None, request_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        *,
+        max_queue: int = 64,
+        observer: LatencyObserver | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
         """max_queue: most requests that may wait for a place in the running batch; one more
         is refused with QueueFullError (HTTP 503). request_timeout: seconds a request may spend
         queued and running together before it is aborted with RequestTimeoutError; None: no limit."""
@@ -203,14 +209,17 @@ class EngineLoop:
         return max(0, self.num_waiting + 1 - free)
 
     # -- called from the event loop -------------------------------------------------------------
-    async def submit(self, prompt_ids: list[int], params: SamplingParams,
-                     request_id: str | None = None, adapter: str | None = None) -> RequestStream:
+    async def submit(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None, adapter: str | None = None
+    ) -> RequestStream:
         """Queue a request and wait until the engine accepted it. Raises QueueFullError, or the
         engine's InvalidParameterError / ContextOverflowError (nothing is left queued then)."""
         self._check_running()
         if self._would_wait() > self.max_queue:
-            raise QueueFullError(f"{self.num_waiting} requests are already waiting for the engine "
-                                 f"(--max-queue {self.max_queue}); retry shortly")
+            raise QueueFullError(
+                f"{self.num_waiting} requests are already waiting for the engine "
+                f"(--max-queue {self.max_queue}); retry shortly"
+            )
         request_id = request_id or f"req-{next(self._ids)}"
         sink = _Sink(asyncio.get_running_loop())
         with self._pending_lock:
@@ -256,8 +265,9 @@ class EngineLoop:
                 item = None
             while item is not None:
                 if item is _STOP:
-                    self._fail_all(ServerShuttingDownError("the server is shutting down; the request "
-                                                           "was stopped before its end"))
+                    self._fail_all(
+                        ServerShuttingDownError("the server is shutting down; the request was stopped before its end")
+                    )
                     return
                 self._apply(item)
                 try:
@@ -331,9 +341,12 @@ class EngineLoop:
             if sink.submitted_at < deadline:
                 del self._sinks[request_id]
                 self.engine.abort(request_id)
-                sink.put(RequestTimeoutError(
-                    f"the request ran past the server's request timeout ({self.request_timeout:g} s, "
-                    "--request-timeout) and was stopped; ask for fewer tokens or retry later"))
+                sink.put(
+                    RequestTimeoutError(
+                        f"the request ran past the server's request timeout ({self.request_timeout:g} s, "
+                        "--request-timeout) and was stopped; ask for fewer tokens or retry later"
+                    )
+                )
 
     def _fail_all(self, error: Exception) -> None:
         for request_id, sink in list(self._sinks.items()):
@@ -347,6 +360,13 @@ class EngineLoop:
     def _publish(self) -> None:
         engine, stats = self.engine, self.engine.stats
         self.snapshot = LoopSnapshot(
-            engine.num_waiting, engine.num_running, engine.blocks.usage,
-            engine.blocks.stats.hit_rate, stats.prompt_tokens, stats.generation_tokens,
-            stats.requests_finished, stats.requests_aborted, self._errors)
+            engine.num_waiting,
+            engine.num_running,
+            engine.blocks.usage,
+            engine.blocks.stats.hit_rate,
+            stats.prompt_tokens,
+            stats.generation_tokens,
+            stats.requests_finished,
+            stats.requests_aborted,
+            self._errors,
+        )

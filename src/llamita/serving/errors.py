@@ -32,15 +32,29 @@ log = logging.getLogger(__name__)
 # Seconds a client is told to wait when the queue is full.
 RETRY_AFTER_SECONDS = 1
 
-_TYPE_OF_STATUS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                   405: "invalid_request_error", 413: "invalid_request_error", 503: "server_error"}
+_TYPE_OF_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    503: "server_error",
+}
 
 
 class APIError(Exception):
     """An HTTP error a route raises; its fields are OpenAI's."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -101,7 +115,7 @@ def validation_error(errors: Sequence[Any], body: Any, prefix: tuple[str, ...] =
     error = max(errors, key=lambda err: len(err.get("loc", ())))
     if error.get("type") == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {error.get('msg')}")
-    param = _field_path(tuple(error.get("loc", ()))[len(prefix):], body)
+    param = _field_path(tuple(error.get("loc", ()))[len(prefix) :], body)
     message = f"'{param}': {error.get('msg')}" if param else str(error.get("msg"))
     return APIError(400, f"invalid request: {message}", param=param or None)
 
@@ -139,8 +153,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # its side): one line, its request already aborted and its slot freed. Registered by
         # class so Starlette answers it here instead of in the catch-all for Exception, which
         # re-raises into uvicorn's "Exception in ASGI application" and a full traceback.
-        log.info("%s %s: the client disconnected before the answer; request aborted",
-                 request.method, request.url.path)
+        log.info("%s %s: the client disconnected before the answer; request aborted", request.method, request.url.path)
         return api_error(e).response()
 
     app.add_exception_handler(ClientDisconnect, on_disconnect)  # type: ignore[arg-type]

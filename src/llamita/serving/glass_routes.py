@@ -67,8 +67,9 @@ async def attention(request: Request) -> JSONResponse:
     _check_length(state, "text", text, raw, MAX_ATTENTION_TOKENS)
 
     def job(engine: LLMEngine) -> dict[str, Any]:
-        view = attention_view(LLM.from_loaded(engine.loaded, adapter), text, raw=raw, layer=layer, head=head,
-                              token=token, top=top)
+        view = attention_view(
+            LLM.from_loaded(engine.loaded, adapter), text, raw=raw, layer=layer, head=head, token=token, top=top
+        )
         view.pop("weights")  # every layer and head: the client asks for the one it shows
         return view
 
@@ -92,8 +93,16 @@ async def next_token(request: Request) -> JSONResponse:
     _check_length(state, "prompt", prompt, raw, state.context_length)
 
     def job(engine: LLMEngine) -> dict[str, Any]:
-        return next_token_view(LLM.from_loaded(engine.loaded, adapter), prompt, raw=raw, temperatures=temperatures,
-                               top=top, top_k=top_k, top_p=top_p, min_p=min_p)
+        return next_token_view(
+            LLM.from_loaded(engine.loaded, adapter),
+            prompt,
+            raw=raw,
+            temperatures=temperatures,
+            top=top,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+        )
 
     return JSONResponse(await state.loop.call(job))
 
@@ -134,19 +143,37 @@ async def sources(request: Request) -> JSONResponse:
     truncated = len(answer_ids) > MAX_EXPLAINED_TOKENS
     answer_ids = answer_ids[:MAX_EXPLAINED_TOKENS]
     hits = [hit_of(s) for s in listed]
-    prompt = build_prompt(llm, question, hits, language=language, answer_tokens=len(answer_ids), history=history,
-                          context_length=state.context_length)
+    prompt = build_prompt(
+        llm,
+        question,
+        hits,
+        language=language,
+        answer_tokens=len(answer_ids),
+        history=history,
+        context_length=state.context_length,
+    )
     if len(prompt.sources) != len(hits):
-        raise APIError(400, "the sources and the answer do not fit in the context window together",
-                       param="sources", code="context_length_exceeded")
+        raise APIError(
+            400,
+            "the sources and the answer do not fit in the context window together",
+            param="sources",
+            code="context_length_exceeded",
+        )
 
     def job(engine: LLMEngine) -> dict[str, Any]:
         seen = explain(LLM.from_loaded(engine.loaded, adapter), prompt, answer_ids)
-        return {"sources": [{"index": i, "source": hit.source, "share": share}
-                            for i, (hit, share) in enumerate(zip(hits, seen.shares), start=1)],
-                "retrieved": seen.retrieved, "other": seen.other, "tokens": seen.answer_pieces,
-                "per_token": seen.per_token.tolist(), "prompt_tokens": len(prompt.prompt_token_ids),
-                "truncated": truncated}
+        return {
+            "sources": [
+                {"index": i, "source": hit.source, "share": share}
+                for i, (hit, share) in enumerate(zip(hits, seen.shares), start=1)
+            ],
+            "retrieved": seen.retrieved,
+            "other": seen.other,
+            "tokens": seen.answer_pieces,
+            "per_token": seen.per_token.tolist(),
+            "prompt_tokens": len(prompt.prompt_token_ids),
+            "truncated": truncated,
+        }
 
     return JSONResponse(await state.loop.call(job))
 
@@ -164,8 +191,7 @@ def _index(body: dict[str, Any], name: str, n: int) -> int | None:
     """A 0-based layer or head; None (absent) means the average over all of them."""
     value: int | None = field(body, name, int)
     if value is not None and not 0 <= value < n:
-        raise APIError(400, f"'{name}' must be in 0..{n - 1} (or absent for the average), got {value}",
-                       param=name)
+        raise APIError(400, f"'{name}' must be in 0..{n - 1} (or absent for the average), got {value}", param=name)
     return value
 
 
@@ -182,8 +208,9 @@ def _temperatures(body: dict[str, Any]) -> list[float]:
     one = field(body, "temperature", float)
     values = [one] if one is not None else field(body, "temperatures", list, [1.0])
     if not 1 <= len(values) <= MAX_TEMPERATURES:
-        raise APIError(400, f"'temperatures' takes 1..{MAX_TEMPERATURES} values, got {len(values)}",
-                       param="temperatures")
+        raise APIError(
+            400, f"'temperatures' takes 1..{MAX_TEMPERATURES} values, got {len(values)}", param="temperatures"
+        )
     for t in values:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
             raise APIError(400, f"each temperature must be a number >= 0, got {t!r}", param="temperatures")
@@ -194,5 +221,9 @@ def _check_length(state: ServerState, name: str, text: str, raw: bool, limit: in
     """400 before the model runs when the text is longer than `limit` tokens."""
     n = len(prompt_ids(LLM.from_loaded(state.loaded), text, raw))
     if n > limit:
-        raise APIError(400, f"'{name}' is {n} tokens (with the chat template unless 'raw'); this view "
-                       f"takes at most {limit}", param=name, code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"'{name}' is {n} tokens (with the chat template unless 'raw'); this view takes at most {limit}",
+            param=name,
+            code="context_length_exceeded",
+        )

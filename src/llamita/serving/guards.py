@@ -59,8 +59,7 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = APIError(413, f"the request body is larger than {self.max_bytes:,} bytes",
-                         code="request_too_large")
+        error = APIError(413, f"the request body is larger than {self.max_bytes:,} bytes", code="request_too_large")
         await error.response()(scope, receive, send)
 
 

@@ -47,14 +47,19 @@ def _param_size(n: int | None) -> str:
 
 # ------------------------------------------------------------------------------- entries
 
+
 def _details(state: ServerState) -> dict[str, Any]:
     meta, loaded = state.loaded.metadata, state.loaded
     file_type = meta.get("general.file_type")
     quantization = FILE_TYPES.get(int(file_type)) if file_type is not None else None
-    return {"parent_model": "", "format": loaded.format, "family": loaded.config.architecture,
-            "families": [loaded.config.architecture],
-            "parameter_size": meta.get("general.size_label") or _param_size(loaded.config.n_params()),
-            "quantization_level": quantization or str(loaded.dtype).removeprefix("torch.")}
+    return {
+        "parent_model": "",
+        "format": loaded.format,
+        "family": loaded.config.architecture,
+        "families": [loaded.config.architecture],
+        "parameter_size": meta.get("general.size_label") or _param_size(loaded.config.n_params()),
+        "quantization_level": quantization or str(loaded.dtype).removeprefix("torch."),
+    }
 
 
 def _size_on_disk(path: Path) -> int:
@@ -79,8 +84,16 @@ def served_entries(state: ServerState) -> list[dict[str, Any]]:
         details = _details(state)
         if name != state.model_name:
             details["parent_model"] = state.model_name
-        entries.append({"name": name, "model": name, "modified_at": modified, "size": size,
-                        "digest": _digest(path), "details": details})
+        entries.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": modified,
+                "size": size,
+                "digest": _digest(path),
+                "details": details,
+            }
+        )
     return entries
 
 
@@ -98,11 +111,23 @@ def _library_entries(default_path: Path) -> list[dict[str, Any]]:
         if params is None or quant is None:
             d = describe(m.path)
             params, quant = params or d.parameters, quant or d.quantization
-        entries.append({"name": m.name, "model": m.name, "modified_at": _iso(m.modified), "size": m.size_bytes,
-                        "digest": _digest(m.path),
-                        "details": {"parent_model": "", "format": "gguf" if m.path.is_file() else "safetensors",
-                                    "family": "llama", "families": ["llama"],
-                                    "parameter_size": _param_size(params), "quantization_level": quant or ""}})
+        entries.append(
+            {
+                "name": m.name,
+                "model": m.name,
+                "modified_at": _iso(m.modified),
+                "size": m.size_bytes,
+                "digest": _digest(m.path),
+                "details": {
+                    "parent_model": "",
+                    "format": "gguf" if m.path.is_file() else "safetensors",
+                    "family": "llama",
+                    "families": ["llama"],
+                    "parameter_size": _param_size(params),
+                    "quantization_level": quant or "",
+                },
+            }
+        )
     return entries
 
 
@@ -142,8 +167,7 @@ def _loaded_entry(model: PooledModel) -> list[dict[str, Any]]:
     for entry in entries:
         entry.pop("modified_at")
         entry["size"] = model.size or entry["size"]
-        entry.update(expires_at=expires, context_length=state.context_length,
-                     size_vram=entry["size"] if on_gpu else 0)
+        entry.update(expires_at=expires, context_length=state.context_length, size_vram=entry["size"] if on_gpu else 0)
     return entries
 
 
@@ -166,11 +190,20 @@ async def show(request: Request) -> JSONResponse:
     if model is not None and model.state is not None:
         state = model.state
         meta = state.loaded.metadata
-        info = {k: v for k, v in meta.items() if not k.startswith("tokenizer.") and isinstance(v, (str, int, float, bool))}
-        return JSONResponse({"modelfile": "", "parameters": "", "template": meta.get("tokenizer.chat_template", ""),
-                             "details": _details(state), "model_info": info,
-                             "capabilities": ["completion", "tools"],
-                             "modified_at": _iso(state.loaded.path.stat().st_mtime)})
+        info = {
+            k: v for k, v in meta.items() if not k.startswith("tokenizer.") and isinstance(v, (str, int, float, bool))
+        }
+        return JSONResponse(
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": meta.get("tokenizer.chat_template", ""),
+                "details": _details(state),
+                "model_info": info,
+                "capabilities": ["completion", "tools"],
+                "modified_at": _iso(state.loaded.path.stat().st_mtime),
+            }
+        )
     return JSONResponse(await asyncio.to_thread(_show_unloaded, key))
 
 
@@ -183,15 +216,27 @@ def _show_unloaded(name: str) -> dict[str, Any]:
         raise APIError(404, f"model '{name}' not found", param="model", code="model_not_found")
     d = describe(found.path)
     info = {k: v for k, v in d.metadata.items() if isinstance(v, (str, int, float, bool))}
-    return {"modelfile": "", "parameters": "", "template": d.template or "", "license": d.license or "",
-            "details": {"parent_model": "", "format": "gguf" if found.path.is_file() else "safetensors",
-                        "family": d.architecture or "llama", "families": [d.architecture or "llama"],
-                        "parameter_size": _param_size(d.parameters),
-                        "quantization_level": found.quantization or d.quantization or ""},
-            "model_info": info, "capabilities": ["completion", "tools"], "modified_at": _iso(found.modified)}
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": d.template or "",
+        "license": d.license or "",
+        "details": {
+            "parent_model": "",
+            "format": "gguf" if found.path.is_file() else "safetensors",
+            "family": d.architecture or "llama",
+            "families": [d.architecture or "llama"],
+            "parameter_size": _param_size(d.parameters),
+            "quantization_level": found.quantization or d.quantization or "",
+        },
+        "model_info": info,
+        "capabilities": ["completion", "tools"],
+        "modified_at": _iso(found.modified),
+    }
 
 
 # ------------------------------------------------------------------------------- OpenAI's list
+
 
 def _card(name: str, created: float, parent: str | None = None, max_model_len: int | None = None) -> dict[str, Any]:
     card: dict[str, Any] = {"id": name, "object": "model", "created": int(created), "owned_by": "llamita"}
@@ -204,8 +249,10 @@ def _card(name: str, created: float, parent: str | None = None, max_model_len: i
 
 async def _cards(request: Request) -> list[dict[str, Any]]:
     state = server_state(request)
-    cards = [_card(n, state.started_at, None if n == state.model_name else state.model_name, state.context_length)
-             for n in state.model_names()]
+    cards = [
+        _card(n, state.started_at, None if n == state.model_name else state.model_name, state.context_length)
+        for n in state.model_names()
+    ]
     if _pool(request).config.library:
         entries = await asyncio.to_thread(_library_entries, state.loaded.path)
         cards += [_card(e["name"], datetime.fromisoformat(e["modified_at"]).timestamp()) for e in entries]
@@ -228,6 +275,7 @@ async def get_model(request: Request, model_id: str) -> JSONResponse:
 
 # ------------------------------------------------------------------------------- pull
 
+
 def _progress_class(emit: Any, digests: dict[str, tuple[str, int]]) -> type:
     """A `tqdm_class` for huggingface_hub's download that reports Ollama's progress objects."""
 
@@ -238,8 +286,14 @@ def _progress_class(emit: Any, digests: dict[str, tuple[str, int]]) -> type:
             self._emit()
 
         def _emit(self) -> None:
-            emit({"status": f"pulling {self.digest[:12]}", "digest": f"sha256:{self.digest}",
-                  "total": self.total, "completed": self.completed})
+            emit(
+                {
+                    "status": f"pulling {self.digest[:12]}",
+                    "digest": f"sha256:{self.digest}",
+                    "total": self.total,
+                    "completed": self.completed,
+                }
+            )
 
         def update(self, n: int = 1) -> None:
             self.completed += n
@@ -316,6 +370,7 @@ async def pull_model(request: Request) -> Any:
 
 # ------------------------------------------------------------------------------- delete, copy
 
+
 @router.delete("/api/delete")
 async def delete_model(request: Request) -> Response:
     """Forget a library model (its files too when no other name uses them); a loaded one is
@@ -326,8 +381,9 @@ async def delete_model(request: Request) -> Response:
         raise APIError(400, "'model' must name the model to delete", param="model")
     pool = _pool(request)
     if pool.resolve_loaded(name) == pool.default.model_name:
-        raise APIError(400, f"'{name}' is the model this server was started with; it cannot be "
-                       "deleted while served", param="model")
+        raise APIError(
+            400, f"'{name}' is the model this server was started with; it cannot be deleted while served", param="model"
+        )
     key = await asyncio.to_thread(_local_name, name)
     pool.unload(key)
     await asyncio.to_thread(_remove, key)

@@ -31,16 +31,23 @@ class _EngineCollector(Collector):
         if loop is None:
             return
         s = loop.snapshot
-        yield GaugeMetricFamily("llamita_queue_length", "Requests waiting for a place in the running batch.",
-                                value=loop.num_waiting)
+        yield GaugeMetricFamily(
+            "llamita_queue_length", "Requests waiting for a place in the running batch.", value=loop.num_waiting
+        )
         yield GaugeMetricFamily("llamita_running_sequences", "Requests in the running batch.", value=s.running)
-        yield GaugeMetricFamily("llamita_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1).",
-                                value=s.kv_cache_usage)
-        yield GaugeMetricFamily("llamita_prefix_cache_hit_ratio",
-                                "Fraction of looked-up prompt tokens found in the prefix cache since start.",
-                                value=s.prefix_cache_hit_rate)
-        yield CounterMetricFamily("llamita_prompt_tokens", "Prompt tokens run through the model "
-                                  "(prefix-cache hits excluded).", value=s.prompt_tokens)
+        yield GaugeMetricFamily(
+            "llamita_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1).", value=s.kv_cache_usage
+        )
+        yield GaugeMetricFamily(
+            "llamita_prefix_cache_hit_ratio",
+            "Fraction of looked-up prompt tokens found in the prefix cache since start.",
+            value=s.prefix_cache_hit_rate,
+        )
+        yield CounterMetricFamily(
+            "llamita_prompt_tokens",
+            "Prompt tokens run through the model (prefix-cache hits excluded).",
+            value=s.prompt_tokens,
+        )
         yield CounterMetricFamily("llamita_generation_tokens", "Tokens generated.", value=s.generation_tokens)
         yield CounterMetricFamily("llamita_engine_errors", "Engine steps that failed.", value=s.engine_errors)
 
@@ -52,12 +59,17 @@ class _PoolCollector(Collector):
         self._pool = pool
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("llamita_loaded_models", "Models loaded in memory now (the default "
-                                "model included).", value=len(self._pool.loaded()))
-        yield CounterMetricFamily("llamita_model_loads", "Models loaded on demand since start.",
-                                  value=self._pool.loads)
-        yield CounterMetricFamily("llamita_model_unloads", "Models unloaded (keep_alive ran out, "
-                                  "evicted for memory, or asked to) since start.", value=self._pool.unloads)
+        yield GaugeMetricFamily(
+            "llamita_loaded_models",
+            "Models loaded in memory now (the default model included).",
+            value=len(self._pool.loaded()),
+        )
+        yield CounterMetricFamily("llamita_model_loads", "Models loaded on demand since start.", value=self._pool.loads)
+        yield CounterMetricFamily(
+            "llamita_model_unloads",
+            "Models unloaded (keep_alive ran out, evicted for memory, or asked to) since start.",
+            value=self._pool.unloads,
+        )
 
 
 class ServerMetrics:
@@ -67,14 +79,24 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._loop: EngineLoop | None = None
-        self.requests = Counter("llamita_http_requests", "HTTP requests answered, by route and status.",
-                                ["route", "status"], registry=self.registry)
+        self.requests = Counter(
+            "llamita_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
         self.time_to_first_token = Histogram(
-            "llamita_time_to_first_token_seconds", "From a request's arrival at the engine queue to "
-            "its first generated token.", buckets=_TTFT_BUCKETS, registry=self.registry)
+            "llamita_time_to_first_token_seconds",
+            "From a request's arrival at the engine queue to its first generated token.",
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
         self.inter_token_latency = Histogram(
-            "llamita_inter_token_latency_seconds", "Between two consecutive tokens of one request.",
-            buckets=_ITL_BUCKETS, registry=self.registry)
+            "llamita_inter_token_latency_seconds",
+            "Between two consecutive tokens of one request.",
+            buckets=_ITL_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(lambda: self._loop))
 
     def watch(self, loop: EngineLoop) -> None:

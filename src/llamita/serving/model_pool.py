@@ -72,17 +72,24 @@ class PoolConfig:
 
 
 class ModelPool:
-    def __init__(self, default: ServerState, default_path: Path, default_size: int, *,
-                 config: PoolConfig = PoolConfig(), loader: Loader | None = None,
-                 estimate: Callable[[Path], int] | None = None) -> None:
+    def __init__(
+        self,
+        default: ServerState,
+        default_path: Path,
+        default_size: int,
+        *,
+        config: PoolConfig = PoolConfig(),
+        loader: Loader | None = None,
+        estimate: Callable[[Path], int] | None = None,
+    ) -> None:
         self.default = default
         self.config = config
         self._loader = loader
         self._estimate = estimate
         self._cv = threading.Condition()
         self._models: dict[str, PooledModel] = {
-            default.model_name: PooledModel(default.model_name, default_path, default_size, default,
-                                            pinned=True)}
+            default.model_name: PooledModel(default.model_name, default_path, default_size, default, pinned=True)
+        }
         self._models[default.model_name].loaded.set()
         self._stopping: list[PooledModel] = []  # out of the table, engine not yet stopped
         self._load_lock = threading.Lock()  # held by the one load in progress
@@ -105,8 +112,11 @@ class ModelPool:
         if self.config.library:
             found = _find_local(name)
             if found is not None:
-                return self.default.model_name if _same_file(found.path, self._models[self.default.model_name].path) \
+                return (
+                    self.default.model_name
+                    if _same_file(found.path, self._models[self.default.model_name].path)
                     else found.name
+                )
         if self.default.strict_model_names:
             raise self.unknown(name)
         if "+" in name:
@@ -136,10 +146,14 @@ class ModelPool:
 
     def unknown(self, name: str) -> APIError:
         """Ollama's 404 for a model that is not here."""
-        where = ("`llamita list` shows the local models" if self.config.library else
-                 f"this server serves {', '.join(repr(n) for n in self.default.model_names())}")
-        return APIError(404, f"model '{name}' not found, try pulling it first ({where})", param="model",
-                        code="model_not_found")
+        where = (
+            "`llamita list` shows the local models"
+            if self.config.library
+            else f"this server serves {', '.join(repr(n) for n in self.default.model_names())}"
+        )
+        return APIError(
+            404, f"model '{name}' not found, try pulling it first ({where})", param="model", code="model_not_found"
+        )
 
     # -- leases --------------------------------------------------------------------------------
     def try_acquire(self, key: str, keep_alive: float | None | object = ...) -> PooledModel | None:
@@ -209,8 +223,9 @@ class ModelPool:
         if found is None:
             raise self.unknown(key)
         size = self._estimate(found.path)
-        model = PooledModel(key, found.path, size,
-                            keep_alive=self.config.keep_alive if keep_alive is ... else keep_alive)  # type: ignore[arg-type]
+        # `...` means the request gave no keep_alive: the server's default holds.
+        chosen = self.config.keep_alive if keep_alive is ... else keep_alive
+        model = PooledModel(key, found.path, size, keep_alive=chosen)  # type: ignore[arg-type]
         with self._cv:
             if key in self._models:
                 return None
@@ -254,12 +269,17 @@ class ModelPool:
             return
         pinned = sum(m.size for m in self._models.values() if m.pinned)
         if model.size + pinned > limit:
-            raise APIError(507, f"model '{model.name}' needs about {format_bytes(model.size)} (weights, "
-                           f"KV cache and tokenizer, estimated) and the server may use "
-                           f"{format_bytes(limit)} (--max-memory), of which the default model holds "
-                           f"{format_bytes(pinned)}: it cannot be loaded; raise --max-memory or "
-                           "choose a smaller quantization", param="model", code="insufficient_memory",
-                           type="server_error")
+            raise APIError(
+                507,
+                f"model '{model.name}' needs about {format_bytes(model.size)} (weights, "
+                f"KV cache and tokenizer, estimated) and the server may use "
+                f"{format_bytes(limit)} (--max-memory), of which the default model holds "
+                f"{format_bytes(pinned)}: it cannot be loaded; raise --max-memory or "
+                "choose a smaller quantization",
+                param="model",
+                code="insufficient_memory",
+                type="server_error",
+            )
 
     def _make_room(self, model: PooledModel, deadline: float | None) -> None:
         """Unload least recently used idle models until `model` fits; while the only ones that
@@ -270,13 +290,21 @@ class ModelPool:
         while True:
             with self._cv:
                 # Loaded and unloading models, and this one; not those waiting to load.
-                used = model.size + sum(m.size for m in self._models.values() if m.state is not None) \
+                used = (
+                    model.size
+                    + sum(m.size for m in self._models.values() if m.state is not None)
                     + sum(m.size for m in self._stopping)
+                )
                 if used <= limit:
                     return
-                idle = sorted((m for m in self._models.values()
-                               if m is not model and not m.pinned and m.state is not None and m.leases == 0),
-                              key=lambda m: m.last_used)
+                idle = sorted(
+                    (
+                        m
+                        for m in self._models.values()
+                        if m is not model and not m.pinned and m.state is not None and m.leases == 0
+                    ),
+                    key=lambda m: m.last_used,
+                )
                 victim = idle[0] if idle else None
                 if victim is not None:
                     self._remove(victim)
@@ -315,8 +343,11 @@ class ModelPool:
                 if self._closed:
                     return
                 now = time.time()
-                expired = [m for m in self._models.values()
-                           if m.expires_at is not None and m.expires_at <= now and m.leases == 0 and not m.pinned]
+                expired = [
+                    m
+                    for m in self._models.values()
+                    if m.expires_at is not None and m.expires_at <= now and m.leases == 0 and not m.pinned
+                ]
                 for m in expired:
                     self._remove(m)
                 if not expired:
@@ -326,8 +357,11 @@ class ModelPool:
                 self._stop(m, "keep_alive ran out")
 
     def _timeout(self, key: str, what: str) -> APIError:
-        return APIError(504, f"model '{key}' waited {self.config.load_timeout:g} s for {what} "
-                        "(--request-timeout); retry later", code="request_timeout")
+        return APIError(
+            504,
+            f"model '{key}' waited {self.config.load_timeout:g} s for {what} (--request-timeout); retry later",
+            code="request_timeout",
+        )
 
     # -- views ---------------------------------------------------------------------------------
     def loaded(self) -> list[PooledModel]:

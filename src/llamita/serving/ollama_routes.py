@@ -49,17 +49,18 @@ def _ns(seconds: float) -> int:
 
 # ------------------------------------------------------------------------------- requests
 
+
 def _refuse_unsupported(body: dict[str, Any]) -> None:
     for name in ("images", "suffix", "template", "context"):
         if body.get(name):
             raise not_supported(name, f"'{name}'")
-    if isinstance(body.get("messages"), list) and any(isinstance(m, dict) and m.get("images")
-                                                      for m in body["messages"]):
+    if isinstance(body.get("messages"), list) and any(
+        isinstance(m, dict) and m.get("images") for m in body["messages"]
+    ):
         raise not_supported("messages.images", "images")
 
 
-def _fit(state: ServerState, prompt: list[int], params: SamplingParams,
-         options: dict[str, Any]) -> SamplingParams:
+def _fit(state: ServerState, prompt: list[int], params: SamplingParams, options: dict[str, Any]) -> SamplingParams:
     """Apply num_ctx: a window larger than the model's is clamped to it, a smaller one limits
     this request (prompt plus generated tokens). Without it, Ollama's default window (4096
     tokens, or $OLLAMA_CONTEXT_LENGTH) bounds the answer as it does in Ollama: a model caught
@@ -78,8 +79,10 @@ def _fit(state: ServerState, prompt: list[int], params: SamplingParams,
         raise APIError(400, f"'options.num_ctx' must be >= 1, got {num_ctx}", param="options.num_ctx")
     n = len(prompt)
     if n >= num_ctx:
-        raise ContextOverflowError(f"the prompt has {n} tokens but num_ctx is {num_ctx} (prompt plus at "
-                                   f"least one generated token): {n + 1 - num_ctx} too many")
+        raise ContextOverflowError(
+            f"the prompt has {n} tokens but num_ctx is {num_ctx} (prompt plus at "
+            f"least one generated token): {n + 1 - num_ctx} too many"
+        )
     room = num_ctx - n
     return params.replace(max_tokens=room if params.max_tokens is None else min(params.max_tokens, room))
 
@@ -103,10 +106,16 @@ def _final(c: Completion, done_reason: str | None, load: float) -> dict[str, Any
     waited for its model to load (counted in total_duration too, as Ollama does)."""
     end = c.finished_at or time.perf_counter()
     first = c.first_output_at or end
-    return {"done": True, "done_reason": done_reason or "stop", "total_duration": _ns(end - c.started_at + load),
-            "load_duration": _ns(load), "prompt_eval_count": c.prompt_tokens,
-            "prompt_eval_duration": _ns(first - c.started_at), "eval_count": c.completion_tokens,
-            "eval_duration": _ns(end - first)}
+    return {
+        "done": True,
+        "done_reason": done_reason or "stop",
+        "total_duration": _ns(end - c.started_at + load),
+        "load_duration": _ns(load),
+        "prompt_eval_count": c.prompt_tokens,
+        "prompt_eval_duration": _ns(first - c.started_at),
+        "eval_count": c.completion_tokens,
+        "eval_duration": _ns(end - first),
+    }
 
 
 def _ndjson(lines: AsyncIterator[dict[str, Any]], generation: Generation) -> StreamingResponse:
@@ -122,20 +131,28 @@ def _ndjson(lines: AsyncIterator[dict[str, Any]], generation: Generation) -> Str
     return StreamingResponse(body(), media_type="application/x-ndjson")
 
 
-async def _answer(request: Request, state: ServerState, generation: Generation, stream: bool,
-                  shape: Any, *, hold: bool = False) -> Any:
+async def _answer(
+    request: Request, state: ServerState, generation: Generation, stream: bool, shape: Any, *, hold: bool = False
+) -> Any:
     """Run a generation and shape it: `shape(completion, piece, done)` -> the object's own
     fields. hold: stream nothing before the end."""
     head = {"model": state.model_name}
     load = load_seconds(request)
     if stream:
+
         async def lines() -> AsyncIterator[dict[str, Any]]:
             c = generation.completions[0]
             async for _, out in generation.outputs():
                 if out.finished:
-                    yield {**head, "created_at": _now(), **shape(c, out.text, True), **_final(c, out.finish_reason, load)}
+                    yield {
+                        **head,
+                        "created_at": _now(),
+                        **shape(c, out.text, True),
+                        **_final(c, out.finish_reason, load),
+                    }
                 elif out.text and not hold:
                     yield {**head, "created_at": _now(), **shape(c, out.text, False), "done": False}
+
         return _ndjson(lines(), generation)
     async with generation:
         c = (await generation.run_to_end(request))[0]
@@ -143,6 +160,7 @@ async def _answer(request: Request, state: ServerState, generation: Generation, 
 
 
 # ------------------------------------------------------------------------------- chat / generate
+
 
 async def _unload_only(request: Request, body: dict[str, Any], empty: bool) -> str | None:
     """Ollama's way to unload a model: no prompt and "keep_alive": 0. Returns the model's name
@@ -165,21 +183,35 @@ async def chat(request: Request) -> Any:
     messages = field(body, "messages", list, [])
     unloaded = await _unload_only(request, body, not messages)
     if unloaded is not None:
-        return JSONResponse({"model": unloaded, "created_at": _now(),
-                             "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "unload"})
+        return JSONResponse(
+            {
+                "model": unloaded,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "unload",
+            }
+        )
     state = await model_state(request, body.get("model"), body)
     _refuse_unsupported(body)
     stream = field(body, "stream", bool, True)
     if not messages:  # Ollama's way to load a model
-        return JSONResponse({"model": state.model_name, "created_at": _now(),
-                             "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
+        return JSONResponse(
+            {
+                "model": state.model_name,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "load",
+            }
+        )
     tools = field(body, "tools", list)
     messages = state.conversation(messages)
     # "collections": answer from documents (serving/rag_chat.py); None for every other request.
-    rag = await rag_prompt(request, body, messages,
-                           field(field(body, "options", dict, {}), "num_predict", int, where="options."))
-    generation = await _start(state, body, encode_chat(state.tokenizer, rag.messages if rag else messages,
-                                                       tools=tools))
+    rag = await rag_prompt(
+        request, body, messages, field(field(body, "options", dict, {}), "num_predict", int, where="options.")
+    )
+    generation = await _start(state, body, encode_chat(state.tokenizer, rag.messages if rag else messages, tools=tools))
 
     def shape(c: Completion, piece: str, done: bool) -> dict[str, Any]:
         shaped = message_of(c, piece)
@@ -193,9 +225,15 @@ async def chat(request: Request) -> Any:
         text, calls = find_tool_calls(state.tokenizer, c.text, c.token_ids)  # done: c is whole
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
-            message["tool_calls"] = [{"function": {"name": call["function"]["name"],
-                                                   "arguments": arguments_as_dict(call["function"]["arguments"])}}
-                                     for call in calls]
+            message["tool_calls"] = [
+                {
+                    "function": {
+                        "name": call["function"]["name"],
+                        "arguments": arguments_as_dict(call["function"]["arguments"]),
+                    }
+                }
+                for call in calls
+            ]
         return {"message": message}
 
     # With tools the text is held back to the end: a call is only known whole.
@@ -209,23 +247,24 @@ async def generate(request: Request) -> Any:
     prompt = field(body, "prompt", str, "")
     unloaded = await _unload_only(request, body, not prompt)
     if unloaded is not None:
-        return JSONResponse({"model": unloaded, "created_at": _now(), "response": "", "done": True,
-                             "done_reason": "unload"})
+        return JSONResponse(
+            {"model": unloaded, "created_at": _now(), "response": "", "done": True, "done_reason": "unload"}
+        )
     state = await model_state(request, body.get("model"), body)
     _refuse_unsupported(body)
     system = field(body, "system", str)
     stream = field(body, "stream", bool, True)
     if not prompt:  # Ollama's way to load a model
-        return JSONResponse({"model": state.model_name, "created_at": _now(), "response": "", "done": True,
-                             "done_reason": "load"})
+        return JSONResponse(
+            {"model": state.model_name, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+        )
     if field(body, "raw", bool, False):
         ids = encode_prompt(state.tokenizer, prompt)
     else:  # Ollama renders the prompt through the model's chat template
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = encode_chat(state.tokenizer, state.conversation(messages))
     generation = await _start(state, body, ids)
-    return await _answer(request, state, generation, stream,
-                         lambda c, piece, done: {"response": piece})
+    return await _answer(request, state, generation, stream, lambda c, piece, done: {"response": piece})
 
 
 @router.get("/api/version")

@@ -32,11 +32,16 @@ def usage(completions: list[Completion], n_prompts: int = 1) -> dict[str, Any]:
     firsts = completions[::n]
     prompt = sum(c.prompt_tokens for c in firsts)
     completion = sum(c.completion_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(c.cached_tokens for c in firsts)}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(c.cached_tokens for c in firsts)},
+    }
 
 
 # ------------------------------------------------------------------------------- logprobs
+
 
 def _chat_token(tokenizer: Tokenizer, token_id: int, logprob: float) -> dict[str, Any]:
     raw = tokenizer.token_bytes(token_id)
@@ -45,10 +50,15 @@ def _chat_token(tokenizer: Tokenizer, token_id: int, logprob: float) -> dict[str
 
 def chat_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob]) -> dict[str, Any]:
     """choices[i].logprobs of a chat completion: {"content": [{token, logprob, bytes, top_logprobs}]}."""
-    return {"content": [
-        {**_chat_token(tokenizer, lp.token_id, lp.logprob),
-         "top_logprobs": [_chat_token(tokenizer, t, p) for t, p in lp.top]}
-        for lp in logprobs]}
+    return {
+        "content": [
+            {
+                **_chat_token(tokenizer, lp.token_id, lp.logprob),
+                "top_logprobs": [_chat_token(tokenizer, t, p) for t, p in lp.top],
+            }
+            for lp in logprobs
+        ]
+    }
 
 
 def completion_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
@@ -58,8 +68,9 @@ def completion_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob], offs
     return echo_logprobs(tokenizer, [lp.token_id for lp in logprobs], logprobs, offset)
 
 
-def echo_logprobs(tokenizer: Tokenizer, token_ids: list[int], scored: Sequence[TokenLogprob | None],
-                  offset: int = 0) -> dict[str, Any]:
+def echo_logprobs(
+    tokenizer: Tokenizer, token_ids: list[int], scored: Sequence[TokenLogprob | None], offset: int = 0
+) -> dict[str, Any]:
     """The legacy shape for any tokens, the prompt's own included: an entry of None (the first
     prompt token has no context) gives null token_logprob and top_logprobs, as OpenAI did."""
     tokens, offsets = [], []
@@ -68,14 +79,16 @@ def echo_logprobs(tokenizer: Tokenizer, token_ids: list[int], scored: Sequence[T
         tokens.append(piece)
         offsets.append(offset)
         offset += len(piece)
-    return {"tokens": tokens,
-            "token_logprobs": [None if lp is None else lp.logprob for lp in scored],
-            "top_logprobs": [None if lp is None else {tokenizer.token_piece(t): p for t, p in lp.top}
-                             for lp in scored],
-            "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [None if lp is None else lp.logprob for lp in scored],
+        "top_logprobs": [None if lp is None else {tokenizer.token_piece(t): p for t, p in lp.top} for lp in scored],
+        "text_offset": offsets,
+    }
 
 
 # ------------------------------------------------------------------------------- chat
+
 
 def chat_message(text: str, tool_calls: list[ToolCall]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
@@ -86,19 +99,35 @@ def chat_message(text: str, tool_calls: list[ToolCall]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- envelopes
 
-def response(kind: str, response_id: str, model: str, choices: list[dict[str, Any]],
-             token_usage: dict[str, Any]) -> dict[str, Any]:
+
+def response(
+    kind: str, response_id: str, model: str, choices: list[dict[str, Any]], token_usage: dict[str, Any]
+) -> dict[str, Any]:
     """A whole answer; kind is "chat.completion" or "text_completion"."""
-    return {"id": response_id, "object": kind, "created": int(time.time()), "model": model,
-            "choices": choices, "usage": token_usage, "system_fingerprint": None}
+    return {
+        "id": response_id,
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": token_usage,
+        "system_fingerprint": None,
+    }
 
 
-def chunk(kind: str, response_id: str, model: str, created: int, choices: list[dict[str, Any]],
-          include_usage: bool) -> dict[str, Any]:
+def chunk(
+    kind: str, response_id: str, model: str, created: int, choices: list[dict[str, Any]], include_usage: bool
+) -> dict[str, Any]:
     """One streamed piece; kind is "chat.completion.chunk" or "text_completion". With
     include_usage every chunk has "usage": null but the last, which the caller adds."""
-    out: dict[str, Any] = {"id": response_id, "object": kind, "created": created, "model": model,
-                           "choices": choices, "system_fingerprint": None}
+    out: dict[str, Any] = {
+        "id": response_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "system_fingerprint": None,
+    }
     if include_usage:
         out["usage"] = None
     return out

@@ -36,16 +36,34 @@ _STR: dict[str, Any] = {"type": "string"}
 _BOOL: dict[str, Any] = {"type": "boolean"}
 
 # (method, path) of every operation /openapi.json lists.
-PUBLISHED = frozenset({
-    ("GET", "/health"), ("GET", "/v1/models"), ("GET", "/api/tags"), ("GET", "/api/ps"), ("POST", "/api/show"),
-    ("GET", "/api/version"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
-    ("POST", "/v1/responses"), ("POST", "/v1/embeddings"), ("POST", "/api/chat"), ("POST", "/api/generate"),
-    ("POST", "/api/embed"), ("POST", "/api/embeddings"), ("POST", "/tokenize"), ("POST", "/detokenize"),
-    ("POST", "/ui/conversations"), ("GET", "/v1/collections"), ("POST", "/v1/collections"),
-    ("GET", "/v1/collections/{name}"), ("DELETE", "/v1/collections/{name}"),
-    ("POST", "/v1/collections/{name}/files"), ("DELETE", "/v1/collections/{name}/files/{file}"),
-    ("POST", "/v1/collections/{name}/search"),
-})
+PUBLISHED = frozenset(
+    {
+        ("GET", "/health"),
+        ("GET", "/v1/models"),
+        ("GET", "/api/tags"),
+        ("GET", "/api/ps"),
+        ("POST", "/api/show"),
+        ("GET", "/api/version"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/responses"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/api/chat"),
+        ("POST", "/api/generate"),
+        ("POST", "/api/embed"),
+        ("POST", "/api/embeddings"),
+        ("POST", "/tokenize"),
+        ("POST", "/detokenize"),
+        ("POST", "/ui/conversations"),
+        ("GET", "/v1/collections"),
+        ("POST", "/v1/collections"),
+        ("GET", "/v1/collections/{name}"),
+        ("DELETE", "/v1/collections/{name}"),
+        ("POST", "/v1/collections/{name}/files"),
+        ("DELETE", "/v1/collections/{name}/files/{file}"),
+        ("POST", "/v1/collections/{name}/search"),
+    }
+)
 
 
 class _Schema(GenerateJsonSchema):
@@ -78,8 +96,12 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 def answer(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """A route's `responses` declaring `model` as its whole answer (the stream's events are not
     described)."""
-    return {200: {"model": model, "description": "the whole answer; with `stream: true`, server-sent "
-                  "events of chunks instead"}}
+    return {
+        200: {
+            "model": model,
+            "description": "the whole answer; with `stream: true`, server-sent events of chunks instead",
+        }
+    }
 
 
 def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
@@ -100,23 +122,43 @@ HAND_READ_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/show"): _json(_object([], {"model": _STR})),
     ("POST", "/tokenize"): _json(_object(["content"], {"content": _STR, "add_special": _BOOL})),
     ("POST", "/detokenize"): _json(_object(["tokens"], {"tokens": {"type": "array", "items": _int(0)}})),
-    ("POST", "/ui/conversations"): _json(_object([], {
-        "title": _STR, "system_prompt": _STR,
-        "params": {"type": "object", "properties": {"temperature": _num(0, 2), "top_p": _num(0, 1),
-                                                    "top_k": _int(0), "max_tokens": _int(1)}}})),
+    ("POST", "/ui/conversations"): _json(
+        _object(
+            [],
+            {
+                "title": _STR,
+                "system_prompt": _STR,
+                "params": {
+                    "type": "object",
+                    "properties": {
+                        "temperature": _num(0, 2),
+                        "top_p": _num(0, 1),
+                        "top_k": _int(0),
+                        "max_tokens": _int(1),
+                    },
+                },
+            },
+        )
+    ),
     ("POST", "/v1/collections"): _json(_object(["name"], {"name": _NAME, "embedding_model": _STR})),
-    ("POST", "/v1/collections/{name}/files"): _json(_object(["files"], {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}), "multipart/form-data"),
-    ("POST", "/v1/collections/{name}/search"): _json(_object(["query"], {
-        "query": {**_STR, "minLength": 1}, "top": _int(1, MAX_TOP), "mode": {"enum": list(MODES)}})),
+    ("POST", "/v1/collections/{name}/files"): _json(
+        _object(["files"], {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}),
+        "multipart/form-data",
+    ),
+    ("POST", "/v1/collections/{name}/search"): _json(
+        _object(["query"], {"query": {**_STR, "minLength": 1}, "top": _int(1, MAX_TOP), "mode": {"enum": list(MODES)}})
+    ),
 }
 
 
 def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
     """The document of the PUBLISHED operations among `routes` (the app's)."""
     doc = copy.deepcopy(get_openapi(title="llamita", version=__version__, openapi_version="3.1.0", routes=routes))
-    doc["paths"] = {path: kept for path, item in doc["paths"].items()
-                    if (kept := {m: op for m, op in item.items() if (m.upper(), path) in PUBLISHED})}
+    doc["paths"] = {
+        path: kept
+        for path, item in doc["paths"].items()
+        if (kept := {m: op for m, op in item.items() if (m.upper(), path) in PUBLISHED})
+    }
     components: dict[str, Any] = doc.get("components", {}).get("schemas", {})  # the answers'
     for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body (see below)
         components.pop(name, None)

@@ -25,22 +25,38 @@ from llamita.serving.request_body import field
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy /v1/completions default
 
 # OpenAI name -> SamplingParams name, for the fields that pass straight through.
-_OPENAI_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
-                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-                  "repetition_penalty": "repetition_penalty", "seed": "seed", "stop": "stop",
-                  "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos"}
+_OPENAI_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "seed": "seed",
+    "stop": "stop",
+    "stop_token_ids": "stop_token_ids",
+    "ignore_eos": "ignore_eos",
+}
 
 # Ollama's option tables are shared with the Modelfile's PARAMETER (library/modelfile.py).
-_OLLAMA_OPTIONS, _OLLAMA_HARDWARE_OPTIONS, _OLLAMA_OFF_VALUES = OLLAMA_OPTIONS, OLLAMA_HARDWARE_OPTIONS, OLLAMA_OFF_VALUES
+_OLLAMA_OPTIONS, _OLLAMA_HARDWARE_OPTIONS, _OLLAMA_OFF_VALUES = (
+    OLLAMA_OPTIONS,
+    OLLAMA_HARDWARE_OPTIONS,
+    OLLAMA_OFF_VALUES,
+)
 
 
-def openai_sampling_params(body: dict[str, Any], *, chat: bool,
-                           defaults: dict[str, Any] | None = None) -> SamplingParams:
+def openai_sampling_params(
+    body: dict[str, Any], *, chat: bool, defaults: dict[str, Any] | None = None
+) -> SamplingParams:
     """SamplingParams of a /v1/chat/completions (chat=True) or /v1/completions body; `defaults`
     (a created model's PARAMETERs, SamplingParams names) stand where the body says nothing."""
     defaults = defaults or {}
-    kw: dict[str, Any] = {**defaults, **{ours: body[theirs] for theirs, ours in _OPENAI_FIELDS.items()
-                                         if body.get(theirs) is not None}}
+    kw: dict[str, Any] = {
+        **defaults,
+        **{ours: body[theirs] for theirs, ours in _OPENAI_FIELDS.items() if body.get(theirs) is not None},
+    }
     if body.get("logit_bias") is not None:
         kw["logit_bias"] = _logit_bias(body["logit_bias"])
     kw["grammar"] = openai_grammar(body)
@@ -60,8 +76,7 @@ def _max_tokens(body: dict[str, Any], *, chat: bool, default: int | None = None)
     n_predict = body.get("n_predict")
     if n_predict is not None:
         if given and given[0] != n_predict:
-            raise APIError(400, f"'n_predict' and '{names[-1]}' say different things; give one",
-                           param="n_predict")
+            raise APIError(400, f"'n_predict' and '{names[-1]}' say different things; give one", param="n_predict")
         limit: int | None = _num_predict(n_predict)
         return limit
     if given:
@@ -98,11 +113,21 @@ def openai_grammar(body: dict[str, Any]) -> Grammar | None:
     kind = field(response_format, "type", str, "text", where="response_format.")
     grammar = field(body, "grammar", str)
     top_schema = field(body, "json_schema", dict)
-    given = [name for name, on in (("response_format", kind != "text"), ("json_schema", top_schema is not None),
-                                   ("grammar", grammar is not None)) if on]
+    given = [
+        name
+        for name, on in (
+            ("response_format", kind != "text"),
+            ("json_schema", top_schema is not None),
+            ("grammar", grammar is not None),
+        )
+        if on
+    ]
     if len(given) > 1:
-        raise APIError(400, f"give one of 'response_format', 'json_schema' and 'grammar', not "
-                       f"{' and '.join(repr(g) for g in given)}", param=given[-1])
+        raise APIError(
+            400,
+            f"give one of 'response_format', 'json_schema' and 'grammar', not {' and '.join(repr(g) for g in given)}",
+            param=given[-1],
+        )
     try:
         if grammar is not None:
             return Grammar("gbnf", grammar)
@@ -117,13 +142,19 @@ def openai_grammar(body: dict[str, Any]) -> Grammar | None:
             spec = field(response_format, "json_schema", dict, required=True, where="response_format.")
             schema = spec.get("schema")
             if not isinstance(schema, dict):
-                raise APIError(400, "'response_format.json_schema.schema' must be a JSON Schema object",
-                               param="response_format.json_schema.schema")
+                raise APIError(
+                    400,
+                    "'response_format.json_schema.schema' must be a JSON Schema object",
+                    param="response_format.json_schema.schema",
+                )
             return Grammar.json_schema(schema)
     except InvalidParameterError as e:
         raise APIError(400, str(e), param=given[0] if given else "response_format") from None
-    raise APIError(400, f"'response_format.type' must be 'text', 'json_object' or 'json_schema', got {kind!r}",
-                   param="response_format.type")
+    raise APIError(
+        400,
+        f"'response_format.type' must be 'text', 'json_object' or 'json_schema', got {kind!r}",
+        param="response_format.type",
+    )
 
 
 def ollama_grammar(value: Any) -> Grammar | None:

@@ -44,8 +44,12 @@ TokenId = Annotated[int, Field(ge=0)]
 # Ollama's keep_alive: a Go duration ("5m", "1h30m", "-1") or seconds; 0 unloads, negative keeps.
 KeepAlive = str | Number
 # OpenAI's prompt and embedding input: a string, strings, token ids, or lists of token ids.
-Prompt = str | Annotated[list[str], Field(min_length=1)] | Annotated[list[TokenId], Field(min_length=1)] \
+Prompt = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[TokenId], Field(min_length=1)]
     | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+)
 
 
 class ContentPart(BaseModel):
@@ -83,8 +87,9 @@ def _message_kind(value: Any) -> str:
 
 
 assert set(ROLES) == {"system", "developer", "user", "assistant", "tool", "ipython"}, "update the message models"
-Message = Annotated[Annotated[ChatMessage, Tag("chat")] | Annotated[ToolMessage, Tag("tool")],
-                    Discriminator(_message_kind)]
+Message = Annotated[
+    Annotated[ChatMessage, Tag("chat")] | Annotated[ToolMessage, Tag("tool")], Discriminator(_message_kind)
+]
 Messages = Annotated[list[Message], Field(min_length=1)]
 
 
@@ -114,8 +119,9 @@ class Collections(BaseModel):
     """llamita's fields to answer a chat from document collections."""
 
     model_config = _OPEN
-    collections: Annotated[list[Annotated[str, Field(min_length=1)]],
-                           Field(min_length=1, max_length=MAX_COLLECTIONS)] | None = None
+    collections: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_COLLECTIONS)] | None
+    ) = None
     rag: RagSettings | None = None
 
 

@@ -27,8 +27,9 @@ def collections_of(request: Request) -> Collections:
     """The app's collections, made on first use from the engine loop and the data folder."""
     app_state = request.app.state
     if getattr(app_state, "collections", None) is None:
-        app_state.collections = Collections(server_state(request).loop, app_state.chat_store.data_dir,
-                                            asyncio.get_running_loop())
+        app_state.collections = Collections(
+            server_state(request).loop, app_state.chat_store.data_dir, asyncio.get_running_loop()
+        )
     collections: Collections = app_state.collections
     return collections
 
@@ -78,12 +79,20 @@ def question_of(messages: list[Any]) -> tuple[str, list[Message]]:
 
 def hit_of(source: dict[str, Any]) -> Hit:
     """A source as a response listed it, back as a Hit (for the glass view of an answer)."""
-    return Hit(0, str(source.get("text", "")), str(source.get("source", "")), str(source.get("heading") or ""),
-               source.get("page_start"), source.get("page_end"), float(source.get("score") or 0.0))
+    return Hit(
+        0,
+        str(source.get("text", "")),
+        str(source.get("source", "")),
+        str(source.get("heading") or ""),
+        source.get("page_start"),
+        source.get("page_end"),
+        float(source.get("score") or 0.0),
+    )
 
 
-async def rag_prompt(request: Request, body: dict[str, Any], messages: list[Any],
-                     answer_tokens: int | None) -> RagPrompt | None:
+async def rag_prompt(
+    request: Request, body: dict[str, Any], messages: list[Any], answer_tokens: int | None
+) -> RagPrompt | None:
     """The retrieval-augmented messages for a request with "collections"; None without."""
     options = rag_options(body)
     if options is None:
@@ -96,9 +105,15 @@ async def rag_prompt(request: Request, body: dict[str, Any], messages: list[Any]
             collections.open(name)  # 404 before searching any
         found = collections.search(options.collections, question, options.top, options.mode)
         engine = collections.loop.engine
-        prompt = build_prompt(LLM.from_loaded(engine.loaded), question, [hit for _, hit in found],
-                              language=options.language, answer_tokens=answer_tokens if answer_tokens and answer_tokens > 0 else DEFAULT_ANSWER_TOKENS,
-                              history=history, context_length=engine.context_length)
+        prompt = build_prompt(
+            LLM.from_loaded(engine.loaded),
+            question,
+            [hit for _, hit in found],
+            language=options.language,
+            answer_tokens=answer_tokens if answer_tokens and answer_tokens > 0 else DEFAULT_ANSWER_TOKENS,
+            history=history,
+            context_length=engine.context_length,
+        )
         kept = {id(hit) for hit in prompt.sources}
         listed = [collections.hit_json(name, hit) for name, hit in found if id(hit) in kept]
         return RagPrompt(prompt.messages, [{"index": i, **s} for i, s in enumerate(listed, start=1)])

@@ -9,8 +9,14 @@ from fastapi import Request
 
 from llamita.serving.errors import APIError
 
-_KIND_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number",
-               list: "a list", dict: "an object"}
+_KIND_NAMES = {
+    str: "a string",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
@@ -31,8 +37,15 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None, *,
-          required: bool = False, where: str = "") -> Any:
+def field(
+    body: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    default: Any = None,
+    *,
+    required: bool = False,
+    where: str = "",
+) -> Any:
     """body[name] checked against `kind` (None counts as absent); 400 naming the field if it is
     missing but required, or of another type. An int is accepted for a float, a bool never for
     a number."""

@@ -56,8 +56,9 @@ class Generation:
         self.completions = [Completion(i) for i in range(len(streams))]
 
     @classmethod
-    async def start(cls, loop: EngineLoop, prompts: list[list[int]],
-                    params: list[SamplingParams], adapter: str | None = None) -> Generation:
+    async def start(
+        cls, loop: EngineLoop, prompts: list[list[int]], params: list[SamplingParams], adapter: str | None = None
+    ) -> Generation:
         """Submit one request per (prompt, params), all with LoRA `adapter` (None: none); if
         one is refused, abort those already in."""
         streams: list[RequestStream] = []

@@ -39,25 +39,43 @@ def sse_event(event: Event) -> str:
 
 def response_usage(completion: Completion) -> dict[str, Any]:
     prompt, output = completion.prompt_tokens, completion.completion_tokens
-    return {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output,
-            "input_tokens_details": {"cached_tokens": completion.cached_tokens, "cache_write_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0}}
+    return {
+        "input_tokens": prompt,
+        "output_tokens": output,
+        "total_tokens": prompt + output,
+        "input_tokens_details": {"cached_tokens": completion.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
 
 
 def response_object(response_id: str, body: ResponsesRequest, model: str) -> dict[str, Any]:
     """The response as it starts (in_progress, no output): what the request asked, echoed."""
     text_format = body.text.format if body.text and body.text.format else None
     return {
-        "id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
-        "model": model, "output": [], "error": None, "incomplete_details": None,
-        "instructions": body.instructions, "previous_response_id": body.previous_response_id,
-        "max_output_tokens": body.max_output_tokens, "temperature": body.temperature, "top_p": body.top_p,
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "model": model,
+        "output": [],
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.instructions,
+        "previous_response_id": body.previous_response_id,
+        "max_output_tokens": body.max_output_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
         "tools": [t.model_dump(exclude_none=True) for t in body.tools],
         "tool_choice": body.tool_choice if isinstance(body.tool_choice, str) else body.tool_choice.model_dump(),
-        "parallel_tool_calls": True, "truncation": "disabled", "store": body.store,
-        "text": {"format": text_format.model_dump(by_alias=True, exclude_none=True) if text_format
-                 else {"type": "text"}},
-        "metadata": body.metadata or {}, "user": body.user, "usage": None,
+        "parallel_tool_calls": True,
+        "truncation": "disabled",
+        "store": body.store,
+        "text": {
+            "format": text_format.model_dump(by_alias=True, exclude_none=True) if text_format else {"type": "text"}
+        },
+        "metadata": body.metadata or {},
+        "user": body.user,
+        "usage": None,
     }
 
 
@@ -88,8 +106,10 @@ class ResponseBuilder:
         return snapshot
 
     def start(self) -> list[Event]:
-        return [self._event("response.created", response=self._snapshot()),
-                self._event("response.in_progress", response=self._snapshot())]
+        return [
+            self._event("response.created", response=self._snapshot()),
+            self._event("response.in_progress", response=self._snapshot()),
+        ]
 
     def add_text(self, piece: str) -> list[Event]:
         """More of the answer's text. Whitespace alone (before a tool call, say) opens no message."""
@@ -110,15 +130,26 @@ class ResponseBuilder:
         events: list[Event] = []
         if delta.id is not None:
             events += self._close_message() + self._close_call()
-            self._call = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
-                          "call_id": delta.id, "name": delta.name, "arguments": ""}
+            self._call = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": delta.id,
+                "name": delta.name,
+                "arguments": "",
+            }
             self.response["output"].append(self._call)
-            events.append(self._event("response.output_item.added", output_index=self._index(),
-                                      item=dict(self._call)))
+            events.append(self._event("response.output_item.added", output_index=self._index(), item=dict(self._call)))
         if delta.arguments and self._call is not None:
             self._call["arguments"] += delta.arguments
-            events.append(self._event("response.function_call_arguments.delta", item_id=self._call["id"],
-                                      output_index=self._index(), delta=delta.arguments))
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=self._call["id"],
+                    output_index=self._index(),
+                    delta=delta.arguments,
+                )
+            )
         return events
 
     def finish(self, completion: Completion, status: str) -> list[Event]:
@@ -152,15 +183,20 @@ class ResponseBuilder:
         """Where a message's text events point: the open message unless told."""
         message = message or self._message
         assert message is not None
-        return {"item_id": message["id"], "output_index": self.response["output"].index(message),
-                "content_index": 0}
+        return {"item_id": message["id"], "output_index": self.response["output"].index(message), "content_index": 0}
 
     def _open_message(self) -> list[Event]:
-        self._message = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
-                         "content": []}
+        self._message = {
+            "id": new_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
         self.response["output"].append(self._message)
-        added = self._event("response.output_item.added", output_index=self._index(),
-                            item=json.loads(json.dumps(self._message)))
+        added = self._event(
+            "response.output_item.added", output_index=self._index(), item=json.loads(json.dumps(self._message))
+        )
         self._message["content"].append(_output_text(""))
         return [added, self._event("response.content_part.added", **self._where(), part=_output_text(""))]
 
@@ -171,19 +207,33 @@ class ResponseBuilder:
         where = self._where(message)
         part = message["content"][0]
         message["status"] = status
-        return [self._event("response.output_text.done", **where, text=part["text"], logprobs=[]),
-                self._event("response.content_part.done", **where, part=dict(part)),
-                self._event("response.output_item.done", output_index=where["output_index"],
-                            item=json.loads(json.dumps(message)))]
+        return [
+            self._event("response.output_text.done", **where, text=part["text"], logprobs=[]),
+            self._event("response.content_part.done", **where, part=dict(part)),
+            self._event(
+                "response.output_item.done", output_index=where["output_index"], item=json.loads(json.dumps(message))
+            ),
+        ]
 
     def _close_call(self) -> list[Event]:
         call, self._call = self._call, None
         if call is None:
             return []
         call["status"] = "completed"
-        self.calls.append({"id": call["call_id"], "type": "function",
-                           "function": {"name": call["name"], "arguments": call["arguments"]}})
+        self.calls.append(
+            {
+                "id": call["call_id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": call["arguments"]},
+            }
+        )
         index = self.response["output"].index(call)
-        return [self._event("response.function_call_arguments.done", item_id=call["id"], output_index=index,
-                            arguments=call["arguments"]),
-                self._event("response.output_item.done", output_index=index, item=dict(call))]
+        return [
+            self._event(
+                "response.function_call_arguments.done",
+                item_id=call["id"],
+                output_index=index,
+                arguments=call["arguments"],
+            ),
+            self._event("response.output_item.done", output_index=index, item=dict(call)),
+        ]

@@ -59,7 +59,8 @@ def _item_type(value: Any) -> str:
 
 
 InputItem = Annotated[
-    Annotated[MessageItem, Tag("message")] | Annotated[FunctionCallItem, Tag("function_call")]
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
     Discriminator(_item_type),
 ]
@@ -145,8 +146,9 @@ class ResponsesRequest(BaseModel):
 
     def chat_tools(self) -> dict[str, Any]:
         """tools and tool_choice as /v1/chat/completions takes them."""
-        tools = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
-                 for t in self.tools]
+        tools = [
+            {"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)} for t in self.tools
+        ]
         choice: Any = self.tool_choice
         if isinstance(choice, FunctionChoice):
             choice = {"type": "function", "function": {"name": choice.name}}
@@ -172,12 +174,17 @@ def input_messages(items: str | list[Any], earlier: Sequence[Message] = ()) -> l
     names = {call["id"]: call["function"]["name"] for m in earlier for call in m.get("tool_calls") or ()}
     for i, item in enumerate(items):
         if isinstance(item, MessageItem):
-            content = item.content if isinstance(item.content, str) else content_text(item.content, f"input[{i}].content")
+            content = (
+                item.content if isinstance(item.content, str) else content_text(item.content, f"input[{i}].content")
+            )
             messages.append({"role": item.role, "content": content})
         elif isinstance(item, FunctionCallItem):
             names[item.call_id] = item.name
-            call = {"id": item.call_id, "type": "function",
-                    "function": {"name": item.name, "arguments": item.arguments}}
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments},
+            }
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last["tool_calls"] = [*last.get("tool_calls", []), call]

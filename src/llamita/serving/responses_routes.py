@@ -49,17 +49,27 @@ def _earlier_messages(state: ServerState, body: ResponsesRequest) -> list[Messag
         return []
     stored = state.responses.get(body.previous_response_id)
     if stored is None:
-        raise APIError(400, f"previous response with id '{body.previous_response_id}' not found; this "
-                       "server keeps stored responses in memory, for its lifetime",
-                       param="previous_response_id", code="previous_response_not_found")
+        raise APIError(
+            400,
+            f"previous response with id '{body.previous_response_id}' not found; this "
+            "server keeps stored responses in memory, for its lifetime",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
     return list(stored.messages)
 
 
 class _Run:
     """One /v1/responses request on its way: the conversation, the generation and the builder."""
 
-    def __init__(self, state: ServerState, body: ResponsesRequest, conversation: list[Message],
-                 generation: Generation, tools: bool) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        body: ResponsesRequest,
+        conversation: list[Message],
+        generation: Generation,
+        tools: bool,
+    ) -> None:
         self.state, self.body, self.conversation = state, body, conversation
         self.generation, self.tools = generation, tools
         self.response_id = new_id("resp")
@@ -70,15 +80,19 @@ class _Run:
         status = "incomplete" if completion.finish_reason == "length" else "completed"
         events = self.builder.finish(completion, status)
         if self.body.store:
-            self.state.responses.put(self.response_id, StoredResponse(
-                self.builder.response, [*self.conversation, self.builder.as_message()]))
+            self.state.responses.put(
+                self.response_id, StoredResponse(self.builder.response, [*self.conversation, self.builder.as_message()])
+            )
         return events
 
     async def whole(self, request: Request) -> dict[str, Any]:
         async with self.generation:
             (completion,) = await self.generation.run_to_end(request)
-        text, calls = find_tool_calls(self.state.tokenizer, completion.text, completion.token_ids) \
-            if self.tools else (completion.text, [])
+        text, calls = (
+            find_tool_calls(self.state.tokenizer, completion.text, completion.token_ids)
+            if self.tools
+            else (completion.text, [])
+        )
         self.builder.add_text(text)
         for call in calls:
             fn = call["function"]
@@ -121,9 +135,15 @@ async def create_response(request: Request) -> Any:
     earlier = _earlier_messages(state, body)
     conversation = earlier + input_messages(body.input, earlier)
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + conversation
-    chat_body = {"model": body.model, "messages": messages, "max_tokens": body.max_output_tokens,
-                 "temperature": body.temperature, "top_p": body.top_p,
-                 "response_format": body.response_format(), **body.chat_tools()}
+    chat_body = {
+        "model": body.model,
+        "messages": messages,
+        "max_tokens": body.max_output_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "response_format": body.response_format(),
+        **body.chat_tools(),
+    }
     tools, call_grammar = offered_tools(state, chat_body)
     prompt = encode_chat(state.tokenizer, messages, tools=tools)
     generation = await start_generation(state, [prompt], chat_body, chat=True, grammar=call_grammar)
@@ -136,8 +156,12 @@ async def create_response(request: Request) -> Any:
 def _stored(state: ServerState, response_id: str) -> StoredResponse:
     stored = state.responses.get(response_id)
     if stored is None:
-        raise APIError(404, f"no response with id '{response_id}' (responses are kept in memory, "
-                       "only those created with store: true)", param="response_id", code="not_found")
+        raise APIError(
+            404,
+            f"no response with id '{response_id}' (responses are kept in memory, only those created with store: true)",
+            param="response_id",
+            code="not_found",
+        )
     return stored
 
 

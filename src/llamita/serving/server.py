@@ -40,9 +40,11 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     except ValueError:
         if host == "localhost":
             return None
-    return (f"llamita: WARNING: listening on {host} without an API key: anyone who can reach this "
-            "address can use the model and read the web chat's conversations. Set --api-key (or "
-            "LLAMITA_API_KEY), or listen on 127.0.0.1.")
+    return (
+        f"llamita: WARNING: listening on {host} without an API key: anyone who can reach this "
+        "address can use the model and read the web chat's conversations. Set --api-key (or "
+        "LLAMITA_API_KEY), or listen on 127.0.0.1."
+    )
 
 
 def served_name(path: Path, model: str | None = None) -> str:
@@ -63,8 +65,14 @@ def serve(config: ServerConfig) -> None:
     if config.tensor_parallel > 1:
         if config.gpu_layers is not None:
             raise InvalidParameterError("tensor_parallel", "does not combine with --gpu-layers")
-        with open_model(config.model, tensor_parallel=config.tensor_parallel, dtype=config.dtype,
-                        device=config.device, lora=config.lora, combine_lora=False) as loaded:
+        with open_model(
+            config.model,
+            tensor_parallel=config.tensor_parallel,
+            dtype=config.dtype,
+            device=config.device,
+            lora=config.lora,
+            combine_lora=False,
+        ) as loaded:
             if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
                 _serve(config, loaded)
         return
@@ -103,55 +111,89 @@ class GracefulServer(uvicorn.Server):
 def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     """Serve `loaded`, its LoRA adapters (one slot each) already installed, and the library."""
     adapters = list(loaded.model.lora.names)
-    engine = LLMEngine(loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running,
-                       compile=config.compile)
+    engine = LLMEngine(
+        loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running, compile=config.compile
+    )
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path, config.model)
 
     def load_engine(name: str) -> EngineLoop:
         # By name, not path: a created model (`llamita create`) brings its settings and template.
         other = load_model(name, dtype=config.dtype, device=config.device)
-        return EngineLoop(LLMEngine(other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running,
-                                    compile=config.compile),
-                          max_queue=config.max_queue, request_timeout=config.request_timeout)
+        return EngineLoop(
+            LLMEngine(
+                other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running, compile=config.compile
+            ),
+            max_queue=config.max_queue,
+            request_timeout=config.request_timeout,
+        )
 
     def estimate(path: Path) -> int:
-        return served_bytes(path, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running,
-                           kv_bytes_per_element=loaded.dtype.itemsize)
+        return served_bytes(
+            path,
+            kv_cache_tokens=config.kv_cache_tokens,
+            max_running=config.max_running,
+            kv_bytes_per_element=loaded.dtype.itemsize,
+        )
 
     library = config.library and config.tensor_parallel == 1
     default_size = estimate(loaded.path) if library else 0
-    keep_alive = default_keep_alive() if config.keep_alive is None else parse_keep_alive(config.keep_alive,
-                                                                                           "--keep-alive")
-    pool_config = PoolConfig(library=library, keep_alive=keep_alive, load_timeout=config.request_timeout,
-                             max_memory=None if not library else config.max_memory or default_max_memory(default_size))
-    app = create_app(loop, name, api_key=config.api_key, data_dir=config.data_dir,
-                     cors_origins=config.cors_origins, strict_model_names=config.strict_model_names,
-                     pool_config=pool_config, load_engine=load_engine if library else None,
-                     estimate=estimate if library else None)
+    keep_alive = (
+        default_keep_alive() if config.keep_alive is None else parse_keep_alive(config.keep_alive, "--keep-alive")
+    )
+    pool_config = PoolConfig(
+        library=library,
+        keep_alive=keep_alive,
+        load_timeout=config.request_timeout,
+        max_memory=None if not library else config.max_memory or default_max_memory(default_size),
+    )
+    app = create_app(
+        loop,
+        name,
+        api_key=config.api_key,
+        data_dir=config.data_dir,
+        cors_origins=config.cors_origins,
+        strict_model_names=config.strict_model_names,
+        pool_config=pool_config,
+        load_engine=load_engine if library else None,
+        estimate=estimate if library else None,
+    )
     warning = exposure_warning(config.host, config.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     loop.start()
     kernels = kernel_summary() if loaded.device.type == "cpu" else str(loaded.device)
-    print(f"llamita: serving '{name}' ({loaded.dtype}, {kernels}, {threads_label()}, "
-          f"context {engine.context_length} tokens, {engine.decode_path} decode) on "
-          f"http://{config.host}:{config.port}", flush=True)
+    print(
+        f"llamita: serving '{name}' ({loaded.dtype}, {kernels}, {threads_label()}, "
+        f"context {engine.context_length} tokens, {engine.decode_path} decode) on "
+        f"http://{config.host}:{config.port}",
+        flush=True,
+    )
     if adapters:
-        print(f"llamita: LoRA adapters (request them as model '{name}+NAME' or \"lora\": NAME): "
-              f"{', '.join(adapters)}", flush=True)
-    print(f"llamita: web chat at http://{config.host}:{config.port}/ (data in "
-          f"{app.state.chat_store.path})", flush=True)
+        print(
+            f"llamita: LoRA adapters (request them as model '{name}+NAME' or \"lora\": NAME): {', '.join(adapters)}",
+            flush=True,
+        )
+    print(f"llamita: web chat at http://{config.host}:{config.port}/ (data in {app.state.chat_store.path})", flush=True)
     if library and config.max_memory is not None and default_size >= config.max_memory:
-        print(f"llamita: WARNING: '{name}' alone takes about {format_bytes(default_size)} (estimated), "
-              f"as much as --max-memory {format_bytes(config.max_memory)}: no other model can be loaded",
-              file=sys.stderr, flush=True)
+        print(
+            f"llamita: WARNING: '{name}' alone takes about {format_bytes(default_size)} (estimated), "
+            f"as much as --max-memory {format_bytes(config.max_memory)}: no other model can be loaded",
+            file=sys.stderr,
+            flush=True,
+        )
     if library:
-        print(f"llamita: the library's models load on demand (request them by name; keep_alive "
-              f"{_duration(keep_alive)}, --max-memory {format_bytes(pool_config.max_memory or 0)})", flush=True)
+        print(
+            f"llamita: the library's models load on demand (request them by name; keep_alive "
+            f"{_duration(keep_alive)}, --max-memory {format_bytes(pool_config.max_memory or 0)})",
+            flush=True,
+        )
     try:
-        GracefulServer(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
-                                      lifespan="off"), loop, app.state.pool).run()
+        GracefulServer(
+            uvicorn.Config(app, host=config.host, port=config.port, log_level="info", lifespan="off"),
+            loop,
+            app.state.pool,
+        ).run()
     finally:
         app.state.pool.close()
         loop.stop()

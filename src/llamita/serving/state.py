@@ -79,9 +79,12 @@ class ServerState:
             raise APIError(400, f"'model' asks for adapter '{named}' and 'lora' for '{lora}'", param="lora")
         name = lora or named or None
         if name is not None and name not in self.adapters:
-            raise APIError(404, f"no LoRA adapter '{name}'; this server has "
-                           f"{', '.join(self.adapters) or 'none'}", param="lora" if lora else "model",
-                           code="model_not_found")
+            raise APIError(
+                404,
+                f"no LoRA adapter '{name}'; this server has {', '.join(self.adapters) or 'none'}",
+                param="lora" if lora else "model",
+                code="model_not_found",
+            )
         return name
 
 
@@ -103,8 +106,7 @@ def load_seconds(request: Request) -> float:
     return seconds
 
 
-async def model_request(request: Request, schema: type[BaseModel] | None = None
-                        ) -> tuple[ServerState, dict[str, Any]]:
+async def model_request(request: Request, schema: type[BaseModel] | None = None) -> tuple[ServerState, dict[str, Any]]:
     """The state of the model a request's JSON body names (loaded on demand; 404 for a name
     the server cannot serve) and the body, validated against `schema` (serving/protocol.py)
     before any model is loaded. The model stays loaded until the answer has ended."""
@@ -122,6 +124,7 @@ async def model_state(request: Request, name: object, body: dict[str, Any] | Non
     key = pool.resolve_loaded(name)
     model = pool.try_acquire(key, keep_alive) if key is not None else None
     if model is None:
+
         def resolve_and_acquire() -> Any:
             return pool.acquire(key if key is not None else pool.resolve(name), keep_alive)
 

@@ -63,9 +63,16 @@ class ChatStore:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
-        database.prepare(self.path, _SCHEMA, SCHEMA_VERSION, _MIGRATIONS, lambda found: RuntimeError(
-            f"{self.path} has schema version {found}; this llamita reads up to {SCHEMA_VERSION}: "
-            f"upgrade llamita or use another --data-dir"))
+        database.prepare(
+            self.path,
+            _SCHEMA,
+            SCHEMA_VERSION,
+            _MIGRATIONS,
+            lambda found: RuntimeError(
+                f"{self.path} has schema version {found}; this llamita reads up to {SCHEMA_VERSION}: "
+                f"upgrade llamita or use another --data-dir"
+            ),
+        )
 
     def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
         return database.connect(self.path)
@@ -75,13 +82,16 @@ class ChatStore:
 
     # Conversations
 
-    def create_conversation(self, title: str = "", system_prompt: str = "",
-                            params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def create_conversation(
+        self, title: str = "", system_prompt: str = "", params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         now = time.time()
         cid = uuid.uuid4().hex
         with self._write() as db:
-            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
-                       (cid, title, system_prompt, json.dumps(params or {}), now, now))
+            db.execute(
+                "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
+                (cid, title, system_prompt, json.dumps(params or {}), now, now),
+            )
         conversation = self.get_conversation(cid)
         assert conversation is not None
         return conversation
@@ -100,18 +110,35 @@ class ChatStore:
                 return None
             messages = db.execute(
                 "SELECT m.*, f.rating, f.comment FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
-                "WHERE m.conversation_id = ? ORDER BY m.id", (conversation_id,)).fetchall()
+                "WHERE m.conversation_id = ? ORDER BY m.id",
+                (conversation_id,),
+            ).fetchall()
         return {**_conversation(row), "messages": [_message(m) for m in messages]}
 
-    def update_conversation(self, conversation_id: str, *, title: str | None = None,
-                            system_prompt: str | None = None, params: dict[str, Any] | None = None) -> bool:
+    def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> bool:
         """Changes the given fields; False when there is no such conversation."""
-        changes = {k: v for k, v in (("title", title), ("system_prompt", system_prompt),
-                                     ("params", None if params is None else json.dumps(params))) if v is not None}
+        changes = {
+            k: v
+            for k, v in (
+                ("title", title),
+                ("system_prompt", system_prompt),
+                ("params", None if params is None else json.dumps(params)),
+            )
+            if v is not None
+        }
         sets = "".join(f"{name} = ?, " for name in changes)
         with self._write() as db:
-            cursor = db.execute(f"UPDATE conversations SET {sets}updated_at = ? WHERE id = ?",
-                                (*changes.values(), time.time(), conversation_id))
+            cursor = db.execute(
+                f"UPDATE conversations SET {sets}updated_at = ? WHERE id = ?",
+                (*changes.values(), time.time(), conversation_id),
+            )
         return cursor.rowcount == 1
 
     def delete_conversation(self, conversation_id: str) -> bool:
@@ -122,9 +149,15 @@ class ChatStore:
 
     # Messages and feedback
 
-    def add_message(self, conversation_id: str, role: str, content: str,
-                    tokens_per_second: float | None = None, model: str | None = None,
-                    sources: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    def add_message(
+        self,
+        conversation_id: str,
+        role: str,
+        content: str,
+        tokens_per_second: float | None = None,
+        model: str | None = None,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any] | None:
         """The stored message, or None when there is no such conversation. sources: an answer
         from documents' numbered sources, as the chat response listed them."""
         if role not in ROLES:
@@ -134,20 +167,31 @@ class ChatStore:
             found = db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
             if found.rowcount == 0:
                 return None
-            cursor = db.execute("INSERT INTO messages (conversation_id, role, content, tokens_per_second, "
-                                "created_at, model, sources) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (conversation_id, role, content, tokens_per_second, now, model,
-                                 None if sources is None else json.dumps(sources, ensure_ascii=False)))
-            row = db.execute("SELECT *, NULL AS rating, NULL AS comment FROM messages WHERE id = ?",
-                             (cursor.lastrowid,)).fetchone()
+            cursor = db.execute(
+                "INSERT INTO messages (conversation_id, role, content, tokens_per_second, "
+                "created_at, model, sources) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    role,
+                    content,
+                    tokens_per_second,
+                    now,
+                    model,
+                    None if sources is None else json.dumps(sources, ensure_ascii=False),
+                ),
+            )
+            row = db.execute(
+                "SELECT *, NULL AS rating, NULL AS comment FROM messages WHERE id = ?", (cursor.lastrowid,)
+            ).fetchone()
         return _message(row)
 
     def truncate_conversation(self, conversation_id: str, message_id: int) -> bool:
         """Deletes the message and every later one of its conversation (with their feedback): the
         page's regenerate and edit-and-resend. False when the conversation has no such message."""
         with self._write() as db:
-            found = db.execute("SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?",
-                               (message_id, conversation_id)).fetchone()
+            found = db.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?", (message_id, conversation_id)
+            ).fetchone()
             if found is None:
                 return False
             db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id))
@@ -166,9 +210,11 @@ class ChatStore:
         with self._write() as db:
             if db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
                 return False
-            db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?) ON CONFLICT(message_id) DO UPDATE SET "
-                       "rating = excluded.rating, comment = excluded.comment, created_at = excluded.created_at",
-                       (message_id, rating, comment, time.time()))
+            db.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?) ON CONFLICT(message_id) DO UPDATE SET "
+                "rating = excluded.rating, comment = excluded.comment, created_at = excluded.created_at",
+                (message_id, rating, comment, time.time()),
+            )
         return True
 
     def export_feedback(self) -> Iterator[str]:
@@ -176,12 +222,16 @@ class ChatStore:
         conversation (system prompt first) up to and including the rated answer, "rating", "comment"},
         and "model" when the page said which model (or base+adapter) gave the answer."""
         with self._connect() as db:
-            rated = db.execute("SELECT f.message_id, f.rating, f.comment, m.conversation_id, m.model, c.system_prompt "
-                               "FROM feedback f JOIN messages m ON m.id = f.message_id "
-                               "JOIN conversations c ON c.id = m.conversation_id ORDER BY f.message_id").fetchall()
+            rated = db.execute(
+                "SELECT f.message_id, f.rating, f.comment, m.conversation_id, m.model, c.system_prompt "
+                "FROM feedback f JOIN messages m ON m.id = f.message_id "
+                "JOIN conversations c ON c.id = m.conversation_id ORDER BY f.message_id"
+            ).fetchall()
             for r in rated:
-                history = db.execute("SELECT role, content FROM messages WHERE conversation_id = ? AND id <= ? "
-                                     "ORDER BY id", (r["conversation_id"], r["message_id"])).fetchall()
+                history = db.execute(
+                    "SELECT role, content FROM messages WHERE conversation_id = ? AND id <= ? ORDER BY id",
+                    (r["conversation_id"], r["message_id"]),
+                ).fetchall()
                 messages = [{"role": "system", "content": r["system_prompt"]}] if r["system_prompt"] else []
                 messages += [{"role": m["role"], "content": m["content"]} for m in history]
                 line = {"messages": messages, "rating": r["rating"], "comment": r["comment"]}
@@ -191,13 +241,26 @@ class ChatStore:
 
 
 def _conversation(row: sqlite3.Row) -> dict[str, Any]:
-    return {"id": row["id"], "title": row["title"], "system_prompt": row["system_prompt"],
-            "params": json.loads(row["params"]), "created_at": row["created_at"], "updated_at": row["updated_at"]}
+    return {
+        "id": row["id"],
+        "title": row["title"],
+        "system_prompt": row["system_prompt"],
+        "params": json.loads(row["params"]),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
 
 
 def _message(row: sqlite3.Row) -> dict[str, Any]:
     feedback = None if row["rating"] is None else {"rating": row["rating"], "comment": row["comment"]}
-    return {"id": row["id"], "conversation_id": row["conversation_id"], "role": row["role"],
-            "content": row["content"], "tokens_per_second": row["tokens_per_second"], "model": row["model"],
-            "created_at": row["created_at"], "feedback": feedback,
-            **({"sources": json.loads(row["sources"])} if row["sources"] else {})}
+    return {
+        "id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "role": row["role"],
+        "content": row["content"],
+        "tokens_per_second": row["tokens_per_second"],
+        "model": row["model"],
+        "created_at": row["created_at"],
+        "feedback": feedback,
+        **({"sources": json.loads(row["sources"])} if row["sources"] else {}),
+    }

@@ -88,8 +88,9 @@ async def add_message(request: Request, conversation_id: str) -> JSONResponse:
     sources = field(body, "sources", list)
     if sources is not None and not all(isinstance(s, dict) for s in sources):
         raise APIError(400, "'sources' must be a list of objects (a chat answer's sources)", param="sources")
-    message = await run_in_threadpool(chat_store(request).add_message, conversation_id, role, content, speed, model,
-                                      sources)
+    message = await run_in_threadpool(
+        chat_store(request).add_message, conversation_id, role, content, speed, model, sources
+    )
     if message is None:
         raise _no_conversation(conversation_id)
     return JSONResponse(message, status_code=201)
@@ -124,8 +125,11 @@ async def set_feedback(request: Request, message_id: int) -> JSONResponse:
 @router.get("/ui/feedback.jsonl")
 async def export_feedback(request: Request) -> StreamingResponse:
     lines = await run_in_threadpool(lambda: list(chat_store(request).export_feedback()))
-    return StreamingResponse(iter(lines), media_type="application/jsonl",
-                             headers={"Content-Disposition": 'attachment; filename="feedback.jsonl"'})
+    return StreamingResponse(
+        iter(lines),
+        media_type="application/jsonl",
+        headers={"Content-Disposition": 'attachment; filename="feedback.jsonl"'},
+    )
 
 
 def _conversation_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +139,9 @@ def _conversation_fields(body: dict[str, Any]) -> dict[str, Any]:
     if params is not None:
         unknown = sorted(set(params) - set(PARAM_TYPES))
         if unknown:
-            raise APIError(400, f"'params' takes {', '.join(PARAM_TYPES)}; unknown: {', '.join(unknown)}",
-                           param="params")
+            raise APIError(
+                400, f"'params' takes {', '.join(PARAM_TYPES)}; unknown: {', '.join(unknown)}", param="params"
+            )
         for name, kind in PARAM_TYPES.items():
             field(params, name, kind, where="params.")
         fields["params"] = params

@@ -21,9 +21,7 @@ from llamita.tokenizer.pretokenizer import PreTokenizerSpec, build_pre_tokenizer
 def unicode_to_byte() -> dict[str, int]:
     """GPT-2's reversible map from the 256 "printable" stand-in characters back to bytes."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     table = {chr(b): b for b in printable}
     shift = 0
@@ -97,16 +95,14 @@ def merges_from_ranks(vocab: dict[str, int]) -> list[str]:
 
 
 def split_merge(merge: str) -> tuple[str, str]:
-    """"left right" -> ("left", "right"); the separator is the first space after position 0."""
+    """ "left right" -> ("left", "right"); the separator is the first space after position 0."""
     pos = merge.find(" ", 1)
     if pos < 0:
         raise TokenizerError(f"malformed BPE merge {merge!r} in tokenizer.ggml.merges (no space)")
     return merge[:pos], merge[pos + 1 :]
 
 
-def build_bpe(
-    tokens: list[str], merges: list[str], spec: PreTokenizerSpec
-) -> RustTokenizer:
+def build_bpe(tokens: list[str], merges: list[str], spec: PreTokenizerSpec) -> RustTokenizer:
     """A `tokenizers.Tokenizer` that byte-level-BPE-encodes plain text into GGUF token ids.
 
     It has no added tokens: control tokens are matched (or not) by the caller, so a string like
@@ -115,9 +111,7 @@ def build_bpe(
     # Empty entries (seen in some converted files) can never be produced by BPE; leave them out.
     vocab = {text: token_id for token_id, text in enumerate(tokens) if text}
     try:
-        model = models.BPE(
-            vocab, [split_merge(m) for m in merges], ignore_merges=spec.ignore_merges
-        )
+        model = models.BPE(vocab, [split_merge(m) for m in merges], ignore_merges=spec.ignore_merges)
     except TokenizerError:
         raise
     except Exception as exc:  # tokenizers raises plain Exception for bad merges

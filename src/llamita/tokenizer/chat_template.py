@@ -62,9 +62,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         self.limits = limits
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
-        raise SecurityError(
-            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
-        )
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         context.get(BUDGET_KEY).step()
@@ -101,9 +99,7 @@ def _tojson(
     ensure_ascii: bool = False,
 ) -> str:
     # HF's tojson: plain json.dumps, no HTML escaping (Jinja's own filter escapes < > & ').
-    return json.dumps(
-        value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii
-    )
+    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -126,8 +122,9 @@ class ChatTemplate:
     Raises TemplateError if the source does not compile.
     """
 
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "",
-                 limits: TemplateLimits = TemplateLimits()) -> None:
+    def __init__(
+        self, source: str, *, bos_token: str = "", eos_token: str = "", limits: TemplateLimits = TemplateLimits()
+    ) -> None:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -149,9 +146,7 @@ class ChatTemplate:
             self._variables = frozenset(meta.find_undeclared_variables(ast))
             self._template = env.from_string(charge_budget(ast))
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(
-                f"chat template syntax error at line {exc.lineno}: {exc.message}"
-            ) from exc
+            raise TemplateError(f"chat template syntax error at line {exc.lineno}: {exc.message}") from exc
         except (RecursionError, MemoryError, SyntaxError) as exc:  # nested past what Python parses
             raise TemplateError(f"chat template cannot be compiled: {_one_line(exc)}") from exc
 
@@ -159,9 +154,7 @@ class ChatTemplate:
         """Whether the template reads the variable `name` (e.g. "tools") from its context."""
         return name in self._variables
 
-    def render(
-        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any
-    ) -> str:
+    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any) -> str:
         """The prompt text for `messages` (OpenAI-style dicts: role, content, tool_calls...).
 
         extra: more template variables (tools, documents, date_string, builtin_tools...).

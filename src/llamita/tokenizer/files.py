@@ -49,9 +49,7 @@ LLAMA3_N_SPECIALS = 256
 def llama3_special_tokens() -> list[str]:
     """The 256 special tokens of Llama 3.1, in id order from 128000."""
     reserved = LLAMA3_N_SPECIALS - len(LLAMA3_NAMED_SPECIALS)
-    return list(LLAMA3_NAMED_SPECIALS) + [
-        f"<|reserved_special_token_{i}|>" for i in range(3, 3 + reserved)
-    ]
+    return list(LLAMA3_NAMED_SPECIALS) + [f"<|reserved_special_token_{i}|>" for i in range(3, 3 + reserved)]
 
 
 def tokenizer_from_folder(folder: Path) -> Tokenizer:
@@ -69,8 +67,7 @@ def tokenizer_from_folder(folder: Path) -> Tokenizer:
     if (folder / "tokenizer.model").is_file():
         return _from_meta(folder)
     raise TokenizerError(
-        f"{folder} has no tokenizer: expected tokenizer.json (Hugging Face) or tokenizer.model "
-        "(Meta's Llama 3)"
+        f"{folder} has no tokenizer: expected tokenizer.json (Hugging Face) or tokenizer.model (Meta's Llama 3)"
     )
 
 
@@ -101,8 +98,7 @@ def _from_hugging_face(folder: Path) -> Tokenizer:
 
     # The plain-text encoder: the file as written, less added tokens (the Tokenizer matches
     # specials itself, and only where allowed) and less the BOS post-processor.
-    plain = {**data, "added_tokens": [], "post_processor": None, "truncation": None,
-             "padding": None}
+    plain = {**data, "added_tokens": [], "post_processor": None, "truncation": None, "padding": None}
     try:
         encoder = RustTokenizer.from_str(json.dumps(plain))
     except Exception as exc:  # tokenizers raises plain Exception for a bad file

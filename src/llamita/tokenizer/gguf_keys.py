@@ -36,8 +36,7 @@ def gguf_keys_from_hf(folder: Path, vocab_size: int) -> dict[str, Any]:
     tok = read_json_file(path)
     model = tok.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise UnsupportedModelError(f"{path}: tokenizer model {model.get('type')!r} is not "
-                                    "byte-level BPE")
+        raise UnsupportedModelError(f"{path}: tokenizer model {model.get('type')!r} is not byte-level BPE")
     by_id: dict[int, tuple[str, int]] = {i: (t, TOKEN_NORMAL) for t, i in model["vocab"].items()}
     for added in tok.get("added_tokens") or []:
         kind = TOKEN_CONTROL if added.get("special") else TOKEN_USER_DEFINED
@@ -63,8 +62,12 @@ def gguf_keys_from_hf(folder: Path, vocab_size: int) -> dict[str, Any]:
     }
     config_path = folder / "config.json"
     model_cfg = read_json_file(config_path) if config_path.exists() else {}
-    for key, gguf_key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                          ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")):
+    for key, gguf_key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+    ):
         i = token_id(key)
         if i is None and key in ("bos_token", "eos_token"):  # else config.json's (first) id
             value = model_cfg.get(f"{key}_id")
@@ -89,16 +92,19 @@ def gguf_keys_from_tiktoken(path: Path, vocab_size: int) -> dict[str, Any]:
     ranked = [bytes_to_byte_level(t) for t in read_tiktoken_ranks(path)]
     specials = llama3_special_tokens()
     if len(ranked) + len(specials) > vocab_size:
-        raise ModelFileError(f"{path}: {len(ranked) + len(specials)} tokens with the Llama 3 "
-                             f"specials, but the embedding has only {vocab_size} rows")
+        raise ModelFileError(
+            f"{path}: {len(ranked) + len(specials)} tokens with the Llama 3 "
+            f"specials, but the embedding has only {vocab_size} rows"
+        )
     n_pad = vocab_size - len(ranked) - len(specials)
     special = {t: len(ranked) + i for i, t in enumerate(specials)}
     return {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "llama-bpe",
         "tokenizer.ggml.tokens": ranked + specials + [f"[PAD{i}]" for i in range(vocab_size - n_pad, vocab_size)],
-        "tokenizer.ggml.token_type": ([TOKEN_NORMAL] * len(ranked) + [TOKEN_CONTROL] * len(specials)
-                                      + [TOKEN_UNUSED] * n_pad),
+        "tokenizer.ggml.token_type": (
+            [TOKEN_NORMAL] * len(ranked) + [TOKEN_CONTROL] * len(specials) + [TOKEN_UNUSED] * n_pad
+        ),
         "tokenizer.ggml.merges": merges_from_ranks({t: r for r, t in enumerate(ranked)}),
         "tokenizer.ggml.bos_token_id": special["<|begin_of_text|>"],
         "tokenizer.ggml.eos_token_id": special["<|end_of_text|>"],
@@ -120,8 +126,9 @@ def _pre_tokenizer_name(pre: dict[str, Any] | None, path: Path) -> str:
         return "gpt2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"
-    raise UnsupportedModelError(f"{path}: pre-tokenizer {kinds} is not one llamita recognises "
-                                "(Llama 3, GPT-2 or SmolLM byte-level BPE)")
+    raise UnsupportedModelError(
+        f"{path}: pre-tokenizer {kinds} is not one llamita recognises (Llama 3, GPT-2 or SmolLM byte-level BPE)"
+    )
 
 
 def _template_adds(post: dict[str, Any] | None, special: str) -> bool:

@@ -31,7 +31,7 @@ SPECIAL_TOKENS = (BEGIN_OF_TEXT, START_HEADER, END_HEADER, EOT, EOM, PYTHON_TAG)
 KNOWLEDGE_CUTOFF = "December 2023"
 _CALL_FORMAT = (
     'Respond in the format {"name": function name, "parameters": dictionary of argument name '
-    'and its value}.Do not use variables.\n\n'
+    "and its value}.Do not use variables.\n\n"
 )
 USER_TOOLS_INSTRUCTION = (
     "Given the following functions, please respond with a JSON for a function call with its "
@@ -154,13 +154,10 @@ def _tool_result(content: Any) -> str:
     return str(content)
 
 
-def _tool_call_turn(
-    out: _Parts, tool_calls: Sequence[Any], builtin_tools: Sequence[str] | None
-) -> None:
+def _tool_call_turn(out: _Parts, tool_calls: Sequence[Any], builtin_tools: Sequence[str] | None) -> None:
     if len(tool_calls) != 1:
         raise TemplateError(
-            "the chat template rejected the conversation: Llama 3.1 takes one tool call per "
-            "assistant message"
+            "the chat template rejected the conversation: Llama 3.1 takes one tool call per assistant message"
         )
     call = tool_calls[0]
     function = call.get("function", call) if isinstance(call, dict) else {}

@@ -107,16 +107,38 @@ _GPT2_SPEC = PreTokenizerSpec((GPT2,))
 _LLAMA3_SPEC = PreTokenizerSpec((LLAMA3,), ignore_merges=True, add_bos=True)
 
 _FAMILIES: tuple[tuple[tuple[str, ...], PreTokenizerSpec], ...] = (
-    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
-     _LLAMA3_SPEC),
+    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"), _LLAMA3_SPEC),
     (("dbrx", "smaug-bpe", "chatglm-bpe", "glm4"), PreTokenizerSpec((LLAMA3,))),
-    (("default", "gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais", "jina-es", "jina-de",
-      "jina-v2-es", "jina-v2-de", "jina-v1-en", "jina-v2-code", "roberta-bpe", "gigachat",
-      "a.x-4.0", "mellum", "trillion", "exaone4", "granite-docling"), _GPT2_SPEC),
-    (("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b",
-      "mellum2"), PreTokenizerSpec((r"\p{N}", GPT2))),
-    (("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan", "kormo"),
-     PreTokenizerSpec((QWEN2,))),
+    (
+        (
+            "default",
+            "gpt2",
+            "gpt-2",
+            "phi-2",
+            "mpt",
+            "olmo",
+            "jais",
+            "jina-es",
+            "jina-de",
+            "jina-v2-es",
+            "jina-v2-de",
+            "jina-v1-en",
+            "jina-v2-code",
+            "roberta-bpe",
+            "gigachat",
+            "a.x-4.0",
+            "mellum",
+            "trillion",
+            "exaone4",
+            "granite-docling",
+        ),
+        _GPT2_SPEC,
+    ),
+    (
+        ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"),
+        PreTokenizerSpec((r"\p{N}", GPT2)),
+    ),
+    (("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan", "kormo"), PreTokenizerSpec((QWEN2,))),
     (("tekken",), PreTokenizerSpec((TEKKEN,), ignore_merges=True, add_bos=True)),
     (("gpt-4o", "llama4"), PreTokenizerSpec((GPT4O,))),
     (("deepseek-llm",), PreTokenizerSpec(DEEPSEEK_LLM)),
@@ -127,9 +149,7 @@ _FAMILIES: tuple[tuple[tuple[str, ...], PreTokenizerSpec], ...] = (
     (("viking",), PreTokenizerSpec(BLOOM + (r"\p{N}",))),
 )
 
-PRE_TOKENIZER_SPECS: dict[str, PreTokenizerSpec] = {
-    name: spec for names, spec in _FAMILIES for name in names
-}
+PRE_TOKENIZER_SPECS: dict[str, PreTokenizerSpec] = {name: spec for names, spec in _FAMILIES for name in names}
 
 
 def pre_tokenizer_spec(pre: str | None) -> PreTokenizerSpec:

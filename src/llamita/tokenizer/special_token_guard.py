@@ -41,9 +41,7 @@ class SpecialShield:
         self._special_re = special_re
         self._stand_in: dict[str, str] = {}  # special text -> stand-in character
         self._original: dict[int, str] = {}  # ord(stand-in) -> special text
-        self._taken = {
-            ch for text in _strings(reserved) for ch in text if ord(ch) >= _FIRST_STAND_IN
-        }
+        self._taken = {ch for text in _strings(reserved) for ch in text if ord(ch) >= _FIRST_STAND_IN}
         self._next = _FIRST_STAND_IN
 
     def protect(self, value: Any) -> Any:

@@ -66,25 +66,24 @@ class RenderBudget:
     def step(self, n: int = 1) -> None:
         self.steps += n
         if self.steps > self.limits.max_steps:
-            raise TemplateError(f"chat template stopped: more than {self.limits.max_steps:,} steps "
-                                "(loop iterations, calls, outputs); does it loop without end?")
+            raise TemplateError(
+                f"chat template stopped: more than {self.limits.max_steps:,} steps "
+                "(loop iterations, calls, outputs); does it loop without end?"
+            )
         if self.steps >= self._clock_at:
             self._clock_at = self.steps + 256
             if time.monotonic() > self._deadline:
-                raise TemplateError(f"chat template stopped: it ran for more than "
-                                    f"{self.limits.max_seconds:g} s")
+                raise TemplateError(f"chat template stopped: it ran for more than {self.limits.max_seconds:g} s")
 
     def emit(self, value: Any) -> None:
         self.output_chars += len(value) if isinstance(value, str) else len(str(value))
         if self.output_chars > self.limits.max_chars:
-            raise TemplateError(f"chat template stopped: it printed more than "
-                                f"{self.limits.max_chars:,} characters")
+            raise TemplateError(f"chat template stopped: it printed more than {self.limits.max_chars:,} characters")
         self.step()
 
 
 def too_big(what: str, size: int, limits: TemplateLimits) -> TemplateError:
-    return TemplateError(f"chat template stopped: {what} would hold {size:,} items "
-                         f"(limit {limits.max_chars:,})")
+    return TemplateError(f"chat template stopped: {what} would hold {size:,} items (limit {limits.max_chars:,})")
 
 
 def check_size(value: Any, limits: TemplateLimits) -> Any:
@@ -101,6 +100,7 @@ def _budget(context: Context) -> RenderBudget:
 
 
 # ------------------------------------------------------------------ the rewrite
+
 
 @pass_context
 def _iter_filter(context: Context, iterable: Iterable[Any]) -> Iterator[Any]:
@@ -142,8 +142,12 @@ class _ChargeBudget(NodeTransformer):
 
     def visit_Output(self, node: nodes.Output) -> nodes.Node:
         self.generic_visit(node)
-        node.nodes = [_through(nodes.Const(n.data, lineno=n.lineno) if isinstance(n, nodes.TemplateData)
-                               else n, EMIT_FILTER, n.lineno) for n in node.nodes]
+        node.nodes = [
+            _through(
+                nodes.Const(n.data, lineno=n.lineno) if isinstance(n, nodes.TemplateData) else n, EMIT_FILTER, n.lineno
+            )
+            for n in node.nodes
+        ]
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
@@ -214,23 +218,24 @@ def check_binop(op: str, left: Any, right: Any, limits: TemplateLimits) -> None:
         for seq, n in ((left, right), (right, left)):
             if isinstance(seq, _SIZED) and isinstance(n, int) and len(seq) * n > limits.max_chars:
                 raise too_big(f"a repeated {type(seq).__name__}", len(seq) * n, limits)
-        if isinstance(left, int) and isinstance(right, int) and \
-                left.bit_length() + right.bit_length() > MAX_INT_BITS:
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
             raise TemplateError(f"chat template stopped: integers past {MAX_INT_BITS} bits")
     elif op == "**":
-        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and \
-                right * left.bit_length() > MAX_INT_BITS:
+        if (
+            isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right * left.bit_length() > MAX_INT_BITS
+        ):
             raise TemplateError(f"chat template stopped: integers past {MAX_INT_BITS} bits")
     elif op == "+":
-        if isinstance(left, _SIZED) and isinstance(right, _SIZED) and \
-                len(left) + len(right) > limits.max_chars:
+        if isinstance(left, _SIZED) and isinstance(right, _SIZED) and len(left) + len(right) > limits.max_chars:
             raise too_big(f"a joined {type(left).__name__}", len(left) + len(right), limits)
     elif op == "%" and isinstance(left, str):
         check_printf(left, limits)
 
 
-def check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-               limits: TemplateLimits) -> tuple[Any, ...]:
+def check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limits: TemplateLimits) -> tuple[Any, ...]:
     """Refuse calls whose result would be too big to build; return `args` (a `join` iterable is
     materialized to count it)."""
     _check_ints(args, limits)
@@ -284,7 +289,7 @@ def limit_filter(name: str, fn: Callable[..., Any], limits: TemplateLimits) -> C
 
     @wraps(fn)
     def limited(*args: Any, **kwargs: Any) -> Any:
-        value, rest = (args[skip], args[skip + 1:]) if len(args) > skip else (None, ())
+        value, rest = (args[skip], args[skip + 1 :]) if len(args) > skip else (None, ())
         _check_ints(rest, limits)
         _check_ints(kwargs.values(), limits)
         if name == "format" and isinstance(value, str):

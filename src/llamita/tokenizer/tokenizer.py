@@ -81,9 +81,7 @@ class Tokenizer:
             token_types = [TOKEN_NORMAL] * n
         self._types = [int(t) for t in token_types]
         if len(self._types) != n:
-            raise TokenizerError(
-                f"tokenizer.ggml.token_type has {len(self._types)} entries for {n} tokens"
-            )
+            raise TokenizerError(f"tokenizer.ggml.token_type has {len(self._types)} entries for {n} tokens")
 
         # Some published vocabularies repeat a piece (padding entries); like llama.cpp, text maps
         # to the first id that spells it and every id still decodes.
@@ -101,9 +99,7 @@ class Tokenizer:
         if add_bos is None:
             add_bos = spec.add_bos and self.bos_id is not None
         elif add_bos and self.bos_id is None:
-            raise TokenizerError(
-                "tokenizer.ggml.add_bos_token is true but the file names no BOS token"
-            )
+            raise TokenizerError("tokenizer.ggml.add_bos_token is true but the file names no BOS token")
         self.add_bos = bool(add_bos)
         self.pre = pre
 
@@ -112,19 +108,13 @@ class Tokenizer:
             text.encode("utf-8") if kind in _SPECIAL_TYPES else byte_level_to_bytes(text)
             for text, kind in zip(self._tokens, self._types)
         ]
-        self._special_ids = frozenset(
-            i for i, kind in enumerate(self._types) if kind in _SPECIAL_TYPES
-        )
-        specials = sorted(
-            {self._tokens[i] for i in self._special_ids if self._tokens[i]}, key=len, reverse=True
-        )
+        self._special_ids = frozenset(i for i, kind in enumerate(self._types) if kind in _SPECIAL_TYPES)
+        specials = sorted({self._tokens[i] for i in self._special_ids if self._tokens[i]}, key=len, reverse=True)
         # Longest first, so at each position the longest special wins (leftmost-longest).
         self._special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
         self._bpe = encoder or build_bpe(self._tokens, [str(m) for m in merges], spec)
         self._chat_template_source = chat_template
-        self._extra_stop_ids = frozenset(
-            i for i in (_checked_id("stop", t, n) for t in stop_ids) if i is not None
-        )
+        self._extra_stop_ids = frozenset(i for i in (_checked_id("stop", t, n) for t in stop_ids) if i is not None)
 
     @classmethod
     def from_gguf_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
@@ -134,15 +124,11 @@ class Tokenizer:
         """
         model = meta.get("tokenizer.ggml.model")
         if model is None:
-            raise TokenizerError(
-                "the model file has no tokenizer (tokenizer.ggml.model is missing)"
-            )
+            raise TokenizerError("the model file has no tokenizer (tokenizer.ggml.model is missing)")
         if model == "llama":
             raise TokenizerError("SentencePiece ('llama') vocabularies are not supported yet")
         if model != "gpt2":
-            raise TokenizerError(
-                f"tokenizer model {model!r} is not supported; only byte-level BPE ('gpt2') is"
-            )
+            raise TokenizerError(f"tokenizer model {model!r} is not supported; only byte-level BPE ('gpt2') is")
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
             if key not in meta:
                 raise TokenizerError(f"the model file has no {key}")
@@ -150,8 +136,7 @@ class Tokenizer:
         tokens = _typed(meta, "tokenizer.ggml.tokens", list, str)
         token_types = _typed(meta, "tokenizer.ggml.token_type", list, int)
         merges = _typed(meta, "tokenizer.ggml.merges", list, str)
-        ids = {name: _typed(meta, f"tokenizer.ggml.{name}_token_id", int)
-               for name in ("bos", "eos", "eot", "eom")}
+        ids = {name: _typed(meta, f"tokenizer.ggml.{name}_token_id", int) for name in ("bos", "eos", "eot", "eom")}
         add_bos = _typed(meta, "tokenizer.ggml.add_bos_token", bool)
         return cls(
             tokens,
@@ -215,11 +200,7 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
         """The text of `ids`; invalid UTF-8 (e.g. a cut-off character) becomes U+FFFD."""
-        data = b"".join(
-            self._bytes[self._check(i)]
-            for i in ids
-            if not (skip_special and i in self._special_ids)
-        )
+        data = b"".join(self._bytes[self._check(i)] for i in ids if not (skip_special and i in self._special_ids))
         return data.decode("utf-8", errors="replace")
 
     # ----------------------------------------------------------------- chat
@@ -243,9 +224,7 @@ class Tokenizer:
     @cached_property
     def uses_llama3_format(self) -> bool:
         """True when chats use the built-in Llama 3.1 format: a Llama 3 vocabulary, no template."""
-        return not self._chat_template_source and all(
-            self._ids.get(t) in self._special_ids for t in LLAMA3_SPECIALS
-        )
+        return not self._chat_template_source and all(self._ids.get(t) in self._special_ids for t in LLAMA3_SPECIALS)
 
     def encode_chat(
         self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any
@@ -262,16 +241,12 @@ class Tokenizer:
         """
         messages = with_dict_arguments(messages)
         if self.uses_llama3_format:
-            return self.encode_parts(
-                llama3_chat_parts(messages, add_generation_prompt=add_generation_prompt, **extra)
-            )
+            return self.encode_parts(llama3_chat_parts(messages, add_generation_prompt=add_generation_prompt, **extra))
         template = self.chat_template or self._make_template(CHATML_TEMPLATE)
         if not template.uses("tools"):
             messages = tools_as_text(messages, extra.pop("tools", None))
         if self._special_re is None:
-            rendered = template.render(
-                messages, add_generation_prompt=add_generation_prompt, **extra
-            )
+            rendered = template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
             ids = self._encode_plain(rendered)
         else:
             shield = SpecialShield(self._special_re, template.source, messages, extra)
@@ -316,9 +291,7 @@ class Tokenizer:
             return []
         return self._bpe.encode(text, add_special_tokens=False).ids
 
-    def _encode_with_specials(
-        self, text: str, restore: Callable[[str], str] | None = None
-    ) -> list[int]:
+    def _encode_with_specials(self, text: str, restore: Callable[[str], str] | None = None) -> list[int]:
         """Specials in `text` become their ids; the gaps, after `restore`, are plain text."""
         if self._special_re is None:
             return self._encode_plain(restore(text) if restore else text)

@@ -62,8 +62,9 @@ class _JsonCallScanner:
         self.key: str | None = None
         self.args_depth: int | None = None  # depth at which the arguments object opened
 
-    def feed(self, text: str, on_name: Callable[[str], None], on_args: Callable[[str], None],
-             on_call_end: Callable[[], None]) -> None:
+    def feed(
+        self, text: str, on_name: Callable[[str], None], on_args: Callable[[str], None], on_call_end: Callable[[], None]
+    ) -> None:
         for ch in text:
             if self.args_depth is not None:
                 on_args(ch)
@@ -73,8 +74,12 @@ class _JsonCallScanner:
                 self.in_string, self.string = True, ""
             elif ch in "{[":
                 self.stack.append(ch)
-                if ch == "{" and self.args_depth is None and len(self.stack) == self.call_depth + 1 \
-                        and self.key in _ARGUMENT_KEYS:
+                if (
+                    ch == "{"
+                    and self.args_depth is None
+                    and len(self.stack) == self.call_depth + 1
+                    and self.key in _ARGUMENT_KEYS
+                ):
                     self.args_depth = len(self.stack)
                     on_args(ch)
                 self.expect_key = ch == "{"
@@ -136,7 +141,7 @@ class ToolCallStream:
                 head = self.buffer.lstrip()
                 if not head:
                     break
-                if any(head.startswith(o) for o in _SCANNED_OPENERS[self.after_tag:]):
+                if any(head.startswith(o) for o in _SCANNED_OPENERS[self.after_tag :]):
                     if not self._scan(head):
                         break
                 elif self.after_tag or any(head.startswith(o) for o in _HELD_OPENERS):
@@ -157,8 +162,9 @@ class ToolCallStream:
         if self.mode == "calls" and self.buffer:
             assert self.scanner is not None
             text, self.buffer = self.buffer, ""
-            self.scanner.feed(text, lambda name: self._name(name, deltas),
-                              lambda ch: self._argument(ch, deltas), self._end)
+            self.scanner.feed(
+                text, lambda name: self._name(name, deltas), lambda ch: self._argument(ch, deltas), self._end
+            )
         self.shown += content
         return content, _merge(deltas)
 
@@ -211,9 +217,9 @@ class ToolCallStream:
             content = self.text  # no call after all: everything held back is content
         elif not calls:
             content = ""
-        rest = content[len(self.shown):] if content.startswith(self.shown) else ""
+        rest = content[len(self.shown) :] if content.startswith(self.shown) else ""
         deltas = []
-        for call in calls[len(self.calls):]:
+        for call in calls[len(self.calls) :]:
             self.calls.append(call)
             fn = call["function"]
             deltas.append(ToolCallDelta(len(self.calls) - 1, fn["arguments"], call["id"], fn["name"]))

@@ -27,9 +27,7 @@ TOOLS_SYSTEM_PROMPT = (
 )
 
 
-def tools_as_text(
-    messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None
-) -> list[dict[str, Any]]:
+def tools_as_text(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Messages with only system/user/assistant turns and string contents.
 
     tools: OpenAI-style definitions ({"type": "function", "function": {...}}); None or empty
@@ -39,7 +37,9 @@ def tools_as_text(
     for message in messages:
         role = message.get("role")
         if role in ("tool", "ipython"):
-            out.append({"role": "user", "content": f"<tool_response>\n{_text(message.get('content'))}\n</tool_response>"})
+            out.append(
+                {"role": "user", "content": f"<tool_response>\n{_text(message.get('content'))}\n</tool_response>"}
+            )
         elif role == "assistant" and message.get("tool_calls"):
             calls = [_call_json(c) for c in message["tool_calls"]]
             content = _text(message.get("content")).strip()

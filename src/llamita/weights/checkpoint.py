@@ -65,7 +65,7 @@ class FloatCheckpoint(Protocol):
 
 
 def checkpoint_format(path: Path) -> str:
-    """"gguf", "hf" or "meta" for what `path` holds; ModelFileError if it is none of them."""
+    """ "gguf", "hf" or "meta" for what `path` holds; ModelFileError if it is none of them."""
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
     if path.is_dir():
@@ -73,8 +73,9 @@ def checkpoint_format(path: Path) -> str:
             return "hf"
         if (path / PARAMS_FILE).exists():
             return "meta"
-        raise ModelFileError(f"{path} is a folder without {CONFIG_FILE} (Hugging Face) or "
-                             f"{PARAMS_FILE} (Meta): not a model")
+        raise ModelFileError(
+            f"{path} is a folder without {CONFIG_FILE} (Hugging Face) or {PARAMS_FILE} (Meta): not a model"
+        )
     return "gguf"  # the reader checks the magic and says so if it is not
 
 
@@ -88,8 +89,7 @@ def open_float_checkpoint(path: Path, *, rope_scaling_factor: float | None = Non
     raise ModelFileError(f"{path}: expected a Hugging Face or Meta model folder")
 
 
-def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype,
-                     shard: TensorShard | None = None) -> dict[str, object]:
+def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype, shard: TensorShard | None = None) -> dict[str, object]:
     """Every tensor the model needs, converted to `dtype` one at a time (peak memory: the
     result plus one tensor). Extra tensors in the files (e.g. old `rotary_emb.inv_freq`) are
     ignored; a missing or misshapen one is a ModelFileError. With `shard`, only that
@@ -99,8 +99,10 @@ def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype,
         if name not in ckpt.shapes:
             raise ModelFileError(f"{ckpt.path}: the checkpoint lacks '{name}'")
         if ckpt.shapes[name] != shape:
-            raise ModelFileError(f"{ckpt.path}: '{name}' has shape {ckpt.shapes[name]}, "
-                                 f"expected {shape} from the model's configuration")
+            raise ModelFileError(
+                f"{ckpt.path}: '{name}' has shape {ckpt.shapes[name]}, expected {shape} from the model's configuration"
+            )
+
     def read(name: str) -> torch.Tensor:
         split = shard.split(name) if shard is not None else None
         return ckpt.tensor(name) if split is None else ckpt.tensor_part(name, *split)
@@ -128,9 +130,15 @@ class Checkpoint:
         return state
 
 
-def read_checkpoint(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
-                    compact: bool = False, rope_scaling_factor: float | None = None,
-                    tp_rank: int = 0, tp_size: int = 1) -> Checkpoint:
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    compact: bool = False,
+    rope_scaling_factor: float | None = None,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+) -> Checkpoint:
     """Config, weights (canonical names, `dtype`) and metadata of the model at `path`.
 
     `compact` keeps quantized GGUF weights small (see `gguf_state_dict`); float checkpoints
@@ -192,8 +200,10 @@ def config_metadata(cfg: ModelConfig) -> list[tuple[str, Any, int, int | None]]:
         (f"{a}.attention.value_length", cfg.head_dim, U32, None),
     ]
     if cfg.rope_scaling is not None and cfg.rope_scaling.kind == "linear":
-        items += [(f"{a}.rope.scaling.type", "linear", STRING, None),
-                  (f"{a}.rope.scaling.factor", cfg.rope_scaling.factor, F32, None)]
+        items += [
+            (f"{a}.rope.scaling.type", "linear", STRING, None),
+            (f"{a}.rope.scaling.factor", cfg.rope_scaling.factor, F32, None),
+        ]
     return items
 
 
@@ -214,7 +224,8 @@ def llama3_rope_divisors(cfg: ModelConfig) -> np.ndarray:
             out.append(s.factor)
         else:
             smooth = (s.original_context_length / wavelen - s.low_freq_factor) / (
-                s.high_freq_factor - s.low_freq_factor)
+                s.high_freq_factor - s.low_freq_factor
+            )
             out.append(1 / ((1 - smooth) / s.factor + smooth))
     return np.array(out, dtype=np.float32)
 
@@ -248,11 +259,13 @@ class FloatCheckpointSource:
         shapes = _expected_shapes(cfg)
         missing = [n for n in shapes if ckpt.shapes.get(n) != shapes[n]]
         if missing:
-            raise ModelFileError(f"{ckpt.path}: '{missing[0]}' is missing or has shape "
-                                 f"{ckpt.shapes.get(missing[0])}, expected {shapes[missing[0]]}")
+            raise ModelFileError(
+                f"{ckpt.path}: '{missing[0]}' is missing or has shape "
+                f"{ckpt.shapes.get(missing[0])}, expected {shapes[missing[0]]}"
+            )
         self._infos: list[tuple[str, tuple[int, ...], GGMLType]] = [
-            (gguf_name(n), s, GGMLType.F32 if len(s) == 1 else _GGML_OF[ckpt.dtypes[n]])
-            for n, s in shapes.items()]
+            (gguf_name(n), s, GGMLType.F32 if len(s) == 1 else _GGML_OF[ckpt.dtypes[n]]) for n, s in shapes.items()
+        ]
         if cfg.rope_scaling is not None and cfg.rope_scaling.kind == "llama3":
             self._infos.append(("rope_freqs.weight", (cfg.head_dim // 2,), GGMLType.F32))
         self._tokenizer: dict[str, Any] | None = None

@@ -69,16 +69,16 @@ def _require(meta: dict[str, Any], key: str, path: object) -> Any:
     return meta[key]
 
 
-def _number(meta: dict[str, Any], key: str, path: object, kind: type[int] | type[float],
-            default: float | None = None) -> Any:
+def _number(
+    meta: dict[str, Any], key: str, path: object, kind: type[int] | type[float], default: float | None = None
+) -> Any:
     """Metadata `key` as an int (kind=int) or a finite float (kind=float).
 
     A file from a stranger can hold a string, an array or NaN where a size belongs: refuse it
     here, naming the key, instead of letting `int()` fail somewhere deeper."""
     value = meta.get(key, default) if default is not None else _require(meta, key, path)
     allowed = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, allowed) or (
-            kind is float and not math.isfinite(value)):
+    if isinstance(value, bool) or not isinstance(value, allowed) or (kind is float and not math.isfinite(value)):
         what = "an integer" if kind is int else "a finite number"
         raise ModelFileError(f"{path}: GGUF metadata '{key}' must be {what}, got {value!r:.60}")
     return kind(value)
@@ -93,7 +93,8 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
             f"{gguf.path}: architecture '{arch!s:.60}' is not supported (llamita runs: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)})")
+            f"{', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
 
     def get(key: str, kind: type[int] | type[float] = int, default: float | None = None) -> Any:
         return _number(meta, f"{arch}.{key}", gguf.path, kind, default)
@@ -104,14 +105,15 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
         raise UnsupportedModelError(f"{gguf.path}: per-layer KV head counts are not supported")
     n_kv_heads = get("attention.head_count_kv", default=n_heads)
     if n_heads <= 0:
-        raise ModelFileError(f"{gguf.path}: GGUF metadata '{arch}.attention.head_count' must be "
-                             f"positive, got {n_heads}")
+        raise ModelFileError(
+            f"{gguf.path}: GGUF metadata '{arch}.attention.head_count' must be positive, got {n_heads}"
+        )
     head_dim = get("attention.key_length", default=dim // n_heads)
     rope_dim = get("rope.dimension_count", default=head_dim)
     if rope_dim != head_dim:
         raise UnsupportedModelError(
-            f"{gguf.path}: partial rotary embeddings (rope dim {rope_dim} != head dim {head_dim}) "
-            "are not supported")
+            f"{gguf.path}: partial rotary embeddings (rope dim {rope_dim} != head dim {head_dim}) are not supported"
+        )
     if get("attention.value_length", default=head_dim) != head_dim:
         raise UnsupportedModelError(f"{gguf.path}: value head size differs from key head size")
 
@@ -119,8 +121,7 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
     embd = gguf.tensors.get("token_embd.weight")
     if embd is None:
         raise ModelFileError(f"{gguf.path}: GGUF file has no 'token_embd.weight' tensor")
-    vocab_size = get("vocab_size", default=len(tokens) if isinstance(tokens, list) and tokens
-                     else embd.shape[0])
+    vocab_size = get("vocab_size", default=len(tokens) if isinstance(tokens, list) and tokens else embd.shape[0])
 
     scaling = None
     scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
@@ -153,8 +154,10 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
     # Every layer needs its tensors: a huge block_count is corruption, refused before anything
     # loops (or allocates) per layer.
     if cfg.n_layers * len(_LAYER_NAMES) > len(gguf.tensors):
-        raise ModelFileError(f"{gguf.path}: GGUF metadata declares {cfg.n_layers} layers but the file "
-                             f"holds only {len(gguf.tensors)} tensors ({len(_LAYER_NAMES)} per layer)")
+        raise ModelFileError(
+            f"{gguf.path}: GGUF metadata declares {cfg.n_layers} layers but the file "
+            f"holds only {len(gguf.tensors)} tensors ({len(_LAYER_NAMES)} per layer)"
+        )
     return cfg
 
 
@@ -190,17 +193,19 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (cfg.vocab_size, cfg.dim)
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (cfg.dim,),
-            p + "self_attn.q_proj.weight": (cfg.n_heads * hd, cfg.dim),
-            p + "self_attn.k_proj.weight": (cfg.n_kv_heads * hd, cfg.dim),
-            p + "self_attn.v_proj.weight": (cfg.n_kv_heads * hd, cfg.dim),
-            p + "self_attn.o_proj.weight": (cfg.dim, cfg.n_heads * hd),
-            p + "post_attention_layernorm.weight": (cfg.dim,),
-            p + "mlp.gate_proj.weight": (cfg.ffn_dim, cfg.dim),
-            p + "mlp.up_proj.weight": (cfg.ffn_dim, cfg.dim),
-            p + "mlp.down_proj.weight": (cfg.dim, cfg.ffn_dim),
-        })
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (cfg.dim,),
+                p + "self_attn.q_proj.weight": (cfg.n_heads * hd, cfg.dim),
+                p + "self_attn.k_proj.weight": (cfg.n_kv_heads * hd, cfg.dim),
+                p + "self_attn.v_proj.weight": (cfg.n_kv_heads * hd, cfg.dim),
+                p + "self_attn.o_proj.weight": (cfg.dim, cfg.n_heads * hd),
+                p + "post_attention_layernorm.weight": (cfg.dim,),
+                p + "mlp.gate_proj.weight": (cfg.ffn_dim, cfg.dim),
+                p + "mlp.up_proj.weight": (cfg.ffn_dim, cfg.dim),
+                p + "mlp.down_proj.weight": (cfg.dim, cfg.ffn_dim),
+            }
+        )
     return shapes
 
 
@@ -210,11 +215,17 @@ _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 def _row_decoder(ggml_type: int, dim: int) -> RowDecoder:
     def decode(rows: torch.Tensor) -> torch.Tensor:
         return dequantize(rows.reshape(-1), ggml_type, (rows.shape[0], dim))
+
     return decode
 
 
-def _int8(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...], dtype: torch.dtype,
-          release: Callable[[int, int], None] | None = None) -> Int8Weight:
+def _int8(
+    tensor: torch.Tensor,
+    ggml_type: int,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    release: Callable[[int, int], None] | None = None,
+) -> Int8Weight:
     """Re-quantize a GGML weight to int8 per row, decoding a slice of rows at a time.
 
     release(start, stop): told the byte range of `tensor` each slice came from once it is
@@ -246,8 +257,9 @@ def _pack(raw: torch.Tensor, ggml_type: int, n: int, k: int) -> Int4Weight:
     return pack_ggml_q6k_blocks(raw, n, k) if ggml_type == GGMLType.Q6_K else pack_q4(raw, ggml_type, (n, k))
 
 
-def _pack_by_rows(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...],
-                  release: Callable[[int, int], None] | None) -> Int4Weight:
+def _pack_by_rows(
+    tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...], release: Callable[[int, int], None] | None
+) -> Int4Weight:
     """`_pack` over the whole weight, or, when its bytes come straight from the file map
     (`release`), over slices of whole 16-row blocks written into one weight, each slice's file
     pages given back once packed: the output projection (the largest tensor, last in the file)
@@ -264,13 +276,12 @@ def _pack_by_rows(tensor: torch.Tensor, ggml_type: int, shape: tuple[int, ...],
     if first.layout not in VNNI_LAYOUTS:
         return _pack(tensor, ggml_type, n, k)
     codes = torch.empty((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
-    meta = torch.empty((n // VNNI_BLOCK_ROWS, *first.scales_and_zeros.shape[1:]),
-                       dtype=first.scales_and_zeros.dtype)
+    meta = torch.empty((n // VNNI_BLOCK_ROWS, *first.scales_and_zeros.shape[1:]), dtype=first.scales_and_zeros.dtype)
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         part = first if r0 == 0 else _pack(rows[r0:r1].reshape(-1), ggml_type, r1 - r0, k)
         codes[r0:r1] = part.packed
-        meta[r0 // VNNI_BLOCK_ROWS:r1 // VNNI_BLOCK_ROWS] = part.scales_and_zeros
+        meta[r0 // VNNI_BLOCK_ROWS : r1 // VNNI_BLOCK_ROWS] = part.scales_and_zeros
         release(r0 * row_bytes, r1 * row_bytes)
     return Int4Weight(codes, meta, n, k, first.group_size, first.layout)
 
@@ -284,8 +295,13 @@ def _released_after_use(gguf: GGUFFile) -> Iterator[tuple[str, GGUFTensorInfo]]:
         gguf.release(gname)
 
 
-def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32,
-                    compact: bool = False, shard: TensorShard | None = None) -> dict[str, object]:
+def gguf_state_dict(
+    gguf: GGUFFile,
+    cfg: ModelConfig,
+    dtype: torch.dtype = torch.float32,
+    compact: bool = False,
+    shard: TensorShard | None = None,
+) -> dict[str, object]:
     """Every model tensor under its canonical name, checking names and shapes.
 
     Tensors are dequantized to `dtype` unless `compact` (CPU; engine/loader.py): then quantized
@@ -309,8 +325,7 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
         if name is None:
             continue
         if name in expected and tuple(info.shape) != expected[name]:
-            raise ModelFileError(f"{gguf.path}: tensor '{gname}' has shape {info.shape}, "
-                                 f"expected {expected[name]}")
+            raise ModelFileError(f"{gguf.path}: tensor '{gname}' has shape {info.shape}, expected {expected[name]}")
         raw = gguf.tensor_bytes(gname)
         shape = tuple(info.shape)
         split = shard.split(name) if shard is not None else None
@@ -318,8 +333,7 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
             try:
                 raw, shape = slice_gguf(raw, info.ggml_type, shape, split)
             except ShardAlignmentError:
-                state[name] = dequantize_columns(_as_tensor(raw), info.ggml_type, shape, split[1],
-                                                 split[2], dtype)
+                state[name] = dequantize_columns(_as_tensor(raw), info.ggml_type, shape, split[1], split[2], dtype)
                 continue
         # A weight read straight from the map can give its pages back slice by slice.
         release = partial(gguf.release, gname) if split is None else None
@@ -332,12 +346,14 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
         is_embedding = name == "embed_tokens.weight"
         tied_head = is_embedding and cfg.tie_word_embeddings
         if compact and quantized and (is_linear or is_embedding):
-            own_blocks = ((use_int4 and info.ggml_type in AFFINE_Q4_TYPES)
-                          or (use_q6k and info.ggml_type == GGMLType.Q6_K))
+            own_blocks = (use_int4 and info.ggml_type in AFFINE_Q4_TYPES) or (
+                use_q6k and info.ggml_type == GGMLType.Q6_K
+            )
             if (is_linear or tied_head) and own_blocks:
                 try:
                     state["lm_head.weight" if tied_head else name] = _pack_by_rows(
-                        tensor, info.ggml_type, shape, release)
+                        tensor, info.ggml_type, shape, release
+                    )
                     if is_linear:
                         continue
                 except ValueError:
@@ -360,8 +376,10 @@ def gguf_state_dict(gguf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch
         if name not in state:
             raise ModelFileError(f"{gguf.path}: GGUF file lacks the tensor for '{name}'")
     if "rope_freqs" in state and tuple(state["rope_freqs"].shape) != (cfg.head_dim // 2,):  # type: ignore[union-attr]
-        raise ModelFileError(f"{gguf.path}: rope_freqs has shape {tuple(state['rope_freqs'].shape)}, "  # type: ignore[union-attr]
-                             f"expected ({cfg.head_dim // 2},)")
+        raise ModelFileError(
+            f"{gguf.path}: rope_freqs has shape {tuple(state['rope_freqs'].shape)}, "  # type: ignore[union-attr]
+            f"expected ({cfg.head_dim // 2},)"
+        )
     return state
 
 

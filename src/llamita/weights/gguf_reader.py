@@ -27,12 +27,30 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 # Value type id -> (struct format, size). 8 = string and 9 = array are handled apart.
 _SCALARS: dict[int, tuple[str, int]] = {
-    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
-    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
 }
 _NUMPY_OF: dict[int, str] = {
-    0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
-    10: "<u8", 11: "<i8", 12: "<f8",
+    0: "<u1",
+    1: "<i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "<u1",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
 }
 _STRING, _ARRAY = 8, 9
 # llama.cpp's gguf-split naming: the first part carries the metadata, every part some tensors.
@@ -70,7 +88,8 @@ class _Cursor:
         if n < 0 or self.pos + n > self.size:
             raise ModelFileError(
                 f"{self.path}: GGUF file is truncated or corrupt ({what} needs {n} bytes at "
-                f"offset {self.pos}, file has {self.size})")
+                f"offset {self.pos}, file has {self.size})"
+            )
 
     def scalar(self, vtype: int, what: str) -> Any:
         fmt, size = _SCALARS[vtype]
@@ -99,7 +118,7 @@ class _Cursor:
             if pos + n > size:
                 self.pos = pos
                 self.need(n, what)
-            raw = buf[pos:pos + n]
+            raw = buf[pos : pos + n]
             pos += n
             try:
                 out.append(raw.decode("utf-8"))
@@ -183,21 +202,24 @@ class GGUFFile:
         match = SPLIT_NAME.match(self.path.name)
         if number != 0:
             first = f"{match['stem']}-00001-of-{match['count']}.gguf" if match else "its part 1"
-            raise ModelFileError(f"{self.path} is part {number + 1} of {count} of a split model: "
-                                 f"open the first part, {first}")
+            raise ModelFileError(
+                f"{self.path} is part {number + 1} of {count} of a split model: open the first part, {first}"
+            )
         if match is None or int(match["count"]) != count:
-            raise ModelFileError(f"{self.path}: the first part of a {count}-part split model must "
-                                 f"be named NAME-00001-of-{count:05d}.gguf to find the others")
+            raise ModelFileError(
+                f"{self.path}: the first part of a {count}-part split model must "
+                f"be named NAME-00001-of-{count:05d}.gguf to find the others"
+            )
         for i in range(2, count + 1):
             sibling = self.path.with_name(f"{match['stem']}-{i:05d}-of-{match['count']}.gguf")
             if not sibling.is_file():
-                raise ModelFileError(f"{self.path}: part {i} of {count} is missing ({sibling.name} "
-                                     "should sit beside it)")
+                raise ModelFileError(
+                    f"{self.path}: part {i} of {count} is missing ({sibling.name} should sit beside it)"
+                )
             part = GGUFFile(sibling, join_parts=False)
             self._parts.append(part)
             if part.metadata.get("split.no") != i - 1 or part.metadata.get("split.count") != count:
-                raise ModelFileError(f"{sibling}: its split.no/split.count do not say it is part {i} "
-                                     f"of {count}")
+                raise ModelFileError(f"{sibling}: its split.no/split.count do not say it is part {i} of {count}")
             for name, info in part.tensors.items():
                 if name in self.tensors:
                     raise ModelFileError(f"{sibling}: tensor '{name}' appears in two parts")
@@ -206,8 +228,9 @@ class GGUFFile:
             self.file_size += part.file_size
         total = self.metadata.get("split.tensors.count", len(self.tensors))
         if total != len(self.tensors):
-            raise ModelFileError(f"{self.path}: the split model declares {total} tensors, its "
-                                 f"{count} parts hold {len(self.tensors)}")
+            raise ModelFileError(
+                f"{self.path}: the split model declares {total} tensors, its {count} parts hold {len(self.tensors)}"
+            )
 
     def _parse(self) -> None:
         cur = _Cursor(self._map, self.path)
@@ -218,15 +241,16 @@ class GGUFFile:
         cur.pos = 4
         self.version = cur.u32("version")
         if self.version not in (2, 3):
-            raise UnsupportedModelError(
-                f"{self.path}: GGUF version {self.version} is not supported (2 and 3 are)")
+            raise UnsupportedModelError(f"{self.path}: GGUF version {self.version} is not supported (2 and 3 are)")
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
         # Every KV takes >= 13 bytes and every tensor info >= 24: a count the file cannot hold
         # is corruption, caught before we loop over it.
         if n_kv * 13 + n_tensors * 24 > self.file_size:
-            raise ModelFileError(f"{self.path}: GGUF header declares {n_kv} metadata entries and "
-                                 f"{n_tensors} tensors, more than the file can hold")
+            raise ModelFileError(
+                f"{self.path}: GGUF header declares {n_kv} metadata entries and "
+                f"{n_tensors} tensors, more than the file can hold"
+            )
         self.metadata: dict[str, Any] = {}
         # key -> (GGUF value type, element type for arrays else None): what a writer needs to
         # copy the metadata unchanged (`llamita quantize`).
@@ -243,8 +267,7 @@ class GGUFFile:
 
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment % 8:
-            raise ModelFileError(f"{self.path}: general.alignment must be a positive multiple of 8, "
-                                 f"got {alignment!r}")
+            raise ModelFileError(f"{self.path}: general.alignment must be a positive multiple of 8, got {alignment!r}")
         self.alignment = alignment
 
         raw_infos = []
@@ -274,14 +297,16 @@ class GGUFFile:
                 # should still describe the file.
                 block, block_bytes = 1, 0
             if block_bytes and ne[0] % block:
-                raise ModelFileError(f"{self.path}: tensor '{name}' row length {ne[0]} is not a "
-                                     f"multiple of its block size {block}")
+                raise ModelFileError(
+                    f"{self.path}: tensor '{name}' row length {ne[0]} is not a multiple of its block size {block}"
+                )
             nbytes = n_elements // block * block_bytes
             start = data_start + offset
             if offset % alignment or start + nbytes > self.file_size:
                 raise ModelFileError(
                     f"{self.path}: tensor '{name}' lies outside the file (offset {offset}, {nbytes} "
-                    f"bytes, file {self.file_size} bytes): the file is truncated or corrupt")
+                    f"bytes, file {self.file_size} bytes): the file is truncated or corrupt"
+                )
             self.tensors[name] = GGUFTensorInfo(name, ggml_type, tuple(reversed(ne)), start, nbytes)
 
     def tensor_bytes(self, name: str) -> np.ndarray:
@@ -290,7 +315,8 @@ class GGUFFile:
         if info.ggml_type not in SUPPORTED:
             raise UnsupportedModelError(
                 f"{self.path}: tensor '{name}' has type {info.type_name}, which llamita cannot read "
-                f"yet (supported: {', '.join(sorted(t.name for t in SUPPORTED))})")
+                f"yet (supported: {', '.join(sorted(t.name for t in SUPPORTED))})"
+            )
         owner = self._part_of.get(name, self)
         return np.frombuffer(owner._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 

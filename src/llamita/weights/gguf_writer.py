@@ -27,8 +27,7 @@ from llamita.weights.quant_mix import FileType, ModelShape, is_quantizable, tens
 from llamita.weights.quants import GGMLType, dequantize, quantize, tensor_nbytes
 
 # Keys the writer sets itself, or that describe the old file rather than the new one.
-_OWN_KEYS = {"general.architecture", "general.alignment", "general.file_type",
-             "general.quantization_version"}
+_OWN_KEYS = {"general.architecture", "general.alignment", "general.file_type", "general.quantization_version"}
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION: the K-quant/legacy block layouts we write
 _UNQUANTIZED = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
@@ -164,15 +163,19 @@ def model_shape(source: TensorSource) -> ModelShape:
 def plan(source: TensorSource, ft: FileType) -> list[TensorPlan]:
     """The output type of every tensor, in file order."""
     shape = model_shape(source)
-    return [TensorPlan(name, dims, stype, tensor_type(name, dims, ft, shape, stype))
-            for name, dims, stype in source.tensor_infos()]
+    return [
+        TensorPlan(name, dims, stype, tensor_type(name, dims, ft, shape, stype))
+        for name, dims, stype in source.tensor_infos()
+    ]
 
 
 def requantized_tensors(plans: list[TensorPlan]) -> list[str]:
     """Tensors that would be re-encoded from an already lossy (quantized) type."""
-    return [p.name for p in plans
-            if p.source_type not in _UNQUANTIZED and p.target_type != p.source_type
-            and is_quantizable(p.name, p.shape)]
+    return [
+        p.name
+        for p in plans
+        if p.source_type not in _UNQUANTIZED and p.target_type != p.source_type and is_quantizable(p.name, p.shape)
+    ]
 
 
 def _encode(source: TensorSource, p: TensorPlan) -> np.ndarray:
@@ -202,9 +205,14 @@ def atomic_gguf_writer(output: str | os.PathLike[str], architecture: str) -> Ite
         raise
 
 
-def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: FileType | None, *,
-                    allow_requantize: bool = False,
-                    on_tensor: Callable[[TensorPlan, int, int], None] | None = None) -> QuantizeReport:
+def write_quantized(
+    source: TensorSource,
+    output: str | os.PathLike[str],
+    ft: FileType | None,
+    *,
+    allow_requantize: bool = False,
+    on_tensor: Callable[[TensorPlan, int, int], None] | None = None,
+) -> QuantizeReport:
     """Write `source` to `output` as file type `ft`; returns what was written.
 
     Re-encoding tensors that are already quantized loses quality twice: it is refused with
@@ -216,12 +224,16 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
 
     output = Path(output)
     if output.resolve() == Path(source.path).resolve():
-        raise InvalidParameterError("output", "OUTPUT must differ from INPUT (it would be "
-                                    "overwritten while it is read)")
+        raise InvalidParameterError(
+            "output", "OUTPUT must differ from INPUT (it would be overwritten while it is read)"
+        )
     if output.is_dir():
         raise InvalidParameterError("output", f"{output} is a folder; give a file name")
-    plans = plan(source, ft) if ft is not None else [
-        TensorPlan(name, dims, stype, stype) for name, dims, stype in source.tensor_infos()]
+    plans = (
+        plan(source, ft)
+        if ft is not None
+        else [TensorPlan(name, dims, stype, stype) for name, dims, stype in source.tensor_infos()]
+    )
     lossy = requantized_tensors(plans)
     if lossy and not allow_requantize:
         kinds = sorted({p.source_type.name for p in plans if p.name in lossy})
@@ -229,9 +241,9 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
             "allow_requantize",
             f"{source.path.name} is already quantized ({', '.join(kinds)}); re-quantizing loses "
             "quality a second time. Pass --allow-requantize to do it anyway, or start from an "
-            "F32/F16/BF16 model")
-    report = QuantizeReport(Path(source.path), output, ft, plans, source.file_size,
-                            requantized=lossy)
+            "F32/F16/BF16 model",
+        )
+    report = QuantizeReport(Path(source.path), output, ft, plans, source.file_size, requantized=lossy)
     start = time.perf_counter()
     with atomic_gguf_writer(output, source.architecture) as writer:
         for key, value, vtype, element in source.metadata_items():
@@ -243,8 +255,13 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
             writer.add_uint32("general.file_type", ft.file_type)
         writer.add_uint32("general.quantization_version", QUANTIZATION_VERSION)
         for p in plans:
-            writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes,
-                                   raw_dtype=gguf_pkg.GGMLQuantizationType(int(p.target_type)))
+            writer.add_tensor_info(
+                p.name,
+                p.shape,
+                np.dtype(np.float32),
+                p.nbytes,
+                raw_dtype=gguf_pkg.GGMLQuantizationType(int(p.target_type)),
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -258,4 +275,3 @@ def write_quantized(source: TensorSource, output: str | os.PathLike[str], ft: Fi
     report.output_bytes = output.stat().st_size
     report.seconds = time.perf_counter() - start
     return report
-

@@ -27,6 +27,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 GENERATION_FILE = "generation_config.json"
 
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object file's content, or ModelFileError naming the file."""
     try:
@@ -55,12 +56,18 @@ def _rope_scaling(cfg: dict[str, Any], path: Path) -> tuple[float, RopeScaling |
             return theta, RopeScaling("linear", factor)
         if kind == "llama3":
             original = params.get("original_max_position_embeddings", 8192)
-            return theta, RopeScaling("llama3", factor, float(params.get("low_freq_factor", 1.0)),
-                                      float(params.get("high_freq_factor", 4.0)), int(original))
+            return theta, RopeScaling(
+                "llama3",
+                factor,
+                float(params.get("low_freq_factor", 1.0)),
+                float(params.get("high_freq_factor", 4.0)),
+                int(original),
+            )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: incomplete rope scaling {params!r} ({e})") from None
-    raise UnsupportedModelError(f"{path}: RoPE scaling '{kind}' is not supported "
-                                "(llamita runs llama3 and linear scaling)")
+    raise UnsupportedModelError(
+        f"{path}: RoPE scaling '{kind}' is not supported (llamita runs llama3 and linear scaling)"
+    )
 
 
 def config_from_hf(folder: Path) -> ModelConfig:
@@ -72,7 +79,8 @@ def config_from_hf(folder: Path) -> ModelConfig:
     if model_type != "llama" or (archs and "LlamaForCausalLM" not in archs):
         raise UnsupportedModelError(
             f"{path}: model_type {model_type!r} / architectures {archs} is not a Llama causal LM "
-            "(llamita runs model_type 'llama', LlamaForCausalLM)")
+            "(llamita runs model_type 'llama', LlamaForCausalLM)"
+        )
     for flag in ("attention_bias", "mlp_bias"):
         if cfg.get(flag):
             raise UnsupportedModelError(f"{path}: {flag} is set; Llama layers have no biases")
@@ -88,14 +96,20 @@ def config_from_hf(folder: Path) -> ModelConfig:
     theta, scaling = _rope_scaling(cfg, path)
     try:
         return ModelConfig(
-            n_layers=need("num_hidden_layers"), dim=dim, n_heads=n_heads,
+            n_layers=need("num_hidden_layers"),
+            dim=dim,
+            n_heads=n_heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            ffn_dim=need("intermediate_size"), vocab_size=need("vocab_size"),
+            ffn_dim=need("intermediate_size"),
+            vocab_size=need("vocab_size"),
             head_dim=int(cfg.get("head_dim") or dim // n_heads),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
             context_length=int(cfg.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            name=folder.resolve().name)
+            name=folder.resolve().name,
+        )
     except ValueError as e:
         raise ModelFileError(f"{path}: inconsistent model config: {e}") from None
 
@@ -115,17 +129,23 @@ def generation_defaults(folder: Path) -> GenerationDefaults | None:
         value = gen.get(key)
         return None if value is None else kind(value)
 
-    return GenerationDefaults(eos_token_ids=eos_ids, bos_token_id=opt("bos_token_id", int),
-                              do_sample=opt("do_sample", bool), temperature=opt("temperature", float),
-                              top_p=opt("top_p", float), top_k=opt("top_k", int))
+    return GenerationDefaults(
+        eos_token_ids=eos_ids,
+        bos_token_id=opt("bos_token_id", int),
+        do_sample=opt("do_sample", bool),
+        temperature=opt("temperature", float),
+        top_p=opt("top_p", float),
+        top_k=opt("top_k", int),
+    )
 
 
 def _safe_open(file: Path) -> Any:
     try:
         from safetensors import safe_open  # only needed for HF folders
     except ImportError:
-        raise UnsupportedModelError("reading Hugging Face folders needs the safetensors "
-                                    "package: pip install safetensors") from None
+        raise UnsupportedModelError(
+            "reading Hugging Face folders needs the safetensors package: pip install safetensors"
+        ) from None
     return safe_open(str(file), framework="pt")
 
 
@@ -160,7 +180,8 @@ class HFCheckpoint:
                     if part.get_dtype() not in _TORCH_DTYPES:
                         raise UnsupportedModelError(
                             f"{file}: tensor '{hf_name}' has dtype {part.get_dtype()}; llamita "
-                            "reads BF16, F16 and F32 safetensors")
+                            "reads BF16, F16 and F32 safetensors"
+                        )
                     name = _canonical(hf_name)
                     self._where[name] = (file, hf_name)
                     self.shapes[name] = tuple(part.get_shape())
@@ -177,7 +198,8 @@ class HFCheckpoint:
             files = [self.path / SINGLE_FILE]
         else:
             others = sorted(p.name for p in self.path.glob("*.bin")) + sorted(
-                p.name for p in self.path.glob("*.safetensors"))
+                p.name for p in self.path.glob("*.safetensors")
+            )
             hint = f" (found {', '.join(others[:3])}: only safetensors are read)" if others else ""
             raise ModelFileError(f"{self.path}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
         for file in files:

@@ -67,9 +67,7 @@ def _round_clip(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return np.clip(v, lo, hi, out=v)
 
 
-def _quantize_columns(
-    xm: np.ndarray, iscale: np.ndarray, hi: int, out: np.ndarray
-) -> np.ndarray:
+def _quantize_columns(xm: np.ndarray, iscale: np.ndarray, hi: int, out: np.ndarray) -> np.ndarray:
     """out = clamp(nearest_int(xm * iscale), 0, hi) for xm (P, N), iscale (N,).
 
     |xm * iscale| is about hi at most, except where iscale itself overflowed (sub-blocks of
@@ -190,8 +188,7 @@ def _make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     # each pass runs only on the sub-blocks the previous one changed: about 1.3 passes' work.
     cols = np.arange(x.shape[1])
     for _ in range(5):
-        La, sa, s2a, changed = _q3_pass(x[:, cols], w[:, cols], wx[:, cols], L[:, cols],
-                                        sumlx[cols], suml2[cols], nmax)
+        La, sa, s2a, changed = _q3_pass(x[:, cols], w[:, cols], wx[:, cols], L[:, cols], sumlx[cols], suml2[cols], nmax)
         L[:, cols], sumlx[cols], suml2[cols] = La, sa, s2a
         cols = cols[changed]
         if not cols.size:
@@ -438,9 +435,7 @@ def _q6_k(b: np.ndarray) -> np.ndarray:
     # Per 128-weight half: ql byte l holds quarters 0 (low nibble) and 2 (high), byte 32+l
     # quarters 1 and 3; qh byte l holds the top 2 bits of quarter k at bits 2k.
     lo, hi = L & 0xF, L >> 4
-    ql = np.concatenate(
-        [lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2
-    )
+    ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2)
     qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
     return np.concatenate([ql.reshape(n, 128), qh.reshape(n, 64), sc.view(np.uint8), d], axis=1)
 

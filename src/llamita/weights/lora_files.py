@@ -30,8 +30,10 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_WEIGHTS_BIN = "adapter_model.bin"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?:model\.)?(layers\.\d+\.(?:self_attn|mlp)\.([a-z_]+))"
-                       r"\.lora_([AB])(?:\.default)?\.weight$")
+_PEFT_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?:model\.)?(layers\.\d+\.(?:self_attn|mlp)\.([a-z_]+))"
+    r"\.lora_([AB])(?:\.default)?\.weight$"
+)
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,9 @@ def read_lora(path: str | os.PathLike[str], cfg: ModelConfig, name: str | None =
         with open(p, "rb") as f:
             magic = f.read(4)
         if magic != b"GGUF":
-            raise ModelFileError(f"{p}: not a LoRA adapter (expected a PEFT folder with {PEFT_CONFIG} "
-                                 "or a GGUF LoRA file)")
+            raise ModelFileError(
+                f"{p}: not a LoRA adapter (expected a PEFT folder with {PEFT_CONFIG} or a GGUF LoRA file)"
+            )
         adapter = _read_gguf(p, cfg, name or adapter_name(p))
     _check_shapes(adapter, cfg)
     return adapter
@@ -114,8 +117,10 @@ def _read_peft(folder: Path, name: str) -> LoraAdapter:
     if config.get("use_dora"):
         raise UnsupportedModelError(f"{folder}: DoRA adapters (use_dora) are not supported")
     if config.get("modules_to_save"):
-        raise UnsupportedModelError(f"{folder}: modules_to_save {config['modules_to_save']} would replace "
-                                    "whole base layers; llamita applies low-rank updates only")
+        raise UnsupportedModelError(
+            f"{folder}: modules_to_save {config['modules_to_save']} would replace "
+            "whole base layers; llamita applies low-rank updates only"
+        )
     try:
         r, alpha = int(config["r"]), float(config["lora_alpha"])
     except (KeyError, TypeError, ValueError):
@@ -128,7 +133,8 @@ def _read_peft(folder: Path, name: str) -> LoraAdapter:
         if m is None or m.group(2) not in TARGET_MODULES:
             raise UnsupportedModelError(
                 f"{folder}: tensor '{key}' is not a LoRA A/B of {', '.join(TARGET_MODULES)} "
-                "(embedding, lm_head, bias and DoRA tensors are not supported)")
+                "(embedding, lm_head, bias and DoRA tensors are not supported)"
+            )
         parts.setdefault(m.group(1), {})[m.group(3)] = t
     layers = {}
     for module, ab in sorted(parts.items()):
@@ -166,8 +172,10 @@ def _read_gguf(path: Path, cfg: ModelConfig, name: str) -> LoraAdapter:
     with GGUFFile(path) as gguf:
         meta = gguf.metadata
         if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
-            raise ModelFileError(f"{path}: not a GGUF LoRA adapter (general.type="
-                                 f"{meta.get('general.type')!r}, adapter.type={meta.get('adapter.type')!r})")
+            raise ModelFileError(
+                f"{path}: not a GGUF LoRA adapter (general.type="
+                f"{meta.get('general.type')!r}, adapter.type={meta.get('adapter.type')!r})"
+            )
         arch = meta.get("general.architecture")
         if arch != "llama":
             raise UnsupportedModelError(f"{path}: adapter for architecture {arch!r}; llamita runs llama")
@@ -177,15 +185,17 @@ def _read_gguf(path: Path, cfg: ModelConfig, name: str) -> LoraAdapter:
             base, _, half = gname.rpartition(".")
             canon = canonical_name(base)
             if half not in ("lora_a", "lora_b") or canon is None or not canon.endswith("proj.weight"):
-                raise UnsupportedModelError(f"{path}: tensor '{gname}' is not a LoRA A/B of an "
-                                            "attention or MLP projection")
+                raise UnsupportedModelError(
+                    f"{path}: tensor '{gname}' is not a LoRA A/B of an attention or MLP projection"
+                )
             raw = gguf.tensor_bytes(gname)
             module = canon.removesuffix(".weight")
             if half == "lora_b" and module.endswith(("q_proj", "k_proj")):
                 heads = cfg.n_heads if module.endswith("q_proj") else cfg.n_kv_heads
                 if info.shape[0] % (2 * heads):
-                    raise ModelFileError(f"{path}: '{gname}' has {info.shape[0]} rows, not a "
-                                         f"multiple of 2 x {heads} heads")
+                    raise ModelFileError(
+                        f"{path}: '{gname}' has {info.shape[0]} rows, not a multiple of 2 x {heads} heads"
+                    )
                 raw = _unpermute_rows(raw, info.shape[0], heads)
             tensor = dequantize(_as_tensor(raw), info.ggml_type, info.shape, dtype=torch.float32)
             parts.setdefault(module, {})[half] = tensor
@@ -207,19 +217,30 @@ def _check_shapes(adapter: LoraAdapter, cfg: ModelConfig) -> None:
     for module, layer in adapter.layers.items():
         shape = expected.get(module + ".weight")
         if shape is None:
-            raise ModelFileError(f"{adapter.path}: adapter layer '{module}' but the model has "
-                                 f"{cfg.n_layers} layers")
+            raise ModelFileError(f"{adapter.path}: adapter layer '{module}' but the model has {cfg.n_layers} layers")
         out, inp = shape
-        if (layer.a.ndim != 2 or layer.b.ndim != 2 or layer.a.shape[0] != layer.b.shape[1]
-                or layer.a.shape[1] != inp or layer.b.shape[0] != out):
+        if (
+            layer.a.ndim != 2
+            or layer.b.ndim != 2
+            or layer.a.shape[0] != layer.b.shape[1]
+            or layer.a.shape[1] != inp
+            or layer.b.shape[0] != out
+        ):
             raise ModelFileError(
                 f"{adapter.path}: '{module}' has A {tuple(layer.a.shape)} and B {tuple(layer.b.shape)}, "
-                f"expected A (r, {inp}) and B ({out}, r): the adapter was made for another base model")
+                f"expected A (r, {inp}) and B ({out}, r): the adapter was made for another base model"
+            )
 
 
 # -- writing (llamita finetune) -----------------------------------------------------------
-def write_peft(folder: str | os.PathLike[str], layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
-               r: int, alpha: float, base_model: str = "", extra: dict[str, Any] | None = None) -> Path:
+def write_peft(
+    folder: str | os.PathLike[str],
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    r: int,
+    alpha: float,
+    base_model: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Save A (r, in) / B (out, r) per canonical module as a PEFT LoRA folder that
     `PeftModel.from_pretrained` loads onto the transformers model of the same base."""
     from safetensors.torch import save_file
@@ -232,11 +253,25 @@ def write_peft(folder: str | os.PathLike[str], layers: dict[str, tuple[torch.Ten
         tensors[prefix + ".lora_A.weight"] = a.detach().float().cpu().contiguous()
         tensors[prefix + ".lora_B.weight"] = b.detach().float().cpu().contiguous()
     targets = sorted({m.rpartition(".")[2] for m in layers})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
-              "target_modules": targets, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
-              "use_dora": False, "fan_in_fan_out": False, "init_lora_weights": True,
-              "base_model_name_or_path": base_model, "inference_mode": True,
-              "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, **(extra or {})}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": targets,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "base_model_name_or_path": base_model,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        **(extra or {}),
+    }
     tmp = out / (PEFT_WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / PEFT_WEIGHTS)

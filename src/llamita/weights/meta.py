@@ -40,9 +40,11 @@ _LAYER_NAMES = {
     "attention_norm": ("input_layernorm", None),
     "ffn_norm": ("post_attention_layernorm", None),
 }
-_GLOBAL_NAMES = {"tok_embeddings.weight": ("embed_tokens.weight", -1),  # -1: decided by shape
-                 "norm.weight": ("norm.weight", None),
-                 "output.weight": ("lm_head.weight", 0)}
+_GLOBAL_NAMES = {
+    "tok_embeddings.weight": ("embed_tokens.weight", -1),  # -1: decided by shape
+    "norm.weight": ("norm.weight", None),
+    "output.weight": ("lm_head.weight", 0),
+}
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.([a-z_.0-9]+)\.weight$")
 
 # Llama 3.2 1B/3B are the only Llama 3.x text models with a tied output projection, and the only
@@ -76,9 +78,15 @@ def _canonical(meta_name: str) -> tuple[str, int | None] | None:
     return None  # e.g. Llama 2's `rope.freqs`: recomputed, not read
 
 
-def config_from_params(params: dict[str, Any], *, vocab_size: int, tied: bool,
-                       rope_scaling_factor: float | None = None, path: Path | str = PARAMS_FILE,
-                       name: str = "") -> ModelConfig:
+def config_from_params(
+    params: dict[str, Any],
+    *,
+    vocab_size: int,
+    tied: bool,
+    rope_scaling_factor: float | None = None,
+    path: Path | str = PARAMS_FILE,
+    name: str = "",
+) -> ModelConfig:
     """ModelConfig from Meta's params.json.
 
     The FFN size is derived (LLAMA_SPEC §1). With `use_scaled_rope`, the llama3 factor is
@@ -91,19 +99,29 @@ def config_from_params(params: dict[str, Any], *, vocab_size: int, tied: bool,
         theta = float(params.get("rope_theta", 10000.0))
         scaling = None
         if params.get("use_scaled_rope"):
-            factor = rope_scaling_factor or params.get("rope_scaling_factor") or (
-                LLAMA32_ROPE_FACTOR if tied else LLAMA31_ROPE_FACTOR)
+            factor = (
+                rope_scaling_factor
+                or params.get("rope_scaling_factor")
+                or (LLAMA32_ROPE_FACTOR if tied else LLAMA31_ROPE_FACTOR)
+            )
             scaling = RopeScaling("llama3", float(factor), 1.0, 4.0, 8192)
             context = 131072
         else:
             context = 8192 if theta >= 500000 else 4096
         return ModelConfig(
-            n_layers=int(params["n_layers"]), dim=dim, n_heads=n_heads,
+            n_layers=int(params["n_layers"]),
+            dim=dim,
+            n_heads=n_heads,
             n_kv_heads=int(params.get("n_kv_heads") or n_heads),
-            ffn_dim=llama_ffn_dim(dim, int(params.get("multiple_of", 256)),
-                                  params.get("ffn_dim_multiplier")),
-            vocab_size=vocab_size, norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta,
-            rope_scaling=scaling, context_length=context, tie_word_embeddings=tied, name=name)
+            ffn_dim=llama_ffn_dim(dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier")),
+            vocab_size=vocab_size,
+            norm_eps=float(params.get("norm_eps", 1e-5)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            context_length=context,
+            tie_word_embeddings=tied,
+            name=name,
+        )
     except KeyError as e:
         raise ModelFileError(f"{path}: lacks {e}") from None
     except (TypeError, ValueError) as e:
@@ -117,8 +135,9 @@ def shard_files(folder: Path) -> list[Path]:
         raise ModelFileError(f"{folder}: no consolidated.NN.pth weight files")
     for i in range(max(found) + 1):
         if i not in found:
-            raise ModelFileError(f"{folder / f'consolidated.{i:02d}.pth'}: model-parallel shard "
-                                 f"{i} of {max(found) + 1} is missing")
+            raise ModelFileError(
+                f"{folder / f'consolidated.{i:02d}.pth'}: model-parallel shard {i} of {max(found) + 1} is missing"
+            )
     return [found[i] for i in sorted(found)]
 
 
@@ -133,8 +152,9 @@ class MetaCheckpoint:
         params = read_json(self.path / PARAMS_FILE)
         params = params.get("model", params)
         if "vision_chunk_size" in params or "moe_args" in params:
-            raise UnsupportedModelError(f"{self.path / PARAMS_FILE}: a vision or MoE model; "
-                                        "llamita runs Llama text models")
+            raise UnsupportedModelError(
+                f"{self.path / PARAMS_FILE}: a vision or MoE model; llamita runs Llama text models"
+            )
         files = shard_files(self.path)
         self.file_size = sum(f.stat().st_size for f in files)
         self._files = files
@@ -154,16 +174,23 @@ class MetaCheckpoint:
 
         dim = int(params.get("dim", 0))
         self._embed_split = self._embedding_split(dim)
-        embed_rows = sum(s["tok_embeddings.weight"].shape[0] for s in self._shards) \
-            if self._embed_split == 0 else self._shards[0]["tok_embeddings.weight"].shape[0]
+        embed_rows = (
+            sum(s["tok_embeddings.weight"].shape[0] for s in self._shards)
+            if self._embed_split == 0
+            else self._shards[0]["tok_embeddings.weight"].shape[0]
+        )
         vocab = int(params.get("vocab_size", -1))
         tied = self._output_is_embedding()
         if tied:
             self._where.pop("lm_head.weight", None)
         self.config = config_from_params(
-            params, vocab_size=vocab if vocab > 0 else embed_rows, tied=tied,
-            rope_scaling_factor=rope_scaling_factor, path=self.path / PARAMS_FILE,
-            name=self.path.resolve().name)
+            params,
+            vocab_size=vocab if vocab > 0 else embed_rows,
+            tied=tied,
+            rope_scaling_factor=rope_scaling_factor,
+            path=self.path / PARAMS_FILE,
+            name=self.path.resolve().name,
+        )
         self.shapes = {name: self._shape(name) for name in self._where}
         self.dtypes = {name: self._shards[0][meta].dtype for name, (meta, _) in self._where.items()}
         self._release()
@@ -199,8 +226,9 @@ class MetaCheckpoint:
             return 0
         if sum(p[1] for p in parts) == dim:
             return 1
-        raise ModelFileError(f"{self._files[0]}: tok_embeddings shards {parts} do not add up to "
-                             f"dim {dim} on either axis")
+        raise ModelFileError(
+            f"{self._files[0]}: tok_embeddings shards {parts} do not add up to dim {dim} on either axis"
+        )
 
     def _output_is_embedding(self) -> bool:
         """Tied when there is no output projection, or it equals the embedding (checked on a
@@ -225,8 +253,7 @@ class MetaCheckpoint:
         try:
             return torch.cat(parts, dim=split)
         except RuntimeError as e:
-            raise ModelFileError(f"{self.path}: shards of '{meta_name}' do not fit together "
-                                 f"({e})") from None
+            raise ModelFileError(f"{self.path}: shards of '{meta_name}' do not fit together ({e})") from None
 
     def _shape(self, name: str) -> tuple[int, ...]:
         meta_name, split = self._where[name]

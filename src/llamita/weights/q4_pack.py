@@ -22,8 +22,9 @@ from llamita.kernels.int4 import (
 from llamita.weights.quants import AFFINE_Q4_TYPES, GGMLType, q4_affine_rows, q4_k_rows
 
 
-def pack_q4(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...],
-            layout: str | None = None) -> Int4Weight:
+def pack_q4(
+    raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...], layout: str | None = None
+) -> Int4Weight:
     """Pack a Q4_0 / Q4_1 / Q4_K weight of `shape` (out, in) from its raw GGUF bytes, for the
     int4 kernel `layout` ("vnni", "vnni_k" (Q4_K only) or "torch"; None: the fastest available
     here, which for Q4_K is "vnni_k": Q4_K's own scales, 4.625 bits a weight, not 5).
@@ -34,8 +35,9 @@ def pack_q4(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...]
     rows = q4_affine_rows(raw, ggml_type, shape)  # also checks the type, shape and byte count
     n, k = int(shape[0]), int(shape[1])
     t = GGMLType(int(ggml_type))
-    if layout == "vnni_k" or (layout is None and t == GGMLType.Q4_K and default_layout() == "vnni"
-                              and n % VNNI_BLOCK_ROWS == 0):
+    if layout == "vnni_k" or (
+        layout is None and t == GGMLType.Q4_K and default_layout() == "vnni" and n % VNNI_BLOCK_ROWS == 0
+    ):
         if t != GGMLType.Q4_K:
             raise ValueError(f"the vnni_k layout holds Q4_K weights, not {t.name}")
         if n % VNNI_BLOCK_ROWS == 0 and native.vnni_kernels():

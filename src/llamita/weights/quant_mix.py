@@ -30,27 +30,44 @@ class FileType:
         return self.base not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
-FILE_TYPES: dict[str, FileType] = {ft.name: ft for ft in (
-    FileType("F32", 0, GGMLType.F32, "32-bit float, no loss"),
-    FileType("F16", 1, GGMLType.F16, "16-bit IEEE half"),
-    FileType("BF16", 32, GGMLType.BF16, "16-bit bfloat"),
-    FileType("Q8_0", 7, GGMLType.Q8_0, "8-bit, blocks of 32 with one scale"),
-    FileType("Q4_0", 2, GGMLType.Q4_0, "4-bit, blocks of 32, scale only"),
-    FileType("Q4_1", 3, GGMLType.Q4_1, "4-bit, blocks of 32, scale and minimum"),
-    FileType("Q5_0", 8, GGMLType.Q5_0, "5-bit, blocks of 32, scale only"),
-    FileType("Q5_1", 9, GGMLType.Q5_1, "5-bit, blocks of 32, scale and minimum"),
-    FileType("Q2_K", 10, GGMLType.Q2_K, "2-bit K-quant mix (V, ffn_down, attn_output get 3-4 bits)"),
-    FileType("Q3_K_M", 12, GGMLType.Q3_K, "3-bit K-quant mix, medium"),
-    FileType("Q4_K_M", 15, GGMLType.Q4_K, "4-bit K-quant mix, medium (the usual choice)"),
-    FileType("Q5_K_M", 17, GGMLType.Q5_K, "5-bit K-quant mix, medium"),
-    FileType("Q6_K", 18, GGMLType.Q6_K, "6-bit K-quant"),
-)}
+FILE_TYPES: dict[str, FileType] = {
+    ft.name: ft
+    for ft in (
+        FileType("F32", 0, GGMLType.F32, "32-bit float, no loss"),
+        FileType("F16", 1, GGMLType.F16, "16-bit IEEE half"),
+        FileType("BF16", 32, GGMLType.BF16, "16-bit bfloat"),
+        FileType("Q8_0", 7, GGMLType.Q8_0, "8-bit, blocks of 32 with one scale"),
+        FileType("Q4_0", 2, GGMLType.Q4_0, "4-bit, blocks of 32, scale only"),
+        FileType("Q4_1", 3, GGMLType.Q4_1, "4-bit, blocks of 32, scale and minimum"),
+        FileType("Q5_0", 8, GGMLType.Q5_0, "5-bit, blocks of 32, scale only"),
+        FileType("Q5_1", 9, GGMLType.Q5_1, "5-bit, blocks of 32, scale and minimum"),
+        FileType("Q2_K", 10, GGMLType.Q2_K, "2-bit K-quant mix (V, ffn_down, attn_output get 3-4 bits)"),
+        FileType("Q3_K_M", 12, GGMLType.Q3_K, "3-bit K-quant mix, medium"),
+        FileType("Q4_K_M", 15, GGMLType.Q4_K, "4-bit K-quant mix, medium (the usual choice)"),
+        FileType("Q5_K_M", 17, GGMLType.Q5_K, "5-bit K-quant mix, medium"),
+        FileType("Q6_K", 18, GGMLType.Q6_K, "6-bit K-quant"),
+    )
+}
 
 # general.file_type -> llama.cpp's name for the mix (LLAMA_SPEC §5.1).
 FILE_TYPE_NAMES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    32: "BF16",
 }
 
 # A K-quant needs rows of 256; when a row is shorter llama.cpp falls back to a 32-block type.
@@ -68,8 +85,9 @@ def file_type(name: str) -> FileType:
     """The FileType called `name` (case-insensitive), or InvalidParameterError listing the choices."""
     ft = FILE_TYPES.get(name.upper())
     if ft is None:
-        raise InvalidParameterError("type", f"unknown quantization type {name!r}; choose one of "
-                                    f"{', '.join(FILE_TYPES)}")
+        raise InvalidParameterError(
+            "type", f"unknown quantization type {name!r}; choose one of {', '.join(FILE_TYPES)}"
+        )
     return ft
 
 
@@ -141,8 +159,7 @@ def _mix_type(name: str, ft: FileType, model: ModelShape, row: int) -> GGMLType:
     return base
 
 
-def tensor_type(name: str, shape: tuple[int, ...], ft: FileType, model: ModelShape,
-                source_type: GGMLType) -> GGMLType:
+def tensor_type(name: str, shape: tuple[int, ...], ft: FileType, model: ModelShape, source_type: GGMLType) -> GGMLType:
     """The type tensor `name` (GGUF name, torch-order `shape`) gets in a file of type `ft`.
 
     Tensors that are not quantized keep `source_type`. A type whose block does not divide the

@@ -130,9 +130,7 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
     return _reinterpret(b, torch.float16).float()
 
 
-def _bits(
-    x: torch.Tensor, shifts: range | tuple[int, ...], width: int, dim: int = -2
-) -> torch.Tensor:
+def _bits(x: torch.Tensor, shifts: range | tuple[int, ...], width: int, dim: int = -2) -> torch.Tensor:
     """uint8 x -> the `width`-bit fields `(x >> s) & mask` for each shift s, stacked on `dim`.
 
     Scalar shifts on each field beat one broadcast tensor shift several times on CPU.
@@ -297,23 +295,18 @@ def tensor_nbytes(ggml_type: GGMLType | int, n_elements: int) -> int:
     t = _as_type(ggml_type)
     block, nbytes = BLOCK_SIZES[t]
     if n_elements < 0 or n_elements % block:
-        raise ModelFileError(
-            f"{n_elements} elements is not a whole number of {t.name} blocks of {block} weights"
-        )
+        raise ModelFileError(f"{n_elements} elements is not a whole number of {t.name} blocks of {block} weights")
     return n_elements // block * nbytes
 
 
 def _check(raw: torch.Tensor, t: GGMLType, shape: tuple[int, ...]) -> None:
     if raw.dtype != torch.uint8 or raw.dim() != 1:
-        raise TypeError(
-            f"raw must be a 1-D uint8 tensor, got {raw.dtype} of shape {tuple(raw.shape)}"
-        )
+        raise TypeError(f"raw must be a 1-D uint8 tensor, got {raw.dtype} of shape {tuple(raw.shape)}")
     block = BLOCK_SIZES[t][0]
     row = shape[-1] if shape else 1
     if any(s < 0 for s in shape) or row % block:
         raise ModelFileError(
-            f"{t.name} tensor of shape {shape}: the last dimension must be a multiple of the "
-            f"block size {block}"
+            f"{t.name} tensor of shape {shape}: the last dimension must be a multiple of the block size {block}"
         )
     expected = tensor_nbytes(t, math.prod(shape))
     if raw.numel() != expected:
@@ -434,9 +427,7 @@ def _quant_q5_1(b: torch.Tensor) -> torch.Tensor:
     mx, mn = b.amax(dim=1, keepdim=True), b.amin(dim=1, keepdim=True)
     d = (mx - mn) / 31
     q = ((b - mn) * _safe_recip(d) + 0.5).trunc().clamp_(0, 31).to(torch.uint8)
-    return torch.cat(
-        [_half_bytes(d), _half_bytes(mn), _pack_high_bits(q), _pack_nibbles(q & 0x0F)], dim=1
-    )
+    return torch.cat([_half_bytes(d), _half_bytes(mn), _pack_high_bits(q), _pack_nibbles(q & 0x0F)], dim=1)
 
 
 def _quant_bf16(b: torch.Tensor) -> torch.Tensor:
@@ -483,9 +474,7 @@ def quantize(x: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
     block = BLOCK_SIZES[t][0]
     row = x.shape[-1] if x.dim() else 1
     if row % block:
-        raise ValueError(
-            f"last dimension {row} is not a multiple of the {t.name} block size {block}"
-        )
+        raise ValueError(f"last dimension {row} is not a multiple of the {t.name} block size {block}")
     blocks = x.detach().reshape(-1, block)
     encode = _QUANTIZERS[t]
     out = torch.empty((blocks.shape[0], BLOCK_SIZES[t][1]), dtype=torch.uint8, device=x.device)
@@ -526,7 +515,7 @@ def _q4_k_parts(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     qs = blocks[:, 16:].reshape(nb, 4, 32)  # chunk c: low nibbles sub-block 2c, high 2c+1
     codes = torch.stack([qs & 0x0F, qs >> 4], dim=2).reshape(nb, 256)
     sc, mn = _scale_min_k4(blocks[:, 4:16])
-    d, dmin = (_reinterpret(blocks[:, i:i + 2], torch.float16) for i in (0, 2))
+    d, dmin = (_reinterpret(blocks[:, i : i + 2], torch.float16) for i in (0, 2))
     return codes, sc, mn, d, dmin
 
 
@@ -557,14 +546,16 @@ def q4_affine_rows(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[in
     if k % block:
         raise ValueError(f"{t.name} row length {k} is not a multiple of {block}")
     if raw.dtype != torch.uint8 or raw.dim() != 1 or raw.numel() != tensor_nbytes(t, n * k):
-        raise ModelFileError(f"{t.name} tensor of shape ({n}, {k}) needs {tensor_nbytes(t, n * k)} "
-                             f"bytes, got {raw.numel()} (truncated or corrupt file?)")
+        raise ModelFileError(
+            f"{t.name} tensor of shape ({n}, {k}) needs {tensor_nbytes(t, n * k)} "
+            f"bytes, got {raw.numel()} (truncated or corrupt file?)"
+        )
     blocks = raw.view(-1, block_bytes)
     per_row = k // block
     decode = _AFFINE_Q4[t]
 
     def rows(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        codes, scale, zero = decode(blocks[r0 * per_row:r1 * per_row])
+        codes, scale, zero = decode(blocks[r0 * per_row : r1 * per_row])
         return codes.reshape(r1 - r0, k), scale.reshape(r1 - r0, -1), zero.reshape(r1 - r0, -1)
 
     return rows
@@ -581,7 +572,7 @@ def q4_k_rows(raw: torch.Tensor, shape: tuple[int, ...]):
     per_row = k // 256
 
     def rows(r0: int, r1: int) -> tuple[torch.Tensor, ...]:
-        codes, sc, mn, d, dmin = _q4_k_parts(blocks[r0 * per_row:r1 * per_row])
+        codes, sc, mn, d, dmin = _q4_k_parts(blocks[r0 * per_row : r1 * per_row])
         r = r1 - r0
         return codes.reshape(r, k), sc.reshape(r, -1), mn.reshape(r, -1), d.reshape(r, -1), dmin.reshape(r, -1)
 

@@ -25,8 +25,13 @@ from llamita.config import ModelConfig
 from llamita.errors import InvalidParameterError
 from llamita.weights.quants import BLOCK_SIZES, GGMLType, dequantize
 
-_COLUMN_PARALLEL = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                    "mlp.gate_proj.weight", "mlp.up_proj.weight")
+_COLUMN_PARALLEL = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+)
 _ROW_PARALLEL = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 
 
@@ -60,7 +65,8 @@ class TensorShard:
                 "tensor_parallel",
                 f"{k} ranks but the model has only {cfg.n_kv_heads} KV heads (a KV head is never "
                 f"split): use at most {cfg.n_kv_heads} ranks; {', '.join(map(str, divides))} "
-                "split the heads evenly")
+                "split the heads evenly",
+            )
 
     @property
     def kv_heads(self) -> tuple[int, int]:
@@ -82,8 +88,9 @@ class TensorShard:
 
     def vocab_sizes(self) -> list[int]:
         """Vocabulary rows of every rank, in rank order (what the logits gather needs)."""
-        return [b - a for a, b in (split_range(self.config.vocab_size, self.world_size, r)
-                                   for r in range(self.world_size))]
+        return [
+            b - a for a, b in (split_range(self.config.vocab_size, self.world_size, r) for r in range(self.world_size))
+        ]
 
     def local_config(self) -> ModelConfig:
         """The shapes this rank's modules have: its heads, FFN columns and vocabulary rows."""
@@ -101,8 +108,7 @@ class TensorShard:
             dim = 0 if kind in _COLUMN_PARALLEL else 1
             if "mlp." in kind:
                 return (dim, *self.ffn)
-            a, b = self.kv_heads if kind in ("self_attn.k_proj.weight", "self_attn.v_proj.weight") \
-                else self.heads
+            a, b = self.kv_heads if kind in ("self_attn.k_proj.weight", "self_attn.v_proj.weight") else self.heads
             return dim, a * hd, b * hd
         return None
 
@@ -112,8 +118,9 @@ class TensorShard:
         return t if split is None else t.narrow(split[0], split[1], split[2] - split[1])
 
 
-def slice_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...],
-               split: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+def slice_gguf(
+    raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], split: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Cut rows or columns [start, stop) out of a 2-D GGUF tensor's bytes, never decoding it.
 
     Rows are whole blocks, so any row range is a zero-copy view of the mapped file. A column
@@ -129,13 +136,21 @@ def slice_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...],
     if start % block or stop % block:
         raise ShardAlignmentError(
             f"columns {start}:{stop} of a {GGMLType(ggml_type).name} tensor {shape} do not fall on "
-            f"its {block}-weight blocks")
-    part = rows[:, start // block * nbytes: stop // block * nbytes]
+            f"its {block}-weight blocks"
+        )
+    part = rows[:, start // block * nbytes : stop // block * nbytes]
     return np.ascontiguousarray(part).reshape(-1), (n, stop - start)
 
 
-def dequantize_columns(raw: torch.Tensor, ggml_type: int, shape: tuple[int, ...], start: int,
-                       stop: int, dtype: torch.dtype, chunk_rows: int = 256) -> torch.Tensor:
+def dequantize_columns(
+    raw: torch.Tensor,
+    ggml_type: int,
+    shape: tuple[int, ...],
+    start: int,
+    stop: int,
+    dtype: torch.dtype,
+    chunk_rows: int = 256,
+) -> torch.Tensor:
     """Columns [start, stop) of a quantized 2-D tensor, decoded a few rows at a time (the
     fallback when the range cuts through blocks): (n, stop - start) in `dtype`."""
     n, k = shape
