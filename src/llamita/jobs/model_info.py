@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from llamita.config import ModelConfig
 from llamita.engine.loader import resolve_model_path
 from llamita.weights.checkpoint import checkpoint_format, open_float_checkpoint
 from llamita.weights.gguf import open_gguf
@@ -24,8 +25,6 @@ def model_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     try:
         meta = gguf.metadata
         types = Counter(info.type_name for info in gguf.tensors.values())
-        tokens = meta.get("tokenizer.ggml.tokens")
-        tokens = tokens if isinstance(tokens, list) else []  # any value type can sit under a key
         file_type = meta.get("general.file_type")
         if not isinstance(file_type, int):
             file_type = None
@@ -35,34 +34,12 @@ def model_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
             "file_size_bytes": gguf.file_size,
             "gguf_version": gguf.version,
             "name": meta.get("general.name", ""),
-            "architecture": cfg.architecture,
-            "parameters": cfg.n_params(),
             "size_label": meta.get("general.size_label", ""),
             "quantization": FILE_TYPES.get(file_type, f"file_type {file_type}") if file_type is not None else "unknown",
             "tensor_types": dict(types.most_common()),
-            "context_length": cfg.context_length,
-            "n_layers": cfg.n_layers,
-            "dim": cfg.dim,
-            "n_heads": cfg.n_heads,
-            "n_kv_heads": cfg.n_kv_heads,
-            "head_dim": cfg.head_dim,
-            "ffn_dim": cfg.ffn_dim,
-            "vocab_size": cfg.vocab_size,
-            "rope_theta": cfg.rope_theta,
-            "rope_scaling": "llama3 (rope_freqs)"
-            if "rope_freqs.weight" in gguf.tensors
-            else (cfg.rope_scaling.kind if cfg.rope_scaling else "none"),
-            "norm_eps": cfg.norm_eps,
-            "tied_embeddings": cfg.tie_word_embeddings,
-            "tokenizer": {
-                "model": meta.get("tokenizer.ggml.model", ""),
-                "pre": meta.get("tokenizer.ggml.pre", ""),
-                "tokens": len(tokens),
-                "bos": _token(tokens, meta.get("tokenizer.ggml.bos_token_id")),
-                "eos": _token(tokens, meta.get("tokenizer.ggml.eos_token_id")),
-                "add_bos": meta.get("tokenizer.ggml.add_bos_token"),
-            },
-            "chat_template": meta.get("tokenizer.chat_template"),
+            **_config_and_tokenizer(cfg, meta),
+            # Llama 3's RoPE frequencies stored as a tensor, not as config keys.
+            **({"rope_scaling": "llama3 (rope_freqs)"} if "rope_freqs.weight" in gguf.tensors else {}),
         }
     finally:
         gguf.close()
@@ -73,45 +50,54 @@ def _folder_info(folder: Path) -> dict[str, Any]:
     tokenizer keys its GGUF would hold (tokenizer/gguf_keys.py, as `llamita quantize` writes)."""
     ckpt = open_float_checkpoint(folder)
     try:
-        cfg, meta = ckpt.config, ckpt.tokenizer_metadata()
         # torch.bfloat16 -> BF16, torch.float16 -> F16, torch.float32 -> F32: GGML's type names.
         types = Counter(str(t).removeprefix("torch.").upper().replace("FLOAT", "F") for t in ckpt.dtypes.values())
-        tokens = meta.get("tokenizer.ggml.tokens") or []
         return {
             "path": str(folder),
             "format": ckpt.format,
             "file_size_bytes": ckpt.file_size,
             "gguf_version": None,
             "name": folder.name,
-            "architecture": cfg.architecture,
-            "parameters": cfg.n_params(),
             "size_label": "",
             "quantization": ", ".join(types) or "unknown",
             "tensor_types": dict(types.most_common()),
-            "context_length": cfg.context_length,
-            "n_layers": cfg.n_layers,
-            "dim": cfg.dim,
-            "n_heads": cfg.n_heads,
-            "n_kv_heads": cfg.n_kv_heads,
-            "head_dim": cfg.head_dim,
-            "ffn_dim": cfg.ffn_dim,
-            "vocab_size": cfg.vocab_size,
-            "rope_theta": cfg.rope_theta,
-            "rope_scaling": cfg.rope_scaling.kind if cfg.rope_scaling else "none",
-            "norm_eps": cfg.norm_eps,
-            "tied_embeddings": cfg.tie_word_embeddings,
-            "tokenizer": {
-                "model": meta.get("tokenizer.ggml.model", ""),
-                "pre": meta.get("tokenizer.ggml.pre", ""),
-                "tokens": len(tokens),
-                "bos": _token(tokens, meta.get("tokenizer.ggml.bos_token_id")),
-                "eos": _token(tokens, meta.get("tokenizer.ggml.eos_token_id")),
-                "add_bos": meta.get("tokenizer.ggml.add_bos_token"),
-            },
-            "chat_template": meta.get("tokenizer.chat_template"),
+            **_config_and_tokenizer(ckpt.config, ckpt.tokenizer_metadata()),
         }
     finally:
         ckpt.close()
+
+
+def _config_and_tokenizer(cfg: ModelConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields every format states alike: the architecture from the config, the tokenizer and
+    chat template from GGUF-style `tokenizer.*` keys (a file's own, or those a folder's GGUF
+    would hold)."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    tokens = tokens if isinstance(tokens, list) else []  # any value type can sit under a key
+    return {
+        "architecture": cfg.architecture,
+        "parameters": cfg.n_params(),
+        "context_length": cfg.context_length,
+        "n_layers": cfg.n_layers,
+        "dim": cfg.dim,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "ffn_dim": cfg.ffn_dim,
+        "vocab_size": cfg.vocab_size,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": cfg.rope_scaling.kind if cfg.rope_scaling else "none",
+        "norm_eps": cfg.norm_eps,
+        "tied_embeddings": cfg.tie_word_embeddings,
+        "tokenizer": {
+            "model": meta.get("tokenizer.ggml.model", ""),
+            "pre": meta.get("tokenizer.ggml.pre", ""),
+            "tokens": len(tokens),
+            "bos": _token(tokens, meta.get("tokenizer.ggml.bos_token_id")),
+            "eos": _token(tokens, meta.get("tokenizer.ggml.eos_token_id")),
+            "add_bos": meta.get("tokenizer.ggml.add_bos_token"),
+        },
+        "chat_template": meta.get("tokenizer.chat_template"),
+    }
 
 
 def _token(tokens: list[str], idx: Any) -> str | None:
