@@ -104,7 +104,7 @@ def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def llama3_rope_divisors(cfg: dict) -> np.ndarray:
-    """What llama.cpp's converter writes as `rope_freqs.weight` (LLAMA_SPEC §2.5)."""
+    """What llama.cpp's converter writes as `rope_freqs.weight` (docs/llama-reference.md §2.5)."""
     s, hd = cfg["rope_scaling"], cfg["head_dim"]
     base = 1.0 / (cfg["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     low_wl = s["original_max_position_embeddings"] / s["low_freq_factor"]
@@ -463,7 +463,7 @@ def write_meta_folder(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """params.json + consolidated.NN.pth + tokenizer.model, the way Meta ships Llama 3: Q/K rows
-    interleaved, model-parallel shards split per LLAMA_SPEC §7.2 (embedding on `embedding_split`,
+    interleaved, model-parallel shards split per docs/llama-reference.md §7.2 (embedding on `embedding_split`,
     0 for Llama 3, 1 for Llama 2), norms replicated. A tied model still carries `output.weight`
     (a copy of the embedding), as Meta's Transformer saves it."""
     import json

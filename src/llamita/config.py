@@ -15,7 +15,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Llama 3.1 ("llama3") or linear RoPE frequency scaling (LLAMA_SPEC §2.5)."""
+    """Llama 3.1 ("llama3") or linear RoPE frequency scaling (docs/llama-reference.md §2.5)."""
 
     kind: str  # "llama3" or "linear"
     factor: float
@@ -80,7 +80,7 @@ class ModelConfig:
 
 
 def llama_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:
-    """SwiGLU hidden size from Meta's params.json fields (LLAMA_SPEC §1).
+    """SwiGLU hidden size from Meta's params.json fields (docs/llama-reference.md §1).
 
     int(2/3 of 4*dim), times the multiplier (truncated), rounded up to `multiple_of`:
     4096, 1024, 1.3 -> 14336 (Llama 3.1 8B).
@@ -126,7 +126,7 @@ def _llama3_preset(
     )
 
 
-# The published shapes (LLAMA_SPEC §1; Meta's params.json and the HF config.json of each model).
+# The published shapes (docs/llama-reference.md §1; Meta's params.json and the HF config.json of each model).
 # head_dim = dim / n_heads in all five (64 for 3.2 1B). Llama 3.2 ties the output projection to
 # the embedding and scales RoPE by 32, Llama 3.1 by 8.
 PRESETS: dict[str, ModelConfig] = {

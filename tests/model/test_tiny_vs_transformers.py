@@ -92,7 +92,7 @@ def test_llama3_inv_freq_matches_transformers():
 
 
 def test_llama31_8b_divisors_from_spec():
-    """LLAMA_SPEC §2.5: for hd=128, theta=5e5, factor 8 the smooth band has these divisors."""
+    """docs/llama-reference.md §2.5: for hd=128, theta=5e5, factor 8 the smooth band has these divisors."""
     cfg = ModelConfig(
         n_layers=1,
         dim=4096,

@@ -68,7 +68,7 @@ def test_folder_equals_tokenizers_on_its_own_file(
 
 
 def test_pinned_ids(llama3_folder_tok: Tokenizer, llama3_meta_tok: Tokenizer) -> None:
-    # From llama3_tokenizer_vectors.json / LLAMA_SPEC §3.4.
+    # From llama3_tokenizer_vectors.json / docs/llama-reference.md §3.4.
     for tok in (llama3_folder_tok, llama3_meta_tok):
         assert tok.encode("La inteligencia artificial está transformando el mundo") == [
             8921, 90745, 8968, 21075, 15833, 5276, 4988, 658, 29452,

@@ -146,7 +146,7 @@ def test_llama3_reference_vectors(llama3_tok: Tokenizer) -> None:
 
 
 def test_llama3_spec_vectors(llama3_tok: Tokenizer) -> None:
-    # LLAMA_SPEC §3.4 and its single ids.
+    # docs/llama-reference.md §3.4 and its single ids.
     assert llama3_tok.encode("Hello, world!") == [9906, 11, 1917, 0]
     assert llama3_tok.encode("Hello, world!", add_bos=True) == [128000, 9906, 11, 1917, 0]
     assert llama3_tok.encode("def f(x):\n    return x**2\n") == [
@@ -207,7 +207,7 @@ def tiktoken_style_encode(ranks: dict[bytes, int], specials: dict[str, int], tex
 def test_llama3_matches_tiktoken_reference(
     llama3_tok: Tokenizer, llama3_tokenizer_json: Path, multilingual_text: str
 ) -> None:
-    # tokenizer.model is tiktoken's rank file: "<base64 bytes> <rank>" per line (LLAMA_SPEC §3.1).
+    # tokenizer.model is tiktoken's rank file: "<base64 bytes> <rank>" per line (docs/llama-reference.md §3.1).
     lines = (llama3_tokenizer_json.parent / "tokenizer.model").read_bytes().splitlines()
     ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in lines if ln)}
     specials = {llama3_tok.token_piece(i): i for i in range(128000, llama3_tok.vocab_size)}

@@ -371,7 +371,7 @@ def test_non_llama_configs_are_unsupported(untied_folders, tmp_path, change):
 # ------------------------------------------------------------------------------ presets
 
 
-# Meta's params.json sizing of each preset (LLAMA_SPEC §1).
+# Meta's params.json sizing of each preset (docs/llama-reference.md §1).
 PARAMS = {
     "llama-3.1-8b": (1.3, 1024),
     "llama-3.1-70b": (1.3, 4096),

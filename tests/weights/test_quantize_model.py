@@ -81,7 +81,7 @@ def _types(plans) -> dict[str, str]:
 
 
 def test_use_more_bits_layers_for_32_layers():
-    # LLAMA_SPEC §6.3: layers 0-3, 6, 9, ..., 27, 28-31 (16 of 32).
+    # docs/llama-reference.md §6.3: layers 0-3, 6, 9, ..., 27, 28-31 (16 of 32).
     expected = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
     assert [i for i in range(32) if use_more_bits(i, 32)] == expected
 

@@ -34,7 +34,7 @@ from llamita.config import PRESETS, ModelConfig
 from llamita.weights.quant_mix import FileType, ModelShape, file_type, tensor_type
 from llamita.weights.quants import GGMLType, tensor_nbytes
 
-# Llama 3.1 shapes (the presets of LLAMA_SPEC §1), for estimates without a file at hand.
+# Llama 3.1 shapes (the presets of docs/llama-reference.md §1), for estimates without a file at hand.
 LLAMA_3_1: dict[str, ModelConfig] = {size: PRESETS[f"llama-3.1-{size.lower()}"] for size in ("8B", "70B", "405B")}
 _Q4 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
 _FLOAT = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)

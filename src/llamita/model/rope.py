@@ -1,7 +1,7 @@
 """Rotary position embedding in the rotate-half layout, with Llama 3.1 frequency scaling.
 
 Every checkpoint reader hands Q/K weights to the model in rotate-half (Hugging Face) order, so
-this is the only RoPE in llamita (LLAMA_SPEC §2.4, §2.5).
+this is the only RoPE in llamita (docs/llama-reference.md §2.4, §2.5).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from llamita.config import ModelConfig, RopeScaling
 
 def llama3_scale(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     """Llama 3.1 "llama3" scaling: keep high frequencies, divide low ones by `factor`,
-    interpolate smoothly in between (LLAMA_SPEC §2.5)."""
+    interpolate smoothly in between (docs/llama-reference.md §2.5)."""
     low_wavelen = s.original_context_length / s.low_freq_factor
     high_wavelen = s.original_context_length / s.high_freq_factor
     wavelen = 2 * math.pi / inv_freq

@@ -1,4 +1,4 @@
-"""The Llama transformer (LLAMA_SPEC §2): RMSNorm, RoPE, grouped-query attention, SwiGLU.
+"""The Llama transformer (docs/llama-reference.md §2): RMSNorm, RoPE, grouped-query attention, SwiGLU.
 
 Parameter names are the canonical ones every weight reader produces (Hugging Face names without
 the `model.` prefix), so `load_state_dict` takes a reader's output directly. The KV cache and the

@@ -4,7 +4,7 @@
   used as written), `tokenizer_config.json` (chat template, BOS/EOS, add_bos_token),
   optionally `chat_template.jinja` and `generation_config.json` (eos_token_id -> stop ids).
 * Meta original: `tokenizer.model` is tiktoken's rank file, "<base64 bytes> <rank>" per line
-  (LLAMA_SPEC §3.1). Ranks become a `tokenizers` BPE (merges derived from the ranks, see
+  (docs/llama-reference.md §3.1). Ranks become a `tokenizers` BPE (merges derived from the ranks, see
   bpe.merges_from_ranks) with the Llama 3 regex, plus the 256 special tokens named as in HF's
   Llama 3.1 files (§3.2). There is no template: chats use the built-in Llama 3.1 format.
 """

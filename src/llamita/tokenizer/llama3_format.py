@@ -1,7 +1,7 @@
 """Llama 3.1's chat format in Python, for Llama 3 vocabularies that come without a template
 (Meta's original checkpoints ship only `tokenizer.model`).
 
-It writes what the official Hugging Face Llama 3.1 template writes (LLAMA_SPEC §4), token for
+It writes what the official Hugging Face Llama 3.1 template writes (docs/llama-reference.md §4), token for
 token, its quirks included: every prompt has a system block with the knowledge-cutoff and
 today's date; custom tools go into the first user message (or the system block with
 `tools_in_user_message=False`); built-in tools turn on `Environment: ipython`; a tool result is

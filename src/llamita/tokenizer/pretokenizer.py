@@ -19,7 +19,7 @@ from tokenizers import Regex, pre_tokenizers
 # The GPT-2 regex. As the last rule it is applied by ByteLevel(use_regex=True) itself.
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
-# Llama 3 (LLAMA_SPEC §3.1): digits in groups of up to 3, one leading non-letter joins a word.
+# Llama 3 (docs/llama-reference.md §3.1): digits in groups of up to 3, one leading non-letter joins a word.
 LLAMA3 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"

@@ -8,7 +8,7 @@ Models write calls in several dialects; all are accepted:
 * Llama 3.1 built-in tools after `<|python_tag|>`: `brave_search.call(query="...")`,
   `wolfram_alpha.call(query="...")`; any other text after the tag is code for
   `code_interpreter` (arguments {"code": ...}).
-* `<function=NAME>{...}</function>` (Meta's prompt-defined format, LLAMA_SPEC §4.6).
+* `<function=NAME>{...}</function>` (Meta's prompt-defined format, docs/llama-reference.md §4.6).
 * `<tool_call>{...}</tool_call>` or `<tool_call>[{...}, ...]</tool_call>` (Hermes / ChatML
   models such as Qwen and SmolLM2).
 

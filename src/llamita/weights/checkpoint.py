@@ -166,7 +166,7 @@ def read_checkpoint(
         ckpt.close()
 
 
-# GGUF metadata value types (LLAMA_SPEC §5.1).
+# GGUF metadata value types (docs/llama-reference.md §5.1).
 U32, I32, F32, BOOL, STRING, ARRAY = 4, 5, 6, 7, 8, 9
 _TOKENIZER_TYPES: dict[str, tuple[int, int | None]] = {
     "tokenizer.ggml.model": (STRING, None),
@@ -181,7 +181,7 @@ _TOKENIZER_TYPES: dict[str, tuple[int, int | None]] = {
 
 def config_metadata(cfg: ModelConfig) -> list[tuple[str, Any, int, int | None]]:
     """The `general.*` and `llama.*` GGUF keys for `cfg`, typed as llama.cpp writes them
-    (LLAMA_SPEC §5.2). llama3 RoPE scaling has no keys: it travels as the rope_freqs tensor."""
+    (docs/llama-reference.md §5.2). llama3 RoPE scaling has no keys: it travels as the rope_freqs tensor."""
     a = cfg.architecture
     items: list[tuple[str, Any, int, int | None]] = [
         ("general.architecture", a, STRING, None),
@@ -209,7 +209,7 @@ def config_metadata(cfg: ModelConfig) -> list[tuple[str, Any, int, int | None]]:
 
 def llama3_rope_divisors(cfg: ModelConfig) -> np.ndarray:
     """Per-pair divisors of the base frequencies for llama3 RoPE scaling, float32 (hd/2,): what
-    llama.cpp's convert_hf_to_gguf.py writes as `rope_freqs.weight` (LLAMA_SPEC §2.5)."""
+    llama.cpp's convert_hf_to_gguf.py writes as `rope_freqs.weight` (docs/llama-reference.md §2.5)."""
     s, hd = cfg.rope_scaling, cfg.head_dim
     assert s is not None and s.kind == "llama3"
     base = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))

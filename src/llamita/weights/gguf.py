@@ -3,7 +3,7 @@
 Canonical form (shared with every other reader) is the Hugging Face layout with the `model.`
 prefix dropped: `embed_tokens.weight`, `layers.N.self_attn.q_proj.weight`, ..., `norm.weight`,
 `lm_head.weight`. GGUF stores Q/K rows in Meta's interleaved RoPE order; they are moved back to
-the rotate-half order here, once, so the model has a single RoPE (LLAMA_SPEC §2.4).
+the rotate-half order here, once, so the model has a single RoPE (docs/llama-reference.md §2.4).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from llamita.weights.shard import ShardAlignmentError, TensorShard, dequantize_c
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
-# GGUF per-layer tensor name -> canonical name (LLAMA_SPEC §5.3).
+# GGUF per-layer tensor name -> canonical name (docs/llama-reference.md §5.3).
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
     "attn_q": "self_attn.q_proj",

@@ -1,4 +1,4 @@
-"""Memory-mapped GGUF reader (format v2 and v3, little-endian), LLAMA_SPEC §5.1.
+"""Memory-mapped GGUF reader (format v2 and v3, little-endian), docs/llama-reference.md §5.1.
 
 Why not `gguf.GGUFReader`: it builds a numpy view per array element, which takes ~3 s on the
 default model's 49k-token vocabulary (our reader: ~0.1 s), and a damaged file surfaces as an

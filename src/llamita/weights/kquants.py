@@ -3,7 +3,7 @@
 These are llama.cpp's `quantize_row_q{2..6}_K_ref`: no importance matrix, which is what
 `llama-quantize` runs without `--imatrix`. Re-derived from `ggml-quants.c`, vectorized over all
 sub-blocks of a slice; only the small search grids and the quant-by-quant refinement of Q3_K
-loop in Python. Bit layouts follow LLAMA_SPEC §6.2; `quants.dequantize` reads what these write.
+loop in Python. Bit layouts follow docs/llama-reference.md §6.2; `quants.dequantize` reads what these write.
 
 Byte identity needs the same float32 roundings as the C code, so:
 * every sum over a sub-block runs left to right (`_seq_sum`), as the C loop does;

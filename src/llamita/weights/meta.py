@@ -1,5 +1,5 @@
 """Meta's original Llama checkpoints: params.json, consolidated.NN.pth model-parallel shards and
-tokenizer.model (LLAMA_SPEC §7.2, §1, §3.3).
+tokenizer.model (docs/llama-reference.md §7.2, §1, §3.3).
 
 Each shard is opened with `torch.load(mmap=True)`, so weights stay on disk until a tensor is
 asked for; then its slices are concatenated along the dimension the model-parallel layer split
@@ -56,7 +56,7 @@ LLAMA32_ROPE_FACTOR = 32.0
 def interleaved_to_rotate_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Q/K rows from Meta/GGUF interleaved order to Hugging Face rotate-half order.
 
-    Within each head, row 2i+c moves to row c*(hd/2)+i (LLAMA_SPEC §2.4). w: (n_heads*hd, in).
+    Within each head, row 2i+c moves to row c*(hd/2)+i (docs/llama-reference.md §2.4). w: (n_heads*hd, in).
     """
     hd = w.shape[0] // n_heads
     return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
@@ -89,7 +89,7 @@ def config_from_params(
 ) -> ModelConfig:
     """ModelConfig from Meta's params.json.
 
-    The FFN size is derived (LLAMA_SPEC §1). With `use_scaled_rope`, the llama3 factor is
+    The FFN size is derived (docs/llama-reference.md §1). With `use_scaled_rope`, the llama3 factor is
     `rope_scaling_factor` if given, else params.json's own `rope_scaling_factor` if it has one,
     else 32 for a tied model (Llama 3.2 1B/3B) and 8 otherwise (Llama 3.1); the context length
     is then 131072. Without it: 8192 for rope_theta 500000 (Llama 3), else 4096 (Llama 2).

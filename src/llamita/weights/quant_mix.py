@@ -3,7 +3,7 @@
 The names users know (Q4_K_M, Q5_K_M, ...) are not one block format but a mix: llama.cpp's
 `llama_tensor_get_type` (src/llama-quant.cpp) gives the tensors that hurt quality most when
 squeezed (the output projection, V, some ffn_down layers) more bits. We follow its rules for the
-llama architecture without MoE (LLAMA_SPEC §6.3) so a file we write has the same tensor types as
+llama architecture without MoE (docs/llama-reference.md §6.3) so a file we write has the same tensor types as
 one from `llama-quantize`, and so its size and quality can be compared one to one.
 """
 
@@ -49,7 +49,7 @@ FILE_TYPES: dict[str, FileType] = {
     )
 }
 
-# general.file_type -> llama.cpp's name for the mix (LLAMA_SPEC §5.1).
+# general.file_type -> llama.cpp's name for the mix (docs/llama-reference.md §5.1).
 FILE_TYPE_NAMES: dict[int, str] = {
     0: "F32",
     1: "F16",

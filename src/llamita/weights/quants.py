@@ -1,6 +1,6 @@
 """GGML tensor types: block sizes, and vectorized torch (de)quantizers for GGUF weights.
 
-Bit layouts follow LLAMA_SPEC §6 (ggml `ggml-common.h` / `ggml-quants.c`). Every dequantizer
+Bit layouts follow docs/llama-reference.md §6 (ggml `ggml-common.h` / `ggml-quants.c`). Every dequantizer
 computes in float32 in the same order as gguf-py's numpy reference (`gguf.quants`), so results
 are bit-identical to `gguf.quants.dequantize`; e.g. Q4_0 is `d * (q - 8)`, not `d*q - 8*d`, and
 the K-quants form the sub-block scale `d * sc` first, then `(d*sc) * q - dmin*m`.
