@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from llamita.engine.llm_engine import LLMEngine, RequestOutput
 from llamita.errors import LlamitaError
@@ -246,7 +246,7 @@ class EngineLoop:
         result = await sink.queue.get()
         if isinstance(result, BaseException):
             raise result
-        return result  # type: ignore[return-value]
+        return cast(T, result)  # the queue carries fn's result or its exception
 
     def _check_running(self) -> None:
         if self._stopping:

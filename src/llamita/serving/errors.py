@@ -156,6 +156,8 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("%s %s: the client disconnected before the answer; request aborted", request.method, request.url.path)
         return api_error(e).response()
 
+    # Starlette types a handler as taking any Exception; each of these takes the one class it is
+    # registered for, which Starlette guarantees, hence the three ignores.
     app.add_exception_handler(ClientDisconnect, on_disconnect)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import TYPE_CHECKING
 
 from llamita.serving.errors import APIError
@@ -156,7 +157,7 @@ class ModelPool:
         )
 
     # -- leases --------------------------------------------------------------------------------
-    def try_acquire(self, key: str, keep_alive: float | None | object = ...) -> PooledModel | None:
+    def try_acquire(self, key: str, keep_alive: float | None | EllipsisType = ...) -> PooledModel | None:
         """A lease on `key` if it is loaded now (never blocks on a load), else None."""
         with self._cv:
             model = self._models.get(key)
@@ -165,7 +166,7 @@ class ModelPool:
             self._lease(model, keep_alive)
             return model
 
-    def acquire(self, key: str, keep_alive: float | None | object = ...) -> PooledModel:
+    def acquire(self, key: str, keep_alive: float | None | EllipsisType = ...) -> PooledModel:
         """A lease on `key`, loading it first (one load per name; others wait on it). Blocks:
         call from a worker thread. keep_alive: seconds it stays after this request (None: for
         ever; ...: the model's current setting or the server's default)."""
@@ -207,15 +208,15 @@ class ModelPool:
             self._cv.notify_all()
             return True
 
-    def _lease(self, model: PooledModel, keep_alive: float | None | object) -> None:
+    def _lease(self, model: PooledModel, keep_alive: float | None | EllipsisType) -> None:
         model.leases += 1
         model.expires_at = None
         model.last_used = time.time()
         if keep_alive is not ...:
-            model.keep_alive = keep_alive  # type: ignore[assignment]
+            model.keep_alive = keep_alive
 
     # -- loading and unloading -------------------------------------------------------------------
-    def _load(self, key: str, keep_alive: float | None | object, deadline: float | None) -> PooledModel | None:
+    def _load(self, key: str, keep_alive: float | None | EllipsisType, deadline: float | None) -> PooledModel | None:
         """Load `key` and return a lease on it; None if another request started loading it first."""
         if self._loader is None or self._estimate is None:
             raise self.unknown(key)
@@ -225,7 +226,7 @@ class ModelPool:
         size = self._estimate(found.path)
         # `...` means the request gave no keep_alive: the server's default holds.
         chosen = self.config.keep_alive if keep_alive is ... else keep_alive
-        model = PooledModel(key, found.path, size, keep_alive=chosen)  # type: ignore[arg-type]
+        model = PooledModel(key, found.path, size, keep_alive=chosen)
         with self._cv:
             if key in self._models:
                 return None

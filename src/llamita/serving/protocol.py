@@ -112,7 +112,7 @@ class RagSettings(BaseModel):
     model_config = _OPEN
     top: Annotated[int, Field(ge=1, le=MAX_TOP)] | None = None
     mode: Literal[MODES] | None = None  # type: ignore[valid-type]  # a tuple of literals
-    language: Literal[LANGUAGES] | None = None  # type: ignore[valid-type]
+    language: Literal[LANGUAGES] | None = None  # type: ignore[valid-type]  # a tuple of literals
 
 
 class Collections(BaseModel):
