@@ -27,7 +27,9 @@ from llamita.sampling_params import SamplingParams
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.keep_alive import parse_bytes, parse_keep_alive
 from llamita.serving.model_pool import PoolConfig
+from llamita.serving.server import attach_created_adapters
 
+from lora_models import make_peft_adapter
 from serving_helpers import MODEL_NAME, start_server
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
@@ -77,9 +79,9 @@ def size_of(path: Path) -> int:
 class Server:
     def __init__(self, files: dict[str, Path], gate: threading.Event | None = None, **pool: object) -> None:
         def load_engine(name: str) -> EngineLoop:
-            engine = LLMEngine(
-                load_model(name, dtype="float32", device="cpu"), kv_cache_tokens=KV_TOKENS, max_running=2
-            )
+            loaded = load_model(name, dtype="float32", device="cpu")
+            attach_created_adapters(loaded)  # as serving/server.py loads a library model
+            engine = LLMEngine(loaded, kv_cache_tokens=KV_TOKENS, max_running=2)
             if gate is not None and engine.loaded.path == files["a"].resolve():  # tiny-a's tokens wait for the test
                 engine.on_logits = lambda request_id, logits: gate.wait(30)
             return EngineLoop(engine)
@@ -416,3 +418,26 @@ def test_a_created_model_brings_its_settings_to_both_apis(server, files):
         timeout=60,
     )
     assert r.json()["message"]["content"] == want_own and r.json()["eval_count"] == 2
+
+
+def test_a_created_model_runs_with_its_adapters(server, files, reference, tmp_path):
+    """A Modelfile's ADAPTER is served as Ollama serves it: every request naming the created
+    model runs with it. The reference is the offline API given the base and the adapter by hand."""
+    from llamita.library.create import create_model
+    from llamita.library.modelfile import parse_modelfile
+
+    cfg = tiny_hf_config()
+    adapter = make_peft_adapter(tmp_path / "style", cfg, random_hf_weights(cfg, seed=11), seed=21)
+    create_model("styled", parse_modelfile(f"FROM {files['a']}\nADAPTER {adapter}\n"))
+    greedy = SamplingParams(temperature=0, max_tokens=N)
+    want = LLM(files["a"], dtype="float32", device="cpu", lora=[str(adapter)]).generate(PROMPT, greedy).text
+    assert want != reference["a"]  # else the test could not tell the adapter was applied
+    assert server.answer("styled") == want
+    r = httpx.post(
+        server.url + "/v1/completions",
+        json={"model": "styled", "prompt": PROMPT, "temperature": 0, "max_tokens": N},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == want
+    assert server.answer("tiny-a") == reference["a"]  # the base, served beside it, is unchanged

@@ -142,7 +142,8 @@ def serve(
     from llamita.serving.keep_alive import parse_bytes, parse_keep_alive
     from llamita.serving.server import serve as run_server
 
-    _note_created(model)
+    if tensor_parallel > 1:
+        _note_created(model)
     if keep_alive is not None:
         parse_keep_alive(keep_alive, "--keep-alive")  # refused before the model loads
 
@@ -174,8 +175,8 @@ def serve(
 
 
 def _note_created(model: Path | None) -> None:
-    """Say what a created model (`llamita create`) does not bring when served: its ADAPTERs (the
-    server applies its TEMPLATE, PARAMETERs, SYSTEM and MESSAGEs to every request)."""
+    """Say what a created model (`llamita create`) does not bring when served over tensor
+    parallelism: its ADAPTERs (the one-process server runs every request with them)."""
     from llamita.library.local import resolve_model_settings
 
     if model is None or not os.fspath(model):
@@ -186,6 +187,6 @@ def _note_created(model: Path | None) -> None:
     from llamita.cli.common import stderr
 
     stderr.print(
-        f"[yellow]note:[/] {model} is a created model with ADAPTERs: the server does not load "
-        "them yet; pass them with --lora"
+        f"[yellow]note:[/] {model} is a created model with ADAPTERs: a tensor-parallel server "
+        "does not load them; pass them with --lora"
     )

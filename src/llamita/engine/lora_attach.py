@@ -93,6 +93,11 @@ def shard_weights(
     return out
 
 
+def combined_name(specs: Sequence[str | os.PathLike[str] | LoraSpec]) -> str:
+    """The slot `attach_loras(..., combine=True)` installs `specs` in: their names joined by '+'."""
+    return "+".join(parse_lora_spec(s).resolved_name for s in specs)
+
+
 def attach_loras(
     model: Transformer,
     config: ModelConfig,
@@ -123,7 +128,7 @@ def attach_loras(
     if combine:
         if not adapters:
             return []
-        return [model.lora.names[install("+".join(names), combined_weights(adapters, [s.scale for s in parsed]))]]
+        return [model.lora.names[install(combined_name(parsed), combined_weights(adapters, [s.scale for s in parsed]))]]
     for adapter, spec in zip(adapters, parsed):
         install(adapter.name, combined_weights([adapter], [spec.scale]))
     return list(model.lora.names)

@@ -78,7 +78,16 @@ def serve(config: ServerConfig) -> None:
         return
     loaded = load_model(config.model, dtype=config.dtype, device=config.device, gpu_layers=config.gpu_layers)
     attach_loras(loaded.model, loaded.config, config.lora, combine=False)
+    attach_created_adapters(loaded)
     _serve(config, loaded)
+
+
+def attach_created_adapters(loaded: LoadedModel) -> None:
+    """A created model's ADAPTERs (`llamita create`), installed together in one slot that every
+    request naming the model runs with (ServerState.model_adapter), as Ollama serves a
+    Modelfile's ADAPTER: the created model is its base with them. Nothing for other models."""
+    if loaded.settings is not None and loaded.settings.adapters:
+        attach_loras(loaded.model, loaded.config, list(loaded.settings.adapters), combine=True)
 
 
 class GracefulServer(uvicorn.Server):
@@ -120,6 +129,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     def load_engine(name: str) -> EngineLoop:
         # By name, not path: a created model (`llamita create`) brings its settings and template.
         other = load_model(name, dtype=config.dtype, device=config.device)
+        attach_created_adapters(other)
         return EngineLoop(
             LLMEngine(
                 other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running, compile=config.compile

@@ -11,6 +11,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from llamita.engine.loader import LoadedModel
+from llamita.engine.lora_attach import combined_name
 from llamita.serving.engine_loop import EngineLoop
 from llamita.serving.errors import APIError
 from llamita.serving.keep_alive import parse_keep_alive
@@ -64,13 +65,24 @@ class ServerState:
         """Names of the LoRA adapters a request may pick (`llamita serve --lora`)."""
         return list(self.loop.engine.model.lora.names)
 
+    @property
+    def model_adapter(self) -> str | None:
+        """The slot of a created model's ADAPTERs (server.attach_created_adapters): what a
+        request that names no adapter runs with. None for other models."""
+        settings = self.loaded.settings
+        if settings is None or not settings.adapters:
+            return None
+        name = combined_name(settings.adapters)
+        return name if name in self.adapters else None
+
     def model_names(self) -> list[str]:
         """Every `model` a request may name: the base, and base+adapter for each adapter."""
         return [self.model_name] + [f"{self.model_name}+{a}" for a in self.adapters]
 
     def adapter_of(self, body: dict[str, Any]) -> str | None:
-        """The LoRA adapter a request asks for, by `"model": "base+NAME"` or `"lora": "NAME"`
-        (None: the base model). 404 for an adapter the server does not hold."""
+        """The LoRA adapter a request asks for, by `"model": "base+NAME"` or `"lora": "NAME"`;
+        naming none: a created model's ADAPTERs (`model_adapter`), else None (the base model).
+        404 for an adapter the server does not hold."""
         model, lora = body.get("model"), body.get("lora")
         named = model.removesuffix(":latest").partition("+")[2] if isinstance(model, str) else ""
         if lora is not None and not isinstance(lora, str):
@@ -85,7 +97,7 @@ class ServerState:
                 param="lora" if lora else "model",
                 code="model_not_found",
             )
-        return name
+        return name if name is not None else self.model_adapter
 
 
 def server_state(request: Request) -> ServerState:
