@@ -8,7 +8,9 @@ import json
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from library.fake_hub import FakeHub
 
+from llamita.library.local import find_local
 from llamita.library.modelfile import parse_modelfile
 from llamita.library.store import find_manifest
 from llamita.serving import create_routes
@@ -84,3 +86,29 @@ def test_bad_bodies_are_http_errors(client, gguf_file, body, status, words):
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"]
     assert find_manifest("m") is None  # nothing half made
+
+
+def test_a_from_not_here_is_pulled_first(client, gguf_file, monkeypatch, tmp_path):
+    """As Ollama's create: a repository FROM that is not on this machine is pulled (its progress
+    lines first), then the model is made; a failed download ends the stream with an error and
+    makes nothing; a bad ADAPTER is refused before a byte is fetched."""
+    with FakeHub() as hub:
+        hub.add("test/tiny-GGUF", {"tiny-Q8_0.gguf": gguf_file})
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        body = {"model": "bad", "from": "hf.co/test/tiny-GGUF:Q8_0", "adapters": ["/no/such/adapter"]}
+        r = client.post("/api/create", json=body)
+        assert r.status_code == 400 and "nothing at" in r.json()["error"]["message"]
+        assert hub.bytes_sent("test/tiny-GGUF", "tiny-Q8_0.gguf") == 0
+        r = client.post("/api/create", json={"model": "mario", "from": "hf.co/test/tiny-GGUF:Q8_0", "system": "Mario"})
+        assert r.status_code == 200, r.text
+        lines = [json.loads(line) for line in r.text.splitlines()]
+        statuses = [line["status"] for line in lines]
+        assert statuses[0] == "pulling manifest" and statuses[-2:] == ["writing manifest", "success"]
+        assert any(line.get("completed") == gguf_file.stat().st_size for line in lines)  # the pull's progress
+        assert hub.bytes_sent("test/tiny-GGUF", "tiny-Q8_0.gguf") == gguf_file.stat().st_size
+        pulled = find_local("hf.co/test/tiny-GGUF:Q8_0")
+        assert pulled is not None and find_manifest("mario").path == str(pulled.path)
+        assert find_manifest("mario").settings["system"] == "Mario"
+        r = client.post("/api/create", json={"model": "luigi", "from": "hf.co/test/none-GGUF"})
+        assert r.status_code == 200 and "error" in json.loads(r.text.splitlines()[-1])
+        assert find_manifest("luigi") is None

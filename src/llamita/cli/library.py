@@ -50,15 +50,13 @@ def ensure_local(model: Any) -> None:
     a missing file stays a "file not found" from the loader."""
     if model is None:
         return
-    from llamita.library.catalog import catalog_entry
-    from llamita.library.local import find_local
     from llamita.library.names import parse_name
+    from llamita.library.pull import needs_pull
 
-    parsed = parse_name(model)
-    remote = parsed.kind == "hf" or (parsed.kind == "short" and catalog_entry(parsed.text) is not None)
-    if remote and find_local(parsed) is None:
-        stderr.print(f"[dim]{parsed.text} is not on this machine: pulling it[/]")
-        pull_with_progress(parsed.text)
+    if needs_pull(model):
+        name = parse_name(model).text
+        stderr.print(f"[dim]{name} is not on this machine: pulling it[/]")
+        pull_with_progress(name)
 
 
 @friendly_errors

@@ -44,13 +44,7 @@ def create_model(name: str, modelfile: Modelfile, folder: Path | None = None) ->
     a created model is replaced (as `ollama create` does); any other is refused. The base must
     be on this machine: `llamita create` pulls a remote name first."""
     folder = Path.cwd() if folder is None else folder
-    target = library_name(name)
-    existing = find_manifest(target)
-    if existing is not None and existing.settings is None:
-        raise ModelFileError(
-            f"'{target}' already names a model that `llamita create` did not make; "
-            f"`llamita rm {target}` first, or pick another name"
-        )
+    target, adapters = check_creatable(name, modelfile, folder)
     path = from_path(modelfile, folder)
     base_settings = None
     if path is not None:
@@ -64,7 +58,6 @@ def create_model(name: str, modelfile: Modelfile, folder: Path | None = None) ->
             )
         manifest = manifest_for(target, found)
         base_settings = found.settings
-    adapters = tuple(_adapter(a, folder, modelfile.line_of("ADAPTER", a)) for a in modelfile.settings.adapters)
     own = ModelSettings(
         modelfile.settings.parameters,
         modelfile.settings.system,
@@ -77,6 +70,20 @@ def create_model(name: str, modelfile: Modelfile, folder: Path | None = None) ->
     manifest.created_from = modelfile.from_
     write_manifest(manifest)
     return manifest
+
+
+def check_creatable(name: str, modelfile: Modelfile, folder: Path) -> tuple[str, tuple[str, ...]]:
+    """What `create_model` checks before it looks for FROM: the library name `name` becomes (not
+    one `llamita create` did not make) and the ADAPTERs' absolute paths (each a LoRA adapter).
+    The server runs it before it pulls a missing FROM, so a bad body is refused first."""
+    target = library_name(name)
+    existing = find_manifest(target)
+    if existing is not None and existing.settings is None:
+        raise ModelFileError(
+            f"'{target}' already names a model that `llamita create` did not make; "
+            f"`llamita rm {target}` first, or pick another name"
+        )
+    return target, tuple(_adapter(a, folder, modelfile.line_of("ADAPTER", a)) for a in modelfile.settings.adapters)
 
 
 def _adapter(text: str, folder: Path, line: int | None) -> str:

@@ -23,6 +23,15 @@ LLAMA_ARCHITECTURES = ("llama",)
 LLAMA_HF_CLASSES = ("LlamaForCausalLM",)
 
 
+def needs_pull(name: str) -> bool:
+    """Whether `name` is a remote-looking name (a repository, or a short name of the table)
+    that is not on this machine yet: what `run`, `chat` and `create` pull first, as Ollama
+    does. Paths and unknown short names are never pulled."""
+    parsed = parse_name(name)
+    remote = parsed.kind == "hf" or (parsed.kind == "short" and catalog_entry(parsed.text) is not None)
+    return remote and find_local(parsed) is None
+
+
 def pull(
     name: str,
     *,

@@ -5,15 +5,18 @@ Ollama's body: `model` (the new name), `from` (a library name or a path on this 
 on this machine, as an object's keys as Ollama sends them, or a list), `stream`; and the older
 form, `name` + `modelfile` (a Modelfile's text, the JSON fields layered over it). The answer is
 Ollama's: NDJSON status lines ending {"status": "success"}, or that one object with
-"stream": false. Everything is checked before the first line, so a bad body is an HTTP error,
-never a broken stream. The model is stored by reference (no weights are copied); the running
-server keeps serving the model it started with.
+"stream": false. A FROM name that is not on this machine yet (a repository or a short name) is
+pulled first, as Ollama does, with /api/pull's progress lines before the create's. Everything
+else is checked before the first line, so a bad body is an HTTP error; only a failed download
+ends the stream with {"error": ...}. The model is stored by reference (no weights are copied);
+the running server keeps serving the model it started with.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from llamita.errors import ModelFileError, ModelfileError
-from llamita.library.create import create_model
+from llamita.library.create import check_creatable, create_model, from_path
 from llamita.library.modelfile import Command, Modelfile, parse_modelfile, settings_from_request
+from llamita.library.pull import needs_pull
 from llamita.library.settings import ModelSettings
 from llamita.serving.errors import APIError, not_supported
+from llamita.serving.library_routes import run_pull, stream_progress
 from llamita.serving.request_body import field, read_json_object
 
 router = APIRouter()
@@ -47,21 +52,39 @@ async def create(request: Request) -> Any:
             )
             raise not_supported(unsupported, what)
     modelfile = _modelfile(body)
+    folder = Path.cwd()
+    with _as_http_errors():
+        await run_in_threadpool(check_creatable, name, modelfile, folder)
+        pulling = from_path(modelfile, folder) is None and await run_in_threadpool(needs_pull, modelfile.from_)
+
+    def work(emit: Callable[[dict[str, Any]], None]) -> None:
+        if pulling:  # as Ollama's create: a FROM not here yet is pulled first
+            run_pull(modelfile.from_, emit, final=False)
+        manifest = create_model(name, modelfile, folder)
+        for status in (f"using {modelfile.from_} ({manifest.path}): no weights copied", "writing manifest", "success"):
+            emit({"status": status})
+
+    if not stream:
+        with _as_http_errors():
+            await run_in_threadpool(work, lambda _: None)
+        return JSONResponse({"status": "success"})
+    if not pulling:  # nothing left that can fail but the disk: still an HTTP error, not a line
+        statuses: list[dict[str, Any]] = []
+        with _as_http_errors():
+            await run_in_threadpool(work, statuses.append)
+        return StreamingResponse((json.dumps(s) + "\n" for s in statuses), media_type="application/x-ndjson")
+    return stream_progress(work)
+
+
+@contextmanager
+def _as_http_errors() -> Iterator[None]:
+    """A bad Modelfile is a 400 (naming its line's field); a FROM that is not here is a 404."""
     try:
-        manifest = await run_in_threadpool(create_model, name, modelfile, Path.cwd())
+        yield
     except ModelfileError as e:
         raise APIError(400, str(e), param="modelfile" if e.line else None) from None
     except ModelFileError as e:
         raise APIError(404, str(e), param="from") from None
-    statuses = [f"using {modelfile.from_} ({manifest.path}): no weights copied", "writing manifest", "success"]
-    if not stream:
-        return JSONResponse({"status": "success"})
-    return StreamingResponse(_lines(statuses), media_type="application/x-ndjson")
-
-
-def _lines(statuses: list[str]) -> Iterator[str]:
-    for status in statuses:
-        yield json.dumps({"status": status}) + "\n"
 
 
 def _modelfile(body: dict[str, Any]) -> Modelfile:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -311,8 +311,9 @@ def _progress_class(emit: Any, digests: dict[str, tuple[str, int]]) -> type:
     return OllamaProgress
 
 
-def _run_pull(name: str, emit: Any) -> None:
-    """Pull `name`, telling `emit` each progress object (runs in a worker thread)."""
+def run_pull(name: str, emit: Callable[[dict[str, Any]], None], *, final: bool = True) -> None:
+    """Pull `name`, telling `emit` each progress object, and {"status": "success"} at the end
+    when `final` (runs in a worker thread)."""
     from llamita.library.pull import pull
 
     digests: dict[str, tuple[str, int]] = {}
@@ -331,7 +332,38 @@ def _run_pull(name: str, emit: Any) -> None:
                 emit({"status": step})
 
     pull(name, tqdm_class=_progress_class(emit, digests), status=status, on_remote=on_remote)
-    emit({"status": "success"})
+    if final:
+        emit({"status": "success"})
+
+
+def stream_progress(work: Callable[[Callable[[dict[str, Any]], None]], None]) -> StreamingResponse:
+    """Ollama's NDJSON progress stream: `work(emit)` runs in a worker thread and each object it
+    emits is a line; an exception it raises once the stream has begun is the last line,
+    {"error": ...} (the status is already 200)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    done = object()
+
+    def emit(obj: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, obj)
+
+    def run() -> None:
+        try:
+            work(emit)
+        except Exception as e:
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    async def lines() -> AsyncIterator[str]:
+        task = asyncio.ensure_future(asyncio.to_thread(run))
+        while (item := await queue.get()) is not done:
+            if isinstance(item, Exception):
+                yield json.dumps({"error": api_error(item).message}) + "\n"
+            else:
+                yield json.dumps(item) + "\n"
+        await task
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 @router.post("/api/pull")
@@ -343,29 +375,9 @@ async def pull_model(request: Request) -> Any:
     if not isinstance(name, str) or not name:
         raise APIError(400, "'model' must name the model to pull", param="model")
     if not field(body, "stream", bool, True):
-        await asyncio.to_thread(_run_pull, name, lambda _: None)
+        await asyncio.to_thread(run_pull, name, lambda _: None)
         return JSONResponse({"status": "success"})
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
-    done = object()
-
-    def work() -> None:
-        try:
-            _run_pull(name, lambda obj: loop.call_soon_threadsafe(queue.put_nowait, obj))
-        except Exception as e:  # the stream has begun: the error is its last line
-            loop.call_soon_threadsafe(queue.put_nowait, e)
-        loop.call_soon_threadsafe(queue.put_nowait, done)
-
-    async def lines() -> AsyncIterator[str]:
-        task = asyncio.ensure_future(asyncio.to_thread(work))
-        while (item := await queue.get()) is not done:
-            if isinstance(item, Exception):
-                yield json.dumps({"error": api_error(item).message}) + "\n"
-            else:
-                yield json.dumps(item) + "\n"
-        await task
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return stream_progress(lambda emit: run_pull(name, emit))
 
 
 # ------------------------------------------------------------------------------- delete, copy
