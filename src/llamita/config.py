@@ -170,6 +170,7 @@ class ServerConfig:
     library: bool = True  # requests may name any local model (loaded on demand)
     max_memory: int | None = None  # bytes all loaded models may take; None: 80% of what is free
     keep_alive: str | None = None  # Ollama duration ("5m", "-1"); None: $OLLAMA_KEEP_ALIVE or 5m
+    max_loaded_models: int = 3  # models loaded at once, the default one included (Ollama's CPU default)
     compile: bool | None = None  # decode steps compiled: None background build, True now, False eager
 
 

@@ -208,6 +208,27 @@ def test_least_recently_used_is_unloaded_when_the_next_would_not_fit(library, fi
         server.stop()
 
 
+def test_max_loaded_models_counts_the_default_and_unloads_the_least_recently_used(library, files, reference):
+    server = Server(files, max_loaded=2)  # OLLAMA_MAX_LOADED_MODELS=2; memory is no limit here
+    try:
+        assert server.answer("tiny-a") == reference["a"]
+        assert server.loaded() == {MODEL_NAME, "tiny-a"}
+        assert server.answer("tiny-b") == reference["b"]
+        assert server.loaded() == {MODEL_NAME, "tiny-b"}
+        assert server.answer(None) == reference["base"]  # the default is never the one to go
+        assert server.answer("tiny-a") == reference["a"]
+        assert server.loaded() == {MODEL_NAME, "tiny-a"}
+    finally:
+        server.stop()
+    server = Server(files, max_loaded=1)
+    try:
+        r = server.generate("tiny-a")
+        assert r.status_code == 503 and "--max-loaded-models" in r.json()["error"]["message"]
+        assert server.answer(None) == reference["base"] and server.loaded() == {MODEL_NAME}
+    finally:
+        server.stop()
+
+
 def test_a_model_that_cannot_fit_is_a_507_naming_the_sizes(library, files):
     server = Server(files, max_memory=size_of(files["base"]) + size_of(files["a"]) - 1)
     try:

@@ -89,6 +89,17 @@ def serve(
         "least recently used idle ones; one that cannot fit at all is refused with HTTP 507. "
         "Default: 80 percent of the memory free once the default model is loaded, plus that model.",
     ),
+    max_loaded_models: int = typer.Option(
+        3,
+        "--max-loaded-models",
+        envvar="OLLAMA_MAX_LOADED_MODELS",
+        show_envvar=True,
+        min=0,
+        help="Models loaded at once, the default model included, as Ollama's "
+        "OLLAMA_MAX_LOADED_MODELS: loading one more first unloads the least recently used idle "
+        "one (requests wait while all are answering). 1: only the default model is served; 0: "
+        "the default, 3.",
+    ),
     keep_alive: Optional[str] = typer.Option(
         None,
         "--keep-alive",
@@ -169,6 +180,7 @@ def serve(
             strict_model_names=strict_model_names,
             max_memory=parse_bytes(max_memory, "--max-memory") if max_memory else None,
             keep_alive=keep_alive,
+            max_loaded_models=max_loaded_models or 3,
             compile=compile,
         )
     )

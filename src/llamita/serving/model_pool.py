@@ -64,10 +64,12 @@ class PoolConfig:
     max_memory: bytes all loaded models may take together (estimates); None: no limit.
     keep_alive: seconds a model stays after its last request when the request says nothing;
     None: for ever. load_timeout: seconds a request waits for a load or for memory to free;
-    None: no limit."""
+    None: no limit. max_loaded: models loaded at once, the default one included (Ollama's
+    OLLAMA_MAX_LOADED_MODELS); None: no limit."""
 
     library: bool = False
     max_memory: int | None = None
+    max_loaded: int | None = None
     keep_alive: float | None = 300.0
     load_timeout: float | None = None
 
@@ -264,7 +266,16 @@ class ModelPool:
 
     def _check_fits(self, model: PooledModel) -> None:
         """507 for a model that cannot fit in max_memory even with every other model but the
-        default unloaded."""
+        default unloaded; 503 where max_loaded leaves no room beside the default."""
+        count = self.config.max_loaded
+        if count is not None and count <= sum(1 for m in self._models.values() if m.pinned):
+            raise APIError(
+                503,
+                f"model '{model.name}' cannot be loaded: this server holds at most {count} "
+                "model(s) at once (--max-loaded-models, OLLAMA_MAX_LOADED_MODELS), its default included",
+                param="model",
+                type="server_error",
+            )
         limit = self.config.max_memory
         if limit is None:
             return
@@ -283,20 +294,17 @@ class ModelPool:
             )
 
     def _make_room(self, model: PooledModel, deadline: float | None) -> None:
-        """Unload least recently used idle models until `model` fits; while the only ones that
-        would free enough are answering requests, wait for them to finish."""
-        limit = self.config.max_memory
-        if limit is None:
-            return
+        """Unload least recently used idle models until `model` fits in max_memory and
+        max_loaded; while the only ones that would free room are answering requests, wait for
+        them to finish."""
+        limit, count = self.config.max_memory, self.config.max_loaded
         while True:
             with self._cv:
                 # Loaded and unloading models, and this one; not those waiting to load.
-                used = (
-                    model.size
-                    + sum(m.size for m in self._models.values() if m.state is not None)
-                    + sum(m.size for m in self._stopping)
-                )
-                if used <= limit:
+                held = [m for m in self._models.values() if m.state is not None] + self._stopping
+                if (limit is None or model.size + sum(m.size for m in held) <= limit) and (
+                    count is None or 1 + len(held) <= count
+                ):
                     return
                 idle = sorted(
                     (

@@ -156,6 +156,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
         keep_alive=keep_alive,
         load_timeout=config.request_timeout,
         max_memory=None if not library else config.max_memory or default_max_memory(default_size),
+        max_loaded=config.max_loaded_models,
     )
     app = create_app(
         loop,
