@@ -17,12 +17,14 @@ from llamita.config import ModelConfig
 from llamita.kernels.encoded_rows import EncodedRows
 from llamita.kernels.int4 import Int4Weight
 from llamita.kernels.int8 import Int8Weight
+from llamita.model.attention_inputs import AttentionInputs
 from llamita.model.attention_maps import attention_maps
 from llamita.model.embedding import EncodedEmbedding, Int8Embedding
 from llamita.model.kv_cache import KVCache
 from llamita.model.linear import FusedLinear, Int4Linear, Int8Linear, fuse_linears
 from llamita.model.lora_linear import LoraSlots
-from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from llamita.model.paged_kv_cache import PagedKVCache
+from llamita.model.rope import apply_rope, rope_inv_freq
 
 
 class RMSNorm(nn.Module):
@@ -67,21 +69,12 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache | None,
-        rows: torch.Tensor | None,
-        length: int,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q, k, v = self.project_qkv(x, cos, sin)
-        if cache is not None:
-            keys, values = cache.update(self.layer, rows, positions, k, v, length)
+        q, k, v = self.project_qkv(x, step.cos, step.sin)
+        mask = step.mask
+        if step.cache is not None:
+            keys, values = step.cache.update(self.layer, step.rows, step.positions, k, v, step.length)
         else:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, S, hd)
         if seqlen == 1 and q.device.type == "cpu":  # a decode step: see single_query_attention
@@ -153,8 +146,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)  # the pre-FFN norm
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, *attn_args: object) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), *attn_args)
+    def forward(self, x: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), step)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -243,7 +236,7 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedKVCache | None = None,
         rows: torch.Tensor | None = None,
         last_only: bool = False,
         adapters: torch.Tensor | None = None,
@@ -270,7 +263,7 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedKVCache | None = None,
         rows: torch.Tensor | None = None,
         last_only: bool = False,
         adapters: torch.Tensor | None = None,
@@ -283,17 +276,11 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(seqlen, device=tokens.device).expand(bsz, seqlen)
         x = self.embed_tokens(tokens)
-        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        mask, length = None, seqlen
-        if cache is not None:
-            # int() reads the positions back (no compiled graph can): key_length avoids it.
-            length = key_length if key_length is not None else int(positions.max()) + 1
-            # Key j is visible to a query at position p iff j <= p: (B, 1, S, length), True = attend.
-            mask = (torch.arange(length, device=tokens.device) <= positions[:, :, None])[:, None]
+        step = AttentionInputs.build(positions, self.inv_freq, x.dtype, cache, rows, key_length)
         # Without adapters the selection is a no-op; skipping it keeps the step traceable.
         with self.lora.select(adapters, bsz) if adapters is not None else nullcontext():
             for layer in self.layers:
-                x = layer(x, cos, sin, positions, mask, cache, rows, length)
+                x = layer(x, step)
         if last_only:
             x = x[:, -1:]
         return self.norm(x)
