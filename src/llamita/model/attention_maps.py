@@ -54,9 +54,7 @@ def attention_maps(
         weights = scores_to_weights(q[0], k[0])
         found[module.layer] = (weights if rows is None else weights[:, rows].clone()).to(tokens.device)
 
-    # An offloaded block (model/offload.py OnDevice) holds the real one as `inner`, on its device.
-    blocks = [getattr(layer, "inner", layer) for layer in model.layers]
-    handles = [block.self_attn.register_forward_pre_hook(record) for block in blocks]
+    handles = [block.self_attn.register_forward_pre_hook(record) for block in model.blocks()]
     try:
         with torch.inference_mode():
             model.hidden_states(tokens, adapters=adapters)

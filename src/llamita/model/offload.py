@@ -11,10 +11,15 @@ caches move each layer's slab to the device its keys come from on the first writ
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from llamita.model.attention_inputs import AttentionInputs
+
+if TYPE_CHECKING:
+    from llamita.model.transformer import Transformer
 
 
 def layer_devices(n_layers: int, gpu_layers: int, gpu: torch.device) -> list[torch.device]:
@@ -56,7 +61,7 @@ class OnDevice(nn.Module):
         return out
 
 
-def offload_layers(model: nn.Module, gpu_layers: int, gpu: torch.device) -> nn.Module:
+def offload_layers(model: Transformer, gpu_layers: int, gpu: torch.device) -> Transformer:
     """Place `model` (a Transformer, on the CPU) with its first `gpu_layers` blocks on `gpu`,
     in place. Everything but those blocks stays on the CPU; the model's `device` (where its
     inputs go and its logits come out) is the CPU."""
