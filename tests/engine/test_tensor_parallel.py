@@ -28,14 +28,27 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llamita.api.llm import LLM
+from llamita.config import ModelConfig
 from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.scoring import prompt_logprobs
-from llamita.engine.tensor_parallel import LeaderModel, follow
+from llamita.engine.tensor_parallel import (
+    _FORWARD,
+    _HIDDEN,
+    ForwardInputs,
+    LeaderModel,
+    StepHeader,
+    decode_step,
+    encode_step,
+    follow,
+    payload_size,
+)
 from llamita.glass.attention import attention_weights
 from llamita.glass.lens import logit_lens
+from llamita.model.kv_cache import KVCache
+from llamita.model.paged_kv_cache import PagedKVCache
 from llamita.sampling_params import SamplingParams
 from llamita.weights.shard import TensorShard
 
@@ -194,3 +207,31 @@ def test_adapters_change_the_lora_case(cases):
     """The LoRA case would pass with the adapters ignored on both sides; they are not."""
     path, dtype, loras = cases["lora-f32"]
     assert _reference(path, dtype, loras)["logits"].sub(_reference(path, dtype, [])["logits"]).abs().max() > 1e-2
+
+
+def test_a_step_message_carries_every_input():
+    """encode_step / decode_step without a process group: another rank gets the same tokens,
+    positions, rows, LoRA slots and flags, a cache of the same geometry bound to the same block
+    tables, and drops the caches rank 0 freed."""
+    cfg = ModelConfig(n_layers=2, dim=32, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=100)
+    tokens, positions = torch.tensor([[5, 9, 33], [4, 7, 1]]), torch.tensor([[3, 4, 5], [0, 1, 2]])
+    paged = PagedKVCache(cfg, 6, 4, dtype=torch.bfloat16)
+    paged.bind(torch.tensor([[2, 0], [5, 1]]))
+    cpu = torch.device("cpu")
+    step = ForwardInputs(tokens, positions, paged, None, True, torch.tensor([0, -1]))
+    header, payload = encode_step(_HIDDEN, step, 7, [3], cpu)
+    sent = StepHeader.from_tensor(header.to_tensor(cpu))
+    assert sent == header and payload.numel() == payload_size(sent)
+    caches: dict[int, KVCache | PagedKVCache] = {3: KVCache(cfg, 1, 8)}
+    got = decode_step(sent, payload, caches, cfg)
+    assert set(caches) == {7} and got.cache is caches[7] and isinstance(got.cache, PagedKVCache)
+    assert (got.cache.n_blocks, got.cache.block_size, got.cache.k[0].dtype) == (6, 4, torch.bfloat16)
+    assert got.cache.tables is not None and got.cache.tables.tolist() == [[2, 0], [5, 1]]
+    assert got.tokens.tolist() == tokens.tolist() and got.positions.tolist() == positions.tolist()
+    assert got.rows is None and got.last_only is True and got.adapters is not None
+    assert got.adapters.tolist() == [0, -1]
+
+    static = ForwardInputs(tokens[:1], positions[:1], KVCache(cfg, 3, 16), torch.tensor([2]))
+    got = decode_step(*encode_step(_FORWARD, static, 8, [], cpu)[:2], caches, cfg)
+    assert isinstance(got.cache, KVCache) and (got.cache.n_rows, got.cache.max_len) == (3, 16)
+    assert got.rows is not None and got.rows.tolist() == [2] and got.adapters is None and got.last_only is False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import torch
@@ -20,9 +20,12 @@ from llamita.errors import InvalidParameterError
 from llamita.sampling_params import Grammar
 from llamita.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 # JSON is written compactly: a flexible-whitespace grammar lets a small model pad with
 # newlines until max_tokens, and the compact form is what json.dumps and OpenAI produce.
-_JSON_OPTIONS = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 # llguidance marks special (control) tokens by a leading 0xFF byte so no grammar text can
 # produce them by accident.
 _SPECIAL_MARK = b"\xff"

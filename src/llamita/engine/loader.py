@@ -189,14 +189,14 @@ def load_model(
             )
         metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("tokenizer.ggml.")}
         if ckpt.shard is None:
-            offloaded = gpu_layers is not None and gpu_layers < config.n_layers
-            model = Transformer.from_state_dict(config, ckpt.take_state()).to("cpu" if offloaded else dev)
-            if offloaded:
-                offload_layers(model, gpu_layers, dev)  # type: ignore[arg-type]
+            on_gpu = gpu_layers if gpu_layers is not None and gpu_layers < config.n_layers else None
+            model = Transformer.from_state_dict(config, ckpt.take_state()).to("cpu" if on_gpu is not None else dev)
+            if on_gpu is not None:
+                offload_layers(model, on_gpu, dev)
         else:
             model = Transformer.from_state_dict(ckpt.shard.local_config(), ckpt.take_state()).to(dev)
             parallelize(model, ckpt.shard.vocab[0], ckpt.shard.vocab_sizes())
-    asked_by_name = path is not None and not Path(path).exists()
+    by_name = None if path is None or Path(path).exists() else os.fspath(path)
     return LoadedModel(
         resolved,
         config,
@@ -208,7 +208,7 @@ def load_model(
         time.perf_counter() - start,
         fmt,
         ckpt.generation,
-        os.fspath(path) if asked_by_name else None,
+        by_name,
         settings=settings,
         compact=compact,
     )

@@ -18,29 +18,149 @@ import os
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from typing import Any
+from dataclasses import astuple, dataclass, fields, replace
 
 import torch
 import torch.distributed as dist
 
+from llamita.config import ModelConfig
 from llamita.engine.loader import LoadedModel, load_model, resolve_device
 from llamita.engine.lora_attach import LoraSpec, attach_loras
 from llamita.errors import InvalidParameterError
 from llamita.model.attention_maps import check_one_sequence
 from llamita.model.kv_cache import KVCache
+from llamita.model.lora_linear import LoraSlots
 from llamita.model.paged_kv_cache import PagedKVCache
 from llamita.model.transformer import Transformer
 from llamita.weights.shard import TensorShard
 
-# Message header, int64: what rank 0 is about to run. Then, for a forward pass or attention
-# maps, one int64 payload tensor with the tokens, positions, cache rows, block tables, LoRA slots
-# per row and freed cache ids, in order; for logits, the (B, dim) hidden states in dtype `dt`.
+# What rank 0 is about to run: the first field of every message's StepHeader.
 _STOP, _FORWARD, _HIDDEN, _LOGITS, _ATTENTION = 0, 1, 2, 3, 4
 _NO_CACHE, _STATIC, _PAGED = 0, 1, 2
-_HEADER = 14  # op, B, S, last_only, kind, cache id, geometry a, b, dtype, n rows, tables (r, c),
-# n adapter slots, n freed
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@dataclass(frozen=True)
+class ForwardInputs:
+    """A forward call's inputs as rank 0 received them (what `Transformer.forward` and
+    `hidden_states` take), positions filled in."""
+
+    tokens: torch.Tensor  # (B, S)
+    positions: torch.Tensor  # (B, S)
+    cache: KVCache | PagedKVCache | None = None
+    rows: torch.Tensor | None = None  # (B,) static-cache rows; None: all, in order
+    last_only: bool = False
+    adapters: torch.Tensor | None = None  # (B,) LoRA slots; None: the base model
+
+
+@dataclass(frozen=True)
+class StepHeader:
+    """The fixed-size int64 message that opens each step: the operation and the shapes of the
+    payload that follows (a count of -1: that input is None). For a forward pass or attention
+    maps one int64 payload follows: tokens, positions, cache rows, block tables, LoRA slots and
+    freed cache ids, in that order; for logits, `batch` x `seqlen` (= dim) hidden states in
+    `dtype`."""
+
+    op: int
+    batch: int = 0
+    seqlen: int = 0
+    last_only: int = 0
+    cache_kind: int = _NO_CACHE
+    cache_id: int = 0  # rank 0's name for the cache, the same on every rank
+    cache_a: int = 0  # static cache: rows; paged: blocks
+    cache_b: int = 0  # static cache: positions per row; paged: positions per block
+    dtype: int = 0  # index in _DTYPES
+    n_rows: int = -1
+    table_rows: int = 0
+    table_cols: int = 0
+    n_adapters: int = -1
+    n_freed: int = 0
+
+    def to_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(astuple(self), dtype=torch.int64, device=device)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> StepHeader:
+        return cls(*t.tolist())
+
+    @classmethod
+    def empty(cls, device: torch.device) -> torch.Tensor:
+        """A tensor to receive a header into."""
+        return torch.empty(len(fields(cls)), dtype=torch.int64, device=device)
+
+
+def encode_step(
+    op: int, step: ForwardInputs, cache_id: int, freed: list[int], device: torch.device
+) -> tuple[StepHeader, torch.Tensor]:
+    """The header and the int64 payload (on `device`, the one the ranks exchange tensors on)
+    that tell the other ranks to run `step`; `decode_step` turns them back into it."""
+    cache, rows, adapters = step.cache, step.rows, step.adapters
+    kind, a, b, dt, tables = _NO_CACHE, 0, 0, 0, None
+    if isinstance(cache, PagedKVCache):
+        kind, a, b, tables = _PAGED, cache.n_blocks, cache.block_size, cache.tables
+    elif isinstance(cache, KVCache):
+        kind, a, b = _STATIC, cache.n_rows, cache.max_len
+    if cache is not None:
+        dt = _DTYPES.index(cache.k[0].dtype)
+    t_rows, t_cols = tables.shape if tables is not None else (0, 0)
+    bsz, seqlen = step.tokens.shape
+    header = StepHeader(
+        op,
+        bsz,
+        seqlen,
+        last_only=int(step.last_only),
+        cache_kind=kind,
+        cache_id=cache_id,
+        cache_a=a,
+        cache_b=b,
+        dtype=dt,
+        n_rows=-1 if rows is None else rows.numel(),
+        table_rows=t_rows,
+        table_cols=t_cols,
+        n_adapters=-1 if adapters is None else adapters.numel(),
+        n_freed=len(freed),
+    )
+    parts = [step.tokens.reshape(-1), step.positions.reshape(-1)]
+    parts += [t.reshape(-1) for t in (rows, tables, adapters) if t is not None]
+    parts.append(torch.tensor(freed, dtype=torch.int64))
+    return header, torch.cat([p.to(torch.int64).to(device) for p in parts])
+
+
+def payload_size(header: StepHeader) -> int:
+    """int64 elements of the payload that follows `header` (a forward pass or attention maps)."""
+    return sum(_payload_sizes(header))
+
+
+def _payload_sizes(h: StepHeader) -> list[int]:
+    n_tok = h.batch * h.seqlen
+    return [n_tok, n_tok, max(h.n_rows, 0), h.table_rows * h.table_cols, max(h.n_adapters, 0), h.n_freed]
+
+
+def decode_step(
+    header: StepHeader, payload: torch.Tensor, caches: dict[int, KVCache | PagedKVCache], config: ModelConfig
+) -> ForwardInputs:
+    """`encode_step` undone on another rank: the step, its cache taken from `caches` (created
+    there at first use, bound to the step's block tables); caches rank 0 freed are dropped."""
+    h = header
+    tokens, positions, rows, tables, adapters, freed = payload.split(_payload_sizes(h))
+    for gone in freed.tolist():
+        caches.pop(gone, None)
+    cache: KVCache | PagedKVCache | None = None
+    if h.cache_kind != _NO_CACHE:
+        if h.cache_id not in caches:
+            make = KVCache if h.cache_kind == _STATIC else PagedKVCache
+            caches[h.cache_id] = make(config, h.cache_a, h.cache_b, dtype=_DTYPES[h.dtype], device=payload.device)
+        cache = caches[h.cache_id]
+        if isinstance(cache, PagedKVCache):
+            cache.bind(tables.view(h.table_rows, h.table_cols))
+    return ForwardInputs(
+        tokens.view(h.batch, h.seqlen),
+        positions.view(h.batch, h.seqlen),
+        cache,
+        rows if h.n_rows >= 0 else None,
+        bool(h.last_only),
+        adapters if h.n_adapters >= 0 else None,
+    )
 
 
 def torchrun_rank(size: int) -> tuple[int, int]:
@@ -71,13 +191,13 @@ class LeaderModel:
     def __init__(self, model: Transformer, group: dist.ProcessGroup | None = None) -> None:
         self.model = model
         self.group = group
-        self._cache_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._cache_ids: weakref.WeakKeyDictionary[KVCache | PagedKVCache, int] = weakref.WeakKeyDictionary()
         self._next_id = itertools.count(1)
         self._freed: list[int] = []  # caches rank 0 dropped: the followers drop theirs too
         self._closed = False
 
     @property
-    def config(self) -> Any:
+    def config(self) -> ModelConfig:
         return self.model.config
 
     @property
@@ -89,7 +209,7 @@ class LeaderModel:
         return self.model.device
 
     @property
-    def lora(self) -> Any:
+    def lora(self) -> LoraSlots:
         """The shard's adapter slots (model/lora_linear.py); every rank holds the same slots, each
         with its part of the adapters (`open_model(lora=...)`)."""
         return self.model.lora
@@ -103,8 +223,8 @@ class LeaderModel:
         last_only: bool = False,
         adapters: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        positions = self._announce(_FORWARD, tokens, positions, cache, rows, last_only, adapters)
-        return self.model(tokens, positions, cache, rows, last_only=last_only, **_lora(adapters))
+        step = self._announce(_FORWARD, _inputs(tokens, positions, cache, rows, last_only, adapters))
+        return _run(self.model, _FORWARD, step)
 
     forward = __call__
 
@@ -125,7 +245,7 @@ class LeaderModel:
         if hidden.dtype not in _DTYPES:
             raise TypeError(f"hidden states in {hidden.dtype}; the ranks exchange {_DTYPES}")
         flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
-        self._send_header([_LOGITS, flat.shape[0], flat.shape[1]] + [0] * 5 + [_DTYPES.index(flat.dtype)])
+        self._send_header(StepHeader(_LOGITS, flat.shape[0], flat.shape[1], dtype=_DTYPES.index(flat.dtype)))
         dist.broadcast(flat, 0, group=self.group)
         return self.model.logits(flat).reshape(*hidden.shape[:-1], -1)
 
@@ -134,8 +254,8 @@ class LeaderModel:
         n_heads, S, S) float32. Each rank computes those of its heads; rank 0 gathers them in
         head order (ranks hold consecutive heads)."""
         check_one_sequence(tokens)  # before the others are told: they would fail
-        self._announce(_ATTENTION, tokens, None, None, None, False, adapters)
-        return _gather_heads(self.model.attention_maps(tokens, adapters), self.group)
+        step = self._announce(_ATTENTION, _inputs(tokens, adapters=adapters))
+        return _gather_heads(self.model.attention_maps(step.tokens, step.adapters), self.group)
 
     def hidden_states(
         self,
@@ -146,81 +266,59 @@ class LeaderModel:
         last_only: bool = False,
         adapters: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        positions = self._announce(_HIDDEN, tokens, positions, cache, rows, last_only, adapters)
-        return self.model.hidden_states(tokens, positions, cache, rows, last_only=last_only, **_lora(adapters))
+        step = self._announce(_HIDDEN, _inputs(tokens, positions, cache, rows, last_only, adapters))
+        return _run(self.model, _HIDDEN, step)
 
-    def _cache_id(self, cache: object) -> int:
+    def _cache_id(self, cache: KVCache | PagedKVCache) -> int:
         if cache not in self._cache_ids:
             n = self._cache_ids[cache] = next(self._next_id)
             weakref.finalize(cache, self._freed.append, n)
         return self._cache_ids[cache]
 
-    def _announce(
-        self,
-        op: int,
-        tokens: torch.Tensor,
-        positions: torch.Tensor | None,
-        cache: KVCache | PagedKVCache | None,
-        rows: torch.Tensor | None,
-        last_only: bool,
-        adapters: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def _announce(self, op: int, step: ForwardInputs) -> ForwardInputs:
         if self._closed:
             raise RuntimeError("the tensor-parallel group has been shut down")
-        bsz, seqlen = tokens.shape
-        if positions is None:
-            positions = torch.arange(seqlen, device=tokens.device).expand(bsz, seqlen)
-        kind, cid, a, b, dt, tables = _NO_CACHE, 0, 0, 0, 0, None
-        if isinstance(cache, PagedKVCache):
-            kind, a, b, tables = _PAGED, cache.n_blocks, cache.block_size, cache.tables
-        elif isinstance(cache, KVCache):
-            kind, a, b = _STATIC, cache.n_rows, cache.max_len
-        if cache is not None:
-            cid, dt = self._cache_id(cache), _DTYPES.index(cache.k[0].dtype)
+        cache_id = 0 if step.cache is None else self._cache_id(step.cache)
         freed, self._freed[:] = list(self._freed), []
-        t_rows, t_cols = tables.shape if tables is not None else (0, 0)
-        header = [
-            op,
-            bsz,
-            seqlen,
-            int(last_only),
-            kind,
-            cid,
-            a,
-            b,
-            dt,
-            -1 if rows is None else rows.numel(),
-            t_rows,
-            t_cols,
-            -1 if adapters is None else adapters.numel(),
-            len(freed),
-        ]
-        parts = [tokens.reshape(-1), positions.reshape(-1)]
-        parts += [] if rows is None else [rows.reshape(-1)]
-        parts += [] if tables is None else [tables.reshape(-1)]
-        parts += [] if adapters is None else [adapters.reshape(-1)]
-        parts.append(torch.tensor(freed, dtype=torch.int64))
-        payload = torch.cat([p.to(torch.int64).to(self.device) for p in parts])
+        header, payload = encode_step(op, step, cache_id, freed, self.device)
         self._send_header(header)
         dist.broadcast(payload, 0, group=self.group)
-        return positions
+        return step
 
-    def _send_header(self, header: list[int]) -> None:
+    def _send_header(self, header: StepHeader) -> None:
         if self._closed:
             raise RuntimeError("the tensor-parallel group has been shut down")
-        header = header + [0] * (_HEADER - len(header))
-        dist.broadcast(torch.tensor(header, dtype=torch.int64, device=self.device), 0, group=self.group)
+        dist.broadcast(header.to_tensor(self.device), 0, group=self.group)
 
     def shutdown(self) -> None:
         """Tell the other ranks to stop following (idempotent)."""
         if not self._closed:
-            self._send_header([_STOP])
+            self._send_header(StepHeader(_STOP))
             self._closed = True
 
 
-def _lora(adapters: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """The LoRA-slot keyword for a forward call, only when rows use adapters."""
-    return {} if adapters is None else {"adapters": adapters}
+def _inputs(
+    tokens: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    cache: KVCache | PagedKVCache | None = None,
+    rows: torch.Tensor | None = None,
+    last_only: bool = False,
+    adapters: torch.Tensor | None = None,
+) -> ForwardInputs:
+    """A call's inputs, positions filled in as the model would (0..S-1 on every row)."""
+    if positions is None:
+        bsz, seqlen = tokens.shape
+        positions = torch.arange(seqlen, device=tokens.device).expand(bsz, seqlen)
+    return ForwardInputs(tokens, positions, cache, rows, last_only, adapters)
+
+
+def _run(model: Transformer, op: int, step: ForwardInputs) -> torch.Tensor:
+    """This rank's part of `op` (_FORWARD: logits; _HIDDEN: final hidden states) for `step`."""
+    run = model if op == _FORWARD else model.hidden_states
+    out: torch.Tensor = run(
+        step.tokens, step.positions, step.cache, step.rows, last_only=step.last_only, adapters=step.adapters
+    )
+    return out
 
 
 def _gather_heads(maps: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -249,43 +347,23 @@ def follow(model: Transformer, group: dist.ProcessGroup | None = None) -> int:
     device, steps = model.device, 0
     with torch.inference_mode():
         while True:
-            header = torch.empty(_HEADER, dtype=torch.int64, device=device)
-            dist.broadcast(header, 0, group=group)
-            (op, bsz, seqlen, last_only, kind, cid, a, b, dt, n_rows, t_rows, t_cols, n_adapters, n_freed) = (
-                header.tolist()
-            )
-            if op == _STOP:
+            received = StepHeader.empty(device)
+            dist.broadcast(received, 0, group=group)
+            header = StepHeader.from_tensor(received)
+            if header.op == _STOP:
                 return steps
-            if op == _LOGITS:  # bsz rows of seqlen (= dim) features
-                hidden = torch.empty(bsz, seqlen, dtype=_DTYPES[dt], device=device)
+            if header.op == _LOGITS:  # batch rows of seqlen (= dim) features
+                hidden = torch.empty(header.batch, header.seqlen, dtype=_DTYPES[header.dtype], device=device)
                 dist.broadcast(hidden, 0, group=group)
                 model.logits(hidden)
-                steps += 1
-                continue
-            n_tok = bsz * seqlen
-            sizes = [n_tok, n_tok, max(n_rows, 0), t_rows * t_cols, max(n_adapters, 0), n_freed]
-            payload = torch.empty(sum(sizes), dtype=torch.int64, device=device)
-            dist.broadcast(payload, 0, group=group)
-            tokens, positions, rows, tables, adapters, freed = payload.split(sizes)
-            tables = tables.view(t_rows, t_cols)
-            for gone in freed.tolist():
-                caches.pop(gone, None)
-            cache = None
-            if kind != _NO_CACHE:
-                if cid not in caches:
-                    make = KVCache if kind == _STATIC else PagedKVCache
-                    caches[cid] = make(model.config, a, b, dtype=_DTYPES[dt], device=device)
-                cache = caches[cid]
-                if isinstance(cache, PagedKVCache):
-                    cache.bind(tables)
-            args = (tokens.view(bsz, seqlen), positions.view(bsz, seqlen), cache, rows if n_rows >= 0 else None)
-            kw = _lora(adapters if n_adapters >= 0 else None)
-            if op == _FORWARD:
-                model(*args, last_only=bool(last_only), **kw)
-            elif op == _ATTENTION:
-                _gather_heads(model.attention_maps(args[0], **kw), group)
             else:
-                model.hidden_states(*args, last_only=bool(last_only), **kw)
+                payload = torch.empty(payload_size(header), dtype=torch.int64, device=device)
+                dist.broadcast(payload, 0, group=group)
+                step = decode_step(header, payload, caches, model.config)
+                if header.op == _ATTENTION:
+                    _gather_heads(model.attention_maps(step.tokens, step.adapters), group)
+                else:
+                    _run(model, header.op, step)
             steps += 1
 
 
@@ -337,7 +415,7 @@ def open_model(
             return
         leader = LeaderModel(loaded.model)
         try:
-            yield replace(loaded, model=leader)  # type: ignore[arg-type]
+            yield replace(loaded, model=leader)  # type: ignore[arg-type]  # a LeaderModel stands in for the Transformer
         finally:
             leader.shutdown()
     finally:

@@ -48,10 +48,10 @@ def tool_call_grammar(tokenizer: Tokenizer, tools: Sequence[dict[str, Any]], nam
     }
     if name is not None:
         calls["maxItems"] = 1
-    tag = tokenizer.token_to_id("<tool_call>"), tokenizer.token_to_id("</tool_call>")
+    start, end = tokenizer.token_to_id("<tool_call>"), tokenizer.token_to_id("</tool_call>")
     open_, close = (
-        (f"<[{tag[0]}]>", f"<[{tag[1]}]>")
-        if None not in tag and all(tokenizer.is_special(t) for t in tag)
+        (f"<[{start}]>", f"<[{end}]>")
+        if start is not None and end is not None and tokenizer.is_special(start) and tokenizer.is_special(end)
         else ('"<tool_call>"', '"</tool_call>"')
     )
     return Grammar("lark", f"start: {open_} calls {close}\ncalls: %json {json.dumps(calls)}")

@@ -409,7 +409,7 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out_dtype: torch.dtype | None = 
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects {w.in_features}")
     if w.layout in VNNI_LAYOUTS:  # float32 out: activations quantized to int8 per 32 (module doc)
         mm = getattr(native.kernel_ops(), _VNNI_MM[w.layout])
-        y = mm(kernel_activations(x, w.in_features), w.packed, w.scales_and_zeros)
+        y: torch.Tensor = mm(kernel_activations(x, w.in_features), w.packed, w.scales_and_zeros)
         return y.view(*x.shape[:-1], w.out_features).to(out_dtype or x.dtype)
     x2 = x.reshape(-1, w.in_features).to(torch.bfloat16).contiguous()  # (M, in)
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w.packed, w.group_size, w.scales_and_zeros)  # (M, out) bfloat16

@@ -155,7 +155,7 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     scales = w.scales if w.scales.dtype == x.dtype else w.scales.to(x.dtype)
-    out = torch.ops.aten._weight_int8pack_mm(x2, w.qweight, scales)
+    out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x2, w.qweight, scales)
     return out.reshape(*lead, w.out_features).to(out_dtype)
 
 

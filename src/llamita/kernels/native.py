@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 
@@ -46,6 +46,25 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 HEADERS = (CSRC / "layout.h", CSRC / "common.h", CSRC / "vnni.h", CSRC / "simd256.h", CSRC / "neon.h")
+
+
+class KernelOps(Protocol):
+    """The operators of one level, as csrc/*.cpp declare them (`m.def`); a portable-only level
+    (no SIMD matmul) lacks the *_mm ones."""
+
+    def q4_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor: ...
+    def q4k_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor: ...
+    def q6k_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor: ...
+    def q8_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor: ...
+    def q4_vnni_dequantize(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
+    def q4k_vnni_dequantize(self, codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
+    def q6k_vnni_dequantize(self, codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
+    def q8_vnni_dequantize(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
+    def q4_vnni_pack_ggml(
+        self, raw: torch.Tensor, rows: int, cols: int, has_min: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def q4k_vnni_pack_ggml(self, raw: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def q6k_vnni_pack_ggml(self, raw: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -217,7 +236,7 @@ def _build(level: KernelLevel, path: Path) -> None:
 
 
 @functools.cache
-def level_ops(level: str) -> Any | None:
+def level_ops(level: str) -> KernelOps | None:
     """The operators of one SIMD level (`torch.ops.<namespace>`), built first if needed; None
     where the CPU lacks its instructions, no compiler is found, the build fails or
     LLAMITA_NATIVE_KERNELS=0 (`kernel_level_skipped(level)` says which)."""
@@ -248,7 +267,8 @@ def level_ops(level: str) -> Any | None:
         _skipped[level] = reason
         log.info("llamita's %s kernels are off: %s", lv.name, reason)
         return None
-    return getattr(torch.ops, lv.namespace)
+    ops: KernelOps = getattr(torch.ops, lv.namespace)
+    return ops
 
 
 def kernel_level_skipped(level: str | None = None) -> str | None:
@@ -272,13 +292,14 @@ def kernel_level() -> str | None:
     return None
 
 
-def kernel_ops() -> Any:
+def kernel_ops() -> KernelOps:
     """`torch.ops.<namespace>` of `kernel_level()`: q4_vnni_mm, q4k_vnni_mm, q8_vnni_mm, their
     *_dequantize and the *_pack_ggml ops. Raises RuntimeError where no level loads."""
     level = kernel_level()
-    if level is None:
+    ops = None if level is None else level_ops(level)
+    if ops is None:
         raise RuntimeError(f"llamita's native kernels are unavailable: {kernel_level_skipped()}")
-    return level_ops(level)
+    return ops
 
 
 def kernel_summary() -> str:

@@ -8,12 +8,14 @@ forms these (it calls scaled_dot_product_attention); the glass box shows them
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from llamita.model.attention_inputs import AttentionInputs
+
 if TYPE_CHECKING:
-    from llamita.model.transformer import Transformer
+    from llamita.model.transformer import Attention, Transformer
 
 
 def scores_to_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -46,15 +48,13 @@ def attention_maps(
     check_one_sequence(tokens)
     found: dict[int, torch.Tensor] = {}
 
-    def record(module: Any, args: tuple[Any, ...]) -> None:
-        x, cos, sin = args[:3]
-        q, k, _ = module.project_qkv(x, cos, sin)
+    def record(module: Attention, args: tuple[torch.Tensor, AttentionInputs]) -> None:
+        x, step = args
+        q, k, _ = module.project_qkv(x, step.cos, step.sin)
         weights = scores_to_weights(q[0], k[0])
         found[module.layer] = (weights if rows is None else weights[:, rows].clone()).to(tokens.device)
 
-    # An offloaded block (model/offload.py OnDevice) holds the real one as `inner`, on its device.
-    blocks = [getattr(layer, "inner", layer) for layer in model.layers]
-    handles = [block.self_attn.register_forward_pre_hook(record) for block in blocks]
+    handles = [block.self_attn.register_forward_pre_hook(record) for block in model.blocks()]
     try:
         with torch.inference_mode():
             model.hidden_states(tokens, adapters=adapters)

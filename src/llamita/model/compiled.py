@@ -42,6 +42,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.utils._pytree as pytree
@@ -51,7 +52,11 @@ from llamita.kernels import native
 from llamita.model.kv_cache import KVCache
 from llamita.model.lora_linear import LoraLinear
 from llamita.model.offload import OnDevice
+from llamita.model.paged_kv_cache import PagedKVCache
 from llamita.model.tensor_parallel import RowParallel, TiedHead, VocabParallelEmbedding, VocabParallelHead
+
+if TYPE_CHECKING:
+    from llamita.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,8 @@ def failure_path(package: Path) -> Path:
 def read_failure(package: Path) -> dict[str, object] | None:
     """The recorded failure of `package`'s build, or None if none was recorded."""
     try:
-        return json.loads(failure_path(package).read_text(encoding="utf-8"))
+        found: dict[str, object] = json.loads(failure_path(package).read_text(encoding="utf-8"))
+        return found
     except (OSError, ValueError):
         return None
 
@@ -143,13 +149,13 @@ class _DecodeBody(nn.Module):
     """The model's decode step as a module whose every tensor has a name: the fused q/k/v and
     gate/up layers (kept outside the model's module tree) are registered here too."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Transformer) -> None:
         super().__init__()
         self.model = model
         fused = {}
-        for i, layer in enumerate(model.layers):  # type: ignore[union-attr]
-            fused[f"qkv{i}"] = layer.self_attn.fused_qkv
-            fused[f"gate_up{i}"] = layer.mlp.fused_gate_up
+        for i, block in enumerate(model.blocks()):
+            fused[f"qkv{i}"] = block.self_attn.fused_qkv
+            fused[f"gate_up{i}"] = block.mlp.fused_gate_up
         self.fused = nn.ModuleDict({k: v for k, v in fused.items() if v is not None})
 
     def forward(
@@ -163,19 +169,29 @@ class _DecodeBody(nn.Module):
         cache = KVCache.over(keys, values)
         length = key_positions.shape[0]
         torch._check(length <= cache.max_len)  # what attend_length guarantees
-        return self.model(tokens, positions, cache, None, last_only=True, key_length=length)[:, -1]
+        return self.last_logits(tokens, positions, cache, length)
+
+    def last_logits(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | PagedKVCache, length: int
+    ) -> torch.Tensor:
+        """(B, vocab) logits of the step, attending over the first `length` cache positions."""
+        logits: torch.Tensor = self.model(tokens, positions, cache, None, last_only=True, key_length=length)
+        return logits[:, -1]
 
 
 class _Exported(nn.Module):
     """What is exported: the body with its weights as arguments (the body itself is held
     outside this module's tree, so export lifts no parameter as a constant)."""
 
+    body: _DecodeBody  # held in __dict__ (set in __init__)
+
     def __init__(self, body: _DecodeBody) -> None:
         super().__init__()
         self.__dict__["body"] = body
 
     def forward(self, inputs: tuple[object, ...], weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.func.functional_call(self.body, weights, inputs, tie_weights=False, strict=True)
+        logits: torch.Tensor = torch.func.functional_call(self.body, weights, inputs, tie_weights=False, strict=True)
+        return logits
 
 
 def _source_digest() -> str:
@@ -195,7 +211,7 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
-def package_key(model: nn.Module, weights: dict[str, torch.Tensor], batch: int, kind: str = "static") -> str:
+def package_key(model: Transformer, weights: dict[str, torch.Tensor], batch: int, kind: str = "static") -> str:
     """Everything a package depends on: the model's structure (config, each weight's name,
     shape, dtype, stride), the batch size, the kind of cache (static rows or paged blocks),
     llamita's model code, torch, the CPU's vector
@@ -207,7 +223,7 @@ def package_key(model: nn.Module, weights: dict[str, torch.Tensor], batch: int, 
         batch,
         kind,
         repr(model.config),
-        torch.__version__,  # type: ignore[union-attr]
+        torch.__version__,
         torch.backends.cpu.get_cpu_capability(),
         native.kernel_level(),
         _source_digest(),
@@ -229,7 +245,7 @@ class CompiledDecoder:
 
     kind = "static"  # the cache layout the step takes (compiled_paged.py: "paged")
 
-    def __init__(self, model: nn.Module, root: Path | None = None, build: bool = True) -> None:
+    def __init__(self, model: Transformer, root: Path | None = None, build: bool = True) -> None:
         blocker = compile_blocker(model)
         if blocker is not None:
             raise ValueError(f"the decode step cannot be compiled with {blocker}")
@@ -237,7 +253,7 @@ class CompiledDecoder:
         self.root = Path(root) if root is not None else cache_dir()
         self.build = build
         self._body = self._make_body()
-        weights = dict(self._body.named_parameters(remove_duplicate=False))
+        weights: dict[str, torch.Tensor] = dict(self._body.named_parameters(remove_duplicate=False))
         weights.update(self._body.named_buffers(remove_duplicate=False))
         self._weights = weights
         self._flat_weights = pytree.tree_flatten(weights)[0]
@@ -245,7 +261,7 @@ class CompiledDecoder:
         self._paths: dict[int, Path] = {}
         self._specs: dict[int, str] = {}
         self._tried: dict[Path, int] = {}  # package -> mtime of a file that did not load
-        self._key_positions = torch.arange(model.config.context_length)  # type: ignore[union-attr]
+        self._key_positions = torch.arange(model.config.context_length)
         self.built_seconds: dict[int, float] = {}  # batch -> seconds to load (or build and load) its package
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -327,20 +343,20 @@ class CompiledDecoder:
             self._runner(batch)
         return self.built_seconds[self._bucket(batch)]
 
-    def _make_body(self) -> nn.Module:
+    def _make_body(self) -> _DecodeBody:
         return _DecodeBody(self.model)
 
     def _example(self, batch: int) -> tuple[object, ...]:
         """Inputs of the exported step for tracing (weights apart)."""
-        cfg = self.model.config  # type: ignore[union-attr]
-        cache = KVCache(cfg, batch, 2 * KEY_BLOCK, dtype=self.model.dtype)  # type: ignore[union-attr]
+        cfg = self.model.config
+        cache = KVCache(cfg, batch, 2 * KEY_BLOCK, dtype=self.model.dtype)
         tokens = torch.ones((batch, 1), dtype=torch.int64)
         return tokens, tokens.clone(), self._key_positions[:KEY_BLOCK], cache.k, cache.v
 
     def _dynamic(self, batch: int) -> tuple[object, ...]:
         """`_example`'s symbolic dimensions: the positions attended and the cache positions
         (min 2: export specializes sizes 0 and 1)."""
-        cfg = self.model.config  # type: ignore[union-attr]
+        cfg = self.model.config
         keys_dim = torch.export.Dim("attended", min=2, max=cfg.context_length)
         cache_dim = torch.export.Dim("cache_positions", min=2, max=cfg.context_length)
         per_layer = [{2: cache_dim}] * cfg.n_layers
@@ -386,7 +402,7 @@ def _load(path: Path, spec: str) -> Callable[[list[torch.Tensor]], list[torch.Te
 
 
 def _build(
-    body: nn.Module,
+    body: _DecodeBody,
     inputs: tuple[object, ...],
     weights: dict[str, torch.Tensor],
     dynamic: tuple[object, ...],

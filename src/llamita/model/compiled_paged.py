@@ -13,11 +13,16 @@ shape depends on the positions' values.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
-from torch import nn
 
 from llamita.model.compiled import KEY_BLOCK, CompiledDecoder, _DecodeBody
 from llamita.model.paged_kv_cache import PagedKVCache
+
+if TYPE_CHECKING:
+    from llamita.model.transformer import Transformer
 
 # Most rows the many-row package is built for; more decode eagerly. (The default model's bf16
 # step does not export for 128 rows and more: a kernel's shape guard.)
@@ -35,14 +40,14 @@ class _PagedDecodeBody(_DecodeBody):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
-        tables: torch.Tensor,  # type: ignore[override]
+        tables: torch.Tensor,
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
     ) -> torch.Tensor:
         cache = PagedKVCache.over(keys, values)
         cache.bind(tables)
         length = tables.shape[1] * cache.block_size
-        return self.model(tokens, positions, cache, None, last_only=True, key_length=length)[:, -1]
+        return self.last_logits(tokens, positions, cache, length)
 
 
 class PagedCompiledDecoder(CompiledDecoder):
@@ -52,15 +57,15 @@ class PagedCompiledDecoder(CompiledDecoder):
 
     kind = "paged"
 
-    def __init__(self, model: nn.Module, block_size: int, root=None, build: bool = True) -> None:  # noqa: ANN001
+    def __init__(self, model: Transformer, block_size: int, root: Path | None = None, build: bool = True) -> None:
         self.block_size = block_size
         super().__init__(model, root, build)
 
-    def __call__(
+    def __call__(  # type: ignore[override]  # a paged step takes the block tables too
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
-        tables: torch.Tensor,  # type: ignore[override]
+        tables: torch.Tensor,
         cache: PagedKVCache,
     ) -> torch.Tensor:
         batch = tokens.shape[0]
@@ -83,19 +88,19 @@ class PagedCompiledDecoder(CompiledDecoder):
     def _rows_label(self, batch: int) -> str:
         return "one paged row" if batch == 1 else f"2-{MAX_BATCH} paged rows"
 
-    def _make_body(self) -> nn.Module:
+    def _make_body(self) -> _DecodeBody:
         return _PagedDecodeBody(self.model)
 
     def _example(self, batch: int) -> tuple[object, ...]:
         batch = self._bucket(batch)
-        cfg = self.model.config  # type: ignore[union-attr]
-        cache = PagedKVCache(cfg, 8, self.block_size, dtype=self.model.dtype)  # type: ignore[union-attr]
+        cfg = self.model.config
+        cache = PagedKVCache(cfg, 8, self.block_size, dtype=self.model.dtype)
         tokens = torch.ones((batch, 1), dtype=torch.int64)
         tables = torch.arange(batch * 4, dtype=torch.int64).view(batch, 4) % 8
         return tokens, tokens.clone(), tables, cache.k, cache.v
 
     def _dynamic(self, batch: int) -> tuple[object, ...]:
-        cfg = self.model.config  # type: ignore[union-attr]
+        cfg = self.model.config
         pool = torch.export.Dim("pool_blocks", min=2)
         width = torch.export.Dim("table_width", min=2, max=-(-cfg.context_length // self.block_size) + 1)
         per_layer = [{0: pool}] * cfg.n_layers

@@ -15,6 +15,8 @@ class EncodedEmbedding(nn.Module):
     The values are exactly those of dequantizing the whole table, rounded to `dtype`.
     """
 
+    data: torch.Tensor  # a buffer (registered in __init__)
+
     def __init__(self, table: EncodedRows, dtype: torch.dtype) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = table.n_rows, table.dim
@@ -35,6 +37,9 @@ class Int8Embedding(nn.Module):
     With tied embeddings the output matmul needs the table in int8 anyway; looking tokens up in
     that same copy keeps one table in memory instead of two.
     """
+
+    qweight: torch.Tensor  # buffers (registered in __init__)
+    scales: torch.Tensor
 
     def __init__(self, weight: Int8Weight, dtype: torch.dtype | None = None) -> None:
         """dtype: of the looked-up rows (None: the scales' dtype; a "vnni" table keeps bfloat16

@@ -36,6 +36,9 @@ class Int4Linear(nn.Module):
     Decode steps (few rows) read only the 4-bit codes; prefill expands the weight on the fly.
     """
 
+    packed: torch.Tensor  # buffers (registered in __init__)
+    scales_and_zeros: torch.Tensor
+
     def __init__(self, weight: Int4Weight) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.in_features, weight.out_features
@@ -66,6 +69,9 @@ class Int8Linear(nn.Module):
 
     Like Int4Linear, many-row inputs (prefill) expand the weight and use a dense matmul.
     """
+
+    qweight: torch.Tensor  # buffers (registered in __init__)
+    scales: torch.Tensor
 
     def __init__(self, weight: Int8Weight) -> None:
         super().__init__()
@@ -101,10 +107,12 @@ class FusedLinear(nn.Module):
     memory is added. Each output element is computed exactly as by its part alone.
     """
 
-    def __init__(self, inner: Int4Linear | Int8Linear, parts: Sequence[nn.Module]) -> None:
+    parts: tuple[nn.Module, ...]  # held outside the module tree (set in __init__)
+
+    def __init__(self, inner: Int4Linear | Int8Linear, parts: Sequence[Int4Linear] | Sequence[Int8Linear]) -> None:
         super().__init__()
         self.inner = inner
-        self.sizes = [int(p.out_features) for p in parts]
+        self.sizes = [p.out_features for p in parts]
         # Held outside the module tree (no second registration of the same weights).
         self.__dict__["parts"] = tuple(parts)
 
@@ -114,20 +122,23 @@ class FusedLinear(nn.Module):
         return len(parts) == len(self.parts) and all(a is b for a, b in zip(parts, self.parts))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.inner(x).split(self.sizes, dim=-1))
+        joined: torch.Tensor = self.inner(x)
+        return tuple(joined.split(self.sizes, dim=-1))
 
 
 def fuse_linears(parts: Sequence[nn.Module]) -> FusedLinear | None:
     """A FusedLinear over `parts` when they are all Int4Linear (whose packed blocks can be
     joined, see `concat_int4`) or all Int8Linear over the same input; else None (dense layers
     stay as they are: they are the float reference, and large dense matmuls gain nothing)."""
-    if all(type(p) is Int4Linear for p in parts):
-        w4 = concat_int4([p.weight_int4 for p in parts])  # type: ignore[union-attr]
+    # Exactly these types: a subclass (e.g. a wrapper) may compute something else.
+    int4 = [p for p in parts if type(p) is Int4Linear]
+    int8 = [p for p in parts if type(p) is Int8Linear]
+    if len(int4) == len(parts):
+        w4 = concat_int4([p.weight_int4 for p in int4])
         if w4 is None:
             return None
-        inner: Int4Linear | Int8Linear = Int4Linear(w4)
         start = 0
-        for p in parts:  # codes become row views of the joined ones, and so do the scales
+        for p in int4:  # codes become row views of the joined ones, and so do the scales
             p.packed = w4.packed[start : start + p.out_features]
             if w4.layout in VNNI_LAYOUTS:
                 # Joined along 16-row blocks, so a part's are a contiguous slice. Not small:
@@ -136,18 +147,17 @@ def fuse_linears(parts: Sequence[nn.Module]) -> FusedLinear | None:
                 blocks = slice(start // VNNI_BLOCK_ROWS, (start + p.out_features) // VNNI_BLOCK_ROWS)
                 p.scales_and_zeros = w4.scales_and_zeros[blocks]
             start += p.out_features
-    elif all(type(p) is Int8Linear for p in parts):
-        w8 = concat_int8([p.weight_int8 for p in parts])  # type: ignore[union-attr]
+        return FusedLinear(Int4Linear(w4), int4)
+    if len(int8) == len(parts):
+        w8 = concat_int8([p.weight_int8 for p in int8])
         if w8 is None:
             return None
-        inner = Int8Linear(w8)
         start = 0
-        for p in parts:
-            p.qweight, p.scales = (
-                w8.qweight[start : start + p.out_features],
-                w8.scales[start : start + p.out_features],
+        for q in int8:
+            q.qweight, q.scales = (
+                w8.qweight[start : start + q.out_features],
+                w8.scales[start : start + q.out_features],
             )
-            start += p.out_features
-    else:
-        return None
-    return FusedLinear(inner, parts)
+            start += q.out_features
+        return FusedLinear(Int8Linear(w8), int8)
+    return None

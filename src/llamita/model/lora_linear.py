@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -20,6 +20,19 @@ from torch import nn
 from llamita.kernels.int4 import dequantize_int4
 from llamita.kernels.int8 import dequantize_int8
 from llamita.model.linear import Int4Linear, Int8Linear
+
+if TYPE_CHECKING:
+    from llamita.model.transformer import Transformer
+
+
+class LinearLayer(Protocol):
+    """What LoRA needs of the layer it wraps: nn.Linear, Int4Linear, Int8Linear, or a wrapper
+    another feature puts there with the same interface."""
+
+    in_features: int
+    out_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class LoraSlots:
@@ -70,7 +83,7 @@ class LoraLinear(nn.Module):
     update is computed in A's dtype (float32 while training) and added in the base's dtype.
     """
 
-    def __init__(self, base: nn.Module, slots: LoraSlots) -> None:
+    def __init__(self, base: LinearLayer, slots: LoraSlots) -> None:
         super().__init__()
         self.base = base
         self.slots = slots
@@ -105,7 +118,8 @@ class LoraLinear(nn.Module):
 
     def delta(self, x: torch.Tensor, slot: int) -> torch.Tensor:
         """scale · (x Aᵀ) Bᵀ for one slot, in x's dtype: (..., in) -> (..., out)."""
-        a, b = self.lora_A[str(slot)], self.lora_B[str(slot)]
+        a: torch.Tensor = self.lora_A[str(slot)]
+        b: torch.Tensor = self.lora_B[str(slot)]
         return ((x.to(a.dtype) @ a.T) @ b.T).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +143,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
 
 
-def wrap_layers(model: nn.Module, names: set[str]) -> dict[str, LoraLinear]:
+def wrap_layers(model: Transformer, names: set[str]) -> dict[str, LoraLinear]:
     """Wrap the linear modules named `names` ("layers.0.self_attn.q_proj") in LoraLinear, once;
     return every LoraLinear of the model by name. `model.lora` is their shared LoraSlots."""
     found = lora_layers(model)
@@ -147,7 +161,7 @@ def wrap_layers(model: nn.Module, names: set[str]) -> dict[str, LoraLinear]:
 
 
 def install_adapter(
-    model: nn.Module, name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], trainable: bool = False
+    model: Transformer, name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], trainable: bool = False
 ) -> int:
     """Add adapter `name` to the model in a new slot (or replace the one of that name); return
     the slot.
@@ -155,7 +169,7 @@ def install_adapter(
     weights: module name -> (A (r, in), B (out, r), scale). Layers it does not target keep no
     entry for the slot, and their rows get no update there.
     """
-    slots: LoraSlots = model.lora  # type: ignore[assignment]
+    slots = model.lora
     if name in slots.names:
         slot = slots.slot(name)
     else:
@@ -164,7 +178,7 @@ def install_adapter(
     layers = wrap_layers(model, set(weights))
     for layer in layers.values():
         layer.drop_slot(slot)
-    device = model.norm.weight.device  # type: ignore[union-attr]
+    device = model.device
     for module, (a, b, scale) in weights.items():
         layers[module].set_slot(slot, a.to(device), b.to(device), scale, trainable)
     return slot
@@ -175,12 +189,12 @@ class _FrozenCompactMatmul(torch.autograd.Function):
     in the backward pass instead of being kept: training memory stays that of the codes."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, module: nn.Module) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         ctx.module = module
         return torch.nn.functional.linear(x, dense_weight(module, x.dtype))
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad @ dense_weight(ctx.module, grad.dtype), None
 
 
@@ -197,15 +211,14 @@ class TrainableCompactLinear(nn.Module):
     """A frozen Int4Linear / Int8Linear that gradients can flow through (to its input): the
     QLoRA-style base of `llamita finetune`, dequantized per layer on the fly."""
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: Int4Linear | Int8Linear) -> None:
         super().__init__()
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return self.base(x)
-        return _FrozenCompactMatmul.apply(x, self.base)
+        y: torch.Tensor = self.base(x) if not torch.is_grad_enabled() else _FrozenCompactMatmul.apply(x, self.base)
+        return y
 
 
 def make_compact_trainable(model: nn.Module) -> int:

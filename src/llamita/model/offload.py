@@ -11,8 +11,15 @@ caches move each layer's slab to the device its keys come from on the first writ
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+from llamita.model.attention_inputs import AttentionInputs
+
+if TYPE_CHECKING:
+    from llamita.model.transformer import Transformer
 
 
 def layer_devices(n_layers: int, gpu_layers: int, gpu: torch.device) -> list[torch.device]:
@@ -23,24 +30,16 @@ def layer_devices(n_layers: int, gpu_layers: int, gpu: torch.device) -> list[tor
 
 
 class _Moved:
-    """The per-pass arguments already moved to one device. Keyed by the source tensor's id and
-    version (an in-place change makes a new key); the sources are kept alive here, so an id
-    cannot be reused while it is a key."""
+    """A pass's attention inputs moved to one device: moved once, for the first block there, and
+    shared by the others (the source is held, so `is` cannot match a later pass's object)."""
 
     def __init__(self) -> None:
-        self.sources: list[torch.Tensor] = []
-        self.moved: dict[tuple[int, int], torch.Tensor] = {}
+        self.last: tuple[AttentionInputs, AttentionInputs] | None = None  # (source, moved)
 
-    def get(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if t.device == device:
-            return t
-        key = (id(t), t._version)
-        if key not in self.moved:
-            if len(self.sources) >= 16:  # a pass has at most 5: these are earlier passes'
-                self.sources, self.moved = [], {}
-            self.sources.append(t)
-            self.moved[key] = _to(t, device)
-        return self.moved[key]
+    def step(self, step: AttentionInputs, device: torch.device) -> AttentionInputs:
+        if self.last is None or self.last[0] is not step:
+            self.last = (step, step.moved(lambda t: t if t.device == device else _to(t, device)))
+        return self.last[1]
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -57,12 +56,12 @@ class OnDevice(nn.Module):
         self.device = device
         self._memo = memo
 
-    def forward(self, x: torch.Tensor, *args: object) -> torch.Tensor:
-        moved = [self._memo.get(a, self.device) if isinstance(a, torch.Tensor) else a for a in args]
-        return self.inner(_to(x, self.device), *moved)
+    def forward(self, x: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
+        out: torch.Tensor = self.inner(_to(x, self.device), self._memo.step(step, self.device))
+        return out
 
 
-def offload_layers(model: nn.Module, gpu_layers: int, gpu: torch.device) -> nn.Module:
+def offload_layers(model: Transformer, gpu_layers: int, gpu: torch.device) -> Transformer:
     """Place `model` (a Transformer, on the CPU) with its first `gpu_layers` blocks on `gpu`,
     in place. Everything but those blocks stays on the CPU; the model's `device` (where its
     inputs go and its logits come out) is the CPU."""

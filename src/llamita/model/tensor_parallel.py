@@ -18,11 +18,15 @@ before `parallelize`, so the all-reduce sums base and adapter together).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from llamita.model.transformer import Transformer
 
 
 def _all_reduce(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -45,7 +49,8 @@ class RowParallel(nn.Module):
         self.group = group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _all_reduce(self.inner(x), self.group)
+        partial: torch.Tensor = self.inner(x)
+        return _all_reduce(partial, self.group)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -60,7 +65,8 @@ class VocabParallelEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         local = ids - self.start
         outside = (local < 0) | (local >= self.rows)  # (B, S): another rank's ids
-        x = self.inner(local.clamp(0, self.rows - 1)).masked_fill(outside[..., None], 0)
+        found: torch.Tensor = self.inner(local.clamp(0, self.rows - 1))
+        x = found.masked_fill(outside[..., None], 0)
         dist.all_reduce(x, group=self.group)  # exactly one rank adds a non-zero row
         return x
 
@@ -96,8 +102,8 @@ class VocabParallelHead(nn.Module):
 
 
 def parallelize(
-    model: nn.Module, vocab_start: int, vocab_sizes: list[int], group: dist.ProcessGroup | None = None
-) -> nn.Module:
+    model: Transformer, vocab_start: int, vocab_sizes: list[int], group: dist.ProcessGroup | None = None
+) -> Transformer:
     """Wrap a rank's shard `model` (a Transformer built from its slice of the weights) in
     place so that its forward returns the whole model's logits. `vocab_start` is the first
     vocabulary row this rank holds, `vocab_sizes` the rows of every rank.
@@ -105,10 +111,10 @@ def parallelize(
     `model.config` becomes the rank's view: its own heads and FFN columns (what its KV cache
     holds) but the whole vocabulary (what its logits cover).
     """
-    for block in model.layers:
+    for block in model.blocks():
         block.self_attn.o_proj = RowParallel(block.self_attn.o_proj, group)
         block.mlp.down_proj = RowParallel(block.mlp.down_proj, group)
-    head = model.lm_head if model.lm_head is not None else TiedHead(model.embed_tokens.weight)
+    head = model.lm_head if model.lm_head is not None else TiedHead(model.embedding_table())
     model.lm_head = VocabParallelHead(head, vocab_sizes, group)
     local_rows = model.config.vocab_size
     model.embed_tokens = VocabParallelEmbedding(model.embed_tokens, vocab_start, local_rows, group)

@@ -14,15 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamita.config import ModelConfig
+from llamita.kernels.compact import StateDict
 from llamita.kernels.encoded_rows import EncodedRows
 from llamita.kernels.int4 import Int4Weight
 from llamita.kernels.int8 import Int8Weight
+from llamita.model.attention_inputs import AttentionInputs
 from llamita.model.attention_maps import attention_maps
 from llamita.model.embedding import EncodedEmbedding, Int8Embedding
 from llamita.model.kv_cache import KVCache
 from llamita.model.linear import FusedLinear, Int4Linear, Int8Linear, fuse_linears
 from llamita.model.lora_linear import LoraSlots
-from llamita.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from llamita.model.paged_kv_cache import PagedKVCache
+from llamita.model.rope import apply_rope, rope_inv_freq
 
 
 class RMSNorm(nn.Module):
@@ -43,10 +46,11 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        # Typed as modules: compact, LoRA and tensor-parallel layers replace the nn.Linear.
+        self.q_proj: nn.Module = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj: nn.Module = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj: nn.Module = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj: nn.Module = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         # q/k/v joined into one kernel call (Transformer.fuse_projections); outside the module
         # tree, as the parts keep the weights.
         self.fused_qkv: FusedLinear | None = None
@@ -67,21 +71,12 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache | None,
-        rows: torch.Tensor | None,
-        length: int,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q, k, v = self.project_qkv(x, cos, sin)
-        if cache is not None:
-            keys, values = cache.update(self.layer, rows, positions, k, v, length)
+        q, k, v = self.project_qkv(x, step.cos, step.sin)
+        mask = step.mask
+        if step.cache is not None:
+            keys, values = step.cache.update(self.layer, step.rows, step.positions, k, v, step.length)
         else:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, S, hd)
         if seqlen == 1 and q.device.type == "cpu":  # a decode step: see single_query_attention
@@ -95,7 +90,8 @@ class Attention(nn.Module):
                 is_causal=mask is None and seqlen > 1,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )  # (B, n_heads, S, hd)
-        return self.o_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        return projected
 
 
 def single_query_attention(
@@ -131,9 +127,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.gate_proj: nn.Module = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # as Attention's
+        self.up_proj: nn.Module = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj: nn.Module = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
         self.fused_gate_up: FusedLinear | None = None  # as Attention.fused_qkv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +138,8 @@ class MLP(nn.Module):
             gate, up = fused(x)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        out: torch.Tensor = self.down_proj(F.silu(gate) * up)
+        return out
 
 
 class Block(nn.Module):
@@ -153,12 +150,19 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)  # the pre-FFN norm
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, *attn_args: object) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), *attn_args)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, x: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
+        h: torch.Tensor = x + self.self_attn(self.input_layernorm(x), step)
+        out: torch.Tensor = h + self.mlp(self.post_attention_layernorm(h))
+        return out
 
 
 class Transformer(nn.Module):
+    # Declared as modules: compact, tensor-parallel and fine-tuning wrappers replace them (a
+    # layer is a Block, or a wrapper holding one as `inner`: `blocks()`).
+    embed_tokens: nn.Module
+    lm_head: nn.Module | None
+    inv_freq: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -179,7 +183,7 @@ class Transformer(nn.Module):
         self.lora = LoraSlots()
 
     @classmethod
-    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, object]) -> Transformer:
+    def from_state_dict(cls, cfg: ModelConfig, state: StateDict) -> Transformer:
         """Build the model around already-loaded tensors (no second copy is allocated).
 
         Compact weights get their own modules: a linear weight given as `Int4Weight` or
@@ -191,21 +195,22 @@ class Transformer(nn.Module):
         divisors = state.pop("rope_freqs", None)
         with torch.device("meta"):
             model = cls(cfg)
-        dtype = state["norm.weight"].dtype  # type: ignore[union-attr]
+        dtype = _dense(state["norm.weight"], "norm.weight").dtype
         embed = state.get("embed_tokens.weight")
         if isinstance(embed, EncodedRows):
-            model.embed_tokens = EncodedEmbedding(state.pop("embed_tokens.weight"), dtype)  # type: ignore[arg-type]
+            del state["embed_tokens.weight"]
+            model.embed_tokens = EncodedEmbedding(embed, dtype)
         elif isinstance(embed, Int8Weight):
-            model.embed_tokens = Int8Embedding(state.pop("embed_tokens.weight"), dtype)  # type: ignore[arg-type]
+            del state["embed_tokens.weight"]
+            model.embed_tokens = Int8Embedding(embed, dtype)
             if cfg.tie_word_embeddings and "lm_head.weight" not in state:
                 state["lm_head.weight"] = embed
-        compact = [n for n, w in state.items() if isinstance(w, (Int4Weight, Int8Weight))]
-        for name in compact:
+        compact = {n: w for n, w in state.items() if isinstance(w, (Int4Weight, Int8Weight))}
+        for name, w in compact.items():
             parent, _, child = name.removesuffix(".weight").rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            w = state.pop(name)
-            module = Int4Linear(w) if isinstance(w, Int4Weight) else Int8Linear(w)  # type: ignore[arg-type]
-            setattr(owner, child, module)
+            del state[name]
+            setattr(owner, child, Int4Linear(w) if isinstance(w, Int4Weight) else Int8Linear(w))
         # Compact modules were built with their tensors; only the dense ones remain to assign.
         dense_names = {n for n, _ in model.named_parameters()} | {
             n for n, b in model.named_buffers() if b.is_meta and n != "inv_freq"
@@ -215,7 +220,7 @@ class Transformer(nn.Module):
         if missing or unexpected:
             raise KeyError(f"state dict mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         model.load_state_dict(state, strict=False, assign=True)
-        model.inv_freq = rope_inv_freq(cfg, divisors)
+        model.inv_freq = rope_inv_freq(cfg, None if divisors is None else _dense(divisors, "rope_freqs"))
         model.fuse_projections()
         return model.eval().requires_grad_(False)
 
@@ -223,12 +228,23 @@ class Transformer(nn.Module):
         """Join each block's q/k/v and gate/up layers into one kernel call each where they are
         compact (model/linear.py FusedLinear); dense layers, and layers another wrapper has
         replaced since, run on their own."""
-        for layer in self.layers:
-            attn, mlp = layer.self_attn, layer.mlp
+        for block in self.blocks():
+            attn, mlp = block.self_attn, block.mlp
             # object.__setattr__: a FusedLinear must not join the module tree (its weights are
             # its parts' weights, already registered under their canonical names).
             object.__setattr__(attn, "fused_qkv", fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]))
             object.__setattr__(mlp, "fused_gate_up", fuse_linears([mlp.gate_proj, mlp.up_proj]))
+
+    def blocks(self) -> list[Block]:
+        """The blocks in order, unwrapped from a placement wrapper (model/offload.py OnDevice
+        holds its block as `inner`)."""
+        found: list[Block] = []
+        for layer in self.layers:
+            block = getattr(layer, "inner", layer)
+            if not isinstance(block, Block):
+                raise TypeError(f"layer {len(found)} is a {type(block).__name__}, not a Block")
+            found.append(block)
+        return found
 
     @property
     def dtype(self) -> torch.dtype:
@@ -243,7 +259,7 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedKVCache | None = None,
         rows: torch.Tensor | None = None,
         last_only: bool = False,
         adapters: torch.Tensor | None = None,
@@ -270,7 +286,7 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedKVCache | None = None,
         rows: torch.Tensor | None = None,
         last_only: bool = False,
         adapters: torch.Tensor | None = None,
@@ -282,21 +298,16 @@ class Transformer(nn.Module):
         bsz, seqlen = tokens.shape
         if positions is None:
             positions = torch.arange(seqlen, device=tokens.device).expand(bsz, seqlen)
-        x = self.embed_tokens(tokens)
-        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        mask, length = None, seqlen
-        if cache is not None:
-            # int() reads the positions back (no compiled graph can): key_length avoids it.
-            length = key_length if key_length is not None else int(positions.max()) + 1
-            # Key j is visible to a query at position p iff j <= p: (B, 1, S, length), True = attend.
-            mask = (torch.arange(length, device=tokens.device) <= positions[:, :, None])[:, None]
+        x: torch.Tensor = self.embed_tokens(tokens)
+        step = AttentionInputs.build(positions, self.inv_freq, x.dtype, cache, rows, key_length)
         # Without adapters the selection is a no-op; skipping it keeps the step traceable.
         with self.lora.select(adapters, bsz) if adapters is not None else nullcontext():
             for layer in self.layers:
-                x = layer(x, cos, sin, positions, mask, cache, rows, length)
+                x = layer(x, step)
         if last_only:
             x = x[:, -1:]
-        return self.norm(x)
+        hidden: torch.Tensor = self.norm(x)
+        return hidden
 
     def attention_maps(self, tokens: torch.Tensor, adapters: torch.Tensor | None = None) -> torch.Tensor:
         """Every layer's and head's attention weights for one sequence `tokens` (1, S), with
@@ -304,10 +315,25 @@ class Transformer(nn.Module):
         (model/attention_maps.py)."""
         return attention_maps(self, tokens, adapters)
 
+    def embedding_table(self) -> torch.Tensor:
+        """The dense (vocab, dim) table a tied model's output projection multiplies by (a compact
+        embedding comes with its own head, `from_state_dict`)."""
+        return _dense(self.embed_tokens.weight, "embed_tokens.weight")
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output projection of final hidden states, float32."""
         if self.lm_head is None:
-            return F.linear(hidden, self.embed_tokens.weight).float()
+            return F.linear(hidden, self.embedding_table()).float()
+        logits: torch.Tensor
         if isinstance(self.lm_head, (Int4Linear, Int8Linear)):  # no rounding to bf16 and back
-            return self.lm_head(hidden, out_dtype=torch.float32)
-        return self.lm_head(hidden).float()
+            logits = self.lm_head(hidden, out_dtype=torch.float32)
+            return logits
+        logits = self.lm_head(hidden)
+        return logits.float()
+
+
+def _dense(value: object, name: str) -> torch.Tensor:
+    """`value`, which must be a dense tensor (norms, RoPE divisors, a tied embedding table)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a dense tensor, got {type(value).__name__}")
+    return value

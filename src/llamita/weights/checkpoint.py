@@ -21,6 +21,7 @@ import torch
 
 from llamita.config import GenerationDefaults, ModelConfig
 from llamita.errors import ModelFileError
+from llamita.kernels.compact import StateDict
 from llamita.weights.gguf import (
     _GLOBAL_NAMES,
     _LAYER_NAMES,
@@ -89,7 +90,7 @@ def open_float_checkpoint(path: Path, *, rope_scaling_factor: float | None = Non
     raise ModelFileError(f"{path}: expected a Hugging Face or Meta model folder")
 
 
-def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype, shard: TensorShard | None = None) -> dict[str, object]:
+def float_state_dict(ckpt: FloatCheckpoint, dtype: torch.dtype, shard: TensorShard | None = None) -> StateDict:
     """Every tensor the model needs, converted to `dtype` one at a time (peak memory: the
     result plus one tensor). Extra tensors in the files (e.g. old `rotary_emb.inv_freq`) are
     ignored; a missing or misshapen one is a ModelFileError. With `shard`, only that
@@ -117,12 +118,12 @@ class Checkpoint:
 
     format: str
     config: ModelConfig
-    state: dict[str, object]
+    state: StateDict
     metadata: dict[str, Any]
     generation: GenerationDefaults | None = None
     shard: TensorShard | None = None  # tensor parallel: the slice `state` holds
 
-    def take_state(self) -> dict[str, object]:
+    def take_state(self) -> StateDict:
         """The weights, handed over: this checkpoint keeps no reference, so tensors the model
         replaces while it is built (joined q/k/v and gate/up, model/linear.py) are freed at
         once instead of living until the checkpoint goes (the load's peak memory)."""

@@ -22,6 +22,7 @@ import torch
 from llamita.config import ModelConfig, RopeScaling
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.kernels import native
+from llamita.kernels.compact import StateDict
 from llamita.kernels.encoded_rows import EncodedRows, RowDecoder
 from llamita.kernels.int4 import VNNI_BLOCK_ROWS, VNNI_LAYOUTS, Int4Weight, int4_supported, pack_ggml_q6k_blocks
 from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
@@ -301,7 +302,7 @@ def gguf_state_dict(
     dtype: torch.dtype = torch.float32,
     compact: bool = False,
     shard: TensorShard | None = None,
-) -> dict[str, object]:
+) -> StateDict:
     """Every model tensor under its canonical name, checking names and shapes.
 
     Tensors are dequantized to `dtype` unless `compact` (CPU; engine/loader.py): then quantized
@@ -319,7 +320,7 @@ def gguf_state_dict(
     use_int4 = compact and int4_supported()
     use_int8 = compact and int8_supported()
     use_q6k = compact and native.vnni_kernels()
-    state: dict[str, object] = {}
+    state: StateDict = {}
     for gname, info in _released_after_use(gguf):
         name = canonical_name(gname)
         if name is None:
@@ -375,11 +376,9 @@ def gguf_state_dict(
     for name in expected:
         if name not in state:
             raise ModelFileError(f"{gguf.path}: GGUF file lacks the tensor for '{name}'")
-    if "rope_freqs" in state and tuple(state["rope_freqs"].shape) != (cfg.head_dim // 2,):  # type: ignore[union-attr]
-        raise ModelFileError(
-            f"{gguf.path}: rope_freqs has shape {tuple(state['rope_freqs'].shape)}, "  # type: ignore[union-attr]
-            f"expected ({cfg.head_dim // 2},)"
-        )
+    freqs = state.get("rope_freqs")
+    if isinstance(freqs, torch.Tensor) and tuple(freqs.shape) != (cfg.head_dim // 2,):
+        raise ModelFileError(f"{gguf.path}: rope_freqs has shape {tuple(freqs.shape)}, expected ({cfg.head_dim // 2},)")
     return state
 
 

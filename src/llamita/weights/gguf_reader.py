@@ -99,10 +99,10 @@ class _Cursor:
         return value
 
     def u32(self, what: str) -> int:
-        return self.scalar(4, what)
+        return int(self.scalar(4, what))
 
     def u64(self, what: str) -> int:
-        return self.scalar(10, what)
+        return int(self.scalar(10, what))
 
     def strings(self, count: int, what: str) -> list[str]:
         """`count` length-prefixed UTF-8 strings in a row (a vocabulary: ~100K of them), in one

@@ -137,7 +137,7 @@ class QuantizeReport:
             r[0] += 1
             r[1] += t.n_elements
             r[2] += t.nbytes
-        return sorted(((k, *v) for k, v in rows.items()), key=lambda r: -r[2])
+        return sorted(((k, v[0], v[1], v[2]) for k, v in rows.items()), key=lambda r: -r[2])
 
 
 def model_shape(source: TensorSource) -> ModelShape:

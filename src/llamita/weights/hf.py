@@ -214,7 +214,8 @@ class HFCheckpoint:
             # A fresh mapping per tensor: get_tensor returns a view of the mapped file, and the
             # pages it touched leave the process once the view and the handle are dropped.
             with _safe_open(file) as handle:
-                return handle.get_tensor(hf_name).clone()
+                tensor: torch.Tensor = handle.get_tensor(hf_name)
+                return tensor.clone()
         except UnsupportedModelError:
             raise
         except Exception as e:
@@ -227,7 +228,8 @@ class HFCheckpoint:
         try:
             with _safe_open(file) as handle:
                 part = handle.get_slice(hf_name)
-                return (part[start:stop] if dim == 0 else part[:, start:stop]).clone()
+                rows: torch.Tensor = part[start:stop] if dim == 0 else part[:, start:stop]
+                return rows.clone()
         except UnsupportedModelError:
             raise
         except Exception as e:

@@ -52,7 +52,8 @@ def _seq_sum(t: np.ndarray, from_zero: bool = True) -> np.ndarray:
             s += row
     else:
         s = np.add.reduce(t, axis=0)
-    return s + _f32(0) if from_zero else s
+    out: np.ndarray = s + _f32(0) if from_zero else s
+    return out
 
 
 def _nearest_int(v: np.ndarray) -> np.ndarray:
@@ -302,7 +303,8 @@ def _half_value(h: np.ndarray) -> np.ndarray:
 def _pack_2bit(q: np.ndarray) -> np.ndarray:
     """q (n, 256) uint8 in 0..3 -> (n, 64): byte 32h+l holds weight 128h+32k+l at bits 2k."""
     q = q.reshape(-1, 2, 4, 32)
-    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+    packed: np.ndarray = q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)
+    return packed.reshape(-1, 64)
 
 
 def _pack_bit(q: np.ndarray, bit: int) -> np.ndarray:

@@ -161,7 +161,8 @@ def _peft_tensors(folder: Path) -> dict[str, torch.Tensor]:
             raise ModelFileError(f"{st}: not a readable safetensors file ({e})") from None
     if binary.is_file():
         try:
-            return torch.load(binary, map_location="cpu", weights_only=True)
+            state: dict[str, torch.Tensor] = torch.load(binary, map_location="cpu", weights_only=True)
+            return state
         except Exception as e:
             raise ModelFileError(f"{binary}: not a readable PyTorch file ({e})") from None
     raise ModelFileError(f"{folder}: no {PEFT_WEIGHTS} (or {PEFT_WEIGHTS_BIN})")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from llamita.config import ModelConfig, RopeScaling, llama_ffn_dim
+from llamita.config import GenerationDefaults, ModelConfig, RopeScaling, llama_ffn_dim
 from llamita.errors import ModelFileError, UnsupportedModelError
 from llamita.tokenizer.gguf_keys import gguf_keys_from_tiktoken
 from llamita.weights.hf import read_json
@@ -145,7 +145,7 @@ class MetaCheckpoint:
     """A Meta Llama folder, shards memory-mapped, merged one tensor at a time."""
 
     format = "meta"
-    generation = None  # Meta folders ship no sampling defaults
+    generation: GenerationDefaults | None = None  # Meta folders ship no sampling defaults
 
     def __init__(self, folder: str | os.PathLike[str], rope_scaling_factor: float | None = None) -> None:
         self.path = Path(folder)

@@ -530,7 +530,9 @@ _AFFINE_Q4 = {GGMLType.Q4_0: _affine_q4_0, GGMLType.Q4_1: _affine_q4_1, GGMLType
 AFFINE_Q4_TYPES: frozenset[GGMLType] = frozenset(_AFFINE_Q4)
 
 
-def q4_affine_rows(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...]):
+def q4_affine_rows(
+    raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[int, ...]
+) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """For a Q4_0 / Q4_1 / Q4_K weight of `shape` (out, in), a function (r0, r1) -> codes uint8
     (r1-r0, in) in 0..15 and float32 scale, zero (r1-r0, in // 32) with W = (q - 8)*scale + zero.
 
@@ -561,7 +563,7 @@ def q4_affine_rows(raw: torch.Tensor, ggml_type: GGMLType | int, shape: tuple[in
     return rows
 
 
-def q4_k_rows(raw: torch.Tensor, shape: tuple[int, ...]):
+def q4_k_rows(raw: torch.Tensor, shape: tuple[int, ...]) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """For a Q4_K weight of `shape` (out, in), a function (r0, r1) -> Q4_K's own numbers for
     those rows: codes uint8 (r, in) in 0..15, scales sc and mins mn uint8 (r, in // 32), and d,
     dmin float16 (r, in // 256), with W = d*sc * q - dmin*mn per 32 weights (kernels/int4.py's
