@@ -15,11 +15,11 @@ from llamita.model.transformer import Transformer
 CHUNK = 256
 
 
-def check_ids(model: Transformer, ids: Sequence[int], n_tokens: int, what: str = "input") -> None:
+def check_ids(model: Transformer, ids: Sequence[int], vocab_size: int, what: str = "input") -> None:
     """Typed errors for an empty input, unknown ids, or more tokens than the context holds."""
     if not ids:
         raise InvalidParameterError(what, "is empty (no tokens)")
-    bad = [t for t in ids if not (isinstance(t, int) and 0 <= t < n_tokens)]
+    bad = [t for t in ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
     if bad:
         raise InvalidParameterError(what, f"token id {bad[0]} is outside the vocabulary")
     window = model.config.context_length

@@ -95,18 +95,18 @@ def compile_grammar(grammar: Grammar) -> str:
 class TokenConstraint:
     """One sequence's position in its grammar: which tokens may come next, and when it is done."""
 
-    def __init__(self, grammar: Grammar, tokenizer: Tokenizer, n_tokens: int) -> None:
-        self.n_tokens = n_tokens
+    def __init__(self, grammar: Grammar, tokenizer: Tokenizer, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
         self.matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), compile_grammar(grammar), log_level=0)
         if self.matcher.is_error():
             raise InvalidParameterError("grammar", self.matcher.get_error())
         self._bits = torch.zeros((1, (tokenizer.vocab_size + 31) // 32), dtype=torch.int32)
 
     def allowed(self) -> torch.Tensor:
-        """(n_tokens,) bool: True where the token keeps the text inside the grammar."""
+        """(vocab_size,) bool: True where the token keeps the text inside the grammar."""
         self.matcher.unsafe_compute_mask_ptr(self._bits.data_ptr(), self._bits.numel() * 4)
         bits = (self._bits[0, :, None] >> _BIT) & 1  # bit j of word w = token 32 w + j
-        return bits.reshape(-1)[: self.n_tokens].bool()
+        return bits.reshape(-1)[: self.vocab_size].bool()
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits` with every token the grammar forbids at -inf (a new tensor)."""

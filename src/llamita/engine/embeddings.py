@@ -17,7 +17,7 @@ POOLING = ("mean", "last")
 
 
 def embed(
-    model: Transformer, ids: Sequence[int], n_tokens: int, normalize: bool = True, pooling: str = "mean"
+    model: Transformer, ids: Sequence[int], vocab_size: int, normalize: bool = True, pooling: str = "mean"
 ) -> torch.Tensor:
     """One embedding (dim,) float32 for the token ids `ids`.
 
@@ -25,7 +25,7 @@ def embed(
     models trained from a causal LM, such as e5-mistral, read the sentence there)."""
     if pooling not in POOLING:
         raise InvalidParameterError("pooling", f"must be one of {POOLING}, got {pooling!r}")
-    check_ids(model, ids, n_tokens)
+    check_ids(model, ids, vocab_size)
     total = torch.zeros(model.config.dim, dtype=torch.float32, device=model.device)
     for _, hidden in hidden_chunks(model, ids):
         total = hidden[-1].float() if pooling == "last" else total + hidden.float().sum(dim=0)

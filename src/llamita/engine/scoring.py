@@ -14,14 +14,14 @@ from llamita.engine.sampler import top_logprobs
 from llamita.model.transformer import Transformer
 
 
-def prompt_logprobs(model: Transformer, ids: Sequence[int], n_tokens: int, top: int = 0) -> list[TokenLogprob | None]:
+def prompt_logprobs(model: Transformer, ids: Sequence[int], vocab_size: int, top: int = 0) -> list[TokenLogprob | None]:
     """For each position i > 0: log P(ids[i] | ids[:i]) and the `top` most likely tokens there
     (raw distribution, temperature 1). Position 0 has no context: None."""
-    check_ids(model, ids, n_tokens, "prompt")
+    check_ids(model, ids, vocab_size, "prompt")
     out: list[TokenLogprob | None] = [None]
     for start, hidden in hidden_chunks(model, ids):
         with torch.inference_mode():
-            logits = model.logits(hidden)[:, :n_tokens].float()  # (S, V): predicts start+1..
+            logits = model.logits(hidden)[:, :vocab_size].float()  # (S, V): predicts start+1..
         logprobs = torch.log_softmax(logits, dim=-1)
         for j in range(logits.shape[0]):
             target = start + j + 1

@@ -2,7 +2,8 @@
 
 Parameter names are the canonical ones every weight reader produces (Hugging Face names without
 the `model.` prefix), so `load_state_dict` takes a reader's output directly. The KV cache and the
-positions come in as arguments; the model holds no generation state.
+positions come in as arguments; the model holds no generation state. Each forward pass turns
+them into one `AttentionInputs` (model/attention_inputs.py) that every block's attention reads.
 """
 
 from __future__ import annotations
