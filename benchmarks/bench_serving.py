@@ -13,6 +13,11 @@ same GGUF for a side-by-side (build it in a scratch folder; never commit it).
 With both --start-llamita and --llama-server, each concurrency level runs on llamita and then
 on a fresh `llama-server --parallel C` over the same GGUF, and the JSON adds their ratios.
 
+`llamita serve` decodes eagerly until its compiled step is built (in the background, minutes
+on 2 cores). --compiled-dir DIR keeps the packages in DIR (LLAMITA_COMPILED_DIR) and
+--wait-compiled first lets the server build them, then restarts it so the run uses them; the
+JSON keeps the server's start-up line, which says the decode path ("compiled step" or eager).
+
 Only loopback URLs are accepted. Prints JSON: one row per concurrency with requests/s,
 aggregate generated tokens/s, TTFT and ITL p50/p99 (seconds), errors.
 """
@@ -20,14 +25,18 @@ aggregate generated tokens/s, TTFT and ITL p50/p99 (seconds), errors.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import random
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -128,7 +137,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_llamita(model: str | None, max_running: int) -> tuple[str, subprocess.Popen]:
+def start_llamita(
+    model: str | None, max_running: int, compiled_dir: str | None = None, threads: int | None = None
+) -> tuple[str, subprocess.Popen]:
+    """`llamita serve` on a free port; its output goes to a log file (`proc.log_path`)."""
     port = _free_port()
     cmd = [
         sys.executable,
@@ -144,10 +156,57 @@ def start_llamita(model: str | None, max_running: int) -> tuple[str, subprocess.
     ]
     if model:
         cmd += ["--model", model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = dict(os.environ, LLAMITA_COMPILED_DIR=compiled_dir) if compiled_dir else None
+    log = tempfile.NamedTemporaryFile("w+b", prefix="llamita-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc.log_path = log.name  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(url, proc, "llamita serve")
     return url, proc
+
+
+def serving_line(proc: subprocess.Popen) -> str | None:
+    """The server's start-up line ("llamita: serving ... (..., eager|compiled step decode) ...")."""
+    text = Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+    return next((line for line in text.splitlines() if line.startswith("llamita: serving")), None)
+
+
+def wait_compiled(folder: str, timeout: float) -> str:
+    """Wait until no build lock in `folder` is held (the background builder is done): "built"
+    when packages are there, "failed" when a build recorded a failure, "timeout" otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        locks = list(Path(folder).glob("decode-*.lock"))
+        held = False
+        for lock in locks:
+            with open(lock, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    held = True
+        if locks and not held:
+            if list(Path(folder).glob("decode-*.failed")):
+                return "failed"
+            return "built"
+        time.sleep(2)
+    return "timeout"
+
+
+def _llamita_with_packages(args: argparse.Namespace) -> tuple[str, subprocess.Popen, dict]:
+    """Start `llamita serve`; with --wait-compiled, let it build its packages and restart it."""
+    url, proc = start_llamita(args.model, max(args.concurrency), args.compiled_dir, args.threads)
+    info: dict = {"compiled_dir": args.compiled_dir}
+    if args.wait_compiled:
+        start = time.monotonic()
+        info["build"] = wait_compiled(args.compiled_dir, args.wait_compiled)
+        info["build_wait_s"] = round(time.monotonic() - start, 1)
+        _stop(proc)
+        url, proc = start_llamita(args.model, max(args.concurrency), args.compiled_dir, args.threads)
+    info["startup_line"] = serving_line(proc)
+    return url, proc, info
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
@@ -198,10 +257,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def side_by_side(args: argparse.Namespace) -> dict:
-    from llamita.engine.loader import default_model_path
+    from llamita.library.catalog import default_model_path
 
     model = args.model or str(default_model_path())
-    url, proc = start_llamita(args.model, max(args.concurrency))
+    url, proc, info = _llamita_with_packages(args)
+    load_start = os.getloadavg()
     ours, theirs = [], []
     try:
         for c in args.concurrency:
@@ -223,12 +283,15 @@ def side_by_side(args: argparse.Namespace) -> dict:
             "tokens_per_second": ratio(a["generated_tokens_per_second"], b["generated_tokens_per_second"]),
             "ttft_p50": ratio(a["ttft_p50"], b["ttft_p50"]),
             "itl_p50": ratio(a["itl_p50"], b["itl_p50"]),
+            "itl_p99": ratio(a["itl_p99"], b["itl_p99"]),
         }
         for a, b in zip(ours, theirs)
     ]
     return {
         "model": model,
         "max_tokens": args.max_tokens,
+        "llamita_server": info,
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         "llamita": ours,
         "llama.cpp": theirs,
         "llamita_over_llama_cpp": ratios,
@@ -244,8 +307,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each level")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--llama-server", help="path of a llama-server binary to run side by side")
-    parser.add_argument("--threads", type=int, default=2, help="llama-server threads (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="threads of both servers (default 2; llamita's own default follows the load average)",
+    )
+    parser.add_argument("--compiled-dir", help="LLAMITA_COMPILED_DIR for the llamita server (default: its own)")
+    parser.add_argument(
+        "--wait-compiled",
+        type=float,
+        default=0,
+        help="seconds to wait for the llamita server's compiled step to build before measuring "
+        "(needs --compiled-dir; default 0: measure at once)",
+    )
     args = parser.parse_args(argv)
+    if args.wait_compiled and not args.compiled_dir:
+        parser.error("--wait-compiled needs --compiled-dir (a folder of its own to watch)")
     if args.llama_server:
         if not args.start_llamita or args.url:
             parser.error("--llama-server goes with --start-llamita (the side-by-side run)")
@@ -253,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if bool(args.url) == args.start_llamita:
         parser.error("give --url or --start-llamita")
-    proc = None
+    proc, info = None, None
     if args.start_llamita:
-        args.url, proc = start_llamita(args.model, max(args.concurrency))
+        args.url, proc, info = _llamita_with_packages(args)
     host = urlparse(args.url).hostname or ""
     if not (host == "localhost" or host.startswith("127.") or host == "::1"):
         parser.error("only loopback servers are benchmarked here")
@@ -264,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if proc is not None:
             _stop(proc)
-    print(json.dumps({"url": args.url, "max_tokens": args.max_tokens, "results": rows}, indent=2))
+    report = {"url": args.url, "max_tokens": args.max_tokens, "llamita_server": info, "load_average": os.getloadavg()}
+    print(json.dumps({**report, "results": rows}, indent=2))
     return 0
 
 

@@ -31,7 +31,7 @@ from llamita.jobs.kl_divergence import kl_divergence
 
 def with_parts(target: torch.nn.Module, source: torch.nn.Module, embedding: bool) -> torch.nn.Module:
     """A shallow copy of `target` with `source`'s token embedding and output head (embedding=True)
-    or with `source`'s blocks (False)."""
+    or with `source`'s blocks (embedding=False)."""
     model = copy.copy(target)
     model._modules = dict(target._modules)  # noqa: SLF001 - swap children without touching `target`
     names = ("embed_tokens", "lm_head") if embedding else ("layers",)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {
         "compact": compact.model,
         "dense-embedding": with_parts(compact.model, dense.model, embedding=True),
-        "dense-blocks": with_parts(dense.model, compact.model, embedding=False),
+        "dense-blocks": with_parts(compact.model, dense.model, embedding=False),
         "dense": dense.model,
     }
     out = {}
