@@ -222,8 +222,11 @@ def _wait_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
     raise RuntimeError(f"{what} did not start within 120 s")
 
 
-def start_llama_server(binary: str, model: str, parallel: int, threads: int) -> tuple[str, subprocess.Popen]:
-    """llama.cpp's server on the same GGUF with `parallel` slots of 2048 tokens each."""
+def start_llama_server(
+    binary: str, model: str, parallel: int, threads: int, extra: list[str] | None = None
+) -> tuple[str, subprocess.Popen]:
+    """llama.cpp's server on the same GGUF with `parallel` slots of 2048 tokens each, plus the
+    `extra` arguments."""
     port = _free_port()
     cmd = [
         binary,
@@ -241,6 +244,7 @@ def start_llama_server(binary: str, model: str, parallel: int, threads: int) -> 
         str(threads),
         "--threads-batch",
         str(threads),
+        *(extra or []),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -266,7 +270,7 @@ def side_by_side(args: argparse.Namespace) -> dict:
     try:
         for c in args.concurrency:
             ours.append(run_level(url, c, args.seconds, args.max_tokens))
-            peer_url, peer = start_llama_server(args.llama_server, model, c, args.threads)
+            peer_url, peer = start_llama_server(args.llama_server, model, c, args.threads, args.llama_server_arg)
             try:
                 theirs.append(run_level(peer_url, c, args.seconds, args.max_tokens))
             finally:
@@ -290,6 +294,8 @@ def side_by_side(args: argparse.Namespace) -> dict:
     return {
         "model": model,
         "max_tokens": args.max_tokens,
+        "threads": args.threads,
+        "llama_server_args": args.llama_server_arg,
         "llamita_server": info,
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "llamita": ours,
@@ -312,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=2,
         help="threads of both servers (default 2; llamita's own default follows the load average)",
+    )
+    parser.add_argument(
+        "--llama-server-arg",
+        action="append",
+        default=[],
+        help="one more argument for llama-server (repeatable; e.g. --llama-server-arg=--poll --llama-server-arg=0)",
     )
     parser.add_argument("--compiled-dir", help="LLAMITA_COMPILED_DIR for the llamita server (default: its own)")
     parser.add_argument(

@@ -5,7 +5,10 @@ Variants (each over the first --chunks windows of the base):
   compact            the default path as loaded (compact weights, llamita's kernels);
   dense-embedding    compact blocks, the token embedding (and, tied, the output head) dense;
   dense-blocks       dense blocks, the compact token embedding / output head;
-  dense              everything dense in the same dtype (the dtype's own rounding alone).
+  dense              everything dense in the same dtype (the dtype's own rounding alone);
+with --pieces R, also the first two fed R tokens at a time through a KV cache ("...-in-pieces"):
+below 128 rows llamita's kernels run every matmul with int8 activations, as decode steps do,
+where a 512-token window natively runs dense bfloat16 matmuls (model/linear.py).
 
     python benchmarks/kl_attribution.py --base base.kld --model MODEL.gguf --chunks 4
     LLAMITA_ISA=avx2 python benchmarks/kl_attribution.py --base base.kld --chunks 4
@@ -25,8 +28,21 @@ from pathlib import Path
 
 import torch
 
+from llamita.engine.chunked_forward import hidden_chunks
 from llamita.engine.loader import kernel_summary, load_model
 from llamita.jobs.kl_divergence import kl_divergence
+
+
+class InPieces:
+    """`model` fed `rows` tokens at a time through a KV cache; called as the model is, on (1, S)."""
+
+    def __init__(self, model: torch.nn.Module, rows: int) -> None:
+        self.model, self.rows = model, rows
+        self.config, self.norm = model.config, model.norm
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        parts = hidden_chunks(self.model, ids[0].tolist(), self.rows)
+        return torch.cat([self.model.logits(h[None])[0] for _, h in parts])[None]  # (1, S, vocab)
 
 
 def with_parts(target: torch.nn.Module, source: torch.nn.Module, embedding: bool) -> torch.nn.Module:
@@ -46,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="quantized GGUF (default: the default model)")
     parser.add_argument("--chunks", type=int, default=4, help="windows to score (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--pieces", type=int, default=0, help="also feed this many tokens at a time (0: no)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     compact = load_model(args.model)
@@ -56,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         "dense-blocks": with_parts(compact.model, dense.model, embedding=False),
         "dense": dense.model,
     }
+    if args.pieces:
+        models["compact-in-pieces"] = InPieces(compact.model, args.pieces)
+        models["dense-embedding-in-pieces"] = InPieces(models["dense-embedding"], args.pieces)
     out = {}
     for name, model in models.items():
         r = kl_divergence(model, compact.tokenizer, args.base, chunks=args.chunks)
@@ -66,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernels": kernel_summary(),
         "isa": os.environ.get("LLAMITA_ISA", "native"),
         "chunks": args.chunks,
+        "pieces": args.pieces,
         "tokens_scored": r.tokens_scored,
         "load_average": os.getloadavg(),
     }
