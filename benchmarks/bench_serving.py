@@ -64,7 +64,9 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def _client(url: str, deadline: float, max_tokens: int, seed: int, out: dict) -> None:
     rng = random.Random(seed)
-    with httpx.Client(timeout=120) as http:
+    # A new connection per request: reusing one that the server has just closed (llama-server
+    # does between streamed responses) fails as "Server disconnected", an error of the client's.
+    with httpx.Client(timeout=120, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         while time.perf_counter() < deadline:
             prompt = LONG if rng.random() < 0.25 else rng.choice(QUESTIONS)
             body = {
@@ -81,6 +83,7 @@ def _client(url: str, deadline: float, max_tokens: int, seed: int, out: dict) ->
                 with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                     if r.status_code != 200:
                         out["errors"] += 1
+                        _note_error(out, f"HTTP {r.status_code}: {r.read()[:200].decode(errors='replace')}")
                         continue
                     for line in r.iter_lines():
                         if not line.startswith("data: ") or line == "data: [DONE]":
@@ -98,12 +101,22 @@ def _client(url: str, deadline: float, max_tokens: int, seed: int, out: dict) ->
                                 out["itl"].append(now - last)
                             last = now
                 out["requests"] += 1
-            except httpx.HTTPError:
+            except httpx.HTTPError as e:
                 out["errors"] += 1
+                _note_error(out, f"{type(e).__name__}: {e}")
+
+
+def _note_error(out: dict, message: str) -> None:
+    """Keep the first few distinct error messages, so a row with errors says what they were."""
+    if message not in out["error_samples"] and len(out["error_samples"]) < 3:
+        out["error_samples"].append(message)
 
 
 def run_level(url: str, concurrency: int, seconds: float, max_tokens: int) -> dict:
-    results = [{"requests": 0, "tokens": 0, "errors": 0, "ttft": [], "itl": []} for _ in range(concurrency)]
+    results = [
+        {"requests": 0, "tokens": 0, "errors": 0, "ttft": [], "itl": [], "error_samples": []}
+        for _ in range(concurrency)
+    ]
     start = time.perf_counter()
     deadline = start + seconds
     threads = [
@@ -128,6 +141,7 @@ def run_level(url: str, concurrency: int, seconds: float, max_tokens: int) -> di
         "itl_p99": _percentile(itl, 0.99),
         "itl_mean": statistics.fmean(itl) if itl else None,
         "errors": sum(r["errors"] for r in results),
+        "error_samples": sorted({m for r in results for m in r["error_samples"]})[:5],
     }
 
 

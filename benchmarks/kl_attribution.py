@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=4, help="windows to score (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--pieces", type=int, default=0, help="also feed this many tokens at a time (0: no)")
+    parser.add_argument("--only", nargs="*", help="run only these variants (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     compact = load_model(args.model)
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         models["dense-embedding-in-pieces"] = InPieces(models["dense-embedding"], args.pieces)
     out = {}
     for name, model in models.items():
+        if args.only and name not in args.only:
+            continue
         r = kl_divergence(model, compact.tokenizer, args.base, chunks=args.chunks)
         out[name] = {k: getattr(r, k) for k in ("mean_kld", "mean_kld_stderr", "same_top_p", "perplexity")}
     config = {
