@@ -101,5 +101,51 @@ def test_missing_short_and_binary_files(tiny_path, tmp_path):
 def test_help_explains_units_and_defaults():
     result = runner.invoke(app, ["perplexity", "--help"])
     assert result.exit_code == 0
-    for text in ("--ctx", "--chunks", "--json", "nats per token", "second half", "512", "default"):
+    options = ("--ctx", "--chunks", "--json", "--kl-divergence-base", "--kl-divergence")
+    for text in (*options, "nats per token", "second half", "512", "default"):
         assert text in result.stdout, text
+
+
+def test_kl_divergence_base_then_compare(tiny_path, text_file, tmp_path):
+    from llamita.jobs.kl_divergence import kl_divergence
+
+    base = tmp_path / "base.kld"
+    common = ["--model", str(tiny_path), "--dtype", "float32"]
+    made = invoke(str(text_file), *common, "-c", "64", "--chunks", "3", "--kl-divergence-base", str(base), "--json")
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["kl_divergence_base"] == str(base) and base.exists()
+
+    result = invoke("--kl-divergence", "--kl-divergence-base", str(base), *common, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    loaded = load_model(tiny_path, dtype="float32", device="cpu")
+    ref = kl_divergence(loaded.model, loaded.tokenizer, base)
+    assert data["mean_kld"] == pytest.approx(ref.mean_kld, abs=1e-9) and abs(data["mean_kld"]) < 1e-5
+    assert (data["n_ctx"], data["n_chunks"], data["tokens_scored"], data["same_top_p"]) == (64, 3, 93, 1.0)
+    assert data["perplexity"] == pytest.approx(json.loads(made.stdout)["perplexity"], rel=1e-6)
+
+    text = invoke(str(text_file), "--kl-divergence", "--kl-divergence-base", str(base), *common, "-c", "64")
+    assert text.exit_code == 0, text.output  # the text that made the base, checked and accepted
+    for label in ("Mean PPL(Q)", "Mean PPL(base)", "Mean    KLD:", "Median  KLD:", "99.0%   KLD:", "Same top p:"):
+        assert label in text.stdout, label
+
+
+def test_kl_divergence_mistakes_are_one_line_errors(tiny_path, text_file, tmp_path):
+    base = tmp_path / "base.kld"
+    assert invoke(str(text_file), "-m", str(tiny_path), "-c", "64", "--kl-divergence-base", str(base)).exit_code == 0
+    other = tmp_path / "other.txt"
+    other.write_text("Completely different words about mountains and goats. " * 10)
+    kld = ["--kl-divergence", "--kl-divergence-base"]
+    cases = [
+        (["--kl-divergence"], "needs --kl-divergence-base FILE"),
+        ([*kld, str(tmp_path / "none.kld")], "not found: write it first"),
+        ([*kld, str(text_file)], "does not start with _logits_"),
+        ([*kld, str(base), "-c", "32"], "written with windows of 64 tokens"),
+        ([str(other), *kld, str(base)], "does not tokenize to the tokens the base"),
+        ([], "give a text file to score"),
+    ]
+    for args, message in cases:
+        result = invoke(*args, "-m", str(tiny_path))
+        assert result.exit_code == 1, args
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.output

@@ -11,6 +11,9 @@ The method (so numbers compare with llama.cpp's, not with other tools'):
   n_ctx/2 - 1 tokens a window;
 - NLL is summed in float64; ppl = exp(mean NLL). The ± is the delta-method standard error:
   ppl × sqrt(var(NLL) / (count - 1)), with var the population variance of the per-token NLL.
+
+With `kl_divergence_base`, the scored log-probs are also saved as a base for
+kl_divergence.py, which measures another model's divergence from this one over the same windows.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from llamita.errors import InvalidParameterError
+from llamita.jobs.log_probs_file import LogProbsWriter
 from llamita.model.transformer import Transformer
 from llamita.tokenizer import Tokenizer
 
@@ -121,15 +125,14 @@ def perplexity_windows(
 
 
 @torch.inference_mode()
-def window_nll(model: Transformer, window: torch.Tensor) -> torch.Tensor:
-    """Per-token NLL (float32, nats) of the second half of one window (n_ctx,) of token ids:
-    logits at positions n_ctx/2 .. n_ctx-2 against the tokens one step later, (n_ctx/2 - 1,)."""
+def window_logits(model: Transformer, window: torch.Tensor) -> torch.Tensor:
+    """The logits llama.cpp scores in one window (n_ctx,) of token ids, evaluated from an empty
+    context: positions n_ctx/2 .. n_ctx-2, each predicting the token one step later,
+    (n_ctx/2 - 1, vocab) float32."""
     n_ctx = window.shape[0]
-    first = n_ctx // 2
     device = model.norm.weight.device  # dense in every weight format, unlike embed_tokens
-    ids = window.to(device)[None]  # (1, n_ctx)
-    logits = model(ids)[0, first : n_ctx - 1]  # (n_ctx/2 - 1, vocab) float32; no cache: fresh context
-    return F.cross_entropy(logits, ids[0, first + 1 :], reduction="none")
+    logits: torch.Tensor = model(window.to(device)[None])
+    return logits[0, n_ctx // 2 : n_ctx - 1]
 
 
 def perplexity(
@@ -140,10 +143,13 @@ def perplexity(
     n_ctx: int = DEFAULT_N_CTX,
     chunks: int | None = None,
     on_chunk: Callable[[ChunkProgress], None] | None = None,
+    kl_divergence_base: str | os.PathLike[str] | None = None,
 ) -> PerplexityResult:
     """Perplexity of `text` over windows of `n_ctx` tokens (at most `chunks` windows, None =
     all that fit), as llama.cpp's llama-perplexity computes it. `on_chunk` is called after each
-    window with the running estimate."""
+    window with the running estimate. `kl_divergence_base`: also write this model's log-probs at
+    every scored position to that file (llama.cpp's format, ~2 × vocab bytes a scored token),
+    the base that `kl_divergence.kl_divergence` compares another model against."""
     check_settings(n_ctx, chunks, model.config.context_length)
     if not isinstance(text, str):
         raise InvalidParameterError("text", f"must be a string, got {type(text).__name__}")
@@ -151,11 +157,25 @@ def perplexity(
     tokens = tokenizer.encode(text, add_bos=tokenizer.add_bos)
     windows = perplexity_windows(tokens, n_ctx, tokenizer.bos_id if tokenizer.add_bos else None, chunks)
     stats = _NLLStats()
-    for i, window in enumerate(windows):
-        stats.add(window_nll(model, window).cpu())
-        if on_chunk is not None:
-            ppl, ppl_se, _, _ = stats.estimate()
-            on_chunk(ChunkProgress(i, len(windows), ppl, ppl_se, stats.count))
+    writer = None
+    if kl_divergence_base is not None:
+        writer = LogProbsWriter(kl_divergence_base, n_ctx, model.config.vocab_size, tokens[: windows.numel()])
+    try:
+        for i, window in enumerate(windows):
+            logits = window_logits(model, window)
+            targets = window[n_ctx // 2 + 1 :].to(logits.device)
+            stats.add(F.cross_entropy(logits, targets, reduction="none").cpu())
+            if writer is not None:
+                writer.write(logits)
+            if on_chunk is not None:
+                ppl, ppl_se, _, _ = stats.estimate()
+                on_chunk(ChunkProgress(i, len(windows), ppl, ppl_se, stats.count))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
     ppl, ppl_se, mean, se = stats.estimate()
     return PerplexityResult(
         ppl, ppl_se, mean, se, n_ctx, len(windows), stats.count, len(tokens), time.perf_counter() - start
