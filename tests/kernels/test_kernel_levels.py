@@ -103,7 +103,7 @@ def _statement(x: torch.Tensor, w: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("m", [1, 2, 3, 8, 13])
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 13, 512])  # 512: a prefill chunk
 def test_matmul_is_its_float64_statement(level: str, kind: str, m: int) -> None:
     ops = _ops(level)
     w, (n, k) = _weight(kind, 10 + m)
@@ -143,7 +143,7 @@ def test_every_level_returns_the_same_bits() -> None:
     gen = torch.Generator().manual_seed(7)
     for kind in KINDS:
         w, (n, k) = _weight(kind, 40)
-        for m in (1, 2, 3, 5, 8, 13, 23):
+        for m in (1, 2, 3, 5, 8, 13, 23, 512):
             x = torch.randn(m, k, generator=gen) * 2
             ys = [_mm(o, w, x) for o in ops.values()]
             assert all(torch.equal(y, ys[0]) for y in ys[1:]), (kind, m)
@@ -154,6 +154,25 @@ def test_every_level_returns_the_same_bits() -> None:
                 name = "q4_vnni_dequantize" if w.layout == "vnni" else "q4k_vnni_dequantize"
                 dense = [getattr(o, name)(w.packed, w.scales_and_zeros, dtype) for o in ops.values()]
             assert all(torch.equal(t, dense[0]) for t in dense[1:]), (kind, dtype)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_threads_do_not_change_the_bits(level: str) -> None:
+    """Prefill's rows are quantized by all threads and the blocks split among them; every row
+    is quantized alone and every block summed alone, so 1 and 2 threads give the same bits."""
+    ops = _ops(level)
+    before = torch.get_num_threads()
+    try:
+        for kind in KINDS:
+            w, (n, k) = _weight(kind, 60)
+            x = torch.randn(512, k, generator=torch.Generator().manual_seed(4)) * 2
+            ys = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                ys.append(_mm(ops, w, x))
+            assert torch.equal(ys[0], ys[1]), kind
+    finally:
+        torch.set_num_threads(before)
 
 
 def _odd_scale_blocks(t: GGMLType, shape: tuple[int, int]) -> tuple[torch.Tensor, set[int]]:

@@ -46,6 +46,15 @@ constexpr int kQ8MaxTile = kMaxTile;
 #else
 constexpr int kQ8MaxTile = 8;
 #endif
+// The affine 4-bit kernel (Q4_0 / Q4_1) on AVX2 takes tiles of 2 rows: with kSplit's two
+// accumulators per row nothing spills, and it cost 2-5% less CPU time than tiles of 4 at 8 and
+// 512 rows of the default model's four matmuls (docs/performance.md, "Prefill (pp512) on
+// AVX2"); Q4_K (3% more at 8 rows), Q6_K and AVX-VNNI did not gain, so they keep 4.
+#ifdef __AVXVNNI__
+constexpr int kQ4MaxTile = kMaxTile;
+#else
+constexpr int kQ4MaxTile = 2;
+#endif
 
 inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes into every 32-bit lane
   int32_t v;
@@ -323,7 +332,7 @@ at::Tensor q6k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::T
 }
 
 at::Tensor q4_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
-  return LLAMITA_OPS::q4_mm<Q4Affine256, kMaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
+  return LLAMITA_OPS::q4_mm<Q4Affine256, kQ4MaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
 }
 
 at::Tensor q4k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& meta) {
