@@ -136,8 +136,9 @@ class Sampler:
         logits = logits.to(device=self.device, dtype=torch.float32)
         if self.bias_ids.numel():  # first in the chain, as OpenAI and llama.cpp apply it
             logits = logits.index_add(0, self.bias_ids, self.bias_values)
-        window = penalty_window(history, params.penalty_last_n, self.device)
-        logits = apply_penalties(logits, window, params)
+        if params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            # (built only then: a tensor of the history every step is a cost at 250 tokens/s)
+            logits = apply_penalties(logits, penalty_window(history, params.penalty_last_n, self.device), params)
         if params.is_greedy:
             return int(torch.argmax(logits))
         logits = filter_logits(logits, params)
