@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -359,13 +360,21 @@ class LLM:
         ]
 
     def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
-        for _, out in self._outputs([ids], params):
+        # closing(): a stream closed early (Ctrl-C in chat) aborts its request in the engine now.
+        with contextlib.closing(self._outputs([ids], params)) as outputs:
+            yield from self._chunks(outputs)
+
+    @staticmethod
+    def _chunks(outputs: Iterator[tuple[int, RequestOutput]]) -> Iterator[StreamChunk]:
+        for _, out in outputs:
             if not out.token_ids:  # a step that only closes the sequence (a stop token)
                 yield StreamChunk(out.text, None, out.finish_reason)
             for token in out.token_ids:  # one token a step
                 yield StreamChunk(out.text, token, out.finish_reason, out.logprobs)
 
-    def _outputs(self, id_lists: list[list[int]], params: Any) -> Iterator[tuple[int, RequestOutput]]:
+    def _outputs(
+        self, id_lists: list[list[int]], params: Any
+    ) -> collections.abc.Generator[tuple[int, RequestOutput], None, None]:
         """Run the prompts on the engine: (prompt index, output) per step as they come."""
         plist = [self._fitted(ids, p) for ids, p in zip(id_lists, self._params_for(len(id_lists), params))]
         engine = self.engine
