@@ -78,10 +78,11 @@ class LLM:
         compile: how generations decode (engine/step_builder.py); they run on the server's
         engine (engine/llm_engine.py, `engine`). None (default, or $LLAMITA_COMPILE): through
         the AOTInductor-compiled paged step (model/compiled_paged.py) if this model shape's
-        packages are built, else eagerly while a background process (started by the first
-        generation) builds them (one row first), for the next LLM or this one's next steps;
-        True (LLAMITA_COMPILE=1): build the one-row step now in the foreground (1-2 minutes on
-        2 cores, once; the many-row one at the first batch); False (LLAMITA_COMPILE=0): eager. Eager with LoRA, gpu_layers or on CUDA (`compile_skipped`
+        package is built, else eagerly while a background process (started by the first
+        generation) builds the one-row package, for the next LLM or this one's next steps (a
+        batch uses the many-row package when a server or `bench -b` has built it); True
+        (LLAMITA_COMPILE=1): build the one-row step now in the foreground (1-2 minutes on 2
+        cores, once; the many-row one at the first batch); False (LLAMITA_COMPILE=0): eager. Eager with LoRA, gpu_layers or on CUDA (`compile_skipped`
         says why); `decode_path` says which path runs.
         A created model (`llamita create`) brings its settings: its ADAPTERs join `lora`, its
         PARAMETERs are the default SamplingParams, its SYSTEM and MESSAGEs go before every chat

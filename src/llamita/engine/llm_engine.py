@@ -131,8 +131,9 @@ class LLMEngine:
         compile: decode steps through the compiled paged step (model/compiled_paged.py), as
         engine/step_builder.py's modes say: None (default, $LLAMITA_COMPILE): once a background
         builder has made its packages (one row; 2 or more rows), picked up by the first step
-        after; True: built now (the packages for `compile_rows`; another one the first step that
-        needs it); False: eager. Eager with LoRA adapters or on CUDA (`compile_skipped` says
+        after; True: built now; False: eager. compile_rows: the packages this engine builds
+        (1: one row; 2: 2-64 rows), now or in the builder; another one is used when it is on
+        disk (with True: built by the first step that needs it). Eager with LoRA adapters or on CUDA (`compile_skipped` says
         why); `decode_path` says which path runs."""
         self.loaded = loaded
         self.model = loaded.model
@@ -188,6 +189,7 @@ class LLMEngine:
 
     def _attach_compiled(self, loaded: LoadedModel, block_size: int, mode: CompileMode, rows: Sequence[int]) -> None:
         self.compiled: PagedCompiledDecoder | None = None
+        self.compile_rows = tuple(rows)
         self.compile_skipped = None if mode == "off" else compile_blocker(self.model)
         # The background process this engine started to build its compiled step, if any.
         self.builder: subprocess.Popen[bytes] | None = None
@@ -199,13 +201,13 @@ class LLMEngine:
             for batch in rows:
                 self.compiled.prepare(batch)
         else:
-            self.builder = build_in_background(self.compiled, source, PACKAGE_ROWS)[1]
+            self.builder = build_in_background(self.compiled, source, rows)[1]
 
     @property
     def decode_path(self) -> str:
         """How decode steps run, for a status line: "compiled step" once both packages (one
         row, more rows) are loaded, else "eager" with why."""
-        return decode_label(self.compiled, self.compile_skipped, PACKAGE_ROWS)
+        return decode_label(self.compiled, self.compile_skipped, self.compile_rows)
 
     # -- requests --------------------------------------------------------------------------
     def add_request(
