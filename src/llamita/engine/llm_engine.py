@@ -329,8 +329,9 @@ class LLMEngine:
         with torch.inference_mode():
             if schedule.decode:
                 logits = self._decode(schedule.decode)  # (B, V)
-                for work, row in zip(schedule.decode, logits):
-                    outputs += self._finish_work(work, row)
+                picks = self._greedy_picks(schedule.decode, logits)
+                for work, row, pick in zip(schedule.decode, logits, picks):
+                    outputs += self._finish_work(work, row, pick)
                 stats.decode_tokens += len(schedule.decode)
                 t1 = time.perf_counter()
                 stats.decode_seconds += t1 - t0
@@ -381,7 +382,16 @@ class LLMEngine:
         )
         return self.model(tokens, positions, self.cache, None, last_only=True, adapters=adapters)[:, -1]
 
-    def _finish_work(self, work: Work, logits: torch.Tensor) -> list[RequestOutput]:
+    def _greedy_picks(self, works: list[Work], logits: torch.Tensor) -> list[int | None]:
+        """Each row's token when its request samples by plain argmax (no grammar, bias or
+        penalty): one argmax over the batch instead of one a row; None for the others."""
+        greedy = [w.request.seq.constraint is None and w.request.seq.sampler.plain_greedy for w in works]
+        if not any(greedy):
+            return [None] * len(works)
+        best = logits[:, : self.n_tokens].argmax(-1).tolist()
+        return [b if g else None for b, g in zip(best, greedy)]
+
+    def _finish_work(self, work: Work, logits: torch.Tensor, pick: int | None = None) -> list[RequestOutput]:
         request = work.request
         request.n_computed = work.end
         self.blocks.register(request.request_id, request.tokens, work.end)
@@ -391,7 +401,7 @@ class LLMEngine:
         logits = logits[: self.n_tokens].float().cpu()
         if self.on_logits is not None:
             self.on_logits(request.request_id, logits)
-        token = seq.next_token(logits)
+        token = seq.next_token(logits) if pick is None else pick
         step = seq.advance(token)
         logprobs = []
         # A stop token is not part of the output: no token, no log-probability for it.

@@ -122,6 +122,14 @@ class Sampler:
         self.bias_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
         self.bias_values = torch.tensor(values, dtype=torch.float32, device=self.device)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Whether `sample` is the argmax of the logits as given (greedy, no bias, no
+        penalty), so a batch's rows can share one argmax."""
+        p = self.params
+        active = self.bias_ids.numel() or p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+        return p.is_greedy and not active
+
     def sample(self, logits: Tensor, history: list[int] | Tensor) -> int:
         """The next token id.
 
