@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from llamita.engine.generator import Generator  # noqa: E402
+from llamita.api.llm import LLM  # noqa: E402
 from llamita.engine.loader import default_model_path, load_model  # noqa: E402
 from llamita.jobs.memory import LLAMA_3_1, estimate  # noqa: E402
 from llamita.jobs.perplexity import perplexity, read_text_file  # noqa: E402
@@ -46,14 +46,13 @@ MARK_START, MARK_END = "<!-- generated: start -->", "<!-- generated: end -->"
 
 
 def tokens_per_second(loaded, n_tokens: int, repetitions: int) -> float:
-    gen = Generator(loaded.model, loaded.tokenizer)
+    llm = LLM.from_loaded(loaded)  # eager decoding, as measured before the one engine
     ids = loaded.tokenizer.encode(PROMPT, add_bos=loaded.tokenizer.add_bos)
     params = SamplingParams(temperature=0, max_tokens=n_tokens, ignore_eos=True)
     rates = []
     for _ in range(repetitions):
-        list(gen.stream([ids], [params]))
-        stats = gen.last_stats
-        rates.append(stats.decode_tokens_per_second)
+        llm.generate(prompt_token_ids=ids, params=params)
+        rates.append(llm.last_stats.decode_tokens_per_second)
     return statistics.median(rates)
 
 

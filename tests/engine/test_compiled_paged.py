@@ -1,5 +1,5 @@
 """The server's engine through the compiled paged decode step (model/compiled_paged.py) against
-the eager paged engine and the static-cache Generator, on a tiny float32 model: equal greedy
+the eager paged engine and an uncached full-sequence forward pass, on a tiny float32 model: equal greedy
 tokens one request at a time and three at once (rows joining, leaving, sharing prefix blocks,
 so both packages run: one row, 2+ rows), and a package built meanwhile is picked up by the next
 step. Two package builds (~20 s each on 2 cores), cached under ~/.cache/llamita/aoti."""
@@ -13,11 +13,11 @@ from test_llm_engine import run
 
 from llamita import SamplingParams
 from llamita.engine import step_builder
-from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.model.compiled_paged import KEY_BLOCK, table_width
 
+from greedy_reference import greedy_tokens
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
 SHARED = list(range(40, 60))  # 20 tokens: a full 16-token block two prompts share
@@ -41,10 +41,9 @@ def compiled_engine(tiny):
 
 @pytest.fixture(scope="module")
 def alone(tiny) -> list[list[int]]:
-    """Each prompt's greedy tokens from the static-cache Generator, eager (independent of the
-    paged cache and of compilation)."""
-    gen = Generator(tiny.model, tiny.tokenizer)
-    return [[o.token_id for o in gen.stream([ids], [p])] for ids, p in zip(PROMPTS, PARAMS)]
+    """Each prompt's greedy tokens from full-sequence forward passes without a cache
+    (independent of the paged cache, of batching and of compilation)."""
+    return [greedy_tokens(tiny.model, ids, p.max_tokens) for ids, p in zip(PROMPTS, PARAMS)]
 
 
 def count_compiled_rows(engine: LLMEngine, monkeypatch) -> list[int]:

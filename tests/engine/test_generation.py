@@ -151,12 +151,13 @@ def test_generation_stops_at_context_end(tiny_llm):
 
 def test_long_prompt_prefills_in_chunks(tiny_llm, monkeypatch):
     """A prompt longer than one prefill chunk gives the same tokens as one chunk."""
-    import llamita.engine.generator as generator
-
     ids = list(range(5, 45))
     whole = tiny_llm.generate(prompt_token_ids=ids, params=GREEDY.replace(max_tokens=6))
-    monkeypatch.setattr(generator, "PREFILL_CHUNK", 7)
+    monkeypatch.setattr(tiny_llm.engine.scheduler, "max_prefill_tokens", 7)
+    monkeypatch.setattr(tiny_llm.engine, "prefix_caching", False)
+    tiny_llm.engine.reserve(tiny_llm.engine.kv_cache_tokens + 16)  # a new cache: no prefix-cache hits
     chunked = tiny_llm.generate(prompt_token_ids=ids, params=GREEDY.replace(max_tokens=6))
+    assert tiny_llm.last_stats.cached_tokens == 0
     assert chunked.token_ids == whole.token_ids
 
 

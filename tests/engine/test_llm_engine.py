@@ -1,5 +1,5 @@
-"""The continuous-batching engine against independent paths: the static-cache Generator (one
-prompt at a time), an uncached full forward pass, and itself without prefix caching."""
+"""The continuous-batching engine against independent paths: greedy tokens from full-sequence
+forward passes without a cache (one prompt at a time), and itself without prefix caching."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 from llamita import SamplingParams
 from llamita.engine.llm_engine import LLMEngine
 from llamita.errors import ContextOverflowError, InvalidParameterError
+
+from greedy_reference import greedy_tokens
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 PROMPTS = [
@@ -27,8 +29,8 @@ def prompt_ids(llm_f32) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def alone(llm_f32, prompt_ids) -> list[list[int]]:
-    """Each prompt's greedy tokens, generated alone by the static-cache Generator."""
-    return [llm_f32.generate(prompt_token_ids=ids, params=GREEDY).token_ids for ids in prompt_ids]
+    """Each prompt's greedy tokens, each step a whole-sequence forward pass without a cache."""
+    return [greedy_tokens(llm_f32.loaded.model, ids, GREEDY.max_tokens, llm_f32.engine.n_tokens) for ids in prompt_ids]
 
 
 def run(

@@ -14,9 +14,11 @@ import pytest
 from llamita import LLM, SamplingParams
 from llamita.cli.main import app
 from llamita.engine import step_builder
+from llamita.engine.llm_engine import DEFAULT_BLOCK_SIZE
 from llamita.engine.step_builder import StepSource, build_in_background, compile_mode
 from llamita.errors import InvalidParameterError
 from llamita.model.compiled import CompiledDecoder, build_in_progress, build_lock, read_failure
+from llamita.model.compiled_paged import PagedCompiledDecoder
 
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
 
@@ -47,7 +49,8 @@ def no_spawn(monkeypatch):
 
 
 def package_of(llm: LLM, batch: int = 1):
-    return CompiledDecoder(llm.loaded.model, build=False).package_path(batch)
+    """The package an LLM decodes one row through: the engine's paged step."""
+    return PagedCompiledDecoder(llm.loaded.model, DEFAULT_BLOCK_SIZE, build=False).package_path(batch)
 
 
 def test_compile_mode_from_flag_and_environment(monkeypatch):

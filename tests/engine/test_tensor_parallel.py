@@ -1,12 +1,12 @@
 """Tensor parallelism: K processes on loopback (gloo) against one process, float32.
 
 Each case spawns K ranks that load their shards through `open_model`; rank 0 runs the whole
-prompt without a cache, a batch through the Generator (static KV cache) and a batch through
-the LLMEngine (paged KV cache), greedy. The reference is the same model loaded whole in this
+prompt without a cache, a batch through the Python API (`LLM`) and a batch straight through the
+LLMEngine, greedy. The reference is the same model loaded whole in this
 process. One OpenMP thread per rank keeps the two shared cores from thrashing.
 
 With LoRA adapters (two PEFT adapters, one slot each), the whole-prompt logits and the
-Generator run through the first, and in the LLMEngine one request uses the second and the
+`LLM` batch run through the first, and in the LLMEngine one request uses the second and the
 other none, in the same batch.
 
 The glass box and the scoring route run through rank 0 too: attention maps (every rank's heads
@@ -29,7 +29,6 @@ import torch.multiprocessing as mp
 
 from llamita.api.llm import LLM
 from llamita.config import ModelConfig
-from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.engine.lora_attach import attach_loras
@@ -66,17 +65,17 @@ def _free_port() -> int:
 
 
 def _run(loaded) -> dict[str, object]:
-    """What both sides compute: full-prompt logits, Generator and LLMEngine greedy tokens."""
+    """What both sides compute: full-prompt logits, LLM (both rows under one adapter) and LLMEngine
+    (one adapter per row) greedy tokens."""
     greedy = SamplingParams(temperature=0, max_tokens=N_NEW, ignore_eos=True)
     names = loaded.model.lora.names
     slot = 0 if names else None
     with torch.inference_mode():
         logits = loaded.model(torch.tensor([PROMPTS[0]]), adapters=None if slot is None else torch.tensor([slot]))[0]
-        generator = Generator(loaded.model, loaded.tokenizer, slot)
-        streamed: dict[int, list[int]] = {0: [], 1: []}
-        for out in generator.stream(PROMPTS, [greedy, greedy]):
-            if out.token_id is not None:
-                streamed[out.index].append(out.token_id)
+        api = LLM.from_loaded(loaded, names[0] if names else None).generate(
+            prompt_token_ids=PROMPTS, params=greedy
+        )  # the Python API's batch: both rows under adapter `slot`
+        streamed = {i: out.token_ids for i, out in enumerate(api)}
         engine = LLMEngine(loaded, kv_cache_tokens=256, block_size=16)
         for i, p in enumerate(PROMPTS):
             engine.add_request(str(i), p, greedy, adapter=names[1] if names and i == 0 else None)

@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from llamita import SamplingParams
-from llamita.engine.generator import Generator
+from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.model import compiled as compiled_module
 from llamita.model.compiled import KEY_BLOCK, CompiledDecoder, attend_length, compile_blocker
+from llamita.model.compiled_paged import PagedCompiledDecoder
 from llamita.model.kv_cache import KVCache
 from llamita.model.lora_linear import LoraLinear, LoraSlots
+from llamita.model.paged_kv_cache import PagedKVCache
 from llamita.model.tensor_parallel import RowParallel
 
 from tiny_models import random_hf_weights, tiny_hf_config, write_gguf
@@ -39,7 +41,7 @@ def decode_both(
     """Greedy decode `steps` tokens from `tokens` (B, 1) at positions 0, 1, ... with the eager
     model and with `decoder`, each feeding back the eager choice: (steps, B, vocab) each."""
     eager, compiled = [], []
-    with torch.inference_mode():  # tensors made here, as Generator makes them
+    with torch.inference_mode():  # tensors made here, as the engine makes them
         tokens = tokens.clone()
         eager_cache = KVCache(model.config, tokens.shape[0], max_len, dtype=model.dtype)
         compiled_cache = KVCache(model.config, tokens.shape[0], max_len, dtype=model.dtype)
@@ -102,21 +104,14 @@ def test_attend_length():
     assert attend_length(100, 110) == 110  # never past the cache
 
 
-def test_tiny_generator_compiled_equals_eager(tiny_f32):
-    ids = [[1, 40, 41, 42], [1, 50]]  # two lengths: the rows sit at different positions
-    eager = Generator(tiny_f32.model, tiny_f32.tokenizer)
-    compiled = Generator(tiny_f32.model, tiny_f32.tokenizer, compile=True)
-    params = [GREEDY, GREEDY.replace(max_tokens=8)]  # row 2 finishes first: eager steps after that
-    want = [[o.token_id for o in eager.stream(ids, params) if o.index == i] for i in range(2)]
-    got = [[o.token_id for o in compiled.stream(ids, params) if o.index == i] for i in range(2)]
-    assert got == want
-    assert [len(t) for t in got] == [20, 8]
-
-
 @pytest.fixture(scope="module")
 def default_bf16(default_model_path: Path):
     loaded = load_model(default_model_path, dtype="bfloat16", device="cpu")  # int4/int8 kernels
-    return loaded, Generator(loaded.model, loaded.tokenizer, compile=True)
+    return loaded, LLMEngine(loaded, kv_cache_tokens=1024, compile=True, compile_rows=(1,))
+
+
+def engine_greedy(engine: LLMEngine, ids: list[int]) -> list[int]:
+    return [t for _, out in engine.generate([ids], [GREEDY]) for t in out.token_ids]
 
 
 def agreement(a: list[int], b: list[int]) -> int:
@@ -126,13 +121,13 @@ def agreement(a: list[int], b: list[int]) -> int:
 
 def test_default_model_compiled_greedy_tokens_as_eager(default_bf16, llm_f32):
     loaded, compiled = default_bf16
-    eager = Generator(loaded.model, loaded.tokenizer)
+    eager = LLMEngine(loaded, kv_cache_tokens=1024, compile=False)
     shared_eager = shared_compiled = 0
     for prompt in PROMPTS:  # one at a time, B = 1: the path `llamita run` takes
         ids = llm_f32.encode_prompt(prompt)
         ref = llm_f32.generate(prompt_token_ids=ids, params=GREEDY).token_ids  # float32, eager
-        want = [o.token_id for o in eager.stream([ids], [GREEDY])]
-        got = [o.token_id for o in compiled.stream([ids], [GREEDY])]
+        want = engine_greedy(eager, ids)
+        got = engine_greedy(compiled, ids)
         # bf16 near-ties make eager and compiled (whose sums run in another order) drift from
         # float32 somewhere, not always at the same token; the first few must hold.
         assert agreement(got, ref) >= min(agreement(want, ref), 5), prompt
@@ -144,18 +139,22 @@ def test_default_model_compiled_greedy_tokens_as_eager(default_bf16, llm_f32):
 
 
 def test_default_model_compiled_logits_within_bf16_tolerance(default_bf16, llm_f32):
-    loaded, compiled = default_bf16
+    loaded, engine = default_bf16
+    compiled = engine.compiled
+    assert isinstance(compiled, PagedCompiledDecoder)
     model, ref_model = loaded.model, llm_f32.loaded.model
     worst_compiled, worst_eager = 0.0, 0.0
     with torch.inference_mode():
         tokens = torch.tensor([[llm_f32.tokenizer.bos_id or 1]])
-        caches = [KVCache(model.config, 1, 256, dtype=model.dtype) for _ in range(2)]
+        eager_cache = KVCache(model.config, 1, 256, dtype=model.dtype)
+        paged = PagedKVCache(model.config, 16, 16, dtype=model.dtype)
+        table = torch.tensor([[3, 7, 1, 12]])  # scattered blocks, as a server's pool hands them out
         ref_cache = KVCache(ref_model.config, 1, 256)
         for p in range(8):  # teacher-forced on the float32 reference's greedy tokens
             positions = torch.tensor([[p]])
             ref = ref_model(tokens, positions, ref_cache, last_only=True)[0, -1]
-            eager = model(tokens, positions, caches[0], last_only=True)[0, -1]
-            out = compiled.compiled(tokens, positions, caches[1])[0]
+            eager = model(tokens, positions, eager_cache, last_only=True)[0, -1]
+            out = compiled(tokens, positions, table, paged)[0]
             scale = float(ref.abs().max())
             worst_compiled = max(worst_compiled, float((out - ref).abs().max()) / scale)
             worst_eager = max(worst_eager, float((eager - ref).abs().max()) / scale)
@@ -166,8 +165,6 @@ def test_default_model_compiled_logits_within_bf16_tolerance(default_bf16, llm_f
 
 def test_compile_skipped_with_lora_adapter_and_tensor_parallel(tiny_f32):
     model = tiny_f32.model
-    gen = Generator(model, tiny_f32.tokenizer, adapter=0, compile=True)
-    assert gen.compiled is None and "LoRA" in gen.compile_skipped
     wrapper = torch.nn.Sequential(RowParallel(torch.nn.Linear(4, 4), None))
     assert "tensor parallelism" in compile_blocker(wrapper)
     with_lora = torch.nn.Sequential(LoraLinear(torch.nn.Linear(4, 4), LoraSlots()))

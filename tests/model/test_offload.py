@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from llamita.api.llm import LLM
-from llamita.engine.generator import Generator
 from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import load_model
 from llamita.errors import InvalidParameterError
@@ -22,8 +21,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
 
 def _greedy(loaded) -> list[int]:
-    gen = Generator(loaded.model, loaded.tokenizer)
-    return [o.token_id for o in gen.stream([PROMPT], [GREEDY]) if o.token_id is not None]
+    return LLM.from_loaded(loaded).generate(prompt_token_ids=PROMPT, params=GREEDY).token_ids
 
 
 def _engine_greedy(loaded) -> list[int]:

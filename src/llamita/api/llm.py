@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,12 +13,13 @@ from typing import Any, overload
 import torch
 
 from llamita.engine.conversation import Message
-from llamita.engine.generator import GenerationStats, Generator
+from llamita.engine.llm_engine import DEFAULT_BLOCK_SIZE, GenerationStats, LLMEngine, RequestOutput, TokenLogprob
 from llamita.engine.loader import LoadedModel, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.prompts import encode_chat, encode_prompt
-from llamita.engine.step_builder import CompileMode, StepSource, build_in_background, compile_mode, decode_label
+from llamita.engine.step_builder import CompileMode, compile_mode, decode_label
 from llamita.errors import ContextOverflowError, InvalidParameterError
+from llamita.model.compiled import compile_blocker
 from llamita.sampling_params import SamplingParams
 from llamita.tokenizer.tool_calls import find_tool_calls
 
@@ -37,6 +39,8 @@ class GenerationOutput:
     prompt_token_ids: list[int]
     stats: GenerationStats = field(default_factory=GenerationStats)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # One per generated token when SamplingParams.logprobs is set (its top alternatives too).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -46,6 +50,7 @@ class StreamChunk:
     text: str
     token_id: int | None
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # token_id's, with SamplingParams.logprobs
 
 
 class LLM:
@@ -70,12 +75,14 @@ class LLM:
         """lora: LoRA adapters (PEFT folders or GGUF LoRA files, each `PATH[:SCALE]`), applied
         together to every generation without merging them into the weights.
         gpu_layers: on CUDA, only the first N blocks on the GPU, the rest on the CPU.
-        compile: how one-prompt generations decode (engine/step_builder.py). None (default,
-        or $LLAMITA_COMPILE): through the AOTInductor-compiled step (model/compiled.py) if this
-        model shape's package is built, else eagerly while a background process (started by
-        the first generation) builds it, for the next LLM (or this one's next generation); True (LLAMITA_COMPILE=1):
-        build it now in the foreground (1-2 minutes on 2 cores, once); False
-        (LLAMITA_COMPILE=0): eager. Eager with LoRA, gpu_layers or on CUDA (`compile_skipped`
+        compile: how generations decode (engine/step_builder.py); they run on the server's
+        engine (engine/llm_engine.py, `engine`). None (default, or $LLAMITA_COMPILE): through
+        the AOTInductor-compiled paged step (model/compiled_paged.py) if this model shape's
+        package is built, else eagerly while a background process (started by the first
+        generation) builds the one-row package, for the next LLM or this one's next steps (a
+        batch uses the many-row package when a server or `bench -b` has built it); True
+        (LLAMITA_COMPILE=1): build the one-row step now in the foreground (1-2 minutes on 2
+        cores, once; the many-row one at the first batch); False (LLAMITA_COMPILE=0): eager. Eager with LoRA, gpu_layers or on CUDA (`compile_skipped`
         says why); `decode_path` says which path runs.
         A created model (`llamita create`) brings its settings: its ADAPTERs join `lora`, its
         PARAMETERs are the default SamplingParams, its SYSTEM and MESSAGEs go before every chat
@@ -102,19 +109,41 @@ class LLM:
         self.settings = loaded.settings
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
-        self._generator = Generator(
-            loaded.model, loaded.tokenizer, adapter, compile=mode != "off", build=mode == "foreground"
-        )
-        # Why the compiled step is not used (a LoRA adapter, layers split), else None.
-        self.compile_skipped = self._generator.compile_skipped
-        # The background process this LLM started to build its compiled step, if any: at its
-        # first generation or `decode_path` (an LLM that only embeds or scores never builds).
-        self.builder: subprocess.Popen[bytes] | None = None
-        self._build_pending = self._generator.compiled is not None and mode == "background"
-        if self._generator.compiled is not None and mode == "foreground":
-            self._generator.compiled.prepare(1)  # one prompt at a time is the common case: batch 1
+        self._mode = mode
         # The LoRA adapter every generation runs with (its slot name), or None.
         self.adapter = None if adapter is None else loaded.model.lora.names[adapter]
+        # Why the compiled step is not used (a LoRA adapter, layers split), else None.
+        self.compile_skipped = None if mode == "off" else compile_blocker(loaded.model)
+        # The engine generations run on, made at the first one (an LLM that only embeds or
+        # scores, as the server's glass views make them, holds no KV cache and builds nothing).
+        self._engine: LLMEngine | None = None
+        self._stats = GenerationStats()
+        if mode == "foreground" and self.compile_skipped is None:
+            self._engine = self._make_engine()  # builds the one-row step now: the common case
+
+    @property
+    def engine(self) -> LLMEngine:
+        """The continuous-batching engine every generation of this LLM runs on (the server's
+        kind: paged KV cache, compiled step, prefix cache), made at first use; its KV cache
+        grows to what a call needs."""
+        if self._engine is None:
+            self._engine = self._make_engine()
+        return self._engine
+
+    def _make_engine(self) -> LLMEngine:
+        return LLMEngine(
+            self.loaded,
+            kv_cache_tokens=2 * DEFAULT_BLOCK_SIZE,  # grown by each call to what it needs
+            max_running=1,
+            compile=None if self._mode == "background" else self._mode == "foreground",
+            compile_rows=(1,),
+        )
+
+    @property
+    def builder(self) -> subprocess.Popen[bytes] | None:
+        """The background process this LLM started to build its compiled step, if any: at its
+        first generation or `decode_path`."""
+        return None if self._engine is None else self._engine.builder
 
     @property
     def decode_path(self) -> str:
@@ -123,15 +152,8 @@ class LLM:
         build, LoRA...)". A package a background builder finished is picked up here; without
         one, reading this starts the builder (as the first generation would), since a status
         line announces the path a generation is about to take."""
-        self._start_build()
-        return decode_label(self._generator.compiled, self.compile_skipped)
-
-    def _start_build(self) -> None:
-        """Start building the compiled step in the background, once, if it is not built."""
-        compiled = self._generator.compiled
-        if self._build_pending and compiled is not None:
-            self._build_pending = False
-            self.builder = build_in_background(compiled, StepSource.of(self.loaded))[1]
+        engine = self.engine
+        return decode_label(engine.compiled, engine.compile_skipped)
 
     def adapter_rows(self, batch: int = 1) -> torch.Tensor | None:
         """The `adapters` argument of a forward pass over `batch` rows that runs this LLM's
@@ -175,7 +197,7 @@ class LLM:
     @property
     def last_stats(self) -> GenerationStats:
         """Token counts and timings of the most recent generation."""
-        return self._generator.last_stats
+        return self._stats
 
     # -- prompts -> token ids -------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -322,21 +344,41 @@ class LLM:
         return params
 
     def _run(self, id_lists: list[list[int]], params: Any) -> list[GenerationOutput]:
-        plist = [self._fitted(ids, p) for ids, p in zip(id_lists, self._params_for(len(id_lists), params))]
-        self._start_build()
         texts = [""] * len(id_lists)
         tokens: list[list[int]] = [[] for _ in id_lists]
         reasons = ["length"] * len(id_lists)
-        for step in self._generator.stream(id_lists, plist):
-            texts[step.index] += step.text
-            if step.token_id is not None:
-                tokens[step.index].append(step.token_id)
-            if step.finish_reason is not None:
-                reasons[step.index] = step.finish_reason
-        stats = self._generator.last_stats
-        return [GenerationOutput(t, ids, r, p, stats) for t, ids, r, p in zip(texts, tokens, reasons, id_lists)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in id_lists]
+        for i, out in self._outputs(id_lists, params):
+            texts[i] += out.text
+            tokens[i] += out.token_ids
+            logprobs[i] += out.logprobs
+            if out.finish_reason is not None:
+                reasons[i] = out.finish_reason
+        stats = self._stats
+        return [
+            GenerationOutput(t, ids, r, p, stats, logprobs=lp)
+            for t, ids, r, p, lp in zip(texts, tokens, reasons, id_lists, logprobs)
+        ]
 
     def _stream(self, ids: list[int], params: SamplingParams | None) -> Iterator[StreamChunk]:
-        self._start_build()
-        for step in self._generator.stream([ids], [self._fitted(ids, self._params_for(1, params)[0])]):
-            yield StreamChunk(step.text, step.token_id, step.finish_reason)
+        # closing(): a stream closed early (Ctrl-C in chat) aborts its request in the engine now.
+        with contextlib.closing(self._outputs([ids], params)) as outputs:
+            yield from self._chunks(outputs)
+
+    @staticmethod
+    def _chunks(outputs: Iterator[tuple[int, RequestOutput]]) -> Iterator[StreamChunk]:
+        for _, out in outputs:
+            if not out.token_ids:  # a step that only closes the sequence (a stop token)
+                yield StreamChunk(out.text, None, out.finish_reason)
+            for token in out.token_ids:  # one token a step
+                yield StreamChunk(out.text, token, out.finish_reason, out.logprobs)
+
+    def _outputs(
+        self, id_lists: list[list[int]], params: Any
+    ) -> collections.abc.Generator[tuple[int, RequestOutput], None, None]:
+        """Run the prompts on the engine: (prompt index, output) per step as they come."""
+        plist = [self._fitted(ids, p) for ids, p in zip(id_lists, self._params_for(len(id_lists), params))]
+        engine = self.engine
+        engine.scheduler.max_running = max(engine.scheduler.max_running, len(id_lists))  # all at once
+        self._stats = GenerationStats()
+        yield from engine.generate(id_lists, plist, self.adapter, self._stats)

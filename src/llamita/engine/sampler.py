@@ -122,6 +122,14 @@ class Sampler:
         self.bias_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
         self.bias_values = torch.tensor(values, dtype=torch.float32, device=self.device)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Whether `sample` is the argmax of the logits as given (greedy, no bias, no
+        penalty), so a batch's rows can share one argmax."""
+        p = self.params
+        active = self.bias_ids.numel() or p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+        return p.is_greedy and not active
+
     def sample(self, logits: Tensor, history: list[int] | Tensor) -> int:
         """The next token id.
 
@@ -136,8 +144,9 @@ class Sampler:
         logits = logits.to(device=self.device, dtype=torch.float32)
         if self.bias_ids.numel():  # first in the chain, as OpenAI and llama.cpp apply it
             logits = logits.index_add(0, self.bias_ids, self.bias_values)
-        window = penalty_window(history, params.penalty_last_n, self.device)
-        logits = apply_penalties(logits, window, params)
+        if params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            # (built only then: a tensor of the history every step is a cost at 250 tokens/s)
+            logits = apply_penalties(logits, penalty_window(history, params.penalty_last_n, self.device), params)
         if params.is_greedy:
             return int(torch.argmax(logits))
         logits = filter_logits(logits, params)

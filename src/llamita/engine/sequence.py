@@ -1,6 +1,6 @@
 """One sequence being generated: its tokens, sampler, detokenizer and stopping rules.
 
-Shared by the single-batch Generator and the continuous-batching LLMEngine, so both decide
+Used by the continuous-batching LLMEngine (the server, the Python API), so every front end decides
 identically when a sequence ends and what text it shows.
 """
 

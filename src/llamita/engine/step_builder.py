@@ -86,7 +86,7 @@ class StepSource:
     model: Path
     dtype: str  # "float32", "bfloat16"
     compact: bool  # load_model's `compact`
-    block_size: int = 0  # 0: the static cache (Generator); else the paged cache's (LLMEngine)
+    block_size: int = 0  # 0: the static cache (model/compiled.py); else the paged cache's (LLMEngine)
 
     @classmethod
     def of(cls, loaded: LoadedModel, block_size: int = 0) -> StepSource:

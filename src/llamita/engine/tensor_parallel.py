@@ -3,7 +3,7 @@
 Launch with torchrun (`torchrun --nproc-per-node K -m llamita run ... --tensor-parallel K`).
 Each rank loads only its slice of the weights (`weights/shard.py`) into a Transformer whose
 layers all-reduce and all-gather with the others (`model/tensor_parallel.py`). Rank 0 runs the
-ordinary Generator or LLMEngine over a `LeaderModel`; before each forward pass that model
+ordinary LLMEngine (or LLM) over a `LeaderModel`; before each forward pass that model
 broadcasts the call's inputs (tokens, positions, cache rows or block tables, which cache) and
 every other rank runs the same forward pass on its shard (`follow`). Only rank 0 samples,
 prints and serves HTTP. At the end rank 0 broadcasts a stop message and the others return.

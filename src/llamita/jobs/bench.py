@@ -4,8 +4,10 @@
   chunks generation uses; tokens/s = N / seconds.
 * tg N (text generation): N tokens generated one at a time from an empty context (a single
   BOS-or-first token fed first, as llama-bench does), greedy; tokens/s = N / seconds.
-* tg N x B (batched generation, llamita only): B sequences of N tokens each, stepped together
-  by the continuous-batching engine; tokens/s counts the tokens of all sequences.
+* tg N x B (batched generation, llamita only): B sequences of N tokens each, stepped together;
+  tokens/s counts the tokens of all sequences.
+
+All run on the continuous-batching engine (engine/llm_engine.py) that `LLM` and the server use.
 
 Prompt tokens are random ids (fixed seed) like llama-bench's; every test is run `repetitions`
 times after one warm-up run, and the median and the standard deviation are reported.
@@ -26,8 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from llamita.engine.generator import Generator
-from llamita.engine.llm_engine import LLMEngine
+from llamita.engine.llm_engine import GenerationStats, LLMEngine
 from llamita.engine.loader import LoadedModel
 from llamita.model.compiled import compile_blocker
 from llamita.model.transformer import Transformer
@@ -117,17 +118,20 @@ def _timed(run: Callable[[], float], n_tokens: int, repetitions: int, test: str)
     return BenchResult(test, n_tokens, statistics.median(samples), stddev, samples, warmup)
 
 
+def _run_engine(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> GenerationStats:
+    stats = GenerationStats()
+    for _ in engine.generate(prompts, [params] * len(prompts), stats=stats):
+        pass
+    return stats
+
+
 def bench_prompt(loaded: LoadedModel, n_prompt: int, repetitions: int = 5) -> BenchResult:
-    generator = Generator(loaded.model, loaded.tokenizer)
+    """pp: the engine's prefill (chunks of its max_prefill_tokens), the prefix cache off so
+    every repetition computes the whole prompt."""
+    engine = LLMEngine(loaded, kv_cache_tokens=n_prompt + 64, max_running=1, prefix_caching=False, compile=False)
     ids = _random_ids(loaded, n_prompt)
     params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
-
-    def run() -> float:
-        for _ in generator.stream([ids], [params]):
-            pass
-        return generator.last_stats.prefill_seconds
-
-    return _timed(run, n_prompt, repetitions, f"pp{n_prompt}")
+    return _timed(lambda: _run_engine(engine, [ids], params).prefill_seconds, n_prompt, repetitions, f"pp{n_prompt}")
 
 
 def decode_path(loaded: LoadedModel, compile: bool) -> str:
@@ -137,39 +141,33 @@ def decode_path(loaded: LoadedModel, compile: bool) -> str:
     return "eager" if not compile else f"eager ({blocker})" if blocker else "compiled step"
 
 
-def bench_generation(loaded: LoadedModel, n_gen: int, repetitions: int = 5, compile: bool = False) -> BenchResult:
-    """compile: decode through the compiled step (model/compiled.py); the warm-up run compiles."""
-    generator = Generator(loaded.model, loaded.tokenizer, compile=compile)
-    first = loaded.tokenizer.bos_id if loaded.tokenizer.bos_id is not None else _random_ids(loaded, 1)[0]
+def bench_generation(
+    loaded: LoadedModel, n_gen: int, repetitions: int = 5, compile: bool = False, batch: int = 1
+) -> BenchResult:
+    """tg N (batch 1) or tg N x B: B sequences stepped together by the engine every run of the
+    Python API and the server uses (engine/llm_engine.py). compile: decode through the compiled
+    paged step (model/compiled_paged.py), its package built first (the warm-up run)."""
+    rows = (1,) if batch == 1 else (1, 2)
+    engine = LLMEngine(
+        loaded, kv_cache_tokens=max(batch * (n_gen + 32), 64), max_running=batch, compile=compile, compile_rows=rows
+    )
+    if batch == 1:
+        bos = loaded.tokenizer.bos_id
+        prompts = [[bos if bos is not None else _random_ids(loaded, 1)[0]]]
+    else:  # different first tokens, so the prefix cache cannot merge the sequences
+        prompts = [[t] for t in _random_ids(loaded, batch, seed=1)]
     params = SamplingParams(temperature=0, max_tokens=n_gen, ignore_eos=True)
 
     def run() -> float:
         t0 = time.perf_counter()
-        for _ in generator.stream([[first]], [params]):
-            pass
+        _run_engine(engine, prompts, params)
         return time.perf_counter() - t0
 
-    return _timed(run, n_gen, repetitions, f"tg{n_gen}")
+    return _timed(run, n_gen * batch, repetitions, f"tg{n_gen}" if batch == 1 else f"tg{n_gen}x{batch}")
 
 
 def bench_batched_generation(
     loaded: LoadedModel, n_gen: int, batch: int, repetitions: int = 5, compile: bool = False
 ) -> BenchResult:
-    """compile: decode through the compiled paged step (model/compiled_paged.py), built first."""
-    engine = LLMEngine(loaded, kv_cache_tokens=max(batch * (n_gen + 16), 64), max_running=batch, compile=compile)
-    # Different first tokens, so the prefix cache cannot merge the sequences.
-    firsts = _random_ids(loaded, batch, seed=1)
-    params = SamplingParams(temperature=0, max_tokens=n_gen, ignore_eos=True)
-    runs = 0
-
-    def run() -> float:
-        nonlocal runs
-        runs += 1
-        for i, first in enumerate(firsts):
-            engine.add_request(f"{runs}-{i}", [first], params)
-        t0 = time.perf_counter()
-        while engine.has_unfinished():
-            engine.step()
-        return time.perf_counter() - t0
-
-    return _timed(run, n_gen * batch, repetitions, f"tg{n_gen}x{batch}")
+    """tg N x B (see bench_generation)."""
+    return bench_generation(loaded, n_gen, repetitions, compile, batch)

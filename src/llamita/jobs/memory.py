@@ -153,7 +153,7 @@ RUNTIME_BYTES = 270 * 10**6
 # The tokenizer (Hugging Face `tokenizers` BPE with its merges): 23 MB for SmolLM2's 49,152
 # tokens, measured.
 TOKENIZER_BYTES_PER_TOKEN = 470
-PREFILL_CHUNK = 512  # engine/generator.py's chunk
+PREFILL_CHUNK = 512  # the engine's max_prefill_tokens (engine/llm_engine.py)
 
 
 @dataclass(frozen=True)
