@@ -295,15 +295,13 @@ struct Q8BBlock256 {
           }
         }
       }
-      __m256 dw[2];
-      for (int h = 0; h < 2; ++h) dw[h] = _mm256_cvtph_ps(load128(scales + g * kBlockRows + 8 * h));
       for (int m = 0; m < ROWS; ++m) {
         const __m256i bias = _mm256_set1_epi32(ByteDot::kBias * qsum[m * groups + g]);
         const __m256 dm = _mm256_set1_ps(d[m * groups + g]);
         for (int h = 0; h < 2; ++h) {
           __m256i sum = dot[m][h][0];
           for (int j = 1; j < S; ++j) sum = _mm256_add_epi32(sum, dot[m][h][j]);
-          const __m256 scale = _mm256_mul_ps(dw[h], dm);
+          const __m256 scale = _mm256_mul_ps(_mm256_cvtph_ps(load128(scales + g * kBlockRows + 8 * h)), dm);
           total[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, bias)), scale, total[m][h]);
         }
       }
