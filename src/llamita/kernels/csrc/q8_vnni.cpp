@@ -1,6 +1,7 @@
-// 8-bit weight x 8-bit activation matmul on AVX-512 VNNI: the decode-step GEMV/GEMM for the
-// per-row int8 weights of kernels/int8.py (GGML Q8_0, Q5_*, Q2_K, Q3_K after re-quantizing,
-// and the tied output projection of small models, the largest matmul of their decode step).
+// 8-bit weight x 8-bit activation matmuls on AVX-512 VNNI: the decode-step GEMV/GEMM for the
+// int8 weights of kernels/int8.py: per row (q8_vnni_mm: GGML Q5_*, Q2_K, Q3_K after
+// re-quantizing) and GGML Q8_0 in its own blocks of 32 (q8b_vnni_mm, layout "vnni_q8b": the tied
+// output projection of small models, the largest matmul of their decode step, among them).
 //
 // Why our own kernel: torch's _weight_int8pack_mm converts every weight to float and multiplies
 // in float32 (on one 512-bit FMA port, 16 multiply-adds an instruction) and its cost grows
