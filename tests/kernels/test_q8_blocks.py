@@ -176,3 +176,22 @@ def test_bad_shapes_are_refused() -> None:
     w = _pack(_raw(SHAPE, 6), SHAPE)
     with pytest.raises(RuntimeError, match="scales"):
         native.kernel_ops().q8b_vnni_mm(torch.zeros(1, SHAPE[1]), w.qweight, w.scales[:2])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_loader_keeps_q8_0_blocks(dtype: torch.dtype) -> None:
+    """weights/gguf.py's int8 conversion takes a Q8_0 weight in its own blocks (exactly the
+    file's weights) and gives every byte range of the file back as it goes; a Q5_0 weight stays
+    per row."""
+    from llamita.weights.gguf import _int8
+
+    _need_kernels()
+    raw = _raw(SHAPE, 11)
+    released: list[tuple[int, int]] = []
+    w = _int8(raw, GGMLType.Q8_0, SHAPE, dtype, lambda a, b: released.append((a, b)))
+    assert w.layout == "vnni_q8b"
+    assert torch.equal(int8.dequantize_int8(w, torch.float32), _gguf_weight(raw, SHAPE))
+    assert released[0][0] == 0 and released[-1][1] == raw.numel()
+    assert all(a[1] == b[0] for a, b in zip(released, released[1:]))
+    q5 = quantize(torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)), GGMLType.Q5_0)
+    assert _int8(q5, GGMLType.Q5_0, SHAPE, dtype).layout == "vnni"
