@@ -195,3 +195,17 @@ def test_loader_keeps_q8_0_blocks(dtype: torch.dtype) -> None:
     assert all(a[1] == b[0] for a, b in zip(released, released[1:]))
     q5 = quantize(torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)), GGMLType.Q5_0)
     assert _int8(q5, GGMLType.Q5_0, SHAPE, dtype).layout == "vnni"
+
+
+def test_without_a_kernel_level_q8_0_stays_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLAMITA_ISA=generic / LLAMITA_NATIVE_KERNELS=0 (no level loads): the loader keeps the
+    per-row int8 of torch's kernel, within half a per-row step of gguf's weights."""
+    from llamita.weights.gguf import _int8
+
+    monkeypatch.setattr(native, "vnni_kernels", lambda: False)
+    raw = _raw(SHAPE, 12)
+    w = _int8(raw, GGMLType.Q8_0, SHAPE, torch.float32)
+    assert w.layout == "torch"
+    want = _gguf_weight(raw, SHAPE)
+    step = want.abs().amax(1, keepdim=True) / 127
+    assert ((int8.dequantize_int8(w, torch.float32) - want).abs() <= step / 2 * (1 + 1e-6)).all()
