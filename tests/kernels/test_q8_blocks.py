@@ -92,6 +92,22 @@ def test_packed_weight_is_gguf_dequantization_exactly() -> None:
     assert w.nbytes == SHAPE[0] * SHAPE[1] * 34 // 32  # the file's own size
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_dequantize_op_is_gguf_dequantization(level: str) -> None:
+    """`q8b_vnni_dequantize` (prefill's dense weight) at every level: float32 bit for bit, and
+    bfloat16 as that float32 rounded to nearest even (NaN stays NaN)."""
+    ops = _ops(level)
+    raw = _raw(SHAPE, 13, odd=True)
+    w = _pack(raw, SHAPE)
+    want = _gguf_weight(raw, SHAPE)
+    got = ops.q8b_vnni_dequantize(w.qweight, w.scales, torch.float32)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    got16 = ops.q8b_vnni_dequantize(w.qweight, w.scales, torch.bfloat16)
+    nan = want.isnan()
+    assert torch.equal(got16.isnan(), nan)
+    assert torch.equal(got16[~nan], want[~nan].to(torch.bfloat16))
+
+
 def test_embedding_rows_are_gguf_dequantization_exactly() -> None:
     _need_kernels()
     raw = _raw(SHAPE, 2, odd=True)

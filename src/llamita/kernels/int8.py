@@ -202,6 +202,8 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
 def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None = None) -> torch.Tensor:
     """The weight (or only `rows` of it, e.g. embedding lookups) as dense `dtype`."""
     if w.layout == "vnni_q8b":  # d * w is exact in float32 (11 x 8 significant bits)
+        if rows is None and dtype in (torch.bfloat16, torch.float32):  # one pass (portable.cpp)
+            return native.kernel_ops().q8b_vnni_dequantize(w.qweight, w.scales, dtype)
         return _dequantize_q8b(w, rows).to(dtype)
     if w.layout == "vnni":
         n, k = w.qweight.shape
@@ -220,9 +222,11 @@ def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None
 def _dequantize_q8b(w: Int8Weight, rows: torch.Tensor | None) -> torch.Tensor:
     """Float32 d * w of a "vnni_q8b" weight, all rows or only `rows` (any shape of ids)."""
     n, k = w.qweight.shape
+    if rows is None:  # whole blocks in order: reshapes, no gather
+        q = _row_order(w.qweight).view(n, k // K_MULTIPLE, K_MULTIPLE)
+        d = w.scales.transpose(1, 2).reshape(n, k // K_MULTIPLE)
+        return (q.float() * d.float().unsqueeze(-1)).view(n, k)
     blocks = w.qweight.view(n // VNNI_BLOCK_ROWS, k // 4, VNNI_BLOCK_ROWS, 4)
-    if rows is None:
-        rows = torch.arange(n)
     q = blocks[rows // VNNI_BLOCK_ROWS, :, rows % VNNI_BLOCK_ROWS].reshape(*rows.shape, k // K_MULTIPLE, K_MULTIPLE)
     d = w.scales[rows // VNNI_BLOCK_ROWS, :, rows % VNNI_BLOCK_ROWS]
     return (q.float() * d.float().unsqueeze(-1)).reshape(*rows.shape, k)
