@@ -1,5 +1,6 @@
 // Checks llamita's NEON kernels (src/llamita/kernels/csrc/neon.h) without torch, on fixed
-// pseudo-random inputs: every layout ("vnni" int4, "vnni_k" Q4_K, "vnni" int8, "vnni_q6k" Q6_K)
+// pseudo-random inputs: every layout ("vnni" int4, "vnni_k" Q4_K, "vnni" int8, "vnni_q6k" Q6_K,
+// "vnni_q8b" Q8_0 in its own blocks)
 // at 1, 2, 3, 8 and 13 rows of x against a double-precision statement written here from the
 // layouts' documentation (layout.h, q4_vnni.cpp, q4k_vnni.cpp, q8_vnni.cpp, q6k_vnni.cpp), and
 // the activation quantizer against its scalar statement, byte for byte.
@@ -52,8 +53,10 @@ double bf16_value(uint16_t h) {
   return f;
 }
 
-enum Kind { kQ4, kQ4K, kQ8, kQ6K };
-const char* kind_name(Kind k) { return k == kQ4 ? "q4 (vnni)" : k == kQ4K ? "q4_k (vnni_k)" : k == kQ8 ? "q8 (vnni)" : "q6_k (vnni_q6k)"; }
+enum Kind { kQ4, kQ4K, kQ8, kQ6K, kQ8B };
+const char* kind_name(Kind k) {
+  return k == kQ4 ? "q4 (vnni)" : k == kQ4K ? "q4_k (vnni_k)" : k == kQ8 ? "q8 (vnni)" : k == kQ8B ? "q8_0 (vnni_q8b)" : "q6_k (vnni_q6k)";
+}
 
 struct Weight {
   int64_t N, K;
@@ -121,6 +124,23 @@ Weight make_weight(Kind kind, int64_t N, int64_t K) {
       for (int64_t k = 0; k < K; ++k) {
         const int8_t q = static_cast<int8_t>(w.codes[b * 16 * K + (k / 4) * 64 + 4 * r + k % 4]);
         w.dense[n * K + k] = q * bf16_value(w.scales[n]);
+      }
+    }
+  } else if (kind == kQ8B) {  // int8 codes as kQ8 (-128 too); f16 d (K/32, 16) per block
+    w.block_code_bytes = 16 * K;
+    w.block_scales = groups * 16;
+    w.codes.resize(N * K);
+    for (auto& b : w.codes) b = static_cast<uint8_t>(next_u32());
+    w.scales.resize(N * groups);
+    for (auto& s : w.scales) s = to_half(uniform() * 0.001f);
+    w.scales[5] = 0x0001;  // subnormal f16 scales
+    w.scales[40] = 0x03FF;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t b = n / 16, r = n % 16;
+      for (int64_t k = 0; k < K; ++k) {
+        const int8_t q = static_cast<int8_t>(w.codes[b * 16 * K + (k / 4) * 64 + 4 * r + k % 4]);
+        const uint16_t h = w.scales[b * w.block_scales + (k / 32) * 16 + r];
+        w.dense[n * K + k] = q * half_value(reinterpret_cast<const uint8_t*>(&h));
       }
     }
   } else {  // Q6_K: 384 bytes per block and group; meta (K/256, 288): int8 sc[16][16], f16 d[16]
@@ -205,6 +225,7 @@ void check(Kind kind, int64_t M, int64_t N, int64_t K) {
     case kQ4: run_kernel<Q4AffineNeon>(w, xq.data(), d.data(), qsum.data(), groups, M, y.data()); break;
     case kQ4K: run_kernel<Q4KNeon>(w, xq.data(), d.data(), qsum.data(), groups, M, y.data()); break;
     case kQ8: run_kernel<Q8BlockNeon>(w, xq.data(), d.data(), qsum.data(), groups, M, y.data()); break;
+    case kQ8B: run_kernel<Q8BBlockNeon>(w, xq.data(), d.data(), qsum.data(), groups, M, y.data()); break;
     case kQ6K:
       sums_per_16(xq.data(), M * K, qsum16.data());
       run_kernel<Q6KBlockNeon>(w, xq.data(), d.data(), qsum16.data(), K / 16, M, y.data());
@@ -243,7 +264,7 @@ void check(Kind kind, int64_t M, int64_t N, int64_t K) {
 }  // namespace
 
 int main() {
-  for (Kind kind : {kQ4, kQ4K, kQ8, kQ6K})
+  for (Kind kind : {kQ4, kQ4K, kQ8, kQ6K, kQ8B})
     for (int64_t M : {1, 2, 3, 8, 13}) check(kind, M, 80, 768);
   std::printf("failures: %d\n", failures);
   return failures > 0 ? 1 : 0;

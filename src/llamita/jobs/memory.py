@@ -10,9 +10,11 @@ what llamita keeps resident for each tensor on the CPU in bfloat16 (see `weights
   runs (AVX-512 VNNI; elsewhere 5 bits, as Q4_0);
 * Q6_K linear weights (rows a multiple of 16, columns of 256): its own 6-bit codes and scales
   (layout "vnni_q6k"), 6.5625 bits a weight, as in the file;
+* Q8_0 linear weights (rows a multiple of 16): its own int8 codes and f16 scales (layout
+  "vnni_q8b"), 8.5 bits a weight, as in the file;
 * other quantized linear weights: int8 per row, 8 bits + one bfloat16 scale per row;
 * a quantized token embedding: its file bytes (decoded per lookup); tied, the int8 table the
-  output projection needs;
+  output projection needs (a Q8_0 one in its own blocks: the file's size);
 * F32 / F16 / BF16 weights: bfloat16 (2 bytes); norms and rope_freqs as stored;
 * the KV cache: 2 (K and V) x layers x KV heads x head_dim x context x 2 bytes (bfloat16);
 * activations of one prefill chunk (the peak of a step: attention scores, the FFN's hidden
@@ -74,13 +76,16 @@ def _resident_bytes(name: str, shape: tuple[int, ...], t: GGMLType, tied: bool) 
     rows, cols = shape
     int8 = n + 2 * rows
     q6k = t == GGMLType.Q6_K and rows % 16 == 0 and cols % 256 == 0  # its own blocks, repacked
+    q8b = t == GGMLType.Q8_0 and rows % 16 == 0 and cols % 32 == 0  # its own blocks, one table
     if name == "token_embd.weight":
         if tied:  # the lookup reads the file's bytes; the output projection its packed weight
             if q6k:
                 return 2 * tensor_nbytes(t, n)
+            if q8b:  # the lookup reads the packed table itself
+                return tensor_nbytes(t, n)
             return int8 if t not in _Q4 else tensor_nbytes(t, n) + n // 2 + n // 32 * 4
         return tensor_nbytes(t, n)
-    if q6k:
+    if q6k or q8b:
         return tensor_nbytes(t, n)
     if t == GGMLType.Q4_K and rows % 16 == 0:
         return n // 2 + n // 32 * 2 + n // 256 * 4

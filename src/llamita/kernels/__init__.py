@@ -5,7 +5,8 @@
                      LLAMITA_ISA holds a run to a lower one
     int4.py          4-bit weights (Q4_0, Q4_1, Q4_K in their own scales), Q6_K in its own
                      6-bit blocks, and their matmuls
-    int8.py          per-row int8 weights (Q8_0, Q5_*, Q2_K, Q3_K re-quantized) and theirs
+    int8.py          Q8_0 in its own 32-weight blocks, per-row int8 weights (Q5_*, Q2_K, Q3_K
+                     re-quantized) and their matmuls
     encoded_rows.py  a table kept in its file encoding, decoded only at the rows looked up
     csrc/            the C++: one file per kernel family and level, shared headers
 

@@ -9,10 +9,14 @@
 - layout "torch": `aten._weight_int8pack_mm(x, w_int8, scales)`, which computes
   `x @ (w_int8 * scales[:, None])ᵀ` exactly in x's dtype; everywhere else.
 
-Both hold one scale per output row. The other GGML formats (Q8_0, Q5_*, Q2_K, Q3_K; Q6_K only
-where no kernel level loads, since it keeps its own blocks otherwise: kernels/int4.py layout
-"vnni_q6k") have one scale per 16 or 32 weights, which neither kernel takes, so their
-dequantized values are re-quantized symmetrically per row: half the memory of bfloat16 at a small extra
+Both hold one scale per output row. GGML Q8_0 keeps its own blocks where a kernel level loads:
+layout "vnni_q8b" is the "vnni" codes (the file's own, unchanged) with the file's float16 scale
+of every 32 weights (`q8_0_blocks`; the kernel `q8b_vnni_mm` scales each group's integer dot
+product by d_w * d_x, llama.cpp's `ggml_vec_dot_q8_0_q8_0` arithmetic), so the weight is exact.
+The other GGML formats (Q5_*, Q2_K, Q3_K; Q8_0 where no kernel level loads; Q6_K only where
+none loads, since it keeps its own blocks otherwise: kernels/int4.py layout "vnni_q6k") have
+one scale per 16 or 32 weights, which the per-row kernels do not take, so their dequantized
+values are re-quantized symmetrically per row: half the memory of bfloat16 at a small extra
 error whose perplexity cost `docs/quantization.md` measures.
 """
 
@@ -35,8 +39,10 @@ class Int8Weight:
     """A linear weight (out_features, in_features): `W[n, k] = w[n, k] * scales[n]`.
 
     qweight: int8 (out_features, in_features), the codes w: in row order (layout "torch") or in
-    q8_vnni.cpp's blocks of 16 rows (layout "vnni"; `dequantize_int8` reads either);
-    scales: (out_features,) in the compute dtype (layout "torch") or bfloat16 ("vnni").
+    q8_vnni.cpp's blocks of 16 rows (layouts "vnni" and "vnni_q8b"; `dequantize_int8` reads
+    each); scales: (out_features,) in the compute dtype (layout "torch") or bfloat16 ("vnni");
+    for "vnni_q8b" float16 (out_features/16, in_features/32, 16), one per 32 weights of a row
+    (`W[n, k] = w[n, k] * scales[n // 16, k // 32, n % 16]`).
     """
 
     qweight: torch.Tensor
@@ -127,6 +133,37 @@ def quantize_int8(
     return Int8Weight(qweight, scales.to(torch.bfloat16 if layout == "vnni" else dtype), layout)
 
 
+Q8_0_BLOCK_BYTES = 34  # GGML Q8_0: float16 d, then 32 int8 codes
+
+
+def q8_0_blocks(n: int, k: int, raw_fn: Callable[[int, int], torch.Tensor]) -> Int8Weight:
+    """A GGML Q8_0 weight (n, k) in its own blocks: layout "vnni_q8b" (module doc), exact.
+
+    raw_fn(start, stop) returns the file bytes of rows start..stop (uint8, (stop-start, k/32*34)),
+    asked for in slices of whole 16-row blocks so a large weight is never copied whole twice.
+    Needs a kernel level (`native.vnni_kernels()`), n a multiple of 16 and k of 32.
+    """
+    if not native.vnni_kernels():
+        raise ValueError(f"llamita's int8 kernel is unavailable: {native.vnni_kernels_skipped()}")
+    if n % VNNI_BLOCK_ROWS or k % K_MULTIPLE or n <= 0:
+        raise ValueError(
+            f"layout 'vnni_q8b' needs rows a multiple of {VNNI_BLOCK_ROWS} and columns of {K_MULTIPLE}: {n}x{k}"
+        )
+    groups = k // K_MULTIPLE
+    qweight = torch.empty((n, k), dtype=torch.int8)
+    scales = torch.empty((n // VNNI_BLOCK_ROWS, groups, VNNI_BLOCK_ROWS), dtype=torch.float16)
+    step = max(VNNI_BLOCK_ROWS, _CHUNK_WEIGHTS // k // VNNI_BLOCK_ROWS * VNNI_BLOCK_ROWS)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        blocks = raw_fn(start, stop).reshape(stop - start, groups, Q8_0_BLOCK_BYTES)
+        d = blocks[..., :2].contiguous().view(torch.float16).view(stop - start, groups)
+        codes = blocks[..., 2:].contiguous().view(torch.int8).view(stop - start, k)
+        qweight[start:stop] = _vnni_order(codes)
+        b0, b1 = start // VNNI_BLOCK_ROWS, stop // VNNI_BLOCK_ROWS
+        scales[b0:b1] = d.view(b1 - b0, VNNI_BLOCK_ROWS, groups).transpose(1, 2)
+    return Int8Weight(qweight, scales, "vnni_q8b")
+
+
 def concat_int8(weights: list[Int8Weight] | tuple[Int8Weight, ...]) -> Int8Weight | None:
     """One weight whose output rows are those of `weights` in order (same in_features, scale
     dtype and layout), or None. Rows are independent (one scale each) and a "vnni" weight is
@@ -151,6 +188,9 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     if w.layout == "vnni":  # float32 out: activations quantized to int8 per 32 (module doc)
         x2 = kernel_activations(x, w.in_features)
         return native.kernel_ops().q8_vnni_mm(x2, w.qweight, w.scales).view(*lead, w.out_features).to(out_dtype)
+    if w.layout == "vnni_q8b":
+        x2 = kernel_activations(x, w.in_features)
+        return native.kernel_ops().q8b_vnni_mm(x2, w.qweight, w.scales).view(*lead, w.out_features).to(out_dtype)
     x2 = x.reshape(-1, w.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -161,6 +201,10 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
 
 def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None = None) -> torch.Tensor:
     """The weight (or only `rows` of it, e.g. embedding lookups) as dense `dtype`."""
+    if w.layout == "vnni_q8b":  # d * w is exact in float32 (11 x 8 significant bits)
+        if rows is None and dtype in (torch.bfloat16, torch.float32):  # one pass (portable.cpp)
+            return native.kernel_ops().q8b_vnni_dequantize(w.qweight, w.scales, dtype)
+        return _dequantize_q8b(w, rows).to(dtype)
     if w.layout == "vnni":
         n, k = w.qweight.shape
         if rows is None and dtype in (torch.bfloat16, torch.float32):  # one pass, same values
@@ -173,6 +217,19 @@ def dequantize_int8(w: Int8Weight, dtype: torch.dtype, rows: torch.Tensor | None
     else:
         q, s = (w.qweight, w.scales) if rows is None else (w.qweight[rows], w.scales[rows])
     return q.to(dtype) * s.to(dtype).unsqueeze(-1)
+
+
+def _dequantize_q8b(w: Int8Weight, rows: torch.Tensor | None) -> torch.Tensor:
+    """Float32 d * w of a "vnni_q8b" weight, all rows or only `rows` (any shape of ids)."""
+    n, k = w.qweight.shape
+    if rows is None:  # whole blocks in order: reshapes, no gather
+        q = _row_order(w.qweight).view(n, k // K_MULTIPLE, K_MULTIPLE)
+        d = w.scales.transpose(1, 2).reshape(n, k // K_MULTIPLE)
+        return (q.float() * d.float().unsqueeze(-1)).view(n, k)
+    blocks = w.qweight.view(n // VNNI_BLOCK_ROWS, k // 4, VNNI_BLOCK_ROWS, 4)
+    q = blocks[rows // VNNI_BLOCK_ROWS, :, rows % VNNI_BLOCK_ROWS].reshape(*rows.shape, k // K_MULTIPLE, K_MULTIPLE)
+    d = w.scales[rows // VNNI_BLOCK_ROWS, :, rows % VNNI_BLOCK_ROWS]
+    return (q.float() * d.float().unsqueeze(-1)).reshape(*rows.shape, k)
 
 
 # The kernel reads the reduction dimension in vector-sized steps: with K = 4 or 40 it returned

@@ -4,9 +4,10 @@ level the CPU allows chosen at run time.
 They are torch operators, so eager code and the AOTInductor-compiled decode step call them
 alike: `q4_vnni_mm` (int4 weights, kernels/int4.py layout "vnni"), `q4k_vnni_mm` (Q4_K in its
 own scales, layout "vnni_k"), `q6k_vnni_mm` (Q6_K in its own 6-bit codes and scales, layout
-"vnni_q6k") and `q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout
-"vnni"), with `*_dequantize` expanding each layout to dense weights for prefill and
-`*_pack_ggml` packing GGUF blocks at load. Every level works on the same packed layouts (the
+"vnni_q6k"), `q8_vnni_mm` (per-row int8 weights, kernels/int8.py layout
+"vnni") and `q8b_vnni_mm` (GGML Q8_0 in its own blocks, layout "vnni_q8b"), with
+`*_dequantize` expanding each layout to dense weights for prefill and `*_pack_ggml` packing
+GGUF blocks at load. Every level works on the same packed layouts (the
 name "vnni" is the layout's, not the instruction's), so loading and packing are shared:
 
   level        instructions                   operator namespace      sources
@@ -56,6 +57,8 @@ class KernelOps(Protocol):
     def q4k_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor: ...
     def q6k_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor: ...
     def q8_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor: ...
+    def q8b_vnni_mm(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor: ...
+    def q8b_vnni_dequantize(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
     def q4_vnni_dequantize(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
     def q4k_vnni_dequantize(self, codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
     def q6k_vnni_dequantize(self, codes: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
@@ -331,6 +334,10 @@ def _register_fake(namespace: str) -> None:
     def _q8_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
 
+    @torch.library.register_fake(f"{namespace}::q8b_vnni_mm")
+    def _q8b_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+
     @torch.library.register_fake(f"{namespace}::q4k_vnni_mm")
     def _q4k_shape(x: torch.Tensor, codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
@@ -350,6 +357,10 @@ def _register_fake(namespace: str) -> None:
     @torch.library.register_fake(f"{namespace}::q4_vnni_dequantize")
     def _q4_dense(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return codes.new_empty((codes.shape[0], codes.shape[1] * 2), dtype=dtype)
+
+    @torch.library.register_fake(f"{namespace}::q8b_vnni_dequantize")
+    def _q8b_dense(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return codes.new_empty(codes.shape, dtype=dtype)
 
     @torch.library.register_fake(f"{namespace}::q8_vnni_dequantize")
     def _q8_dense(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -32,7 +32,8 @@ class EncodedEmbedding(nn.Module):
 
 
 class Int8Embedding(nn.Module):
-    """Embedding rows read from an int8 per-row table (the tied output projection's weight).
+    """Embedding rows read from an int8 table (the tied output projection's weight): per row,
+    or GGML Q8_0 in its own blocks (layout "vnni_q8b": each row exactly the file's d * q).
 
     With tied embeddings the output matmul needs the table in int8 anyway; looking tokens up in
     that same copy keeps one table in memory instead of two.
@@ -47,7 +48,7 @@ class Int8Embedding(nn.Module):
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
         self.layout = weight.layout
-        self.dtype = dtype or weight.scales.dtype
+        self.dtype = dtype or (torch.bfloat16 if weight.layout == "vnni_q8b" else weight.scales.dtype)
         self.register_buffer("qweight", weight.qweight)
         self.register_buffer("scales", weight.scales)
 
@@ -55,4 +56,5 @@ class Int8Embedding(nn.Module):
         return dequantize_int8(Int8Weight(self.qweight, self.scales, self.layout), self.dtype, ids)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per row"
+        kind = "Q8_0 blocks of 32" if self.layout == "vnni_q8b" else "per row"
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 {kind}"

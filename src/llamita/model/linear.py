@@ -65,7 +65,8 @@ class Int4Linear(nn.Module):
 
 
 class Int8Linear(nn.Module):
-    """y = x Wᵀ with W as int8 codes and one scale per output row (GGML Q5/Q6/Q8/Q2/Q3 weights).
+    """y = x Wᵀ with W as int8 codes and one scale per output row (GGML Q5/Q6/Q8/Q2/Q3 weights),
+    or GGML Q8_0 in its own blocks of 32 (layout "vnni_q8b", kernels/int8.py).
 
     Like Int4Linear, many-row inputs (prefill) expand the weight and use a dense matmul.
     """
@@ -92,7 +93,8 @@ class Int8Linear(nn.Module):
         return int8_linear(x, self.weight_int8, out_dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row ({self.layout})"
+        kind = "Q8_0 blocks" if self.layout == "vnni_q8b" else "per row"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {kind} ({self.layout})"
 
 
 class FusedLinear(nn.Module):
@@ -154,9 +156,11 @@ def fuse_linears(parts: Sequence[nn.Module]) -> FusedLinear | None:
             return None
         start = 0
         for q in int8:
+            # "vnni_q8b" scales are per 16-row block (whole blocks, as the codes): a block slice.
+            per = VNNI_BLOCK_ROWS if w8.layout == "vnni_q8b" else 1
             q.qweight, q.scales = (
                 w8.qweight[start : start + q.out_features],
-                w8.scales[start : start + q.out_features],
+                w8.scales[start // per : (start + q.out_features) // per],
             )
             start += q.out_features
         return FusedLinear(Int8Linear(w8), int8)

@@ -25,7 +25,15 @@ from llamita.kernels import native
 from llamita.kernels.compact import StateDict
 from llamita.kernels.encoded_rows import EncodedRows, RowDecoder
 from llamita.kernels.int4 import VNNI_BLOCK_ROWS, VNNI_LAYOUTS, Int4Weight, int4_supported, pack_ggml_q6k_blocks
-from llamita.kernels.int8 import Int8Weight, int8_shape_ok, int8_supported, quantize_int8
+from llamita.kernels.int8 import (
+    K_MULTIPLE,
+    Int8Weight,
+    default_layout,
+    int8_shape_ok,
+    int8_supported,
+    q8_0_blocks,
+    quantize_int8,
+)
 from llamita.weights.gguf_reader import GGUFFile, GGUFTensorInfo
 from llamita.weights.q4_pack import AFFINE_Q4_TYPES, pack_q4
 from llamita.weights.quants import GGMLType, dequantize
@@ -227,7 +235,8 @@ def _int8(
     dtype: torch.dtype,
     release: Callable[[int, int], None] | None = None,
 ) -> Int8Weight:
-    """Re-quantize a GGML weight to int8 per row, decoding a slice of rows at a time.
+    """Re-quantize a GGML weight to int8 per row, decoding a slice of rows at a time; a Q8_0
+    weight instead keeps its own blocks where a kernel level takes them (layout "vnni_q8b").
 
     release(start, stop): told the byte range of `tensor` each slice came from once it is
     decoded, so a weight read from the file map gives its pages back as it goes (the output
@@ -236,6 +245,15 @@ def _int8(
     n, k = shape
     rows = tensor.view(n, -1)
     row_bytes = rows.shape[1]
+
+    def raw(r0: int, r1: int) -> torch.Tensor:
+        out = rows[r0:r1].clone()
+        if release is not None:
+            release(r0 * row_bytes, r1 * row_bytes)
+        return out
+
+    if ggml_type == GGMLType.Q8_0 and default_layout(n, dtype) == "vnni" and k % K_MULTIPLE == 0:
+        return q8_0_blocks(n, k, raw)  # its own blocks, exact (kernels/int8.py)
 
     def decode(r0: int, r1: int) -> torch.Tensor:
         out = dequantize(rows[r0:r1].reshape(-1), ggml_type, (r1 - r0, k))
@@ -308,7 +326,8 @@ def gguf_state_dict(
     Tensors are dequantized to `dtype` unless `compact` (CPU; engine/loader.py): then quantized
     weights stay small. Q4_0/Q4_1/Q4_K linear weights come as `Int4Weight` (exact but for
     bfloat16 scales), Q6_K ones where llamita's kernels load as `Int4Weight` of layout
-    "vnni_q6k" (its own 6-bit codes and scales, exact), other quantized linear weights as
+    "vnni_q6k" (its own 6-bit codes and scales, exact), Q8_0 ones there as `Int8Weight` of
+    layout "vnni_q8b" (its own blocks, exact), other quantized linear weights as
     per-row `Int8Weight`, and a quantized
     token embedding as `EncodedRows` (its file bytes, decoded per lookup) — or, for tied
     embeddings, as the `Int8Weight` the output projection needs anyway.

@@ -176,6 +176,21 @@ at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor
                                         (K / kSuper) * kQ6MetaBytes / 2, quantize, true);
 }
 
+// Layout "vnni_q8b" (GGML Q8_0 in its own blocks, kernels/int8.py): the codes as layout "vnni"
+// of int8 (q8_vnni.cpp), and the file's float16 scale d of every 32 weights per 16-row block and
+// group as (N/16, K/32, 16): one 32-byte load is group g's 16 scales, W[n, k] = d[n, k/32] w[n, k].
+template <template <int> class Block, int MAX_TILE, class Quantize>
+at::Tensor q8b_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales, Quantize quantize) {
+  check_operands("q8b_vnni_mm", x, codes, at::kChar, scales, at::kHalf);
+  const int64_t K = x.size(1), N = codes.size(0);
+  TORCH_CHECK(K % kGroup == 0 && N % kBlockRows == 0 && codes.size(1) == K,
+              "shapes do not fit: x ", x.sizes(), ", codes ", codes.sizes());
+  TORCH_CHECK(scales.numel() == N * (K / kGroup), "scales must be (N/16, K/32, 16) float16");
+  return matmul_blocks<Block, MAX_TILE>(x, N, reinterpret_cast<const uint8_t*>(codes.data_ptr()),
+                                        kBlockRows * K, reinterpret_cast<const uint16_t*>(scales.data_ptr()),
+                                        (K / kGroup) * kBlockRows, quantize);
+}
+
 // The result of each dequantize operator, after its checks.
 inline at::Tensor dequantized_q4(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
   const int64_t N = codes.size(0), K = codes.size(1) * 2;

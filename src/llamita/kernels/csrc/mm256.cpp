@@ -275,6 +275,51 @@ struct Q8Block256 {
   }
 };
 
+// One 16-row block of layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h) for ROWS rows of
+// x: Q8Block256's integer sums, each group's scaled by its own weight scales (the float32 steps
+// of q8_vnni.cpp's Q8BBlock, in its order):
+//   y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
+template <int ROWS>
+struct Q8BBlock256 {
+  static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
+                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
+    constexpr int S = kSplit<ROWS>;
+    const int64_t groups = K / kGroup;
+    __m256 total[ROWS][2];
+    for (int m = 0; m < ROWS; ++m) total[m][0] = total[m][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256i dot[ROWS][2][S];
+      for (int m = 0; m < ROWS; ++m)
+        for (int h = 0; h < 2; ++h)
+          for (int s = 0; s < S; ++s) dot[m][h][s] = _mm256_setzero_si256();
+      const uint8_t* chunk = codes + g * kBlockRows * kGroup;
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64 + 32 * h));
+          const __m256i prepared = ByteDot::prepare(w);
+          for (int m = 0; m < ROWS; ++m) {
+            __m256i& acc = dot[m][h][c % S];
+            acc = ByteDot::add(acc, prepared, w, bcast4(xq + m * K + g * kGroup + c * 4));
+          }
+        }
+      }
+      for (int m = 0; m < ROWS; ++m) {
+        const __m256i bias = _mm256_set1_epi32(ByteDot::kBias * qsum[m * groups + g]);
+        const __m256 dm = _mm256_set1_ps(d[m * groups + g]);
+        for (int h = 0; h < 2; ++h) {
+          __m256i sum = dot[m][h][0];
+          for (int j = 1; j < S; ++j) sum = _mm256_add_epi32(sum, dot[m][h][j]);
+          const __m256 scale = _mm256_mul_ps(_mm256_cvtph_ps(load128(scales + g * kBlockRows + 8 * h)), dm);
+          total[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, bias)), scale, total[m][h]);
+        }
+      }
+    }
+    for (int m = 0; m < ROWS; ++m)
+      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m][h]);
+  }
+};
+
 // One 16-row block of the "vnni_q6k" layout (q6k_vnni.cpp: the numerics and the layout) for
 // ROWS rows of x, as two halves of 8 rows, with the same integer sums and float32 steps as the
 // AVX-512 kernel.
@@ -341,6 +386,10 @@ at::Tensor q4k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::T
 
 at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
   return LLAMITA_OPS::q8_mm<Q8Block256, kQ8MaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
+}
+
+at::Tensor q8b_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
+  return LLAMITA_OPS::q8b_mm<Q8BBlock256, kQ8MaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
 }
 
 // The dense weight (N, K) of a 4-bit layout in float32 or bfloat16, for prefill's dense
@@ -435,6 +484,7 @@ TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
   m.def("q8_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
   m.def("q6k_vnni_mm(Tensor x, Tensor codes, Tensor meta) -> Tensor");
+  m.def("q8b_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q4_vnni_mm", q4_vnni_mm);
@@ -444,4 +494,5 @@ TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q8_vnni_mm", q8_vnni_mm);
   m.impl("q8_vnni_dequantize", q8_vnni_dequantize);
   m.impl("q6k_vnni_mm", q6k_vnni_mm);
+  m.impl("q8b_vnni_mm", q8b_vnni_mm);
 }

@@ -23,6 +23,10 @@ at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Te
   return LLAMITA_OPS::q8_mm<LLAMITA_OPS::Q8BlockNeon, kNeonMaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
 }
 
+at::Tensor q8b_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
+  return LLAMITA_OPS::q8b_mm<LLAMITA_OPS::Q8BBlockNeon, kNeonMaxTile>(x, codes, scales, LLAMITA_OPS::quantize_activations);
+}
+
 at::Tensor q6k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& meta) {
   return LLAMITA_OPS::q6k_mm<LLAMITA_OPS::Q6KBlockNeon, kNeonMaxTile>(x, codes, meta, LLAMITA_OPS::quantize_activations);
 }
@@ -34,10 +38,12 @@ TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def("q4k_vnni_mm(Tensor x, Tensor codes, Tensor meta) -> Tensor");
   m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
   m.def("q6k_vnni_mm(Tensor x, Tensor codes, Tensor meta) -> Tensor");
+  m.def("q8b_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q4_vnni_mm", q4_vnni_mm);
   m.impl("q4k_vnni_mm", q4k_vnni_mm);
   m.impl("q8_vnni_mm", q8_vnni_mm);
   m.impl("q6k_vnni_mm", q6k_vnni_mm);
+  m.impl("q8b_vnni_mm", q8b_vnni_mm);
 }

@@ -296,6 +296,40 @@ at::Tensor q8_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales,
   return out;
 }
 
+// The dense weight of layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h): W = d w, exact
+// in float32 (an f16 scale times an int8 code), rounded once to bfloat16 if asked; the same
+// values as the gguf package's dequantization. Plain C++ at every level (no SIMD version).
+at::Tensor q8b_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales, at::ScalarType dtype) {
+  const int64_t N = codes.size(0), K = codes.size(1), groups = K / kGroup;
+  at::Tensor out = LLAMITA_OPS::dequantized("q8b_vnni_dequantize", codes, at::kChar, scales, N, K, dtype, at::kHalf);
+  TORCH_CHECK(scales.numel() == N * groups, "scales must be (N/16, K/32, 16) float16");
+  const int8_t* cp = codes.data_ptr<int8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+  void* op = out.data_ptr();
+  const bool bf16 = dtype == at::kBFloat16;
+  at::parallel_for(0, N / kBlockRows, 1, [&](int64_t b0, int64_t b1) {
+    float row[kGroup];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int8_t* block = cp + b * kBlockRows * K;
+      for (int r = 0; r < kBlockRows; ++r) {
+        const int64_t at = (b * kBlockRows + r) * K;
+        for (int64_t g = 0; g < groups; ++g) {
+          const float s = half_to_float(sp[(b * groups + g) * kBlockRows + r]);
+          for (int c = 0; c < 8; ++c)
+            for (int j = 0; j < 4; ++j) row[4 * c + j] = static_cast<float>(block[(g * 8 + c) * 64 + 4 * r + j]) * s;
+          if (bf16) {
+            uint16_t* o = static_cast<uint16_t*>(op) + at + g * kGroup;
+            for (int i = 0; i < kGroup; ++i) o[i] = float_to_bf16(row[i]);
+          } else {
+            std::memcpy(static_cast<float*>(op) + at + g * kGroup, row, sizeof row);
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 #if defined(__aarch64__)
@@ -312,6 +346,7 @@ TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def(LLAMITA_PORTABLE("q4_vnni_dequantize") "(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
   m.def(LLAMITA_PORTABLE("q4k_vnni_dequantize") "(Tensor codes, Tensor meta, ScalarType dtype) -> Tensor");
   m.def(LLAMITA_PORTABLE("q8_vnni_dequantize") "(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
+  m.def("q8b_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q6k_vnni_pack_ggml", q6k_vnni_pack_ggml);
@@ -321,4 +356,5 @@ TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl(LLAMITA_PORTABLE("q4_vnni_dequantize"), q4_vnni_dequantize);
   m.impl(LLAMITA_PORTABLE("q4k_vnni_dequantize"), q4k_vnni_dequantize);
   m.impl(LLAMITA_PORTABLE("q8_vnni_dequantize"), q8_vnni_dequantize);
+  m.impl("q8b_vnni_dequantize", q8b_vnni_dequantize);
 }

@@ -1,6 +1,7 @@
-// 8-bit weight x 8-bit activation matmul on AVX-512 VNNI: the decode-step GEMV/GEMM for the
-// per-row int8 weights of kernels/int8.py (GGML Q8_0, Q5_*, Q2_K, Q3_K after re-quantizing,
-// and the tied output projection of small models, the largest matmul of their decode step).
+// 8-bit weight x 8-bit activation matmuls on AVX-512 VNNI: the decode-step GEMV/GEMM for the
+// int8 weights of kernels/int8.py: per row (q8_vnni_mm: GGML Q5_*, Q2_K, Q3_K after
+// re-quantizing) and GGML Q8_0 in its own blocks of 32 (q8b_vnni_mm, layout "vnni_q8b": the tied
+// output projection of small models, the largest matmul of their decode step, among them).
 //
 // Why our own kernel: torch's _weight_int8pack_mm converts every weight to float and multiplies
 // in float32 (on one 512-bit FMA port, 16 multiply-adds an instruction) and its cost grows
@@ -69,6 +70,45 @@ struct Q8Block {
   }
 };
 
+// One block of 16 output rows of layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h):
+// the same integer sums as Q8Block, each group's scaled by its own weight scales, as llama.cpp's
+// ggml_vec_dot_q8_0_q8_0 does per block:
+//   y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
+template <int ROWS>
+struct Q8BBlock {
+  static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
+                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
+    const int64_t groups = K / kGroup;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    __m512 total[ROWS];
+    for (int m = 0; m < ROWS; ++m) total[m] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i dot[ROWS];
+      for (int m = 0; m < ROWS; ++m) dot[m] = _mm512_setzero_si512();
+      const uint8_t* chunk = codes + g * kBlockRows * kGroup;
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(chunk + c * 64), flip);  // w + 128
+        for (int m = 0; m < ROWS; ++m) {
+          const int8_t* xm = xq + m * K + g * kGroup + c * 4;
+          dot[m] = _mm512_dpbusd_epi32(dot[m], v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm)));
+        }
+      }
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + g * kBlockRows)));
+      for (int m = 0; m < ROWS; ++m) {
+        const __m512i exact = _mm512_sub_epi32(dot[m], _mm512_set1_epi32(128 * qsum[m * groups + g]));
+        const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[m * groups + g]));
+        total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, total[m]);
+      }
+    }
+    for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, total[m]);
+  }
+};
+
+at::Tensor q8b_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
+  return llamita_vnni::q8b_mm<Q8BBlock, llamita_vnni::kMaxTile>(x, codes, scales, llamita_vnni::quantize_activations);
+}
+
 at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
   return llamita_vnni::q8_mm<Q8Block, llamita_vnni::kMaxTile>(x, codes, scales, llamita_vnni::quantize_activations);
 }
@@ -107,8 +147,10 @@ at::Tensor q8_vnni_dequantize(const at::Tensor& codes, const at::Tensor& scales,
 TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
   m.def("q8_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
   m.def("q8_vnni_dequantize(Tensor codes, Tensor scales, ScalarType dtype) -> Tensor");
+  m.def("q8b_vnni_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) {
   m.impl("q8_vnni_mm", q8_vnni_mm);
   m.impl("q8_vnni_dequantize", q8_vnni_dequantize);
+  m.impl("q8b_vnni_mm", q8b_vnni_mm);
 }
