@@ -214,17 +214,17 @@ def test_padded_embedding_rows_are_never_sampled(tmp_path):
 
     from tiny_models import byte_vocab, random_hf_weights, tiny_hf_config, write_gguf
 
-    n_tokens, pad = len(byte_vocab()[0]), 64
-    cfg = tiny_hf_config(vocab_size=n_tokens + pad)
+    vocab_size, pad = len(byte_vocab()[0]), 64
+    cfg = tiny_hf_config(vocab_size=vocab_size + pad)
     sd = random_hf_weights(cfg)
-    sd["lm_head.weight"][n_tokens:] *= 50  # the padding rows would win every draw
+    sd["lm_head.weight"][vocab_size:] *= 50  # the padding rows would win every draw
     llm = LLM(write_gguf(tmp_path / "padded.gguf", cfg, sd), dtype="float32", device="cpu")
-    assert llm.config.vocab_size == n_tokens + pad and llm.tokenizer.vocab_size == n_tokens
+    assert llm.config.vocab_size == vocab_size + pad and llm.tokenizer.vocab_size == vocab_size
     for params in (
         GREEDY.replace(max_tokens=12),
         SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=3, max_tokens=12, ignore_eos=True),
     ):
         out = llm.generate(prompt_token_ids=[40, 41, 42], params=params)
-        assert len(out.token_ids) == 12 and max(out.token_ids) < n_tokens
+        assert len(out.token_ids) == 12 and max(out.token_ids) < vocab_size
     with pytest.raises(InvalidParameterError, match="outside the vocabulary"):
-        llm.generate(prompt_token_ids=[n_tokens + 1], params=GREEDY)
+        llm.generate(prompt_token_ids=[vocab_size + 1], params=GREEDY)

@@ -30,7 +30,9 @@ def prompt_ids(llm_f32) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def alone(llm_f32, prompt_ids) -> list[list[int]]:
     """Each prompt's greedy tokens, each step a whole-sequence forward pass without a cache."""
-    return [greedy_tokens(llm_f32.loaded.model, ids, GREEDY.max_tokens, llm_f32.engine.n_tokens) for ids in prompt_ids]
+    return [
+        greedy_tokens(llm_f32.loaded.model, ids, GREEDY.max_tokens, llm_f32.engine.vocab_size) for ids in prompt_ids
+    ]
 
 
 def run(

@@ -26,7 +26,7 @@ class _Engine(ScriptedEngine):
 
     def __init__(self, loaded, script: str) -> None:
         super().__init__(loaded, script)
-        self.n_tokens = min(loaded.config.vocab_size, loaded.tokenizer.vocab_size)
+        self.vocab_size = min(loaded.config.vocab_size, loaded.tokenizer.vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_schemathesis_finds_no_server_error(scripted):
     from hypothesis.errors import Unsatisfiable
 
     doc = httpx.get(scripted.url + "/openapi.json").json()
-    schema = schemathesis.openapi.from_dict(_fuzz_bounds(doc, vocab=scripted.loop.engine.n_tokens))
+    schema = schemathesis.openapi.from_dict(_fuzz_bounds(doc, vocab=scripted.loop.engine.vocab_size))
     seen: dict[str, list] = {"requests": [], "5xx": []}
     for result in schema.get_all_operations():
         operation = result.ok()

@@ -156,7 +156,8 @@ class LLMEngine:
             )
         self.scheduler = Scheduler(BlockManager(2, block_size, prefix_caching), max_running, max_prefill_tokens)
         self._make_cache(kv_cache_tokens // block_size, block_size)
-        self.n_tokens = min(self.config.vocab_size, self.tokenizer.vocab_size)
+        # The ids both the model and the tokenizer know (a padded embedding has more rows).
+        self.vocab_size = min(self.config.vocab_size, self.tokenizer.vocab_size)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         self._arrivals = 0
@@ -196,12 +197,12 @@ class LLMEngine:
         if mode == "off" or self.compile_skipped is not None:
             return
         source = StepSource.of(loaded, block_size)
-        self.compiled = source.decoder(self.model, build=mode == "foreground")  # type: ignore[assignment]
+        compiled = self.compiled = source.paged_decoder(self.model, build=mode == "foreground")
         if mode == "foreground":
             for batch in rows:
-                self.compiled.prepare(batch)
+                compiled.prepare(batch)
         else:
-            self.builder = build_in_background(self.compiled, source, rows)[1]
+            self.builder = build_in_background(compiled, source, rows)[1]
 
     @property
     def decode_path(self) -> str:
@@ -222,7 +223,7 @@ class LLMEngine:
                 "lora",
                 f"no LoRA adapter named {adapter!r} is loaded (loaded: {', '.join(self.model.lora.names) or 'none'})",
             )
-        seq = SequenceState.create(0, prompt_ids, params, self.tokenizer, self.n_tokens, self.context_length)
+        seq = SequenceState.create(0, prompt_ids, params, self.tokenizer, self.vocab_size, self.context_length)
         request = Request(
             request_id, self._arrivals, seq, adapter=-1 if adapter is None else self.model.lora.slot(adapter)
         )
@@ -380,7 +381,8 @@ class LLMEngine:
         adapters = (
             torch.tensor([w.request.adapter for w in works], device=self.device) if self.model.lora.names else None
         )
-        return self.model(tokens, positions, self.cache, None, last_only=True, adapters=adapters)[:, -1]
+        logits: torch.Tensor = self.model(tokens, positions, self.cache, None, last_only=True, adapters=adapters)
+        return logits[:, -1]
 
     def _greedy_picks(self, works: list[Work], logits: torch.Tensor) -> list[int | None]:
         """Each row's token when its request samples by plain argmax (no grammar, bias or
@@ -388,7 +390,7 @@ class LLMEngine:
         greedy = [w.request.seq.constraint is None and w.request.seq.sampler.plain_greedy for w in works]
         if not any(greedy):
             return [None] * len(works)
-        best = logits[:, : self.n_tokens].argmax(-1).tolist()
+        best = logits[:, : self.vocab_size].argmax(-1).tolist()
         return [b if g else None for b, g in zip(best, greedy)]
 
     def _finish_work(self, work: Work, logits: torch.Tensor, pick: int | None = None) -> list[RequestOutput]:
@@ -398,7 +400,7 @@ class LLMEngine:
         if not work.completes:
             return []
         seq = request.seq
-        logits = logits[: self.n_tokens].float().cpu()
+        logits = logits[: self.vocab_size].float().cpu()
         if self.on_logits is not None:
             self.on_logits(request.request_id, logits)
         token = seq.next_token(logits) if pick is None else pick

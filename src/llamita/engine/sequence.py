@@ -56,14 +56,14 @@ class SequenceState:
         prompt_ids: list[int],
         params: SamplingParams,
         tokenizer: Tokenizer,
-        n_tokens: int,
+        vocab_size: int,
         context_length: int,
     ) -> SequenceState:
-        """Validate a prompt against the vocabulary (`n_tokens` ids) and the context window
+        """Validate a prompt against the vocabulary (`vocab_size` ids) and the context window
         (`context_length` positions) and set up its generation state."""
         if not prompt_ids:
             raise InvalidParameterError("prompt", "the prompt is empty (no tokens)")
-        bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < n_tokens)]
+        bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
         if bad:
             raise InvalidParameterError("prompt", f"token id {bad[0]} is outside the vocabulary")
         n = len(prompt_ids)
@@ -72,15 +72,15 @@ class SequenceState:
                 f"the prompt has {n} tokens but the context window holds {context_length} "
                 f"(prompt plus at least one generated token): {n + 1 - context_length} too many"
             )
-        bias_ids = [t for t, _ in params.logit_bias if t >= n_tokens]
+        bias_ids = [t for t, _ in params.logit_bias if t >= vocab_size]
         if bias_ids:
             raise InvalidParameterError(
-                "logit_bias", f"token id {bias_ids[0]} is outside the vocabulary ({n_tokens} tokens)"
+                "logit_bias", f"token id {bias_ids[0]} is outside the vocabulary ({vocab_size} tokens)"
             )
         room = context_length - n
         max_new = room if params.max_tokens is None else min(params.max_tokens, room)
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else tokenizer.stop_ids)
-        constraint = None if params.grammar is None else TokenConstraint(params.grammar, tokenizer, n_tokens)
+        constraint = None if params.grammar is None else TokenConstraint(params.grammar, tokenizer, vocab_size)
         return cls(
             index,
             list(prompt_ids),
@@ -94,7 +94,7 @@ class SequenceState:
         )
 
     def next_token(self, logits: torch.Tensor) -> int:
-        """Draw the next token from one row of logits (n_tokens,), float32 on the CPU:
+        """Draw the next token from one row of logits (vocab_size,), float32 on the CPU:
         grammar mask first (a forbidden token can never come back), then the sampler chain."""
         if self.constraint is not None:
             logits = self.constraint.mask(logits)

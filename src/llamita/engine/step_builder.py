@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from torch import nn
 
 from llamita.errors import InvalidParameterError
 from llamita.model.compiled import (
@@ -46,6 +45,7 @@ from llamita.model.compiled_paged import PagedCompiledDecoder
 
 if TYPE_CHECKING:
     from llamita.engine.loader import LoadedModel
+    from llamita.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,13 @@ class StepSource:
     def of(cls, loaded: LoadedModel, block_size: int = 0) -> StepSource:
         return cls(loaded.path, str(loaded.dtype).removeprefix("torch."), loaded.compact, block_size)
 
-    def decoder(self, model: nn.Module, root: Path | None = None, build: bool = True) -> CompiledDecoder:
+    def decoder(self, model: Transformer, root: Path | None = None, build: bool = True) -> CompiledDecoder:
         if self.block_size:
-            return PagedCompiledDecoder(model, self.block_size, root, build)
+            return self.paged_decoder(model, root, build)
         return CompiledDecoder(model, root, build)
+
+    def paged_decoder(self, model: Transformer, root: Path | None = None, build: bool = True) -> PagedCompiledDecoder:
+        return PagedCompiledDecoder(model, self.block_size, root, build)
 
 
 def build_in_background(

@@ -105,8 +105,8 @@ def bandwidth_floor(loaded: LoadedModel, tg_tokens_per_second: float) -> Bandwid
 
 def _random_ids(loaded: LoadedModel, n: int, seed: int = 0) -> list[int]:
     g = torch.Generator().manual_seed(seed)
-    n_tokens = min(loaded.config.vocab_size, loaded.tokenizer.vocab_size)
-    return torch.randint(0, n_tokens, (n,), generator=g).tolist()
+    vocab_size = min(loaded.config.vocab_size, loaded.tokenizer.vocab_size)
+    return torch.randint(0, vocab_size, (n,), generator=g).tolist()
 
 
 def _timed(run: Callable[[], float], n_tokens: int, repetitions: int, test: str) -> BenchResult:

@@ -27,7 +27,7 @@ router = APIRouter()
 
 async def _embed_all(state: ServerState, inputs: list[list[int]]) -> list[list[float]]:
     def job(engine: LLMEngine) -> list[list[float]]:
-        return [embed(engine.model, ids, engine.n_tokens).tolist() for ids in inputs]
+        return [embed(engine.model, ids, engine.vocab_size).tolist() for ids in inputs]
 
     return await state.loop.call(job)
 

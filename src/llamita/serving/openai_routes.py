@@ -313,7 +313,7 @@ async def _echo_completions(
     n = choice_count(body)
     scored = await state.loop.call(
         lambda engine: (
-            [prompt_logprobs(engine.model, ids, engine.n_tokens, top) for ids in prompts] if wants_logprobs else []
+            [prompt_logprobs(engine.model, ids, engine.vocab_size, top) for ids in prompts] if wants_logprobs else []
         )
     )
     if field(body, "max_tokens", int) == 0:

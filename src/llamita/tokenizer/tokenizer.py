@@ -334,12 +334,12 @@ def _typed(meta: Mapping[str, Any], key: str, kind: type, element: type | None =
     return value
 
 
-def _checked_id(name: str, token_id: Any, n_tokens: int) -> int | None:
+def _checked_id(name: str, token_id: Any, vocab_size: int) -> int | None:
     """A special-token id from the file, or None if absent or out of range (with a warning)."""
     if token_id is None:
         return None
     i = int(token_id)
-    if not 0 <= i < n_tokens:
+    if not 0 <= i < vocab_size:
         warnings.warn(
             f"tokenizer.ggml.{name}_token_id = {i} is outside the vocabulary; ignoring it",
             stacklevel=3,
