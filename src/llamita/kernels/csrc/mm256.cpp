@@ -231,10 +231,14 @@ using Q4Affine256 = Q4Block256<ROWS, AffineScales>;
 template <int ROWS>
 using Q4K256 = Q4Block256<ROWS, KScales>;
 
-// One 16-row block of int8 weights (layout "vnni" of int8.py) for ROWS rows of x:
+// One 16-row block of int8 weights for ROWS rows of x (q8_vnni.cpp's Q8Kernel, its float32
+// steps in its order). BLOCK_SCALES false: layout "vnni" of int8.py, one scale per row:
 //   y[m, n] = s[n] * sum_g d[m, g] * sum_k w xq
-template <int ROWS>
-struct Q8Block256 {
+// BLOCK_SCALES true: layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h); the block scales
+// are read inside the loop over rows of x (fewer registers held across it on AVX2):
+//   y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
+template <int ROWS, bool BLOCK_SCALES>
+struct Q8Kernel256 {
   static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
                   const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
     constexpr int S = kSplit<ROWS>;
@@ -264,61 +268,32 @@ struct Q8Block256 {
         for (int h = 0; h < 2; ++h) {
           __m256i sum = dot[m][h][0];
           for (int j = 1; j < S; ++j) sum = _mm256_add_epi32(sum, dot[m][h][j]);
-          total[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, bias)), dm, total[m][h]);
+          const __m256 exact = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, bias));
+          if constexpr (BLOCK_SCALES) {
+            const __m256 scale = _mm256_mul_ps(_mm256_cvtph_ps(load128(scales + g * kBlockRows + 8 * h)), dm);
+            total[m][h] = _mm256_fmadd_ps(exact, scale, total[m][h]);
+          } else {
+            total[m][h] = _mm256_fmadd_ps(exact, dm, total[m][h]);
+          }
         }
       }
     }
-    for (int h = 0; h < 2; ++h) {
-      const __m256 s = bf16x8_to_float(load128(scales + 8 * h));
-      for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(y + m * ldy + 8 * h, _mm256_mul_ps(total[m][h], s));
+    if constexpr (BLOCK_SCALES) {
+      for (int m = 0; m < ROWS; ++m)
+        for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m][h]);
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        const __m256 s = bf16x8_to_float(load128(scales + 8 * h));
+        for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(y + m * ldy + 8 * h, _mm256_mul_ps(total[m][h], s));
+      }
     }
   }
 };
 
-// One 16-row block of layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h) for ROWS rows of
-// x: Q8Block256's integer sums, each group's scaled by its own weight scales (the float32 steps
-// of q8_vnni.cpp's Q8BBlock, in its order):
-//   y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
 template <int ROWS>
-struct Q8BBlock256 {
-  static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
-                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
-    constexpr int S = kSplit<ROWS>;
-    const int64_t groups = K / kGroup;
-    __m256 total[ROWS][2];
-    for (int m = 0; m < ROWS; ++m) total[m][0] = total[m][1] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-      __m256i dot[ROWS][2][S];
-      for (int m = 0; m < ROWS; ++m)
-        for (int h = 0; h < 2; ++h)
-          for (int s = 0; s < S; ++s) dot[m][h][s] = _mm256_setzero_si256();
-      const uint8_t* chunk = codes + g * kBlockRows * kGroup;
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        for (int h = 0; h < 2; ++h) {
-          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64 + 32 * h));
-          const __m256i prepared = ByteDot::prepare(w);
-          for (int m = 0; m < ROWS; ++m) {
-            __m256i& acc = dot[m][h][c % S];
-            acc = ByteDot::add(acc, prepared, w, bcast4(xq + m * K + g * kGroup + c * 4));
-          }
-        }
-      }
-      for (int m = 0; m < ROWS; ++m) {
-        const __m256i bias = _mm256_set1_epi32(ByteDot::kBias * qsum[m * groups + g]);
-        const __m256 dm = _mm256_set1_ps(d[m * groups + g]);
-        for (int h = 0; h < 2; ++h) {
-          __m256i sum = dot[m][h][0];
-          for (int j = 1; j < S; ++j) sum = _mm256_add_epi32(sum, dot[m][h][j]);
-          const __m256 scale = _mm256_mul_ps(_mm256_cvtph_ps(load128(scales + g * kBlockRows + 8 * h)), dm);
-          total[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, bias)), scale, total[m][h]);
-        }
-      }
-    }
-    for (int m = 0; m < ROWS; ++m)
-      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m][h]);
-  }
-};
+using Q8Block256 = Q8Kernel256<ROWS, false>;
+template <int ROWS>
+using Q8BBlock256 = Q8Kernel256<ROWS, true>;
 
 // One 16-row block of the "vnni_q6k" layout (q6k_vnni.cpp: the numerics and the layout) for
 // ROWS rows of x, as two halves of 8 rows, with the same integer sums and float32 steps as the

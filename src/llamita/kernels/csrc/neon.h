@@ -150,10 +150,12 @@ using Q4AffineNeon = Q4BlockNeon<ROWS, AffineScalesNeon>;
 template <int ROWS>
 using Q4KNeon = Q4BlockNeon<ROWS, KScalesNeon>;
 
-// One 16-row block of int8 weights (one bfloat16 scale per row) for ROWS rows of x:
-//   y[m, n] = s[n] * sum_g d[m, g] * sum_k w xq
-template <int ROWS>
-struct Q8BlockNeon {
+// One 16-row block of int8 weights for ROWS rows of x, the float32 steps of the x86 kernels.
+// BLOCK_SCALES false: one bfloat16 scale per row:  y[m, n] = s[n] * sum_g d[m, g] * sum_k w xq
+// BLOCK_SCALES true: layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h: float16 d_w
+// (K/32, 16) per block):  y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
+template <int ROWS, bool BLOCK_SCALES>
+struct Q8KernelNeon {
   static void run(const int8_t* xq, const float* d, const int32_t* /*qsum*/, int64_t K,
                   const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
     const int64_t groups = K / kGroup;
@@ -171,53 +173,35 @@ struct Q8BlockNeon {
           for (int m = 0; m < ROWS; ++m) dot[m][p] = vdotq_s32(dot[m][p], w, bcast4(xq + m * K + g * kGroup + c * 4));
         }
       }
+      [[maybe_unused]] const uint8_t* dw = reinterpret_cast<const uint8_t*>(scales + g * kBlockRows);
       for (int m = 0; m < ROWS; ++m) {
         const float32x4_t dm = vdupq_n_f32(d[m * groups + g]);
-        for (int p = 0; p < 4; ++p) total[m][p] = vfmaq_f32(total[m][p], vcvtq_f32_s32(dot[m][p]), dm);
+        for (int p = 0; p < 4; ++p) {
+          if constexpr (BLOCK_SCALES) {
+            const float32x4_t scale = vmulq_f32(halves4_to_float(dw + 8 * p), dm);
+            total[m][p] = vfmaq_f32(total[m][p], vcvtq_f32_s32(dot[m][p]), scale);
+          } else {
+            total[m][p] = vfmaq_f32(total[m][p], vcvtq_f32_s32(dot[m][p]), dm);
+          }
+        }
       }
     }
-    for (int p = 0; p < 4; ++p) {
-      const float32x4_t s = bf16x4_to_float(scales + 4 * p);
-      for (int m = 0; m < ROWS; ++m) vst1q_f32(y + m * ldy + 4 * p, vmulq_f32(total[m][p], s));
+    if constexpr (BLOCK_SCALES) {
+      for (int m = 0; m < ROWS; ++m)
+        for (int p = 0; p < 4; ++p) vst1q_f32(y + m * ldy + 4 * p, total[m][p]);
+    } else {
+      for (int p = 0; p < 4; ++p) {
+        const float32x4_t s = bf16x4_to_float(scales + 4 * p);
+        for (int m = 0; m < ROWS; ++m) vst1q_f32(y + m * ldy + 4 * p, vmulq_f32(total[m][p], s));
+      }
     }
   }
 };
 
-// One 16-row block of layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h: float16 d_w
-// (K/32, 16) per block) for ROWS rows of x, the float32 steps of the x86 kernels:
-//   y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
 template <int ROWS>
-struct Q8BBlockNeon {
-  static void run(const int8_t* xq, const float* d, const int32_t* /*qsum*/, int64_t K,
-                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
-    const int64_t groups = K / kGroup;
-    float32x4_t total[ROWS][4];
-    for (int m = 0; m < ROWS; ++m)
-      for (int p = 0; p < 4; ++p) total[m][p] = vdupq_n_f32(0.0f);
-    for (int64_t g = 0; g < groups; ++g) {
-      int32x4_t dot[ROWS][4];
-      for (int m = 0; m < ROWS; ++m)
-        for (int p = 0; p < 4; ++p) dot[m][p] = vdupq_n_s32(0);
-      const int8_t* chunk = reinterpret_cast<const int8_t*>(codes) + g * kBlockRows * kGroup;
-      for (int c = 0; c < 8; ++c) {
-        for (int p = 0; p < 4; ++p) {
-          const int8x16_t w = vld1q_s8(chunk + c * 64 + 16 * p);
-          for (int m = 0; m < ROWS; ++m) dot[m][p] = vdotq_s32(dot[m][p], w, bcast4(xq + m * K + g * kGroup + c * 4));
-        }
-      }
-      const uint8_t* dw = reinterpret_cast<const uint8_t*>(scales + g * kBlockRows);
-      for (int m = 0; m < ROWS; ++m) {
-        const float32x4_t dm = vdupq_n_f32(d[m * groups + g]);
-        for (int p = 0; p < 4; ++p) {
-          const float32x4_t scale = vmulq_f32(halves4_to_float(dw + 8 * p), dm);
-          total[m][p] = vfmaq_f32(total[m][p], vcvtq_f32_s32(dot[m][p]), scale);
-        }
-      }
-    }
-    for (int m = 0; m < ROWS; ++m)
-      for (int p = 0; p < 4; ++p) vst1q_f32(y + m * ldy + 4 * p, total[m][p]);
-  }
-};
+using Q8BlockNeon = Q8KernelNeon<ROWS, false>;
+template <int ROWS>
+using Q8BBlockNeon = Q8KernelNeon<ROWS, true>;
 
 // One 16-row block of the "vnni_q6k" layout for ROWS rows of x (qsum: sums of xq per 16):
 //   isum = sum_j sc_j (sum_k q xq - 32 sum_k xq),  y[m, n] = sum_g float(isum) (d_w d_x)

@@ -39,9 +39,13 @@ using llamita_vnni::kBlockRows;
 using llamita_vnni::kGroup;
 
 // One block of 16 output rows for ROWS rows of x: each weight operand is loaded once and used
-// for every row of x.
-template <int ROWS>
-struct Q8Block {
+// for every row of x. BLOCK_SCALES false: layout "vnni", one bfloat16 scale per row, applied at
+// the end:  y[m, n] = s[n] * sum_g d[m, g] * sum_k w xq
+// BLOCK_SCALES true: layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h), each group's
+// integer sum scaled by its own weight scale, as llama.cpp's ggml_vec_dot_q8_0_q8_0 does:
+//   y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
+template <int ROWS, bool BLOCK_SCALES>
+struct Q8Kernel {
   static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
                   const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
     const int64_t groups = K / kGroup;
@@ -60,50 +64,34 @@ struct Q8Block {
           dot[m] = _mm512_dpbusd_epi32(dot[m], v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm)));
         }
       }
-      for (int m = 0; m < ROWS; ++m) {
-        const __m512i exact = _mm512_sub_epi32(dot[m], _mm512_set1_epi32(128 * qsum[m * groups + g]));
-        total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(d[m * groups + g]), total[m]);
+      if constexpr (BLOCK_SCALES) {
+        const __m512 dw =
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + g * kBlockRows)));
+        for (int m = 0; m < ROWS; ++m) {
+          const __m512i exact = _mm512_sub_epi32(dot[m], _mm512_set1_epi32(128 * qsum[m * groups + g]));
+          const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[m * groups + g]));
+          total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, total[m]);
+        }
+      } else {
+        for (int m = 0; m < ROWS; ++m) {
+          const __m512i exact = _mm512_sub_epi32(dot[m], _mm512_set1_epi32(128 * qsum[m * groups + g]));
+          total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(d[m * groups + g]), total[m]);
+        }
       }
     }
-    const __m512 s = bf16x16_to_float(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales)));
-    for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, _mm512_mul_ps(total[m], s));
+    if constexpr (BLOCK_SCALES) {
+      for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, total[m]);
+    } else {
+      const __m512 s = bf16x16_to_float(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales)));
+      for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, _mm512_mul_ps(total[m], s));
+    }
   }
 };
 
-// One block of 16 output rows of layout "vnni_q8b" (GGML Q8_0 in its own blocks, common.h):
-// the same integer sums as Q8Block, each group's scaled by its own weight scales, as llama.cpp's
-// ggml_vec_dot_q8_0_q8_0 does per block:
-//   y[m, n] = sum_g float(sum_k w xq) * (d_w[n, g] * d[m, g])
 template <int ROWS>
-struct Q8BBlock {
-  static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
-                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
-    const int64_t groups = K / kGroup;
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    __m512 total[ROWS];
-    for (int m = 0; m < ROWS; ++m) total[m] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-      __m512i dot[ROWS];
-      for (int m = 0; m < ROWS; ++m) dot[m] = _mm512_setzero_si512();
-      const uint8_t* chunk = codes + g * kBlockRows * kGroup;
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(chunk + c * 64), flip);  // w + 128
-        for (int m = 0; m < ROWS; ++m) {
-          const int8_t* xm = xq + m * K + g * kGroup + c * 4;
-          dot[m] = _mm512_dpbusd_epi32(dot[m], v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xm)));
-        }
-      }
-      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + g * kBlockRows)));
-      for (int m = 0; m < ROWS; ++m) {
-        const __m512i exact = _mm512_sub_epi32(dot[m], _mm512_set1_epi32(128 * qsum[m * groups + g]));
-        const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[m * groups + g]));
-        total[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, total[m]);
-      }
-    }
-    for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(y + m * ldy, total[m]);
-  }
-};
+using Q8Block = Q8Kernel<ROWS, false>;
+template <int ROWS>
+using Q8BBlock = Q8Kernel<ROWS, true>;
 
 at::Tensor q8b_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
   return llamita_vnni::q8b_mm<Q8BBlock, llamita_vnni::kMaxTile>(x, codes, scales, llamita_vnni::quantize_activations);
