@@ -18,7 +18,7 @@ from llamita.engine.llm_engine import LLMEngine
 from llamita.engine.loader import LoadedModel, kernel_summary, load_model
 from llamita.engine.lora_attach import attach_loras
 from llamita.engine.tensor_parallel import open_model
-from llamita.engine.threads import threads_label, use_threads
+from llamita.engine.threads import on_fresh_thread, threads_label, use_threads
 from llamita.errors import InvalidParameterError
 from llamita.jobs.memory import served_bytes
 from llamita.serving.app import create_app
@@ -76,10 +76,16 @@ def serve(config: ServerConfig) -> None:
             if loaded is not None:  # rank 0; the other ranks have followed its steps and are done
                 _serve(config, loaded)
         return
-    loaded = load_model(config.model, dtype=config.dtype, device=config.device, gpu_layers=config.gpu_layers)
-    attach_loras(loaded.model, loaded.config, config.lora, combine=False)
-    attach_created_adapters(loaded)
-    _serve(config, loaded)
+
+    def load() -> tuple[LoadedModel, LLMEngine, str]:
+        loaded = load_model(config.model, dtype=config.dtype, device=config.device, gpu_layers=config.gpu_layers)
+        attach_loras(loaded.model, loaded.config, config.lora, combine=False)
+        attach_created_adapters(loaded)
+        engine = new_engine(config, loaded)
+        return loaded, engine, engine.decode_path  # the label loads a built package: torch work
+
+    # Off the main thread, which the HTTP server keeps: see on_fresh_thread.
+    _serve(config, *on_fresh_thread(load))
 
 
 def attach_created_adapters(loaded: LoadedModel) -> None:
@@ -117,26 +123,36 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
-    """Serve `loaded`, its LoRA adapters (one slot each) already installed, and the library."""
-    adapters = list(loaded.model.lora.names)
-    engine = LLMEngine(
+def new_engine(config: ServerConfig, loaded: LoadedModel) -> LLMEngine:
+    """The engine of a served model (its KV cache allocated, a built compiled step loaded)."""
+    return LLMEngine(
         loaded, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running, compile=config.compile
     )
+
+
+def _serve(
+    config: ServerConfig, loaded: LoadedModel, engine: LLMEngine | None = None, decode_path: str | None = None
+) -> None:
+    """Serve `loaded`, its LoRA adapters (one slot each) already installed, and the library;
+    `engine` its engine when it was made already (off the main thread)."""
+    adapters = list(loaded.model.lora.names)
+    if engine is None:
+        engine = new_engine(config, loaded)
+    if decode_path is None:
+        decode_path = engine.decode_path
     loop = EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
     name = config.model_name or served_name(loaded.path, config.model)
 
     def load_engine(name: str) -> EngineLoop:
-        # By name, not path: a created model (`llamita create`) brings its settings and template.
-        other = load_model(name, dtype=config.dtype, device=config.device)
-        attach_created_adapters(other)
-        return EngineLoop(
-            LLMEngine(
-                other, kv_cache_tokens=config.kv_cache_tokens, max_running=config.max_running, compile=config.compile
-            ),
-            max_queue=config.max_queue,
-            request_timeout=config.request_timeout,
-        )
+        def load() -> LLMEngine:
+            # By name, not path: a created model (`llamita create`) brings its settings and template.
+            other = load_model(name, dtype=config.dtype, device=config.device)
+            attach_created_adapters(other)
+            return new_engine(config, other)
+
+        # On a thread that ends: a request's worker thread lives on (see on_fresh_thread).
+        engine = on_fresh_thread(load)
+        return EngineLoop(engine, max_queue=config.max_queue, request_timeout=config.request_timeout)
 
     def estimate(path: Path) -> int:
         return served_bytes(
@@ -176,7 +192,7 @@ def _serve(config: ServerConfig, loaded: LoadedModel) -> None:
     kernels = kernel_summary() if loaded.device.type == "cpu" else str(loaded.device)
     print(
         f"llamita: serving '{name}' ({loaded.dtype}, {kernels}, {threads_label()}, "
-        f"context {engine.context_length} tokens, {engine.decode_path} decode) on "
+        f"context {engine.context_length} tokens, {decode_path} decode) on "
         f"http://{config.host}:{config.port}",
         flush=True,
     )
