@@ -5,6 +5,7 @@ thread's made every decode step 3x slower), never on the main thread that serves
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,3 +86,16 @@ def test_a_model_loaded_on_demand_loads_on_a_thread_that_ends(monkeypatch: pytes
         load_engine("other")
     assert where and where[0] is not threading.current_thread()
     assert not where[0].is_alive()
+
+
+def test_to_fresh_thread_runs_off_the_executor_threads() -> None:
+    """Request handlers' torch work (searching a collection, an embedding model) runs on a
+    thread that ends, not on asyncio's executor threads, which live on."""
+    seen: list[threading.Thread] = []
+
+    def work(n: int) -> int:
+        seen.append(threading.current_thread())
+        return int(torch.arange(n).sum())
+
+    assert asyncio.run(threads.to_fresh_thread(work, 10)) == 45
+    assert seen[0].name == "llamita-work" and not seen[0].is_alive()

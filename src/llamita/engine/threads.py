@@ -12,6 +12,7 @@ to notice; here the default starts from torch's and leaves out the cores other w
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import threading
@@ -117,3 +118,10 @@ def on_fresh_thread(fn: Callable[[], T], name: str = "llamita-load") -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+async def to_fresh_thread(fn: Callable[..., T], *args: object) -> T:
+    """asyncio.to_thread for work that runs torch ops (a search over a collection's vectors, an
+    embedding model): the executor's threads live on, and a torch op there would leave a second
+    OpenMP team beside the engine thread's (see on_fresh_thread)."""
+    return await asyncio.to_thread(on_fresh_thread, functools.partial(fn, *args), "llamita-work")

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from llamita.engine.threads import to_fresh_thread
 from llamita.rag.collection import MODES
 from llamita.serving.collections import MAX_FILES_PER_UPLOAD
 from llamita.serving.errors import APIError
@@ -50,7 +51,7 @@ async def create_collection(request: Request) -> JSONResponse:
     name = field(body, "name", str, required=True)
     model = field(body, "embedding_model", str)
     collections = collections_of(request)
-    return JSONResponse(await asyncio.to_thread(collections.create, name, model), status_code=201)
+    return JSONResponse(await to_fresh_thread(collections.create, name, model), status_code=201)
 
 
 @router.get("/v1/collections/{name}")
@@ -79,7 +80,7 @@ async def upload_files(request: Request, name: str) -> JSONResponse:
         if not uploads:
             raise APIError(400, "no files: send them in the multipart field 'files'", param="files")
         files = [(f.filename or "", await f.read()) for f in uploads]
-    return JSONResponse(await asyncio.to_thread(collections.add_files, name, files))
+    return JSONResponse(await to_fresh_thread(collections.add_files, name, files))
 
 
 @router.delete("/v1/collections/{name}/files/{file:path}", status_code=204)
@@ -107,4 +108,4 @@ async def search(request: Request, name: str) -> JSONResponse:
     def work() -> list[dict[str, Any]]:
         return [collections.hit_json(n, hit) for n, hit in collections.search([name], query, top, mode)]
 
-    return JSONResponse({"object": "list", "collection": name, "query": query, "data": await asyncio.to_thread(work)})
+    return JSONResponse({"object": "list", "collection": name, "query": query, "data": await to_fresh_thread(work)})

@@ -14,6 +14,7 @@ from fastapi import Request
 
 from llamita.api.llm import LLM
 from llamita.engine.conversation import Message
+from llamita.engine.threads import to_fresh_thread
 from llamita.rag.answer import build_prompt
 from llamita.rag.retrieval import Hit
 from llamita.serving.collections import Collections
@@ -118,4 +119,4 @@ async def rag_prompt(
         listed = [collections.hit_json(name, hit) for name, hit in found if id(hit) in kept]
         return RagPrompt(prompt.messages, [{"index": i, **s} for i, s in enumerate(listed, start=1)])
 
-    return await asyncio.to_thread(work)
+    return await to_fresh_thread(work)
