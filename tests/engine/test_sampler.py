@@ -305,3 +305,30 @@ def test_top_logprobs_uses_the_raw_logits() -> None:
     assert top_logprobs(logits, 0) == []
     assert len(top_logprobs(logits, 1000)) == logits.numel()
     assert top_logprobs(torch.tensor([0.0, 0.0]).half(), 1)[0][1] == pytest.approx(math.log(0.5))
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.5, 3.0])  # flat to peaked: the cut needs 2,000+ tokens to a few
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99])
+def test_top_p_over_a_large_vocabulary_equals_the_float64_statement(scale: float, top_p: float) -> None:
+    """top_p with top_k off sorts only as many tokens as the cut needs (sampler._nucleus); the
+    kept set is the smallest prefix of the whole sorted vocabulary reaching top_p."""
+    logits = torch.randn(20000, generator=torch.Generator().manual_seed(7)) * scale
+    order = torch.argsort(logits.double(), descending=True)
+    mass_before = torch.softmax(logits.double()[order], dim=0).cumsum(0) - torch.softmax(logits.double()[order], 0)
+    expected = set(order[mass_before < top_p].tolist())
+    filtered = filter_logits(logits, PLAIN.replace(top_p=top_p))
+    assert set(torch.isfinite(filtered).nonzero().flatten().tolist()) == expected
+    assert torch.equal(filtered[list(expected)], logits[list(expected)])
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.8, seed=3), PLAIN.replace(top_p=0.9, min_p=0.01)])
+def test_a_seed_draws_what_a_draw_over_the_filtered_row_draws(params: SamplingParams) -> None:
+    """The draw takes the survivors in the order of their ids, as a multinomial over the whole
+    filtered row would: a seed gives the same tokens as that statement."""
+    logits = torch.randn(3000, generator=torch.Generator().manual_seed(11)) * 2
+    generator = torch.Generator().manual_seed(params.seed or 0)
+    filtered = filter_logits(logits, params)
+    kept = torch.isfinite(filtered).nonzero().squeeze(-1)
+    probs = torch.softmax((filtered[kept] - filtered[kept].max()) / params.temperature, dim=-1)
+    expected = [int(kept[torch.multinomial(probs, 1, generator=generator)]) for _ in range(50)]
+    assert draw(params, logits, 50) == expected
