@@ -24,10 +24,11 @@ DENSE_MIN_ROWS = 128
 _DENSE_MIN_ROWS_BY_LEVEL = {"avx_vnni": sys.maxsize, "avx2": sys.maxsize}
 # The output head (the model's `lm_head`, tied or not) expands its weight from this many rows on
 # at every level, for accuracy rather than speed: the kernels round the head's activations to
-# int8 per 32, and on AVX2 that rounding alone was a quarter of the default model's mean KL
-# divergence from float32 (docs/performance.md "Accuracy"). Many rows reach the head only when
-# every position's logits are wanted (perplexity, prompt logprobs, echo, reranking); prefill for
-# generation runs it on the last row, decode on one row a sequence.
+# int8 per 32, and on AVX2 that rounding alone was 28 % of the default model's mean KL divergence
+# from float32 (docs/performance.md "Accuracy"); float32 there takes 1.7-2.5x the kernel's time
+# from 512 down to 128 rows (benchmarks/kl_head.py). Many rows reach the head only when
+# every position's logits are wanted (perplexity, prompt logprobs, echo); prefill for generation
+# runs it on the last row, decode on one row a sequence.
 HEAD_DENSE_MIN_ROWS = 128
 
 
