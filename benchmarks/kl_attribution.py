@@ -3,6 +3,13 @@ same parts loaded dense (in the same dtype) and measure again, against one float
 
 Variants (each over the first --chunks windows of the base):
   compact            the default path as loaded (compact weights, llamita's kernels);
+  compact-head-kernel  the same with the output head on the int8 kernel at every row count (where
+                     prefill runs the kernels, AVX2 / AVX-VNNI: the path before the head expanded
+                     its weight from HEAD_DENSE_MIN_ROWS rows, model/linear.py);
+  compact-dense-matmuls  the compact weights, every matmul dense over their exact expansion in
+                     the model's dtype: no int8 rounding of activations anywhere, so what is
+                     left over `dense` is the compact weights' own rounding (the 4-bit blocks'
+                     bfloat16 scale and zero);
   dense-embedding    compact blocks, the token embedding (and, tied, the output head) dense;
   dense-blocks       dense blocks, the compact token embedding / output head;
   dense              everything dense in the same dtype (the dtype's own rounding alone);
@@ -24,25 +31,52 @@ import argparse
 import copy
 import json
 import os
+import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from llamita.engine.chunked_forward import hidden_chunks
 from llamita.engine.loader import kernel_summary, load_model
 from llamita.jobs.kl_divergence import kl_divergence
+from llamita.model import linear
 
 
 class InPieces:
-    """`model` fed `rows` tokens at a time through a KV cache; called as the model is, on (1, S)."""
+    """`model` fed `rows` tokens at a time through a KV cache (`hidden_states` and `logits` as
+    the model's, on one sequence)."""
 
     def __init__(self, model: torch.nn.Module, rows: int) -> None:
         self.model, self.rows = model, rows
         self.config, self.norm = model.config, model.norm
 
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
         parts = hidden_chunks(self.model, ids[0].tolist(), self.rows)
-        return torch.cat([self.model.logits(h[None])[0] for _, h in parts])[None]  # (1, S, vocab)
+        return torch.cat([h for _, h in parts])[None]  # (1, S, dim)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output projection of `rows` hidden states at a time, as decode steps run it."""
+        return torch.cat([self.model.logits(h) for h in hidden.split(self.rows, dim=-2)], dim=-2)
+
+
+class Patched:
+    """`model` run with `linear.<name>` set to `value` during each call (`hidden_states` and
+    `logits` as the model's)."""
+
+    def __init__(self, model: torch.nn.Module, name: str, value: object) -> None:
+        self.model, self.name, self.value = model, name, value
+        self.config, self.norm = model.config, model.norm
+
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        with mock.patch.object(linear, self.name, self.value):
+            out: torch.Tensor = self.model.hidden_states(ids)
+        return out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with mock.patch.object(linear, self.name, self.value):
+            out: torch.Tensor = self.model.logits(hidden)
+        return out
 
 
 def with_parts(target: torch.nn.Module, source: torch.nn.Module, embedding: bool) -> torch.nn.Module:
@@ -70,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     dense = load_model(args.model, dtype=compact.dtype, compact=False)
     models = {
         "compact": compact.model,
+        "compact-head-kernel": Patched(compact.model, "HEAD_DENSE_MIN_ROWS", sys.maxsize),
+        "compact-dense-matmuls": Patched(compact.model, "dense_min_rows", lambda head=False: 1),
         "dense-embedding": with_parts(compact.model, dense.model, embedding=True),
         "dense-blocks": with_parts(compact.model, dense.model, embedding=False),
         "dense": dense.model,

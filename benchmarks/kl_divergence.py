@@ -8,14 +8,18 @@ quantize` from the float32 file), over one text, with windows of --ctx tokens:
             --kl-divergence-base`, llama.cpp with `llama-perplexity --kl-divergence-base`;
   llamita   `llamita perplexity --kl-divergence` on the default path (compact weights, int8
             activations in llamita's kernels), natively and with LLAMITA_ISA=avx2;
-  llama.cpp `llama-perplexity --kl-divergence` on the same file, against its own base;
+  llama.cpp `llama-perplexity --kl-divergence` on the same file, against its own base (and,
+            with --llama-perplexity-avx2, a build for AVX2 only, against the same base);
   cross     llamita's quantized path against llama.cpp's base (same reference for both).
 
     python benchmarks/kl_divergence.py --text /usr/share/common-licenses/GPL-3 \\
-        --llama-perplexity /work/scratch/llbuild/bin/llama-perplexity --work /tmp/kld --threads 1
+        --llama-perplexity /work/scratch/llbuild/bin/llama-perplexity --work /tmp/kld --threads 1 \\
+        --llama-perplexity-avx2 /work/scratch/llbuild-avx2/bin/llama-perplexity
+
+--isa avx2 holds torch to AVX2 too (ISA_ENV), as a CPU without the higher instructions runs.
 
 Prints one JSON object: {"config", "files": {NAME: {"llamita-native", "llamita-avx2",
-"llama.cpp", "llamita-vs-llama.cpp-base"}}}; each entry holds mean_kld, its stderr, median,
+"llama.cpp", "llama.cpp-avx2", "llamita-vs-llama.cpp-base"}}}; each entry holds mean_kld, its stderr, median,
 p99, same_top_p (fraction) and the perplexities. Runs take minutes (one forward per window).
 """
 
@@ -31,6 +35,11 @@ import sys
 from pathlib import Path
 
 LLAMITA = [sys.executable, "-m", "llamita.cli.main"]
+# What a run held to a level sets besides LLAMITA_ISA, so that torch's own kernels (ATen's
+# vectorized ops, MKL, oneDNN) use no instruction above it either.
+ISA_ENV = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
 
 
 def llamita(args: list[str], env: dict[str, str] | None = None) -> dict:
@@ -95,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also", nargs="*", default=["Q4_K_M"], help="types to quantize from F32 (default Q4_K_M)")
     parser.add_argument("--isa", nargs="*", default=["native", "avx2"], help="LLAMITA_ISA levels (default native avx2)")
     parser.add_argument("--llama-perplexity", help="llama.cpp's llama-perplexity binary (skipped if not given)")
+    parser.add_argument("--llama-perplexity-avx2", help="the same built for AVX2 only (needs --llama-perplexity)")
     parser.add_argument("--work", type=Path, default=Path("kld-work"), help="folder for the files (~0.5 GB each)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -138,11 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         for isa in args.isa:
             r = llamita(
                 ["perplexity", "--kl-divergence", "--kl-divergence-base", str(base), "-m", str(path), *t],
-                {"LLAMITA_ISA": isa},
+                {"LLAMITA_ISA": isa, **ISA_ENV.get(isa, {})},
             )
             row[f"llamita-{isa}"] = {k: r[k] for k in KEEP} | {"dtype": r["dtype"], "compact": r["compact"]}
         if args.llama_perplexity:
             row["llama.cpp"] = parse_llama_cpp(llama_perplexity(args.llama_perplexity, path, base_cpp, args, None))
+            if args.llama_perplexity_avx2:
+                out = llama_perplexity(args.llama_perplexity_avx2, path, base_cpp, args, None)
+                row["llama.cpp-avx2"] = parse_llama_cpp(out)
             r = llamita(["perplexity", "--kl-divergence", "--kl-divergence-base", str(base_cpp), "-m", str(path), *t])
             row["llamita-vs-llama.cpp-base"] = {k: r[k] for k in KEEP}
         report["files"][name] = row

@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -29,6 +30,33 @@ from llamita.weights.quants import GGMLType, dequantize, quantize
 SHAPE = (49152, 576)
 
 
+def random_head() -> tuple[torch.Tensor, int8.Int8Weight]:
+    """Random Q8_0 bytes of the default model's head shape (49152, 576 // 32 * 34) and the
+    same bytes packed in their blocks (layout "vnni_q8b")."""
+    n, k = SHAPE
+    gen = torch.Generator().manual_seed(0)
+    raw = quantize((torch.rand(n, k, generator=gen) - 0.5) * 0.1, GGMLType.Q8_0).view(n, -1)
+    return raw, int8.q8_0_blocks(n, k, lambda a, b: raw[a:b])
+
+
+def interleaved_ms(calls: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, reps: int) -> dict[str, float]:
+    """Each call's median and minimum milliseconds on `x` (thread CPU time), `reps` times each,
+    interleaved, after one warm-up: {"NAME_median_ms", "NAME_min_ms"}."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call(x)  # warm-up
+    for _ in range(reps):
+        for name, call in calls.items():
+            t0 = time.thread_time()
+            call(x)
+            times[name].append(time.thread_time() - t0)
+    out = {}
+    for name, ts in times.items():
+        out[f"{name}_median_ms"] = round(statistics.median(ts) * 1e3, 3)
+        out[f"{name}_min_ms"] = round(min(ts) * 1e3, 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8], help="rows of x (default 1 8)")
@@ -36,9 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     n, k = SHAPE
-    gen = torch.Generator().manual_seed(0)
-    raw = quantize((torch.rand(n, k, generator=gen) - 0.5) * 0.1, GGMLType.Q8_0).view(n, -1)
-    blocks = int8.q8_0_blocks(n, k, lambda a, b: raw[a:b])
+    raw, blocks = random_head()
     per_row = int8.quantize_int8(n, k, lambda a, b: dequantize(raw[a:b].reshape(-1), GGMLType.Q8_0, (b - a, k)))
     levels = [lv.name for lv in native.KERNEL_LEVELS if native.level_ops(lv.name) is not None]
     results = []
@@ -50,18 +76,7 @@ def main() -> None:
         }
         for m in args.m:
             x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
-            times: dict[str, list[float]] = {name: [] for name in calls}
-            for call in calls.values():
-                call(x)  # warm-up
-            for _ in range(args.reps):
-                for name, call in calls.items():
-                    t0 = time.thread_time()
-                    call(x)
-                    times[name].append(time.thread_time() - t0)
-            row = {"level": level, "m": m}
-            for name, ts in times.items():
-                row[f"{name}_median_ms"] = round(statistics.median(ts) * 1e3, 3)
-                row[f"{name}_min_ms"] = round(min(ts) * 1e3, 3)
+            row: dict = {"level": level, "m": m, **interleaved_ms(calls, x, args.reps)}
             row["ratio_median"] = round(row["blocks_median_ms"] / row["per_row_median_ms"], 3)
             results.append(row)
     out = {

@@ -131,8 +131,12 @@ def window_logits(model: Transformer, window: torch.Tensor) -> torch.Tensor:
     (n_ctx/2 - 1, vocab) float32."""
     n_ctx = window.shape[0]
     device = model.norm.weight.device  # dense in every weight format, unlike embed_tokens
-    logits: torch.Tensor = model(window.to(device)[None])
-    return logits[0, n_ctx // 2 : n_ctx - 1]
+    hidden = model.hidden_states(window.to(device)[None])  # (1, n_ctx, dim)
+    # Only the scored positions go through the output projection (the largest matmul of a small
+    # model: 49152 x 576 for the default one): half the rows, so that its exact float32 form
+    # (model/linear.py HEAD_DENSE_MIN_ROWS) costs what the int8 kernel did on the whole window.
+    logits: torch.Tensor = model.logits(hidden[0, n_ctx // 2 : n_ctx - 1])
+    return logits
 
 
 def perplexity(

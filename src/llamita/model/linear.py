@@ -22,12 +22,21 @@ from llamita.kernels.int8 import Int8Weight, concat_int8, dequantize_int8, int8_
 # 2048 rows (576x576 to 4096x4096, 1 and 2 threads): there the kernel runs prefill too.
 DENSE_MIN_ROWS = 128
 _DENSE_MIN_ROWS_BY_LEVEL = {"avx_vnni": sys.maxsize, "avx2": sys.maxsize}
+# The output head (the model's `lm_head`, tied or not) expands its weight from this many rows on
+# at every level, for accuracy rather than speed: the kernels round the head's activations to
+# int8 per 32, and on AVX2 that rounding alone was 28 % of the default model's mean KL divergence
+# from float32 (docs/performance.md "Accuracy"); float32 there takes 1.7-2.5x the kernel's time
+# from 512 down to 128 rows (benchmarks/kl_head.py). Many rows reach the head only when
+# every position's logits are wanted (perplexity, prompt logprobs, echo); prefill for generation
+# runs it on the last row, decode on one row a sequence.
+HEAD_DENSE_MIN_ROWS = 128
 
 
-def dense_min_rows() -> int:
+def dense_min_rows(head: bool = False) -> int:
     """Input rows from which Int4Linear / Int8Linear expand their weight for a dense matmul, for
-    the kernel level this process runs (`native.kernel_level()`)."""
-    return _DENSE_MIN_ROWS_BY_LEVEL.get(native.kernel_level() or "", DENSE_MIN_ROWS)
+    the kernel level this process runs (`native.kernel_level()`); `head`: for the output head."""
+    rows = _DENSE_MIN_ROWS_BY_LEVEL.get(native.kernel_level() or "", DENSE_MIN_ROWS)
+    return min(rows, HEAD_DENSE_MIN_ROWS) if head else rows
 
 
 class Int4Linear(nn.Module):
@@ -39,10 +48,12 @@ class Int4Linear(nn.Module):
     packed: torch.Tensor  # buffers (registered in __init__)
     scales_and_zeros: torch.Tensor
 
-    def __init__(self, weight: Int4Weight) -> None:
+    def __init__(self, weight: Int4Weight, head: bool = False) -> None:
+        """head: this is the model's output projection (`dense_min_rows(head=True)`)."""
         super().__init__()
         self.in_features, self.out_features = weight.in_features, weight.out_features
         self.group_size, self.layout = weight.group_size, weight.layout
+        self.head = head
         # Buffers, so the module's memory shows up in state_dict / buffers() accounting.
         self.register_buffer("packed", weight.packed)
         self.register_buffer("scales_and_zeros", weight.scales_and_zeros)
@@ -56,12 +67,13 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """out_dtype: the result's dtype (None: x's); float32 keeps the kernel's accumulators."""
         rows = x.numel() // self.in_features
-        if rows >= dense_min_rows():
+        if rows >= dense_min_rows(self.head):
             return F.linear(x, dequantize_int4(self.weight_int4, x.dtype)).to(out_dtype or x.dtype)
         return int4_linear(x, self.weight_int4, out_dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size} ({self.layout})"
+        head = ", output head" if self.head else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size} ({self.layout}){head}"
 
 
 class Int8Linear(nn.Module):
@@ -74,10 +86,12 @@ class Int8Linear(nn.Module):
     qweight: torch.Tensor  # buffers (registered in __init__)
     scales: torch.Tensor
 
-    def __init__(self, weight: Int8Weight) -> None:
+    def __init__(self, weight: Int8Weight, head: bool = False) -> None:
+        """head: as in Int4Linear."""
         super().__init__()
         self.in_features, self.out_features = weight.in_features, weight.out_features
         self.layout = weight.layout
+        self.head = head
         self.register_buffer("qweight", weight.qweight)
         self.register_buffer("scales", weight.scales)
 
@@ -88,13 +102,14 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """out_dtype as in Int4Linear.forward."""
         rows = x.numel() // self.in_features
-        if rows >= dense_min_rows():
+        if rows >= dense_min_rows(self.head):
             return F.linear(x, dequantize_int8(self.weight_int8, x.dtype)).to(out_dtype or x.dtype)
         return int8_linear(x, self.weight_int8, out_dtype)
 
     def extra_repr(self) -> str:
         kind = "Q8_0 blocks" if self.layout == "vnni_q8b" else "per row"
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {kind} ({self.layout})"
+        head = ", output head" if self.head else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {kind} ({self.layout}){head}"
 
 
 class FusedLinear(nn.Module):

@@ -211,7 +211,8 @@ class Transformer(nn.Module):
             parent, _, child = name.removesuffix(".weight").rpartition(".")
             owner = model.get_submodule(parent) if parent else model
             del state[name]
-            setattr(owner, child, Int4Linear(w) if isinstance(w, Int4Weight) else Int8Linear(w))
+            head = name == "lm_head.weight"  # expands from fewer rows (model/linear.py)
+            setattr(owner, child, Int4Linear(w, head) if isinstance(w, Int4Weight) else Int8Linear(w, head))
         # Compact modules were built with their tensors; only the dense ones remain to assign.
         dense_names = {n for n, _ in model.named_parameters()} | {
             n for n, b in model.named_buffers() if b.is_meta and n != "inv_freq"
