@@ -146,13 +146,14 @@ def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) 
     matmul with the values; a query's heads that share a KV head are one matrix (grouped-query
     attention without expanding keys). torch's CPU flash-attention kernel took 6.6-7.0 ms a layer
     of the default model at 512 tokens, 1 thread, float32 held to AVX2, with or without
-    `is_causal`, and these matmuls (MKL) 4.3-4.9 (docs/performance.md, "Prefill (pp512) on AVX2").
+    `is_causal`, and these matmuls (MKL) 4.3-5.3 (docs/performance.md, "The first chunk's
+    attention"); bfloat16 stays on SDPA, which accumulates in float32.
     """
     bsz, seqlen, n_heads, hd = q.shape
     n_kv = keys.shape[1]
     group = n_heads // n_kv
     # (B, n_kv, S, group, hd): a block's queries are rows (position, head) of one matrix.
-    qg = (q * hd**-0.5).view(bsz, seqlen, n_kv, group, hd).transpose(1, 2)
+    qg = (q * hd**-0.5).reshape(bsz, seqlen, n_kv, group, hd).transpose(1, 2)
     keys_t = keys.transpose(-1, -2)  # (B, n_kv, hd, S)
     out = torch.empty(bsz, seqlen, n_kv, group, hd, dtype=q.dtype, device=q.device)
     future = torch.full((CAUSAL_BLOCK, CAUSAL_BLOCK), float("-inf"), device=q.device).triu(1)[:, None]
