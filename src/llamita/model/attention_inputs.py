@@ -23,7 +23,7 @@ class AttentionInputs:
 
     cos, sin: RoPE tables (B, S, head_dim) in the compute dtype. positions: (B, S) absolute.
     mask: (B, 1, S, length) bool, True = attend, or None for plain causal attention over the
-    S tokens themselves (no cache). cache: where keys and values are written and read (None:
+    S tokens themselves (no cache, or every row at positions 0..S-1 and no `key_length`). cache: where keys and values are written and read (None:
     none). rows: the static cache's rows of the batch (None: every row in order). length: the
     key positions attended (S without a cache).
     """
@@ -53,8 +53,13 @@ class AttentionInputs:
         mask, length = None, positions.shape[1]
         if cache is not None:
             length = key_length if key_length is not None else int(positions.max()) + 1
-            # Key j is visible to a query at position p iff j <= p: (B, 1, S, length).
-            mask = (torch.arange(length, device=positions.device) <= positions[:, :, None])[:, None]
+            if key_length is not None or not _first_chunk(positions):
+                # Key j is visible to a query at position p iff j <= p: (B, 1, S, length).
+                mask = (torch.arange(length, device=positions.device) <= positions[:, :, None])[:, None]
+            # Else every row holds positions 0..S-1: the S keys read back from the cache are
+            # these tokens' own, and the mask would be plain causal. Without it SDPA takes its
+            # causal path, which skips the keys after each query block (pp512 on AVX2:
+            # docs/performance.md, "Prefill (pp512) on AVX2").
         return cls(cos, sin, positions, mask, cache, rows, length)
 
     def moved(self, move: Callable[[torch.Tensor], torch.Tensor]) -> AttentionInputs:
@@ -68,3 +73,9 @@ class AttentionInputs:
             mask=None if self.mask is None else move(self.mask),
             rows=None if self.rows is None else move(self.rows),
         )
+
+
+def _first_chunk(positions: torch.Tensor) -> bool:
+    """True if every row of `positions` (B, S) is 0, 1, ..., S-1 (a prompt's first chunk)."""
+    seqlen = positions.shape[1]
+    return bool(torch.equal(positions, torch.arange(seqlen, device=positions.device).expand_as(positions)))

@@ -60,7 +60,14 @@ def rope_cos_sin(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[i], x[i + hd/2]). x: (B, S, n_heads, hd); cos/sin: (B, S, hd)."""
+    """Rotate pairs (x[i], x[i + hd/2]). x: (B, S, n_heads, hd); cos/sin: (B, S, hd), their two
+    halves equal (`rope_cos_sin`). Returns a new contiguous tensor.
+
+    Each half is one multiply and one `addcmul` (x1·c − x2·s, x2·c + x1·s: the same products
+    and sums, in the same order, as x·cos + rotate_half(x)·sin), half-width tables: three
+    passes over x's size instead of five (negate, concatenate, two products, a sum).
+    """
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, :, None, :half], sin[:, :, None, :half]
+    return torch.cat((torch.addcmul(x1 * c, x2, s, value=-1), torch.addcmul(x2 * c, x1, s)), dim=-1)

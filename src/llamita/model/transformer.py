@@ -62,14 +62,19 @@ class Attention(nn.Module):
         """Queries (B, S, n_heads, hd) and keys, values (B, S, n_kv_heads, hd), RoPE applied to
         q and k: what attention scores are computed from (model/attention_maps.py reads them too)."""
         bsz, seqlen, _ = x.shape
+        n_q, hd = self.n_heads, self.head_dim
         fused = self.fused_qkv
         if fused is not None and fused.serves(self.q_proj, self.k_proj, self.v_proj):
-            q, k, v = fused(x)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(bsz, seqlen, self.n_heads, self.head_dim)
-        k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+            # One kernel call's rows (B, S, (n_heads + 2 n_kv_heads) hd), q, k, v in turn: the
+            # query and key heads side by side take RoPE together (half the elementwise calls).
+            joined = fused.inner(x)
+            heads = joined.view(bsz, seqlen, -1, hd)
+            qk = apply_rope(heads[:, :, : n_q + self.n_kv_heads], cos, sin)
+            return qk[:, :, :n_q], qk[:, :, n_q:], heads[:, :, n_q + self.n_kv_heads :]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(bsz, seqlen, n_q, hd)
+        k = k.view(bsz, seqlen, self.n_kv_heads, hd)
+        v = v.view(bsz, seqlen, self.n_kv_heads, hd)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
@@ -82,6 +87,8 @@ class Attention(nn.Module):
             keys, values = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, S, hd)
         if seqlen == 1 and q.device.type == "cpu":  # a decode step: see single_query_attention
             out = single_query_attention(q.transpose(1, 2), keys, values, mask)
+        elif mask is None and seqlen >= CAUSAL_BLOCK and q.device.type == "cpu" and q.dtype == torch.float32:
+            out = causal_attention(q, keys, values)  # a prompt's first chunk: see causal_attention
         else:  # mask None means plain causal attention over exactly these S tokens.
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
@@ -123,6 +130,45 @@ def single_query_attention(
     return out.reshape(bsz, n_heads, 1, hd).to(q.dtype)
 
 
+# Query rows per block of `causal_attention`.
+CAUSAL_BLOCK = 128
+
+
+def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √hd + causal mask) v for S queries over their own S keys, float32: the
+    attention of a prompt's first chunk (prefill), on the CPU.
+
+    q (B, S, n_heads, hd); keys, values (B, n_kv_heads, S, hd), any strides (the paged cache
+    hands out transposed views). Returns (B, n_heads, S, hd), as SDPA would.
+
+    In blocks of CAUSAL_BLOCK queries, each a matmul over only the keys up to its last query
+    (so about half of the S x S scores are computed, as causality allows), a softmax and a
+    matmul with the values; a query's heads that share a KV head are one matrix (grouped-query
+    attention without expanding keys). torch's CPU flash-attention kernel took 6.6-7.0 ms a layer
+    of the default model at 512 tokens, 1 thread, float32 held to AVX2, with or without
+    `is_causal`, and these matmuls (MKL) 4.3-5.3 (docs/performance.md, "The first chunk's
+    attention"); bfloat16 stays on SDPA, which accumulates in float32.
+    """
+    bsz, seqlen, n_heads, hd = q.shape
+    n_kv = keys.shape[1]
+    group = n_heads // n_kv
+    # (B, n_kv, S, group, hd): a block's queries are rows (position, head) of one matrix.
+    qg = (q * hd**-0.5).reshape(bsz, seqlen, n_kv, group, hd).transpose(1, 2)
+    keys_t = keys.transpose(-1, -2)  # (B, n_kv, hd, S)
+    out = torch.empty(bsz, seqlen, n_kv, group, hd, dtype=q.dtype, device=q.device)
+    future = torch.full((CAUSAL_BLOCK, CAUSAL_BLOCK), float("-inf"), device=q.device).triu(1)[:, None]
+    for start in range(0, seqlen, CAUSAL_BLOCK):
+        end = min(seqlen, start + CAUSAL_BLOCK)
+        n = end - start
+        block = qg[:, :, start:end].reshape(bsz, n_kv, n * group, hd)
+        scores = torch.matmul(block, keys_t[..., :end])  # (B, n_kv, n * group, end)
+        # Query start + i sees keys up to start + i: the block's own keys form the triangle.
+        scores.view(bsz, n_kv, n, group, end)[..., start:].add_(future[:n, :, :n])
+        probs = torch.softmax(scores, dim=-1)
+        out[:, start:end] = torch.matmul(probs, values[:, :, :end]).view(bsz, n_kv, n, group, hd).transpose(1, 2)
+    return out.view(bsz, seqlen, n_heads, hd).transpose(1, 2)
+
+
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
@@ -139,7 +185,7 @@ class MLP(nn.Module):
             gate, up = fused(x)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        out: torch.Tensor = self.down_proj(F.silu(gate) * up)
+        out: torch.Tensor = self.down_proj(F.silu(gate).mul_(up))  # in place: no third tensor
         return out
 
 
