@@ -15,6 +15,9 @@ from llamita.config import ModelConfig
 from llamita.kernels import native
 from llamita.kernels.native import KernelOps
 
+# Cache dtypes whose decode steps attend in place (PagedKVCache.attend).
+IN_PLACE_DTYPES = (torch.bfloat16,)
+
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
     """Bytes of keys and values one token takes over all layers."""
@@ -98,10 +101,16 @@ class PagedKVCache:
         (B, 1), then attend each row's query q (B, 1, n_heads, hd) to its positions 0..its own
         straight from the block pools (llamita's `paged_decode_attention`, kernels/csrc/
         attention.cpp): (B, n_heads, 1, hd) in q's dtype, as single_query_attention returns it.
-        None (nothing written) where that operator is not loaded or the step is not one token
-        a row on the CPU: the caller then runs `update` and attends to its copy."""
-        ops = _attention_ops()
-        if ops is None or q.shape[1] != 1 or q.device.type != "cpu" or self.k[layer].device != q.device:
+        None (nothing written) where that operator is not loaded, the cache is not bfloat16 or
+        the step is not one token a row on the CPU: the caller then runs `update` and attends
+        to its copy."""
+        ops = in_place_attention_ops()
+        pool = self.k[layer]
+        if ops is None or q.shape[1] != 1 or q.device.type != "cpu" or pool.device != q.device:
+            return None
+        # bfloat16 caches only (the default where the CPU has AVX-512 BF16): float32 ones keep
+        # the gather path, which MKL's matmuls made faster on AVX2 (docs/performance.md).
+        if pool.dtype not in IN_PLACE_DTYPES:
             return None
         tables, slots = self._slots(positions, length, q.device)
         b, n_kv, hd = q.shape[0], k.shape[-2], k.shape[-1]
@@ -142,6 +151,6 @@ class PagedKVCache:
         return out[0], out[1]
 
 
-def _attention_ops() -> KernelOps | None:
+def in_place_attention_ops() -> KernelOps | None:
     """llamita's operators with `paged_decode_attention`, or None (no level loads)."""
     return native.kernel_ops() if native.kernel_level() is not None else None
