@@ -68,6 +68,15 @@ class KernelOps(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
     def q4k_vnni_pack_ggml(self, raw: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]: ...
     def q6k_vnni_pack_ggml(self, raw: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def paged_decode_attention(
+        self,
+        q: torch.Tensor,
+        k_pool: torch.Tensor,
+        v_pool: torch.Tensor,
+        tables: torch.Tensor,
+        positions: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -88,24 +97,28 @@ KERNEL_LEVELS: tuple[KernelLevel, ...] = (
     KernelLevel(
         "avx512_vnni",
         "llamita",
-        ("q4_vnni.cpp", "q4k_vnni.cpp", "q6k_vnni.cpp", "q8_vnni.cpp", "pack.cpp", "portable.cpp"),
+        ("q4_vnni.cpp", "q4k_vnni.cpp", "q6k_vnni.cpp", "q8_vnni.cpp", "pack.cpp", "portable.cpp", "attention.cpp"),
         ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", *_AVX2),
         frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"}),
     ),
     KernelLevel(
         "avx_vnni",
         "llamita_avx_vnni",
-        ("mm256.cpp", "pack.cpp", "portable.cpp"),
+        ("mm256.cpp", "pack.cpp", "portable.cpp", "attention.cpp"),
         (*_AVX2, "-mavxvnni"),
         frozenset({"avx2", "fma", "f16c", "avx_vnni"}),
     ),
     KernelLevel(
-        "avx2", "llamita_avx2", ("mm256.cpp", "pack.cpp", "portable.cpp"), _AVX2, frozenset({"avx2", "fma", "f16c"})
+        "avx2",
+        "llamita_avx2",
+        ("mm256.cpp", "pack.cpp", "portable.cpp", "attention.cpp"),
+        _AVX2,
+        frozenset({"avx2", "fma", "f16c"}),
     ),
     KernelLevel(
         "neon_dotprod",
         "llamita_neon",
-        ("mm_neon.cpp", "portable.cpp"),
+        ("mm_neon.cpp", "portable.cpp", "attention.cpp"),
         ("-march=armv8.2-a+dotprod",),
         frozenset({"asimd", "asimddp"}),
         machine="aarch64",
@@ -326,6 +339,12 @@ def vnni_kernels_skipped() -> str | None:
 
 def _register_fake(namespace: str) -> None:
     # Shapes for torch.export / the compiled decode step, which trace without running it.
+    @torch.library.register_fake(f"{namespace}::paged_decode_attention")
+    def _attention_shape(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: torch.Tensor, positions: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        return torch.empty_like(q)
+
     @torch.library.register_fake(f"{namespace}::q4_vnni_mm")
     def _q4_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)

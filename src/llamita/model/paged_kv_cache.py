@@ -12,6 +12,11 @@ from __future__ import annotations
 import torch
 
 from llamita.config import ModelConfig
+from llamita.kernels import native
+from llamita.kernels.native import KernelOps
+
+# Cache dtypes whose decode steps attend in place (PagedKVCache.attend).
+IN_PLACE_DTYPES = (torch.bfloat16,)
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -73,6 +78,49 @@ class PagedKVCache:
         self._tables_on = {}
         self._indices = None
 
+    def _slots(self, positions: torch.Tensor, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bound tables on `device`, and the pool slots (B * S,) that `positions` (B, S)
+        write; the same for every layer of one forward pass (kept with `positions`)."""
+        tables = self.tables
+        assert tables is not None, "bind() the block tables before the forward pass"
+        if tables.device != device:
+            if device not in self._tables_on:
+                self._tables_on[device] = tables.to(device)
+            tables = self._tables_on[device]
+        bs = self.block_size
+        memo = self._indices
+        if memo is None or memo[0] is not positions or memo[1] != length or memo[2].device != device:
+            slots = tables.gather(1, positions // bs) * bs + positions % bs  # (B, S)
+            memo = self._indices = (positions, length, slots.reshape(-1), tables[:, : -(-length // bs)].reshape(-1))
+        return tables, memo[2]
+
+    def attend(
+        self, layer: int, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int
+    ) -> torch.Tensor | None:
+        """A decode step's attention read in place: write k, v (B, 1, n_kv, hd) at `positions`
+        (B, 1), then attend each row's query q (B, 1, n_heads, hd) to its positions 0..its own
+        straight from the block pools (llamita's `paged_decode_attention`, kernels/csrc/
+        attention.cpp): (B, n_heads, 1, hd) in q's dtype, as single_query_attention returns it.
+        None (nothing written) where that operator is not loaded, the cache is not bfloat16 or
+        the step is not one token a row on the CPU: the caller then runs `update` and attends
+        to its copy."""
+        ops = in_place_attention_ops()
+        pool = self.k[layer]
+        if ops is None or q.shape[1] != 1 or q.device.type != "cpu" or pool.device != q.device:
+            return None
+        # bfloat16 caches only (the default where the CPU has AVX-512 BF16): float32 ones keep
+        # the gather path, which MKL's matmuls made faster on AVX2 (docs/performance.md).
+        if pool.dtype not in IN_PLACE_DTYPES:
+            return None
+        tables, slots = self._slots(positions, length, q.device)
+        b, n_kv, hd = q.shape[0], k.shape[-2], k.shape[-1]
+        for pool, new in ((self.k[layer], k), (self.v[layer], v)):
+            pool.view(-1, n_kv, hd).index_copy_(0, slots, new.reshape(-1, n_kv, hd))
+        out: torch.Tensor = ops.paged_decode_attention(
+            q[:, 0].float(), self.k[layer], self.v[layer], tables, positions.reshape(b), hd**-0.5
+        )
+        return out.to(q.dtype).unsqueeze(2)
+
     def update(
         self,
         layer: int,
@@ -89,20 +137,11 @@ class PagedKVCache:
         whose keys arrive on another device (GPU/CPU offload) has its blocks moved there on
         its first write.
         """
-        tables = self.tables
-        assert tables is not None, "bind() the block tables before the forward pass"
         if self.k[layer].device != k.device:  # the layer runs elsewhere (model/offload.py)
             self.k[layer], self.v[layer] = self.k[layer].to(k.device), self.v[layer].to(k.device)
-        if tables.device != k.device:
-            if k.device not in self._tables_on:
-                self._tables_on[k.device] = tables.to(k.device)
-            tables = self._tables_on[k.device]
-        bs = self.block_size
-        memo = self._indices
-        if memo is None or memo[0] is not positions or memo[1] != length or memo[2].device != k.device:
-            slots = tables.gather(1, positions // bs) * bs + positions % bs  # (B, S)
-            memo = self._indices = (positions, length, slots.reshape(-1), tables[:, : -(-length // bs)].reshape(-1))
-        slots, used = memo[2], memo[3]
+        tables, slots = self._slots(positions, length, k.device)
+        assert self._indices is not None
+        used = self._indices[3]
         b, n_kv, hd = tables.shape[0], k.shape[-2], k.shape[-1]
         out = []
         for pool, new in ((self.k[layer], k), (self.v[layer], v)):
@@ -110,3 +149,8 @@ class PagedKVCache:
             # (B * n, bs, n_kv, hd) -> (B, n_kv, length, hd): the rows' blocks laid end to end.
             out.append(pool.index_select(0, used).view(b, -1, n_kv, hd)[:, :length].transpose(1, 2))
         return out[0], out[1]
+
+
+def in_place_attention_ops() -> KernelOps | None:
+    """llamita's operators with `paged_decode_attention`, or None (no level loads)."""
+    return native.kernel_ops() if native.kernel_level() is not None else None

@@ -80,6 +80,18 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q, k, v = self.project_qkv(x, step.cos, step.sin)
+        # A decode step over the paged cache attends in place where it can (PagedKVCache.attend).
+        paged = step.cache if seqlen == 1 and isinstance(step.cache, PagedKVCache) else None
+        out = None if paged is None else paged.attend(self.layer, step.positions, q, k, v, step.length)
+        if out is None:
+            out = self.attend(q, k, v, step)
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        return projected
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: AttentionInputs) -> torch.Tensor:
+        """q (B, S, n_heads, hd) attending to the cache (written with k, v first) or to the S
+        tokens themselves: (B, n_heads, S, hd)."""
+        seqlen = q.shape[1]
         mask = step.mask
         if step.cache is not None:
             keys, values = step.cache.update(self.layer, step.rows, step.positions, k, v, step.length)
@@ -98,8 +110,7 @@ class Attention(nn.Module):
                 is_causal=mask is None and seqlen > 1,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )  # (B, n_heads, S, hd)
-        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
-        return projected
+        return out
 
 
 def single_query_attention(

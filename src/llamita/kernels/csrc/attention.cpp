@@ -1,0 +1,229 @@
+// Decode attention over the paged KV cache (model/paged_kv_cache.py): one query per batch row,
+// its keys and values read in place from the layer's block pools, at every level (plain C++
+// that the level's flags vectorize; no intrinsics).
+//
+// Why our own kernel: the step it replaces gathers each row's blocks into a contiguous copy,
+// widens it to float32 and runs two batched matmuls of 3 x 64 by 64 x L per KV head. At 8 rows
+// that is 24 tiny GEMMs a matmul, 60 calls a step, whose fixed costs and copies grow with the
+// rows while the arithmetic (~1 M multiply-adds a layer) is negligible.
+//
+// Numerics (the same statement as model/transformer.py's single_query_attention): per row b
+// and head h, with G = n_heads / n_kv_heads query heads per KV head (kv = h / G),
+//   s_l = (q[b, h] * hd^-1/2) . k[b, kv, l]   for the positions l = 0..positions[b]
+//   out[b, h] = sum_l softmax(s)_l v[b, kv, l]
+// in float32 (keys and values widened from bfloat16 exactly). Position l of row b lives in
+// block tables[b, l / block_size] at slot l % block_size. The result is float32 (B, H, hd).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// 16 floats as one GCC vector: each level's flags lower it to its widest registers (one zmm,
+// two ymm, four NEON q registers) without intrinsics.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+
+inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline f32x16 load16(const uint16_t* p) {  // bfloat16 -> float32, exact
+  u16x16 h;
+  std::memcpy(&h, p, sizeof h);
+  const u32x16 w = __builtin_convertvector(h, u32x16) << 16;
+  f32x16 v;
+  std::memcpy(&v, &w, sizeof v);
+  return v;
+}
+inline float widen(float v) { return v; }
+inline float widen(uint16_t bf16) {
+  const uint32_t bits = static_cast<uint32_t>(bf16) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+inline float sum16(f32x16 v) {  // the lanes summed as a tree of halves (a fixed order)
+  f32x8 lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  const f32x8 s8 = lo + hi;
+  f32x4 a, b;
+  std::memcpy(&a, &s8, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&s8) + sizeof a, sizeof b);
+  const f32x4 s4 = a + b;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+// exp(x) for x <= 0 in 16 lanes (softmax's exp(s - max)): x = n ln2 + r, |r| <= ln2 / 2, a
+// degree-6 Taylor polynomial of exp(r) (relative error < 2e-7 over that range), times 2^n
+// through the exponent bits. x below -87 gives exp(-87) ~ 1.6e-38 instead of a smaller number
+// or 0: weights that small leave a float32 softmax unchanged.
+inline f32x16 exp16(f32x16 x) {
+  const f32x16 zero = {};
+  x = x < -87.0f ? zero - 87.0f : x;  // lane-wise: clamp
+  // n = round(x / ln2) (x <= 0: truncating -x / ln2 + 1/2 toward zero rounds it)
+  const i32x16 ni = -__builtin_convertvector(-x * 1.44269504f + 0.5f, i32x16);
+  const f32x16 n = __builtin_convertvector(ni, f32x16);
+  const f32x16 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts: n ln2 exact
+  f32x16 p = zero + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const i32x16 e = (ni + 127) << 23;
+  f32x16 scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  return p * scale;
+}
+
+// softmax of `length` scores in place, float32: exp(s - max) / sum.
+inline void softmax(float* s, int64_t length) {
+  const float top = *std::max_element(s, s + length);
+  float total = 0.0f;
+  int64_t l = 0;
+  for (; l + kLanes <= length; l += kLanes) {
+    const f32x16 e = exp16(load16(s + l) - top);
+    std::memcpy(s + l, &e, sizeof e);
+    total += sum16(e);
+  }
+  if (l < length) {  // the tail through a padded vector
+    f32x16 v = f32x16{} - 100.0f;
+    std::memcpy(&v, s + l, (length - l) * sizeof(float));
+    const f32x16 e = exp16(v - top);
+    for (int64_t j = 0; l + j < length; ++j) {
+      s[l + j] = e[j];
+      total += e[j];
+    }
+  }
+  const float inv = 1.0f / total;
+  for (l = 0; l < length; ++l) s[l] *= inv;
+}
+
+// One row b and KV head kv: its G query heads qs (G, hd, pre-scaled) against the keys and values
+// of positions 0..length-1, found through the row's block table; out (G, hd). C = hd / 16
+// vectors a head (0: any hd, through scalar tails): the accumulators stay in registers.
+template <int C, class T>
+void attend_group(const float* qs, int64_t G, int64_t hd, int64_t length, const int64_t* table, int64_t bs,
+                  const T* kp, const T* vp, int64_t block_stride, int64_t slot_stride, float* scores, float* out) {
+  const int64_t full = C ? C * kLanes : hd / kLanes * kLanes;
+  for (int64_t g = 0; g < G; ++g) {
+    const float* q = qs + g * hd;
+    for (int64_t l = 0; l < length; ++l) {
+      const T* key = kp + table[l / bs] * block_stride + (l % bs) * slot_stride;
+      f32x16 acc = {};
+      for (int64_t d = 0; d < full; d += kLanes) acc += load16(q + d) * load16(key + d);
+      float s = sum16(acc);
+      for (int64_t d = full; d < hd; ++d) s += q[d] * widen(key[d]);
+      scores[g * length + l] = s;
+    }
+    softmax(scores + g * length, length);
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const float* p = scores + g * length;
+    float* o = out + g * hd;
+    if constexpr (C > 0) {
+      f32x16 acc[C] = {};
+      for (int64_t l = 0; l < length; ++l) {
+        const T* value = vp + table[l / bs] * block_stride + (l % bs) * slot_stride;
+        for (int c = 0; c < C; ++c) acc[c] += p[l] * load16(value + c * kLanes);
+      }
+      std::memcpy(o, acc, sizeof acc);
+    } else {
+      std::fill(o, o + hd, 0.0f);
+      for (int64_t l = 0; l < length; ++l) {
+        const T* value = vp + table[l / bs] * block_stride + (l % bs) * slot_stride;
+        for (int64_t d = 0; d < hd; ++d) o[d] += p[l] * widen(value[d]);
+      }
+    }
+  }
+}
+
+template <class T>
+void attend(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool, const int64_t* tables,
+            int64_t width, const int64_t* positions, float scale, at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), hd = q.size(2);
+  const int64_t bs = k_pool.size(1), n_kv = k_pool.size(2), G = H / n_kv;
+  const int64_t slot_stride = n_kv * hd, block_stride = bs * slot_stride;
+  const float* qp = q.data_ptr<float>();
+  const T* kp = reinterpret_cast<const T*>(k_pool.data_ptr());
+  const T* vp = reinterpret_cast<const T*>(v_pool.data_ptr());
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * n_kv, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> qs(G * hd), scores;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / n_kv, kv = t % n_kv, length = positions[b] + 1;
+      const float* qb = qp + (b * H + kv * G) * hd;  // the group's G heads are consecutive
+      for (int64_t i = 0; i < G * hd; ++i) qs[i] = qb[i] * scale;
+      scores.resize(G * length);
+      auto run = hd == 64 ? attend_group<4, T> : hd == 128 ? attend_group<8, T> : attend_group<0, T>;
+      run(qs.data(), G, hd, length, tables + b * width, bs, kp + kv * hd, vp + kv * hd, block_stride, slot_stride,
+          scores.data(), op + (b * H + kv * G) * hd);
+    }
+  });
+}
+
+// q (B, H, hd) float32; k_pool, v_pool (n_blocks, block_size, n_kv, hd) float32 or bfloat16;
+// tables (B, W) int64; positions (B,) int64, row b attending positions 0..positions[b].
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                                  const at::Tensor& tables, const at::Tensor& positions, double scale) {
+  const char* op = "paged_decode_attention";
+  TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), op, " runs on the CPU");
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, op, ": q must be (B, H, hd) float32");
+  TORCH_CHECK(k_pool.dim() == 4 && k_pool.sizes() == v_pool.sizes() && k_pool.scalar_type() == v_pool.scalar_type() &&
+                  k_pool.is_contiguous() && v_pool.is_contiguous(),
+              op, ": the pools must be contiguous (n_blocks, block_size, n_kv_heads, head_dim), alike");
+  TORCH_CHECK(k_pool.scalar_type() == at::kFloat || k_pool.scalar_type() == at::kBFloat16, op,
+              ": the pools must be float32 or bfloat16");
+  const int64_t B = q.size(0), H = q.size(1), hd = q.size(2);
+  const int64_t n_blocks = k_pool.size(0), bs = k_pool.size(1), n_kv = k_pool.size(2);
+  TORCH_CHECK(k_pool.size(3) == hd && n_kv > 0 && H % n_kv == 0, op, ": q ", q.sizes(), " does not fit pools ",
+              k_pool.sizes(), " (the same head_dim; query heads in whole groups per KV head)");
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B && tables.scalar_type() == at::kLong, op,
+              ": tables must be (B, W) int64");
+  TORCH_CHECK(positions.numel() == B && positions.scalar_type() == at::kLong, op, ": positions must be (B,) int64");
+  const at::Tensor qc = q.contiguous(), tc = tables.contiguous(), pc = positions.contiguous();
+  const int64_t width = tc.size(1);
+  const int64_t* tp = tc.data_ptr<int64_t>();
+  const int64_t* pp = pc.data_ptr<int64_t>();
+  // Every block a row reads must be in the pool: a bad table is an error, never a stray read.
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(pp[b] >= 0 && pp[b] < width * bs, op, ": row ", b, "'s position ", pp[b], " is outside its ",
+                width, " blocks of ", bs);
+    for (int64_t i = 0; i <= pp[b] / bs; ++i)
+      TORCH_CHECK(tp[b * width + i] >= 0 && tp[b * width + i] < n_blocks, op, ": row ", b, " names block ",
+                  tp[b * width + i], " of a pool of ", n_blocks);
+  }
+  at::Tensor out = at::empty({B, H, hd}, q.options());
+  if (k_pool.scalar_type() == at::kBFloat16) {
+    attend<uint16_t>(qc, k_pool, v_pool, tp, width, pp, static_cast<float>(scale), out);
+  } else {
+    attend<float>(qc, k_pool, v_pool, tp, width, pp, static_cast<float>(scale), out);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(LLAMITA_OPS, m) {
+  m.def("paged_decode_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor tables, Tensor positions, "
+        "float scale) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(LLAMITA_OPS, CPU, m) { m.impl("paged_decode_attention", paged_decode_attention); }
