@@ -191,3 +191,36 @@ def test_a_stop_token_has_no_logprob_entry(llm_f32, prompt_ids, alone):
     assert outs[-1].finish_reason == "stop" and outs[-1].token_ids == []
     assert all(len(o.logprobs) == len(o.token_ids) for o in outs)
     assert [t for o in outs for t in o.token_ids] == alone[0][:2]
+
+
+def test_bfloat16_decode_reads_attention_in_place_and_batched_equals_alone(default_model_path, monkeypatch):
+    """A bfloat16 cache (the default where AVX-512 BF16 exists) decodes through the in-place
+    paged attention operator (model/paged_kv_cache.py attend); each row's answer is the one it
+    gets alone, as with the float32 path above."""
+    from llamita import LLM
+    from llamita.model.paged_kv_cache import PagedKVCache
+
+    llm = LLM(default_model_path, dtype="bfloat16", device="cpu")
+    calls: list[int] = []
+    real_attend = PagedKVCache.attend
+
+    def attend(self, *args, **kwargs):
+        out = real_attend(self, *args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(PagedKVCache, "attend", attend)
+    ids = [llm.encode_prompt(p) for p in PROMPTS]
+    each = [run(LLMEngine(llm.loaded), {"a": (one, GREEDY)})["a"] for one in ids]
+    engine = LLMEngine(llm.loaded)
+    got = run(engine, {str(i): (one, GREEDY) for i, one in enumerate(ids)})
+    assert [got[str(i)] for i in range(len(PROMPTS))] == each
+    if native_level_loads():
+        assert calls and all(calls)  # every decode step's attention ran in place
+    assert engine.blocks.n_free == engine.blocks.n_blocks
+
+
+def native_level_loads() -> bool:
+    from llamita.kernels import native
+
+    return native.kernel_level() is not None
