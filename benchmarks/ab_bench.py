@@ -18,6 +18,10 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def bench(src: str, args: list[str]) -> dict[str, float]:
@@ -32,18 +36,28 @@ def bench(src: str, args: list[str]) -> dict[str, float]:
     return {r["test"]: r["tokens_per_second"] for r in json.loads(out)["results"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def alternate(
+    description: str, run: Callable[[str, list[str]], T], passed_to: str
+) -> tuple[argparse.Namespace, dict[str, list[T]], tuple[float, float, float]]:
+    """Parse --a, --b, --rounds and the arguments after `--` (for `passed_to`), then run
+    run(tree, those arguments) for A then B each round; returns the arguments, each side's
+    results and the load average before."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--a", required=True, help="source folder holding llamita/ (before)")
     parser.add_argument("--b", required=True, help="source folder holding llamita/ (after)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A then B (default 3)")
-    parser.add_argument("bench_args", nargs="*", help="arguments of `llamita bench` (after --)")
+    parser.add_argument("extra", nargs="*", help=f"arguments of {passed_to} (after --)")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    runs: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
+    runs: dict[str, list[T]] = {"a": [], "b": []}
     for _ in range(args.rounds):
         for side in ("a", "b"):
-            runs[side].append(bench(getattr(args, side), args.bench_args))
+            runs[side].append(run(getattr(args, side), args.extra))
+    return args, runs, load_before
+
+
+def main() -> None:
+    args, runs, load_before = alternate(__doc__.split("\n\n")[0], bench, "`llamita bench`")
     tests = sorted({t for r in runs["a"] + runs["b"] for t in r})
     medians = {side: {t: statistics.median(r[t] for r in runs[side] if t in r) for t in tests} for side in runs}
     print(
@@ -51,7 +65,7 @@ def main() -> None:
             {
                 "a": args.a,
                 "b": args.b,
-                "bench_args": args.bench_args,
+                "bench_args": args.extra,
                 "rounds": runs,
                 "median_tokens_per_second": medians,
                 "b_over_a": {t: medians["b"][t] / medians["a"][t] for t in tests},

@@ -13,13 +13,15 @@ the minima, B over A, and the load average before and after.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ab_bench import alternate  # noqa: E402
 
 PROFILE = Path(__file__).with_name("prefill_profile.py")
 
@@ -34,24 +36,14 @@ def run(src: str, args: list[str]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--a", required=True, help="source folder holding llamita/ (before)")
-    parser.add_argument("--b", required=True, help="source folder holding llamita/ (after)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of A then B (default 3)")
-    parser.add_argument("profile_args", nargs="*", help="arguments of prefill_profile.py (after --)")
-    args = parser.parse_args()
-    load_before = os.getloadavg()
-    runs: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
-    for _ in range(args.rounds):
-        for side in ("a", "b"):
-            runs[side].append(run(getattr(args, side), args.profile_args))
+    args, runs, load_before = alternate(__doc__.split("\n\n")[0], run, "prefill_profile.py")
     medians = {side: statistics.median(r["min"] for r in runs[side]) for side in runs}
     print(
         json.dumps(
             {
                 "a": args.a,
                 "b": args.b,
-                "profile_args": args.profile_args,
+                "profile_args": args.extra,
                 "rounds": runs,
                 "median_of_min_cpu_seconds": medians,
                 "b_over_a": medians["b"] / medians["a"],
