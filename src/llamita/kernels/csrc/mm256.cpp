@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -249,6 +250,10 @@ struct Q4Wide256 {
                   const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
     const int64_t groups = K / kGroup;
     const __m256i low_nibble = _mm256_set1_epi8(0x0F);
+    thread_local std::vector<float> offset_sums;
+    if (offset_sums.size() < static_cast<size_t>(ROWS * groups)) offset_sums.resize(ROWS * groups);
+    float* xsum = offset_sums.data();
+    for (int64_t i = 0; i < ROWS * groups; ++i) xsum[i] = d[i] * static_cast<float>(qsum[i]);  // d * sum xq
     for (int h = 0; h < 2; ++h) {
       __m256 total[ROWS];
       for (int m = 0; m < ROWS; ++m) total[m] = _mm256_setzero_ps();
@@ -272,8 +277,7 @@ struct Q4Wide256 {
           const float dm = d[m * groups + g];
           const __m256 sd = _mm256_mul_ps(s, _mm256_set1_ps(dm));
           total[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(NibbleDot::finish(dot[m])), sd, total[m]);
-          const float xs = dm * static_cast<float>(qsum[m * groups + g]);  // d * sum xq
-          total[m] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs), total[m]);
+          total[m] = _mm256_fmadd_ps(offset, _mm256_broadcast_ss(xsum + m * groups + g), total[m]);
         }
       }
       for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m]);
