@@ -56,7 +56,8 @@ def _case(b_rows: int, n_heads: int, n_kv: int, hd: int, bs: int, dtype: torch.d
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "b_rows, n_heads, n_kv, hd, bs",
-    [(1, 9, 3, 64, 16), (8, 9, 3, 64, 16), (3, 4, 4, 24, 5), (13, 8, 1, 8, 1)],
+    # runs of heads per KV head: 3; 4 + 1 (10 / 2); 4 at head_dim 128; any head_dim (24, 8)
+    [(1, 9, 3, 64, 16), (8, 9, 3, 64, 16), (2, 10, 2, 64, 16), (2, 8, 2, 128, 8), (3, 4, 4, 24, 5), (13, 8, 1, 8, 1)],
 )
 def test_matches_float64(level: str, dtype: torch.dtype, b_rows: int, n_heads: int, n_kv: int, hd: int, bs: int):
     ops = _ops(level)

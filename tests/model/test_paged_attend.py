@@ -15,11 +15,9 @@ from llamita.model.transformer import single_query_attention
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attend_in_place_equals_gather_then_attend(dtype: torch.dtype, monkeypatch):
+def test_attend_in_place_equals_gather_then_attend(dtype: torch.dtype):
     if native.kernel_level() is None:
         pytest.skip(f"no kernel level loads here: {native.kernel_level_skipped()}")
-    if dtype == torch.float32:  # attend declines float32 caches; the operator itself serves them
-        monkeypatch.setattr(paged_kv_cache, "IN_PLACE_DTYPES", (torch.float32,))
     cfg = ModelConfig(n_layers=2, dim=64, n_heads=6, n_kv_heads=2, ffn_dim=32, vocab_size=10)
     hd, g = cfg.head_dim, torch.Generator().manual_seed(0)
     caches = [PagedKVCache(cfg, n_blocks=12, block_size=4, dtype=dtype) for _ in range(2)]
@@ -47,12 +45,16 @@ def test_attend_in_place_equals_gather_then_attend(dtype: torch.dtype, monkeypat
         assert torch.equal(a, b)  # the same keys and values written in the same slots
 
 
-def test_attend_declines_float32_caches():
+def test_attend_declines_caches_the_operator_does_not_read():
+    """float16 (not in IN_PLACE_DTYPES): nothing written, the caller gathers instead."""
+    assert torch.float16 not in paged_kv_cache.IN_PLACE_DTYPES
     cfg = ModelConfig(n_layers=1, dim=16, n_heads=2, n_kv_heads=1, ffn_dim=32, vocab_size=10)
-    cache = PagedKVCache(cfg, n_blocks=4, block_size=4)
+    cache = PagedKVCache(cfg, n_blocks=4, block_size=4, dtype=torch.float16)
     cache.bind(torch.tensor([[0, 1]]))
-    x = torch.zeros(1, 1, 1, cfg.head_dim)
-    assert cache.attend(0, torch.tensor([[0]]), torch.zeros(1, 1, 2, cfg.head_dim), x, x, 2) is None
+    x = torch.ones(1, 1, 1, cfg.head_dim, dtype=torch.float16)
+    q = torch.zeros(1, 1, 2, cfg.head_dim, dtype=torch.float16)
+    assert cache.attend(0, torch.tensor([[0]]), q, x, x, 2) is None
+    assert torch.equal(cache.k[0], torch.zeros_like(cache.k[0]))
 
 
 def test_attend_declines_prefill_chunks():

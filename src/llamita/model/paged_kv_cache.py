@@ -15,8 +15,11 @@ from llamita.config import ModelConfig
 from llamita.kernels import native
 from llamita.kernels.native import KernelOps
 
-# Cache dtypes whose decode steps attend in place (PagedKVCache.attend).
-IN_PLACE_DTYPES = (torch.bfloat16,)
+# Cache dtypes whose decode steps attend in place (PagedKVCache.attend): bfloat16 (the default
+# where the CPU has AVX-512 BF16) and float32 (elsewhere). With the operator in vectors of the
+# level's own width, float32 caches on AVX2 gained 12-14% (tg128 and tg128 x 8 of the default
+# model, 2 threads) over gathering the blocks for MKL's matmuls (docs/performance.md).
+IN_PLACE_DTYPES = (torch.bfloat16, torch.float32)
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -101,15 +104,13 @@ class PagedKVCache:
         (B, 1), then attend each row's query q (B, 1, n_heads, hd) to its positions 0..its own
         straight from the block pools (llamita's `paged_decode_attention`, kernels/csrc/
         attention.cpp): (B, n_heads, 1, hd) in q's dtype, as single_query_attention returns it.
-        None (nothing written) where that operator is not loaded, the cache is not bfloat16 or
-        the step is not one token a row on the CPU: the caller then runs `update` and attends
-        to its copy."""
+        None (nothing written) where that operator is not loaded, the cache is neither bfloat16
+        nor float32 or the step is not one token a row on the CPU: the caller then runs `update`
+        and attends to its copy."""
         ops = in_place_attention_ops()
         pool = self.k[layer]
         if ops is None or q.shape[1] != 1 or q.device.type != "cpu" or pool.device != q.device:
             return None
-        # bfloat16 caches only (the default where the CPU has AVX-512 BF16): float32 ones keep
-        # the gather path, which MKL's matmuls made faster on AVX2 (docs/performance.md).
         if pool.dtype not in IN_PLACE_DTYPES:
             return None
         tables, slots = self._slots(positions, length, q.device)

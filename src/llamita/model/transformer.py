@@ -141,8 +141,11 @@ def single_query_attention(
     return out.reshape(bsz, n_heads, 1, hd).to(q.dtype)
 
 
-# Query rows per block of `causal_attention`.
-CAUSAL_BLOCK = 128
+# Query rows per block of `causal_attention`. 64 rather than 128: a block's scores (its
+# queries' heads times the keys it sees) stay in a core's L2, and a tenth fewer of them are
+# computed past the diagonal; pp512 of the default model held to AVX2, 2 threads: 1078 -> 1140
+# tokens/s (benchmarks/ab_bench.py, 5 rounds; 32 was no faster). docs/performance.md.
+CAUSAL_BLOCK = 64
 
 
 def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -157,8 +160,8 @@ def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) 
     matmul with the values; a query's heads that share a KV head are one matrix (grouped-query
     attention without expanding keys). torch's CPU flash-attention kernel took 6.6-7.0 ms a layer
     of the default model at 512 tokens, 1 thread, float32 held to AVX2, with or without
-    `is_causal`, and these matmuls (MKL) 4.3-5.3 (docs/performance.md, "The first chunk's
-    attention"); bfloat16 stays on SDPA, which accumulates in float32.
+    `is_causal`, and these matmuls (MKL) 4.3-5.3 in blocks of 128 (docs/performance.md, "The
+    first chunk's attention"); bfloat16 stays on SDPA, which accumulates in float32.
     """
     bsz, seqlen, n_heads, hd = q.shape
     n_kv = keys.shape[1]

@@ -28,24 +28,31 @@
 
 namespace {
 
-// 16 floats as one GCC vector: each level's flags lower it to its widest registers (one zmm,
-// two ymm, four NEON q registers) without intrinsics.
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
-typedef uint16_t u16x16 __attribute__((vector_size(32)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
+// One GCC vector of floats as wide as the level's registers (one zmm with AVX-512, one ymm with
+// AVX2, two NEON q registers), without intrinsics. Wider than the registers, GCC lowered the
+// conversions and compares of exp to scalar code: 16 lanes on AVX2 ran 6.5x slower than on
+// AVX-512 (8 rows of the default model at 512 positions: 1.49 against 0.23 ms).
+#ifdef __AVX512F__
+#define LLAMITA_VECTOR_BYTES 64
+#else
+#define LLAMITA_VECTOR_BYTES 32
+#endif
+typedef float fvec __attribute__((vector_size(LLAMITA_VECTOR_BYTES)));
+typedef uint32_t uvec __attribute__((vector_size(LLAMITA_VECTOR_BYTES)));
+typedef uint16_t hvec __attribute__((vector_size(LLAMITA_VECTOR_BYTES / 2)));
+typedef int32_t ivec __attribute__((vector_size(LLAMITA_VECTOR_BYTES)));
+constexpr int kLanes = LLAMITA_VECTOR_BYTES / 4;
 
-inline f32x16 load16(const float* p) {
-  f32x16 v;
+inline fvec load(const float* p) {
+  fvec v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline f32x16 load16(const uint16_t* p) {  // bfloat16 -> float32, exact
-  u16x16 h;
+inline fvec load(const uint16_t* p) {  // bfloat16 -> float32, exact
+  hvec h;
   std::memcpy(&h, p, sizeof h);
-  const u32x16 w = __builtin_convertvector(h, u32x16) << 16;
-  f32x16 v;
+  const uvec w = __builtin_convertvector(h, uvec) << 16;
+  fvec v;
   std::memcpy(&v, &w, sizeof v);
   return v;
 }
@@ -58,11 +65,15 @@ inline float widen(uint16_t bf16) {
 }
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x4 __attribute__((vector_size(16)));
-inline float sum16(f32x16 v) {  // the lanes summed as a tree of halves (a fixed order)
+inline float sum_lanes(fvec v) {  // the lanes summed as a tree of halves (a fixed order)
+#if LLAMITA_VECTOR_BYTES == 64
   f32x8 lo, hi;
   std::memcpy(&lo, &v, sizeof lo);
   std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
   const f32x8 s8 = lo + hi;
+#else
+  const f32x8 s8 = v;
+#endif
   f32x4 a, b;
   std::memcpy(&a, &s8, sizeof a);
   std::memcpy(&b, reinterpret_cast<const char*>(&s8) + sizeof a, sizeof b);
@@ -70,44 +81,61 @@ inline float sum16(f32x16 v) {  // the lanes summed as a tree of halves (a fixed
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-// exp(x) for x <= 0 in 16 lanes (softmax's exp(s - max)): x = n ln2 + r, |r| <= ln2 / 2, a
+// exp(x) for x <= 0 in every lane (softmax's exp(s - max)): x = n ln2 + r, |r| <= ln2 / 2, a
 // degree-6 Taylor polynomial of exp(r) (relative error < 2e-7 over that range), times 2^n
 // through the exponent bits. x below -87 gives exp(-87) ~ 1.6e-38 instead of a smaller number
 // or 0: weights that small leave a float32 softmax unchanged.
-inline f32x16 exp16(f32x16 x) {
-  const f32x16 zero = {};
+inline fvec exp_lanes(fvec x) {
+  const fvec zero = {};
   x = x < -87.0f ? zero - 87.0f : x;  // lane-wise: clamp
   // n = round(x / ln2) (x <= 0: truncating -x / ln2 + 1/2 toward zero rounds it)
-  const i32x16 ni = -__builtin_convertvector(-x * 1.44269504f + 0.5f, i32x16);
-  const f32x16 n = __builtin_convertvector(ni, f32x16);
-  const f32x16 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts: n ln2 exact
-  f32x16 p = zero + 1.0f / 720.0f;
+  const ivec ni = -__builtin_convertvector(-x * 1.44269504f + 0.5f, ivec);
+  const fvec n = __builtin_convertvector(ni, fvec);
+  const fvec r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts: n ln2 exact
+  fvec p = zero + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const i32x16 e = (ni + 127) << 23;
-  f32x16 scale;
+  const ivec e = (ni + 127) << 23;
+  fvec scale;
   std::memcpy(&scale, &e, sizeof scale);
   return p * scale;
 }
 
 // softmax of `length` scores in place, float32: exp(s - max) / sum.
+// The largest of `length` scores: lane-wise over whole vectors, then the lanes and the tail
+// (std::max_element was one serial chain of compares, ~4 cycles a score).
+inline float max_score(const float* s, int64_t length) {
+  float top = -std::numeric_limits<float>::infinity();
+  int64_t l = 0;
+  if (length >= kLanes) {
+    fvec m = load(s);
+    for (l = kLanes; l + kLanes <= length; l += kLanes) {
+      const fvec v = load(s + l);
+      m = v > m ? v : m;
+    }
+    for (int j = 0; j < kLanes; ++j) top = std::max(top, m[j]);
+  }
+  for (; l < length; ++l) top = std::max(top, s[l]);
+  return top;
+}
+
 inline void softmax(float* s, int64_t length) {
-  const float top = *std::max_element(s, s + length);
+  const float top = max_score(s, length);
   float total = 0.0f;
   int64_t l = 0;
   for (; l + kLanes <= length; l += kLanes) {
-    const f32x16 e = exp16(load16(s + l) - top);
+    const fvec e = exp_lanes(load(s + l) - top);
     std::memcpy(s + l, &e, sizeof e);
-    total += sum16(e);
+    total += sum_lanes(e);
   }
   if (l < length) {  // the tail through a padded vector
-    f32x16 v = f32x16{} - 100.0f;
+    fvec v = fvec{} - 100.0f;
     std::memcpy(&v, s + l, (length - l) * sizeof(float));
-    const f32x16 e = exp16(v - top);
+    const fvec e = exp_lanes(v - top);
     for (int64_t j = 0; l + j < length; ++j) {
       s[l + j] = e[j];
       total += e[j];
@@ -117,41 +145,83 @@ inline void softmax(float* s, int64_t length) {
   for (l = 0; l < length; ++l) s[l] *= inv;
 }
 
-// One row b and KV head kv: its G query heads qs (G, hd, pre-scaled) against the keys and values
-// of positions 0..length-1, found through the row's block table; out (G, hd). C = hd / 16
-// vectors a head (0: any hd, through scalar tails): the accumulators stay in registers.
-template <int C, class T>
-void attend_group(const float* qs, int64_t G, int64_t hd, int64_t length, const int64_t* table, int64_t bs,
-                  const T* kp, const T* vp, int64_t block_stride, int64_t slot_stride, float* scores, float* out) {
-  const int64_t full = C ? C * kLanes : hd / kLanes * kLanes;
+// Up to 4 query heads qs (GB, hd, pre-scaled) of one row and KV head against the keys and values
+// of positions 0..length-1 at element offsets at[l] of the pools; out (GB, hd). C = hd / kLanes
+// vectors a head, even. Each key and value row is loaded once for the GB heads that share it
+// (loaded once per head, the rows of a long context came from L2 GB times), with 2 accumulators
+// a head: independent chains of FMAs. The values are taken 2 vectors a pass, so the GB x 2
+// accumulators stay in registers.
+template <int C, int GB, class T>
+void attend_heads(const float* qs, int64_t hd, int64_t length, const int64_t* at, const T* kp, const T* vp,
+                  float* scores, float* out) {
+  static_assert(C % 2 == 0 && GB >= 1 && GB <= 4, "pairs of vectors, 1-4 heads");
+  for (int64_t l = 0; l < length; ++l) {
+    const T* key = kp + at[l];
+    fvec acc[GB][2] = {};
+    for (int c = 0; c < C; c += 2) {
+      const fvec k0 = load(key + c * kLanes), k1 = load(key + (c + 1) * kLanes);
+      for (int g = 0; g < GB; ++g) {
+        acc[g][0] += load(qs + g * hd + c * kLanes) * k0;
+        acc[g][1] += load(qs + g * hd + (c + 1) * kLanes) * k1;
+      }
+    }
+    for (int g = 0; g < GB; ++g) scores[g * length + l] = sum_lanes(acc[g][0] + acc[g][1]);
+  }
+  for (int g = 0; g < GB; ++g) softmax(scores + g * length, length);
+  for (int c = 0; c < C; c += 2) {
+    fvec acc[GB][2] = {};
+    for (int64_t l = 0; l < length; ++l) {
+      const T* value = vp + at[l];
+      const fvec v0 = load(value + c * kLanes), v1 = load(value + (c + 1) * kLanes);
+      for (int g = 0; g < GB; ++g) {
+        const float p = scores[g * length + l];
+        acc[g][0] += p * v0;
+        acc[g][1] += p * v1;
+      }
+    }
+    for (int g = 0; g < GB; ++g) std::memcpy(out + g * hd + c * kLanes, acc[g], sizeof acc[g]);
+  }
+}
+
+// Any head_dim (not whole pairs of vectors): one query head at a time, scalar tails.
+template <class T>
+void attend_any(const float* qs, int64_t G, int64_t hd, int64_t length, const int64_t* at, const T* kp,
+                const T* vp, float* scores, float* out) {
+  const int64_t full = hd / kLanes * kLanes;
   for (int64_t g = 0; g < G; ++g) {
     const float* q = qs + g * hd;
+    float* sg = scores + g * length;
     for (int64_t l = 0; l < length; ++l) {
-      const T* key = kp + table[l / bs] * block_stride + (l % bs) * slot_stride;
-      f32x16 acc = {};
-      for (int64_t d = 0; d < full; d += kLanes) acc += load16(q + d) * load16(key + d);
-      float s = sum16(acc);
+      const T* key = kp + at[l];
+      fvec acc = {};
+      for (int64_t d = 0; d < full; d += kLanes) acc += load(q + d) * load(key + d);
+      float s = sum_lanes(acc);
       for (int64_t d = full; d < hd; ++d) s += q[d] * widen(key[d]);
-      scores[g * length + l] = s;
+      sg[l] = s;
     }
-    softmax(scores + g * length, length);
-  }
-  for (int64_t g = 0; g < G; ++g) {
-    const float* p = scores + g * length;
+    softmax(sg, length);
     float* o = out + g * hd;
-    if constexpr (C > 0) {
-      f32x16 acc[C] = {};
-      for (int64_t l = 0; l < length; ++l) {
-        const T* value = vp + table[l / bs] * block_stride + (l % bs) * slot_stride;
-        for (int c = 0; c < C; ++c) acc[c] += p[l] * load16(value + c * kLanes);
-      }
-      std::memcpy(o, acc, sizeof acc);
-    } else {
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t l = 0; l < length; ++l) {
-        const T* value = vp + table[l / bs] * block_stride + (l % bs) * slot_stride;
-        for (int64_t d = 0; d < hd; ++d) o[d] += p[l] * widen(value[d]);
-      }
+    std::fill(o, o + hd, 0.0f);
+    for (int64_t l = 0; l < length; ++l) {
+      const T* value = vp + at[l];
+      for (int64_t d = 0; d < hd; ++d) o[d] += sg[l] * widen(value[d]);
+    }
+  }
+}
+
+// The G query heads of one row and KV head, in runs of up to 4 heads (attend_heads).
+template <int C, class T>
+void attend_group(const float* qs, int64_t G, int64_t hd, int64_t length, const int64_t* at, const T* kp,
+                  const T* vp, float* scores, float* out) {
+  for (int64_t g = 0; g < G; g += 4) {
+    const float* q = qs + g * hd;
+    float* s = scores + g * length;
+    float* o = out + g * hd;
+    switch (std::min<int64_t>(4, G - g)) {
+      case 1: attend_heads<C, 1, T>(q, hd, length, at, kp, vp, s, o); break;
+      case 2: attend_heads<C, 2, T>(q, hd, length, at, kp, vp, s, o); break;
+      case 3: attend_heads<C, 3, T>(q, hd, length, at, kp, vp, s, o); break;
+      default: attend_heads<C, 4, T>(q, hd, length, at, kp, vp, s, o); break;
     }
   }
 }
@@ -168,14 +238,18 @@ void attend(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_p
   float* op = out.data_ptr<float>();
   at::parallel_for(0, B * n_kv, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> qs(G * hd), scores;
+    std::vector<int64_t> at;  // each position's slot in the pools, in elements (no division a key)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / n_kv, kv = t % n_kv, length = positions[b] + 1;
       const float* qb = qp + (b * H + kv * G) * hd;  // the group's G heads are consecutive
       for (int64_t i = 0; i < G * hd; ++i) qs[i] = qb[i] * scale;
       scores.resize(G * length);
-      auto run = hd == 64 ? attend_group<4, T> : hd == 128 ? attend_group<8, T> : attend_group<0, T>;
-      run(qs.data(), G, hd, length, tables + b * width, bs, kp + kv * hd, vp + kv * hd, block_stride, slot_stride,
-          scores.data(), op + (b * H + kv * G) * hd);
+      at.resize(length);
+      for (int64_t start = 0, i = 0; start < length; start += bs, ++i)
+        for (int64_t j = 0; j < bs && start + j < length; ++j)
+          at[start + j] = tables[b * width + i] * block_stride + j * slot_stride;
+      auto run = hd == 64 ? attend_group<64 / kLanes, T> : hd == 128 ? attend_group<128 / kLanes, T> : attend_any<T>;
+      run(qs.data(), G, hd, length, at.data(), kp + kv * hd, vp + kv * hd, scores.data(), op + (b * H + kv * G) * hd);
     }
   });
 }

@@ -21,6 +21,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -46,15 +48,27 @@ constexpr int kQ8MaxTile = kMaxTile;
 #else
 constexpr int kQ8MaxTile = 8;
 #endif
-// The affine 4-bit kernel (Q4_0 / Q4_1) on AVX2 takes tiles of 2 rows: with kSplit's two
-// accumulators per row nothing spills, and it cost 2-5% less CPU time than tiles of 4 at 8 and
-// 512 rows of the default model's four matmuls (docs/performance.md, "Prefill (pp512) on
-// AVX2"); Q4_K (3% more at 8 rows), Q6_K and AVX-VNNI did not gain, so they keep 4.
+// The 4-bit kernels (Q4_0 / Q4_1 / Q4_K) on AVX2 take tiles of 8 rows, from 4 rows on as
+// Q4Wide256 (one half block at a time): at 8 and 512 rows of the default model's four matmuls
+// it cost 6-13% less CPU time than tiles of 2 and 4 of Q4Block256, and 8 less than 4, 6 or 16
+// (benchmarks/kernel_rows.py; docs/performance.md, "The 4-bit kernels on AVX2"). With vpdpbusd
+// the wide tiles did not gain, so AVX-VNNI keeps Q4Block256 in tiles of 4.
 #ifdef __AVXVNNI__
 constexpr int kQ4MaxTile = kMaxTile;
+constexpr int kQ4WideFrom = kMaxTile + 1;  // never
 #else
-constexpr int kQ4MaxTile = 2;
+constexpr int kQ4MaxTile = 8;
+constexpr int kQ4WideFrom = 4;
 #endif
+
+// GCC reassociates a chain of integer vector adds (acc + p0 + p1 + ...) into a tree that first
+// computes every product of a group, which spills them to the stack: 18% of the 4-bit kernel's
+// time at 512 rows on AVX2. An empty asm that "changes" each running sum keeps the chain as
+// written; the sums are exact integers, so their order never changed the result.
+inline __m256i opaque(__m256i v) {
+  asm("" : "+x"(v));
+  return v;
+}
 
 inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes into every 32-bit lane
   int32_t v;
@@ -87,7 +101,7 @@ struct ByteDot {
 struct NibbleDot {
   static __m256i zero() { return _mm256_setzero_si256(); }
   static __m256i add(__m256i acc, __m256i codes, __m256i x) {
-    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(codes, x));
+    return opaque(_mm256_add_epi16(acc, _mm256_maddubs_epi16(codes, x)));
   }
   static __m256i join(__m256i a, __m256i b) { return _mm256_add_epi16(a, b); }
   static __m256i finish(__m256i acc) { return _mm256_madd_epi16(acc, _mm256_set1_epi16(1)); }
@@ -101,7 +115,7 @@ struct ByteDot {
   static __m256i prepare(__m256i w) { return _mm256_sign_epi8(w, w); }
   static __m256i add(__m256i acc, __m256i prepared, __m256i w, __m256i x) {
     const __m256i pairs = _mm256_maddubs_epi16(prepared, _mm256_sign_epi8(x, w));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    return opaque(_mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))));
   }
 };
 #endif
@@ -114,7 +128,7 @@ inline __m256i six_bit_dot(__m256i acc, __m256i lo, __m256i x_lo, __m256i hi, __
   return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, lo, x_lo), hi, x_hi);
 #else
   const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  return opaque(_mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))));
 #endif
 }
 
@@ -226,10 +240,57 @@ struct Q4Block256 {
   }
 };
 
+// Wide tiles (prefill's chunks, batched decode on AVX2): the block's two halves of 8 rows one
+// after the other, so a tile holds ROWS integer and ROWS float accumulators (Q4Block256 holds
+// both halves'), and 8 rows of x share each unpacked code chunk. Same sums, same float32
+// steps per output, so the same bits.
+template <int ROWS, class Scales>
+struct Q4Wide256 {
+  static void run(const int8_t* xq, const float* d, const int32_t* qsum, int64_t K,
+                  const uint8_t* codes, const uint16_t* scales, float* y, int64_t ldy) {
+    const int64_t groups = K / kGroup;
+    const __m256i low_nibble = _mm256_set1_epi8(0x0F);
+    thread_local std::vector<float> offset_sums;
+    if (offset_sums.size() < static_cast<size_t>(ROWS * groups)) offset_sums.resize(ROWS * groups);
+    float* xsum = offset_sums.data();
+    for (int64_t i = 0; i < ROWS * groups; ++i) xsum[i] = d[i] * static_cast<float>(qsum[i]);  // d * sum xq
+    for (int h = 0; h < 2; ++h) {
+      __m256 total[ROWS];
+      for (int m = 0; m < ROWS; ++m) total[m] = _mm256_setzero_ps();
+      for (int64_t g = 0; g < groups; ++g) {
+        __m256i dot[ROWS];
+        for (int m = 0; m < ROWS; ++m) dot[m] = NibbleDot::zero();
+        const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2 + 32 * h;
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64));
+          const __m256i lo = _mm256_and_si256(v, low_nibble);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble);
+          for (int m = 0; m < ROWS; ++m) {
+            const int8_t* xm = xq + m * K + g * kGroup + c * 8;
+            dot[m] = NibbleDot::add(NibbleDot::add(dot[m], lo, bcast4(xm)), hi, bcast4(xm + 4));
+          }
+        }
+        __m256 s, offset;
+        Scales::group(scales, g, h, s, offset);
+        for (int m = 0; m < ROWS; ++m) {
+          const float dm = d[m * groups + g];
+          const __m256 sd = _mm256_mul_ps(s, _mm256_set1_ps(dm));
+          total[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(NibbleDot::finish(dot[m])), sd, total[m]);
+          total[m] = _mm256_fmadd_ps(offset, _mm256_broadcast_ss(xsum + m * groups + g), total[m]);
+        }
+      }
+      for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(y + m * ldy + 8 * h, total[m]);
+    }
+  }
+};
+
+template <int ROWS, class Scales>
+using Q4Tile256 = std::conditional_t<(ROWS >= kQ4WideFrom), Q4Wide256<ROWS, Scales>, Q4Block256<ROWS, Scales>>;
 template <int ROWS>
-using Q4Affine256 = Q4Block256<ROWS, AffineScales>;
+using Q4Affine256 = Q4Tile256<ROWS, AffineScales>;
 template <int ROWS>
-using Q4K256 = Q4Block256<ROWS, KScales>;
+using Q4K256 = Q4Tile256<ROWS, KScales>;
 
 // One 16-row block of int8 weights for ROWS rows of x (q8_vnni.cpp's Q8Kernel, its float32
 // steps in its order). BLOCK_SCALES false: layout "vnni" of int8.py, one scale per row:
@@ -356,7 +417,7 @@ at::Tensor q4_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Te
 }
 
 at::Tensor q4k_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& meta) {
-  return LLAMITA_OPS::q4k_mm<Q4K256, kMaxTile>(x, codes, meta, LLAMITA_OPS::quantize_activations);
+  return LLAMITA_OPS::q4k_mm<Q4K256, kQ4MaxTile>(x, codes, meta, LLAMITA_OPS::quantize_activations);
 }
 
 at::Tensor q8_vnni_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
