@@ -51,8 +51,8 @@ constexpr int kQ8MaxTile = 8;
 // The 4-bit kernels (Q4_0 / Q4_1 / Q4_K) on AVX2 take tiles of 8 rows, from 4 rows on as
 // Q4Wide256 (one half block at a time): at 8 and 512 rows of the default model's four matmuls
 // it cost 6-13% less CPU time than tiles of 2 and 4 of Q4Block256, and 8 less than 4, 6 or 16
-// (benchmarks/kernel_rows.py; docs/performance.md, "The 4-bit kernels on AVX2"). With vpdpbusd
-// the wide tiles did not gain, so AVX-VNNI keeps Q4Block256 in tiles of 4.
+// (benchmarks/kernel_rows.py; docs/performance.md, "GCC's reassociation, wide tiles"). With
+// vpdpbusd the wide tiles did not gain, so AVX-VNNI keeps Q4Block256 in tiles of 4.
 #ifdef __AVXVNNI__
 constexpr int kQ4MaxTile = kMaxTile;
 constexpr int kQ4WideFrom = kMaxTile + 1;  // never
