@@ -81,6 +81,34 @@ inline float sum_lanes(fvec v) {  // the lanes summed as a tree of halves (a fix
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
+// The lane sums of 4 vectors, (sum a, sum b, sum c, sum d), folded together: halves of pairs,
+// then quarters, then the rest; ~3 operations a vector where one vector alone takes ~8 (a
+// decode step's scores spent more on these sums than on their multiply-adds).
+inline f32x4 sum_lanes4(fvec a, fvec b, fvec c, fvec d) {
+#if LLAMITA_VECTOR_BYTES == 64
+  const fvec ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                  __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const fvec cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                  __builtin_shufflevector(c, d, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const fvec q = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                 __builtin_shufflevector(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  // q: 4 partial sums of a, then of b, c, d
+  const fvec t = __builtin_shufflevector(q, q, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const f32x8 u = __builtin_shufflevector(t, t, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(t, t, 8, 9, 10, 11, 12, 13, 14, 15);
+  return __builtin_shufflevector(u, u, 0, 1, 2, 3) + __builtin_shufflevector(u, u, 4, 5, 6, 7);
+#else
+  const fvec ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) +
+                  __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+  const fvec cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 8, 9, 10, 11) +
+                  __builtin_shufflevector(c, d, 4, 5, 6, 7, 12, 13, 14, 15);
+  const fvec q = __builtin_shufflevector(ab, cd, 0, 1, 4, 5, 8, 9, 12, 13) +
+                 __builtin_shufflevector(ab, cd, 2, 3, 6, 7, 10, 11, 14, 15);
+  // q: 2 partial sums of a, then of b, c, d
+  return __builtin_shufflevector(q, q, 0, 2, 4, 6) + __builtin_shufflevector(q, q, 1, 3, 5, 7);
+#endif
+}
+
 // exp(x) for x <= 0 in every lane (softmax's exp(s - max)): x = n ln2 + r, |r| <= ln2 / 2, a
 // degree-6 Taylor polynomial of exp(r) (relative error < 2e-7 over that range), times 2^n
 // through the exponent bits. x below -87 gives exp(-87) ~ 1.6e-38 instead of a smaller number
@@ -155,7 +183,21 @@ template <int C, int GB, class T>
 void attend_heads(const float* qs, int64_t hd, int64_t length, const int64_t* at, const T* kp, const T* vp,
                   float* scores, float* out) {
   static_assert(C % 2 == 0 && GB >= 1 && GB <= 4, "pairs of vectors, 1-4 heads");
-  for (int64_t l = 0; l < length; ++l) {
+  int64_t l = 0;
+  for (; l + 4 <= length; l += 4) {  // 4 keys: GB x 4 accumulators, their sums folded together
+    const T* key[4] = {kp + at[l], kp + at[l + 1], kp + at[l + 2], kp + at[l + 3]};
+    fvec acc[GB][4] = {};
+    for (int c = 0; c < C; ++c)
+      for (int j = 0; j < 4; ++j) {
+        const fvec k = load(key[j] + c * kLanes);
+        for (int g = 0; g < GB; ++g) acc[g][j] += load(qs + g * hd + c * kLanes) * k;
+      }
+    for (int g = 0; g < GB; ++g) {
+      const f32x4 sums = sum_lanes4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+      std::memcpy(scores + g * length + l, &sums, sizeof sums);
+    }
+  }
+  for (; l < length; ++l) {
     const T* key = kp + at[l];
     fvec acc[GB][2] = {};
     for (int c = 0; c < C; c += 2) {
