@@ -209,6 +209,7 @@ struct Q4Block256 {
       const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2;
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
+        LLAMITA_OPS::prefetch_ahead(chunk + c * 64);
         for (int h = 0; h < 2; ++h) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64 + 32 * h));
           const __m256i lo = _mm256_and_si256(v, low_nibble);
@@ -263,6 +264,7 @@ struct Q4Wide256 {
         const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2 + 32 * h;
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
+          if (h == 0) LLAMITA_OPS::prefetch_ahead(chunk + c * 64);  // the second half reads the same lines
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64));
           const __m256i lo = _mm256_and_si256(v, low_nibble);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble);
@@ -314,6 +316,7 @@ struct Q8Kernel256 {
       const uint8_t* chunk = codes + g * kBlockRows * kGroup;
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) {
+        LLAMITA_OPS::prefetch_ahead(chunk + c * 64);
         for (int h = 0; h < 2; ++h) {
           const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + c * 64 + 32 * h));
           const __m256i prepared = ByteDot::prepare(w);
@@ -373,6 +376,7 @@ struct Q6KBlock256 {
       const uint8_t* group = codes + g * LLAMITA_OPS::kQ6GroupBytes;
       const uint8_t* mb = meta + (g / kGroupsPerSuper) * LLAMITA_OPS::kQ6MetaBytes;
       const int64_t j = 2 * (g % kGroupsPerSuper);  // the group's first sub-block
+      for (int c = 0; c < 6; ++c) LLAMITA_OPS::prefetch_ahead(group + c * 64);  // 384 bytes a group
       for (int h = 0; h < 2; ++h) {
         __m256i dot[ROWS][2];
         for (int m = 0; m < ROWS; ++m) dot[m][0] = dot[m][1] = _mm256_setzero_si256();

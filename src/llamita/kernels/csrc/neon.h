@@ -119,6 +119,7 @@ struct Q4BlockNeon {
         for (int p = 0; p < 4; ++p) dot[m][p] = vdupq_n_s32(0);
       const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2;
       for (int c = 0; c < 4; ++c) {
+        prefetch_ahead(chunk + c * 64);
         for (int p = 0; p < 4; ++p) {
           const uint8x16_t v = vld1q_u8(chunk + c * 64 + 16 * p);
           const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, low_nibble));
@@ -168,6 +169,7 @@ struct Q8KernelNeon {
         for (int p = 0; p < 4; ++p) dot[m][p] = vdupq_n_s32(0);
       const int8_t* chunk = reinterpret_cast<const int8_t*>(codes) + g * kBlockRows * kGroup;
       for (int c = 0; c < 8; ++c) {
+        prefetch_ahead(codes + g * kBlockRows * kGroup + c * 64);
         for (int p = 0; p < 4; ++p) {
           const int8x16_t w = vld1q_s8(chunk + c * 64 + 16 * p);
           for (int m = 0; m < ROWS; ++m) dot[m][p] = vdotq_s32(dot[m][p], w, bcast4(xq + m * K + g * kGroup + c * 4));
@@ -220,6 +222,7 @@ struct Q6KBlockNeon {
       const uint8_t* group = codes + g * kQ6GroupBytes;
       const uint8_t* mb = meta + (g / kGroupsPerSuper) * kQ6MetaBytes;
       const int64_t j = 2 * (g % kGroupsPerSuper);  // the group's first sub-block
+      for (int c = 0; c < 6; ++c) prefetch_ahead(group + c * 64);  // 384 bytes a group
       for (int p = 0; p < 4; ++p) {
         int32x4_t dot[ROWS][2];
         for (int m = 0; m < ROWS; ++m) dot[m][0] = dot[m][1] = vdupq_n_s32(0);

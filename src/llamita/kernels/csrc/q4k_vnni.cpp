@@ -67,6 +67,7 @@ struct Q4KBlock {
       const uint8_t* chunk = codes + g * kBlockRows * kGroup / 2;
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
+        llamita_vnni::prefetch_ahead(chunk + c * 64);
         const __m512i v = _mm512_loadu_si512(chunk + c * 64);
         const __m512i lo = _mm512_and_si512(v, low_nibble);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibble);

@@ -61,6 +61,7 @@ struct Q6KBlock {
         for (int i = 0; i < C; ++i) dot[m][i] = _mm512_setzero_si512();
       const uint8_t* group = codes + g * kQ6GroupBytes;
 #pragma GCC unroll 4
+      for (int c = 0; c < 6; ++c) llamita_vnni::prefetch_ahead(group + c * 64);  // 384 bytes a group
       for (int c = 0; c < 4; ++c) {
         const __m512i v = _mm512_loadu_si512(group + c * 64);
         const __m512i h = _mm512_loadu_si512(group + 256 + (c / 2) * 64);

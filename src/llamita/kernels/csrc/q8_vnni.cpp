@@ -58,6 +58,7 @@ struct Q8Kernel {
       const uint8_t* chunk = codes + g * kBlockRows * kGroup;
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) {
+        llamita_vnni::prefetch_ahead(chunk + c * 64);
         const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(chunk + c * 64), flip);  // w + 128
         for (int m = 0; m < ROWS; ++m) {
           const int8_t* xm = xq + m * K + g * kGroup + c * 4;
