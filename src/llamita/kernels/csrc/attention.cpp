@@ -133,7 +133,6 @@ inline fvec exp_lanes(fvec x) {
   return p * scale;
 }
 
-// softmax of `length` scores in place, float32: exp(s - max) / sum.
 // The largest of `length` scores: lane-wise over whole vectors, then the lanes and the tail
 // (std::max_element was one serial chain of compares, ~4 cycles a score).
 inline float max_score(const float* s, int64_t length) {
@@ -151,6 +150,7 @@ inline float max_score(const float* s, int64_t length) {
   return top;
 }
 
+// softmax of `length` scores in place, float32: exp(s - max) / sum.
 inline void softmax(float* s, int64_t length) {
   const float top = max_score(s, length);
   float total = 0.0f;
@@ -292,15 +292,19 @@ void attend(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_p
   at::parallel_for(0, B * n_kv, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> qs(G * hd), scores;
     std::vector<int64_t> at;  // each position's slot in the pools, in elements (no division a key)
+    int64_t at_row = -1;      // the row `at` was made for: its KV heads share it
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / n_kv, kv = t % n_kv, length = positions[b] + 1;
       const float* qb = qp + (b * H + kv * G) * hd;  // the group's G heads are consecutive
       for (int64_t i = 0; i < G * hd; ++i) qs[i] = qb[i] * scale;
       scores.resize(G * length);
-      at.resize(length);
-      for (int64_t start = 0, i = 0; start < length; start += bs, ++i)
-        for (int64_t j = 0; j < bs && start + j < length; ++j)
-          at[start + j] = tables[b * width + i] * block_stride + j * slot_stride;
+      if (b != at_row) {
+        at.resize(length);
+        for (int64_t start = 0, i = 0; start < length; start += bs, ++i)
+          for (int64_t j = 0; j < bs && start + j < length; ++j)
+            at[start + j] = tables[b * width + i] * block_stride + j * slot_stride;
+        at_row = b;
+      }
       auto run = hd == 64 ? attend_group<64 / kLanes, T> : hd == 128 ? attend_group<128 / kLanes, T> : attend_any<T>;
       run(qs.data(), G, hd, length, at.data(), kp + kv * hd, vp + kv * hd, scores.data(), op + (b * H + kv * G) * hd);
     }
