@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
+from llamita.engine import sampler as sampler_module
 from llamita.engine.sampler import (
     Sampler,
     apply_penalties,
@@ -321,14 +322,61 @@ def test_top_p_over_a_large_vocabulary_equals_the_float64_statement(scale: float
     assert torch.equal(filtered[list(expected)], logits[list(expected)])
 
 
-@pytest.mark.parametrize("params", [SamplingParams(temperature=0.8, seed=3), PLAIN.replace(top_p=0.9, min_p=0.01)])
-def test_a_seed_draws_what_a_draw_over_the_filtered_row_draws(params: SamplingParams) -> None:
-    """The draw takes the survivors in the order of their ids, as a multinomial over the whole
-    filtered row would: a seed gives the same tokens as that statement."""
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.8, seed=3),  # top_k 40: llamita's operator where the kernels load
+        PLAIN.replace(top_p=0.9, min_p=0.01),  # top_k off: the torch chain
+        SamplingParams(temperature=0.8, seed=4, logit_bias=((5, 3.0),)),  # biased, then the operator
+    ],
+)
+def test_a_seed_draws_what_the_inverse_cdf_over_the_filtered_row_draws(params: SamplingParams) -> None:
+    """The draw takes the survivors in the order of their ids and picks the first whose running
+    sum of weights passes u times their total, u from the request's generator: a seed gives
+    the tokens of that statement, in float64, on either path."""
     logits = torch.randn(3000, generator=torch.Generator().manual_seed(11)) * 2
     generator = torch.Generator().manual_seed(params.seed or 0)
-    filtered = filter_logits(logits, params)
+    biased = logits.clone()
+    for token, bias in params.logit_bias:
+        biased[token] += bias
+    filtered = filter_logits(biased, params).double()
     kept = torch.isfinite(filtered).nonzero().squeeze(-1)
-    probs = torch.softmax((filtered[kept] - filtered[kept].max()) / params.temperature, dim=-1)
-    expected = [int(kept[torch.multinomial(probs, 1, generator=generator)]) for _ in range(50)]
+    weights = torch.exp((filtered[kept] - filtered[kept].max()) / params.temperature)
+    running = weights.cumsum(0)
+    expected = []
+    for _ in range(50):
+        u = float(torch.rand((), dtype=torch.float64, generator=generator))
+        expected.append(int(kept[int((running > u * running[-1]).nonzero()[0])]))
     assert draw(params, logits, 50) == expected
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.8, seed=7), PLAIN.replace(top_k=300, top_p=0.5)])
+def test_llamitas_operator_draws_what_the_torch_chain_draws(
+    params: SamplingParams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the kernels load, a top_k draw runs as one operator (kernels/csrc/sampling.cpp);
+    without them the torch chain runs: the same seed gives the same tokens on both."""
+    if sampler_module.native_sampling_ops() is None:
+        pytest.skip("llamita's kernels do not load here")
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(2)) * 3
+    assert Sampler(params).native_chain
+    native_tokens = draw(params, logits, 40)
+    monkeypatch.setattr(sampler_module, "native_sampling_ops", lambda: None)
+    assert not Sampler(params).native_chain
+    assert draw(params, logits, 40) == native_tokens
+
+
+def test_sample_rows_draws_each_row_by_its_own_sampler() -> None:
+    """One call for a batch gives each row what its sampler alone would draw."""
+    if sampler_module.native_sampling_ops() is None:
+        pytest.skip("llamita's kernels do not load here")
+    logits = torch.randn(4, 2000, generator=torch.Generator().manual_seed(3)) * 2
+    params = [
+        SamplingParams(temperature=t, top_k=k, seed=s)
+        for t, k, s in ((0.5, 40, 1), (1.5, 5, 2), (0.8, 100, 3), (1.0, 2, 4))
+    ]
+    together = sampler_module.sample_rows(logits, [Sampler(p) for p in params])
+    alone = [Sampler(p).sample(logits[i], []) for i, p in enumerate(params)]
+    assert together == alone
+    with pytest.raises(ValueError, match="NaN"):
+        sampler_module.sample_rows(torch.full((1, 10), math.nan), [Sampler(params[0])])

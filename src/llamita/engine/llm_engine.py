@@ -30,7 +30,7 @@ import torch
 
 from llamita.engine.block_manager import BlockManager
 from llamita.engine.loader import LoadedModel
-from llamita.engine.sampler import top_logprobs
+from llamita.engine.sampler import sample_rows, top_logprobs
 from llamita.engine.scheduler import Request, Scheduler, Work
 from llamita.engine.sequence import SequenceState
 from llamita.engine.step_builder import CompileMode, StepSource, build_in_background, compile_mode, decode_label
@@ -330,7 +330,7 @@ class LLMEngine:
         with torch.inference_mode():
             if schedule.decode:
                 logits = self._decode(schedule.decode)  # (B, V)
-                picks = self._greedy_picks(schedule.decode, logits)
+                picks = self._batched_picks(schedule.decode, logits)
                 for work, row, pick in zip(schedule.decode, logits, picks):
                     outputs += self._finish_work(work, row, pick)
                 stats.decode_tokens += len(schedule.decode)
@@ -384,14 +384,33 @@ class LLMEngine:
         logits: torch.Tensor = self.model(tokens, positions, self.cache, None, last_only=True, adapters=adapters)
         return logits[:, -1]
 
-    def _greedy_picks(self, works: list[Work], logits: torch.Tensor) -> list[int | None]:
-        """Each row's token when its request samples by plain argmax (no grammar, bias or
-        penalty): one argmax over the batch instead of one a row; None for the others."""
-        greedy = [w.request.seq.constraint is None and w.request.seq.sampler.plain_greedy for w in works]
-        if not any(greedy):
-            return [None] * len(works)
-        best = logits[:, : self.vocab_size].argmax(-1).tolist()
-        return [b if g else None for b, g in zip(best, greedy)]
+    def _batched_picks(self, works: list[Work], logits: torch.Tensor) -> list[int | None]:
+        """Each row's token where the batch can pick it in one call: one argmax over the rows
+        that sample greedily and one `sample_rows` over those whose sampler chain is llamita's
+        operator (no grammar, bias or penalty on either); None for the others, which
+        `_finish_work` samples one at a time."""
+        picks: list[int | None] = [None] * len(works)
+        greedy: list[int] = []
+        drawn: list[int] = []
+        for i, w in enumerate(works):
+            sampler = w.request.seq.sampler
+            if w.request.seq.constraint is not None:
+                continue
+            if sampler.plain_greedy:
+                greedy.append(i)
+            elif sampler.native_chain:
+                drawn.append(i)
+        vocab = logits[:, : self.vocab_size]
+        if greedy:
+            rows = vocab if len(greedy) == len(works) else vocab[greedy]
+            for i, token in zip(greedy, rows.argmax(-1).tolist()):
+                picks[i] = token
+        if drawn:
+            rows = vocab if len(drawn) == len(works) else vocab[drawn]
+            samplers = [works[i].request.seq.sampler for i in drawn]
+            for i, token in zip(drawn, sample_rows(rows.cpu(), samplers)):
+                picks[i] = token
+        return picks
 
     def _finish_work(self, work: Work, logits: torch.Tensor, pick: int | None = None) -> list[RequestOutput]:
         request = work.request

@@ -16,7 +16,7 @@ name "vnni" is the layout's, not the instruction's), so loading and packing are 
   avx2         AVX2 + FMA + F16C              torch.ops.llamita_avx2       mm256 (maddubs + madd)
   neon_dotprod AArch64 NEON + dotprod         torch.ops.llamita_neon       mm_neon (sdot; neon.h)
 
-(+ portable.cpp in every level, pack.cpp in the x86 ones). The NEON level is checked on x86
+(+ portable.cpp, attention.cpp and sampling.cpp in every level, pack.cpp in the x86 ones). The NEON level is checked on x86
 machines too, without torch, by tests/kernels/test_neon_harness.py under qemu-user. Each level is its own shared library compiled with only its own
 -m flags, so the cached file is the same for every CPU that has them; several levels can be
 loaded in one process (the tests run every level the CPU has). `kernel_level()` is the best
@@ -77,6 +77,7 @@ class KernelOps(Protocol):
         positions: torch.Tensor,
         scale: float,
     ) -> torch.Tensor: ...
+    def sample_top_k(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -97,28 +98,37 @@ KERNEL_LEVELS: tuple[KernelLevel, ...] = (
     KernelLevel(
         "avx512_vnni",
         "llamita",
-        ("q4_vnni.cpp", "q4k_vnni.cpp", "q6k_vnni.cpp", "q8_vnni.cpp", "pack.cpp", "portable.cpp", "attention.cpp"),
+        (
+            "q4_vnni.cpp",
+            "q4k_vnni.cpp",
+            "q6k_vnni.cpp",
+            "q8_vnni.cpp",
+            "pack.cpp",
+            "portable.cpp",
+            "attention.cpp",
+            "sampling.cpp",
+        ),
         ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", *_AVX2),
         frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"}),
     ),
     KernelLevel(
         "avx_vnni",
         "llamita_avx_vnni",
-        ("mm256.cpp", "pack.cpp", "portable.cpp", "attention.cpp"),
+        ("mm256.cpp", "pack.cpp", "portable.cpp", "attention.cpp", "sampling.cpp"),
         (*_AVX2, "-mavxvnni"),
         frozenset({"avx2", "fma", "f16c", "avx_vnni"}),
     ),
     KernelLevel(
         "avx2",
         "llamita_avx2",
-        ("mm256.cpp", "pack.cpp", "portable.cpp", "attention.cpp"),
+        ("mm256.cpp", "pack.cpp", "portable.cpp", "attention.cpp", "sampling.cpp"),
         _AVX2,
         frozenset({"avx2", "fma", "f16c"}),
     ),
     KernelLevel(
         "neon_dotprod",
         "llamita_neon",
-        ("mm_neon.cpp", "portable.cpp", "attention.cpp"),
+        ("mm_neon.cpp", "portable.cpp", "attention.cpp", "sampling.cpp"),
         ("-march=armv8.2-a+dotprod",),
         frozenset({"asimd", "asimddp"}),
         machine="aarch64",
