@@ -380,3 +380,15 @@ def test_sample_rows_draws_each_row_by_its_own_sampler() -> None:
     assert together == alone
     with pytest.raises(ValueError, match="NaN"):
         sampler_module.sample_rows(torch.full((1, 10), math.nan), [Sampler(params[0])])
+
+
+def test_argmax_rows_is_torch_argmax_ties_and_nan_included() -> None:
+    """The engine's greedy rows: the first of equal maxima, as torch.argmax; a row holding NaN
+    gets torch.argmax's answer too (the operator declines it)."""
+    logits = torch.randint(-5, 5, (6, 3001), generator=torch.Generator().manual_seed(4)).float()
+    logits[1, 2000:] = 9.0  # ties, late in the row
+    logits[2, 17] = math.nan
+    logits[3] = -math.inf
+    padded = torch.cat([logits, torch.full((6, 7), 100.0)], dim=1)[:, :3001]  # a row stride
+    for rows in (logits, padded, logits.double()):
+        assert sampler_module.argmax_rows(rows) == rows.argmax(-1).tolist()

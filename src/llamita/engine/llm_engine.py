@@ -30,7 +30,7 @@ import torch
 
 from llamita.engine.block_manager import BlockManager
 from llamita.engine.loader import LoadedModel
-from llamita.engine.sampler import sample_rows, top_logprobs
+from llamita.engine.sampler import argmax_rows, sample_rows, top_logprobs
 from llamita.engine.scheduler import Request, Scheduler, Work
 from llamita.engine.sequence import SequenceState
 from llamita.engine.step_builder import CompileMode, StepSource, build_in_background, compile_mode, decode_label
@@ -403,7 +403,7 @@ class LLMEngine:
         vocab = logits[:, : self.vocab_size]
         if greedy:
             rows = vocab if len(greedy) == len(works) else vocab[greedy]
-            for i, token in zip(greedy, rows.argmax(-1).tolist()):
+            for i, token in zip(greedy, argmax_rows(rows)):
                 picks[i] = token
         if drawn:
             rows = vocab if len(drawn) == len(works) else vocab[drawn]

@@ -239,6 +239,20 @@ def native_sampling_ops() -> KernelOps | None:
     return native.kernel_ops() if native.kernel_level() is not None else None
 
 
+def argmax_rows(logits: Tensor) -> list[int]:
+    """Each row's most likely token id (the first of equal ones, as torch.argmax): llamita's
+    operator at top_k 1 on the CPU (one pass that skips the blocks below the best: ~10 against
+    ~27 us a row of 49,152 logits), torch.argmax elsewhere and for a row holding NaN."""
+    ops = native_sampling_ops() if logits.device.type == "cpu" else None
+    if ops is None:
+        return list(logits.argmax(-1).tolist())
+    if logits.dtype != torch.float32 or logits.stride(-1) != 1:
+        logits = logits.float().contiguous()
+    rows = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]], dtype=torch.float64).expand(logits.shape[0], 5).contiguous()
+    ids: list[int] = ops.sample_top_k(logits, rows).tolist()
+    return [i if i >= 0 else int(logits[b].argmax()) for b, i in enumerate(ids)]
+
+
 def sample_rows(logits: Tensor, samplers: list[Sampler]) -> list[int]:
     """Each row's next token by its own sampler, in one call of llamita's `sample_top_k`.
 
