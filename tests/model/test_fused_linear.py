@@ -8,14 +8,19 @@ tiling follows the number of output rows: there a few elements may round the oth
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
 
+from llamita.config import ModelConfig
 from llamita.kernels import native
 from llamita.kernels.int4 import VNNI_LAYOUTS, _probe_layout, concat_int4, int4_supported
 from llamita.kernels.int8 import int8_supported, quantize_int8
 from llamita.model.linear import DENSE_MIN_ROWS, Int4Linear, Int8Linear, fuse_linears
+from llamita.model.transformer import Transformer
 from llamita.weights.q4_pack import pack_q4
 from llamita.weights.quants import GGMLType, quantize
 
@@ -122,3 +127,41 @@ def test_fused_steps_aside_when_a_part_is_replaced() -> None:
     assert fused is not None and fused.serves(*parts)
     assert not fused.serves(parts[0], nn.Linear(64, 64, bias=False))
     assert not fused.serves(parts[0])
+
+
+def _compact_state(cfg: ModelConfig, joined: list[weakref.ref[torch.Tensor]]) -> dict[str, object]:
+    """A state dict with every block's linear weights as Q4_1 Int4Weight; weak references to
+    the codes of the ones fuse_projections joins (q/k/v, gate/up) go to `joined`."""
+    state: dict[str, object] = {}
+    for i, (name, tensor) in enumerate(Transformer(cfg).state_dict().items()):
+        if name.startswith("layers.") and name.endswith("_proj.weight"):
+            gen = torch.Generator().manual_seed(i)
+            raw = quantize(torch.randn(tensor.shape, generator=gen) * 0.05, GGMLType.Q4_1)
+            weight = pack_q4(raw, GGMLType.Q4_1, tuple(tensor.shape))
+            state[name] = weight
+            if not name.endswith(("o_proj.weight", "down_proj.weight")):
+                joined.append(weakref.ref(weight.packed))
+        else:
+            state[name] = tensor
+    return state
+
+
+@requires_int4
+def test_building_a_model_frees_the_parts_that_fuse_projections_joins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transformer.from_state_dict hands each compact weight to its module and keeps no other
+    reference, so the q/k/v and gate/up codes that the joins replace are freed as they are
+    joined, not when the build returns (a dict of them held an 8B's parts, 2.3 GB, to the end).
+    The state dict is handed over as the loader hands it (`Checkpoint.take_state()`)."""
+    cfg = ModelConfig(n_layers=2, dim=64, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=32)
+    parts: list[weakref.ref[torch.Tensor]] = []
+    join = Transformer.fuse_projections
+
+    def join_then_check(model: Transformer) -> None:
+        join(model)
+        gc.collect()
+        assert [p for p in parts if p() is not None] == []
+
+    monkeypatch.setattr(Transformer, "fuse_projections", join_then_check)
+    model = Transformer.from_state_dict(cfg, _compact_state(cfg, parts))
+    assert len(parts) == 10
+    assert model.layers[0].self_attn.fused_qkv is not None  # the joins happened
