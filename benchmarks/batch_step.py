@@ -139,7 +139,7 @@ def main() -> None:
     for batch in args.rows:
         decoder.prepare(batch)
         inputs = step_inputs(model.config, batch, args.position, block_size)
-        cache = PagedKVCache(model.config, int(inputs[2].numel()) + 1, block_size, dtype=model.dtype)
+        cache = PagedKVCache(model.config, int(inputs[2].numel()) + 1, block_size, dtype=decoder.cache_dtype)
         figures: dict[str, object] = time_step(decoder, cache, inputs, args.steps)
         if not args.no_profile:
             figures["profile"] = profile_step(decoder, cache, inputs, max(5, args.steps // 5))

@@ -64,11 +64,14 @@ def test_logprobs_are_the_raw_distribution(llm, reference):
     out = llm.generate(prompt_token_ids=PROMPTS[0], params=GREEDY.replace(logprobs=3))
     assert out.token_ids == reference[0] and len(out.logprobs) == len(out.token_ids)
     model = llm.loaded.model
+    # Against a forward pass with no cache: a float16 cache (a float32 model's on the CPU,
+    # paged_kv_cache.cache_dtype) rounds the keys and values, up to ~2e-3 here.
+    tolerance = 5e-3 if llm.engine.cache_dtype == torch.float16 else 1e-4
     with torch.inference_mode():
         for i, lp in enumerate(out.logprobs):
             want = torch.log_softmax(model(torch.tensor([PROMPTS[0] + reference[0][:i]]))[0, -1].double(), -1)
             assert lp.token_id == reference[0][i]
-            assert lp.logprob == pytest.approx(float(want[lp.token_id]), abs=1e-4)
+            assert lp.logprob == pytest.approx(float(want[lp.token_id]), abs=tolerance)
             assert [t for t, _ in lp.top] == want.topk(3).indices.tolist()
     streamed = list(llm.generate_stream(prompt_token_ids=PROMPTS[0], params=GREEDY.replace(logprobs=0)))
     assert [c.logprobs[0].logprob for c in streamed] == pytest.approx([lp.logprob for lp in out.logprobs], abs=1e-5)

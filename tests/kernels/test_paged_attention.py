@@ -53,7 +53,7 @@ def _case(b_rows: int, n_heads: int, n_kv: int, hd: int, bs: int, dtype: torch.d
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "b_rows, n_heads, n_kv, hd, bs",
     # runs of heads per KV head: 3; 4 + 1 (10 / 2); 4 at head_dim 128; any head_dim (24, 8)

@@ -172,3 +172,15 @@ def test_compile_skipped_with_lora_adapter_and_tensor_parallel(tiny_f32):
     with pytest.raises(ValueError, match="tensor parallelism"):
         CompiledDecoder(wrapper)
     assert compile_blocker(model) is None
+
+
+def test_a_paged_step_refuses_pools_of_another_dtype(tiny_f32):
+    """The exported step reads its pools' bytes as the dtype it was built for (the engine's
+    paged_kv_cache.cache_dtype: float16 for this float32 model where the operator loads): a
+    cache of another dtype is refused before any package is touched."""
+    decoder = PagedCompiledDecoder(tiny_f32.model, 16, build=False)
+    other = torch.bfloat16 if decoder.cache_dtype != torch.bfloat16 else torch.float32
+    cache = PagedKVCache(tiny_f32.model.config, 4, 16, dtype=other)
+    one = torch.zeros((1, 1), dtype=torch.int64)
+    with pytest.raises(ValueError, match="pools"):
+        decoder(one, one, torch.zeros((1, 2), dtype=torch.int64), cache)

@@ -37,7 +37,7 @@ from llamita.engine.step_builder import CompileMode, StepSource, build_in_backgr
 from llamita.errors import InvalidParameterError
 from llamita.model.compiled import compile_blocker
 from llamita.model.compiled_paged import PagedCompiledDecoder, table_width
-from llamita.model.paged_kv_cache import PagedKVCache, kv_bytes_per_token
+from llamita.model.paged_kv_cache import PagedKVCache, cache_dtype, kv_bytes_per_token
 from llamita.sampling_params import SamplingParams
 
 DEFAULT_BLOCK_SIZE = 16
@@ -142,7 +142,9 @@ class LLMEngine:
         self.device = self.model.device
         self.prefix_caching = prefix_caching
         # The model's own config sizes its cache: under tensor parallelism, this rank's KV heads.
-        per_token = kv_bytes_per_token(self.model.config, self.model.dtype)
+        # float16 for a float32 model on the CPU (paged_kv_cache.cache_dtype), else the model's.
+        self.cache_dtype = cache_dtype(self.model.dtype, self.device)
+        per_token = kv_bytes_per_token(self.model.config, self.cache_dtype)
         if kv_cache_tokens is None:
             budget = DEFAULT_KV_MEMORY if kv_memory_bytes is None else kv_memory_bytes
             kv_cache_tokens = budget // per_token
@@ -169,7 +171,7 @@ class LLMEngine:
         self._attach_compiled(loaded, block_size, compile_mode(compile), compile_rows)
 
     def _make_cache(self, n_blocks: int, block_size: int) -> None:
-        self.cache = PagedKVCache(self.model.config, n_blocks, block_size, dtype=self.model.dtype, device=self.device)
+        self.cache = PagedKVCache(self.model.config, n_blocks, block_size, dtype=self.cache_dtype, device=self.device)
         self.blocks = self.scheduler.blocks = BlockManager(n_blocks, block_size, self.prefix_caching)
         # A request never holds more positions than the model's window or the whole cache.
         self.context_length = min(self.config.context_length, n_blocks * block_size)

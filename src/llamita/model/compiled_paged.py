@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llamita.model.compiled import KEY_BLOCK, CompiledDecoder, _DecodeBody
-from llamita.model.paged_kv_cache import PagedKVCache
+from llamita.model.paged_kv_cache import PagedKVCache, cache_dtype
 
 if TYPE_CHECKING:
     from llamita.model.transformer import Transformer
@@ -53,12 +53,17 @@ class _PagedDecodeBody(_DecodeBody):
 class PagedCompiledDecoder(CompiledDecoder):
     """`step(tokens, positions, tables, cache)`: logits (B, vocab) float32 of one token for
     each of B rows of a PagedKVCache, row b's blocks listed in tables[b] (B, >= its blocks),
-    as LLMEngine binds them. Packages: one for B = 1, one for 2 <= B <= MAX_BATCH."""
+    as LLMEngine binds them, in `cache_dtype` (the engine's). Packages: one for B = 1, one for
+    2 <= B <= MAX_BATCH."""
 
     kind = "paged"
 
     def __init__(self, model: Transformer, block_size: int, root: Path | None = None, build: bool = True) -> None:
         self.block_size = block_size
+        # The pools are inputs of the exported step, so their dtype is part of the package.
+        self.cache_dtype = cache_dtype(model.dtype, "cpu")
+        if self.cache_dtype != model.dtype:
+            self.kind = f"paged {str(self.cache_dtype).removeprefix('torch.')}"
         super().__init__(model, root, build)
 
     def __call__(  # type: ignore[override]  # a paged step takes the block tables too
@@ -74,6 +79,8 @@ class PagedCompiledDecoder(CompiledDecoder):
                 f"a compiled paged step takes (rows, 1) tokens and positions and a block "
                 f"table per row, got {tuple(tokens.shape)} and {tuple(tables.shape)}"
             )
+        if cache.k[0].dtype != self.cache_dtype:  # the package would read the pools' bytes as its own dtype
+            raise ValueError(f"this compiled step reads {self.cache_dtype} pools, the cache holds {cache.k[0].dtype}")
         width = max(2, table_width(int(positions.max()), cache.block_size))  # export: sizes >= 2
         if tables.shape[1] < width:  # pad with block 0: positions past a row's own are masked
             tables = torch.nn.functional.pad(tables, (0, width - tables.shape[1]))
@@ -94,7 +101,7 @@ class PagedCompiledDecoder(CompiledDecoder):
     def _example(self, batch: int) -> tuple[object, ...]:
         batch = self._bucket(batch)
         cfg = self.model.config
-        cache = PagedKVCache(cfg, 8, self.block_size, dtype=self.model.dtype)
+        cache = PagedKVCache(cfg, 8, self.block_size, dtype=self.cache_dtype)
         tokens = torch.ones((batch, 1), dtype=torch.int64)
         tables = torch.arange(batch * 4, dtype=torch.int64).view(batch, 4) % 8
         return tokens, tokens.clone(), tables, cache.k, cache.v

@@ -16,10 +16,25 @@ from llamita.kernels import native
 from llamita.kernels.native import KernelOps
 
 # Cache dtypes whose decode steps attend in place (PagedKVCache.attend): bfloat16 (the default
-# where the CPU has AVX-512 BF16) and float32 (elsewhere). With the operator in vectors of the
-# level's own width, float32 caches on AVX2 gained 12-14% (tg128 and tg128 x 8 of the default
-# model, 2 threads) over gathering the blocks for MKL's matmuls (docs/performance.md).
-IN_PLACE_DTYPES = (torch.bfloat16, torch.float32)
+# where the CPU has AVX-512 BF16), float16 (the cache of float32 models, `cache_dtype`) and
+# float32. With the operator in vectors of the level's own width, float32 caches on AVX2 gained
+# 12-14% (tg128 and tg128 x 8 of the default model, 2 threads) over gathering the blocks for
+# MKL's matmuls (docs/performance.md).
+IN_PLACE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def cache_dtype(model_dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype of the paged KV cache of a model computing in `model_dtype` on `device`.
+
+    float16 for a float32 model on the CPU where llamita's attention operator loads, as
+    llama.cpp keeps its cache by default: half the memory of float32 and half the bytes a decode
+    step reads, which at long contexts is most of the step (the default model at 2,048
+    positions held to AVX2: the attention 5.6 ms of a 9.3 ms one-row step in float32). Keys
+    and values are rounded once, when written, and attended in float32. Every other model keeps
+    its own dtype (bfloat16 already is 16 bits; a GPU's attention has no operator here)."""
+    if model_dtype == torch.float32 and torch.device(device).type == "cpu" and in_place_attention_ops() is not None:
+        return torch.float16
+    return model_dtype
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -104,9 +119,9 @@ class PagedKVCache:
         (B, 1), then attend each row's query q (B, 1, n_heads, hd) to its positions 0..its own
         straight from the block pools (llamita's `paged_decode_attention`, kernels/csrc/
         attention.cpp): (B, n_heads, 1, hd) in q's dtype, as single_query_attention returns it.
-        None (nothing written) where that operator is not loaded, the cache is neither bfloat16
-        nor float32 or the step is not one token a row on the CPU: the caller then runs `update`
-        and attends to its copy."""
+        None (nothing written) where that operator is not loaded, the cache's dtype is not in
+        IN_PLACE_DTYPES or the step is not one token a row on the CPU: the caller then runs
+        `update` and attends to its copy."""
         ops = in_place_attention_ops()
         pool = self.k[layer]
         if ops is None or q.shape[1] != 1 or q.device.type != "cpu" or pool.device != q.device:
@@ -116,7 +131,7 @@ class PagedKVCache:
         tables, slots = self._slots(positions, length, q.device)
         b, n_kv, hd = q.shape[0], k.shape[-2], k.shape[-1]
         for pool, new in ((self.k[layer], k), (self.v[layer], v)):
-            pool.view(-1, n_kv, hd).index_copy_(0, slots, new.reshape(-1, n_kv, hd))
+            pool.view(-1, n_kv, hd).index_copy_(0, slots, new.reshape(-1, n_kv, hd).to(pool.dtype))
         out: torch.Tensor = ops.paged_decode_attention(
             q[:, 0].float(), self.k[layer], self.v[layer], tables, positions.reshape(b), hd**-0.5
         )
@@ -132,7 +147,8 @@ class PagedKVCache:
         length: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, S, n_kv, hd) at `positions` (B, S) of the bound block tables, then
-        return positions 0..length-1 of every batch row: (B, n_kv, length, hd) each.
+        return positions 0..length-1 of every batch row: (B, n_kv, length, hd) each, in k's
+        dtype.
 
         `rows` is unused: the bound tables already say where each batch row lives. A layer
         whose keys arrive on another device (GPU/CPU offload) has its blocks moved there on
@@ -146,9 +162,11 @@ class PagedKVCache:
         b, n_kv, hd = tables.shape[0], k.shape[-2], k.shape[-1]
         out = []
         for pool, new in ((self.k[layer], k), (self.v[layer], v)):
-            pool.view(-1, n_kv, hd).index_copy_(0, slots, new.reshape(-1, n_kv, hd))
-            # (B * n, bs, n_kv, hd) -> (B, n_kv, length, hd): the rows' blocks laid end to end.
-            out.append(pool.index_select(0, used).view(b, -1, n_kv, hd)[:, :length].transpose(1, 2))
+            pool.view(-1, n_kv, hd).index_copy_(0, slots, new.reshape(-1, n_kv, hd).to(pool.dtype))
+            # (B * n, bs, n_kv, hd) -> (B, n_kv, length, hd): the rows' blocks laid end to end,
+            # in the model's dtype (a float16 cache of a float32 model is widened here).
+            rows = pool.index_select(0, used).view(b, -1, n_kv, hd)[:, :length].transpose(1, 2)
+            out.append(rows.to(new.dtype))
         return out[0], out[1]
 
 

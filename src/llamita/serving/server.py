@@ -192,7 +192,8 @@ def _serve(
     kernels = kernel_summary() if loaded.device.type == "cpu" else str(loaded.device)
     print(
         f"llamita: serving '{name}' ({loaded.dtype}, {kernels}, {threads_label()}, "
-        f"context {engine.context_length} tokens, {decode_path} decode) on "
+        f"context {engine.context_length} tokens, KV cache {str(engine.cache_dtype).removeprefix('torch.')}, "
+        f"{decode_path} decode) on "
         f"http://{config.host}:{config.port}",
         flush=True,
     )

@@ -11,12 +11,13 @@
 // and head h, with G = n_heads / n_kv_heads query heads per KV head (kv = h / G),
 //   s_l = (q[b, h] * hd^-1/2) . k[b, kv, l]   for the positions l = 0..positions[b]
 //   out[b, h] = sum_l softmax(s)_l v[b, kv, l]
-// in float32 (keys and values widened from bfloat16 exactly). Position l of row b lives in
+// in float32 (keys and values widened from bfloat16 or float16 exactly). Position l of row b lives in
 // block tables[b, l / block_size] at slot l % block_size. The result is float32 (B, H, hd).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +26,12 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 namespace {
 
@@ -63,6 +70,30 @@ inline float widen(uint16_t bf16) {
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
+
+// float16 pools (the cache of float32 models, PagedKVCache): 16 bits as IEEE halves. A type of
+// their own, so the bfloat16 overloads above never take them.
+struct Half {
+  uint16_t bits;
+};
+inline fvec load(const Half* p) {  // float16 -> float32, exact
+#if defined(__AVX512F__)
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif defined(__F16C__)
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(__aarch64__)
+  const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(&p->bits));
+  const float32x4_t halves[2] = {vcvt_f32_f16(vget_low_f16(h)), vcvt_high_f32_f16(h)};
+  fvec v;
+  std::memcpy(&v, halves, sizeof v);
+  return v;
+#else
+  fvec v;
+  for (int i = 0; i < kLanes; ++i) v[i] = c10::detail::fp16_ieee_to_fp32_value(p[i].bits);
+  return v;
+#endif
+}
+inline float widen(Half h) { return c10::detail::fp16_ieee_to_fp32_value(h.bits); }
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x4 __attribute__((vector_size(16)));
 inline float sum_lanes(fvec v) {  // the lanes summed as a tree of halves (a fixed order)
@@ -311,7 +342,8 @@ void attend(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_p
   });
 }
 
-// q (B, H, hd) float32; k_pool, v_pool (n_blocks, block_size, n_kv, hd) float32 or bfloat16;
+// q (B, H, hd) float32; k_pool, v_pool (n_blocks, block_size, n_kv, hd) float32, bfloat16 or
+// float16;
 // tables (B, W) int64; positions (B,) int64, row b attending positions 0..positions[b].
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                                   const at::Tensor& tables, const at::Tensor& positions, double scale) {
@@ -321,8 +353,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
   TORCH_CHECK(k_pool.dim() == 4 && k_pool.sizes() == v_pool.sizes() && k_pool.scalar_type() == v_pool.scalar_type() &&
                   k_pool.is_contiguous() && v_pool.is_contiguous(),
               op, ": the pools must be contiguous (n_blocks, block_size, n_kv_heads, head_dim), alike");
-  TORCH_CHECK(k_pool.scalar_type() == at::kFloat || k_pool.scalar_type() == at::kBFloat16, op,
-              ": the pools must be float32 or bfloat16");
+  const at::ScalarType pool_type = k_pool.scalar_type();
+  TORCH_CHECK(pool_type == at::kFloat || pool_type == at::kBFloat16 || pool_type == at::kHalf, op,
+              ": the pools must be float32, bfloat16 or float16");
   const int64_t B = q.size(0), H = q.size(1), hd = q.size(2);
   const int64_t n_blocks = k_pool.size(0), bs = k_pool.size(1), n_kv = k_pool.size(2);
   TORCH_CHECK(k_pool.size(3) == hd && n_kv > 0 && H % n_kv == 0, op, ": q ", q.sizes(), " does not fit pools ",
@@ -343,8 +376,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
                   tp[b * width + i], " of a pool of ", n_blocks);
   }
   at::Tensor out = at::empty({B, H, hd}, q.options());
-  if (k_pool.scalar_type() == at::kBFloat16) {
+  if (pool_type == at::kBFloat16) {
     attend<uint16_t>(qc, k_pool, v_pool, tp, width, pp, static_cast<float>(scale), out);
+  } else if (pool_type == at::kHalf) {
+    attend<Half>(qc, k_pool, v_pool, tp, width, pp, static_cast<float>(scale), out);
   } else {
     attend<float>(qc, k_pool, v_pool, tp, width, pp, static_cast<float>(scale), out);
   }
