@@ -205,6 +205,8 @@ class Sampler:
         # Subtract the max before dividing so a tiny temperature cannot overflow to inf.
         weights = torch.exp((kept_logits.double() - kept_logits.max()) / params.temperature)
         running = weights.cumsum(dim=-1)
+        if not bool(torch.isfinite(running[-1])):
+            raise ValueError("cannot sample: the logits hold NaN or no finite value")
         at = int(torch.searchsorted(running, self.uniform() * running[-1], right=True))
         return int(kept[min(at, kept.numel() - 1)])
 
@@ -241,8 +243,8 @@ def native_sampling_ops() -> KernelOps | None:
 
 def argmax_rows(logits: Tensor) -> list[int]:
     """Each row's most likely token id (the first of equal ones, as torch.argmax): llamita's
-    operator at top_k 1 on the CPU (one pass that skips the blocks below the best: ~10 against
-    ~27 us a row of 49,152 logits), torch.argmax elsewhere and for a row holding NaN."""
+    operator at top_k 1 on the CPU (~10 against ~27 us a row of 49,152 logits: a pass over
+    block maxima, then one block), torch.argmax elsewhere and for a row holding NaN."""
     ops = native_sampling_ops() if logits.device.type == "cpu" else None
     if ops is None:
         return list(logits.argmax(-1).tolist())
@@ -256,7 +258,8 @@ def argmax_rows(logits: Tensor) -> list[int]:
 def sample_rows(logits: Tensor, samplers: list[Sampler]) -> list[int]:
     """Each row's next token by its own sampler, in one call of llamita's `sample_top_k`.
 
-    logits: (B, V) on the CPU, one row per sampler, each of which has `native_chain` True.
+    logits: (B, V) on the CPU, one row per sampler, each with `native_draw` True; the chain
+    starts at top_k, so any bias or penalty is in the logits already (`native_chain`: none).
     Raises ValueError for a row whose logits hold NaN or no finite value (as the torch chain
     cannot draw from those either)."""
     ops = native_sampling_ops()
