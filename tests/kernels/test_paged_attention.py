@@ -90,6 +90,59 @@ def test_rows_are_independent_and_threads_agree(level: str):
     assert torch.equal(alone, together)
 
 
+def _long_case(b_rows: int, n_heads: int, n_kv: int, hd: int, bs: int, dtype: torch.dtype, lengths: list[int]):  # noqa: ANN202
+    gen = torch.Generator().manual_seed(sum(lengths) + hd)
+    positions = torch.tensor(lengths) - 1
+    width = max(lengths) // bs + 1
+    n_blocks = b_rows * width + 1
+    tables = torch.randperm(n_blocks, generator=gen)[: b_rows * width].view(b_rows, width)
+    k_pool = (torch.randn(n_blocks, bs, n_kv, hd, generator=gen) * 0.5).to(dtype)
+    v_pool = torch.randn(n_blocks, bs, n_kv, hd, generator=gen).to(dtype)
+    q = torch.randn(b_rows, n_heads, hd, generator=gen)
+    return q, k_pool, v_pool, tables, positions
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n_heads, n_kv, hd", [(9, 3, 64), (8, 2, 128)])
+def test_long_rows_in_chunks_match_float64(level: str, dtype: torch.dtype, n_heads: int, n_kv: int, hd: int):
+    """Rows past 4 chunks of positions (attention.cpp kChunk, 512): one row is split by chunks
+    across the threads (attend_phased); a tail of 1-3 keys past the runs of 4."""
+    ops = _ops(level)
+    q, k_pool, v_pool, tables, positions = _long_case(1, n_heads, n_kv, hd, 16, dtype, [2301])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = ops.paged_decode_attention(q, k_pool, v_pool, tables, positions, hd**-0.5)
+    finally:
+        torch.set_num_threads(threads)
+    want = _reference(q, k_pool, v_pool, tables, positions)
+    assert torch.allclose(got.double(), want, rtol=0, atol=2e-5), (got.double() - want).abs().max()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_long_row_alone_equals_itself_in_a_batch(level: str):
+    """Alone, a long row is split by chunks over the threads; in a batch of 16 rows it is one
+    item of the (row, KV head) split: the same bits, as a row's result depends on its length
+    only (chunks' value sums added in order on both paths)."""
+    ops = _ops(level)
+    lengths = [2301, 40, 700, 513, 512, 90, 2049, 64, 33, 1200, 5, 600, 2048, 1025, 77, 3000]
+    q, k_pool, v_pool, tables, positions = _long_case(16, 8, 2, 64, 16, torch.float16, lengths)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        together = ops.paged_decode_attention(q, k_pool, v_pool, tables, positions, 0.125)
+        alone = torch.cat(
+            [
+                ops.paged_decode_attention(q[i : i + 1], k_pool, v_pool, tables[i : i + 1], positions[i : i + 1], 0.125)
+                for i in range(16)
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, together)
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_bad_tables_are_refused(level: str):
     ops = _ops(level)
