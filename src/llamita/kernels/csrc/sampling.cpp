@@ -5,8 +5,8 @@
 // Why our own operator: at the default parameters (top_k 40, top_p 0.95, min_p 0.05,
 // temperature 0.8) the torch chain took ~100 us a row on the default model's 49,152 logits
 // (half in torch.topk, the rest in a dozen small operators on 40 values), a tenth of an 8-row
-// decode step on AVX2. One pass here keeps the k best in a heap, skipping a vector of logits
-// at a time when none beats the heap's worst.
+// decode step on AVX2. Here the k best are found in two passes over the row (`top_k` below:
+// block maxima, then only the blocks that can hold one of the k) and kept in a heap.
 //
 // Numerics, per row b (the statement tests/kernels/test_sampling.py checks in float64):
 //   candidates: the k = min(top_k[b], V) largest logits, ties to the lower id, best first
@@ -28,7 +28,6 @@
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <utility>
 #include <vector>
 
 namespace {
